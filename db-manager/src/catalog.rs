@@ -1,0 +1,30 @@
+//! Bringing the whole catalog schema up to date, once, even with several Silo replicas starting.
+//!
+//! Every component's migrations run under one session-level advisory lock, on a connection
+//! taken out of the pool and closed afterwards, so the lock can never leak into a pooled
+//! connection. Components migrate in dependency order: `storage_node`, then `db_manager`.
+
+use deadpool_postgres::Object;
+use storage_node::catalog::{CatalogError, CatalogPool};
+
+/// The advisory lock key that serialises catalog migrations ("silo" in ASCII).
+const MIGRATION_LOCK: i64 = 0x7369_6c6f;
+
+/// The schema version each component reached.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SchemaVersions {
+    pub storage_node: i64,
+}
+
+/// Applies every component's pending migrations.
+///
+/// # Errors
+/// [`CatalogError`] when the catalog is unreachable, newer than this binary, or a migration fails.
+pub async fn migrate_all(pool: &CatalogPool) -> Result<SchemaVersions, CatalogError> {
+    let mut client = Object::take(pool.get().await?);
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+    let storage_node = storage_node::catalog::migrate(&mut client).await?;
+    // Dropping the connection releases the lock, whatever happened above.
+    drop(client);
+    Ok(SchemaVersions { storage_node })
+}

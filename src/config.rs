@@ -1,0 +1,193 @@
+//! `silo serve` configuration: flags, `SILO_*` environment variables and an optional TOML file.
+//!
+//! Precedence, highest first: a flag, its environment variable, the file, the default. Every
+//! setting is optional in the flags and in the file, so that "not given" can fall through.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+/// The default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./silo-data";
+/// The default HTTP listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8420";
+const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 20;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
+/// The flags of `silo serve`.
+#[derive(Debug, Default, Args)]
+pub struct ServeArgs {
+    /// A TOML file with any of the settings below (snake_case keys).
+    #[arg(long, env = "SILO_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where Silo keeps its data [default: ./silo-data].
+    #[arg(long, env = "SILO_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The HTTP listen address [default: 127.0.0.1:8420].
+    #[arg(long, env = "SILO_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// An external catalog Postgres (libpq URL). Without it, Silo runs its own under the data dir.
+    #[arg(long, env = "SILO_POSTGRES_URL", hide_env_values = true)]
+    pub postgres_url: Option<String>,
+    /// Where the Postgres binaries are [default: PATH, then /usr/lib/postgresql/*/bin].
+    #[arg(long, env = "SILO_POSTGRES_BIN_DIR")]
+    pub postgres_bin_dir: Option<PathBuf>,
+    /// A TCP address for the embedded Postgres, besides its unix socket [default: none].
+    #[arg(long, env = "SILO_POSTGRES_LISTEN")]
+    pub postgres_listen: Option<SocketAddr>,
+    /// The OS user the embedded Postgres runs as when Silo runs as root [default: postgres].
+    #[arg(long, env = "SILO_POSTGRES_OS_USER")]
+    pub postgres_os_user: Option<String>,
+    /// How long in-flight requests may run after a shutdown signal, in seconds [default: 20].
+    #[arg(long, env = "SILO_SHUTDOWN_GRACE_SECS")]
+    pub shutdown_grace_secs: Option<u64>,
+    /// The log format [default: text].
+    #[arg(long, env = "SILO_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The settings a TOML file may hold.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    postgres_url: Option<String>,
+    postgres_bin_dir: Option<PathBuf>,
+    postgres_listen: Option<SocketAddr>,
+    postgres_os_user: Option<String>,
+    shutdown_grace_secs: Option<u64>,
+    log_format: Option<LogFormat>,
+}
+
+/// The resolved configuration of `silo serve`.
+#[derive(Clone)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub postgres_url: Option<String>,
+    pub postgres_bin_dir: Option<PathBuf>,
+    pub postgres_listen: Option<SocketAddr>,
+    pub postgres_os_user: String,
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+}
+
+impl std::fmt::Debug for ServeConfig {
+    /// Leaves out the Postgres URL, which may carry a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeConfig")
+            .field("data_dir", &self.data_dir)
+            .field("listen", &self.listen)
+            .field("postgres_url", &self.postgres_url.as_ref().map(|_| "<set>"))
+            .field("postgres_bin_dir", &self.postgres_bin_dir)
+            .field("postgres_listen", &self.postgres_listen)
+            .field("postgres_os_user", &self.postgres_os_user)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
+impl ServeArgs {
+    /// Merges the flags (and their environment variables) over the file over the defaults.
+    ///
+    /// # Errors
+    /// When the file cannot be read or holds an unknown key or a bad value.
+    pub fn resolve(self) -> anyhow::Result<ServeConfig> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let default_listen: SocketAddr = DEFAULT_LISTEN.parse().context("the default listen address")?;
+        Ok(ServeConfig {
+            data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            listen: self.listen.or(file.listen).unwrap_or(default_listen),
+            postgres_url: self.postgres_url.or(file.postgres_url),
+            postgres_bin_dir: self.postgres_bin_dir.or(file.postgres_bin_dir),
+            postgres_listen: self.postgres_listen.or(file.postgres_listen),
+            postgres_os_user: self
+                .postgres_os_user
+                .or(file.postgres_os_user)
+                .unwrap_or_else(|| "postgres".into()),
+            shutdown_grace: Duration::from_secs(
+                self.shutdown_grace_secs.or(file.shutdown_grace_secs).unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS),
+            ),
+            log_format: self.log_format.or(file.log_format).unwrap_or_default(),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn file(contents: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), contents).unwrap();
+        file
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_given() {
+        let config = ServeArgs::default().resolve().unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("./silo-data"));
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8420");
+        assert_eq!(config.postgres_os_user, "postgres");
+        assert_eq!(config.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn a_flag_beats_the_file_and_the_file_beats_the_default() {
+        let toml = file("listen = \"127.0.0.1:9000\"\ndata_dir = \"/srv/silo\"\nlog_format = \"json\"\n");
+        let path = toml.path().to_str().unwrap();
+        let wrapper = Wrapper::parse_from(["silo", "--config", path, "--listen", "127.0.0.1:9100"]);
+        let config = wrapper.args.resolve().unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:9100");
+        assert_eq!(config.data_dir, PathBuf::from("/srv/silo"));
+        assert_eq!(config.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_is_an_error() {
+        let toml = file("listne = \"127.0.0.1:9000\"\n");
+        let args = ServeArgs { config: Some(toml.path().into()), ..ServeArgs::default() };
+        let err = format!("{:#}", args.resolve().unwrap_err());
+        assert!(err.contains("listne"), "{err}");
+    }
+
+    #[test]
+    fn the_postgres_url_never_shows_in_debug_output() {
+        let args =
+            ServeArgs { postgres_url: Some("postgresql://u:hunter2@db/silo".into()), ..ServeArgs::default() };
+        let shown = format!("{:?}", args.resolve().unwrap());
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+}

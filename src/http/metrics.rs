@@ -1,0 +1,128 @@
+//! Prometheus metrics: HTTP traffic, readiness, the catalog pool and the embedded Postgres.
+//!
+//! Request metrics are labelled by the matched route template, never by the raw path, so that
+//! object keys and tenant names cannot blow up the label space.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use db_manager::instance::InstanceHealth;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use super::{ApiError, AppState, CatalogServer};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: String,
+    route: String,
+}
+
+/// The registry and the metrics in it.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    durations: Family<RouteLabels, Histogram>,
+    ready: Gauge,
+    postgres_up: Gauge,
+    postgres_restarts: Gauge,
+    pool_size: Gauge,
+    pool_available: Gauge,
+    uptime_seconds: Gauge,
+    started: Instant,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("silo");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("http_requests", "HTTP requests answered", requests.clone());
+        let durations = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
+        });
+        registry.register("http_request_duration_seconds", "Time to the response head", durations.clone());
+        let mut gauge = |name: &str, help: &str| {
+            let gauge = Gauge::<i64, AtomicI64>::default();
+            registry.register(name, help, gauge.clone());
+            gauge
+        };
+        Metrics {
+            ready: gauge("ready", "1 when the last readiness probe passed"),
+            postgres_up: gauge(
+                "embedded_postgres_up",
+                "1 while the embedded Postgres runs (absent when external)",
+            ),
+            postgres_restarts: gauge(
+                "embedded_postgres_restarts",
+                "Restarts of the embedded Postgres after it died",
+            ),
+            pool_size: gauge("catalog_pool_connections", "Open catalog connections"),
+            pool_available: gauge("catalog_pool_idle_connections", "Idle catalog connections"),
+            uptime_seconds: gauge("uptime_seconds", "Seconds since the server started"),
+            registry,
+            requests,
+            durations,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+}
+
+/// Counts and times every request.
+pub async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |path| path.as_str().to_string());
+    let response = next.run(request).await;
+    let metrics = &state.metrics;
+    let status = response.status().as_u16();
+    metrics
+        .requests
+        .get_or_create(&RequestLabels { method: method.clone(), route: route.clone(), status })
+        .inc();
+    metrics.durations.get_or_create(&RouteLabels { method, route }).observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// `GET /metrics` in the Prometheus text format.
+pub async fn render(State(state): State<Arc<AppState>>) -> Response {
+    let metrics = &state.metrics;
+    let pool = state.catalog.status();
+    metrics.pool_size.set(pool.size as i64);
+    metrics.pool_available.set(pool.available as i64);
+    metrics.uptime_seconds.set(metrics.started.elapsed().as_secs() as i64);
+    if let CatalogServer::Embedded { health, restarts } = &state.catalog_server {
+        metrics.postgres_up.set(i64::from(matches!(*health.borrow(), InstanceHealth::Up { .. })));
+        metrics.postgres_restarts.set(restarts.load(Ordering::Relaxed) as i64);
+    }
+    let mut body = String::new();
+    if let Err(err) = encode(&mut body, &metrics.registry) {
+        return ApiError::internal(err).into_response();
+    }
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
+}

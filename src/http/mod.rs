@@ -1,0 +1,72 @@
+//! The HTTP surface on one listener: probes, metrics and the management API (`/v1`).
+//!
+//! `/healthz`, `/readyz` and `/metrics` are open, as probes and scrapers expect. Everything under
+//! `/v1` needs the admin bearer token. Later the S3 data plane mounts as the fallback service.
+
+mod auth;
+mod error;
+mod health;
+mod metrics;
+mod v1;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use axum::Router;
+use axum::routing::get;
+use db_manager::instance::InstanceHealth;
+use storage_node::DataDir;
+use storage_node::catalog::CatalogPool;
+use tokio::sync::watch;
+
+pub use auth::digest as auth_digest;
+pub use error::ApiError;
+pub use metrics::Metrics;
+
+/// Where the catalog Postgres runs, and how healthy it is.
+#[derive(Debug, Clone)]
+pub enum CatalogServer {
+    /// An external server; its health is whatever the catalog ping says.
+    External,
+    /// The embedded instance, with its supervisor's health feed and restart counter.
+    Embedded { health: watch::Receiver<InstanceHealth>, restarts: Arc<std::sync::atomic::AtomicU64> },
+}
+
+/// Facts about this server that the API reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServerInfo {
+    pub version: &'static str,
+    pub catalog_id: String,
+    pub catalog_schema: db_manager::catalog::SchemaVersions,
+    pub postgres_mode: &'static str,
+    pub postgres_version: String,
+    pub started_at: String,
+}
+
+/// Everything a request handler may need.
+#[derive(Debug)]
+pub struct AppState {
+    pub catalog: CatalogPool,
+    pub data_dir: Arc<DataDir>,
+    pub catalog_server: CatalogServer,
+    pub admin_token_digest: [u8; 32],
+    pub metrics: Metrics,
+    /// Set once shutdown begins, so that `/readyz` sends traffic elsewhere while requests drain.
+    pub draining: AtomicBool,
+    pub info: ServerInfo,
+}
+
+/// The whole application router.
+pub fn router(state: Arc<AppState>) -> Router {
+    let management = v1::router()
+        .fallback(error::not_found)
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_admin));
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::render))
+        .nest("/v1", management)
+        .fallback(error::not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
+        .with_state(state)
+}

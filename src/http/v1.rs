@@ -1,0 +1,18 @@
+//! The management API under `/v1` (admin token required; see `docs/openapi.yaml`).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+
+use super::{AppState, ServerInfo};
+
+pub fn router() -> Router<Arc<AppState>> {
+    Router::new().route("/info", get(info))
+}
+
+/// `GET /v1/info`: the version, the catalog this server is attached to, and its Postgres.
+async fn info(State(state): State<Arc<AppState>>) -> Json<ServerInfo> {
+    Json(state.info.clone())
+}

@@ -1,0 +1,236 @@
+//! `silo serve`: start-up, the serving loop and an orderly shutdown.
+//!
+//! Start-up claims the data directory, binds the listener (so that a taken port fails fast,
+//! before Postgres is touched), brings up the catalog Postgres (embedded or external),
+//! migrates the catalog and loads the admin token. Shutdown, on SIGTERM or SIGINT, turns
+//! `/readyz` to 503, lets in-flight requests finish within the grace period, then stops the
+//! embedded Postgres. If the embedded Postgres dies for good, the same shutdown runs and the
+//! process exits non-zero.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, anyhow};
+use db_manager::embedded::{self, EmbeddedOptions};
+use db_manager::instance::{LocalInstance, SupervisorHandle, supervise};
+use rand::distr::{Alphanumeric, SampleString};
+use storage_node::DataDir;
+use storage_node::catalog::{self, CatalogPool};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ServeArgs, ServeConfig};
+use crate::http::{self, AppState, CatalogServer, Metrics, ServerInfo};
+
+/// The secret file of the admin token.
+const ADMIN_TOKEN_SECRET: &str = "admin-token";
+const CATALOG_POOL_SIZE: usize = 32;
+
+/// Runs the server until a shutdown signal, or until the embedded Postgres is lost for good.
+///
+/// # Errors
+/// Any start-up failure, with a message that says what to fix; or the loss of Postgres.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.resolve()?;
+    crate::logging::init(config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("silo")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+/// The embedded Postgres and its supervisor, while they run.
+struct Embedded {
+    instance: Arc<LocalInstance>,
+    supervisor: SupervisorHandle,
+}
+
+async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), ?config, "starting Silo");
+    let data_dir = Arc::new(DataDir::open(&config.data_dir)?);
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let stop = CancellationToken::new();
+    let (pool, embedded) = match &config.postgres_url {
+        Some(url) => (external_catalog(url)?, None),
+        None => {
+            let (pool, embedded) = embedded_catalog(&config, &data_dir, &stop).await?;
+            (pool, Some(embedded))
+        }
+    };
+    let outcome =
+        serve_with_catalog(&config, data_dir, listener, pool.clone(), embedded.as_ref(), &stop).await;
+    stop.cancel();
+    pool.close();
+    if let Some(Embedded { instance, supervisor }) = embedded {
+        let supervised = supervisor.task.await;
+        tokio::task::spawn_blocking(move || instance.stop()).await??;
+        if let Ok(Err(lost)) = supervised {
+            return Err(lost.into());
+        }
+    }
+    tracing::info!("Silo stopped");
+    outcome
+}
+
+fn external_catalog(url: &str) -> anyhow::Result<CatalogPool> {
+    // The parse error never echoes the URL, which may hold a password.
+    let config: tokio_postgres::Config =
+        url.parse().map_err(|_| anyhow!("--postgres-url is not a valid libpq URL"))?;
+    tracing::info!(hosts = ?config.get_hosts(), dbname = ?config.get_dbname(), "using an external catalog Postgres");
+    Ok(catalog::connect_pool(config, CATALOG_POOL_SIZE)?)
+}
+
+async fn embedded_catalog(
+    config: &ServeConfig,
+    data_dir: &DataDir,
+    stop: &CancellationToken,
+) -> anyhow::Result<(CatalogPool, Embedded)> {
+    let options = EmbeddedOptions {
+        bin_dir: config.postgres_bin_dir.clone(),
+        os_user: config.postgres_os_user.clone(),
+        listen: config.postgres_listen,
+    };
+    let (instance, pid) = embedded::start(data_dir, &options).await?;
+    let supervisor = supervise(instance.clone(), pid, stop.child_token());
+    let pool = catalog::connect_pool(instance.client_config(embedded::CATALOG_DATABASE), CATALOG_POOL_SIZE);
+    match pool {
+        Ok(pool) => Ok((pool, Embedded { instance, supervisor })),
+        Err(err) => {
+            stop.cancel();
+            let _ = tokio::task::spawn_blocking(move || instance.stop()).await;
+            Err(err.into())
+        }
+    }
+}
+
+async fn serve_with_catalog(
+    config: &ServeConfig,
+    data_dir: Arc<DataDir>,
+    listener: TcpListener,
+    pool: CatalogPool,
+    embedded: Option<&Embedded>,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let schema = db_manager::catalog::migrate_all(&pool).await?;
+    let client = pool.get().await.map_err(catalog::CatalogError::from)?;
+    let row = client
+        .query_one("SELECT catalog_id::text, current_setting('server_version') FROM silo_meta", &[])
+        .await
+        .map_err(catalog::CatalogError::from)?;
+    drop(client);
+    let admin_token = admin_token(&data_dir)?;
+    let catalog_server = match embedded {
+        Some(Embedded { supervisor, .. }) => CatalogServer::Embedded {
+            health: supervisor.health.clone(),
+            restarts: supervisor.restarts.clone(),
+        },
+        None => CatalogServer::External,
+    };
+    let state = Arc::new(AppState {
+        catalog: pool,
+        data_dir,
+        catalog_server,
+        admin_token_digest: http::auth_digest(&admin_token),
+        metrics: Metrics::new(),
+        draining: AtomicBool::new(false),
+        info: ServerInfo {
+            version: env!("CARGO_PKG_VERSION"),
+            catalog_id: row.get(0),
+            catalog_schema: schema,
+            postgres_mode: if embedded.is_some() { "embedded" } else { "external" },
+            postgres_version: row.get(1),
+            started_at: now_rfc3339(),
+        },
+    });
+    let http_stop = CancellationToken::new();
+    tokio::spawn(stop_on_signal_or_loss(
+        http_stop.clone(),
+        stop.clone(),
+        embedded.map(|e| e.supervisor.health.clone()),
+    ));
+    let app = http::router(state.clone());
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        // Small responses (range reads, probes) must not wait on Nagle's algorithm.
+        let _ = tcp.set_nodelay(true);
+    });
+    tracing::info!(address = %config.listen, "listening");
+    let graceful = http_stop.clone();
+    let mut server = tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(graceful.cancelled_owned()).await
+    });
+    tokio::select! {
+        served = &mut server => return served?.context("the HTTP server failed"),
+        () = http_stop.cancelled() => {}
+    }
+    state.draining.store(true, Ordering::Relaxed);
+    match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+        Ok(served) => served?.context("the HTTP server failed")?,
+        Err(_) => {
+            tracing::warn!(grace = ?config.shutdown_grace, "requests still running after the grace period; closing them");
+            server.abort();
+        }
+    }
+    Ok(())
+}
+
+/// Cancels `http_stop` on SIGTERM or SIGINT, or when the embedded Postgres is lost for good.
+async fn stop_on_signal_or_loss(
+    http_stop: CancellationToken,
+    stop: CancellationToken,
+    health: Option<tokio::sync::watch::Receiver<db_manager::instance::InstanceHealth>>,
+) {
+    use db_manager::instance::InstanceHealth;
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    let lost = async {
+        match health {
+            Some(mut health) => {
+                let _ = health.wait_for(|h| matches!(h, InstanceHealth::Failed { .. })).await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        () = lost => tracing::error!("the embedded Postgres is lost: shutting down"),
+        () = stop.cancelled() => {}
+    }
+    http_stop.cancel();
+}
+
+/// The admin token: `SILO_ADMIN_TOKEN` if set, else the one kept in the data directory,
+/// generated and printed once on first start.
+fn admin_token(data_dir: &DataDir) -> anyhow::Result<String> {
+    if let Ok(token) = std::env::var("SILO_ADMIN_TOKEN") {
+        let token = token.trim().to_string();
+        if token.len() < 16 {
+            return Err(anyhow!("SILO_ADMIN_TOKEN must be at least 16 characters long"));
+        }
+        tracing::info!("using the admin token from SILO_ADMIN_TOKEN");
+        return Ok(token);
+    }
+    let generate = || format!("silo_{}", Alphanumeric.sample_string(&mut rand::rng(), 40));
+    let (token, created) = data_dir.secret_or_create(ADMIN_TOKEN_SECRET, generate)?;
+    let path = data_dir.secret_path(ADMIN_TOKEN_SECRET)?;
+    if created {
+        // Printed on stdout, never logged: this is the one time it is shown.
+        println!("Silo admin token (shown once; kept in {}):\n{token}", path.display());
+    } else {
+        tracing::info!(path = %path.display(), "using the admin token kept in the data directory");
+    }
+    Ok(token)
+}
+
+fn now_rfc3339() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + now).to_string()
+}
