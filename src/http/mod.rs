@@ -60,7 +60,7 @@ pub struct AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     let management = v1::router()
         .fallback(error::not_found)
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_admin));
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_admin));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

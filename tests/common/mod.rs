@@ -1,0 +1,191 @@
+//! Helpers for end-to-end tests: run the real `silo` binary and talk to it over loopback HTTP.
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// A temporary directory that a Postgres child running as another OS user can traverse.
+pub fn scratch() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new().prefix("silo-e2e-").tempdir().expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    dir
+}
+
+pub fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+/// A running `silo serve` process with its output captured to files.
+pub struct Silo {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Silo {
+    /// Starts `silo serve` on a free port with `data_dir` and the extra arguments.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Silo {
+        Self::start_with_env(data_dir, extra, &[])
+    }
+
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Silo {
+        Self::start_at(free_addr(), data_dir, extra, env)
+    }
+
+    /// Starts `silo serve` listening on `addr`.
+    pub fn start_at(addr: SocketAddr, data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Silo {
+        let logs = data_dir.with_extension(format!("logs-{}", addr.port()));
+        std::fs::create_dir_all(&logs).expect("log dir");
+        let stdout = logs.join("stdout");
+        let stderr = logs.join("stderr");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_silo"));
+        command
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--shutdown-grace-secs")
+            .arg("5")
+            .args(extra)
+            .env_remove("SILO_ADMIN_TOKEN")
+            .env_remove("SILO_POSTGRES_URL")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"));
+        let child = command.spawn().expect("spawn silo");
+        Silo { child: Some(child), addr, data_dir: data_dir.to_path_buf(), stdout, stderr }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// The admin token kept in the data directory.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("secrets/admin-token"))
+            .expect("admin token")
+            .trim()
+            .to_string()
+    }
+
+    /// Polls `/readyz` until 200; returns how long that took.
+    pub async fn wait_ready(&mut self, within: Duration) -> Duration {
+        let started = Instant::now();
+        let client = reqwest::Client::new();
+        loop {
+            if let Ok(response) = client.get(self.url("/readyz")).send().await {
+                if response.status() == 200 {
+                    return started.elapsed();
+                }
+            }
+            if let Some(status) = self.try_exit() {
+                panic!("silo exited with {status} before ready:\n{}", self.stderr());
+            }
+            assert!(started.elapsed() < within, "not ready within {within:?}:\n{}", self.stderr());
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|child| child.try_wait().ok().flatten())
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.try_exit() {
+                self.child = None;
+                return status;
+            }
+            assert!(started.elapsed() < within, "silo did not exit within {within:?}:\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid() as i32), signal).expect("signal silo");
+    }
+
+    /// `kill -9`: the process gets no chance to clean up.
+    pub fn kill9(&mut self) {
+        self.signal(Signal::SIGKILL);
+        self.wait_exit(Duration::from_secs(10));
+    }
+
+    /// The pid of the embedded postmaster, from its pid file.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        postmaster_pid(&self.data_dir)
+    }
+}
+
+impl Drop for Silo {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+        }
+        if let Some(pid) = postmaster_pid(&self.data_dir) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGQUIT);
+        }
+    }
+}
+
+pub fn postmaster_pid(data_dir: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(data_dir.join("postgres/data/postmaster.pid")).ok()?;
+    let pid = text.lines().next()?.trim().parse().ok()?;
+    process_alive(pid).then_some(pid)
+}
+
+/// Whether `pid` runs and is not a zombie.
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
+
+/// Runs `silo serve` that is expected to fail at start-up; returns its exit status and stderr.
+pub fn start_expecting_failure(data_dir: &Path, extra: &[&str]) -> (ExitStatus, String) {
+    wait_for_failure(Silo::start(data_dir, extra))
+}
+
+/// Waits for a `silo serve` that is expected to fail at start-up.
+pub fn wait_for_failure(mut silo: Silo) -> (ExitStatus, String) {
+    let status = silo.wait_exit(Duration::from_secs(30));
+    (status, silo.stderr())
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
