@@ -96,10 +96,10 @@ impl Silo {
         let started = Instant::now();
         let client = reqwest::Client::new();
         loop {
-            if let Ok(response) = client.get(self.url("/readyz")).send().await {
-                if response.status() == 200 {
-                    return started.elapsed();
-                }
+            if let Ok(response) = client.get(self.url("/readyz")).send().await
+                && response.status() == 200
+            {
+                return started.elapsed();
             }
             if let Some(status) = self.try_exit() {
                 panic!("silo exited with {status} before ready:\n{}", self.stderr());
