@@ -6,6 +6,9 @@
 //! chunking, the chunk store, the S3 data plane, GC and scrub here.
 
 pub mod catalog;
+pub mod chunker;
+pub mod compress;
 pub mod data_dir;
+pub mod keys;
 
 pub use data_dir::{DataDir, DataDirError};

@@ -1,0 +1,183 @@
+//! Content-defined chunking of a byte stream with FastCDC (2020).
+//!
+//! Boundaries follow content, so an insert near the front of a file shifts only the chunks it
+//! touches and every later chunk dedups. The chunker reads into one `BytesMut` and hands out
+//! chunks as zero-copy `Bytes` splits of it; it holds at most about two maximum-size chunks.
+
+use bytes::{Bytes, BytesMut};
+use fastcdc::v2020::{Normalization, cut_gear, get_gear_with_seed, select_masks};
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Chunk size bounds in bytes. FastCDC needs even sizes, `min <= 1 MiB`, `avg <= 4 MiB` and
+/// `max <= 16 MiB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct ChunkSizes {
+    pub min: usize,
+    pub avg: usize,
+    pub max: usize,
+}
+
+impl Default for ChunkSizes {
+    /// 256 KiB / 1 MiB / 4 MiB: near restic's and borg's sizes, which suit large media.
+    fn default() -> Self {
+        ChunkSizes { min: 256 * 1024, avg: 1024 * 1024, max: 4 * 1024 * 1024 }
+    }
+}
+
+impl ChunkSizes {
+    /// Checks the bounds FastCDC accepts.
+    ///
+    /// # Errors
+    /// A message naming the bound that is off.
+    pub fn validate(&self) -> Result<(), String> {
+        use fastcdc::v2020::{AVERAGE_MAX, AVERAGE_MIN, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN};
+        let ChunkSizes { min, avg, max } = *self;
+        let ok = (MINIMUM_MIN..=MINIMUM_MAX).contains(&min)
+            && (AVERAGE_MIN..=AVERAGE_MAX).contains(&avg)
+            && (MAXIMUM_MIN..=MAXIMUM_MAX).contains(&max)
+            && min <= avg
+            && avg <= max
+            && [min, avg, max].iter().all(|size| size % 2 == 0);
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "chunk sizes {min}/{avg}/{max} are out of bounds: need even sizes with \
+                 {MINIMUM_MIN} <= min <= {MINIMUM_MAX}, {AVERAGE_MIN} <= avg <= {AVERAGE_MAX}, \
+                 {MAXIMUM_MIN} <= max <= {MAXIMUM_MAX} and min <= avg <= max"
+            ))
+        }
+    }
+}
+
+/// Splits an async byte stream into content-defined chunks.
+pub struct Chunker<R> {
+    source: R,
+    buffer: BytesMut,
+    eof: bool,
+    sizes: ChunkSizes,
+    masks: (u64, u64),
+    gear: (Vec<u64>, Vec<u64>),
+}
+
+impl<R: AsyncRead + Unpin> Chunker<R> {
+    /// A chunker over `source` whose gear table is seeded with `seed` (per tenant).
+    pub fn new(source: R, sizes: ChunkSizes, seed: u64) -> Self {
+        let (gear, gear_ls) = get_gear_with_seed(seed);
+        Chunker {
+            source,
+            buffer: BytesMut::with_capacity(2 * sizes.max),
+            eof: false,
+            sizes,
+            masks: select_masks(sizes.avg, Normalization::Level1),
+            gear: (gear.into_owned(), gear_ls.into_owned()),
+        }
+    }
+
+    /// The next chunk, or `None` at the end of the stream.
+    ///
+    /// # Errors
+    /// The source's read error.
+    pub async fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>> {
+        while !self.eof && self.buffer.len() < self.sizes.max {
+            self.buffer.reserve(self.sizes.max);
+            if self.source.read_buf(&mut self.buffer).await? == 0 {
+                self.eof = true;
+            }
+        }
+        if self.buffer.is_empty() {
+            return Ok(None);
+        }
+        let (mask_s, mask_l) = self.masks;
+        let (_, count) = cut_gear(
+            &self.buffer,
+            self.sizes.min,
+            self.sizes.avg,
+            self.sizes.max,
+            mask_s,
+            mask_l,
+            mask_s << 1,
+            mask_l << 1,
+            &self.gear.0,
+            &self.gear.1,
+        );
+        let count = count.clamp(1, self.buffer.len());
+        Ok(Some(self.buffer.split_to(count).freeze()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{RngCore, SeedableRng};
+    use std::collections::HashSet;
+
+    /// A reader of `len` pseudo-random bytes from `seed`, after an optional prefix.
+    struct RandomReader {
+        prefix: Vec<u8>,
+        rng: rand::rngs::StdRng,
+        left: u64,
+    }
+
+    impl AsyncRead for RandomReader {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if !self.prefix.is_empty() {
+                let n = self.prefix.len().min(buf.remaining());
+                let taken: Vec<u8> = self.prefix.drain(..n).collect();
+                buf.put_slice(&taken);
+                return std::task::Poll::Ready(Ok(()));
+            }
+            let n = (buf.remaining() as u64).min(self.left).min(1 << 20) as usize;
+            let mut block = vec![0u8; n];
+            self.rng.fill_bytes(&mut block);
+            buf.put_slice(&block);
+            self.left -= n as u64;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    async fn chunk_hashes(prefix: &[u8], len: u64) -> (Vec<blake3::Hash>, u64) {
+        let reader =
+            RandomReader { prefix: prefix.to_vec(), rng: rand::rngs::StdRng::seed_from_u64(42), left: len };
+        let mut chunker = Chunker::new(reader, ChunkSizes::default(), 9);
+        let mut hashes = Vec::new();
+        let mut total = 0;
+        while let Some(chunk) = chunker.next_chunk().await.unwrap() {
+            assert!(chunk.len() <= ChunkSizes::default().max);
+            total += chunk.len() as u64;
+            hashes.push(blake3::hash(&chunk));
+        }
+        (hashes, total)
+    }
+
+    #[tokio::test]
+    async fn one_byte_inserted_at_the_front_of_1_gib_leaves_all_but_a_few_chunks_shared() {
+        const GIB: u64 = 1 << 30;
+        let (original, total) = chunk_hashes(&[], GIB).await;
+        assert_eq!(total, GIB);
+        let (shifted, total) = chunk_hashes(&[0xA5], GIB).await;
+        assert_eq!(total, GIB + 1);
+        let known: HashSet<_> = original.iter().collect();
+        let new = shifted.iter().filter(|hash| !known.contains(hash)).count();
+        assert!(original.len() > 500, "about 1 MiB average: {} chunks", original.len());
+        assert!(new <= 2, "{new} of {} chunks changed", shifted.len());
+    }
+
+    #[tokio::test]
+    async fn an_empty_stream_has_no_chunks_and_a_tiny_one_has_one() {
+        assert_eq!(chunk_hashes(&[], 0).await.0.len(), 0);
+        assert_eq!(chunk_hashes(&[1, 2, 3], 0).await.0.len(), 1);
+    }
+
+    #[test]
+    fn out_of_bound_sizes_are_refused() {
+        assert!(ChunkSizes::default().validate().is_ok());
+        assert!(ChunkSizes { min: 1024, avg: 512, max: 4096 }.validate().is_err());
+        assert!(ChunkSizes { min: 1025, avg: 4096, max: 8192 }.validate().is_err());
+    }
+}

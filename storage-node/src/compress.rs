@@ -1,0 +1,118 @@
+//! Deciding per chunk whether zstd pays, and doing it.
+//!
+//! A chunk is compressed only when that saves at least `min_saving` of its size. The decision
+//! starts with a cheap probe: four 16 KiB samples spread over the chunk, compressed at level 1.
+//! Media (JPEG, MP4, zip) fails the probe, and costs 64 KiB of level-1 work per chunk, not a
+//! full compression.
+
+use serde::Deserialize;
+
+/// How a chunk is stored in its pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Compression {
+    None = 0,
+    Zstd = 1,
+}
+
+impl Compression {
+    /// From the catalog's or a pack header's code.
+    pub fn from_code(code: i16) -> Option<Self> {
+        match code {
+            0 => Some(Compression::None),
+            1 => Some(Compression::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// Compression settings.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct CompressionPolicy {
+    /// The least share of a chunk that compression must save to be kept (0.10 = 10%).
+    pub min_saving: f64,
+    /// The zstd level for chunks that pass the probe.
+    pub level: i32,
+}
+
+impl Default for CompressionPolicy {
+    fn default() -> Self {
+        CompressionPolicy { min_saving: 0.10, level: 3 }
+    }
+}
+
+const PROBE_SAMPLES: usize = 4;
+const PROBE_SAMPLE_BYTES: usize = 16 * 1024;
+
+impl CompressionPolicy {
+    /// The stored form of `raw`: compressed when that saves enough, otherwise `None`.
+    pub fn compress(&self, raw: &[u8]) -> Option<Vec<u8>> {
+        if raw.len() < 512 {
+            return None;
+        }
+        if raw.len() > 2 * PROBE_SAMPLES * PROBE_SAMPLE_BYTES {
+            let stride = raw.len() / PROBE_SAMPLES;
+            let probe: Vec<u8> = (0..PROBE_SAMPLES)
+                .flat_map(|i| &raw[i * stride..i * stride + PROBE_SAMPLE_BYTES])
+                .copied()
+                .collect();
+            let probed = zstd::bulk::compress(&probe, 1).ok()?;
+            if !self.saves_enough(probe.len(), probed.len()) {
+                return None;
+            }
+        }
+        let compressed = zstd::bulk::compress(raw, self.level).ok()?;
+        self.saves_enough(raw.len(), compressed.len()).then_some(compressed)
+    }
+
+    fn saves_enough(&self, raw: usize, stored: usize) -> bool {
+        (stored as f64) <= (raw as f64) * (1.0 - self.min_saving)
+    }
+}
+
+/// Restores a compressed chunk of `raw_len` bytes.
+///
+/// # Errors
+/// The decompressor's error, or a length other than `raw_len`.
+pub fn decompress(stored: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
+    let raw = zstd::bulk::decompress(stored, raw_len)?;
+    if raw.len() != raw_len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("decompressed to {} bytes, expected {raw_len}", raw.len()),
+        ));
+    }
+    Ok(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::RngCore;
+
+    #[test]
+    fn text_is_compressed_and_comes_back() {
+        let text = "INSERT INTO logs VALUES (42, 'GET /index.html 200');\n".repeat(20_000);
+        let stored = CompressionPolicy::default().compress(text.as_bytes()).expect("text compresses");
+        assert!(stored.len() < text.len() / 5);
+        assert_eq!(decompress(&stored, text.len()).unwrap(), text.as_bytes());
+    }
+
+    #[test]
+    fn random_bytes_are_kept_raw() {
+        let mut media = vec![0u8; 1 << 20];
+        rand::rng().fill_bytes(&mut media);
+        assert!(CompressionPolicy::default().compress(&media).is_none());
+    }
+
+    #[test]
+    fn a_chunk_that_saves_too_little_is_kept_raw() {
+        // Half random, half zeros: saves about 50%; a policy demanding 60% keeps it raw.
+        let mut chunk = vec![0u8; 1 << 20];
+        rand::rng().fill_bytes(&mut chunk[..1 << 19]);
+        chunk.rotate_left(1 << 18);
+        let strict = CompressionPolicy { min_saving: 0.6, level: 3 };
+        assert!(strict.compress(&chunk).is_none());
+        assert!(CompressionPolicy::default().compress(&chunk).is_some());
+    }
+}

@@ -1,0 +1,135 @@
+//! Chunk identity: keyed BLAKE3 with a key of each tenant's own.
+//!
+//! A chunk's id is `BLAKE3-keyed(tenant key, raw bytes)`. The tenant key is derived from the
+//! server secret and the tenant id, so equal content in two tenants gets unrelated ids: dedup
+//! happens within a tenant and never across tenants, and one tenant cannot probe for another's
+//! files. The content-defined chunker's gear table is seeded per tenant too, so chunk
+//! boundaries do not leak content across tenants either.
+
+use std::fmt;
+
+use rand::RngCore;
+
+use crate::DataDir;
+use crate::data_dir::DataDirError;
+
+/// The name of the server secret in the data directory.
+pub const SERVER_SECRET: &str = "chunk-key-secret";
+const TENANT_KEY_CONTEXT: &str = "silo 2026-11 per-tenant chunk id key";
+const GEAR_SEED_CONTEXT: &str = "silo 2026-11 per-tenant chunker seed";
+
+/// A tenant's id in the catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantId(pub i64);
+
+/// The 32-byte keyed BLAKE3 hash that names a chunk within its tenant.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkId(pub [u8; 32]);
+
+impl ChunkId {
+    /// Reads an id from catalog bytes.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(ChunkId)
+    }
+}
+
+impl fmt::Debug for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+/// The server-wide secret every tenant key derives from.
+#[derive(Clone)]
+pub struct ServerSecret([u8; 32]);
+
+impl fmt::Debug for ServerSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ServerSecret(<redacted>)")
+    }
+}
+
+impl ServerSecret {
+    /// Loads the secret from the data directory, generating it on first start. Replicas that
+    /// must agree on chunk ids can share one through `SILO_SERVER_SECRET` (64 hex digits).
+    ///
+    /// # Errors
+    /// [`DataDirError`] when the secret cannot be read or written, or is malformed.
+    pub fn load_or_create(data_dir: &DataDir) -> Result<Self, DataDirError> {
+        let malformed = |what: &str| DataDirError::Io {
+            path: data_dir.path().join("secrets").join(SERVER_SECRET),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{what} is not 64 hex digits"),
+            ),
+        };
+        if let Ok(hex_secret) = std::env::var("SILO_SERVER_SECRET") {
+            return Self::from_hex(hex_secret.trim()).ok_or_else(|| malformed("SILO_SERVER_SECRET"));
+        }
+        let generate = || {
+            let mut bytes = [0u8; 32];
+            rand::rng().fill_bytes(&mut bytes);
+            hex::encode(bytes)
+        };
+        let (hex_secret, _) = data_dir.secret_or_create(SERVER_SECRET, generate)?;
+        Self::from_hex(&hex_secret).ok_or_else(|| malformed("the server secret"))
+    }
+
+    /// A secret from 64 hex digits.
+    pub fn from_hex(hex_secret: &str) -> Option<Self> {
+        let bytes = hex::decode(hex_secret).ok()?;
+        bytes.try_into().ok().map(ServerSecret)
+    }
+
+    /// The key that names `tenant`'s chunks.
+    pub fn tenant_key(&self, tenant: TenantId) -> TenantKey {
+        let mut material = self.0.to_vec();
+        material.extend_from_slice(&tenant.0.to_le_bytes());
+        TenantKey(blake3::derive_key(TENANT_KEY_CONTEXT, &material))
+    }
+}
+
+/// One tenant's chunk-naming key.
+#[derive(Clone)]
+pub struct TenantKey([u8; 32]);
+
+impl TenantKey {
+    /// The id of a chunk with these raw bytes.
+    pub fn chunk_id(&self, raw: &[u8]) -> ChunkId {
+        ChunkId(*blake3::keyed_hash(&self.0, raw).as_bytes())
+    }
+
+    /// The seed of this tenant's chunker gear table.
+    pub fn gear_seed(&self) -> u64 {
+        let seed = blake3::derive_key(GEAR_SEED_CONTEXT, &self.0);
+        u64::from_le_bytes(seed[..8].try_into().unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_content_in_two_tenants_gets_unrelated_ids() {
+        let secret = ServerSecret([7; 32]);
+        let a = secret.tenant_key(TenantId(1));
+        let b = secret.tenant_key(TenantId(2));
+        assert_eq!(a.chunk_id(b"frame"), a.chunk_id(b"frame"));
+        assert_ne!(a.chunk_id(b"frame"), b.chunk_id(b"frame"));
+        assert_ne!(a.gear_seed(), b.gear_seed());
+    }
+
+    #[test]
+    fn another_server_secret_gives_other_ids() {
+        let one = ServerSecret([1; 32]).tenant_key(TenantId(1));
+        let two = ServerSecret([2; 32]).tenant_key(TenantId(1));
+        assert_ne!(one.chunk_id(b"frame"), two.chunk_id(b"frame"));
+    }
+}
