@@ -10,5 +10,7 @@ pub mod chunker;
 pub mod compress;
 pub mod data_dir;
 pub mod keys;
+pub mod pack;
+pub mod store;
 
 pub use data_dir::{DataDir, DataDirError};

@@ -4,6 +4,8 @@
 //! each crate owns its tables. [`apply_migrations`] refuses a catalog whose schema is newer than
 //! this binary knows: an old Silo must not write into tables it does not understand.
 
+pub mod tenants;
+
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};

@@ -1,0 +1,91 @@
+//! Tenants: the owners of objects, keys, buckets and databases.
+
+use super::{CatalogError, CatalogPool};
+use crate::keys::TenantId;
+
+/// Why a tenant could not be created or found.
+#[derive(Debug, thiserror::Error)]
+pub enum TenantError {
+    #[error("invalid tenant name {0:?}: a tenant name matches ^[a-z][a-z0-9-]{{1,62}}$")]
+    InvalidName(String),
+    #[error("the tenant {0:?} already exists")]
+    Exists(String),
+    #[error("no tenant named {0:?}")]
+    NotFound(String),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+}
+
+impl From<tokio_postgres::Error> for TenantError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        TenantError::Catalog(CatalogError::Query(err))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for TenantError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        TenantError::Catalog(CatalogError::from(err))
+    }
+}
+
+/// Whether `name` is a valid tenant name: `^[a-z][a-z0-9-]{1,62}$`.
+pub fn is_valid_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (2..=63).contains(&bytes.len())
+        && bytes[0].is_ascii_lowercase()
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+/// Creates a tenant.
+///
+/// # Errors
+/// [`TenantError::InvalidName`], [`TenantError::Exists`].
+pub async fn create(
+    pool: &CatalogPool,
+    name: &str,
+    quota_bytes: Option<u64>,
+) -> Result<TenantId, TenantError> {
+    if !is_valid_name(name) {
+        return Err(TenantError::InvalidName(name.to_string()));
+    }
+    let client = pool.get().await?;
+    let quota = quota_bytes.map(|q| q as i64);
+    let row = client
+        .query_opt(
+            "INSERT INTO tenants (name, storage_quota_bytes) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING RETURNING id",
+            &[&name, &quota],
+        )
+        .await?
+        .ok_or_else(|| TenantError::Exists(name.to_string()))?;
+    Ok(TenantId(row.get(0)))
+}
+
+/// Finds a tenant by name.
+///
+/// # Errors
+/// [`TenantError::NotFound`].
+pub async fn find(pool: &CatalogPool, name: &str) -> Result<TenantId, TenantError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_opt("SELECT id FROM tenants WHERE name = $1", &[&name])
+        .await?
+        .ok_or_else(|| TenantError::NotFound(name.to_string()))?;
+    Ok(TenantId(row.get(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_valid_name;
+
+    #[test]
+    fn tenant_names_follow_the_rule() {
+        for good in ["acme", "a1", "shop-42", &format!("a{}", "b".repeat(62))] {
+            assert!(is_valid_name(good), "{good}");
+        }
+        for bad in
+            ["", "a", "Acme", "1acme", "acme_shop", "ac me", "x\"; DROP", &format!("a{}", "b".repeat(63))]
+        {
+            assert!(!is_valid_name(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! The chunk store's typed errors.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::catalog::CatalogError;
+use crate::keys::{ChunkId, TenantId};
+use crate::pack::PackId;
+
+/// Why a chunk store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("no tenant with id {0}")]
+    UnknownTenant(i64),
+    #[error("no object {0} for this tenant")]
+    NoSuchObject(i64),
+    #[error("the range {start}..{end} is not within the object's {size} bytes")]
+    InvalidRange { start: u64, end: u64, size: u64 },
+    #[error(
+        "storage quota exceeded: the tenant stores {used} of its {quota} bytes, and this write \
+         needs {needed} more"
+    )]
+    QuotaExceeded { used: u64, quota: u64, needed: u64 },
+    #[error("the storage device under {path} is full")]
+    StorageFull { path: PathBuf },
+    #[error("the upload ended after {received} bytes, but {expected} were announced")]
+    Truncated { expected: u64, received: u64 },
+    #[error("the upload's body could not be read: {0}")]
+    Source(io::Error),
+    #[error("integrity error in chunk {chunk} of tenant {} (pack {}, offset {offset}): {detail}", tenant.0, pack.0)]
+    Integrity { tenant: TenantId, chunk: ChunkId, pack: PackId, offset: u64, detail: String },
+    #[error("chunk {chunk} has no copy on this storage node")]
+    ChunkUnavailable { chunk: ChunkId },
+    #[error("chunk {chunk} was collected before the upload committed; retry the upload")]
+    ChunkVanished { chunk: ChunkId },
+    #[error("I/O error on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("a background task failed: {0}")]
+    Task(String),
+}
+
+impl StoreError {
+    /// Classifies an I/O error on `path`: a full device is [`StoreError::StorageFull`].
+    pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
+        let path = path.into();
+        match source.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => StoreError::StorageFull { path },
+            _ => StoreError::Io { path, source },
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        StoreError::Catalog(CatalogError::Query(err))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        StoreError::Catalog(CatalogError::from(err))
+    }
+}
+
+impl From<tokio::task::JoinError> for StoreError {
+    fn from(err: tokio::task::JoinError) -> Self {
+        StoreError::Task(err.to_string())
+    }
+}

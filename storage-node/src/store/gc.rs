@@ -1,0 +1,291 @@
+//! Garbage collection: unreferenced chunks go, and packs with little left alive are compacted.
+//!
+//! 1. Seal the idle open packs and the full ones that no running upload holds a lease on, so
+//!    their dead bytes become reclaimable (the next upload starts a fresh pack).
+//! 2. Delete chunks with no references and no pins (from uploads about to reference them, or
+//!    expired), and take their bytes off their packs' live counts.
+//! 3. Compact sealed packs whose live share fell below the threshold: copy their live records
+//!    (verified on the way, so damage is never copied) into an open pack, fsync, repoint the
+//!    locations in one transaction, and retire the old pack.
+//! 4. Delete the files of packs retired longer ago than the grace period, which covers readers
+//!    that looked a chunk's location up just before it moved.
+//!
+//! Only one GC runs at a time in a process, and uploads run alongside it.
+
+use super::verify::{ChunkLocation, Trust};
+use super::writers::OpenPack;
+use super::{ChunkStore, StoreError};
+use crate::compress::Compression;
+use crate::keys::{ChunkId, TenantId};
+use crate::pack::{PackId, RECORD_HEADER_LEN, pack_path};
+
+/// What one GC run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GcReport {
+    pub packs_sealed: u64,
+    pub chunks_deleted: u64,
+    pub stored_bytes_released: u64,
+    pub packs_compacted: u64,
+    pub packs_skipped_damaged: u64,
+    pub packs_deleted: u64,
+    pub disk_bytes_reclaimed: u64,
+}
+
+const COMPACT_BATCH: i64 = 16;
+
+impl ChunkStore {
+    /// Runs one full GC pass.
+    ///
+    /// # Errors
+    /// Catalog and I/O errors; a pack with a damaged chunk is skipped and counted, not an error.
+    pub async fn gc(&self) -> Result<GcReport, StoreError> {
+        let _one_at_a_time = self.inner.gc_lock.lock().await;
+        let mut report = GcReport::default();
+        self.inner.writers.retire_idle();
+        self.seal_ready(&mut report).await?;
+        self.delete_unreferenced(&mut report).await?;
+        self.compact(&mut report).await?;
+        self.delete_retired(&mut report).await?;
+        Ok(report)
+    }
+
+    /// Seals every idle open pack (at shutdown, so that the next start finds nothing open).
+    ///
+    /// # Errors
+    /// Catalog errors.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        self.inner.writers.retire_idle();
+        self.seal_ready(&mut GcReport::default()).await
+    }
+
+    async fn seal_ready(&self, report: &mut GcReport) -> Result<(), StoreError> {
+        let ready = self.inner.writers.take_sealable();
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let client = self.inner.pool.get().await?;
+        for (pack, size) in ready {
+            client
+                .execute(
+                    "UPDATE packs SET state = 'sealed', size = $2 WHERE id = $1 AND state = 'open'",
+                    &[&pack.0, &(size as i64)],
+                )
+                .await?;
+            report.packs_sealed += 1;
+        }
+        Ok(())
+    }
+
+    async fn delete_unreferenced(&self, report: &mut GcReport) -> Result<(), StoreError> {
+        let mut client = self.inner.pool.get().await?;
+        let tenants: Vec<i64> = client
+            .query("SELECT DISTINCT tenant_id FROM chunks WHERE refcount = 0", &[])
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        for tenant in tenants {
+            let txn = client.transaction().await?;
+            super::objects::lock_tenant(&txn, TenantId(tenant)).await?;
+            let row = txn
+                .query_one(
+                    "WITH dead AS ( \
+                        DELETE FROM chunks WHERE tenant_id = $1 AND refcount = 0 \
+                          AND (pin_count = 0 OR pinned_until < now()) \
+                        RETURNING id, raw_len, stored_len), \
+                     freed AS ( \
+                        SELECT l.pack_id, sum($2::int8 + d.stored_len)::int8 AS bytes \
+                        FROM dead d JOIN chunk_locations l ON l.tenant_id = $1 AND l.chunk_id = d.id \
+                        GROUP BY l.pack_id), \
+                     shrunk AS ( \
+                        UPDATE packs p SET live_bytes = p.live_bytes - f.bytes \
+                        FROM freed f WHERE p.id = f.pack_id RETURNING p.id) \
+                     SELECT count(*)::int8, coalesce(sum(raw_len), 0)::int8, coalesce(sum(stored_len), 0)::int8, \
+                            (SELECT count(*) FROM shrunk)::int8 \
+                     FROM dead",
+                    &[&tenant, &(RECORD_HEADER_LEN as i64)],
+                )
+                .await?;
+            let (count, raw, stored): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+            txn.execute(
+                "UPDATE tenants SET unique_raw_bytes = unique_raw_bytes - $2, stored_bytes = stored_bytes - $3 \
+                 WHERE id = $1",
+                &[&tenant, &raw, &stored],
+            )
+            .await?;
+            txn.commit().await?;
+            report.chunks_deleted += count as u64;
+            report.stored_bytes_released += stored as u64;
+        }
+        Ok(())
+    }
+
+    async fn compact(&self, report: &mut GcReport) -> Result<(), StoreError> {
+        let client = self.inner.pool.get().await?;
+        let candidates: Vec<i64> = client
+            .query(
+                "SELECT id FROM packs WHERE node_id = $1 AND state = 'sealed' AND live_bytes::float8 < size::float8 * $2::float8 \
+                 ORDER BY live_bytes LIMIT $3",
+                &[&self.inner.node.0, &self.inner.config.compact_below_live_share, &COMPACT_BATCH],
+            )
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        drop(client);
+        for pack in candidates {
+            match self.compact_pack(PackId(pack)).await? {
+                Compaction::Done => report.packs_compacted += 1,
+                Compaction::Damaged => report.packs_skipped_damaged += 1,
+            }
+        }
+        Ok(())
+    }
+
+    async fn compact_pack(&self, old: PackId) -> Result<Compaction, StoreError> {
+        let mut client = self.inner.pool.get().await?;
+        let live: Vec<ChunkLocation> = client
+            .query(
+                "SELECT l.tenant_id, l.chunk_id, l.pack_offset, c.raw_len, c.stored_len, c.compression \
+                 FROM chunk_locations l JOIN chunks c ON c.tenant_id = l.tenant_id AND c.id = l.chunk_id \
+                 WHERE l.pack_id = $1 ORDER BY l.pack_offset",
+                &[&old.0],
+            )
+            .await?
+            .iter()
+            .map(|row| ChunkLocation {
+                tenant: TenantId(row.get(0)),
+                chunk: ChunkId::from_slice(row.get(1)).unwrap_or(ChunkId([0; 32])),
+                pack: old,
+                offset: row.get::<_, i64>(2) as u64,
+                raw_len: row.get::<_, i32>(3) as u32,
+                stored_len: row.get::<_, i32>(4) as u32,
+                compression: Compression::from_code(row.get(5)).unwrap_or(Compression::None),
+            })
+            .collect();
+        let mut moves = Vec::new();
+        let mut target: Option<OpenPack> = None;
+        let mut lease = None;
+        if !live.is_empty() {
+            let pack = self.open_pack().await?;
+            lease = Some(pack.lease());
+            let store = self.clone();
+            let (pack, copied) =
+                tokio::task::spawn_blocking(move || copy_records(&store, pack, &live)).await?;
+            let path = pack.writer.path().to_path_buf();
+            target = Some(pack);
+            match copied {
+                Ok(copied) => moves = copied,
+                Err(StoreError::Integrity { .. }) | Err(StoreError::ChunkUnavailable { .. }) => {
+                    if let Some(pack) = target.take() {
+                        self.inner.writers.put_back(pack, self.inner.config.pack_target_bytes);
+                    }
+                    tracing::error!(
+                        pack = old.0,
+                        "a live chunk in this pack is damaged: not compacting it (see scrub)"
+                    );
+                    return Ok(Compaction::Damaged);
+                }
+                Err(err) => {
+                    if let Some(pack) = target.take() {
+                        self.inner.writers.put_back(pack, self.inner.config.pack_target_bytes);
+                    }
+                    return Err(match err {
+                        StoreError::Io { source, .. } => StoreError::io(path, source),
+                        other => other,
+                    });
+                }
+            }
+        }
+        let txn = client.transaction().await?;
+        if let Some(new) = target.as_ref().map(|pack| pack.writer.id()) {
+            let tenants: Vec<i64> = moves.iter().map(|(at, _)| at.tenant.0).collect();
+            let ids: Vec<Vec<u8>> = moves.iter().map(|(at, _)| at.chunk.0.to_vec()).collect();
+            let offsets: Vec<i64> = moves.iter().map(|(_, offset)| *offset as i64).collect();
+            let sizes: Vec<i64> =
+                moves.iter().map(|(at, _)| RECORD_HEADER_LEN as i64 + i64::from(at.stored_len)).collect();
+            txn.execute(
+                "WITH moved AS ( \
+                    UPDATE chunk_locations l SET pack_id = $1, pack_offset = v.o \
+                    FROM unnest($3::int8[], $4::bytea[], $5::int8[], $6::int8[]) AS v(t, c, o, s) \
+                    WHERE l.tenant_id = v.t AND l.chunk_id = v.c AND l.node_id = $7 AND l.pack_id = $2 \
+                    RETURNING v.s) \
+                 UPDATE packs SET live_bytes = live_bytes + (SELECT coalesce(sum(s), 0) FROM moved)::int8 WHERE id = $1",
+                &[&new.0, &old.0, &tenants, &ids, &offsets, &sizes, &self.inner.node.0],
+            )
+            .await?;
+        }
+        txn.execute(
+            "UPDATE packs SET state = 'retired', retired_at = now(), live_bytes = 0 \
+             WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM chunk_locations WHERE pack_id = $1)",
+            &[&old.0],
+        )
+        .await?;
+        txn.commit().await?;
+        if let Some(pack) = target {
+            self.inner.writers.put_back(pack, self.inner.config.pack_target_bytes);
+        }
+        drop(lease);
+        Ok(Compaction::Done)
+    }
+
+    async fn delete_retired(&self, report: &mut GcReport) -> Result<(), StoreError> {
+        let client = self.inner.pool.get().await?;
+        let grace = self.inner.config.retire_grace.as_secs_f64();
+        let retired: Vec<i64> = client
+            .query(
+                "SELECT id FROM packs WHERE node_id = $1 AND state = 'retired' \
+                   AND retired_at <= now() - make_interval(secs => $2)",
+                &[&self.inner.node.0, &grace],
+            )
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        for id in retired {
+            let path = pack_path(&self.inner.packs_dir, PackId(id));
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(StoreError::io(path, err)),
+            }
+            self.inner.maps.forget(PackId(id));
+            client.execute("DELETE FROM packs WHERE id = $1", &[&id]).await?;
+            report.packs_deleted += 1;
+            report.disk_bytes_reclaimed += size;
+        }
+        Ok(())
+    }
+}
+
+enum Compaction {
+    Done,
+    Damaged,
+}
+
+/// Copies `live` records into `pack` as stored (no recompression), verifying each, then
+/// fsyncs. Returns each chunk with its new offset. Blocking.
+fn copy_records(
+    store: &ChunkStore,
+    mut pack: OpenPack,
+    live: &[ChunkLocation],
+) -> (OpenPack, Result<Vec<(ChunkLocation, u64)>, StoreError>) {
+    let mut moves = Vec::with_capacity(live.len());
+    for at in live {
+        let record = match store.read_record_verified(at, Trust::Disk) {
+            Ok((record, _raw)) => record,
+            Err(err) => return (pack, Err(err)),
+        };
+        match pack.writer.append(&record.header, &record.data) {
+            Ok(offset) => moves.push((*at, offset)),
+            Err(err) => {
+                let path = pack.writer.path().to_path_buf();
+                return (pack, Err(StoreError::Io { path, source: err }));
+            }
+        }
+    }
+    let path = pack.writer.path().to_path_buf();
+    let synced = pack.writer.sync().map_err(|err| StoreError::Io { path, source: err });
+    (pack, synced.map(|()| moves))
+}

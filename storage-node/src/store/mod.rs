@@ -1,0 +1,206 @@
+//! The chunk store: put a stream of bytes for a tenant, read any range of it back, delete it.
+//!
+//! Objects are split by content-defined chunking, chunks are named by keyed BLAKE3 per tenant
+//! and stored once per tenant in append-only packs, compressed where that pays. The catalog
+//! records where every chunk lives (keyed by storage node) and how many manifest entries
+//! reference it. See `docs/storage.md` for the write path, the read path and GC.
+//!
+//! [`ChunkStore`] is a cheap handle; clone it freely.
+
+mod error;
+mod gc;
+mod ingest;
+mod objects;
+mod read;
+mod scrub;
+mod verify;
+mod writers;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+pub use error::StoreError;
+pub use gc::GcReport;
+pub use ingest::{Ingested, PutOptions, StoredObject};
+pub use objects::Usage;
+pub use read::ObjectRead;
+pub use scrub::{DamagedChunk, ScrubReport};
+
+use crate::DataDir;
+use crate::catalog::CatalogPool;
+use crate::chunker::ChunkSizes;
+use crate::compress::CompressionPolicy;
+use crate::keys::{ChunkId, ServerSecret, TenantId};
+use crate::pack::{PackMaps, pack_path};
+use writers::WriterPool;
+
+/// An object's id in the catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct ObjectId(pub i64);
+
+/// Tunables of the chunk store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    pub chunk_sizes: ChunkSizes,
+    pub compression: CompressionPolicy,
+    /// A pack is sealed once it grows past this many bytes.
+    pub pack_target_bytes: u64,
+    /// GC compacts a sealed pack whose live share falls below this.
+    pub compact_below_live_share: f64,
+    /// How long a retired pack's file is kept for readers that still hold its old location.
+    #[serde(with = "seconds")]
+    pub retire_grace: Duration,
+    /// How long an upload's pin keeps a reused chunk safe from GC.
+    #[serde(with = "seconds")]
+    pub pin_duration: Duration,
+    /// How many bytes of recently verified chunks stay cached for range reads.
+    pub verified_cache_bytes: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            chunk_sizes: ChunkSizes::default(),
+            compression: CompressionPolicy::default(),
+            pack_target_bytes: 256 * 1024 * 1024,
+            compact_below_live_share: 0.5,
+            retire_grace: Duration::from_secs(300),
+            pin_duration: Duration::from_secs(24 * 3600),
+            verified_cache_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+mod seconds {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        u64::deserialize(deserializer).map(Duration::from_secs)
+    }
+}
+
+/// Which storage node this process is.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub name: String,
+    pub zone: String,
+}
+
+/// A storage node's id in the catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NodeId(pub i32);
+
+/// The chunk store of one storage node.
+#[derive(Debug, Clone)]
+pub struct ChunkStore {
+    inner: Arc<Inner>,
+}
+
+type VerifiedCache = quick_cache::sync::Cache<(TenantId, ChunkId), Bytes, BytesWeighter>;
+
+#[derive(Clone)]
+struct BytesWeighter;
+
+impl quick_cache::Weighter<(TenantId, ChunkId), Bytes> for BytesWeighter {
+    fn weight(&self, _: &(TenantId, ChunkId), value: &Bytes) -> u64 {
+        value.len().max(1) as u64
+    }
+}
+
+struct Inner {
+    pool: CatalogPool,
+    node: NodeId,
+    packs_dir: PathBuf,
+    secret: ServerSecret,
+    config: StoreConfig,
+    writers: WriterPool,
+    maps: PackMaps,
+    verified: VerifiedCache,
+    gc_lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkStore").field("node", &self.node).field("packs_dir", &self.packs_dir).finish()
+    }
+}
+
+impl ChunkStore {
+    /// Opens the chunk store of `data_dir` as storage node `node`.
+    ///
+    /// Registers the node, loads (or creates) the server secret, and seals the packs that a
+    /// previous process left open: their uncommitted tails are garbage for GC.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the catalog, the secret or the packs directory is unusable.
+    pub async fn open(
+        pool: CatalogPool,
+        data_dir: &DataDir,
+        node: &NodeSpec,
+        config: StoreConfig,
+    ) -> Result<Self, StoreError> {
+        config.chunk_sizes.validate().map_err(|msg| StoreError::Task(msg.to_string()))?;
+        let secret =
+            ServerSecret::load_or_create(data_dir).map_err(|err| StoreError::Task(err.to_string()))?;
+        let packs_dir = data_dir.path().join("packs");
+        std::fs::create_dir_all(&packs_dir).map_err(|source| StoreError::io(&packs_dir, source))?;
+        let client = pool.get().await?;
+        let row = client
+            .query_one(
+                "INSERT INTO storage_nodes (name, zone) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO UPDATE SET zone = EXCLUDED.zone RETURNING id",
+                &[&node.name, &node.zone],
+            )
+            .await?;
+        let node_id = NodeId(row.get(0));
+        let abandoned =
+            client.query("SELECT id FROM packs WHERE node_id = $1 AND state = 'open'", &[&node_id.0]).await?;
+        for row in abandoned {
+            let id: i64 = row.get(0);
+            let path = pack_path(&packs_dir, crate::pack::PackId(id));
+            let size = std::fs::metadata(&path).map(|m| m.len() as i64).unwrap_or(0);
+            client
+                .execute("UPDATE packs SET state = 'sealed', size = $2 WHERE id = $1", &[&id, &size])
+                .await?;
+            tracing::info!(pack = id, size, "sealed a pack left open by an earlier process");
+        }
+        drop(client);
+        let inner = Inner {
+            verified: quick_cache::sync::Cache::with_weighter(
+                256,
+                config.verified_cache_bytes.max(1),
+                BytesWeighter,
+            ),
+            maps: PackMaps::new(&packs_dir),
+            writers: WriterPool::default(),
+            gc_lock: tokio::sync::Mutex::new(()),
+            pool,
+            node: node_id,
+            packs_dir,
+            secret,
+            config,
+        };
+        Ok(ChunkStore { inner: Arc::new(inner) })
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> NodeId {
+        self.inner.node
+    }
+
+    /// The catalog pool the store uses.
+    pub fn catalog(&self) -> &CatalogPool {
+        &self.inner.pool
+    }
+
+    /// The directory of the pack files.
+    pub fn packs_dir(&self) -> &std::path::Path {
+        &self.inner.packs_dir
+    }
+}

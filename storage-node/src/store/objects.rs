@@ -1,0 +1,169 @@
+//! Deleting and copying objects, and a tenant's usage.
+
+use tokio_postgres::Transaction;
+
+use super::{ChunkStore, ObjectId, StoreError};
+use crate::keys::TenantId;
+
+/// A tenant's usage, from the catalog's counters (no scan of data).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Usage {
+    pub objects: u64,
+    /// The sum of the objects' sizes.
+    pub logical_bytes: u64,
+    /// The raw size of the tenant's distinct chunks.
+    pub unique_bytes: u64,
+    /// Those chunks as stored on disk, after compression.
+    pub stored_bytes: u64,
+    pub quota_bytes: Option<u64>,
+    /// `logical_bytes / unique_bytes`: how much dedup saves (1.0 = nothing).
+    pub dedup_ratio: f64,
+    /// `unique_bytes / stored_bytes`: how much compression saves (1.0 = nothing).
+    pub compression_ratio: f64,
+}
+
+impl ChunkStore {
+    /// Deletes `object`: its manifest goes, and its chunks lose their references. The bytes
+    /// are reclaimed by GC.
+    ///
+    /// # Errors
+    /// [`StoreError::NoSuchObject`] when the tenant has no such object.
+    pub async fn delete(&self, tenant: TenantId, object: ObjectId) -> Result<(), StoreError> {
+        let mut client = self.inner.pool.get().await?;
+        let txn = client.transaction().await?;
+        self.delete_in(&txn, tenant, object).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// [`ChunkStore::delete`] inside the caller's transaction.
+    ///
+    /// # Errors
+    /// See [`ChunkStore::delete`].
+    pub async fn delete_in(
+        &self,
+        txn: &Transaction<'_>,
+        tenant: TenantId,
+        object: ObjectId,
+    ) -> Result<(), StoreError> {
+        lock_tenant(txn, tenant).await?;
+        txn.execute(
+            "UPDATE chunks c SET refcount = c.refcount - refs.n \
+             FROM (SELECT chunk_id, count(*) AS n FROM object_chunks WHERE object_id = $1 GROUP BY chunk_id) AS refs \
+             WHERE c.tenant_id = $2 AND c.id = refs.chunk_id \
+               AND EXISTS (SELECT 1 FROM objects WHERE id = $1 AND tenant_id = $2)",
+            &[&object.0, &tenant.0],
+        )
+        .await?;
+        let size: i64 = txn
+            .query_opt(
+                "DELETE FROM objects WHERE id = $1 AND tenant_id = $2 RETURNING size",
+                &[&object.0, &tenant.0],
+            )
+            .await?
+            .ok_or(StoreError::NoSuchObject(object.0))?
+            .get(0);
+        txn.execute(
+            "UPDATE tenants SET object_count = object_count - 1, logical_bytes = logical_bytes - $2 WHERE id = $1",
+            &[&tenant.0, &size],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A new object with the same bytes as `object`, sharing its chunks: only the manifest is
+    /// copied, and the chunks gain references. The copy counts against the quota.
+    ///
+    /// # Errors
+    /// [`StoreError::NoSuchObject`], [`StoreError::QuotaExceeded`].
+    pub async fn copy_in(
+        &self,
+        txn: &Transaction<'_>,
+        tenant: TenantId,
+        object: ObjectId,
+    ) -> Result<ObjectId, StoreError> {
+        let (used, quota) = lock_tenant(txn, tenant).await?;
+        let size: i64 = txn
+            .query_opt("SELECT size FROM objects WHERE id = $1 AND tenant_id = $2", &[&object.0, &tenant.0])
+            .await?
+            .ok_or(StoreError::NoSuchObject(object.0))?
+            .get(0);
+        if let Some(quota) = quota
+            && used + size as u64 > quota
+        {
+            return Err(StoreError::QuotaExceeded { used, quota, needed: size as u64 });
+        }
+        let copy: i64 = txn
+            .query_one(
+                "INSERT INTO objects (tenant_id, size, chunk_count, md5) \
+                 SELECT tenant_id, size, chunk_count, md5 FROM objects WHERE id = $1 RETURNING id",
+                &[&object.0],
+            )
+            .await?
+            .get(0);
+        txn.execute(
+            "INSERT INTO object_chunks (object_id, logical_offset, tenant_id, chunk_id) \
+             SELECT $2, logical_offset, tenant_id, chunk_id FROM object_chunks WHERE object_id = $1",
+            &[&object.0, &copy],
+        )
+        .await?;
+        txn.execute(
+            "UPDATE chunks c SET refcount = c.refcount + refs.n \
+             FROM (SELECT chunk_id, count(*) AS n FROM object_chunks WHERE object_id = $1 GROUP BY chunk_id) AS refs \
+             WHERE c.tenant_id = $2 AND c.id = refs.chunk_id",
+            &[&object.0, &tenant.0],
+        )
+        .await?;
+        txn.execute(
+            "UPDATE tenants SET object_count = object_count + 1, logical_bytes = logical_bytes + $2 WHERE id = $1",
+            &[&tenant.0, &size],
+        )
+        .await?;
+        Ok(ObjectId(copy))
+    }
+
+    /// The tenant's usage.
+    ///
+    /// # Errors
+    /// [`StoreError::UnknownTenant`].
+    pub async fn usage(&self, tenant: TenantId) -> Result<Usage, StoreError> {
+        let client = self.inner.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT object_count, logical_bytes, unique_raw_bytes, stored_bytes, storage_quota_bytes \
+                 FROM tenants WHERE id = $1",
+                &[&tenant.0],
+            )
+            .await?
+            .ok_or(StoreError::UnknownTenant(tenant.0))?;
+        let as_u64 = |i: usize| row.get::<_, i64>(i).max(0) as u64;
+        let (logical, unique, stored) = (as_u64(1), as_u64(2), as_u64(3));
+        let ratio = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
+        Ok(Usage {
+            objects: as_u64(0),
+            logical_bytes: logical,
+            unique_bytes: unique,
+            stored_bytes: stored,
+            quota_bytes: row.get::<_, Option<i64>>(4).map(|q| q as u64),
+            dedup_ratio: ratio(logical, unique),
+            compression_ratio: ratio(unique, stored),
+        })
+    }
+}
+
+/// Locks the tenant's row, which serialises every change to its chunks and counters (so they
+/// stay exact, and chunk row locks are always taken in one order). Returns the logical bytes
+/// used and the quota.
+pub(crate) async fn lock_tenant(
+    txn: &Transaction<'_>,
+    tenant: TenantId,
+) -> Result<(u64, Option<u64>), StoreError> {
+    let row = txn
+        .query_opt(
+            "SELECT logical_bytes, storage_quota_bytes FROM tenants WHERE id = $1 FOR UPDATE",
+            &[&tenant.0],
+        )
+        .await?
+        .ok_or(StoreError::UnknownTenant(tenant.0))?;
+    Ok((row.get::<_, i64>(0) as u64, row.get::<_, Option<i64>>(1).map(|q| q as u64)))
+}

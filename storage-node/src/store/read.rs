@@ -1,0 +1,183 @@
+//! The read path: any byte range of an object, as a stream, chunk by chunk.
+//!
+//! The first chunk of a range is found through the `(object_id, logical_offset)` key (one
+//! index probe, no manifest scan). Manifest rows come in small batches, and each chunk is
+//! loaded, verified and sliced on a blocking thread, so a read holds at most one batch of rows
+//! and one chunk in memory however large the object is.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+
+use bytes::Bytes;
+use futures::stream::{self, BoxStream, StreamExt};
+
+use super::verify::{ChunkLocation, Trust};
+use super::{ChunkStore, ObjectId, StoreError};
+use crate::compress::Compression;
+use crate::keys::{ChunkId, TenantId};
+use crate::pack::PackId;
+
+const BATCH: i64 = 32;
+
+/// A range read in progress.
+pub struct ObjectRead {
+    /// The object's full size.
+    pub size: u64,
+    /// The range being streamed.
+    pub range: Range<u64>,
+    /// The bytes of `range`, in order.
+    pub stream: BoxStream<'static, Result<Bytes, StoreError>>,
+}
+
+impl std::fmt::Debug for ObjectRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectRead").field("size", &self.size).field("range", &self.range).finish()
+    }
+}
+
+/// One manifest entry with its chunk's location on this node.
+struct Entry {
+    logical_offset: u64,
+    location: Option<ChunkLocation>,
+    chunk: ChunkId,
+}
+
+struct Cursor {
+    store: ChunkStore,
+    tenant: TenantId,
+    object: ObjectId,
+    pos: u64,
+    end: u64,
+    batch: VecDeque<Entry>,
+    retried_at: Option<u64>,
+}
+
+impl ChunkStore {
+    /// The size of `object`.
+    ///
+    /// # Errors
+    /// [`StoreError::NoSuchObject`] when the tenant has no such object.
+    pub async fn object_size(&self, tenant: TenantId, object: ObjectId) -> Result<u64, StoreError> {
+        let client = self.inner.pool.get().await?;
+        let row = client
+            .query_opt("SELECT size FROM objects WHERE id = $1 AND tenant_id = $2", &[&object.0, &tenant.0])
+            .await?
+            .ok_or(StoreError::NoSuchObject(object.0))?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    /// Streams `range` of `object` (the whole object when `None`).
+    ///
+    /// # Errors
+    /// [`StoreError::NoSuchObject`] and [`StoreError::InvalidRange`] at once; integrity and
+    /// I/O errors as items of the stream, after which it ends. No byte of a chunk that fails
+    /// verification is ever yielded.
+    pub async fn read(
+        &self,
+        tenant: TenantId,
+        object: ObjectId,
+        range: Option<Range<u64>>,
+    ) -> Result<ObjectRead, StoreError> {
+        let size = self.object_size(tenant, object).await?;
+        let range = range.unwrap_or(0..size);
+        if range.start > range.end || range.end > size {
+            return Err(StoreError::InvalidRange { start: range.start, end: range.end, size });
+        }
+        let cursor = Cursor {
+            store: self.clone(),
+            tenant,
+            object,
+            pos: range.start,
+            end: range.end,
+            batch: VecDeque::new(),
+            retried_at: None,
+        };
+        let stream = stream::try_unfold(cursor, |mut cursor| async move {
+            match cursor.next_piece().await? {
+                Some(piece) => Ok(Some((piece, cursor))),
+                None => Ok(None),
+            }
+        });
+        Ok(ObjectRead { size, range, stream: stream.boxed() })
+    }
+}
+
+impl Cursor {
+    async fn next_piece(&mut self) -> Result<Option<Bytes>, StoreError> {
+        loop {
+            if self.pos >= self.end {
+                return Ok(None);
+            }
+            if self.batch.is_empty() {
+                self.fetch_batch().await?;
+            }
+            let Some(entry) = self.batch.pop_front() else {
+                return Err(StoreError::Task(format!("the manifest of object {} ends early", self.object.0)));
+            };
+            let Some(location) = entry.location else {
+                return Err(StoreError::ChunkUnavailable { chunk: entry.chunk });
+            };
+            let store = self.store.clone();
+            let loaded =
+                tokio::task::spawn_blocking(move || store.load_verified(&location, Trust::Cached)).await?;
+            let raw = match loaded {
+                Ok(raw) => raw,
+                // GC may have moved the chunk and deleted the old pack since the batch was
+                // fetched: look the location up once more.
+                Err(StoreError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound && self.retried_at != Some(self.pos) =>
+                {
+                    self.retried_at = Some(self.pos);
+                    self.batch.clear();
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            let from = self.pos.saturating_sub(entry.logical_offset) as usize;
+            let to = ((self.end - entry.logical_offset) as usize).min(raw.len());
+            if from >= to {
+                continue;
+            }
+            self.pos = entry.logical_offset + to as u64;
+            return Ok(Some(raw.slice(from..to)));
+        }
+    }
+
+    async fn fetch_batch(&mut self) -> Result<(), StoreError> {
+        let client = self.store.inner.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT oc.logical_offset, oc.chunk_id, c.raw_len, c.stored_len, c.compression, \
+                        l.pack_id, l.pack_offset \
+                 FROM object_chunks oc \
+                 JOIN chunks c ON c.tenant_id = oc.tenant_id AND c.id = oc.chunk_id \
+                 LEFT JOIN chunk_locations l \
+                        ON l.tenant_id = oc.tenant_id AND l.chunk_id = oc.chunk_id AND l.node_id = $3 \
+                 WHERE oc.object_id = $1 \
+                   AND oc.logical_offset >= coalesce( \
+                        (SELECT max(logical_offset) FROM object_chunks \
+                          WHERE object_id = $1 AND logical_offset <= $2), 0) \
+                   AND oc.logical_offset < $4 \
+                 ORDER BY oc.logical_offset LIMIT $5",
+                &[&self.object.0, &(self.pos as i64), &self.store.inner.node.0, &(self.end as i64), &BATCH],
+            )
+            .await?;
+        for row in rows {
+            let chunk = ChunkId::from_slice(row.get(1)).unwrap_or(ChunkId([0; 32]));
+            let pack: Option<i64> = row.get(5);
+            let offset: Option<i64> = row.get(6);
+            let compression = Compression::from_code(row.get(4)).unwrap_or(Compression::None);
+            let location = pack.zip(offset).map(|(pack, offset)| ChunkLocation {
+                tenant: self.tenant,
+                chunk,
+                pack: PackId(pack),
+                offset: offset as u64,
+                raw_len: row.get::<_, i32>(2) as u32,
+                stored_len: row.get::<_, i32>(3) as u32,
+                compression,
+            });
+            self.batch.push_back(Entry { logical_offset: row.get::<_, i64>(0) as u64, location, chunk });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,106 @@
+//! Loading a chunk from its pack and proving it is the chunk the catalog names.
+//!
+//! The record header must match the catalog, and the raw bytes must hash (keyed BLAKE3) to the
+//! chunk id. Wrong bytes never leave this module. A cache bounded in bytes keeps private
+//! copies of recently verified chunks, so a small range of a large chunk does not cost hashing
+//! (or decompressing) the whole chunk on every request. The cache holds copies, not views of
+//! the pack's memory map, so what it serves is exactly what was verified.
+
+use bytes::Bytes;
+
+use super::{ChunkStore, StoreError};
+use crate::compress::{Compression, decompress};
+use crate::keys::{ChunkId, TenantId};
+use crate::pack::{PackId, RecordView};
+
+/// Where a chunk lives and what the catalog says of it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChunkLocation {
+    pub tenant: TenantId,
+    pub chunk: ChunkId,
+    pub pack: PackId,
+    pub offset: u64,
+    pub raw_len: u32,
+    pub stored_len: u32,
+    pub compression: Compression,
+}
+
+/// Whether to use the cache of verified chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trust {
+    /// Serve from the cache of recently verified chunks, and fill it.
+    Cached,
+    /// Read and hash the bytes on disk now, bypassing the cache (scrub, compaction).
+    Disk,
+}
+
+impl ChunkStore {
+    /// The chunk's raw bytes, verified. Blocking: call it from a blocking thread.
+    ///
+    /// # Errors
+    /// [`StoreError::Integrity`] when the record or its bytes do not match; `Io` when the pack
+    /// cannot be read (`NotFound` when its file is gone).
+    pub(crate) fn load_verified(&self, at: &ChunkLocation, trust: Trust) -> Result<Bytes, StoreError> {
+        let cache_key = (at.tenant, at.chunk);
+        if trust == Trust::Cached
+            && let Some(raw) = self.inner.verified.get(&cache_key)
+        {
+            return Ok(raw);
+        }
+        let (_, raw) = self.read_record_verified(at, trust)?;
+        if trust == Trust::Cached {
+            self.inner.verified.insert(cache_key, raw.clone());
+        }
+        Ok(raw)
+    }
+
+    /// The chunk's record as stored, and its raw bytes, both verified. Blocking.
+    ///
+    /// # Errors
+    /// See [`ChunkStore::load_verified`].
+    pub(crate) fn read_record_verified(
+        &self,
+        at: &ChunkLocation,
+        trust: Trust,
+    ) -> Result<(RecordView, Bytes), StoreError> {
+        let record = self.inner.maps.record(at.pack, at.offset).map_err(|err| match err.kind() {
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof => {
+                integrity(at, err.to_string())
+            }
+            _ => StoreError::io(crate::pack::pack_path(&self.inner.packs_dir, at.pack), err),
+        })?;
+        let header = record.header;
+        if header.chunk != at.chunk
+            || header.tenant != at.tenant
+            || header.raw_len != at.raw_len
+            || header.stored_len != at.stored_len
+            || header.compression != at.compression
+        {
+            return Err(integrity(at, "the record header does not match the catalog".into()));
+        }
+        let raw = match at.compression {
+            // A private copy: the map would show later changes to the file.
+            Compression::None if trust == Trust::Cached => Bytes::copy_from_slice(&record.data),
+            Compression::None => record.data.clone(),
+            Compression::Zstd => Bytes::from(
+                decompress(&record.data, at.raw_len as usize)
+                    .map_err(|err| integrity(at, format!("it does not decompress: {err}")))?,
+            ),
+        };
+        let key = self.inner.secret.tenant_key(at.tenant);
+        if key.chunk_id(&raw) != at.chunk {
+            self.forget_verified(at.tenant, at.chunk);
+            return Err(integrity(at, "its bytes do not hash to its id".into()));
+        }
+        Ok((record, raw))
+    }
+
+    /// Drops a chunk from the cache of verified chunks.
+    pub(crate) fn forget_verified(&self, tenant: TenantId, chunk: ChunkId) {
+        self.inner.verified.remove(&(tenant, chunk));
+    }
+}
+
+fn integrity(at: &ChunkLocation, detail: String) -> StoreError {
+    StoreError::Integrity { tenant: at.tenant, chunk: at.chunk, pack: at.pack, offset: at.offset, detail }
+}

@@ -1,0 +1,100 @@
+//! The open packs of this node and when they may be sealed.
+//!
+//! An upload takes an idle writer for as long as it streams, so its chunks sit together in
+//! one pack, and hands it back before its catalog commit. Every upload that wrote into a pack
+//! holds a [`PackLease`] on it until it commits or gives up. A pack is sealed (and so becomes
+//! visible to GC compaction) only when it is full and no lease on it remains: GC can never
+//! mistake the not-yet-committed chunks of a running upload for garbage.
+
+use std::sync::{Arc, Mutex};
+
+use crate::pack::{PackId, PackWriter};
+
+/// Proof that an upload wrote into a pack and has not finished yet.
+#[derive(Debug, Clone)]
+pub struct PackLease(Arc<PackId>);
+
+impl PackLease {
+    pub fn pack(&self) -> PackId {
+        *self.0
+    }
+}
+
+/// An open pack: its writer and the lease every upload into it clones.
+#[derive(Debug)]
+pub struct OpenPack {
+    pub writer: PackWriter,
+    lease: PackLease,
+}
+
+impl OpenPack {
+    pub fn new(writer: PackWriter) -> Self {
+        let lease = PackLease(Arc::new(writer.id()));
+        OpenPack { writer, lease }
+    }
+
+    /// A lease for one more upload that writes here.
+    pub fn lease(&self) -> PackLease {
+        self.lease.clone()
+    }
+}
+
+/// A full (or broken) pack that waits for its leases to end before it is sealed.
+#[derive(Debug)]
+pub struct Draining {
+    lease: PackLease,
+    size: u64,
+}
+
+/// Idle writers and full packs awaiting their seal.
+#[derive(Debug, Default)]
+pub struct WriterPool {
+    idle: Mutex<Vec<OpenPack>>,
+    draining: Mutex<Vec<Draining>>,
+}
+
+const MAX_IDLE: usize = 4;
+
+impl WriterPool {
+    /// An idle writer, if any.
+    pub fn take(&self) -> Option<OpenPack> {
+        lock(&self.idle).pop()
+    }
+
+    /// Returns a writer after use: to the idle set, or to draining when it is full or broken.
+    pub fn put_back(&self, pack: OpenPack, target_bytes: u64) {
+        let full = pack.writer.is_broken() || pack.writer.len() >= target_bytes;
+        let mut idle = lock(&self.idle);
+        if full || idle.len() >= MAX_IDLE {
+            drop(idle);
+            let size = pack.writer.len();
+            lock(&self.draining).push(Draining { lease: pack.lease, size });
+        } else {
+            idle.push(pack);
+        }
+    }
+
+    /// The packs that are ready to seal now (no upload holds a lease), with their sizes.
+    /// They are removed from the pool; the caller records the seal in the catalog.
+    pub fn take_sealable(&self) -> Vec<(PackId, u64)> {
+        let mut draining = lock(&self.draining);
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            draining.drain(..).partition(|entry| Arc::strong_count(&entry.lease.0) == 1);
+        *draining = waiting;
+        ready.into_iter().map(|entry| (entry.lease.pack(), entry.size)).collect()
+    }
+
+    /// Moves every idle writer to draining, so that GC and shutdown can seal them.
+    pub fn retire_idle(&self) {
+        let idle: Vec<OpenPack> = lock(&self.idle).drain(..).collect();
+        let mut draining = lock(&self.draining);
+        for pack in idle {
+            let size = pack.writer.len();
+            draining.push(Draining { lease: pack.lease, size });
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
