@@ -29,7 +29,8 @@ pub struct PackId(pub i64);
 
 pub(crate) const PACK_MAGIC: &[u8; 8] = b"SILOPACK";
 pub(crate) const PACK_VERSION: u32 = 1;
-pub(crate) const PACK_HEADER_LEN: u64 = 32;
+/// The size of a pack's header; the first record follows it.
+pub const PACK_HEADER_LEN: u64 = 32;
 pub(crate) const RECORD_MAGIC: &[u8; 4] = b"CHNK";
 /// The size of a record header; the chunk's bytes follow it.
 pub const RECORD_HEADER_LEN: u64 = 56;

@@ -7,6 +7,8 @@
 //! 3. Compact sealed packs whose live share fell below the threshold: copy their live records
 //!    (verified on the way, so damage is never copied) into an open pack, fsync, repoint the
 //!    locations in one transaction, and retire the old pack.
+//!    When the disk is too full to copy into, punch holes in the pack's dead ranges instead
+//!    (`fallocate(PUNCH_HOLE)`): that frees their blocks without writing anything new.
 //! 4. Delete the files of packs retired longer ago than the grace period, which covers readers
 //!    that looked a chunk's location up just before it moved.
 //!
@@ -27,6 +29,8 @@ pub struct GcReport {
     pub stored_bytes_released: u64,
     pub packs_compacted: u64,
     pub packs_skipped_damaged: u64,
+    /// Packs whose dead ranges were punched out because the disk was too full to compact.
+    pub packs_punched: u64,
     pub packs_deleted: u64,
     pub disk_bytes_reclaimed: u64,
 }
@@ -134,9 +138,15 @@ impl ChunkStore {
             .collect();
         drop(client);
         for pack in candidates {
-            match self.compact_pack(PackId(pack)).await? {
-                Compaction::Done => report.packs_compacted += 1,
-                Compaction::Damaged => report.packs_skipped_damaged += 1,
+            match self.compact_pack(PackId(pack)).await {
+                Ok(Compaction::Done) => report.packs_compacted += 1,
+                Ok(Compaction::Damaged) => report.packs_skipped_damaged += 1,
+                Err(StoreError::StorageFull { .. }) => {
+                    tracing::warn!(pack, "the disk is too full to compact into; punching out dead ranges");
+                    self.punch_dead_ranges(PackId(pack)).await?;
+                    report.packs_punched += 1;
+                }
+                Err(err) => return Err(err),
             }
         }
         Ok(())
@@ -229,6 +239,28 @@ impl ChunkStore {
         Ok(Compaction::Done)
     }
 
+    /// Frees the blocks of `pack`'s dead ranges in place. Needs no free space.
+    async fn punch_dead_ranges(&self, pack: PackId) -> Result<(), StoreError> {
+        let client = self.inner.pool.get().await?;
+        let live: Vec<(u64, u64)> = client
+            .query(
+                "SELECT l.pack_offset, $2::int8 + c.stored_len \
+                 FROM chunk_locations l JOIN chunks c ON c.tenant_id = l.tenant_id AND c.id = l.chunk_id \
+                 WHERE l.pack_id = $1 ORDER BY l.pack_offset",
+                &[&pack.0, &(RECORD_HEADER_LEN as i64)],
+            )
+            .await?
+            .iter()
+            .map(|row| (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
+            .collect();
+        drop(client);
+        let path = pack_path(&self.inner.packs_dir, pack);
+        let punching = path.clone();
+        tokio::task::spawn_blocking(move || punch_holes(&punching, &live))
+            .await?
+            .map_err(|err| StoreError::io(path, err))
+    }
+
     async fn delete_retired(&self, report: &mut GcReport) -> Result<(), StoreError> {
         let client = self.inner.pool.get().await?;
         let grace = self.inner.config.retire_grace.as_secs_f64();
@@ -288,4 +320,34 @@ fn copy_records(
     let path = pack.writer.path().to_path_buf();
     let synced = pack.writer.sync().map_err(|err| StoreError::Io { path, source: err });
     (pack, synced.map(|()| moves))
+}
+
+/// Punches holes between the `live` records (offset, length; sorted) of the pack at `path`.
+fn punch_holes(path: &std::path::Path, live: &[(u64, u64)]) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new().write(true).open(path)?;
+    let len = file.metadata()?.len();
+    let mut cursor = crate::pack::PACK_HEADER_LEN;
+    let mut gaps = Vec::new();
+    for (offset, size) in live.iter().copied().chain(std::iter::once((len, 0))) {
+        if offset > cursor {
+            gaps.push((cursor, offset - cursor));
+        }
+        cursor = cursor.max(offset + size);
+    }
+    for (offset, size) in gaps {
+        // SAFETY: a plain syscall on an open fd; the ranges hold no live record.
+        let punched = unsafe {
+            libc::fallocate(
+                file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                size as libc::off_t,
+            )
+        };
+        if punched != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
