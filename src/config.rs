@@ -10,12 +10,14 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
+use storage_node::store::{NodeSpec, StoreConfig};
 
 /// The default data directory.
 pub const DEFAULT_DATA_DIR: &str = "./silo-data";
 /// The default HTTP listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8420";
 const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 20;
+const DEFAULT_GC_INTERVAL_SECS: u64 = 300;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -58,6 +60,15 @@ pub struct ServeArgs {
     /// The log format [default: text].
     #[arg(long, env = "SILO_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// This storage node's name, unique among the nodes sharing a catalog [default: local].
+    #[arg(long, env = "SILO_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// The availability zone of this storage node [default: default].
+    #[arg(long, env = "SILO_ZONE")]
+    pub zone: Option<String>,
+    /// Seconds between background GC runs; 0 turns them off [default: 300].
+    #[arg(long, env = "SILO_GC_INTERVAL_SECS")]
+    pub gc_interval_secs: Option<u64>,
 }
 
 /// The settings a TOML file may hold.
@@ -72,6 +83,11 @@ struct FileConfig {
     postgres_os_user: Option<String>,
     shutdown_grace_secs: Option<u64>,
     log_format: Option<LogFormat>,
+    node_name: Option<String>,
+    zone: Option<String>,
+    gc_interval_secs: Option<u64>,
+    /// The chunk store's tunables (`[store]`: chunk sizes, compression, packs, caches).
+    store: Option<StoreConfig>,
 }
 
 /// The resolved configuration of `silo serve`.
@@ -85,6 +101,9 @@ pub struct ServeConfig {
     pub postgres_os_user: String,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
+    pub node: NodeSpec,
+    pub gc_interval: Option<Duration>,
+    pub store: StoreConfig,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -99,6 +118,9 @@ impl std::fmt::Debug for ServeConfig {
             .field("postgres_os_user", &self.postgres_os_user)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("log_format", &self.log_format)
+            .field("node", &self.node)
+            .field("gc_interval", &self.gc_interval)
+            .field("store", &self.store)
             .finish()
     }
 }
@@ -128,6 +150,19 @@ impl ServeArgs {
                 self.shutdown_grace_secs.or(file.shutdown_grace_secs).unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS),
             ),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
+            node: NodeSpec {
+                name: self.node_name.or(file.node_name).unwrap_or_else(|| "local".into()),
+                zone: self.zone.or(file.zone).unwrap_or_else(|| "default".into()),
+            },
+            gc_interval: match self
+                .gc_interval_secs
+                .or(file.gc_interval_secs)
+                .unwrap_or(DEFAULT_GC_INTERVAL_SECS)
+            {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
+            store: file.store.unwrap_or_default(),
         })
     }
 }
@@ -173,6 +208,15 @@ mod tests {
         assert_eq!(config.listen.to_string(), "127.0.0.1:9100");
         assert_eq!(config.data_dir, PathBuf::from("/srv/silo"));
         assert_eq!(config.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn the_store_table_sets_chunk_sizes() {
+        let toml = file("[store]\nchunk_sizes = { min = 65536, avg = 262144, max = 1048576 }\n");
+        let args = ServeArgs { config: Some(toml.path().into()), ..ServeArgs::default() };
+        let config = args.resolve().unwrap();
+        assert_eq!(config.store.chunk_sizes.avg, 262144);
+        assert_eq!(config.store.compression.min_saving, 0.10, "unset keys keep their defaults");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The `silo` binary: the command line, wired to the server and the libraries.
 
+mod admin;
 mod cli;
+mod client;
 mod config;
 mod http;
 mod logging;
@@ -14,6 +16,8 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
         cli::Command::Serve(args) => serve::run(args),
+        cli::Command::Gc(args) => admin::gc(args),
+        cli::Command::Scrub(args) => admin::scrub(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

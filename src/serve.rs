@@ -16,6 +16,7 @@ use db_manager::instance::{LocalInstance, SupervisorHandle, supervise};
 use rand::distr::{Alphanumeric, SampleString};
 use storage_node::DataDir;
 use storage_node::catalog::{self, CatalogPool};
+use storage_node::store::{ChunkStore, GcReport};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -122,6 +123,10 @@ async fn serve_with_catalog(
         .await
         .map_err(catalog::CatalogError::from)?;
     drop(client);
+    let store = ChunkStore::open(pool.clone(), &data_dir, &config.node, config.store.clone()).await?;
+    if let Some(interval) = config.gc_interval {
+        tokio::spawn(collect_garbage_every(store.clone(), interval, stop.clone()));
+    }
     let admin_token = admin_token(&data_dir)?;
     let catalog_server = match embedded {
         Some(Embedded { supervisor, .. }) => CatalogServer::Embedded {
@@ -132,6 +137,7 @@ async fn serve_with_catalog(
     };
     let state = Arc::new(AppState {
         catalog: pool,
+        store: store.clone(),
         data_dir,
         catalog_server,
         admin_token_digest: http::auth_digest(&admin_token),
@@ -174,7 +180,25 @@ async fn serve_with_catalog(
             server.abort();
         }
     }
+    if let Err(err) = store.close().await {
+        tracing::warn!(error = %err, "could not seal the open packs; the next start seals them");
+    }
     Ok(())
+}
+
+/// Runs GC every `interval` until `stop`.
+async fn collect_garbage_every(store: ChunkStore, interval: std::time::Duration, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        match store.gc().await {
+            Ok(report) if report != GcReport::default() => tracing::info!(?report, "GC pass"),
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "GC pass failed"),
+        }
+    }
 }
 
 /// Cancels `http_stop` on SIGTERM or SIGINT, or when the embedded Postgres is lost for good.

@@ -36,3 +36,22 @@ impl IntoResponse for ApiError {
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint: {}", uri.path()))
 }
+
+impl From<storage_node::store::StoreError> for ApiError {
+    fn from(err: storage_node::store::StoreError) -> Self {
+        use storage_node::store::StoreError as E;
+        let (status, code) = match &err {
+            E::UnknownTenant(_) | E::NoSuchObject(_) => (StatusCode::NOT_FOUND, "not_found"),
+            E::InvalidRange { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "invalid_range"),
+            E::QuotaExceeded { .. } => (StatusCode::INSUFFICIENT_STORAGE, "quota_exceeded"),
+            E::StorageFull { .. } => (StatusCode::INSUFFICIENT_STORAGE, "storage_full"),
+            E::Truncated { .. } | E::Source(_) => (StatusCode::BAD_REQUEST, "incomplete_body"),
+            E::ChunkVanished { .. } => (StatusCode::SERVICE_UNAVAILABLE, "retry"),
+            E::Catalog(_) => (StatusCode::SERVICE_UNAVAILABLE, "catalog_unavailable"),
+            E::Integrity { .. } | E::ChunkUnavailable { .. } | E::Io { .. } | E::Task(_) => {
+                return ApiError::internal(err);
+            }
+        };
+        ApiError::new(status, code, err.to_string())
+    }
+}

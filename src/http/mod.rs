@@ -7,6 +7,7 @@ mod auth;
 mod error;
 mod health;
 mod metrics;
+mod storage;
 mod v1;
 
 use std::sync::Arc;
@@ -47,6 +48,7 @@ pub struct ServerInfo {
 #[derive(Debug)]
 pub struct AppState {
     pub catalog: CatalogPool,
+    pub store: storage_node::store::ChunkStore,
     pub data_dir: Arc<DataDir>,
     pub catalog_server: CatalogServer,
     pub admin_token_digest: [u8; 32],

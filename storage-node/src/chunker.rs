@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 /// Chunk size bounds in bytes. FastCDC needs even sizes, `min <= 1 MiB`, `avg <= 4 MiB` and
 /// `max <= 16 MiB`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ChunkSizes {
     pub min: usize,
     pub avg: usize,

@@ -28,6 +28,7 @@ impl Compression {
 
 /// Compression settings.
 #[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct CompressionPolicy {
     /// The least share of a chunk that compression must save to be kept (0.10 = 10%).
     pub min_saving: f64,

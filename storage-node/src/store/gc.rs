@@ -22,7 +22,7 @@ use crate::keys::{ChunkId, TenantId};
 use crate::pack::{PackId, RECORD_HEADER_LEN, pack_path};
 
 /// What one GC run did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GcReport {
     pub packs_sealed: u64,
     pub chunks_deleted: u64,

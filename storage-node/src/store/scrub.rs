@@ -8,7 +8,7 @@ use crate::keys::{ChunkId, TenantId};
 use crate::pack::PackId;
 
 /// What a scrub found.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ScrubReport {
     pub chunks_checked: u64,
     pub bytes_checked: u64,
@@ -16,7 +16,7 @@ pub struct ScrubReport {
 }
 
 /// A chunk that failed verification.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DamagedChunk {
     pub tenant_id: i64,
     pub chunk: String,

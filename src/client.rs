@@ -1,0 +1,61 @@
+//! The admin client behind the CLI's service commands (`silo gc`, `silo scrub`, ...): it calls
+//! the management API of a running Silo with the admin token.
+
+use anyhow::{Context, anyhow, bail};
+use clap::Args;
+use serde::de::DeserializeOwned;
+
+/// Where the service is and how to authenticate.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The Silo service URL.
+    #[arg(long, env = "SILO_URL", default_value = "http://127.0.0.1:8420")]
+    pub url: String,
+    /// The admin token [default: the one kept in ./silo-data/secrets/admin-token].
+    #[arg(long, env = "SILO_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ClientArgs {
+    fn token(&self) -> anyhow::Result<String> {
+        if let Some(token) = &self.token {
+            return Ok(token.clone());
+        }
+        let kept = std::path::Path::new(crate::config::DEFAULT_DATA_DIR).join("secrets/admin-token");
+        std::fs::read_to_string(&kept)
+            .map(|token| token.trim().to_string())
+            .map_err(|_| anyhow!("no admin token: set SILO_ADMIN_TOKEN or pass --token"))
+    }
+
+    /// Sends `POST path` and decodes the JSON answer; an error status becomes an error with the
+    /// service's message.
+    pub async fn post<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let url = format!("{}{path}", self.url.trim_end_matches('/'));
+        let response = reqwest::Client::new()
+            .post(&url)
+            .bearer_auth(self.token()?)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach Silo at {}", self.url))?;
+        let status = response.status();
+        let body: serde_json::Value =
+            response.json().await.with_context(|| format!("{url} answered {status}"))?;
+        if !status.is_success() {
+            let message = body["error"]["message"].as_str().unwrap_or("no message");
+            bail!("{url} answered {status}: {message}");
+        }
+        serde_json::from_value(body).with_context(|| format!("unexpected answer from {url}"))
+    }
+}
+
+/// Runs `future` on a small runtime (for the CLI's one-shot calls).
+pub fn block_on<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("async runtime")?
+        .block_on(future)
+}
