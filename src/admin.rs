@@ -33,7 +33,7 @@ pub fn scrub(args: ScrubArgs) -> anyhow::Result<()> {
     } else {
         println!("checked {} chunks ({} bytes)", report.chunks_checked, report.bytes_checked);
         if !report.damaged.is_empty() {
-            println!("{:<10} {:<18} {:<8} {:<12} {}", "TENANT", "CHUNK", "PACK", "OFFSET", "OBJECTS");
+            println!("{:<10} {:<18} {:<8} {:<12} OBJECTS", "TENANT", "CHUNK", "PACK", "OFFSET");
             for damaged in &report.damaged {
                 let objects: Vec<String> = damaged.objects.iter().map(i64::to_string).collect();
                 println!(

@@ -16,7 +16,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server: the management API and the data plane on one listener.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run one GC pass on a running Silo now.
     Gc(ClientArgs),
     /// Verify the stored chunks of a running Silo; exits 1 when any is damaged.
