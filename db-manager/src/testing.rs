@@ -31,7 +31,7 @@ static NEXT_DATABASE: AtomicU32 = AtomicU32::new(0);
 pub fn shared() -> &'static TestPostgres {
     SHARED.get_or_init(|| {
         let cluster =
-            TestPostgres::start().unwrap_or_else(|err| panic!("cannot start the test Postgres: {err}"));
+            TestPostgres::start(false).unwrap_or_else(|err| panic!("cannot start the test Postgres: {err}"));
         // SAFETY: `stop_shared_at_exit` is a plain `extern "C"` function with no arguments.
         unsafe { libc::atexit(stop_shared_at_exit) };
         cluster
@@ -46,7 +46,16 @@ extern "C" fn stop_shared_at_exit() {
 }
 
 impl TestPostgres {
-    fn start() -> Result<Self, crate::InstanceError> {
+    /// A cluster of the caller's own with `fsync` on, as in production, for benchmarks. It
+    /// stops when dropped.
+    ///
+    /// # Errors
+    /// When the binaries are missing or the cluster does not start.
+    pub fn durable() -> Result<Self, crate::InstanceError> {
+        Self::start(true)
+    }
+
+    fn start(durable: bool) -> Result<Self, crate::InstanceError> {
         let dir = tempfile::Builder::new()
             .prefix("silo-test-pg-")
             .tempdir()
@@ -61,7 +70,10 @@ impl TestPostgres {
             superuser_password: "test-only-password".into(),
             port,
             listen: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-            settings: vec![("fsync".into(), "off".into()), ("max_connections".into(), "300".into())],
+            settings: vec![
+                ("fsync".into(), if durable { "on" } else { "off" }.into()),
+                ("max_connections".into(), "300".into()),
+            ],
         };
         let instance =
             LocalInstance::new(spec, PgBinaries::locate(None)?, RunAs::for_this_process("postgres")?);
@@ -103,6 +115,12 @@ impl TestPostgres {
             .await
             .unwrap_or_else(|err| panic!("create database {name}: {err}"));
         self.url(&name)
+    }
+}
+
+impl Drop for TestPostgres {
+    fn drop(&mut self) {
+        let _ = self.instance.stop();
     }
 }
 

@@ -7,6 +7,7 @@
 //!
 //! [`ChunkStore`] is a cheap handle; clone it freely.
 
+mod commit;
 mod error;
 mod gc;
 mod ingest;
@@ -23,9 +24,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Deserialize;
 
+pub use commit::StoredObject;
 pub use error::StoreError;
 pub use gc::GcReport;
-pub use ingest::{Ingested, PutOptions, StoredObject};
+pub use ingest::{Ingested, PutOptions};
 pub use objects::Usage;
 pub use read::ObjectRead;
 pub use scrub::{DamagedChunk, ScrubReport};

@@ -8,6 +8,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use super::{ChunkStore, StoreError};
 use crate::pack::{PackId, PackWriter};
 
 /// Proof that an upload wrote into a pack and has not finished yet.
@@ -91,6 +92,32 @@ impl WriterPool {
         for pack in idle {
             let size = pack.writer.len();
             draining.push(Draining { lease: pack.lease, size });
+        }
+    }
+}
+
+impl ChunkStore {
+    /// An idle open pack, or a new one.
+    pub(super) async fn open_pack(&self) -> Result<OpenPack, StoreError> {
+        if let Some(pack) = self.inner.writers.take() {
+            return Ok(pack);
+        }
+        let client = self.inner.pool.get().await?;
+        let id: i64 = client
+            .query_one("INSERT INTO packs (node_id) VALUES ($1) RETURNING id", &[&self.inner.node.0])
+            .await?
+            .get(0);
+        let dir = self.inner.packs_dir.clone();
+        let node = self.inner.node.0;
+        match tokio::task::spawn_blocking(move || PackWriter::create(&dir, PackId(id), node)).await? {
+            Ok(writer) => Ok(OpenPack::new(writer)),
+            Err(err) => {
+                // The file never came to be: retire the row so GC forgets it.
+                let _ = client
+                    .execute("UPDATE packs SET state = 'retired', retired_at = now() WHERE id = $1", &[&id])
+                    .await;
+                Err(StoreError::io(self.inner.packs_dir.clone(), err))
+            }
         }
     }
 }

@@ -1,0 +1,247 @@
+//! Committing an ingested upload: one catalog transaction records the chunks it added, their
+//! locations, the manifest, the reference counts, the released pins and the tenant's usage.
+//!
+//! The tenant's row is locked first, which serialises the commits of one tenant: usage
+//! counters stay exact, and chunk rows are always locked in the same order (no deadlocks).
+
+use std::collections::{HashMap, HashSet};
+
+use tokio_postgres::Transaction;
+
+use super::ingest::{Ingested, PutOptions, QuotaRoom};
+use super::{ChunkStore, ObjectId, StoreError};
+use crate::keys::{ChunkId, TenantId};
+use crate::pack::RECORD_HEADER_LEN;
+
+/// A stored object, as committed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StoredObject {
+    pub id: ObjectId,
+    pub size: u64,
+    pub chunk_count: u32,
+    /// Chunks this upload added to the tenant's store (the rest deduplicated).
+    pub new_chunks: u32,
+    /// Bytes this upload added on disk, after dedup and compression.
+    pub new_stored_bytes: u64,
+    #[serde(skip)]
+    pub md5: Option<[u8; 16]>,
+}
+
+impl ChunkStore {
+    /// Stores `source` as a new object of `tenant` and commits it.
+    ///
+    /// # Errors
+    /// See [`ChunkStore::ingest`] and [`ChunkStore::commit`]. In every case no object is created.
+    pub async fn put<R>(
+        &self,
+        tenant: TenantId,
+        source: R,
+        options: PutOptions,
+    ) -> Result<StoredObject, StoreError>
+    where
+        R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    {
+        let ingested = self.ingest(tenant, source, options).await?;
+        let committed = async {
+            let mut client = self.inner.pool.get().await?;
+            let txn = client.transaction().await?;
+            let stored = self.commit(&txn, &ingested).await?;
+            txn.commit().await?;
+            Ok(stored)
+        }
+        .await;
+        if committed.is_err() {
+            self.abandon(ingested).await;
+        }
+        committed
+    }
+
+    /// Records `ingested` as a new object in `txn`. The caller commits `txn`, and calls
+    /// [`ChunkStore::abandon`] if it does not.
+    ///
+    /// # Errors
+    /// [`StoreError::QuotaExceeded`] when concurrent uploads used up the quota meanwhile;
+    /// [`StoreError::ChunkVanished`] when a pinned chunk was collected anyway (a pin outlived).
+    pub async fn commit(
+        &self,
+        txn: &Transaction<'_>,
+        ingested: &Ingested,
+    ) -> Result<StoredObject, StoreError> {
+        let tenant = ingested.tenant.0;
+        let (used, quota) = super::objects::lock_tenant(txn, ingested.tenant).await?;
+        QuotaRoom { used, quota }.check(ingested.size)?;
+
+        let uses = count_uses(&ingested.manifest);
+        let (inserted_raw, inserted_stored, inserted_count) =
+            self.commit_new_chunks(txn, ingested, &uses).await?;
+        add_references(txn, ingested.tenant, &ingested.reused, &uses).await?;
+        release_pins(txn, ingested.tenant, &ingested.pins).await?;
+        let md5 = ingested.md5.map(|d| d.to_vec());
+        let object: i64 = txn
+            .query_one(
+                "INSERT INTO objects (tenant_id, size, chunk_count, md5) VALUES ($1, $2, $3, $4) RETURNING id",
+                &[&tenant, &(ingested.size as i64), &(ingested.manifest.len() as i32), &md5],
+            )
+            .await?
+            .get(0);
+        let (offsets, ids): (Vec<i64>, Vec<Vec<u8>>) =
+            ingested.manifest.iter().map(|(offset, id)| (*offset, id.0.to_vec())).unzip();
+        txn.execute(
+            "INSERT INTO object_chunks (object_id, logical_offset, tenant_id, chunk_id) \
+             SELECT $1, o, $2, c FROM unnest($3::int8[], $4::bytea[]) AS v(o, c)",
+            &[&object, &tenant, &offsets, &ids],
+        )
+        .await?;
+        txn.execute(
+            "UPDATE tenants SET object_count = object_count + 1, logical_bytes = logical_bytes + $2, \
+             unique_raw_bytes = unique_raw_bytes + $3, stored_bytes = stored_bytes + $4 WHERE id = $1",
+            &[&tenant, &(ingested.size as i64), &inserted_raw, &inserted_stored],
+        )
+        .await?;
+        Ok(StoredObject {
+            id: ObjectId(object),
+            size: ingested.size,
+            chunk_count: ingested.manifest.len() as u32,
+            new_chunks: inserted_count,
+            new_stored_bytes: inserted_stored as u64,
+            md5: ingested.md5,
+        })
+    }
+
+    /// Gives up on an ingested upload that will not be committed: its pins are released at
+    /// once (its new bytes are garbage for GC either way).
+    pub async fn abandon(&self, ingested: Ingested) {
+        self.unpin(ingested.tenant, &ingested.pins).await;
+    }
+
+    /// Inserts the chunks this upload wrote. A chunk that a concurrent upload committed first
+    /// only gains references; this upload's copy of it stays unreferenced in its pack.
+    /// Returns the raw and stored bytes and the number of chunks really added.
+    async fn commit_new_chunks(
+        &self,
+        txn: &Transaction<'_>,
+        ingested: &Ingested,
+        uses: &HashMap<ChunkId, i64>,
+    ) -> Result<(i64, i64, u32), StoreError> {
+        if ingested.new_chunks.is_empty() {
+            return Ok((0, 0, 0));
+        }
+        let tenant = ingested.tenant.0;
+        let chunks = &ingested.new_chunks;
+        let ids: Vec<Vec<u8>> = chunks.iter().map(|c| c.id.0.to_vec()).collect();
+        let raw: Vec<i32> = chunks.iter().map(|c| c.raw_len).collect();
+        let stored: Vec<i32> = chunks.iter().map(|c| c.stored_len).collect();
+        let compression: Vec<i16> = chunks.iter().map(|c| c.compression as i16).collect();
+        let refs: Vec<i64> = chunks.iter().map(|c| uses.get(&c.id).copied().unwrap_or(1)).collect();
+        let rows = txn
+            .query(
+                "INSERT INTO chunks (tenant_id, id, raw_len, stored_len, compression, refcount) \
+                 SELECT $1, * FROM unnest($2::bytea[], $3::int4[], $4::int4[], $5::int2[], $6::int8[]) \
+                 ON CONFLICT (tenant_id, id) DO UPDATE SET refcount = chunks.refcount + EXCLUDED.refcount \
+                 RETURNING id, (xmax = 0) AS inserted",
+                &[&tenant, &ids, &raw, &stored, &compression, &refs],
+            )
+            .await?;
+        let inserted: HashSet<Vec<u8>> =
+            rows.iter().filter(|row| row.get::<_, bool>(1)).map(|row| row.get(0)).collect();
+        let added: Vec<_> = chunks.iter().filter(|c| inserted.contains(c.id.0.as_slice())).collect();
+        if added.is_empty() {
+            return Ok((0, 0, 0));
+        }
+        let ids: Vec<Vec<u8>> = added.iter().map(|c| c.id.0.to_vec()).collect();
+        let packs: Vec<i64> = added.iter().map(|c| c.pack.0).collect();
+        let offsets: Vec<i64> = added.iter().map(|c| c.offset as i64).collect();
+        let record_bytes: Vec<i64> =
+            added.iter().map(|c| RECORD_HEADER_LEN as i64 + i64::from(c.stored_len)).collect();
+        txn.execute(
+            "INSERT INTO chunk_locations (tenant_id, chunk_id, node_id, pack_id, pack_offset) \
+             SELECT $1, c, $2, p, o FROM unnest($3::bytea[], $4::int8[], $5::int8[]) AS v(c, p, o)",
+            &[&tenant, &self.inner.node.0, &ids, &packs, &offsets],
+        )
+        .await?;
+        txn.execute(
+            "UPDATE packs SET live_bytes = packs.live_bytes + v.bytes \
+             FROM (SELECT p, sum(b)::int8 AS bytes FROM unnest($1::int8[], $2::int8[]) AS u(p, b) GROUP BY p) AS v \
+             WHERE packs.id = v.p",
+            &[&packs, &record_bytes],
+        )
+        .await?;
+        let raw_sum = added.iter().map(|c| i64::from(c.raw_len)).sum();
+        let stored_sum = added.iter().map(|c| i64::from(c.stored_len)).sum();
+        Ok((raw_sum, stored_sum, added.len() as u32))
+    }
+
+    /// Drops `pins` of an upload that will not commit. A failure here only delays GC until
+    /// the pins expire.
+    pub(super) async fn unpin(&self, tenant: TenantId, pins: &HashMap<ChunkId, i32>) {
+        if pins.is_empty() {
+            return;
+        }
+        let unpinned = async {
+            let mut client = self.inner.pool.get().await?;
+            let txn = client.transaction().await?;
+            release_pins(&txn, tenant, pins).await?;
+            txn.commit().await?;
+            Ok::<_, StoreError>(())
+        }
+        .await;
+        if let Err(err) = unpinned {
+            tracing::warn!(error = %err, "could not unpin the chunks of an abandoned upload; they expire instead");
+        }
+    }
+}
+
+/// Adds this upload's references to chunks the tenant already had.
+async fn add_references(
+    txn: &Transaction<'_>,
+    tenant: TenantId,
+    reused: &HashSet<ChunkId>,
+    uses: &HashMap<ChunkId, i64>,
+) -> Result<(), StoreError> {
+    if reused.is_empty() {
+        return Ok(());
+    }
+    let (ids, counts): (Vec<Vec<u8>>, Vec<i64>) =
+        reused.iter().map(|id| (id.0.to_vec(), uses.get(id).copied().unwrap_or(1))).unzip();
+    let found = txn
+        .query(
+            "UPDATE chunks c SET refcount = c.refcount + v.n \
+             FROM unnest($2::bytea[], $3::int8[]) AS v(id, n) \
+             WHERE c.tenant_id = $1 AND c.id = v.id RETURNING c.id",
+            &[&tenant.0, &ids, &counts],
+        )
+        .await?;
+    if found.len() != ids.len() {
+        let found: HashSet<Vec<u8>> = found.iter().map(|r| r.get(0)).collect();
+        let missing = ids.iter().find(|id| !found.contains(*id)).and_then(|id| ChunkId::from_slice(id));
+        return Err(StoreError::ChunkVanished { chunk: missing.unwrap_or(ChunkId([0; 32])) });
+    }
+    Ok(())
+}
+
+/// Releases the pins an upload took.
+async fn release_pins(
+    txn: &Transaction<'_>,
+    tenant: TenantId,
+    pins: &HashMap<ChunkId, i32>,
+) -> Result<(), StoreError> {
+    if pins.is_empty() {
+        return Ok(());
+    }
+    let (ids, counts): (Vec<Vec<u8>>, Vec<i32>) = pins.iter().map(|(id, n)| (id.0.to_vec(), *n)).unzip();
+    txn.execute(
+        "UPDATE chunks c SET pin_count = greatest(c.pin_count - v.n, 0) \
+         FROM unnest($2::bytea[], $3::int4[]) AS v(id, n) WHERE c.tenant_id = $1 AND c.id = v.id",
+        &[&tenant.0, &ids, &counts],
+    )
+    .await?;
+    Ok(())
+}
+
+fn count_uses(manifest: &[(i64, ChunkId)]) -> HashMap<ChunkId, i64> {
+    let mut uses = HashMap::new();
+    for (_, id) in manifest {
+        *uses.entry(*id).or_insert(0) += 1;
+    }
+    uses
+}
