@@ -2,7 +2,7 @@
 //!
 //! Boundaries follow content, so an insert near the front of a file shifts only the chunks it
 //! touches and every later chunk dedups. The chunker reads into one `BytesMut` and hands out
-//! chunks as zero-copy `Bytes` splits of it; it holds at most about two maximum-size chunks.
+//! chunks as zero-copy `Bytes` splits of it. Its buffer holds a few maximum-size chunks.
 
 use bytes::{Bytes, BytesMut};
 use fastcdc::v2020::{Normalization, cut_gear, get_gear_with_seed, select_masks};
@@ -52,6 +52,9 @@ impl ChunkSizes {
     }
 }
 
+/// How many maximum-size chunks one read buffer holds.
+const BUFFER_CHUNKS: usize = 4;
+
 /// Splits an async byte stream into content-defined chunks.
 pub struct Chunker<R> {
     source: R,
@@ -68,7 +71,7 @@ impl<R: AsyncRead + Unpin> Chunker<R> {
         let (gear, gear_ls) = get_gear_with_seed(seed);
         Chunker {
             source,
-            buffer: BytesMut::with_capacity(2 * sizes.max),
+            buffer: BytesMut::with_capacity(BUFFER_CHUNKS * sizes.max),
             eof: false,
             sizes,
             masks: select_masks(sizes.avg, Normalization::Level1),
@@ -82,7 +85,11 @@ impl<R: AsyncRead + Unpin> Chunker<R> {
     /// The source's read error.
     pub async fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>> {
         while !self.eof && self.buffer.len() < self.sizes.max {
-            self.buffer.reserve(self.sizes.max);
+            // Grow only when the spare room runs low: chunks split off the front still share
+            // the allocation, so a reserve moves the unchunked tail to a new one.
+            if self.buffer.capacity() - self.buffer.len() < self.sizes.max {
+                self.buffer.reserve(BUFFER_CHUNKS * self.sizes.max);
+            }
             if self.source.read_buf(&mut self.buffer).await? == 0 {
                 self.eof = true;
             }
