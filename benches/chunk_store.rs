@@ -254,11 +254,13 @@ async fn ranges(pg: &TestPostgres, work: &std::path::Path) {
 async fn rss(pg: &TestPostgres, work: &std::path::Path) {
     const LEN: u64 = 4 * GIB;
     let (store, tenant) = fresh_store(pg, work, "rss", StoreConfig::default()).await;
+    reset_peak_rss();
     let before = peak_rss();
     let source = Generated { left: LEN, block: 0 };
     let object =
         store.put(tenant, source, PutOptions { expected_len: Some(LEN), md5: true }).await.expect("put");
     let after_put = peak_rss();
+    reset_peak_rss();
     let mut read = store.read(tenant, object.id, None).await.expect("read");
     let mut got = 0u64;
     while let Some(piece) = read.stream.next().await {
@@ -267,7 +269,7 @@ async fn rss(pg: &TestPostgres, work: &std::path::Path) {
     assert_eq!(got, LEN);
     let after_read = peak_rss();
     println!(
-        "rss: peak RSS {:.0} MiB before, {:.0} MiB after a 4 GiB ingest, {:.0} MiB after reading it back",
+        "rss: peak RSS {:.0} MiB at the start, {:.0} MiB during a 4 GiB ingest, {:.0} MiB while reading it back",
         before as f64 / MIB as f64,
         after_put as f64 / MIB as f64,
         after_read as f64 / MIB as f64

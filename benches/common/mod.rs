@@ -135,6 +135,11 @@ pub fn peak_rss() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// Resets the peak resident set (VmHWM) to the current one.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 /// The bytes under `dir`, as allocated on disk.
 pub fn disk_usage(dir: &Path) -> u64 {
     let output = Command::new("du").arg("-sb").arg(dir).output().expect("du");

@@ -2,7 +2,9 @@
 //!
 //! Each pack is mapped once and shared. A record's bytes are handed out as `Bytes` that borrow
 //! the map, without a copy. Mapping is safe here because packs are append-only and never
-//! truncated; a retired pack is unlinked, which leaves existing maps valid.
+//! truncated; a retired pack is unlinked, which leaves existing maps valid. Once the last view
+//! of a record is dropped, its pages leave the process's resident set (they stay in the page
+//! cache), so streaming a large object does not grow the process.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -18,15 +20,35 @@ use super::{PackId, RECORD_HEADER_LEN, RecordHeader, pack_path};
 /// How many packs stay mapped at once.
 const MAX_MAPPED: usize = 512;
 
-struct SharedMap(Arc<Mmap>);
+/// A record's bytes in a pack's map. When the last `Bytes` view of them is dropped, their
+/// pages leave this process's resident set (they stay in the page cache).
+struct RecordPages {
+    map: Arc<Mmap>,
+    start: usize,
+    end: usize,
+}
 
-impl AsRef<[u8]> for SharedMap {
+impl AsRef<[u8]> for RecordPages {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        &self.map[self.start..self.end]
     }
 }
 
-/// A record read from a pack: its header and its stored bytes.
+impl Drop for RecordPages {
+    fn drop(&mut self) {
+        const PAGE: usize = 4096;
+        let (start, end) = (self.start.div_ceil(PAGE) * PAGE, self.end / PAGE * PAGE);
+        if end > start {
+            // SAFETY: a read-only shared file mapping; MADV_DONTNEED only unmaps the pages,
+            // which fault back in from the file with the same contents if touched again.
+            let _ = unsafe {
+                self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+    }
+}
+
+/// A record read from a pack: its header and its stored bytes (a view of the map).
 #[derive(Debug, Clone)]
 pub struct RecordView {
     pub header: RecordHeader,
@@ -72,7 +94,7 @@ impl PackMaps {
                 ));
             }
         }
-        let data = Bytes::from_owner(SharedMap(map)).slice(header_end as usize..data_end as usize);
+        let data = Bytes::from_owner(RecordPages { map, start: header_end as usize, end: data_end as usize });
         Ok(RecordView { header, data })
     }
 

@@ -14,7 +14,7 @@
 //!
 //! Only one GC runs at a time in a process, and uploads run alongside it.
 
-use super::verify::{ChunkLocation, Trust};
+use super::verify::{ChunkLocation, ReadMode};
 use super::writers::OpenPack;
 use super::{ChunkStore, StoreError};
 use crate::compress::Compression;
@@ -305,7 +305,7 @@ fn copy_records(
 ) -> (OpenPack, Result<Vec<(ChunkLocation, u64)>, StoreError>) {
     let mut moves = Vec::with_capacity(live.len());
     for at in live {
-        let record = match store.read_record_verified(at, Trust::Disk) {
+        let record = match store.read_record_verified(at, ReadMode::Audit) {
             Ok((record, _raw)) => record,
             Err(err) => return (pack, Err(err)),
         };

@@ -11,7 +11,7 @@ use std::ops::Range;
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
 
-use super::verify::{ChunkLocation, Trust};
+use super::verify::{ChunkLocation, ReadMode};
 use super::{ChunkStore, ObjectId, StoreError};
 use crate::compress::Compression;
 use crate::keys::{ChunkId, TenantId};
@@ -117,9 +117,14 @@ impl Cursor {
             let Some(location) = entry.location else {
                 return Err(StoreError::ChunkUnavailable { chunk: entry.chunk });
             };
+            let from = self.pos.saturating_sub(entry.logical_offset);
+            let to = (self.end - entry.logical_offset).min(u64::from(location.raw_len));
+            // Only a small slice of a chunk is worth a cached copy: the next small range of the
+            // same chunk then costs no hashing. Larger slices are served from the map.
+            let small = (to - from) * 4 < u64::from(location.raw_len);
+            let mode = if small { ReadMode::Partial } else { ReadMode::Whole };
             let store = self.store.clone();
-            let loaded =
-                tokio::task::spawn_blocking(move || store.load_verified(&location, Trust::Cached)).await?;
+            let loaded = tokio::task::spawn_blocking(move || store.load_verified(&location, mode)).await?;
             let raw = match loaded {
                 Ok(raw) => raw,
                 // GC may have moved the chunk and deleted the old pack since the batch was

@@ -1,7 +1,7 @@
 //! Scrub: re-read every chunk on this node (or a random sample), verify it, and report the
 //! damaged ones with the objects that use them.
 
-use super::verify::{ChunkLocation, Trust};
+use super::verify::{ChunkLocation, ReadMode};
 use super::{ChunkStore, StoreError};
 use crate::compress::Compression;
 use crate::keys::{ChunkId, TenantId};
@@ -68,7 +68,7 @@ impl ChunkStore {
             let checked = tokio::task::spawn_blocking(move || {
                 page.into_iter()
                     .map(|at| {
-                        let result = store.read_record_verified(&at, Trust::Disk).map(|_| ());
+                        let result = store.read_record_verified(&at, ReadMode::Audit).map(|_| ());
                         if result.is_err() {
                             store.forget_verified(at.tenant, at.chunk);
                         }

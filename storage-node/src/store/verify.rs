@@ -2,9 +2,11 @@
 //!
 //! The record header must match the catalog, and the raw bytes must hash (keyed BLAKE3) to the
 //! chunk id. Wrong bytes never leave this module. A cache bounded in bytes keeps private
-//! copies of recently verified chunks, so a small range of a large chunk does not cost hashing
-//! (or decompressing) the whole chunk on every request. The cache holds copies, not views of
-//! the pack's memory map, so what it serves is exactly what was verified.
+//! copies of recently verified chunks that were read in part, so a small range of a large
+//! chunk does not cost hashing (or decompressing) the whole chunk on every request. The cache
+//! holds copies, not views of the pack's memory map, so what it serves is exactly what was
+//! verified. Whole-chunk reads (streaming) skip the copy and the cache: they hand out the
+//! verified view of the map.
 
 use bytes::Bytes;
 
@@ -25,13 +27,17 @@ pub(crate) struct ChunkLocation {
     pub compression: Compression,
 }
 
-/// Whether to use the cache of verified chunks.
+/// What a chunk is read for, which decides how the cache of verified chunks is used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Trust {
-    /// Serve from the cache of recently verified chunks, and fill it.
-    Cached,
+pub(crate) enum ReadMode {
+    /// Part of the chunk is wanted: serve from the cache, or fill it with a private copy, so
+    /// the next small range of this chunk costs no hashing.
+    Partial,
+    /// Most or all of the chunk is wanted (streaming, large ranges): serve from the cache if
+    /// there, else verify and hand out a view of the map without copying or caching.
+    Whole,
     /// Read and hash the bytes on disk now, bypassing the cache (scrub, compaction).
-    Disk,
+    Audit,
 }
 
 impl ChunkStore {
@@ -40,15 +46,15 @@ impl ChunkStore {
     /// # Errors
     /// [`StoreError::Integrity`] when the record or its bytes do not match; `Io` when the pack
     /// cannot be read (`NotFound` when its file is gone).
-    pub(crate) fn load_verified(&self, at: &ChunkLocation, trust: Trust) -> Result<Bytes, StoreError> {
+    pub(crate) fn load_verified(&self, at: &ChunkLocation, mode: ReadMode) -> Result<Bytes, StoreError> {
         let cache_key = (at.tenant, at.chunk);
-        if trust == Trust::Cached
+        if mode != ReadMode::Audit
             && let Some(raw) = self.inner.verified.get(&cache_key)
         {
             return Ok(raw);
         }
-        let (_, raw) = self.read_record_verified(at, trust)?;
-        if trust == Trust::Cached {
+        let (_, raw) = self.read_record_verified(at, mode)?;
+        if mode == ReadMode::Partial {
             self.inner.verified.insert(cache_key, raw.clone());
         }
         Ok(raw)
@@ -61,7 +67,7 @@ impl ChunkStore {
     pub(crate) fn read_record_verified(
         &self,
         at: &ChunkLocation,
-        trust: Trust,
+        mode: ReadMode,
     ) -> Result<(RecordView, Bytes), StoreError> {
         let record = self.inner.maps.record(at.pack, at.offset).map_err(|err| match err.kind() {
             std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof => {
@@ -79,8 +85,8 @@ impl ChunkStore {
             return Err(integrity(at, "the record header does not match the catalog".into()));
         }
         let raw = match at.compression {
-            // A private copy: the map would show later changes to the file.
-            Compression::None if trust == Trust::Cached => Bytes::copy_from_slice(&record.data),
+            // A private copy for the cache: the map would show later changes to the file.
+            Compression::None if mode == ReadMode::Partial => Bytes::copy_from_slice(&record.data),
             Compression::None => record.data.clone(),
             Compression::Zstd => Bytes::from(
                 decompress(&record.data, at.raw_len as usize)
