@@ -48,7 +48,12 @@ impl From<storage_node::store::StoreError> for ApiError {
             E::Truncated { .. } | E::Source(_) => (StatusCode::BAD_REQUEST, "incomplete_body"),
             E::ChunkVanished { .. } => (StatusCode::SERVICE_UNAVAILABLE, "retry"),
             E::Catalog(_) => (StatusCode::SERVICE_UNAVAILABLE, "catalog_unavailable"),
-            E::Integrity { .. } | E::ChunkUnavailable { .. } | E::Io { .. } | E::Task(_) => {
+            E::Integrity { .. }
+            | E::ChunkUnavailable { .. }
+            | E::Io { .. }
+            | E::Task(_)
+            | E::Config(_)
+            | E::DataDir(_) => {
                 return ApiError::internal(err);
             }
         };

@@ -37,6 +37,10 @@ pub enum StoreError {
     ChunkVanished { chunk: ChunkId },
     #[error("I/O error on {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("invalid chunk store configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    DataDir(#[from] crate::DataDirError),
     #[error("a background task failed: {0}")]
     Task(String),
 }
