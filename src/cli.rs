@@ -21,6 +21,74 @@ pub enum Command {
     Gc(ClientArgs),
     /// Verify the stored chunks of a running Silo; exits 1 when any is damaged.
     Scrub(ScrubArgs),
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Manage a tenant's S3 access keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Show a tenant's storage usage.
+    Usage {
+        tenant: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant.
+    Create {
+        name: String,
+        /// The storage quota in bytes (none by default).
+        #[arg(long)]
+        quota_bytes: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the tenants.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show one tenant.
+    Show {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a tenant; refused while it stores anything, unless --force.
+    Delete {
+        name: String,
+        /// Delete everything the tenant stores too.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create an access key; its secret is shown this one time.
+    Create {
+        tenant: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List a tenant's access keys (without secrets).
+    List {
+        tenant: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke an access key at once.
+    Revoke {
+        tenant: String,
+        access_key_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -33,16 +33,30 @@ impl ClientArgs {
     /// Sends `POST path` and decodes the JSON answer; an error status becomes an error with the
     /// service's message.
     pub async fn post<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.call(reqwest::Method::POST, path, None).await
+    }
+
+    /// Sends a request with an optional JSON body and decodes the JSON answer (`null` for an
+    /// empty one); an error status becomes an error with the service's message.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<T> {
         let url = format!("{}{path}", self.url.trim_end_matches('/'));
-        let response = reqwest::Client::new()
-            .post(&url)
-            .bearer_auth(self.token()?)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach Silo at {}", self.url))?;
+        let mut request = reqwest::Client::new().request(method, &url).bearer_auth(self.token()?);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.with_context(|| format!("cannot reach Silo at {}", self.url))?;
         let status = response.status();
-        let body: serde_json::Value =
-            response.json().await.with_context(|| format!("{url} answered {status}"))?;
+        let text = response.text().await.with_context(|| format!("{url} answered {status}"))?;
+        let body: serde_json::Value = if text.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text).with_context(|| format!("{url} answered {status} with no JSON"))?
+        };
         if !status.is_success() {
             let message = body["error"]["message"].as_str().unwrap_or("no message");
             bail!("{url} answered {status}: {message}");

@@ -7,6 +7,7 @@ mod config;
 mod http;
 mod logging;
 mod serve;
+mod tenants;
 
 use std::process::ExitCode;
 
@@ -18,6 +19,9 @@ fn main() -> ExitCode {
         cli::Command::Serve(args) => serve::run(*args),
         cli::Command::Gc(args) => admin::gc(args),
         cli::Command::Scrub(args) => admin::scrub(args),
+        cli::Command::Tenant(command) => tenants::tenant(command),
+        cli::Command::Key(command) => tenants::key(command),
+        cli::Command::Usage { tenant, client } => tenants::usage(&tenant, &client),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,6 +8,7 @@ mod error;
 mod health;
 mod metrics;
 mod storage;
+mod tenants;
 mod v1;
 
 use std::sync::Arc;

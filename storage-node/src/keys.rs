@@ -17,6 +17,7 @@ use crate::data_dir::DataDirError;
 pub const SERVER_SECRET: &str = "chunk-key-secret";
 const TENANT_KEY_CONTEXT: &str = "silo 2026-11 per-tenant chunk id key";
 const GEAR_SEED_CONTEXT: &str = "silo 2026-11 per-tenant chunker seed";
+const SEALING_KEY_CONTEXT: &str = "silo 2026-11 secrets at rest";
 /// Below this size a chunk is hashed on one core: splitting it costs more than it saves.
 const PARALLEL_HASH_MIN: usize = 256 * 1024;
 
@@ -97,6 +98,40 @@ impl ServerSecret {
     }
 }
 
+impl ServerSecret {
+    /// Encrypts `plaintext` for storage at rest (XChaCha20-Poly1305, with a key derived from
+    /// the server secret for `purpose` and a random nonce). Returns the nonce and ciphertext.
+    pub fn seal(&self, purpose: &str, plaintext: &[u8]) -> Vec<u8> {
+        use chacha20poly1305::aead::{Aead, KeyInit};
+        let cipher = chacha20poly1305::XChaCha20Poly1305::new(&self.sealing_key(purpose).into());
+        let mut nonce = [0u8; 24];
+        rand::rng().fill_bytes(&mut nonce);
+        // Encryption with a valid key and nonce cannot fail for inputs of this size.
+        let ciphertext = cipher.encrypt(&nonce.into(), plaintext).unwrap_or_default();
+        let mut sealed = nonce.to_vec();
+        sealed.extend_from_slice(&ciphertext);
+        sealed
+    }
+
+    /// Decrypts what [`ServerSecret::seal`] made for `purpose`; `None` when it was sealed
+    /// with another secret or purpose, or was altered.
+    pub fn open(&self, purpose: &str, sealed: &[u8]) -> Option<Vec<u8>> {
+        use chacha20poly1305::aead::{Aead, KeyInit};
+        if sealed.len() < 24 {
+            return None;
+        }
+        let (nonce, ciphertext) = sealed.split_at(24);
+        let cipher = chacha20poly1305::XChaCha20Poly1305::new(&self.sealing_key(purpose).into());
+        cipher.decrypt(chacha20poly1305::XNonce::from_slice(nonce), ciphertext).ok()
+    }
+
+    fn sealing_key(&self, purpose: &str) -> [u8; 32] {
+        let mut material = self.0.to_vec();
+        material.extend_from_slice(purpose.as_bytes());
+        blake3::derive_key(SEALING_KEY_CONTEXT, &material)
+    }
+}
+
 /// One tenant's chunk-naming key.
 #[derive(Clone)]
 pub struct TenantKey([u8; 32]);
@@ -130,6 +165,19 @@ mod tests {
         assert_eq!(a.chunk_id(b"frame"), a.chunk_id(b"frame"));
         assert_ne!(a.chunk_id(b"frame"), b.chunk_id(b"frame"));
         assert_ne!(a.gear_seed(), b.gear_seed());
+    }
+
+    #[test]
+    fn sealed_secrets_open_only_with_the_same_secret_and_purpose() {
+        let secret = ServerSecret([3; 32]);
+        let sealed = secret.seal("access-key", b"wJalrXUtnFEMI");
+        assert!(!sealed.windows(5).any(|w| w == b"wJalr"), "no plaintext at rest");
+        assert_eq!(secret.open("access-key", &sealed).as_deref(), Some(&b"wJalrXUtnFEMI"[..]));
+        assert_eq!(secret.open("server-password", &sealed), None);
+        assert_eq!(ServerSecret([4; 32]).open("access-key", &sealed), None);
+        let mut altered = sealed.clone();
+        *altered.last_mut().unwrap() ^= 1;
+        assert_eq!(secret.open("access-key", &altered), None);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! each crate owns its tables. [`apply_migrations`] refuses a catalog whose schema is newer than
 //! this binary knows: an old Silo must not write into tables it does not understand.
 
+pub mod access_keys;
 pub mod tenants;
 
 use std::time::Duration;

@@ -1,9 +1,11 @@
 //! Tenants: the owners of objects, keys, buckets and databases.
 
+use serde::Serialize;
+
 use super::{CatalogError, CatalogPool};
 use crate::keys::TenantId;
 
-/// Why a tenant could not be created or found.
+/// Why a tenant could not be created, found or changed.
 #[derive(Debug, thiserror::Error)]
 pub enum TenantError {
     #[error("invalid tenant name {0:?}: a tenant name matches ^[a-z][a-z0-9-]{{1,62}}$")]
@@ -12,6 +14,8 @@ pub enum TenantError {
     Exists(String),
     #[error("no tenant named {0:?}")]
     NotFound(String),
+    #[error("no access key {0:?} for this tenant")]
+    NoSuchKey(String),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
 }
@@ -28,12 +32,41 @@ impl From<deadpool_postgres::PoolError> for TenantError {
     }
 }
 
+/// A tenant as the management API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Tenant {
+    #[serde(skip)]
+    pub id: TenantId,
+    pub name: String,
+    pub storage_quota_bytes: Option<u64>,
+    pub created_at: String,
+}
+
 /// Whether `name` is a valid tenant name: `^[a-z][a-z0-9-]{1,62}$`.
 pub fn is_valid_name(name: &str) -> bool {
     let bytes = name.as_bytes();
     (2..=63).contains(&bytes.len())
         && bytes[0].is_ascii_lowercase()
         && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+/// RFC 3339 in UTC, as the API shows times.
+pub(crate) const RFC3339: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'";
+
+fn select(filter: &str) -> String {
+    format!(
+        "SELECT id, name, storage_quota_bytes, to_char(created_at AT TIME ZONE 'UTC', {RFC3339}) \
+         FROM tenants {filter}"
+    )
+}
+
+fn from_row(row: &tokio_postgres::Row) -> Tenant {
+    Tenant {
+        id: TenantId(row.get(0)),
+        name: row.get(1),
+        storage_quota_bytes: row.get::<_, Option<i64>>(2).map(|q| q as u64),
+        created_at: row.get(3),
+    }
 }
 
 /// Creates a tenant.
@@ -60,17 +93,55 @@ pub async fn create(
     Ok(TenantId(row.get(0)))
 }
 
-/// Finds a tenant by name.
+/// Finds a tenant's id by name.
 ///
 /// # Errors
 /// [`TenantError::NotFound`].
 pub async fn find(pool: &CatalogPool, name: &str) -> Result<TenantId, TenantError> {
+    get(pool, name).await.map(|tenant| tenant.id)
+}
+
+/// A tenant by name.
+///
+/// # Errors
+/// [`TenantError::NotFound`].
+pub async fn get(pool: &CatalogPool, name: &str) -> Result<Tenant, TenantError> {
     let client = pool.get().await?;
     let row = client
-        .query_opt("SELECT id FROM tenants WHERE name = $1", &[&name])
+        .query_opt(&select("WHERE name = $1"), &[&name])
         .await?
         .ok_or_else(|| TenantError::NotFound(name.to_string()))?;
-    Ok(TenantId(row.get(0)))
+    Ok(from_row(&row))
+}
+
+/// Every tenant, by name.
+///
+/// # Errors
+/// Catalog errors.
+pub async fn list(pool: &CatalogPool) -> Result<Vec<Tenant>, TenantError> {
+    let client = pool.get().await?;
+    Ok(client.query(&select("ORDER BY name"), &[]).await?.iter().map(from_row).collect())
+}
+
+/// Sets (or, with `None`, lifts) a tenant's storage quota.
+///
+/// # Errors
+/// [`TenantError::NotFound`].
+pub async fn set_quota(
+    pool: &CatalogPool,
+    name: &str,
+    quota_bytes: Option<u64>,
+) -> Result<Tenant, TenantError> {
+    let client = pool.get().await?;
+    let quota = quota_bytes.map(|q| q as i64);
+    let updated = client
+        .execute("UPDATE tenants SET storage_quota_bytes = $2 WHERE name = $1", &[&name, &quota])
+        .await?;
+    if updated == 0 {
+        return Err(TenantError::NotFound(name.to_string()));
+    }
+    drop(client);
+    get(pool, name).await
 }
 
 #[cfg(test)]

@@ -201,6 +201,11 @@ impl ChunkStore {
         &self.inner.pool
     }
 
+    /// The server secret (for sealing secrets at rest).
+    pub fn server_secret(&self) -> &ServerSecret {
+        &self.inner.secret
+    }
+
     /// The directory of the pack files.
     pub fn packs_dir(&self) -> &std::path::Path {
         &self.inner.packs_dir

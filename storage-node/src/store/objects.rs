@@ -151,6 +151,35 @@ impl ChunkStore {
     }
 }
 
+impl ChunkStore {
+    /// Deletes a tenant with everything it stores: objects, chunks (their bytes become dead in
+    /// their packs, for GC), access keys, and the tenant itself.
+    ///
+    /// # Errors
+    /// [`StoreError::UnknownTenant`].
+    pub async fn purge_tenant(&self, tenant: TenantId) -> Result<(), StoreError> {
+        let mut client = self.inner.pool.get().await?;
+        let txn = client.transaction().await?;
+        lock_tenant(&txn, tenant).await?;
+        txn.execute("DELETE FROM object_chunks WHERE tenant_id = $1", &[&tenant.0]).await?;
+        txn.execute("DELETE FROM objects WHERE tenant_id = $1", &[&tenant.0]).await?;
+        txn.execute(
+            "UPDATE packs SET live_bytes = packs.live_bytes - f.bytes \
+             FROM (SELECT l.pack_id, sum($2::int8 + c.stored_len)::int8 AS bytes \
+                   FROM chunk_locations l JOIN chunks c ON c.tenant_id = l.tenant_id AND c.id = l.chunk_id \
+                   WHERE l.tenant_id = $1 GROUP BY l.pack_id) AS f \
+             WHERE packs.id = f.pack_id",
+            &[&tenant.0, &(crate::pack::RECORD_HEADER_LEN as i64)],
+        )
+        .await?;
+        txn.execute("DELETE FROM chunks WHERE tenant_id = $1", &[&tenant.0]).await?;
+        txn.execute("DELETE FROM access_keys WHERE tenant_id = $1", &[&tenant.0]).await?;
+        txn.execute("DELETE FROM tenants WHERE id = $1", &[&tenant.0]).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+}
+
 /// Locks the tenant's row, which serialises every change to its chunks and counters (so they
 /// stay exact, and chunk row locks are always taken in one order). Returns the logical bytes
 /// used and the quota.

@@ -1,0 +1,112 @@
+//! S3 access keys: created for a tenant, listed without secrets, revoked at once.
+//!
+//! The secret is shown once, at creation. It is kept sealed with the server secret, because
+//! checking a SigV4 signature needs it in clear; a revoked key stops working on the next request
+//! (keys are looked up on every request, never cached).
+
+use rand::distr::{Alphanumeric, SampleString};
+use serde::Serialize;
+
+use super::CatalogPool;
+use super::tenants::{RFC3339, TenantError};
+use crate::keys::{ServerSecret, TenantId};
+
+const SEALING_PURPOSE: &str = "s3 access key secret";
+
+/// A new key, with the secret that is shown this one time.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewAccessKey {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+/// A key as listed: no secret.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AccessKey {
+    pub access_key_id: String,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}
+
+/// Creates a key for `tenant`.
+///
+/// # Errors
+/// Catalog errors.
+pub async fn create(
+    pool: &CatalogPool,
+    secret: &ServerSecret,
+    tenant: TenantId,
+) -> Result<NewAccessKey, TenantError> {
+    let (access_key_id, secret_access_key) = {
+        let mut rng = rand::rng();
+        let id = format!("SILO{}", Alphanumeric.sample_string(&mut rng, 16).to_ascii_uppercase());
+        (id, Alphanumeric.sample_string(&mut rng, 40))
+    };
+    let sealed = secret.seal(SEALING_PURPOSE, secret_access_key.as_bytes());
+    let client = pool.get().await?;
+    client
+        .execute(
+            "INSERT INTO access_keys (id, tenant_id, sealed_secret) VALUES ($1, $2, $3)",
+            &[&access_key_id, &tenant.0, &sealed],
+        )
+        .await?;
+    Ok(NewAccessKey { access_key_id, secret_access_key })
+}
+
+/// The tenant's keys, oldest first, revoked ones included.
+///
+/// # Errors
+/// Catalog errors.
+pub async fn list(pool: &CatalogPool, tenant: TenantId) -> Result<Vec<AccessKey>, TenantError> {
+    let client = pool.get().await?;
+    let sql = format!(
+        "SELECT id, to_char(created_at AT TIME ZONE 'UTC', {RFC3339}), \
+                to_char(revoked_at AT TIME ZONE 'UTC', {RFC3339}) \
+         FROM access_keys WHERE tenant_id = $1 ORDER BY created_at, id"
+    );
+    let rows = client.query(&sql, &[&tenant.0]).await?;
+    Ok(rows
+        .iter()
+        .map(|row| AccessKey { access_key_id: row.get(0), created_at: row.get(1), revoked_at: row.get(2) })
+        .collect())
+}
+
+/// Revokes a key of `tenant` at once.
+///
+/// # Errors
+/// [`TenantError::NoSuchKey`] when the tenant has no such active key.
+pub async fn revoke(pool: &CatalogPool, tenant: TenantId, access_key_id: &str) -> Result<(), TenantError> {
+    let client = pool.get().await?;
+    let revoked = client
+        .execute(
+            "UPDATE access_keys SET revoked_at = now() WHERE id = $1 AND tenant_id = $2 AND revoked_at IS NULL",
+            &[&access_key_id, &tenant.0],
+        )
+        .await?;
+    if revoked == 0 {
+        return Err(TenantError::NoSuchKey(access_key_id.to_string()));
+    }
+    Ok(())
+}
+
+/// The tenant and secret of an active key, for checking a signature.
+///
+/// # Errors
+/// Catalog errors; an unknown, revoked or undecryptable key is `Ok(None)`.
+pub async fn lookup(
+    pool: &CatalogPool,
+    secret: &ServerSecret,
+    access_key_id: &str,
+) -> Result<Option<(TenantId, String)>, TenantError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_opt(
+            "SELECT tenant_id, sealed_secret FROM access_keys WHERE id = $1 AND revoked_at IS NULL",
+            &[&access_key_id],
+        )
+        .await?;
+    Ok(row.and_then(|row| {
+        let opened = secret.open(SEALING_PURPOSE, row.get::<_, &[u8]>(1))?;
+        Some((TenantId(row.get(0)), String::from_utf8(opened).ok()?))
+    }))
+}
