@@ -1,7 +1,8 @@
 //! The HTTP surface on one listener: probes, metrics and the management API (`/v1`).
 //!
 //! `/healthz`, `/readyz` and `/metrics` are open, as probes and scrapers expect. Everything under
-//! `/v1` needs the admin bearer token. Later the S3 data plane mounts as the fallback service.
+//! `/v1` needs the admin bearer token. Every other path is the S3 data plane (SigV4-signed by
+//! tenants' access keys); bucket names that would collide with these routes are reserved.
 
 mod auth;
 mod error;
@@ -46,7 +47,6 @@ pub struct ServerInfo {
 }
 
 /// Everything a request handler may need.
-#[derive(Debug)]
 pub struct AppState {
     pub catalog: CatalogPool,
     pub store: storage_node::store::ChunkStore,
@@ -57,6 +57,24 @@ pub struct AppState {
     /// Set once shutdown begins, so that `/readyz` sends traffic elsewhere while requests drain.
     pub draining: AtomicBool,
     pub info: ServerInfo,
+    /// The S3 data plane, which answers every path the routes above do not.
+    pub s3: s3s::service::S3Service,
+}
+
+/// Hands a request to the S3 data plane (s3s: SigV4, XML, routing).
+async fn s3(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match state.s3.call(request.map(s3s::Body::http_body_unsync)).await {
+        Ok(response) => response.map(axum::body::Body::new),
+        Err(err) => {
+            tracing::error!(error = ?err, "the S3 service failed");
+            ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+                .into_response()
+        }
+    }
 }
 
 /// The whole application router.
@@ -69,7 +87,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::render))
         .nest("/v1", management)
-        .fallback(error::not_found)
+        .fallback(s3)
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .with_state(state)
 }

@@ -11,6 +11,7 @@ pub mod compress;
 pub mod data_dir;
 pub mod keys;
 pub mod pack;
+pub mod s3;
 pub mod store;
 
 pub use data_dir::{DataDir, DataDirError};

@@ -1,0 +1,308 @@
+//! The `s3s::S3` trait: each call checks the caller, then hands over to the family's module.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use s3s::dto::*;
+use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
+
+use super::bucket::Intent;
+use super::object::{ObjectHeaders, check_conditions};
+use super::{SiloS3, caller};
+
+fn timestamp(seconds: f64) -> Timestamp {
+    Timestamp::from(UNIX_EPOCH + Duration::from_secs_f64(seconds.max(0.0)))
+}
+
+fn token_to_key(token: &str) -> S3Result<String> {
+    hex::decode(token)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(|| s3_error!(InvalidArgument, "the continuation token is not one Silo gave"))
+}
+
+fn max_keys(requested: Option<i32>) -> S3Result<usize> {
+    match requested {
+        None => Ok(1000),
+        Some(n) if n < 0 => Err(s3_error!(InvalidArgument, "max-keys must not be negative")),
+        Some(n) => Ok((n as usize).min(1000)),
+    }
+}
+
+#[async_trait::async_trait]
+impl S3 for SiloS3 {
+    async fn create_bucket(
+        &self,
+        req: S3Request<CreateBucketInput>,
+    ) -> S3Result<S3Response<CreateBucketOutput>> {
+        let tenant = caller(&req).ok_or_else(|| s3_error!(AccessDenied))?;
+        self.create_bucket_for(tenant, &req.input.bucket).await?;
+        let output = CreateBucketOutput { location: Some(format!("/{}", req.input.bucket)) };
+        Ok(S3Response::new(output))
+    }
+
+    async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
+        self.bucket(caller(&req), &req.input.bucket, Intent::Read).await?;
+        Ok(S3Response::new(HeadBucketOutput::default()))
+    }
+
+    async fn delete_bucket(
+        &self,
+        req: S3Request<DeleteBucketInput>,
+    ) -> S3Result<S3Response<DeleteBucketOutput>> {
+        self.delete_bucket_for(caller(&req), &req.input.bucket).await?;
+        Ok(S3Response::new(DeleteBucketOutput::default()))
+    }
+
+    async fn list_buckets(
+        &self,
+        req: S3Request<ListBucketsInput>,
+    ) -> S3Result<S3Response<ListBucketsOutput>> {
+        let tenant = caller(&req).ok_or_else(|| s3_error!(AccessDenied))?;
+        let buckets = self
+            .buckets_of(tenant)
+            .await?
+            .into_iter()
+            .map(|(name, created)| Bucket {
+                name: Some(name),
+                creation_date: Some(timestamp(created)),
+                ..Default::default()
+            })
+            .collect();
+        Ok(S3Response::new(ListBucketsOutput { buckets: Some(buckets), ..Default::default() }))
+    }
+
+    async fn get_bucket_location(
+        &self,
+        req: S3Request<GetBucketLocationInput>,
+    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        self.bucket(caller(&req), &req.input.bucket, Intent::Read).await?;
+        Ok(S3Response::new(GetBucketLocationOutput::default()))
+    }
+
+    async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
+        let tenant = caller(&req);
+        let input = req.input;
+        let headers = ObjectHeaders {
+            content_type: input.content_type,
+            content_disposition: input.content_disposition,
+            cache_control: input.cache_control,
+            metadata: input.metadata.unwrap_or_default().into_iter().collect(),
+        };
+        let etag = self
+            .put_object_for(tenant, &input.bucket, &input.key, input.body, input.content_length, headers)
+            .await?;
+        Ok(S3Response::new(PutObjectOutput { e_tag: Some(ETag::Strong(etag)), ..Default::default() }))
+    }
+
+    async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+        let input = req.input;
+        let row = self.object(caller_of(&req.extensions), &input.bucket, &input.key).await?;
+        check_conditions(
+            &row,
+            input.if_match.as_ref(),
+            input.if_unmodified_since.as_ref(),
+            input.if_none_match.as_ref(),
+            input.if_modified_since.as_ref(),
+        )?;
+        let range = match &input.range {
+            Some(range) => Some(range.check(row.size).map_err(|_| s3_error!(InvalidRange))?),
+            None => None,
+        };
+        let span = range.clone().unwrap_or(0..row.size);
+        let body = self.open_body(&row, span.clone()).await?;
+        let content_range =
+            range.map(|r| format!("bytes {}-{}/{}", r.start, r.end.saturating_sub(1), row.size));
+        let output = GetObjectOutput {
+            body: Some(StreamingBlob::new(body)),
+            content_length: Some((span.end - span.start) as i64),
+            content_range,
+            accept_ranges: Some("bytes".into()),
+            e_tag: Some(row.etag()),
+            last_modified: Some(row.last_modified()),
+            content_type: row.content_type.clone(),
+            content_disposition: row.content_disposition.clone(),
+            cache_control: row.cache_control.clone(),
+            metadata: Some(row.metadata.clone().into_iter().collect()),
+            ..Default::default()
+        };
+        Ok(S3Response::new(output))
+    }
+
+    async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
+        let input = req.input;
+        let row = self.object(caller_of(&req.extensions), &input.bucket, &input.key).await?;
+        check_conditions(
+            &row,
+            input.if_match.as_ref(),
+            input.if_unmodified_since.as_ref(),
+            input.if_none_match.as_ref(),
+            input.if_modified_since.as_ref(),
+        )?;
+        let output = HeadObjectOutput {
+            content_length: Some(row.size as i64),
+            accept_ranges: Some("bytes".into()),
+            e_tag: Some(row.etag()),
+            last_modified: Some(row.last_modified()),
+            content_type: row.content_type.clone(),
+            content_disposition: row.content_disposition.clone(),
+            cache_control: row.cache_control.clone(),
+            metadata: Some(row.metadata.clone().into_iter().collect()),
+            ..Default::default()
+        };
+        Ok(S3Response::new(output))
+    }
+
+    async fn delete_object(
+        &self,
+        req: S3Request<DeleteObjectInput>,
+    ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        self.delete_object_for(caller(&req), &req.input.bucket, &req.input.key).await?;
+        Ok(S3Response::new(DeleteObjectOutput::default()))
+    }
+
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        let tenant = caller(&req);
+        let input = req.input;
+        self.bucket(tenant, &input.bucket, Intent::Write).await?;
+        let quiet = input.delete.quiet.unwrap_or(false);
+        let (mut deleted, mut errors) = (Vec::new(), Vec::new());
+        for object in input.delete.objects {
+            match self.delete_object_for(tenant, &input.bucket, &object.key).await {
+                Ok(()) if quiet => {}
+                Ok(()) => deleted.push(DeletedObject { key: Some(object.key), ..Default::default() }),
+                Err(err) => errors.push(Error {
+                    key: Some(object.key),
+                    code: Some(err.code().as_str().to_owned()),
+                    message: err.message().map(str::to_owned),
+                    ..Default::default()
+                }),
+            }
+        }
+        Ok(S3Response::new(DeleteObjectsOutput {
+            deleted: Some(deleted),
+            errors: Some(errors),
+            ..Default::default()
+        }))
+    }
+
+    async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
+        let tenant = caller(&req);
+        let input = req.input;
+        let CopySource::Bucket { bucket: source_bucket, key: source_key, .. } = &input.copy_source else {
+            return Err(s3_error!(NotImplemented, "copy sources must be bucket/key"));
+        };
+        let source = self.object(tenant, source_bucket, source_key).await?;
+        let replace =
+            input.metadata_directive.as_ref().is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+        let headers = if replace {
+            ObjectHeaders {
+                content_type: input.content_type,
+                content_disposition: input.content_disposition,
+                cache_control: input.cache_control,
+                metadata: input.metadata.unwrap_or_default().into_iter().collect(),
+            }
+        } else {
+            ObjectHeaders {
+                content_type: source.content_type.clone(),
+                content_disposition: source.content_disposition.clone(),
+                cache_control: source.cache_control.clone(),
+                metadata: source.metadata.clone(),
+            }
+        };
+        let (etag, modified) =
+            self.copy_object_for(tenant, &source, &input.bucket, &input.key, headers).await?;
+        let result = CopyObjectResult {
+            e_tag: Some(ETag::Strong(etag)),
+            last_modified: Some(timestamp(modified)),
+            ..Default::default()
+        };
+        Ok(S3Response::new(CopyObjectOutput { copy_object_result: Some(result), ..Default::default() }))
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        let input = req.input;
+        self.bucket(caller_of(&req.extensions), &input.bucket, Intent::Read).await?;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let after = match (&input.continuation_token, &input.start_after) {
+            (Some(token), _) => token_to_key(token)?,
+            (None, Some(start)) => start.clone(),
+            (None, None) => String::new(),
+        };
+        let max = max_keys(input.max_keys)?;
+        let listing = self.list_keys(&input.bucket, &prefix, input.delimiter.as_deref(), &after, max).await?;
+        let key_count = (listing.objects.len() + listing.prefixes.len()) as i32;
+        let next =
+            listing.truncated.then(|| listing.last.as_deref().map(|k| hex::encode(k.as_bytes()))).flatten();
+        let output = ListObjectsV2Output {
+            name: Some(input.bucket),
+            prefix: input.prefix,
+            delimiter: input.delimiter,
+            max_keys: Some(max as i32),
+            key_count: Some(key_count),
+            continuation_token: input.continuation_token,
+            start_after: input.start_after,
+            is_truncated: Some(listing.truncated),
+            next_continuation_token: next,
+            contents: Some(objects_of(&listing)),
+            common_prefixes: Some(prefixes_of(&listing)),
+            ..Default::default()
+        };
+        Ok(S3Response::new(output))
+    }
+
+    async fn list_objects(
+        &self,
+        req: S3Request<ListObjectsInput>,
+    ) -> S3Result<S3Response<ListObjectsOutput>> {
+        let input = req.input;
+        self.bucket(caller_of(&req.extensions), &input.bucket, Intent::Read).await?;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let after = input.marker.clone().unwrap_or_default();
+        let max = max_keys(input.max_keys)?;
+        let listing = self.list_keys(&input.bucket, &prefix, input.delimiter.as_deref(), &after, max).await?;
+        let next_marker =
+            (listing.truncated && input.delimiter.is_some()).then(|| listing.last.clone()).flatten();
+        let output = ListObjectsOutput {
+            name: Some(input.bucket),
+            prefix: input.prefix,
+            delimiter: input.delimiter,
+            marker: input.marker,
+            max_keys: Some(max as i32),
+            is_truncated: Some(listing.truncated),
+            next_marker,
+            contents: Some(objects_of(&listing)),
+            common_prefixes: Some(prefixes_of(&listing)),
+            ..Default::default()
+        };
+        Ok(S3Response::new(output))
+    }
+}
+
+fn caller_of(extensions: &http::Extensions) -> Option<crate::keys::TenantId> {
+    extensions.get::<std::sync::Arc<super::Caller>>().and_then(|caller| caller.0)
+}
+
+fn objects_of(listing: &super::list::Listing) -> Vec<Object> {
+    listing
+        .objects
+        .iter()
+        .map(|(key, etag, size, modified)| Object {
+            key: Some(key.clone()),
+            e_tag: Some(ETag::Strong(etag.clone())),
+            size: Some(*size),
+            last_modified: Some(timestamp(*modified)),
+            storage_class: Some(ObjectStorageClass::from_static(ObjectStorageClass::STANDARD)),
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn prefixes_of(listing: &super::list::Listing) -> Vec<CommonPrefix> {
+    listing.prefixes.iter().map(|prefix| CommonPrefix { prefix: Some(prefix.clone()) }).collect()
+}
