@@ -69,6 +69,9 @@ pub struct ServeArgs {
     /// Seconds between background GC runs; 0 turns them off [default: 300].
     #[arg(long, env = "SILO_GC_INTERVAL_SECS")]
     pub gc_interval_secs: Option<u64>,
+    /// Seconds after which an unfinished multipart upload is aborted [default: 604800, a week].
+    #[arg(long, env = "SILO_MULTIPART_EXPIRY_SECS")]
+    pub multipart_expiry_secs: Option<u64>,
 }
 
 /// The settings a TOML file may hold.
@@ -86,6 +89,7 @@ struct FileConfig {
     node_name: Option<String>,
     zone: Option<String>,
     gc_interval_secs: Option<u64>,
+    multipart_expiry_secs: Option<u64>,
     /// The chunk store's tunables (`[store]`: chunk sizes, compression, packs, caches).
     store: Option<StoreConfig>,
 }
@@ -103,6 +107,7 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
     pub node: NodeSpec,
     pub gc_interval: Option<Duration>,
+    pub multipart_expiry: Duration,
     pub store: StoreConfig,
 }
 
@@ -120,6 +125,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("log_format", &self.log_format)
             .field("node", &self.node)
             .field("gc_interval", &self.gc_interval)
+            .field("multipart_expiry", &self.multipart_expiry)
             .field("store", &self.store)
             .finish()
     }
@@ -162,6 +168,9 @@ impl ServeArgs {
                 0 => None,
                 secs => Some(Duration::from_secs(secs)),
             },
+            multipart_expiry: Duration::from_secs(
+                self.multipart_expiry_secs.or(file.multipart_expiry_secs).unwrap_or(7 * 24 * 3600),
+            ),
             store: file.store.unwrap_or_default(),
         })
     }

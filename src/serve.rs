@@ -125,7 +125,7 @@ async fn serve_with_catalog(
     drop(client);
     let store = ChunkStore::open(pool.clone(), &data_dir, &config.node, config.store.clone()).await?;
     if let Some(interval) = config.gc_interval {
-        tokio::spawn(collect_garbage_every(store.clone(), interval, stop.clone()));
+        tokio::spawn(collect_garbage_every(store.clone(), interval, config.multipart_expiry, stop.clone()));
     }
     let admin_token = admin_token(&data_dir)?;
     let catalog_server = match embedded {
@@ -187,12 +187,20 @@ async fn serve_with_catalog(
     Ok(())
 }
 
-/// Runs GC every `interval` until `stop`.
-async fn collect_garbage_every(store: ChunkStore, interval: std::time::Duration, stop: CancellationToken) {
+/// Every `interval` until `stop`: aborts multipart uploads older than `expiry`, then runs GC.
+async fn collect_garbage_every(
+    store: ChunkStore,
+    interval: std::time::Duration,
+    expiry: std::time::Duration,
+    stop: CancellationToken,
+) {
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(interval) => {}
+        }
+        if let Err(err) = storage_node::s3::abort_stale_uploads(&store, expiry).await {
+            tracing::warn!(error = %err, "could not abort stale multipart uploads");
         }
         match store.gc().await {
             Ok(report) if report != GcReport::default() => tracing::info!(?report, "GC pass"),

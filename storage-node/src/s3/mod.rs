@@ -10,8 +10,11 @@ mod auth;
 mod bucket;
 mod error;
 mod list;
+mod multipart;
 mod object;
 mod ops;
+
+pub use multipart::abort_stale_uploads;
 
 use std::sync::Arc;
 

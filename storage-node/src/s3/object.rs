@@ -149,7 +149,7 @@ impl SiloS3 {
 
     /// Binds a new object (committed here) or a copy to `bucket`/`key` in one transaction,
     /// releasing what was there. Returns the modification time.
-    async fn bind(
+    pub(crate) async fn bind(
         &self,
         tenant: TenantId,
         bucket: &str,
@@ -163,7 +163,16 @@ impl SiloS3 {
         let object = match binding {
             Binding::New(ingested) => self.store.commit(&txn, ingested).await.map_err(from_store)?.id,
             Binding::Copy(source) => self.store.copy_in(&txn, tenant, source).await.map_err(from_store)?,
+            Binding::Complete { parts, .. } => {
+                self.store.concat_in(&txn, tenant, parts, None).await.map_err(from_store)?
+            }
         };
+        if let Binding::Complete { upload, all, .. } = binding {
+            txn.execute("DELETE FROM multipart_uploads WHERE id = $1", &[&upload]).await.map_err(from_db)?;
+            for part in all {
+                self.store.delete_in(&txn, tenant, *part).await.map_err(from_store)?;
+            }
+        }
         let previous: Option<i64> = txn
             .query_opt(
                 "SELECT object_id FROM s3_objects WHERE bucket = $1 AND key = $2 FOR UPDATE",
@@ -250,9 +259,14 @@ impl SiloS3 {
     }
 }
 
-enum Binding<'a> {
+/// What [`SiloS3::bind`] puts at a key.
+pub(crate) enum Binding<'a> {
+    /// A new upload, committed in the binding's transaction.
     New(&'a crate::store::Ingested),
+    /// A copy of an object, sharing its chunks.
     Copy(ObjectId),
+    /// A completed multipart upload: `parts` concatenated; `all` the upload's parts, deleted.
+    Complete { upload: &'a str, parts: &'a [ObjectId], all: &'a [ObjectId] },
 }
 
 /// Evaluates GET and HEAD conditions (RFC 9110 order): `If-Match`, then

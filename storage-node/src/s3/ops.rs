@@ -222,6 +222,182 @@ impl S3 for SiloS3 {
         Ok(S3Response::new(CopyObjectOutput { copy_object_result: Some(result), ..Default::default() }))
     }
 
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        let tenant = caller(&req);
+        let input = req.input;
+        let headers = ObjectHeaders {
+            content_type: input.content_type,
+            content_disposition: input.content_disposition,
+            cache_control: input.cache_control,
+            metadata: input.metadata.unwrap_or_default().into_iter().collect(),
+        };
+        let id = self.create_upload(tenant, &input.bucket, &input.key, headers).await?;
+        let output = CreateMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(id),
+            ..Default::default()
+        };
+        Ok(S3Response::new(output))
+    }
+
+    async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
+        let tenant = caller(&req);
+        let input = req.input;
+        let body: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match input.body {
+            Some(body) => {
+                let body = futures::StreamExt::map(body, |piece| piece.map_err(std::io::Error::other));
+                Box::new(tokio_util::io::StreamReader::new(body))
+            }
+            None => Box::new(tokio::io::empty()),
+        };
+        let etag = self
+            .upload_part_for(
+                tenant,
+                &input.bucket,
+                &input.key,
+                &input.upload_id,
+                input.part_number,
+                body,
+                input.content_length,
+            )
+            .await?;
+        Ok(S3Response::new(UploadPartOutput { e_tag: Some(ETag::Strong(etag)), ..Default::default() }))
+    }
+
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        let tenant = caller(&req);
+        let input = req.input;
+        let CopySource::Bucket { bucket: source_bucket, key: source_key, .. } = &input.copy_source else {
+            return Err(s3_error!(NotImplemented, "copy sources must be bucket/key"));
+        };
+        let source = self.object(tenant, source_bucket, source_key).await?;
+        if Some(source.tenant) != tenant {
+            return Err(s3_error!(AccessDenied, "the copy source belongs to another tenant"));
+        }
+        let range = match &input.copy_source_range {
+            Some(range) => parse_copy_range(range, source.size)?,
+            None => 0..source.size,
+        };
+        let body = self.open_body(&source, range.clone()).await?;
+        let body = futures::StreamExt::map(body, |piece| piece.map_err(std::io::Error::other));
+        let reader = tokio_util::io::StreamReader::new(body);
+        let length = Some((range.end - range.start) as i64);
+        let etag = self
+            .upload_part_for(
+                tenant,
+                &input.bucket,
+                &input.key,
+                &input.upload_id,
+                input.part_number,
+                reader,
+                length,
+            )
+            .await?;
+        let result = CopyPartResult { e_tag: Some(ETag::Strong(etag)), ..Default::default() };
+        Ok(S3Response::new(UploadPartCopyOutput { copy_part_result: Some(result), ..Default::default() }))
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let tenant = caller(&req);
+        let input = req.input;
+        let requested: Vec<(i32, String)> = input
+            .multipart_upload
+            .and_then(|upload| upload.parts)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|part| (part.part_number.unwrap_or(0), part.e_tag.map(ETag::into_value).unwrap_or_default()))
+            .collect();
+        let etag =
+            self.complete_upload(tenant, &input.bucket, &input.key, &input.upload_id, &requested).await?;
+        let output = CompleteMultipartUploadOutput {
+            bucket: Some(input.bucket.clone()),
+            key: Some(input.key.clone()),
+            e_tag: Some(ETag::Strong(etag)),
+            location: Some(format!("/{}/{}", input.bucket, input.key)),
+            ..Default::default()
+        };
+        Ok(S3Response::new(output))
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        self.abort_upload(caller(&req), &req.input.bucket, &req.input.key, &req.input.upload_id).await?;
+        Ok(S3Response::new(AbortMultipartUploadOutput::default()))
+    }
+
+    async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
+        let tenant = caller(&req);
+        let input = req.input;
+        self.bucket(tenant, &input.bucket, Intent::Write).await?;
+        let marker = input.part_number_marker.unwrap_or(0);
+        let max = input.max_parts.unwrap_or(1000).clamp(0, 1000) as usize;
+        let parts: Vec<_> =
+            self.parts(&input.upload_id).await?.into_iter().filter(|p| p.number > marker).collect();
+        let truncated = parts.len() > max;
+        let shown: Vec<Part> = parts
+            .iter()
+            .take(max)
+            .map(|part| Part {
+                part_number: Some(part.number),
+                e_tag: Some(ETag::Strong(part.etag.clone())),
+                size: Some(part.size),
+                last_modified: Some(timestamp(part.last_modified)),
+                ..Default::default()
+            })
+            .collect();
+        let output = ListPartsOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(input.upload_id),
+            max_parts: Some(max as i32),
+            is_truncated: Some(truncated),
+            next_part_number_marker: shown.last().and_then(|part| part.part_number).filter(|_| truncated),
+            part_number_marker: Some(marker),
+            parts: Some(shown),
+            ..Default::default()
+        };
+        Ok(S3Response::new(output))
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let input = req.input;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let uploads = self
+            .uploads(caller_of(&req.extensions), &input.bucket, &prefix)
+            .await?
+            .into_iter()
+            .map(|(key, id, initiated)| MultipartUpload {
+                key: Some(key),
+                upload_id: Some(id),
+                initiated: Some(timestamp(initiated)),
+                ..Default::default()
+            })
+            .collect();
+        let output = ListMultipartUploadsOutput {
+            bucket: Some(input.bucket),
+            prefix: input.prefix,
+            is_truncated: Some(false),
+            uploads: Some(uploads),
+            ..Default::default()
+        };
+        Ok(S3Response::new(output))
+    }
+
     async fn list_objects_v2(
         &self,
         req: S3Request<ListObjectsV2Input>,
@@ -282,6 +458,19 @@ impl S3 for SiloS3 {
         };
         Ok(S3Response::new(output))
     }
+}
+
+/// `bytes=first-last` of an UploadPartCopy, within the source's size.
+fn parse_copy_range(range: &str, size: u64) -> S3Result<std::ops::Range<u64>> {
+    let invalid =
+        || s3_error!(InvalidArgument, "x-amz-copy-source-range must be bytes=first-last within the source");
+    let (first, last) = range.strip_prefix("bytes=").and_then(|r| r.split_once('-')).ok_or_else(invalid)?;
+    let (first, last): (u64, u64) =
+        (first.parse().map_err(|_| invalid())?, last.parse().map_err(|_| invalid())?);
+    if first > last || last >= size {
+        return Err(invalid());
+    }
+    Ok(first..last + 1)
 }
 
 fn caller_of(extensions: &http::Extensions) -> Option<crate::keys::TenantId> {

@@ -122,6 +122,66 @@ impl ChunkStore {
         Ok(ObjectId(copy))
     }
 
+    /// A new object whose bytes are `parts` one after another, sharing their chunks (only
+    /// manifests are copied). The parts stay; the caller deletes them in the same transaction.
+    ///
+    /// # Errors
+    /// [`StoreError::NoSuchObject`] when a part is not the tenant's.
+    pub async fn concat_in(
+        &self,
+        txn: &Transaction<'_>,
+        tenant: TenantId,
+        parts: &[ObjectId],
+        md5: Option<Vec<u8>>,
+    ) -> Result<ObjectId, StoreError> {
+        lock_tenant(txn, tenant).await?;
+        let ids: Vec<i64> = parts.iter().map(|part| part.0).collect();
+        let rows = txn
+            .query(
+                "SELECT p.id, o.size FROM unnest($1::int8[]) WITH ORDINALITY AS p(id, n) \
+                 LEFT JOIN objects o ON o.id = p.id AND o.tenant_id = $2 ORDER BY p.n",
+                &[&ids, &tenant.0],
+            )
+            .await?;
+        let mut bases = Vec::with_capacity(rows.len());
+        let mut size = 0i64;
+        for row in &rows {
+            let part_size: Option<i64> = row.get(1);
+            let part_size = part_size.ok_or(StoreError::NoSuchObject(row.get(0)))?;
+            bases.push(size);
+            size += part_size;
+        }
+        let object: i64 = txn
+            .query_one(
+                "INSERT INTO objects (tenant_id, size, chunk_count, md5) \
+                 SELECT $1, $2, (SELECT count(*) FROM object_chunks WHERE object_id = ANY($3::int8[]))::int4, $4 \
+                 RETURNING id",
+                &[&tenant.0, &size, &ids, &md5],
+            )
+            .await?
+            .get(0);
+        txn.execute(
+            "INSERT INTO object_chunks (object_id, logical_offset, tenant_id, chunk_id) \
+             SELECT $1, p.base + oc.logical_offset, oc.tenant_id, oc.chunk_id \
+             FROM unnest($2::int8[], $3::int8[]) AS p(id, base) JOIN object_chunks oc ON oc.object_id = p.id",
+            &[&object, &ids, &bases],
+        )
+        .await?;
+        txn.execute(
+            "UPDATE chunks c SET refcount = c.refcount + refs.n \
+             FROM (SELECT chunk_id, count(*) AS n FROM object_chunks WHERE object_id = $1 GROUP BY chunk_id) AS refs \
+             WHERE c.tenant_id = $2 AND c.id = refs.chunk_id",
+            &[&object, &tenant.0],
+        )
+        .await?;
+        txn.execute(
+            "UPDATE tenants SET object_count = object_count + 1, logical_bytes = logical_bytes + $2 WHERE id = $1",
+            &[&tenant.0, &size],
+        )
+        .await?;
+        Ok(ObjectId(object))
+    }
+
     /// The tenant's usage.
     ///
     /// # Errors
