@@ -83,9 +83,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_admin));
     Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(metrics::render))
+        // Other methods on the probe paths go to S3, which answers InvalidBucketName.
+        .route("/healthz", get(health::healthz).fallback(s3))
+        .route("/readyz", get(health::readyz).fallback(s3))
+        .route("/metrics", get(metrics::render).fallback(s3))
         .nest("/v1", management)
         .fallback(s3)
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))

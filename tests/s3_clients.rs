@@ -1,0 +1,63 @@
+//! The S3 data plane with real clients (boto3 and the aws CLI, from the virtualenv that
+//! `scripts/setup` makes in `.venv`), against the real binary and a real Postgres.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Silo, scratch};
+use serde_json::Value;
+
+fn cli(silo: &Silo, args: &[&str]) -> Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_silo"))
+        .args(args)
+        .arg("--json")
+        .env("SILO_URL", format!("http://{}", silo.addr))
+        .env("SILO_ADMIN_TOKEN", silo.token())
+        .output()
+        .expect("run silo");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn boto3_and_the_aws_cli_work_end_to_end() {
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+    assert!(std::path::Path::new(python).exists(), "no {python}: run ./scripts/setup first");
+    let url = db_manager::testing::shared().fresh_database("s3_clients").await;
+    let tmp = scratch();
+    let mut silo = Silo::start(&tmp.path().join("data"), &["--postgres-url", &url]);
+    silo.wait_ready(Duration::from_secs(30)).await;
+    cli(&silo, &["tenant", "create", "tenant-a"]);
+    cli(&silo, &["tenant", "create", "tenant-b"]);
+    let a = cli(&silo, &["key", "create", "tenant-a"]);
+    let b = cli(&silo, &["key", "create", "tenant-b"]);
+    let revoked = cli(&silo, &["key", "create", "tenant-a"]);
+    cli(&silo, &["key", "revoke", "tenant-a", revoked["access_key_id"].as_str().unwrap()]);
+
+    let work = tmp.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let key = |v: &Value, field: &str| v[field].as_str().unwrap().to_string();
+    let output = tokio::process::Command::new(python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scripts/s3_clients.py"))
+        .env("SILO_S3_ENDPOINT", format!("http://{}", silo.addr))
+        .env("A_KEY", key(&a, "access_key_id"))
+        .env("A_SECRET", key(&a, "secret_access_key"))
+        .env("B_KEY", key(&b, "access_key_id"))
+        .env("B_SECRET", key(&b, "secret_access_key"))
+        .env("REVOKED_KEY", key(&revoked, "access_key_id"))
+        .env("REVOKED_SECRET", key(&revoked, "secret_access_key"))
+        .env("WORK", &work)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        silo.stderr()
+    );
+    assert!(!silo.stderr().contains(&key(&a, "secret_access_key")), "secrets never reach the log");
+}
