@@ -60,4 +60,29 @@ async fn boto3_and_the_aws_cli_work_end_to_end() {
         silo.stderr()
     );
     assert!(!silo.stderr().contains(&key(&a, "secret_access_key")), "secrets never reach the log");
+
+    // Public-read buckets: anonymous GET and HEAD work once marked, nothing else does.
+    let http = reqwest::Client::new();
+    let object = format!("http://{}/media/site/index.html", silo.addr);
+    assert_eq!(http.get(&object).send().await.unwrap().status(), 403, "private by default");
+    let marked = http
+        .patch(format!("http://{}/v1/buckets/media", silo.addr))
+        .bearer_auth(silo.token())
+        .json(&serde_json::json!({ "public_read": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(marked.status(), 200);
+    let response = http.get(&object).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "<h1>hi</h1>");
+    assert_eq!(http.head(&object).send().await.unwrap().status(), 200);
+    let ranged = http.get(&object).header("Range", "bytes=1-2").send().await.unwrap();
+    assert_eq!((ranged.status().as_u16(), ranged.text().await.unwrap()), (206, "h1".to_string()));
+    assert_eq!(
+        http.put(&object).body("defaced").send().await.unwrap().status(),
+        403,
+        "anonymous writes stay denied"
+    );
+    assert_eq!(http.delete(&object).send().await.unwrap().status(), 403);
 }

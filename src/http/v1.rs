@@ -9,7 +9,11 @@ use axum::{Json, Router};
 use super::{AppState, ServerInfo};
 
 pub fn router() -> Router<Arc<AppState>> {
-    Router::new().route("/info", get(info)).merge(super::storage::router()).merge(super::tenants::router())
+    Router::new()
+        .route("/info", get(info))
+        .merge(super::storage::router())
+        .merge(super::tenants::router())
+        .merge(super::buckets::router())
 }
 
 /// `GET /v1/info`: the version, the catalog this server is attached to, and its Postgres.

@@ -48,6 +48,37 @@ pub fn service(store: ChunkStore) -> S3Service {
     builder.build()
 }
 
+/// A bucket as the management API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BucketInfo {
+    pub name: String,
+    pub tenant: String,
+    pub public_read: bool,
+}
+
+/// The bucket `name`, after setting its public-read flag when `public_read` is given.
+/// Anonymous GET and HEAD work on a public-read bucket; everything else needs a signature.
+///
+/// # Errors
+/// Catalog errors; an unknown bucket is `Ok(None)`.
+pub async fn bucket_info(
+    pool: &CatalogPool,
+    name: &str,
+    public_read: Option<bool>,
+) -> Result<Option<BucketInfo>, crate::catalog::CatalogError> {
+    let client = pool.get().await?;
+    if let Some(public_read) = public_read {
+        client.execute("UPDATE buckets SET public_read = $2 WHERE name = $1", &[&name, &public_read]).await?;
+    }
+    let row = client
+        .query_opt(
+            "SELECT b.name, t.name, b.public_read FROM buckets b JOIN tenants t ON t.id = b.tenant_id WHERE b.name = $1",
+            &[&name],
+        )
+        .await?;
+    Ok(row.map(|row| BucketInfo { name: row.get(0), tenant: row.get(1), public_read: row.get(2) }))
+}
+
 /// The tenant a request acts for (set by the access check).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Caller(pub Option<TenantId>);
