@@ -33,6 +33,8 @@ async fn boto3_and_the_aws_cli_work_end_to_end() {
     cli(&silo, &["tenant", "create", "tenant-b"]);
     let a = cli(&silo, &["key", "create", "tenant-a"]);
     let b = cli(&silo, &["key", "create", "tenant-b"]);
+    cli(&silo, &["tenant", "create", "tenant-q", "--quota-bytes", "1000000"]);
+    let q = cli(&silo, &["key", "create", "tenant-q"]);
     let revoked = cli(&silo, &["key", "create", "tenant-a"]);
     cli(&silo, &["key", "revoke", "tenant-a", revoked["access_key_id"].as_str().unwrap()]);
 
@@ -46,6 +48,8 @@ async fn boto3_and_the_aws_cli_work_end_to_end() {
         .env("A_SECRET", key(&a, "secret_access_key"))
         .env("B_KEY", key(&b, "access_key_id"))
         .env("B_SECRET", key(&b, "secret_access_key"))
+        .env("Q_KEY", key(&q, "access_key_id"))
+        .env("Q_SECRET", key(&q, "secret_access_key"))
         .env("REVOKED_KEY", key(&revoked, "access_key_id"))
         .env("REVOKED_SECRET", key(&revoked, "secret_access_key"))
         .env("WORK", &work)
