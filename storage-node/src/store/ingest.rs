@@ -141,7 +141,13 @@ impl ChunkStore {
         let result = async {
             while let Some(chunk) = prepared.next().await {
                 let chunk = chunk?;
-                room.check(upload.size + chunk.len())?;
+                if let Err(err) = room.check(upload.size + chunk.len()) {
+                    if let Prepared::Known { id, .. } = chunk {
+                        // Its pin was taken: release it with the others.
+                        *upload.pins.entry(id).or_insert(0) += 1;
+                    }
+                    return Err(err);
+                }
                 upload.accept(chunk).await?;
             }
             if let Some(expected) = options.expected_len
