@@ -176,8 +176,12 @@ async fn an_upload_over_the_quota_fails_and_writes_nothing() {
     let options = PutOptions { expected_len: Some(data.len() as u64), md5: false };
     let err = fx.store.put(small, std::io::Cursor::new(data.clone()), options).await.unwrap_err();
     assert!(matches!(err, StoreError::QuotaExceeded { .. }), "{err}");
-    // Not announced: refused as soon as the body crosses the quota.
-    let err = fx.store.put(small, std::io::Cursor::new(data), PutOptions::default()).await.unwrap_err();
+    // Not announced: refused as soon as the body crosses the quota, even when it starts with
+    // chunks the tenant has (their pins are released).
+    let mut known_then_new = random_bytes(2 * 1024 * 1024, 9);
+    known_then_new.extend(data);
+    let err =
+        fx.store.put(small, std::io::Cursor::new(known_then_new), PutOptions::default()).await.unwrap_err();
     assert!(matches!(err, StoreError::QuotaExceeded { .. }), "{err}");
     assert!(err.to_string().contains("quota"), "{err}");
 

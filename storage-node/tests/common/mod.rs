@@ -149,4 +149,7 @@ pub async fn assert_catalog_consistent(pool: &CatalogPool) {
         .unwrap()
         .get(0);
     assert_eq!(unlocated, 0, "every chunk has a location");
+    let pinned: i64 =
+        client.query_one("SELECT count(*) FROM chunks WHERE pin_count > 0", &[]).await.unwrap().get(0);
+    assert_eq!(pinned, 0, "no upload runs, so no pin is left");
 }
