@@ -51,8 +51,8 @@ pub fn describe(err: &tokio_postgres::Error) -> String {
     }
 }
 
-/// Builds a pool over `config`. Connections are made lazily, with short timeouts so that a
-/// dead catalog turns into a quick error rather than a hung request.
+/// Builds a pool over `config`. Connections are made lazily, with short connect timeouts so
+/// that a dead catalog turns into a quick error rather than a hung request.
 ///
 /// # Errors
 /// [`CatalogError::Pool`] when the pool cannot be built.
@@ -67,7 +67,9 @@ pub fn connect_pool(
     Pool::builder(manager)
         .max_size(max_size)
         .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(Duration::from_secs(5)))
+        // Under a burst (dozens of uploads, each looking chunks up in parallel) waiting for a
+        // free connection beats failing; a dead catalog still fails fast at connect time.
+        .wait_timeout(Some(Duration::from_secs(60)))
         .create_timeout(Some(Duration::from_secs(5)))
         .recycle_timeout(Some(Duration::from_secs(5)))
         .build()
