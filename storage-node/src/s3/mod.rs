@@ -83,6 +83,7 @@ pub async fn bucket_info(
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Caller(pub Option<TenantId>);
 
-pub(crate) fn caller<T>(req: &s3s::S3Request<T>) -> Option<TenantId> {
-    req.extensions.get::<Arc<Caller>>().and_then(|caller| caller.0)
+/// The tenant a request acts for, from its extensions; `None` when it is anonymous.
+pub(crate) fn caller(extensions: &http::Extensions) -> Option<TenantId> {
+    extensions.get::<Arc<Caller>>().and_then(|caller| caller.0)
 }

@@ -54,6 +54,23 @@ pub(crate) struct ObjectHeaders {
     pub metadata: HashMap<String, String>,
 }
 
+impl ObjectHeaders {
+    /// The headers of a PUT, a multipart creation or a replacing copy.
+    pub fn from_request(
+        content_type: Option<String>,
+        content_disposition: Option<String>,
+        cache_control: Option<String>,
+        metadata: Option<s3s::dto::Metadata>,
+    ) -> Self {
+        ObjectHeaders {
+            content_type,
+            content_disposition,
+            cache_control,
+            metadata: metadata.unwrap_or_default().into_iter().collect(),
+        }
+    }
+}
+
 pub(crate) fn check_key(key: &str) -> S3Result<()> {
     if key.is_empty() || key.len() > MAX_KEY_BYTES {
         return Err(s3_error!(KeyTooLongError, "object keys are 1 to 1024 bytes of UTF-8"));

@@ -34,14 +34,14 @@ impl S3 for SiloS3 {
         &self,
         req: S3Request<CreateBucketInput>,
     ) -> S3Result<S3Response<CreateBucketOutput>> {
-        let tenant = caller(&req).ok_or_else(|| s3_error!(AccessDenied))?;
+        let tenant = caller(&req.extensions).ok_or_else(|| s3_error!(AccessDenied))?;
         self.create_bucket_for(tenant, &req.input.bucket).await?;
         let output = CreateBucketOutput { location: Some(format!("/{}", req.input.bucket)) };
         Ok(S3Response::new(output))
     }
 
     async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
-        self.bucket(caller(&req), &req.input.bucket, Intent::Read).await?;
+        self.bucket(caller(&req.extensions), &req.input.bucket, Intent::Read).await?;
         Ok(S3Response::new(HeadBucketOutput::default()))
     }
 
@@ -49,7 +49,7 @@ impl S3 for SiloS3 {
         &self,
         req: S3Request<DeleteBucketInput>,
     ) -> S3Result<S3Response<DeleteBucketOutput>> {
-        self.delete_bucket_for(caller(&req), &req.input.bucket).await?;
+        self.delete_bucket_for(caller(&req.extensions), &req.input.bucket).await?;
         Ok(S3Response::new(DeleteBucketOutput::default()))
     }
 
@@ -57,7 +57,7 @@ impl S3 for SiloS3 {
         &self,
         req: S3Request<ListBucketsInput>,
     ) -> S3Result<S3Response<ListBucketsOutput>> {
-        let tenant = caller(&req).ok_or_else(|| s3_error!(AccessDenied))?;
+        let tenant = caller(&req.extensions).ok_or_else(|| s3_error!(AccessDenied))?;
         let buckets = self
             .buckets_of(tenant)
             .await?
@@ -75,19 +75,19 @@ impl S3 for SiloS3 {
         &self,
         req: S3Request<GetBucketLocationInput>,
     ) -> S3Result<S3Response<GetBucketLocationOutput>> {
-        self.bucket(caller(&req), &req.input.bucket, Intent::Read).await?;
+        self.bucket(caller(&req.extensions), &req.input.bucket, Intent::Read).await?;
         Ok(S3Response::new(GetBucketLocationOutput::default()))
     }
 
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
-        let tenant = caller(&req);
+        let tenant = caller(&req.extensions);
         let input = req.input;
-        let headers = ObjectHeaders {
-            content_type: input.content_type,
-            content_disposition: input.content_disposition,
-            cache_control: input.cache_control,
-            metadata: input.metadata.unwrap_or_default().into_iter().collect(),
-        };
+        let headers = ObjectHeaders::from_request(
+            input.content_type,
+            input.content_disposition,
+            input.cache_control,
+            input.metadata,
+        );
         let etag = self
             .put_object_for(tenant, &input.bucket, &input.key, input.body, input.content_length, headers)
             .await?;
@@ -96,7 +96,7 @@ impl S3 for SiloS3 {
 
     async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
         let input = req.input;
-        let row = self.object(caller_of(&req.extensions), &input.bucket, &input.key).await?;
+        let row = self.object(caller(&req.extensions), &input.bucket, &input.key).await?;
         check_conditions(
             &row,
             input.if_match.as_ref(),
@@ -130,7 +130,7 @@ impl S3 for SiloS3 {
 
     async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = req.input;
-        let row = self.object(caller_of(&req.extensions), &input.bucket, &input.key).await?;
+        let row = self.object(caller(&req.extensions), &input.bucket, &input.key).await?;
         check_conditions(
             &row,
             input.if_match.as_ref(),
@@ -156,7 +156,7 @@ impl S3 for SiloS3 {
         &self,
         req: S3Request<DeleteObjectInput>,
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
-        self.delete_object_for(caller(&req), &req.input.bucket, &req.input.key).await?;
+        self.delete_object_for(caller(&req.extensions), &req.input.bucket, &req.input.key).await?;
         Ok(S3Response::new(DeleteObjectOutput::default()))
     }
 
@@ -164,7 +164,7 @@ impl S3 for SiloS3 {
         &self,
         req: S3Request<DeleteObjectsInput>,
     ) -> S3Result<S3Response<DeleteObjectsOutput>> {
-        let tenant = caller(&req);
+        let tenant = caller(&req.extensions);
         let input = req.input;
         self.bucket(tenant, &input.bucket, Intent::Write).await?;
         let quiet = input.delete.quiet.unwrap_or(false);
@@ -189,7 +189,7 @@ impl S3 for SiloS3 {
     }
 
     async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
-        let tenant = caller(&req);
+        let tenant = caller(&req.extensions);
         let input = req.input;
         let CopySource::Bucket { bucket: source_bucket, key: source_key, .. } = &input.copy_source else {
             return Err(s3_error!(NotImplemented, "copy sources must be bucket/key"));
@@ -198,12 +198,12 @@ impl S3 for SiloS3 {
         let replace =
             input.metadata_directive.as_ref().is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
         let headers = if replace {
-            ObjectHeaders {
-                content_type: input.content_type,
-                content_disposition: input.content_disposition,
-                cache_control: input.cache_control,
-                metadata: input.metadata.unwrap_or_default().into_iter().collect(),
-            }
+            ObjectHeaders::from_request(
+                input.content_type,
+                input.content_disposition,
+                input.cache_control,
+                input.metadata,
+            )
         } else {
             ObjectHeaders {
                 content_type: source.content_type.clone(),
@@ -226,14 +226,14 @@ impl S3 for SiloS3 {
         &self,
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
-        let tenant = caller(&req);
+        let tenant = caller(&req.extensions);
         let input = req.input;
-        let headers = ObjectHeaders {
-            content_type: input.content_type,
-            content_disposition: input.content_disposition,
-            cache_control: input.cache_control,
-            metadata: input.metadata.unwrap_or_default().into_iter().collect(),
-        };
+        let headers = ObjectHeaders::from_request(
+            input.content_type,
+            input.content_disposition,
+            input.cache_control,
+            input.metadata,
+        );
         let id = self.create_upload(tenant, &input.bucket, &input.key, headers).await?;
         let output = CreateMultipartUploadOutput {
             bucket: Some(input.bucket),
@@ -245,7 +245,7 @@ impl S3 for SiloS3 {
     }
 
     async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
-        let tenant = caller(&req);
+        let tenant = caller(&req.extensions);
         let input = req.input;
         let body: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match input.body {
             Some(body) => {
@@ -272,7 +272,7 @@ impl S3 for SiloS3 {
         &self,
         req: S3Request<UploadPartCopyInput>,
     ) -> S3Result<S3Response<UploadPartCopyOutput>> {
-        let tenant = caller(&req);
+        let tenant = caller(&req.extensions);
         let input = req.input;
         let CopySource::Bucket { bucket: source_bucket, key: source_key, .. } = &input.copy_source else {
             return Err(s3_error!(NotImplemented, "copy sources must be bucket/key"));
@@ -308,7 +308,7 @@ impl S3 for SiloS3 {
         &self,
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
-        let tenant = caller(&req);
+        let tenant = caller(&req.extensions);
         let input = req.input;
         let requested: Vec<(i32, String)> = input
             .multipart_upload
@@ -333,12 +333,13 @@ impl S3 for SiloS3 {
         &self,
         req: S3Request<AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
-        self.abort_upload(caller(&req), &req.input.bucket, &req.input.key, &req.input.upload_id).await?;
+        self.abort_upload(caller(&req.extensions), &req.input.bucket, &req.input.key, &req.input.upload_id)
+            .await?;
         Ok(S3Response::new(AbortMultipartUploadOutput::default()))
     }
 
     async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
-        let tenant = caller(&req);
+        let tenant = caller(&req.extensions);
         let input = req.input;
         self.bucket(tenant, &input.bucket, Intent::Write).await?;
         let marker = input.part_number_marker.unwrap_or(0);
@@ -378,7 +379,7 @@ impl S3 for SiloS3 {
         let input = req.input;
         let prefix = input.prefix.clone().unwrap_or_default();
         let uploads = self
-            .uploads(caller_of(&req.extensions), &input.bucket, &prefix)
+            .uploads(caller(&req.extensions), &input.bucket, &prefix)
             .await?
             .into_iter()
             .map(|(key, id, initiated)| MultipartUpload {
@@ -403,7 +404,7 @@ impl S3 for SiloS3 {
         req: S3Request<ListObjectsV2Input>,
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
         let input = req.input;
-        self.bucket(caller_of(&req.extensions), &input.bucket, Intent::Read).await?;
+        self.bucket(caller(&req.extensions), &input.bucket, Intent::Read).await?;
         let prefix = input.prefix.clone().unwrap_or_default();
         let after = match (&input.continuation_token, &input.start_after) {
             (Some(token), _) => token_to_key(token)?,
@@ -437,7 +438,7 @@ impl S3 for SiloS3 {
         req: S3Request<ListObjectsInput>,
     ) -> S3Result<S3Response<ListObjectsOutput>> {
         let input = req.input;
-        self.bucket(caller_of(&req.extensions), &input.bucket, Intent::Read).await?;
+        self.bucket(caller(&req.extensions), &input.bucket, Intent::Read).await?;
         let prefix = input.prefix.clone().unwrap_or_default();
         let after = input.marker.clone().unwrap_or_default();
         let max = max_keys(input.max_keys)?;
@@ -471,10 +472,6 @@ fn parse_copy_range(range: &str, size: u64) -> S3Result<std::ops::Range<u64>> {
         return Err(invalid());
     }
     Ok(first..last + 1)
-}
-
-fn caller_of(extensions: &http::Extensions) -> Option<crate::keys::TenantId> {
-    extensions.get::<std::sync::Arc<super::Caller>>().and_then(|caller| caller.0)
 }
 
 fn objects_of(listing: &super::list::Listing) -> Vec<Object> {
