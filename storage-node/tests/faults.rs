@@ -11,7 +11,9 @@ use storage_node::store::{PutOptions, StoreError};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_uploads_with_gc_running_read_back_identical_with_exact_refcounts() {
-    let fx = fixture("concurrent", small_chunks()).await;
+    // A small pool: 32 uploads, each preparing chunks in parallel, and GC must share 6
+    // connections without starving or deadlocking.
+    let fx = fixture_with_pool("concurrent", small_chunks(), 6).await;
     let acme = tenant(&fx.pool, "acme", None).await;
     let same = random_bytes(2 * 1024 * 1024, 100);
     // The same content was stored and deleted before: its chunks wait for GC, unreferenced,

@@ -153,7 +153,8 @@ impl ChunkStore {
     }
 
     async fn compact_pack(&self, old: PackId) -> Result<Compaction, StoreError> {
-        let mut client = self.inner.pool.get().await?;
+        // No connection is held across `open_pack`, which may need one of its own.
+        let client = self.inner.pool.get().await?;
         let live: Vec<ChunkLocation> = client
             .query(
                 "SELECT l.tenant_id, l.chunk_id, l.pack_offset, c.raw_len, c.stored_len, c.compression \
@@ -173,6 +174,7 @@ impl ChunkStore {
                 compression: Compression::from_code(row.get(5)).unwrap_or(Compression::None),
             })
             .collect();
+        drop(client);
         let mut moves = Vec::new();
         let mut target: Option<OpenPack> = None;
         let mut lease = None;
@@ -207,6 +209,7 @@ impl ChunkStore {
                 }
             }
         }
+        let mut client = self.inner.pool.get().await?;
         let txn = client.transaction().await?;
         if let Some(new) = target.as_ref().map(|pack| pack.writer.id()) {
             let tenants: Vec<i64> = moves.iter().map(|(at, _)| at.tenant.0).collect();

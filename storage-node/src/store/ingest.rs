@@ -131,10 +131,17 @@ impl ChunkStore {
             chunks_tx,
         ));
         let chunks = futures::stream::poll_fn(move |cx| chunks_rx.poll_recv(cx));
+        // Each preparation is a task of its own: it must finish (and hand back its catalog
+        // connection) even while this loop waits on something else, such as a connection for a
+        // new pack. Futures merely buffered here would sit on their connections un-polled, and
+        // enough concurrent uploads would then deadlock the pool.
         let mut prepared = chunks
             .map(|chunk| {
                 let (store, key) = (self.clone(), key.clone());
-                async move { store.prepare(tenant, key, chunk.map_err(StoreError::Source)?).await }
+                let task = tokio::spawn(async move {
+                    store.prepare(tenant, key, chunk.map_err(StoreError::Source)?).await
+                });
+                async move { task.await.map_err(StoreError::from).and_then(|prepared| prepared) }
             })
             .buffered(PARALLEL);
         let mut upload = Upload::new(self.clone(), tenant);

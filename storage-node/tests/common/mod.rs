@@ -31,15 +31,25 @@ pub fn small_chunks() -> StoreConfig {
 }
 
 pub async fn catalog(label: &str) -> (CatalogPool, String) {
+    catalog_with_pool(label, 40).await
+}
+
+/// A fresh catalog whose pool has `size` connections.
+pub async fn catalog_with_pool(label: &str, size: usize) -> (CatalogPool, String) {
     let url = db_manager::testing::shared().fresh_database(label).await;
-    let pool = connect_pool(url.parse().expect("url"), 40).expect("pool");
+    let pool = connect_pool(url.parse().expect("url"), size).expect("pool");
     let mut client = deadpool_postgres::Object::take(pool.get().await.expect("connect"));
     storage_node::catalog::migrate(&mut client).await.expect("migrate");
     (pool, url)
 }
 
 pub async fn fixture(label: &str, config: StoreConfig) -> Fixture {
-    let (pool, url) = catalog(label).await;
+    fixture_with_pool(label, config, 40).await
+}
+
+/// A fixture whose catalog pool has `size` connections.
+pub async fn fixture_with_pool(label: &str, config: StoreConfig, size: usize) -> Fixture {
+    let (pool, url) = catalog_with_pool(label, size).await;
     let tmp = tempfile::tempdir().expect("tmp");
     let data_dir = DataDir::open(&tmp.path().join("data")).expect("data dir");
     let store = open_store(&pool, &data_dir, config).await;
