@@ -163,6 +163,8 @@ def main():
     upload = a.create_multipart_upload(Bucket="media", Key="aborted.bin")["UploadId"]
     a.upload_part(Bucket="media", Key="aborted.bin", UploadId=upload, PartNumber=1, Body=b"z" * 1024)
     assert len(a.list_multipart_uploads(Bucket="media")["Uploads"]) == 1
+    assert error_code(lambda: b.list_parts(Bucket="other-media", Key="aborted.bin", UploadId=upload)) == "NoSuchUpload", \
+        "an upload id alone does not open another tenant's upload"
     a.abort_multipart_upload(Bucket="media", Key="aborted.bin", UploadId=upload)
     assert "Uploads" not in a.list_multipart_uploads(Bucket="media") or not a.list_multipart_uploads(Bucket="media")["Uploads"]
     print("s3 clients: all checks passed")

@@ -97,6 +97,17 @@ impl SiloS3 {
         Ok((tenant, headers))
     }
 
+    /// Checks that upload `id` is `bucket`/`key`'s and the caller's.
+    pub(crate) async fn check_upload(
+        &self,
+        caller: Option<TenantId>,
+        bucket: &str,
+        key: &str,
+        id: &str,
+    ) -> S3Result<()> {
+        self.upload(caller, bucket, key, id).await.map(|_| ())
+    }
+
     /// Stores one part (replacing an earlier upload of the same part). Returns its ETag.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn upload_part_for<R>(
@@ -256,14 +267,15 @@ impl SiloS3 {
         caller: Option<TenantId>,
         bucket: &str,
         prefix: &str,
+        limit: usize,
     ) -> S3Result<Vec<(String, String, f64)>> {
         self.bucket(caller, bucket, Intent::Write).await?;
         let client = self.pool().get().await.map_err(from_pool)?;
         let rows = client
             .query(
                 "SELECT key, id, extract(epoch FROM initiated)::float8 FROM multipart_uploads \
-                 WHERE bucket = $1 AND starts_with(key, $2) ORDER BY key, initiated LIMIT 1000",
-                &[&bucket, &prefix],
+                 WHERE bucket = $1 AND starts_with(key, $2) ORDER BY key, initiated LIMIT $3",
+                &[&bucket, &prefix, &(limit as i64)],
             )
             .await
             .map_err(from_db)?;

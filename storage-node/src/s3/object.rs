@@ -185,7 +185,14 @@ impl SiloS3 {
             }
         };
         if let Binding::Complete { upload, all, .. } = binding {
-            txn.execute("DELETE FROM multipart_uploads WHERE id = $1", &[&upload]).await.map_err(from_db)?;
+            // A concurrent completion or abort that got there first leaves nothing to complete.
+            let removed = txn
+                .execute("DELETE FROM multipart_uploads WHERE id = $1", &[&upload])
+                .await
+                .map_err(from_db)?;
+            if removed == 0 {
+                return Err(s3_error!(NoSuchUpload));
+            }
             for part in all {
                 self.store.delete_in(&txn, tenant, *part).await.map_err(from_store)?;
             }

@@ -341,7 +341,9 @@ impl S3 for SiloS3 {
     async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
         let tenant = caller(&req.extensions);
         let input = req.input;
-        self.bucket(tenant, &input.bucket, Intent::Write).await?;
+        // The upload must be this bucket's, this key's and the caller's: an upload id alone
+        // opens nothing.
+        self.check_upload(tenant, &input.bucket, &input.key, &input.upload_id).await?;
         let marker = input.part_number_marker.unwrap_or(0);
         let max = input.max_parts.unwrap_or(1000).clamp(0, 1000) as usize;
         let parts: Vec<_> =
@@ -378,9 +380,11 @@ impl S3 for SiloS3 {
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
         let input = req.input;
         let prefix = input.prefix.clone().unwrap_or_default();
-        let uploads = self
-            .uploads(caller(&req.extensions), &input.bucket, &prefix)
-            .await?
+        let max = input.max_uploads.unwrap_or(1000).clamp(0, 1000) as usize;
+        let mut uploads = self.uploads(caller(&req.extensions), &input.bucket, &prefix, max + 1).await?;
+        let truncated = uploads.len() > max;
+        uploads.truncate(max);
+        let uploads = uploads
             .into_iter()
             .map(|(key, id, initiated)| MultipartUpload {
                 key: Some(key),
@@ -392,7 +396,8 @@ impl S3 for SiloS3 {
         let output = ListMultipartUploadsOutput {
             bucket: Some(input.bucket),
             prefix: input.prefix,
-            is_truncated: Some(false),
+            max_uploads: Some(max as i32),
+            is_truncated: Some(truncated),
             uploads: Some(uploads),
             ..Default::default()
         };
