@@ -3,23 +3,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::{Silo, scratch};
+use common::{Silo, scratch, silo_cli_json as cli};
 use serde_json::Value;
-
-fn cli(silo: &Silo, args: &[&str]) -> Value {
-    let output = Command::new(env!("CARGO_BIN_EXE_silo"))
-        .args(args)
-        .arg("--json")
-        .env("SILO_URL", format!("http://{}", silo.addr))
-        .env("SILO_ADMIN_TOKEN", silo.token())
-        .output()
-        .expect("run silo");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&output.stdout).unwrap_or(Value::Null)
-}
 
 #[tokio::test]
 async fn boto3_and_the_aws_cli_work_end_to_end() {

@@ -189,3 +189,17 @@ pub fn wait_for_failure(mut silo: Silo) -> (ExitStatus, String) {
 pub fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
 }
+
+/// Runs the `silo` CLI against `silo` with `--json` and returns its parsed output; panics with
+/// its stderr when it fails.
+pub fn silo_cli_json(silo: &Silo, args: &[&str]) -> serde_json::Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_silo"))
+        .args(args)
+        .arg("--json")
+        .env("SILO_URL", format!("http://{}", silo.addr))
+        .env("SILO_ADMIN_TOKEN", silo.token())
+        .output()
+        .expect("run silo");
+    assert!(output.status.success(), "silo {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null)
+}
