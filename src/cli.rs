@@ -27,6 +27,12 @@ pub enum Command {
     /// Manage a tenant's S3 access keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Manage tenants' dedicated Postgres databases.
+    #[command(subcommand)]
+    Db(DbCommand),
+    /// Manage the Postgres servers that hold tenants' databases.
+    #[command(subcommand)]
+    Server(ServerCommand),
     /// Show a tenant's storage usage.
     Usage {
         tenant: String,
@@ -98,4 +104,117 @@ pub struct ScrubArgs {
     /// The share of chunks to verify, from 0 to 1.
     #[arg(long, default_value_t = 1.0)]
     pub sample: f64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Create a database; its password is shown this one time.
+    Create {
+        tenant: String,
+        name: String,
+        /// The plan (the config file defines them; small, medium and large by default).
+        #[arg(long, default_value = "small")]
+        plan: String,
+        /// Place it in this zone.
+        #[arg(long)]
+        zone: Option<String>,
+        /// Refuse deletes until it is turned off.
+        #[arg(long)]
+        deletion_protection: bool,
+        /// Makes a retry return the first result instead of failing or creating twice.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List a tenant's databases.
+    List {
+        tenant: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show one database, with its recent state changes.
+    Show {
+        tenant: String,
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Move a database to another plan; the new limits apply at once.
+    Resize {
+        tenant: String,
+        name: String,
+        #[arg(long)]
+        plan: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Turn deletion protection on or off.
+    Protect {
+        tenant: String,
+        name: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Set a new password; sessions opened with the old one end after the grace.
+    Rotate {
+        tenant: String,
+        name: String,
+        /// Seconds the old sessions may go on.
+        #[arg(long, default_value_t = 0)]
+        grace_secs: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a database and its role.
+    Delete {
+        tenant: String,
+        name: String,
+        /// Delete without the final backup.
+        #[arg(long)]
+        skip_final_backup: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// List the servers.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Register a server that ops run (a role with CREATEDB and CREATEROLE).
+    Register {
+        name: String,
+        /// Its libpq URL; read from SILO_SERVER_URL so it stays out of the process list.
+        #[arg(long, env = "SILO_SERVER_URL", hide_env_values = true)]
+        url: String,
+        #[arg(long)]
+        zone: String,
+        /// The tenant that owns it (the hosting company's when absent).
+        #[arg(long)]
+        owner: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Start a dedicated instance for a tenant.
+    CreateDedicated {
+        tenant: String,
+        #[arg(long, default_value = "small")]
+        plan: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Forget a server that holds no database (a dedicated one is stopped and deleted).
+    Remove {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }

@@ -44,8 +44,22 @@ impl ClientArgs {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<T> {
+        self.call_with_headers(method, path, body, &[]).await
+    }
+
+    /// [`ClientArgs::call`] with extra request headers.
+    pub async fn call_with_headers<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<T> {
         let url = format!("{}{path}", self.url.trim_end_matches('/'));
         let mut request = reqwest::Client::new().request(method, &url).bearer_auth(self.token()?);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         if let Some(body) = body {
             request = request.json(&body);
         }

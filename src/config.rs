@@ -3,12 +3,14 @@
 //! Precedence, highest first: a flag, its environment variable, the file, the default. Every
 //! setting is optional in the flags and in the file, so that "not given" can fall through.
 
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use db_manager::plans::{Plan, Plans};
 use serde::Deserialize;
 use storage_node::store::{NodeSpec, StoreConfig};
 
@@ -72,6 +74,12 @@ pub struct ServeArgs {
     /// Seconds after which an unfinished multipart upload is aborted [default: 604800, a week].
     #[arg(long, env = "SILO_MULTIPART_EXPIRY_SECS")]
     pub multipart_expiry_secs: Option<u64>,
+    /// Seconds between samples of client databases' sizes and connections [default: 30].
+    #[arg(long, env = "SILO_DATABASE_SAMPLE_INTERVAL_SECS")]
+    pub database_sample_interval_secs: Option<u64>,
+    /// The address dedicated Postgres instances listen on, and clients are given [default: 127.0.0.1].
+    #[arg(long, env = "SILO_DEDICATED_LISTEN")]
+    pub dedicated_listen: Option<IpAddr>,
 }
 
 /// The settings a TOML file may hold.
@@ -90,6 +98,11 @@ struct FileConfig {
     zone: Option<String>,
     gc_interval_secs: Option<u64>,
     multipart_expiry_secs: Option<u64>,
+    database_sample_interval_secs: Option<u64>,
+    dedicated_listen: Option<IpAddr>,
+    /// Database plans (`[plans.<name>]`), added to or replacing `small`, `medium` and `large`.
+    #[serde(default)]
+    plans: BTreeMap<String, Plan>,
     /// The chunk store's tunables (`[store]`: chunk sizes, compression, packs, caches).
     store: Option<StoreConfig>,
 }
@@ -108,6 +121,9 @@ pub struct ServeConfig {
     pub node: NodeSpec,
     pub gc_interval: Option<Duration>,
     pub multipart_expiry: Duration,
+    pub database_sample_interval: Duration,
+    pub dedicated_listen: IpAddr,
+    pub plans: Plans,
     pub store: StoreConfig,
 }
 
@@ -126,6 +142,9 @@ impl std::fmt::Debug for ServeConfig {
             .field("node", &self.node)
             .field("gc_interval", &self.gc_interval)
             .field("multipart_expiry", &self.multipart_expiry)
+            .field("database_sample_interval", &self.database_sample_interval)
+            .field("dedicated_listen", &self.dedicated_listen)
+            .field("plans", &self.plans)
             .field("store", &self.store)
             .finish()
     }
@@ -171,6 +190,17 @@ impl ServeArgs {
             multipart_expiry: Duration::from_secs(
                 self.multipart_expiry_secs.or(file.multipart_expiry_secs).unwrap_or(7 * 24 * 3600),
             ),
+            database_sample_interval: Duration::from_secs(
+                self.database_sample_interval_secs
+                    .or(file.database_sample_interval_secs)
+                    .unwrap_or(30)
+                    .max(1),
+            ),
+            dedicated_listen: self
+                .dedicated_listen
+                .or(file.dedicated_listen)
+                .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+            plans: Plans::with(file.plans),
             store: file.store.unwrap_or_default(),
         })
     }
@@ -226,6 +256,20 @@ mod tests {
         let config = args.resolve().unwrap();
         assert_eq!(config.store.chunk_sizes.avg, 262144);
         assert_eq!(config.store.compression.min_saving, 0.10, "unset keys keep their defaults");
+    }
+
+    #[test]
+    fn plans_come_from_the_file_beside_the_defaults() {
+        let toml = file(
+            "[plans.tiny]\nconnection_limit = 3\nstorage_quota_bytes = 1000\nstatement_timeout_ms = 500\n\
+             backup_retention = { keep_last = 2 }\n",
+        );
+        let args = ServeArgs { config: Some(toml.path().into()), ..ServeArgs::default() };
+        let config = args.resolve().unwrap();
+        let tiny = config.plans.get("tiny").unwrap();
+        assert_eq!((tiny.connection_limit, tiny.storage_quota_bytes), (3, 1000));
+        assert_eq!((tiny.backup_retention.keep_last, tiny.backup_retention.daily), (2, 7));
+        assert!(config.plans.get("small").is_some() && config.plans.get("large").is_some());
     }
 
     #[test]

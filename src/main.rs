@@ -4,6 +4,7 @@ mod admin;
 mod cli;
 mod client;
 mod config;
+mod databases;
 mod http;
 mod logging;
 mod serve;
@@ -22,6 +23,8 @@ fn main() -> ExitCode {
         cli::Command::Tenant(command) => tenants::tenant(command),
         cli::Command::Key(command) => tenants::key(command),
         cli::Command::Usage { tenant, client } => tenants::usage(&tenant, &client),
+        cli::Command::Db(command) => databases::db(command),
+        cli::Command::Server(command) => databases::server(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

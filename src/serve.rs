@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, anyhow};
 use db_manager::embedded::{self, EmbeddedOptions};
 use db_manager::instance::{LocalInstance, SupervisorHandle, supervise};
+use db_manager::servers::NewServer;
+use db_manager::{DbManager, DedicatedOptions, ManagerConfig};
 use rand::distr::{Alphanumeric, SampleString};
 use storage_node::DataDir;
 use storage_node::catalog::{self, CatalogPool};
@@ -127,6 +129,27 @@ async fn serve_with_catalog(
     if let Some(interval) = config.gc_interval {
         tokio::spawn(collect_garbage_every(store.clone(), interval, config.multipart_expiry, stop.clone()));
     }
+    let databases = DbManager::new(
+        pool.clone(),
+        store.server_secret().clone(),
+        ManagerConfig {
+            plans: config.plans.clone(),
+            sample_interval: config.database_sample_interval,
+            node_name: config.node.name.clone(),
+            zone: config.node.zone.clone(),
+            dedicated: DedicatedOptions {
+                root: data_dir.path().join("instances"),
+                bin_dir: config.postgres_bin_dir.clone(),
+                os_user: config.postgres_os_user.clone(),
+                listen: config.dedicated_listen,
+            },
+        },
+        stop.clone(),
+    );
+    if let Some(Embedded { instance, .. }) = embedded {
+        databases.register_embedded(&embedded_server(instance, config)).await?;
+    }
+    databases.start().await?;
     let admin_token = admin_token(&data_dir)?;
     let catalog_server = match embedded {
         Some(Embedded { supervisor, .. }) => CatalogServer::Embedded {
@@ -138,6 +161,7 @@ async fn serve_with_catalog(
     let state = Arc::new(AppState {
         catalog: pool,
         store: store.clone(),
+        databases: databases.clone(),
         data_dir,
         catalog_server,
         admin_token_digest: http::auth_digest(&admin_token),
@@ -184,7 +208,48 @@ async fn serve_with_catalog(
     if let Err(err) = store.close().await {
         tracing::warn!(error = %err, "could not seal the open packs; the next start seals them");
     }
+    databases.shutdown().await;
     Ok(())
+}
+
+/// The embedded instance as a database server: its superuser over the unix socket (or TCP when
+/// `--postgres-listen` is set), and the same address for clients.
+fn embedded_server(instance: &LocalInstance, config: &ServeConfig) -> NewServer {
+    let spec = instance.spec();
+    let (url_host, host) = match config.postgres_listen {
+        Some(addr) => (addr.ip().to_string(), addr.ip().to_string()),
+        None => {
+            let dir = instance.socket_dir().display().to_string();
+            (percent_encode(&dir), dir)
+        }
+    };
+    NewServer {
+        name: "local".into(),
+        kind: "embedded",
+        admin_url: format!(
+            "postgresql://{}:{}@{url_host}:{}/postgres",
+            percent_encode(&spec.superuser),
+            percent_encode(&spec.superuser_password),
+            spec.port
+        ),
+        host,
+        port: spec.port,
+        zone: config.node.zone.clone(),
+        owner: None,
+        plan: None,
+        node: Some(config.node.name.clone()),
+        capacity_bytes: db_manager::servers::DEFAULT_CAPACITY_BYTES,
+    }
+}
+
+/// Percent-encodes everything but unreserved characters, for a URL's host or user info.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Every `interval` until `stop`: aborts multipart uploads older than `expiry`, then runs GC.

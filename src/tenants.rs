@@ -82,7 +82,7 @@ pub fn usage(tenant: &str, client: &ClientArgs) -> anyhow::Result<()> {
 }
 
 /// Prints `json` with `--json`, otherwise `rows` as a table of `columns`.
-fn print_rows(client: &ClientArgs, json: &Value, rows: &[Vec<Value>], columns: &[&str]) {
+pub(crate) fn print_rows(client: &ClientArgs, json: &Value, rows: &[Vec<Value>], columns: &[&str]) {
     if client.json {
         println!("{}", serde_json::to_string_pretty(json).unwrap_or_default());
         return;

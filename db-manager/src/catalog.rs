@@ -14,6 +14,11 @@ const MIGRATION_LOCK: i64 = 0x7369_6c6f;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SchemaVersions {
     pub storage_node: i64,
+    pub db_manager: i64,
+}
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
 }
 
 /// Applies every component's pending migrations.
@@ -24,7 +29,10 @@ pub async fn migrate_all(pool: &CatalogPool) -> Result<SchemaVersions, CatalogEr
     let mut client = Object::take(pool.get().await?);
     client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
     let storage_node = storage_node::catalog::migrate(&mut client).await?;
+    let db_manager =
+        storage_node::catalog::apply_migrations(&mut client, "db_manager", embedded::migrations::runner())
+            .await?;
     // Dropping the connection releases the lock, whatever happened above.
     drop(client);
-    Ok(SchemaVersions { storage_node })
+    Ok(SchemaVersions { storage_node, db_manager })
 }

@@ -4,11 +4,28 @@
 //! `initdb`, `pg_ctl` and `postgres` binaries. The embedded catalog server is one such instance,
 //! and dedicated per-client servers will be others. [`catalog`] attaches Silo to its catalog
 //! database, wherever it lives, and brings every component's schema up to date.
+//!
+//! On top, client databases: [`servers`] are the Postgres servers they live on (the embedded
+//! one, registered ones, and [`dedicated`] instances), [`databases`] creates, resizes, rotates
+//! and deletes them through [`provision`]'s statements, and [`sampler`] watches their size and
+//! enforces the quotas of their [`plans`]. [`DbManager`] ties these together for the API.
 
 pub mod catalog;
+pub mod databases;
+pub mod dedicated;
 pub mod embedded;
+mod error;
+pub mod faults;
 pub mod instance;
+pub mod manager;
+pub mod names;
+pub mod plans;
+mod provision;
+pub mod sampler;
+pub mod servers;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use error::DbError;
 pub use instance::{InstanceError, LocalInstance};
+pub use manager::{DbManager, DedicatedOptions, ManagerConfig};

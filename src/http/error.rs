@@ -60,3 +60,31 @@ impl From<storage_node::store::StoreError> for ApiError {
         ApiError::new(status, code, err.to_string())
     }
 }
+
+impl From<db_manager::DbError> for ApiError {
+    fn from(err: db_manager::DbError) -> Self {
+        use db_manager::DbError as E;
+        let (status, code) = match &err {
+            E::InvalidName(_) | E::InvalidServerName(_) => (StatusCode::BAD_REQUEST, "invalid_name"),
+            E::UnknownPlan { .. } => (StatusCode::BAD_REQUEST, "unknown_plan"),
+            E::InvalidServer(_) => (StatusCode::BAD_REQUEST, "invalid_server"),
+            E::TenantNotFound(_) | E::NotFound { .. } | E::ServerNotFound(_) => {
+                (StatusCode::NOT_FOUND, "not_found")
+            }
+            E::Exists { .. } | E::ServerExists(_) | E::RoleTaken { .. } => {
+                (StatusCode::CONFLICT, "already_exists")
+            }
+            E::Busy { .. } => (StatusCode::CONFLICT, "busy"),
+            E::DeletionProtected { .. } => (StatusCode::CONFLICT, "deletion_protected"),
+            E::FinalBackupRequired { .. } => (StatusCode::CONFLICT, "final_backup_required"),
+            E::ServerInUse { .. } => (StatusCode::CONFLICT, "server_in_use"),
+            E::IdempotencyMismatch => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
+            E::NoServer { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_server"),
+            E::ServerUnreachable { .. } => (StatusCode::BAD_GATEWAY, "server_unreachable"),
+            E::Server { .. } => (StatusCode::BAD_GATEWAY, "server_error"),
+            E::Catalog(_) => (StatusCode::SERVICE_UNAVAILABLE, "catalog_unavailable"),
+            E::SealedSecret | E::Instance(_) => return ApiError::internal(err),
+        };
+        ApiError::new(status, code, err.to_string())
+    }
+}

@@ -35,6 +35,13 @@ struct RouteLabels {
     route: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DatabaseLabels {
+    tenant: String,
+    database: String,
+    server: String,
+}
+
 /// The registry and the metrics in it.
 #[derive(Debug)]
 pub struct Metrics {
@@ -47,6 +54,10 @@ pub struct Metrics {
     pool_size: Gauge,
     pool_available: Gauge,
     uptime_seconds: Gauge,
+    database_size: Family<DatabaseLabels, Gauge>,
+    database_connections: Family<DatabaseLabels, Gauge>,
+    database_quota: Family<DatabaseLabels, Gauge>,
+    database_read_only: Family<DatabaseLabels, Gauge>,
     started: Instant,
 }
 
@@ -59,12 +70,27 @@ impl Metrics {
             Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
         });
         registry.register("http_request_duration_seconds", "Time to the response head", durations.clone());
+        let mut family = |name: &str, help: &str| {
+            let family = Family::<DatabaseLabels, Gauge>::default();
+            registry.register(name, help, family.clone());
+            family
+        };
+        let database_size = family("database_size_bytes", "A client database's size at the latest sample");
+        let database_connections =
+            family("database_connections", "A client database's sessions at the latest sample");
+        let database_quota = family("database_quota_bytes", "A client database's storage quota");
+        let database_read_only =
+            family("database_read_only", "1 while a client database is read-only over its quota");
         let mut gauge = |name: &str, help: &str| {
             let gauge = Gauge::<i64, AtomicI64>::default();
             registry.register(name, help, gauge.clone());
             gauge
         };
         Metrics {
+            database_size,
+            database_connections,
+            database_quota,
+            database_read_only,
             ready: gauge("ready", "1 when the last readiness probe passed"),
             postgres_up: gauge(
                 "embedded_postgres_up",
@@ -118,6 +144,22 @@ pub async fn render(State(state): State<Arc<AppState>>) -> Response {
     if let CatalogServer::Embedded { health, restarts } = &state.catalog_server {
         metrics.postgres_up.set(i64::from(matches!(*health.borrow(), InstanceHealth::Up { .. })));
         metrics.postgres_restarts.set(restarts.load(Ordering::Relaxed) as i64);
+    }
+    for family in [
+        &metrics.database_size,
+        &metrics.database_connections,
+        &metrics.database_quota,
+        &metrics.database_read_only,
+    ] {
+        family.clear();
+    }
+    for sample in state.databases.samples() {
+        let labels =
+            DatabaseLabels { tenant: sample.tenant, database: sample.database, server: sample.server };
+        metrics.database_size.get_or_create(&labels).set(sample.size_bytes);
+        metrics.database_connections.get_or_create(&labels).set(i64::from(sample.connections));
+        metrics.database_quota.get_or_create(&labels).set(sample.quota_bytes);
+        metrics.database_read_only.get_or_create(&labels).set(i64::from(sample.read_only));
     }
     let mut body = String::new();
     if let Err(err) = encode(&mut body, &metrics.registry) {

@@ -6,6 +6,7 @@
 
 mod auth;
 mod buckets;
+mod databases;
 mod error;
 mod health;
 mod metrics;
@@ -51,6 +52,8 @@ pub struct ServerInfo {
 pub struct AppState {
     pub catalog: CatalogPool,
     pub store: storage_node::store::ChunkStore,
+    /// Client databases and the servers they live on.
+    pub databases: db_manager::DbManager,
     pub data_dir: Arc<DataDir>,
     pub catalog_server: CatalogServer,
     pub admin_token_digest: [u8; 32],

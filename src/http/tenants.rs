@@ -82,15 +82,25 @@ async fn remove(
 ) -> Result<StatusCode, ApiError> {
     let id = tenants::find(&state.catalog, &tenant).await?;
     let usage = state.store.usage(id).await?;
-    if usage.objects > 0 && !query.force {
+    let databases = state.databases.list_databases(&tenant).await?;
+    if (usage.objects > 0 || !databases.is_empty()) && !query.force {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "tenant_not_empty",
             format!(
-                "the tenant {tenant} still stores {} objects; pass ?force=true to delete them too",
-                usage.objects
+                "the tenant {tenant} still has {} objects and {} databases; pass ?force=true to delete them too",
+                usage.objects,
+                databases.len()
             ),
         ));
+    }
+    for database in &databases {
+        state.databases.delete_database(&tenant, &database.name, true).await?;
+    }
+    for server in state.databases.servers().await? {
+        if server.owner.as_deref() == Some(tenant.as_str()) {
+            state.databases.remove_server(&server.name).await?;
+        }
     }
     state.store.purge_tenant(id).await?;
     tracing::info!(tenant, forced = query.force, "deleted tenant");

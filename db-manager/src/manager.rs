@@ -1,0 +1,207 @@
+//! [`DbManager`]: the handle the API holds to servers and client databases, and what it shares
+//! between the create, sample and dedicated-instance paths.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use deadpool_postgres::Object;
+use storage_node::catalog::CatalogPool;
+use storage_node::keys::ServerSecret;
+use tokio_util::sync::CancellationToken;
+
+use crate::dedicated::Running;
+use crate::plans::Plans;
+use crate::sampler::Sample;
+use crate::servers::{self, Server};
+use crate::{DbError, provision};
+
+/// Advisory-lock class of per-database operations ("SD"): one create, resize, rotation or
+/// delete of a database at a time, across every Silo replica.
+const DATABASE_LOCK_CLASS: i32 = 0x5344;
+
+/// How dedicated instances are run.
+#[derive(Debug, Clone)]
+pub struct DedicatedOptions {
+    /// Where their clusters live: `<data-dir>/instances`.
+    pub root: PathBuf,
+    pub bin_dir: Option<PathBuf>,
+    /// The OS user they run as when Silo runs as root.
+    pub os_user: String,
+    /// The address they listen on, which is also what clients are told.
+    pub listen: IpAddr,
+}
+
+/// The database manager's settings.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    pub plans: Plans,
+    /// How often sizes and connections are sampled and quotas enforced.
+    pub sample_interval: Duration,
+    /// This Silo node, which owns the dedicated instances under its data directory.
+    pub node_name: String,
+    pub zone: String,
+    pub dedicated: DedicatedOptions,
+}
+
+/// Servers and client databases.
+#[derive(Clone)]
+pub struct DbManager {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub pool: CatalogPool,
+    pub secret: ServerSecret,
+    pub config: ManagerConfig,
+    pub instances: Mutex<HashMap<String, Running>>,
+    pub samples: RwLock<Vec<Sample>>,
+    pub stop: CancellationToken,
+}
+
+impl std::fmt::Debug for DbManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbManager").field("config", &self.inner.config).finish_non_exhaustive()
+    }
+}
+
+impl DbManager {
+    /// A manager over the catalog. Nothing runs until [`DbManager::start`].
+    pub fn new(
+        pool: CatalogPool,
+        secret: ServerSecret,
+        config: ManagerConfig,
+        stop: CancellationToken,
+    ) -> Self {
+        let inner = Inner {
+            pool,
+            secret,
+            config,
+            instances: Mutex::new(HashMap::new()),
+            samples: RwLock::new(Vec::new()),
+            stop,
+        };
+        DbManager { inner: Arc::new(inner) }
+    }
+
+    /// Starts this node's dedicated instances, repairs what a crash left half-done, and starts
+    /// the sampler.
+    ///
+    /// # Errors
+    /// [`DbError`] when the catalog is unreachable; an instance that does not start is logged
+    /// and retried by its supervisor.
+    pub async fn start(&self) -> Result<(), DbError> {
+        self.start_dedicated_instances().await?;
+        self.repair().await?;
+        tokio::spawn(self.clone().sample_every_interval());
+        Ok(())
+    }
+
+    /// Stops the dedicated instances.
+    pub async fn shutdown(&self) {
+        self.stop_dedicated_instances().await;
+    }
+
+    pub fn plans(&self) -> &Plans {
+        &self.inner.config.plans
+    }
+
+    pub fn pool(&self) -> &CatalogPool {
+        &self.inner.pool
+    }
+
+    /// The latest samples, for the metrics endpoint.
+    pub fn samples(&self) -> Vec<Sample> {
+        self.inner.samples.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub async fn servers(&self) -> Result<Vec<Server>, DbError> {
+        servers::list(&self.inner.pool).await
+    }
+
+    pub async fn register_server(&self, registration: servers::Registration) -> Result<Server, DbError> {
+        servers::register(&self.inner.pool, &self.inner.secret, registration).await
+    }
+
+    /// Records the embedded instance as the server `name`.
+    pub async fn register_embedded(&self, server: &servers::NewServer) -> Result<(), DbError> {
+        servers::upsert_embedded(&self.inner.pool, &self.inner.secret, server).await
+    }
+
+    /// Forgets a server that holds no database; a dedicated instance is stopped and its
+    /// cluster deleted.
+    pub async fn remove_server(&self, name: &str) -> Result<Server, DbError> {
+        let server = servers::remove(&self.inner.pool, name).await?;
+        if server.kind == "dedicated" {
+            self.destroy_dedicated_instance(&server.name).await;
+        }
+        Ok(server)
+    }
+
+    /// Takes the per-database lock on its own catalog connection; `None` when another request
+    /// holds it. The lock ends when the returned connection is dropped, even on a crash.
+    pub(crate) async fn lock_database(
+        &self,
+        id: i64,
+    ) -> Result<Option<deadpool_postgres::ClientWrapper>, DbError> {
+        let client = Object::take(self.inner.pool.get().await?);
+        let locked: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&DATABASE_LOCK_CLASS, &(id as i32)])
+            .await?
+            .get(0);
+        Ok(locked.then_some(client))
+    }
+
+    /// Connects to a server as its admin, to the admin URL's database or to `dbname`.
+    pub(crate) async fn connect_server(
+        &self,
+        server: &Server,
+        dbname: Option<&str>,
+    ) -> Result<tokio_postgres::Client, DbError> {
+        let mut config = servers::admin_config(&self.inner.pool, &self.inner.secret, server.id).await?;
+        if let Some(dbname) = dbname {
+            config.dbname(dbname);
+        }
+        servers::connect(&server.name, &config).await
+    }
+
+    /// Cleans up creates that died half-way and finishes deletes that did, unless another
+    /// replica is still working on them.
+    async fn repair(&self) -> Result<(), DbError> {
+        let client = self.inner.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT id, name, server_id, pg_name, state FROM tenant_databases \
+                 WHERE state IN ('creating', 'deleting')",
+                &[],
+            )
+            .await?;
+        drop(client);
+        for row in rows {
+            let (id, name, server_id, pg_name, state): (i64, String, i64, String, String) =
+                (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+            let Some(_lock) = self.lock_database(id).await? else { continue };
+            let server = servers::get_by_id(&self.inner.pool, server_id).await?;
+            let target = provision::Target { server: &server.name, pg_name: &pg_name };
+            let outcome = async {
+                let admin = self.connect_server(&server, None).await?;
+                provision::drop_database_and_role(&admin, &target).await?;
+                let client = self.inner.pool.get().await?;
+                client.execute("DELETE FROM tenant_databases WHERE id = $1", &[&id]).await?;
+                Ok::<_, DbError>(())
+            }
+            .await;
+            match outcome {
+                Ok(()) => {
+                    tracing::warn!(database = %name, server = %server.name, state, "cleaned up a database left half-done by a crash")
+                }
+                Err(err) => {
+                    tracing::error!(database = %name, error = %err, "cannot clean up a half-done database; retrying at the next start")
+                }
+            }
+        }
+        Ok(())
+    }
+}

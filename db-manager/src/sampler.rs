@@ -1,0 +1,217 @@
+//! The sampler: on an interval, records each database's size and connection count, enforces
+//! storage quotas, and ends the sessions of rotated credentials whose grace has run out.
+//!
+//! Over its quota, a database turns read-only: INSERT, UPDATE and CREATE are revoked from its
+//! role, `default_transaction_read_only` is set, and its sessions are ended so both take hold.
+//! DELETE and TRUNCATE still work (in a `BEGIN READ WRITE` transaction), so the client can get
+//! back under the quota. Below 95% of it, write access comes back by itself.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::DbError;
+use crate::manager::DbManager;
+use crate::provision;
+
+/// Write access comes back below this share of the quota.
+const RESTORE_BELOW: f64 = 0.95;
+/// Only one replica samples at a time ("SS").
+const SAMPLER_LOCK: i64 = 0x5353_0000;
+
+/// One database's latest sample, for the metrics endpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub tenant: String,
+    pub database: String,
+    pub server: String,
+    pub size_bytes: i64,
+    pub connections: i32,
+    pub quota_bytes: i64,
+    pub read_only: bool,
+}
+
+struct Sampled {
+    id: i64,
+    tenant: String,
+    name: String,
+    pg_name: String,
+    plan: String,
+    state: String,
+    quota: i64,
+    terminate_before: Option<std::time::SystemTime>,
+}
+
+impl DbManager {
+    pub(crate) async fn sample_every_interval(self) {
+        let interval = self.inner.config.sample_interval;
+        loop {
+            if let Err(err) = self.sample_once().await {
+                tracing::warn!(error = %err, "sampling the databases failed");
+            }
+            tokio::select! {
+                () = self.inner.stop.cancelled() => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+
+    /// One round: sample every server, enforce quotas, end expired rotation graces.
+    ///
+    /// # Errors
+    /// Catalog errors; a server that cannot be reached is logged and skipped.
+    pub async fn sample_once(&self) -> Result<(), DbError> {
+        let lock = deadpool_postgres::Object::take(self.pool().get().await?);
+        let locked: bool = lock.query_one("SELECT pg_try_advisory_lock($1)", &[&SAMPLER_LOCK]).await?.get(0);
+        if !locked {
+            return Ok(());
+        }
+        let client = self.pool().get().await?;
+        let rows = client
+            .query(
+                "SELECT d.id, t.name, d.name, d.server_id, d.pg_name, d.plan, d.state, d.storage_quota_bytes, \
+                        CASE WHEN d.terminate_at <= now() THEN d.terminate_started_before END \
+                 FROM tenant_databases d JOIN tenants t ON t.id = d.tenant_id \
+                 WHERE d.state IN ('active', 'read_only_over_quota') ORDER BY d.server_id",
+                &[],
+            )
+            .await?;
+        drop(client);
+        let mut by_server: HashMap<i64, Vec<Sampled>> = HashMap::new();
+        for row in rows {
+            let plan: String = row.get(5);
+            let quota = self.plans().get(&plan).map_or(row.get(7), |p| p.storage_quota_bytes as i64);
+            by_server.entry(row.get(3)).or_default().push(Sampled {
+                id: row.get(0),
+                tenant: row.get(1),
+                name: row.get(2),
+                pg_name: row.get(4),
+                plan,
+                state: row.get(6),
+                quota,
+                terminate_before: row.get(8),
+            });
+        }
+        let mut samples = Vec::new();
+        for (server_id, databases) in by_server {
+            match self.sample_server(server_id, &databases).await {
+                Ok(mut sampled) => samples.append(&mut sampled),
+                Err(err) => tracing::warn!(server_id, error = %err, "cannot sample a database server"),
+            }
+        }
+        if let Ok(mut latest) = self.inner.samples.write() {
+            *latest = samples;
+        }
+        drop(lock);
+        Ok(())
+    }
+
+    async fn sample_server(&self, server_id: i64, databases: &[Sampled]) -> Result<Vec<Sample>, DbError> {
+        let server = crate::servers::get_by_id(self.pool(), server_id).await?;
+        let admin = self.connect_server(&server, None).await?;
+        let names: Vec<&str> = databases.iter().map(|d| d.pg_name.as_str()).collect();
+        let rows = admin
+            .query(
+                "SELECT d.datname, pg_database_size(d.oid), \
+                        (SELECT count(*) FROM pg_stat_activity a WHERE a.datname = d.datname)::int4 \
+                 FROM pg_database d WHERE d.datname = ANY($1)",
+                &[&names],
+            )
+            .await
+            .map_err(DbError::on_server(&server.name))?;
+        let measured: HashMap<String, (i64, i32)> =
+            rows.iter().map(|row| (row.get::<_, String>(0), (row.get(1), row.get(2)))).collect();
+        let mut samples = Vec::new();
+        for database in databases {
+            let Some(&(size, connections)) = measured.get(&database.pg_name) else { continue };
+            let client = self.pool().get().await?;
+            client
+                .execute(
+                    "UPDATE tenant_databases SET size_bytes = $2, connections = $3, sampled_at = now(), \
+                     storage_quota_bytes = $4 WHERE id = $1",
+                    &[&database.id, &size, &connections, &database.quota],
+                )
+                .await?;
+            drop(client);
+            let read_only = self.enforce_quota(&server, database, size).await.unwrap_or_else(|err| {
+                tracing::error!(database = %database.name, error = %err, "cannot enforce the quota");
+                database.state == "read_only_over_quota"
+            });
+            if let Some(before) = database.terminate_before {
+                self.end_rotated_sessions(&server, database, before).await?;
+            }
+            samples.push(Sample {
+                tenant: database.tenant.clone(),
+                database: database.name.clone(),
+                server: server.name.clone(),
+                size_bytes: size,
+                connections,
+                quota_bytes: database.quota,
+                read_only,
+            });
+        }
+        Ok(samples)
+    }
+
+    /// Moves a database into or out of read-only as its size demands. Returns whether it is
+    /// read-only now.
+    async fn enforce_quota(
+        &self,
+        server: &crate::servers::Server,
+        database: &Sampled,
+        size: i64,
+    ) -> Result<bool, DbError> {
+        let read_only = database.state == "read_only_over_quota";
+        let over = size > database.quota;
+        let back_under = (size as f64) < database.quota as f64 * RESTORE_BELOW;
+        if read_only == over || (read_only && !back_under) {
+            return Ok(read_only);
+        }
+        let Some(_lock) = self.lock_database(database.id).await? else { return Ok(read_only) };
+        let target = provision::Target { server: &server.name, pg_name: &database.pg_name };
+        let admin = self.connect_server(server, None).await?;
+        let inside = self.connect_server(server, Some(&database.pg_name)).await?;
+        provision::set_read_only(&admin, &inside, &target, !read_only).await?;
+        drop(inside);
+        let (state, event) = if read_only {
+            ("active", "write_access_restored")
+        } else {
+            let ended = provision::terminate_sessions(&admin, &target).await?;
+            tracing::debug!(ended, "ended sessions so the read-only switch takes hold");
+            ("read_only_over_quota", "read_only_over_quota")
+        };
+        let client = self.pool().get().await?;
+        client
+            .execute("UPDATE tenant_databases SET state = $2 WHERE id = $1", &[&database.id, &state])
+            .await?;
+        drop(client);
+        let detail = format!("size {size} bytes, quota {} bytes (plan {})", database.quota, database.plan);
+        self.record_event(database.id, event, &detail).await?;
+        if read_only {
+            tracing::info!(tenant = %database.tenant, database = %database.name, size, quota = database.quota, "database back under its quota; write access restored");
+        } else {
+            tracing::warn!(tenant = %database.tenant, database = %database.name, size, quota = database.quota, "database over its quota; now read-only");
+        }
+        Ok(!read_only)
+    }
+
+    async fn end_rotated_sessions(
+        &self,
+        server: &crate::servers::Server,
+        database: &Sampled,
+        before: std::time::SystemTime,
+    ) -> Result<(), DbError> {
+        let admin = self.connect_server(server, None).await?;
+        let target = provision::Target { server: &server.name, pg_name: &database.pg_name };
+        let ended = provision::terminate_role_sessions(&admin, &target, before).await?;
+        let client = self.pool().get().await?;
+        client
+            .execute(
+                "UPDATE tenant_databases SET terminate_started_before = NULL, terminate_at = NULL WHERE id = $1",
+                &[&database.id],
+            )
+            .await?;
+        tracing::info!(tenant = %database.tenant, database = %database.name, ended, "ended sessions of rotated credentials after their grace");
+        Ok(())
+    }
+}

@@ -1,0 +1,331 @@
+//! The Postgres servers that hold client databases, and where a new database goes.
+//!
+//! A server is the embedded instance, one that ops registered (any Postgres reachable with a
+//! role that has CREATEDB and CREATEROLE), or a dedicated instance Silo runs for one tenant.
+//! Its admin URL holds a password, so the catalog keeps it sealed with the server secret; it
+//! never appears in the API or the logs.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use storage_node::catalog::CatalogPool;
+use storage_node::catalog::tenants::{self, TenantError};
+use storage_node::keys::{ServerSecret, TenantId};
+use tokio_postgres::config::Host;
+
+use crate::DbError;
+
+const SEALING_PURPOSE: &str = "db server admin url";
+/// The capacity a server is assumed to have when none is given: the sum of the quotas of the
+/// databases placed on it may not pass it.
+pub const DEFAULT_CAPACITY_BYTES: u64 = 1 << 40;
+
+/// A server as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Server {
+    #[serde(skip)]
+    pub id: i64,
+    pub name: String,
+    pub kind: String,
+    pub host: String,
+    pub port: u16,
+    pub zone: String,
+    /// The tenant that owns it; `None` for the hosting company's servers.
+    pub owner: Option<String>,
+    pub plan: Option<String>,
+    pub node: Option<String>,
+    pub capacity_bytes: u64,
+    pub databases: i64,
+    /// The sum of the storage quotas of its databases.
+    pub reserved_bytes: i64,
+    pub created_at: String,
+}
+
+/// What ops send to register a server.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    pub name: String,
+    pub url: String,
+    pub zone: String,
+    /// A tenant name; absent for the hosting company.
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub capacity_bytes: Option<u64>,
+}
+
+/// How a server is reached and described, before it is recorded.
+#[derive(Debug, Clone)]
+pub struct NewServer {
+    pub name: String,
+    pub kind: &'static str,
+    pub admin_url: String,
+    pub host: String,
+    pub port: u16,
+    pub zone: String,
+    pub owner: Option<TenantId>,
+    pub plan: Option<String>,
+    pub node: Option<String>,
+    pub capacity_bytes: u64,
+}
+
+fn select(filter: &str) -> String {
+    format!(
+        "SELECT s.id, s.name, s.kind, s.public_host, s.public_port, s.zone, t.name, s.plan, s.node_name, \
+                s.capacity_bytes, count(d.id), coalesce(sum(d.storage_quota_bytes), 0)::int8, \
+                to_char(s.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
+         FROM db_servers s LEFT JOIN tenants t ON t.id = s.owner_tenant_id \
+         LEFT JOIN tenant_databases d ON d.server_id = s.id \
+         {filter} GROUP BY s.id, t.name ORDER BY s.name"
+    )
+}
+
+fn from_row(row: &tokio_postgres::Row) -> Server {
+    Server {
+        id: row.get(0),
+        name: row.get(1),
+        kind: row.get(2),
+        host: row.get(3),
+        port: row.get::<_, i32>(4) as u16,
+        zone: row.get(5),
+        owner: row.get(6),
+        plan: row.get(7),
+        node: row.get(8),
+        capacity_bytes: row.get::<_, i64>(9) as u64,
+        databases: row.get(10),
+        reserved_bytes: row.get(11),
+        created_at: row.get(12),
+    }
+}
+
+pub async fn list(pool: &CatalogPool) -> Result<Vec<Server>, DbError> {
+    let client = pool.get().await?;
+    Ok(client.query(&select(""), &[]).await?.iter().map(from_row).collect())
+}
+
+pub async fn get(pool: &CatalogPool, name: &str) -> Result<Server, DbError> {
+    let client = pool.get().await?;
+    let row = client.query_opt(&select("WHERE s.name = $1"), &[&name]).await?;
+    row.as_ref().map(from_row).ok_or_else(|| DbError::ServerNotFound(name.to_string()))
+}
+
+pub(crate) async fn get_by_id(pool: &CatalogPool, id: i64) -> Result<Server, DbError> {
+    let client = pool.get().await?;
+    let row = client.query_opt(&select("WHERE s.id = $1"), &[&id]).await?;
+    row.as_ref().map(from_row).ok_or_else(|| DbError::ServerNotFound(format!("#{id}")))
+}
+
+/// Registers a server that ops run: checks that the URL connects with a role that may create
+/// databases and roles, then records it.
+///
+/// # Errors
+/// [`DbError::InvalidServer`] for a bad URL or a role without the privileges,
+/// [`DbError::ServerUnreachable`], [`DbError::ServerExists`], [`DbError::TenantNotFound`].
+pub async fn register(
+    pool: &CatalogPool,
+    secret: &ServerSecret,
+    registration: Registration,
+) -> Result<Server, DbError> {
+    if !tenants::is_valid_name(&registration.name) {
+        return Err(DbError::InvalidServerName(registration.name));
+    }
+    // The parse error never echoes the URL: it may hold a password.
+    let config: tokio_postgres::Config = registration
+        .url
+        .parse()
+        .map_err(|_| DbError::InvalidServer("url is not a valid libpq URL".into()))?;
+    let (host, port) = public_endpoint(&config)?;
+    let client = connect(&registration.name, &config).await?;
+    let row = client
+        .query_one(
+            "SELECT rolsuper OR (rolcreatedb AND rolcreaterole) FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(DbError::on_server(&registration.name))?;
+    if !row.get::<_, bool>(0) {
+        return Err(DbError::InvalidServer("the URL's role needs CREATEDB and CREATEROLE".into()));
+    }
+    let owner = match &registration.owner {
+        Some(tenant) => Some(tenant_id(pool, tenant).await?),
+        None => None,
+    };
+    let server = NewServer {
+        name: registration.name,
+        kind: "registered",
+        admin_url: registration.url,
+        host,
+        port,
+        zone: registration.zone,
+        owner,
+        plan: None,
+        node: None,
+        capacity_bytes: registration.capacity_bytes.unwrap_or(DEFAULT_CAPACITY_BYTES),
+    };
+    insert(pool, secret, &server).await
+}
+
+/// Records a server; the admin URL is sealed.
+pub async fn insert(
+    pool: &CatalogPool,
+    secret: &ServerSecret,
+    server: &NewServer,
+) -> Result<Server, DbError> {
+    let sealed = secret.seal(SEALING_PURPOSE, server.admin_url.as_bytes());
+    let client = pool.get().await?;
+    let inserted = client
+        .execute(
+            "INSERT INTO db_servers (name, kind, admin_url_sealed, public_host, public_port, zone, \
+             owner_tenant_id, plan, node_name, capacity_bytes) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (name) DO NOTHING",
+            &[
+                &server.name,
+                &server.kind,
+                &sealed,
+                &server.host,
+                &i32::from(server.port),
+                &server.zone,
+                &server.owner.map(|t| t.0),
+                &server.plan,
+                &server.node,
+                &(server.capacity_bytes as i64),
+            ],
+        )
+        .await?;
+    if inserted == 0 {
+        return Err(DbError::ServerExists(server.name.clone()));
+    }
+    drop(client);
+    tracing::info!(server = %server.name, kind = server.kind, zone = %server.zone, "registered Postgres server");
+    get(pool, &server.name).await
+}
+
+/// Records the embedded instance as a server, or refreshes its address and password.
+pub async fn upsert_embedded(
+    pool: &CatalogPool,
+    secret: &ServerSecret,
+    server: &NewServer,
+) -> Result<(), DbError> {
+    let sealed = secret.seal(SEALING_PURPOSE, server.admin_url.as_bytes());
+    let client = pool.get().await?;
+    client
+        .execute(
+            "INSERT INTO db_servers (name, kind, admin_url_sealed, public_host, public_port, zone, capacity_bytes) \
+             VALUES ($1, 'embedded', $2, $3, $4, $5, $6) \
+             ON CONFLICT (name) DO UPDATE SET admin_url_sealed = $2, public_host = $3, public_port = $4, zone = $5 \
+             WHERE db_servers.kind = 'embedded'",
+            &[
+                &server.name,
+                &sealed,
+                &server.host,
+                &i32::from(server.port),
+                &server.zone,
+                &(server.capacity_bytes as i64),
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Forgets a server that holds no database. Returns it.
+pub async fn remove(pool: &CatalogPool, name: &str) -> Result<Server, DbError> {
+    let server = get(pool, name).await?;
+    if server.databases > 0 {
+        return Err(DbError::ServerInUse { name: name.to_string(), databases: server.databases });
+    }
+    let client = pool.get().await?;
+    client.execute("DELETE FROM db_servers WHERE id = $1", &[&server.id]).await?;
+    Ok(server)
+}
+
+/// The admin connection settings of a server, unsealed.
+pub(crate) async fn admin_config(
+    pool: &CatalogPool,
+    secret: &ServerSecret,
+    server_id: i64,
+) -> Result<tokio_postgres::Config, DbError> {
+    let client = pool.get().await?;
+    let row =
+        client.query_one("SELECT admin_url_sealed FROM db_servers WHERE id = $1", &[&server_id]).await?;
+    let url = secret.open(SEALING_PURPOSE, row.get(0)).ok_or(DbError::SealedSecret)?;
+    let url = String::from_utf8(url).map_err(|_| DbError::SealedSecret)?;
+    url.parse().map_err(|_| DbError::SealedSecret)
+}
+
+/// Connects to a server's database `dbname` (the admin URL's when `None`) as its admin role.
+pub(crate) async fn connect(
+    server: &str,
+    config: &tokio_postgres::Config,
+) -> Result<tokio_postgres::Client, DbError> {
+    let mut config = config.clone();
+    config.connect_timeout(Duration::from_secs(5)).application_name("silo");
+    let (client, connection) =
+        config.connect(tokio_postgres::NoTls).await.map_err(|err| DbError::ServerUnreachable {
+            server: server.to_string(),
+            message: storage_node::catalog::describe(&err),
+        })?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(error = %err, "server connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Where clients reach a server, from its URL: the first host and port.
+pub fn public_endpoint(config: &tokio_postgres::Config) -> Result<(String, u16), DbError> {
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(host)) => host.clone(),
+        Some(Host::Unix(path)) => path.display().to_string(),
+        None => return Err(DbError::InvalidServer("the URL names no host".into())),
+    };
+    Ok((host, config.get_ports().first().copied().unwrap_or(5432)))
+}
+
+pub(crate) async fn tenant_id(pool: &CatalogPool, tenant: &str) -> Result<TenantId, DbError> {
+    tenants::find(pool, tenant).await.map_err(|err| match err {
+        TenantError::NotFound(_) | TenantError::InvalidName(_) => DbError::TenantNotFound(tenant.to_string()),
+        TenantError::Catalog(err) => DbError::Catalog(err),
+        other => DbError::InvalidServer(other.to_string()),
+    })
+}
+
+/// Chooses the server for a new database of `tenant` with `quota` bytes: the tenant's own or
+/// dedicated server if it has one (in `zone`, when given), otherwise the company's server with
+/// the most room left (capacity less the quotas already placed), in `zone` when given.
+pub async fn place(
+    pool: &CatalogPool,
+    tenant: TenantId,
+    tenant_name: &str,
+    zone: Option<&str>,
+    quota: u64,
+) -> Result<Server, DbError> {
+    let client = pool.get().await?;
+    let own = client
+        .query_opt(
+            "SELECT s.id FROM db_servers s WHERE s.owner_tenant_id = $1 AND ($2::text IS NULL OR s.zone = $2) \
+             ORDER BY (s.kind = 'dedicated') DESC, s.id LIMIT 1",
+            &[&tenant.0, &zone],
+        )
+        .await?;
+    let chosen = match own {
+        Some(row) => Some(row.get::<_, i64>(0)),
+        None => client
+            .query_opt(
+                "SELECT s.id FROM db_servers s LEFT JOIN tenant_databases d ON d.server_id = s.id \
+                 WHERE s.owner_tenant_id IS NULL AND ($1::text IS NULL OR s.zone = $1) \
+                 GROUP BY s.id \
+                 HAVING s.capacity_bytes - coalesce(sum(d.storage_quota_bytes), 0)::int8 >= $2 \
+                 ORDER BY s.capacity_bytes - coalesce(sum(d.storage_quota_bytes), 0)::int8 DESC, s.id LIMIT 1",
+                &[&zone, &(quota as i64)],
+            )
+            .await?
+            .map(|row| row.get::<_, i64>(0)),
+    };
+    drop(client);
+    match chosen {
+        Some(id) => get_by_id(pool, id).await,
+        None => Err(DbError::NoServer { tenant: tenant_name.to_string(), zone: zone.map(str::to_string) }),
+    }
+}
