@@ -1,0 +1,455 @@
+//! Dedicated client databases end to end: the real binary, a real throwaway Postgres as the
+//! managed server, and `psql` and tokio-postgres as the clients.
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{Silo, scratch, silo_cli_json};
+use serde_json::{Value, json};
+
+/// A plan whose quota sits a few MB above an empty database (about 7.5 MB).
+const CONFIG: &str =
+    "[plans.tiny]\nconnection_limit = 5\nstorage_quota_bytes = 9437184\nstatement_timeout_ms = 5000\n";
+
+struct Fixture {
+    silo: Silo,
+    tmp: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+impl Fixture {
+    async fn start(label: &str, env: &[(&str, &str)]) -> Fixture {
+        let catalog = db_manager::testing::shared().fresh_database(label).await;
+        let tmp = scratch();
+        let config = tmp.path().join("silo.toml");
+        std::fs::write(&config, CONFIG).expect("config");
+        let silo = start_silo(&tmp, &catalog, env).await;
+        let fx = Fixture { silo, tmp, http: reqwest::Client::new() };
+        let url = db_manager::testing::shared().url("postgres");
+        let registered = fx.call(
+            reqwest::Method::POST,
+            "/v1/servers",
+            Some(json!({
+                "name": "shared", "url": url, "zone": "z1"
+            })),
+        );
+        assert_eq!(registered.await.0, 201);
+        std::fs::write(fx.tmp.path().join("catalog-url"), catalog).expect("keep the catalog url");
+        fx
+    }
+
+    async fn restart(&mut self, env: &[(&str, &str)]) {
+        let catalog = std::fs::read_to_string(self.tmp.path().join("catalog-url")).expect("catalog url");
+        self.silo.signal(nix::sys::signal::Signal::SIGTERM);
+        self.silo.wait_exit(Duration::from_secs(30));
+        self.silo = start_silo(&self.tmp, &catalog, env).await;
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call_with(method, path, body, None).await
+    }
+
+    async fn call_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        idempotency_key: Option<&str>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, self.silo.url(path)).bearer_auth(self.silo.token());
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    fn tenant(&self, name: &str) {
+        silo_cli_json(&self.silo, &["tenant", "create", name]);
+    }
+
+    /// Creates a database and returns its credentials.
+    async fn create(&self, tenant: &str, body: Value) -> Value {
+        let (status, created) =
+            self.call(reqwest::Method::POST, &format!("/v1/tenants/{tenant}/databases"), Some(body)).await;
+        assert_eq!(status, 201, "{created}");
+        created
+    }
+
+    async fn show(&self, tenant: &str, name: &str) -> Value {
+        let (status, info) =
+            self.call(reqwest::Method::GET, &format!("/v1/tenants/{tenant}/databases/{name}"), None).await;
+        assert_eq!(status, 200, "{info}");
+        info
+    }
+
+    /// Polls the database until its state is `state`.
+    async fn wait_state(&self, tenant: &str, name: &str, state: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let info = self.show(tenant, name).await;
+            if info["state"] == state {
+                return info;
+            }
+            assert!(Instant::now() < deadline, "never reached {state}: {info}\n{}", self.silo.stderr());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+async fn start_silo(tmp: &tempfile::TempDir, catalog: &str, env: &[(&str, &str)]) -> Silo {
+    let config = tmp.path().join("silo.toml");
+    let args = [
+        "--postgres-url",
+        catalog,
+        "--config",
+        config.to_str().expect("path"),
+        "--database-sample-interval-secs",
+        "1",
+    ];
+    let mut silo = Silo::start_with_env(&tmp.path().join("data"), &args, env);
+    silo.wait_ready(Duration::from_secs(60)).await;
+    silo
+}
+
+/// Runs SQL with `psql` on `url`, stopping at the first error.
+fn psql(url: &str, sql: &str) -> Output {
+    Command::new("psql")
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-At", "-d", url, "-c", sql])
+        .output()
+        .expect("run psql")
+}
+
+fn psql_ok(url: &str, sql: &str) -> String {
+    let output = psql(url, sql);
+    assert!(output.status.success(), "psql failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+fn psql_err(url: &str, sql: &str) -> String {
+    let output = psql(url, sql);
+    assert!(!output.status.success(), "psql succeeded: {}", String::from_utf8_lossy(&output.stdout));
+    String::from_utf8_lossy(&output.stderr).to_string()
+}
+
+/// Runs SQL as the managed server's superuser.
+fn admin_sql(sql: &str) -> String {
+    psql_ok(&db_manager::testing::shared().url("postgres"), sql)
+}
+
+/// The URL of `credentials` with another password.
+fn with_password(credentials: &Value, password: &str) -> String {
+    let url = credentials["url"].as_str().expect("url");
+    url.replace(credentials["password"].as_str().expect("password"), password)
+}
+
+#[tokio::test]
+async fn a_database_is_created_reachable_and_isolated() {
+    let fx = Fixture::start("db_isolation", &[]).await;
+    fx.tenant("acme");
+    fx.tenant("rival");
+    let acme = fx.create("acme", json!({ "name": "shop" })).await;
+    let url = acme["url"].as_str().expect("url");
+    assert_eq!((acme["server"].as_str(), acme["zone"].as_str()), (Some("shared"), Some("z1")));
+    psql_ok(
+        url,
+        "CREATE TABLE orders (id int PRIMARY KEY, item text); INSERT INTO orders VALUES (1, 'lamp')",
+    );
+    assert_eq!(psql_ok(url, "SELECT item FROM orders"), "lamp");
+    // The plan's settings are in place.
+    assert_eq!(psql_ok(url, "SHOW statement_timeout"), "30s");
+    let pg_name = acme["database"].as_str().expect("database");
+    assert_eq!(admin_sql(&format!("SELECT datconnlimit FROM pg_database WHERE datname = '{pg_name}'")), "20");
+    let owner = psql_ok(url, "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'public'");
+    assert_eq!(owner, pg_name, "the role owns the public schema");
+
+    // Another tenant may use the same name; its role reaches neither the database nor the tables.
+    let rival = fx.create("rival", json!({ "name": "shop" })).await;
+    let rival_into_acme = url.replace(
+        &format!("{}:{}", acme["user"].as_str().unwrap(), acme["password"].as_str().unwrap()),
+        &format!("{}:{}", rival["user"].as_str().unwrap(), rival["password"].as_str().unwrap()),
+    );
+    assert!(psql_err(&rival_into_acme, "SELECT 1").contains("permission denied for database"));
+    // PUBLIC cannot connect either: a role that exists but was granted nothing.
+    admin_sql("DROP ROLE IF EXISTS outsider; CREATE ROLE outsider LOGIN PASSWORD 'outsider-pass'");
+    let outsider = format!(
+        "postgresql://outsider:outsider-pass@127.0.0.1:{}/{pg_name}",
+        db_manager::testing::shared().port()
+    );
+    assert!(psql_err(&outsider, "SELECT 1").contains("permission denied for database"));
+    // Inside its own database, rival's role cannot read acme's tables: they are not there.
+    assert!(psql_err(rival["url"].as_str().unwrap(), "SELECT * FROM orders").contains("does not exist"));
+
+    // Listings are per tenant.
+    let (_, listed) = fx.call(reqwest::Method::GET, "/v1/tenants/rival/databases", None).await;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+    assert_eq!(listed[0]["tenant"], "rival");
+    assert!(listed[0].get("password").is_none(), "listings never show passwords");
+    let (status, _) = fx.call(reqwest::Method::GET, "/v1/tenants/rival/databases/nothing", None).await;
+    assert_eq!(status, 404);
+
+    // The same name twice is a conflict; an Idempotency-Key makes a retry return the first result.
+    let (status, _) =
+        fx.call(reqwest::Method::POST, "/v1/tenants/acme/databases", Some(json!({ "name": "shop" }))).await;
+    assert_eq!(status, 409);
+    let body = json!({ "name": "blog", "plan": "tiny" });
+    let path = "/v1/tenants/acme/databases";
+    let first = fx.call_with(reqwest::Method::POST, path, Some(body.clone()), Some("key-1")).await;
+    let again = fx.call_with(reqwest::Method::POST, path, Some(body), Some("key-1")).await;
+    assert_eq!((first.0, again.0), (201, 201));
+    assert_eq!(first.1["password"], again.1["password"], "the retry returns the first result");
+    let other =
+        fx.call_with(reqwest::Method::POST, path, Some(json!({ "name": "other" })), Some("key-1")).await;
+    assert_eq!(other.0, 422, "{}", other.1);
+
+    // The CLI drives the same API; secrets never reach the log.
+    let listed = silo_cli_json(&fx.silo, &["db", "list", "acme"]);
+    let names: Vec<_> =
+        listed.as_array().expect("list").iter().map(|d| d["name"].as_str().unwrap_or("")).collect();
+    assert_eq!(names, ["blog", "shop"]);
+    let stderr = fx.silo.stderr();
+    assert!(
+        !stderr.contains(acme["password"].as_str().unwrap()) && !stderr.contains("test-only-password"),
+        "{stderr}"
+    );
+    let (_, servers) = fx.call(reqwest::Method::GET, "/v1/servers", None).await;
+    assert!(!servers.to_string().contains("test-only-password"), "server passwords never leave the catalog");
+}
+
+#[tokio::test]
+async fn hostile_and_malformed_names_are_refused_before_anything_runs() {
+    let fx = Fixture::start("db_names", &[]).await;
+    fx.tenant("hostile");
+    // Other tests share the server: count what this tenant's names could have made.
+    let count =
+        || admin_sql("SELECT count(*) FROM pg_database WHERE datname LIKE 'hostile%' OR datname LIKE 'x%'");
+    let roles =
+        || admin_sql("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'hostile%' OR rolname LIKE 'x%'");
+    let (databases_before, roles_before) = (count(), roles());
+    let long = "a".repeat(64);
+    for name in ["x\"; DROP DATABASE postgres; --", "", &long, "Shop", "shop-db", "a b", "1shop", "é"] {
+        let (status, body) = fx
+            .call(reqwest::Method::POST, "/v1/tenants/hostile/databases", Some(json!({ "name": name })))
+            .await;
+        assert_eq!(status, 400, "{name:?}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap_or("").contains("^[a-z][a-z0-9_]{0,62}$"), "{body}");
+    }
+    let (status, body) = fx
+        .call(
+            reqwest::Method::POST,
+            "/v1/tenants/hostile/databases",
+            Some(json!({ "name": "ok", "plan": "gold" })),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap_or("").contains("small"),
+        "the message lists the plans: {body}"
+    );
+    let (status, _) =
+        fx.call(reqwest::Method::POST, "/v1/tenants/nobody/databases", Some(json!({ "name": "ok" }))).await;
+    assert_eq!(status, 404);
+    assert_eq!((count(), roles()), (databases_before, roles_before), "nothing new on the server");
+    assert_eq!(admin_sql("SELECT count(*) FROM pg_database WHERE datname = 'postgres'"), "1");
+}
+
+#[tokio::test]
+async fn over_the_quota_a_database_turns_read_only_and_back() {
+    let fx = Fixture::start("db_quota", &[]).await;
+    fx.tenant("quota");
+    let created = fx.create("quota", json!({ "name": "full", "plan": "tiny" })).await;
+    let url = created["url"].as_str().expect("url");
+    psql_ok(
+        url,
+        "CREATE TABLE filler (id serial, pad text); CREATE TABLE keep (x int); INSERT INTO keep VALUES (1)",
+    );
+    // A session that is open when the switch happens is ended, so the switch takes hold.
+    let (held, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    psql_ok(
+        url,
+        "INSERT INTO filler (pad) SELECT md5(random()::text) || md5(random()::text) FROM generate_series(1, 40000)",
+    );
+    let info = fx.wait_state("quota", "full", "read_only_over_quota").await;
+    assert!(info["size_bytes"].as_i64().unwrap_or(0) > 9_437_184, "{info}");
+    assert!(held.simple_query("SELECT 1").await.is_err(), "the open session was ended");
+
+    let refused = psql_err(url, "INSERT INTO keep VALUES (2)");
+    assert!(refused.contains("cannot execute INSERT in a read-only transaction"), "{refused}");
+    let revoked = psql_err(url, "BEGIN READ WRITE; INSERT INTO keep VALUES (2); COMMIT");
+    assert!(revoked.contains("permission denied"), "the REVOKE is the real boundary: {revoked}");
+    assert!(
+        psql_err(url, "BEGIN READ WRITE; CREATE TABLE more (x int); COMMIT").contains("permission denied")
+    );
+    assert_eq!(psql_ok(url, "SELECT count(*) FROM keep"), "1", "reads still work");
+    let metrics =
+        fx.http.get(fx.silo.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    assert!(
+        metrics.contains("silo_database_read_only{tenant=\"quota\",database=\"full\",server=\"shared\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("silo_database_size_bytes{tenant=\"quota\",database=\"full\""), "{metrics}");
+
+    // DELETE and VACUUM bring it back under the quota, and write access returns by itself.
+    psql_ok(url, "BEGIN READ WRITE; DELETE FROM filler; COMMIT");
+    psql_ok(url, "VACUUM filler");
+    let info = fx.wait_state("quota", "full", "active").await;
+    let events: Vec<_> = info["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["event"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(events[..2], ["write_access_restored", "read_only_over_quota"], "{info}");
+    psql_ok(url, "INSERT INTO keep VALUES (2)");
+    assert_eq!(psql_ok(url, "SELECT count(*) FROM keep"), "2");
+}
+
+#[tokio::test]
+async fn rotation_resize_and_deletion_protection() {
+    let fx = Fixture::start("db_rotation", &[]).await;
+    fx.tenant("rotor");
+    let created = fx.create("rotor", json!({ "name": "app", "deletion_protection": true })).await;
+    let old_url = created["url"].as_str().expect("url").to_string();
+    let (old_session, connection) =
+        tokio_postgres::connect(&old_url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+
+    // Resize: the new limits apply at once, and a session within them stays.
+    let (status, resized) = fx
+        .call(reqwest::Method::PATCH, "/v1/tenants/rotor/databases/app", Some(json!({ "plan": "medium" })))
+        .await;
+    assert_eq!((status, resized["plan"].as_str()), (200, Some("medium")), "{resized}");
+    let pg_name = created["database"].as_str().expect("name");
+    assert_eq!(admin_sql(&format!("SELECT rolconnlimit FROM pg_roles WHERE rolname = '{pg_name}'")), "50");
+    assert_eq!(admin_sql(&format!("SELECT datconnlimit FROM pg_database WHERE datname = '{pg_name}'")), "50");
+    old_session.simple_query("SELECT 1").await.expect("a session within the new limits stays");
+
+    // Rotation: the old password fails, the new one works, and old sessions end (grace 0).
+    let rotated = silo_cli_json(&fx.silo, &["db", "rotate", "rotor", "app"]);
+    assert_ne!(rotated["password"], created["password"]);
+    let new_url = rotated["url"].as_str().expect("url");
+    assert_eq!(psql_ok(new_url, "SELECT current_user"), pg_name);
+    assert!(psql_err(&old_url, "SELECT 1").contains("password authentication failed"));
+    assert!(old_session.simple_query("SELECT 1").await.is_err(), "the old session was ended");
+    assert!(with_password(&rotated, "guess") != new_url);
+
+    // With a grace, old sessions go on until it runs out.
+    let (session, connection) =
+        tokio_postgres::connect(new_url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    let (status, _) = fx
+        .call(
+            reqwest::Method::POST,
+            "/v1/tenants/rotor/databases/app/rotate-credentials",
+            Some(json!({ "grace_secs": 2 })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    session.simple_query("SELECT 1").await.expect("within the grace the old session stays");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while session.simple_query("SELECT 1").await.is_ok() {
+        assert!(Instant::now() < deadline, "the old session outlived its grace");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // Deletion protection holds; the final backup is asked for; then it goes for good.
+    let path = "/v1/tenants/rotor/databases/app";
+    let (status, body) =
+        fx.call(reqwest::Method::DELETE, &format!("{path}?skip_final_backup=true"), None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("deletion_protected")));
+    silo_cli_json(&fx.silo, &["db", "protect", "rotor", "app", "off"]);
+    let (status, body) = fx.call(reqwest::Method::DELETE, path, None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("final_backup_required")));
+    let (status, _) = fx.call(reqwest::Method::DELETE, &format!("{path}?skip_final_backup=true"), None).await;
+    assert_eq!(status, 204);
+    assert_eq!(admin_sql(&format!("SELECT count(*) FROM pg_database WHERE datname = '{pg_name}'")), "0");
+    assert_eq!(admin_sql(&format!("SELECT count(*) FROM pg_roles WHERE rolname = '{pg_name}'")), "0");
+    let (status, _) = fx.call(reqwest::Method::GET, path, None).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_dedicated_instance_serves_its_tenant_and_survives_a_restart() {
+    let mut fx = Fixture::start("db_dedicated", &[]).await;
+    fx.tenant("solo");
+    fx.tenant("crowd");
+    let (status, server) = fx
+        .call(reqwest::Method::POST, "/v1/servers", Some(json!({ "dedicated_for": "solo", "plan": "small" })))
+        .await;
+    assert_eq!(status, 201, "{server}\n{}", fx.silo.stderr());
+    assert_eq!(
+        (server["name"].as_str(), server["kind"].as_str()),
+        (Some("solo-dedicated"), Some("dedicated"))
+    );
+    let solo = fx.create("solo", json!({ "name": "main" })).await;
+    assert_eq!(solo["server"], "solo-dedicated", "a tenant's databases go to its dedicated server");
+    let crowd = fx.create("crowd", json!({ "name": "main" })).await;
+    assert_eq!(crowd["server"], "shared", "nobody else's do");
+    let url = solo["url"].as_str().expect("url");
+    psql_ok(url, "CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)");
+    assert_eq!(psql_ok(url, "SHOW max_connections"), "30", "the plan sizes the instance");
+
+    fx.restart(&[]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let output = psql(url, "SELECT x FROM kept");
+        if output.status.success() {
+            assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "42");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dedicated instance is not back: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, body) = fx.call(reqwest::Method::DELETE, "/v1/servers/solo-dedicated", None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("server_in_use")));
+}
+
+#[tokio::test]
+async fn a_crash_between_create_steps_is_repaired_at_the_next_start() {
+    let mut fx = Fixture::start("db_crash", &[]).await;
+    fx.tenant("crashy");
+    fx.restart(&[("SILO_CRASH_AT", "create.after_database")]).await;
+    let request = fx
+        .http
+        .post(fx.silo.url("/v1/tenants/crashy/databases"))
+        .bearer_auth(fx.silo.token())
+        .json(&json!({ "name": "half" }))
+        .send()
+        .await;
+    assert!(request.is_err(), "the process died mid-create");
+    fx.silo.wait_exit(Duration::from_secs(10));
+    let pg_name = "crashy_half";
+    let exists = || {
+        let databases = admin_sql(&format!("SELECT count(*) FROM pg_database WHERE datname = '{pg_name}'"));
+        let roles = admin_sql(&format!("SELECT count(*) FROM pg_roles WHERE rolname = '{pg_name}'"));
+        (databases, roles)
+    };
+    assert_eq!(exists(), ("1".to_string(), "1".to_string()), "the crash left a half-made database");
+
+    fx.restart_after_crash().await;
+    assert_eq!(exists(), ("0".to_string(), "0".to_string()), "the start cleaned it up");
+    let (status, listed) = fx.call(reqwest::Method::GET, "/v1/tenants/crashy/databases", None).await;
+    assert_eq!((status, listed), (200, json!([])));
+    let created = fx.create("crashy", json!({ "name": "half" })).await;
+    assert_eq!(psql_ok(created["url"].as_str().expect("url"), "SELECT current_database()"), pg_name);
+}
+
+impl Fixture {
+    /// Starts Silo again after it died by itself.
+    async fn restart_after_crash(&mut self) {
+        let catalog = std::fs::read_to_string(self.tmp.path().join("catalog-url")).expect("catalog url");
+        self.silo = start_silo(&self.tmp, &catalog, &[]).await;
+    }
+}
