@@ -189,7 +189,7 @@ impl DbManager {
             tracing::warn!(tenant, database = %row.name, error = %err, "create failed; undoing it");
             if !matches!(err, DbError::RoleTaken { .. }) {
                 let undo = async {
-                    let admin = self.connect_server(&row.server, None).await?;
+                    let admin = self.admin(&row.server).await?;
                     provision::drop_database_and_role(&admin, &row.target()).await
                 };
                 if let Err(undo_err) = undo.await {
@@ -202,9 +202,14 @@ impl DbManager {
             return Err(err);
         }
         let client = self.pool().get().await?;
-        client.execute("UPDATE tenant_databases SET state = 'active' WHERE id = $1", &[&id]).await?;
+        client
+            .execute(
+                "WITH activated AS (UPDATE tenant_databases SET state = 'active' WHERE id = $1) \
+                 INSERT INTO database_events (database_id, event, detail) VALUES ($1, 'created', $2)",
+                &[&id, &format!("plan {} on server {}", row.plan, row.server.name)],
+            )
+            .await?;
         drop(client);
-        self.record_event(id, "created", &format!("plan {} on server {}", row.plan, row.server.name)).await?;
         tracing::info!(tenant, database = %row.name, server = %row.server.name, plan = %row.plan, resumed, "created database");
         Ok(credentials(&row, password))
     }
@@ -262,7 +267,7 @@ impl DbManager {
     /// The steps on the server. Each is idempotent, so a resumed create runs them all.
     async fn provision(&self, row: &Row, plan: &Plan, password: &str, resumed: bool) -> Result<(), DbError> {
         let target = row.target();
-        let admin = self.connect_server(&row.server, None).await?;
+        let admin = self.admin(&row.server).await?;
         if !resumed && provision::role_exists(&admin, &target).await? {
             return Err(DbError::RoleTaken { role: row.pg_name.clone(), server: row.server.name.clone() });
         }
@@ -435,7 +440,7 @@ impl DbManager {
         };
         if let Some(plan_name) = &update.plan {
             let plan = self.plans().require(plan_name)?.clone();
-            let admin = self.connect_server(&row.server, None).await?;
+            let admin = self.admin(&row.server).await?;
             provision::apply_role_limits(&admin, &row.target(), &plan).await?;
             provision::ensure_database(&admin, &row.target(), &plan).await?;
             let client = self.pool().get().await?;
@@ -476,7 +481,7 @@ impl DbManager {
             return Err(DbError::Busy { name: name.into() });
         };
         let password = provision::generate_password();
-        let admin = self.connect_server(&row.server, None).await?;
+        let admin = self.admin(&row.server).await?;
         provision::set_password(&admin, &row.target(), &password).await?;
         let rotated_at: std::time::SystemTime = admin
             .query_one("SELECT clock_timestamp()", &[])
@@ -532,7 +537,7 @@ impl DbManager {
         client.execute("UPDATE tenant_databases SET state = 'deleting' WHERE id = $1", &[&row.id]).await?;
         drop(client);
         self.record_event(row.id, "deleting", "").await?;
-        let admin = self.connect_server(&row.server, None).await?;
+        let admin = self.admin(&row.server).await?;
         provision::drop_database_and_role(&admin, &row.target()).await?;
         let client = self.pool().get().await?;
         client.execute("DELETE FROM tenant_databases WHERE id = $1", &[&row.id]).await?;

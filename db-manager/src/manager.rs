@@ -58,6 +58,8 @@ pub(crate) struct Inner {
     pub config: ManagerConfig,
     pub instances: Mutex<HashMap<String, Running>>,
     pub samples: RwLock<Vec<Sample>>,
+    /// Admin connections to each server, by server id.
+    pub server_pools: Mutex<HashMap<i64, CatalogPool>>,
     pub stop: CancellationToken,
 }
 
@@ -81,6 +83,7 @@ impl DbManager {
             config,
             instances: Mutex::new(HashMap::new()),
             samples: RwLock::new(Vec::new()),
+            server_pools: Mutex::new(HashMap::new()),
             stop,
         };
         DbManager { inner: Arc::new(inner) }
@@ -134,6 +137,9 @@ impl DbManager {
     /// cluster deleted.
     pub async fn remove_server(&self, name: &str) -> Result<Server, DbError> {
         let server = servers::remove(&self.inner.pool, name).await?;
+        if let Ok(mut pools) = self.inner.server_pools.lock() {
+            pools.remove(&server.id);
+        }
         if server.kind == "dedicated" {
             self.destroy_dedicated_instance(&server.name).await;
         }
@@ -152,6 +158,28 @@ impl DbManager {
             .await?
             .get(0);
         Ok(locked.then_some(client))
+    }
+
+    /// A pooled admin connection to a server's admin database.
+    pub(crate) async fn admin(&self, server: &Server) -> Result<Object, DbError> {
+        let cached = self.inner.server_pools.lock().ok().and_then(|pools| pools.get(&server.id).cloned());
+        let pool = match cached {
+            Some(pool) => pool,
+            None => {
+                let config = servers::admin_config(&self.inner.pool, &self.inner.secret, server.id).await?;
+                let pool = storage_node::catalog::connect_pool(config, 4).map_err(|err| {
+                    DbError::ServerUnreachable { server: server.name.clone(), message: err.to_string() }
+                })?;
+                if let Ok(mut pools) = self.inner.server_pools.lock() {
+                    pools.insert(server.id, pool.clone());
+                }
+                pool
+            }
+        };
+        pool.get().await.map_err(|err| DbError::ServerUnreachable {
+            server: server.name.clone(),
+            message: err.to_string(),
+        })
     }
 
     /// Connects to a server as its admin, to the admin URL's database or to `dbname`.
@@ -186,7 +214,7 @@ impl DbManager {
             let server = servers::get_by_id(&self.inner.pool, server_id).await?;
             let target = provision::Target { server: &server.name, pg_name: &pg_name };
             let outcome = async {
-                let admin = self.connect_server(&server, None).await?;
+                let admin = self.admin(&server).await?;
                 provision::drop_database_and_role(&admin, &target).await?;
                 let client = self.inner.pool.get().await?;
                 client.execute("DELETE FROM tenant_databases WHERE id = $1", &[&id]).await?;

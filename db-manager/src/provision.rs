@@ -46,8 +46,9 @@ pub async fn database_exists(client: &Client, target: &Target<'_>) -> Result<boo
     Ok(row.is_some())
 }
 
-/// Creates the owner role with `password` (or sets the password if the role exists), and lets
-/// the admin role act as it, which a non-superuser admin needs to create a database it owns.
+/// Creates the owner role with `password` (or sets the password if the role exists), lets
+/// the admin role act as it (a non-superuser admin needs that to create a database it owns),
+/// and applies the plan's per-role limits: one query and one batch.
 pub async fn ensure_role(
     client: &Client,
     target: &Target<'_>,
@@ -56,35 +57,39 @@ pub async fn ensure_role(
 ) -> Result<(), DbError> {
     let role = ident(target.pg_name);
     let verifier = literal(&verifier(password));
-    let statement = if role_exists(client, target).await? {
-        format!("ALTER ROLE {role} LOGIN PASSWORD {verifier}")
-    } else {
-        format!("CREATE ROLE {role} LOGIN NOINHERIT PASSWORD {verifier}")
-    };
-    client.batch_execute(&statement).await.map_err(DbError::on_server(target.server))?;
-    let superuser: bool = client
-        .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = current_user", &[])
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1), \
+                    (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)",
+            &[&target.pg_name],
+        )
         .await
-        .map_err(DbError::on_server(target.server))?
-        .get(0);
+        .map_err(DbError::on_server(target.server))?;
+    let (exists, superuser): (bool, bool) = (row.get(0), row.get(1));
+    let mut sql = if exists {
+        format!("ALTER ROLE {role} LOGIN PASSWORD {verifier};")
+    } else {
+        format!("CREATE ROLE {role} LOGIN NOINHERIT PASSWORD {verifier};")
+    };
     if !superuser {
-        client
-            .batch_execute(&format!("GRANT {role} TO CURRENT_USER"))
-            .await
-            .map_err(DbError::on_server(target.server))?;
+        sql.push_str(&format!("GRANT {role} TO CURRENT_USER;"));
     }
-    apply_role_limits(client, target, plan).await
+    sql.push_str(&role_limits(target, plan));
+    client.batch_execute(&sql).await.map_err(DbError::on_server(target.server))
+}
+
+fn role_limits(target: &Target<'_>, plan: &Plan) -> String {
+    let role = ident(target.pg_name);
+    format!(
+        "ALTER ROLE {role} CONNECTION LIMIT {limit}; ALTER ROLE {role} SET statement_timeout = {timeout};",
+        limit = plan.connection_limit,
+        timeout = literal(&plan.statement_timeout_ms.to_string()),
+    )
 }
 
 /// The plan's per-role settings: the connection limit and the statement timeout.
 pub async fn apply_role_limits(client: &Client, target: &Target<'_>, plan: &Plan) -> Result<(), DbError> {
-    let role = ident(target.pg_name);
-    let sql = format!(
-        "ALTER ROLE {role} CONNECTION LIMIT {limit}; ALTER ROLE {role} SET statement_timeout = {timeout}",
-        limit = plan.connection_limit,
-        timeout = literal(&plan.statement_timeout_ms.to_string()),
-    );
-    client.batch_execute(&sql).await.map_err(DbError::on_server(target.server))
+    client.batch_execute(&role_limits(target, plan)).await.map_err(DbError::on_server(target.server))
 }
 
 /// Creates the database owned by the role (unless it exists), closes it to PUBLIC and sets its

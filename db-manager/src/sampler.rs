@@ -108,7 +108,7 @@ impl DbManager {
 
     async fn sample_server(&self, server_id: i64, databases: &[Sampled]) -> Result<Vec<Sample>, DbError> {
         let server = crate::servers::get_by_id(self.pool(), server_id).await?;
-        let admin = self.connect_server(&server, None).await?;
+        let admin = self.admin(&server).await?;
         let names: Vec<&str> = databases.iter().map(|d| d.pg_name.as_str()).collect();
         let rows = admin
             .query(
@@ -169,7 +169,7 @@ impl DbManager {
         }
         let Some(_lock) = self.lock_database(database.id).await? else { return Ok(read_only) };
         let target = provision::Target { server: &server.name, pg_name: &database.pg_name };
-        let admin = self.connect_server(server, None).await?;
+        let admin = self.admin(server).await?;
         let inside = self.connect_server(server, Some(&database.pg_name)).await?;
         provision::set_read_only(&admin, &inside, &target, !read_only).await?;
         drop(inside);
@@ -201,7 +201,7 @@ impl DbManager {
         database: &Sampled,
         before: std::time::SystemTime,
     ) -> Result<(), DbError> {
-        let admin = self.connect_server(server, None).await?;
+        let admin = self.admin(server).await?;
         let target = provision::Target { server: &server.name, pg_name: &database.pg_name };
         let ended = provision::terminate_role_sessions(&admin, &target, before).await?;
         let client = self.pool().get().await?;
