@@ -221,6 +221,15 @@ async fn a_database_is_created_reachable_and_isolated() {
     );
     let (_, servers) = fx.call(reqwest::Method::GET, "/v1/servers", None).await;
     assert!(!servers.to_string().contains("test-only-password"), "server passwords never leave the catalog");
+
+    // A tenant with databases is not deleted unless forced; forced, its databases go too.
+    let (status, body) = fx.call(reqwest::Method::DELETE, "/v1/tenants/rival", None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("tenant_not_empty")), "{body}");
+    let (status, _) = fx.call(reqwest::Method::DELETE, "/v1/tenants/rival?force=true", None).await;
+    assert_eq!(status, 204);
+    let rival_db = rival["database"].as_str().expect("database");
+    assert_eq!(admin_sql(&format!("SELECT count(*) FROM pg_database WHERE datname = '{rival_db}'")), "0");
+    assert_eq!(psql_ok(url, "SELECT count(*) FROM orders"), "1", "acme's database is untouched");
 }
 
 #[tokio::test]
