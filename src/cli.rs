@@ -33,6 +33,9 @@ pub enum Command {
     /// Manage the Postgres servers that hold tenants' databases.
     #[command(subcommand)]
     Server(ServerCommand),
+    /// Back up, list, prune, restore, verify and download database backups.
+    #[command(subcommand)]
+    Backup(BackupCommand),
     /// Show a tenant's storage usage.
     Usage {
         tenant: String,
@@ -214,6 +217,76 @@ pub enum ServerCommand {
     /// Forget a server that holds no database (a dedicated one is stopped and deleted).
     Remove {
         name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Run the backups that are due (for cron: safe to run every hour); exits 1 if any failed.
+    Run {
+        /// Every database.
+        #[arg(long, conflicts_with_all = ["tenant", "db"], required_unless_present_any = ["tenant", "db"])]
+        all: bool,
+        /// Every database of one tenant.
+        #[arg(long, conflicts_with = "db")]
+        tenant: Option<String>,
+        /// One database, as TENANT/NAME (backed up even when not due).
+        #[arg(long)]
+        db: Option<String>,
+        /// Back up even what is not due.
+        #[arg(long)]
+        force: bool,
+        /// Verify each new backup by restoring it into a scratch database.
+        #[arg(long)]
+        verify: bool,
+        /// How many backups run at once.
+        #[arg(long, default_value_t = 2)]
+        concurrency: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List backups, newest first.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        /// One database, as TENANT/NAME.
+        #[arg(long)]
+        db: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete the backups that the retention policies no longer keep.
+    Prune {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Restore a backup into a new database (--into) or over its database (--in-place --yes).
+    Restore {
+        id: i64,
+        #[arg(long, conflicts_with = "in_place", required_unless_present = "in_place")]
+        into: Option<String>,
+        /// Replace the source database; a safety backup is taken first.
+        #[arg(long, requires = "yes")]
+        in_place: bool,
+        /// Confirm an in-place restore.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Restore a backup into a scratch database and compare every table's row count.
+    Verify {
+        id: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stream a backup out as a file that plain pg_restore reads.
+    Download {
+        id: i64,
+        #[arg(short, long)]
+        output: std::path::PathBuf,
         #[command(flatten)]
         client: ClientArgs,
     },

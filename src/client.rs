@@ -79,6 +79,32 @@ impl ClientArgs {
     }
 }
 
+impl ClientArgs {
+    /// Sends a request and returns the response as it arrives (for streamed answers); an
+    /// error status becomes an error with the service's message.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<reqwest::Response> {
+        let url = format!("{}{path}", self.url.trim_end_matches('/'));
+        let mut request = reqwest::Client::new().request(method, &url).bearer_auth(self.token()?);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.with_context(|| format!("cannot reach Silo at {}", self.url))?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            let body: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            let message = body["error"]["message"].as_str().unwrap_or("no message");
+            bail!("{url} answered {status}: {message}");
+        }
+        Ok(response)
+    }
+}
+
 /// Runs `future` on a small runtime (for the CLI's one-shot calls).
 pub fn block_on<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     tokio::runtime::Builder::new_current_thread()

@@ -80,6 +80,9 @@ pub struct ServeArgs {
     /// The address dedicated Postgres instances listen on, and clients are given [default: 127.0.0.1].
     #[arg(long, env = "SILO_DEDICATED_LISTEN")]
     pub dedicated_listen: Option<IpAddr>,
+    /// Days a database's final backup (taken when it is deleted) is kept [default: 30].
+    #[arg(long, env = "SILO_FINAL_BACKUP_RETENTION_DAYS")]
+    pub final_backup_retention_days: Option<u64>,
 }
 
 /// The settings a TOML file may hold.
@@ -100,6 +103,7 @@ struct FileConfig {
     multipart_expiry_secs: Option<u64>,
     database_sample_interval_secs: Option<u64>,
     dedicated_listen: Option<IpAddr>,
+    final_backup_retention_days: Option<u64>,
     /// Database plans (`[plans.<name>]`), added to or replacing `small`, `medium` and `large`.
     #[serde(default)]
     plans: BTreeMap<String, Plan>,
@@ -123,6 +127,7 @@ pub struct ServeConfig {
     pub multipart_expiry: Duration,
     pub database_sample_interval: Duration,
     pub dedicated_listen: IpAddr,
+    pub final_backup_retention: Duration,
     pub plans: Plans,
     pub store: StoreConfig,
 }
@@ -144,6 +149,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("multipart_expiry", &self.multipart_expiry)
             .field("database_sample_interval", &self.database_sample_interval)
             .field("dedicated_listen", &self.dedicated_listen)
+            .field("final_backup_retention", &self.final_backup_retention)
             .field("plans", &self.plans)
             .field("store", &self.store)
             .finish()
@@ -200,6 +206,11 @@ impl ServeArgs {
                 .dedicated_listen
                 .or(file.dedicated_listen)
                 .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+            final_backup_retention: Duration::from_secs(
+                self.final_backup_retention_days.or(file.final_backup_retention_days).unwrap_or(30)
+                    * 24
+                    * 3600,
+            ),
             plans: Plans::with(file.plans),
             store: file.store.unwrap_or_default(),
         })

@@ -1,6 +1,7 @@
 //! The `silo` binary: the command line, wired to the server and the libraries.
 
 mod admin;
+mod backups;
 mod cli;
 mod client;
 mod config;
@@ -24,6 +25,7 @@ fn main() -> ExitCode {
         cli::Command::Key(command) => tenants::key(command),
         cli::Command::Usage { tenant, client } => tenants::usage(&tenant, &client),
         cli::Command::Db(command) => databases::db(command),
+        cli::Command::Backup(command) => backups::backup(command),
         cli::Command::Server(command) => databases::server(command),
     };
     match result {

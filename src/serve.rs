@@ -130,8 +130,7 @@ async fn serve_with_catalog(
         tokio::spawn(collect_garbage_every(store.clone(), interval, config.multipart_expiry, stop.clone()));
     }
     let databases = DbManager::new(
-        pool.clone(),
-        store.server_secret().clone(),
+        store.clone(),
         ManagerConfig {
             plans: config.plans.clone(),
             sample_interval: config.database_sample_interval,
@@ -143,6 +142,7 @@ async fn serve_with_catalog(
                 os_user: config.postgres_os_user.clone(),
                 listen: config.dedicated_listen,
             },
+            final_backup_retention: config.final_backup_retention,
         },
         stop.clone(),
     );

@@ -516,7 +516,8 @@ impl DbManager {
         Ok(credentials(&row, password))
     }
 
-    /// Deletes a database and its role, unless deletion protection is on.
+    /// Deletes a database and its role, unless deletion protection is on; first takes a final
+    /// backup (kept for the configured retention) unless `skip_final_backup`.
     pub async fn delete_database(
         &self,
         tenant: &str,
@@ -528,7 +529,8 @@ impl DbManager {
             return Err(DbError::DeletionProtected { name: name.into() });
         }
         if !skip_final_backup {
-            return Err(DbError::FinalBackupRequired { name: name.into() });
+            let backup = self.backup_now(&row, "final").await?;
+            tracing::info!(tenant, database = name, backup = backup.id, "took the final backup");
         }
         let Some(_lock) = self.lock_database(row.id).await? else {
             return Err(DbError::Busy { name: name.into() });

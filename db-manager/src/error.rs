@@ -23,11 +23,6 @@ pub enum DbError {
     Busy { name: String },
     #[error("deletion protection is on for {name:?}; PATCH it with {{\"deletion_protection\": false}} first")]
     DeletionProtected { name: String },
-    #[error(
-        "deleting {name:?} takes a final backup first, and backups are not available yet; \
-         pass ?skip_final_backup=true to delete without one"
-    )]
-    FinalBackupRequired { name: String },
     #[error("no Postgres server can take a database of tenant {tenant:?}{}", zone_clause(.zone))]
     NoServer { tenant: String, zone: Option<String> },
     #[error("no server named {0:?}")]
@@ -46,6 +41,22 @@ pub enum DbError {
     RoleTaken { role: String, server: String },
     #[error("this Idempotency-Key was already used for a different request")]
     IdempotencyMismatch,
+    #[error("no backup with id {0}")]
+    BackupNotFound(i64),
+    #[error("backup {id} is {status}, not complete: it cannot be restored")]
+    BackupNotComplete { id: i64, status: String },
+    #[error("database {name:?} is being backed up by another run")]
+    BackupBusy { name: String },
+    #[error("the dump of {database:?} failed: {message}")]
+    Dump { database: String, message: String },
+    #[error("the restore failed: {message}")]
+    Restore { message: String },
+    #[error("backup {id} is damaged: {message}")]
+    Integrity { id: i64, message: String },
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error(transparent)]
+    Store(#[from] storage_node::store::StoreError),
     #[error("a secret in the catalog cannot be opened with this server secret")]
     SealedSecret,
     #[error(transparent)]

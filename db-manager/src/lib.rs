@@ -10,6 +10,7 @@
 //! and deletes them through [`provision`]'s statements, and [`sampler`] watches their size and
 //! enforces the quotas of their [`plans`]. [`DbManager`] ties these together for the API.
 
+pub mod backup;
 pub mod catalog;
 pub mod databases;
 pub mod dedicated;

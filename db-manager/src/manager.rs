@@ -10,6 +10,7 @@ use std::time::Duration;
 use deadpool_postgres::Object;
 use storage_node::catalog::CatalogPool;
 use storage_node::keys::ServerSecret;
+use storage_node::store::ChunkStore;
 use tokio_util::sync::CancellationToken;
 
 use crate::dedicated::Running;
@@ -44,6 +45,8 @@ pub struct ManagerConfig {
     pub node_name: String,
     pub zone: String,
     pub dedicated: DedicatedOptions,
+    /// How long final backups (taken before a delete) are kept.
+    pub final_backup_retention: Duration,
 }
 
 /// Servers and client databases.
@@ -54,6 +57,8 @@ pub struct DbManager {
 
 pub(crate) struct Inner {
     pub pool: CatalogPool,
+    /// Where backups are stored: the tenants' chunk store.
+    pub store: ChunkStore,
     pub secret: ServerSecret,
     pub config: ManagerConfig,
     pub instances: Mutex<HashMap<String, Running>>,
@@ -71,15 +76,11 @@ impl std::fmt::Debug for DbManager {
 
 impl DbManager {
     /// A manager over the catalog. Nothing runs until [`DbManager::start`].
-    pub fn new(
-        pool: CatalogPool,
-        secret: ServerSecret,
-        config: ManagerConfig,
-        stop: CancellationToken,
-    ) -> Self {
+    pub fn new(store: ChunkStore, config: ManagerConfig, stop: CancellationToken) -> Self {
         let inner = Inner {
-            pool,
-            secret,
+            pool: store.catalog().clone(),
+            secret: store.server_secret().clone(),
+            store,
             config,
             instances: Mutex::new(HashMap::new()),
             samples: RwLock::new(Vec::new()),
@@ -98,6 +99,7 @@ impl DbManager {
     pub async fn start(&self) -> Result<(), DbError> {
         self.start_dedicated_instances().await?;
         self.repair().await?;
+        self.fail_interrupted_backups().await?;
         tokio::spawn(self.clone().sample_every_interval());
         Ok(())
     }
@@ -152,11 +154,18 @@ impl DbManager {
         &self,
         id: i64,
     ) -> Result<Option<deadpool_postgres::ClientWrapper>, DbError> {
+        self.lock(DATABASE_LOCK_CLASS, id).await
+    }
+
+    /// A session-level advisory lock `(class, id)` on a catalog connection of its own.
+    pub(crate) async fn lock(
+        &self,
+        class: i32,
+        id: i64,
+    ) -> Result<Option<deadpool_postgres::ClientWrapper>, DbError> {
         let client = Object::take(self.inner.pool.get().await?);
-        let locked: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&DATABASE_LOCK_CLASS, &(id as i32)])
-            .await?
-            .get(0);
+        let locked: bool =
+            client.query_one("SELECT pg_try_advisory_lock($1, $2)", &[&class, &(id as i32)]).await?.get(0);
         Ok(locked.then_some(client))
     }
 

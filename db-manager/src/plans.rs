@@ -40,6 +40,9 @@ pub struct Plan {
     pub statement_timeout_ms: u64,
     #[serde(default)]
     pub backup_retention: Retention,
+    /// A database is due for a backup this long after its last one.
+    #[serde(default = "default_backup_every_hours")]
+    pub backup_every_hours: u32,
     /// A dedicated instance's `shared_buffers`, `max_connections` and `work_mem`.
     #[serde(default = "default_shared_buffers")]
     pub shared_buffers: String,
@@ -47,6 +50,10 @@ pub struct Plan {
     pub max_connections: u32,
     #[serde(default = "default_work_mem")]
     pub work_mem: String,
+}
+
+fn default_backup_every_hours() -> u32 {
+    24
 }
 
 fn default_shared_buffers() -> String {
@@ -75,6 +82,7 @@ impl Default for Plans {
             storage_quota_bytes: quota_mib * MIB,
             statement_timeout_ms: timeout_s * 1000,
             backup_retention: Retention::default(),
+            backup_every_hours: default_backup_every_hours(),
             shared_buffers: buffers.into(),
             max_connections: connections + 10,
             work_mem: work_mem.into(),

@@ -207,3 +207,9 @@ pub async fn set_read_only(
     let database = format!("{verb} CREATE ON DATABASE {role} {preposition} {role}");
     admin.batch_execute(&format!("{setting}; {database}")).await.map_err(DbError::on_server(target.server))
 }
+
+/// Resets the role's read-only default (after an in-place restore, the sampler decides anew).
+pub async fn clear_read_only_setting(client: &Client, target: &Target<'_>) -> Result<(), DbError> {
+    let sql = format!("ALTER ROLE {} RESET default_transaction_read_only", ident(target.pg_name));
+    client.batch_execute(&sql).await.map_err(DbError::on_server(target.server))
+}

@@ -76,7 +76,21 @@ impl From<db_manager::DbError> for ApiError {
             }
             E::Busy { .. } => (StatusCode::CONFLICT, "busy"),
             E::DeletionProtected { .. } => (StatusCode::CONFLICT, "deletion_protected"),
-            E::FinalBackupRequired { .. } => (StatusCode::CONFLICT, "final_backup_required"),
+            E::BackupNotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            E::BackupNotComplete { .. } => (StatusCode::CONFLICT, "backup_not_complete"),
+            E::BackupBusy { .. } => (StatusCode::CONFLICT, "busy"),
+            E::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            E::Integrity { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "backup_damaged"),
+            E::Dump { .. } => (StatusCode::BAD_GATEWAY, "backup_failed"),
+            E::Restore { .. } => (StatusCode::BAD_GATEWAY, "restore_failed"),
+            E::Store(inner) => {
+                return match inner {
+                    storage_node::store::StoreError::QuotaExceeded { .. } => {
+                        ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "quota_exceeded", err.to_string())
+                    }
+                    _ => ApiError::internal(err),
+                };
+            }
             E::ServerInUse { .. } => (StatusCode::CONFLICT, "server_in_use"),
             E::IdempotencyMismatch => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
             E::NoServer { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_server"),

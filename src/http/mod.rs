@@ -5,6 +5,7 @@
 //! tenants' access keys); bucket names that would collide with these routes are reserved.
 
 mod auth;
+mod backups;
 mod buckets;
 mod databases;
 mod error;

@@ -15,6 +15,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .merge(super::tenants::router())
         .merge(super::buckets::router())
         .merge(super::databases::router())
+        .merge(super::backups::router())
 }
 
 /// `GET /v1/info`: the version, the catalog this server is attached to, and its Postgres.

@@ -1,0 +1,225 @@
+//! One backup: `pg_dump -Fc -Z0` of a database, streamed into the chunk store.
+//!
+//! The dump runs in a snapshot that Silo exports and holds open meanwhile, and in that same
+//! snapshot Silo counts every table's rows, so that a later verification can compare exact
+//! numbers. Nothing is staged on disk. A dump that fails, or a `pg_dump` that exits non-zero
+//! after its last byte, never becomes an object: the reader fails at the end, the upload is
+//! abandoned, and GC reclaims its chunks.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use storage_node::store::{PutOptions, StoredObject};
+use tokio::io::AsyncReadExt;
+use tokio_postgres::config::Host;
+use tokio_util::io::{ReaderStream, StreamReader};
+
+use super::{BACKUP_LOCK_CLASS, BackupInfo};
+use crate::DbError;
+use crate::databases::Row;
+use crate::instance::PgBinaries;
+use crate::manager::DbManager;
+use crate::servers;
+
+/// Where the pg tools connect, as libpq environment variables (so no password is on a command
+/// line).
+pub(crate) fn pg_env(config: &tokio_postgres::Config, dbname: &str) -> Vec<(&'static str, String)> {
+    let mut env = vec![("PGDATABASE", dbname.to_string()), ("PGCONNECT_TIMEOUT", "10".into())];
+    match config.get_hosts().first() {
+        Some(Host::Tcp(host)) => env.push(("PGHOST", host.clone())),
+        Some(Host::Unix(path)) => env.push(("PGHOST", path.display().to_string())),
+        None => {}
+    }
+    if let Some(port) = config.get_ports().first() {
+        env.push(("PGPORT", port.to_string()));
+    }
+    if let Some(user) = config.get_user() {
+        env.push(("PGUSER", user.to_string()));
+    }
+    if let Some(password) = config.get_password() {
+        env.push(("PGPASSWORD", String::from_utf8_lossy(password).into_owned()));
+    }
+    env
+}
+
+/// Reads a child's stderr to a string (the last 4 KiB), for error messages.
+pub(crate) fn collect_stderr(stderr: Option<tokio::process::ChildStderr>) -> tokio::task::JoinHandle<String> {
+    tokio::spawn(async move {
+        let mut text = String::new();
+        if let Some(mut stderr) = stderr {
+            let _ = stderr.read_to_string(&mut text).await;
+        }
+        let start = text.len().saturating_sub(4096);
+        text[text.char_indices().map(|(i, _)| i).find(|i| *i >= start).unwrap_or(0)..].trim().to_string()
+    })
+}
+
+impl DbManager {
+    /// Takes one backup of `row` now (`kind`: scheduled, manual, final or safety), under the
+    /// database's backup lease.
+    ///
+    /// # Errors
+    /// [`DbError::BackupBusy`] when another run holds the lease; the backup's own failure is
+    /// recorded (status `failed`, with the reason) and returned as [`DbError::Dump`].
+    pub(crate) async fn backup_now(&self, row: &Row, kind: &str) -> Result<BackupInfo, DbError> {
+        let Some(_lease) = self.lock(BACKUP_LOCK_CLASS, row.id).await? else {
+            return Err(DbError::BackupBusy { name: row.name.clone() });
+        };
+        let admin = self.admin(&row.server).await?;
+        let version: String = admin
+            .query_one("SHOW server_version", &[])
+            .await
+            .map_err(DbError::on_server(&row.server.name))?
+            .get(0);
+        drop(admin);
+        let expires = match kind {
+            "final" => Some(self.inner.config.final_backup_retention),
+            "safety" => Some(Duration::from_secs(7 * 24 * 3600)),
+            _ => None,
+        };
+        let client = self.pool().get().await?;
+        let id: i64 = client
+            .query_one(
+                "INSERT INTO database_backups (tenant_id, database_id, database_name, plan, server_name, \
+                 server_version, kind, status, expires_at) \
+                 SELECT tenant_id, id, name, plan, $2, $3, $4, 'running', now() + make_interval(secs => $5) \
+                 FROM tenant_databases WHERE id = $1 RETURNING id",
+                &[&row.id, &row.server.name, &version, &kind, &expires.map(|e| e.as_secs_f64())],
+            )
+            .await?
+            .get(0);
+        drop(client);
+        tracing::info!(backup = id, tenant = %row.tenant, database = %row.name, kind, "backup started");
+        let outcome = self.dump_into_store(row).await;
+        let client = self.pool().get().await?;
+        match outcome {
+            Ok((stored, counts)) => {
+                client
+                    .execute(
+                        "WITH done AS (UPDATE database_backups SET status = 'complete', finished_at = now(), \
+                         logical_bytes = $2, new_stored_bytes = $3, object_id = $4, table_counts = $5 WHERE id = $1 \
+                         RETURNING database_id, started_at) \
+                         UPDATE tenant_databases d SET last_backup_at = done.started_at FROM done WHERE d.id = done.database_id",
+                        &[&id, &(stored.size as i64), &(stored.new_stored_bytes as i64), &stored.id.0, &counts],
+                    )
+                    .await?;
+                drop(client);
+                tracing::info!(
+                    backup = id, tenant = %row.tenant, database = %row.name, bytes = stored.size,
+                    new_stored_bytes = stored.new_stored_bytes, "backup complete"
+                );
+                self.backup(id).await
+            }
+            Err(err) => {
+                let message = err.to_string();
+                client
+                    .execute(
+                        "UPDATE database_backups SET status = 'failed', finished_at = now(), error = $2 WHERE id = $1",
+                        &[&id, &message],
+                    )
+                    .await?;
+                tracing::error!(backup = id, tenant = %row.tenant, database = %row.name, error = %message, "backup failed");
+                Err(DbError::Dump { database: format!("{}/{}", row.tenant, row.name), message })
+            }
+        }
+    }
+
+    /// Dumps the database in an exported snapshot, counting its tables' rows in the same one.
+    async fn dump_into_store(&self, row: &Row) -> Result<(StoredObject, serde_json::Value), DbError> {
+        let server = &row.server.name;
+        let snapshot_session = self.connect_server(&row.server, Some(&row.pg_name)).await?;
+        snapshot_session
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(DbError::on_server(server))?;
+        let snapshot: String = snapshot_session
+            .query_one("SELECT pg_export_snapshot()", &[])
+            .await
+            .map_err(DbError::on_server(server))?
+            .get(0);
+        let tables: Vec<String> = snapshot_session
+            .query(
+                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%' \
+                 ORDER BY 1",
+                &[],
+            )
+            .await
+            .map_err(DbError::on_server(server))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+
+        let config = crate::servers::admin_config(self.pool(), &self.inner.secret, row.server.id).await?;
+        let binaries = PgBinaries::locate(self.inner.config.dedicated.bin_dir.as_deref())?;
+        let mut child = tokio::process::Command::new(binaries.path("pg_dump"))
+            .args(["--format=custom", "--compress=0", "--no-password"])
+            .arg(format!("--snapshot={snapshot}"))
+            .envs(pg_env(&config, &row.pg_name))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|err| DbError::Dump {
+                database: row.name.clone(),
+                message: format!("cannot run pg_dump: {err}"),
+            })?;
+        let stderr = collect_stderr(child.stderr.take());
+        let stdout = child.stdout.take().ok_or_else(|| DbError::Dump {
+            database: row.name.clone(),
+            message: "pg_dump has no stdout".into(),
+        })?;
+        // The archive, then pg_dump's verdict: a non-zero exit fails the read at the very end,
+        // so the store never commits a dump that pg_dump did not finish.
+        let verdict = futures::stream::once(async move {
+            let status = child.wait().await;
+            let message = stderr.await.unwrap_or_default();
+            match status {
+                Ok(status) if status.success() => None,
+                Ok(status) => {
+                    Some(Err(std::io::Error::other(format!("pg_dump exited with {status}: {message}"))))
+                }
+                Err(err) => Some(Err(err)),
+            }
+        })
+        .filter_map(|item| async move { item });
+        let archive = ReaderStream::with_capacity(stdout, 1 << 20).chain(verdict);
+        let reader = StreamReader::new(
+            Box::pin(archive) as futures::stream::BoxStream<'static, std::io::Result<Bytes>>
+        );
+        let tenant = row_tenant(self, row).await?;
+        let put = self.inner.store.put(tenant, reader, PutOptions::default());
+        let count = async {
+            let mut counts = serde_json::Map::new();
+            for table in &tables {
+                let n: i64 = snapshot_session
+                    .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                    .await
+                    .map_err(DbError::on_server(server))?
+                    .get(0);
+                counts.insert(table.clone(), n.into());
+            }
+            Ok::<_, DbError>(serde_json::Value::Object(counts))
+        };
+        let (stored, counts) = tokio::join!(put, count);
+        let _ = snapshot_session.batch_execute("COMMIT").await;
+        let stored =
+            stored.map_err(|err| DbError::Dump { database: row.name.clone(), message: err.to_string() })?;
+        match counts {
+            Ok(counts) => Ok((stored, counts)),
+            Err(err) => {
+                // Without its counts the backup cannot be verified: it does not count.
+                let _ = self.inner.store.delete(tenant, stored.id).await;
+                Err(err)
+            }
+        }
+    }
+}
+
+async fn row_tenant(manager: &DbManager, row: &Row) -> Result<storage_node::keys::TenantId, DbError> {
+    servers::tenant_id(manager.pool(), &row.tenant).await
+}

@@ -1,0 +1,165 @@
+//! Backups of client databases into the deduplicating chunk store.
+//!
+//! A backup is `pg_dump -Fc -Z0` streamed straight into the chunk store as an object of the
+//! tenant that no bucket names, so S3 keys can neither see nor change it; uncompressed, each
+//! day's dump shares its unchanged chunks with the day before. [`run`] picks what is due and
+//! runs it under a per-database lease, [`dump`] takes one backup, [`retention`] prunes by the
+//! plan's GFS policy, and [`restore`] restores, verifies and downloads.
+
+pub mod dump;
+pub mod restore;
+pub mod retention;
+pub mod run;
+
+use serde::Serialize;
+use storage_node::keys::TenantId;
+use storage_node::store::ObjectId;
+
+use crate::DbError;
+use crate::manager::DbManager;
+
+/// Advisory-lock class of backups ("BK"): one backup of a database at a time, across replicas.
+pub(crate) const BACKUP_LOCK_CLASS: i32 = 0x424B;
+
+/// A backup as the API lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupInfo {
+    pub id: i64,
+    pub tenant: String,
+    pub database: String,
+    /// Whether the database still exists.
+    pub database_exists: bool,
+    pub server: String,
+    pub server_version: Option<String>,
+    pub kind: String,
+    pub status: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub logical_bytes: Option<i64>,
+    /// What this backup added to the store after dedup and compression.
+    pub new_stored_bytes: Option<i64>,
+    pub expires_at: Option<String>,
+    pub error: Option<String>,
+}
+
+/// A backup with what restoring it needs.
+#[derive(Debug, Clone)]
+pub(crate) struct Stored {
+    pub info: BackupInfo,
+    pub tenant_id: TenantId,
+    pub object: Option<ObjectId>,
+    pub plan: String,
+    pub table_counts: Option<serde_json::Value>,
+}
+
+const RFC3339: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'";
+
+fn select(filter: &str) -> String {
+    format!(
+        "SELECT b.id, t.name, b.database_name, b.database_id IS NOT NULL, b.server_name, b.server_version, b.kind, \
+                b.status, to_char(b.started_at AT TIME ZONE 'UTC', {RFC3339}), \
+                to_char(b.finished_at AT TIME ZONE 'UTC', {RFC3339}), b.logical_bytes, b.new_stored_bytes, \
+                to_char(b.expires_at AT TIME ZONE 'UTC', {RFC3339}), b.error, b.tenant_id, b.object_id, b.plan, \
+                b.table_counts \
+         FROM database_backups b JOIN tenants t ON t.id = b.tenant_id {filter}"
+    )
+}
+
+fn from_row(row: &tokio_postgres::Row) -> Stored {
+    Stored {
+        info: BackupInfo {
+            id: row.get(0),
+            tenant: row.get(1),
+            database: row.get(2),
+            database_exists: row.get(3),
+            server: row.get(4),
+            server_version: row.get(5),
+            kind: row.get(6),
+            status: row.get(7),
+            started_at: row.get(8),
+            finished_at: row.get(9),
+            logical_bytes: row.get(10),
+            new_stored_bytes: row.get(11),
+            expires_at: row.get(12),
+            error: row.get(13),
+        },
+        tenant_id: TenantId(row.get(14)),
+        object: row.get::<_, Option<i64>>(15).map(ObjectId),
+        plan: row.get(16),
+        table_counts: row.get(17),
+    }
+}
+
+impl DbManager {
+    /// Backups, newest first, of a tenant (and one of its databases) or of everyone.
+    ///
+    /// # Errors
+    /// [`DbError::TenantNotFound`] and catalog errors.
+    pub async fn list_backups(
+        &self,
+        tenant: Option<&str>,
+        database: Option<&str>,
+    ) -> Result<Vec<BackupInfo>, DbError> {
+        if let Some(tenant) = tenant {
+            crate::servers::tenant_id(self.pool(), tenant).await?;
+        }
+        let client = self.pool().get().await?;
+        let rows = client
+            .query(
+                &select(
+                    "WHERE ($1::text IS NULL OR t.name = $1) AND ($2::text IS NULL OR b.database_name = $2) \
+                     ORDER BY b.started_at DESC, b.id DESC",
+                ),
+                &[&tenant, &database],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| from_row(row).info).collect())
+    }
+
+    /// One backup.
+    pub async fn backup(&self, id: i64) -> Result<BackupInfo, DbError> {
+        Ok(self.stored_backup(id).await?.info)
+    }
+
+    pub(crate) async fn stored_backup(&self, id: i64) -> Result<Stored, DbError> {
+        let client = self.pool().get().await?;
+        let row = client.query_opt(&select("WHERE b.id = $1"), &[&id]).await?;
+        row.as_ref().map(from_row).ok_or(DbError::BackupNotFound(id))
+    }
+
+    /// A complete backup's stored object, or why it cannot be read.
+    pub(crate) async fn complete_backup(&self, id: i64) -> Result<(Stored, ObjectId), DbError> {
+        let stored = self.stored_backup(id).await?;
+        match (stored.info.status.as_str(), stored.object) {
+            ("complete", Some(object)) => Ok((stored, object)),
+            (status, _) => Err(DbError::BackupNotComplete { id, status: status.to_string() }),
+        }
+    }
+
+    /// Marks backups that were running when their Silo died as failed. A backup whose lease is
+    /// still held (another replica runs it) is left alone.
+    pub(crate) async fn fail_interrupted_backups(&self) -> Result<(), DbError> {
+        let client = self.pool().get().await?;
+        let rows = client
+            .query(
+                "SELECT id, coalesce(database_id, -id) FROM database_backups WHERE status = 'running'",
+                &[],
+            )
+            .await?;
+        drop(client);
+        for row in rows {
+            let (id, database): (i64, i64) = (row.get(0), row.get(1));
+            let Some(_lease) = self.lock(BACKUP_LOCK_CLASS, database).await? else { continue };
+            let client = self.pool().get().await?;
+            client
+                .execute(
+                    "UPDATE database_backups SET status = 'failed', finished_at = now(), \
+                     error = 'interrupted: Silo stopped while it ran' WHERE id = $1 AND status = 'running'",
+                    &[&id],
+                )
+                .await?;
+            tracing::warn!(backup = id, "a backup was interrupted; marked failed (GC reclaims its chunks)");
+        }
+        Ok(())
+    }
+}

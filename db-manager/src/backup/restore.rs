@@ -1,0 +1,283 @@
+//! Restoring, verifying and downloading backups. Every path streams the archive out of the
+//! chunk store, which verifies each chunk before it yields a byte: a damaged backup fails with
+//! an integrity error and never produces a silently wrong database.
+
+use std::process::Stdio;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+use storage_node::store::StoreError;
+use tokio::io::AsyncWriteExt;
+
+use super::dump::{collect_stderr, pg_env};
+use crate::DbError;
+use crate::databases::{CreateRequest, Credentials};
+use crate::instance::PgBinaries;
+use crate::manager::DbManager;
+use crate::names::ident;
+use crate::provision;
+use crate::servers::Server;
+
+/// Where a restore goes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    /// A new database of the same tenant, with fresh credentials.
+    #[serde(default)]
+    pub into: Option<String>,
+    /// Replace the source database (a safety backup is taken first).
+    #[serde(default)]
+    pub in_place: bool,
+}
+
+/// What a restore made.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Restored {
+    /// A new database and its credentials.
+    New(Credentials),
+    /// The source database, replaced; `safety_backup` holds what it was before.
+    InPlace { tenant: String, name: String, safety_backup: i64 },
+}
+
+/// The outcome of a verification.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub backup_id: i64,
+    pub ok: bool,
+    pub tables: usize,
+    pub mismatches: Vec<Mismatch>,
+}
+
+/// A table whose restored row count differs from the one counted at backup time.
+#[derive(Debug, Clone, Serialize)]
+pub struct Mismatch {
+    pub table: String,
+    pub expected: i64,
+    pub found: Option<i64>,
+}
+
+impl VerifyReport {
+    pub fn summary(&self) -> String {
+        let names: Vec<String> = self
+            .mismatches
+            .iter()
+            .map(|m| {
+                format!(
+                    "{} (expected {}, found {})",
+                    m.table,
+                    m.expected,
+                    m.found.map_or("none".into(), |f| f.to_string())
+                )
+            })
+            .collect();
+        format!("{} of {} tables differ: {}", names.len(), self.tables, names.join(", "))
+    }
+}
+
+impl DbManager {
+    /// Streams a complete backup's archive (a `pg_dump -Fc` file). Returns its size and bytes.
+    ///
+    /// # Errors
+    /// [`DbError::BackupNotFound`], [`DbError::BackupNotComplete`]; integrity errors arrive as
+    /// items of the stream.
+    pub async fn backup_archive(
+        &self,
+        id: i64,
+    ) -> Result<(u64, BoxStream<'static, Result<Bytes, StoreError>>), DbError> {
+        let (stored, object) = self.complete_backup(id).await?;
+        let read = self.inner.store.read(stored.tenant_id, object, None).await?;
+        Ok((read.size, read.stream))
+    }
+
+    /// Restores a backup into a new database of its tenant, or in place.
+    ///
+    /// # Errors
+    /// [`DbError::Exists`] when the new name is taken; [`DbError::Integrity`] when the backup is
+    /// damaged; [`DbError::Restore`] when `pg_restore` fails. A failed restore into a new
+    /// database drops it again; a failed in-place restore puts the safety backup back.
+    pub async fn restore_backup(&self, id: i64, request: RestoreRequest) -> Result<Restored, DbError> {
+        let (stored, _) = self.complete_backup(id).await?;
+        let tenant = stored.info.tenant.clone();
+        match (request.into, request.in_place) {
+            (Some(into), false) => {
+                let plan = if self.plans().get(&stored.plan).is_some() {
+                    stored.plan.clone()
+                } else {
+                    "small".into()
+                };
+                let create =
+                    CreateRequest { name: into.clone(), plan, zone: None, deletion_protection: false };
+                let credentials = self.create_database(&tenant, create, None).await?;
+                let row = self.row(&tenant, &into).await?;
+                if let Err(err) = self.pg_restore(id, &row.server, &row.pg_name, Some(&row.pg_name)).await {
+                    tracing::error!(backup = id, database = %into, error = %err, "restore failed; dropping the new database");
+                    let _ = self.delete_database(&tenant, &into, true).await;
+                    return Err(err);
+                }
+                tracing::info!(backup = id, tenant, database = %into, "restored a backup into a new database");
+                Ok(Restored::New(credentials))
+            }
+            (None, true) => {
+                if !stored.info.database_exists {
+                    return Err(DbError::InvalidRequest(format!(
+                        "database {:?} no longer exists; restore into a new one instead",
+                        stored.info.database
+                    )));
+                }
+                let row = self.row(&tenant, &stored.info.database).await?;
+                let safety = self.backup_now(&row, "safety").await?;
+                let Some(_lock) = self.lock_database(row.id).await? else {
+                    return Err(DbError::Busy { name: row.name.clone() });
+                };
+                if let Err(err) = self.replace_contents(id, &row).await {
+                    tracing::error!(backup = id, error = %err, safety = safety.id, "in-place restore failed; putting the safety backup back");
+                    self.replace_contents(safety.id, &row).await?;
+                    return Err(err);
+                }
+                tracing::info!(backup = id, tenant, database = %row.name, safety = safety.id, "restored a backup in place");
+                Ok(Restored::InPlace { tenant, name: row.name, safety_backup: safety.id })
+            }
+            _ => Err(DbError::InvalidRequest("give either into (a new database) or in_place".into())),
+        }
+    }
+
+    /// Drops and recreates the database (same role, same password), then restores `backup`.
+    async fn replace_contents(&self, backup: i64, row: &crate::databases::Row) -> Result<(), DbError> {
+        let target = row.target();
+        let plan = self.plans().require(&row.plan)?.clone();
+        let admin = self.admin(&row.server).await?;
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(&row.pg_name)))
+            .await
+            .map_err(DbError::on_server(&row.server.name))?;
+        provision::ensure_database(&admin, &target, &plan).await?;
+        provision::clear_read_only_setting(&admin, &target).await?;
+        drop(admin);
+        let inside = self.connect_server(&row.server, Some(&row.pg_name)).await?;
+        provision::own_public_schema(&inside, &target).await?;
+        drop(inside);
+        let client = self.pool().get().await?;
+        client.execute("UPDATE tenant_databases SET state = 'active' WHERE id = $1", &[&row.id]).await?;
+        drop(client);
+        self.record_event(row.id, "restored", &format!("from backup {backup}")).await?;
+        self.pg_restore(backup, &row.server, &row.pg_name, Some(&row.pg_name)).await
+    }
+
+    /// Streams backup `id` into `pg_restore` on `dbname`, as the server's admin acting as
+    /// `role` (so the restored objects belong to it), or as the admin itself.
+    async fn pg_restore(
+        &self,
+        id: i64,
+        server: &Server,
+        dbname: &str,
+        role: Option<&str>,
+    ) -> Result<(), DbError> {
+        let (_, mut archive) = self.backup_archive(id).await?;
+        let config = crate::servers::admin_config(self.pool(), &self.inner.secret, server.id).await?;
+        let binaries = PgBinaries::locate(self.inner.config.dedicated.bin_dir.as_deref())?;
+        let mut command = tokio::process::Command::new(binaries.path("pg_restore"));
+        command.args([
+            "--no-owner",
+            "--no-privileges",
+            "--exit-on-error",
+            "--no-password",
+            "--single-transaction",
+        ]);
+        command.arg(format!("--dbname={dbname}"));
+        if let Some(role) = role {
+            command.arg(format!("--role={role}"));
+        }
+        let mut child = command
+            .envs(pg_env(&config, dbname))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|err| DbError::Restore { message: format!("cannot run pg_restore: {err}") })?;
+        let stderr = collect_stderr(child.stderr.take());
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| DbError::Restore { message: "pg_restore has no stdin".into() })?;
+        let mut damaged = None;
+        while let Some(piece) = archive.next().await {
+            match piece {
+                Ok(bytes) => {
+                    if stdin.write_all(&bytes).await.is_err() {
+                        break; // pg_restore stopped reading; its exit status says why.
+                    }
+                }
+                Err(err) => {
+                    damaged = Some(err);
+                    break;
+                }
+            }
+        }
+        if let Some(err) = damaged {
+            let _ = child.kill().await;
+            return Err(DbError::Integrity { id, message: err.to_string() });
+        }
+        drop(stdin);
+        let status = child.wait().await.map_err(|err| DbError::Restore { message: err.to_string() })?;
+        let message = stderr.await.unwrap_or_default();
+        if !status.success() {
+            return Err(DbError::Restore { message: format!("pg_restore exited with {status}: {message}") });
+        }
+        Ok(())
+    }
+
+    /// Restores a backup into a scratch database on its database's server, compares every
+    /// table's row count with the one counted at backup time, and drops the scratch database.
+    ///
+    /// # Errors
+    /// [`DbError::Integrity`] for a damaged backup, [`DbError::Restore`] when it does not
+    /// restore; a restore with wrong counts is an `Ok` report with `ok: false`.
+    pub async fn verify_backup(&self, id: i64) -> Result<VerifyReport, DbError> {
+        let (stored, _) = self.complete_backup(id).await?;
+        let server = crate::servers::get(self.pool(), &stored.info.server).await?;
+        let scratch =
+            format!("silo_verify_{id}_{}", crate::provision::generate_password()[..8].to_ascii_lowercase());
+        let admin = self.admin(&server).await?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {}", ident(&scratch)))
+            .await
+            .map_err(DbError::on_server(&server.name))?;
+        let outcome = self.verify_in(id, &server, &scratch, stored.table_counts.as_ref()).await;
+        let dropped =
+            admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(&scratch))).await;
+        if let Err(err) = dropped {
+            tracing::warn!(database = scratch, error = %err, "cannot drop a verification scratch database");
+        }
+        let report = outcome?;
+        tracing::info!(backup = id, ok = report.ok, tables = report.tables, "verified backup");
+        Ok(report)
+    }
+
+    async fn verify_in(
+        &self,
+        id: i64,
+        server: &Server,
+        scratch: &str,
+        counts: Option<&serde_json::Value>,
+    ) -> Result<VerifyReport, DbError> {
+        self.pg_restore(id, server, scratch, None).await?;
+        let inside = self.connect_server(server, Some(scratch)).await?;
+        let expected = counts.and_then(|c| c.as_object()).cloned().unwrap_or_default();
+        let mut mismatches = Vec::new();
+        for (table, count) in &expected {
+            let expected = count.as_i64().unwrap_or(-1);
+            let found = match inside.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await {
+                Ok(row) => Some(row.get::<_, i64>(0)),
+                Err(_) => None,
+            };
+            if found != Some(expected) {
+                mismatches.push(Mismatch { table: table.clone(), expected, found });
+            }
+        }
+        Ok(VerifyReport { backup_id: id, ok: mismatches.is_empty(), tables: expected.len(), mismatches })
+    }
+}

@@ -1,0 +1,210 @@
+//! `backup run`: picks the databases that are due, backs them up with a concurrency limit, and
+//! prunes by the retention policy. Safe to run every hour, and from several places at once:
+//! each database's backup runs under a lease (an advisory lock), so two runs never back up the
+//! same database twice; the second reports it as skipped.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::DbError;
+use crate::databases::Row;
+use crate::manager::DbManager;
+
+/// A backup is due this long before its interval is up, so that an hourly cron does not let
+/// a daily backup drift by an hour a day.
+const DUE_SLACK: Duration = Duration::from_secs(15 * 60);
+
+/// What to back up.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// Every database.
+    #[serde(default)]
+    pub all: bool,
+    /// Every database of this tenant.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// One database, as `tenant/name`; backed up even when not due.
+    #[serde(default)]
+    pub database: Option<String>,
+    /// Back up even what is not due.
+    #[serde(default)]
+    pub force: bool,
+    /// Verify each new backup by restoring it into a scratch database.
+    #[serde(default)]
+    pub verify: bool,
+    /// How many backups run at once (default 2).
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+}
+
+/// What happened to one database in a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    pub tenant: String,
+    pub database: String,
+    /// `complete`, `failed`, `skipped` (another run holds the lease) or `not_due`.
+    pub status: String,
+    pub backup_id: Option<i64>,
+    pub logical_bytes: Option<i64>,
+    pub new_stored_bytes: Option<i64>,
+    pub seconds: f64,
+    /// With `verify`: whether the backup restored with every table's row count.
+    pub verified: Option<bool>,
+    pub error: Option<String>,
+}
+
+/// Progress of a run, as it happens.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RunEvent {
+    Planned { databases: usize, due: usize },
+    Started { tenant: String, database: String },
+    Finished(RunResult),
+}
+
+impl DbManager {
+    /// Runs the backups `request` selects; `progress` hears of each as it starts and ends.
+    /// Then prunes what the retention policies no longer keep.
+    ///
+    /// # Errors
+    /// A bad selection ([`DbError::InvalidRequest`], [`DbError::NotFound`],
+    /// [`DbError::TenantNotFound`]) or catalog errors. A failed backup is a result, not an error.
+    pub async fn run_backups(
+        &self,
+        request: RunRequest,
+        progress: impl Fn(RunEvent) + Send + Sync,
+    ) -> Result<Vec<RunResult>, DbError> {
+        let selected = self.select_databases(&request).await?;
+        let mut results = Vec::new();
+        let mut due = Vec::new();
+        for (row, is_due) in selected {
+            if is_due || request.force || request.database.is_some() {
+                due.push(row);
+            } else {
+                results.push(RunResult {
+                    tenant: row.tenant,
+                    database: row.name,
+                    status: "not_due".into(),
+                    backup_id: None,
+                    logical_bytes: None,
+                    new_stored_bytes: None,
+                    seconds: 0.0,
+                    verified: None,
+                    error: None,
+                });
+            }
+        }
+        progress(RunEvent::Planned { databases: due.len() + results.len(), due: due.len() });
+        let kind = if request.database.is_some() { "manual" } else { "scheduled" };
+        let concurrency = request.concurrency.unwrap_or(2).clamp(1, 16);
+        let progress = &progress;
+        let finished: Vec<RunResult> = futures::stream::iter(due)
+            .map(|row| async move {
+                progress(RunEvent::Started { tenant: row.tenant.clone(), database: row.name.clone() });
+                let result = self.backup_one(&row, kind, request.verify).await;
+                progress(RunEvent::Finished(result.clone()));
+                result
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        results.extend(finished);
+        results.sort_by(|a, b| (&a.tenant, &a.database).cmp(&(&b.tenant, &b.database)));
+        if let Err(err) = self.prune_backups().await {
+            tracing::warn!(error = %err, "pruning after the run failed; the next run prunes");
+        }
+        Ok(results)
+    }
+
+    async fn backup_one(&self, row: &Row, kind: &str, verify: bool) -> RunResult {
+        let started = Instant::now();
+        let mut result = RunResult {
+            tenant: row.tenant.clone(),
+            database: row.name.clone(),
+            status: "failed".into(),
+            backup_id: None,
+            logical_bytes: None,
+            new_stored_bytes: None,
+            seconds: 0.0,
+            verified: None,
+            error: None,
+        };
+        match self.backup_now(row, kind).await {
+            Ok(backup) => {
+                result.status = "complete".into();
+                result.backup_id = Some(backup.id);
+                result.logical_bytes = backup.logical_bytes;
+                result.new_stored_bytes = backup.new_stored_bytes;
+                if verify {
+                    match self.verify_backup(backup.id).await {
+                        Ok(report) if report.ok => result.verified = Some(true),
+                        Ok(report) => {
+                            result.verified = Some(false);
+                            result.status = "failed".into();
+                            result.error = Some(report.summary());
+                        }
+                        Err(err) => {
+                            result.verified = Some(false);
+                            result.status = "failed".into();
+                            result.error = Some(format!("verification failed: {err}"));
+                        }
+                    }
+                }
+            }
+            Err(DbError::BackupBusy { .. }) => {
+                result.status = "skipped".into();
+                result.error = Some("another run is backing it up".into());
+            }
+            Err(err) => result.error = Some(err.to_string()),
+        }
+        result.seconds = started.elapsed().as_secs_f64();
+        result
+    }
+
+    /// The databases a request names, each with whether it is due.
+    async fn select_databases(&self, request: &RunRequest) -> Result<Vec<(Row, bool)>, DbError> {
+        let chosen = [request.all, request.tenant.is_some(), request.database.is_some()];
+        if chosen.iter().filter(|c| **c).count() != 1 {
+            return Err(DbError::InvalidRequest("choose exactly one of all, tenant or database".into()));
+        }
+        let (tenant, name) = match &request.database {
+            Some(path) => {
+                let (tenant, name) = path
+                    .split_once('/')
+                    .ok_or_else(|| DbError::InvalidRequest(format!("{path:?} is not tenant/database")))?;
+                let row = self.row(tenant, name).await?;
+                return Ok(vec![(row, true)]);
+            }
+            None => (request.tenant.clone(), None::<String>),
+        };
+        if let Some(tenant) = &tenant {
+            crate::servers::tenant_id(self.pool(), tenant).await?;
+        }
+        let client = self.pool().get().await?;
+        let rows = client
+            .query(
+                "SELECT d.id, d.plan, \
+                        (SELECT extract(epoch FROM now() - max(b.started_at))::float8 FROM database_backups b \
+                         WHERE b.database_id = d.id AND b.status = 'complete') \
+                 FROM tenant_databases d JOIN tenants t ON t.id = d.tenant_id \
+                 WHERE d.state IN ('active', 'read_only_over_quota') AND ($1::text IS NULL OR t.name = $1) \
+                   AND ($2::text IS NULL OR d.name = $2) \
+                 ORDER BY t.name, d.name",
+                &[&tenant, &name],
+            )
+            .await?;
+        drop(client);
+        let mut selected = Vec::new();
+        for db in rows {
+            let (id, plan, age): (i64, String, Option<f64>) = (db.get(0), db.get(1), db.get(2));
+            let every = self.plans().get(&plan).map_or(24, |p| p.backup_every_hours);
+            let interval = Duration::from_secs(u64::from(every) * 3600).saturating_sub(DUE_SLACK);
+            let due = age.is_none_or(|age| age >= interval.as_secs_f64());
+            selected.push((self.row_by_id(id).await?, due));
+        }
+        Ok(selected)
+    }
+}
