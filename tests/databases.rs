@@ -3,152 +3,11 @@
 
 mod common;
 
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{Silo, scratch, silo_cli_json};
-use serde_json::{Value, json};
-
-/// A plan whose quota sits a few MB above an empty database (about 7.5 MB).
-const CONFIG: &str =
-    "[plans.tiny]\nconnection_limit = 5\nstorage_quota_bytes = 9437184\nstatement_timeout_ms = 5000\n";
-
-struct Fixture {
-    silo: Silo,
-    tmp: tempfile::TempDir,
-    http: reqwest::Client,
-}
-
-impl Fixture {
-    async fn start(label: &str, env: &[(&str, &str)]) -> Fixture {
-        let catalog = db_manager::testing::shared().fresh_database(label).await;
-        let tmp = scratch();
-        let config = tmp.path().join("silo.toml");
-        std::fs::write(&config, CONFIG).expect("config");
-        let silo = start_silo(&tmp, &catalog, env).await;
-        let fx = Fixture { silo, tmp, http: reqwest::Client::new() };
-        let url = db_manager::testing::shared().url("postgres");
-        let registered = fx.call(
-            reqwest::Method::POST,
-            "/v1/servers",
-            Some(json!({
-                "name": "shared", "url": url, "zone": "z1"
-            })),
-        );
-        assert_eq!(registered.await.0, 201);
-        std::fs::write(fx.tmp.path().join("catalog-url"), catalog).expect("keep the catalog url");
-        fx
-    }
-
-    async fn restart(&mut self, env: &[(&str, &str)]) {
-        let catalog = std::fs::read_to_string(self.tmp.path().join("catalog-url")).expect("catalog url");
-        self.silo.signal(nix::sys::signal::Signal::SIGTERM);
-        self.silo.wait_exit(Duration::from_secs(30));
-        self.silo = start_silo(&self.tmp, &catalog, env).await;
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        self.call_with(method, path, body, None).await
-    }
-
-    async fn call_with(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-        idempotency_key: Option<&str>,
-    ) -> (u16, Value) {
-        let mut request = self.http.request(method, self.silo.url(path)).bearer_auth(self.silo.token());
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        if let Some(key) = idempotency_key {
-            request = request.header("Idempotency-Key", key);
-        }
-        let response = request.send().await.expect("request");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    fn tenant(&self, name: &str) {
-        silo_cli_json(&self.silo, &["tenant", "create", name]);
-    }
-
-    /// Creates a database and returns its credentials.
-    async fn create(&self, tenant: &str, body: Value) -> Value {
-        let (status, created) =
-            self.call(reqwest::Method::POST, &format!("/v1/tenants/{tenant}/databases"), Some(body)).await;
-        assert_eq!(status, 201, "{created}");
-        created
-    }
-
-    async fn show(&self, tenant: &str, name: &str) -> Value {
-        let (status, info) =
-            self.call(reqwest::Method::GET, &format!("/v1/tenants/{tenant}/databases/{name}"), None).await;
-        assert_eq!(status, 200, "{info}");
-        info
-    }
-
-    /// Polls the database until its state is `state`.
-    async fn wait_state(&self, tenant: &str, name: &str, state: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let info = self.show(tenant, name).await;
-            if info["state"] == state {
-                return info;
-            }
-            assert!(Instant::now() < deadline, "never reached {state}: {info}\n{}", self.silo.stderr());
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
-async fn start_silo(tmp: &tempfile::TempDir, catalog: &str, env: &[(&str, &str)]) -> Silo {
-    let config = tmp.path().join("silo.toml");
-    let args = [
-        "--postgres-url",
-        catalog,
-        "--config",
-        config.to_str().expect("path"),
-        "--database-sample-interval-secs",
-        "1",
-    ];
-    let mut silo = Silo::start_with_env(&tmp.path().join("data"), &args, env);
-    silo.wait_ready(Duration::from_secs(60)).await;
-    silo
-}
-
-/// Runs SQL with `psql` on `url`, stopping at the first error.
-fn psql(url: &str, sql: &str) -> Output {
-    Command::new("psql")
-        .args(["-X", "-v", "ON_ERROR_STOP=1", "-At", "-d", url, "-c", sql])
-        .output()
-        .expect("run psql")
-}
-
-fn psql_ok(url: &str, sql: &str) -> String {
-    let output = psql(url, sql);
-    assert!(output.status.success(), "psql failed: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
-
-fn psql_err(url: &str, sql: &str) -> String {
-    let output = psql(url, sql);
-    assert!(!output.status.success(), "psql succeeded: {}", String::from_utf8_lossy(&output.stdout));
-    String::from_utf8_lossy(&output.stderr).to_string()
-}
-
-/// Runs SQL as the managed server's superuser.
-fn admin_sql(sql: &str) -> String {
-    psql_ok(&db_manager::testing::shared().url("postgres"), sql)
-}
-
-/// The URL of `credentials` with another password.
-fn with_password(credentials: &Value, password: &str) -> String {
-    let url = credentials["url"].as_str().expect("url");
-    url.replace(credentials["password"].as_str().expect("password"), password)
-}
+use common::databases::{Fixture, admin_sql, psql, psql_err, psql_ok, with_password};
+use common::silo_cli_json;
+use serde_json::json;
 
 #[tokio::test]
 async fn a_database_is_created_reachable_and_isolated() {
@@ -369,16 +228,22 @@ async fn rotation_resize_and_deletion_protection() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
-    // Deletion protection holds; the final backup is asked for; then it goes for good.
+    // Deletion protection holds; then a delete takes a final backup and drops it for good.
     let path = "/v1/tenants/rotor/databases/app";
     let (status, body) =
         fx.call(reqwest::Method::DELETE, &format!("{path}?skip_final_backup=true"), None).await;
     assert_eq!((status, body["error"]["code"].as_str()), (409, Some("deletion_protected")));
     silo_cli_json(&fx.silo, &["db", "protect", "rotor", "app", "off"]);
     let (status, body) = fx.call(reqwest::Method::DELETE, path, None).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("final_backup_required")));
-    let (status, _) = fx.call(reqwest::Method::DELETE, &format!("{path}?skip_final_backup=true"), None).await;
-    assert_eq!(status, 204);
+    assert_eq!(status, 204, "{body}");
+    let (_, backups) = fx.call(reqwest::Method::GET, "/v1/backups?tenant=rotor&database=app", None).await;
+    assert_eq!(backups.as_array().map(Vec::len), Some(1), "{backups}");
+    assert_eq!(
+        (backups[0]["kind"].as_str(), backups[0]["status"].as_str()),
+        (Some("final"), Some("complete"))
+    );
+    assert_eq!(backups[0]["database_exists"], false);
+    assert!(backups[0]["expires_at"].is_string(), "a final backup expires: {backups}");
     assert_eq!(admin_sql(&format!("SELECT count(*) FROM pg_database WHERE datname = '{pg_name}'")), "0");
     assert_eq!(admin_sql(&format!("SELECT count(*) FROM pg_roles WHERE rolname = '{pg_name}'")), "0");
     let (status, _) = fx.call(reqwest::Method::GET, path, None).await;
@@ -453,12 +318,4 @@ async fn a_crash_between_create_steps_is_repaired_at_the_next_start() {
     assert_eq!((status, listed), (200, json!([])));
     let created = fx.create("crashy", json!({ "name": "half" })).await;
     assert_eq!(psql_ok(created["url"].as_str().expect("url"), "SELECT current_database()"), pg_name);
-}
-
-impl Fixture {
-    /// Starts Silo again after it died by itself.
-    async fn restart_after_crash(&mut self) {
-        let catalog = std::fs::read_to_string(self.tmp.path().join("catalog-url")).expect("catalog url");
-        self.silo = start_silo(&self.tmp, &catalog, &[]).await;
-    }
 }

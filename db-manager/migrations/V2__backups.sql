@@ -18,7 +18,8 @@ CREATE TABLE database_backups (
     finished_at      timestamptz,
     logical_bytes    bigint,
     new_stored_bytes bigint,
-    object_id        bigint REFERENCES objects (id) ON DELETE SET NULL,
+    -- Deleting the object (pruning, or purging the tenant) deletes the backup with it.
+    object_id        bigint REFERENCES objects (id) ON DELETE CASCADE,
     -- The row count of every table, counted in the dump's own snapshot, for verification.
     table_counts     jsonb,
     -- Final and safety backups are kept until then, outside the plan's retention.

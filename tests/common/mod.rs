@@ -1,6 +1,8 @@
 //! Helpers for end-to-end tests: run the real `silo` binary and talk to it over loopback HTTP.
 #![allow(dead_code)]
 
+pub mod databases;
+
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

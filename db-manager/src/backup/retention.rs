@@ -149,6 +149,8 @@ impl DbManager {
                     Err(err) => return Err(err.into()),
                 }
             }
+            // Deleting the object deleted the row with it (ON DELETE CASCADE); a row without
+            // an object goes here.
             let client = self.pool().get().await?;
             client.execute("DELETE FROM database_backups WHERE id = $1", &[&row.id]).await?;
             tracing::info!(backup = row.id, tenant = %row.tenant, database = %row.database, reason, "pruned backup");
