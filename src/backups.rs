@@ -44,6 +44,16 @@ pub fn backup(command: BackupCommand) -> anyhow::Result<()> {
             print_rows(&client, &list, &[rows], &BACKUP_COLUMNS);
             Ok(())
         }
+        BackupCommand::Catalog { client } => {
+            let backup: Value = block_on(client.call(Method::POST, "/v1/backups/catalog", None))?;
+            print_rows(
+                &client,
+                &backup,
+                &[vec![backup.clone()]],
+                &["id", "logical_bytes", "new_stored_bytes", "manifest"],
+            );
+            Ok(())
+        }
         BackupCommand::Prune { client } => {
             let pruned: Value = block_on(client.call(Method::POST, "/v1/backups/prune", None))?;
             let rows = pruned.as_array().cloned().unwrap_or_default();

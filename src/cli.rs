@@ -36,6 +36,9 @@ pub enum Command {
     /// Back up, list, prune, restore, verify and download database backups.
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// Rebuild a lost catalog from a catalog backup (offline; Silo stopped).
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
     /// Show a tenant's storage usage.
     Usage {
         tenant: String,
@@ -257,6 +260,11 @@ pub enum BackupCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Back up Silo's own catalog now (and write its offline manifest).
+    Catalog {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Delete the backups that the retention policies no longer keep.
     Prune {
         #[command(flatten)]
@@ -290,4 +298,10 @@ pub enum BackupCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Restore a catalog backup into a new, empty database.
+    Restore(crate::catalog_restore::CatalogRestoreArgs),
 }

@@ -2,6 +2,7 @@
 
 mod admin;
 mod backups;
+mod catalog_restore;
 mod cli;
 mod client;
 mod config;
@@ -26,6 +27,7 @@ fn main() -> ExitCode {
         cli::Command::Usage { tenant, client } => tenants::usage(&tenant, &client),
         cli::Command::Db(command) => databases::db(command),
         cli::Command::Backup(command) => backups::backup(command),
+        cli::Command::Catalog(cli::CatalogCommand::Restore(args)) => catalog_restore::restore(args),
         cli::Command::Server(command) => databases::server(command),
     };
     match result {

@@ -143,6 +143,8 @@ async fn serve_with_catalog(
                 listen: config.dedicated_listen,
             },
             final_backup_retention: config.final_backup_retention,
+            catalog: catalog_config(config, embedded)?,
+            catalog_backups_dir: data_dir.path().join("catalog-backups"),
         },
         stop.clone(),
     );
@@ -210,6 +212,18 @@ async fn serve_with_catalog(
     }
     databases.shutdown().await;
     Ok(())
+}
+
+/// How to reach the catalog database (for its backups).
+fn catalog_config(
+    config: &ServeConfig,
+    embedded: Option<&Embedded>,
+) -> anyhow::Result<tokio_postgres::Config> {
+    match (&config.postgres_url, embedded) {
+        (Some(url), _) => url.parse().map_err(|_| anyhow!("--postgres-url is not a valid libpq URL")),
+        (None, Some(Embedded { instance, .. })) => Ok(instance.client_config(embedded::CATALOG_DATABASE)),
+        (None, None) => Err(anyhow!("no catalog configured")),
+    }
 }
 
 /// The embedded instance as a database server: its superuser over the unix socket (or TCP when

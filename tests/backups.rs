@@ -343,3 +343,47 @@ async fn retention_deletes_only_what_the_policy_names() {
     let left = silo_json(&fx, &["backup", "list", "--db", "keeper/two"]);
     assert!(left.as_array().expect("list").iter().any(|b| b["kind"] == "final"), "{left}");
 }
+
+#[tokio::test]
+async fn a_lost_catalog_is_rebuilt_from_its_backup() {
+    let mut fx = Fixture::start("bk_catalog", &[]).await;
+    fx.tenant("survivor");
+    let created = fx.create("survivor", json!({ "name": "db" })).await;
+    psql_ok(
+        created["url"].as_str().expect("url"),
+        "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 1000)",
+    );
+    let summary = silo_json(&fx, &["backup", "run", "--all"]);
+    let results = summary["results"].as_array().expect("results");
+    let of = |database: &str| results.iter().find(|r| r["database"] == database).cloned().expect(database);
+    assert_eq!(of("(catalog)")["status"], "complete", "run --all backs up the catalog: {summary}");
+    let backup = of("db")["backup_id"].as_i64().expect("backup id");
+
+    // The catalog is lost: Silo stops, and a new, empty database takes its place.
+    fx.silo.signal(nix::sys::signal::Signal::SIGTERM);
+    fx.silo.wait_exit(Duration::from_secs(30));
+    let rebuilt = db_manager::testing::shared().fresh_database("bk_catalog_rebuilt").await;
+    let manifests: Vec<_> = std::fs::read_dir(fx.silo.data_dir.join("catalog-backups"))
+        .expect("manifests")
+        .flatten()
+        .map(|entry| entry.path())
+        .collect();
+    assert_eq!(manifests.len(), 1, "{manifests:?}");
+    let restore = Command::new(env!("CARGO_BIN_EXE_silo"))
+        .args(["catalog", "restore", "--manifest"])
+        .arg(&manifests[0])
+        .arg("--data-dir")
+        .arg(&fx.silo.data_dir)
+        .args(["--postgres-url", &rebuilt])
+        .output()
+        .expect("silo catalog restore");
+    assert!(restore.status.success(), "{}", String::from_utf8_lossy(&restore.stderr));
+    std::fs::write(fx.tmp.path().join("catalog-url"), &rebuilt).expect("catalog url");
+    fx.restart_after_crash().await;
+
+    // Everything the catalog knew is back: tenants, databases, backups and the chunks behind them.
+    let listed = silo_json(&fx, &["backup", "list", "--db", "survivor/db"]);
+    assert_eq!(listed[0]["id"].as_i64(), Some(backup), "{listed}");
+    let again = silo_json(&fx, &["backup", "restore", &backup.to_string(), "--into", "again"]);
+    assert_eq!(psql_ok(again["url"].as_str().expect("url"), "SELECT count(*) FROM t"), "1000");
+}

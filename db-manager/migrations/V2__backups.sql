@@ -28,3 +28,17 @@ CREATE TABLE database_backups (
     CHECK (status <> 'complete' OR (object_id IS NOT NULL AND finished_at IS NOT NULL))
 );
 CREATE INDEX database_backups_by_database ON database_backups (tenant_id, database_name, started_at DESC);
+
+-- Backups of Silo's own catalog: dumps stored as objects of the system tenant, each with an
+-- offline manifest file beside the packs, so a lost catalog can be rebuilt without itself.
+CREATE TABLE catalog_backups (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    status           text NOT NULL CHECK (status IN ('running', 'complete', 'failed')),
+    started_at       timestamptz NOT NULL DEFAULT now(),
+    finished_at      timestamptz,
+    logical_bytes    bigint,
+    new_stored_bytes bigint,
+    object_id        bigint REFERENCES objects (id) ON DELETE CASCADE,
+    manifest_path    text,
+    error            text
+);

@@ -47,6 +47,10 @@ pub struct ManagerConfig {
     pub dedicated: DedicatedOptions,
     /// How long final backups (taken before a delete) are kept.
     pub final_backup_retention: Duration,
+    /// How to reach Silo's own catalog database, for its backups.
+    pub catalog: tokio_postgres::Config,
+    /// Where the offline manifests of catalog backups go: `<data-dir>/catalog-backups`.
+    pub catalog_backups_dir: PathBuf,
 }
 
 /// Servers and client databases.

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use db_manager::backup::BackupInfo;
+use db_manager::backup::catalog::CatalogBackup;
 use db_manager::backup::restore::{RestoreRequest, Restored, VerifyReport};
 use db_manager::backup::retention::Pruned;
 use db_manager::backup::run::{RunEvent, RunRequest, RunResult};
@@ -24,6 +25,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/backups", get(list))
         .route("/backups/run", post(run))
         .route("/backups/prune", post(prune))
+        .route("/backups/catalog", post(catalog))
         .route("/backups/{id}", get(show))
         .route("/backups/{id}/download", get(download))
         .route("/backups/{id}/restore", post(restore))
@@ -101,6 +103,14 @@ fn summary(results: &[RunResult]) -> serde_json::Value {
 /// `POST /v1/backups/prune`: deletes what the retention policies no longer keep.
 async fn prune(State(state): State<Arc<AppState>>) -> Result<Json<Vec<Pruned>>, ApiError> {
     Ok(Json(state.databases.prune_backups().await?))
+}
+
+/// `POST /v1/backups/catalog`: backs up Silo's own catalog and writes its offline manifest.
+async fn catalog(State(state): State<Arc<AppState>>) -> Result<Json<CatalogBackup>, ApiError> {
+    let manager = state.databases.clone();
+    let backup =
+        tokio::spawn(async move { manager.backup_catalog().await }).await.map_err(ApiError::internal)??;
+    Ok(Json(backup))
 }
 
 /// `POST /v1/backups/{id}/restore` `{"into": "newdb"}` or `{"in_place": true}`.

@@ -34,6 +34,7 @@ async fn create(
     State(state): State<Arc<AppState>>,
     Json(body): Json<NewTenant>,
 ) -> Result<(StatusCode, Json<Tenant>), ApiError> {
+    refuse_system_tenant(&body.name)?;
     tenants::create(&state.catalog, &body.name, body.storage_quota_bytes).await?;
     Ok((StatusCode::CREATED, Json(tenants::get(&state.catalog, &body.name).await?)))
 }
@@ -80,6 +81,7 @@ async fn remove(
     Path(tenant): Path<String>,
     Query(query): Query<DeleteQuery>,
 ) -> Result<StatusCode, ApiError> {
+    refuse_system_tenant(&tenant)?;
     let id = tenants::find(&state.catalog, &tenant).await?;
     let usage = state.store.usage(id).await?;
     let databases = state.databases.list_databases(&tenant).await?;
@@ -157,4 +159,16 @@ impl From<TenantError> for ApiError {
         };
         ApiError::new(status, code, err.to_string())
     }
+}
+
+/// The system tenant holds Silo's own data (catalog dumps): nobody creates or deletes it.
+fn refuse_system_tenant(name: &str) -> Result<(), ApiError> {
+    if name == db_manager::backup::catalog::SYSTEM_TENANT {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "reserved_name",
+            format!("the tenant name {name} is reserved for Silo itself"),
+        ));
+    }
+    Ok(())
 }

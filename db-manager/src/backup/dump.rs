@@ -25,7 +25,7 @@ use crate::servers;
 
 /// Where the pg tools connect, as libpq environment variables (so no password is on a command
 /// line).
-pub(crate) fn pg_env(config: &tokio_postgres::Config, dbname: &str) -> Vec<(&'static str, String)> {
+pub fn pg_env(config: &tokio_postgres::Config, dbname: &str) -> Vec<(&'static str, String)> {
     let mut env = vec![("PGDATABASE", dbname.to_string()), ("PGCONNECT_TIMEOUT", "10".into())];
     match config.get_hosts().first() {
         Some(Host::Tcp(host)) => env.push(("PGHOST", host.clone())),
@@ -54,6 +54,41 @@ pub(crate) fn collect_stderr(stderr: Option<tokio::process::ChildStderr>) -> tok
         let start = text.len().saturating_sub(4096);
         text[text.char_indices().map(|(i, _)| i).find(|i| *i >= start).unwrap_or(0)..].trim().to_string()
     })
+}
+
+/// The archive that `pg_dump -Fc -Z0` writes, as a reader. A non-zero exit of `pg_dump` fails
+/// the read at its very end, so a store never commits a dump that `pg_dump` did not finish.
+pub(crate) fn dump_reader(
+    binaries: &PgBinaries,
+    extra_args: &[String],
+    env: Vec<(&'static str, String)>,
+) -> Result<impl tokio::io::AsyncRead + Unpin + Send + 'static, String> {
+    let mut child = tokio::process::Command::new(binaries.path("pg_dump"))
+        .args(["--format=custom", "--compress=0", "--no-password"])
+        .args(extra_args)
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|err| format!("cannot run pg_dump: {err}"))?;
+    let stderr = collect_stderr(child.stderr.take());
+    let stdout = child.stdout.take().ok_or("pg_dump has no stdout")?;
+    let verdict = futures::stream::once(async move {
+        let status = child.wait().await;
+        let message = stderr.await.unwrap_or_default();
+        match status {
+            Ok(status) if status.success() => None,
+            Ok(status) => {
+                Some(Err(std::io::Error::other(format!("pg_dump exited with {status}: {message}"))))
+            }
+            Err(err) => Some(Err(err)),
+        }
+    })
+    .filter_map(|item| async move { item });
+    let archive = ReaderStream::with_capacity(stdout, 1 << 20).chain(verdict);
+    Ok(StreamReader::new(Box::pin(archive) as futures::stream::BoxStream<'static, std::io::Result<Bytes>>))
 }
 
 impl DbManager {
@@ -155,42 +190,9 @@ impl DbManager {
 
         let config = crate::servers::admin_config(self.pool(), &self.inner.secret, row.server.id).await?;
         let binaries = PgBinaries::locate(self.inner.config.dedicated.bin_dir.as_deref())?;
-        let mut child = tokio::process::Command::new(binaries.path("pg_dump"))
-            .args(["--format=custom", "--compress=0", "--no-password"])
-            .arg(format!("--snapshot={snapshot}"))
-            .envs(pg_env(&config, &row.pg_name))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|err| DbError::Dump {
-                database: row.name.clone(),
-                message: format!("cannot run pg_dump: {err}"),
-            })?;
-        let stderr = collect_stderr(child.stderr.take());
-        let stdout = child.stdout.take().ok_or_else(|| DbError::Dump {
-            database: row.name.clone(),
-            message: "pg_dump has no stdout".into(),
-        })?;
-        // The archive, then pg_dump's verdict: a non-zero exit fails the read at the very end,
-        // so the store never commits a dump that pg_dump did not finish.
-        let verdict = futures::stream::once(async move {
-            let status = child.wait().await;
-            let message = stderr.await.unwrap_or_default();
-            match status {
-                Ok(status) if status.success() => None,
-                Ok(status) => {
-                    Some(Err(std::io::Error::other(format!("pg_dump exited with {status}: {message}"))))
-                }
-                Err(err) => Some(Err(err)),
-            }
-        })
-        .filter_map(|item| async move { item });
-        let archive = ReaderStream::with_capacity(stdout, 1 << 20).chain(verdict);
-        let reader = StreamReader::new(
-            Box::pin(archive) as futures::stream::BoxStream<'static, std::io::Result<Bytes>>
-        );
+        let reader =
+            dump_reader(&binaries, &[format!("--snapshot={snapshot}")], pg_env(&config, &row.pg_name))
+                .map_err(|message| DbError::Dump { database: row.name.clone(), message })?;
         let tenant = row_tenant(self, row).await?;
         let put = self.inner.store.put(tenant, reader, PutOptions::default());
         let count = async {

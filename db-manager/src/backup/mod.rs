@@ -6,6 +6,7 @@
 //! runs it under a per-database lease, [`dump`] takes one backup, [`retention`] prunes by the
 //! plan's GFS policy, and [`restore`] restores, verifies and downloads.
 
+pub mod catalog;
 pub mod dump;
 pub mod restore;
 pub mod retention;

@@ -8,9 +8,13 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use super::catalog::SYSTEM_TENANT;
 use crate::DbError;
 use crate::databases::Row;
 use crate::manager::DbManager;
+
+/// How a run names the catalog in its results.
+const CATALOG: &str = "(catalog)";
 
 /// A backup is due this long before its interval is up, so that an hourly cron does not let
 /// a daily backup drift by an hour a day.
@@ -56,6 +60,22 @@ pub struct RunResult {
     pub error: Option<String>,
 }
 
+impl RunResult {
+    fn new(tenant: &str, database: &str, status: &str) -> Self {
+        RunResult {
+            tenant: tenant.to_string(),
+            database: database.to_string(),
+            status: status.to_string(),
+            backup_id: None,
+            logical_bytes: None,
+            new_stored_bytes: None,
+            seconds: 0.0,
+            verified: None,
+            error: None,
+        }
+    }
+}
+
 /// Progress of a run, as it happens.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -84,17 +104,7 @@ impl DbManager {
             if is_due || request.force || request.database.is_some() {
                 due.push(row);
             } else {
-                results.push(RunResult {
-                    tenant: row.tenant,
-                    database: row.name,
-                    status: "not_due".into(),
-                    backup_id: None,
-                    logical_bytes: None,
-                    new_stored_bytes: None,
-                    seconds: 0.0,
-                    verified: None,
-                    error: None,
-                });
+                results.push(RunResult::new(&row.tenant, &row.name, "not_due"));
             }
         }
         progress(RunEvent::Planned { databases: due.len() + results.len(), due: due.len() });
@@ -113,25 +123,38 @@ impl DbManager {
             .await;
         results.extend(finished);
         results.sort_by(|a, b| (&a.tenant, &a.database).cmp(&(&b.tenant, &b.database)));
+        if request.all {
+            results.push(self.backup_catalog_for_run(&progress).await);
+        }
         if let Err(err) = self.prune_backups().await {
             tracing::warn!(error = %err, "pruning after the run failed; the next run prunes");
         }
         Ok(results)
     }
 
+    /// `run --all` also backs up Silo's own catalog.
+    async fn backup_catalog_for_run(&self, progress: &(impl Fn(RunEvent) + Send + Sync)) -> RunResult {
+        let started = Instant::now();
+        progress(RunEvent::Started { tenant: SYSTEM_TENANT.into(), database: CATALOG.into() });
+        let mut result = RunResult::new(SYSTEM_TENANT, CATALOG, "failed");
+        match self.backup_catalog().await {
+            Ok(backup) => {
+                result.status = "complete".into();
+                result.backup_id = Some(backup.id);
+                result.logical_bytes = Some(backup.logical_bytes as i64);
+                result.new_stored_bytes = Some(backup.new_stored_bytes as i64);
+            }
+            Err(DbError::BackupBusy { .. }) => result.status = "skipped".into(),
+            Err(err) => result.error = Some(err.to_string()),
+        }
+        result.seconds = started.elapsed().as_secs_f64();
+        progress(RunEvent::Finished(result.clone()));
+        result
+    }
+
     async fn backup_one(&self, row: &Row, kind: &str, verify: bool) -> RunResult {
         let started = Instant::now();
-        let mut result = RunResult {
-            tenant: row.tenant.clone(),
-            database: row.name.clone(),
-            status: "failed".into(),
-            backup_id: None,
-            logical_bytes: None,
-            new_stored_bytes: None,
-            seconds: 0.0,
-            verified: None,
-            error: None,
-        };
+        let mut result = RunResult::new(&row.tenant, &row.name, "failed");
         match self.backup_now(row, kind).await {
             Ok(backup) => {
                 result.status = "complete".into();

@@ -12,6 +12,7 @@ mod error;
 mod gc;
 mod ingest;
 mod objects;
+pub mod offline;
 mod read;
 mod scrub;
 mod verify;
