@@ -37,32 +37,49 @@ async fn run() {
     let pg = TestPostgres::durable().expect("throwaway Postgres");
     let bin = PgBinaries::locate(None).expect("binaries");
     let catalog = pg.fresh_database("bench_catalog").await;
-    let mut silo = Silo::start_at(free_addr(), &work.path().join("silo-data"), &["--postgres-url", &catalog], &[]);
+    let mut silo =
+        Silo::start_at(free_addr(), &work.path().join("silo-data"), &["--postgres-url", &catalog], &[]);
     silo.wait_ready(Duration::from_secs(60)).await;
     let http = reqwest::Client::new();
     let call = |method: reqwest::Method, path: &str, body: Value| {
         http.request(method, silo.url(path)).bearer_auth(silo.token()).json(&body).send()
     };
-    let registered = call(reqwest::Method::POST, "/v1/servers", json!({ "name": "bench", "url": pg.url("postgres"), "zone": "local" }));
+    let registered = call(
+        reqwest::Method::POST,
+        "/v1/servers",
+        json!({ "name": "bench", "url": pg.url("postgres"), "zone": "local" }),
+    );
     assert_eq!(registered.await.expect("register").status(), 201);
     silo_cli_json(&silo, &["tenant", "create", "bench"]);
-    let created: Value = call(reqwest::Method::POST, "/v1/tenants/bench/databases", json!({ "name": "pgbench", "plan": "large" }))
-        .await
-        .expect("create")
-        .json()
-        .await
-        .expect("credentials");
+    let created: Value = call(
+        reqwest::Method::POST,
+        "/v1/tenants/bench/databases",
+        json!({ "name": "pgbench", "plan": "large" }),
+    )
+    .await
+    .expect("create")
+    .json()
+    .await
+    .expect("credentials");
     let db = created["database"].as_str().expect("database").to_string();
     let admin_url = pg.url(&db);
 
     eprintln!("pgbench -i -s {scale} ...");
     let started = Instant::now();
-    run_ok(Command::new(bin.path("pgbench")).args(["-i", "-q", "-s", &scale.to_string(), created["url"].as_str().expect("url")]));
+    run_ok(Command::new(bin.path("pgbench")).args([
+        "-i",
+        "-q",
+        "-s",
+        &scale.to_string(),
+        created["url"].as_str().expect("url"),
+    ]));
     eprintln!("  loaded in {:.0} s", started.elapsed().as_secs_f64());
 
     // Throughput of a first, full backup.
     let dump_z0 = work.path().join("dump-z0.bin");
-    let pg_dump = time(|| run_ok(Command::new(bin.path("pg_dump")).args(["-Fc", "-Z0", "-d", &admin_url, "-f"]).arg(&dump_z0)));
+    let pg_dump = time(|| {
+        run_ok(Command::new(bin.path("pg_dump")).args(["-Fc", "-Z0", "-d", &admin_url, "-f"]).arg(&dump_z0))
+    });
     let dump_bytes = std::fs::metadata(&dump_z0).map_or(0, |m| m.len());
     let started = Instant::now();
     let first = backup(&silo);
@@ -70,15 +87,32 @@ async fn run() {
     let pgbackrest = PgBackRest::setup(&pg, work.path());
     let pgbackrest_full = pgbackrest.as_ref().and_then(|p| p.backup("full"));
 
-    println!("Backups of a pgbench database at scale {scale} ({:.0} MB as `pg_dump -Fc -Z0`)", dump_bytes as f64 / 1e6);
+    println!(
+        "Backups of a pgbench database at scale {scale} ({:.0} MB as `pg_dump -Fc -Z0`)",
+        dump_bytes as f64 / 1e6
+    );
     println!();
     println!("| first (full) backup | seconds | MB/s of dump | Silo's ratio |");
     println!("|---|---|---|---|");
     let mbps = |took: Duration| dump_bytes as f64 / 1e6 / took.as_secs_f64();
-    println!("| Silo `backup run` (into the chunk store) | {:.1} | {:.0} | |", silo_backup.as_secs_f64(), mbps(silo_backup));
-    println!("| `pg_dump -Fc -Z0 -f file` | {:.1} | {:.0} | {:.2}x |", pg_dump.as_secs_f64(), mbps(pg_dump), pg_dump.as_secs_f64() / silo_backup.as_secs_f64());
+    println!(
+        "| Silo `backup run` (into the chunk store) | {:.1} | {:.0} | |",
+        silo_backup.as_secs_f64(),
+        mbps(silo_backup)
+    );
+    println!(
+        "| `pg_dump -Fc -Z0 -f file` | {:.1} | {:.0} | {:.2}x |",
+        pg_dump.as_secs_f64(),
+        mbps(pg_dump),
+        pg_dump.as_secs_f64() / silo_backup.as_secs_f64()
+    );
     if let Some(full) = pgbackrest_full {
-        println!("| `pgbackrest backup --type=full` | {:.1} | {:.0} | {:.2}x |", full.as_secs_f64(), mbps(full), full.as_secs_f64() / silo_backup.as_secs_f64());
+        println!(
+            "| `pgbackrest backup --type=full` | {:.1} | {:.0} | {:.2}x |",
+            full.as_secs_f64(),
+            mbps(full),
+            full.as_secs_f64() / silo_backup.as_secs_f64()
+        );
     }
 
     // Seven daily backups with a day of OLTP between them.
@@ -90,7 +124,16 @@ async fn run() {
         if day > 0 {
             run_ok(
                 Command::new(bin.path("pgbench"))
-                    .args(["-n", "-c", "4", "-j", "2", "-t", &transactions, created["url"].as_str().expect("url")])
+                    .args([
+                        "-n",
+                        "-c",
+                        "4",
+                        "-j",
+                        "2",
+                        "-t",
+                        &transactions,
+                        created["url"].as_str().expect("url"),
+                    ])
                     .env("PGOPTIONS", "-c synchronous_commit=off"),
             );
             silo_added += backup(&silo)["new_stored_bytes"].as_u64().unwrap_or(0);
@@ -112,18 +155,31 @@ async fn run() {
     println!("|---|---|---|");
     let mb = |bytes: u64| bytes as f64 / 1e6;
     println!("| Silo (bytes the 7 backups added to the store) | {:.1} | |", mb(silo_added));
-    println!("| 7 `pg_dump -Fc` files (compressed) | {:.1} | {:.3}x |", mb(compressed_dumps), silo_added as f64 / compressed_dumps as f64);
+    println!(
+        "| 7 `pg_dump -Fc` files (compressed) | {:.1} | {:.3}x |",
+        mb(compressed_dumps),
+        silo_added as f64 / compressed_dumps as f64
+    );
     if let Some(r) = &restic {
         let size = common::disk_usage(&r.repo);
-        println!("| restic of the 7 `-Z0` dumps | {:.1} | {:.3}x |", mb(size), silo_added as f64 / size as f64);
+        println!(
+            "| restic of the 7 `-Z0` dumps | {:.1} | {:.3}x |",
+            mb(size),
+            silo_added as f64 / size as f64
+        );
     }
     if let Some(p) = &pgbackrest {
         let size = common::disk_usage(&p.repo);
-        println!("| pgBackRest, 1 full + 6 incremental | {:.1} | {:.3}x |", mb(size), silo_added as f64 / size as f64);
+        println!(
+            "| pgBackRest, 1 full + 6 incremental | {:.1} | {:.3}x |",
+            mb(size),
+            silo_added as f64 / size as f64
+        );
     }
 
     // Restore throughput: a new database from the newest backup, against pg_restore of a file.
-    let newest = silo_cli_json(&silo, &["backup", "list", "--db", "bench/pgbench"])[0]["id"].as_i64().expect("id");
+    let newest =
+        silo_cli_json(&silo, &["backup", "list", "--db", "bench/pgbench"])[0]["id"].as_i64().expect("id");
     let started = Instant::now();
     silo_cli_json(&silo, &["backup", "restore", &newest.to_string(), "--into", "restored"]);
     let silo_restore = started.elapsed();
@@ -132,7 +188,14 @@ async fn run() {
     let plain = time(|| {
         run_ok(
             Command::new(bin.path("pg_restore"))
-                .args(["--no-owner", "--no-privileges", "--single-transaction", "--exit-on-error", "-d", &pg.url("plain_restore")])
+                .args([
+                    "--no-owner",
+                    "--no-privileges",
+                    "--single-transaction",
+                    "--exit-on-error",
+                    "-d",
+                    &pg.url("plain_restore"),
+                ])
                 .arg(&dump_z0),
         )
     });
@@ -140,7 +203,11 @@ async fn run() {
     println!("| restore of the newest backup | seconds | Silo's ratio |");
     println!("|---|---|---|");
     println!("| Silo `backup restore --into` | {:.1} | |", silo_restore.as_secs_f64());
-    println!("| `pg_restore` from a local `-Z0` file | {:.1} | {:.2}x |", plain.as_secs_f64(), plain.as_secs_f64() / silo_restore.as_secs_f64());
+    println!(
+        "| `pg_restore` from a local `-Z0` file | {:.1} | {:.2}x |",
+        plain.as_secs_f64(),
+        plain.as_secs_f64() / silo_restore.as_secs_f64()
+    );
     drop(silo);
 }
 
@@ -230,7 +297,10 @@ impl PgBackRest {
         let backrest = PgBackRest { repo: dir.join("repo"), args, user };
         let created = backrest.command("stanza-create", &[]).output().ok()?;
         if !created.status.success() {
-            eprintln!("pgbackrest stanza-create failed, skipped: {}", String::from_utf8_lossy(&created.stderr));
+            eprintln!(
+                "pgbackrest stanza-create failed, skipped: {}",
+                String::from_utf8_lossy(&created.stderr)
+            );
             return None;
         }
         Some(backrest)

@@ -80,6 +80,9 @@ pub struct ServeArgs {
     /// The address dedicated Postgres instances listen on, and clients are given [default: 127.0.0.1].
     #[arg(long, env = "SILO_DEDICATED_LISTEN")]
     pub dedicated_listen: Option<IpAddr>,
+    /// Empty databases kept ready on each server so creates are quick; 0 turns them off [default: 2].
+    #[arg(long, env = "SILO_SPARE_DATABASES")]
+    pub spare_databases: Option<usize>,
     /// Days a database's final backup (taken when it is deleted) is kept [default: 30].
     #[arg(long, env = "SILO_FINAL_BACKUP_RETENTION_DAYS")]
     pub final_backup_retention_days: Option<u64>,
@@ -104,6 +107,7 @@ struct FileConfig {
     database_sample_interval_secs: Option<u64>,
     dedicated_listen: Option<IpAddr>,
     final_backup_retention_days: Option<u64>,
+    spare_databases: Option<usize>,
     /// Database plans (`[plans.<name>]`), added to or replacing `small`, `medium` and `large`.
     #[serde(default)]
     plans: BTreeMap<String, Plan>,
@@ -128,6 +132,7 @@ pub struct ServeConfig {
     pub database_sample_interval: Duration,
     pub dedicated_listen: IpAddr,
     pub final_backup_retention: Duration,
+    pub spare_databases: usize,
     pub plans: Plans,
     pub store: StoreConfig,
 }
@@ -150,6 +155,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("database_sample_interval", &self.database_sample_interval)
             .field("dedicated_listen", &self.dedicated_listen)
             .field("final_backup_retention", &self.final_backup_retention)
+            .field("spare_databases", &self.spare_databases)
             .field("plans", &self.plans)
             .field("store", &self.store)
             .finish()
@@ -211,6 +217,7 @@ impl ServeArgs {
                     * 24
                     * 3600,
             ),
+            spare_databases: self.spare_databases.or(file.spare_databases).unwrap_or(2),
             plans: Plans::with(file.plans),
             store: file.store.unwrap_or_default(),
         })

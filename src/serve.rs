@@ -145,6 +145,7 @@ async fn serve_with_catalog(
             final_backup_retention: config.final_backup_retention,
             catalog: catalog_config(config, embedded)?,
             catalog_backups_dir: data_dir.path().join("catalog-backups"),
+            spares_per_server: config.spare_databases,
         },
         stop.clone(),
     );

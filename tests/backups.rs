@@ -239,7 +239,8 @@ async fn interrupted_backups_never_look_complete_and_a_rerun_succeeds() {
     assert_eq!(listed[0]["status"], "complete", "{listed}");
     let gc = silo(&fx, &["gc"]);
     assert!(gc.status.success(), "{}", String::from_utf8_lossy(&gc.stderr));
-    let objects = "SELECT count(*) FROM objects o JOIN tenants t ON t.id = o.tenant_id WHERE t.name = 'faulty'";
+    let objects =
+        "SELECT count(*) FROM objects o JOIN tenants t ON t.id = o.tenant_id WHERE t.name = 'faulty'";
     assert_eq!(catalog_count(&fx, objects), "1", "one object: the complete backup");
     // Hourly runs are safe: nothing is due again.
     let hourly = silo_json(&fx, &["backup", "run", "--all"]);

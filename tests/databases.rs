@@ -26,8 +26,19 @@ async fn a_database_is_created_reachable_and_isolated() {
     assert_eq!(psql_ok(url, "SHOW statement_timeout"), "30s");
     let pg_name = acme["database"].as_str().expect("database");
     assert_eq!(admin_sql(&format!("SELECT datconnlimit FROM pg_database WHERE datname = '{pg_name}'")), "20");
+    // The role owns `public`: by name, or (a database made from a spare) as the database's
+    // owner, which `pg_database_owner` stands for on Postgres 15 and later.
     let owner = psql_ok(url, "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'public'");
-    assert_eq!(owner, pg_name, "the role owns the public schema");
+    assert!(owner == pg_name || owner == "pg_database_owner", "{owner}");
+    let database_owner =
+        psql_ok(url, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()");
+    assert_eq!(database_owner, pg_name);
+    psql_ok(url, "CREATE TABLE in_public (x int); DROP TABLE in_public");
+    let public_acl =
+        psql_ok(url, "SELECT coalesce(nspacl::text, '') FROM pg_namespace WHERE nspname = 'public'");
+    let public_entries =
+        public_acl.trim_matches(['{', '}']).split(',').filter(|entry| entry.starts_with('=')).count();
+    assert_eq!(public_entries, 0, "PUBLIC has nothing on public: {public_acl}");
 
     // Another tenant may use the same name; its role reaches neither the database nor the tables.
     let rival = fx.create("rival", json!({ "name": "shop" })).await;
@@ -318,4 +329,45 @@ async fn a_crash_between_create_steps_is_repaired_at_the_next_start() {
     assert_eq!((status, listed), (200, json!([])));
     let created = fx.create("crashy", json!({ "name": "half" })).await;
     assert_eq!(psql_ok(created["url"].as_str().expect("url"), "SELECT current_database()"), pg_name);
+}
+
+#[tokio::test]
+async fn a_database_made_from_a_spare_is_like_any_other() {
+    let fx = Fixture::start("db_spares", &[]).await;
+    fx.tenant("sparse");
+    let ready = || psql_ok(&fx.catalog_url(), "SELECT count(*) FROM database_spares WHERE ready");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ready() != "2" {
+        assert!(Instant::now() < deadline, "the spares never became ready:\n{}", fx.silo.stderr());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let created = fx.create("sparse", json!({ "name": "quick" })).await;
+    let url = created["url"].as_str().expect("url");
+    let pg_name = created["database"].as_str().expect("database");
+    let owner = psql_ok(url, "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'public'");
+    assert_eq!(owner, "pg_database_owner", "made from a spare");
+    assert_eq!(
+        psql_ok(url, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()"),
+        pg_name
+    );
+    psql_ok(url, "CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
+    assert_eq!(psql_ok(url, "SHOW statement_timeout"), "30s");
+    assert_eq!(admin_sql(&format!("SELECT datconnlimit FROM pg_database WHERE datname = '{pg_name}'")), "20");
+    let acl = admin_sql(&format!("SELECT datacl::text FROM pg_database WHERE datname = '{pg_name}'"));
+    assert!(
+        !acl.trim_matches(['{', '}']).split(',').any(|entry| entry.starts_with('=')),
+        "PUBLIC cannot connect: {acl}"
+    );
+    let public_acl =
+        psql_ok(url, "SELECT coalesce(nspacl::text, '') FROM pg_namespace WHERE nspname = 'public'");
+    assert!(
+        !public_acl.trim_matches(['{', '}']).split(',').any(|entry| entry.starts_with('=')),
+        "{public_acl}"
+    );
+    // The pool refills.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ready() != "2" {
+        assert!(Instant::now() < deadline, "the pool was not refilled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -274,8 +274,22 @@ impl DbManager {
         faults::crash_point("create.before_role");
         provision::ensure_role(&admin, &target, password, plan).await?;
         faults::crash_point("create.after_role");
+        let mut from_spare = false;
+        if !provision::database_exists(&admin, &target).await?
+            && let Some(spare) = self.claim_spare(&row.server).await?
+        {
+            self.replenish_spares_soon();
+            match self.adopt_spare(&admin, &target, &spare).await {
+                Ok(()) => from_spare = true,
+                Err(err) => tracing::warn!(spare, error = %err, "cannot use a spare database; creating one"),
+            }
+        }
         provision::ensure_database(&admin, &target, plan).await?;
         faults::crash_point("create.after_database");
+        if from_spare {
+            // The spare's `public` is closed to PUBLIC and belongs to pg_database_owner.
+            return Ok(());
+        }
         let inside = self.connect_server(&row.server, Some(&row.pg_name)).await?;
         provision::own_public_schema(&inside, &target).await
     }

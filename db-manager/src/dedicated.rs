@@ -81,6 +81,7 @@ impl DbManager {
             }
         };
         self.keep_running(&name, instance, pid);
+        self.replenish_spares_soon();
         tracing::info!(server = %name, tenant = %request.dedicated_for, plan = %request.plan, port, "started a dedicated instance");
         Ok(server)
     }

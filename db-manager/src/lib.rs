@@ -24,6 +24,7 @@ pub mod plans;
 mod provision;
 pub mod sampler;
 pub mod servers;
+mod spares;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -51,6 +51,8 @@ pub struct ManagerConfig {
     pub catalog: tokio_postgres::Config,
     /// Where the offline manifests of catalog backups go: `<data-dir>/catalog-backups`.
     pub catalog_backups_dir: PathBuf,
+    /// Empty databases kept ready on each server, so creates rename one (0: none).
+    pub spares_per_server: usize,
 }
 
 /// Servers and client databases.
@@ -104,6 +106,7 @@ impl DbManager {
         self.start_dedicated_instances().await?;
         self.repair().await?;
         self.fail_interrupted_backups().await?;
+        self.replenish_spares_soon();
         tokio::spawn(self.clone().sample_every_interval());
         Ok(())
     }
@@ -131,7 +134,9 @@ impl DbManager {
     }
 
     pub async fn register_server(&self, registration: servers::Registration) -> Result<Server, DbError> {
-        servers::register(&self.inner.pool, &self.inner.secret, registration).await
+        let server = servers::register(&self.inner.pool, &self.inner.secret, registration).await?;
+        self.replenish_spares_soon();
+        Ok(server)
     }
 
     /// Records the embedded instance as the server `name`.
@@ -142,6 +147,13 @@ impl DbManager {
     /// Forgets a server that holds no database; a dedicated instance is stopped and its
     /// cluster deleted.
     pub async fn remove_server(&self, name: &str) -> Result<Server, DbError> {
+        let server = servers::get(&self.inner.pool, name).await?;
+        if server.databases > 0 {
+            return Err(DbError::ServerInUse { name: name.to_string(), databases: server.databases });
+        }
+        if let Err(err) = self.drop_spares(&server).await {
+            tracing::warn!(server = name, error = %err, "cannot drop the server's spare databases");
+        }
         let server = servers::remove(&self.inner.pool, name).await?;
         if let Ok(mut pools) = self.inner.server_pools.lock() {
             pools.remove(&server.id);

@@ -67,9 +67,9 @@ pub async fn ensure_role(
         .map_err(DbError::on_server(target.server))?;
     let (exists, superuser): (bool, bool) = (row.get(0), row.get(1));
     let mut sql = if exists {
-        format!("ALTER ROLE {role} LOGIN PASSWORD {verifier};")
+        format!("ALTER ROLE {role} LOGIN INHERIT PASSWORD {verifier};")
     } else {
-        format!("CREATE ROLE {role} LOGIN NOINHERIT PASSWORD {verifier};")
+        format!("CREATE ROLE {role} LOGIN INHERIT PASSWORD {verifier};")
     };
     if !superuser {
         sql.push_str(&format!("GRANT {role} TO CURRENT_USER;"));

@@ -49,6 +49,9 @@ impl DbManager {
             if let Err(err) = self.sample_once().await {
                 tracing::warn!(error = %err, "sampling the databases failed");
             }
+            if let Err(err) = self.replenish_spares().await {
+                tracing::warn!(error = %err, "cannot make spare databases");
+            }
             tokio::select! {
                 () = self.inner.stop.cancelled() => return,
                 () = tokio::time::sleep(interval) => {}

@@ -1,0 +1,195 @@
+//! Spare databases: a few empty databases made ahead on each server, so that creating a
+//! client database renames one (a catalog change) instead of waiting for `CREATE DATABASE`,
+//! which copies the template and fsyncs it.
+//!
+//! A spare is made by the admin role, closed to PUBLIC (the database and its `public`
+//! schema), and only then marked ready. A create claims one (`FOR UPDATE SKIP LOCKED`), renames
+//! it and gives it to the new role; on Postgres 15 and later `public` belongs to
+//! `pg_database_owner`, so the new owner owns it at once. Older servers get no spares. A
+//! replenisher refills the pool after each claim and on every sampler round.
+
+use rand::distr::{Alphanumeric, SampleString};
+
+use crate::manager::DbManager;
+use crate::names::ident;
+use crate::servers::{self, Server};
+use crate::{DbError, provision};
+
+/// Advisory-lock class of a server's replenisher ("SP").
+const SPARES_LOCK_CLASS: i32 = 0x5350;
+/// Spares need `public` owned by `pg_database_owner`: Postgres 15.
+const MIN_VERSION_NUM: i32 = 150_000;
+const PREFIX: &str = "silo_spare_";
+
+impl DbManager {
+    /// Refills every server's pool of spares, in the background.
+    pub(crate) fn replenish_spares_soon(&self) {
+        if self.inner.config.spares_per_server == 0 {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(err) = this.replenish_spares().await {
+                tracing::warn!(error = %err, "cannot make spare databases");
+            }
+        });
+    }
+
+    /// Tidies every server's spares (see [`DbManager::tidy_spares`]) and makes new ones until
+    /// each server has its share.
+    pub(crate) async fn replenish_spares(&self) -> Result<(), DbError> {
+        let wanted = self.inner.config.spares_per_server as i64;
+        if wanted == 0 {
+            return Ok(());
+        }
+        for server in servers::list(self.pool()).await? {
+            let Some(_lock) = self.lock(SPARES_LOCK_CLASS, server.id).await? else { continue };
+            self.tidy_spares(&server).await?;
+            let client = self.pool().get().await?;
+            let have: i64 = client
+                .query_one("SELECT count(*) FROM database_spares WHERE server_id = $1", &[&server.id])
+                .await?
+                .get(0);
+            drop(client);
+            for _ in have..wanted {
+                if !self.make_spare(&server).await? {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes one spare on `server`; `false` when the server is too old for spares.
+    async fn make_spare(&self, server: &Server) -> Result<bool, DbError> {
+        let admin = self.admin(server).await?;
+        let version: String = admin
+            .query_one("SHOW server_version_num", &[])
+            .await
+            .map_err(DbError::on_server(&server.name))?
+            .get(0);
+        if version.parse::<i32>().unwrap_or(0) < MIN_VERSION_NUM {
+            return Ok(false);
+        }
+        let name =
+            format!("{PREFIX}{}", Alphanumeric.sample_string(&mut rand::rng(), 16).to_ascii_lowercase());
+        let client = self.pool().get().await?;
+        client
+            .execute("INSERT INTO database_spares (server_id, name) VALUES ($1, $2)", &[&server.id, &name])
+            .await?;
+        drop(client);
+        let quoted = ident(&name);
+        admin
+            .batch_execute(&format!("CREATE DATABASE {quoted}"))
+            .await
+            .map_err(DbError::on_server(&server.name))?;
+        admin
+            .batch_execute(&format!("REVOKE ALL ON DATABASE {quoted} FROM PUBLIC"))
+            .await
+            .map_err(DbError::on_server(&server.name))?;
+        let inside = self.connect_server(server, Some(&name)).await?;
+        inside
+            .batch_execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
+            .await
+            .map_err(DbError::on_server(&server.name))?;
+        drop(inside);
+        let client = self.pool().get().await?;
+        client
+            .execute(
+                "UPDATE database_spares SET ready = true WHERE server_id = $1 AND name = $2",
+                &[&server.id, &name],
+            )
+            .await?;
+        Ok(true)
+    }
+
+    /// Takes a ready spare of `server`, if there is one; it is the caller's from here on.
+    pub(crate) async fn claim_spare(&self, server: &Server) -> Result<Option<String>, DbError> {
+        if self.inner.config.spares_per_server == 0 {
+            return Ok(None);
+        }
+        let client = self.pool().get().await?;
+        let row = client
+            .query_opt(
+                "DELETE FROM database_spares WHERE (server_id, name) IN \
+                 (SELECT server_id, name FROM database_spares WHERE server_id = $1 AND ready \
+                  ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING name",
+                &[&server.id],
+            )
+            .await?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
+    /// Makes `target` out of the spare `spare`: renamed, and owned by the target's role.
+    pub(crate) async fn adopt_spare(
+        &self,
+        admin: &tokio_postgres::Client,
+        target: &provision::Target<'_>,
+        spare: &str,
+    ) -> Result<(), DbError> {
+        let sql = format!(
+            "ALTER DATABASE {spare} RENAME TO {name}; ALTER DATABASE {name} OWNER TO {name}",
+            spare = ident(spare),
+            name = ident(target.pg_name)
+        );
+        admin.batch_execute(&sql).await.map_err(DbError::on_server(target.server))
+    }
+
+    /// Under the server's replenisher lock: drops the spares that no ready row stands for,
+    /// whether a crash left them half-made or a claim died between taking and renaming one.
+    async fn tidy_spares(&self, server: &Server) -> Result<(), DbError> {
+        let admin = self.admin(server).await?;
+        let client = self.pool().get().await?;
+        let half_made: Vec<String> = client
+            .query("DELETE FROM database_spares WHERE server_id = $1 AND NOT ready RETURNING name", &[&server.id])
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let known: Vec<String> = client
+            .query("SELECT name FROM database_spares WHERE server_id = $1", &[&server.id])
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        drop(client);
+        let present: Vec<String> = admin
+            .query("SELECT datname FROM pg_database WHERE datname LIKE 'silo\\_spare\\_%'", &[])
+            .await
+            .map_err(DbError::on_server(&server.name))?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        for name in present.iter().filter(|name| !known.contains(name) || half_made.contains(name)) {
+            admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(name)))
+                .await
+                .map_err(DbError::on_server(&server.name))?;
+            tracing::info!(server = %server.name, database = %name, "dropped a stray spare database");
+        }
+        Ok(())
+    }
+
+    /// Drops every spare of a server that is being removed.
+    pub(crate) async fn drop_spares(&self, server: &Server) -> Result<(), DbError> {
+        let client = self.pool().get().await?;
+        let names: Vec<String> = client
+            .query("DELETE FROM database_spares WHERE server_id = $1 RETURNING name", &[&server.id])
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        drop(client);
+        if names.is_empty() {
+            return Ok(());
+        }
+        let admin = self.admin(server).await?;
+        for name in names {
+            admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(&name)))
+                .await
+                .map_err(DbError::on_server(&server.name))?;
+        }
+        Ok(())
+    }
+}
