@@ -100,10 +100,10 @@ impl DbManager {
         for row in rows {
             let (name, port, plan): (String, i32, String) = (row.get(0), row.get(1), row.get(2));
             let password = self.dedicated_password(row.get(3))?;
-            let plan = self.plans().get(&plan).cloned().unwrap_or_else(|| {
-                tracing::warn!(server = %name, plan, "the plan of a dedicated instance is gone from the config; using small");
-                self.plans().get("small").cloned().expect("the small plan always exists")
-            });
+            let Some(plan) = self.plans().get(&plan).or_else(|| self.plans().get("small")).cloned() else {
+                tracing::error!(server = %name, plan, "the plan of a dedicated instance is gone from the config");
+                continue;
+            };
             let instance = self.instance(&name, port as u16, &password, &plan)?;
             match start_blocking(instance.clone()).await {
                 Ok(pid) => {

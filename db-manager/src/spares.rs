@@ -141,7 +141,10 @@ impl DbManager {
         let admin = self.admin(server).await?;
         let client = self.pool().get().await?;
         let half_made: Vec<String> = client
-            .query("DELETE FROM database_spares WHERE server_id = $1 AND NOT ready RETURNING name", &[&server.id])
+            .query(
+                "DELETE FROM database_spares WHERE server_id = $1 AND NOT ready RETURNING name",
+                &[&server.id],
+            )
             .await?
             .iter()
             .map(|row| row.get(0))

@@ -1,0 +1,267 @@
+//! Client databases: what the API shows of them, and how they are looked up. [`create`] makes
+//! them (idempotent, resumable); [`change`] resizes, protects, rotates and deletes them.
+
+mod change;
+mod create;
+
+use serde::{Deserialize, Serialize};
+use storage_node::keys::TenantId;
+
+use crate::DbError;
+use crate::manager::DbManager;
+use crate::provision::Target;
+use crate::servers::{self, Server};
+
+const IDEMPOTENCY_PURPOSE: &str = "database create response";
+
+/// What ops send to create a database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    pub name: String,
+    #[serde(default = "default_plan")]
+    pub plan: String,
+    /// The zone to place it in; any when absent.
+    #[serde(default)]
+    pub zone: Option<String>,
+    #[serde(default)]
+    pub deletion_protection: bool,
+}
+
+fn default_plan() -> String {
+    "small".into()
+}
+
+/// How to reach a database: shown at create and rotation only, as it holds the password.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Credentials {
+    pub tenant: String,
+    pub name: String,
+    pub server: String,
+    pub zone: String,
+    pub plan: String,
+    /// A libpq URL that `psql` takes as it is.
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    pub password: String,
+}
+
+/// A database as listed and shown.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatabaseInfo {
+    pub tenant: String,
+    pub name: String,
+    pub server: String,
+    pub zone: String,
+    pub plan: String,
+    pub state: String,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    pub size_bytes: Option<i64>,
+    pub storage_quota_bytes: i64,
+    pub connection_limit: Option<u32>,
+    pub connections: Option<i32>,
+    pub sampled_at: Option<String>,
+    pub last_backup_at: Option<String>,
+    pub deletion_protection: bool,
+    pub created_at: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<Event>,
+}
+
+/// A change of a database's state, as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub at: String,
+    pub event: String,
+    pub detail: String,
+}
+
+/// What a PATCH may change.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRequest {
+    pub plan: Option<String>,
+    pub deletion_protection: Option<bool>,
+}
+
+/// A database row with the fields the operations need.
+#[derive(Debug, Clone)]
+pub(crate) struct Row {
+    pub id: i64,
+    pub tenant: String,
+    pub name: String,
+    pub server: Server,
+    pub pg_name: String,
+    pub plan: String,
+    pub state: String,
+    pub deletion_protection: bool,
+}
+
+impl Row {
+    pub fn target(&self) -> Target<'_> {
+        Target { server: &self.server.name, pg_name: &self.pg_name }
+    }
+}
+
+const RFC3339: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'";
+
+fn info_select(filter: &str) -> String {
+    format!(
+        "SELECT t.name, d.name, s.name, s.zone, d.plan, d.state, s.public_host, s.public_port, d.pg_name, \
+                d.size_bytes, d.storage_quota_bytes, d.connections, \
+                to_char(d.sampled_at AT TIME ZONE 'UTC', {RFC3339}), \
+                to_char(d.last_backup_at AT TIME ZONE 'UTC', {RFC3339}), d.deletion_protection, \
+                to_char(d.created_at AT TIME ZONE 'UTC', {RFC3339}), d.id \
+         FROM tenant_databases d JOIN tenants t ON t.id = d.tenant_id JOIN db_servers s ON s.id = d.server_id \
+         WHERE t.name = $1 AND d.state <> 'creating' {filter} ORDER BY d.name"
+    )
+}
+
+impl DbManager {
+    /// The tenant's databases.
+    pub async fn list_databases(&self, tenant: &str) -> Result<Vec<DatabaseInfo>, DbError> {
+        servers::tenant_id(self.pool(), tenant).await?;
+        let client = self.pool().get().await?;
+        let rows = client.query(&info_select(""), &[&tenant]).await?;
+        Ok(rows.iter().map(|row| self.info_from_row(row)).collect())
+    }
+
+    /// One database, with its recent state changes.
+    pub async fn database(&self, tenant: &str, name: &str) -> Result<DatabaseInfo, DbError> {
+        servers::tenant_id(self.pool(), tenant).await?;
+        let client = self.pool().get().await?;
+        let row = client
+            .query_opt(&info_select("AND d.name = $2"), &[&tenant, &name])
+            .await?
+            .ok_or_else(|| DbError::NotFound { tenant: tenant.into(), name: name.into() })?;
+        let mut info = self.info_from_row(&row);
+        let id: i64 = row.get(16);
+        let events = client
+            .query(
+                &format!(
+                    "SELECT to_char(at AT TIME ZONE 'UTC', {RFC3339}), event, detail FROM database_events \
+                     WHERE database_id = $1 ORDER BY id DESC LIMIT 50"
+                ),
+                &[&id],
+            )
+            .await?;
+        info.events =
+            events.iter().map(|e| Event { at: e.get(0), event: e.get(1), detail: e.get(2) }).collect();
+        Ok(info)
+    }
+
+    fn info_from_row(&self, row: &tokio_postgres::Row) -> DatabaseInfo {
+        let plan: String = row.get(4);
+        let pg_name: String = row.get(8);
+        DatabaseInfo {
+            tenant: row.get(0),
+            name: row.get(1),
+            server: row.get(2),
+            zone: row.get(3),
+            connection_limit: self.plans().get(&plan).map(|p| p.connection_limit),
+            plan,
+            state: row.get(5),
+            host: row.get(6),
+            port: row.get::<_, i32>(7) as u16,
+            database: pg_name.clone(),
+            user: pg_name,
+            size_bytes: row.get(9),
+            storage_quota_bytes: row.get(10),
+            connections: row.get(11),
+            sampled_at: row.get(12),
+            last_backup_at: row.get(13),
+            deletion_protection: row.get(14),
+            created_at: row.get(15),
+            events: Vec::new(),
+        }
+    }
+
+    pub(crate) async fn row(&self, tenant: &str, name: &str) -> Result<Row, DbError> {
+        let client = self.pool().get().await?;
+        let row = client
+            .query_opt(
+                "SELECT d.id FROM tenant_databases d JOIN tenants t ON t.id = d.tenant_id \
+                 WHERE t.name = $1 AND d.name = $2 AND d.state <> 'creating'",
+                &[&tenant, &name],
+            )
+            .await?
+            .ok_or_else(|| DbError::NotFound { tenant: tenant.into(), name: name.into() })?;
+        drop(client);
+        self.row_by_id(row.get(0)).await
+    }
+
+    pub(crate) async fn row_by_id(&self, id: i64) -> Result<Row, DbError> {
+        let client = self.pool().get().await?;
+        let row = client
+            .query_one(
+                "SELECT d.id, t.name, d.name, d.server_id, d.pg_name, d.plan, d.state, d.deletion_protection \
+                 FROM tenant_databases d JOIN tenants t ON t.id = d.tenant_id WHERE d.id = $1",
+                &[&id],
+            )
+            .await?;
+        drop(client);
+        Ok(Row {
+            id,
+            tenant: row.get(1),
+            name: row.get(2),
+            server: servers::get_by_id(self.pool(), row.get(3)).await?,
+            pg_name: row.get(4),
+            plan: row.get(5),
+            state: row.get(6),
+            deletion_protection: row.get(7),
+        })
+    }
+
+    pub(crate) async fn record_event(&self, id: i64, event: &str, detail: &str) -> Result<(), DbError> {
+        let client = self.pool().get().await?;
+        client
+            .execute(
+                "INSERT INTO database_events (database_id, event, detail) VALUES ($1, $2, $3)",
+                &[&id, &event, &detail],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// How many databases the tenant has (tenant deletion refuses while there are any).
+    pub async fn count_databases(&self, tenant: TenantId) -> Result<i64, DbError> {
+        let client = self.pool().get().await?;
+        Ok(client
+            .query_one("SELECT count(*) FROM tenant_databases WHERE tenant_id = $1", &[&tenant.0])
+            .await?
+            .get(0))
+    }
+}
+
+fn credentials(row: &Row, password: String) -> Credentials {
+    let host = &row.server.host;
+    let url_host = if host.starts_with('/') {
+        host.replace('/', "%2F")
+    } else if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.clone()
+    };
+    Credentials {
+        tenant: row.tenant.clone(),
+        name: row.name.clone(),
+        server: row.server.name.clone(),
+        zone: row.server.zone.clone(),
+        plan: row.plan.clone(),
+        url: format!(
+            "postgresql://{}:{password}@{url_host}:{}/{}",
+            row.pg_name, row.server.port, row.pg_name
+        ),
+        host: host.clone(),
+        port: row.server.port,
+        database: row.pg_name.clone(),
+        user: row.pg_name.clone(),
+        password,
+    }
+}
