@@ -167,16 +167,18 @@ pub async fn drop_database_and_role(client: &Client, target: &Target<'_>) -> Res
         .map_err(DbError::on_server(target.server))
 }
 
-/// The user schemas of the database a client is connected to.
-async fn user_schemas(client: &Client, target: &Target<'_>) -> Result<Vec<String>, DbError> {
+/// The user schemas of the database a client is connected to, and whether each belongs to
+/// `pg_database_owner` (the `public` of a database made from a spare).
+async fn user_schemas(client: &Client, target: &Target<'_>) -> Result<Vec<(String, bool)>, DbError> {
     let rows = client
         .query(
-            "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'",
+            "SELECT nspname, pg_get_userbyid(nspowner) = 'pg_database_owner' FROM pg_namespace \
+             WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'",
             &[],
         )
         .await
         .map_err(DbError::on_server(target.server))?;
-    Ok(rows.iter().map(|row| row.get(0)).collect())
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
 /// Over the quota (`read_only`) or back under it: revokes or grants INSERT, UPDATE and CREATE,
@@ -191,8 +193,13 @@ pub async fn set_read_only(
     let role = ident(target.pg_name);
     let (verb, preposition) = if read_only { ("REVOKE", "FROM") } else { ("GRANT", "TO") };
     let mut sql = String::new();
-    for schema in user_schemas(inside, target).await? {
+    for (schema, owned_by_database_owner) in user_schemas(inside, target).await? {
         let schema = ident(&schema);
+        if owned_by_database_owner {
+            // The role holds pg_database_owner's rights, which a REVOKE from the role does not
+            // touch: give it the schema by name first (it owned it already, by its office).
+            sql.push_str(&format!("ALTER SCHEMA {schema} OWNER TO {role};"));
+        }
         sql.push_str(&format!(
             "{verb} INSERT, UPDATE ON ALL TABLES IN SCHEMA {schema} {preposition} {role}; \
              {verb} CREATE ON SCHEMA {schema} {preposition} {role};"

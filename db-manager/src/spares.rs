@@ -21,6 +21,15 @@ const SPARES_LOCK_CLASS: i32 = 0x5350;
 const MIN_VERSION_NUM: i32 = 150_000;
 const PREFIX: &str = "silo_spare_";
 
+/// This catalog's spares are `silo_spare_<first 12 hex digits of the catalog id>_<random>`, so
+/// that Silo deployments sharing a server never take or drop each other's.
+async fn catalog_prefix(manager: &DbManager) -> Result<String, DbError> {
+    let client = manager.pool().get().await?;
+    let id: String =
+        client.query_one("SELECT replace(catalog_id::text, '-', '') FROM silo_meta", &[]).await?.get(0);
+    Ok(format!("{PREFIX}{}_", &id[..12.min(id.len())]))
+}
+
 impl DbManager {
     /// Refills every server's pool of spares, in the background.
     pub(crate) fn replenish_spares_soon(&self) {
@@ -47,7 +56,10 @@ impl DbManager {
             self.tidy_spares(&server).await?;
             let client = self.pool().get().await?;
             let have: i64 = client
-                .query_one("SELECT count(*) FROM database_spares WHERE server_id = $1", &[&server.id])
+                .query_one(
+                    "SELECT count(*) FROM database_spares WHERE server_id = $1 AND claimed_at IS NULL",
+                    &[&server.id],
+                )
                 .await?
                 .get(0);
             drop(client);
@@ -71,8 +83,9 @@ impl DbManager {
         if version.parse::<i32>().unwrap_or(0) < MIN_VERSION_NUM {
             return Ok(false);
         }
+        let prefix = catalog_prefix(self).await?;
         let name =
-            format!("{PREFIX}{}", Alphanumeric.sample_string(&mut rand::rng(), 16).to_ascii_lowercase());
+            format!("{prefix}{}", Alphanumeric.sample_string(&mut rand::rng(), 12).to_ascii_lowercase());
         let client = self.pool().get().await?;
         client
             .execute("INSERT INTO database_spares (server_id, name) VALUES ($1, $2)", &[&server.id, &name])
@@ -103,7 +116,8 @@ impl DbManager {
         Ok(true)
     }
 
-    /// Takes a ready spare of `server`, if there is one; it is the caller's from here on.
+    /// Takes a ready spare of `server`, if there is one. The caller renames it, then calls
+    /// [`DbManager::release_spare`] whatever happened.
     pub(crate) async fn claim_spare(&self, server: &Server) -> Result<Option<String>, DbError> {
         if self.inner.config.spares_per_server == 0 {
             return Ok(None);
@@ -111,13 +125,22 @@ impl DbManager {
         let client = self.pool().get().await?;
         let row = client
             .query_opt(
-                "DELETE FROM database_spares WHERE (server_id, name) IN \
-                 (SELECT server_id, name FROM database_spares WHERE server_id = $1 AND ready \
+                "UPDATE database_spares SET claimed_at = now() WHERE (server_id, name) IN \
+                 (SELECT server_id, name FROM database_spares WHERE server_id = $1 AND ready AND claimed_at IS NULL \
                   ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING name",
                 &[&server.id],
             )
             .await?;
         Ok(row.map(|row| row.get(0)))
+    }
+
+    /// Forgets a claimed spare once the create has renamed it (or given up on it).
+    pub(crate) async fn release_spare(&self, server: &Server, name: &str) -> Result<(), DbError> {
+        let client = self.pool().get().await?;
+        client
+            .execute("DELETE FROM database_spares WHERE server_id = $1 AND name = $2", &[&server.id, &name])
+            .await?;
+        Ok(())
     }
 
     /// Makes `target` out of the spare `spare`: renamed, and owned by the target's role.
@@ -135,8 +158,8 @@ impl DbManager {
         admin.batch_execute(&sql).await.map_err(DbError::on_server(target.server))
     }
 
-    /// Under the server's replenisher lock: drops the spares that no ready row stands for,
-    /// whether a crash left them half-made or a claim died between taking and renaming one.
+    /// Under the server's replenisher lock: drops the spares that no row stands for, the ones a
+    /// crash left half-made, and the ones whose create died between claiming and renaming.
     async fn tidy_spares(&self, server: &Server) -> Result<(), DbError> {
         let admin = self.admin(server).await?;
         let client = self.pool().get().await?;
@@ -156,8 +179,9 @@ impl DbManager {
             .map(|row| row.get(0))
             .collect();
         drop(client);
+        let prefix = catalog_prefix(self).await?;
         let present: Vec<String> = admin
-            .query("SELECT datname FROM pg_database WHERE datname LIKE 'silo\\_spare\\_%'", &[])
+            .query("SELECT datname FROM pg_database WHERE starts_with(datname, $1)", &[&prefix])
             .await
             .map_err(DbError::on_server(&server.name))?
             .iter()

@@ -172,6 +172,7 @@ impl DbManager {
                 Ok(()) => from_spare = true,
                 Err(err) => tracing::warn!(spare, error = %err, "cannot use a spare database; creating one"),
             }
+            self.release_spare(&row.server, &spare).await?;
         }
         provision::ensure_database(&admin, &target, plan).await?;
         faults::crash_point("create.after_database");
