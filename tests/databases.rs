@@ -384,3 +384,58 @@ async fn a_database_made_from_a_spare_is_like_any_other() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn placement_follows_owner_zone_and_room() {
+    let fx = Fixture::start("db_placement", &[]).await;
+    fx.tenant("placed");
+    fx.tenant("private");
+    let url = db_manager::testing::shared().url("postgres");
+    let register = |body: serde_json::Value| fx.call(reqwest::Method::POST, "/v1/servers", Some(body));
+    // Two company servers in zone z2 (the same cluster under two names), one with little room.
+    let (status, _) =
+        register(json!({ "name": "z2-small", "url": url, "zone": "z2", "capacity_bytes": 3u64 << 30 })).await;
+    assert_eq!(status, 201);
+    let (status, _) =
+        register(json!({ "name": "z2-big", "url": url, "zone": "z2", "capacity_bytes": 1u64 << 40 })).await;
+    assert_eq!(status, 201);
+    // A server that a tenant owns takes that tenant's databases, and nobody else's.
+    let (status, owned) =
+        register(json!({ "name": "own-rack", "url": url, "zone": "z2", "owner": "private" })).await;
+    assert_eq!((status, owned["owner"].as_str()), (201, Some("private")), "{owned}");
+
+    let in_z2 = fx.create("placed", json!({ "name": "a", "zone": "z2" })).await;
+    assert_eq!(in_z2["server"], "z2-big", "the most room wins");
+    let anywhere = fx.create("placed", json!({ "name": "b" })).await;
+    assert_ne!(anywhere["server"], "own-rack");
+    let mine = fx.create("private", json!({ "name": "c" })).await;
+    assert_eq!(mine["server"], "own-rack");
+    // The small server has no room for a large plan's quota (100 GiB): never chosen for it.
+    for i in 0..3 {
+        let large =
+            fx.create("placed", json!({ "name": format!("large_{i}"), "zone": "z2", "plan": "large" })).await;
+        assert_eq!(large["server"], "z2-big");
+    }
+    let (status, body) = fx
+        .call(
+            reqwest::Method::POST,
+            "/v1/tenants/placed/databases",
+            Some(json!({ "name": "d", "zone": "z9" })),
+        )
+        .await;
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("no_server")), "{body}");
+    // A bad registration: a role that cannot create databases and roles.
+    admin_sql("DROP ROLE IF EXISTS weakling; CREATE ROLE weakling LOGIN PASSWORD 'weak-pass'");
+    let weak = format!(
+        "postgresql://weakling:weak-pass@127.0.0.1:{}/postgres",
+        db_manager::testing::shared().port()
+    );
+    let (status, body) = register(json!({ "name": "weak", "url": weak, "zone": "z1" })).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or("").contains("CREATEDB"), "{body}");
+    assert!(!body.to_string().contains("weak-pass"));
+    let (status, body) =
+        register(json!({ "name": "down", "url": "postgresql://x:y@127.0.0.1:1/postgres", "zone": "z1" }))
+            .await;
+    assert_eq!((status, body["error"]["code"].as_str()), (502, Some("server_unreachable")), "{body}");
+}
