@@ -1,7 +1,13 @@
 //! Who a request is: the secret of its access key (for s3s to check the SigV4 signature), and
 //! the tenant it acts for.
+//!
+//! s3s asks for the key's secret, checks the signature, then asks who the caller is. The first
+//! step reads the key from the catalog (so a revoked key fails at once); the second reuses
+//! what it found, if it is seconds old, instead of reading the key again.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use s3s::access::{S3Access, S3AccessContext};
 use s3s::auth::{S3Auth, SecretKey};
@@ -9,11 +15,38 @@ use s3s::{S3Result, s3_error};
 
 use super::Caller;
 use crate::catalog::access_keys;
+use crate::keys::TenantId;
 use crate::store::ChunkStore;
+
+/// How long a key lookup answers "who is this" for the request that made it.
+const FRESH: Duration = Duration::from_secs(5);
+const MAX_REMEMBERED: usize = 10_000;
 
 #[derive(Debug, Clone)]
 pub(crate) struct CatalogAuth {
     pub store: ChunkStore,
+    /// The tenant of each key that just passed a catalog lookup, and when.
+    pub looked_up: Arc<Mutex<HashMap<String, (TenantId, Instant)>>>,
+}
+
+impl CatalogAuth {
+    pub fn new(store: ChunkStore) -> Self {
+        CatalogAuth { store, looked_up: Arc::new(Mutex::new(HashMap::new())) }
+    }
+
+    fn remember(&self, access_key: &str, tenant: TenantId) {
+        if let Ok(mut map) = self.looked_up.lock() {
+            if map.len() >= MAX_REMEMBERED {
+                map.retain(|_, (_, at)| at.elapsed() < FRESH);
+            }
+            map.insert(access_key.to_string(), (tenant, Instant::now()));
+        }
+    }
+
+    fn recent(&self, access_key: &str) -> Option<TenantId> {
+        let map = self.looked_up.lock().ok()?;
+        map.get(access_key).filter(|(_, at)| at.elapsed() < FRESH).map(|(tenant, _)| *tenant)
+    }
 }
 
 #[async_trait::async_trait]
@@ -21,7 +54,10 @@ impl S3Auth for CatalogAuth {
     /// The secret of an active key; unknown and revoked keys get `InvalidAccessKeyId`.
     async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
         match access_keys::lookup(self.store.catalog(), self.store.server_secret(), access_key).await {
-            Ok(Some((_, secret))) => Ok(SecretKey::from(secret)),
+            Ok(Some((tenant, secret))) => {
+                self.remember(access_key, tenant);
+                Ok(SecretKey::from(secret))
+            }
             Ok(None) => Err(s3_error!(InvalidAccessKeyId, "the access key does not exist or was revoked")),
             Err(err) => {
                 tracing::error!(error = %err, "cannot look up an access key");
@@ -37,8 +73,9 @@ impl S3Access for CatalogAuth {
     /// tenant; only reads of public-read buckets accept them.
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
         let tenant = match cx.credentials() {
-            Some(credentials) => {
-                match access_keys::lookup(
+            Some(credentials) => match self.recent(&credentials.access_key) {
+                Some(tenant) => Some(tenant),
+                None => match access_keys::lookup(
                     self.store.catalog(),
                     self.store.server_secret(),
                     &credentials.access_key,
@@ -48,8 +85,8 @@ impl S3Access for CatalogAuth {
                     Ok(Some((tenant, _))) => Some(tenant),
                     Ok(None) => return Err(s3_error!(InvalidAccessKeyId)),
                     Err(_) => return Err(s3_error!(ServiceUnavailable)),
-                }
-            }
+                },
+            },
             None => None,
         };
         cx.extensions_mut().insert(Arc::new(Caller(tenant)));

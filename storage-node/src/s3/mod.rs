@@ -41,7 +41,7 @@ impl SiloS3 {
 
 /// The S3 service (an HTTP service for hyper or axum) over `store`.
 pub fn service(store: ChunkStore) -> S3Service {
-    let auth = auth::CatalogAuth { store: store.clone() };
+    let auth = auth::CatalogAuth::new(store.clone());
     let mut builder = S3ServiceBuilder::new(SiloS3 { store: store.clone() });
     builder.set_auth(auth.clone());
     builder.set_access(auth);

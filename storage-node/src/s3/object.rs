@@ -268,7 +268,10 @@ impl SiloS3 {
         row: &ObjectRow,
         range: std::ops::Range<u64>,
     ) -> S3Result<ObjectBody> {
-        let read = self.store.read(row.tenant, row.object, Some(range.clone())).await.map_err(from_store)?;
+        let read = self
+            .store
+            .read_sized(row.tenant, row.object, row.size, Some(range.clone()))
+            .map_err(from_store)?;
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let mut stream = read.stream;
         tokio::spawn(async move {

@@ -79,6 +79,21 @@ impl ChunkStore {
         range: Option<Range<u64>>,
     ) -> Result<ObjectRead, StoreError> {
         let size = self.object_size(tenant, object).await?;
+        self.read_sized(tenant, object, size, range)
+    }
+
+    /// [`ChunkStore::read`] of an object whose size the caller already knows (one catalog
+    /// query fewer); a wrong size fails the stream as truncated or overlong, never silently.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidRange`] at once; the rest as items of the stream.
+    pub fn read_sized(
+        &self,
+        tenant: TenantId,
+        object: ObjectId,
+        size: u64,
+        range: Option<Range<u64>>,
+    ) -> Result<ObjectRead, StoreError> {
         let range = range.unwrap_or(0..size);
         if range.start > range.end || range.end > size {
             return Err(StoreError::InvalidRange { start: range.start, end: range.end, size });
