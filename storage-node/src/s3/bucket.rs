@@ -50,20 +50,7 @@ impl SiloS3 {
             .query_opt("SELECT tenant_id, public_read FROM buckets WHERE name = $1", &[&name])
             .await
             .map_err(from_db)?;
-        let Some(row) = row else {
-            // An anonymous caller learns nothing about which names exist.
-            return Err(match caller {
-                Some(_) => s3_error!(NoSuchBucket),
-                None => s3_error!(AccessDenied),
-            });
-        };
-        let bucket = BucketRow { tenant: TenantId(row.get(0)) };
-        let public_read: bool = row.get(1);
-        match caller {
-            Some(tenant) if tenant == bucket.tenant => Ok(bucket),
-            _ if public_read && intent == Intent::Read => Ok(bucket),
-            _ => Err(s3_error!(AccessDenied)),
-        }
+        authorize(caller, row.map(|row| (TenantId(row.get(0)), row.get(1))), intent)
     }
 
     pub(crate) async fn create_bucket_for(&self, tenant: TenantId, name: &str) -> S3Result<()> {
@@ -123,6 +110,27 @@ impl SiloS3 {
             .await
             .map_err(from_db)?;
         Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
+}
+
+/// Whether `caller` may act on a bucket (`None`: no such bucket) with `intent`: its own
+/// tenant always, anybody reading a public-read bucket, nobody else. An anonymous caller
+/// learns nothing about which names exist.
+pub(crate) fn authorize(
+    caller: Option<TenantId>,
+    bucket: Option<(TenantId, bool)>,
+    intent: Intent,
+) -> S3Result<BucketRow> {
+    let Some((owner, public_read)) = bucket else {
+        return Err(match caller {
+            Some(_) => s3_error!(NoSuchBucket),
+            None => s3_error!(AccessDenied),
+        });
+    };
+    match caller {
+        Some(tenant) if tenant == owner => Ok(BucketRow { tenant: owner }),
+        _ if public_read && intent == Intent::Read => Ok(BucketRow { tenant: owner }),
+        _ => Err(s3_error!(AccessDenied)),
     }
 }
 

@@ -86,29 +86,37 @@ impl SiloS3 {
         bucket: &str,
         key: &str,
     ) -> S3Result<ObjectRow> {
-        let owner = self.bucket(caller, bucket, Intent::Read).await?;
+        // The bucket and the object in one query; access is decided before the object's
+        // absence is told.
         let client = self.pool().get().await.map_err(from_pool)?;
         let row = client
             .query_opt(
-                "SELECT s.object_id, s.etag, o.size, extract(epoch FROM s.last_modified)::float8, \
+                "SELECT b.tenant_id, b.public_read, s.object_id, s.etag, o.size, \
+                        extract(epoch FROM s.last_modified)::float8, \
                         s.content_type, s.content_disposition, s.cache_control, s.user_metadata::text \
-                 FROM s3_objects s JOIN objects o ON o.id = s.object_id \
-                 WHERE s.bucket = $1 AND s.key = $2",
+                 FROM buckets b LEFT JOIN s3_objects s ON s.bucket = b.name AND s.key = $2 \
+                 LEFT JOIN objects o ON o.id = s.object_id \
+                 WHERE b.name = $1",
                 &[&bucket, &key],
             )
             .await
-            .map_err(from_db)?
-            .ok_or_else(|| s3_error!(NoSuchKey))?;
+            .map_err(from_db)?;
+        let owner = super::bucket::authorize(
+            caller,
+            row.as_ref().map(|r| (TenantId(r.get(0)), r.get(1))),
+            Intent::Read,
+        )?;
+        let row = row.filter(|r| r.get::<_, Option<i64>>(2).is_some()).ok_or_else(|| s3_error!(NoSuchKey))?;
         Ok(ObjectRow {
-            object: ObjectId(row.get(0)),
+            object: ObjectId(row.get(2)),
             tenant: owner.tenant,
-            etag: row.get(1),
-            size: row.get::<_, i64>(2) as u64,
-            last_modified: row.get(3),
-            content_type: row.get(4),
-            content_disposition: row.get(5),
-            cache_control: row.get(6),
-            metadata: serde_json::from_str(row.get::<_, &str>(7)).unwrap_or_default(),
+            etag: row.get(3),
+            size: row.get::<_, i64>(4) as u64,
+            last_modified: row.get(5),
+            content_type: row.get(6),
+            content_disposition: row.get(7),
+            cache_control: row.get(8),
+            metadata: serde_json::from_str(row.get::<_, &str>(9)).unwrap_or_default(),
         })
     }
 
