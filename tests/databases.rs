@@ -438,4 +438,12 @@ async fn placement_follows_owner_zone_and_room() {
         register(json!({ "name": "down", "url": "postgresql://x:y@127.0.0.1:1/postgres", "zone": "z1" }))
             .await;
     assert_eq!((status, body["error"]["code"].as_str()), (502, Some("server_unreachable")), "{body}");
+    let (status, body) =
+        register(json!({ "name": "x\"; DROP DATABASE postgres; --", "url": url, "zone": "z1" })).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_name")), "{body}");
+    let (status, body) = register(json!({ "name": "broken", "url": "not a url", "zone": "z1" })).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) =
+        fx.call(reqwest::Method::POST, "/v1/tenants", Some(json!({ "name": "silo-system" }))).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("reserved_name")), "{body}");
 }
