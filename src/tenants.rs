@@ -75,8 +75,16 @@ pub fn key(command: KeyCommand) -> anyhow::Result<()> {
 /// `silo usage TENANT`.
 pub fn usage(tenant: &str, client: &ClientArgs) -> anyhow::Result<()> {
     let usage: Value = block_on(client.call(Method::GET, &format!("/v1/tenants/{tenant}/usage"), None))?;
-    let columns =
-        ["objects", "logical_bytes", "stored_bytes", "dedup_ratio", "compression_ratio", "quota_bytes"];
+    let columns = [
+        "s3_objects",
+        "backups",
+        "objects",
+        "logical_bytes",
+        "stored_bytes",
+        "dedup_ratio",
+        "compression_ratio",
+        "quota_bytes",
+    ];
     print_rows(client, &usage, &[vec![usage.clone()]], &columns);
     Ok(())
 }

@@ -75,6 +75,9 @@ async fn a_backup_restores_exactly_into_a_new_database_and_with_plain_pg_restore
         "{summary}"
     );
     let id = result["backup_id"].as_i64().expect("backup id");
+    let usage = silo_json(&fx, &["usage", "shopco"]);
+    assert_eq!((usage["backups"].as_u64(), usage["s3_objects"].as_u64()), (Some(1), Some(0)), "{usage}");
+    assert!(usage["backup_logical_bytes"].as_u64().unwrap_or(0) > 5_000_000, "{usage}");
     let listed = silo_json(&fx, &["backup", "list", "--db", "shopco/main"]);
     assert_eq!(listed[0]["id"].as_i64(), Some(id));
     assert!(listed[0]["logical_bytes"].as_i64().unwrap_or(0) > 5_000_000, "{listed}");

@@ -134,6 +134,7 @@ async fn the_api_validates_names_patches_quotas_and_refuses_to_drop_a_tenant_wit
     let usage: Value =
         http.get(api("/tenants/shop/usage")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
     assert_eq!(usage["objects"], 1);
+    assert_eq!((usage["s3_objects"].as_u64(), usage["backups"].as_u64()), (Some(0), Some(0)), "{usage}");
     let forced = http.delete(api("/tenants/shop?force=true")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(forced.status(), 204);
     let gone = http.get(api("/tenants/shop")).bearer_auth(&token).send().await.unwrap();

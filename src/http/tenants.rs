@@ -144,9 +144,27 @@ async fn revoke_key(
 async fn usage(
     State(state): State<Arc<AppState>>,
     Path(tenant): Path<String>,
-) -> Result<Json<Usage>, ApiError> {
+) -> Result<Json<TenantUsage>, ApiError> {
     let id = tenants::find(&state.catalog, &tenant).await?;
-    Ok(Json(state.store.usage(id).await?))
+    let usage = state.store.usage(id).await?;
+    let (s3_objects, buckets) =
+        storage_node::s3::tenant_counts(&state.catalog, id).await.map_err(ApiError::internal)?;
+    let (backups, backup_logical_bytes) = state.databases.backup_usage(id).await?;
+    Ok(Json(TenantUsage { usage, buckets, s3_objects, backups, backup_logical_bytes }))
+}
+
+/// A tenant's usage: the store's counters (every object it stores: S3 objects, parts of
+/// unfinished multipart uploads, database backups), and how they split.
+#[derive(Debug, serde::Serialize)]
+struct TenantUsage {
+    #[serde(flatten)]
+    usage: Usage,
+    buckets: u64,
+    /// Objects reachable through S3.
+    s3_objects: u64,
+    /// Complete database backups, and their logical bytes.
+    backups: u64,
+    backup_logical_bytes: u64,
 }
 
 impl From<TenantError> for ApiError {

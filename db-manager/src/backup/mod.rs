@@ -117,6 +117,19 @@ impl DbManager {
         Ok(rows.iter().map(|row| from_row(row).info).collect())
     }
 
+    /// How many complete backups a tenant keeps, and their logical bytes.
+    pub async fn backup_usage(&self, tenant: TenantId) -> Result<(u64, u64), DbError> {
+        let client = self.pool().get().await?;
+        let row = client
+            .query_one(
+                "SELECT count(*), coalesce(sum(logical_bytes), 0)::int8 FROM database_backups \
+                 WHERE tenant_id = $1 AND status = 'complete'",
+                &[&tenant.0],
+            )
+            .await?;
+        Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
+    }
+
     /// One backup.
     pub async fn backup(&self, id: i64) -> Result<BackupInfo, DbError> {
         Ok(self.stored_backup(id).await?.info)

@@ -79,6 +79,25 @@ pub async fn bucket_info(
     Ok(row.map(|row| BucketInfo { name: row.get(0), tenant: row.get(1), public_read: row.get(2) }))
 }
 
+/// How many S3 objects (across its buckets) and buckets a tenant has.
+///
+/// # Errors
+/// Catalog errors.
+pub async fn tenant_counts(
+    pool: &CatalogPool,
+    tenant: TenantId,
+) -> Result<(u64, u64), crate::catalog::CatalogError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM s3_objects s JOIN buckets b ON b.name = s.bucket WHERE b.tenant_id = $1), \
+                    (SELECT count(*) FROM buckets WHERE tenant_id = $1)",
+            &[&tenant.0],
+        )
+        .await?;
+    Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
+}
+
 /// The tenant a request acts for (set by the access check).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Caller(pub Option<TenantId>);
