@@ -11,8 +11,17 @@ use crate::cli::BackupCommand;
 use crate::client::{ClientArgs, block_on};
 use crate::tenants::print_rows;
 
-const BACKUP_COLUMNS: [&str; 8] =
-    ["id", "tenant", "database", "kind", "status", "started_at", "logical_bytes", "new_stored_bytes"];
+const BACKUP_COLUMNS: [&str; 9] = [
+    "id",
+    "tenant",
+    "database",
+    "kind",
+    "status",
+    "started_at",
+    "finished_at",
+    "logical_bytes",
+    "new_stored_bytes",
+];
 
 /// `silo backup ...`.
 pub fn backup(command: BackupCommand) -> anyhow::Result<()> {
