@@ -23,7 +23,12 @@ fn silo_json(fx: &Fixture, args: &[&str]) -> Value {
     let mut with_json = args.to_vec();
     with_json.push("--json");
     let output = silo(fx, &with_json);
-    assert!(output.status.success(), "silo {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "silo {args:?}: {}\nserver log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        fx.silo.stderr()
+    );
     serde_json::from_slice(&output.stdout).expect("JSON output")
 }
 
