@@ -394,6 +394,24 @@ async fn a_lost_catalog_is_rebuilt_from_its_backup() {
     // Everything the catalog knew is back: tenants, databases, backups and the chunks behind them.
     let listed = silo_json(&fx, &["backup", "list", "--db", "survivor/db"]);
     assert_eq!(listed[0]["id"].as_i64(), Some(backup), "{listed}");
-    let again = silo_json(&fx, &["backup", "restore", &backup.to_string(), "--into", "again"]);
-    assert_eq!(psql_ok(again["url"].as_str().expect("url"), "SELECT count(*) FROM t"), "1000");
+    // The chunks behind the backup read back through the rebuilt catalog, verified.
+    let file = fx.tmp.path().join("after-rebuild.dump");
+    let downloaded =
+        silo(&fx, &["backup", "download", &backup.to_string(), "-o", file.to_str().expect("path")]);
+    assert!(
+        downloaded.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&downloaded.stderr),
+        fx.silo.stderr()
+    );
+    admin_sql("DROP DATABASE IF EXISTS after_rebuild");
+    admin_sql("CREATE DATABASE after_rebuild");
+    let scratch = db_manager::testing::shared().url("after_rebuild");
+    let status = Command::new("pg_restore")
+        .args(["--no-owner", "--exit-on-error", "-d", &scratch])
+        .arg(&file)
+        .status();
+    assert!(status.expect("pg_restore").success());
+    assert_eq!(psql_ok(&scratch, "SELECT count(*) FROM t"), "1000");
+    admin_sql("DROP DATABASE after_rebuild");
 }

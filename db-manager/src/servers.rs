@@ -246,8 +246,10 @@ pub(crate) async fn admin_config(
     server_id: i64,
 ) -> Result<tokio_postgres::Config, DbError> {
     let client = pool.get().await?;
-    let row =
-        client.query_one("SELECT admin_url_sealed FROM db_servers WHERE id = $1", &[&server_id]).await?;
+    let row = client
+        .query_opt("SELECT admin_url_sealed FROM db_servers WHERE id = $1", &[&server_id])
+        .await?
+        .ok_or_else(|| DbError::ServerNotFound(format!("#{server_id}")))?;
     let url = secret.open(SEALING_PURPOSE, row.get(0)).ok_or(DbError::SealedSecret)?;
     let url = String::from_utf8(url).map_err(|_| DbError::SealedSecret)?;
     url.parse().map_err(|_| DbError::SealedSecret)

@@ -199,12 +199,13 @@ impl DbManager {
     pub(crate) async fn row_by_id(&self, id: i64) -> Result<Row, DbError> {
         let client = self.pool().get().await?;
         let row = client
-            .query_one(
+            .query_opt(
                 "SELECT d.id, t.name, d.name, d.server_id, d.pg_name, d.plan, d.state, d.deletion_protection \
                  FROM tenant_databases d JOIN tenants t ON t.id = d.tenant_id WHERE d.id = $1",
                 &[&id],
             )
-            .await?;
+            .await?
+            .ok_or_else(|| DbError::InvalidRequest(format!("database #{id} vanished from the catalog")))?;
         drop(client);
         Ok(Row {
             id,
