@@ -125,9 +125,14 @@ impl DbManager {
         let client = self.pool().get().await?;
         let row = client
             .query_opt(
-                "UPDATE database_spares SET claimed_at = now() WHERE (server_id, name) IN \
-                 (SELECT server_id, name FROM database_spares WHERE server_id = $1 AND ready AND claimed_at IS NULL \
-                  ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING name",
+                // Picked once, in a materialized CTE: as a semi-join the LIMIT subquery may be
+                // rescanned per row (a plan chosen without statistics, after a catalog restore)
+                // and claim two spares.
+                "WITH picked AS MATERIALIZED (SELECT server_id, name FROM database_spares \
+                   WHERE server_id = $1 AND ready AND claimed_at IS NULL \
+                   ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                 UPDATE database_spares s SET claimed_at = now() FROM picked \
+                 WHERE s.server_id = picked.server_id AND s.name = picked.name RETURNING s.name",
                 &[&server.id],
             )
             .await?;

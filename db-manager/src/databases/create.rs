@@ -164,9 +164,15 @@ impl DbManager {
         provision::ensure_role(&admin, &target, password, plan).await?;
         faults::crash_point("create.after_role");
         let mut from_spare = false;
-        if !provision::database_exists(&admin, &target).await?
-            && let Some(spare) = self.claim_spare(&row.server).await?
-        {
+        let spare = match provision::database_exists(&admin, &target).await? {
+            true => None,
+            // A spare is an optimisation: failing to take one only means making the database.
+            false => self.claim_spare(&row.server).await.unwrap_or_else(|err| {
+                tracing::warn!(error = %err, "cannot take a spare database; creating one");
+                None
+            }),
+        };
+        if let Some(spare) = spare {
             self.replenish_spares_soon();
             match self.adopt_spare(&admin, &target, &spare).await {
                 Ok(()) => from_spare = true,
