@@ -79,12 +79,7 @@ pub fn backup(command: BackupCommand) -> anyhow::Result<()> {
             let restored: Value =
                 block_on(client.call(Method::POST, &format!("/v1/backups/{id}/restore"), Some(body)))?;
             if restored.get("password").is_some() {
-                let columns = ["name", "server", "host", "port", "database", "user", "password"];
-                print_rows(&client, &restored, &[vec![restored.clone()]], &columns);
-                if !client.json {
-                    println!("\nurl: {}", restored["url"].as_str().unwrap_or_default());
-                    println!("The password is shown this one time: keep it now.");
-                }
+                crate::databases::print_credentials(&client, &restored);
             } else {
                 print_rows(
                     &client,

@@ -53,7 +53,7 @@ pub fn restore(args: CatalogRestoreArgs) -> anyhow::Result<()> {
     let dbname = config.get_dbname().unwrap_or("silo").to_string();
     let binaries = PgBinaries::locate(args.postgres_bin_dir.as_deref())?;
     let mut child = Command::new(binaries.path("pg_restore"))
-        .args(["--no-owner", "--no-privileges", "--exit-on-error", "--single-transaction", "--no-password"])
+        .args(db_manager::backup::restore::RESTORE_ARGS)
         .arg(format!("--dbname={dbname}"))
         .envs(db_manager::backup::dump::pg_env(&config, &dbname))
         .stdin(Stdio::piped())

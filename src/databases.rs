@@ -70,7 +70,7 @@ pub fn db(command: DbCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_credentials(client: &crate::client::ClientArgs, credentials: &Value) {
+pub(crate) fn print_credentials(client: &crate::client::ClientArgs, credentials: &Value) {
     print_rows(client, credentials, &[vec![credentials.clone()]], &CREDENTIAL_COLUMNS);
     if !client.json {
         println!("\nurl: {}", credentials["url"].as_str().unwrap_or_default());

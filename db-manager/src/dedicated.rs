@@ -154,11 +154,7 @@ impl DbManager {
     }
 
     fn dedicated_password(&self, sealed: &[u8]) -> Result<String, DbError> {
-        let url = self.inner.secret.open("db server admin url", sealed).ok_or(DbError::SealedSecret)?;
-        let config: tokio_postgres::Config = String::from_utf8(url)
-            .map_err(|_| DbError::SealedSecret)?
-            .parse()
-            .map_err(|_| DbError::SealedSecret)?;
+        let config = servers::open_admin_url(&self.inner.secret, sealed)?;
         let password = config.get_password().ok_or(DbError::SealedSecret)?;
         String::from_utf8(password.to_vec()).map_err(|_| DbError::SealedSecret)
     }

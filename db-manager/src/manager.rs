@@ -71,6 +71,8 @@ pub(crate) struct Inner {
     pub samples: RwLock<Vec<Sample>>,
     /// Admin connections to each server, by server id.
     pub server_pools: Mutex<HashMap<i64, CatalogPool>>,
+    /// The name prefix of this catalog's spare databases (read once: the catalog id is fixed).
+    pub spare_prefix: tokio::sync::OnceCell<String>,
     pub stop: CancellationToken,
 }
 
@@ -91,6 +93,7 @@ impl DbManager {
             instances: Mutex::new(HashMap::new()),
             samples: RwLock::new(Vec::new()),
             server_pools: Mutex::new(HashMap::new()),
+            spare_prefix: tokio::sync::OnceCell::new(),
             stop,
         };
         DbManager { inner: Arc::new(inner) }
@@ -154,7 +157,7 @@ impl DbManager {
         if let Err(err) = self.drop_spares(&server).await {
             tracing::warn!(server = name, error = %err, "cannot drop the server's spare databases");
         }
-        let server = servers::remove(&self.inner.pool, name).await?;
+        servers::forget(&self.inner.pool, &server).await?;
         if let Ok(mut pools) = self.inner.server_pools.lock() {
             pools.remove(&server.id);
         }

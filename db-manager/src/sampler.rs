@@ -125,17 +125,25 @@ impl DbManager {
         let measured: HashMap<String, (i64, i32)> =
             rows.iter().map(|row| (row.get::<_, String>(0), (row.get(1), row.get(2)))).collect();
         let mut samples = Vec::new();
-        for database in databases {
-            let Some(&(size, connections)) = measured.get(&database.pg_name) else { continue };
-            let client = self.pool().get().await?;
-            client
-                .execute(
-                    "UPDATE tenant_databases SET size_bytes = $2, connections = $3, sampled_at = now(), \
-                     storage_quota_bytes = $4 WHERE id = $1",
-                    &[&database.id, &size, &connections, &database.quota],
-                )
-                .await?;
-            drop(client);
+        // One catalog statement records the whole server's sample.
+        let present: Vec<&Sampled> = databases.iter().filter(|d| measured.contains_key(&d.pg_name)).collect();
+        let ids: Vec<i64> = present.iter().map(|d| d.id).collect();
+        let sizes: Vec<i64> = present.iter().map(|d| measured[&d.pg_name].0).collect();
+        let counts: Vec<i32> = present.iter().map(|d| measured[&d.pg_name].1).collect();
+        let quotas: Vec<i64> = present.iter().map(|d| d.quota).collect();
+        let client = self.pool().get().await?;
+        client
+            .execute(
+                "UPDATE tenant_databases d SET size_bytes = s.size, connections = s.connections, \
+                 sampled_at = now(), storage_quota_bytes = s.quota \
+                 FROM unnest($1::int8[], $2::int8[], $3::int4[], $4::int8[]) AS s(id, size, connections, quota) \
+                 WHERE d.id = s.id",
+                &[&ids, &sizes, &counts, &quotas],
+            )
+            .await?;
+        drop(client);
+        for database in present {
+            let (size, connections) = measured[&database.pg_name];
             let read_only = self.enforce_quota(&server, database, size).await.unwrap_or_else(|err| {
                 tracing::error!(database = %database.name, error = %err, "cannot enforce the quota");
                 database.state == "read_only_over_quota"

@@ -228,15 +228,22 @@ pub async fn upsert_embedded(
     Ok(())
 }
 
-/// Forgets a server that holds no database. Returns it.
-pub async fn remove(pool: &CatalogPool, name: &str) -> Result<Server, DbError> {
-    let server = get(pool, name).await?;
-    if server.databases > 0 {
-        return Err(DbError::ServerInUse { name: name.to_string(), databases: server.databases });
-    }
+/// Forgets `server` unless it holds a database (checked in the same statement, so a create
+/// that lands meanwhile cannot be orphaned).
+pub async fn forget(pool: &CatalogPool, server: &Server) -> Result<(), DbError> {
     let client = pool.get().await?;
-    client.execute("DELETE FROM db_servers WHERE id = $1", &[&server.id]).await?;
-    Ok(server)
+    let deleted = client
+        .execute(
+            "DELETE FROM db_servers WHERE id = $1 \
+             AND NOT EXISTS (SELECT 1 FROM tenant_databases WHERE server_id = $1)",
+            &[&server.id],
+        )
+        .await?;
+    if deleted == 0 {
+        let databases = get(pool, &server.name).await.map_or(0, |s| s.databases);
+        return Err(DbError::ServerInUse { name: server.name.clone(), databases });
+    }
+    Ok(())
 }
 
 /// The admin connection settings of a server, unsealed.
@@ -250,7 +257,15 @@ pub(crate) async fn admin_config(
         .query_opt("SELECT admin_url_sealed FROM db_servers WHERE id = $1", &[&server_id])
         .await?
         .ok_or_else(|| DbError::ServerNotFound(format!("#{server_id}")))?;
-    let url = secret.open(SEALING_PURPOSE, row.get(0)).ok_or(DbError::SealedSecret)?;
+    open_admin_url(secret, row.get(0))
+}
+
+/// An admin URL sealed by [`insert`], opened.
+pub(crate) fn open_admin_url(
+    secret: &ServerSecret,
+    sealed: &[u8],
+) -> Result<tokio_postgres::Config, DbError> {
+    let url = secret.open(SEALING_PURPOSE, sealed).ok_or(DbError::SealedSecret)?;
     let url = String::from_utf8(url).map_err(|_| DbError::SealedSecret)?;
     url.parse().map_err(|_| DbError::SealedSecret)
 }

@@ -24,10 +24,19 @@ const PREFIX: &str = "silo_spare_";
 /// This catalog's spares are `silo_spare_<first 12 hex digits of the catalog id>_<random>`, so
 /// that Silo deployments sharing a server never take or drop each other's.
 async fn catalog_prefix(manager: &DbManager) -> Result<String, DbError> {
-    let client = manager.pool().get().await?;
-    let id: String =
-        client.query_one("SELECT replace(catalog_id::text, '-', '') FROM silo_meta", &[]).await?.get(0);
-    Ok(format!("{PREFIX}{}_", &id[..12.min(id.len())]))
+    let prefix = manager
+        .inner
+        .spare_prefix
+        .get_or_try_init(|| async {
+            let client = manager.pool().get().await?;
+            let id: String = client
+                .query_one("SELECT replace(catalog_id::text, '-', '') FROM silo_meta", &[])
+                .await?
+                .get(0);
+            Ok::<_, DbError>(format!("{PREFIX}{}_", &id[..12.min(id.len())]))
+        })
+        .await?;
+    Ok(prefix.clone())
 }
 
 impl DbManager {

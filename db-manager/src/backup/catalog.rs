@@ -155,17 +155,13 @@ impl DbManager {
             let client = self.pool().get().await?;
             client.execute("DELETE FROM catalog_backups WHERE id = $1", &[&id]).await?;
         }
-        client_cleanup_failed(self).await
+        let client = self.pool().get().await?;
+        client
+            .execute(
+                "DELETE FROM catalog_backups WHERE status = 'failed' AND started_at < now() - interval '1 day'",
+                &[],
+            )
+            .await?;
+        Ok(())
     }
-}
-
-async fn client_cleanup_failed(manager: &DbManager) -> Result<(), DbError> {
-    let client = manager.pool().get().await?;
-    client
-        .execute(
-            "DELETE FROM catalog_backups WHERE status = 'failed' AND started_at < now() - interval '1 day'",
-            &[],
-        )
-        .await?;
-    Ok(())
 }

@@ -21,7 +21,6 @@ use crate::DbError;
 use crate::databases::Row;
 use crate::instance::PgBinaries;
 use crate::manager::DbManager;
-use crate::servers;
 
 /// Where the pg tools connect, as libpq environment variables (so no password is on a command
 /// line).
@@ -193,7 +192,7 @@ impl DbManager {
         let reader =
             dump_reader(&binaries, &[format!("--snapshot={snapshot}")], pg_env(&config, &row.pg_name))
                 .map_err(|message| DbError::Dump { database: row.name.clone(), message })?;
-        let tenant = row_tenant(self, row).await?;
+        let tenant = row.tenant_id;
         let put = self.inner.store.put(tenant, reader, PutOptions::default());
         let count = async {
             let mut counts = serde_json::Map::new();
@@ -220,8 +219,4 @@ impl DbManager {
             }
         }
     }
-}
-
-async fn row_tenant(manager: &DbManager, row: &Row) -> Result<storage_node::keys::TenantId, DbError> {
-    servers::tenant_id(manager.pool(), &row.tenant).await
 }

@@ -20,6 +20,11 @@ use crate::names::ident;
 use crate::provision;
 use crate::servers::Server;
 
+/// How every restore runs `pg_restore`: objects owned by whoever restores (the database's
+/// role), no grants of the source's roles, all or nothing.
+pub const RESTORE_ARGS: [&str; 5] =
+    ["--no-owner", "--no-privileges", "--exit-on-error", "--single-transaction", "--no-password"];
+
 /// Where a restore goes.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,7 +119,9 @@ impl DbManager {
                 let row = self.row(&tenant, &into).await?;
                 if let Err(err) = self.pg_restore(id, &row.server, &row.pg_name, Some(&row.pg_name)).await {
                     tracing::error!(backup = id, database = %into, error = %err, "restore failed; dropping the new database");
-                    let _ = self.delete_database(&tenant, &into, true).await;
+                    if let Err(drop_err) = self.delete_database(&tenant, &into, true).await {
+                        tracing::error!(database = %into, error = %drop_err, "cannot drop the half-restored database; delete it by hand");
+                    }
                     return Err(err);
                 }
                 tracing::info!(backup = id, tenant, database = %into, "restored a backup into a new database");
@@ -134,7 +141,14 @@ impl DbManager {
                 };
                 if let Err(err) = self.replace_contents(id, &row).await {
                     tracing::error!(backup = id, error = %err, safety = safety.id, "in-place restore failed; putting the safety backup back");
-                    self.replace_contents(safety.id, &row).await?;
+                    if let Err(rollback) = self.replace_contents(safety.id, &row).await {
+                        return Err(DbError::Restore {
+                            message: format!(
+                                "{err}; putting back safety backup {} failed too ({rollback}): restore it by hand",
+                                safety.id
+                            ),
+                        });
+                    }
                     return Err(err);
                 }
                 tracing::info!(backup = id, tenant, database = %row.name, safety = safety.id, "restored a backup in place");
@@ -179,13 +193,7 @@ impl DbManager {
         let config = crate::servers::admin_config(self.pool(), &self.inner.secret, server.id).await?;
         let binaries = PgBinaries::locate(self.inner.config.dedicated.bin_dir.as_deref())?;
         let mut command = tokio::process::Command::new(binaries.path("pg_restore"));
-        command.args([
-            "--no-owner",
-            "--no-privileges",
-            "--exit-on-error",
-            "--no-password",
-            "--single-transaction",
-        ]);
+        command.args(RESTORE_ARGS);
         command.arg(format!("--dbname={dbname}"));
         if let Some(role) = role {
             command.arg(format!("--role={role}"));

@@ -94,6 +94,7 @@ pub struct UpdateRequest {
 #[derive(Debug, Clone)]
 pub(crate) struct Row {
     pub id: i64,
+    pub tenant_id: TenantId,
     pub tenant: String,
     pub name: String,
     pub server: Server,
@@ -200,7 +201,7 @@ impl DbManager {
         let client = self.pool().get().await?;
         let row = client
             .query_opt(
-                "SELECT d.id, t.name, d.name, d.server_id, d.pg_name, d.plan, d.state, d.deletion_protection \
+                "SELECT d.tenant_id, t.name, d.name, d.server_id, d.pg_name, d.plan, d.state, d.deletion_protection \
                  FROM tenant_databases d JOIN tenants t ON t.id = d.tenant_id WHERE d.id = $1",
                 &[&id],
             )
@@ -209,6 +210,7 @@ impl DbManager {
         drop(client);
         Ok(Row {
             id,
+            tenant_id: TenantId(row.get(0)),
             tenant: row.get(1),
             name: row.get(2),
             server: servers::get_by_id(self.pool(), row.get(3)).await?,
@@ -228,15 +230,6 @@ impl DbManager {
             )
             .await?;
         Ok(())
-    }
-
-    /// How many databases the tenant has (tenant deletion refuses while there are any).
-    pub async fn count_databases(&self, tenant: TenantId) -> Result<i64, DbError> {
-        let client = self.pool().get().await?;
-        Ok(client
-            .query_one("SELECT count(*) FROM tenant_databases WHERE tenant_id = $1", &[&tenant.0])
-            .await?
-            .get(0))
     }
 }
 
