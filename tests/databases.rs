@@ -26,13 +26,18 @@ async fn a_database_is_created_reachable_and_isolated() {
     assert_eq!(psql_ok(url, "SHOW statement_timeout"), "30s");
     let pg_name = acme["database"].as_str().expect("database");
     assert_eq!(admin_sql(&format!("SELECT datconnlimit FROM pg_database WHERE datname = '{pg_name}'")), "20");
-    // The role owns `public`: by name, or (a database made from a spare) as the database's
-    // owner, which `pg_database_owner` stands for on Postgres 15 and later.
-    let owner = psql_ok(url, "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'public'");
-    assert!(owner == pg_name || owner == "pg_database_owner", "{owner}");
+    // The login role owns nothing: a NOLOGIN owner role owns the database and `public` (by
+    // name, or as `pg_database_owner` in a database made from a spare), and the login role's
+    // sessions act as it.
     let database_owner =
         psql_ok(url, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()");
-    assert_eq!(database_owner, pg_name);
+    assert!(database_owner.starts_with("silo_o_"), "{database_owner}");
+    let owner = psql_ok(url, "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'public'");
+    assert!(owner == database_owner || owner == "pg_database_owner", "{owner}");
+    assert_eq!(
+        psql_ok(url, "SELECT session_user || ' ' || current_user"),
+        format!("{pg_name} {database_owner}")
+    );
     psql_ok(url, "CREATE TABLE in_public (x int); DROP TABLE in_public");
     let public_acl =
         psql_ok(url, "SELECT coalesce(nspacl::text, '') FROM pg_namespace WHERE nspname = 'public'");
@@ -140,14 +145,69 @@ async fn hostile_and_malformed_names_are_refused_before_anything_runs() {
 }
 
 #[tokio::test]
+async fn names_never_collide_and_what_silo_did_not_make_is_never_adopted() {
+    let fx = Fixture::start("db_collide", &[]).await;
+    for tenant in ["col-b", "col", "silo", "fo-reign"] {
+        fx.tenant(tenant);
+    }
+    // Under the old mapping both were `col_b_c`.
+    let first = fx.create("col-b", json!({ "name": "c" })).await;
+    let second = fx.create("col", json!({ "name": "b_c" })).await;
+    assert_ne!(first["database"], second["database"]);
+    psql_ok(first["url"].as_str().expect("url"), "CREATE TABLE mine (x int)");
+    assert!(psql_err(second["url"].as_str().expect("url"), "SELECT * FROM mine").contains("does not exist"));
+
+    // A tenant whose names would fall in Silo's own namespace (spares, owner and worker roles).
+    let (status, body) = fx
+        .call(reqwest::Method::POST, "/v1/tenants/silo/databases", Some(json!({ "name": "spare_x" })))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or("").contains("reserved"), "{body}");
+
+    // A database and a role that someone else made on the server under the names Silo would use.
+    admin_sql("DROP DATABASE IF EXISTS \"fo-reign_theirs\"");
+    admin_sql("CREATE DATABASE \"fo-reign_theirs\"");
+    psql_ok(
+        &db_manager::testing::shared().url("fo-reign_theirs"),
+        "CREATE TABLE precious (x int); INSERT INTO precious VALUES (42)",
+    );
+    admin_sql("DROP ROLE IF EXISTS \"fo-reign_role\"; CREATE ROLE \"fo-reign_role\" LOGIN");
+    for (name, what) in [("theirs", "database"), ("role", "role")] {
+        let (status, body) = fx
+            .call(reqwest::Method::POST, "/v1/tenants/fo-reign/databases", Some(json!({ "name": name })))
+            .await;
+        assert_eq!(status, 409, "{name}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap_or("").contains(&format!("{what} named")), "{body}");
+    }
+    assert_eq!(
+        psql_ok(&db_manager::testing::shared().url("fo-reign_theirs"), "SELECT x FROM precious"),
+        "42",
+        "the foreign database is untouched"
+    );
+    assert_eq!(admin_sql("SELECT count(*) FROM pg_roles WHERE rolname = 'fo-reign_role'"), "1");
+    let (status, listed) = fx.call(reqwest::Method::GET, "/v1/tenants/fo-reign/databases", None).await;
+    assert_eq!((status, listed), (200, json!([])));
+}
+
+#[tokio::test]
 async fn over_the_quota_a_database_turns_read_only_and_back() {
     let fx = Fixture::start("db_quota", &[]).await;
     fx.tenant("quota");
     let created = fx.create("quota", json!({ "name": "full", "plan": "tiny" })).await;
     let url = created["url"].as_str().expect("url");
+    // What a tenant can prepare while it may still write, to keep writing over the quota.
     psql_ok(
         url,
-        "CREATE TABLE filler (id serial, pad text); CREATE TABLE keep (x int); INSERT INTO keep VALUES (1)",
+        "CREATE TABLE filler (id serial, pad text); CREATE TABLE keep (x int); INSERT INTO keep VALUES (1);
+         CREATE FUNCTION sneak() RETURNS void LANGUAGE sql SECURITY DEFINER AS 'INSERT INTO keep VALUES (99)';
+         ALTER DEFAULT PRIVILEGES GRANT ALL ON TABLES TO PUBLIC;
+         CREATE TABLE late (x int);
+         GRANT ALL ON keep TO PUBLIC; GRANT INSERT (x) ON keep TO session_user;
+         GRANT ALL ON SCHEMA public TO PUBLIC;
+         CREATE TABLE audited (x int); INSERT INTO audited VALUES (1);
+         CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS
+           'BEGIN INSERT INTO keep VALUES (98); RETURN OLD; END';
+         CREATE TRIGGER audit BEFORE DELETE ON audited FOR EACH ROW EXECUTE FUNCTION audit();",
     );
     // A session that is open when the switch happens is ended, so the switch takes hold.
     let (held, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect");
@@ -162,12 +222,33 @@ async fn over_the_quota_a_database_turns_read_only_and_back() {
 
     let refused = psql_err(url, "INSERT INTO keep VALUES (2)");
     assert!(refused.contains("cannot execute INSERT in a read-only transaction"), "{refused}");
-    let revoked = psql_err(url, "BEGIN READ WRITE; INSERT INTO keep VALUES (2); COMMIT");
-    assert!(revoked.contains("permission denied"), "the REVOKE is the real boundary: {revoked}");
-    assert!(
-        psql_err(url, "BEGIN READ WRITE; CREATE TABLE more (x int); COMMIT").contains("permission denied")
-    );
-    assert_eq!(psql_ok(url, "SELECT count(*) FROM keep"), "1", "reads still work");
+    let owner =
+        psql_ok(url, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()");
+    // Every undo the tenant can try: none of them writes a row.
+    for attack in [
+        "BEGIN READ WRITE; INSERT INTO keep VALUES (2); COMMIT".to_string(),
+        "SET default_transaction_read_only = off; COMMIT; BEGIN; INSERT INTO keep VALUES (2); COMMIT".to_string(),
+        "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE; COMMIT; BEGIN; INSERT INTO keep VALUES (2); COMMIT".to_string(),
+        "RESET ROLE; BEGIN READ WRITE; INSERT INTO keep VALUES (2); COMMIT".to_string(),
+        "SET ROLE NONE; BEGIN READ WRITE; INSERT INTO keep (x) VALUES (2); COMMIT".to_string(),
+        format!("SET ROLE {owner}"),
+        "BEGIN READ WRITE; GRANT INSERT ON keep TO CURRENT_USER; INSERT INTO keep VALUES (2); COMMIT".to_string(),
+        "SET ROLE NONE; BEGIN READ WRITE; GRANT INSERT ON keep TO CURRENT_USER; INSERT INTO keep VALUES (2); COMMIT".to_string(),
+        "BEGIN READ WRITE; CREATE TABLE more (x int); COMMIT".to_string(),
+        "SET ROLE NONE; BEGIN READ WRITE; CREATE TABLE public.mine (x int); COMMIT".to_string(),
+        "BEGIN READ WRITE; CREATE TEMP TABLE scratch (x int); COMMIT".to_string(),
+        "BEGIN READ WRITE; ALTER DEFAULT PRIVILEGES GRANT ALL ON TABLES TO PUBLIC; CREATE TABLE more2 (x int); COMMIT".to_string(),
+        "BEGIN READ WRITE; INSERT INTO late VALUES (1); COMMIT".to_string(),
+        "BEGIN READ WRITE; SELECT sneak(); COMMIT".to_string(),
+        "SET ROLE NONE; BEGIN READ WRITE; SELECT sneak(); COMMIT".to_string(),
+        "BEGIN READ WRITE; DELETE FROM audited; COMMIT".to_string(),
+        "BEGIN READ WRITE; SELECT lo_from_bytea(0, 'x'); COMMIT".to_string(),
+    ] {
+        let refused = psql_err(url, &attack);
+        assert!(refused.contains("permission denied"), "{attack}: {refused}");
+    }
+    assert_eq!(psql_ok(url, "SELECT count(*) FROM keep"), "1", "reads still work, and nothing was written");
+    assert_eq!(psql_ok(url, "SELECT count(*) FROM audited"), "1");
     let metrics =
         fx.http.get(fx.silo.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
     assert!(
@@ -176,9 +257,10 @@ async fn over_the_quota_a_database_turns_read_only_and_back() {
     );
     assert!(metrics.contains("silo_database_size_bytes{tenant=\"quota\",database=\"full\""), "{metrics}");
 
-    // DELETE and VACUUM bring it back under the quota, and write access returns by itself.
-    psql_ok(url, "BEGIN READ WRITE; DELETE FROM filler; COMMIT");
-    psql_ok(url, "VACUUM filler");
+    // DELETE and TRUNCATE of a plain table bring it back under the quota, and write access
+    // returns by itself, SECURITY DEFINER routines included.
+    psql_ok(url, "BEGIN READ WRITE; DELETE FROM filler WHERE id < 10; COMMIT");
+    psql_ok(url, "BEGIN READ WRITE; TRUNCATE filler; COMMIT");
     let info = fx.wait_state("quota", "full", "active").await;
     let events: Vec<_> = info["events"]
         .as_array()
@@ -187,8 +269,9 @@ async fn over_the_quota_a_database_turns_read_only_and_back() {
         .map(|e| e["event"].as_str().unwrap_or(""))
         .collect();
     assert_eq!(events[..2], ["write_access_restored", "read_only_over_quota"], "{info}");
-    psql_ok(url, "INSERT INTO keep VALUES (2)");
-    assert_eq!(psql_ok(url, "SELECT count(*) FROM keep"), "2");
+    psql_ok(url, "INSERT INTO keep VALUES (2); SELECT sneak()");
+    assert_eq!(psql_ok(url, "SELECT count(*) FROM keep"), "3");
+    assert_eq!(psql_ok(url, "SELECT current_user"), owner);
 }
 
 #[tokio::test]
@@ -215,7 +298,7 @@ async fn rotation_resize_and_deletion_protection() {
     let rotated = silo_cli_json(&fx.silo, &["db", "rotate", "rotor", "app"]);
     assert_ne!(rotated["password"], created["password"]);
     let new_url = rotated["url"].as_str().expect("url");
-    assert_eq!(psql_ok(new_url, "SELECT current_user"), pg_name);
+    assert_eq!(psql_ok(new_url, "SELECT session_user"), pg_name);
     assert!(psql_err(&old_url, "SELECT 1").contains("password authentication failed"));
     assert!(old_session.simple_query("SELECT 1").await.is_err(), "the old session was ended");
     assert!(
@@ -348,10 +431,9 @@ async fn a_database_made_from_a_spare_is_like_any_other() {
     let pg_name = created["database"].as_str().expect("database");
     let owner = psql_ok(url, "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'public'");
     assert_eq!(owner, "pg_database_owner", "made from a spare");
-    assert_eq!(
-        psql_ok(url, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()"),
-        pg_name
-    );
+    let owner =
+        psql_ok(url, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()");
+    assert!(owner.starts_with("silo_o_") && pg_name.starts_with("sparse_"), "{owner} {pg_name}");
     psql_ok(url, "CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
     assert_eq!(psql_ok(url, "SHOW statement_timeout"), "30s");
     assert_eq!(admin_sql(&format!("SELECT datconnlimit FROM pg_database WHERE datname = '{pg_name}'")), "20");

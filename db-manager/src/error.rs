@@ -39,6 +39,12 @@ pub enum DbError {
     Server { server: String, message: String },
     #[error("a role named {role:?} already exists on server {server:?} and is not Silo's")]
     RoleTaken { role: String, server: String },
+    #[error("a database named {database:?} already exists on server {server:?} and is not Silo's")]
+    DatabaseTaken { database: String, server: String },
+    #[error(
+        "tenant {tenant:?} cannot have databases: names starting with \"silo_\" are reserved for Silo's own roles and databases"
+    )]
+    ReservedName { tenant: String },
     #[error("this Idempotency-Key was already used for a different request")]
     IdempotencyMismatch,
     #[error("no backup with id {0}")]

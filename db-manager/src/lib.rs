@@ -22,11 +22,13 @@ pub mod manager;
 pub mod names;
 pub mod plans;
 mod provision;
+mod read_only;
 pub mod sampler;
 pub mod servers;
 mod spares;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod workers;
 
 pub use error::DbError;
 pub use instance::{InstanceError, LocalInstance};

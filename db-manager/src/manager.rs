@@ -71,8 +71,9 @@ pub(crate) struct Inner {
     pub samples: RwLock<Vec<Sample>>,
     /// Admin connections to each server, by server id.
     pub server_pools: Mutex<HashMap<i64, CatalogPool>>,
-    /// The name prefix of this catalog's spare databases (read once: the catalog id is fixed).
-    pub spare_prefix: tokio::sync::OnceCell<String>,
+    /// This catalog's id without dashes (read once: it is fixed), which names Silo's spare
+    /// databases, worker roles and ownership markers on shared servers.
+    pub catalog_id: tokio::sync::OnceCell<String>,
     pub stop: CancellationToken,
 }
 
@@ -93,7 +94,7 @@ impl DbManager {
             instances: Mutex::new(HashMap::new()),
             samples: RwLock::new(Vec::new()),
             server_pools: Mutex::new(HashMap::new()),
-            spare_prefix: tokio::sync::OnceCell::new(),
+            catalog_id: tokio::sync::OnceCell::new(),
             stop,
         };
         DbManager { inner: Arc::new(inner) }
@@ -109,6 +110,8 @@ impl DbManager {
         self.start_dedicated_instances().await?;
         self.repair().await?;
         self.fail_interrupted_backups().await?;
+        self.finish_interrupted_restores().await?;
+        self.sweep_all_workers().await;
         self.replenish_spares_soon();
         tokio::spawn(self.clone().sample_every_interval());
         Ok(())
@@ -210,7 +213,11 @@ impl DbManager {
         })
     }
 
-    /// Connects to a server as its admin, to the admin URL's database or to `dbname`.
+    /// Connects to a server as its admin, to the admin URL's database or to `dbname`. Inside a
+    /// client database the admin runs only catalog queries and DDL, never the tenant's code:
+    /// `search_path` is pinned to `pg_catalog` by a startup option (which beats the tenant's
+    /// `ALTER DATABASE ... SET search_path`), so no unqualified name resolves to a function of
+    /// the tenant's.
     pub(crate) async fn connect_server(
         &self,
         server: &Server,
@@ -218,9 +225,48 @@ impl DbManager {
     ) -> Result<tokio_postgres::Client, DbError> {
         let mut config = servers::admin_config(&self.inner.pool, &self.inner.secret, server.id).await?;
         if let Some(dbname) = dbname {
-            config.dbname(dbname);
+            config.dbname(dbname).options("-c search_path=pg_catalog");
         }
         servers::connect(&server.name, &config).await
+    }
+
+    /// This catalog's id, without dashes.
+    pub(crate) async fn catalog_id(&self) -> Result<String, DbError> {
+        let id = self
+            .inner
+            .catalog_id
+            .get_or_try_init(|| async {
+                let client = self.pool().get().await?;
+                let id: String = client
+                    .query_one("SELECT replace(catalog_id::text, '-', '') FROM silo_meta", &[])
+                    .await?
+                    .get(0);
+                Ok::<_, DbError>(id)
+            })
+            .await?;
+        Ok(id.clone())
+    }
+
+    /// The marker of Silo's roles for database row `id` (see [`provision::marker`]).
+    pub(crate) async fn marker(&self, id: i64) -> Result<String, DbError> {
+        Ok(provision::marker(&self.catalog_id().await?, id))
+    }
+
+    /// Drops the worker roles a crash left on any server.
+    async fn sweep_all_workers(&self) {
+        let servers = match servers::list(&self.inner.pool).await {
+            Ok(servers) => servers,
+            Err(err) => return tracing::warn!(error = %err, "cannot list servers to sweep worker roles"),
+        };
+        for server in servers {
+            match self.sweep_workers(&server).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::warn!(server = %server.name, roles = n, "dropped worker roles a crash left behind")
+                }
+                Err(err) => tracing::warn!(server = %server.name, error = %err, "cannot sweep worker roles"),
+            }
+        }
     }
 
     /// Cleans up creates that died half-way and finishes deletes that did, unless another
@@ -243,7 +289,12 @@ impl DbManager {
             let target = provision::Target { server: &server.name, pg_name: &pg_name };
             let outcome = async {
                 let admin = self.admin(&server).await?;
-                provision::drop_database_and_role(&admin, &target).await?;
+                // A role or database that is not Silo's (one that a create refused) stays.
+                match provision::check_ours(&admin, &target, &self.marker(id).await?).await {
+                    Ok(()) => provision::drop_database_and_roles(&admin, &target).await?,
+                    Err(DbError::RoleTaken { .. } | DbError::DatabaseTaken { .. }) => {}
+                    Err(err) => return Err(err),
+                }
                 let client = self.inner.pool.get().await?;
                 client.execute("DELETE FROM tenant_databases WHERE id = $1", &[&id]).await?;
                 Ok::<_, DbError>(())

@@ -2,7 +2,8 @@
 //!
 //! The dump runs in a snapshot that Silo exports and holds open meanwhile, and in that same
 //! snapshot Silo counts every table's rows, so that a later verification can compare exact
-//! numbers. Nothing is staged on disk. A dump that fails, or a `pg_dump` that exits non-zero
+//! numbers. Both connect as a worker role with the tenant's own rights (see
+//! [`crate::workers`]): a dump runs the tenant's code, and never with the admin's rights. Nothing is staged on disk. A dump that fails, or a `pg_dump` that exits non-zero
 //! after its last byte, never becomes an object: the reader fails at the end, the upload is
 //! abandoned, and GC reclaims its chunks.
 
@@ -21,11 +22,17 @@ use crate::DbError;
 use crate::databases::Row;
 use crate::instance::PgBinaries;
 use crate::manager::DbManager;
+use crate::workers::Worker;
 
 /// Where the pg tools connect, as libpq environment variables (so no password is on a command
-/// line).
+/// line). The tools get these and nothing else of Silo's environment (see [`pg_tool`]).
 pub fn pg_env(config: &tokio_postgres::Config, dbname: &str) -> Vec<(&'static str, String)> {
-    let mut env = vec![("PGDATABASE", dbname.to_string()), ("PGCONNECT_TIMEOUT", "10".into())];
+    let mut env = vec![
+        ("PGDATABASE", dbname.to_string()),
+        ("PGCONNECT_TIMEOUT", "10".into()),
+        ("PGAPPNAME", "silo".into()),
+        ("LC_ALL", "C".into()),
+    ];
     match config.get_hosts().first() {
         Some(Host::Tcp(host)) => env.push(("PGHOST", host.clone())),
         Some(Host::Unix(path)) => env.push(("PGHOST", path.display().to_string())),
@@ -41,6 +48,15 @@ pub fn pg_env(config: &tokio_postgres::Config, dbname: &str) -> Vec<(&'static st
         env.push(("PGPASSWORD", String::from_utf8_lossy(password).into_owned()));
     }
     env
+}
+
+/// A command for the pg tool `name` (pg_dump, pg_restore) with an empty environment: Silo's
+/// own (`SILO_*` secrets, stray `PG*` variables that would redirect or change a connection)
+/// never reaches it. The caller adds what [`pg_env`] gives.
+pub fn pg_tool(binaries: &PgBinaries, name: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(binaries.path(name));
+    command.env_clear();
+    command
 }
 
 /// Reads a child's stderr to a string (the last 4 KiB), for error messages.
@@ -62,7 +78,7 @@ pub(crate) fn dump_reader(
     extra_args: &[String],
     env: Vec<(&'static str, String)>,
 ) -> Result<impl tokio::io::AsyncRead + Unpin + Send + 'static, String> {
-    let mut child = tokio::process::Command::new(binaries.path("pg_dump"))
+    let mut child = pg_tool(binaries, "pg_dump")
         .args(["--format=custom", "--compress=0", "--no-password"])
         .args(extra_args)
         .envs(env)
@@ -160,23 +176,37 @@ impl DbManager {
         }
     }
 
-    /// Dumps the database in an exported snapshot, counting its tables' rows in the same one.
+    /// Dumps the database in an exported snapshot, counting its tables' rows in the same one, as
+    /// a worker role that is a member of the database's owner role and nothing else.
     async fn dump_into_store(&self, row: &Row) -> Result<(StoredObject, serde_json::Value), DbError> {
+        let owner = row.target().owner();
+        let worker = self.create_worker(&row.server, Some(&owner), Some(&row.pg_name)).await?;
+        let outcome = self.dump_as(row, &worker).await;
+        self.drop_worker(worker, Some(&row.pg_name)).await;
+        outcome
+    }
+
+    async fn dump_as(
+        &self,
+        row: &Row,
+        worker: &Worker,
+    ) -> Result<(StoredObject, serde_json::Value), DbError> {
         let server = &row.server.name;
-        let snapshot_session = self.connect_server(&row.server, Some(&row.pg_name)).await?;
+        let config = self.worker_config(worker, &row.pg_name).await?;
+        let snapshot_session = crate::servers::connect(server, &config).await?;
         snapshot_session
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
             .map_err(DbError::on_server(server))?;
         let snapshot: String = snapshot_session
-            .query_one("SELECT pg_export_snapshot()", &[])
+            .query_one("SELECT pg_catalog.pg_export_snapshot()", &[])
             .await
             .map_err(DbError::on_server(server))?
             .get(0);
         let tables: Vec<String> = snapshot_session
             .query(
-                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
                  WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%' \
                  ORDER BY 1",
                 &[],
@@ -187,7 +217,6 @@ impl DbManager {
             .map(|r| r.get(0))
             .collect();
 
-        let config = crate::servers::admin_config(self.pool(), &self.inner.secret, row.server.id).await?;
         let binaries = PgBinaries::locate(self.inner.config.dedicated.bin_dir.as_deref())?;
         let reader =
             dump_reader(&binaries, &[format!("--snapshot={snapshot}")], pg_env(&config, &row.pg_name))
@@ -197,8 +226,9 @@ impl DbManager {
         let count = async {
             let mut counts = serde_json::Map::new();
             for table in &tables {
+                // Qualified, and `search_path` is pinned: `count` is always pg_catalog's.
                 let n: i64 = snapshot_session
-                    .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                    .query_one(&format!("SELECT pg_catalog.count(*) FROM {table}"), &[])
                     .await
                     .map_err(DbError::on_server(server))?
                     .get(0);

@@ -120,7 +120,7 @@ impl DbManager {
         drop(client);
         self.record_event(row.id, "deleting", "").await?;
         let admin = self.admin(&row.server).await?;
-        provision::drop_database_and_role(&admin, &row.target()).await?;
+        provision::drop_database_and_roles(&admin, &row.target()).await?;
         let client = self.pool().get().await?;
         client.execute("DELETE FROM tenant_databases WHERE id = $1", &[&row.id]).await?;
         tracing::info!(tenant, database = name, server = %row.server.name, "deleted database");
