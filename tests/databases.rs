@@ -531,3 +531,32 @@ async fn placement_follows_owner_zone_and_room() {
         fx.call(reqwest::Method::POST, "/v1/tenants", Some(json!({ "name": "silo-system" }))).await;
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("reserved_name")), "{body}");
 }
+
+#[tokio::test]
+async fn a_database_made_before_owner_roles_is_moved_to_them_at_the_next_start() {
+    let mut fx = Fixture::start("db_legacy", &[]).await;
+    fx.tenant("olden");
+    let created = fx.create("olden", json!({ "name": "app" })).await;
+    let url = created["url"].as_str().expect("url").to_string();
+    psql_ok(&url, "CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
+    let pg_name = created["database"].as_str().expect("database").to_string();
+    let owner = psql_ok(&url, "SELECT current_user");
+    // Put it back into the single-role layout of earlier versions: the login role owns all.
+    let on_db = db_manager::testing::shared().url(&pg_name);
+    psql_ok(&on_db, &format!("REASSIGN OWNED BY \"{owner}\" TO \"{pg_name}\""));
+    admin_sql(&format!(
+        "ALTER ROLE \"{pg_name}\" INHERIT; ALTER ROLE \"{pg_name}\" RESET role; REVOKE \"{owner}\" FROM \"{pg_name}\""
+    ));
+    admin_sql(&format!("DROP ROLE \"{owner}\""));
+    assert_eq!(psql_ok(&url, "SELECT current_user"), pg_name, "the legacy layout");
+
+    fx.restart(&[]).await;
+    assert_eq!(psql_ok(&url, "SELECT current_user"), owner, "sessions act as the owner role again");
+    assert_eq!(
+        psql_ok(&url, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()"),
+        owner
+    );
+    assert_eq!(psql_ok(&url, "SELECT tableowner FROM pg_tables WHERE tablename = 't'"), owner);
+    psql_ok(&url, "INSERT INTO t VALUES (2); CREATE TABLE u (y int)");
+    assert_eq!(psql_ok(&url, "SELECT count(*) FROM t"), "2");
+}

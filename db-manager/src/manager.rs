@@ -109,6 +109,7 @@ impl DbManager {
     pub async fn start(&self) -> Result<(), DbError> {
         self.start_dedicated_instances().await?;
         self.repair().await?;
+        self.upgrade_legacy_databases().await;
         self.fail_interrupted_backups().await?;
         self.finish_interrupted_restores().await?;
         self.sweep_all_workers().await;
@@ -250,6 +251,47 @@ impl DbManager {
     /// The marker of Silo's roles for database row `id` (see [`provision::marker`]).
     pub(crate) async fn marker(&self, id: i64) -> Result<String, DbError> {
         Ok(provision::marker(&self.catalog_id().await?, id))
+    }
+
+    /// Moves databases made before owner roles to that layout (see
+    /// [`provision::upgrade_legacy`]). One that was read-only over its quota is marked active,
+    /// and the sampler puts it back into read-only the new way at its next round.
+    async fn upgrade_legacy_databases(&self) {
+        let rows = match self.inner.pool.get().await {
+            Ok(client) => client
+                .query(
+                    "SELECT id FROM tenant_databases WHERE state IN ('active', 'read_only_over_quota')",
+                    &[],
+                )
+                .await
+                .map_err(DbError::from),
+            Err(err) => Err(err.into()),
+        };
+        let ids: Vec<i64> = match rows {
+            Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+            Err(err) => return tracing::warn!(error = %err, "cannot list databases to upgrade"),
+        };
+        for id in ids {
+            if let Err(err) = self.upgrade_legacy_database(id).await {
+                tracing::error!(database_id = id, error = %err, "cannot move a database to owner roles; retrying at the next start");
+            }
+        }
+    }
+
+    async fn upgrade_legacy_database(&self, id: i64) -> Result<(), DbError> {
+        let Some(_lock) = self.lock_database(id).await? else { return Ok(()) };
+        let row = self.row_by_id(id).await?;
+        let target = row.target();
+        let admin = self.admin(&row.server).await?;
+        if !provision::is_legacy(&admin, &target).await? {
+            return Ok(());
+        }
+        let inside = self.connect_server(&row.server, Some(&row.pg_name)).await?;
+        provision::upgrade_legacy(&admin, &inside, &target, &self.marker(id).await?).await?;
+        let client = self.inner.pool.get().await?;
+        client.execute("UPDATE tenant_databases SET state = 'active' WHERE id = $1", &[&id]).await?;
+        tracing::warn!(tenant = %row.tenant, database = %row.name, "moved a database to an owner role (read-only over quota now holds)");
+        Ok(())
     }
 
     /// Drops the worker roles a crash left on any server.

@@ -236,3 +236,78 @@ pub async fn drop_database_and_roles(client: &Client, target: &Target<'_>) -> Re
         .await
         .map_err(DbError::on_server(target.server))
 }
+
+/// Whether the database still has the single-role layout of Silo before owner roles (its
+/// login role owns everything, so it could undo read-only): its login role's sessions do not
+/// start as another role.
+pub async fn is_legacy(client: &Client, target: &Target<'_>) -> Result<bool, DbError> {
+    let row = client
+        .query_one(
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_db_role_setting s \
+               JOIN pg_catalog.pg_roles r ON r.oid = s.setrole \
+               WHERE r.rolname = $1 AND s.setdatabase = 0 \
+                 AND EXISTS (SELECT 1 FROM unnest(s.setconfig) c WHERE c LIKE 'role=%'))",
+            &[&target.pg_name],
+        )
+        .await
+        .map_err(DbError::on_server(target.server))?;
+    Ok(row.get(0))
+}
+
+/// Moves a legacy database to the owner-role layout: makes the owner and reader roles, hands
+/// the owner everything the login role owned (the database included), and makes the login
+/// role a NOINHERIT member whose sessions start as the owner. `admin` is connected to the
+/// admin database, `inside` to the client database (with `search_path` pinned). Every step
+/// can run again, so a start after a crash half-way finishes the job.
+pub async fn upgrade_legacy(
+    admin: &Client,
+    inside: &Client,
+    target: &Target<'_>,
+    marker: &str,
+) -> Result<(), DbError> {
+    let on_server = DbError::on_server(target.server);
+    let (login, owner, reader) = (ident(target.pg_name), ident(&target.owner()), ident(&target.reader()));
+    let row = admin
+        .query_one(
+            "SELECT array(SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname = ANY($1)), \
+                    (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)",
+            &[&[target.owner(), target.reader()].as_slice()],
+        )
+        .await
+        .map_err(&on_server)?;
+    let (existing, superuser): (Vec<String>, bool) = (row.get(0), row.get(1));
+    let marker = literal(marker);
+    let mut sql = format!("COMMENT ON ROLE {login} IS {marker};");
+    for (name, quoted) in [(target.owner(), &owner), (target.reader(), &reader)] {
+        if !existing.contains(&name) {
+            sql.push_str(&format!(
+                "CREATE ROLE {quoted} NOLOGIN INHERIT; COMMENT ON ROLE {quoted} IS {marker};"
+            ));
+        }
+    }
+    if !superuser {
+        sql.push_str(&format!("GRANT {owner} TO CURRENT_USER;"));
+    }
+    admin.batch_execute(&sql).await.map_err(&on_server)?;
+    // The old read-only switch revoked INSERT, UPDATE and CREATE from the login role, and
+    // ownership carries such gaps over: the owner gets them back.
+    let mut sql = format!("REASSIGN OWNED BY {login} TO {owner};");
+    let schemas = inside
+        .query("SELECT nspname::text FROM pg_catalog.pg_namespace WHERE nspname !~ '^pg_' AND nspname <> 'information_schema'", &[])
+        .await
+        .map_err(&on_server)?;
+    for schema in schemas {
+        let schema = ident(schema.get(0));
+        sql.push_str(&format!(
+            "GRANT INSERT, UPDATE ON ALL TABLES IN SCHEMA {schema} TO {owner}; GRANT CREATE ON SCHEMA {schema} TO {owner};"
+        ));
+    }
+    inside.batch_execute(&sql).await.map_err(&on_server)?;
+    let sql = format!(
+        "ALTER ROLE {login} NOINHERIT; GRANT {owner} TO {login}; ALTER ROLE {login} SET role = {owner_value}; \
+         ALTER ROLE {login} RESET default_transaction_read_only; \
+         GRANT CONNECT, TEMPORARY ON DATABASE {login} TO {login};",
+        owner_value = literal(&target.owner())
+    );
+    admin.batch_execute(&sql).await.map_err(&on_server)
+}
