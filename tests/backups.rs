@@ -536,3 +536,27 @@ async fn a_crash_during_an_in_place_restore_is_rolled_back_at_the_next_start() {
     );
     psql_ok(&url, "INSERT INTO t VALUES (3)");
 }
+
+#[tokio::test]
+async fn a_crash_while_a_backup_commits_leaves_no_object_that_no_backup_names() {
+    let mut fx = Fixture::start("bk_commit_crash", &[]).await;
+    fx.tenant("orphan");
+    let created = fx.create("orphan", json!({ "name": "db", "plan": "keep2" })).await;
+    psql_ok(created["url"].as_str().expect("url"), "CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
+
+    fx.restart(&[("SILO_CRASH_AT", "backup.before_commit")]).await;
+    let died = silo(&fx, &["backup", "run", "--db", "orphan/db"]);
+    assert!(!died.status.success(), "the process died while the backup committed");
+    fx.silo.wait_exit(Duration::from_secs(10));
+    fx.restart_after_crash().await;
+
+    let usage = silo_json(&fx, &["usage", "orphan"]);
+    assert_eq!(usage["backups"], 0, "{usage}");
+    assert_eq!(usage["objects"], 0, "the dump is no object: nothing counts it forever: {usage}");
+    let listed = silo_json(&fx, &["backup", "list", "--db", "orphan/db"]);
+    assert!(listed.to_string().contains("interrupted"), "{listed}");
+    // The next run succeeds, and it is the one object.
+    silo_json(&fx, &["backup", "run", "--db", "orphan/db"]);
+    let usage = silo_json(&fx, &["usage", "orphan"]);
+    assert_eq!((usage["backups"].as_u64(), usage["objects"].as_u64()), (Some(1), Some(1)), "{usage}");
+}

@@ -12,17 +12,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use storage_node::store::{PutOptions, StoredObject};
+use storage_node::store::{Ingested, PutOptions, StoredObject};
 use tokio::io::AsyncReadExt;
 use tokio_postgres::config::Host;
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::{BACKUP_LOCK_CLASS, BackupInfo};
-use crate::DbError;
 use crate::databases::Row;
 use crate::instance::PgBinaries;
 use crate::manager::DbManager;
 use crate::workers::Worker;
+use crate::{DbError, faults};
 
 /// Where the pg tools connect, as libpq environment variables (so no password is on a command
 /// line). The tools get these and nothing else of Silo's environment (see [`pg_tool`]).
@@ -142,19 +142,13 @@ impl DbManager {
             .get(0);
         drop(client);
         tracing::info!(backup = id, tenant = %row.tenant, database = %row.name, kind, "backup started");
-        let outcome = self.dump_into_store(row).await;
+        let outcome = match self.dump_into_store(row).await {
+            Ok((ingested, counts)) => self.commit_backup(id, ingested, counts).await,
+            Err(err) => Err(err),
+        };
         let client = self.pool().get().await?;
         match outcome {
-            Ok((stored, counts)) => {
-                client
-                    .execute(
-                        "WITH done AS (UPDATE database_backups SET status = 'complete', finished_at = now(), \
-                         logical_bytes = $2, new_stored_bytes = $3, object_id = $4, table_counts = $5 WHERE id = $1 \
-                         RETURNING database_id, started_at) \
-                         UPDATE tenant_databases d SET last_backup_at = done.started_at FROM done WHERE d.id = done.database_id",
-                        &[&id, &(stored.size as i64), &(stored.new_stored_bytes as i64), &stored.id.0, &counts],
-                    )
-                    .await?;
+            Ok(stored) => {
                 drop(client);
                 tracing::info!(
                     backup = id, tenant = %row.tenant, database = %row.name, bytes = stored.size,
@@ -176,9 +170,42 @@ impl DbManager {
         }
     }
 
+    /// Commits the dump as an object and marks backup `id` complete in one catalog
+    /// transaction, so that a crash leaves either both or neither (never an object that no
+    /// backup names). An ingest that is not committed is abandoned; GC reclaims its bytes.
+    async fn commit_backup(
+        &self,
+        id: i64,
+        ingested: Ingested,
+        counts: serde_json::Value,
+    ) -> Result<StoredObject, DbError> {
+        let committed = async {
+            let mut client = self.pool().get().await?;
+            let txn = client.transaction().await?;
+            let stored = self.inner.store.commit(&txn, &ingested).await?;
+            txn.execute(
+                "WITH done AS (UPDATE database_backups SET status = 'complete', finished_at = now(), \
+                 logical_bytes = $2, new_stored_bytes = $3, object_id = $4, table_counts = $5 WHERE id = $1 \
+                 RETURNING database_id, started_at) \
+                 UPDATE tenant_databases d SET last_backup_at = done.started_at FROM done WHERE d.id = done.database_id",
+                &[&id, &(stored.size as i64), &(stored.new_stored_bytes as i64), &stored.id.0, &counts],
+            )
+            .await?;
+            faults::crash_point("backup.before_commit");
+            txn.commit().await?;
+            Ok::<_, DbError>(stored)
+        }
+        .await;
+        if committed.is_err() {
+            self.inner.store.abandon(ingested).await;
+        }
+        committed
+    }
+
     /// Dumps the database in an exported snapshot, counting its tables' rows in the same one, as
-    /// a worker role that is a member of the database's owner role and nothing else.
-    async fn dump_into_store(&self, row: &Row) -> Result<(StoredObject, serde_json::Value), DbError> {
+    /// a worker role that is a member of the database's owner role and nothing else. The dump
+    /// is ingested (durable in packs) but not yet an object.
+    async fn dump_into_store(&self, row: &Row) -> Result<(Ingested, serde_json::Value), DbError> {
         let owner = row.target().owner();
         let worker = self.create_worker(&row.server, Some(&owner), Some(&row.pg_name)).await?;
         let outcome = self.dump_as(row, &worker).await;
@@ -186,11 +213,7 @@ impl DbManager {
         outcome
     }
 
-    async fn dump_as(
-        &self,
-        row: &Row,
-        worker: &Worker,
-    ) -> Result<(StoredObject, serde_json::Value), DbError> {
+    async fn dump_as(&self, row: &Row, worker: &Worker) -> Result<(Ingested, serde_json::Value), DbError> {
         let server = &row.server.name;
         let config = self.worker_config(worker, &row.pg_name).await?;
         let snapshot_session = crate::servers::connect(server, &config).await?;
@@ -222,7 +245,7 @@ impl DbManager {
             dump_reader(&binaries, &[format!("--snapshot={snapshot}")], pg_env(&config, &row.pg_name))
                 .map_err(|message| DbError::Dump { database: row.name.clone(), message })?;
         let tenant = row.tenant_id;
-        let put = self.inner.store.put(tenant, reader, PutOptions::default());
+        let put = self.inner.store.ingest(tenant, reader, PutOptions::default());
         let count = async {
             let mut counts = serde_json::Map::new();
             for table in &tables {
@@ -236,15 +259,15 @@ impl DbManager {
             }
             Ok::<_, DbError>(serde_json::Value::Object(counts))
         };
-        let (stored, counts) = tokio::join!(put, count);
+        let (ingested, counts) = tokio::join!(put, count);
         let _ = snapshot_session.batch_execute("COMMIT").await;
-        let stored =
-            stored.map_err(|err| DbError::Dump { database: row.name.clone(), message: err.to_string() })?;
+        let ingested =
+            ingested.map_err(|err| DbError::Dump { database: row.name.clone(), message: err.to_string() })?;
         match counts {
-            Ok(counts) => Ok((stored, counts)),
+            Ok(counts) => Ok((ingested, counts)),
             Err(err) => {
                 // Without its counts the backup cannot be verified: it does not count.
-                let _ = self.inner.store.delete(tenant, stored.id).await;
+                self.inner.store.abandon(ingested).await;
                 Err(err)
             }
         }
