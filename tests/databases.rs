@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::databases::{Fixture, admin_sql, psql, psql_err, psql_ok, with_password};
@@ -507,7 +508,7 @@ async fn placement_follows_owner_zone_and_room() {
             Some(json!({ "name": "d", "zone": "z9" })),
         )
         .await;
-    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("no_server")), "{body}");
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("unknown_zone")), "{body}");
     // A bad registration: a role that cannot create databases and roles.
     admin_sql("DROP ROLE IF EXISTS weakling; CREATE ROLE weakling LOGIN PASSWORD 'weak-pass'");
     let weak = format!(
@@ -559,4 +560,40 @@ async fn a_database_made_before_owner_roles_is_moved_to_them_at_the_next_start()
     assert_eq!(psql_ok(&url, "SELECT tableowner FROM pg_tables WHERE tablename = 't'"), owner);
     psql_ok(&url, "INSERT INTO t VALUES (2); CREATE TABLE u (y int)");
     assert_eq!(psql_ok(&url, "SELECT count(*) FROM t"), "2");
+}
+
+/// Schemathesis (from `scripts/setup`'s venv) drives every operation of `docs/openapi.yaml`
+/// against a Silo holding a tenant, a key, a bucket, a database and a backup, and fails on any
+/// 5xx. The budget is `SILO_FUZZ_SECONDS` (30 by default; docs/security.md records a longer run).
+#[tokio::test]
+async fn the_management_api_never_answers_5xx_to_schemathesis() {
+    let fx = Fixture::start("db_fuzz", &[]).await;
+    fx.tenant("fuzz");
+    fx.create("fuzz", json!({ "name": "main" })).await;
+    let key = silo_cli_json(&fx.silo, &["key", "create", "fuzz"]);
+    let run = silo_cli_json(&fx.silo, &["backup", "run", "--db", "fuzz/main"]);
+    let backup = run["results"][0]["backup_id"].as_i64().expect("backup id").to_string();
+    let seconds = std::env::var("SILO_FUZZ_SECONDS").unwrap_or_else(|_| "30".into());
+    let root = env!("CARGO_MANIFEST_DIR");
+    let schemathesis = format!("{root}/.venv/bin/schemathesis");
+    assert!(std::path::Path::new(&schemathesis).exists(), "{schemathesis} is missing: run ./scripts/setup");
+    let output = Command::new(schemathesis)
+        .args(["--config-file", &format!("{root}/tests/fuzz/schemathesis.toml"), "run"])
+        .arg(format!("{root}/docs/openapi.yaml"))
+        .args(["--url", &fx.silo.url("")])
+        .args(["--checks", "not_a_server_error", "--max-time", &seconds, "--workers", "1"])
+        .args(["--suppress-health-check", "all", "--warnings", "off", "--no-color"])
+        .env("SILO_ADMIN_TOKEN", fx.silo.token())
+        .env("SILO_FUZZ_KEY", key["access_key_id"].as_str().unwrap_or("none"))
+        .env("SILO_FUZZ_BACKUP", &backup)
+        .output()
+        .expect("run schemathesis");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "schemathesis found failures:\n{report}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        fx.silo.stderr()
+    );
+    assert!(report.contains("passed"), "schemathesis ran no test case:\n{report}");
 }

@@ -136,7 +136,15 @@ pub async fn register(
         .parse()
         .map_err(|_| DbError::InvalidServer("url is not a valid libpq URL".into()))?;
     let (host, port) = public_endpoint(&config)?;
-    let client = connect(&registration.name, &config).await?;
+    // Credentials the server refuses are the request's fault (400), not the network's (502).
+    let client = connect(&registration.name, &config).await.map_err(|err| match err {
+        DbError::ServerUnreachable { message, .. }
+            if message.ends_with("(28P01)") || message.ends_with("(28000)") =>
+        {
+            DbError::InvalidServer(format!("the server refused the URL's login: {message}"))
+        }
+        other => other,
+    })?;
     let row = client
         .query_one(
             "SELECT rolsuper OR (rolcreatedb AND rolcreaterole) FROM pg_roles WHERE rolname = current_user",
@@ -340,6 +348,24 @@ pub async fn place(
             .await?
             .map(|row| row.get::<_, i64>(0)),
     };
+    if chosen.is_none()
+        && let Some(zone) = zone
+    {
+        // A zone with no server at all is a mistake of the request, not a lack of room.
+        let zones: Vec<String> = client
+            .query(
+                "SELECT DISTINCT zone FROM db_servers WHERE owner_tenant_id IS NULL OR owner_tenant_id = $1 \
+                 ORDER BY zone",
+                &[&tenant.0],
+            )
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if !zones.iter().any(|z| z == zone) {
+            return Err(DbError::UnknownZone { zone: zone.to_string(), known: zones.join(", ") });
+        }
+    }
     drop(client);
     match chosen {
         Some(id) => get_by_id(pool, id).await,

@@ -56,8 +56,9 @@ impl Worker {
 
 impl DbManager {
     /// Makes a worker on `server`. With `member_of` (an owner role) it inherits that role's
-    /// rights and may connect to `database`; without, it has no rights at all and is made
-    /// `NOINHERIT`. A non-superuser admin becomes a member of the worker, which Postgres 15
+    /// rights, CONNECT on the owner's database included (no grant is written to the shared
+    /// catalog, so concurrent workers never race on it); without, it has no rights at all and
+    /// is made `NOINHERIT`. A non-superuser admin becomes a member of the worker, which Postgres 15
     /// requires to give it a database or drop what it owns.
     ///
     /// # Errors
@@ -66,7 +67,6 @@ impl DbManager {
         &self,
         server: &Server,
         member_of: Option<&str>,
-        database: Option<&str>,
     ) -> Result<Worker, DbError> {
         let name = format!(
             "{}{}",
@@ -89,9 +89,6 @@ impl DbManager {
         );
         if let Some(owner) = member_of {
             sql.push_str(&format!("GRANT {} TO {role};", ident(owner)));
-        }
-        if let Some(database) = database {
-            sql.push_str(&format!("GRANT CONNECT ON DATABASE {} TO {role};", ident(database)));
         }
         if !superuser {
             sql.push_str(&format!("GRANT {role} TO CURRENT_USER;"));

@@ -69,6 +69,7 @@ impl From<db_manager::DbError> for ApiError {
                 (StatusCode::BAD_REQUEST, "invalid_name")
             }
             E::UnknownPlan { .. } => (StatusCode::BAD_REQUEST, "unknown_plan"),
+            E::UnknownZone { .. } => (StatusCode::BAD_REQUEST, "unknown_zone"),
             E::InvalidServer(_) => (StatusCode::BAD_REQUEST, "invalid_server"),
             E::TenantNotFound(_) | E::NotFound { .. } | E::ServerNotFound(_) => {
                 (StatusCode::NOT_FOUND, "not_found")
@@ -84,6 +85,7 @@ impl From<db_manager::DbError> for ApiError {
             E::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             E::Integrity { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "backup_damaged"),
             E::Dump { .. } => (StatusCode::BAD_GATEWAY, "backup_failed"),
+            E::BackupOverQuota { .. } => (StatusCode::CONFLICT, "quota_exceeded"),
             E::Restore { .. } => (StatusCode::BAD_GATEWAY, "restore_failed"),
             E::Store(inner) => {
                 return match inner {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use storage_node::store::{Ingested, PutOptions, StoredObject};
+use storage_node::store::{Ingested, PutOptions, StoreError, StoredObject};
 use tokio::io::AsyncReadExt;
 use tokio_postgres::config::Host;
 use tokio_util::io::{ReaderStream, StreamReader};
@@ -165,7 +165,13 @@ impl DbManager {
                     )
                     .await?;
                 tracing::error!(backup = id, tenant = %row.tenant, database = %row.name, error = %message, "backup failed");
-                Err(DbError::Dump { database: format!("{}/{}", row.tenant, row.name), message })
+                let database = format!("{}/{}", row.tenant, row.name);
+                match err {
+                    DbError::Store(StoreError::QuotaExceeded { .. }) => {
+                        Err(DbError::BackupOverQuota { database, message })
+                    }
+                    _ => Err(DbError::Dump { database, message }),
+                }
             }
         }
     }
@@ -207,7 +213,7 @@ impl DbManager {
     /// is ingested (durable in packs) but not yet an object.
     async fn dump_into_store(&self, row: &Row) -> Result<(Ingested, serde_json::Value), DbError> {
         let owner = row.target().owner();
-        let worker = self.create_worker(&row.server, Some(&owner), Some(&row.pg_name)).await?;
+        let worker = self.create_worker(&row.server, Some(&owner)).await?;
         let outcome = self.dump_as(row, &worker).await;
         self.drop_worker(worker, Some(&row.pg_name)).await;
         outcome
@@ -261,8 +267,10 @@ impl DbManager {
         };
         let (ingested, counts) = tokio::join!(put, count);
         let _ = snapshot_session.batch_execute("COMMIT").await;
-        let ingested =
-            ingested.map_err(|err| DbError::Dump { database: row.name.clone(), message: err.to_string() })?;
+        let ingested = ingested.map_err(|err| match err {
+            quota @ StoreError::QuotaExceeded { .. } => DbError::Store(quota),
+            other => DbError::Dump { database: row.name.clone(), message: other.to_string() },
+        })?;
         match counts {
             Ok(counts) => Ok((ingested, counts)),
             Err(err) => {

@@ -141,10 +141,10 @@ impl DbManager {
                     )));
                 }
                 let row = self.row(&tenant, &stored.info.database).await?;
-                let safety = self.backup_now(&row, "safety").await?;
                 let Some(_lock) = self.lock_database(row.id).await? else {
                     return Err(DbError::Busy { name: row.name.clone() });
                 };
+                let safety = self.backup_now(&row, "safety").await?;
                 self.set_restore_state(row.id, "restoring", Some(safety.id)).await?;
                 if let Err(err) = self.replace_contents(id, &row).await {
                     tracing::error!(backup = id, error = %err, safety = safety.id, "in-place restore failed; putting the safety backup back");
@@ -244,7 +244,7 @@ impl DbManager {
     /// role, acting as the owner so that what it makes belongs to the owner.
     async fn restore_as_owner(&self, backup: i64, row: &crate::databases::Row) -> Result<(), DbError> {
         let owner = row.target().owner();
-        let worker = self.create_worker(&row.server, Some(&owner), Some(&row.pg_name)).await?;
+        let worker = self.create_worker(&row.server, Some(&owner)).await?;
         let outcome = self.pg_restore(backup, &worker, &row.pg_name, Some(&owner)).await;
         self.drop_worker(worker, Some(&row.pg_name)).await;
         outcome
@@ -320,7 +320,7 @@ impl DbManager {
         let scratch =
             format!("silo_verify_{id}_{}", crate::provision::generate_password()[..8].to_ascii_lowercase());
         // The worker owns the scratch database and has no other right anywhere.
-        let worker = self.create_worker(&server, None, None).await?;
+        let worker = self.create_worker(&server, None).await?;
         let admin = self.admin(&server).await?;
         let made = admin
             .batch_execute(&format!("CREATE DATABASE {} OWNER {}", ident(&scratch), ident(&worker.name)))

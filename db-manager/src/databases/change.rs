@@ -108,13 +108,14 @@ impl DbManager {
         if row.deletion_protection {
             return Err(DbError::DeletionProtected { name: name.into() });
         }
+        // The lock first: a restore or resize meanwhile would break the final backup.
+        let Some(_lock) = self.lock_database(row.id).await? else {
+            return Err(DbError::Busy { name: name.into() });
+        };
         if !skip_final_backup {
             let backup = self.backup_now(&row, "final").await?;
             tracing::info!(tenant, database = name, backup = backup.id, "took the final backup");
         }
-        let Some(_lock) = self.lock_database(row.id).await? else {
-            return Err(DbError::Busy { name: name.into() });
-        };
         let client = self.pool().get().await?;
         client.execute("UPDATE tenant_databases SET state = 'deleting' WHERE id = $1", &[&row.id]).await?;
         drop(client);
