@@ -145,6 +145,7 @@ async fn serve_with_catalog(
             final_backup_retention: config.final_backup_retention,
             catalog: catalog_config(config, embedded)?,
             catalog_backups_dir: data_dir.path().join("catalog-backups"),
+            tls_dir: data_dir.path().join("tls"),
             spares_per_server: config.spare_databases,
         },
         stop.clone(),
@@ -254,6 +255,7 @@ fn embedded_server(instance: &LocalInstance, config: &ServeConfig) -> NewServer 
         plan: None,
         node: Some(config.node.name.clone()),
         capacity_bytes: db_manager::servers::DEFAULT_CAPACITY_BYTES,
+        ca_cert: None,
     }
 }
 

@@ -597,3 +597,42 @@ async fn the_management_api_never_answers_5xx_to_schemathesis() {
     );
     assert!(report.contains("passed"), "schemathesis ran no test case:\n{report}");
 }
+
+#[tokio::test]
+async fn a_registered_server_is_reached_over_tls_that_verifies_it() {
+    let fx = Fixture::start("db_tls", &[]).await;
+    let server = common::tls::TlsPostgres::start();
+    fx.tenant("secure");
+    let register = |body: serde_json::Value| fx.call(reqwest::Method::POST, "/v1/servers", Some(body));
+    // Without TLS the server has no entry for Silo; TLS modes that check nothing are refused.
+    for (url, ca) in [
+        (server.url(None), None),
+        (server.url(Some("require")), None),
+        (server.url(Some("verify-ca")), Some(&server.ca_pem)),
+        (server.url(Some("verify-full")), None),
+        (server.url(Some("verify-full")), Some(&server.other_ca_pem)),
+    ] {
+        let (status, body) =
+            register(json!({ "name": "tls", "url": url, "zone": "zt", "ca_cert": ca })).await;
+        assert_eq!(status, 400, "{url} {}: {body}", ca.is_some());
+        assert!(!body.to_string().contains("tls-test-password"), "{body}");
+    }
+    let (status, body) = register(
+        json!({ "name": "tls", "url": server.url(Some("verify-full")), "zone": "zt", "ca_cert": server.ca_pem }),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+
+    // Create, back up with verification, restore: admin, workers, pg_dump and pg_restore all
+    // reach the server over TLS (it takes nothing else over TCP).
+    let created = fx.create("secure", json!({ "name": "app", "zone": "zt" })).await;
+    assert_eq!(created["server"], "tls");
+    let url = created["url"].as_str().expect("url");
+    psql_ok(url, "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2)");
+    // (The client's own psql got in over TCP too: only with TLS, as pg_hba.conf allows.)
+    let run = silo_cli_json(&fx.silo, &["backup", "run", "--db", "secure/app", "--verify"]);
+    assert_eq!(run["results"][0]["verified"], true, "{run}");
+    let id = run["results"][0]["backup_id"].as_i64().expect("id").to_string();
+    let copy = silo_cli_json(&fx.silo, &["backup", "restore", &id, "--into", "copy"]);
+    assert_eq!(psql_ok(copy["url"].as_str().expect("url"), "SELECT count(*) FROM t"), "2");
+}

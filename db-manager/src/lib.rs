@@ -28,6 +28,7 @@ pub mod servers;
 mod spares;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tls;
 mod workers;
 
 pub use error::DbError;

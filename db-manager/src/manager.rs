@@ -51,6 +51,8 @@ pub struct ManagerConfig {
     pub catalog: tokio_postgres::Config,
     /// Where the offline manifests of catalog backups go: `<data-dir>/catalog-backups`.
     pub catalog_backups_dir: PathBuf,
+    /// Where the CAs of servers reached over TLS are written for the pg tools: `<data-dir>/tls`.
+    pub tls_dir: PathBuf,
     /// Empty databases kept ready on each server, so creates rename one (0: none).
     pub spares_per_server: usize,
 }
@@ -198,10 +200,8 @@ impl DbManager {
         let pool = match cached {
             Some(pool) => pool,
             None => {
-                let config = servers::admin_config(&self.inner.pool, &self.inner.secret, server.id).await?;
-                let pool = storage_node::catalog::connect_pool(config, 4).map_err(|err| {
-                    DbError::ServerUnreachable { server: server.name.clone(), message: err.to_string() }
-                })?;
+                let reach = servers::admin_config(&self.inner.pool, &self.inner.secret, server.id).await?;
+                let pool = reach.pool(&server.name, 4)?;
                 if let Ok(mut pools) = self.inner.server_pools.lock() {
                     pools.insert(server.id, pool.clone());
                 }
@@ -224,11 +224,12 @@ impl DbManager {
         server: &Server,
         dbname: Option<&str>,
     ) -> Result<tokio_postgres::Client, DbError> {
-        let mut config = servers::admin_config(&self.inner.pool, &self.inner.secret, server.id).await?;
+        let reach = servers::admin_config(&self.inner.pool, &self.inner.secret, server.id).await?;
+        let mut config = reach.config.clone();
         if let Some(dbname) = dbname {
             config.dbname(dbname).options("-c search_path=pg_catalog");
         }
-        servers::connect(&server.name, &config).await
+        reach.with_config(config).connect(&server.name).await
     }
 
     /// This catalog's id, without dashes.

@@ -22,6 +22,7 @@ use crate::manager::DbManager;
 use crate::names::{ident, literal};
 use crate::provision::{generate_password, verifier};
 use crate::servers::{self, Server};
+use crate::tls::Reach;
 
 const PREFIX: &str = "silo_w_";
 
@@ -97,10 +98,26 @@ impl DbManager {
         Ok(Worker { name, password, server: server.clone(), member_of: member_of.map(str::to_string) })
     }
 
-    /// Client settings for `dbname` as `worker`.
-    pub(crate) async fn worker_config(&self, worker: &Worker, dbname: &str) -> Result<Config, DbError> {
-        let base = servers::admin_config(self.pool(), &self.inner.secret, worker.server.id).await?;
-        Ok(worker.config(&base, dbname))
+    /// How to reach `dbname` as `worker` (over the server's TLS, if it has any).
+    pub(crate) async fn worker_config(&self, worker: &Worker, dbname: &str) -> Result<Reach, DbError> {
+        let admin = servers::admin_config(self.pool(), &self.inner.secret, worker.server.id).await?;
+        Ok(admin.with_config(worker.config(&admin.config, dbname)))
+    }
+
+    /// The environment of a pg tool that connects as `worker` to `dbname`: where, who, and
+    /// the TLS that checks the server.
+    pub(crate) fn worker_tool_env(
+        &self,
+        reach: &Reach,
+        dbname: &str,
+    ) -> Result<Vec<(&'static str, String)>, DbError> {
+        let mut env = crate::backup::dump::pg_env(&reach.config, dbname);
+        let tls = reach.tool_env(&self.inner.config.tls_dir).map_err(|err| DbError::Server {
+            server: "-".into(),
+            message: format!("cannot write the server's CA for the pg tools: {err}"),
+        })?;
+        env.extend(tls);
+        Ok(env)
     }
 
     /// Drops a worker: ends its sessions, hands what it made in `database` to the owner role it

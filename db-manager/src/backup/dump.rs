@@ -221,8 +221,8 @@ impl DbManager {
 
     async fn dump_as(&self, row: &Row, worker: &Worker) -> Result<(Ingested, serde_json::Value), DbError> {
         let server = &row.server.name;
-        let config = self.worker_config(worker, &row.pg_name).await?;
-        let snapshot_session = crate::servers::connect(server, &config).await?;
+        let reach = self.worker_config(worker, &row.pg_name).await?;
+        let snapshot_session = reach.connect(server).await?;
         snapshot_session
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
@@ -247,9 +247,9 @@ impl DbManager {
             .collect();
 
         let binaries = PgBinaries::locate(self.inner.config.dedicated.bin_dir.as_deref())?;
-        let reader =
-            dump_reader(&binaries, &[format!("--snapshot={snapshot}")], pg_env(&config, &row.pg_name))
-                .map_err(|message| DbError::Dump { database: row.name.clone(), message })?;
+        let env = self.worker_tool_env(&reach, &row.pg_name)?;
+        let reader = dump_reader(&binaries, &[format!("--snapshot={snapshot}")], env)
+            .map_err(|message| DbError::Dump { database: row.name.clone(), message })?;
         let tenant = row.tenant_id;
         let put = self.inner.store.ingest(tenant, reader, PutOptions::default());
         let count = async {

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use storage_node::store::StoreError;
 use tokio::io::AsyncWriteExt;
 
-use super::dump::{collect_stderr, pg_env, pg_tool};
+use super::dump::{collect_stderr, pg_tool};
 use crate::DbError;
 use crate::databases::{CreateRequest, Credentials};
 use crate::instance::PgBinaries;
@@ -260,7 +260,8 @@ impl DbManager {
         role: Option<&str>,
     ) -> Result<(), DbError> {
         let (_, mut archive) = self.backup_archive(id).await?;
-        let config = self.worker_config(worker, dbname).await?;
+        let reach = self.worker_config(worker, dbname).await?;
+        let env = self.worker_tool_env(&reach, dbname)?;
         let binaries = PgBinaries::locate(self.inner.config.dedicated.bin_dir.as_deref())?;
         let mut command = pg_tool(&binaries, "pg_restore");
         command.args(RESTORE_ARGS);
@@ -269,7 +270,7 @@ impl DbManager {
             command.arg(format!("--role={role}"));
         }
         let mut child = command
-            .envs(pg_env(&config, dbname))
+            .envs(env)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -358,8 +359,7 @@ impl DbManager {
             .map_err(DbError::on_server(&worker.server().name))?;
         drop(empty);
         self.pg_restore(id, worker, scratch, None).await?;
-        let config = self.worker_config(worker, scratch).await?;
-        let inside = crate::servers::connect(&worker.server().name, &config).await?;
+        let inside = self.worker_config(worker, scratch).await?.connect(&worker.server().name).await?;
         let expected = counts.and_then(|c| c.as_object()).cloned().unwrap_or_default();
         let mut mismatches = Vec::new();
         for (table, count) in &expected {
