@@ -1,0 +1,297 @@
+//! Reconciling the catalog with the packs on disk, after the catalog went back in time.
+//!
+//! A catalog restored from a backup (or rolled back by point-in-time recovery) describes the
+//! packs as they were when it was taken. Since then GC may have compacted packs: their live
+//! records were copied into newer packs the restored catalog never heard of, and the old files
+//! are gone. This module owns the repair, run by [`ChunkStore::open`] before anything else uses
+//! the store:
+//!
+//! - pack ids are allocated past every pack file on disk, so a new pack can never take the
+//!   name of one that exists;
+//! - pack files the catalog does not know are registered (sealed), never deleted blindly;
+//! - every chunk location whose record is not where the catalog says is found again by the
+//!   chunk's id in the packs' own records, verified (keyed BLAKE3), and repointed;
+//! - packs' live bytes and sizes are recounted from the locations and the files.
+//!
+//! It runs in full when `silo catalog restore` left its marker in the data directory, or when
+//! the catalog and the disk disagree (a pack file without a row, or a live row without a file).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use super::verify::{ChunkLocation, ReadMode};
+use super::{ChunkStore, StoreError};
+use crate::compress::Compression;
+use crate::keys::{ChunkId, TenantId};
+use crate::pack::scan::{pack_ids_on_disk, scan_pack};
+use crate::pack::{PackId, RECORD_HEADER_LEN, pack_path};
+
+/// The file `silo catalog restore` leaves in the data directory: the next start reconciles.
+pub const RESTORED_MARKER: &str = "catalog-restored";
+
+/// Asks the next start of the store in `data_dir` to reconcile the catalog with the packs.
+///
+/// # Errors
+/// The I/O error of writing the marker.
+pub fn mark_catalog_restored(data_dir: &Path) -> std::io::Result<()> {
+    crate::data_dir::write_atomically(&data_dir.join(RESTORED_MARKER), b"reconcile at next start\n", 0o600)
+}
+
+/// What a reconcile did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReconcileReport {
+    /// Pack files on disk that the catalog did not know, now registered.
+    pub packs_registered: u64,
+    /// Chunk locations that named a pack or offset without the chunk, now repointed.
+    pub locations_repointed: u64,
+    /// Chunks the catalog names that no pack on disk holds (their objects cannot be read).
+    pub chunks_missing: u64,
+    /// Packs the catalog had as live whose files are gone, now retired.
+    pub packs_retired: u64,
+}
+
+impl ChunkStore {
+    /// Brings pack ids past the files on disk and reconciles the catalog when it is needed.
+    /// Called by [`ChunkStore::open`], before the store serves anything.
+    pub(super) async fn reconcile_at_start(&self, data_dir: &Path) -> Result<(), StoreError> {
+        let marker = data_dir.join(RESTORED_MARKER);
+        let forced = marker.exists();
+        let on_disk = self.packs_on_disk().await?;
+        self.advance_pack_ids(on_disk.iter().max().copied()).await?;
+        if forced || self.disagrees_with_disk(&on_disk).await? {
+            let report = self.reconcile(&on_disk).await?;
+            if report.chunks_missing > 0 {
+                tracing::error!(?report, "reconciled the catalog with the packs; some chunks are on no pack");
+            } else {
+                tracing::info!(?report, "reconciled the catalog with the packs on disk");
+            }
+        }
+        if forced {
+            std::fs::remove_file(&marker).map_err(|err| StoreError::io(&marker, err))?;
+        }
+        Ok(())
+    }
+
+    async fn packs_on_disk(&self) -> Result<Vec<PackId>, StoreError> {
+        let dir = self.inner.packs_dir.clone();
+        tokio::task::spawn_blocking(move || pack_ids_on_disk(&dir).map_err(|err| StoreError::io(dir, err)))
+            .await?
+    }
+
+    /// Makes the next pack id greater than `max_on_disk` (and than every row): a restored
+    /// catalog's sequence is as old as its backup, and ids after it name files that exist.
+    pub(super) async fn advance_pack_ids(&self, max_on_disk: Option<PackId>) -> Result<(), StoreError> {
+        let client = self.inner.pool.get().await?;
+        let floor = max_on_disk.map_or(0, |id| id.0);
+        client
+            .query(
+                "SELECT setval(s.seq, greatest($1::int8, (SELECT coalesce(max(id), 0) FROM packs))) \
+                 FROM (SELECT pg_get_serial_sequence('packs', 'id') AS seq) s \
+                 WHERE greatest($1::int8, (SELECT coalesce(max(id), 0) FROM packs)) > coalesce( \
+                    (SELECT last_value FROM pg_sequences \
+                     WHERE format('%I.%I', schemaname, sequencename) = s.seq), 0)",
+                &[&floor],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Whether a pack file has no row, or a live row of this node has no file.
+    async fn disagrees_with_disk(&self, on_disk: &[PackId]) -> Result<bool, StoreError> {
+        let client = self.inner.pool.get().await?;
+        let ids: Vec<i64> = on_disk.iter().map(|id| id.0).collect();
+        let row = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM unnest($1::int8[]) AS f(id) WHERE NOT EXISTS \
+                    (SELECT 1 FROM packs WHERE packs.id = f.id)) \
+                 OR EXISTS (SELECT 1 FROM packs WHERE node_id = $2 AND state <> 'retired' \
+                    AND id <> ALL($1::int8[]))",
+                &[&ids, &self.inner.node.0],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Registers unknown pack files, repoints moved chunks, recounts the packs.
+    async fn reconcile(&self, on_disk: &[PackId]) -> Result<ReconcileReport, StoreError> {
+        let _no_gc = self.inner.gc_lock.lock().await;
+        let mut report = ReconcileReport::default();
+        let client = self.inner.pool.get().await?;
+        let known: HashSet<i64> =
+            client.query("SELECT id FROM packs", &[]).await?.iter().map(|row| row.get(0)).collect();
+        for id in on_disk.iter().filter(|id| !known.contains(&id.0)) {
+            let size = std::fs::metadata(pack_path(&self.inner.packs_dir, *id)).map_or(0, |m| m.len() as i64);
+            client
+                .execute(
+                    "INSERT INTO packs (id, node_id, state, size, live_bytes) OVERRIDING SYSTEM VALUE \
+                     VALUES ($1, $2, 'sealed', $3, 0) ON CONFLICT (id) DO NOTHING",
+                    &[&id.0, &self.inner.node.0, &size],
+                )
+                .await?;
+            tracing::warn!(pack = id.0, size, "registered a pack file the catalog did not know");
+            report.packs_registered += 1;
+        }
+        let locations: Vec<ChunkLocation> = client
+            .query(
+                "SELECT l.tenant_id, l.chunk_id, l.pack_id, l.pack_offset, c.raw_len, c.stored_len, c.compression \
+                 FROM chunk_locations l JOIN chunks c ON c.tenant_id = l.tenant_id AND c.id = l.chunk_id \
+                 WHERE l.node_id = $1",
+                &[&self.inner.node.0],
+            )
+            .await?
+            .iter()
+            .map(|row| ChunkLocation {
+                tenant: TenantId(row.get(0)),
+                chunk: ChunkId::from_slice(row.get(1)).unwrap_or(ChunkId([0; 32])),
+                pack: PackId(row.get(2)),
+                offset: row.get::<_, i64>(3) as u64,
+                raw_len: row.get::<_, i32>(4) as u32,
+                stored_len: row.get::<_, i32>(5) as u32,
+                compression: Compression::from_code(row.get(6)).unwrap_or(Compression::None),
+            })
+            .collect();
+        drop(client);
+        let store = self.clone();
+        let ids = on_disk.to_vec();
+        let moves = tokio::task::spawn_blocking(move || store.find_moved(&locations, &ids)).await??;
+        report.chunks_missing = moves.iter().filter(|(_, found)| found.is_none()).count() as u64;
+        let found: Vec<_> = moves.iter().filter_map(|(at, found)| found.map(|to| (*at, to))).collect();
+        report.locations_repointed = found.len() as u64;
+        for (at, _) in moves.iter().filter(|(_, found)| found.is_none()) {
+            tracing::error!(tenant = at.tenant.0, chunk = %at.chunk, pack = at.pack.0, offset = at.offset,
+                "no pack on disk holds this chunk");
+        }
+        report.packs_retired = self.repoint_and_recount(&found, on_disk).await?;
+        Ok(report)
+    }
+
+    /// For every location whose record is not there, the verified record of that chunk in
+    /// another pack, if any. Blocking.
+    fn find_moved(
+        &self,
+        locations: &[ChunkLocation],
+        on_disk: &[PackId],
+    ) -> Result<Vec<(ChunkLocation, Option<(PackId, u64)>)>, StoreError> {
+        let moved: Vec<ChunkLocation> = locations
+            .iter()
+            .filter(|at| match self.inner.maps.record(at.pack, at.offset) {
+                Ok(record) => {
+                    let header = record.header;
+                    header.chunk != at.chunk
+                        || header.tenant != at.tenant
+                        || header.stored_len != at.stored_len
+                        || header.compression != at.compression
+                }
+                Err(_) => true,
+            })
+            .copied()
+            .collect();
+        if moved.is_empty() {
+            return Ok(Vec::new());
+        }
+        let wanted: HashSet<(TenantId, ChunkId)> = moved.iter().map(|at| (at.tenant, at.chunk)).collect();
+        let index = index_packs(&self.inner.packs_dir, on_disk, &wanted);
+        Ok(moved
+            .into_iter()
+            .map(|at| {
+                let candidates = index.get(&(at.tenant, at.chunk)).map(Vec::as_slice).unwrap_or_default();
+                let found = candidates.iter().copied().find(|(pack, offset)| {
+                    let there = ChunkLocation { pack: *pack, offset: *offset, ..at };
+                    self.read_record_verified(&there, ReadMode::Audit).is_ok()
+                });
+                (at, found)
+            })
+            .collect())
+    }
+
+    /// Repoints `found` locations, revives retired packs that hold live chunks, retires live
+    /// rows whose files are gone and hold nothing, and recounts sizes and live bytes. Returns
+    /// how many rows were retired.
+    async fn repoint_and_recount(
+        &self,
+        found: &[(ChunkLocation, (PackId, u64))],
+        on_disk: &[PackId],
+    ) -> Result<u64, StoreError> {
+        let mut client = self.inner.pool.get().await?;
+        let txn = client.transaction().await?;
+        let tenants: Vec<i64> = found.iter().map(|(at, _)| at.tenant.0).collect();
+        let chunks: Vec<&[u8]> = found.iter().map(|(at, _)| at.chunk.0.as_slice()).collect();
+        let packs: Vec<i64> = found.iter().map(|(_, (pack, _))| pack.0).collect();
+        let offsets: Vec<i64> = found.iter().map(|(_, (_, offset))| *offset as i64).collect();
+        txn.execute(
+            "UPDATE chunk_locations l SET pack_id = v.p, pack_offset = v.o \
+             FROM unnest($1::int8[], $2::bytea[], $3::int8[], $4::int8[]) AS v(t, c, p, o) \
+             WHERE l.tenant_id = v.t AND l.chunk_id = v.c AND l.node_id = $5",
+            &[&tenants, &chunks, &packs, &offsets, &self.inner.node.0],
+        )
+        .await?;
+        let ids: Vec<i64> = on_disk.iter().map(|id| id.0).collect();
+        let sizes: Vec<i64> = on_disk
+            .iter()
+            .map(|id| std::fs::metadata(pack_path(&self.inner.packs_dir, *id)).map_or(0, |m| m.len() as i64))
+            .collect();
+        txn.execute(
+            "UPDATE packs p SET size = v.s FROM unnest($1::int8[], $2::int8[]) AS v(id, s) \
+             WHERE p.id = v.id AND p.node_id = $3 AND p.state <> 'open'",
+            &[&ids, &sizes, &self.inner.node.0],
+        )
+        .await?;
+        // A retired pack that holds the only copy of a live chunk must not be deleted.
+        txn.execute(
+            "UPDATE packs SET state = 'sealed', retired_at = NULL WHERE node_id = $1 AND state = 'retired' \
+             AND EXISTS (SELECT 1 FROM chunk_locations l WHERE l.pack_id = packs.id)",
+            &[&self.inner.node.0],
+        )
+        .await?;
+        let retired = txn
+            .execute(
+                "UPDATE packs SET state = 'retired', retired_at = now(), live_bytes = 0 \
+                 WHERE node_id = $1 AND state <> 'retired' AND id <> ALL($2::int8[]) \
+                 AND NOT EXISTS (SELECT 1 FROM chunk_locations l WHERE l.pack_id = packs.id)",
+                &[&self.inner.node.0, &ids],
+            )
+            .await?;
+        txn.execute(
+            "WITH live AS ( \
+                SELECT l.pack_id, sum($2::int8 + c.stored_len)::int8 AS bytes \
+                FROM chunk_locations l JOIN chunks c ON c.tenant_id = l.tenant_id AND c.id = l.chunk_id \
+                WHERE l.node_id = $1 GROUP BY l.pack_id) \
+             UPDATE packs p SET live_bytes = coalesce((SELECT bytes FROM live WHERE live.pack_id = p.id), 0) \
+             WHERE p.node_id = $1 AND p.state <> 'retired'",
+            &[&self.inner.node.0, &(RECORD_HEADER_LEN as i64)],
+        )
+        .await?;
+        txn.commit().await?;
+        for (at, _) in found {
+            self.forget_verified(at.tenant, at.chunk);
+        }
+        Ok(retired)
+    }
+}
+
+/// Where each of the `wanted` chunks has a record, by scanning the packs `on_disk` in `dir`.
+/// Unreadable packs are skipped (and logged). Blocking.
+pub(crate) fn index_packs(
+    dir: &Path,
+    on_disk: &[PackId],
+    wanted: &HashSet<(TenantId, ChunkId)>,
+) -> HashMap<(TenantId, ChunkId), Vec<(PackId, u64)>> {
+    let mut index: HashMap<(TenantId, ChunkId), Vec<(PackId, u64)>> = HashMap::new();
+    for id in on_disk {
+        let path: PathBuf = pack_path(dir, *id);
+        let scan = match scan_pack(&path, *id) {
+            Ok(scan) => scan,
+            Err(err) => {
+                tracing::warn!(pack = id.0, error = %err, "skipped an unreadable pack file");
+                continue;
+            }
+        };
+        for (offset, header) in scan.records {
+            let key = (header.tenant, header.chunk);
+            if wanted.contains(&key) {
+                index.entry(key).or_default().push((*id, offset));
+            }
+        }
+    }
+    index
+}
