@@ -217,6 +217,10 @@ async fn a_catalog_backup_restores_every_object_after_gc_compacted_and_deleted_i
     // The catalog is lost and restored from the backup; the first start reconciles it.
     lose_and_restore_catalog(&mut fx, "dr_compacted_rebuilt", &manifest).await;
     fx.restart_after_crash().await;
+    let log = fx.silo.stderr();
+    assert!(log.contains("reconciled the catalog with the packs on disk"), "{log}");
+    let repointed = log.split("locations_repointed: ").nth(1).and_then(|rest| rest.split(',').next());
+    assert!(repointed.is_some_and(|n| n != "0"), "moved chunks were repointed: {log}");
     let client = readdress(&client, &fx);
     for (key, body) in &objects {
         assert!(get(&client, key).await == *body, "{key} reads back byte for byte");

@@ -7,12 +7,12 @@
 //! damaged dump fails loudly instead of restoring a wrong catalog. A chunk that GC compaction
 //! moved since the manifest was written is found by its id in the packs' own records.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::reconcile::index_packs;
+use super::reconcile::{PackIndex, index_packs};
 use super::{ChunkStore, ObjectId, StoreError};
 use crate::compress::{Compression, decompress};
 use crate::keys::{ChunkId, ServerSecret, TenantId};
@@ -110,7 +110,7 @@ pub fn read_offline(
         })
         .collect::<Result<Vec<_>, _>>()?;
     // Built on the first chunk that moved: where each of the manifest's chunks has records.
-    let mut index: Option<HashMap<(TenantId, ChunkId), Vec<(PackId, u64)>>> = None;
+    let mut index: Option<PackIndex> = None;
     let mut written = 0u64;
     for (index_in_manifest, (entry, id)) in manifest.chunks.iter().zip(&ids).enumerate() {
         let load = |pack: PackId, offset: u64| -> Result<Vec<u8>, String> {

@@ -37,6 +37,12 @@ pub fn mark_catalog_restored(data_dir: &Path) -> std::io::Result<()> {
     crate::data_dir::write_atomically(&data_dir.join(RESTORED_MARKER), b"reconcile at next start\n", 0o600)
 }
 
+/// Where chunks have records in the packs on disk: (tenant, chunk) → (pack, offset)s.
+pub(crate) type PackIndex = HashMap<(TenantId, ChunkId), Vec<(PackId, u64)>>;
+
+/// A location the catalog has, and where its chunk really is (if anywhere).
+type Moved = (ChunkLocation, Option<(PackId, u64)>);
+
 /// What a reconcile did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ReconcileReport {
@@ -80,17 +86,22 @@ impl ChunkStore {
 
     /// Makes the next pack id greater than `max_on_disk` (and than every row): a restored
     /// catalog's sequence is as old as its backup, and ids after it name files that exist.
+    /// The sequence only ever moves forward.
     pub(super) async fn advance_pack_ids(&self, max_on_disk: Option<PackId>) -> Result<(), StoreError> {
         let client = self.inner.pool.get().await?;
+        // Postgres names (and quotes) the sequence itself, so the name is safe to splice in.
+        // The next id it would hand out must be past `floor`.
+        let sequence: String =
+            client.query_one("SELECT pg_get_serial_sequence('packs', 'id')", &[]).await?.get(0);
         let floor = max_on_disk.map_or(0, |id| id.0);
         client
             .query(
-                "SELECT setval(s.seq, greatest($1::int8, (SELECT coalesce(max(id), 0) FROM packs))) \
-                 FROM (SELECT pg_get_serial_sequence('packs', 'id') AS seq) s \
-                 WHERE greatest($1::int8, (SELECT coalesce(max(id), 0) FROM packs)) > coalesce( \
-                    (SELECT last_value FROM pg_sequences \
-                     WHERE format('%I.%I', schemaname, sequencename) = s.seq), 0)",
-                &[&floor],
+                &format!(
+                    "SELECT setval($1::text::regclass, f.floor) \
+                     FROM (SELECT greatest($2::int8, (SELECT coalesce(max(id), 0) FROM packs)) AS floor) f \
+                     WHERE f.floor >= (SELECT last_value + CASE WHEN is_called THEN 1 ELSE 0 END FROM {sequence})"
+                ),
+                &[&sequence, &floor],
             )
             .await?;
         Ok(())
@@ -167,11 +178,7 @@ impl ChunkStore {
 
     /// For every location whose record is not there, the verified record of that chunk in
     /// another pack, if any. Blocking.
-    fn find_moved(
-        &self,
-        locations: &[ChunkLocation],
-        on_disk: &[PackId],
-    ) -> Result<Vec<(ChunkLocation, Option<(PackId, u64)>)>, StoreError> {
+    fn find_moved(&self, locations: &[ChunkLocation], on_disk: &[PackId]) -> Result<Vec<Moved>, StoreError> {
         let moved: Vec<ChunkLocation> = locations
             .iter()
             .filter(|at| match self.inner.maps.record(at.pack, at.offset) {
@@ -195,7 +202,8 @@ impl ChunkStore {
             .into_iter()
             .map(|at| {
                 let candidates = index.get(&(at.tenant, at.chunk)).map(Vec::as_slice).unwrap_or_default();
-                let found = candidates.iter().copied().find(|(pack, offset)| {
+                // Newest packs first: the latest copy is the one compaction keeps alive.
+                let found = candidates.iter().rev().copied().find(|(pack, offset)| {
                     let there = ChunkLocation { pack: *pack, offset: *offset, ..at };
                     self.read_record_verified(&there, ReadMode::Audit).is_ok()
                 });
@@ -269,14 +277,15 @@ impl ChunkStore {
     }
 }
 
-/// Where each of the `wanted` chunks has a record, by scanning the packs `on_disk` in `dir`.
-/// Unreadable packs are skipped (and logged). Blocking.
+/// Where each of the `wanted` chunks has a record, by scanning the packs `on_disk` in `dir`
+/// (ascending ids, so each chunk's records come oldest pack first). Unreadable packs are
+/// skipped (and logged). Blocking.
 pub(crate) fn index_packs(
     dir: &Path,
     on_disk: &[PackId],
     wanted: &HashSet<(TenantId, ChunkId)>,
-) -> HashMap<(TenantId, ChunkId), Vec<(PackId, u64)>> {
-    let mut index: HashMap<(TenantId, ChunkId), Vec<(PackId, u64)>> = HashMap::new();
+) -> PackIndex {
+    let mut index = PackIndex::new();
     for id in on_disk {
         let path: PathBuf = pack_path(dir, *id);
         let scan = match scan_pack(&path, *id) {
