@@ -12,7 +12,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::reconcile::{PackIndex, index_packs};
+use super::reconcile::{PackIndex, Scan, index_packs};
 use super::{ChunkStore, ObjectId, StoreError};
 use crate::compress::{Compression, decompress};
 use crate::keys::{ChunkId, ServerSecret, TenantId};
@@ -109,8 +109,13 @@ pub fn read_offline(
                 .ok_or_else(|| OfflineError::Manifest(format!("chunk {index} has no valid id")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    // Built on the first chunk that moved: where each of the manifest's chunks has records.
-    let mut index: Option<PackIndex> = None;
+    // Built on the first chunk that moved: where the manifest's chunks have records, newest
+    // first; then, if a newest record does not verify, every record on disk.
+    let wanted: HashSet<_> = ids.iter().map(|id| (tenant, *id)).collect();
+    let on_disk = std::cell::OnceCell::new();
+    let on_disk = || on_disk.get_or_init(|| pack_ids_on_disk(packs_dir).unwrap_or_default()).clone();
+    let mut quick: Option<PackIndex> = None;
+    let mut full: Option<PackIndex> = None;
     let mut written = 0u64;
     for (index_in_manifest, (entry, id)) in manifest.chunks.iter().zip(&ids).enumerate() {
         let load = |pack: PackId, offset: u64| -> Result<Vec<u8>, String> {
@@ -128,24 +133,30 @@ pub fn read_offline(
             }
             Ok(raw)
         };
+        let elsewhere = |index: &PackIndex| {
+            let candidates = index.get(&(tenant, *id)).map(Vec::as_slice).unwrap_or_default();
+            candidates.iter().find_map(|(pack, offset)| load(*pack, *offset).ok())
+        };
         let raw = match load(PackId(entry.pack), entry.offset) {
             Ok(raw) => raw,
             Err(message) => {
-                let index = index.get_or_insert_with(|| {
-                    let wanted: HashSet<_> = ids.iter().map(|id| (tenant, *id)).collect();
-                    let on_disk = pack_ids_on_disk(packs_dir).unwrap_or_default();
-                    index_packs(packs_dir, &on_disk, &wanted)
-                });
-                let candidates = index.get(&(tenant, *id)).map(Vec::as_slice).unwrap_or_default();
-                candidates.iter().find_map(|(pack, offset)| load(*pack, *offset).ok()).ok_or_else(|| {
-                    OfflineError::Damaged {
-                        index: index_in_manifest,
-                        id: entry.id.clone(),
-                        pack: entry.pack,
-                        offset: entry.offset,
-                        message: format!("{message}; and no other pack holds a good copy"),
+                let quick = quick
+                    .get_or_insert_with(|| index_packs(packs_dir, &on_disk(), &wanted, Scan::UntilFound));
+                match elsewhere(quick) {
+                    Some(raw) => raw,
+                    None => {
+                        let full = full.get_or_insert_with(|| {
+                            index_packs(packs_dir, &on_disk(), &wanted, Scan::Everything)
+                        });
+                        elsewhere(full).ok_or_else(|| OfflineError::Damaged {
+                            index: index_in_manifest,
+                            id: entry.id.clone(),
+                            pack: entry.pack,
+                            offset: entry.offset,
+                            message: format!("{message}; and no other pack holds a good copy"),
+                        })?
                     }
-                })?
+                }
             }
         };
         sink(&raw).map_err(OfflineError::Sink)?;

@@ -196,20 +196,27 @@ impl ChunkStore {
         if moved.is_empty() {
             return Ok(Vec::new());
         }
-        let wanted: HashSet<(TenantId, ChunkId)> = moved.iter().map(|at| (at.tenant, at.chunk)).collect();
-        let index = index_packs(&self.inner.packs_dir, on_disk, &wanted);
-        Ok(moved
-            .into_iter()
-            .map(|at| {
-                let candidates = index.get(&(at.tenant, at.chunk)).map(Vec::as_slice).unwrap_or_default();
-                // Newest packs first: the latest copy is the one compaction keeps alive.
-                let found = candidates.iter().rev().copied().find(|(pack, offset)| {
-                    let there = ChunkLocation { pack: *pack, offset: *offset, ..at };
-                    self.read_record_verified(&there, ReadMode::Audit).is_ok()
-                });
-                (at, found)
+        let resolve = |index: &PackIndex, at: &ChunkLocation| {
+            let candidates = index.get(&(at.tenant, at.chunk)).map(Vec::as_slice).unwrap_or_default();
+            candidates.iter().copied().find(|(pack, offset)| {
+                let there = ChunkLocation { pack: *pack, offset: *offset, ..*at };
+                self.read_record_verified(&there, ReadMode::Audit).is_ok()
             })
-            .collect())
+        };
+        let dir = &self.inner.packs_dir;
+        let wanted: HashSet<(TenantId, ChunkId)> = moved.iter().map(|at| (at.tenant, at.chunk)).collect();
+        let quick = index_packs(dir, on_disk, &wanted, Scan::UntilFound);
+        let mut out: Vec<Moved> = moved.into_iter().map(|at| (at, resolve(&quick, &at))).collect();
+        let unresolved: HashSet<_> =
+            out.iter().filter(|(_, found)| found.is_none()).map(|(at, _)| (at.tenant, at.chunk)).collect();
+        if !unresolved.is_empty() {
+            // The newest record of some chunk did not verify: look at every copy on disk.
+            let full = index_packs(dir, on_disk, &unresolved, Scan::Everything);
+            for (at, found) in out.iter_mut().filter(|(_, found)| found.is_none()) {
+                *found = resolve(&full, at);
+            }
+        }
+        Ok(out)
     }
 
     /// Repoints `found` locations, revives retired packs that hold live chunks, retires live
@@ -277,25 +284,38 @@ impl ChunkStore {
     }
 }
 
-/// Where each of the `wanted` chunks has a record, by scanning the packs `on_disk` in `dir`
-/// (ascending ids, so each chunk's records come oldest pack first). Unreadable packs are
+/// How far [`index_packs`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scan {
+    /// Stop once every wanted chunk has a record (its newest, since compaction copies forward).
+    UntilFound,
+    /// Read every pack, for every copy.
+    Everything,
+}
+
+/// Where each of the `wanted` chunks has records, by scanning the packs `on_disk` in `dir`,
+/// newest (highest id) first, so each chunk's records come newest first. Unreadable packs are
 /// skipped (and logged). Blocking.
 pub(crate) fn index_packs(
     dir: &Path,
     on_disk: &[PackId],
     wanted: &HashSet<(TenantId, ChunkId)>,
+    scan: Scan,
 ) -> PackIndex {
     let mut index = PackIndex::new();
-    for id in on_disk {
+    for id in on_disk.iter().rev() {
+        if scan == Scan::UntilFound && index.len() == wanted.len() {
+            break;
+        }
         let path: PathBuf = pack_path(dir, *id);
-        let scan = match scan_pack(&path, *id) {
-            Ok(scan) => scan,
+        let scanned = match scan_pack(&path, *id) {
+            Ok(scanned) => scanned,
             Err(err) => {
                 tracing::warn!(pack = id.0, error = %err, "skipped an unreadable pack file");
                 continue;
             }
         };
-        for (offset, header) in scan.records {
+        for (offset, header) in scanned.records {
             let key = (header.tenant, header.chunk);
             if wanted.contains(&key) {
                 index.entry(key).or_default().push((*id, offset));
@@ -303,4 +323,40 @@ pub(crate) fn index_packs(
         }
     }
     index
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pack::{PackWriter, RecordHeader};
+
+    #[test]
+    fn the_index_lists_the_newest_copy_first_and_stops_once_everything_is_found() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let chunk = |n: u8| RecordHeader {
+            compression: Compression::None,
+            tenant: TenantId(5),
+            chunk: ChunkId([n; 32]),
+            raw_len: 3,
+            stored_len: 3,
+        };
+        // Pack 1 holds chunks 1 and 2; compaction copied chunk 1 into pack 2.
+        let mut old = PackWriter::create(dir.path(), PackId(1), 1).expect("create");
+        old.append(&chunk(1), b"one").expect("append");
+        let old_two = old.append(&chunk(2), b"two").expect("append");
+        let mut new = PackWriter::create(dir.path(), PackId(2), 1).expect("create");
+        let new_one = new.append(&chunk(1), b"one").expect("append");
+        let on_disk = pack_ids_on_disk(dir.path()).expect("ids");
+
+        let one: HashSet<_> = [(TenantId(5), ChunkId([1; 32]))].into();
+        let quick = index_packs(dir.path(), &on_disk, &one, Scan::UntilFound);
+        assert_eq!(quick[&(TenantId(5), ChunkId([1; 32]))], [(PackId(2), new_one)], "pack 1 is never read");
+        let full = index_packs(dir.path(), &on_disk, &one, Scan::Everything);
+        assert_eq!(full[&(TenantId(5), ChunkId([1; 32]))].len(), 2, "every copy, newest first");
+        assert_eq!(full[&(TenantId(5), ChunkId([1; 32]))][0].0, PackId(2));
+
+        let two: HashSet<_> = [(TenantId(5), ChunkId([2; 32]))].into();
+        let found = index_packs(dir.path(), &on_disk, &two, Scan::UntilFound);
+        assert_eq!(found[&(TenantId(5), ChunkId([2; 32]))], [(PackId(1), old_two)]);
+    }
 }
