@@ -115,8 +115,8 @@ impl ChunkStore {
             .query_one(
                 "SELECT EXISTS (SELECT 1 FROM unnest($1::int8[]) AS f(id) WHERE NOT EXISTS \
                     (SELECT 1 FROM packs WHERE packs.id = f.id)) \
-                 OR EXISTS (SELECT 1 FROM packs WHERE node_id = $2 AND state <> 'retired' \
-                    AND id <> ALL($1::int8[]))",
+                 OR EXISTS (SELECT 1 FROM packs p WHERE p.node_id = $2 AND p.state <> 'retired' \
+                    AND NOT EXISTS (SELECT 1 FROM unnest($1::int8[]) AS f(id) WHERE f.id = p.id))",
                 &[&ids, &self.inner.node.0],
             )
             .await?;
@@ -261,7 +261,8 @@ impl ChunkStore {
         let retired = txn
             .execute(
                 "UPDATE packs SET state = 'retired', retired_at = now(), live_bytes = 0 \
-                 WHERE node_id = $1 AND state <> 'retired' AND id <> ALL($2::int8[]) \
+                 WHERE node_id = $1 AND state <> 'retired' \
+                 AND NOT EXISTS (SELECT 1 FROM unnest($2::int8[]) AS f(id) WHERE f.id = packs.id) \
                  AND NOT EXISTS (SELECT 1 FROM chunk_locations l WHERE l.pack_id = packs.id)",
                 &[&self.inner.node.0, &ids],
             )
