@@ -73,3 +73,46 @@ async fn a_catalog_rolled_back_past_a_compaction_is_reconciled_when_the_store_op
     assert_eq!(read(&store, acme, keep.id, None).await.expect("read after gc"), kept);
     assert_eq!(store.scrub(1.0).await.expect("scrub").damaged, []);
 }
+
+#[tokio::test]
+async fn gc_never_deletes_a_file_that_its_retired_row_never_wrote() {
+    let fx = fixture("foreign_file", small_chunks()).await;
+    let acme = tenant(&fx.pool, "acme", None).await;
+    let kept = random_bytes(512 * 1024, 40);
+    let keep = put(&fx.store, acme, &kept).await;
+    fx.store.close().await.expect("close");
+    // What an older Silo left after a catalog restore: a pack file of another timeline under
+    // an id whose row it retired straight from open, because creating that file failed.
+    let packs = fx.data_dir.path().join("packs");
+    let mut foreign = std::fs::read(packs.join(format!("{:016x}.pack", 1))).expect("pack 1");
+    foreign[16..24].copy_from_slice(&1000i64.to_le_bytes());
+    let path = packs.join(format!("{:016x}.pack", 1000));
+    std::fs::write(&path, &foreign).expect("write");
+    let client = fx.pool.get().await.expect("connect");
+    client
+        .execute(
+            "INSERT INTO packs (id, node_id, state, retired_at) OVERRIDING SYSTEM VALUE \
+             SELECT 1000, node_id, 'retired', now() FROM packs WHERE id = 1",
+            &[],
+        )
+        .await
+        .expect("retired row");
+    drop(client);
+
+    fx.store.gc().await.expect("gc");
+    assert!(path.exists(), "GC deleted a file that its row never wrote");
+    // The next start registers the file; from then on GC accounts for it like any pack.
+    let store = open_store(&fx.pool, &fx.data_dir, small_chunks()).await;
+    let known: i64 = fx
+        .pool
+        .get()
+        .await
+        .expect("connect")
+        .query_one("SELECT count(*) FROM packs WHERE id = 1000 AND state = 'sealed'", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(known, 1, "the file is registered");
+    assert_eq!(read(&store, acme, keep.id, None).await.expect("read"), kept);
+    assert_catalog_consistent(&fx.pool).await;
+}
