@@ -54,7 +54,9 @@ pub fn restore(args: CatalogRestoreArgs) -> anyhow::Result<()> {
         args.postgres_url.parse().map_err(|_| anyhow!("--postgres-url is not a valid libpq URL"))?;
     let dbname = config.get_dbname().unwrap_or("silo").to_string();
     let binaries = PgBinaries::locate(args.postgres_bin_dir.as_deref())?;
+    // Like every pg tool Silo runs: none of Silo's environment (secrets, stray PG* variables).
     let mut child = Command::new(binaries.path("pg_restore"))
+        .env_clear()
         .args(db_manager::backup::restore::RESTORE_ARGS)
         .arg(format!("--dbname={dbname}"))
         .envs(db_manager::backup::dump::pg_env(&config, &dbname))
