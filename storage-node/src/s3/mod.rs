@@ -13,6 +13,8 @@ mod list;
 mod multipart;
 mod object;
 mod ops;
+#[cfg(test)]
+mod tests;
 
 pub use multipart::abort_stale_uploads;
 
