@@ -13,6 +13,7 @@ mod gc;
 mod ingest;
 mod objects;
 pub mod offline;
+mod orphans;
 mod read;
 mod scrub;
 mod verify;
@@ -30,6 +31,7 @@ pub use error::StoreError;
 pub use gc::GcReport;
 pub use ingest::{Ingested, PutOptions};
 pub use objects::Usage;
+pub use orphans::{Referrer, S3_REFERRERS};
 pub use read::ObjectRead;
 pub use scrub::{DamagedChunk, ScrubReport};
 
