@@ -268,8 +268,11 @@ fn percent_encode(text: &str) -> String {
         .collect()
 }
 
+/// How often the orphan sweep (a scan of every object) runs at most.
+const ORPHAN_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Every `interval` until `stop`: aborts multipart uploads older than `expiry`, deletes orphan
-/// objects, finishes interrupted tenant deletions, then runs GC.
+/// objects (hourly at most), finishes interrupted tenant deletions, then runs GC.
 async fn collect_garbage_every(
     store: ChunkStore,
     databases: DbManager,
@@ -277,6 +280,7 @@ async fn collect_garbage_every(
     expiry: std::time::Duration,
     stop: CancellationToken,
 ) {
+    let mut last_sweep: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -285,8 +289,11 @@ async fn collect_garbage_every(
         if let Err(err) = storage_node::s3::abort_stale_uploads(&store, expiry).await {
             tracing::warn!(error = %err, "could not abort stale multipart uploads");
         }
-        if let Err(err) = databases.sweep_orphan_objects().await {
-            tracing::warn!(error = %err, "could not sweep orphan objects");
+        if last_sweep.is_none_or(|at| at.elapsed() >= ORPHAN_SWEEP_EVERY) {
+            last_sweep = Some(std::time::Instant::now());
+            if let Err(err) = databases.sweep_orphan_objects().await {
+                tracing::warn!(error = %err, "could not sweep orphan objects");
+            }
         }
         if let Err(err) = databases.resume_tenant_deletions().await {
             tracing::warn!(error = %err, "could not resume tenant deletions");

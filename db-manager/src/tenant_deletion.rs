@@ -103,7 +103,6 @@ impl DbManager {
         {
             let Some(_lock) = self.lock(TENANT_DELETION_LOCK_CLASS, id.0).await? else { continue };
             match self.finish_tenant_deletion(id, &name, keeps_final_backups).await {
-                Ok(done) if done.removed => tracing::info!(tenant = name, ?done, "finished deleting tenant"),
                 Ok(_) => {}
                 Err(err) => {
                     tracing::error!(tenant = name, error = %err, "cannot finish deleting tenant; retrying later")
@@ -178,8 +177,14 @@ impl DbManager {
             self.inner.store.purge_tenant(tenant).await?;
             done.removed = true;
             tracing::info!(tenant = name, ?done, "deleted tenant");
-        } else {
-            tracing::info!(tenant = name, ?done, "deleted tenant; kept until its final backups expire");
+        } else if done
+            != (TenantDeleted { final_backups_kept: done.final_backups_kept, ..Default::default() })
+        {
+            tracing::info!(
+                tenant = name,
+                ?done,
+                "deleted tenant but its final backups, kept until they expire"
+            );
         }
         Ok(done)
     }
