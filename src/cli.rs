@@ -75,6 +75,10 @@ pub enum TenantCommand {
         /// Delete everything the tenant stores too.
         #[arg(long)]
         force: bool,
+        /// Delete its databases without final backups (otherwise they are taken, and kept
+        /// with the tenant's name until they expire).
+        #[arg(long)]
+        skip_final_backup: bool,
         #[command(flatten)]
         client: ClientArgs,
     },

@@ -126,9 +126,6 @@ async fn serve_with_catalog(
         .map_err(catalog::CatalogError::from)?;
     drop(client);
     let store = ChunkStore::open(pool.clone(), &data_dir, &config.node, config.store.clone()).await?;
-    if let Some(interval) = config.gc_interval {
-        tokio::spawn(collect_garbage_every(store.clone(), interval, config.multipart_expiry, stop.clone()));
-    }
     let databases = DbManager::new(
         store.clone(),
         ManagerConfig {
@@ -154,6 +151,10 @@ async fn serve_with_catalog(
         databases.register_embedded(&embedded_server(instance, config)).await?;
     }
     databases.start().await?;
+    if let Some(interval) = config.gc_interval {
+        let (store, databases, stop) = (store.clone(), databases.clone(), stop.clone());
+        tokio::spawn(collect_garbage_every(store, databases, interval, config.multipart_expiry, stop));
+    }
     let admin_token = admin_token(&data_dir)?;
     let catalog_server = match embedded {
         Some(Embedded { supervisor, .. }) => CatalogServer::Embedded {
@@ -269,13 +270,19 @@ fn percent_encode(text: &str) -> String {
         .collect()
 }
 
-/// Every `interval` until `stop`: aborts multipart uploads older than `expiry`, then runs GC.
+/// How often the orphan sweep (a scan of every object) runs at most.
+const ORPHAN_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Every `interval` until `stop`: aborts multipart uploads older than `expiry`, deletes orphan
+/// objects (hourly at most), finishes interrupted tenant deletions, then runs GC.
 async fn collect_garbage_every(
     store: ChunkStore,
+    databases: DbManager,
     interval: std::time::Duration,
     expiry: std::time::Duration,
     stop: CancellationToken,
 ) {
+    let mut last_sweep: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -283,6 +290,15 @@ async fn collect_garbage_every(
         }
         if let Err(err) = storage_node::s3::abort_stale_uploads(&store, expiry).await {
             tracing::warn!(error = %err, "could not abort stale multipart uploads");
+        }
+        if last_sweep.is_none_or(|at| at.elapsed() >= ORPHAN_SWEEP_EVERY) {
+            last_sweep = Some(std::time::Instant::now());
+            if let Err(err) = databases.sweep_orphan_objects().await {
+                tracing::warn!(error = %err, "could not sweep orphan objects");
+            }
+        }
+        if let Err(err) = databases.resume_tenant_deletions().await {
+            tracing::warn!(error = %err, "could not resume tenant deletions");
         }
         match store.gc().await {
             Ok(report) if report != GcReport::default() => tracing::info!(?report, "GC pass"),

@@ -33,8 +33,8 @@ pub fn tenant(command: TenantCommand) -> anyhow::Result<()> {
                 &["name", "storage_quota_bytes", "created_at"],
             );
         }
-        TenantCommand::Delete { name, force, client } => {
-            let path = format!("/v1/tenants/{name}{}", if force { "?force=true" } else { "" });
+        TenantCommand::Delete { name, force, skip_final_backup, client } => {
+            let path = format!("/v1/tenants/{name}?force={force}&final_backup={}", !skip_final_backup);
             let _: Value = block_on(client.call(Method::DELETE, &path, None))?;
             if !client.json {
                 println!("deleted tenant {name}");

@@ -326,6 +326,27 @@ async fn listing_pages_through_prefixes_and_delimiters() {
     let v1 = a.list_objects().bucket("sdk-list").delimiter("/").send().await.expect("list v1 delimiter");
     let v1_prefixes: Vec<_> = v1.common_prefixes().iter().filter_map(|p| p.prefix()).collect();
     assert_eq!(v1_prefixes, ["p/", "q/"]);
+
+    // Keys with U+10FFFF after the delimiter: paging one entry at a time moves past the
+    // common prefix instead of returning it again.
+    a.create_bucket().bucket("sdk-list-max").send().await.expect("create bucket");
+    for key in ["m/\u{10FFFF}", "m/\u{10FFFF}\u{10FFFF}", "m/\u{10FFFF}x", "n"] {
+        let put = a.put_object().bucket("sdk-list-max").key(key).body(ByteStream::from_static(b"x"));
+        put.send().await.expect(key);
+    }
+    let mut entries = Vec::new();
+    let mut token: Option<String> = None;
+    for _ in 0..10 {
+        let page = a.list_objects_v2().bucket("sdk-list-max").delimiter("/").max_keys(1);
+        let page = page.set_continuation_token(token.clone()).send().await.expect("page");
+        entries.extend(page.common_prefixes().iter().filter_map(|p| p.prefix().map(str::to_string)));
+        entries.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+        token = page.next_continuation_token().map(str::to_string);
+        if page.is_truncated() != Some(true) {
+            break;
+        }
+    }
+    assert_eq!(entries, ["m/", "n"]);
 }
 
 #[tokio::test]

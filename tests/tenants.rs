@@ -5,7 +5,7 @@ mod common;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{Silo, scratch};
+use common::{Silo, databases, scratch};
 use serde_json::{Value, json};
 
 fn cli(silo: &Silo, args: &[&str]) -> Output {
@@ -139,4 +139,170 @@ async fn the_api_validates_names_patches_quotas_and_refuses_to_drop_a_tenant_wit
     assert_eq!(forced.status(), 204);
     let gone = http.get(api("/tenants/shop")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(gone.status(), 404);
+}
+
+/// An S3 client with a key of a tenant.
+fn s3_client(silo: &Silo, key: &Value) -> aws_sdk_s3::Client {
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+    let field = |name: &str| key[name].as_str().expect("key field").to_string();
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(format!("http://{}", silo.addr))
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new(
+            field("access_key_id"),
+            field("secret_access_key"),
+            None,
+            None,
+            "t",
+        ))
+        .force_path_style(true)
+        .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+        .http_client(aws_smithy_http_client::Builder::new().build_http());
+    aws_sdk_s3::Client::from_conf(config.build())
+}
+
+/// Counts rows in the catalog.
+async fn catalog_count(url: &str, sql: &str) -> i64 {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("catalog");
+    tokio::spawn(conn);
+    client.query_one(sql, &[]).await.expect(sql).get(0)
+}
+
+/// A tenant with two buckets (objects, an unfinished multipart upload), a key and two
+/// databases. Returns its key.
+async fn populate(fx: &databases::Fixture, tenant: &str) -> Value {
+    use aws_sdk_s3::primitives::ByteStream;
+    fx.tenant(tenant);
+    let key = common::silo_cli_json(&fx.silo, &["key", "create", tenant]);
+    let s3 = s3_client(&fx.silo, &key);
+    for bucket in [format!("{tenant}-media"), format!("{tenant}-empty")] {
+        s3.create_bucket().bucket(&bucket).send().await.expect("bucket");
+    }
+    let media = format!("{tenant}-media");
+    for (key, size) in [("a.bin", 200_000), ("b/c.bin", 50_000)] {
+        let put = s3.put_object().bucket(&media).key(key).body(ByteStream::from(vec![9u8; size]));
+        put.send().await.expect("put");
+    }
+    let upload = s3.create_multipart_upload().bucket(&media).key("big.bin").send().await.expect("upload");
+    let upload_id = upload.upload_id().expect("id");
+    let part = s3.upload_part().bucket(&media).key("big.bin").upload_id(upload_id).part_number(1);
+    part.body(ByteStream::from(vec![3u8; 100_000])).send().await.expect("part");
+    for name in ["shop", "blog"] {
+        let created = fx.create(tenant, json!({ "name": name })).await;
+        databases::psql_ok(created["url"].as_str().expect("url"), "CREATE TABLE t AS SELECT 1 AS x");
+    }
+    key
+}
+
+/// What remains of `tenant` in the catalog: buckets, S3 objects, uploads, keys, databases,
+/// objects, and the tenant row.
+async fn remains(url: &str, tenant: &str) -> [i64; 7] {
+    let of = |table: &str, column: &str| {
+        format!(
+            "SELECT count(*) FROM {table} WHERE {column} IN (SELECT id FROM tenants WHERE name = '{tenant}')"
+        )
+    };
+    [
+        catalog_count(url, &of("buckets", "tenant_id")).await,
+        catalog_count(url, &format!("SELECT count(*) FROM s3_objects WHERE bucket LIKE '{tenant}-%'")).await,
+        catalog_count(url, &of("multipart_uploads", "tenant_id")).await,
+        catalog_count(url, &of("access_keys", "tenant_id")).await,
+        catalog_count(url, &of("tenant_databases", "tenant_id")).await,
+        catalog_count(url, &of("objects", "tenant_id")).await,
+        catalog_count(url, &format!("SELECT count(*) FROM tenants WHERE name = '{tenant}'")).await,
+    ]
+}
+
+#[tokio::test]
+async fn a_forced_delete_removes_everything_and_a_crash_part_way_is_finished() {
+    let mut fx = databases::Fixture::start("tenant_delete", &[]).await;
+    let key = populate(&fx, "doomed").await;
+    let url = fx.catalog_url();
+
+    let (status, body) = fx.call(reqwest::Method::DELETE, "/v1/tenants/doomed", None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("tenant_not_empty")), "{body}");
+    assert_eq!(remains(&url, "doomed").await[..5], [2, 2, 1, 1, 2], "a refused delete touches nothing");
+
+    // The process dies after the databases are gone (with their final backups), before the
+    // buckets: the next start finishes the deletion by itself.
+    fx.restart(&[("SILO_CRASH_AT", "tenant_delete.after_databases")]).await;
+    let crashed = fx
+        .http
+        .delete(fx.silo.url("/v1/tenants/doomed?force=true"))
+        .bearer_auth(fx.silo.token())
+        .send()
+        .await;
+    assert!(crashed.is_err(), "the process died mid-delete");
+    fx.silo.wait_exit(Duration::from_secs(30));
+    let half = remains(&url, "doomed").await;
+    assert_eq!((half[0], half[4]), (2, 0), "the crash left the buckets, not the databases: {half:?}");
+    fx.restart_after_crash().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while remains(&url, "doomed").await[..5] != [0, 0, 0, 0, 0] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not finished: {:?}\n{}",
+            remains(&url, "doomed").await,
+            fx.silo.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (pg_shop, pg_blog) = ("doomed_shop", "doomed_blog");
+    let left = databases::admin_sql(&format!(
+        "SELECT count(*) FROM pg_database WHERE datname IN ('{pg_shop}', '{pg_blog}')"
+    ));
+    assert_eq!(left, "0", "the databases are dropped on their server");
+    let s3 = s3_client(&fx.silo, &key);
+    assert_eq!(
+        s3.list_buckets()
+            .send()
+            .await
+            .map_err(|e| aws_sdk_s3::error::ProvideErrorMetadata::code(&e).map(str::to_string))
+            .err(),
+        Some(Some("InvalidAccessKeyId".to_string())),
+        "the key no longer works"
+    );
+    // The final backups stay, with the tenant (marked as being deleted) holding only them.
+    assert_eq!(remains(&url, "doomed").await[5..], [2, 1]);
+    let (status, backups) = fx.call(reqwest::Method::GET, "/v1/backups?tenant=doomed", None).await;
+    assert_eq!(status, 200, "{backups}");
+    let kinds: Vec<_> = backups.as_array().expect("list").iter().map(|b| b["kind"].as_str()).collect();
+    assert_eq!(kinds, [Some("final"), Some("final")], "{backups}");
+    let (status, shown) = fx.call(reqwest::Method::GET, "/v1/tenants/doomed", None).await;
+    assert!(status == 200 && shown["deleting_since"].is_string(), "{shown}");
+    let (status, body) =
+        fx.call(reqwest::Method::POST, "/v1/tenants/doomed/databases", Some(json!({"name": "again"}))).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("tenant_deleting")), "{body}");
+
+    // Once the final backups expire and are pruned, the next run removes the tenant.
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("catalog");
+    tokio::spawn(conn);
+    client
+        .execute(
+            "UPDATE database_backups SET expires_at = now() - interval '1 day' WHERE kind = 'final'",
+            &[],
+        )
+        .await
+        .expect("expire");
+    let (status, _) = fx.call(reqwest::Method::POST, "/v1/backups/prune", None).await;
+    assert_eq!(status, 200);
+    let (status, _) = fx.call(reqwest::Method::DELETE, "/v1/tenants/doomed?force=true", None).await;
+    assert_eq!(status, 204);
+    assert_eq!(remains(&url, "doomed").await, [0; 7], "nothing of the tenant is left");
+}
+
+#[tokio::test]
+async fn a_forced_delete_without_final_backups_removes_the_tenant_at_once() {
+    let fx = databases::Fixture::start("tenant_delete_nobackup", &[]).await;
+    populate(&fx, "gone").await;
+    let url = fx.catalog_url();
+    let path = "/v1/tenants/gone?force=true&final_backup=false";
+    let (status, body) = fx.call(reqwest::Method::DELETE, path, None).await;
+    assert_eq!(status, 204, "{body}\n{}", fx.silo.stderr());
+    assert_eq!(remains(&url, "gone").await, [0; 7], "nothing of the tenant is left");
+    let (status, _) = fx.call(reqwest::Method::GET, "/v1/tenants/gone", None).await;
+    assert_eq!(status, 404);
+    // The name is free again.
+    fx.tenant("gone");
 }

@@ -15,6 +15,12 @@ pub enum DbError {
     UnknownPlan { plan: String, known: String },
     #[error("no tenant named {0:?}")]
     TenantNotFound(String),
+    #[error(
+        "the tenant {tenant} still has {objects} objects and {databases} databases; pass ?force=true to delete them too"
+    )]
+    TenantNotEmpty { tenant: String, objects: i64, databases: i64 },
+    #[error("the tenant {0:?} is being deleted")]
+    TenantDeleting(String),
     #[error("tenant {tenant:?} has no database named {name:?}")]
     NotFound { tenant: String, name: String },
     #[error("tenant {tenant:?} already has a database named {name:?}")]

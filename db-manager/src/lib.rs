@@ -9,6 +9,8 @@
 //! one, registered ones, and [`dedicated`] instances), [`databases`] creates, resizes, rotates
 //! and deletes them through [`provision`]'s statements, and [`sampler`] watches their size and
 //! enforces the quotas of their [`plans`]. [`DbManager`] ties these together for the API.
+//! [`tenant_deletion`] deletes a tenant with all it has, resumably; [`orphans`] tells the
+//! storage node's orphan sweep which objects db-manager references.
 
 pub mod backup;
 pub mod catalog;
@@ -20,12 +22,14 @@ pub mod faults;
 pub mod instance;
 pub mod manager;
 pub mod names;
+pub mod orphans;
 pub mod plans;
 mod provision;
 mod read_only;
 pub mod sampler;
 pub mod servers;
 mod spares;
+pub mod tenant_deletion;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;

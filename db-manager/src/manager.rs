@@ -115,6 +115,14 @@ impl DbManager {
         self.fail_interrupted_backups().await?;
         self.finish_interrupted_restores().await?;
         self.sweep_all_workers().await;
+        // Tenant deletions a crash interrupted finish in the background (they may take final
+        // backups first).
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(err) = this.resume_tenant_deletions().await {
+                tracing::error!(error = %err, "cannot resume tenant deletions; the next GC pass retries");
+            }
+        });
         self.replenish_spares_soon();
         tokio::spawn(self.clone().sample_every_interval());
         Ok(())

@@ -6,6 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
+use db_manager::tenant_deletion::TenantDeletion;
 use serde::Deserialize;
 use storage_node::catalog::access_keys::{self, AccessKey, NewAccessKey};
 use storage_node::catalog::tenants::{self, Tenant, TenantError};
@@ -72,40 +73,25 @@ async fn update(
 struct DeleteQuery {
     #[serde(default)]
     force: bool,
+    /// `false`: no final backups of its databases.
+    #[serde(default = "yes")]
+    final_backup: bool,
 }
 
-/// `DELETE /v1/tenants/{tenant}[?force=true]`: refused while the tenant stores anything,
-/// unless forced, which deletes all it stores.
+fn yes() -> bool {
+    true
+}
+
+/// `DELETE /v1/tenants/{tenant}[?force=true][&final_backup=false]`: refused while the tenant
+/// stores anything, unless forced, which deletes all it stores (db-manager's tenant_deletion).
 async fn remove(
     State(state): State<Arc<AppState>>,
     Path(tenant): Path<String>,
     Query(query): Query<DeleteQuery>,
 ) -> Result<StatusCode, ApiError> {
     refuse_system_tenant(&tenant)?;
-    let id = tenants::find(&state.catalog, &tenant).await?;
-    let usage = state.store.usage(id).await?;
-    let databases = state.databases.list_databases(&tenant).await?;
-    if (usage.objects > 0 || !databases.is_empty()) && !query.force {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "tenant_not_empty",
-            format!(
-                "the tenant {tenant} still has {} objects and {} databases; pass ?force=true to delete them too",
-                usage.objects,
-                databases.len()
-            ),
-        ));
-    }
-    for database in &databases {
-        state.databases.delete_database(&tenant, &database.name, true).await?;
-    }
-    for server in state.databases.servers().await? {
-        if server.owner.as_deref() == Some(tenant.as_str()) {
-            state.databases.remove_server(&server.name).await?;
-        }
-    }
-    state.store.purge_tenant(id).await?;
-    tracing::info!(tenant, forced = query.force, "deleted tenant");
+    let options = TenantDeletion { force: query.force, final_backup: query.final_backup };
+    state.databases.delete_tenant(&tenant, options).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -89,7 +89,17 @@ pub async fn revoke(pool: &CatalogPool, tenant: TenantId, access_key_id: &str) -
     Ok(())
 }
 
-/// The tenant and secret of an active key, for checking a signature.
+/// Deletes every key of `tenant`. Returns how many there were.
+///
+/// # Errors
+/// Catalog errors.
+pub async fn delete_all(pool: &CatalogPool, tenant: TenantId) -> Result<u64, TenantError> {
+    let client = pool.get().await?;
+    Ok(client.execute("DELETE FROM access_keys WHERE tenant_id = $1", &[&tenant.0]).await?)
+}
+
+/// The tenant and secret of an active key, for checking a signature. The keys of a tenant
+/// being deleted are not active.
 ///
 /// # Errors
 /// Catalog errors; an unknown, revoked or undecryptable key is `Ok(None)`.
@@ -101,7 +111,8 @@ pub async fn lookup(
     let client = pool.get().await?;
     let row = client
         .query_opt(
-            "SELECT tenant_id, sealed_secret FROM access_keys WHERE id = $1 AND revoked_at IS NULL",
+            "SELECT k.tenant_id, k.sealed_secret FROM access_keys k JOIN tenants t ON t.id = k.tenant_id \
+             WHERE k.id = $1 AND k.revoked_at IS NULL AND t.deleting_at IS NULL",
             &[&access_key_id],
         )
         .await?;

@@ -40,6 +40,10 @@ pub struct Tenant {
     pub name: String,
     pub storage_quota_bytes: Option<u64>,
     pub created_at: String,
+    /// Set once the tenant's deletion has started: its keys no longer work, nothing new is
+    /// stored for it, and what remains is being deleted (or kept for its final backups).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleting_since: Option<String>,
 }
 
 /// Whether `name` is a valid tenant name: `^[a-z][a-z0-9-]{1,62}$`.
@@ -55,7 +59,8 @@ pub(crate) const RFC3339: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'";
 
 fn select(filter: &str) -> String {
     format!(
-        "SELECT id, name, storage_quota_bytes, to_char(created_at AT TIME ZONE 'UTC', {RFC3339}) \
+        "SELECT id, name, storage_quota_bytes, to_char(created_at AT TIME ZONE 'UTC', {RFC3339}), \
+                to_char(deleting_at AT TIME ZONE 'UTC', {RFC3339}) \
          FROM tenants {filter}"
     )
 }
@@ -66,6 +71,7 @@ fn from_row(row: &tokio_postgres::Row) -> Tenant {
         name: row.get(1),
         storage_quota_bytes: row.get::<_, Option<i64>>(2).map(|q| q as u64),
         created_at: row.get(3),
+        deleting_since: row.get(4),
     }
 }
 
@@ -142,6 +148,47 @@ pub async fn set_quota(
     }
     drop(client);
     get(pool, name).await
+}
+
+/// Marks `tenant` as being deleted (once: a second call keeps the first start and options):
+/// from now on its keys no longer work and nothing new is stored for it. Returns whether the
+/// deletion keeps final backups, as first asked.
+///
+/// # Errors
+/// [`TenantError::NotFound`].
+pub async fn mark_deleting(
+    pool: &CatalogPool,
+    tenant: TenantId,
+    keeps_final_backups: bool,
+) -> Result<bool, TenantError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_opt(
+            "UPDATE tenants SET deleting_at = coalesce(deleting_at, now()), \
+                    deletion_keeps_final_backups = coalesce(deletion_keeps_final_backups, $2) \
+             WHERE id = $1 RETURNING deletion_keeps_final_backups",
+            &[&tenant.0, &keeps_final_backups],
+        )
+        .await?
+        .ok_or_else(|| TenantError::NotFound(format!("#{}", tenant.0)))?;
+    Ok(row.get(0))
+}
+
+/// The tenants whose deletion has started and not finished: id, name and whether the
+/// deletion keeps final backups.
+///
+/// # Errors
+/// Catalog errors.
+pub async fn deleting(pool: &CatalogPool) -> Result<Vec<(TenantId, String, bool)>, TenantError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT id, name, coalesce(deletion_keeps_final_backups, true) FROM tenants \
+             WHERE deleting_at IS NOT NULL ORDER BY deleting_at, id",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| (TenantId(row.get(0)), row.get(1), row.get(2))).collect())
 }
 
 #[cfg(test)]

@@ -1,5 +1,14 @@
 //! Listing keys: prefix, delimiter (common prefixes), a start point and a page size, in the
-//! binary order of the keys (the `key` column is `COLLATE "C"`), as S3 lists them.
+//! binary order of the keys (the `key` column is `COLLATE "C"`, and Rust orders `str` the same
+//! way), as S3 lists them.
+//!
+//! A listing is the sorted sequence of *entries*: each key under the prefix is an entry of its
+//! own, unless the rest of it after the prefix holds the delimiter, in which case it folds into
+//! its common prefix (the prefix up to and including the first delimiter). A page is the
+//! entries strictly greater than the start point, so a page that ends on a common prefix is
+//! followed by the first entry after every key under it: paging always moves forward and never
+//! repeats an entry. [`paginate`] is that logic over any ordered [`KeySource`]; the catalog is
+//! one, and the tests use an in-memory one.
 
 use s3s::S3Result;
 
@@ -7,7 +16,7 @@ use super::SiloS3;
 use super::error::{from_db, from_pool};
 
 /// One page of a listing.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub(crate) struct Listing {
     /// Key, ETag, size and modification time (Unix seconds) of each object.
     pub objects: Vec<(String, String, i64, f64)>,
@@ -17,7 +26,133 @@ pub(crate) struct Listing {
     pub last: Option<String>,
 }
 
+/// Where a read of the key source starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Cursor {
+    /// Keys strictly greater than this one.
+    After(String),
+    /// Keys greater than or equal to this string.
+    From(String),
+}
+
+/// Key, ETag, size and modification time.
+pub(crate) type Item = (String, String, i64, f64);
+
+/// Keys in binary order.
+pub(crate) trait KeySource {
+    /// Up to `limit` items whose keys are at `cursor` or after it and not below `prefix`, in
+    /// order.
+    async fn fetch(&mut self, cursor: &Cursor, prefix: &str, limit: i64) -> S3Result<Vec<Item>>;
+}
+
+/// How many keys one catalog read takes.
 const PAGE: i64 = 1000;
+
+/// The least string greater than every string that starts with `prefix`, or `None` when
+/// there is none (`prefix` is all U+10FFFF, or empty). In code point order, which is UTF-8's
+/// byte order: trailing U+10FFFF are dropped and the last remaining character incremented
+/// (past the surrogates).
+pub(crate) fn successor(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = match last {
+            '\u{D7FF}' => Some('\u{E000}'),
+            c => char::from_u32(c as u32 + 1),
+        };
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+/// The common prefix `key` folds into under `prefix` and `delimiter`, if any.
+pub(crate) fn common_prefix(key: &str, prefix: &str, delimiter: Option<&str>) -> Option<String> {
+    let rest = key.strip_prefix(prefix)?;
+    let delimiter = delimiter.filter(|d| !d.is_empty())?;
+    rest.find(delimiter).map(|at| format!("{prefix}{}", &rest[..at + delimiter.len()]))
+}
+
+/// Lists up to `max` entries of `source` under `prefix`, strictly after `after`.
+pub(crate) async fn paginate(
+    source: &mut impl KeySource,
+    prefix: &str,
+    delimiter: Option<&str>,
+    after: &str,
+    max: usize,
+) -> S3Result<Listing> {
+    let mut listing = Listing::default();
+    // A start point inside a common prefix (a continuation token that ends on one, say) is
+    // after that prefix's entry: start past every key under it.
+    let mut cursor = match common_prefix(after, prefix, delimiter) {
+        Some(common) => match successor(&common) {
+            Some(next) => Cursor::From(next),
+            None => return Ok(listing),
+        },
+        None => Cursor::After(after.to_string()),
+    };
+    'pages: loop {
+        let rows = source.fetch(&cursor, prefix, PAGE).await?;
+        if rows.is_empty() {
+            return Ok(listing);
+        }
+        for (key, etag, size, modified) in rows {
+            if !key.starts_with(prefix) {
+                return Ok(listing);
+            }
+            if listing.objects.len() + listing.prefixes.len() == max {
+                listing.truncated = true;
+                return Ok(listing);
+            }
+            match common_prefix(&key, prefix, delimiter) {
+                Some(common) => {
+                    // Skip every other key under this common prefix.
+                    let next = successor(&common);
+                    listing.last = Some(common.clone());
+                    listing.prefixes.push(common);
+                    match next {
+                        Some(next) => cursor = Cursor::From(next),
+                        None => return Ok(listing),
+                    }
+                    continue 'pages;
+                }
+                None => {
+                    listing.last = Some(key.clone());
+                    cursor = Cursor::After(key.clone());
+                    listing.objects.push((key, etag, size, modified));
+                }
+            }
+        }
+    }
+}
+
+/// A bucket's keys in the catalog.
+struct CatalogKeys<'a> {
+    client: &'a deadpool_postgres::Object,
+    bucket: &'a str,
+}
+
+impl KeySource for CatalogKeys<'_> {
+    async fn fetch(&mut self, cursor: &Cursor, prefix: &str, limit: i64) -> S3Result<Vec<Item>> {
+        let (sql, at) = match cursor {
+            Cursor::After(key) => (
+                "SELECT s.key, s.etag, o.size, extract(epoch FROM s.last_modified)::float8 \
+                 FROM s3_objects s JOIN objects o ON o.id = s.object_id \
+                 WHERE s.bucket = $1 AND s.key > $2 AND s.key >= $3 ORDER BY s.key LIMIT $4",
+                key,
+            ),
+            Cursor::From(key) => (
+                "SELECT s.key, s.etag, o.size, extract(epoch FROM s.last_modified)::float8 \
+                 FROM s3_objects s JOIN objects o ON o.id = s.object_id \
+                 WHERE s.bucket = $1 AND s.key >= $2 AND s.key >= $3 ORDER BY s.key LIMIT $4",
+                key,
+            ),
+        };
+        let rows = self.client.query(sql, &[&self.bucket, at, &prefix, &limit]).await.map_err(from_db)?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1), row.get(2), row.get(3))).collect())
+    }
+}
 
 impl SiloS3 {
     /// Lists up to `max` keys and common prefixes of `bucket` after `after`.
@@ -30,49 +165,9 @@ impl SiloS3 {
         max: usize,
     ) -> S3Result<Listing> {
         let client = self.pool().get().await.map_err(from_pool)?;
-        let mut listing = Listing::default();
-        let mut cursor = after.to_string();
-        'pages: loop {
-            let rows = client
-                .query(
-                    "SELECT s.key, s.etag, o.size, extract(epoch FROM s.last_modified)::float8 \
-                     FROM s3_objects s JOIN objects o ON o.id = s.object_id \
-                     WHERE s.bucket = $1 AND s.key > $2 AND s.key >= $3 ORDER BY s.key LIMIT $4",
-                    &[&bucket, &cursor, &prefix, &PAGE],
-                )
-                .await
-                .map_err(from_db)?;
-            if rows.is_empty() {
-                return Ok(listing);
-            }
-            for row in &rows {
-                let key: String = row.get(0);
-                if !key.starts_with(prefix) {
-                    return Ok(listing);
-                }
-                let rest = &key[prefix.len()..];
-                let common = delimiter
-                    .filter(|d| !d.is_empty())
-                    .and_then(|d| rest.find(d).map(|at| format!("{prefix}{}", &rest[..at + d.len()])));
-                if listing.objects.len() + listing.prefixes.len() == max {
-                    listing.truncated = true;
-                    return Ok(listing);
-                }
-                match common {
-                    Some(common) => {
-                        // Skip every other key under this common prefix.
-                        cursor = format!("{common}\u{10FFFF}");
-                        listing.last = Some(common.clone());
-                        listing.prefixes.push(common);
-                        continue 'pages;
-                    }
-                    None => {
-                        listing.last = Some(key.clone());
-                        listing.objects.push((key.clone(), row.get(1), row.get(2), row.get(3)));
-                        cursor = key;
-                    }
-                }
-            }
-        }
+        paginate(&mut CatalogKeys { client: &client, bucket }, prefix, delimiter, after, max).await
     }
 }
+
+#[cfg(test)]
+mod tests;

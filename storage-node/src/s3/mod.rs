@@ -13,8 +13,12 @@ mod list;
 mod multipart;
 mod object;
 mod ops;
+mod purge;
+#[cfg(test)]
+mod tests;
 
 pub use multipart::abort_stale_uploads;
+pub use purge::{S3Purged, purge_tenant};
 
 use std::sync::Arc;
 

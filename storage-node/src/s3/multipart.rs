@@ -2,6 +2,13 @@
 //! completing the upload concatenates the parts' manifests into one object (no byte is copied,
 //! and the parts dedup with the rest of the tenant's data like any upload). Aborting, or the
 //! expiry of a stale upload, deletes the parts, and GC reclaims their chunks.
+//!
+//! The upload's row is the lock that orders these: a part commits only while holding it
+//! shared and finding it there, and completion, abort and DeleteBucket take it exclusively and
+//! read the parts inside the same transaction. So a part that races a completion or an abort
+//! either lands before it (and is concatenated or released with the rest) or fails with
+//! `NoSuchUpload` (and its object is never committed): no part object outlives its upload.
+//! Locks are always taken bucket, then upload, then tenant.
 
 use std::time::Duration;
 
@@ -9,9 +16,9 @@ use md5::Digest;
 use s3s::{S3Result, s3_error};
 
 use super::SiloS3;
-use super::bucket::Intent;
+use super::bucket::{Intent, lock_bucket};
 use super::error::{from_db, from_pool, from_store};
-use super::object::{Binding, ObjectHeaders, check_key};
+use super::object::{ObjectHeaders, Target, check_key};
 use crate::keys::TenantId;
 use crate::store::{ObjectId, PutOptions};
 
@@ -28,6 +35,28 @@ pub(crate) struct PartRow {
     pub last_modified: f64,
 }
 
+/// An upload in progress, as its caller checked it.
+#[derive(Debug, Clone)]
+struct Upload {
+    tenant: TenantId,
+    /// The id of the bucket it was checked against.
+    bucket_id: i64,
+    headers: ObjectHeaders,
+}
+
+const PARTS: &str = "SELECT part_number, object_id, etag, size, extract(epoch FROM last_modified)::float8 \
+                     FROM multipart_parts WHERE upload_id = $1 ORDER BY part_number";
+
+fn part_row(row: &tokio_postgres::Row) -> PartRow {
+    PartRow {
+        number: row.get(0),
+        object: ObjectId(row.get(1)),
+        etag: row.get(2),
+        size: row.get(3),
+        last_modified: row.get(4),
+    }
+}
+
 impl SiloS3 {
     pub(crate) async fn create_upload(
         &self,
@@ -37,7 +66,7 @@ impl SiloS3 {
         headers: ObjectHeaders,
     ) -> S3Result<String> {
         let tenant = caller.ok_or_else(|| s3_error!(AccessDenied))?;
-        self.bucket(caller, bucket, Intent::Write).await?;
+        let found = self.bucket(caller, bucket, Intent::Write).await?;
         check_key(key)?;
         let id = {
             use rand::RngCore;
@@ -46,38 +75,34 @@ impl SiloS3 {
             hex::encode(bytes)
         };
         let metadata = serde_json::to_string(&headers.metadata).unwrap_or_else(|_| "{}".into());
-        let client = self.pool().get().await.map_err(from_pool)?;
-        client
-            .execute(
-                "INSERT INTO multipart_uploads (id, bucket, key, tenant_id, content_type, content_disposition, \
+        let mut client = self.pool().get().await.map_err(from_pool)?;
+        let txn = client.transaction().await.map_err(from_db)?;
+        lock_bucket(&txn, bucket, found.id).await?;
+        txn.execute(
+            "INSERT INTO multipart_uploads (id, bucket, key, tenant_id, content_type, content_disposition, \
                                                 cache_control, user_metadata) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb)",
-                &[
-                    &id,
-                    &bucket,
-                    &key,
-                    &tenant.0,
-                    &headers.content_type,
-                    &headers.content_disposition,
-                    &headers.cache_control,
-                    &metadata,
-                ],
-            )
-            .await
-            .map_err(from_db)?;
+            &[
+                &id,
+                &bucket,
+                &key,
+                &tenant.0,
+                &headers.content_type,
+                &headers.content_disposition,
+                &headers.cache_control,
+                &metadata,
+            ],
+        )
+        .await
+        .map_err(from_db)?;
+        txn.commit().await.map_err(from_db)?;
         Ok(id)
     }
 
-    /// The upload's tenant and headers, when it is `bucket`/`key`'s and the caller's.
-    async fn upload(
-        &self,
-        caller: Option<TenantId>,
-        bucket: &str,
-        key: &str,
-        id: &str,
-    ) -> S3Result<(TenantId, ObjectHeaders)> {
+    /// The upload, when it is `bucket`/`key`'s and the caller's.
+    async fn upload(&self, caller: Option<TenantId>, bucket: &str, key: &str, id: &str) -> S3Result<Upload> {
         let tenant = caller.ok_or_else(|| s3_error!(AccessDenied))?;
-        self.bucket(caller, bucket, Intent::Write).await?;
+        let found = self.bucket(caller, bucket, Intent::Write).await?;
         let client = self.pool().get().await.map_err(from_pool)?;
         let row = client
             .query_opt(
@@ -94,7 +119,7 @@ impl SiloS3 {
             cache_control: row.get(2),
             metadata: serde_json::from_str(row.get::<_, &str>(3)).unwrap_or_default(),
         };
-        Ok((tenant, headers))
+        Ok(Upload { tenant, bucket_id: found.id, headers })
     }
 
     /// Checks that upload `id` is `bucket`/`key`'s and the caller's.
@@ -126,13 +151,22 @@ impl SiloS3 {
         if !(1..=10_000).contains(&number) {
             return Err(s3_error!(InvalidArgument, "part numbers run from 1 to 10000"));
         }
-        let (tenant, _) = self.upload(caller, bucket, key, id).await?;
+        let tenant = self.upload(caller, bucket, key, id).await?.tenant;
         let options = PutOptions { expected_len: content_length.map(|len| len.max(0) as u64), md5: true };
         let ingested = self.store.ingest(tenant, body, options).await.map_err(from_store)?;
         let etag = hex::encode(ingested.md5().unwrap_or_default());
         let stored = async {
             let mut client = self.pool().get().await.map_err(from_pool)?;
             let txn = client.transaction().await.map_err(from_db)?;
+            // Held shared until the part is recorded: a completion or abort that takes the
+            // upload first leaves nothing here, and this part is not committed at all.
+            let open = txn
+                .query_opt("SELECT 1 FROM multipart_uploads WHERE id = $1 FOR SHARE", &[&id])
+                .await
+                .map_err(from_db)?;
+            if open.is_none() {
+                return Err(s3_error!(NoSuchUpload, "the upload was completed or aborted meanwhile"));
+            }
             let object = self.store.commit(&txn, &ingested).await.map_err(from_store)?;
             let previous: Option<i64> = txn
                 .query_opt(
@@ -164,24 +198,8 @@ impl SiloS3 {
 
     pub(crate) async fn parts(&self, id: &str) -> S3Result<Vec<PartRow>> {
         let client = self.pool().get().await.map_err(from_pool)?;
-        let rows = client
-            .query(
-                "SELECT part_number, object_id, etag, size, extract(epoch FROM last_modified)::float8 \
-                 FROM multipart_parts WHERE upload_id = $1 ORDER BY part_number",
-                &[&id],
-            )
-            .await
-            .map_err(from_db)?;
-        Ok(rows
-            .iter()
-            .map(|row| PartRow {
-                number: row.get(0),
-                object: ObjectId(row.get(1)),
-                etag: row.get(2),
-                size: row.get(3),
-                last_modified: row.get(4),
-            })
-            .collect())
+        let rows = client.query(PARTS, &[&id]).await.map_err(from_db)?;
+        Ok(rows.iter().map(part_row).collect())
     }
 
     /// Completes the upload with `requested` parts (number and ETag, ascending). Returns the
@@ -194,14 +212,27 @@ impl SiloS3 {
         id: &str,
         requested: &[(i32, String)],
     ) -> S3Result<String> {
-        let (tenant, headers) = self.upload(caller, bucket, key, id).await?;
+        let upload = self.upload(caller, bucket, key, id).await?;
         if requested.is_empty() {
             return Err(s3_error!(MalformedXML, "a completion lists at least one part"));
         }
         if requested.windows(2).any(|w| w[0].0 >= w[1].0) {
             return Err(s3_error!(InvalidPartOrder));
         }
-        let stored = self.parts(id).await?;
+        let mut client = self.pool().get().await.map_err(from_pool)?;
+        let txn = client.transaction().await.map_err(from_db)?;
+        lock_bucket(&txn, bucket, upload.bucket_id).await?;
+        // Exclusively: no part commits from here on, and a concurrent completion or abort
+        // that got here first leaves nothing to complete.
+        let open = txn
+            .query_opt("SELECT 1 FROM multipart_uploads WHERE id = $1 FOR UPDATE", &[&id])
+            .await
+            .map_err(from_db)?;
+        if open.is_none() {
+            return Err(s3_error!(NoSuchUpload));
+        }
+        let stored: Vec<PartRow> =
+            txn.query(PARTS, &[&id]).await.map_err(from_db)?.iter().map(part_row).collect();
         let mut chosen = Vec::with_capacity(requested.len());
         for (i, (number, etag)) in requested.iter().enumerate() {
             let part = stored
@@ -219,16 +250,11 @@ impl SiloS3 {
         }
         let etag = format!("{}-{}", hex::encode(md5.finalize()), chosen.len());
         let parts: Vec<ObjectId> = chosen.iter().map(|part| part.object).collect();
-        let all: Vec<ObjectId> = stored.iter().map(|part| part.object).collect();
-        self.bind(
-            tenant,
-            bucket,
-            key,
-            &etag,
-            &headers,
-            Binding::Complete { upload: id, parts: &parts, all: &all },
-        )
-        .await?;
+        let object = self.store.concat_in(&txn, upload.tenant, &parts, None).await.map_err(from_store)?;
+        self.drop_upload_in(&txn, upload.tenant, id).await?;
+        let target = Target { bucket, id: upload.bucket_id, key };
+        self.bind_in(&txn, upload.tenant, &target, &etag, &upload.headers, object).await?;
+        txn.commit().await.map_err(from_db)?;
         Ok(etag)
     }
 
@@ -240,13 +266,34 @@ impl SiloS3 {
         key: &str,
         id: &str,
     ) -> S3Result<()> {
-        let (tenant, _) = self.upload(caller, bucket, key, id).await?;
-        self.drop_upload(tenant, id).await
+        let upload = self.upload(caller, bucket, key, id).await?;
+        self.drop_upload(upload.tenant, id).await
     }
 
     async fn drop_upload(&self, tenant: TenantId, id: &str) -> S3Result<()> {
         let mut client = self.pool().get().await.map_err(from_pool)?;
         let txn = client.transaction().await.map_err(from_db)?;
+        if !self.drop_upload_in(&txn, tenant, id).await? {
+            return Err(s3_error!(NoSuchUpload));
+        }
+        txn.commit().await.map_err(from_db)
+    }
+
+    /// Deletes upload `id` and releases every part it has, in `txn`. The upload's row is
+    /// locked first, so no part can commit in between. Returns whether it was there.
+    pub(crate) async fn drop_upload_in(
+        &self,
+        txn: &tokio_postgres::Transaction<'_>,
+        tenant: TenantId,
+        id: &str,
+    ) -> S3Result<bool> {
+        let open = txn
+            .query_opt("SELECT 1 FROM multipart_uploads WHERE id = $1 FOR UPDATE", &[&id])
+            .await
+            .map_err(from_db)?;
+        if open.is_none() {
+            return Ok(false);
+        }
         let parts: Vec<i64> = txn
             .query("DELETE FROM multipart_parts WHERE upload_id = $1 RETURNING object_id", &[&id])
             .await
@@ -256,9 +303,9 @@ impl SiloS3 {
             .collect();
         txn.execute("DELETE FROM multipart_uploads WHERE id = $1", &[&id]).await.map_err(from_db)?;
         for part in parts {
-            self.store.delete_in(&txn, tenant, ObjectId(part)).await.map_err(from_store)?;
+            self.store.delete_in(txn, tenant, ObjectId(part)).await.map_err(from_store)?;
         }
-        txn.commit().await.map_err(from_db)
+        Ok(true)
     }
 
     /// The bucket's uploads in progress: key, id and initiation time.
@@ -304,7 +351,12 @@ pub async fn abort_stale_uploads(
     let mut aborted = 0;
     for row in stale {
         let id: String = row.get(0);
-        s3.drop_upload(TenantId(row.get(1)), &id).await.map_err(|err| err.to_string())?;
+        match s3.drop_upload(TenantId(row.get(1)), &id).await {
+            Ok(()) => {}
+            // Completed or aborted meanwhile.
+            Err(err) if *err.code() == s3s::S3ErrorCode::NoSuchUpload => continue,
+            Err(err) => return Err(err.to_string()),
+        }
         tracing::info!(upload = id, "aborted a stale multipart upload");
         aborted += 1;
     }

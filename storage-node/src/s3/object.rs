@@ -13,7 +13,7 @@ use s3s::stream::{ByteStream, RemainingLength};
 use s3s::{S3Error, S3Result, StdError, s3_error};
 
 use super::SiloS3;
-use super::bucket::Intent;
+use super::bucket::{Intent, lock_bucket};
 use super::error::{from_db, from_pool, from_store};
 use crate::keys::TenantId;
 use crate::store::{ObjectId, PutOptions, StoreError};
@@ -93,7 +93,7 @@ impl SiloS3 {
             .query_opt(
                 "SELECT b.tenant_id, b.public_read, s.object_id, s.etag, o.size, \
                         extract(epoch FROM s.last_modified)::float8, \
-                        s.content_type, s.content_disposition, s.cache_control, s.user_metadata::text \
+                        s.content_type, s.content_disposition, s.cache_control, s.user_metadata::text, b.id \
                  FROM buckets b LEFT JOIN s3_objects s ON s.bucket = b.name AND s.key = $2 \
                  LEFT JOIN objects o ON o.id = s.object_id \
                  WHERE b.name = $1",
@@ -103,7 +103,7 @@ impl SiloS3 {
             .map_err(from_db)?;
         let owner = super::bucket::authorize(
             caller,
-            row.as_ref().map(|r| (TenantId(r.get(0)), r.get(1))),
+            row.as_ref().map(|r| (TenantId(r.get(0)), r.get(1), r.get(10))),
             Intent::Read,
         )?;
         let row = row.filter(|r| r.get::<_, Option<i64>>(2).is_some()).ok_or_else(|| s3_error!(NoSuchKey))?;
@@ -132,7 +132,7 @@ impl SiloS3 {
         headers: ObjectHeaders,
     ) -> S3Result<String> {
         let tenant = caller.ok_or_else(|| s3_error!(AccessDenied))?;
-        self.bucket(caller, bucket, Intent::Write).await?;
+        let found = self.bucket(caller, bucket, Intent::Write).await?;
         check_key(key)?;
         let options = PutOptions { expected_len: content_length.map(|len| len.max(0) as u64), md5: true };
         let ingested = match body {
@@ -144,7 +144,8 @@ impl SiloS3 {
         }
         .map_err(from_store)?;
         let etag = hex::encode(ingested.md5().unwrap_or_default());
-        let bound = self.bind(tenant, bucket, key, &etag, &headers, Binding::New(&ingested)).await;
+        let target = Target { bucket, id: found.id, key };
+        let bound = self.bind(tenant, target, &etag, &headers, Binding::New(&ingested)).await;
         if bound.is_err() {
             self.store.abandon(ingested).await;
         }
@@ -165,46 +166,49 @@ impl SiloS3 {
         if source.tenant != tenant {
             return Err(s3_error!(AccessDenied, "the copy source belongs to another tenant"));
         }
-        self.bucket(caller, bucket, Intent::Write).await?;
+        let found = self.bucket(caller, bucket, Intent::Write).await?;
         check_key(key)?;
+        let target = Target { bucket, id: found.id, key };
         let modified =
-            self.bind(tenant, bucket, key, &source.etag, &headers, Binding::Copy(source.object)).await?;
+            self.bind(tenant, target, &source.etag, &headers, Binding::Copy(source.object)).await?;
         Ok((source.etag.clone(), modified))
     }
 
-    /// Binds a new object (committed here) or a copy to `bucket`/`key` in one transaction,
-    /// releasing what was there. Returns the modification time.
+    /// Binds a new object (committed here) or a copy to `target` in one transaction,
+    /// releasing what was there. The bucket is checked again (by id) and held shared inside
+    /// the transaction. Returns the modification time.
     pub(crate) async fn bind(
         &self,
         tenant: TenantId,
-        bucket: &str,
-        key: &str,
+        target: Target<'_>,
         etag: &str,
         headers: &ObjectHeaders,
         binding: Binding<'_>,
     ) -> S3Result<f64> {
         let mut client = self.pool().get().await.map_err(from_pool)?;
         let txn = client.transaction().await.map_err(from_db)?;
+        lock_bucket(&txn, target.bucket, target.id).await?;
         let object = match binding {
             Binding::New(ingested) => self.store.commit(&txn, ingested).await.map_err(from_store)?.id,
             Binding::Copy(source) => self.store.copy_in(&txn, tenant, source).await.map_err(from_store)?,
-            Binding::Complete { parts, .. } => {
-                self.store.concat_in(&txn, tenant, parts, None).await.map_err(from_store)?
-            }
         };
-        if let Binding::Complete { upload, all, .. } = binding {
-            // A concurrent completion or abort that got there first leaves nothing to complete.
-            let removed = txn
-                .execute("DELETE FROM multipart_uploads WHERE id = $1", &[&upload])
-                .await
-                .map_err(from_db)?;
-            if removed == 0 {
-                return Err(s3_error!(NoSuchUpload));
-            }
-            for part in all {
-                self.store.delete_in(&txn, tenant, *part).await.map_err(from_store)?;
-            }
-        }
+        let modified = self.bind_in(&txn, tenant, &target, etag, headers, object).await?;
+        txn.commit().await.map_err(from_db)?;
+        Ok(modified)
+    }
+
+    /// Puts `object` at `target` in `txn`, releasing the object that was there. The caller
+    /// has locked the bucket ([`lock_bucket`]). Returns the modification time.
+    pub(crate) async fn bind_in(
+        &self,
+        txn: &tokio_postgres::Transaction<'_>,
+        tenant: TenantId,
+        target: &Target<'_>,
+        etag: &str,
+        headers: &ObjectHeaders,
+        object: ObjectId,
+    ) -> S3Result<f64> {
+        let (bucket, key) = (target.bucket, target.key);
         let previous: Option<i64> = txn
             .query_opt(
                 "SELECT object_id FROM s3_objects WHERE bucket = $1 AND key = $2 FOR UPDATE",
@@ -239,9 +243,8 @@ impl SiloS3 {
             .map_err(from_db)?
             .get(0);
         if let Some(previous) = previous {
-            self.store.delete_in(&txn, tenant, ObjectId(previous)).await.map_err(from_store)?;
+            self.store.delete_in(txn, tenant, ObjectId(previous)).await.map_err(from_store)?;
         }
-        txn.commit().await.map_err(from_db)?;
         Ok(modified)
     }
 
@@ -253,9 +256,10 @@ impl SiloS3 {
         key: &str,
     ) -> S3Result<()> {
         let tenant = caller.ok_or_else(|| s3_error!(AccessDenied))?;
-        self.bucket(caller, bucket, Intent::Write).await?;
+        let found = self.bucket(caller, bucket, Intent::Write).await?;
         let mut client = self.pool().get().await.map_err(from_pool)?;
         let txn = client.transaction().await.map_err(from_db)?;
+        lock_bucket(&txn, bucket, found.id).await?;
         let removed = txn
             .query_opt(
                 "DELETE FROM s3_objects WHERE bucket = $1 AND key = $2 RETURNING object_id",
@@ -294,14 +298,20 @@ impl SiloS3 {
     }
 }
 
+/// Where [`SiloS3::bind`] puts an object: a key of the bucket authorized as `id`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Target<'a> {
+    pub bucket: &'a str,
+    pub id: i64,
+    pub key: &'a str,
+}
+
 /// What [`SiloS3::bind`] puts at a key.
 pub(crate) enum Binding<'a> {
     /// A new upload, committed in the binding's transaction.
     New(&'a crate::store::Ingested),
     /// A copy of an object, sharing its chunks.
     Copy(ObjectId),
-    /// A completed multipart upload: `parts` concatenated; `all` the upload's parts, deleted.
-    Complete { upload: &'a str, parts: &'a [ObjectId], all: &'a [ObjectId] },
 }
 
 /// Evaluates GET and HEAD conditions (RFC 9110 order): `If-Match`, then

@@ -1,0 +1,81 @@
+//! Deleting all of a tenant's S3 data, for the tenant's deletion: per bucket, in one
+//! transaction, its uploads in progress (their parts released), its objects and the bucket.
+//!
+//! Each bucket's row is locked exclusively first, so writes that had already checked it finish
+//! before (and are deleted here) and later ones find it gone. The tenant is marked as being
+//! deleted before this runs, so no new bucket appears.
+
+use super::SiloS3;
+use crate::keys::TenantId;
+use crate::store::{ChunkStore, ObjectId, StoreError};
+
+/// What [`purge_tenant`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct S3Purged {
+    pub buckets: u64,
+    pub objects: u64,
+    pub uploads: u64,
+}
+
+/// Deletes every bucket of `tenant` with its objects and uploads in progress. Safe to run
+/// again after a failure: what was deleted stays deleted, and the rest is taken next time.
+///
+/// # Errors
+/// Catalog errors.
+pub async fn purge_tenant(store: &ChunkStore, tenant: TenantId) -> Result<S3Purged, StoreError> {
+    let s3 = SiloS3 { store: store.clone() };
+    let mut purged = S3Purged::default();
+    let client = s3.pool().get().await?;
+    let names: Vec<String> = client
+        .query("SELECT name FROM buckets WHERE tenant_id = $1 ORDER BY name", &[&tenant.0])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    drop(client);
+    for name in names {
+        let mut client = s3.pool().get().await?;
+        let txn = client.transaction().await?;
+        let found = txn
+            .query_opt(
+                "SELECT 1 FROM buckets WHERE name = $1 AND tenant_id = $2 FOR UPDATE",
+                &[&name, &tenant.0],
+            )
+            .await?;
+        if found.is_none() {
+            continue;
+        }
+        let uploads: Vec<String> = txn
+            .query("SELECT id FROM multipart_uploads WHERE bucket = $1 ORDER BY id FOR UPDATE", &[&name])
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        for upload in &uploads {
+            let parts = txn
+                .query("DELETE FROM multipart_parts WHERE upload_id = $1 RETURNING object_id", &[upload])
+                .await?;
+            txn.execute("DELETE FROM multipart_uploads WHERE id = $1", &[upload]).await?;
+            for part in parts {
+                store.delete_in(&txn, tenant, ObjectId(part.get(0))).await?;
+            }
+        }
+        let objects =
+            txn.query("DELETE FROM s3_objects WHERE bucket = $1 RETURNING object_id", &[&name]).await?;
+        for object in &objects {
+            store.delete_in(&txn, tenant, ObjectId(object.get(0))).await?;
+        }
+        txn.execute("DELETE FROM buckets WHERE name = $1", &[&name]).await?;
+        txn.commit().await?;
+        purged.buckets += 1;
+        purged.objects += objects.len() as u64;
+        purged.uploads += uploads.len() as u64;
+        tracing::info!(
+            tenant = tenant.0,
+            bucket = name,
+            objects = objects.len(),
+            "deleted a bucket of a tenant being deleted"
+        );
+    }
+    Ok(purged)
+}

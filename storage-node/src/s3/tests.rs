@@ -1,0 +1,218 @@
+//! Races of the S3 model against a real catalog, with uploads the test holds open: a bucket
+//! deleted and taken by another tenant mid-upload, parts racing a completion or an abort, and
+//! DeleteBucket with uploads in progress.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use s3s::S3ErrorCode;
+use tokio::sync::{mpsc, oneshot};
+
+use super::SiloS3;
+use super::object::ObjectHeaders;
+use crate::catalog::{CatalogPool, connect_pool, tenants};
+use crate::keys::TenantId;
+use crate::store::{ChunkStore, NodeSpec, StoreConfig};
+
+struct Fixture {
+    s3: SiloS3,
+    pool: CatalogPool,
+    _tmp: tempfile::TempDir,
+}
+
+async fn fixture(label: &str) -> Fixture {
+    let url = db_manager::testing::shared().fresh_database(label).await;
+    let pool = connect_pool(url.parse().expect("url"), 16).expect("pool");
+    let mut client = deadpool_postgres::Object::take(pool.get().await.expect("connect"));
+    crate::catalog::migrate(&mut client).await.expect("migrate");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data_dir = crate::DataDir::open(&tmp.path().join("data")).expect("data dir");
+    let node = NodeSpec { name: "test-node".into(), zone: "zone-a".into() };
+    let store =
+        ChunkStore::open(pool.clone(), &data_dir, &node, StoreConfig::default()).await.expect("store");
+    Fixture { s3: SiloS3 { store }, pool, _tmp: tmp }
+}
+
+/// A request body the test feeds by hand; it says when the server first reads from it.
+struct Held {
+    rx: mpsc::Receiver<Bytes>,
+    polled: Option<oneshot::Sender<()>>,
+}
+
+impl Stream for Held {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(polled) = self.polled.take() {
+            let _ = polled.send(());
+        }
+        self.rx.poll_recv(cx).map(|piece| piece.map(Ok))
+    }
+}
+
+/// A body, its feeder, and the signal that the upload is reading it (so it passed its checks).
+fn held() -> (Held, mpsc::Sender<Bytes>, oneshot::Receiver<()>) {
+    let (tx, rx) = mpsc::channel(4);
+    let (polled, reading) = oneshot::channel();
+    (Held { rx, polled: Some(polled) }, tx, reading)
+}
+
+async fn count(pool: &CatalogPool, sql: &str, tenant: TenantId) -> i64 {
+    let client = pool.get().await.expect("client");
+    client.query_one(sql, &[&tenant.0]).await.expect(sql).get(0)
+}
+
+/// Objects the tenant has in the catalog, and what its usage counter says.
+async fn objects_of(pool: &CatalogPool, tenant: TenantId) -> (i64, i64) {
+    let rows = count(pool, "SELECT count(*) FROM objects WHERE tenant_id = $1", tenant).await;
+    let counted = count(pool, "SELECT object_count FROM tenants WHERE id = $1", tenant).await;
+    (rows, counted)
+}
+
+/// Waits until `n` catalog sessions wait on a lock, or `done` says the racing request ended.
+async fn until_waiting(pool: &CatalogPool, n: i64, done: impl Fn() -> bool) {
+    let client = pool.get().await.expect("client");
+    for _ in 0..500 {
+        let waiting: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get(0);
+        if waiting >= n || done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no session came to wait on a lock");
+}
+
+#[tokio::test]
+async fn a_put_never_lands_in_a_bucket_recreated_by_another_tenant_mid_upload() {
+    let fx = fixture("s3_rebind_put").await;
+    let a = tenants::create(&fx.pool, "tenant-a", None).await.expect("a");
+    let b = tenants::create(&fx.pool, "tenant-b", None).await.expect("b");
+    fx.s3.create_bucket_for(a, "shared").await.expect("bucket of a");
+
+    let (body, feed, reading) = held();
+    let s3 = fx.s3.clone();
+    let put = tokio::spawn(async move {
+        let body = s3s::dto::StreamingBlob::wrap(body);
+        s3.put_object_for(Some(a), "shared", "k", Some(body), None, ObjectHeaders::default()).await
+    });
+    reading.await.expect("the upload reads its body");
+    feed.send(Bytes::from(vec![7u8; 100_000])).await.expect("first piece");
+    // Mid-upload: A deletes the bucket and B takes the name.
+    fx.s3.delete_bucket_for(Some(a), "shared").await.expect("delete the empty bucket");
+    fx.s3.create_bucket_for(b, "shared").await.expect("B takes the name");
+    feed.send(Bytes::from(vec![8u8; 100_000])).await.expect("last piece");
+    drop(feed);
+
+    let err = put.await.expect("join").expect_err("A's upload must not land in B's bucket");
+    assert_eq!(*err.code(), S3ErrorCode::NoSuchBucket, "{err:?}");
+    let listing = fx.s3.list_keys("shared", "", None, "", 10).await.expect("list");
+    assert!(listing.objects.is_empty(), "B's bucket stays empty: {listing:?}");
+    assert_eq!(objects_of(&fx.pool, a).await, (0, 0), "nothing of the refused upload is kept");
+    assert_eq!(objects_of(&fx.pool, b).await, (0, 0));
+}
+
+#[tokio::test]
+async fn a_stale_multipart_upload_cannot_complete_into_a_recreated_bucket() {
+    let fx = fixture("s3_rebind_multipart").await;
+    let a = tenants::create(&fx.pool, "tenant-a", None).await.expect("a");
+    let b = tenants::create(&fx.pool, "tenant-b", None).await.expect("b");
+    fx.s3.create_bucket_for(a, "shared").await.expect("bucket of a");
+    let upload = fx.s3.create_upload(Some(a), "shared", "k", ObjectHeaders::default()).await.expect("upload");
+    let body = std::io::Cursor::new(vec![1u8; 1000]);
+    let etag = fx.s3.upload_part_for(Some(a), "shared", "k", &upload, 1, body, None).await.expect("part");
+
+    // DeleteBucket with an upload in progress succeeds and aborts it, as AWS does; its part
+    // is released, not left counted with no upload.
+    fx.s3.delete_bucket_for(Some(a), "shared").await.expect("delete a bucket with an upload in progress");
+    assert_eq!(objects_of(&fx.pool, a).await, (0, 0), "the aborted upload's part is released");
+    fx.s3.create_bucket_for(b, "shared").await.expect("B takes the name");
+
+    let err = fx
+        .s3
+        .complete_upload(Some(a), "shared", "k", &upload, &[(1, etag)])
+        .await
+        .expect_err("A's upload must not complete into B's bucket");
+    assert!(matches!(err.code(), S3ErrorCode::NoSuchUpload | S3ErrorCode::AccessDenied), "{err:?}");
+    let body = std::io::Cursor::new(vec![2u8; 1000]);
+    let err = fx.s3.upload_part_for(Some(a), "shared", "k", &upload, 2, body, None).await.expect_err("part");
+    assert!(matches!(err.code(), S3ErrorCode::NoSuchUpload | S3ErrorCode::AccessDenied), "{err:?}");
+    assert!(fx.s3.list_keys("shared", "", None, "", 10).await.expect("list").objects.is_empty());
+    assert_eq!(objects_of(&fx.pool, a).await, (0, 0));
+}
+
+/// A part whose upload is completed or aborted while it streams: held until the completion
+/// or abort waits on the upload's row, then let through. Either it lands first and the
+/// completion or abort releases it, or it fails with NoSuchUpload; its object never outlives
+/// the upload, and it never fails with a catalog error.
+async fn part_racing(label: &str, complete: bool) {
+    let fx = fixture(label).await;
+    let a = tenants::create(&fx.pool, "tenant-a", None).await.expect("a");
+    fx.s3.create_bucket_for(a, "media").await.expect("bucket");
+    let upload = fx.s3.create_upload(Some(a), "media", "k", ObjectHeaders::default()).await.expect("upload");
+    let body = std::io::Cursor::new(vec![1u8; 1000]);
+    let etag = fx.s3.upload_part_for(Some(a), "media", "k", &upload, 1, body, None).await.expect("part 1");
+
+    let (body, feed, reading) = held();
+    let (s3, id) = (fx.s3.clone(), upload.clone());
+    let part = tokio::spawn(async move {
+        let body = tokio_util::io::StreamReader::new(body);
+        s3.upload_part_for(Some(a), "media", "k", &id, 2, body, None).await
+    });
+    reading.await.expect("part 2 reads its body");
+    feed.send(Bytes::from(vec![2u8; 50_000])).await.expect("piece");
+
+    // Hold the upload's row (as a part's foreign key check does) so the completion or abort
+    // stops on it, then let part 2 commit meanwhile.
+    let mut holder = fx.pool.get().await.expect("client");
+    let hold = holder.transaction().await.expect("txn");
+    hold.execute("SELECT 1 FROM multipart_uploads WHERE id = $1 FOR KEY SHARE", &[&upload])
+        .await
+        .expect("hold");
+    let (s3, id) = (fx.s3.clone(), upload.clone());
+    let ending = tokio::spawn(async move {
+        if complete {
+            s3.complete_upload(Some(a), "media", "k", &id, &[(1, etag)]).await.map(|_| ())
+        } else {
+            s3.abort_upload(Some(a), "media", "k", &id).await
+        }
+    });
+    until_waiting(&fx.pool, 1, || ending.is_finished()).await;
+    drop(feed);
+    until_waiting(&fx.pool, 2, || part.is_finished()).await;
+    hold.commit().await.expect("release");
+
+    ending.await.expect("join").expect("the completion or abort succeeds");
+    match part.await.expect("join") {
+        Ok(_) => {}
+        Err(err) => assert_eq!(*err.code(), S3ErrorCode::NoSuchUpload, "{err:?}"),
+    }
+    let expected = i64::from(complete);
+    assert_eq!(objects_of(&fx.pool, a).await, (expected, expected), "no part outlives its upload");
+    let parts = count(
+        &fx.pool,
+        "SELECT count(*) FROM multipart_parts p JOIN objects o ON o.id = p.object_id WHERE o.tenant_id = $1",
+        a,
+    )
+    .await;
+    assert_eq!(parts, 0);
+}
+
+#[tokio::test]
+async fn a_part_racing_a_completion_is_released_or_refused() {
+    part_racing("s3_part_vs_complete", true).await;
+}
+
+#[tokio::test]
+async fn a_part_racing_an_abort_is_released_or_refused() {
+    part_racing("s3_part_vs_abort", false).await;
+}
