@@ -49,21 +49,32 @@ pub struct S3Front {
     pub(super) auth: CatalogAuth,
 }
 
-/// How a request names its region.
+/// A credential scope a request carries: in its `Authorization` header or, presigned, in its
+/// `X-Amz-Credential` query parameter.
 enum Signed {
     Header(HeaderAuth),
     Presigned(Scope),
 }
 
 impl Signed {
-    fn of(parts: &http::request::Parts) -> Option<Signed> {
-        if let Some(value) = parts.headers.get(http::header::AUTHORIZATION) {
-            return value.to_str().ok().and_then(HeaderAuth::parse).map(Signed::Header);
+    /// Every scope the request carries (s3s picks one; each must pass).
+    fn all(parts: &http::request::Parts) -> Vec<Signed> {
+        let mut found = Vec::new();
+        for value in parts.headers.get_all(http::header::AUTHORIZATION) {
+            if let Some(auth) = value.to_str().ok().and_then(HeaderAuth::parse) {
+                found.push(Signed::Header(auth));
+            }
         }
-        let credential =
-            parts.uri.query()?.split('&').find_map(|pair| pair.strip_prefix("X-Amz-Credential="))?;
-        let credential = String::from_utf8(resign::percent_decode(credential, true)).ok()?;
-        Scope::parse(&credential).map(Signed::Presigned)
+        for pair in parts.uri.query().unwrap_or("").split('&') {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if resign::percent_decode(name, true) == b"X-Amz-Credential"
+                && let Ok(credential) = String::from_utf8(resign::percent_decode(value, true))
+                && let Some(scope) = Scope::parse(&credential)
+            {
+                found.push(Signed::Presigned(scope));
+            }
+        }
+        found
     }
 
     fn scope(&self) -> &Scope {
@@ -94,24 +105,27 @@ impl S3Front {
 
     /// `None` when the request may go on to s3s (re-signed if need be), else the answer.
     async fn check(&self, parts: &mut http::request::Parts) -> Option<HttpResponse> {
-        let signed = Signed::of(parts)?;
-        let sent = signed.scope().region.as_str();
+        let scopes = Signed::all(parts);
         let ours = self.region.as_str();
-        let region = equivalent(sent);
-        if region != ours && !is_get_bucket_location(parts) {
-            return Some(wrong_region(&signed, sent, ours));
+        let location = is_get_bucket_location(parts);
+        if let Some(wrong) = scopes.iter().find(|s| equivalent(&s.scope().region) != ours && !location) {
+            return Some(wrong_region(wrong, &wrong.scope().region, ours));
         }
+        let [signed] = scopes.as_slice() else { return None };
+        let sent = signed.scope().region.as_str();
+        let region = equivalent(sent);
         if region == sent {
             return None;
         }
         // A legacy name: s3s would refuse it, so re-sign it for the region it stands for.
+        // Chunk signatures of a signed streaming body are scoped too, and not re-signed.
         let streaming = parts
             .headers
             .get("x-amz-content-sha256")
             .is_some_and(|value| value.as_bytes().starts_with(b"STREAMING-AWS4-"));
-        let Signed::Header(auth) = &signed else { return Some(wrong_region(&signed, sent, ours)) };
+        let Signed::Header(auth) = signed else { return Some(wrong_region(signed, sent, ours)) };
         if streaming || auth.scope.service != "s3" {
-            return Some(wrong_region(&signed, sent, ours));
+            return Some(wrong_region(signed, sent, ours));
         }
         // An unknown key or a bad signature goes on as it came, for s3s to refuse.
         if let Ok(secret) = self.auth.get_secret_key(&auth.scope.access_key).await
@@ -123,16 +137,13 @@ impl S3Front {
     }
 }
 
-/// Whether the request is GetBucketLocation (`GET /bucket?location`).
+/// Whether the request is GetBucketLocation (`GET /bucket?location`, nothing else).
 fn is_get_bucket_location(parts: &http::request::Parts) -> bool {
     let path = parts.uri.path().trim_start_matches('/').trim_end_matches('/');
     parts.method == http::Method::GET
         && !path.is_empty()
         && !path.contains('/')
-        && parts
-            .uri
-            .query()
-            .is_some_and(|query| query.split('&').any(|pair| pair == "location" || pair == "location="))
+        && matches!(parts.uri.query(), Some("location" | "location="))
 }
 
 /// AWS's answer to a request signed for another region than `ours`.

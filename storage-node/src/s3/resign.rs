@@ -25,6 +25,8 @@ use sha2::{Digest, Sha256};
 /// The parts of an `Authorization: AWS4-HMAC-SHA256 ...` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct HeaderAuth {
+    /// `AWS4-HMAC-SHA256`, the only one re-signed.
+    pub algorithm: String,
     pub scope: Scope,
     /// `SignedHeaders=` as sent (`host;x-amz-content-sha256;x-amz-date`).
     pub signed_headers: String,
@@ -55,24 +57,30 @@ impl Scope {
 }
 
 impl HeaderAuth {
-    /// Parses a SigV4 `Authorization` header; `None` for anything else (SigV2 included).
+    /// Parses a SigV4 `Authorization` header; `None` for anything else (SigV2 included). The
+    /// parts are found wherever they are, more leniently than s3s parses them, so that no
+    /// scope s3s would read escapes the region check.
     pub fn parse(value: &str) -> Option<HeaderAuth> {
-        let rest = value.strip_prefix("AWS4-HMAC-SHA256")?;
+        if value.starts_with("AWS ") {
+            return None;
+        }
+        let mut words = value.split(|c: char| c == ',' || c.is_ascii_whitespace()).filter(|w| !w.is_empty());
+        let algorithm = words.next()?.to_string();
         let (mut credential, mut signed_headers, mut signature) = (None, None, None);
-        for part in rest.split(',') {
-            let part = part.trim();
-            if let Some(value) = part.strip_prefix("Credential=") {
+        for word in words {
+            if let Some(value) = word.strip_prefix("Credential=") {
                 credential = Some(value);
-            } else if let Some(value) = part.strip_prefix("SignedHeaders=") {
+            } else if let Some(value) = word.strip_prefix("SignedHeaders=") {
                 signed_headers = Some(value);
-            } else if let Some(value) = part.strip_prefix("Signature=") {
+            } else if let Some(value) = word.strip_prefix("Signature=") {
                 signature = Some(value);
             }
         }
         Some(HeaderAuth {
+            algorithm,
             scope: Scope::parse(credential?)?,
-            signed_headers: signed_headers?.to_string(),
-            signature: signature?.to_string(),
+            signed_headers: signed_headers.unwrap_or_default().to_string(),
+            signature: signature.unwrap_or_default().to_string(),
         })
     }
 
@@ -96,6 +104,9 @@ pub(crate) fn resign(
     secret: &str,
     region: &str,
 ) -> bool {
+    if auth.algorithm != "AWS4-HMAC-SHA256" {
+        return false;
+    }
     let Some(amz_date) = header(parts, "x-amz-date") else { return false };
     let Some(payload) = header(parts, "x-amz-content-sha256") else { return false };
     let Ok(expected) = hex::decode(&auth.signature) else { return false };
@@ -271,6 +282,8 @@ mod tests {
         assert_eq!(auth.signed_headers, "host;x-amz-date");
         assert_eq!(auth.signature, "ab");
         assert!(HeaderAuth::parse("AWS AK:sig").is_none());
+        let odd = HeaderAuth::parse("AWS4-X  Credential=AK/20261130/eu-west-1/s3/aws4_request").unwrap();
+        assert_eq!((odd.algorithm.as_str(), odd.scope.region.as_str()), ("AWS4-X", "eu-west-1"));
         assert!(Scope::parse("AK/20261130/US/s3/aws4").is_none());
     }
 
