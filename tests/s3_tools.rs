@@ -407,6 +407,44 @@ async fn other_regions_get_the_answers_aws_gives() {
         "{body}"
     );
 
+    // A request cannot show the check one region and s3s another: every scope it carries counts.
+    let http = reqwest::Client::new();
+    let today = "20261130";
+    let scope = |region: &str| format!("{}/{today}/{region}/s3/aws4_request", keys.0);
+    let both = http
+        .get(format!(
+            "http://{addr}/regions-home?X-Amz-Credential={}&X-Amz-Signature=00",
+            scope("eu-west-1").replace('/', "%2F")
+        ))
+        .header(
+            "Authorization",
+            format!("AWS4-HMAC-SHA256 Credential={}, SignedHeaders=host, Signature=00", scope("us-east-1")),
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(both.status(), 400);
+    assert!(both.text().await.expect("body").contains("AuthorizationQueryParametersError"));
+    // A signed streaming upload for US is not re-signed (its chunks are signed for US too): it
+    // is told the region to sign for.
+    let streaming = http
+        .put(format!("http://{addr}/regions-home/streamed"))
+        .header(
+            "Authorization",
+            format!("AWS4-HMAC-SHA256 Credential={}, SignedHeaders=host, Signature=00", scope("US")),
+        )
+        .header("x-amz-content-sha256", "STREAMING-AWS4-HMAC-SHA256-PAYLOAD")
+        .body("0;chunk-signature=00\r\n\r\n")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(streaming.status(), 400);
+    let body = streaming.text().await.expect("body");
+    assert!(
+        body.contains("AuthorizationHeaderMalformed") && body.contains("<Region>us-east-1</Region>"),
+        "{body}"
+    );
+
     // CreateBucket for another region, and for no region at all.
     let create = |name: &'static str, constraint: &'static str| {
         let home = home.clone();

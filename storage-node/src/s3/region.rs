@@ -86,11 +86,6 @@ impl Signed {
 }
 
 impl S3Front {
-    /// Silo's region.
-    pub fn region(&self) -> &Region {
-        &self.region
-    }
-
     /// Answers one S3 request.
     ///
     /// # Errors
