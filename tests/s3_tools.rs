@@ -221,7 +221,7 @@ fn s3cmd_with_the_configuration_it_writes_syncs_both_ways() {
 }
 
 #[test]
-fn s3cmd_and_boto3_follow_silo_to_its_configured_region() {
+fn s3cmd_boto3_and_restic_follow_silo_to_its_configured_region() {
     let other = start_silo("s3_tools_region", &["--region", "eu-central-1"]);
     let keys = tenant(&other.silo, "s3cmd-eu");
     let tmp = scratch();
@@ -247,7 +247,7 @@ fn s3cmd_and_boto3_follow_silo_to_its_configured_region() {
     s3cmd(&["get", "s3://s3cmd-eu/hello.txt", copy.to_str().expect("utf-8")]);
     assert_eq!(std::fs::read(&copy).expect("read"), b"hello from eu-central-1");
 
-    // boto3 signed for us-east-1 (its default here) follows the answer the same way.
+    // boto3 signing for us-east-1 follows the answer the same way.
     let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
     let script = "import boto3, os\n\
         s3 = boto3.client('s3', endpoint_url=os.environ['ENDPOINT'], region_name='us-east-1')\n\
@@ -260,6 +260,19 @@ fn s3cmd_and_boto3_follow_silo_to_its_configured_region() {
     ];
     let got = run(tmp.path(), python, &["-c", script], &env, log);
     assert_eq!(got.trim(), "hello from eu-central-1");
+
+    // restic (minio-go) asks GetBucketLocation, then signs for what it answers.
+    let repository = format!("s3:http://{}/restic-eu", other.silo.addr);
+    let env = [
+        ("RESTIC_REPOSITORY", repository.as_str()),
+        ("RESTIC_PASSWORD", "correct horse battery staple"),
+        ("AWS_ACCESS_KEY_ID", keys.0.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", keys.1.as_str()),
+    ];
+    run(tmp.path(), "restic", &["init"], &env, log);
+    run(tmp.path(), "restic", &["backup", file.to_str().expect("utf-8")], &env, log);
+    let listed = run(tmp.path(), "restic", &["ls", "latest"], &env, log);
+    assert!(listed.contains("hello.txt"), "{listed}");
 }
 
 #[test]
