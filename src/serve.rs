@@ -172,7 +172,7 @@ async fn serve_with_catalog(
         admin_token_digest: http::auth_digest(&admin_token),
         metrics: Metrics::new(),
         draining: AtomicBool::new(false),
-        s3: storage_node::s3::service(store.clone()),
+        s3: storage_node::s3::service(store.clone(), config.region.clone()),
         info: ServerInfo {
             version: env!("CARGO_PKG_VERSION"),
             catalog_id: row.get(0),
