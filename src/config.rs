@@ -20,6 +20,9 @@ pub const DEFAULT_DATA_DIR: &str = "./silo-data";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8420";
 const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 20;
 const DEFAULT_GC_INTERVAL_SECS: u64 = 300;
+/// Connections served at once on the public listener.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 15;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -86,6 +89,15 @@ pub struct ServeArgs {
     /// Days a database's final backup (taken when it is deleted) is kept [default: 30].
     #[arg(long, env = "SILO_FINAL_BACKUP_RETENTION_DAYS")]
     pub final_backup_retention_days: Option<u64>,
+    /// Connections served at once; more get 503 with Retry-After [default: 1024].
+    #[arg(long, env = "SILO_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds a request's headers may take to arrive, and a kept-alive connection may idle [default: 15].
+    #[arg(long, env = "SILO_HEADER_TIMEOUT_SECS")]
+    pub header_timeout_secs: Option<u64>,
+    /// Where `GET /metrics` is served, apart from the public port [default: nowhere].
+    #[arg(long, env = "SILO_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The settings a TOML file may hold.
@@ -108,6 +120,9 @@ struct FileConfig {
     dedicated_listen: Option<IpAddr>,
     final_backup_retention_days: Option<u64>,
     spare_databases: Option<usize>,
+    max_connections: Option<usize>,
+    header_timeout_secs: Option<u64>,
+    metrics_listen: Option<SocketAddr>,
     /// Database plans (`[plans.<name>]`), added to or replacing `small`, `medium` and `large`.
     #[serde(default)]
     plans: BTreeMap<String, Plan>,
@@ -133,6 +148,9 @@ pub struct ServeConfig {
     pub dedicated_listen: IpAddr,
     pub final_backup_retention: Duration,
     pub spare_databases: usize,
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub metrics_listen: Option<SocketAddr>,
     pub plans: Plans,
     pub store: StoreConfig,
 }
@@ -156,6 +174,9 @@ impl std::fmt::Debug for ServeConfig {
             .field("dedicated_listen", &self.dedicated_listen)
             .field("final_backup_retention", &self.final_backup_retention)
             .field("spare_databases", &self.spare_databases)
+            .field("max_connections", &self.max_connections)
+            .field("header_timeout", &self.header_timeout)
+            .field("metrics_listen", &self.metrics_listen)
             .field("plans", &self.plans)
             .field("store", &self.store)
             .finish()
@@ -218,6 +239,18 @@ impl ServeArgs {
                     * 3600,
             ),
             spare_databases: self.spare_databases.or(file.spare_databases).unwrap_or(2),
+            max_connections: self
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS)
+                .max(1),
+            header_timeout: Duration::from_secs(
+                self.header_timeout_secs
+                    .or(file.header_timeout_secs)
+                    .unwrap_or(DEFAULT_HEADER_TIMEOUT_SECS)
+                    .max(1),
+            ),
+            metrics_listen: self.metrics_listen.or(file.metrics_listen),
             plans: Plans::with(file.plans),
             store: file.store.unwrap_or_default(),
         })
@@ -254,6 +287,18 @@ mod tests {
         assert_eq!(config.listen.to_string(), "127.0.0.1:8420");
         assert_eq!(config.postgres_os_user, "postgres");
         assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(config.metrics_listen, None, "metrics are off the public port unless asked for");
+    }
+
+    #[test]
+    fn front_door_limits_come_from_the_file() {
+        let toml =
+            file("max_connections = 10\nheader_timeout_secs = 3\nmetrics_listen = \"127.0.0.1:9500\"\n");
+        let args = ServeArgs { config: Some(toml.path().into()), ..ServeArgs::default() };
+        let config = args.resolve().unwrap();
+        assert_eq!((config.max_connections, config.header_timeout), (10, Duration::from_secs(3)));
+        assert_eq!(config.metrics_listen.map(|a| a.port()), Some(9500));
     }
 
     #[test]

@@ -56,6 +56,12 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr).await.with_context(|| format!("cannot listen for metrics on {addr}"))?,
+        ),
+        None => None,
+    };
     let stop = CancellationToken::new();
     let (pool, embedded) = match &config.postgres_url {
         Some(url) => (external_catalog(url)?, None),
@@ -64,8 +70,9 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             (pool, Some(embedded))
         }
     };
+    let listeners = Listeners { public: listener, metrics: metrics_listener };
     let outcome =
-        serve_with_catalog(&config, data_dir, listener, pool.clone(), embedded.as_ref(), &stop).await;
+        serve_with_catalog(&config, data_dir, listeners, pool.clone(), embedded.as_ref(), &stop).await;
     stop.cancel();
     pool.close();
     if let Some(Embedded { instance, supervisor }) = embedded {
@@ -110,10 +117,19 @@ async fn embedded_catalog(
     }
 }
 
+/// The bound listeners: the public one, and the metrics one if configured.
+struct Listeners {
+    public: TcpListener,
+    metrics: Option<TcpListener>,
+}
+
+/// Connections on the metrics listener (a scraper or two).
+const METRICS_MAX_CONNECTIONS: usize = 16;
+
 async fn serve_with_catalog(
     config: &ServeConfig,
     data_dir: Arc<DataDir>,
-    listener: TcpListener,
+    listeners: Listeners,
     pool: CatalogPool,
     embedded: Option<&Embedded>,
     stop: &CancellationToken,
@@ -187,22 +203,30 @@ async fn serve_with_catalog(
         embedded.map(|e| e.supervisor.health.clone()),
     ));
     let app = http::router(state.clone());
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        // Small responses (range reads, probes) must not wait on Nagle's algorithm.
-        let _ = tcp.set_nodelay(true);
-    });
-    tracing::info!(address = %config.listen, "listening");
+    let limits = http::listener::Limits {
+        max_connections: config.max_connections,
+        header_timeout: config.header_timeout,
+    };
+    if let Some(metrics) = listeners.metrics {
+        let metrics_limits = http::listener::Limits { max_connections: METRICS_MAX_CONNECTIONS, ..limits };
+        tracing::info!(address = %config.metrics_listen.map(|a| a.to_string()).unwrap_or_default(), "serving metrics");
+        tokio::spawn(http::listener::serve(
+            metrics,
+            http::metrics_router(state.clone()),
+            metrics_limits,
+            stop.clone(),
+        ));
+    }
+    tracing::info!(address = %config.listen, max_connections = limits.max_connections, "listening");
     let graceful = http_stop.clone();
-    let mut server = tokio::spawn(async move {
-        axum::serve(listener, app).with_graceful_shutdown(graceful.cancelled_owned()).await
-    });
+    let mut server = tokio::spawn(http::listener::serve(listeners.public, app, limits, graceful));
     tokio::select! {
-        served = &mut server => return served?.context("the HTTP server failed"),
+        served = &mut server => return served.context("the HTTP server failed"),
         () = http_stop.cancelled() => {}
     }
     state.draining.store(true, Ordering::Relaxed);
     match tokio::time::timeout(config.shutdown_grace, &mut server).await {
-        Ok(served) => served?.context("the HTTP server failed")?,
+        Ok(served) => served.context("the HTTP server failed")?,
         Err(_) => {
             tracing::warn!(grace = ?config.shutdown_grace, "requests still running after the grace period; closing them");
             server.abort();

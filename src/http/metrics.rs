@@ -134,7 +134,17 @@ pub async fn track(State(state): State<Arc<AppState>>, request: Request, next: N
     response
 }
 
-/// `GET /metrics` in the Prometheus text format.
+/// `GET /metrics` on the public port: not here. Metrics name every tenant, database and server,
+/// so they are served only on the metrics listener (`metrics_listen`).
+pub async fn elsewhere() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "metrics are served on the metrics listener (metrics_listen), not on this port",
+    )
+}
+
+/// `GET /metrics` in the Prometheus text format (on the metrics listener only).
 pub async fn render(State(state): State<Arc<AppState>>) -> Response {
     let metrics = &state.metrics;
     let pool = state.catalog.status();

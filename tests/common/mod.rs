@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod databases;
+pub mod sign;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
@@ -28,6 +29,8 @@ pub fn free_addr() -> SocketAddr {
 pub struct Silo {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The metrics listener (`--metrics-listen`), which every test Silo gets.
+    pub metrics_addr: SocketAddr,
     pub data_dir: PathBuf,
     stdout: PathBuf,
     stderr: PathBuf,
@@ -49,6 +52,7 @@ impl Silo {
         std::fs::create_dir_all(&logs).expect("log dir");
         let stdout = logs.join("stdout");
         let stderr = logs.join("stderr");
+        let metrics_addr = free_addr();
         let mut command = Command::new(env!("CARGO_BIN_EXE_silo"));
         command
             .arg("serve")
@@ -56,6 +60,8 @@ impl Silo {
             .arg(data_dir)
             .arg("--listen")
             .arg(addr.to_string())
+            .arg("--metrics-listen")
+            .arg(metrics_addr.to_string())
             .arg("--shutdown-grace-secs")
             .arg("5")
             .args(extra)
@@ -66,11 +72,16 @@ impl Silo {
             .stdout(std::fs::File::create(&stdout).expect("stdout file"))
             .stderr(std::fs::File::create(&stderr).expect("stderr file"));
         let child = command.spawn().expect("spawn silo");
-        Silo { child: Some(child), addr, data_dir: data_dir.to_path_buf(), stdout, stderr }
+        Silo { child: Some(child), addr, metrics_addr, data_dir: data_dir.to_path_buf(), stdout, stderr }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// `GET /metrics` on the metrics listener.
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.metrics_addr)
     }
 
     pub fn stdout(&self) -> String {
