@@ -23,6 +23,7 @@ const DEFAULT_GC_INTERVAL_SECS: u64 = 300;
 /// Connections served at once on the public listener.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 15;
+const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -92,9 +93,12 @@ pub struct ServeArgs {
     /// Connections served at once; more get 503 with Retry-After [default: 1024].
     #[arg(long, env = "SILO_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
-    /// Seconds a request's headers may take to arrive, and a kept-alive connection may idle [default: 15].
+    /// Seconds a request's head may take from its first byte to its last [default: 15].
     #[arg(long, env = "SILO_HEADER_TIMEOUT_SECS")]
     pub header_timeout_secs: Option<u64>,
+    /// Seconds a connection may wait for a request with none in progress [default: 60].
+    #[arg(long, env = "SILO_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
     /// Where `GET /metrics` is served, apart from the public port [default: nowhere].
     #[arg(long, env = "SILO_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -122,6 +126,7 @@ struct FileConfig {
     spare_databases: Option<usize>,
     max_connections: Option<usize>,
     header_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
     metrics_listen: Option<SocketAddr>,
     /// Database plans (`[plans.<name>]`), added to or replacing `small`, `medium` and `large`.
     #[serde(default)]
@@ -150,6 +155,7 @@ pub struct ServeConfig {
     pub spare_databases: usize,
     pub max_connections: usize,
     pub header_timeout: Duration,
+    pub idle_timeout: Duration,
     pub metrics_listen: Option<SocketAddr>,
     pub plans: Plans,
     pub store: StoreConfig,
@@ -176,6 +182,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("spare_databases", &self.spare_databases)
             .field("max_connections", &self.max_connections)
             .field("header_timeout", &self.header_timeout)
+            .field("idle_timeout", &self.idle_timeout)
             .field("metrics_listen", &self.metrics_listen)
             .field("plans", &self.plans)
             .field("store", &self.store)
@@ -250,6 +257,9 @@ impl ServeArgs {
                     .unwrap_or(DEFAULT_HEADER_TIMEOUT_SECS)
                     .max(1),
             ),
+            idle_timeout: Duration::from_secs(
+                self.idle_timeout_secs.or(file.idle_timeout_secs).unwrap_or(DEFAULT_IDLE_TIMEOUT_SECS).max(1),
+            ),
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
             plans: Plans::with(file.plans),
             store: file.store.unwrap_or_default(),
@@ -293,11 +303,13 @@ mod tests {
 
     #[test]
     fn front_door_limits_come_from_the_file() {
-        let toml =
-            file("max_connections = 10\nheader_timeout_secs = 3\nmetrics_listen = \"127.0.0.1:9500\"\n");
+        let toml = file(
+            "max_connections = 10\nheader_timeout_secs = 3\nidle_timeout_secs = 4\nmetrics_listen = \"127.0.0.1:9500\"\n",
+        );
         let args = ServeArgs { config: Some(toml.path().into()), ..ServeArgs::default() };
         let config = args.resolve().unwrap();
         assert_eq!((config.max_connections, config.header_timeout), (10, Duration::from_secs(3)));
+        assert_eq!(config.idle_timeout, Duration::from_secs(4));
         assert_eq!(config.metrics_listen.map(|a| a.port()), Some(9500));
     }
 

@@ -206,6 +206,7 @@ async fn serve_with_catalog(
     let limits = http::listener::Limits {
         max_connections: config.max_connections,
         header_timeout: config.header_timeout,
+        idle_timeout: config.idle_timeout,
     };
     if let Some(metrics) = listeners.metrics {
         let metrics_limits = http::listener::Limits { max_connections: METRICS_MAX_CONNECTIONS, ..limits };

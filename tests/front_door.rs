@@ -8,7 +8,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use common::{Silo, scratch, silo_cli_json};
@@ -34,14 +33,8 @@ fn tenant(silo: &Silo, name: &str) -> (String, String, Client) {
     let key = silo_cli_json(silo, &["key", "create", name]);
     let id = key["access_key_id"].as_str().expect("key id").to_string();
     let secret = key["secret_access_key"].as_str().expect("secret").to_string();
-    let config = aws_sdk_s3::config::Builder::new()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(format!("http://{}", silo.addr))
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(&id, &secret, None, None, "front-door-test"))
-        .force_path_style(true)
-        .http_client(aws_smithy_http_client::Builder::new().build_http());
-    (id, secret, Client::from_conf(config.build()))
+    let client = common::sdk_client(silo, &id, &secret);
+    (id, secret, client)
 }
 
 /// (VmRSS, VmHWM) of a process, in bytes.
@@ -179,7 +172,7 @@ async fn oversized_management_bodies_are_refused() {
 
 #[tokio::test]
 async fn a_thousand_idle_connections_do_not_lock_out_a_normal_client() {
-    let (silo, _tmp) = start("front_idle", &["--max-connections", "256", "--header-timeout-secs", "2"]).await;
+    let (silo, _tmp) = start("front_idle", &["--max-connections", "256", "--idle-timeout-secs", "2"]).await;
     let mut idle = Vec::new();
     for _ in 0..1000 {
         idle.push(TcpStream::connect(silo.addr).await.expect("connect"));

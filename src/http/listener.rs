@@ -3,28 +3,44 @@
 //!
 //! `axum::serve` turns off hyper's header-read timeout and accepts without limit, so a client
 //! that opens connections and sends nothing, or sends its headers a byte at a time, holds them
-//! for ever. Here each connection is served by hyper's HTTP/1 server with
-//! `header_read_timeout`: the headers of every request, the first and each later one on a
-//! kept-alive connection, must arrive within it, so an idle connection is closed after that
-//! long too. At most `max_connections` are served at once; one over the cap gets
-//! `503 SlowDown` with `Retry-After` and is closed, without its request being read.
+//! for ever. Here each connection is served by hyper's HTTP/1 server, with two timeouts:
+//!
+//! - idle: hyper's `header_read_timeout`, whose clock starts when hyper waits for a request (on
+//!   a new connection, or a kept-alive one after its last response), closes a connection that
+//!   sends no complete request head within `idle_timeout`;
+//! - header: once the first byte of a request arrives, its whole head must follow within
+//!   `header_timeout` ([`HeadClock`], checked every [`WATCH_EVERY`]), so a slowloris client is
+//!   dropped sooner than an idle one, and a kept-alive client can idle longer than a slow one
+//!   may trickle.
+//!
+//! At most `max_connections` are served at once; one over the cap gets `503 SlowDown` with
+//! `Retry-After` and is closed, without its request being read.
 
+use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::body::{Body, HttpBody};
+use axum::http::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 /// How many shed connections may be answered at once; past that they are closed at once.
 const SHED_CONCURRENCY: usize = 64;
 /// How long answering a shed connection may take.
 const SHED_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a connection's header clock is checked.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
+
 /// The body of the answer to a connection over the cap.
 const BUSY_BODY: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code><Message>Too many connections; retry later</Message></Error>";
 
@@ -42,8 +58,10 @@ fn busy() -> String {
 pub struct Limits {
     /// Connections served at once; more are shed with 503.
     pub max_connections: usize,
-    /// How long a request's headers may take to arrive, and a kept-alive connection may idle.
+    /// How long a request's head may take from its first byte to its last.
     pub header_timeout: Duration,
+    /// How long a connection may wait, with no request in progress, for the next request head.
+    pub idle_timeout: Duration,
 }
 
 /// Serves `app` on `listener` until `stop`, then waits for the open connections to finish
@@ -53,7 +71,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, stop: Can
     let shedding = Arc::new(Semaphore::new(SHED_CONCURRENCY));
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.idle_timeout);
     loop {
         let tcp = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -74,17 +92,181 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, stop: Can
             shed(tcp, &shedding);
             continue;
         };
-        let service = TowerToHyperService::new(app.clone());
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(tcp), service));
+        let clock = Arc::new(HeadClock::new());
+        let (began, answered) = (clock.clone(), clock.clone());
+        let service = app
+            .clone()
+            .map_request(move |request: Request<hyper::body::Incoming>| {
+                began.request_began();
+                request
+            })
+            .map_response(move |response: axum::response::Response| {
+                let clock = answered.clone();
+                response.map(|body| Body::new(Answering { body, clock: Some(clock) }))
+            });
+        let io = TokioIo::new(Watched { tcp, clock: clock.clone() });
+        let connection = graceful.watch(builder.serve_connection(io, TowerToHyperService::new(service)));
+        let header_timeout = limits.header_timeout;
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(error = %err, "connection ended with an error");
+            let mut connection = pin!(connection);
+            let mut watch = tokio::time::interval(WATCH_EVERY);
+            loop {
+                tokio::select! {
+                    served = &mut connection => {
+                        if let Err(err) = served {
+                            tracing::debug!(error = %err, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = watch.tick() => if clock.overdue(header_timeout) {
+                        tracing::debug!("a request head took longer than the header timeout; closing");
+                        break;
+                    },
+                }
             }
             drop(permit);
         });
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// When the head of the request now arriving on a connection began to arrive.
+struct HeadClock {
+    opened: Instant,
+    /// Milliseconds after `opened`, plus one, that the first byte of the coming request head
+    /// arrived; 0 while none is arriving.
+    head_since: AtomicU64,
+    /// Set from a request's head until its response body is done: bytes then are its body.
+    in_request: AtomicBool,
+}
+
+impl HeadClock {
+    fn new() -> Self {
+        HeadClock {
+            opened: Instant::now(),
+            head_since: AtomicU64::new(0),
+            in_request: AtomicBool::new(false),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    fn bytes_arrived(&self) {
+        if !self.in_request.load(Ordering::Acquire) {
+            let _ = self.head_since.compare_exchange(0, self.now(), Ordering::AcqRel, Ordering::Acquire);
+        }
+    }
+
+    fn request_began(&self) {
+        self.in_request.store(true, Ordering::Release);
+        self.head_since.store(0, Ordering::Release);
+    }
+
+    fn request_answered(&self) {
+        self.in_request.store(false, Ordering::Release);
+    }
+
+    fn overdue(&self, timeout: Duration) -> bool {
+        let since = self.head_since.load(Ordering::Acquire);
+        since != 0 && u128::from(self.now() - since) > timeout.as_millis()
+    }
+}
+
+/// A connection's socket, which starts the header clock when bytes arrive between requests.
+struct Watched {
+    tcp: TcpStream,
+    clock: Arc<HeadClock>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.tcp).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.clock.bytes_arrived();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, data)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
+/// A response body that ends its request on the header clock when it is done or dropped, so
+/// that bytes arriving while a long download streams are not taken for a slow request head.
+struct Answering {
+    body: Body,
+    clock: Option<Arc<HeadClock>>,
+}
+
+impl Answering {
+    fn done(&mut self) {
+        if let Some(clock) = self.clock.take() {
+            clock.request_answered();
+        }
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.done();
+    }
+}
+
+impl HttpBody for Answering {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) {
+            this.done();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Answers 503 to a connection over the cap, then closes it. The request is not read; what the
@@ -109,10 +291,28 @@ fn shed(mut tcp: TcpStream, shedding: &Arc<Semaphore>) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn the_busy_answer_has_the_right_length() {
-        let text = super::busy();
+        let text = busy();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.contains(&format!("Content-Length: {}", body.len())), "{}", body.len());
+    }
+
+    #[test]
+    fn the_header_clock_runs_only_between_requests() {
+        let clock = HeadClock::new();
+        assert!(!clock.overdue(Duration::ZERO), "no bytes, no clock");
+        clock.bytes_arrived();
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(clock.overdue(Duration::from_millis(1)));
+        clock.request_began();
+        clock.bytes_arrived();
+        assert!(!clock.overdue(Duration::ZERO), "a request's body does not start the clock");
+        clock.request_answered();
+        clock.bytes_arrived();
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(clock.overdue(Duration::from_millis(1)), "the next head does");
     }
 }

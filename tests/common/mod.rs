@@ -216,3 +216,16 @@ pub fn silo_cli_json(silo: &Silo, args: &[&str]) -> serde_json::Value {
     assert!(output.status.success(), "silo {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null)
 }
+
+/// An AWS SDK client for `silo` with the key `id` and `secret` (path-style, plain HTTP).
+pub fn sdk_client(silo: &Silo, id: &str, secret: &str) -> aws_sdk_s3::Client {
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(format!("http://{}", silo.addr))
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new(id, secret, None, None, "silo-test"))
+        .force_path_style(true)
+        .http_client(aws_smithy_http_client::Builder::new().build_http());
+    aws_sdk_s3::Client::from_conf(config.build())
+}
