@@ -249,6 +249,29 @@ async fn a_slowloris_client_is_disconnected_after_the_header_timeout() {
 }
 
 #[tokio::test]
+async fn an_upload_that_stalls_mid_body_is_cut_after_the_idle_timeout() {
+    let (silo, _tmp) = start("front_stall", &["--idle-timeout-secs", "2"]).await;
+    let (id, secret, client) = tenant(&silo, "staller");
+    client.create_bucket().bucket("stall").send().await.expect("bucket");
+    let (date, auth) = common::sign::sigv2(&id, &secret, "PUT", "/stall/k", SystemTime::now());
+    let head = format!(
+        "PUT /stall/k HTTP/1.1\r\nHost: {}\r\nDate: {date}\r\nAuthorization: {auth}\r\n\
+         Content-Length: 1000000\r\n\r\n0123456789",
+        silo.addr
+    );
+    let mut tcp = TcpStream::connect(silo.addr).await.expect("connect");
+    tcp.write_all(head.as_bytes()).await.expect("send");
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer)).await;
+    let took = started.elapsed();
+    assert!(closed.is_ok(), "the stalled upload still held its connection after {took:?}");
+    assert!(took >= Duration::from_millis(1500), "{took:?}");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("IncompleteBody"), "{answer}");
+}
+
+#[tokio::test]
 async fn replayed_sigv2_requests_and_presigned_urls_past_seven_days_are_refused() {
     let (silo, _tmp) = start("front_signatures", &[]).await;
     let (id, secret, client) = tenant(&silo, "signer");

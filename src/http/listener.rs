@@ -11,7 +11,9 @@
 //! - header: once the first byte of a request arrives, its whole head must follow within
 //!   `header_timeout` ([`HeadClock`], checked every [`WATCH_EVERY`]), so a slowloris client is
 //!   dropped sooner than an idle one, and a kept-alive client can idle longer than a slow one
-//!   may trickle.
+//!   may trickle;
+//! - body: a request body that sends nothing for `idle_timeout` is cut, so a client cannot hold a
+//!   connection (and an upload's resources) by stalling mid-body.
 //!
 //! At most `max_connections` are served at once; one over the cap gets `503 SlowDown` with
 //! `Retry-After` and is closed, without its request being read.
@@ -33,6 +35,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+use tower_http::timeout::TimeoutBody;
 
 /// How many shed connections may be answered at once; past that they are closed at once.
 const SHED_CONCURRENCY: usize = 64;
@@ -60,7 +63,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// How long a request's head may take from its first byte to its last.
     pub header_timeout: Duration,
-    /// How long a connection may wait, with no request in progress, for the next request head.
+    /// How long a connection may wait, with no request in progress, for the next request head;
+    /// also how long a request body may stall.
     pub idle_timeout: Duration,
 }
 
@@ -93,12 +97,14 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, stop: Can
             continue;
         };
         let clock = Arc::new(HeadClock::new());
+        let body_timeout = limits.idle_timeout;
         let (began, answered) = (clock.clone(), clock.clone());
         let service = app
             .clone()
             .map_request(move |request: Request<hyper::body::Incoming>| {
                 began.request_began();
-                request
+                // A body that stalls for the idle timeout is cut (the handler sees an error).
+                request.map(|body| Body::new(TimeoutBody::new(body_timeout, body)))
             })
             .map_response(move |response: axum::response::Response| {
                 let clock = answered.clone();

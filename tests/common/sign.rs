@@ -21,8 +21,14 @@ fn hmac_sha256(key: &[u8], data: &str) -> Vec<u8> {
 
 /// The `Date` and `Authorization` headers of a SigV2-signed `GET path` sent at `date`.
 pub fn sigv2_get(access_key: &str, secret: &str, path: &str, date: SystemTime) -> (String, String) {
+    sigv2(access_key, secret, "GET", path, date)
+}
+
+/// The `Date` and `Authorization` headers of a SigV2-signed `method path` without Content-MD5
+/// or Content-Type, sent at `date`.
+pub fn sigv2(access_key: &str, secret: &str, method: &str, path: &str, date: SystemTime) -> (String, String) {
     let date = httpdate::fmt_http_date(date);
-    let string_to_sign = format!("GET\n\n\n{date}\n{path}");
+    let string_to_sign = format!("{method}\n\n\n{date}\n{path}");
     let signature =
         base64::engine::general_purpose::STANDARD.encode(hmac_sha1(secret.as_bytes(), &string_to_sign));
     (date, format!("AWS {access_key}:{signature}"))
