@@ -12,8 +12,8 @@
 //!   `header_timeout` ([`HeadClock`], checked every [`WATCH_EVERY`]), so a slowloris client is
 //!   dropped sooner than an idle one, and a kept-alive client can idle longer than a slow one
 //!   may trickle;
-//! - body: a request body that sends nothing for `idle_timeout` is cut, so a client cannot hold a
-//!   connection (and an upload's resources) by stalling mid-body.
+//! - body: a request body that sends nothing for `idle_timeout` is cut ([`StallTimeout`]), so a
+//!   client cannot hold a connection (and an upload's resources) by stalling mid-body.
 //!
 //! At most `max_connections` are served at once; one over the cap gets `503 SlowDown` with
 //! `Retry-After` and is closed, without its request being read.
@@ -35,7 +35,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
-use tower_http::timeout::TimeoutBody;
 
 /// How many shed connections may be answered at once; past that they are closed at once.
 const SHED_CONCURRENCY: usize = 64;
@@ -104,7 +103,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, stop: Can
             .map_request(move |request: Request<hyper::body::Incoming>| {
                 began.request_began();
                 // A body that stalls for the idle timeout is cut (the handler sees an error).
-                request.map(|body| Body::new(TimeoutBody::new(body_timeout, body)))
+                request.map(|body| Body::new(StallTimeout { body, timeout: body_timeout, sleep: None }))
             })
             .map_response(move |response: axum::response::Response| {
                 let clock = answered.clone();
@@ -264,6 +263,51 @@ impl HttpBody for Answering {
             this.done();
         }
         polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A request body that fails when the client sends nothing for `timeout` while the handler waits
+/// for data. (tower-http's `TimeoutBody` does this too, but hides the body's length from its
+/// size hint, which s3s reads as the object's length.)
+struct StallTimeout {
+    body: hyper::body::Incoming,
+    timeout: Duration,
+    /// Runs while the handler waits for a frame; reset when one comes.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// The error of a stalled request body.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body stalled for {0:?}")]
+struct Stalled(Duration);
+
+impl HttpBody for StallTimeout {
+    type Data = axum::body::Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
+            this.sleep = None;
+            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        let timeout = this.timeout;
+        let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Stalled(timeout).into()))),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn is_end_stream(&self) -> bool {
