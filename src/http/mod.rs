@@ -18,6 +18,7 @@ mod metrics;
 mod s3;
 mod storage;
 mod tenants;
+mod timeouts;
 mod v1;
 
 use std::sync::Arc;
