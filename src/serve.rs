@@ -215,12 +215,15 @@ async fn serve_with_catalog(
             metrics,
             http::metrics_router(state.clone()),
             metrics_limits,
+            // The scraper's own connections are not counted.
+            http::ConnectionMetrics::default(),
             stop.clone(),
         ));
     }
     tracing::info!(address = %config.listen, max_connections = limits.max_connections, "listening");
     let graceful = http_stop.clone();
-    let mut server = tokio::spawn(http::listener::serve(listeners.public, app, limits, graceful));
+    let counts = state.metrics.connections();
+    let mut server = tokio::spawn(http::listener::serve(listeners.public, app, limits, counts, graceful));
     tokio::select! {
         served = &mut server => return served.context("the HTTP server failed"),
         () = http_stop.cancelled() => {}

@@ -222,6 +222,12 @@ async fn a_thousand_idle_connections_do_not_lock_out_a_normal_client() {
         shed += usize::from(got_503);
     }
     assert!(shed > 0, "connections over the cap are answered 503");
+    let metrics = client.get(silo.metrics_url()).send().await.expect("metrics").text().await.unwrap();
+    let counted = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("silo_http_connections_shed_total "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(counted.is_some_and(|n| n >= shed as u64), "{metrics}");
 }
 
 #[tokio::test]

@@ -35,6 +35,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use super::ConnectionMetrics;
 use super::timeouts::{Answering, HeadClock, StallTimeout, Watched};
 
 /// How many shed connections may be answered at once; past that they are closed at once.
@@ -70,7 +71,13 @@ pub struct Limits {
 
 /// Serves `app` on `listener` until `stop`, then waits for the open connections to finish
 /// their requests (the caller bounds that wait).
-pub async fn serve(listener: TcpListener, app: Router, limits: Limits, stop: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    counts: ConnectionMetrics,
+    stop: CancellationToken,
+) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let shedding = Arc::new(Semaphore::new(SHED_CONCURRENCY));
     let graceful = GracefulShutdown::new();
@@ -93,9 +100,12 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, stop: Can
         // Small responses (range reads, probes) must not wait on Nagle's algorithm.
         let _ = tcp.set_nodelay(true);
         let Ok(permit) = permits.clone().try_acquire_owned() else {
+            counts.shed.inc();
             shed(tcp, &shedding);
             continue;
         };
+        counts.open.inc();
+        let open = counts.open.clone();
         let clock = Arc::new(HeadClock::new());
         let body_timeout = limits.idle_timeout;
         let (began, answered) = (clock.clone(), clock.clone());
@@ -130,6 +140,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, stop: Can
                     },
                 }
             }
+            open.dec();
             drop(permit);
         });
     }

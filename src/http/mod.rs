@@ -33,7 +33,7 @@ use tokio::sync::watch;
 
 pub use auth::digest as auth_digest;
 pub use error::ApiError;
-pub use metrics::Metrics;
+pub use metrics::{ConnectionMetrics, Metrics};
 
 /// Where the catalog Postgres runs, and how healthy it is.
 #[derive(Debug, Clone)]
