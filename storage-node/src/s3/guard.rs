@@ -192,12 +192,23 @@ fn check_sigv2_date(headers: &HeaderMap, now: SystemTime) -> Result<(), Refusal>
     Ok(())
 }
 
-/// An HTTP date (RFC 1123 and its obsolete forms) or an ISO 8601 basic time (`20260101T000000Z`).
+/// An HTTP date (RFC 1123 and its obsolete forms), an RFC 2822 date with a numeric zone
+/// (`+0000`, as s3cmd and AWS's own examples send), or an ISO 8601 basic time
+/// (`20260101T000000Z`).
 fn parse_date(text: &str) -> Option<SystemTime> {
-    if let Ok(at) = httpdate::parse_http_date(text.trim()) {
+    let text = text.trim();
+    if let Ok(at) = httpdate::parse_http_date(text) {
         return Some(at);
     }
-    let text = text.trim();
+    if let Some((rest, zone)) = text.rsplit_once(' ')
+        && zone.len() == 5
+        && let (Some(sign @ ('+' | '-')), Ok(hhmm)) = (zone.chars().next(), zone[1..].parse::<u64>())
+    {
+        let local = httpdate::parse_http_date(&format!("{rest} GMT")).ok()?;
+        let offset = Duration::from_secs((hhmm / 100) * 3600 + (hhmm % 100) * 60);
+        // Local time minus the zone's offset from UTC is UTC.
+        return if sign == '+' { local.checked_sub(offset) } else { local.checked_add(offset) };
+    }
     let digits = |range: std::ops::Range<usize>| text.get(range).and_then(|s| s.parse::<u64>().ok());
     if text.len() != 16 || text.as_bytes().get(8) != Some(&b'T') || !text.ends_with('Z') {
         return None;
@@ -281,5 +292,15 @@ mod tests {
             &[("authorization", "AWS a:b"), ("x-amz-date", "20000101T000000Z"), ("date", &now)],
         );
         assert_eq!(amz.unwrap_err().code, "RequestTimeTooSkewed", "x-amz-date wins over Date");
+    }
+
+    #[test]
+    fn dates_come_in_three_forms() {
+        let gmt = parse_date("Tue, 27 Mar 2007 19:36:42 GMT").unwrap();
+        assert_eq!(parse_date("Tue, 27 Mar 2007 19:36:42 +0000"), Some(gmt));
+        assert_eq!(parse_date("Tue, 27 Mar 2007 21:36:42 +0200"), Some(gmt));
+        assert_eq!(parse_date("Tue, 27 Mar 2007 14:06:42 -0530"), Some(gmt));
+        assert_eq!(parse_date("20070327T193642Z"), Some(gmt));
+        assert_eq!(parse_date("yesterday"), None);
     }
 }
