@@ -52,6 +52,7 @@ struct Embedded {
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), ?config, "starting Silo");
+    raise_open_files_limit(config.max_connections);
     let data_dir = Arc::new(DataDir::open(&config.data_dir)?);
     let listener = TcpListener::bind(config.listen)
         .await
@@ -369,6 +370,28 @@ fn admin_token(data_dir: &DataDir) -> anyhow::Result<String> {
         tracing::info!(path = %path.display(), "using the admin token kept in the data directory");
     }
     Ok(token)
+}
+
+/// Raises the soft limit on open files to the hard one: each connection is a descriptor, and the
+/// usual soft limit (1024) is below `--max-connections` plus Silo's own files and sockets. Says so
+/// when even the hard limit leaves too little room.
+fn raise_open_files_limit(max_connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
+        tracing::warn!(soft, hard, "cannot raise the open files limit");
+    }
+    let limit = getrlimit(Resource::RLIMIT_NOFILE).map_or(soft, |(soft, _)| soft);
+    // Room for the catalog pool, packs, Postgres sockets and the metrics listener.
+    if (max_connections as u64).saturating_add(256) > limit {
+        tracing::warn!(
+            max_connections,
+            open_files_limit = limit,
+            "--max-connections is near the open files limit; raise `ulimit -n` or lower the cap"
+        );
+    }
 }
 
 fn now_rfc3339() -> String {

@@ -172,6 +172,11 @@ async fn oversized_management_bodies_are_refused() {
 
 #[tokio::test]
 async fn a_thousand_idle_connections_do_not_lock_out_a_normal_client() {
+    // This process holds the 1,000 client ends (and other tests' sockets): lift its soft limit.
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
+    assert!(hard >= 2048, "this test needs 2048 open files, the hard limit is {hard}");
     let (silo, _tmp) = start("front_idle", &["--max-connections", "256", "--idle-timeout-secs", "2"]).await;
     let mut idle = Vec::new();
     for _ in 0..1000 {
