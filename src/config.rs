@@ -21,6 +21,10 @@ pub const DEFAULT_DATA_DIR: &str = "./silo-data";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8420";
 const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 20;
 const DEFAULT_GC_INTERVAL_SECS: u64 = 300;
+/// Connections served at once on the public listener.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 15;
+const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -91,6 +95,18 @@ pub struct ServeArgs {
     /// eu-west-1), GetBucketLocation answers it [default: us-east-1].
     #[arg(long, env = "SILO_REGION")]
     pub region: Option<String>,
+    /// Connections served at once; more get 503 with Retry-After [default: 1024].
+    #[arg(long, env = "SILO_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds a request's head may take from its first byte to its last [default: 15].
+    #[arg(long, env = "SILO_HEADER_TIMEOUT_SECS")]
+    pub header_timeout_secs: Option<u64>,
+    /// Seconds a connection may wait for a request with none in progress [default: 60].
+    #[arg(long, env = "SILO_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Where `GET /metrics` is served, apart from the public port [default: nowhere].
+    #[arg(long, env = "SILO_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The settings a TOML file may hold.
@@ -114,6 +130,10 @@ struct FileConfig {
     final_backup_retention_days: Option<u64>,
     spare_databases: Option<usize>,
     region: Option<String>,
+    max_connections: Option<usize>,
+    header_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    metrics_listen: Option<SocketAddr>,
     /// Database plans (`[plans.<name>]`), added to or replacing `small`, `medium` and `large`.
     #[serde(default)]
     plans: BTreeMap<String, Plan>,
@@ -141,6 +161,10 @@ pub struct ServeConfig {
     pub spare_databases: usize,
     /// The S3 region Silo serves.
     pub region: Region,
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub metrics_listen: Option<SocketAddr>,
     pub plans: Plans,
     pub store: StoreConfig,
 }
@@ -165,6 +189,10 @@ impl std::fmt::Debug for ServeConfig {
             .field("final_backup_retention", &self.final_backup_retention)
             .field("spare_databases", &self.spare_databases)
             .field("region", &self.region)
+            .field("max_connections", &self.max_connections)
+            .field("header_timeout", &self.header_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("metrics_listen", &self.metrics_listen)
             .field("plans", &self.plans)
             .field("store", &self.store)
             .finish()
@@ -228,6 +256,21 @@ impl ServeArgs {
             ),
             spare_databases: self.spare_databases.or(file.spare_databases).unwrap_or(2),
             region: region(self.region.or(file.region))?,
+            max_connections: self
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS)
+                .max(1),
+            header_timeout: Duration::from_secs(
+                self.header_timeout_secs
+                    .or(file.header_timeout_secs)
+                    .unwrap_or(DEFAULT_HEADER_TIMEOUT_SECS)
+                    .max(1),
+            ),
+            idle_timeout: Duration::from_secs(
+                self.idle_timeout_secs.or(file.idle_timeout_secs).unwrap_or(DEFAULT_IDLE_TIMEOUT_SECS).max(1),
+            ),
+            metrics_listen: self.metrics_listen.or(file.metrics_listen),
             plans: Plans::with(file.plans),
             store: file.store.unwrap_or_default(),
         })
@@ -272,6 +315,20 @@ mod tests {
         assert_eq!(config.postgres_os_user, "postgres");
         assert_eq!(config.log_format, LogFormat::Text);
         assert_eq!(config.region.as_str(), "us-east-1");
+        assert_eq!(config.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(config.metrics_listen, None, "metrics are off the public port unless asked for");
+    }
+
+    #[test]
+    fn front_door_limits_come_from_the_file() {
+        let toml = file(
+            "max_connections = 10\nheader_timeout_secs = 3\nidle_timeout_secs = 4\nmetrics_listen = \"127.0.0.1:9500\"\n",
+        );
+        let args = ServeArgs { config: Some(toml.path().into()), ..ServeArgs::default() };
+        let config = args.resolve().unwrap();
+        assert_eq!((config.max_connections, config.header_timeout), (10, Duration::from_secs(3)));
+        assert_eq!(config.idle_timeout, Duration::from_secs(4));
+        assert_eq!(config.metrics_listen.map(|a| a.port()), Some(9500));
     }
 
     #[test]

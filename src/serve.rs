@@ -52,10 +52,17 @@ struct Embedded {
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), ?config, "starting Silo");
+    raise_open_files_limit(config.max_connections);
     let data_dir = Arc::new(DataDir::open(&config.data_dir)?);
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr).await.with_context(|| format!("cannot listen for metrics on {addr}"))?,
+        ),
+        None => None,
+    };
     let stop = CancellationToken::new();
     let (pool, embedded) = match &config.postgres_url {
         Some(url) => (external_catalog(url)?, None),
@@ -64,8 +71,9 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             (pool, Some(embedded))
         }
     };
+    let listeners = Listeners { public: listener, metrics: metrics_listener };
     let outcome =
-        serve_with_catalog(&config, data_dir, listener, pool.clone(), embedded.as_ref(), &stop).await;
+        serve_with_catalog(&config, data_dir, listeners, pool.clone(), embedded.as_ref(), &stop).await;
     stop.cancel();
     pool.close();
     if let Some(Embedded { instance, supervisor }) = embedded {
@@ -110,10 +118,19 @@ async fn embedded_catalog(
     }
 }
 
+/// The bound listeners: the public one, and the metrics one if configured.
+struct Listeners {
+    public: TcpListener,
+    metrics: Option<TcpListener>,
+}
+
+/// Connections on the metrics listener (a scraper or two).
+const METRICS_MAX_CONNECTIONS: usize = 16;
+
 async fn serve_with_catalog(
     config: &ServeConfig,
     data_dir: Arc<DataDir>,
-    listener: TcpListener,
+    listeners: Listeners,
     pool: CatalogPool,
     embedded: Option<&Embedded>,
     stop: &CancellationToken,
@@ -189,22 +206,34 @@ async fn serve_with_catalog(
         embedded.map(|e| e.supervisor.health.clone()),
     ));
     let app = http::router(state.clone());
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        // Small responses (range reads, probes) must not wait on Nagle's algorithm.
-        let _ = tcp.set_nodelay(true);
-    });
-    tracing::info!(address = %config.listen, "listening");
+    let limits = http::listener::Limits {
+        max_connections: config.max_connections,
+        header_timeout: config.header_timeout,
+        idle_timeout: config.idle_timeout,
+    };
+    if let Some(metrics) = listeners.metrics {
+        let metrics_limits = http::listener::Limits { max_connections: METRICS_MAX_CONNECTIONS, ..limits };
+        tracing::info!(address = %config.metrics_listen.map(|a| a.to_string()).unwrap_or_default(), "serving metrics");
+        tokio::spawn(http::listener::serve(
+            metrics,
+            http::metrics_router(state.clone()),
+            metrics_limits,
+            // The scraper's own connections are not counted.
+            http::ConnectionMetrics::default(),
+            stop.clone(),
+        ));
+    }
+    tracing::info!(address = %config.listen, max_connections = limits.max_connections, "listening");
     let graceful = http_stop.clone();
-    let mut server = tokio::spawn(async move {
-        axum::serve(listener, app).with_graceful_shutdown(graceful.cancelled_owned()).await
-    });
+    let counts = state.metrics.connections();
+    let mut server = tokio::spawn(http::listener::serve(listeners.public, app, limits, counts, graceful));
     tokio::select! {
-        served = &mut server => return served?.context("the HTTP server failed"),
+        served = &mut server => return served.context("the HTTP server failed"),
         () = http_stop.cancelled() => {}
     }
     state.draining.store(true, Ordering::Relaxed);
     match tokio::time::timeout(config.shutdown_grace, &mut server).await {
-        Ok(served) => served?.context("the HTTP server failed")?,
+        Ok(served) => served.context("the HTTP server failed")?,
         Err(_) => {
             tracing::warn!(grace = ?config.shutdown_grace, "requests still running after the grace period; closing them");
             server.abort();
@@ -359,6 +388,28 @@ fn admin_token(data_dir: &DataDir) -> anyhow::Result<String> {
         tracing::info!(path = %path.display(), "using the admin token kept in the data directory");
     }
     Ok(token)
+}
+
+/// Raises the soft limit on open files to the hard one: each connection is a descriptor, and the
+/// usual soft limit (1024) is below `--max-connections` plus Silo's own files and sockets. Says so
+/// when even the hard limit leaves too little room.
+fn raise_open_files_limit(max_connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
+        tracing::warn!(soft, hard, "cannot raise the open files limit");
+    }
+    let limit = getrlimit(Resource::RLIMIT_NOFILE).map_or(soft, |(soft, _)| soft);
+    // Room for the catalog pool, packs, Postgres sockets and the metrics listener.
+    if (max_connections as u64).saturating_add(256) > limit {
+        tracing::warn!(
+            max_connections,
+            open_files_limit = limit,
+            "--max-connections is near the open files limit; raise `ulimit -n` or lower the cap"
+        );
+    }
 }
 
 fn now_rfc3339() -> String {

@@ -251,7 +251,7 @@ async fn over_the_quota_a_database_turns_read_only_and_back() {
     assert_eq!(psql_ok(url, "SELECT count(*) FROM keep"), "1", "reads still work, and nothing was written");
     assert_eq!(psql_ok(url, "SELECT count(*) FROM audited"), "1");
     let metrics =
-        fx.http.get(fx.silo.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+        fx.http.get(fx.silo.metrics_url()).send().await.expect("metrics").text().await.expect("text");
     assert!(
         metrics.contains("silo_database_read_only{tenant=\"quota\",database=\"full\",server=\"shared\"} 1"),
         "{metrics}"

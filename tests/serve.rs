@@ -59,7 +59,7 @@ async fn cold_start_serves_probes_and_metrics_and_guards_the_management_api() {
     assert_eq!(info["postgres_mode"], "embedded");
     assert!(info["catalog_schema"]["storage_node"].as_i64().is_some_and(|v| v >= 2), "{info}");
 
-    let metrics = client.get(silo.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = client.get(silo.metrics_url()).send().await.unwrap().text().await.unwrap();
     assert!(
         metrics.contains("silo_http_requests_total{method=\"GET\",route=\"/v1/info\",status=\"401\"}"),
         "{metrics}"
@@ -139,7 +139,7 @@ async fn killed_postgres_turns_readyz_503_until_it_is_restarted() {
     assert!(body["reason"].as_str().is_some_and(|r| !r.is_empty()), "{body}");
     let restarted = silo.postmaster_pid().expect("postgres runs again");
     assert_ne!(restarted, postmaster);
-    let metrics = client.get(silo.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = client.get(silo.metrics_url()).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("silo_embedded_postgres_restarts 1"), "{metrics}");
     let (status, _) = get_json(&client, &silo.url("/v1/info"), Some(&silo.token())).await;
     assert_eq!(status, 200, "the catalog answers again");

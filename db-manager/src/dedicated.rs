@@ -175,6 +175,14 @@ impl DbManager {
         if run_as.switched_user().is_some() {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&options.root, std::fs::Permissions::from_mode(0o711));
+            // The data directory above is 0700: the instance's OS user must traverse it too
+            // (not list it), as for the embedded instance.
+            if let Some(data_dir) = options.root.parent()
+                && let Ok(meta) = std::fs::metadata(data_dir)
+            {
+                let mode = meta.permissions().mode() | 0o011;
+                let _ = std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(mode));
+            }
         }
         let spec = InstanceSpec {
             root: options.root.join(name),

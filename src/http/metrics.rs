@@ -42,6 +42,13 @@ struct DatabaseLabels {
     server: String,
 }
 
+/// The public listener's connections: how many are open, how many were shed over the cap.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionMetrics {
+    pub open: Gauge,
+    pub shed: Counter,
+}
+
 /// The registry and the metrics in it.
 #[derive(Debug)]
 pub struct Metrics {
@@ -58,6 +65,7 @@ pub struct Metrics {
     database_connections: Family<DatabaseLabels, Gauge>,
     database_quota: Family<DatabaseLabels, Gauge>,
     database_read_only: Family<DatabaseLabels, Gauge>,
+    connections: ConnectionMetrics,
     started: Instant,
 }
 
@@ -81,6 +89,17 @@ impl Metrics {
         let database_quota = family("database_quota_bytes", "A client database's storage quota");
         let database_read_only =
             family("database_read_only", "1 while a client database is read-only over its quota");
+        let connections = ConnectionMetrics::default();
+        registry.register(
+            "http_connections",
+            "Open connections on the public listener",
+            connections.open.clone(),
+        );
+        registry.register(
+            "http_connections_shed",
+            "Connections answered 503 and closed over --max-connections",
+            connections.shed.clone(),
+        );
         let mut gauge = |name: &str, help: &str| {
             let gauge = Gauge::<i64, AtomicI64>::default();
             registry.register(name, help, gauge.clone());
@@ -103,11 +122,17 @@ impl Metrics {
             pool_size: gauge("catalog_pool_connections", "Open catalog connections"),
             pool_available: gauge("catalog_pool_idle_connections", "Idle catalog connections"),
             uptime_seconds: gauge("uptime_seconds", "Seconds since the server started"),
+            connections,
             registry,
             requests,
             durations,
             started: Instant::now(),
         }
+    }
+
+    /// The handles the public listener counts its connections with.
+    pub fn connections(&self) -> ConnectionMetrics {
+        self.connections.clone()
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -134,7 +159,17 @@ pub async fn track(State(state): State<Arc<AppState>>, request: Request, next: N
     response
 }
 
-/// `GET /metrics` in the Prometheus text format.
+/// `GET /metrics` on the public port: not here. Metrics name every tenant, database and server,
+/// so they are served only on the metrics listener (`metrics_listen`).
+pub async fn elsewhere() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "metrics are served on the metrics listener (metrics_listen), not on this port",
+    )
+}
+
+/// `GET /metrics` in the Prometheus text format (on the metrics listener only).
 pub async fn render(State(state): State<Arc<AppState>>) -> Response {
     let metrics = &state.metrics;
     let pool = state.catalog.status();

@@ -1,8 +1,10 @@
 //! The HTTP surface on one listener: probes, metrics and the management API (`/v1`).
 //!
-//! `/healthz`, `/readyz` and `/metrics` are open, as probes and scrapers expect. Everything under
-//! `/v1` needs the admin bearer token. Every other path is the S3 data plane (SigV4-signed by
-//! tenants' access keys); bucket names that would collide with these routes are reserved.
+//! `/healthz` and `/readyz` are open, as probes expect. Metrics (which name every tenant,
+//! database and server) are served only on their own listener (`metrics_listen`), never on the
+//! public port. Everything under `/v1` needs the admin bearer token. Every other path is the S3
+//! data plane (SigV4-signed by tenants' access keys); bucket names that would collide with these
+//! routes are reserved.
 
 mod auth;
 mod backups;
@@ -10,9 +12,13 @@ mod buckets;
 mod databases;
 mod error;
 mod health;
+mod limits;
+pub mod listener;
 mod metrics;
+mod s3;
 mod storage;
 mod tenants;
+mod timeouts;
 mod v1;
 
 use std::sync::Arc;
@@ -27,7 +33,7 @@ use tokio::sync::watch;
 
 pub use auth::digest as auth_digest;
 pub use error::ApiError;
-pub use metrics::Metrics;
+pub use metrics::{ConnectionMetrics, Metrics};
 
 /// Where the catalog Postgres runs, and how healthy it is.
 #[derive(Debug, Clone)]
@@ -66,34 +72,25 @@ pub struct AppState {
     pub s3: storage_node::s3::S3Front,
 }
 
-/// Hands a request to the S3 data plane (s3s: SigV4, XML, routing).
-async fn s3(
-    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
-    request: axum::extract::Request,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    match state.s3.call(request.map(s3s::Body::http_body_unsync)).await {
-        Ok(response) => response.map(axum::body::Body::new),
-        Err(err) => {
-            tracing::error!(error = ?err, "the S3 service failed");
-            ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
-                .into_response()
-        }
-    }
-}
-
 /// The whole application router.
 pub fn router(state: Arc<AppState>) -> Router {
     let management = v1::router()
         .fallback(error::not_found)
+        .layer(limits::default_body_limit())
+        .layer(axum::middleware::from_fn(limits::refuse_large_bodies))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_admin));
     Router::new()
         // Other methods on the probe paths go to S3, which answers InvalidBucketName.
-        .route("/healthz", get(health::healthz).fallback(s3))
-        .route("/readyz", get(health::readyz).fallback(s3))
-        .route("/metrics", get(metrics::render).fallback(s3))
+        .route("/healthz", get(health::healthz).fallback(s3::handle))
+        .route("/readyz", get(health::readyz).fallback(s3::handle))
+        .route("/metrics", get(metrics::elsewhere).fallback(s3::handle))
         .nest("/v1", management)
-        .fallback(s3)
+        .fallback(s3::handle)
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .with_state(state)
+}
+
+/// The router of the metrics listener: `GET /metrics` alone.
+pub fn metrics_router(state: Arc<AppState>) -> Router {
+    Router::new().route("/metrics", get(metrics::render)).with_state(state)
 }

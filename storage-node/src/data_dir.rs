@@ -76,6 +76,21 @@ impl DataDir {
         }
         let dir = DataDir { root, _lock: lock };
         dir.check_writable()?;
+        // Only Silo's user may list or read what is here (an older Silo left it at the umask's
+        // mode). A Postgres child running as another user gets traversal back from
+        // `allow_traversal_by_others`.
+        set_mode(&dir.root, 0o700).map_err(|source| dir.io_error(&dir.root, source))?;
+        Ok(dir)
+    }
+
+    /// The subdirectory `name`, created if absent, readable by Silo's user only (0700).
+    ///
+    /// # Errors
+    /// [`DataDirError::Io`] when it cannot be created or its mode set.
+    pub fn private_dir(&self, name: &str) -> Result<PathBuf, DataDirError> {
+        let dir = self.root.join(name);
+        fs::create_dir_all(&dir).map_err(|source| self.io_error(&dir, source))?;
+        set_mode(&dir, 0o700).map_err(|source| self.io_error(&dir, source))?;
         Ok(dir)
     }
 
@@ -153,6 +168,32 @@ impl DataDir {
     fn io_error(&self, path: &Path, source: io::Error) -> DataDirError {
         DataDirError::Io { path: path.to_path_buf(), source }
     }
+}
+
+/// Sets `path`'s permission bits to `mode` unless they already are.
+fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
+    if fs::metadata(path)?.permissions().mode() & 0o7777 != mode {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+/// Makes every regular file directly in `dir` readable by its owner only (0600), for files an
+/// older Silo created at the umask's mode. Returns how many it changed.
+///
+/// # Errors
+/// The I/O error of listing `dir` or of changing a mode.
+pub fn make_files_private(dir: &Path) -> io::Result<usize> {
+    let mut changed = 0;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
+            fs::set_permissions(entry.path(), fs::Permissions::from_mode(0o600))?;
+            changed += 1;
+        }
+    }
+    Ok(changed)
 }
 
 /// Refuses a non-empty directory that has no marker, before anything in it is touched.

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod databases;
+pub mod sign;
 pub mod tls;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -29,6 +30,8 @@ pub fn free_addr() -> SocketAddr {
 pub struct Silo {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The metrics listener (`--metrics-listen`), which every test Silo gets.
+    pub metrics_addr: SocketAddr,
     pub data_dir: PathBuf,
     stdout: PathBuf,
     stderr: PathBuf,
@@ -50,6 +53,7 @@ impl Silo {
         std::fs::create_dir_all(&logs).expect("log dir");
         let stdout = logs.join("stdout");
         let stderr = logs.join("stderr");
+        let metrics_addr = free_addr();
         let mut command = Command::new(env!("CARGO_BIN_EXE_silo"));
         command
             .arg("serve")
@@ -57,6 +61,8 @@ impl Silo {
             .arg(data_dir)
             .arg("--listen")
             .arg(addr.to_string())
+            .arg("--metrics-listen")
+            .arg(metrics_addr.to_string())
             .arg("--shutdown-grace-secs")
             .arg("5")
             .args(extra)
@@ -67,11 +73,16 @@ impl Silo {
             .stdout(std::fs::File::create(&stdout).expect("stdout file"))
             .stderr(std::fs::File::create(&stderr).expect("stderr file"));
         let child = command.spawn().expect("spawn silo");
-        Silo { child: Some(child), addr, data_dir: data_dir.to_path_buf(), stdout, stderr }
+        Silo { child: Some(child), addr, metrics_addr, data_dir: data_dir.to_path_buf(), stdout, stderr }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// `GET /metrics` on the metrics listener.
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.metrics_addr)
     }
 
     pub fn stdout(&self) -> String {
@@ -205,4 +216,17 @@ pub fn silo_cli_json(silo: &Silo, args: &[&str]) -> serde_json::Value {
         .expect("run silo");
     assert!(output.status.success(), "silo {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+/// An AWS SDK client for `silo` with the key `id` and `secret` (path-style, plain HTTP).
+pub fn sdk_client(silo: &Silo, id: &str, secret: &str) -> aws_sdk_s3::Client {
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(format!("http://{}", silo.addr))
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new(id, secret, None, None, "silo-test"))
+        .force_path_style(true)
+        .http_client(aws_smithy_http_client::Builder::new().build_http());
+    aws_sdk_s3::Client::from_conf(config.build())
 }

@@ -100,6 +100,8 @@ impl DbManager {
         let dir = &self.inner.config.catalog_backups_dir;
         let path = dir.join(format!("catalog-{id:06}.json"));
         let written = std::fs::create_dir_all(dir).and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
             let json = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
             storage_node::data_dir::write_atomically(&path, &json, 0o600)
         });

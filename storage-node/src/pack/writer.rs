@@ -7,6 +7,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::{PACK_HEADER_LEN, PACK_MAGIC, PACK_VERSION, PackId, RECORD_HEADER_LEN, RecordHeader, pack_path};
@@ -33,7 +34,7 @@ impl PackWriter {
     /// The I/O error; `ENOSPC` among them.
     pub fn create(dir: &Path, id: PackId, node: i32) -> io::Result<Self> {
         let path = pack_path(dir, id);
-        let mut file = OpenOptions::new().write(true).create_new(true).open(&path)?;
+        let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
         let mut header = [0u8; PACK_HEADER_LEN as usize];
         header[0..8].copy_from_slice(PACK_MAGIC);
         header[8..12].copy_from_slice(&PACK_VERSION.to_le_bytes());

@@ -1,8 +1,10 @@
 //! The S3-compatible data plane, built on the `s3s` crate (which owns SigV4, XML and routing).
 //!
 //! One file per family of calls: [`bucket`] for buckets, [`object`] for objects, [`list`] for
-//! listings. [`region`] answers for the region a request is signed for (before s3s sees it),
-//! with [`resign`] for the legacy names s3s refuses. [`auth`] finds a key's secret in the catalog and decides who may do what: a key
+//! listings. [`guard`] refuses, on its head alone, what `s3s` must not see, and [`sig_v2`]
+//! checks SigV2 signatures in constant time before `s3s` does. [`region`] answers for the
+//! region a request is signed for (before s3s sees it), with [`resign`] for the legacy names
+//! s3s refuses. [`auth`] finds a key's secret in the catalog and decides who may do what: a key
 //! acts for its tenant, and every handler checks that the bucket is the tenant's own, so a key
 //! of tenant A gets `AccessDenied` on every bucket of tenant B. Calls Silo does not implement
 //! answer 501 `NotImplemented`, never a wrong success (s3s's default for every call).
@@ -10,6 +12,7 @@
 mod auth;
 mod bucket;
 mod error;
+pub mod guard;
 mod list;
 mod multipart;
 mod object;
@@ -17,6 +20,7 @@ mod ops;
 mod purge;
 mod region;
 mod resign;
+pub mod sig_v2;
 #[cfg(test)]
 mod tests;
 
@@ -55,6 +59,10 @@ pub fn service(store: ChunkStore, region: Region) -> S3Front {
     let mut builder = S3ServiceBuilder::new(SiloS3 { store: store.clone(), region: region.clone() });
     builder.set_auth(auth.clone());
     builder.set_access(auth.clone());
+    // Defence in depth behind [`guard`], which refuses larger bodies before s3s reads them.
+    let mut config = s3s::config::S3Config::default();
+    config.xml_max_body_size = guard::MAX_XML_BODY;
+    builder.set_config(Arc::new(s3s::config::StaticConfigProvider::new(Arc::new(config))));
     S3Front { inner: builder.build(), region, auth }
 }
 

@@ -158,8 +158,13 @@ impl ChunkStore {
         config.chunk_sizes.validate().map_err(|msg| StoreError::Task(msg.to_string()))?;
         let secret =
             ServerSecret::load_or_create(data_dir).map_err(|err| StoreError::Task(err.to_string()))?;
-        let packs_dir = data_dir.path().join("packs");
-        std::fs::create_dir_all(&packs_dir).map_err(|source| StoreError::io(&packs_dir, source))?;
+        // Packs hold every tenant's bytes: 0700 directory, 0600 files (older ones tightened here).
+        let packs_dir = data_dir.private_dir("packs")?;
+        let tightened = crate::data_dir::make_files_private(&packs_dir)
+            .map_err(|source| StoreError::io(&packs_dir, source))?;
+        if tightened > 0 {
+            tracing::info!(packs = tightened, "made pack files readable by Silo's user only");
+        }
         let client = pool.get().await?;
         let row = client
             .query_one(

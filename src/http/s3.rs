@@ -1,0 +1,74 @@
+//! Hands a request to the S3 data plane (`s3s`: signatures, XML, routing), after
+//! [`storage_node::s3::guard`] has checked its head (and [`storage_node::s3::sig_v2`] a SigV2
+//! signature, in constant time), and caps what of its body may be buffered.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::body::Body;
+use axum::body::HttpBody;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use storage_node::s3::guard::{self, BodyPolicy, Refusal};
+
+use super::{ApiError, AppState};
+
+/// `s3s` answers every path the other routes do not.
+pub async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let policy = match guard::precheck(request.method(), request.uri(), request.headers(), SystemTime::now())
+    {
+        Ok(policy) => policy,
+        Err(refusal) => return refused(&refusal),
+    };
+    let (method, uri, headers) = (request.method(), request.uri(), request.headers());
+    if let Err(refusal) = storage_node::s3::sig_v2::verify(&state.store, method, uri, headers).await {
+        return refused(&refusal);
+    }
+    let request = match policy {
+        BodyPolicy::Stream => request,
+        BodyPolicy::Buffer { limit } => match buffer_unsized(request, limit).await {
+            Ok(request) => request,
+            Err(refusal) => return refused(&refusal),
+        },
+    };
+    match state.s3.call(request.map(s3s::Body::http_body_unsync)).await {
+        Ok(response) => response.map(Body::new),
+        Err(err) => {
+            tracing::error!(error = ?err, "the S3 service failed");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error").into_response()
+        }
+    }
+}
+
+/// A body without `Content-Length` (chunked) that `s3s` would buffer is read here, at most
+/// `limit` bytes of it, and handed on whole with its length. (A `Content-Length` over the limit
+/// was refused by the guard; hyper reads no more than it says.)
+async fn buffer_unsized(request: Request, limit: usize) -> Result<Request, Refusal> {
+    if request.headers().contains_key(header::CONTENT_LENGTH) {
+        return Ok(request);
+    }
+    let (mut parts, body) = request.into_parts();
+    if HttpBody::size_hint(&body).exact() == Some(0) {
+        return Ok(Request::from_parts(parts, body));
+    }
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) if err.is::<LengthLimitError>() => return Err(Refusal::body_too_large()),
+        Err(_) => {
+            return Err(Refusal {
+                status: StatusCode::BAD_REQUEST,
+                code: "IncompleteBody",
+                message: "the request body was cut short".into(),
+            });
+        }
+    };
+    parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    Ok(Request::from_parts(parts, Body::from(bytes)))
+}
+
+fn refused(refusal: &Refusal) -> Response {
+    tracing::debug!(code = refusal.code, "refused an S3 request before s3s");
+    (refusal.status, [(header::CONTENT_TYPE, "application/xml")], refusal.xml()).into_response()
+}
