@@ -31,6 +31,7 @@ pub use error::StoreError;
 pub use gc::GcReport;
 pub use ingest::{Ingested, PutOptions};
 pub use objects::Usage;
+pub(crate) use objects::lock_tenant;
 pub use orphans::{Referrer, S3_REFERRERS};
 pub use read::ObjectRead;
 pub use scrub::{DamagedChunk, ScrubReport};
