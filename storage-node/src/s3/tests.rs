@@ -17,13 +17,13 @@ use crate::catalog::{CatalogPool, connect_pool, tenants};
 use crate::keys::TenantId;
 use crate::store::{ChunkStore, NodeSpec, StoreConfig};
 
-struct Fixture {
-    s3: SiloS3,
-    pool: CatalogPool,
+pub(super) struct Fixture {
+    pub s3: SiloS3,
+    pub pool: CatalogPool,
     _tmp: tempfile::TempDir,
 }
 
-async fn fixture(label: &str) -> Fixture {
+pub(super) async fn fixture(label: &str) -> Fixture {
     let url = db_manager::testing::shared().fresh_database(label).await;
     let pool = connect_pool(url.parse().expect("url"), 16).expect("pool");
     let mut client = deadpool_postgres::Object::take(pool.get().await.expect("connect"));
