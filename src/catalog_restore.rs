@@ -3,7 +3,9 @@
 //! It reads the offline manifest that `silo backup catalog` (or `backup run --all`) wrote to
 //! `<data-dir>/catalog-backups/`, follows it to the packs, verifies every chunk, and streams
 //! the dump into `pg_restore` on a new, empty database. Silo must be stopped: the data
-//! directory's lock is taken. See the disaster-recovery steps in docs/operations.md.
+//! directory's lock is taken. It leaves a marker in the data directory, so that the next start
+//! reconciles the restored catalog with the packs on disk (chunks GC moved since the backup,
+//! packs the backup does not know) before it serves anything. See the disaster-recovery steps in docs/operations.md.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -52,7 +54,9 @@ pub fn restore(args: CatalogRestoreArgs) -> anyhow::Result<()> {
         args.postgres_url.parse().map_err(|_| anyhow!("--postgres-url is not a valid libpq URL"))?;
     let dbname = config.get_dbname().unwrap_or("silo").to_string();
     let binaries = PgBinaries::locate(args.postgres_bin_dir.as_deref())?;
+    // Like every pg tool Silo runs: none of Silo's environment (secrets, stray PG* variables).
     let mut child = Command::new(binaries.path("pg_restore"))
+        .env_clear()
         .args(db_manager::backup::restore::RESTORE_ARGS)
         .arg(format!("--dbname={dbname}"))
         .envs(db_manager::backup::dump::pg_env(&config, &dbname))
@@ -73,8 +77,13 @@ pub fn restore(args: CatalogRestoreArgs) -> anyhow::Result<()> {
     if !status.success() {
         bail!("pg_restore failed ({status}); nothing was committed");
     }
+    // The restored catalog is as old as its backup; GC may have moved chunks since. The next
+    // start reconciles it with the packs on disk before serving anything.
+    storage_node::store::mark_catalog_restored(data_dir.path())
+        .context("the catalog is restored, but the reconcile marker could not be written")?;
     println!(
-        "restored the catalog ({written} bytes of dump) into {dbname}; start Silo with this --postgres-url"
+        "restored the catalog ({written} bytes of dump) into {dbname}; start Silo with this --postgres-url \
+         (its first start reconciles the catalog with the packs on disk)"
     );
     Ok(())
 }

@@ -8,10 +8,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, anyhow};
 use clap::{Args, ValueEnum};
 use db_manager::plans::{Plan, Plans};
 use serde::Deserialize;
+use storage_node::s3::{DEFAULT_REGION, Region};
 use storage_node::store::{NodeSpec, StoreConfig};
 
 /// The default data directory.
@@ -86,6 +87,10 @@ pub struct ServeArgs {
     /// Days a database's final backup (taken when it is deleted) is kept [default: 30].
     #[arg(long, env = "SILO_FINAL_BACKUP_RETENTION_DAYS")]
     pub final_backup_retention_days: Option<u64>,
+    /// The S3 region Silo serves: requests must be signed for it (or `US`/`EU` for us-east-1 and
+    /// eu-west-1), GetBucketLocation answers it [default: us-east-1].
+    #[arg(long, env = "SILO_REGION")]
+    pub region: Option<String>,
 }
 
 /// The settings a TOML file may hold.
@@ -108,6 +113,7 @@ struct FileConfig {
     dedicated_listen: Option<IpAddr>,
     final_backup_retention_days: Option<u64>,
     spare_databases: Option<usize>,
+    region: Option<String>,
     /// Database plans (`[plans.<name>]`), added to or replacing `small`, `medium` and `large`.
     #[serde(default)]
     plans: BTreeMap<String, Plan>,
@@ -133,6 +139,8 @@ pub struct ServeConfig {
     pub dedicated_listen: IpAddr,
     pub final_backup_retention: Duration,
     pub spare_databases: usize,
+    /// The S3 region Silo serves.
+    pub region: Region,
     pub plans: Plans,
     pub store: StoreConfig,
 }
@@ -156,6 +164,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("dedicated_listen", &self.dedicated_listen)
             .field("final_backup_retention", &self.final_backup_retention)
             .field("spare_databases", &self.spare_databases)
+            .field("region", &self.region)
             .field("plans", &self.plans)
             .field("store", &self.store)
             .finish()
@@ -218,10 +227,18 @@ impl ServeArgs {
                     * 3600,
             ),
             spare_databases: self.spare_databases.or(file.spare_databases).unwrap_or(2),
+            region: region(self.region.or(file.region))?,
             plans: Plans::with(file.plans),
             store: file.store.unwrap_or_default(),
         })
     }
+}
+
+/// The region, checked as s3s checks the regions clients sign for: `[a-z0-9-]+`.
+fn region(name: Option<String>) -> anyhow::Result<Region> {
+    let name = name.unwrap_or_else(|| DEFAULT_REGION.to_string());
+    Region::new(name.into())
+        .map_err(|err| anyhow!("--region: {err}; a region is lowercase letters, digits and dashes"))
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -254,6 +271,19 @@ mod tests {
         assert_eq!(config.listen.to_string(), "127.0.0.1:8420");
         assert_eq!(config.postgres_os_user, "postgres");
         assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.region.as_str(), "us-east-1");
+    }
+
+    #[test]
+    fn the_region_comes_from_a_flag_or_the_file_and_must_be_lowercase() {
+        let toml = file("region = \"eu-central-1\"\n");
+        let args = ServeArgs { config: Some(toml.path().into()), ..ServeArgs::default() };
+        assert_eq!(args.resolve().unwrap().region.as_str(), "eu-central-1");
+        let wrapper = Wrapper::parse_from(["silo", "--region", "auto"]);
+        assert_eq!(wrapper.args.resolve().unwrap().region.as_str(), "auto");
+        let args = ServeArgs { region: Some("US".into()), ..ServeArgs::default() };
+        let err = format!("{:#}", args.resolve().unwrap_err());
+        assert!(err.contains("--region"), "{err}");
     }
 
     #[test]

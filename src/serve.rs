@@ -142,6 +142,7 @@ async fn serve_with_catalog(
             final_backup_retention: config.final_backup_retention,
             catalog: catalog_config(config, embedded)?,
             catalog_backups_dir: data_dir.path().join("catalog-backups"),
+            tls_dir: data_dir.path().join("tls"),
             spares_per_server: config.spare_databases,
         },
         stop.clone(),
@@ -171,7 +172,7 @@ async fn serve_with_catalog(
         admin_token_digest: http::auth_digest(&admin_token),
         metrics: Metrics::new(),
         draining: AtomicBool::new(false),
-        s3: storage_node::s3::service(store.clone()),
+        s3: storage_node::s3::service(store.clone(), config.region.clone()),
         info: ServerInfo {
             version: env!("CARGO_PKG_VERSION"),
             catalog_id: row.get(0),
@@ -255,6 +256,7 @@ fn embedded_server(instance: &LocalInstance, config: &ServeConfig) -> NewServer 
         plan: None,
         node: Some(config.node.name.clone()),
         capacity_bytes: db_manager::servers::DEFAULT_CAPACITY_BYTES,
+        ca_cert: None,
     }
 }
 

@@ -25,8 +25,9 @@ fn silo_json(fx: &Fixture, args: &[&str]) -> Value {
     let output = silo(fx, &with_json);
     assert!(
         output.status.success(),
-        "silo {args:?}: {}\nserver log:\n{}",
+        "silo {args:?}: {}\n{}\nserver log:\n{}",
         String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout),
         fx.silo.stderr()
     );
     serde_json::from_slice(&output.stdout).expect("JSON output")
@@ -88,13 +89,15 @@ async fn a_backup_restores_exactly_into_a_new_database_and_with_plain_pg_restore
     assert!(listed[0]["logical_bytes"].as_i64().unwrap_or(0) > 5_000_000, "{listed}");
     assert!(listed[0]["finished_at"].is_string() && listed[0]["server_version"].is_string(), "{listed}");
 
-    // Restore into a new database: fresh credentials, the same contents, owned by the new role.
+    // Restore into a new database: fresh credentials, the same contents, owned by the new
+    // database's owner role (which the new login role acts as).
     let restored = silo_json(&fx, &["backup", "restore", &id.to_string(), "--into", "copy"]);
     let copy_url = restored["url"].as_str().expect("url");
     assert_ne!(restored["password"], source["password"]);
     assert_eq!(fingerprint(copy_url), before, "the round trip is exact");
     let owner = psql_ok(copy_url, "SELECT tableowner FROM pg_tables WHERE tablename = 'orders'");
-    assert_eq!(owner, restored["user"].as_str().expect("user"));
+    assert_eq!(owner, psql_ok(copy_url, "SELECT current_user"));
+    assert_eq!(psql_ok(copy_url, "SELECT session_user"), restored["user"].as_str().expect("user"));
     psql_ok(copy_url, "INSERT INTO customers (name) VALUES ('new')");
 
     // Into a name that exists: refused.
@@ -418,4 +421,142 @@ async fn a_lost_catalog_is_rebuilt_from_its_backup() {
     // statistics yet: the spare claim once took two spares under such a plan).
     let again = silo_json(&fx, &["backup", "restore", &backup.to_string(), "--into", "again"]);
     assert_eq!(psql_ok(again["url"].as_str().expect("url"), "SELECT count(*) FROM t"), "1000");
+}
+
+/// Tenant code that, run with any privilege beyond the tenant's own, makes itself a superuser
+/// and runs a shell command as the Postgres OS user (which leaves `canary`). It runs on every
+/// row a CHECK sees (restore, verify) and inside an aggregate named `count` that a `search_path`
+/// set on the database puts before pg_catalog's (row counts).
+fn escalation_trap(canary: &std::path::Path) -> String {
+    format!(
+        "CREATE FUNCTION public.pwn(x int) RETURNS boolean LANGUAGE plpgsql AS $f$
+         BEGIN
+           BEGIN EXECUTE 'RESET ROLE'; EXCEPTION WHEN OTHERS THEN NULL; END;
+           BEGIN EXECUTE 'CREATE ROLE pwned_' || x || ' LOGIN SUPERUSER'; EXCEPTION WHEN OTHERS THEN NULL; END;
+           BEGIN EXECUTE format('ALTER ROLE %I SUPERUSER CREATEROLE', session_user);
+           EXCEPTION WHEN OTHERS THEN NULL; END;
+           BEGIN EXECUTE 'COPY (SELECT 1) TO PROGRAM ''touch {canary}''';
+           EXCEPTION WHEN OTHERS THEN NULL; END;
+           RETURN true;
+         END $f$;
+         CREATE FUNCTION public.count_step(bigint) RETURNS bigint LANGUAGE plpgsql AS $f$
+         BEGIN PERFORM public.pwn(7); RETURN $1 + 1; END $f$;
+         CREATE AGGREGATE public.count(*) (sfunc = public.count_step, stype = bigint, initcond = '0');
+         CREATE TABLE trapped (x int CHECK (public.pwn(x)));
+         INSERT INTO trapped VALUES (1), (2);
+         DO $d$ BEGIN EXECUTE format('ALTER DATABASE %I SET search_path = public, pg_catalog', current_database()); END $d$;",
+        canary = canary.display()
+    )
+}
+
+/// The attributes and memberships of the roles (with an oid up to `max_oid`) that this test's
+/// tenant or the attack could touch, and of every privileged one, to compare before and after
+/// (other tests make and drop their own roles meanwhile).
+fn role_snapshot(max_oid: &str) -> String {
+    admin_sql(&format!(
+        "SELECT string_agg(r.rolname || ':' || r.rolsuper || r.rolcreaterole || r.rolcreatedb || r.rolbypassrls \
+           || ':' || coalesce((SELECT string_agg(g.rolname, ',' ORDER BY g.rolname) FROM pg_auth_members m \
+           JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid), ''), ' ' ORDER BY r.rolname) \
+         FROM pg_roles r WHERE r.oid <= {max_oid} \
+           AND (r.rolname ~ '^(evil|pg_)' OR r.rolsuper OR r.rolcreaterole OR r.rolcreatedb)"
+    ))
+}
+
+#[tokio::test]
+async fn tenant_code_never_runs_with_admin_rights_in_backup_verify_or_restore() {
+    let fx = Fixture::start("bk_escalation", &[]).await;
+    fx.tenant("evil");
+    let source = fx.create("evil", json!({ "name": "trap", "plan": "keep2" })).await;
+    let url = source["url"].as_str().expect("url");
+    let canary = fx.tmp.path().join("pwned");
+    // The Postgres OS user could write there if the attack ran as a superuser.
+    std::fs::set_permissions(fx.tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .expect("chmod");
+    psql_ok(url, &escalation_trap(&canary));
+    let max_oid = admin_sql("SELECT max(oid) FROM pg_roles");
+    let before = role_snapshot(&max_oid);
+    let superusers =
+        || admin_sql("SELECT string_agg(rolname, ',' ORDER BY rolname) FROM pg_roles WHERE rolsuper");
+    let superusers_before = superusers();
+
+    let summary = silo_json(&fx, &["backup", "run", "--db", "evil/trap", "--verify"]);
+    let result = &summary["results"][0];
+    assert_eq!(result["status"], "complete", "{summary}");
+    assert_eq!(result["verified"], true, "verify restored and counted the rows: {summary}");
+    let id = result["backup_id"].as_i64().expect("backup id").to_string();
+    let into = silo_json(&fx, &["backup", "restore", &id, "--into", "copy"]);
+    let copy_url = into["url"].as_str().expect("url");
+    assert_eq!(psql_ok(copy_url, "SELECT pg_catalog.count(*) FROM trapped"), "2");
+    silo_json(&fx, &["backup", "restore", &id, "--in-place", "--yes"]);
+    assert_eq!(psql_ok(url, "SELECT pg_catalog.count(*) FROM trapped"), "2");
+
+    assert!(!canary.exists(), "tenant code ran a shell command as the Postgres superuser");
+    assert_eq!(superusers(), superusers_before, "no role became a superuser");
+    assert_eq!(admin_sql("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'pwned%'"), "0");
+    assert_eq!(role_snapshot(&max_oid), before, "no role gained an attribute or a membership");
+    let catalog_id =
+        psql_ok(&fx.catalog_url(), "SELECT left(replace(catalog_id::text, '-', ''), 12) FROM silo_meta");
+    assert_eq!(
+        admin_sql(&format!(
+            "SELECT count(*) FROM pg_roles WHERE starts_with(rolname, 'silo_w_{catalog_id}')"
+        )),
+        "0",
+        "every worker role of this Silo was dropped"
+    );
+}
+
+#[tokio::test]
+async fn a_crash_during_an_in_place_restore_is_rolled_back_at_the_next_start() {
+    let mut fx = Fixture::start("bk_restore_crash", &[]).await;
+    fx.tenant("crashy");
+    let created = fx.create("crashy", json!({ "name": "db", "plan": "keep2" })).await;
+    let url = created["url"].as_str().expect("url").to_string();
+    psql_ok(&url, "CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
+    let summary = silo_json(&fx, &["backup", "run", "--db", "crashy/db"]);
+    let id = summary["results"][0]["backup_id"].as_i64().expect("id").to_string();
+    psql_ok(&url, "INSERT INTO t VALUES (2)");
+
+    fx.restart(&[("SILO_CRASH_AT", "restore.after_drop")]).await;
+    let died = silo(&fx, &["backup", "restore", &id, "--in-place", "--yes"]);
+    assert!(!died.status.success(), "the process died mid-restore");
+    fx.silo.wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        admin_sql("SELECT count(*) FROM pg_database WHERE datname = 'crashy_db'"),
+        "0",
+        "the crash came after the drop"
+    );
+
+    fx.restart_after_crash().await;
+    let info = fx.wait_state("crashy", "db", "active").await;
+    assert!(info["events"].to_string().contains("restore_rolled_back"), "{info}");
+    assert_eq!(
+        psql_ok(&url, "SELECT string_agg(x::text, ',' ORDER BY x) FROM t"),
+        "1,2",
+        "the safety backup is back"
+    );
+    psql_ok(&url, "INSERT INTO t VALUES (3)");
+}
+
+#[tokio::test]
+async fn a_crash_while_a_backup_commits_leaves_no_object_that_no_backup_names() {
+    let mut fx = Fixture::start("bk_commit_crash", &[]).await;
+    fx.tenant("orphan");
+    let created = fx.create("orphan", json!({ "name": "db", "plan": "keep2" })).await;
+    psql_ok(created["url"].as_str().expect("url"), "CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
+
+    fx.restart(&[("SILO_CRASH_AT", "backup.before_commit")]).await;
+    let died = silo(&fx, &["backup", "run", "--db", "orphan/db"]);
+    assert!(!died.status.success(), "the process died while the backup committed");
+    fx.silo.wait_exit(Duration::from_secs(10));
+    fx.restart_after_crash().await;
+
+    let usage = silo_json(&fx, &["usage", "orphan"]);
+    assert_eq!(usage["backups"], 0, "{usage}");
+    assert_eq!(usage["objects"], 0, "the dump is no object: nothing counts it forever: {usage}");
+    let listed = silo_json(&fx, &["backup", "list", "--db", "orphan/db"]);
+    assert!(listed.to_string().contains("interrupted"), "{listed}");
+    // The next run succeeds, and it is the one object.
+    silo_json(&fx, &["backup", "run", "--db", "orphan/db"]);
+    let usage = silo_json(&fx, &["usage", "orphan"]);
+    assert_eq!((usage["backups"].as_u64(), usage["objects"].as_u64()), (Some(1), Some(1)), "{usage}");
 }

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::databases::{Fixture, admin_sql, psql, psql_err, psql_ok, with_password};
@@ -26,13 +27,18 @@ async fn a_database_is_created_reachable_and_isolated() {
     assert_eq!(psql_ok(url, "SHOW statement_timeout"), "30s");
     let pg_name = acme["database"].as_str().expect("database");
     assert_eq!(admin_sql(&format!("SELECT datconnlimit FROM pg_database WHERE datname = '{pg_name}'")), "20");
-    // The role owns `public`: by name, or (a database made from a spare) as the database's
-    // owner, which `pg_database_owner` stands for on Postgres 15 and later.
-    let owner = psql_ok(url, "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'public'");
-    assert!(owner == pg_name || owner == "pg_database_owner", "{owner}");
+    // The login role owns nothing: a NOLOGIN owner role owns the database and `public` (by
+    // name, or as `pg_database_owner` in a database made from a spare), and the login role's
+    // sessions act as it.
     let database_owner =
         psql_ok(url, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()");
-    assert_eq!(database_owner, pg_name);
+    assert!(database_owner.starts_with("silo_o_"), "{database_owner}");
+    let owner = psql_ok(url, "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'public'");
+    assert!(owner == database_owner || owner == "pg_database_owner", "{owner}");
+    assert_eq!(
+        psql_ok(url, "SELECT session_user || ' ' || current_user"),
+        format!("{pg_name} {database_owner}")
+    );
     psql_ok(url, "CREATE TABLE in_public (x int); DROP TABLE in_public");
     let public_acl =
         psql_ok(url, "SELECT coalesce(nspacl::text, '') FROM pg_namespace WHERE nspname = 'public'");
@@ -140,14 +146,69 @@ async fn hostile_and_malformed_names_are_refused_before_anything_runs() {
 }
 
 #[tokio::test]
+async fn names_never_collide_and_what_silo_did_not_make_is_never_adopted() {
+    let fx = Fixture::start("db_collide", &[]).await;
+    for tenant in ["col-b", "col", "silo", "fo-reign"] {
+        fx.tenant(tenant);
+    }
+    // Under the old mapping both were `col_b_c`.
+    let first = fx.create("col-b", json!({ "name": "c" })).await;
+    let second = fx.create("col", json!({ "name": "b_c" })).await;
+    assert_ne!(first["database"], second["database"]);
+    psql_ok(first["url"].as_str().expect("url"), "CREATE TABLE mine (x int)");
+    assert!(psql_err(second["url"].as_str().expect("url"), "SELECT * FROM mine").contains("does not exist"));
+
+    // A tenant whose names would fall in Silo's own namespace (spares, owner and worker roles).
+    let (status, body) = fx
+        .call(reqwest::Method::POST, "/v1/tenants/silo/databases", Some(json!({ "name": "spare_x" })))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or("").contains("reserved"), "{body}");
+
+    // A database and a role that someone else made on the server under the names Silo would use.
+    admin_sql("DROP DATABASE IF EXISTS \"fo-reign_theirs\"");
+    admin_sql("CREATE DATABASE \"fo-reign_theirs\"");
+    psql_ok(
+        &db_manager::testing::shared().url("fo-reign_theirs"),
+        "CREATE TABLE precious (x int); INSERT INTO precious VALUES (42)",
+    );
+    admin_sql("DROP ROLE IF EXISTS \"fo-reign_role\"; CREATE ROLE \"fo-reign_role\" LOGIN");
+    for (name, what) in [("theirs", "database"), ("role", "role")] {
+        let (status, body) = fx
+            .call(reqwest::Method::POST, "/v1/tenants/fo-reign/databases", Some(json!({ "name": name })))
+            .await;
+        assert_eq!(status, 409, "{name}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap_or("").contains(&format!("{what} named")), "{body}");
+    }
+    assert_eq!(
+        psql_ok(&db_manager::testing::shared().url("fo-reign_theirs"), "SELECT x FROM precious"),
+        "42",
+        "the foreign database is untouched"
+    );
+    assert_eq!(admin_sql("SELECT count(*) FROM pg_roles WHERE rolname = 'fo-reign_role'"), "1");
+    let (status, listed) = fx.call(reqwest::Method::GET, "/v1/tenants/fo-reign/databases", None).await;
+    assert_eq!((status, listed), (200, json!([])));
+}
+
+#[tokio::test]
 async fn over_the_quota_a_database_turns_read_only_and_back() {
     let fx = Fixture::start("db_quota", &[]).await;
     fx.tenant("quota");
     let created = fx.create("quota", json!({ "name": "full", "plan": "tiny" })).await;
     let url = created["url"].as_str().expect("url");
+    // What a tenant can prepare while it may still write, to keep writing over the quota.
     psql_ok(
         url,
-        "CREATE TABLE filler (id serial, pad text); CREATE TABLE keep (x int); INSERT INTO keep VALUES (1)",
+        "CREATE TABLE filler (id serial, pad text); CREATE TABLE keep (x int); INSERT INTO keep VALUES (1);
+         CREATE FUNCTION sneak() RETURNS void LANGUAGE sql SECURITY DEFINER AS 'INSERT INTO keep VALUES (99)';
+         ALTER DEFAULT PRIVILEGES GRANT ALL ON TABLES TO PUBLIC;
+         CREATE TABLE late (x int);
+         GRANT ALL ON keep TO PUBLIC; GRANT INSERT (x) ON keep TO session_user;
+         GRANT ALL ON SCHEMA public TO PUBLIC;
+         CREATE TABLE audited (x int); INSERT INTO audited VALUES (1);
+         CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS
+           'BEGIN INSERT INTO keep VALUES (98); RETURN OLD; END';
+         CREATE TRIGGER audit BEFORE DELETE ON audited FOR EACH ROW EXECUTE FUNCTION audit();",
     );
     // A session that is open when the switch happens is ended, so the switch takes hold.
     let (held, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect");
@@ -162,12 +223,33 @@ async fn over_the_quota_a_database_turns_read_only_and_back() {
 
     let refused = psql_err(url, "INSERT INTO keep VALUES (2)");
     assert!(refused.contains("cannot execute INSERT in a read-only transaction"), "{refused}");
-    let revoked = psql_err(url, "BEGIN READ WRITE; INSERT INTO keep VALUES (2); COMMIT");
-    assert!(revoked.contains("permission denied"), "the REVOKE is the real boundary: {revoked}");
-    assert!(
-        psql_err(url, "BEGIN READ WRITE; CREATE TABLE more (x int); COMMIT").contains("permission denied")
-    );
-    assert_eq!(psql_ok(url, "SELECT count(*) FROM keep"), "1", "reads still work");
+    let owner =
+        psql_ok(url, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()");
+    // Every undo the tenant can try: none of them writes a row.
+    for attack in [
+        "BEGIN READ WRITE; INSERT INTO keep VALUES (2); COMMIT".to_string(),
+        "SET default_transaction_read_only = off; COMMIT; BEGIN; INSERT INTO keep VALUES (2); COMMIT".to_string(),
+        "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE; COMMIT; BEGIN; INSERT INTO keep VALUES (2); COMMIT".to_string(),
+        "RESET ROLE; BEGIN READ WRITE; INSERT INTO keep VALUES (2); COMMIT".to_string(),
+        "SET ROLE NONE; BEGIN READ WRITE; INSERT INTO keep (x) VALUES (2); COMMIT".to_string(),
+        format!("SET ROLE {owner}"),
+        "BEGIN READ WRITE; GRANT INSERT ON keep TO CURRENT_USER; INSERT INTO keep VALUES (2); COMMIT".to_string(),
+        "SET ROLE NONE; BEGIN READ WRITE; GRANT INSERT ON keep TO CURRENT_USER; INSERT INTO keep VALUES (2); COMMIT".to_string(),
+        "BEGIN READ WRITE; CREATE TABLE more (x int); COMMIT".to_string(),
+        "SET ROLE NONE; BEGIN READ WRITE; CREATE TABLE public.mine (x int); COMMIT".to_string(),
+        "BEGIN READ WRITE; CREATE TEMP TABLE scratch (x int); COMMIT".to_string(),
+        "BEGIN READ WRITE; ALTER DEFAULT PRIVILEGES GRANT ALL ON TABLES TO PUBLIC; CREATE TABLE more2 (x int); COMMIT".to_string(),
+        "BEGIN READ WRITE; INSERT INTO late VALUES (1); COMMIT".to_string(),
+        "BEGIN READ WRITE; SELECT sneak(); COMMIT".to_string(),
+        "SET ROLE NONE; BEGIN READ WRITE; SELECT sneak(); COMMIT".to_string(),
+        "BEGIN READ WRITE; DELETE FROM audited; COMMIT".to_string(),
+        "BEGIN READ WRITE; SELECT lo_from_bytea(0, 'x'); COMMIT".to_string(),
+    ] {
+        let refused = psql_err(url, &attack);
+        assert!(refused.contains("permission denied"), "{attack}: {refused}");
+    }
+    assert_eq!(psql_ok(url, "SELECT count(*) FROM keep"), "1", "reads still work, and nothing was written");
+    assert_eq!(psql_ok(url, "SELECT count(*) FROM audited"), "1");
     let metrics =
         fx.http.get(fx.silo.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
     assert!(
@@ -176,9 +258,10 @@ async fn over_the_quota_a_database_turns_read_only_and_back() {
     );
     assert!(metrics.contains("silo_database_size_bytes{tenant=\"quota\",database=\"full\""), "{metrics}");
 
-    // DELETE and VACUUM bring it back under the quota, and write access returns by itself.
-    psql_ok(url, "BEGIN READ WRITE; DELETE FROM filler; COMMIT");
-    psql_ok(url, "VACUUM filler");
+    // DELETE and TRUNCATE of a plain table bring it back under the quota, and write access
+    // returns by itself, SECURITY DEFINER routines included.
+    psql_ok(url, "BEGIN READ WRITE; DELETE FROM filler WHERE id < 10; COMMIT");
+    psql_ok(url, "BEGIN READ WRITE; TRUNCATE filler; COMMIT");
     let info = fx.wait_state("quota", "full", "active").await;
     let events: Vec<_> = info["events"]
         .as_array()
@@ -187,8 +270,9 @@ async fn over_the_quota_a_database_turns_read_only_and_back() {
         .map(|e| e["event"].as_str().unwrap_or(""))
         .collect();
     assert_eq!(events[..2], ["write_access_restored", "read_only_over_quota"], "{info}");
-    psql_ok(url, "INSERT INTO keep VALUES (2)");
-    assert_eq!(psql_ok(url, "SELECT count(*) FROM keep"), "2");
+    psql_ok(url, "INSERT INTO keep VALUES (2); SELECT sneak()");
+    assert_eq!(psql_ok(url, "SELECT count(*) FROM keep"), "3");
+    assert_eq!(psql_ok(url, "SELECT current_user"), owner);
 }
 
 #[tokio::test]
@@ -215,7 +299,7 @@ async fn rotation_resize_and_deletion_protection() {
     let rotated = silo_cli_json(&fx.silo, &["db", "rotate", "rotor", "app"]);
     assert_ne!(rotated["password"], created["password"]);
     let new_url = rotated["url"].as_str().expect("url");
-    assert_eq!(psql_ok(new_url, "SELECT current_user"), pg_name);
+    assert_eq!(psql_ok(new_url, "SELECT session_user"), pg_name);
     assert!(psql_err(&old_url, "SELECT 1").contains("password authentication failed"));
     assert!(old_session.simple_query("SELECT 1").await.is_err(), "the old session was ended");
     assert!(
@@ -348,10 +432,9 @@ async fn a_database_made_from_a_spare_is_like_any_other() {
     let pg_name = created["database"].as_str().expect("database");
     let owner = psql_ok(url, "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'public'");
     assert_eq!(owner, "pg_database_owner", "made from a spare");
-    assert_eq!(
-        psql_ok(url, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()"),
-        pg_name
-    );
+    let owner =
+        psql_ok(url, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()");
+    assert!(owner.starts_with("silo_o_") && pg_name.starts_with("sparse_"), "{owner} {pg_name}");
     psql_ok(url, "CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
     assert_eq!(psql_ok(url, "SHOW statement_timeout"), "30s");
     assert_eq!(admin_sql(&format!("SELECT datconnlimit FROM pg_database WHERE datname = '{pg_name}'")), "20");
@@ -425,7 +508,7 @@ async fn placement_follows_owner_zone_and_room() {
             Some(json!({ "name": "d", "zone": "z9" })),
         )
         .await;
-    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("no_server")), "{body}");
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("unknown_zone")), "{body}");
     // A bad registration: a role that cannot create databases and roles.
     admin_sql("DROP ROLE IF EXISTS weakling; CREATE ROLE weakling LOGIN PASSWORD 'weak-pass'");
     let weak = format!(
@@ -448,4 +531,108 @@ async fn placement_follows_owner_zone_and_room() {
     let (status, body) =
         fx.call(reqwest::Method::POST, "/v1/tenants", Some(json!({ "name": "silo-system" }))).await;
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("reserved_name")), "{body}");
+}
+
+#[tokio::test]
+async fn a_database_made_before_owner_roles_is_moved_to_them_at_the_next_start() {
+    let mut fx = Fixture::start("db_legacy", &[]).await;
+    fx.tenant("olden");
+    let created = fx.create("olden", json!({ "name": "app" })).await;
+    let url = created["url"].as_str().expect("url").to_string();
+    psql_ok(&url, "CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
+    let pg_name = created["database"].as_str().expect("database").to_string();
+    let owner = psql_ok(&url, "SELECT current_user");
+    // Put it back into the single-role layout of earlier versions: the login role owns all.
+    let on_db = db_manager::testing::shared().url(&pg_name);
+    psql_ok(&on_db, &format!("REASSIGN OWNED BY \"{owner}\" TO \"{pg_name}\""));
+    admin_sql(&format!(
+        "ALTER ROLE \"{pg_name}\" INHERIT; ALTER ROLE \"{pg_name}\" RESET role; REVOKE \"{owner}\" FROM \"{pg_name}\""
+    ));
+    admin_sql(&format!("DROP ROLE \"{owner}\""));
+    assert_eq!(psql_ok(&url, "SELECT current_user"), pg_name, "the legacy layout");
+
+    fx.restart(&[]).await;
+    assert_eq!(psql_ok(&url, "SELECT current_user"), owner, "sessions act as the owner role again");
+    assert_eq!(
+        psql_ok(&url, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()"),
+        owner
+    );
+    assert_eq!(psql_ok(&url, "SELECT tableowner FROM pg_tables WHERE tablename = 't'"), owner);
+    psql_ok(&url, "INSERT INTO t VALUES (2); CREATE TABLE u (y int)");
+    assert_eq!(psql_ok(&url, "SELECT count(*) FROM t"), "2");
+}
+
+/// Schemathesis (from `scripts/setup`'s venv) drives every operation of `docs/openapi.yaml`
+/// against a Silo holding a tenant, a key, a bucket, a database and a backup, and fails on any
+/// 5xx. The budget is `SILO_FUZZ_SECONDS` (30 by default; docs/security.md records a longer run).
+#[tokio::test]
+async fn the_management_api_never_answers_5xx_to_schemathesis() {
+    let fx = Fixture::start("db_fuzz", &[]).await;
+    fx.tenant("fuzz");
+    fx.create("fuzz", json!({ "name": "main" })).await;
+    let key = silo_cli_json(&fx.silo, &["key", "create", "fuzz"]);
+    let run = silo_cli_json(&fx.silo, &["backup", "run", "--db", "fuzz/main"]);
+    let backup = run["results"][0]["backup_id"].as_i64().expect("backup id").to_string();
+    let seconds = std::env::var("SILO_FUZZ_SECONDS").unwrap_or_else(|_| "30".into());
+    let root = env!("CARGO_MANIFEST_DIR");
+    let schemathesis = format!("{root}/.venv/bin/schemathesis");
+    assert!(std::path::Path::new(&schemathesis).exists(), "{schemathesis} is missing: run ./scripts/setup");
+    let output = Command::new(schemathesis)
+        .args(["--config-file", &format!("{root}/tests/fuzz/schemathesis.toml"), "run"])
+        .arg(format!("{root}/docs/openapi.yaml"))
+        .args(["--url", &fx.silo.url("")])
+        .args(["--checks", "not_a_server_error", "--max-time", &seconds, "--workers", "1"])
+        .args(["--suppress-health-check", "all", "--warnings", "off", "--no-color"])
+        .env("SILO_ADMIN_TOKEN", fx.silo.token())
+        .env("SILO_FUZZ_KEY", key["access_key_id"].as_str().unwrap_or("none"))
+        .env("SILO_FUZZ_BACKUP", &backup)
+        .output()
+        .expect("run schemathesis");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "schemathesis found failures:\n{report}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        fx.silo.stderr()
+    );
+    assert!(report.contains("passed"), "schemathesis ran no test case:\n{report}");
+}
+
+#[tokio::test]
+async fn a_registered_server_is_reached_over_tls_that_verifies_it() {
+    let fx = Fixture::start("db_tls", &[]).await;
+    let server = common::tls::TlsPostgres::start();
+    fx.tenant("secure");
+    let register = |body: serde_json::Value| fx.call(reqwest::Method::POST, "/v1/servers", Some(body));
+    // Without TLS the server has no entry for Silo; TLS modes that check nothing are refused.
+    for (url, ca) in [
+        (server.url(None), None),
+        (server.url(Some("require")), None),
+        (server.url(Some("verify-ca")), Some(&server.ca_pem)),
+        (server.url(Some("verify-full")), None),
+        (server.url(Some("verify-full")), Some(&server.other_ca_pem)),
+    ] {
+        let (status, body) =
+            register(json!({ "name": "tls", "url": url, "zone": "zt", "ca_cert": ca })).await;
+        assert_eq!(status, 400, "{url} {}: {body}", ca.is_some());
+        assert!(!body.to_string().contains("tls-test-password"), "{body}");
+    }
+    let (status, body) = register(
+        json!({ "name": "tls", "url": server.url(Some("verify-full")), "zone": "zt", "ca_cert": server.ca_pem }),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+
+    // Create, back up with verification, restore: admin, workers, pg_dump and pg_restore all
+    // reach the server over TLS (it takes nothing else over TCP).
+    let created = fx.create("secure", json!({ "name": "app", "zone": "zt" })).await;
+    assert_eq!(created["server"], "tls");
+    let url = created["url"].as_str().expect("url");
+    psql_ok(url, "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2)");
+    // (The client's own psql got in over TCP too: only with TLS, as pg_hba.conf allows.)
+    let run = silo_cli_json(&fx.silo, &["backup", "run", "--db", "secure/app", "--verify"]);
+    assert_eq!(run["results"][0]["verified"], true, "{run}");
+    let id = run["results"][0]["backup_id"].as_i64().expect("id").to_string();
+    let copy = silo_cli_json(&fx.silo, &["backup", "restore", &id, "--into", "copy"]);
+    assert_eq!(psql_ok(copy["url"].as_str().expect("url"), "SELECT count(*) FROM t"), "2");
 }

@@ -72,6 +72,7 @@ impl DbManager {
             plan: Some(request.plan.clone()),
             node: Some(self.inner.config.node_name.clone()),
             capacity_bytes: servers::DEFAULT_CAPACITY_BYTES,
+            ca_cert: None,
         };
         let server = match servers::insert(self.pool(), &self.inner.secret, &new).await {
             Ok(server) => server,

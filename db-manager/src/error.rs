@@ -31,6 +31,8 @@ pub enum DbError {
     DeletionProtected { name: String },
     #[error("no Postgres server can take a database of tenant {tenant:?}{}", zone_clause(.zone))]
     NoServer { tenant: String, zone: Option<String> },
+    #[error("no Postgres server is in zone {zone:?}; the zones are: {known}")]
+    UnknownZone { zone: String, known: String },
     #[error("no server named {0:?}")]
     ServerNotFound(String),
     #[error("a server named {0:?} already exists")]
@@ -45,6 +47,12 @@ pub enum DbError {
     Server { server: String, message: String },
     #[error("a role named {role:?} already exists on server {server:?} and is not Silo's")]
     RoleTaken { role: String, server: String },
+    #[error("a database named {database:?} already exists on server {server:?} and is not Silo's")]
+    DatabaseTaken { database: String, server: String },
+    #[error(
+        "tenant {tenant:?} cannot have databases: names starting with \"silo_\" are reserved for Silo's own roles and databases"
+    )]
+    ReservedName { tenant: String },
     #[error("this Idempotency-Key was already used for a different request")]
     IdempotencyMismatch,
     #[error("no backup with id {0}")]
@@ -53,6 +61,10 @@ pub enum DbError {
     BackupNotComplete { id: i64, status: String },
     #[error("database {name:?} is being backed up by another run")]
     BackupBusy { name: String },
+    #[error(
+        "the backup of {database:?} does not fit the tenant's storage quota ({message}); raise the quota, or delete with skip_final_backup"
+    )]
+    BackupOverQuota { database: String, message: String },
     #[error("the dump of {database:?} failed: {message}")]
     Dump { database: String, message: String },
     #[error("the restore failed: {message}")]

@@ -25,12 +25,15 @@ pub mod names;
 pub mod orphans;
 pub mod plans;
 mod provision;
+mod read_only;
 pub mod sampler;
 pub mod servers;
 mod spares;
 pub mod tenant_deletion;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tls;
+mod workers;
 
 pub use error::DbError;
 pub use instance::{InstanceError, LocalInstance};

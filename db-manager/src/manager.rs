@@ -51,6 +51,8 @@ pub struct ManagerConfig {
     pub catalog: tokio_postgres::Config,
     /// Where the offline manifests of catalog backups go: `<data-dir>/catalog-backups`.
     pub catalog_backups_dir: PathBuf,
+    /// Where the CAs of servers reached over TLS are written for the pg tools: `<data-dir>/tls`.
+    pub tls_dir: PathBuf,
     /// Empty databases kept ready on each server, so creates rename one (0: none).
     pub spares_per_server: usize,
 }
@@ -71,8 +73,9 @@ pub(crate) struct Inner {
     pub samples: RwLock<Vec<Sample>>,
     /// Admin connections to each server, by server id.
     pub server_pools: Mutex<HashMap<i64, CatalogPool>>,
-    /// The name prefix of this catalog's spare databases (read once: the catalog id is fixed).
-    pub spare_prefix: tokio::sync::OnceCell<String>,
+    /// This catalog's id without dashes (read once: it is fixed), which names Silo's spare
+    /// databases, worker roles and ownership markers on shared servers.
+    pub catalog_id: tokio::sync::OnceCell<String>,
     pub stop: CancellationToken,
 }
 
@@ -93,7 +96,7 @@ impl DbManager {
             instances: Mutex::new(HashMap::new()),
             samples: RwLock::new(Vec::new()),
             server_pools: Mutex::new(HashMap::new()),
-            spare_prefix: tokio::sync::OnceCell::new(),
+            catalog_id: tokio::sync::OnceCell::new(),
             stop,
         };
         DbManager { inner: Arc::new(inner) }
@@ -108,7 +111,10 @@ impl DbManager {
     pub async fn start(&self) -> Result<(), DbError> {
         self.start_dedicated_instances().await?;
         self.repair().await?;
+        self.upgrade_legacy_databases().await;
         self.fail_interrupted_backups().await?;
+        self.finish_interrupted_restores().await?;
+        self.sweep_all_workers().await;
         // Tenant deletions a crash interrupted finish in the background (they may take final
         // backups first).
         let this = self.clone();
@@ -202,10 +208,8 @@ impl DbManager {
         let pool = match cached {
             Some(pool) => pool,
             None => {
-                let config = servers::admin_config(&self.inner.pool, &self.inner.secret, server.id).await?;
-                let pool = storage_node::catalog::connect_pool(config, 4).map_err(|err| {
-                    DbError::ServerUnreachable { server: server.name.clone(), message: err.to_string() }
-                })?;
+                let reach = servers::admin_config(&self.inner.pool, &self.inner.secret, server.id).await?;
+                let pool = reach.pool(&server.name, 4)?;
                 if let Ok(mut pools) = self.inner.server_pools.lock() {
                     pools.insert(server.id, pool.clone());
                 }
@@ -218,17 +222,102 @@ impl DbManager {
         })
     }
 
-    /// Connects to a server as its admin, to the admin URL's database or to `dbname`.
+    /// Connects to a server as its admin, to the admin URL's database or to `dbname`. Inside a
+    /// client database the admin runs only catalog queries and DDL, never the tenant's code:
+    /// `search_path` is pinned to `pg_catalog` by a startup option (which beats the tenant's
+    /// `ALTER DATABASE ... SET search_path`), so no unqualified name resolves to a function of
+    /// the tenant's.
     pub(crate) async fn connect_server(
         &self,
         server: &Server,
         dbname: Option<&str>,
     ) -> Result<tokio_postgres::Client, DbError> {
-        let mut config = servers::admin_config(&self.inner.pool, &self.inner.secret, server.id).await?;
+        let reach = servers::admin_config(&self.inner.pool, &self.inner.secret, server.id).await?;
+        let mut config = reach.config.clone();
         if let Some(dbname) = dbname {
-            config.dbname(dbname);
+            config.dbname(dbname).options("-c search_path=pg_catalog");
         }
-        servers::connect(&server.name, &config).await
+        reach.with_config(config).connect(&server.name).await
+    }
+
+    /// This catalog's id, without dashes.
+    pub(crate) async fn catalog_id(&self) -> Result<String, DbError> {
+        let id = self
+            .inner
+            .catalog_id
+            .get_or_try_init(|| async {
+                let client = self.pool().get().await?;
+                let id: String = client
+                    .query_one("SELECT replace(catalog_id::text, '-', '') FROM silo_meta", &[])
+                    .await?
+                    .get(0);
+                Ok::<_, DbError>(id)
+            })
+            .await?;
+        Ok(id.clone())
+    }
+
+    /// The marker of Silo's roles for database row `id` (see [`provision::marker`]).
+    pub(crate) async fn marker(&self, id: i64) -> Result<String, DbError> {
+        Ok(provision::marker(&self.catalog_id().await?, id))
+    }
+
+    /// Moves databases made before owner roles to that layout (see
+    /// [`provision::upgrade_legacy`]). One that was read-only over its quota is marked active,
+    /// and the sampler puts it back into read-only the new way at its next round.
+    async fn upgrade_legacy_databases(&self) {
+        let rows = match self.inner.pool.get().await {
+            Ok(client) => client
+                .query(
+                    "SELECT id FROM tenant_databases WHERE state IN ('active', 'read_only_over_quota')",
+                    &[],
+                )
+                .await
+                .map_err(DbError::from),
+            Err(err) => Err(err.into()),
+        };
+        let ids: Vec<i64> = match rows {
+            Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+            Err(err) => return tracing::warn!(error = %err, "cannot list databases to upgrade"),
+        };
+        for id in ids {
+            if let Err(err) = self.upgrade_legacy_database(id).await {
+                tracing::error!(database_id = id, error = %err, "cannot move a database to owner roles; retrying at the next start");
+            }
+        }
+    }
+
+    async fn upgrade_legacy_database(&self, id: i64) -> Result<(), DbError> {
+        let Some(_lock) = self.lock_database(id).await? else { return Ok(()) };
+        let row = self.row_by_id(id).await?;
+        let target = row.target();
+        let admin = self.admin(&row.server).await?;
+        if !provision::is_legacy(&admin, &target).await? {
+            return Ok(());
+        }
+        let inside = self.connect_server(&row.server, Some(&row.pg_name)).await?;
+        provision::upgrade_legacy(&admin, &inside, &target, &self.marker(id).await?).await?;
+        let client = self.inner.pool.get().await?;
+        client.execute("UPDATE tenant_databases SET state = 'active' WHERE id = $1", &[&id]).await?;
+        tracing::warn!(tenant = %row.tenant, database = %row.name, "moved a database to an owner role (read-only over quota now holds)");
+        Ok(())
+    }
+
+    /// Drops the worker roles a crash left on any server.
+    async fn sweep_all_workers(&self) {
+        let servers = match servers::list(&self.inner.pool).await {
+            Ok(servers) => servers,
+            Err(err) => return tracing::warn!(error = %err, "cannot list servers to sweep worker roles"),
+        };
+        for server in servers {
+            match self.sweep_workers(&server).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::warn!(server = %server.name, roles = n, "dropped worker roles a crash left behind")
+                }
+                Err(err) => tracing::warn!(server = %server.name, error = %err, "cannot sweep worker roles"),
+            }
+        }
     }
 
     /// Cleans up creates that died half-way and finishes deletes that did, unless another
@@ -251,7 +340,12 @@ impl DbManager {
             let target = provision::Target { server: &server.name, pg_name: &pg_name };
             let outcome = async {
                 let admin = self.admin(&server).await?;
-                provision::drop_database_and_role(&admin, &target).await?;
+                // A role or database that is not Silo's (one that a create refused) stays.
+                match provision::check_ours(&admin, &target, &self.marker(id).await?).await {
+                    Ok(()) => provision::drop_database_and_roles(&admin, &target).await?,
+                    Err(DbError::RoleTaken { .. } | DbError::DatabaseTaken { .. }) => {}
+                    Err(err) => return Err(err),
+                }
                 let client = self.inner.pool.get().await?;
                 client.execute("DELETE FROM tenant_databases WHERE id = $1", &[&id]).await?;
                 Ok::<_, DbError>(())

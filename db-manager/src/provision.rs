@@ -9,7 +9,7 @@ use rand::distr::{Alphanumeric, SampleString};
 use tokio_postgres::Client;
 
 use crate::DbError;
-use crate::names::{ident, literal};
+use crate::names::{ident, literal, owner_role, reader_role};
 use crate::plans::Plan;
 
 /// A new password: 32 characters from the operating system's randomness.
@@ -26,54 +26,122 @@ pub fn verifier(password: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct Target<'a> {
     pub server: &'a str,
-    /// The database's and its owner role's name.
+    /// The database's and its login role's name.
     pub pg_name: &'a str,
 }
 
-pub async fn role_exists(client: &Client, target: &Target<'_>) -> Result<bool, DbError> {
-    let row = client
-        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&target.pg_name])
-        .await
-        .map_err(DbError::on_server(target.server))?;
-    Ok(row.is_some())
+impl Target<'_> {
+    /// The NOLOGIN role that owns the database and everything in it.
+    pub fn owner(&self) -> String {
+        owner_role(self.pg_name)
+    }
+
+    /// The NOLOGIN role the login role becomes while the database is over its quota.
+    pub fn reader(&self) -> String {
+        reader_role(self.pg_name)
+    }
+}
+
+/// The comment Silo puts on every role it makes for a database: `silo:<catalog id>:<row id>`.
+/// Silo adopts (and may drop) a role or database only when its marker says Silo made it.
+pub fn marker(catalog_id: &str, row_id: i64) -> String {
+    format!("silo:{catalog_id}:{row_id}")
 }
 
 pub async fn database_exists(client: &Client, target: &Target<'_>) -> Result<bool, DbError> {
     let row = client
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&target.pg_name])
+        .query_opt("SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1", &[&target.pg_name])
         .await
         .map_err(DbError::on_server(target.server))?;
     Ok(row.is_some())
 }
 
-/// Creates the owner role with `password` (or sets the password if the role exists), lets
-/// the admin role act as it (a non-superuser admin needs that to create a database it owns),
-/// and applies the plan's per-role limits: one query and one batch.
-pub async fn ensure_role(
-    client: &Client,
-    target: &Target<'_>,
-    password: &str,
-    plan: &Plan,
-) -> Result<(), DbError> {
-    let role = ident(target.pg_name);
-    let verifier = literal(&verifier(password));
-    let row = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1), \
-                    (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)",
+/// Refuses a role or database of the target's names that Silo did not make for this row: a
+/// role whose comment is not `marker`, or a database not owned by the owner role. Nothing that
+/// exists is changed; the caller answers 409.
+///
+/// # Errors
+/// [`DbError::RoleTaken`] or [`DbError::DatabaseTaken`].
+pub async fn check_ours(client: &Client, target: &Target<'_>, marker: &str) -> Result<(), DbError> {
+    let names = [target.pg_name.to_string(), target.owner(), target.reader()];
+    let roles = client
+        .query(
+            "SELECT rolname, pg_catalog.shobj_description(oid, 'pg_authid') FROM pg_catalog.pg_roles \
+             WHERE rolname = ANY($1)",
+            &[&names.as_slice()],
+        )
+        .await
+        .map_err(DbError::on_server(target.server))?;
+    for role in roles {
+        if role.get::<_, Option<&str>>(1) != Some(marker) {
+            return Err(DbError::RoleTaken { role: role.get(0), server: target.server.into() });
+        }
+    }
+    let database = client
+        .query_opt(
+            "SELECT pg_catalog.pg_get_userbyid(datdba) FROM pg_catalog.pg_database WHERE datname = $1",
             &[&target.pg_name],
         )
         .await
         .map_err(DbError::on_server(target.server))?;
-    let (exists, superuser): (bool, bool) = (row.get(0), row.get(1));
-    let mut sql = if exists {
-        format!("ALTER ROLE {role} LOGIN INHERIT PASSWORD {verifier};")
-    } else {
-        format!("CREATE ROLE {role} LOGIN INHERIT PASSWORD {verifier};")
-    };
-    if !superuser {
-        sql.push_str(&format!("GRANT {role} TO CURRENT_USER;"));
+    if let Some(owner) = database
+        && owner.get::<_, String>(0) != target.owner()
+    {
+        return Err(DbError::DatabaseTaken { database: target.pg_name.into(), server: target.server.into() });
     }
+    Ok(())
+}
+
+/// Makes (or finishes) the database's roles, each marked as Silo's: the owner (NOLOGIN), the
+/// reader (NOLOGIN, used over quota) and the login role with `password`. The login role is
+/// NOINHERIT and a member of the owner, and its sessions start as the owner: what it creates
+/// belongs to the owner, and without that membership it can do nothing. The admin role becomes
+/// a member of the owner when it is not a superuser (it needs that to create a database the
+/// owner owns). Applies the plan's per-role limits. One query and one batch, in one transaction.
+pub async fn ensure_roles(
+    client: &Client,
+    target: &Target<'_>,
+    password: &str,
+    plan: &Plan,
+    marker: &str,
+) -> Result<(), DbError> {
+    check_ours(client, target, marker).await?;
+    let (login, owner, reader) = (ident(target.pg_name), ident(&target.owner()), ident(&target.reader()));
+    let row = client
+        .query_one(
+            "SELECT array(SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname = ANY($1)), \
+                    (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)",
+            &[&[target.pg_name.to_string(), target.owner(), target.reader()].as_slice()],
+        )
+        .await
+        .map_err(DbError::on_server(target.server))?;
+    let (existing, superuser): (Vec<String>, bool) = (row.get(0), row.get(1));
+    let exists = |name: &str| existing.iter().any(|e| e == name);
+    let marker = literal(marker);
+    // One simple query: one implicit transaction, rolled back whole on any error.
+    let mut sql = String::new();
+    for (name, quoted) in [(target.owner(), &owner), (target.reader(), &reader)] {
+        if !exists(&name) {
+            sql.push_str(&format!(
+                "CREATE ROLE {quoted} NOLOGIN INHERIT; COMMENT ON ROLE {quoted} IS {marker};"
+            ));
+        }
+    }
+    if !superuser {
+        sql.push_str(&format!("GRANT {owner} TO CURRENT_USER;"));
+    }
+    let verifier = literal(&verifier(password));
+    if exists(target.pg_name) {
+        sql.push_str(&format!("ALTER ROLE {login} LOGIN NOINHERIT PASSWORD {verifier};"));
+    } else {
+        sql.push_str(&format!(
+            "CREATE ROLE {login} LOGIN NOINHERIT PASSWORD {verifier}; COMMENT ON ROLE {login} IS {marker};"
+        ));
+    }
+    sql.push_str(&format!(
+        "GRANT {owner} TO {login}; ALTER ROLE {login} SET role = {owner_value};",
+        owner_value = literal(&target.owner())
+    ));
     sql.push_str(&role_limits(target, plan));
     client.batch_execute(&sql).await.map_err(DbError::on_server(target.server))
 }
@@ -92,13 +160,13 @@ pub async fn apply_role_limits(client: &Client, target: &Target<'_>, plan: &Plan
     client.batch_execute(&role_limits(target, plan)).await.map_err(DbError::on_server(target.server))
 }
 
-/// Creates the database owned by the role (unless it exists), closes it to PUBLIC and sets its
-/// connection limit.
+/// Creates the database owned by the owner role (unless it exists), closes it to PUBLIC, lets
+/// the login role connect, and sets its connection limit.
 pub async fn ensure_database(client: &Client, target: &Target<'_>, plan: &Plan) -> Result<(), DbError> {
-    let name = ident(target.pg_name);
+    let (name, owner) = (ident(target.pg_name), ident(&target.owner()));
     if !database_exists(client, target).await? {
         client
-            .batch_execute(&format!("CREATE DATABASE {name} OWNER {name}"))
+            .batch_execute(&format!("CREATE DATABASE {name} OWNER {owner}"))
             .await
             .map_err(DbError::on_server(target.server))?;
     }
@@ -110,11 +178,11 @@ pub async fn ensure_database(client: &Client, target: &Target<'_>, plan: &Plan) 
     client.batch_execute(&sql).await.map_err(DbError::on_server(target.server))
 }
 
-/// Inside the new database (a connection to it as the admin): the role owns `public`, and
-/// PUBLIC may not create in it.
+/// Inside the new database (a connection to it as the admin): the owner role owns `public`,
+/// and PUBLIC may not create in it.
 pub async fn own_public_schema(client: &Client, target: &Target<'_>) -> Result<(), DbError> {
-    let role = ident(target.pg_name);
-    let sql = format!("ALTER SCHEMA public OWNER TO {role}; REVOKE ALL ON SCHEMA public FROM PUBLIC");
+    let owner = ident(&target.owner());
+    let sql = format!("ALTER SCHEMA public OWNER TO {owner}; REVOKE ALL ON SCHEMA public FROM PUBLIC");
     client.batch_execute(&sql).await.map_err(DbError::on_server(target.server))
 }
 
@@ -154,69 +222,92 @@ pub async fn terminate_role_sessions(
     Ok(rows.len() as u64)
 }
 
-/// Drops the database (closing its sessions) and the role, whichever exist.
-pub async fn drop_database_and_role(client: &Client, target: &Target<'_>) -> Result<(), DbError> {
+/// Drops the database (closing its sessions) and its roles, whichever exist. Only call it for
+/// a database that [`check_ours`] accepts.
+pub async fn drop_database_and_roles(client: &Client, target: &Target<'_>) -> Result<(), DbError> {
     let name = ident(target.pg_name);
     client
         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .await
         .map_err(DbError::on_server(target.server))?;
+    let roles = [name, ident(&target.reader()), ident(&target.owner())].join(", ");
     client
-        .batch_execute(&format!("DROP ROLE IF EXISTS {name}"))
+        .batch_execute(&format!("DROP ROLE IF EXISTS {roles}"))
         .await
         .map_err(DbError::on_server(target.server))
 }
 
-/// The user schemas of the database a client is connected to, and whether each belongs to
-/// `pg_database_owner` (the `public` of a database made from a spare).
-async fn user_schemas(client: &Client, target: &Target<'_>) -> Result<Vec<(String, bool)>, DbError> {
-    let rows = client
-        .query(
-            "SELECT nspname, pg_get_userbyid(nspowner) = 'pg_database_owner' FROM pg_namespace \
-             WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'",
-            &[],
+/// Whether the database still has the single-role layout of Silo before owner roles (its
+/// login role owns everything, so it could undo read-only): its login role's sessions do not
+/// start as another role.
+pub async fn is_legacy(client: &Client, target: &Target<'_>) -> Result<bool, DbError> {
+    let row = client
+        .query_one(
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_db_role_setting s \
+               JOIN pg_catalog.pg_roles r ON r.oid = s.setrole \
+               WHERE r.rolname = $1 AND s.setdatabase = 0 \
+                 AND EXISTS (SELECT 1 FROM unnest(s.setconfig) c WHERE c LIKE 'role=%'))",
+            &[&target.pg_name],
         )
         .await
         .map_err(DbError::on_server(target.server))?;
-    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    Ok(row.get(0))
 }
 
-/// Over the quota (`read_only`) or back under it: revokes or grants INSERT, UPDATE and CREATE,
-/// and sets or resets `default_transaction_read_only`. `admin` is connected to the server's
-/// admin database, `inside` to the client database. DELETE and TRUNCATE stay allowed.
-pub async fn set_read_only(
+/// Moves a legacy database to the owner-role layout: makes the owner and reader roles, hands
+/// the owner everything the login role owned (the database included), and makes the login
+/// role a NOINHERIT member whose sessions start as the owner. `admin` is connected to the
+/// admin database, `inside` to the client database (with `search_path` pinned). Every step
+/// can run again, so a start after a crash half-way finishes the job.
+pub async fn upgrade_legacy(
     admin: &Client,
     inside: &Client,
     target: &Target<'_>,
-    read_only: bool,
+    marker: &str,
 ) -> Result<(), DbError> {
-    let role = ident(target.pg_name);
-    let (verb, preposition) = if read_only { ("REVOKE", "FROM") } else { ("GRANT", "TO") };
-    let mut sql = String::new();
-    for (schema, owned_by_database_owner) in user_schemas(inside, target).await? {
-        let schema = ident(&schema);
-        if owned_by_database_owner {
-            // The role holds pg_database_owner's rights, which a REVOKE from the role does not
-            // touch: give it the schema by name first (it owned it already, by its office).
-            sql.push_str(&format!("ALTER SCHEMA {schema} OWNER TO {role};"));
+    let on_server = DbError::on_server(target.server);
+    let (login, owner, reader) = (ident(target.pg_name), ident(&target.owner()), ident(&target.reader()));
+    let row = admin
+        .query_one(
+            "SELECT array(SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname = ANY($1)), \
+                    (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)",
+            &[&[target.owner(), target.reader()].as_slice()],
+        )
+        .await
+        .map_err(&on_server)?;
+    let (existing, superuser): (Vec<String>, bool) = (row.get(0), row.get(1));
+    let marker = literal(marker);
+    let mut sql = format!("COMMENT ON ROLE {login} IS {marker};");
+    for (name, quoted) in [(target.owner(), &owner), (target.reader(), &reader)] {
+        if !existing.contains(&name) {
+            sql.push_str(&format!(
+                "CREATE ROLE {quoted} NOLOGIN INHERIT; COMMENT ON ROLE {quoted} IS {marker};"
+            ));
         }
+    }
+    if !superuser {
+        sql.push_str(&format!("GRANT {owner} TO CURRENT_USER;"));
+    }
+    admin.batch_execute(&sql).await.map_err(&on_server)?;
+    // The old read-only switch revoked INSERT, UPDATE and CREATE from the login role, and
+    // ownership carries such gaps over: the owner gets them back.
+    let mut sql = format!("REASSIGN OWNED BY {login} TO {owner};");
+    let schemas = inside
+        .query("SELECT nspname::text FROM pg_catalog.pg_namespace WHERE nspname !~ '^pg_' AND nspname <> 'information_schema'", &[])
+        .await
+        .map_err(&on_server)?;
+    for schema in schemas {
+        let schema = ident(schema.get(0));
         sql.push_str(&format!(
-            "{verb} INSERT, UPDATE ON ALL TABLES IN SCHEMA {schema} {preposition} {role}; \
-             {verb} CREATE ON SCHEMA {schema} {preposition} {role};"
+            "GRANT INSERT, UPDATE ON ALL TABLES IN SCHEMA {schema} TO {owner}; GRANT CREATE ON SCHEMA {schema} TO {owner};"
         ));
     }
-    inside.batch_execute(&sql).await.map_err(DbError::on_server(target.server))?;
-    let setting = if read_only {
-        format!("ALTER ROLE {role} SET default_transaction_read_only = on")
-    } else {
-        format!("ALTER ROLE {role} RESET default_transaction_read_only")
-    };
-    let database = format!("{verb} CREATE ON DATABASE {role} {preposition} {role}");
-    admin.batch_execute(&format!("{setting}; {database}")).await.map_err(DbError::on_server(target.server))
-}
-
-/// Resets the role's read-only default (after an in-place restore, the sampler decides anew).
-pub async fn clear_read_only_setting(client: &Client, target: &Target<'_>) -> Result<(), DbError> {
-    let sql = format!("ALTER ROLE {} RESET default_transaction_read_only", ident(target.pg_name));
-    client.batch_execute(&sql).await.map_err(DbError::on_server(target.server))
+    inside.batch_execute(&sql).await.map_err(&on_server)?;
+    let sql = format!(
+        "ALTER ROLE {login} NOINHERIT; GRANT {owner} TO {login}; ALTER ROLE {login} SET role = {owner_value}; \
+         ALTER ROLE {login} RESET default_transaction_read_only; \
+         GRANT CONNECT, TEMPORARY ON DATABASE {login} TO {login};",
+        owner_value = literal(&target.owner())
+    );
+    admin.batch_execute(&sql).await.map_err(&on_server)
 }

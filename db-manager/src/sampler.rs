@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::DbError;
 use crate::manager::DbManager;
-use crate::provision;
+use crate::{provision, read_only};
 
 /// Write access comes back below this share of the quota.
 const RESTORE_BELOW: f64 = 0.95;
@@ -182,20 +182,34 @@ impl DbManager {
         let target = provision::Target { server: &server.name, pg_name: &database.pg_name };
         let admin = self.admin(server).await?;
         let inside = self.connect_server(server, Some(&database.pg_name)).await?;
-        provision::set_read_only(&admin, &inside, &target, !read_only).await?;
-        drop(inside);
+        let client = self.pool().get().await?;
         let (state, event) = if read_only {
+            let revoked: Vec<String> = client
+                .query_one("SELECT read_only_revoked FROM tenant_databases WHERE id = $1", &[&database.id])
+                .await?
+                .get(0);
+            read_only::leave(&admin, &inside, &target, &revoked).await?;
+            client
+                .execute(
+                    "UPDATE tenant_databases SET state = 'active', read_only_revoked = '{}' WHERE id = $1",
+                    &[&database.id],
+                )
+                .await?;
             ("active", "write_access_restored")
         } else {
+            let revoked = read_only::enter(&admin, &inside, &target).await?;
+            client
+                .execute(
+                    "UPDATE tenant_databases SET state = 'read_only_over_quota', read_only_revoked = $2 WHERE id = $1",
+                    &[&database.id, &revoked],
+                )
+                .await?;
             let ended = provision::terminate_sessions(&admin, &target).await?;
             tracing::debug!(ended, "ended sessions so the read-only switch takes hold");
             ("read_only_over_quota", "read_only_over_quota")
         };
-        let client = self.pool().get().await?;
-        client
-            .execute("UPDATE tenant_databases SET state = $2 WHERE id = $1", &[&database.id, &state])
-            .await?;
-        drop(client);
+        drop((inside, client));
+        tracing::debug!(state, "quota state recorded");
         let detail = format!("size {size} bytes, quota {} bytes (plan {})", database.quota, database.plan);
         self.record_event(database.id, event, &detail).await?;
         if read_only {

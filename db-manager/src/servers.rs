@@ -5,8 +5,6 @@
 //! Its admin URL holds a password, so the catalog keeps it sealed with the server secret; it
 //! never appears in the API or the logs.
 
-use std::time::Duration;
-
 use serde::Serialize;
 use storage_node::catalog::CatalogPool;
 use storage_node::catalog::tenants::{self, TenantError};
@@ -14,6 +12,7 @@ use storage_node::keys::{ServerSecret, TenantId};
 use tokio_postgres::config::Host;
 
 use crate::DbError;
+use crate::tls::Reach;
 
 const SEALING_PURPOSE: &str = "db server admin url";
 /// The capacity a server is assumed to have when none is given: the sum of the quotas of the
@@ -53,6 +52,9 @@ pub struct Registration {
     pub owner: Option<String>,
     #[serde(default)]
     pub capacity_bytes: Option<u64>,
+    /// The CA (PEM) that verifies the server, with `sslmode=verify-full` in the URL.
+    #[serde(default)]
+    pub ca_cert: Option<String>,
 }
 
 /// How a server is reached and described, before it is recorded.
@@ -68,6 +70,8 @@ pub struct NewServer {
     pub plan: Option<String>,
     pub node: Option<String>,
     pub capacity_bytes: u64,
+    /// The CA that verifies the server over TLS (`sslmode=verify-full` in the admin URL).
+    pub ca_cert: Option<String>,
 }
 
 fn select(filter: &str) -> String {
@@ -131,12 +135,22 @@ pub async fn register(
         return Err(DbError::InvalidServerName(registration.name));
     }
     // The parse error never echoes the URL: it may hold a password.
-    let config: tokio_postgres::Config = registration
-        .url
-        .parse()
-        .map_err(|_| DbError::InvalidServer("url is not a valid libpq URL".into()))?;
-    let (host, port) = public_endpoint(&config)?;
-    let client = connect(&registration.name, &config).await?;
+    let reach =
+        Reach::parse(&registration.url, registration.ca_cert.as_deref()).map_err(DbError::InvalidServer)?;
+    let (host, port) = public_endpoint(&reach.config)?;
+    // Credentials the server refuses are the request's fault (400), not the network's (502);
+    // so is a certificate that the CA does not vouch for.
+    let client = reach.connect(&registration.name).await.map_err(|err| match err {
+        DbError::ServerUnreachable { message, .. } if reach.verifies() && message.contains("certificate") => {
+            DbError::InvalidServer(format!("the server's certificate does not verify: {message}"))
+        }
+        DbError::ServerUnreachable { message, .. }
+            if message.ends_with("(28P01)") || message.ends_with("(28000)") =>
+        {
+            DbError::InvalidServer(format!("the server refused the URL's login: {message}"))
+        }
+        other => other,
+    })?;
     let row = client
         .query_one(
             "SELECT rolsuper OR (rolcreatedb AND rolcreaterole) FROM pg_roles WHERE rolname = current_user",
@@ -162,6 +176,7 @@ pub async fn register(
         plan: None,
         node: None,
         capacity_bytes: registration.capacity_bytes.unwrap_or(DEFAULT_CAPACITY_BYTES),
+        ca_cert: registration.ca_cert,
     };
     insert(pool, secret, &server).await
 }
@@ -177,8 +192,8 @@ pub async fn insert(
     let inserted = client
         .execute(
             "INSERT INTO db_servers (name, kind, admin_url_sealed, public_host, public_port, zone, \
-             owner_tenant_id, plan, node_name, capacity_bytes) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (name) DO NOTHING",
+             owner_tenant_id, plan, node_name, capacity_bytes, tls_ca_pem) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (name) DO NOTHING",
             &[
                 &server.name,
                 &server.kind,
@@ -190,6 +205,7 @@ pub async fn insert(
                 &server.plan,
                 &server.node,
                 &(server.capacity_bytes as i64),
+                &server.ca_cert,
             ],
         )
         .await?;
@@ -246,18 +262,20 @@ pub async fn forget(pool: &CatalogPool, server: &Server) -> Result<(), DbError> 
     Ok(())
 }
 
-/// The admin connection settings of a server, unsealed.
+/// How to reach a server as its admin: the admin URL unsealed, with the TLS that verifies it.
 pub(crate) async fn admin_config(
     pool: &CatalogPool,
     secret: &ServerSecret,
     server_id: i64,
-) -> Result<tokio_postgres::Config, DbError> {
+) -> Result<Reach, DbError> {
     let client = pool.get().await?;
     let row = client
-        .query_opt("SELECT admin_url_sealed FROM db_servers WHERE id = $1", &[&server_id])
+        .query_opt("SELECT admin_url_sealed, tls_ca_pem FROM db_servers WHERE id = $1", &[&server_id])
         .await?
         .ok_or_else(|| DbError::ServerNotFound(format!("#{server_id}")))?;
-    open_admin_url(secret, row.get(0))
+    let url = secret.open(SEALING_PURPOSE, row.get(0)).ok_or(DbError::SealedSecret)?;
+    let url = String::from_utf8(url).map_err(|_| DbError::SealedSecret)?;
+    Reach::parse(&url, row.get(1)).map_err(|_| DbError::SealedSecret)
 }
 
 /// An admin URL sealed by [`insert`], opened.
@@ -268,26 +286,6 @@ pub(crate) fn open_admin_url(
     let url = secret.open(SEALING_PURPOSE, sealed).ok_or(DbError::SealedSecret)?;
     let url = String::from_utf8(url).map_err(|_| DbError::SealedSecret)?;
     url.parse().map_err(|_| DbError::SealedSecret)
-}
-
-/// Connects to a server's database `dbname` (the admin URL's when `None`) as its admin role.
-pub(crate) async fn connect(
-    server: &str,
-    config: &tokio_postgres::Config,
-) -> Result<tokio_postgres::Client, DbError> {
-    let mut config = config.clone();
-    config.connect_timeout(Duration::from_secs(5)).application_name("silo");
-    let (client, connection) =
-        config.connect(tokio_postgres::NoTls).await.map_err(|err| DbError::ServerUnreachable {
-            server: server.to_string(),
-            message: storage_node::catalog::describe(&err),
-        })?;
-    tokio::spawn(async move {
-        if let Err(err) = connection.await {
-            tracing::debug!(error = %err, "server connection ended");
-        }
-    });
-    Ok(client)
 }
 
 /// Where clients reach a server, from its URL: the first host and port.
@@ -340,6 +338,24 @@ pub async fn place(
             .await?
             .map(|row| row.get::<_, i64>(0)),
     };
+    if chosen.is_none()
+        && let Some(zone) = zone
+    {
+        // A zone with no server at all is a mistake of the request, not a lack of room.
+        let zones: Vec<String> = client
+            .query(
+                "SELECT DISTINCT zone FROM db_servers WHERE owner_tenant_id IS NULL OR owner_tenant_id = $1 \
+                 ORDER BY zone",
+                &[&tenant.0],
+            )
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if !zones.iter().any(|z| z == zone) {
+            return Err(DbError::UnknownZone { zone: zone.to_string(), known: zones.join(", ") });
+        }
+    }
     drop(client);
     match chosen {
         Some(id) => get_by_id(pool, id).await,

@@ -24,19 +24,8 @@ const PREFIX: &str = "silo_spare_";
 /// This catalog's spares are `silo_spare_<first 12 hex digits of the catalog id>_<random>`, so
 /// that Silo deployments sharing a server never take or drop each other's.
 async fn catalog_prefix(manager: &DbManager) -> Result<String, DbError> {
-    let prefix = manager
-        .inner
-        .spare_prefix
-        .get_or_try_init(|| async {
-            let client = manager.pool().get().await?;
-            let id: String = client
-                .query_one("SELECT replace(catalog_id::text, '-', '') FROM silo_meta", &[])
-                .await?
-                .get(0);
-            Ok::<_, DbError>(format!("{PREFIX}{}_", &id[..12.min(id.len())]))
-        })
-        .await?;
-    Ok(prefix.clone())
+    let id = manager.catalog_id().await?;
+    Ok(format!("{PREFIX}{}_", &id[..12.min(id.len())]))
 }
 
 impl DbManager {
@@ -165,9 +154,10 @@ impl DbManager {
         spare: &str,
     ) -> Result<(), DbError> {
         let sql = format!(
-            "ALTER DATABASE {spare} RENAME TO {name}; ALTER DATABASE {name} OWNER TO {name}",
+            "ALTER DATABASE {spare} RENAME TO {name}; ALTER DATABASE {name} OWNER TO {owner}",
             spare = ident(spare),
-            name = ident(target.pg_name)
+            name = ident(target.pg_name),
+            owner = ident(&target.owner())
         );
         admin.batch_execute(&sql).await.map_err(DbError::on_server(target.server))
     }

@@ -65,13 +65,16 @@ impl From<db_manager::DbError> for ApiError {
     fn from(err: db_manager::DbError) -> Self {
         use db_manager::DbError as E;
         let (status, code) = match &err {
-            E::InvalidName(_) | E::InvalidServerName(_) => (StatusCode::BAD_REQUEST, "invalid_name"),
+            E::InvalidName(_) | E::InvalidServerName(_) | E::ReservedName { .. } => {
+                (StatusCode::BAD_REQUEST, "invalid_name")
+            }
             E::UnknownPlan { .. } => (StatusCode::BAD_REQUEST, "unknown_plan"),
+            E::UnknownZone { .. } => (StatusCode::BAD_REQUEST, "unknown_zone"),
             E::InvalidServer(_) => (StatusCode::BAD_REQUEST, "invalid_server"),
             E::TenantNotFound(_) | E::NotFound { .. } | E::ServerNotFound(_) => {
                 (StatusCode::NOT_FOUND, "not_found")
             }
-            E::Exists { .. } | E::ServerExists(_) | E::RoleTaken { .. } => {
+            E::Exists { .. } | E::ServerExists(_) | E::RoleTaken { .. } | E::DatabaseTaken { .. } => {
                 (StatusCode::CONFLICT, "already_exists")
             }
             E::Busy { .. } => (StatusCode::CONFLICT, "busy"),
@@ -84,6 +87,7 @@ impl From<db_manager::DbError> for ApiError {
             E::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             E::Integrity { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "backup_damaged"),
             E::Dump { .. } => (StatusCode::BAD_GATEWAY, "backup_failed"),
+            E::BackupOverQuota { .. } => (StatusCode::CONFLICT, "quota_exceeded"),
             E::Restore { .. } => (StatusCode::BAD_GATEWAY, "restore_failed"),
             E::Store(inner) => {
                 return match inner {

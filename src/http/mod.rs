@@ -63,7 +63,7 @@ pub struct AppState {
     pub draining: AtomicBool,
     pub info: ServerInfo,
     /// The S3 data plane, which answers every path the routes above do not.
-    pub s3: s3s::service::S3Service,
+    pub s3: storage_node::s3::S3Front,
 }
 
 /// Hands a request to the S3 data plane (s3s: SigV4, XML, routing).

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod databases;
+pub mod tls;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;

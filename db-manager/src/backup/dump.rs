@@ -2,7 +2,8 @@
 //!
 //! The dump runs in a snapshot that Silo exports and holds open meanwhile, and in that same
 //! snapshot Silo counts every table's rows, so that a later verification can compare exact
-//! numbers. Nothing is staged on disk. A dump that fails, or a `pg_dump` that exits non-zero
+//! numbers. Both connect as a worker role with the tenant's own rights (see
+//! [`crate::workers`]): a dump runs the tenant's code, and never with the admin's rights. Nothing is staged on disk. A dump that fails, or a `pg_dump` that exits non-zero
 //! after its last byte, never becomes an object: the reader fails at the end, the upload is
 //! abandoned, and GC reclaims its chunks.
 
@@ -11,21 +12,27 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use storage_node::store::{PutOptions, StoredObject};
+use storage_node::store::{Ingested, PutOptions, StoreError, StoredObject};
 use tokio::io::AsyncReadExt;
 use tokio_postgres::config::Host;
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::{BACKUP_LOCK_CLASS, BackupInfo};
-use crate::DbError;
 use crate::databases::Row;
 use crate::instance::PgBinaries;
 use crate::manager::DbManager;
+use crate::workers::Worker;
+use crate::{DbError, faults};
 
 /// Where the pg tools connect, as libpq environment variables (so no password is on a command
-/// line).
+/// line). The tools get these and nothing else of Silo's environment (see [`pg_tool`]).
 pub fn pg_env(config: &tokio_postgres::Config, dbname: &str) -> Vec<(&'static str, String)> {
-    let mut env = vec![("PGDATABASE", dbname.to_string()), ("PGCONNECT_TIMEOUT", "10".into())];
+    let mut env = vec![
+        ("PGDATABASE", dbname.to_string()),
+        ("PGCONNECT_TIMEOUT", "10".into()),
+        ("PGAPPNAME", "silo".into()),
+        ("LC_ALL", "C".into()),
+    ];
     match config.get_hosts().first() {
         Some(Host::Tcp(host)) => env.push(("PGHOST", host.clone())),
         Some(Host::Unix(path)) => env.push(("PGHOST", path.display().to_string())),
@@ -41,6 +48,15 @@ pub fn pg_env(config: &tokio_postgres::Config, dbname: &str) -> Vec<(&'static st
         env.push(("PGPASSWORD", String::from_utf8_lossy(password).into_owned()));
     }
     env
+}
+
+/// A command for the pg tool `name` (pg_dump, pg_restore) with an empty environment: Silo's
+/// own (`SILO_*` secrets, stray `PG*` variables that would redirect or change a connection)
+/// never reaches it. The caller adds what [`pg_env`] gives.
+pub fn pg_tool(binaries: &PgBinaries, name: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(binaries.path(name));
+    command.env_clear();
+    command
 }
 
 /// Reads a child's stderr to a string (the last 4 KiB), for error messages.
@@ -62,7 +78,7 @@ pub(crate) fn dump_reader(
     extra_args: &[String],
     env: Vec<(&'static str, String)>,
 ) -> Result<impl tokio::io::AsyncRead + Unpin + Send + 'static, String> {
-    let mut child = tokio::process::Command::new(binaries.path("pg_dump"))
+    let mut child = pg_tool(binaries, "pg_dump")
         .args(["--format=custom", "--compress=0", "--no-password"])
         .args(extra_args)
         .envs(env)
@@ -126,19 +142,13 @@ impl DbManager {
             .get(0);
         drop(client);
         tracing::info!(backup = id, tenant = %row.tenant, database = %row.name, kind, "backup started");
-        let outcome = self.dump_into_store(row).await;
+        let outcome = match self.dump_into_store(row).await {
+            Ok((ingested, counts)) => self.commit_backup(id, ingested, counts).await,
+            Err(err) => Err(err),
+        };
         let client = self.pool().get().await?;
         match outcome {
-            Ok((stored, counts)) => {
-                client
-                    .execute(
-                        "WITH done AS (UPDATE database_backups SET status = 'complete', finished_at = now(), \
-                         logical_bytes = $2, new_stored_bytes = $3, object_id = $4, table_counts = $5 WHERE id = $1 \
-                         RETURNING database_id, started_at) \
-                         UPDATE tenant_databases d SET last_backup_at = done.started_at FROM done WHERE d.id = done.database_id",
-                        &[&id, &(stored.size as i64), &(stored.new_stored_bytes as i64), &stored.id.0, &counts],
-                    )
-                    .await?;
+            Ok(stored) => {
                 drop(client);
                 tracing::info!(
                     backup = id, tenant = %row.tenant, database = %row.name, bytes = stored.size,
@@ -155,28 +165,77 @@ impl DbManager {
                     )
                     .await?;
                 tracing::error!(backup = id, tenant = %row.tenant, database = %row.name, error = %message, "backup failed");
-                Err(DbError::Dump { database: format!("{}/{}", row.tenant, row.name), message })
+                let database = format!("{}/{}", row.tenant, row.name);
+                match err {
+                    DbError::Store(StoreError::QuotaExceeded { .. }) => {
+                        Err(DbError::BackupOverQuota { database, message })
+                    }
+                    _ => Err(DbError::Dump { database, message }),
+                }
             }
         }
     }
 
-    /// Dumps the database in an exported snapshot, counting its tables' rows in the same one.
-    async fn dump_into_store(&self, row: &Row) -> Result<(StoredObject, serde_json::Value), DbError> {
+    /// Commits the dump as an object and marks backup `id` complete in one catalog
+    /// transaction, so that a crash leaves either both or neither (never an object that no
+    /// backup names). An ingest that is not committed is abandoned; GC reclaims its bytes.
+    async fn commit_backup(
+        &self,
+        id: i64,
+        ingested: Ingested,
+        counts: serde_json::Value,
+    ) -> Result<StoredObject, DbError> {
+        let committed = async {
+            let mut client = self.pool().get().await?;
+            let txn = client.transaction().await?;
+            let stored = self.inner.store.commit(&txn, &ingested).await?;
+            txn.execute(
+                "WITH done AS (UPDATE database_backups SET status = 'complete', finished_at = now(), \
+                 logical_bytes = $2, new_stored_bytes = $3, object_id = $4, table_counts = $5 WHERE id = $1 \
+                 RETURNING database_id, started_at) \
+                 UPDATE tenant_databases d SET last_backup_at = done.started_at FROM done WHERE d.id = done.database_id",
+                &[&id, &(stored.size as i64), &(stored.new_stored_bytes as i64), &stored.id.0, &counts],
+            )
+            .await?;
+            faults::crash_point("backup.before_commit");
+            txn.commit().await?;
+            Ok::<_, DbError>(stored)
+        }
+        .await;
+        if committed.is_err() {
+            self.inner.store.abandon(ingested).await;
+        }
+        committed
+    }
+
+    /// Dumps the database in an exported snapshot, counting its tables' rows in the same one, as
+    /// a worker role that is a member of the database's owner role and nothing else. The dump
+    /// is ingested (durable in packs) but not yet an object.
+    async fn dump_into_store(&self, row: &Row) -> Result<(Ingested, serde_json::Value), DbError> {
+        let owner = row.target().owner();
+        let worker = self.create_worker(&row.server, Some(&owner)).await?;
+        let outcome = self.dump_as(row, &worker).await;
+        self.drop_worker(worker, Some(&row.pg_name)).await;
+        outcome
+    }
+
+    async fn dump_as(&self, row: &Row, worker: &Worker) -> Result<(Ingested, serde_json::Value), DbError> {
         let server = &row.server.name;
-        let snapshot_session = self.connect_server(&row.server, Some(&row.pg_name)).await?;
+        let reach = self.worker_config(worker, &row.pg_name).await?;
+        let snapshot_session = reach.connect(server).await?;
         snapshot_session
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
             .map_err(DbError::on_server(server))?;
         let snapshot: String = snapshot_session
-            .query_one("SELECT pg_export_snapshot()", &[])
+            .query_one("SELECT pg_catalog.pg_export_snapshot()", &[])
             .await
             .map_err(DbError::on_server(server))?
             .get(0);
         let tables: Vec<String> = snapshot_session
             .query(
-                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
                  WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%' \
                  ORDER BY 1",
                 &[],
@@ -187,18 +246,18 @@ impl DbManager {
             .map(|r| r.get(0))
             .collect();
 
-        let config = crate::servers::admin_config(self.pool(), &self.inner.secret, row.server.id).await?;
         let binaries = PgBinaries::locate(self.inner.config.dedicated.bin_dir.as_deref())?;
-        let reader =
-            dump_reader(&binaries, &[format!("--snapshot={snapshot}")], pg_env(&config, &row.pg_name))
-                .map_err(|message| DbError::Dump { database: row.name.clone(), message })?;
+        let env = self.worker_tool_env(&reach, &row.pg_name)?;
+        let reader = dump_reader(&binaries, &[format!("--snapshot={snapshot}")], env)
+            .map_err(|message| DbError::Dump { database: row.name.clone(), message })?;
         let tenant = row.tenant_id;
-        let put = self.inner.store.put(tenant, reader, PutOptions::default());
+        let put = self.inner.store.ingest(tenant, reader, PutOptions::default());
         let count = async {
             let mut counts = serde_json::Map::new();
             for table in &tables {
+                // Qualified, and `search_path` is pinned: `count` is always pg_catalog's.
                 let n: i64 = snapshot_session
-                    .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                    .query_one(&format!("SELECT pg_catalog.count(*) FROM {table}"), &[])
                     .await
                     .map_err(DbError::on_server(server))?
                     .get(0);
@@ -206,15 +265,17 @@ impl DbManager {
             }
             Ok::<_, DbError>(serde_json::Value::Object(counts))
         };
-        let (stored, counts) = tokio::join!(put, count);
+        let (ingested, counts) = tokio::join!(put, count);
         let _ = snapshot_session.batch_execute("COMMIT").await;
-        let stored =
-            stored.map_err(|err| DbError::Dump { database: row.name.clone(), message: err.to_string() })?;
+        let ingested = ingested.map_err(|err| match err {
+            quota @ StoreError::QuotaExceeded { .. } => DbError::Store(quota),
+            other => DbError::Dump { database: row.name.clone(), message: other.to_string() },
+        })?;
         match counts {
-            Ok(counts) => Ok((stored, counts)),
+            Ok(counts) => Ok((ingested, counts)),
             Err(err) => {
                 // Without its counts the backup cannot be verified: it does not count.
-                let _ = self.inner.store.delete(tenant, stored.id).await;
+                self.inner.store.abandon(ingested).await;
                 Err(err)
             }
         }

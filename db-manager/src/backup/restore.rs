@@ -1,6 +1,12 @@
 //! Restoring, verifying and downloading backups. Every path streams the archive out of the
 //! chunk store, which verifies each chunk before it yields a byte: a damaged backup fails with
 //! an integrity error and never produces a silently wrong database.
+//!
+//! A restore runs the tenant's code (CHECK constraints, index expressions, triggers of the
+//! archive), so `pg_restore` connects as a worker role (see [`crate::workers`]): for a restore,
+//! a member of the target database's owner role; for a verification, a role with no rights
+//! that owns the scratch database. An in-place restore is recorded before it drops anything,
+//! and a start after a crash puts the safety backup back.
 
 use std::process::Stdio;
 
@@ -11,14 +17,14 @@ use serde::{Deserialize, Serialize};
 use storage_node::store::StoreError;
 use tokio::io::AsyncWriteExt;
 
-use super::dump::{collect_stderr, pg_env};
+use super::dump::{collect_stderr, pg_tool};
 use crate::DbError;
 use crate::databases::{CreateRequest, Credentials};
 use crate::instance::PgBinaries;
 use crate::manager::DbManager;
 use crate::names::ident;
-use crate::provision;
-use crate::servers::Server;
+use crate::workers::Worker;
+use crate::{faults, provision, read_only};
 
 /// How every restore runs `pg_restore`: objects owned by whoever restores (the database's
 /// role), no grants of the source's roles, all or nothing.
@@ -117,7 +123,7 @@ impl DbManager {
                     CreateRequest { name: into.clone(), plan, zone: None, deletion_protection: false };
                 let credentials = self.create_database(&tenant, create, None).await?;
                 let row = self.row(&tenant, &into).await?;
-                if let Err(err) = self.pg_restore(id, &row.server, &row.pg_name, Some(&row.pg_name)).await {
+                if let Err(err) = self.restore_as_owner(id, &row).await {
                     tracing::error!(backup = id, database = %into, error = %err, "restore failed; dropping the new database");
                     if let Err(drop_err) = self.delete_database(&tenant, &into, true).await {
                         tracing::error!(database = %into, error = %drop_err, "cannot drop the half-restored database; delete it by hand");
@@ -135,22 +141,22 @@ impl DbManager {
                     )));
                 }
                 let row = self.row(&tenant, &stored.info.database).await?;
-                let safety = self.backup_now(&row, "safety").await?;
                 let Some(_lock) = self.lock_database(row.id).await? else {
                     return Err(DbError::Busy { name: row.name.clone() });
                 };
+                let safety = self.backup_now(&row, "safety").await?;
+                self.set_restore_state(row.id, "restoring", Some(safety.id)).await?;
                 if let Err(err) = self.replace_contents(id, &row).await {
                     tracing::error!(backup = id, error = %err, safety = safety.id, "in-place restore failed; putting the safety backup back");
-                    if let Err(rollback) = self.replace_contents(safety.id, &row).await {
-                        return Err(DbError::Restore {
-                            message: format!(
-                                "{err}; putting back safety backup {} failed too ({rollback}): restore it by hand",
-                                safety.id
-                            ),
-                        });
-                    }
+                    self.roll_back_restore(&row, safety.id).await.map_err(|rollback| DbError::Restore {
+                        message: format!(
+                            "{err}; putting back safety backup {} failed too ({rollback}): restore it by hand",
+                            safety.id
+                        ),
+                    })?;
                     return Err(err);
                 }
+                self.set_restore_state(row.id, "active", None).await?;
                 tracing::info!(backup = id, tenant, database = %row.name, safety = safety.id, "restored a backup in place");
                 Ok(Restored::InPlace { tenant, name: row.name, safety_backup: safety.id })
             }
@@ -158,7 +164,63 @@ impl DbManager {
         }
     }
 
-    /// Drops and recreates the database (same role, same password), then restores `backup`.
+    /// Records where an in-place restore stands: `restoring` (with its safety backup) before
+    /// anything is dropped, `active` when done, `restore_failed` when even the rollback failed.
+    async fn set_restore_state(&self, id: i64, state: &str, safety: Option<i64>) -> Result<(), DbError> {
+        let client = self.pool().get().await?;
+        client
+            .execute(
+                "UPDATE tenant_databases SET state = $2, restore_safety_backup = $3 WHERE id = $1",
+                &[&id, &state, &safety],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Puts the safety backup back after a failed or interrupted in-place restore; the state
+    /// ends `active`, or `restore_failed` (with an event naming the safety backup) when that
+    /// fails too.
+    async fn roll_back_restore(&self, row: &crate::databases::Row, safety: i64) -> Result<(), DbError> {
+        match self.replace_contents(safety, row).await {
+            Ok(()) => {
+                self.set_restore_state(row.id, "active", None).await?;
+                self.record_event(row.id, "restore_rolled_back", &format!("to safety backup {safety}")).await
+            }
+            Err(err) => {
+                self.set_restore_state(row.id, "restore_failed", Some(safety)).await?;
+                let detail = format!("putting back safety backup {safety} failed: {err}; restore it by hand");
+                self.record_event(row.id, "restore_failed", &detail).await?;
+                Err(err)
+            }
+        }
+    }
+
+    /// At start: in-place restores that a crash interrupted are rolled back to their safety
+    /// backups (or reported as `restore_failed`).
+    pub(crate) async fn finish_interrupted_restores(&self) -> Result<(), DbError> {
+        let client = self.pool().get().await?;
+        let rows = client
+            .query(
+                "SELECT id, restore_safety_backup FROM tenant_databases \
+                 WHERE state = 'restoring' AND restore_safety_backup IS NOT NULL",
+                &[],
+            )
+            .await?;
+        drop(client);
+        for found in rows {
+            let (id, safety): (i64, i64) = (found.get(0), found.get(1));
+            let Some(_lock) = self.lock_database(id).await? else { continue };
+            let row = self.row_by_id(id).await?;
+            tracing::warn!(database = %row.name, tenant = %row.tenant, safety, "an in-place restore was interrupted; putting the safety backup back");
+            if let Err(err) = self.roll_back_restore(&row, safety).await {
+                tracing::error!(database = %row.name, safety, error = %err, "cannot put the safety backup back; restore it by hand");
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops and recreates the database (same roles, same password, full write access), then
+    /// restores `backup` into it.
     async fn replace_contents(&self, backup: i64, row: &crate::databases::Row) -> Result<(), DbError> {
         let target = row.target();
         let plan = self.plans().require(&row.plan)?.clone();
@@ -167,39 +229,48 @@ impl DbManager {
             .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(&row.pg_name)))
             .await
             .map_err(DbError::on_server(&row.server.name))?;
+        faults::crash_point("restore.after_drop");
         provision::ensure_database(&admin, &target, &plan).await?;
-        provision::clear_read_only_setting(&admin, &target).await?;
-        drop(admin);
         let inside = self.connect_server(&row.server, Some(&row.pg_name)).await?;
         provision::own_public_schema(&inside, &target).await?;
-        drop(inside);
-        let client = self.pool().get().await?;
-        client.execute("UPDATE tenant_databases SET state = 'active' WHERE id = $1", &[&row.id]).await?;
-        drop(client);
+        // Over quota or not before, the sampler decides anew.
+        read_only::leave(&admin, &inside, &target, &[]).await?;
+        drop((inside, admin));
         self.record_event(row.id, "restored", &format!("from backup {backup}")).await?;
-        self.pg_restore(backup, &row.server, &row.pg_name, Some(&row.pg_name)).await
+        self.restore_as_owner(backup, row).await
     }
 
-    /// Streams backup `id` into `pg_restore` on `dbname`, as the server's admin acting as
-    /// `role` (so the restored objects belong to it), or as the admin itself.
+    /// Restores `backup` into the row's database as a worker that is a member of its owner
+    /// role, acting as the owner so that what it makes belongs to the owner.
+    async fn restore_as_owner(&self, backup: i64, row: &crate::databases::Row) -> Result<(), DbError> {
+        let owner = row.target().owner();
+        let worker = self.create_worker(&row.server, Some(&owner)).await?;
+        let outcome = self.pg_restore(backup, &worker, &row.pg_name, Some(&owner)).await;
+        self.drop_worker(worker, Some(&row.pg_name)).await;
+        outcome
+    }
+
+    /// Streams backup `id` into `pg_restore` on `dbname`, connected as `worker` (acting as
+    /// `role` when given).
     async fn pg_restore(
         &self,
         id: i64,
-        server: &Server,
+        worker: &Worker,
         dbname: &str,
         role: Option<&str>,
     ) -> Result<(), DbError> {
         let (_, mut archive) = self.backup_archive(id).await?;
-        let config = crate::servers::admin_config(self.pool(), &self.inner.secret, server.id).await?;
+        let reach = self.worker_config(worker, dbname).await?;
+        let env = self.worker_tool_env(&reach, dbname)?;
         let binaries = PgBinaries::locate(self.inner.config.dedicated.bin_dir.as_deref())?;
-        let mut command = tokio::process::Command::new(binaries.path("pg_restore"));
+        let mut command = pg_tool(&binaries, "pg_restore");
         command.args(RESTORE_ARGS);
         command.arg(format!("--dbname={dbname}"));
         if let Some(role) = role {
             command.arg(format!("--role={role}"));
         }
         let mut child = command
-            .envs(pg_env(&config, dbname))
+            .envs(env)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -249,17 +320,24 @@ impl DbManager {
         let server = crate::servers::get(self.pool(), &stored.info.server).await?;
         let scratch =
             format!("silo_verify_{id}_{}", crate::provision::generate_password()[..8].to_ascii_lowercase());
+        // The worker owns the scratch database and has no other right anywhere.
+        let worker = self.create_worker(&server, None).await?;
         let admin = self.admin(&server).await?;
-        admin
-            .batch_execute(&format!("CREATE DATABASE {}", ident(&scratch)))
+        let made = admin
+            .batch_execute(&format!("CREATE DATABASE {} OWNER {}", ident(&scratch), ident(&worker.name)))
             .await
-            .map_err(DbError::on_server(&server.name))?;
-        let outcome = self.verify_in(id, &server, &scratch, stored.table_counts.as_ref()).await;
+            .map_err(DbError::on_server(&server.name));
+        let outcome = match made {
+            Ok(()) => self.verify_in(id, &worker, &scratch, stored.table_counts.as_ref()).await,
+            Err(err) => Err(err),
+        };
         let dropped =
             admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(&scratch))).await;
         if let Err(err) = dropped {
             tracing::warn!(database = scratch, error = %err, "cannot drop a verification scratch database");
         }
+        drop(admin);
+        self.drop_worker(worker, None).await;
         let report = outcome?;
         tracing::info!(backup = id, ok = report.ok, tables = report.tables, "verified backup");
         Ok(report)
@@ -268,17 +346,27 @@ impl DbManager {
     async fn verify_in(
         &self,
         id: i64,
-        server: &Server,
+        worker: &Worker,
         scratch: &str,
         counts: Option<&serde_json::Value>,
     ) -> Result<VerifyReport, DbError> {
-        self.pg_restore(id, server, scratch, None).await?;
-        let inside = self.connect_server(server, Some(scratch)).await?;
+        // A NOINHERIT owner does not get `pg_database_owner`'s rights on `public`: give it the
+        // schema by name (the database is still empty, so no tenant code is there to run).
+        let empty = self.connect_server(worker.server(), Some(scratch)).await?;
+        empty
+            .batch_execute(&format!("ALTER SCHEMA public OWNER TO {}", ident(&worker.name)))
+            .await
+            .map_err(DbError::on_server(&worker.server().name))?;
+        drop(empty);
+        self.pg_restore(id, worker, scratch, None).await?;
+        let inside = self.worker_config(worker, scratch).await?.connect(&worker.server().name).await?;
         let expected = counts.and_then(|c| c.as_object()).cloned().unwrap_or_default();
         let mut mismatches = Vec::new();
         for (table, count) in &expected {
             let expected = count.as_i64().unwrap_or(-1);
-            let found = match inside.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await {
+            // Qualified, and `search_path` is pinned: `count` is always pg_catalog's.
+            let found = match inside.query_one(&format!("SELECT pg_catalog.count(*) FROM {table}"), &[]).await
+            {
                 Ok(row) => Some(row.get::<_, i64>(0)),
                 Err(_) => None,
             };

@@ -155,7 +155,21 @@ impl DbManager {
     async fn backup_one(&self, row: &Row, kind: &str, verify: bool) -> RunResult {
         let started = Instant::now();
         let mut result = RunResult::new(&row.tenant, &row.name, "failed");
-        match self.backup_now(row, kind).await {
+        // A delete, restore or resize of the database holds its lock: skip it this time.
+        let lock = match self.lock_database(row.id).await {
+            Ok(Some(lock)) => Some(lock),
+            Ok(None) => None,
+            Err(err) => {
+                result.error = Some(err.to_string());
+                return result;
+            }
+        };
+        let outcome = match lock {
+            Some(_) => self.backup_now(row, kind).await,
+            None => Err(DbError::BackupBusy { name: row.name.clone() }),
+        };
+        drop(lock);
+        match outcome {
             Ok(backup) => {
                 result.status = "complete".into();
                 result.backup_id = Some(backup.id);
@@ -179,7 +193,7 @@ impl DbManager {
             }
             Err(DbError::BackupBusy { .. }) => {
                 result.status = "skipped".into();
-                result.error = Some("another run is backing it up".into());
+                result.error = Some("another run is backing it up, or the database is being changed".into());
             }
             Err(err) => result.error = Some(err.to_string()),
         }

@@ -108,19 +108,20 @@ impl DbManager {
         if row.deletion_protection {
             return Err(DbError::DeletionProtected { name: name.into() });
         }
+        // The lock first: a restore or resize meanwhile would break the final backup.
+        let Some(_lock) = self.lock_database(row.id).await? else {
+            return Err(DbError::Busy { name: name.into() });
+        };
         if !skip_final_backup {
             let backup = self.backup_now(&row, "final").await?;
             tracing::info!(tenant, database = name, backup = backup.id, "took the final backup");
         }
-        let Some(_lock) = self.lock_database(row.id).await? else {
-            return Err(DbError::Busy { name: name.into() });
-        };
         let client = self.pool().get().await?;
         client.execute("UPDATE tenant_databases SET state = 'deleting' WHERE id = $1", &[&row.id]).await?;
         drop(client);
         self.record_event(row.id, "deleting", "").await?;
         let admin = self.admin(&row.server).await?;
-        provision::drop_database_and_role(&admin, &row.target()).await?;
+        provision::drop_database_and_roles(&admin, &row.target()).await?;
         let client = self.pool().get().await?;
         client.execute("DELETE FROM tenant_databases WHERE id = $1", &[&row.id]).await?;
         tracing::info!(tenant, database = name, server = %row.server.name, "deleted database");

@@ -73,13 +73,15 @@ impl DbManager {
             return Err(DbError::Exists { tenant: tenant.into(), name: request.name.clone() });
         }
         let password = provision::generate_password();
-        let outcome = self.provision(&row, &plan, &password, resumed).await;
+        let outcome = self.provision(&row, &plan, &password).await;
         if let Err(err) = outcome {
             tracing::warn!(tenant, database = %row.name, error = %err, "create failed; undoing it");
-            if !matches!(err, DbError::RoleTaken { .. }) {
+            if !matches!(err, DbError::RoleTaken { .. } | DbError::DatabaseTaken { .. }) {
                 let undo = async {
                     let admin = self.admin(&row.server).await?;
-                    provision::drop_database_and_role(&admin, &row.target()).await
+                    // Only what Silo made for this row is ever dropped.
+                    provision::check_ours(&admin, &row.target(), &self.marker(row.id).await?).await?;
+                    provision::drop_database_and_roles(&admin, &row.target()).await
                 };
                 if let Err(undo_err) = undo.await {
                     tracing::error!(database = %row.name, error = %undo_err, "cannot undo the create; the next start cleans it up");
@@ -129,7 +131,8 @@ impl DbManager {
         let server =
             servers::place(self.pool(), tenant_id, tenant, request.zone.as_deref(), plan.storage_quota_bytes)
                 .await?;
-        let pg_name = server_name(tenant, &request.name);
+        let pg_name = server_name(tenant, &request.name)
+            .ok_or_else(|| DbError::ReservedName { tenant: tenant.into() })?;
         let client = self.pool().get().await?;
         let inserted = client
             .query_opt(
@@ -153,15 +156,14 @@ impl DbManager {
         }
     }
 
-    /// The steps on the server. Each is idempotent, so a resumed create runs them all.
-    async fn provision(&self, row: &Row, plan: &Plan, password: &str, resumed: bool) -> Result<(), DbError> {
+    /// The steps on the server. Each is idempotent, so a resumed create runs them all. A role or
+    /// database of the same name that Silo did not make for this row is refused, untouched.
+    async fn provision(&self, row: &Row, plan: &Plan, password: &str) -> Result<(), DbError> {
         let target = row.target();
+        let marker = self.marker(row.id).await?;
         let admin = self.admin(&row.server).await?;
-        if !resumed && provision::role_exists(&admin, &target).await? {
-            return Err(DbError::RoleTaken { role: row.pg_name.clone(), server: row.server.name.clone() });
-        }
         faults::crash_point("create.before_role");
-        provision::ensure_role(&admin, &target, password, plan).await?;
+        provision::ensure_roles(&admin, &target, password, plan, &marker).await?;
         faults::crash_point("create.after_role");
         let mut from_spare = false;
         let spare = match provision::database_exists(&admin, &target).await? {

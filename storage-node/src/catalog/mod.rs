@@ -56,14 +56,30 @@ pub fn describe(err: &tokio_postgres::Error) -> String {
 ///
 /// # Errors
 /// [`CatalogError::Pool`] when the pool cannot be built.
-pub fn connect_pool(
+pub fn connect_pool(config: tokio_postgres::Config, max_size: usize) -> Result<CatalogPool, CatalogError> {
+    connect_pool_with(config, max_size, NoTls)
+}
+
+/// [`connect_pool`] over the TLS connector `tls` (db-manager reaches registered servers over
+/// TLS that verifies them).
+///
+/// # Errors
+/// [`CatalogError::Pool`] when the pool cannot be built.
+pub fn connect_pool_with<T>(
     mut config: tokio_postgres::Config,
     max_size: usize,
-) -> Result<CatalogPool, CatalogError> {
+    tls: T,
+) -> Result<CatalogPool, CatalogError>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + Clone + Sync + Send + 'static,
+    T::Stream: Sync + Send,
+    T::TlsConnect: Sync + Send,
+    <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
+{
     config.connect_timeout(Duration::from_secs(5));
     config.application_name("silo");
     let manager =
-        Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Pool::builder(manager)
         .max_size(max_size)
         .runtime(Runtime::Tokio1)

@@ -13,6 +13,7 @@
 //! file whole.
 
 mod reader;
+pub mod scan;
 mod writer;
 
 use std::path::{Path, PathBuf};

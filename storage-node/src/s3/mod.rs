@@ -1,7 +1,8 @@
 //! The S3-compatible data plane, built on the `s3s` crate (which owns SigV4, XML and routing).
 //!
 //! One file per family of calls: [`bucket`] for buckets, [`object`] for objects, [`list`] for
-//! listings. [`auth`] finds a key's secret in the catalog and decides who may do what: a key
+//! listings. [`region`] answers for the region a request is signed for (before s3s sees it),
+//! with [`resign`] for the legacy names s3s refuses. [`auth`] finds a key's secret in the catalog and decides who may do what: a key
 //! acts for its tenant, and every handler checks that the bucket is the tenant's own, so a key
 //! of tenant A gets `AccessDenied` on every bucket of tenant B. Calls Silo does not implement
 //! answer 501 `NotImplemented`, never a wrong success (s3s's default for every call).
@@ -14,15 +15,18 @@ mod multipart;
 mod object;
 mod ops;
 mod purge;
+mod region;
+mod resign;
 #[cfg(test)]
 mod tests;
 
 pub use multipart::abort_stale_uploads;
 pub use purge::{S3Purged, purge_tenant};
+pub use region::{DEFAULT_REGION, Region, S3Front};
 
 use std::sync::Arc;
 
-use s3s::service::{S3Service, S3ServiceBuilder};
+use s3s::service::S3ServiceBuilder;
 
 use crate::catalog::CatalogPool;
 use crate::keys::TenantId;
@@ -35,6 +39,8 @@ pub const RESERVED_BUCKETS: [&str; 4] = ["v1", "healthz", "readyz", "metrics"];
 #[derive(Debug, Clone)]
 pub struct SiloS3 {
     store: ChunkStore,
+    /// The region Silo serves.
+    region: Region,
 }
 
 impl SiloS3 {
@@ -43,13 +49,13 @@ impl SiloS3 {
     }
 }
 
-/// The S3 service (an HTTP service for hyper or axum) over `store`.
-pub fn service(store: ChunkStore) -> S3Service {
+/// The S3 service over `store`, serving `region`.
+pub fn service(store: ChunkStore, region: Region) -> S3Front {
     let auth = auth::CatalogAuth::new(store.clone());
-    let mut builder = S3ServiceBuilder::new(SiloS3 { store: store.clone() });
+    let mut builder = S3ServiceBuilder::new(SiloS3 { store: store.clone(), region: region.clone() });
     builder.set_auth(auth.clone());
-    builder.set_access(auth);
-    builder.build()
+    builder.set_access(auth.clone());
+    S3Front { inner: builder.build(), region, auth }
 }
 
 /// A bucket as the management API shows it.

@@ -338,7 +338,7 @@ pub async fn abort_stale_uploads(
     store: &crate::store::ChunkStore,
     older_than: Duration,
 ) -> Result<u64, String> {
-    let s3 = SiloS3 { store: store.clone() };
+    let s3 = SiloS3 { store: store.clone(), region: super::region::default_region() };
     let client = s3.pool().get().await.map_err(|err| err.to_string())?;
     let stale = client
         .query(

@@ -7,7 +7,7 @@ use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 
 use super::bucket::Intent;
 use super::object::{ObjectHeaders, check_conditions};
-use super::{SiloS3, caller};
+use super::{SiloS3, caller, region};
 
 fn timestamp(seconds: f64) -> Timestamp {
     Timestamp::from(UNIX_EPOCH + Duration::from_secs_f64(seconds.max(0.0)))
@@ -35,6 +35,9 @@ impl S3 for SiloS3 {
         req: S3Request<CreateBucketInput>,
     ) -> S3Result<S3Response<CreateBucketOutput>> {
         let tenant = caller(&req.extensions).ok_or_else(|| s3_error!(AccessDenied))?;
+        let constraint =
+            req.input.create_bucket_configuration.as_ref().and_then(|c| c.location_constraint.as_ref());
+        region::check_constraint(constraint.map(|c| c.as_str()), &self.region)?;
         self.create_bucket_for(tenant, &req.input.bucket).await?;
         let output = CreateBucketOutput { location: Some(format!("/{}", req.input.bucket)) };
         Ok(S3Response::new(output))
@@ -76,7 +79,9 @@ impl S3 for SiloS3 {
         req: S3Request<GetBucketLocationInput>,
     ) -> S3Result<S3Response<GetBucketLocationOutput>> {
         self.bucket(caller(&req.extensions), &req.input.bucket, Intent::Read).await?;
-        Ok(S3Response::new(GetBucketLocationOutput::default()))
+        let output =
+            GetBucketLocationOutput { location_constraint: region::location_constraint(&self.region) };
+        Ok(S3Response::new(output))
     }
 
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {

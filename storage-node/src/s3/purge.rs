@@ -23,7 +23,8 @@ pub struct S3Purged {
 /// # Errors
 /// Catalog errors.
 pub async fn purge_tenant(store: &ChunkStore, tenant: TenantId) -> Result<S3Purged, StoreError> {
-    let s3 = SiloS3 { store: store.clone() };
+    // Deleting needs no region: any will do.
+    let s3 = SiloS3 { store: store.clone(), region: super::region::default_region() };
     let mut purged = S3Purged::default();
     let client = s3.pool().get().await?;
     let names: Vec<String> = client

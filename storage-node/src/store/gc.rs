@@ -10,7 +10,9 @@
 //!    When the disk is too full to copy into, punch holes in the pack's dead ranges instead
 //!    (`fallocate(PUNCH_HOLE)`): that frees their blocks without writing anything new.
 //! 4. Delete the files of packs retired longer ago than the grace period, which covers readers
-//!    that looked a chunk's location up just before it moved.
+//!    that looked a chunk's location up just before it moved. Only a pack that was sealed
+//!    (its size recorded) can have been retired by compaction; the file of a row retired
+//!    without ever being sealed is someone else's and is left for the start-up reconcile.
 //!
 //! Only one GC runs at a time in a process, and uploads run alongside it.
 
@@ -267,28 +269,37 @@ impl ChunkStore {
     async fn delete_retired(&self, report: &mut GcReport) -> Result<(), StoreError> {
         let client = self.inner.pool.get().await?;
         let grace = self.inner.config.retire_grace.as_secs_f64();
-        let retired: Vec<i64> = client
+        let retired: Vec<(i64, i64)> = client
             .query(
-                "SELECT id FROM packs WHERE node_id = $1 AND state = 'retired' \
+                "SELECT id, size FROM packs WHERE node_id = $1 AND state = 'retired' \
                    AND retired_at <= now() - make_interval(secs => $2)",
                 &[&self.inner.node.0, &grace],
             )
             .await?
             .iter()
-            .map(|row| row.get(0))
+            .map(|row| (row.get(0), row.get(1)))
             .collect();
-        for id in retired {
+        for (id, recorded) in retired {
             let path = pack_path(&self.inner.packs_dir, PackId(id));
             let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                Err(err) => return Err(StoreError::io(path, err)),
+            // Compaction retires only sealed packs, whose size is recorded. A row retired
+            // straight from open (an older Silo did so when the file could not be created,
+            // e.g. because a file of that id existed) never wrote the file under its name:
+            // the file is not GC's to delete. The next start registers and reconciles it.
+            let ours = recorded >= crate::pack::PACK_HEADER_LEN as i64;
+            if ours {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(err) => return Err(StoreError::io(path, err)),
+                }
+                report.disk_bytes_reclaimed += size;
+            } else if size > 0 {
+                tracing::warn!(pack = id, "kept a pack file whose retired row never wrote it");
             }
             self.inner.maps.forget(PackId(id));
             client.execute("DELETE FROM packs WHERE id = $1", &[&id]).await?;
             report.packs_deleted += 1;
-            report.disk_bytes_reclaimed += size;
         }
         Ok(())
     }

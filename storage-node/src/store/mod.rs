@@ -15,6 +15,7 @@ mod objects;
 pub mod offline;
 mod orphans;
 mod read;
+mod reconcile;
 mod scrub;
 mod verify;
 mod writers;
@@ -34,6 +35,7 @@ pub use objects::Usage;
 pub(crate) use objects::lock_tenant;
 pub use orphans::{Referrer, S3_REFERRERS};
 pub use read::ObjectRead;
+pub use reconcile::{RESTORED_MARKER, ReconcileReport, mark_catalog_restored};
 pub use scrub::{DamagedChunk, ScrubReport};
 
 use crate::DataDir;
@@ -141,7 +143,10 @@ impl ChunkStore {
     /// Opens the chunk store of `data_dir` as storage node `node`.
     ///
     /// Registers the node, loads (or creates) the server secret, and seals the packs that a
-    /// previous process left open: their uncommitted tails are garbage for GC.
+    /// previous process left open: their uncommitted tails are garbage for GC. Then it moves
+    /// pack ids past every pack file on disk and, after a catalog restore (or whenever the
+    /// catalog and the pack files disagree), reconciles the catalog with the packs (see
+    /// `reconcile`).
     ///
     /// # Errors
     /// [`StoreError`] when the catalog, the secret or the packs directory is unusable.
@@ -192,7 +197,9 @@ impl ChunkStore {
             secret,
             config,
         };
-        Ok(ChunkStore { inner: Arc::new(inner) })
+        let store = ChunkStore { inner: Arc::new(inner) };
+        store.reconcile_at_start(data_dir.path()).await?;
+        Ok(store)
     }
 
     /// This node's id.

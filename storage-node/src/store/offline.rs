@@ -4,15 +4,19 @@
 //! catalog it is meant to rebuild. An [`OfflineManifest`], written beside the packs when the
 //! dump is taken, lists where each of its chunks is. [`read_offline`] follows it straight to
 //! the pack files, and checks every record header and every chunk's keyed BLAKE3 id, so a
-//! damaged dump fails loudly instead of restoring a wrong catalog.
+//! damaged dump fails loudly instead of restoring a wrong catalog. A chunk that GC compaction
+//! moved since the manifest was written is found by its id in the packs' own records.
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::reconcile::{PackIndex, Scan, index_packs};
 use super::{ChunkStore, ObjectId, StoreError};
 use crate::compress::{Compression, decompress};
 use crate::keys::{ChunkId, ServerSecret, TenantId};
+use crate::pack::scan::pack_ids_on_disk;
 use crate::pack::{PackId, PackMaps};
 
 /// Where an object's chunks are, in order.
@@ -79,6 +83,9 @@ impl ChunkStore {
 /// Streams the object `manifest` describes from the packs in `packs_dir` into `sink`,
 /// verifying every chunk. Returns the bytes written.
 ///
+/// A chunk that is no longer at its recorded pack and offset (GC compacted that pack since the
+/// manifest was written) is found by its id in the packs' own records, and verified the same.
+///
 /// # Errors
 /// [`OfflineError::Damaged`] at the first chunk that is missing or wrong; nothing of it
 /// reaches `sink`.
@@ -91,31 +98,67 @@ pub fn read_offline(
     let maps = PackMaps::new(packs_dir);
     let tenant = TenantId(manifest.tenant);
     let key = secret.tenant_key(tenant);
+    let ids = manifest
+        .chunks
+        .iter()
+        .enumerate()
+        .map(|(index, entry)| {
+            hex::decode(&entry.id)
+                .ok()
+                .and_then(|bytes| ChunkId::from_slice(&bytes))
+                .ok_or_else(|| OfflineError::Manifest(format!("chunk {index} has no valid id")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // Built on the first chunk that moved: where the manifest's chunks have records, newest
+    // first; then, if a newest record does not verify, every record on disk.
+    let wanted: HashSet<_> = ids.iter().map(|id| (tenant, *id)).collect();
+    let on_disk = std::cell::OnceCell::new();
+    let on_disk = || on_disk.get_or_init(|| pack_ids_on_disk(packs_dir).unwrap_or_default()).clone();
+    let mut quick: Option<PackIndex> = None;
+    let mut full: Option<PackIndex> = None;
     let mut written = 0u64;
-    for (index, entry) in manifest.chunks.iter().enumerate() {
-        let damaged = |message: String| OfflineError::Damaged {
-            index,
-            id: entry.id.clone(),
-            pack: entry.pack,
-            offset: entry.offset,
-            message,
+    for (index_in_manifest, (entry, id)) in manifest.chunks.iter().zip(&ids).enumerate() {
+        let load = |pack: PackId, offset: u64| -> Result<Vec<u8>, String> {
+            let record = maps.record(pack, offset).map_err(|err| err.to_string())?;
+            if record.header.chunk != *id || record.header.tenant != tenant {
+                return Err("the record there is another chunk".into());
+            }
+            let raw = match record.header.compression {
+                Compression::None => record.data.to_vec(),
+                Compression::Zstd => decompress(&record.data, record.header.raw_len as usize)
+                    .map_err(|err| format!("it does not decompress: {err}"))?,
+            };
+            if key.chunk_id(&raw) != *id {
+                return Err("its bytes do not hash to its id".into());
+            }
+            Ok(raw)
         };
-        let id = hex::decode(&entry.id)
-            .ok()
-            .and_then(|bytes| ChunkId::from_slice(&bytes))
-            .ok_or_else(|| OfflineError::Manifest(format!("chunk {index} has no valid id")))?;
-        let record = maps.record(PackId(entry.pack), entry.offset).map_err(|err| damaged(err.to_string()))?;
-        if record.header.chunk != id || record.header.tenant != tenant {
-            return Err(damaged("the record there is another chunk".into()));
-        }
-        let raw = match record.header.compression {
-            Compression::None => record.data.to_vec(),
-            Compression::Zstd => decompress(&record.data, record.header.raw_len as usize)
-                .map_err(|err| damaged(format!("it does not decompress: {err}")))?,
+        let elsewhere = |index: &PackIndex| {
+            let candidates = index.get(&(tenant, *id)).map(Vec::as_slice).unwrap_or_default();
+            candidates.iter().find_map(|(pack, offset)| load(*pack, *offset).ok())
         };
-        if key.chunk_id(&raw) != id {
-            return Err(damaged("its bytes do not hash to its id".into()));
-        }
+        let raw = match load(PackId(entry.pack), entry.offset) {
+            Ok(raw) => raw,
+            Err(message) => {
+                let quick = quick
+                    .get_or_insert_with(|| index_packs(packs_dir, &on_disk(), &wanted, Scan::UntilFound));
+                match elsewhere(quick) {
+                    Some(raw) => raw,
+                    None => {
+                        let full = full.get_or_insert_with(|| {
+                            index_packs(packs_dir, &on_disk(), &wanted, Scan::Everything)
+                        });
+                        elsewhere(full).ok_or_else(|| OfflineError::Damaged {
+                            index: index_in_manifest,
+                            id: entry.id.clone(),
+                            pack: entry.pack,
+                            offset: entry.offset,
+                            message: format!("{message}; and no other pack holds a good copy"),
+                        })?
+                    }
+                }
+            }
+        };
         sink(&raw).map_err(OfflineError::Sink)?;
         written += raw.len() as u64;
     }

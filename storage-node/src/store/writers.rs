@@ -98,26 +98,47 @@ impl WriterPool {
 
 impl ChunkStore {
     /// An idle open pack, or a new one.
+    ///
+    /// A new pack's file is created with `O_EXCL`: a file under the new id (left by packs the
+    /// catalog does not know, as after a catalog restore) is never opened, overwritten or,
+    /// through a retired row, deleted. The id is dropped, ids move past every file on disk,
+    /// and a fresh id is tried.
     pub(super) async fn open_pack(&self) -> Result<OpenPack, StoreError> {
         if let Some(pack) = self.inner.writers.take() {
             return Ok(pack);
         }
-        let client = self.inner.pool.get().await?;
-        let id: i64 = client
-            .query_one("INSERT INTO packs (node_id) VALUES ($1) RETURNING id", &[&self.inner.node.0])
-            .await?
-            .get(0);
-        let dir = self.inner.packs_dir.clone();
-        let node = self.inner.node.0;
-        match tokio::task::spawn_blocking(move || PackWriter::create(&dir, PackId(id), node)).await? {
-            Ok(writer) => Ok(OpenPack::new(writer)),
-            Err(err) => {
-                // The file never came to be: retire the row so GC forgets it.
-                let _ = client
-                    .execute("UPDATE packs SET state = 'retired', retired_at = now() WHERE id = $1", &[&id])
-                    .await;
-                Err(StoreError::io(self.inner.packs_dir.clone(), err))
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let client = self.inner.pool.get().await?;
+            let id: i64 = client
+                .query_one("INSERT INTO packs (node_id) VALUES ($1) RETURNING id", &[&self.inner.node.0])
+                .await?
+                .get(0);
+            let dir = self.inner.packs_dir.clone();
+            let node = self.inner.node.0;
+            let created =
+                tokio::task::spawn_blocking(move || PackWriter::create(&dir, PackId(id), node)).await?;
+            let err = match created {
+                Ok(writer) => return Ok(OpenPack::new(writer)),
+                Err(err) => err,
+            };
+            // No file of this row exists: drop the row. (Retiring it would let GC delete
+            // whatever file does carry its name.)
+            client.execute("DELETE FROM packs WHERE id = $1 AND state = 'open'", &[&id]).await?;
+            drop(client);
+            if err.kind() != std::io::ErrorKind::AlreadyExists || attempts >= 3 {
+                return Err(StoreError::io(self.inner.packs_dir.clone(), err));
             }
+            tracing::warn!(
+                pack = id,
+                "a pack file with a new pack's id exists; moving pack ids past the files on disk"
+            );
+            let dir = self.inner.packs_dir.clone();
+            let on_disk = tokio::task::spawn_blocking(move || crate::pack::scan::pack_ids_on_disk(&dir))
+                .await?
+                .map_err(|err| StoreError::io(self.inner.packs_dir.clone(), err))?;
+            self.advance_pack_ids(on_disk.into_iter().max()).await?;
         }
     }
 }
