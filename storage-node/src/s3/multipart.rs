@@ -8,7 +8,7 @@
 //! read the parts inside the same transaction. So a part that races a completion or an abort
 //! either lands before it (and is concatenated or released with the rest) or fails with
 //! `NoSuchUpload` (and its object is never committed): no part object outlives its upload.
-//! Locks are always taken bucket, then upload, then tenant.
+//! Locks are always taken bucket, then upload, then tenant, then the key's row.
 
 use std::time::Duration;
 

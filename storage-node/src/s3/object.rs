@@ -260,6 +260,9 @@ impl SiloS3 {
         let mut client = self.pool().get().await.map_err(from_pool)?;
         let txn = client.transaction().await.map_err(from_db)?;
         lock_bucket(&txn, bucket, found.id).await?;
+        // The tenant before the key's row, as a PUT takes them: the other order deadlocked
+        // with a PUT of the same key.
+        crate::store::lock_tenant(&txn, tenant).await.map_err(from_store)?;
         let removed = txn
             .query_opt(
                 "DELETE FROM s3_objects WHERE bucket = $1 AND key = $2 RETURNING object_id",

@@ -17,13 +17,13 @@ use crate::catalog::{CatalogPool, connect_pool, tenants};
 use crate::keys::TenantId;
 use crate::store::{ChunkStore, NodeSpec, StoreConfig};
 
-struct Fixture {
-    s3: SiloS3,
-    pool: CatalogPool,
+pub(super) struct Fixture {
+    pub s3: SiloS3,
+    pub pool: CatalogPool,
     _tmp: tempfile::TempDir,
 }
 
-async fn fixture(label: &str) -> Fixture {
+pub(super) async fn fixture(label: &str) -> Fixture {
     let url = db_manager::testing::shared().fresh_database(label).await;
     let pool = connect_pool(url.parse().expect("url"), 16).expect("pool");
     let mut client = deadpool_postgres::Object::take(pool.get().await.expect("connect"));
@@ -215,4 +215,36 @@ async fn a_part_racing_a_completion_is_released_or_refused() {
 #[tokio::test]
 async fn a_part_racing_an_abort_is_released_or_refused() {
     part_racing("s3_part_vs_abort", false).await;
+}
+
+/// A PUT and a DELETE of one key at once. The PUT waits for the tenant's row (held here, as a
+/// concurrent upload would hold it) and the DELETE comes next: had the DELETE locked the key's
+/// row before the tenant's, each would wait for the other (a deadlock, which Postgres breaks
+/// by failing one with a catalog error). Both take the tenant first, so both succeed.
+#[tokio::test]
+async fn a_put_and_a_delete_of_one_key_never_deadlock() {
+    let fx = fixture("s3_put_vs_delete").await;
+    let a = tenants::create(&fx.pool, "tenant-a", None).await.expect("a");
+    fx.s3.create_bucket_for(a, "media").await.expect("bucket");
+    let put = |s3: SiloS3, byte: u8| async move {
+        let piece = Ok::<_, std::io::Error>(Bytes::from(vec![byte; 20_000]));
+        let body = s3s::dto::StreamingBlob::wrap(futures::stream::iter([piece]));
+        s3.put_object_for(Some(a), "media", "k", Some(body), None, ObjectHeaders::default()).await.map(|_| ())
+    };
+    put(fx.s3.clone(), 1).await.expect("the key exists");
+
+    let mut holder = fx.pool.get().await.expect("client");
+    let hold = holder.transaction().await.expect("txn");
+    hold.execute("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE", &[&a.0]).await.expect("hold");
+    let putting = tokio::spawn(put(fx.s3.clone(), 2));
+    until_waiting(&fx.pool, 1, || putting.is_finished()).await;
+    let s3 = fx.s3.clone();
+    let deleting = tokio::spawn(async move { s3.delete_object_for(Some(a), "media", "k").await });
+    until_waiting(&fx.pool, 2, || deleting.is_finished()).await;
+    hold.commit().await.expect("release");
+
+    putting.await.expect("join").expect("the PUT succeeds");
+    deleting.await.expect("join").expect("the DELETE succeeds");
+    assert!(fx.s3.list_keys("media", "", None, "", 10).await.expect("list").objects.is_empty());
+    assert_eq!(objects_of(&fx.pool, a).await, (0, 0), "nothing is left counted");
 }

@@ -32,6 +32,7 @@ pub use error::StoreError;
 pub use gc::GcReport;
 pub use ingest::{Ingested, PutOptions};
 pub use objects::Usage;
+pub(crate) use objects::lock_tenant;
 pub use orphans::{Referrer, S3_REFERRERS};
 pub use read::ObjectRead;
 pub use reconcile::{RESTORED_MARKER, ReconcileReport, mark_catalog_restored};
