@@ -437,6 +437,11 @@ fn escalation_trap(canary: &std::path::Path) -> String {
            EXCEPTION WHEN OTHERS THEN NULL; END;
            BEGIN EXECUTE 'COPY (SELECT 1) TO PROGRAM ''touch {canary}''';
            EXCEPTION WHEN OTHERS THEN NULL; END;
+           -- Keep whatever role runs this: hand it to the tenant's login role, and make the
+           -- database read-only by default so that cleaning up after it fails.
+           BEGIN EXECUTE format('GRANT %I TO evil_trap', session_user); EXCEPTION WHEN OTHERS THEN NULL; END;
+           BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = on', current_database());
+           EXCEPTION WHEN OTHERS THEN NULL; END;
            RETURN true;
          END $f$;
          CREATE FUNCTION public.count_step(bigint) RETURNS bigint LANGUAGE plpgsql AS $f$

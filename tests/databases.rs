@@ -210,6 +210,32 @@ async fn over_the_quota_a_database_turns_read_only_and_back() {
            'BEGIN INSERT INTO keep VALUES (98); RETURN OLD; END';
          CREATE TRIGGER audit BEFORE DELETE ON audited FOR EACH ROW EXECUTE FUNCTION audit();",
     );
+    // Grants to the reader role (whose name anyone can read in pg_roles), objects the login
+    // role owns itself, and settings on the database that would make Silo's own statements
+    // fail or act as the owner.
+    let pg_name = created["database"].as_str().expect("database");
+    let reader = db_manager::names::reader_role(pg_name);
+    let owner = db_manager::names::owner_role(pg_name);
+    psql_ok(
+        url,
+        &format!(
+            "GRANT INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO {reader};
+             GRANT CREATE ON SCHEMA public TO {reader};
+             GRANT CREATE, TEMPORARY ON DATABASE \"{pg_name}\" TO {reader}, \"{pg_name}\";
+             ALTER DEFAULT PRIVILEGES GRANT INSERT ON TABLES TO {reader};
+             SET ROLE NONE;
+             CREATE SCHEMA mine; CREATE TABLE mine.t (x int);
+             ALTER ROLE CURRENT_USER IN DATABASE \"{pg_name}\" SET default_transaction_read_only = off;
+             SET ROLE {owner};
+             ALTER DATABASE \"{pg_name}\" SET default_transaction_read_only = on;
+             ALTER DATABASE \"{pg_name}\" SET role = {owner};"
+        ),
+    );
+    // A session in another database, acting as the owner, that would outlive the switch.
+    let elsewhere = format!("{}/postgres", url.rsplit_once('/').expect("a database in the url").0);
+    let (held_elsewhere, connection) =
+        tokio_postgres::connect(&elsewhere, tokio_postgres::NoTls).await.expect("connect elsewhere");
+    tokio::spawn(connection);
     // A session that is open when the switch happens is ended, so the switch takes hold.
     let (held, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect");
     tokio::spawn(connection);
@@ -220,11 +246,16 @@ async fn over_the_quota_a_database_turns_read_only_and_back() {
     let info = fx.wait_state("quota", "full", "read_only_over_quota").await;
     assert!(info["size_bytes"].as_i64().unwrap_or(0) > 9_437_184, "{info}");
     assert!(held.simple_query("SELECT 1").await.is_err(), "the open session was ended");
+    assert!(held_elsewhere.simple_query("SELECT 1").await.is_err(), "so was the one in another database");
 
+    // The tenant switched the read-only default off for itself beforehand: the privileges
+    // refuse the write anyway.
     let refused = psql_err(url, "INSERT INTO keep VALUES (2)");
-    assert!(refused.contains("cannot execute INSERT in a read-only transaction"), "{refused}");
-    let owner =
-        psql_ok(url, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()");
+    assert!(refused.contains("permission denied for table keep"), "{refused}");
+    assert_eq!(
+        psql_ok(url, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()"),
+        owner
+    );
     // Every undo the tenant can try: none of them writes a row.
     for attack in [
         "BEGIN READ WRITE; INSERT INTO keep VALUES (2); COMMIT".to_string(),
@@ -244,6 +275,12 @@ async fn over_the_quota_a_database_turns_read_only_and_back() {
         "SET ROLE NONE; BEGIN READ WRITE; SELECT sneak(); COMMIT".to_string(),
         "BEGIN READ WRITE; DELETE FROM audited; COMMIT".to_string(),
         "BEGIN READ WRITE; SELECT lo_from_bytea(0, 'x'); COMMIT".to_string(),
+        "BEGIN READ WRITE; CREATE SCHEMA more; COMMIT".to_string(),
+        "SET ROLE NONE; BEGIN READ WRITE; INSERT INTO mine.t VALUES (1); COMMIT".to_string(),
+        "SET ROLE NONE; BEGIN READ WRITE; GRANT INSERT ON mine.t TO CURRENT_USER; INSERT INTO mine.t VALUES (1); COMMIT"
+            .to_string(),
+        "SET ROLE NONE; BEGIN READ WRITE; CREATE TABLE mine.u (x int); COMMIT".to_string(),
+        format!("SET ROLE NONE; SET ROLE {reader}; BEGIN READ WRITE; INSERT INTO keep VALUES (2); COMMIT"),
     ] {
         let refused = psql_err(url, &attack);
         assert!(refused.contains("permission denied"), "{attack}: {refused}");
@@ -548,7 +585,7 @@ async fn a_database_made_before_owner_roles_is_moved_to_them_at_the_next_start()
     admin_sql(&format!(
         "ALTER ROLE \"{pg_name}\" INHERIT; ALTER ROLE \"{pg_name}\" RESET role; REVOKE \"{owner}\" FROM \"{pg_name}\""
     ));
-    admin_sql(&format!("DROP ROLE \"{owner}\""));
+    admin_sql(&format!("DROP ROLE \"{owner}\"; COMMENT ON ROLE \"{pg_name}\" IS NULL"));
     assert_eq!(psql_ok(&url, "SELECT current_user"), pg_name, "the legacy layout");
 
     fx.restart(&[]).await;

@@ -209,7 +209,11 @@ impl DbManager {
             Some(pool) => pool,
             None => {
                 let reach = servers::admin_config(&self.inner.pool, &self.inner.secret, server.id).await?;
-                let pool = reach.pool(&server.name, 4)?;
+                // A tenant holding a lock on its role (an open `ALTER ROLE ... SET`) must not
+                // stall Silo: its statements wait at most this long.
+                let mut config = reach.config.clone();
+                config.options("-c lock_timeout=10s");
+                let pool = reach.with_config(config).pool(&server.name, 4)?;
                 if let Ok(mut pools) = self.inner.server_pools.lock() {
                     pools.insert(server.id, pool.clone());
                 }
@@ -235,7 +239,13 @@ impl DbManager {
         let reach = servers::admin_config(&self.inner.pool, &self.inner.secret, server.id).await?;
         let mut config = reach.config.clone();
         if let Some(dbname) = dbname {
-            config.dbname(dbname).options("-c search_path=pg_catalog");
+            // The startup options beat the tenant's `ALTER DATABASE ... SET`: no tenant function
+            // by name, no read-only default that fails Silo's statements, no role to act as,
+            // and no lock the tenant holds open can stall Silo for long.
+            config.dbname(dbname).options(
+                "-c search_path=pg_catalog -c default_transaction_read_only=off -c role=none \
+                 -c lock_timeout=10s -c statement_timeout=300s",
+            );
         }
         reach.with_config(config).connect(&server.name).await
     }
@@ -342,7 +352,7 @@ impl DbManager {
                 let admin = self.admin(&server).await?;
                 // A role or database that is not Silo's (one that a create refused) stays.
                 match provision::check_ours(&admin, &target, &self.marker(id).await?).await {
-                    Ok(()) => provision::drop_database_and_roles(&admin, &target).await?,
+                    Ok(()) => self.drop_database_and_roles(&server, &target).await?,
                     Err(DbError::RoleTaken { .. } | DbError::DatabaseTaken { .. }) => {}
                     Err(err) => return Err(err),
                 }

@@ -36,7 +36,9 @@ pub fn server_name(tenant: &str, database: &str) -> Option<String> {
         return Some(full);
     }
     let digest = blake3::hash(full.as_bytes()).to_hex();
-    Some(format!("{}_{}", &full[..MAX_IDENTIFIER - 25], &digest[..24]))
+    // `_-` never appears in a short name (tenant names hold no `_`, database names no `-`), so
+    // a hashed name never equals another tenant's short one.
+    Some(format!("{}_-{}", &full[..MAX_IDENTIFIER - 26], &digest[..24]))
 }
 
 /// The NOLOGIN role that owns a client database and everything in it.

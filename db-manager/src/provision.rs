@@ -127,9 +127,6 @@ pub async fn ensure_roles(
             ));
         }
     }
-    if !superuser {
-        sql.push_str(&format!("GRANT {owner} TO CURRENT_USER;"));
-    }
     let verifier = literal(&verifier(password));
     if exists(target.pg_name) {
         sql.push_str(&format!("ALTER ROLE {login} LOGIN NOINHERIT PASSWORD {verifier};"));
@@ -137,6 +134,11 @@ pub async fn ensure_roles(
         sql.push_str(&format!(
             "CREATE ROLE {login} LOGIN NOINHERIT PASSWORD {verifier}; COMMENT ON ROLE {login} IS {marker};"
         ));
+    }
+    if !superuser {
+        // A non-superuser admin needs their rights to create the owner's database and, over
+        // quota, to take back what the login or reader roles own.
+        sql.push_str(&format!("GRANT {owner}, {login}, {reader} TO CURRENT_USER;"));
     }
     sql.push_str(&format!(
         "GRANT {owner} TO {login}; ALTER ROLE {login} SET role = {owner_value};",
@@ -192,11 +194,13 @@ pub async fn set_password(client: &Client, target: &Target<'_>, password: &str) 
     client.batch_execute(&sql).await.map_err(DbError::on_server(target.server))
 }
 
-/// Terminates every session of the database. Returns how many.
-pub async fn terminate_sessions(client: &Client, target: &Target<'_>) -> Result<u64, DbError> {
+/// Terminates every session of the database's login role, in any database (a session that
+/// started as the owner keeps the owner's rights until it ends). Returns how many.
+pub async fn terminate_login_sessions(client: &Client, target: &Target<'_>) -> Result<u64, DbError> {
     let rows = client
         .query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity \
+             WHERE usename = $1 AND pid <> pg_catalog.pg_backend_pid()",
             &[&target.pg_name],
         )
         .await
@@ -222,15 +226,15 @@ pub async fn terminate_role_sessions(
     Ok(rows.len() as u64)
 }
 
-/// Drops the database (closing its sessions) and its roles, whichever exist. Only call it for
-/// a database that [`check_ours`] accepts.
-pub async fn drop_database_and_roles(client: &Client, target: &Target<'_>) -> Result<(), DbError> {
-    let name = ident(target.pg_name);
-    client
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await
-        .map_err(DbError::on_server(target.server))?;
-    let roles = [name, ident(&target.reader()), ident(&target.owner())].join(", ");
+/// The database's roles: login, reader, owner.
+pub fn roles(target: &Target<'_>) -> [String; 3] {
+    [target.pg_name.to_string(), target.reader(), target.owner()]
+}
+
+/// Drops the database's roles, whichever exist. Call it after the database is gone and the
+/// roles own nothing anywhere (see `DbManager::drop_database_and_roles`).
+pub async fn drop_roles(client: &Client, target: &Target<'_>) -> Result<(), DbError> {
+    let roles = roles(target).iter().map(|r| ident(r)).collect::<Vec<_>>().join(", ");
     client
         .batch_execute(&format!("DROP ROLE IF EXISTS {roles}"))
         .await
@@ -238,20 +242,41 @@ pub async fn drop_database_and_roles(client: &Client, target: &Target<'_>) -> Re
 }
 
 /// Whether the database still has the single-role layout of Silo before owner roles (its
-/// login role owns everything, so it could undo read-only): its login role's sessions do not
-/// start as another role.
+/// login role owns everything, so it could undo read-only): its login role carries no marker.
+/// Only a role with CREATEROLE may comment on a role, so the tenant cannot fake this (its role
+/// settings, which it may change, are not asked).
 pub async fn is_legacy(client: &Client, target: &Target<'_>) -> Result<bool, DbError> {
     let row = client
         .query_one(
-            "SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_db_role_setting s \
-               JOIN pg_catalog.pg_roles r ON r.oid = s.setrole \
-               WHERE r.rolname = $1 AND s.setdatabase = 0 \
-                 AND EXISTS (SELECT 1 FROM unnest(s.setconfig) c WHERE c LIKE 'role=%'))",
+            "SELECT coalesce(pg_catalog.shobj_description(oid, 'pg_authid'), '') NOT LIKE 'silo:%' \
+             FROM pg_catalog.pg_roles WHERE rolname = $1",
             &[&target.pg_name],
         )
         .await
         .map_err(DbError::on_server(target.server))?;
     Ok(row.get(0))
+}
+
+/// Drops a database, whatever the tenant did to it: `IS_TEMPLATE` (which blocks a drop) is
+/// cleared first, and open sessions are ended.
+pub async fn drop_database(client: &Client, server: &str, name: &str) -> Result<(), DbError> {
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1", &[&name])
+        .await
+        .map_err(DbError::on_server(server))?
+        .is_some();
+    if !exists {
+        return Ok(());
+    }
+    let name = ident(name);
+    client
+        .batch_execute(&format!("ALTER DATABASE {name} IS_TEMPLATE false"))
+        .await
+        .map_err(DbError::on_server(server))?;
+    client
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await
+        .map_err(DbError::on_server(server))
 }
 
 /// Moves a legacy database to the owner-role layout: makes the owner and reader roles, hands

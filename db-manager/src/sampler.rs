@@ -14,6 +14,9 @@ use crate::DbError;
 use crate::manager::DbManager;
 use crate::{provision, read_only};
 
+/// How long one database's quota switch may take before the round moves on.
+const ENFORCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Write access comes back below this share of the quota.
 const RESTORE_BELOW: f64 = 0.95;
 /// Only one replica samples at a time ("SS").
@@ -144,10 +147,20 @@ impl DbManager {
         drop(client);
         for database in present {
             let (size, connections) = measured[&database.pg_name];
-            let read_only = self.enforce_quota(&server, database, size).await.unwrap_or_else(|err| {
-                tracing::error!(database = %database.name, error = %err, "cannot enforce the quota");
-                database.state == "read_only_over_quota"
-            });
+            // One database (a tenant holding locks open, say) never stalls the others' rounds.
+            let enforced =
+                tokio::time::timeout(ENFORCE_TIMEOUT, self.enforce_quota(&server, database, size)).await;
+            let read_only = match enforced {
+                Ok(Ok(read_only)) => read_only,
+                Ok(Err(err)) => {
+                    tracing::error!(database = %database.name, error = %err, "cannot enforce the quota");
+                    database.state == "read_only_over_quota"
+                }
+                Err(_) => {
+                    tracing::error!(database = %database.name, "enforcing the quota timed out; retrying next round");
+                    database.state == "read_only_over_quota"
+                }
+            };
             if let Some(before) = database.terminate_before {
                 self.end_rotated_sessions(&server, database, before).await?;
             }
@@ -204,8 +217,6 @@ impl DbManager {
                     &[&database.id, &revoked],
                 )
                 .await?;
-            let ended = provision::terminate_sessions(&admin, &target).await?;
-            tracing::debug!(ended, "ended sessions so the read-only switch takes hold");
             ("read_only_over_quota", "read_only_over_quota")
         };
         drop((inside, client));

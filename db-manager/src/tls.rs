@@ -209,7 +209,8 @@ fn verified(pem: &str) -> Result<Verified, String> {
 
 fn ca_file(dir: &Path, pem: &str) -> std::io::Result<PathBuf> {
     let path = dir.join(format!("ca-{}.pem", &blake3::hash(pem.as_bytes()).to_hex()[..16]));
-    if !path.exists() {
+    // Written again unless it holds exactly this CA (a file someone else left is not trusted).
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(pem) {
         std::fs::create_dir_all(dir)?;
         let partial = path.with_extension("partial");
         std::fs::write(&partial, pem)?;

@@ -120,8 +120,10 @@ impl DbManager {
         Ok(env)
     }
 
-    /// Drops a worker: ends its sessions, hands what it made in `database` to the owner role it
-    /// worked for, and drops the role. Failures are logged; the next start tries again.
+    /// Drops a worker: takes its rights and its login first (and every role that was made a
+    /// member of it: tenant code may have granted it to the tenant), ends its sessions, hands
+    /// what it made in `database` to the owner role it worked for, drops what it was granted
+    /// anywhere, and drops the role. Failures are logged; the next start tries again.
     pub(crate) async fn drop_worker(&self, worker: Worker, database: Option<&str>) {
         if let Err(err) = self.try_drop_worker(&worker, database).await {
             tracing::warn!(worker = %worker.name, server = %worker.server.name, error = %err, "cannot drop a worker role; the next start drops it");
@@ -132,13 +134,7 @@ impl DbManager {
         let on_server = DbError::on_server(&worker.server.name);
         let role = ident(&worker.name);
         let admin = self.admin(&worker.server).await?;
-        admin
-            .execute(
-                "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE usename = $1",
-                &[&worker.name],
-            )
-            .await
-            .map_err(&on_server)?;
+        disarm(&admin, &worker.server, &worker.name).await?;
         if let (Some(database), Some(owner)) = (database, &worker.member_of) {
             let exists = admin
                 .query_opt("SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1", &[&database])
@@ -148,19 +144,95 @@ impl DbManager {
             if exists {
                 let inside = self.connect_server(&worker.server, Some(database)).await?;
                 inside
-                    .batch_execute(&format!(
-                        "REASSIGN OWNED BY {role} TO {}; DROP OWNED BY {role}",
-                        ident(owner)
-                    ))
+                    .batch_execute(&format!("REASSIGN OWNED BY {role} TO {}", ident(owner)))
                     .await
                     .map_err(&on_server)?;
             }
         }
+        // Tenant code ran in one database only (the scratch one, for verification, is gone):
+        // what it could have granted the worker is there or on shared objects, and DROP OWNED
+        // in that database (or the admin's) takes both.
+        let here = match database {
+            Some(database) if self.database_exists(&worker.server, database).await? => Some(database),
+            _ => None,
+        };
+        let inside = self.connect_server(&worker.server, here).await?;
+        inside.batch_execute(&format!("DROP OWNED BY {role} CASCADE")).await.map_err(&on_server)?;
         admin.batch_execute(&format!("DROP ROLE IF EXISTS {role}")).await.map_err(&on_server)
     }
 
-    /// Drops the workers a crash left on `server` (this catalog's only), after dropping what
-    /// they own in each database.
+    /// Runs `DROP OWNED BY roles` in every database of `server` that takes connections: what
+    /// they own goes, and so does every privilege granted to them (here and on shared objects),
+    /// which a tenant may have granted on purpose to make `DROP ROLE` fail. Returns an error
+    /// only when the server is unreachable.
+    pub(crate) async fn drop_owned_everywhere(
+        &self,
+        server: &Server,
+        roles: &[String],
+    ) -> Result<(), DbError> {
+        let admin = self.admin(server).await?;
+        let on_server = DbError::on_server(&server.name);
+        let existing: Vec<String> = admin
+            .query("SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname = ANY($1)", &[&roles])
+            .await
+            .map_err(&on_server)?
+            .iter()
+            .map(|r| ident(r.get(0)))
+            .collect();
+        if existing.is_empty() {
+            return Ok(());
+        }
+        let databases: Vec<String> = admin
+            .query("SELECT datname::text FROM pg_catalog.pg_database WHERE datallowconn", &[])
+            .await
+            .map_err(&on_server)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        drop(admin);
+        let statement = format!("DROP OWNED BY {} CASCADE", existing.join(", "));
+        for database in &databases {
+            let dropped = match self.connect_server(server, Some(database)).await {
+                Ok(inside) => inside.batch_execute(&statement).await,
+                Err(err) => {
+                    tracing::debug!(database, error = %err, "cannot reach a database to drop what roles own");
+                    continue;
+                }
+            };
+            if let Err(err) = dropped {
+                tracing::warn!(database, error = %err, "cannot drop what roles own; dropping them may fail");
+            }
+        }
+        Ok(())
+    }
+
+    async fn database_exists(&self, server: &Server, database: &str) -> Result<bool, DbError> {
+        let admin = self.admin(server).await?;
+        let row = admin
+            .query_opt("SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1", &[&database])
+            .await
+            .map_err(DbError::on_server(&server.name))?;
+        Ok(row.is_some())
+    }
+
+    /// Drops a client database and its roles. Only call it for a database that
+    /// [`provision::check_ours`] accepts. What the roles own or were granted in any other
+    /// database goes first: another tenant may have granted them something on purpose, so that
+    /// `DROP ROLE` would fail and leave the login role (whose password its tenant knows) behind.
+    pub(crate) async fn drop_database_and_roles(
+        &self,
+        server: &Server,
+        target: &crate::provision::Target<'_>,
+    ) -> Result<(), DbError> {
+        let admin = self.admin(server).await?;
+        crate::provision::drop_database(&admin, target.server, target.pg_name).await?;
+        drop(admin);
+        self.drop_owned_everywhere(server, &crate::provision::roles(target)).await?;
+        let admin = self.admin(server).await?;
+        crate::provision::drop_roles(&admin, target).await
+    }
+
+    /// Drops the workers a crash left on `server` (this catalog's only), one by one.
     pub(crate) async fn sweep_workers(&self, server: &Server) -> Result<usize, DbError> {
         let prefix = self.worker_prefix().await?;
         let admin = self.admin(server).await?;
@@ -172,31 +244,61 @@ impl DbManager {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        if left.is_empty() {
-            return Ok(0);
+        for worker in &left {
+            disarm(&admin, server, worker).await?;
         }
-        let databases: Vec<String> = admin
-            .query("SELECT datname::text FROM pg_catalog.pg_database WHERE datallowconn", &[])
-            .await
-            .map_err(&on_server)?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let roles = left.iter().map(|r| ident(r)).collect::<Vec<_>>().join(", ");
-        for database in databases {
-            if let Ok(inside) = self.connect_server(server, Some(&database)).await {
-                // DROP OWNED also revokes what they were granted, here and on shared objects.
-                if let Err(err) = inside.batch_execute(&format!("DROP OWNED BY {roles}")).await {
-                    tracing::debug!(database, error = %err, "cannot drop what stray workers own");
+        self.drop_owned_everywhere(server, &left).await?;
+        let mut dropped = 0;
+        for worker in &left {
+            match admin.batch_execute(&format!("DROP ROLE IF EXISTS {}", ident(worker))).await {
+                Ok(()) => dropped += 1,
+                Err(err) => {
+                    tracing::warn!(worker, error = %DbError::on_server(&server.name)(err), "cannot drop a stray worker role")
                 }
             }
         }
-        admin.batch_execute(&format!("DROP ROLE IF EXISTS {roles}")).await.map_err(&on_server)?;
-        Ok(left.len())
+        Ok(dropped)
     }
 
     /// `silo_w_<first 12 hex digits of the catalog id>_`.
     async fn worker_prefix(&self) -> Result<String, DbError> {
         Ok(format!("{PREFIX}{}_", &self.catalog_id().await?[..12]))
     }
+}
+
+/// Takes a worker's rights before anything else: no login, no membership in any role, no role
+/// made a member of it but the admin (tenant code may have granted it to the tenant's login
+/// role), and no session.
+async fn disarm(admin: &tokio_postgres::Client, server: &Server, worker: &str) -> Result<(), DbError> {
+    let on_server = DbError::on_server(&server.name);
+    let role = ident(worker);
+    let memberships: Vec<String> = admin
+        .query(
+            "SELECT pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(m.roleid)), \
+                    pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(m.member)), \
+                    m.member = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1) \
+             FROM pg_catalog.pg_auth_members m \
+             WHERE (m.member = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1) \
+                 OR m.roleid = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1)) \
+               AND m.member <> (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)",
+            &[&worker],
+        )
+        .await
+        .map_err(&on_server)?
+        .iter()
+        .map(|r| format!("REVOKE {} FROM {} CASCADE;", r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect();
+    let mut sql = format!("ALTER ROLE {role} NOLOGIN;");
+    for revoke in memberships {
+        sql.push_str(&revoke);
+    }
+    admin.batch_execute(&sql).await.map_err(&on_server)?;
+    admin
+        .execute(
+            "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE usename = $1",
+            &[&worker],
+        )
+        .await
+        .map_err(&on_server)?;
+    Ok(())
 }

@@ -225,10 +225,7 @@ impl DbManager {
         let target = row.target();
         let plan = self.plans().require(&row.plan)?.clone();
         let admin = self.admin(&row.server).await?;
-        admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(&row.pg_name)))
-            .await
-            .map_err(DbError::on_server(&row.server.name))?;
+        provision::drop_database(&admin, &row.server.name, &row.pg_name).await?;
         faults::crash_point("restore.after_drop");
         provision::ensure_database(&admin, &target, &plan).await?;
         let inside = self.connect_server(&row.server, Some(&row.pg_name)).await?;
@@ -331,8 +328,7 @@ impl DbManager {
             Ok(()) => self.verify_in(id, &worker, &scratch, stored.table_counts.as_ref()).await,
             Err(err) => Err(err),
         };
-        let dropped =
-            admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(&scratch))).await;
+        let dropped = provision::drop_database(&admin, &server.name, &scratch).await;
         if let Err(err) = dropped {
             tracing::warn!(database = scratch, error = %err, "cannot drop a verification scratch database");
         }

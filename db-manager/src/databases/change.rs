@@ -120,8 +120,7 @@ impl DbManager {
         client.execute("UPDATE tenant_databases SET state = 'deleting' WHERE id = $1", &[&row.id]).await?;
         drop(client);
         self.record_event(row.id, "deleting", "").await?;
-        let admin = self.admin(&row.server).await?;
-        provision::drop_database_and_roles(&admin, &row.target()).await?;
+        self.drop_database_and_roles(&row.server, &row.target()).await?;
         let client = self.pool().get().await?;
         client.execute("DELETE FROM tenant_databases WHERE id = $1", &[&row.id]).await?;
         tracing::info!(tenant, database = name, server = %row.server.name, "deleted database");

@@ -81,7 +81,8 @@ impl DbManager {
                     let admin = self.admin(&row.server).await?;
                     // Only what Silo made for this row is ever dropped.
                     provision::check_ours(&admin, &row.target(), &self.marker(row.id).await?).await?;
-                    provision::drop_database_and_roles(&admin, &row.target()).await
+                    drop(admin);
+                    self.drop_database_and_roles(&row.server, &row.target()).await
                 };
                 if let Err(undo_err) = undo.await {
                     tracing::error!(database = %row.name, error = %undo_err, "cannot undo the create; the next start cleans it up");
