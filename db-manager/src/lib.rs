@@ -2,7 +2,7 @@
 //!
 //! [`instance`] creates, starts, supervises and stops local Postgres clusters with the local
 //! `initdb`, `pg_ctl` and `postgres` binaries. The embedded catalog server is one such instance,
-//! and dedicated per-client servers will be others. [`catalog`] attaches Silo to its catalog
+//! and [`dedicated`] per-client servers are others. [`catalog`] attaches Silo to its catalog
 //! database, wherever it lives, and brings every component's schema up to date.
 //!
 //! On top, client databases: [`servers`] are the Postgres servers they live on (the embedded
@@ -10,7 +10,11 @@
 //! and deletes them through [`provision`]'s statements, and [`sampler`] watches their size and
 //! enforces the quotas of their [`plans`]. [`DbManager`] ties these together for the API.
 //! [`tenant_deletion`] deletes a tenant with all it has, resumably; [`orphans`] tells the
-//! storage node's orphan sweep which objects db-manager references.
+//! storage node's orphan sweep which objects db-manager references. [`tls`] reaches registered
+//! servers over TLS that verifies them. Anything that runs a tenant's code (dumps, row counts,
+//! restores, verification) connects as a throwaway worker role with no more than the tenant's
+//! rights (`workers`), and read-only over quota works by role membership (`read_only`); see
+//! docs/security.md.
 
 pub mod backup;
 pub mod catalog;

@@ -1,9 +1,11 @@
-//! Silo's storage node: the data directory it owns and the catalog schema of stored media.
+//! Silo's storage node: media bytes at rest and the S3 data plane over them.
 //!
 //! This crate is the bottom of Silo's dependency chain (`storage-node` ← `db-manager` ← `silo`).
-//! It owns everything about bytes at rest: the on-disk data directory (its claim marker, its lock
-//! and its secret files) and the catalog tables that describe stored media. Later layers add
-//! chunking, the chunk store, the S3 data plane, GC and scrub here.
+//! It owns everything about bytes at rest: the on-disk data directory ([`data_dir`]: its claim
+//! marker, its lock and its secret files), content-defined [`chunker`], [`compress`]ion, the
+//! keyed ids of [`keys`], the append-only [`pack`] files, the chunk [`store`] (ingest, commit,
+//! verified reads, GC, scrub, the reconcile of a restored catalog and the orphan sweep) with its
+//! [`catalog`] tables, and the [`s3`] data plane on top.
 
 pub mod catalog;
 pub mod chunker;
