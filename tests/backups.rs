@@ -245,7 +245,13 @@ async fn interrupted_backups_never_look_complete_and_a_rerun_succeeds() {
 
     // A rerun succeeds, and GC leaves the store consistent.
     let rerun = silo(&fx, &["backup", "run", "--all"]);
-    assert!(rerun.status.success(), "{}", String::from_utf8_lossy(&rerun.stderr));
+    assert!(
+        rerun.status.success(),
+        "{}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&rerun.stderr),
+        String::from_utf8_lossy(&rerun.stdout),
+        fx.silo.stderr()
+    );
     let listed = silo_json(&fx, &["backup", "list", "--tenant", "faulty"]);
     assert_eq!(listed[0]["status"], "complete", "{listed}");
     let gc = silo(&fx, &["gc"]);
