@@ -3,35 +3,11 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::databases::{Fixture, admin_sql, psql_ok};
+use common::databases::{Fixture, admin_sql, psql_ok, silo, silo_json};
 use serde_json::{Value, json};
-
-/// Runs the `silo` CLI against the fixture (without `--json` unless asked).
-fn silo(fx: &Fixture, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_silo"))
-        .args(args)
-        .env("SILO_URL", format!("http://{}", fx.silo.addr))
-        .env("SILO_ADMIN_TOKEN", fx.silo.token())
-        .output()
-        .expect("run silo")
-}
-
-fn silo_json(fx: &Fixture, args: &[&str]) -> Value {
-    let mut with_json = args.to_vec();
-    with_json.push("--json");
-    let output = silo(fx, &with_json);
-    assert!(
-        output.status.success(),
-        "silo {args:?}: {}\n{}\nserver log:\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        String::from_utf8_lossy(&output.stdout),
-        fx.silo.stderr()
-    );
-    serde_json::from_slice(&output.stdout).expect("JSON output")
-}
 
 /// A database with several tables, indexes, sequences, a view, a large object and 100k rows.
 const SCHEMA: &str = "

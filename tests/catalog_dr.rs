@@ -6,37 +6,15 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
-use common::databases::{Fixture, admin_sql, psql_ok};
+use common::databases::{Fixture, admin_sql, psql_ok, silo, silo_json};
+use common::noise;
 use common::silo_cli_json;
 use serde_json::{Value, json};
-
-fn silo(fx: &Fixture, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_silo"))
-        .args(args)
-        .env("SILO_URL", format!("http://{}", fx.silo.addr))
-        .env("SILO_ADMIN_TOKEN", fx.silo.token())
-        .output()
-        .expect("run silo")
-}
-
-fn silo_json(fx: &Fixture, args: &[&str]) -> Value {
-    let mut with_json = args.to_vec();
-    with_json.push("--json");
-    let output = silo(fx, &with_json);
-    assert!(
-        output.status.success(),
-        "silo {args:?}: {}\nserver log:\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        fx.silo.stderr()
-    );
-    serde_json::from_slice(&output.stdout).expect("JSON output")
-}
 
 /// A fixture whose GC deletes retired packs at once, so one `silo gc` compacts and deletes.
 async fn fixture(label: &str) -> Fixture {
@@ -53,20 +31,7 @@ async fn fixture(label: &str) -> Fixture {
 async fn s3(fx: &Fixture, tenant: &str) -> Client {
     let key = silo_cli_json(&fx.silo, &["key", "create", tenant]);
     let field = |name: &str| key[name].as_str().expect("key field").to_string();
-    let config = aws_sdk_s3::config::Builder::new()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(format!("http://{}", fx.silo.addr))
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(
-            field("access_key_id"),
-            field("secret_access_key"),
-            None,
-            None,
-            "t",
-        ))
-        .force_path_style(true)
-        .http_client(aws_smithy_http_client::Builder::new().build_http());
-    let client = Client::from_conf(config.build());
+    let client = common::sdk_client(&fx.silo, &field("access_key_id"), &field("secret_access_key"));
     client.create_bucket().bucket("media").send().await.expect("create bucket");
     client
 }
@@ -98,18 +63,6 @@ async fn get(client: &Client, key: &str) -> Vec<u8> {
     let object = client.get_object().bucket("media").key(key).send().await;
     let object = object.unwrap_or_else(|err| panic!("get {key}: {err:?}"));
     object.body.collect().await.expect("body").into_bytes().to_vec()
-}
-
-/// Reproducible incompressible bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 32);
-    let mut counter = 0u64;
-    while out.len() < len {
-        out.extend_from_slice(blake3::hash(&[seed.to_le_bytes(), counter.to_le_bytes()].concat()).as_bytes());
-        counter += 1;
-    }
-    out.truncate(len);
-    out
 }
 
 fn packs_dir(fx: &Fixture) -> PathBuf {

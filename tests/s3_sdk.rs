@@ -8,13 +8,13 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
 use aws_sdk_s3::types::{
     CompletedMultipartUpload, CompletedPart, Delete, MetadataDirective, ObjectIdentifier,
 };
+use common::noise;
 use common::{Silo, scratch, silo_cli_json};
 use md5::{Digest, Md5};
 use serde_json::Value;
@@ -57,23 +57,7 @@ fn tenant_client(silo: &Silo, tenant: &str, quota: Option<&str>) -> Client {
     silo_cli_json(silo, &args);
     let key = silo_cli_json(silo, &["key", "create", tenant]);
     let field = |name: &str| key[name].as_str().expect("key field").to_string();
-    client(silo, &field("access_key_id"), &field("secret_access_key"), |config| config)
-}
-
-fn client(
-    silo: &Silo,
-    id: &str,
-    secret: &str,
-    tweak: impl FnOnce(aws_sdk_s3::config::Builder) -> aws_sdk_s3::config::Builder,
-) -> Client {
-    let config = aws_sdk_s3::config::Builder::new()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(format!("http://{}", silo.addr))
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(id, secret, None, None, "silo-test"))
-        .force_path_style(true)
-        .http_client(aws_smithy_http_client::Builder::new().build_http());
-    Client::from_conf(tweak(config).build())
+    common::sdk_client(silo, &field("access_key_id"), &field("secret_access_key"))
 }
 
 /// The S3 error code and HTTP status of a failed call.
@@ -87,18 +71,6 @@ fn failure<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
 
 fn quoted_md5(bytes: &[u8]) -> String {
     format!("\"{}\"", hex::encode(Md5::digest(bytes)))
-}
-
-/// Reproducible incompressible test data.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 64);
-    let mut counter = 0u64;
-    while out.len() < len {
-        out.extend_from_slice(blake3::hash(&[seed.to_le_bytes(), counter.to_le_bytes()].concat()).as_bytes());
-        counter += 1;
-    }
-    out.truncate(len);
-    out
 }
 
 async fn read_all(client: &Client, bucket: &str, key: &str) -> Vec<u8> {
@@ -488,14 +460,14 @@ async fn presigned_urls_and_the_errors_aws_gives() {
     // A wrong secret, a revoked key and a skewed clock get the codes AWS gives.
     let key = silo_cli_json(&fx.silo, &["key", "create", "tenant-a"]);
     let id = key["access_key_id"].as_str().expect("id").to_string();
-    let wrong = client(&fx.silo, &id, "wrong-secret-wrong-secret-wrong-secret00", |c| c);
+    let wrong = common::sdk_client(&fx.silo, &id, "wrong-secret-wrong-secret-wrong-secret00");
     assert_eq!(failure(wrong.list_buckets().send().await), ("SignatureDoesNotMatch".into(), 403));
     let secret = key["secret_access_key"].as_str().expect("secret").to_string();
-    let revocable = client(&fx.silo, &id, &secret, |c| c);
+    let revocable = common::sdk_client(&fx.silo, &id, &secret);
     revocable.list_buckets().send().await.expect("the new key works");
     silo_cli_json(&fx.silo, &["key", "revoke", "tenant-a", &id]);
     assert_eq!(failure(revocable.list_buckets().send().await), ("InvalidAccessKeyId".into(), 403));
-    let unknown = client(&fx.silo, "SILONOSUCHKEY000000", &secret, |c| c);
+    let unknown = common::sdk_client(&fx.silo, "SILONOSUCHKEY000000", &secret);
     assert_eq!(failure(unknown.list_buckets().send().await).0, "InvalidAccessKeyId");
 
     let skewed = |offset: Duration| {
@@ -503,7 +475,7 @@ async fn presigned_urls_and_the_errors_aws_gives() {
         let (id, secret) =
             (key["access_key_id"].as_str().expect("id"), key["secret_access_key"].as_str().expect("s"));
         let clock = aws_smithy_async::time::StaticTimeSource::new(SystemTime::now() - offset);
-        client(&fx.silo, id, secret, move |config| {
+        common::sdk_client_with(&fx.silo, id, secret, move |config| {
             config.time_source(clock).retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
         })
     };

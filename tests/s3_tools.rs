@@ -18,6 +18,7 @@ use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
+use common::noise;
 use common::{Silo, scratch, silo_cli_json};
 
 /// The Silo the tests of this file share (they make their own tenants), stopped at exit.
@@ -123,18 +124,6 @@ fn shared_log() -> String {
 }
 
 const S3CMD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/s3cmd");
-
-/// Reproducible incompressible bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 32);
-    let mut counter = 0u64;
-    while out.len() < len {
-        out.extend_from_slice(blake3::hash(&[seed.to_le_bytes(), counter.to_le_bytes()].concat()).as_bytes());
-        counter += 1;
-    }
-    out.truncate(len);
-    out
-}
 
 /// A tree of `big` bytes in one file, small files in nested directories, an empty file and
 /// names with spaces and non-ASCII letters.

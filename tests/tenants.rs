@@ -143,23 +143,10 @@ async fn the_api_validates_names_patches_quotas_and_refuses_to_drop_a_tenant_wit
 
 /// An S3 client with a key of a tenant.
 fn s3_client(silo: &Silo, key: &Value) -> aws_sdk_s3::Client {
-    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
     let field = |name: &str| key[name].as_str().expect("key field").to_string();
-    let config = aws_sdk_s3::config::Builder::new()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(format!("http://{}", silo.addr))
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(
-            field("access_key_id"),
-            field("secret_access_key"),
-            None,
-            None,
-            "t",
-        ))
-        .force_path_style(true)
-        .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
-        .http_client(aws_smithy_http_client::Builder::new().build_http());
-    aws_sdk_s3::Client::from_conf(config.build())
+    common::sdk_client_with(silo, &field("access_key_id"), &field("secret_access_key"), |config| {
+        config.retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+    })
 }
 
 /// Counts rows in the catalog.

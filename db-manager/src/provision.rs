@@ -49,11 +49,27 @@ pub fn marker(catalog_id: &str, row_id: i64) -> String {
 }
 
 pub async fn database_exists(client: &Client, target: &Target<'_>) -> Result<bool, DbError> {
+    database_named(client, target.server, target.pg_name).await
+}
+
+/// Whether `server` has a database called `name`.
+pub async fn database_named(client: &Client, server: &str, name: &str) -> Result<bool, DbError> {
     let row = client
-        .query_opt("SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1", &[&target.pg_name])
+        .query_opt("SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1", &[&name])
         .await
-        .map_err(DbError::on_server(target.server))?;
+        .map_err(DbError::on_server(server))?;
     Ok(row.is_some())
+}
+
+/// Whether the role `client` is connected as is a superuser: a non-superuser admin must be made
+/// a member of the roles it gives databases to or takes objects from, and may not touch the
+/// large-object functions.
+pub async fn admin_is_superuser(client: &Client, server: &str) -> Result<bool, DbError> {
+    let row = client
+        .query_one("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user", &[])
+        .await
+        .map_err(DbError::on_server(server))?;
+    Ok(row.get(0))
 }
 
 /// Refuses a role or database of the target's names that Silo did not make for this row: a
@@ -107,15 +123,7 @@ pub async fn ensure_roles(
 ) -> Result<(), DbError> {
     check_ours(client, target, marker).await?;
     let (login, owner, reader) = (ident(target.pg_name), ident(&target.owner()), ident(&target.reader()));
-    let row = client
-        .query_one(
-            "SELECT array(SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname = ANY($1)), \
-                    (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)",
-            &[&[target.pg_name.to_string(), target.owner(), target.reader()].as_slice()],
-        )
-        .await
-        .map_err(DbError::on_server(target.server))?;
-    let (existing, superuser): (Vec<String>, bool) = (row.get(0), row.get(1));
+    let (existing, superuser) = roles_present(client, target, &roles(target)).await?;
     let exists = |name: &str| existing.iter().any(|e| e == name);
     let marker = literal(marker);
     // One simple query: one implicit transaction, rolled back whole on any error.
@@ -146,6 +154,23 @@ pub async fn ensure_roles(
     ));
     sql.push_str(&role_limits(target, plan));
     client.batch_execute(&sql).await.map_err(DbError::on_server(target.server))
+}
+
+/// Which of `names` exist as roles, and whether the connected admin is a superuser: one query.
+async fn roles_present(
+    client: &Client,
+    target: &Target<'_>,
+    names: &[String],
+) -> Result<(Vec<String>, bool), DbError> {
+    let row = client
+        .query_one(
+            "SELECT array(SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname = ANY($1)), \
+                    (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)",
+            &[&names],
+        )
+        .await
+        .map_err(DbError::on_server(target.server))?;
+    Ok((row.get(0), row.get(1)))
 }
 
 fn role_limits(target: &Target<'_>, plan: &Plan) -> String {
@@ -260,12 +285,7 @@ pub async fn is_legacy(client: &Client, target: &Target<'_>) -> Result<bool, DbE
 /// Drops a database, whatever the tenant did to it: `IS_TEMPLATE` (which blocks a drop) is
 /// cleared first, and open sessions are ended.
 pub async fn drop_database(client: &Client, server: &str, name: &str) -> Result<(), DbError> {
-    let exists = client
-        .query_opt("SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1", &[&name])
-        .await
-        .map_err(DbError::on_server(server))?
-        .is_some();
-    if !exists {
+    if !database_named(client, server, name).await? {
         return Ok(());
     }
     let name = ident(name);
@@ -292,15 +312,7 @@ pub async fn upgrade_legacy(
 ) -> Result<(), DbError> {
     let on_server = DbError::on_server(target.server);
     let (login, owner, reader) = (ident(target.pg_name), ident(&target.owner()), ident(&target.reader()));
-    let row = admin
-        .query_one(
-            "SELECT array(SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname = ANY($1)), \
-                    (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)",
-            &[&[target.owner(), target.reader()].as_slice()],
-        )
-        .await
-        .map_err(&on_server)?;
-    let (existing, superuser): (Vec<String>, bool) = (row.get(0), row.get(1));
+    let (existing, superuser) = roles_present(admin, target, &[target.owner(), target.reader()]).await?;
     let marker = literal(marker);
     let mut sql = format!("COMMENT ON ROLE {login} IS {marker};");
     for (name, quoted) in [(target.owner(), &owner), (target.reader(), &reader)] {

@@ -49,7 +49,7 @@ const GRANTEE: &str = "CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quo
 pub async fn enter(admin: &Client, inside: &Client, target: &Target<'_>) -> Result<Vec<String>, DbError> {
     let on_server = DbError::on_server(target.server);
     let (login, owner, reader) = (ident(target.pg_name), ident(&target.owner()), ident(&target.reader()));
-    let superuser = is_superuser(admin, target).await?;
+    let superuser = provision::admin_is_superuser(admin, target.server).await?;
 
     // 1. No more writing as the owner, and no membership loop that would block granting the
     //    reader (a login role may grant itself to others on Postgres 15).
@@ -141,7 +141,7 @@ pub async fn leave(
     for routine in present {
         sql.push_str(&format!("GRANT EXECUTE ON ROUTINE {routine} TO PUBLIC;"));
     }
-    if is_superuser(admin, target).await? {
+    if provision::admin_is_superuser(admin, target.server).await? {
         sql.push_str(&format!("GRANT EXECUTE ON FUNCTION {LARGE_OBJECT_MAKERS} TO PUBLIC;"));
     }
     if !sql.is_empty() {
@@ -161,14 +161,6 @@ pub async fn leave(
 /// refuses.
 fn nonempty(column: &str) -> String {
     format!("CASE WHEN pg_catalog.cardinality({column}) > 0 THEN {column} END")
-}
-
-async fn is_superuser(admin: &Client, target: &Target<'_>) -> Result<bool, DbError> {
-    let row = admin
-        .query_one("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user", &[])
-        .await
-        .map_err(DbError::on_server(target.server))?;
-    Ok(row.get(0))
 }
 
 /// Everyone but the owner who may create in, or make temporary tables in, the database.

@@ -210,7 +210,21 @@ impl DbManager {
                 .await?;
             ("active", "write_access_restored")
         } else {
-            let revoked = read_only::enter(&admin, &inside, &target).await?;
+            // Fail closed: once `enter` has started, the login role may already have lost the
+            // owner, so the catalog says read-only either way, and the way back (`leave`, when
+            // the size falls) gives everything back even after a half-done switch.
+            let revoked = match read_only::enter(&admin, &inside, &target).await {
+                Ok(revoked) => revoked,
+                Err(err) => {
+                    client
+                        .execute(
+                            "UPDATE tenant_databases SET state = 'read_only_over_quota' WHERE id = $1",
+                            &[&database.id],
+                        )
+                        .await?;
+                    return Err(err);
+                }
+            };
             client
                 .execute(
                     "UPDATE tenant_databases SET state = 'read_only_over_quota', read_only_revoked = $2 WHERE id = $1",

@@ -76,11 +76,7 @@ impl DbManager {
         );
         let password = generate_password();
         let admin = self.admin(server).await?;
-        let superuser: bool = admin
-            .query_one("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user", &[])
-            .await
-            .map_err(DbError::on_server(&server.name))?
-            .get(0);
+        let superuser = crate::provision::admin_is_superuser(&admin, &server.name).await?;
         let role = ident(&name);
         let inherit = if member_of.is_some() { "INHERIT" } else { "NOINHERIT" };
         let mut sql = format!(
@@ -135,29 +131,24 @@ impl DbManager {
         let role = ident(&worker.name);
         let admin = self.admin(&worker.server).await?;
         disarm(&admin, &worker.server, &worker.name).await?;
-        if let (Some(database), Some(owner)) = (database, &worker.member_of) {
-            let exists = admin
-                .query_opt("SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1", &[&database])
-                .await
-                .map_err(&on_server)?
-                .is_some();
-            if exists {
-                let inside = self.connect_server(&worker.server, Some(database)).await?;
-                inside
-                    .batch_execute(&format!("REASSIGN OWNED BY {role} TO {}", ident(owner)))
-                    .await
-                    .map_err(&on_server)?;
-            }
-        }
         // Tenant code ran in one database only (the scratch one, for verification, is gone):
-        // what it could have granted the worker is there or on shared objects, and DROP OWNED
-        // in that database (or the admin's) takes both.
+        // what it could have made or been granted is there or on shared objects, and
+        // DROP OWNED in that database (or the admin's) takes both.
         let here = match database {
-            Some(database) if self.database_exists(&worker.server, database).await? => Some(database),
+            Some(database)
+                if crate::provision::database_named(&admin, &worker.server.name, database).await? =>
+            {
+                Some(database)
+            }
             _ => None,
         };
+        let mut cleanup = String::new();
+        if let (Some(_), Some(owner)) = (here, &worker.member_of) {
+            cleanup.push_str(&format!("REASSIGN OWNED BY {role} TO {};", ident(owner)));
+        }
+        cleanup.push_str(&format!("DROP OWNED BY {role} CASCADE"));
         let inside = self.connect_server(&worker.server, here).await?;
-        inside.batch_execute(&format!("DROP OWNED BY {role} CASCADE")).await.map_err(&on_server)?;
+        inside.batch_execute(&cleanup).await.map_err(&on_server)?;
         admin.batch_execute(&format!("DROP ROLE IF EXISTS {role}")).await.map_err(&on_server)
     }
 
@@ -204,15 +195,6 @@ impl DbManager {
             }
         }
         Ok(())
-    }
-
-    async fn database_exists(&self, server: &Server, database: &str) -> Result<bool, DbError> {
-        let admin = self.admin(server).await?;
-        let row = admin
-            .query_opt("SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1", &[&database])
-            .await
-            .map_err(DbError::on_server(&server.name))?;
-        Ok(row.is_some())
     }
 
     /// Drops a client database and its roles. Only call it for a database that

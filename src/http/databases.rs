@@ -49,12 +49,6 @@ async fn create(
         ),
         None => None,
     };
-    // No new database for a tenant being deleted.
-    if let Ok(found) = storage_node::catalog::tenants::get(&state.catalog, &tenant).await
-        && found.deleting_since.is_some()
-    {
-        return Err(db_manager::DbError::TenantDeleting(tenant).into());
-    }
     let created = state.databases.create_database(&tenant, request, key).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }

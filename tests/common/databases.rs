@@ -164,3 +164,29 @@ impl Fixture {
         self.silo = start_silo(&self.tmp, &catalog, &[]).await;
     }
 }
+
+/// Runs the `silo` CLI against the fixture (without `--json` unless asked).
+pub fn silo(fx: &Fixture, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_silo"))
+        .args(args)
+        .env("SILO_URL", format!("http://{}", fx.silo.addr))
+        .env("SILO_ADMIN_TOKEN", fx.silo.token())
+        .output()
+        .expect("run silo")
+}
+
+/// Runs the `silo` CLI with `--json` and parses its output; a failure shows the CLI's output
+/// and the server log.
+pub fn silo_json(fx: &Fixture, args: &[&str]) -> Value {
+    let mut with_json = args.to_vec();
+    with_json.push("--json");
+    let output = silo(fx, &with_json);
+    assert!(
+        output.status.success(),
+        "silo {args:?}: {}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout),
+        fx.silo.stderr()
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON output")
+}

@@ -220,6 +220,16 @@ pub fn silo_cli_json(silo: &Silo, args: &[&str]) -> serde_json::Value {
 
 /// An AWS SDK client for `silo` with the key `id` and `secret` (path-style, plain HTTP).
 pub fn sdk_client(silo: &Silo, id: &str, secret: &str) -> aws_sdk_s3::Client {
+    sdk_client_with(silo, id, secret, |config| config)
+}
+
+/// [`sdk_client`] with `tweak` applied to its configuration (retries, timeouts).
+pub fn sdk_client_with(
+    silo: &Silo,
+    id: &str,
+    secret: &str,
+    tweak: impl FnOnce(aws_sdk_s3::config::Builder) -> aws_sdk_s3::config::Builder,
+) -> aws_sdk_s3::Client {
     use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
     let config = aws_sdk_s3::config::Builder::new()
         .behavior_version(BehaviorVersion::latest())
@@ -228,5 +238,17 @@ pub fn sdk_client(silo: &Silo, id: &str, secret: &str) -> aws_sdk_s3::Client {
         .credentials_provider(Credentials::new(id, secret, None, None, "silo-test"))
         .force_path_style(true)
         .http_client(aws_smithy_http_client::Builder::new().build_http());
-    aws_sdk_s3::Client::from_conf(config.build())
+    aws_sdk_s3::Client::from_conf(tweak(config).build())
+}
+
+/// Reproducible incompressible bytes.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 32);
+    let mut counter = 0u64;
+    while out.len() < len {
+        out.extend_from_slice(blake3::hash(&[seed.to_le_bytes(), counter.to_le_bytes()].concat()).as_bytes());
+        counter += 1;
+    }
+    out.truncate(len);
+    out
 }

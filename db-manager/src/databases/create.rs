@@ -134,8 +134,20 @@ impl DbManager {
                 .await?;
         let pg_name = server_name(tenant, &request.name)
             .ok_or_else(|| DbError::ReservedName { tenant: tenant.into() })?;
-        let client = self.pool().get().await?;
-        let inserted = client
+        // The tenant's row is held shared while the row goes in: a deletion that starts meanwhile
+        // (it marks the tenant first) waits, and then finds this database to delete.
+        let mut client = self.pool().get().await?;
+        let txn = client.transaction().await?;
+        let live = txn
+            .query_opt(
+                "SELECT 1 FROM tenants WHERE id = $1 AND deleting_at IS NULL FOR SHARE",
+                &[&tenant_id.0],
+            )
+            .await?;
+        if live.is_none() {
+            return Err(DbError::TenantDeleting(tenant.into()));
+        }
+        let inserted = txn
             .query_opt(
                 "INSERT INTO tenant_databases (tenant_id, name, server_id, pg_name, plan, storage_quota_bytes, \
                  state, deletion_protection) VALUES ($1, $2, $3, $4, $5, $6, 'creating', $7) \
@@ -151,6 +163,7 @@ impl DbManager {
                 ],
             )
             .await?;
+        txn.commit().await?;
         match inserted {
             Some(row) => Ok((row.get(0), false)),
             None => Err(DbError::Busy { name: request.name.clone() }),

@@ -163,7 +163,7 @@ pub(crate) async fn lock_bucket(txn: &tokio_postgres::Transaction<'_>, name: &st
     let row = txn
         .query_opt(
             "SELECT t.deleting_at IS NULL FROM buckets b JOIN tenants t ON t.id = b.tenant_id \
-             WHERE b.name = $1 AND b.id = $2 FOR SHARE OF b",
+             WHERE b.name = $1 AND b.id = $2 FOR KEY SHARE OF b",
             &[&name, &id],
         )
         .await

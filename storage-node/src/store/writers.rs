@@ -125,7 +125,13 @@ impl ChunkStore {
             };
             // No file of this row exists: drop the row. (Retiring it would let GC delete
             // whatever file does carry its name.)
-            client.execute("DELETE FROM packs WHERE id = $1 AND state = 'open'", &[&id]).await?;
+            // A failure to do so is logged, never allowed to hide the cause (a full disk must
+            // stay StorageFull, which compaction falls back on).
+            if let Err(cleanup) =
+                client.execute("DELETE FROM packs WHERE id = $1 AND state = 'open'", &[&id]).await
+            {
+                tracing::warn!(pack = id, error = %cleanup, "cannot drop the row of a pack whose file was not made");
+            }
             drop(client);
             if err.kind() != std::io::ErrorKind::AlreadyExists || attempts >= 3 {
                 return Err(StoreError::io(self.inner.packs_dir.clone(), err));
