@@ -200,6 +200,16 @@ impl ChunkStore {
                     );
                     return Ok(Compaction::Damaged);
                 }
+                // The old pack's file is gone (its chunks are lost; the start-up reconcile and
+                // scrub report them): as uncompactable as a damaged pack, and it must not fail
+                // every GC pass.
+                Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                    if let Some(pack) = target.take() {
+                        self.inner.writers.put_back(pack, self.inner.config.pack_target_bytes);
+                    }
+                    tracing::error!(pack = old.0, "this pack's file is gone: not compacting it (see scrub)");
+                    return Ok(Compaction::Damaged);
+                }
                 Err(err) => {
                     if let Some(pack) = target.take() {
                         self.inner.writers.put_back(pack, self.inner.config.pack_target_bytes);
