@@ -487,11 +487,12 @@ async fn a_database_made_from_a_spare_is_like_any_other() {
         "{public_acl}"
     );
     // Over a quota it turns read-only like any other: pg_database_owner's rights included.
+    // (The rows go in first: a sampler round during the insert would end its session.)
+    psql_ok(url, "INSERT INTO t SELECT generate_series(1, 200000)");
     let (status, _) = fx
         .call(reqwest::Method::PATCH, "/v1/tenants/sparse/databases/quick", Some(json!({ "plan": "tiny" })))
         .await;
     assert_eq!(status, 200);
-    psql_ok(url, "INSERT INTO t SELECT generate_series(1, 200000)");
     fx.wait_state("sparse", "quick", "read_only_over_quota").await;
     assert!(
         psql_err(url, "BEGIN READ WRITE; CREATE TABLE more (x int); COMMIT").contains("permission denied")

@@ -157,6 +157,7 @@ impl From<TenantError> for ApiError {
     fn from(err: TenantError) -> Self {
         let (status, code) = match &err {
             TenantError::InvalidName(_) => (StatusCode::BAD_REQUEST, "invalid_name"),
+            TenantError::InvalidQuota(_) => (StatusCode::BAD_REQUEST, "invalid_quota"),
             TenantError::Exists(_) => (StatusCode::CONFLICT, "tenant_exists"),
             TenantError::NotFound(_) | TenantError::NoSuchKey(_) => (StatusCode::NOT_FOUND, "not_found"),
             TenantError::Catalog(_) => (StatusCode::SERVICE_UNAVAILABLE, "catalog_unavailable"),

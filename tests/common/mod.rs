@@ -35,6 +35,9 @@ pub struct Silo {
     pub data_dir: PathBuf,
     stdout: PathBuf,
     stderr: PathBuf,
+    /// The extra arguments and environment it was started with, to start it again.
+    extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Silo {
@@ -51,9 +54,23 @@ impl Silo {
     pub fn start_at(addr: SocketAddr, data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Silo {
         let logs = data_dir.with_extension(format!("logs-{}", addr.port()));
         std::fs::create_dir_all(&logs).expect("log dir");
-        let stdout = logs.join("stdout");
-        let stderr = logs.join("stderr");
-        let metrics_addr = free_addr();
+        let mut silo = Silo {
+            child: None,
+            addr,
+            metrics_addr: free_addr(),
+            data_dir: data_dir.to_path_buf(),
+            stdout: logs.join("stdout"),
+            stderr: logs.join("stderr"),
+            extra: extra.iter().map(|arg| arg.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        silo.spawn();
+        silo
+    }
+
+    fn spawn(&mut self) {
+        let (addr, metrics_addr, data_dir) = (self.addr, self.metrics_addr, &self.data_dir);
+        let (stdout, stderr) = (&self.stdout, &self.stderr);
         let mut command = Command::new(env!("CARGO_BIN_EXE_silo"));
         command
             .arg("serve")
@@ -65,15 +82,14 @@ impl Silo {
             .arg(metrics_addr.to_string())
             .arg("--shutdown-grace-secs")
             .arg("5")
-            .args(extra)
+            .args(&self.extra)
             .env_remove("SILO_ADMIN_TOKEN")
             .env_remove("SILO_POSTGRES_URL")
-            .envs(env.iter().copied())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
-            .stderr(std::fs::File::create(&stderr).expect("stderr file"));
-        let child = command.spawn().expect("spawn silo");
-        Silo { child: Some(child), addr, metrics_addr, data_dir: data_dir.to_path_buf(), stdout, stderr }
+            .stdout(std::fs::File::create(stdout).expect("stdout file"))
+            .stderr(std::fs::File::create(stderr).expect("stderr file"));
+        self.child = Some(command.spawn().expect("spawn silo"));
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -116,6 +132,13 @@ impl Silo {
                 return started.elapsed();
             }
             if let Some(status) = self.try_exit() {
+                // The metrics port was free when picked, but another process (any outgoing
+                // connection) may take it before Silo binds it: pick another and start again.
+                if self.stderr().contains("cannot listen for metrics") && started.elapsed() < within {
+                    self.metrics_addr = free_addr();
+                    self.spawn();
+                    continue;
+                }
                 panic!("silo exited with {status} before ready:\n{}", self.stderr());
             }
             assert!(started.elapsed() < within, "not ready within {within:?}:\n{}", self.stderr());

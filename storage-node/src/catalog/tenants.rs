@@ -5,6 +5,12 @@ use serde::Serialize;
 use super::{CatalogError, CatalogPool};
 use crate::keys::TenantId;
 
+/// A quota as the catalog's `bigint` column holds it: a larger one is refused, never wrapped
+/// into a negative number.
+fn quota_column(quota_bytes: Option<u64>) -> Result<Option<i64>, TenantError> {
+    quota_bytes.map(|q| i64::try_from(q).map_err(|_| TenantError::InvalidQuota(q))).transpose()
+}
+
 /// Why a tenant could not be created, found or changed.
 #[derive(Debug, thiserror::Error)]
 pub enum TenantError {
@@ -16,6 +22,8 @@ pub enum TenantError {
     NotFound(String),
     #[error("no access key {0:?} for this tenant")]
     NoSuchKey(String),
+    #[error("invalid storage quota {0}: at most {max} bytes", max = i64::MAX)]
+    InvalidQuota(u64),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
 }
@@ -88,7 +96,7 @@ pub async fn create(
         return Err(TenantError::InvalidName(name.to_string()));
     }
     let client = pool.get().await?;
-    let quota = quota_bytes.map(|q| q as i64);
+    let quota = quota_column(quota_bytes)?;
     let row = client
         .query_opt(
             "INSERT INTO tenants (name, storage_quota_bytes) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING RETURNING id",
@@ -139,7 +147,7 @@ pub async fn set_quota(
     quota_bytes: Option<u64>,
 ) -> Result<Tenant, TenantError> {
     let client = pool.get().await?;
-    let quota = quota_bytes.map(|q| q as i64);
+    let quota = quota_column(quota_bytes)?;
     let updated = client
         .execute("UPDATE tenants SET storage_quota_bytes = $2 WHERE name = $1", &[&name, &quota])
         .await?;
@@ -193,7 +201,15 @@ pub async fn deleting(pool: &CatalogPool) -> Result<Vec<(TenantId, String, bool)
 
 #[cfg(test)]
 mod tests {
-    use super::is_valid_name;
+    use super::{TenantError, is_valid_name, quota_column};
+
+    #[test]
+    fn quotas_past_the_column_are_refused_not_wrapped() {
+        assert_eq!(quota_column(Some(5)).ok(), Some(Some(5)));
+        assert_eq!(quota_column(None).ok(), Some(None));
+        assert_eq!(quota_column(Some(i64::MAX as u64)).ok(), Some(Some(i64::MAX)));
+        assert!(matches!(quota_column(Some(1 << 63)), Err(TenantError::InvalidQuota(_))));
+    }
 
     #[test]
     fn tenant_names_follow_the_rule() {
