@@ -16,11 +16,10 @@
 //!
 //! Only one GC runs at a time in a process, and uploads run alongside it.
 
-use super::verify::{ChunkLocation, ReadMode};
+use super::verify::{ChunkLocation, LOCATIONS_SELECT, ReadMode};
 use super::writers::OpenPack;
 use super::{ChunkStore, StoreError};
-use crate::compress::Compression;
-use crate::keys::{ChunkId, TenantId};
+use crate::keys::TenantId;
 use crate::pack::{PackId, RECORD_HEADER_LEN, pack_path};
 
 /// What one GC run did.
@@ -158,23 +157,10 @@ impl ChunkStore {
         // No connection is held across `open_pack`, which may need one of its own.
         let client = self.inner.pool.get().await?;
         let live: Vec<ChunkLocation> = client
-            .query(
-                "SELECT l.tenant_id, l.chunk_id, l.pack_offset, c.raw_len, c.stored_len, c.compression \
-                 FROM chunk_locations l JOIN chunks c ON c.tenant_id = l.tenant_id AND c.id = l.chunk_id \
-                 WHERE l.pack_id = $1 ORDER BY l.pack_offset",
-                &[&old.0],
-            )
+            .query(&format!("{LOCATIONS_SELECT} WHERE l.pack_id = $1 ORDER BY l.pack_offset"), &[&old.0])
             .await?
             .iter()
-            .map(|row| ChunkLocation {
-                tenant: TenantId(row.get(0)),
-                chunk: ChunkId::from_slice(row.get(1)).unwrap_or(ChunkId([0; 32])),
-                pack: old,
-                offset: row.get::<_, i64>(2) as u64,
-                raw_len: row.get::<_, i32>(3) as u32,
-                stored_len: row.get::<_, i32>(4) as u32,
-                compression: Compression::from_code(row.get(5)).unwrap_or(Compression::None),
-            })
+            .map(ChunkLocation::from_row)
             .collect();
         drop(client);
         let mut moves = Vec::new();

@@ -19,9 +19,8 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use super::verify::{ChunkLocation, ReadMode};
+use super::verify::{ChunkLocation, LOCATIONS_SELECT, ReadMode};
 use super::{ChunkStore, StoreError};
-use crate::compress::Compression;
 use crate::keys::{ChunkId, TenantId};
 use crate::pack::scan::{pack_ids_on_disk, scan_pack};
 use crate::pack::{PackId, RECORD_HEADER_LEN, pack_path};
@@ -143,23 +142,10 @@ impl ChunkStore {
             report.packs_registered += 1;
         }
         let locations: Vec<ChunkLocation> = client
-            .query(
-                "SELECT l.tenant_id, l.chunk_id, l.pack_id, l.pack_offset, c.raw_len, c.stored_len, c.compression \
-                 FROM chunk_locations l JOIN chunks c ON c.tenant_id = l.tenant_id AND c.id = l.chunk_id \
-                 WHERE l.node_id = $1",
-                &[&self.inner.node.0],
-            )
+            .query(&format!("{LOCATIONS_SELECT} WHERE l.node_id = $1"), &[&self.inner.node.0])
             .await?
             .iter()
-            .map(|row| ChunkLocation {
-                tenant: TenantId(row.get(0)),
-                chunk: ChunkId::from_slice(row.get(1)).unwrap_or(ChunkId([0; 32])),
-                pack: PackId(row.get(2)),
-                offset: row.get::<_, i64>(3) as u64,
-                raw_len: row.get::<_, i32>(4) as u32,
-                stored_len: row.get::<_, i32>(5) as u32,
-                compression: Compression::from_code(row.get(6)).unwrap_or(Compression::None),
-            })
+            .map(ChunkLocation::from_row)
             .collect();
         drop(client);
         let store = self.clone();
@@ -329,6 +315,7 @@ pub(crate) fn index_packs(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compress::Compression;
     use crate::pack::{PackWriter, RecordHeader};
 
     #[test]

@@ -1,11 +1,9 @@
 //! Scrub: re-read every chunk on this node (or a random sample), verify it, and report the
 //! damaged ones with the objects that use them.
 
-use super::verify::{ChunkLocation, ReadMode};
+use super::verify::{ChunkLocation, LOCATIONS_SELECT, ReadMode};
 use super::{ChunkStore, StoreError};
-use crate::compress::Compression;
 use crate::keys::{ChunkId, TenantId};
-use crate::pack::PackId;
 
 /// What a scrub found.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -41,10 +39,10 @@ impl ChunkStore {
             let client = self.inner.pool.get().await?;
             let rows = client
                 .query(
-                    "SELECT l.tenant_id, l.chunk_id, l.pack_id, l.pack_offset, c.raw_len, c.stored_len, c.compression \
-                     FROM chunk_locations l JOIN chunks c ON c.tenant_id = l.tenant_id AND c.id = l.chunk_id \
-                     WHERE l.node_id = $1 AND (l.pack_id, l.pack_offset) > ($2, $3) \
-                     ORDER BY l.pack_id, l.pack_offset LIMIT $4",
+                    &format!(
+                        "{LOCATIONS_SELECT} WHERE l.node_id = $1 AND (l.pack_id, l.pack_offset) > ($2, $3) \
+                         ORDER BY l.pack_id, l.pack_offset LIMIT $4"
+                    ),
                     &[&self.inner.node.0, &after.0, &after.1, &PAGE],
                 )
                 .await?;
@@ -53,15 +51,7 @@ impl ChunkStore {
             after = (last.get(2), last.get(3));
             let page: Vec<ChunkLocation> = rows
                 .iter()
-                .map(|row| ChunkLocation {
-                    tenant: TenantId(row.get(0)),
-                    chunk: ChunkId::from_slice(row.get(1)).unwrap_or(ChunkId([0; 32])),
-                    pack: PackId(row.get(2)),
-                    offset: row.get::<_, i64>(3) as u64,
-                    raw_len: row.get::<_, i32>(4) as u32,
-                    stored_len: row.get::<_, i32>(5) as u32,
-                    compression: Compression::from_code(row.get(6)).unwrap_or(Compression::None),
-                })
+                .map(ChunkLocation::from_row)
                 .filter(|_| sample >= 1.0 || rand::random::<f64>() < sample)
                 .collect();
             let store = self.clone();

@@ -27,6 +27,27 @@ pub(crate) struct ChunkLocation {
     pub compression: Compression,
 }
 
+/// The select list and join that [`ChunkLocation::from_row`] reads, in its column order: a
+/// chunk's place (`chunk_locations l`) with what the catalog says of it (`chunks c`).
+pub(crate) const LOCATIONS_SELECT: &str = "SELECT l.tenant_id, l.chunk_id, l.pack_id, l.pack_offset, \
+     c.raw_len, c.stored_len, c.compression \
+     FROM chunk_locations l JOIN chunks c ON c.tenant_id = l.tenant_id AND c.id = l.chunk_id";
+
+impl ChunkLocation {
+    /// A row of a query that starts with [`LOCATIONS_SELECT`].
+    pub(crate) fn from_row(row: &tokio_postgres::Row) -> Self {
+        ChunkLocation {
+            tenant: TenantId(row.get(0)),
+            chunk: ChunkId::from_slice(row.get(1)).unwrap_or(ChunkId([0; 32])),
+            pack: PackId(row.get(2)),
+            offset: row.get::<_, i64>(3) as u64,
+            raw_len: row.get::<_, i32>(4) as u32,
+            stored_len: row.get::<_, i32>(5) as u32,
+            compression: Compression::from_code(row.get(6)).unwrap_or(Compression::None),
+        }
+    }
+}
+
 /// What a chunk is read for, which decides how the cache of verified chunks is used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ReadMode {
