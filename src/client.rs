@@ -13,6 +13,7 @@ use crate::secret::Secret;
 /// Where the service is and how to authenticate: global flags, given before or after any
 /// subcommand.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Reaching a running Silo")]
 pub struct ClientArgs {
     /// The Silo service URL.
     #[arg(long, global = true, env = "SILO_URL", default_value = "http://127.0.0.1:8420")]
