@@ -7,9 +7,9 @@ use crate::cli::ScrubArgs;
 use crate::client::{ClientArgs, block_on};
 
 /// `silo gc`: one GC pass, and what it reclaimed.
-pub fn gc(args: ClientArgs) -> anyhow::Result<()> {
-    let report: GcReport = block_on(args.post("/v1/storage/gc"))?;
-    if args.json {
+pub fn gc(client: &ClientArgs) -> anyhow::Result<()> {
+    let report: GcReport = block_on(client.post("/v1/storage/gc"))?;
+    if client.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
@@ -25,10 +25,9 @@ pub fn gc(args: ClientArgs) -> anyhow::Result<()> {
 }
 
 /// `silo scrub`: verify chunks; list the damaged ones and the objects they break.
-pub fn scrub(args: ScrubArgs) -> anyhow::Result<()> {
-    let report: ScrubReport =
-        block_on(args.client.post(&format!("/v1/storage/scrub?sample={}", args.sample)))?;
-    if args.client.json {
+pub fn scrub(args: ScrubArgs, client: &ClientArgs) -> anyhow::Result<()> {
+    let report: ScrubReport = block_on(client.post(&format!("/v1/storage/scrub?sample={}", args.sample)))?;
+    if client.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!("checked {} chunks ({} bytes)", report.chunks_checked, report.bytes_checked);

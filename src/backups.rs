@@ -24,17 +24,17 @@ const BACKUP_COLUMNS: [&str; 9] = [
 ];
 
 /// `silo backup ...`.
-pub fn backup(command: BackupCommand) -> anyhow::Result<()> {
+pub fn backup(command: BackupCommand, client: &ClientArgs) -> anyhow::Result<()> {
     match command {
-        BackupCommand::Run { all, tenant, db, force, verify, concurrency, client } => {
+        BackupCommand::Run { all, tenant, db, force, verify, concurrency } => {
             let request = json!({
                 "all": all, "tenant": tenant, "database": db, "force": force, "verify": verify,
                 "concurrency": concurrency,
             });
-            let summary = block_on(run(&client, request))?;
-            report_run(&client, &summary)
+            let summary = block_on(run(client, request))?;
+            report_run(client, &summary)
         }
-        BackupCommand::List { tenant, db, client } => {
+        BackupCommand::List { tenant, db } => {
             let (tenant, database) = match db.as_deref().map(|d| d.split_once('/')) {
                 Some(Some((t, d))) => (Some(t.to_string()), Some(d.to_string())),
                 Some(None) => bail!("--db takes TENANT/NAME"),
@@ -50,39 +50,39 @@ pub fn backup(command: BackupCommand) -> anyhow::Result<()> {
             let path = format!("/v1/backups?{}", query.join("&"));
             let list: Value = block_on(client.call(Method::GET, &path, None))?;
             let rows = list.as_array().cloned().unwrap_or_default();
-            print_rows(&client, &list, &[rows], &BACKUP_COLUMNS);
+            print_rows(client, &list, &[rows], &BACKUP_COLUMNS);
             Ok(())
         }
-        BackupCommand::Catalog { client } => {
+        BackupCommand::Catalog => {
             let backup: Value = block_on(client.call(Method::POST, "/v1/backups/catalog", None))?;
             print_rows(
-                &client,
+                client,
                 &backup,
                 &[vec![backup.clone()]],
                 &["id", "logical_bytes", "new_stored_bytes", "manifest"],
             );
             Ok(())
         }
-        BackupCommand::Prune { client } => {
+        BackupCommand::Prune => {
             let pruned: Value = block_on(client.call(Method::POST, "/v1/backups/prune", None))?;
             let rows = pruned.as_array().cloned().unwrap_or_default();
             print_rows(
-                &client,
+                client,
                 &pruned,
                 &[rows],
                 &["id", "tenant", "database", "kind", "started_at", "reason"],
             );
             Ok(())
         }
-        BackupCommand::Restore { id, into, in_place, yes: _, client } => {
+        BackupCommand::Restore { id, into, in_place, yes: _ } => {
             let body = json!({ "into": into, "in_place": in_place });
             let restored: Value =
                 block_on(client.call(Method::POST, &format!("/v1/backups/{id}/restore"), Some(body)))?;
             if restored.get("password").is_some() {
-                crate::databases::print_credentials(&client, &restored);
+                crate::databases::print_credentials(client, &restored);
             } else {
                 print_rows(
-                    &client,
+                    client,
                     &restored,
                     &[vec![restored.clone()]],
                     &["tenant", "name", "safety_backup"],
@@ -90,10 +90,10 @@ pub fn backup(command: BackupCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        BackupCommand::Verify { id, client } => {
+        BackupCommand::Verify { id } => {
             let report: Value =
                 block_on(client.call(Method::POST, &format!("/v1/backups/{id}/verify"), None))?;
-            print_rows(&client, &report, &[vec![report.clone()]], &["backup_id", "ok", "tables"]);
+            print_rows(client, &report, &[vec![report.clone()]], &["backup_id", "ok", "tables"]);
             if report["ok"] != Value::Bool(true) {
                 let mismatches = report["mismatches"].as_array().cloned().unwrap_or_default();
                 let names: Vec<String> =
@@ -102,7 +102,7 @@ pub fn backup(command: BackupCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        BackupCommand::Download { id, output, client } => block_on(download(&client, id, &output)),
+        BackupCommand::Download { id, output } => block_on(download(client, id, &output)),
     }
 }
 

@@ -4,11 +4,15 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::client::ClientArgs;
 use crate::config::ServeArgs;
+use crate::secret::Secret;
 
 /// Silo: deduplicated media storage with an S3 API, and dedicated Postgres databases per client.
 #[derive(Debug, Parser)]
 #[command(name = "silo", version, about)]
 pub struct Cli {
+    /// How the service commands reach a running Silo (global: before or after a subcommand).
+    #[command(flatten)]
+    pub client: ClientArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -18,7 +22,7 @@ pub enum Command {
     /// Run the server: the management API and the data plane on one listener.
     Serve(Box<ServeArgs>),
     /// Run one GC pass on a running Silo now.
-    Gc(ClientArgs),
+    Gc,
     /// Verify the stored chunks of a running Silo; exits 1 when any is damaged.
     Scrub(ScrubArgs),
     /// Manage tenants.
@@ -39,12 +43,11 @@ pub enum Command {
     /// Rebuild a lost catalog from a catalog backup (offline; Silo stopped).
     #[command(subcommand)]
     Catalog(CatalogCommand),
+    /// Show the configuration `silo serve` resolves.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Show a tenant's storage usage.
-    Usage {
-        tenant: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Usage { tenant: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,20 +58,11 @@ pub enum TenantCommand {
         /// The storage quota in bytes (none by default).
         #[arg(long)]
         quota_bytes: Option<u64>,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// List the tenants.
-    List {
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    List,
     /// Show one tenant.
-    Show {
-        name: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Show { name: String },
     /// Delete a tenant; refused while it stores anything, unless --force.
     Delete {
         name: String,
@@ -79,38 +73,21 @@ pub enum TenantCommand {
         /// with the tenant's name until they expire).
         #[arg(long)]
         skip_final_backup: bool,
-        #[command(flatten)]
-        client: ClientArgs,
     },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
     /// Create an access key; its secret is shown this one time.
-    Create {
-        tenant: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Create { tenant: String },
     /// List a tenant's access keys (without secrets).
-    List {
-        tenant: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    List { tenant: String },
     /// Revoke an access key at once.
-    Revoke {
-        tenant: String,
-        access_key_id: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Revoke { tenant: String, access_key_id: String },
 }
 
 #[derive(Debug, Args)]
 pub struct ScrubArgs {
-    #[command(flatten)]
-    pub client: ClientArgs,
     /// The share of chunks to verify, from 0 to 1.
     #[arg(long, default_value_t = 1.0)]
     pub sample: f64,
@@ -134,30 +111,17 @@ pub enum DbCommand {
         /// Makes a retry return the first result instead of failing or creating twice.
         #[arg(long)]
         idempotency_key: Option<String>,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// List a tenant's databases.
-    List {
-        tenant: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    List { tenant: String },
     /// Show one database, with its recent state changes.
-    Show {
-        tenant: String,
-        name: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Show { tenant: String, name: String },
     /// Move a database to another plan; the new limits apply at once.
     Resize {
         tenant: String,
         name: String,
         #[arg(long)]
         plan: String,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Turn deletion protection on or off.
     Protect {
@@ -165,8 +129,6 @@ pub enum DbCommand {
         name: String,
         #[arg(value_parser = ["on", "off"])]
         state: String,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Set a new password; sessions opened with the old one end after the grace.
     Rotate {
@@ -175,8 +137,6 @@ pub enum DbCommand {
         /// Seconds the old sessions may go on.
         #[arg(long, default_value_t = 0)]
         grace_secs: u64,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Delete a database and its role.
     Delete {
@@ -185,31 +145,25 @@ pub enum DbCommand {
         /// Delete without the final backup.
         #[arg(long)]
         skip_final_backup: bool,
-        #[command(flatten)]
-        client: ClientArgs,
     },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ServerCommand {
     /// List the servers.
-    List {
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    List,
     /// Register a server that ops run (a role with CREATEDB and CREATEROLE).
     Register {
         name: String,
-        /// Its libpq URL; read from SILO_SERVER_URL so it stays out of the process list.
+        /// Its libpq URL; read from SILO_SERVER_URL so it stays out of the process list (not
+        /// `--url`, which is where Silo is).
         #[arg(long, env = "SILO_SERVER_URL", hide_env_values = true)]
-        url: String,
+        server_url: Secret,
         #[arg(long)]
         zone: String,
         /// The tenant that owns it (the hosting company's when absent).
         #[arg(long)]
         owner: Option<String>,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Start a dedicated instance for a tenant.
     CreateDedicated {
@@ -218,15 +172,9 @@ pub enum ServerCommand {
         plan: String,
         #[arg(long)]
         name: Option<String>,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Forget a server that holds no database (a dedicated one is stopped and deleted).
-    Remove {
-        name: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Remove { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -251,8 +199,6 @@ pub enum BackupCommand {
         /// How many backups run at once.
         #[arg(long, default_value_t = 2)]
         concurrency: usize,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// List backups, newest first.
     List {
@@ -261,19 +207,11 @@ pub enum BackupCommand {
         /// One database, as TENANT/NAME.
         #[arg(long)]
         db: Option<String>,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Back up Silo's own catalog now (and write its offline manifest).
-    Catalog {
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Catalog,
     /// Delete the backups that the retention policies no longer keep.
-    Prune {
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Prune,
     /// Restore a backup into a new database (--into) or over its database (--in-place --yes).
     Restore {
         id: i64,
@@ -285,27 +223,38 @@ pub enum BackupCommand {
         /// Confirm an in-place restore.
         #[arg(long)]
         yes: bool,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Restore a backup into a scratch database and compare every table's row count.
-    Verify {
-        id: i64,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Verify { id: i64 },
     /// Stream a backup out as a file that plain pg_restore reads.
     Download {
         id: i64,
         #[arg(short, long)]
         output: std::path::PathBuf,
-        #[command(flatten)]
-        client: ClientArgs,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the configuration that `silo serve` with these flags, variables and file would run
+    /// with, as TOML, secrets masked.
+    Show(Box<ServeArgs>),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum CatalogCommand {
     /// Restore a catalog backup into a new, empty database.
     Restore(crate::catalog_restore::CatalogRestoreArgs),
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn no_two_flags_of_a_command_clash_with_the_global_client_flags() {
+        Cli::command().debug_assert();
+    }
 }

@@ -1,32 +1,39 @@
 //! The admin client behind the CLI's service commands (`silo gc`, `silo scrub`, ...): it calls
 //! the management API of a running Silo with the admin token.
 
+use std::path::Path;
+
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use serde::de::DeserializeOwned;
+use storage_node::data_dir::{ADMIN_TOKEN_SECRET, secret_file};
 
-/// Where the service is and how to authenticate.
+use crate::secret::Secret;
+
+/// Where the service is and how to authenticate: global flags, given before or after any
+/// subcommand.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Reaching a running Silo")]
 pub struct ClientArgs {
     /// The Silo service URL.
-    #[arg(long, env = "SILO_URL", default_value = "http://127.0.0.1:8420")]
+    #[arg(long, global = true, env = "SILO_URL", default_value = "http://127.0.0.1:8420")]
     pub url: String,
     /// The admin token [default: the one kept in ./silo-data/secrets/admin-token].
-    #[arg(long, env = "SILO_ADMIN_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    #[arg(long, global = true, env = "SILO_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<Secret>,
     /// Print JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
 }
 
 impl ClientArgs {
-    fn token(&self) -> anyhow::Result<String> {
+    fn token(&self) -> anyhow::Result<Secret> {
         if let Some(token) = &self.token {
             return Ok(token.clone());
         }
-        let kept = std::path::Path::new(crate::config::DEFAULT_DATA_DIR).join("secrets/admin-token");
+        let kept = secret_file(Path::new(crate::config::DEFAULT_DATA_DIR), ADMIN_TOKEN_SECRET);
         std::fs::read_to_string(&kept)
-            .map(|token| token.trim().to_string())
+            .map(|token| Secret::from(token.trim().to_string()))
             .map_err(|_| anyhow!("no admin token: set SILO_ADMIN_TOKEN or pass --token"))
     }
 
@@ -55,31 +62,17 @@ impl ClientArgs {
         body: Option<serde_json::Value>,
         headers: &[(&str, &str)],
     ) -> anyhow::Result<T> {
-        let url = format!("{}{path}", self.url.trim_end_matches('/'));
-        let mut request = reqwest::Client::new().request(method, &url).bearer_auth(self.token()?);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.with_context(|| format!("cannot reach Silo at {}", self.url))?;
-        let status = response.status();
+        let response = self.send_with_headers(method, path, body, headers).await?;
+        let (url, status) = (response.url().clone(), response.status());
         let text = response.text().await.with_context(|| format!("{url} answered {status}"))?;
         let body: serde_json::Value = if text.is_empty() {
             serde_json::Value::Null
         } else {
             serde_json::from_str(&text).with_context(|| format!("{url} answered {status} with no JSON"))?
         };
-        if !status.is_success() {
-            let message = body["error"]["message"].as_str().unwrap_or("no message");
-            bail!("{url} answered {status}: {message}");
-        }
         serde_json::from_value(body).with_context(|| format!("unexpected answer from {url}"))
     }
-}
 
-impl ClientArgs {
     /// Sends a request and returns the response as it arrives (for streamed answers); an
     /// error status becomes an error with the service's message.
     pub async fn send(
@@ -88,8 +81,23 @@ impl ClientArgs {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<reqwest::Response> {
+        self.send_with_headers(method, path, body, &[]).await
+    }
+
+    /// The one sender behind every call: the admin token, extra headers, an optional JSON body.
+    async fn send_with_headers(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<reqwest::Response> {
         let url = format!("{}{path}", self.url.trim_end_matches('/'));
-        let mut request = reqwest::Client::new().request(method, &url).bearer_auth(self.token()?);
+        let token = self.token()?;
+        let mut request = reqwest::Client::new().request(method, &url).bearer_auth(token.expose());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         if let Some(body) = body {
             request = request.json(&body);
         }

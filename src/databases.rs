@@ -4,7 +4,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::cli::{DbCommand, ServerCommand};
-use crate::client::block_on;
+use crate::client::{ClientArgs, block_on};
 use crate::tenants::print_rows;
 
 const CREDENTIAL_COLUMNS: [&str; 7] = ["name", "server", "host", "port", "database", "user", "password"];
@@ -12,53 +12,53 @@ const INFO_COLUMNS: [&str; 8] =
     ["name", "server", "zone", "plan", "state", "size_bytes", "storage_quota_bytes", "connections"];
 
 /// `silo db create|list|show|resize|protect|rotate|delete`.
-pub fn db(command: DbCommand) -> anyhow::Result<()> {
+pub fn db(command: DbCommand, client: &ClientArgs) -> anyhow::Result<()> {
     match command {
-        DbCommand::Create { tenant, name, plan, zone, deletion_protection, idempotency_key, client } => {
+        DbCommand::Create { tenant, name, plan, zone, deletion_protection, idempotency_key } => {
             let body = json!({ "name": name, "plan": plan, "zone": zone, "deletion_protection": deletion_protection });
             let headers: Vec<(&str, &str)> =
                 idempotency_key.as_deref().map(|key| ("Idempotency-Key", key)).into_iter().collect();
             let path = format!("/v1/tenants/{tenant}/databases");
             let created: Value =
                 block_on(client.call_with_headers(Method::POST, &path, Some(body), &headers))?;
-            print_credentials(&client, &created);
+            print_credentials(client, &created);
         }
-        DbCommand::List { tenant, client } => {
+        DbCommand::List { tenant } => {
             let list: Value =
                 block_on(client.call(Method::GET, &format!("/v1/tenants/{tenant}/databases"), None))?;
             let rows = list.as_array().cloned().unwrap_or_default();
-            print_rows(&client, &list, &[rows], &INFO_COLUMNS);
+            print_rows(client, &list, &[rows], &INFO_COLUMNS);
         }
-        DbCommand::Show { tenant, name, client } => {
+        DbCommand::Show { tenant, name } => {
             let info: Value =
                 block_on(client.call(Method::GET, &format!("/v1/tenants/{tenant}/databases/{name}"), None))?;
-            print_rows(&client, &info, &[vec![info.clone()]], &INFO_COLUMNS);
+            print_rows(client, &info, &[vec![info.clone()]], &INFO_COLUMNS);
             if !client.json {
                 let events = info["events"].as_array().cloned().unwrap_or_default();
                 if !events.is_empty() {
                     println!();
-                    print_rows(&client, &info, &[events], &["at", "event", "detail"]);
+                    print_rows(client, &info, &[events], &["at", "event", "detail"]);
                 }
             }
         }
-        DbCommand::Resize { tenant, name, plan, client } => {
+        DbCommand::Resize { tenant, name, plan } => {
             let path = format!("/v1/tenants/{tenant}/databases/{name}");
             let info: Value = block_on(client.call(Method::PATCH, &path, Some(json!({ "plan": plan }))))?;
-            print_rows(&client, &info, &[vec![info.clone()]], &INFO_COLUMNS);
+            print_rows(client, &info, &[vec![info.clone()]], &INFO_COLUMNS);
         }
-        DbCommand::Protect { tenant, name, state, client } => {
+        DbCommand::Protect { tenant, name, state } => {
             let path = format!("/v1/tenants/{tenant}/databases/{name}");
             let body = json!({ "deletion_protection": state == "on" });
             let info: Value = block_on(client.call(Method::PATCH, &path, Some(body)))?;
-            print_rows(&client, &info, &[vec![info.clone()]], &["name", "deletion_protection"]);
+            print_rows(client, &info, &[vec![info.clone()]], &["name", "deletion_protection"]);
         }
-        DbCommand::Rotate { tenant, name, grace_secs, client } => {
+        DbCommand::Rotate { tenant, name, grace_secs } => {
             let path = format!("/v1/tenants/{tenant}/databases/{name}/rotate-credentials");
             let rotated: Value =
                 block_on(client.call(Method::POST, &path, Some(json!({ "grace_secs": grace_secs }))))?;
-            print_credentials(&client, &rotated);
+            print_credentials(client, &rotated);
         }
-        DbCommand::Delete { tenant, name, skip_final_backup, client } => {
+        DbCommand::Delete { tenant, name, skip_final_backup } => {
             let query = if skip_final_backup { "?skip_final_backup=true" } else { "" };
             let path = format!("/v1/tenants/{tenant}/databases/{name}{query}");
             let _: Value = block_on(client.call(Method::DELETE, &path, None))?;
@@ -70,7 +70,7 @@ pub fn db(command: DbCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) fn print_credentials(client: &crate::client::ClientArgs, credentials: &Value) {
+pub(crate) fn print_credentials(client: &ClientArgs, credentials: &Value) {
     print_rows(client, credentials, &[vec![credentials.clone()]], &CREDENTIAL_COLUMNS);
     if !client.json {
         println!("\nurl: {}", credentials["url"].as_str().unwrap_or_default());
@@ -79,25 +79,25 @@ pub(crate) fn print_credentials(client: &crate::client::ClientArgs, credentials:
 }
 
 /// `silo server list|register|create-dedicated|remove`.
-pub fn server(command: ServerCommand) -> anyhow::Result<()> {
+pub fn server(command: ServerCommand, client: &ClientArgs) -> anyhow::Result<()> {
     let columns = ["name", "kind", "host", "port", "zone", "owner", "databases", "reserved_bytes"];
     match command {
-        ServerCommand::List { client } => {
+        ServerCommand::List => {
             let list: Value = block_on(client.call(Method::GET, "/v1/servers", None))?;
             let rows = list.as_array().cloned().unwrap_or_default();
-            print_rows(&client, &list, &[rows], &columns);
+            print_rows(client, &list, &[rows], &columns);
         }
-        ServerCommand::Register { name, url, zone, owner, client } => {
-            let body = json!({ "name": name, "url": url, "zone": zone, "owner": owner });
+        ServerCommand::Register { name, server_url, zone, owner } => {
+            let body = json!({ "name": name, "url": server_url.expose(), "zone": zone, "owner": owner });
             let server: Value = block_on(client.call(Method::POST, "/v1/servers", Some(body)))?;
-            print_rows(&client, &server, &[vec![server.clone()]], &columns);
+            print_rows(client, &server, &[vec![server.clone()]], &columns);
         }
-        ServerCommand::CreateDedicated { tenant, plan, name, client } => {
+        ServerCommand::CreateDedicated { tenant, plan, name } => {
             let body = json!({ "dedicated_for": tenant, "plan": plan, "name": name });
             let server: Value = block_on(client.call(Method::POST, "/v1/servers", Some(body)))?;
-            print_rows(&client, &server, &[vec![server.clone()]], &columns);
+            print_rows(client, &server, &[vec![server.clone()]], &columns);
         }
-        ServerCommand::Remove { name, client } => {
+        ServerCommand::Remove { name } => {
             let _: Value = block_on(client.call(Method::DELETE, &format!("/v1/servers/{name}"), None))?;
             if !client.json {
                 println!("removed server {name}");

@@ -7,6 +7,7 @@
 //! embedded Postgres. If the embedded Postgres dies for good, the same shutdown runs and the
 //! process exits non-zero.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -15,26 +16,26 @@ use db_manager::embedded::{self, EmbeddedOptions};
 use db_manager::instance::{LocalInstance, SupervisorHandle, supervise};
 use db_manager::servers::NewServer;
 use db_manager::{DbManager, DedicatedOptions, ManagerConfig};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use rand::distr::{Alphanumeric, SampleString};
 use storage_node::DataDir;
 use storage_node::catalog::{self, CatalogPool};
+use storage_node::data_dir::ADMIN_TOKEN_SECRET;
 use storage_node::store::{ChunkStore, GcReport};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ServeArgs, ServeConfig};
+use crate::config::ServeConfig;
 use crate::http::{self, AppState, CatalogServer, Metrics, ServerInfo};
+use crate::secret::Secret;
 
-/// The secret file of the admin token.
-const ADMIN_TOKEN_SECRET: &str = "admin-token";
 const CATALOG_POOL_SIZE: usize = 32;
 
 /// Runs the server until a shutdown signal, or until the embedded Postgres is lost for good.
 ///
 /// # Errors
 /// Any start-up failure, with a message that says what to fix; or the loss of Postgres.
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let config = args.resolve()?;
+pub fn run(config: ServeConfig) -> anyhow::Result<()> {
     crate::logging::init(config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -52,7 +53,7 @@ struct Embedded {
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), ?config, "starting Silo");
-    raise_open_files_limit(config.max_connections);
+    raise_open_files_limit(config.connection_cap());
     let data_dir = Arc::new(DataDir::open(&config.data_dir)?);
     let listener = TcpListener::bind(config.listen)
         .await
@@ -65,7 +66,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     };
     let stop = CancellationToken::new();
     let (pool, embedded) = match &config.postgres_url {
-        Some(url) => (external_catalog(url)?, None),
+        Some(url) => (external_catalog(url.expose())?, None),
         None => {
             let (pool, embedded) = embedded_catalog(&config, &data_dir, &stop).await?;
             (pool, Some(embedded))
@@ -136,41 +137,36 @@ async fn serve_with_catalog(
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
     let schema = db_manager::catalog::migrate_all(&pool).await?;
-    let client = pool.get().await.map_err(catalog::CatalogError::from)?;
-    let row = client
-        .query_one("SELECT catalog_id::text, current_setting('server_version') FROM silo_meta", &[])
-        .await
-        .map_err(catalog::CatalogError::from)?;
-    drop(client);
-    let store = ChunkStore::open(pool.clone(), &data_dir, &config.node, config.store.clone()).await?;
+    let meta = catalog::meta::read(&pool).await?;
+    let store = ChunkStore::open(pool.clone(), &data_dir, &config.node(), config.store.clone()).await?;
     let databases = DbManager::new(
         store.clone(),
         ManagerConfig {
             plans: config.plans.clone(),
-            sample_interval: config.database_sample_interval,
-            node_name: config.node.name.clone(),
-            zone: config.node.zone.clone(),
+            sample_interval: config.database_sample_interval(),
+            node_name: config.node_name.clone(),
+            zone: config.zone.clone(),
             dedicated: DedicatedOptions {
-                root: data_dir.path().join("instances"),
+                root: data_dir.instances_dir(),
                 bin_dir: config.postgres_bin_dir.clone(),
                 os_user: config.postgres_os_user.clone(),
                 listen: config.dedicated_listen,
             },
-            final_backup_retention: config.final_backup_retention,
+            final_backup_retention: config.final_backup_retention(),
             catalog: catalog_config(config, embedded)?,
-            catalog_backups_dir: data_dir.path().join("catalog-backups"),
-            tls_dir: data_dir.path().join("tls"),
+            catalog_backups_dir: data_dir.catalog_backups_dir(),
+            tls_dir: data_dir.tls_dir(),
             spares_per_server: config.spare_databases,
         },
         stop.clone(),
     );
     if let Some(Embedded { instance, .. }) = embedded {
-        databases.register_embedded(&embedded_server(instance, config)).await?;
+        databases.register_embedded(&embedded_server(instance, config)?).await?;
     }
     databases.start().await?;
-    if let Some(interval) = config.gc_interval {
+    if let Some(interval) = config.gc_interval() {
         let (store, databases, stop) = (store.clone(), databases.clone(), stop.clone());
-        tokio::spawn(collect_garbage_every(store, databases, interval, config.multipart_expiry, stop));
+        tokio::spawn(collect_garbage_every(store, databases, interval, config.multipart_expiry(), stop));
     }
     let admin_token = admin_token(&data_dir)?;
     let catalog_server = match embedded {
@@ -186,16 +182,16 @@ async fn serve_with_catalog(
         databases: databases.clone(),
         data_dir,
         catalog_server,
-        admin_token_digest: http::auth_digest(&admin_token),
+        admin_token_digest: http::auth_digest(admin_token.expose()),
         metrics: Metrics::new(),
         draining: AtomicBool::new(false),
-        s3: storage_node::s3::service(store.clone(), config.region.clone()),
+        s3: storage_node::s3::service(store.clone(), config.region()),
         info: ServerInfo {
             version: env!("CARGO_PKG_VERSION"),
-            catalog_id: row.get(0),
+            catalog_id: meta.catalog_id,
             catalog_schema: schema,
             postgres_mode: if embedded.is_some() { "embedded" } else { "external" },
-            postgres_version: row.get(1),
+            postgres_version: meta.server_version,
             started_at: now_rfc3339(),
         },
     });
@@ -207,9 +203,9 @@ async fn serve_with_catalog(
     ));
     let app = http::router(state.clone());
     let limits = http::listener::Limits {
-        max_connections: config.max_connections,
-        header_timeout: config.header_timeout,
-        idle_timeout: config.idle_timeout,
+        max_connections: config.connection_cap(),
+        header_timeout: config.header_timeout(),
+        idle_timeout: config.idle_timeout(),
     };
     if let Some(metrics) = listeners.metrics {
         let metrics_limits = http::listener::Limits { max_connections: METRICS_MAX_CONNECTIONS, ..limits };
@@ -232,10 +228,10 @@ async fn serve_with_catalog(
         () = http_stop.cancelled() => {}
     }
     state.draining.store(true, Ordering::Relaxed);
-    match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+    match tokio::time::timeout(config.shutdown_grace(), &mut server).await {
         Ok(served) => served.context("the HTTP server failed")?,
         Err(_) => {
-            tracing::warn!(grace = ?config.shutdown_grace, "requests still running after the grace period; closing them");
+            tracing::warn!(grace = ?config.shutdown_grace(), "requests still running after the grace period; closing them");
             server.abort();
         }
     }
@@ -252,7 +248,9 @@ fn catalog_config(
     embedded: Option<&Embedded>,
 ) -> anyhow::Result<tokio_postgres::Config> {
     match (&config.postgres_url, embedded) {
-        (Some(url), _) => url.parse().map_err(|_| anyhow!("--postgres-url is not a valid libpq URL")),
+        (Some(url), _) => {
+            url.expose().parse().map_err(|_| anyhow!("--postgres-url is not a valid libpq URL"))
+        }
         (None, Some(Embedded { instance, .. })) => Ok(instance.client_config(embedded::CATALOG_DATABASE)),
         (None, None) => Err(anyhow!("no catalog configured")),
     }
@@ -260,43 +258,44 @@ fn catalog_config(
 
 /// The embedded instance as a database server: its superuser over the unix socket (or TCP when
 /// `--postgres-listen` is set), and the same address for clients.
-fn embedded_server(instance: &LocalInstance, config: &ServeConfig) -> NewServer {
+fn embedded_server(instance: &LocalInstance, config: &ServeConfig) -> anyhow::Result<NewServer> {
     let spec = instance.spec();
-    let (url_host, host) = match config.postgres_listen {
-        Some(addr) => (addr.ip().to_string(), addr.ip().to_string()),
-        None => {
-            let dir = instance.socket_dir().display().to_string();
-            (percent_encode(&dir), dir)
-        }
+    let host = match config.postgres_listen {
+        Some(addr) => addr.ip().to_string(),
+        None => instance.socket_dir().display().to_string(),
     };
-    NewServer {
+    Ok(NewServer {
         name: "local".into(),
         kind: "embedded",
-        admin_url: format!(
-            "postgresql://{}:{}@{url_host}:{}/postgres",
-            percent_encode(&spec.superuser),
-            percent_encode(&spec.superuser_password),
-            spec.port
-        ),
+        admin_url: superuser_url(&spec.superuser, &spec.superuser_password, &host, spec.port)?,
         host,
         port: spec.port,
-        zone: config.node.zone.clone(),
+        zone: config.zone.clone(),
         owner: None,
         plan: None,
-        node: Some(config.node.name.clone()),
+        node: Some(config.node_name.clone()),
         capacity_bytes: db_manager::servers::DEFAULT_CAPACITY_BYTES,
         ca_cert: None,
-    }
+    })
 }
 
-/// Percent-encodes everything but unreserved characters, for a URL's host or user info.
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// What a URL's host keeps as it is: RFC 3986's unreserved characters.
+const HOST_ENCODE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// A libpq URL for `user` on `host` (an IP address, or a socket directory, which goes in the
+/// host part percent-encoded as libpq and tokio-postgres read it) and `port`, database `postgres`.
+fn superuser_url(user: &str, password: &str, host: &str, port: u16) -> anyhow::Result<String> {
+    let mut url = url::Url::parse("postgresql://localhost/postgres").context("the URL template")?;
+    let with_host = match host.parse::<IpAddr>() {
+        Ok(ip) => url.set_ip_host(ip),
+        Err(_) => url.set_host(Some(&utf8_percent_encode(host, HOST_ENCODE).to_string())).map_err(drop),
+    };
+    with_host
+        .and_then(|()| url.set_port(Some(port)))
+        .and_then(|()| url.set_username(user))
+        .and_then(|()| url.set_password(Some(password)))
+        .map_err(|()| anyhow!("cannot build the embedded Postgres URL for host {host}"))?;
+    Ok(url.into())
 }
 
 /// How often the orphan sweep (a scan of every object) runs at most.
@@ -369,14 +368,14 @@ async fn stop_on_signal_or_loss(
 
 /// The admin token: `SILO_ADMIN_TOKEN` if set, else the one kept in the data directory,
 /// generated and printed once on first start.
-fn admin_token(data_dir: &DataDir) -> anyhow::Result<String> {
+fn admin_token(data_dir: &DataDir) -> anyhow::Result<Secret> {
     if let Ok(token) = std::env::var("SILO_ADMIN_TOKEN") {
         let token = token.trim().to_string();
         if token.len() < 16 {
             return Err(anyhow!("SILO_ADMIN_TOKEN must be at least 16 characters long"));
         }
         tracing::info!("using the admin token from SILO_ADMIN_TOKEN");
-        return Ok(token);
+        return Ok(Secret::from(token));
     }
     let generate = || format!("silo_{}", Alphanumeric.sample_string(&mut rand::rng(), 40));
     let (token, created) = data_dir.secret_or_create(ADMIN_TOKEN_SECRET, generate)?;
@@ -387,7 +386,7 @@ fn admin_token(data_dir: &DataDir) -> anyhow::Result<String> {
     } else {
         tracing::info!(path = %path.display(), "using the admin token kept in the data directory");
     }
-    Ok(token)
+    Ok(Secret::from(token))
 }
 
 /// Raises the soft limit on open files to the hard one: each connection is a descriptor, and the
@@ -415,4 +414,29 @@ fn raise_open_files_limit(max_connections: usize) {
 fn now_rfc3339() -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + now).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_postgres::config::Host;
+
+    #[test]
+    fn the_superuser_url_reads_back_as_the_socket_directory_and_password_it_was_built_from() {
+        let url = superuser_url("silo admin", "p@ss/w:rd%", "/srv/silo data/postgres", 5433).unwrap();
+        let config: tokio_postgres::Config = url.parse().unwrap();
+        assert_eq!(config.get_hosts(), [Host::Unix("/srv/silo data/postgres".into())]);
+        assert_eq!(config.get_ports(), [5433]);
+        assert_eq!(config.get_user(), Some("silo admin"));
+        assert_eq!(config.get_password(), Some(&b"p@ss/w:rd%"[..]));
+        assert_eq!(config.get_dbname(), Some("postgres"));
+    }
+
+    #[test]
+    fn the_superuser_url_takes_an_ip_address_as_its_host() {
+        let url = superuser_url("postgres", "secret", "::1", 5432).unwrap();
+        assert!(url.starts_with("postgresql://postgres:secret@[::1]:5432/"), "{url}");
+        let config: tokio_postgres::Config = url.parse().unwrap();
+        assert_eq!(config.get_hosts(), [Host::Tcp("::1".into())]);
+    }
 }

@@ -7,33 +7,33 @@ use crate::cli::{KeyCommand, TenantCommand};
 use crate::client::{ClientArgs, block_on};
 
 /// `silo tenant create|list|show|delete`.
-pub fn tenant(command: TenantCommand) -> anyhow::Result<()> {
+pub fn tenant(command: TenantCommand, client: &ClientArgs) -> anyhow::Result<()> {
     match command {
-        TenantCommand::Create { name, quota_bytes, client } => {
+        TenantCommand::Create { name, quota_bytes } => {
             let body = json!({ "name": name, "storage_quota_bytes": quota_bytes });
             let tenant: Value = block_on(client.call(Method::POST, "/v1/tenants", Some(body)))?;
             print_rows(
-                &client,
+                client,
                 &tenant,
                 &[vec![tenant.clone()]],
                 &["name", "storage_quota_bytes", "created_at"],
             );
         }
-        TenantCommand::List { client } => {
+        TenantCommand::List => {
             let tenants: Value = block_on(client.call(Method::GET, "/v1/tenants", None))?;
             let rows = tenants.as_array().cloned().unwrap_or_default();
-            print_rows(&client, &tenants, &[rows], &["name", "storage_quota_bytes", "created_at"]);
+            print_rows(client, &tenants, &[rows], &["name", "storage_quota_bytes", "created_at"]);
         }
-        TenantCommand::Show { name, client } => {
+        TenantCommand::Show { name } => {
             let tenant: Value = block_on(client.call(Method::GET, &format!("/v1/tenants/{name}"), None))?;
             print_rows(
-                &client,
+                client,
                 &tenant,
                 &[vec![tenant.clone()]],
                 &["name", "storage_quota_bytes", "created_at"],
             );
         }
-        TenantCommand::Delete { name, force, skip_final_backup, client } => {
+        TenantCommand::Delete { name, force, skip_final_backup } => {
             let path = format!("/v1/tenants/{name}?force={force}&final_backup={}", !skip_final_backup);
             let _: Value = block_on(client.call(Method::DELETE, &path, None))?;
             if !client.json {
@@ -45,23 +45,23 @@ pub fn tenant(command: TenantCommand) -> anyhow::Result<()> {
 }
 
 /// `silo key create|list|revoke`.
-pub fn key(command: KeyCommand) -> anyhow::Result<()> {
+pub fn key(command: KeyCommand, client: &ClientArgs) -> anyhow::Result<()> {
     match command {
-        KeyCommand::Create { tenant, client } => {
+        KeyCommand::Create { tenant } => {
             let key: Value =
                 block_on(client.call(Method::POST, &format!("/v1/tenants/{tenant}/keys"), None))?;
-            print_rows(&client, &key, &[vec![key.clone()]], &["access_key_id", "secret_access_key"]);
+            print_rows(client, &key, &[vec![key.clone()]], &["access_key_id", "secret_access_key"]);
             if !client.json {
                 println!("\nThe secret is shown this one time: keep it now.");
             }
         }
-        KeyCommand::List { tenant, client } => {
+        KeyCommand::List { tenant } => {
             let keys: Value =
                 block_on(client.call(Method::GET, &format!("/v1/tenants/{tenant}/keys"), None))?;
             let rows = keys.as_array().cloned().unwrap_or_default();
-            print_rows(&client, &keys, &[rows], &["access_key_id", "created_at", "revoked_at"]);
+            print_rows(client, &keys, &[rows], &["access_key_id", "created_at", "revoked_at"]);
         }
-        KeyCommand::Revoke { tenant, access_key_id, client } => {
+        KeyCommand::Revoke { tenant, access_key_id } => {
             let path = format!("/v1/tenants/{tenant}/keys/{access_key_id}");
             let _: Value = block_on(client.call(Method::DELETE, &path, None))?;
             if !client.json {

@@ -15,7 +15,7 @@ pub const CATALOG_DATABASE: &str = "silo";
 /// The embedded server's superuser.
 pub const SUPERUSER: &str = "silo";
 /// The secret file holding the superuser's password.
-pub const PASSWORD_SECRET: &str = "postgres-superuser-password";
+pub use storage_node::data_dir::POSTGRES_PASSWORD_SECRET as PASSWORD_SECRET;
 const DEFAULT_PORT: u16 = 5432;
 
 /// How to run the embedded server.
@@ -47,7 +47,7 @@ pub async fn start(
     let (password, _) =
         data_dir.secret_or_create(PASSWORD_SECRET, || Alphanumeric.sample_string(&mut rand::rng(), 40))?;
     let spec = InstanceSpec {
-        root: data_dir.path().join("postgres"),
+        root: data_dir.postgres_dir(),
         superuser: SUPERUSER.into(),
         superuser_password: password,
         port: options.listen.map_or(DEFAULT_PORT, |addr| addr.port()),

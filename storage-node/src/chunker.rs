@@ -6,12 +6,12 @@
 
 use bytes::{Bytes, BytesMut};
 use fastcdc::v2020::{Normalization, cut_gear, get_gear_with_seed, select_masks};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Chunk size bounds in bytes. FastCDC needs even sizes, `min <= 1 MiB`, `avg <= 4 MiB` and
 /// `max <= 16 MiB`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ChunkSizes {
     pub min: usize,

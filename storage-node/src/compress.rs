@@ -5,7 +5,7 @@
 //! Media (JPEG, MP4, zip) fails the probe, and costs 64 KiB of level-1 work per chunk, not a
 //! full compression.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// How a chunk is stored in its pack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +27,7 @@ impl Compression {
 }
 
 /// Compression settings.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CompressionPolicy {
     /// The least share of a chunk that compression must save to be kept (0.10 = 10%).

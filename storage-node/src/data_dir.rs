@@ -4,6 +4,9 @@
 //! is another program's directory, and Silo refuses it without touching a single file in it.
 //! One process at a time holds the directory through an exclusive `flock` on `silo.lock`. The
 //! kernel drops the lock when the process dies, so a `kill -9` never blocks the next start.
+//!
+//! Every name inside a data directory is spelt here and nowhere else: the rest of Silo asks a
+//! [`DataDir`] for its paths (docs/operations.md draws the tree).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -17,6 +20,27 @@ pub const MARKER_FILE: &str = "SILO_DATA_DIR";
 const MARKER_CONTENTS: &str = "This directory holds the data of a Silo server. format = 1\n";
 const LOCK_FILE: &str = "silo.lock";
 const SECRETS_DIR: &str = "secrets";
+/// The chunk store's pack files (0700, see [`DataDir::private_dir`]).
+pub const PACKS_DIR: &str = "packs";
+const POSTGRES_DIR: &str = "postgres";
+const INSTANCES_DIR: &str = "instances";
+const CATALOG_BACKUPS_DIR: &str = "catalog-backups";
+const TLS_DIR: &str = "tls";
+/// Left by `silo catalog restore`: the next start reconciles the catalog with the packs.
+pub const CATALOG_RESTORED_MARKER: &str = "catalog-restored";
+
+/// The secret the admin token is kept in (unless `SILO_ADMIN_TOKEN` is set).
+pub const ADMIN_TOKEN_SECRET: &str = "admin-token";
+/// The secret every tenant's chunk key derives from (unless `SILO_SERVER_SECRET` is set).
+pub const SERVER_SECRET: &str = "chunk-key-secret";
+/// The secret password of the embedded Postgres superuser.
+pub const POSTGRES_PASSWORD_SECRET: &str = "postgres-superuser-password";
+
+/// Where the secret `name` of the data directory `root` is kept, without opening (or locking)
+/// the directory: for a client that reads the admin token beside a running server.
+pub fn secret_file(root: &Path, name: &str) -> PathBuf {
+    root.join(SECRETS_DIR).join(name)
+}
 
 /// Why a data directory cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +123,36 @@ impl DataDir {
         &self.root
     }
 
+    /// The chunk store's pack files.
+    pub fn packs_dir(&self) -> PathBuf {
+        self.root.join(PACKS_DIR)
+    }
+
+    /// The embedded catalog Postgres (its cluster, log and socket).
+    pub fn postgres_dir(&self) -> PathBuf {
+        self.root.join(POSTGRES_DIR)
+    }
+
+    /// This node's dedicated Postgres instances, one subdirectory each.
+    pub fn instances_dir(&self) -> PathBuf {
+        self.root.join(INSTANCES_DIR)
+    }
+
+    /// The offline manifests of catalog backups.
+    pub fn catalog_backups_dir(&self) -> PathBuf {
+        self.root.join(CATALOG_BACKUPS_DIR)
+    }
+
+    /// The CAs of servers reached with `sslmode=verify-full`, for the pg tools.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.root.join(TLS_DIR)
+    }
+
+    /// Whether the secret `name` is kept here (without creating anything).
+    pub fn has_secret(&self, name: &str) -> bool {
+        secret_file(&self.root, name).is_file()
+    }
+
     /// Proves the directory still accepts writes by creating, syncing and removing a file.
     ///
     /// # Errors
@@ -156,13 +210,14 @@ impl DataDir {
     /// # Errors
     /// [`DataDirError::Io`] when the secrets directory cannot be created.
     pub fn secret_path(&self, name: &str) -> Result<PathBuf, DataDirError> {
+        let path = secret_file(&self.root, name);
         let dir = self.root.join(SECRETS_DIR);
         if !dir.is_dir() {
             fs::create_dir(&dir).map_err(|source| self.io_error(&dir, source))?;
         }
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
             .map_err(|source| self.io_error(&dir, source))?;
-        Ok(dir.join(name))
+        Ok(path)
     }
 
     fn io_error(&self, path: &Path, source: io::Error) -> DataDirError {

@@ -14,7 +14,7 @@ use crate::DataDir;
 use crate::data_dir::DataDirError;
 
 /// The name of the server secret in the data directory.
-pub const SERVER_SECRET: &str = "chunk-key-secret";
+pub use crate::data_dir::SERVER_SECRET;
 const TENANT_KEY_CONTEXT: &str = "silo 2026-11 per-tenant chunk id key";
 const GEAR_SEED_CONTEXT: &str = "silo 2026-11 per-tenant chunker seed";
 const SEALING_KEY_CONTEXT: &str = "silo 2026-11 secrets at rest";
@@ -66,7 +66,7 @@ impl ServerSecret {
     /// [`DataDirError`] when the secret cannot be read or written, or is malformed.
     pub fn load_or_create(data_dir: &DataDir) -> Result<Self, DataDirError> {
         let malformed = |what: &str| DataDirError::Io {
-            path: data_dir.path().join("secrets").join(SERVER_SECRET),
+            path: crate::data_dir::secret_file(data_dir.path(), SERVER_SECRET),
             source: std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!("{what} is not 64 hex digits"),

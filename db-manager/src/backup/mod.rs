@@ -4,10 +4,12 @@
 //! tenant that no bucket names, so S3 keys can neither see nor change it; uncompressed, each
 //! day's dump shares its unchanged chunks with the day before. [`run`] picks what is due and
 //! runs it under a per-database lease, [`dump`] takes one backup, [`retention`] prunes by the
-//! plan's GFS policy, and [`restore`] restores, verifies and downloads.
+//! plan's GFS policy, [`restore`] restores, verifies and downloads, and [`pg_restore`] is the
+//! one pipeline that streams a dump into `pg_restore` (for `silo catalog restore` too).
 
 pub mod catalog;
 pub mod dump;
+pub mod pg_restore;
 pub mod restore;
 pub mod retention;
 pub mod run;

@@ -8,16 +8,12 @@
 //! that owns the scratch database. An in-place restore is recorded before it drops anything,
 //! and a start after a crash puts the safety backup back.
 
-use std::process::Stdio;
-
 use bytes::Bytes;
-use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use storage_node::store::StoreError;
-use tokio::io::AsyncWriteExt;
 
-use super::dump::{collect_stderr, pg_tool};
+use super::pg_restore::{self, PgRestoreError, RestoreTarget};
 use crate::DbError;
 use crate::databases::{CreateRequest, Credentials};
 use crate::instance::PgBinaries;
@@ -25,11 +21,6 @@ use crate::manager::DbManager;
 use crate::names::ident;
 use crate::workers::Worker;
 use crate::{faults, provision, read_only};
-
-/// How every restore runs `pg_restore`: objects owned by whoever restores (the database's
-/// role), no grants of the source's roles, all or nothing.
-pub const RESTORE_ARGS: [&str; 5] =
-    ["--no-owner", "--no-privileges", "--exit-on-error", "--single-transaction", "--no-password"];
 
 /// Where a restore goes.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -256,54 +247,16 @@ impl DbManager {
         dbname: &str,
         role: Option<&str>,
     ) -> Result<(), DbError> {
-        let (_, mut archive) = self.backup_archive(id).await?;
+        let (_, archive) = self.backup_archive(id).await?;
         let reach = self.worker_config(worker, dbname).await?;
         let env = self.worker_tool_env(&reach, dbname)?;
         let binaries = PgBinaries::locate(self.inner.config.dedicated.bin_dir.as_deref())?;
-        let mut command = pg_tool(&binaries, "pg_restore");
-        command.args(RESTORE_ARGS);
-        command.arg(format!("--dbname={dbname}"));
-        if let Some(role) = role {
-            command.arg(format!("--role={role}"));
+        let target = RestoreTarget { binaries: &binaries, env, dbname, role };
+        match pg_restore::stream_into(target, archive).await {
+            Ok(_) => Ok(()),
+            Err(PgRestoreError::Damaged(message)) => Err(DbError::Integrity { id, message }),
+            Err(err) => Err(DbError::Restore { message: err.to_string() }),
         }
-        let mut child = command
-            .envs(env)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|err| DbError::Restore { message: format!("cannot run pg_restore: {err}") })?;
-        let stderr = collect_stderr(child.stderr.take());
-        let mut stdin = child
-            .stdin
-            .take()
-            .ok_or_else(|| DbError::Restore { message: "pg_restore has no stdin".into() })?;
-        let mut damaged = None;
-        while let Some(piece) = archive.next().await {
-            match piece {
-                Ok(bytes) => {
-                    if stdin.write_all(&bytes).await.is_err() {
-                        break; // pg_restore stopped reading; its exit status says why.
-                    }
-                }
-                Err(err) => {
-                    damaged = Some(err);
-                    break;
-                }
-            }
-        }
-        if let Some(err) = damaged {
-            let _ = child.kill().await;
-            return Err(DbError::Integrity { id, message: err.to_string() });
-        }
-        drop(stdin);
-        let status = child.wait().await.map_err(|err| DbError::Restore { message: err.to_string() })?;
-        let message = stderr.await.unwrap_or_default();
-        if !status.success() {
-            return Err(DbError::Restore { message: format!("pg_restore exited with {status}: {message}") });
-        }
-        Ok(())
     }
 
     /// Restores a backup into a scratch database on its database's server, compares every

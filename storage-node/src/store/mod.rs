@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use commit::StoredObject;
 pub use error::StoreError;
@@ -51,7 +51,7 @@ use writers::WriterPool;
 pub struct ObjectId(pub i64);
 
 /// Tunables of the chunk store.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     pub chunk_sizes: ChunkSizes,
@@ -85,8 +85,12 @@ impl Default for StoreConfig {
 }
 
 mod seconds {
-    use serde::{Deserialize, Deserializer};
+    use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(duration.as_secs())
+    }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
         u64::deserialize(deserializer).map(Duration::from_secs)
@@ -160,7 +164,7 @@ impl ChunkStore {
         let secret =
             ServerSecret::load_or_create(data_dir).map_err(|err| StoreError::Task(err.to_string()))?;
         // Packs hold every tenant's bytes: 0700 directory, 0600 files (older ones tightened here).
-        let packs_dir = data_dir.private_dir("packs")?;
+        let packs_dir = data_dir.private_dir(crate::data_dir::PACKS_DIR)?;
         let tightened = crate::data_dir::make_files_private(&packs_dir)
             .map_err(|source| StoreError::io(&packs_dir, source))?;
         if tightened > 0 {

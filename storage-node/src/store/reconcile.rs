@@ -26,7 +26,7 @@ use crate::pack::scan::{pack_ids_on_disk, scan_pack};
 use crate::pack::{PackId, RECORD_HEADER_LEN, pack_path};
 
 /// The file `silo catalog restore` leaves in the data directory: the next start reconciles.
-pub const RESTORED_MARKER: &str = "catalog-restored";
+pub use crate::data_dir::CATALOG_RESTORED_MARKER as RESTORED_MARKER;
 
 /// Asks the next start of the store in `data_dir` to reconcile the catalog with the packs.
 ///

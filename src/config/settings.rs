@@ -1,0 +1,213 @@
+//! Every setting of `silo serve`, declared once: its flag and `SILO_*` variable (clap), its
+//! file key (serde: the field's name), its default (clap's `default_value`) and its doc (the
+//! doc comment, which `--help` and the table in docs/operations.md both show).
+//!
+//! Values stay as an operator writes them (seconds, days); the accessors turn them into what
+//! the server uses (durations, a clamped count, a checked region).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use db_manager::plans::{Plan, Plans};
+use serde::{Deserialize, Deserializer, Serialize};
+use storage_node::s3::{DEFAULT_REGION, Region};
+use storage_node::store::{NodeSpec, StoreConfig};
+
+use crate::secret::Secret;
+
+/// The default data directory (the CLI's service commands look for the admin token there).
+pub const DEFAULT_DATA_DIR: &str = "./silo-data";
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
+/// The resolved configuration of `silo serve`: flag > variable > file > default.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Where Silo keeps its data.
+    #[arg(long, env = "SILO_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// The HTTP address.
+    #[arg(long, env = "SILO_LISTEN", default_value = "127.0.0.1:8420")]
+    pub listen: SocketAddr,
+    /// An external catalog Postgres (libpq URL); without it Silo runs its own under the data
+    /// directory.
+    #[arg(long, env = "SILO_POSTGRES_URL", hide_env_values = true)]
+    pub postgres_url: Option<Secret>,
+    /// Where `initdb`, `pg_ctl` and `postgres` are; without it, PATH, then
+    /// `/usr/lib/postgresql/*/bin`.
+    #[arg(long, env = "SILO_POSTGRES_BIN_DIR")]
+    pub postgres_bin_dir: Option<PathBuf>,
+    /// A TCP address for the embedded Postgres, besides its unix socket.
+    #[arg(long, env = "SILO_POSTGRES_LISTEN")]
+    pub postgres_listen: Option<SocketAddr>,
+    /// The OS user the embedded Postgres runs as when Silo runs as root.
+    #[arg(long, env = "SILO_POSTGRES_OS_USER", default_value = "postgres")]
+    pub postgres_os_user: String,
+    /// How long in-flight requests may run after SIGTERM, in seconds.
+    #[arg(long, env = "SILO_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
+    pub shutdown_grace_secs: u64,
+    /// The log format: `text`, or `json` (one object per line, on stderr).
+    #[arg(long, env = "SILO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// This storage node's name, unique among the nodes sharing a catalog.
+    #[arg(long, env = "SILO_NODE_NAME", default_value = "local")]
+    pub node_name: String,
+    /// This storage node's availability zone.
+    #[arg(long, env = "SILO_ZONE", default_value = "default")]
+    pub zone: String,
+    /// Seconds between background GC passes; 0 turns them off.
+    #[arg(long, env = "SILO_GC_INTERVAL_SECS", default_value_t = 300)]
+    pub gc_interval_secs: u64,
+    /// Seconds after which the GC loop aborts an unfinished multipart upload (a week).
+    #[arg(long, env = "SILO_MULTIPART_EXPIRY_SECS", default_value_t = 7 * 24 * 3600)]
+    pub multipart_expiry_secs: u64,
+    /// Seconds between samples of client databases' sizes and sessions (quotas are enforced on
+    /// each).
+    #[arg(long, env = "SILO_DATABASE_SAMPLE_INTERVAL_SECS", default_value_t = 30)]
+    pub database_sample_interval_secs: u64,
+    /// Empty databases kept ready on each server, so that creates are quick; 0 turns them off.
+    #[arg(long, env = "SILO_SPARE_DATABASES", default_value_t = 2)]
+    pub spare_databases: usize,
+    /// Days the final backup of a deleted database is kept.
+    #[arg(long, env = "SILO_FINAL_BACKUP_RETENTION_DAYS", default_value_t = 30)]
+    pub final_backup_retention_days: u64,
+    /// The S3 region Silo serves: requests must be signed for it (`US`/`EU` count as us-east-1
+    /// and eu-west-1), and GetBucketLocation answers it (see docs/s3.md).
+    #[arg(long, env = "SILO_REGION", default_value = DEFAULT_REGION)]
+    pub region: RegionName,
+    /// Connections served at once; more are answered `503 SlowDown` with `Retry-After: 1` and
+    /// closed. Silo raises its soft open-files limit to the hard one at start and warns when the
+    /// cap does not fit under it.
+    #[arg(long, env = "SILO_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Seconds a request's head may take from its first byte to its last, or the connection is
+    /// closed.
+    #[arg(long, env = "SILO_HEADER_TIMEOUT_SECS", default_value_t = 15)]
+    pub header_timeout_secs: u64,
+    /// Seconds a connection with no request in progress (new, or kept alive after a response)
+    /// stays open; a request body that stalls this long is cut. Keep clients' pool idle timeouts
+    /// below it, or they may reuse a connection as it closes.
+    #[arg(long, env = "SILO_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+    /// Where `GET /metrics` is served, apart from the public port (e.g. `127.0.0.1:9420`); off
+    /// without it.
+    #[arg(long, env = "SILO_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// The address dedicated Postgres instances listen on, and that clients are given.
+    #[arg(long, env = "SILO_DEDICATED_LISTEN", default_value = "127.0.0.1")]
+    pub dedicated_listen: IpAddr,
+    /// Database plans (`[plans.<name>]` in the file), added to or replacing `small`, `medium`
+    /// and `large`.
+    #[arg(skip)]
+    #[serde(deserialize_with = "plans_over_the_defaults")]
+    pub plans: Plans,
+    /// The chunk store's tunables (`[store]` in the file: chunk sizes, compression, packs,
+    /// caches).
+    #[arg(skip)]
+    pub store: StoreConfig,
+}
+
+impl Default for ServeConfig {
+    /// Every default, and nothing from the environment.
+    fn default() -> Self {
+        let command = Self::augment_args(clap::Command::new("silo")).mut_args(|arg| arg.env(None));
+        command
+            .try_get_matches_from(["silo"])
+            .and_then(|matches| <Self as clap::FromArgMatches>::from_arg_matches(&matches))
+            .unwrap_or_else(|err| unreachable!("the declared defaults parse: {err}"))
+    }
+}
+
+impl ServeConfig {
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    pub fn node(&self) -> NodeSpec {
+        NodeSpec { name: self.node_name.clone(), zone: self.zone.clone() }
+    }
+
+    /// `None` when background GC is off.
+    pub fn gc_interval(&self) -> Option<Duration> {
+        (self.gc_interval_secs > 0).then(|| Duration::from_secs(self.gc_interval_secs))
+    }
+
+    pub fn multipart_expiry(&self) -> Duration {
+        Duration::from_secs(self.multipart_expiry_secs)
+    }
+
+    /// At least a second.
+    pub fn database_sample_interval(&self) -> Duration {
+        Duration::from_secs(self.database_sample_interval_secs.max(1))
+    }
+
+    pub fn final_backup_retention(&self) -> Duration {
+        Duration::from_secs(self.final_backup_retention_days.saturating_mul(24 * 3600))
+    }
+
+    pub fn region(&self) -> Region {
+        self.region.0.clone()
+    }
+
+    /// At least one.
+    pub fn connection_cap(&self) -> usize {
+        self.max_connections.max(1)
+    }
+
+    /// At least a second.
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout_secs.max(1))
+    }
+
+    /// At least a second.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs.max(1))
+    }
+}
+
+/// The `[plans]` of a file, over the default plans.
+fn plans_over_the_defaults<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Plans, D::Error> {
+    std::collections::BTreeMap::<String, Plan>::deserialize(deserializer).map(Plans::with)
+}
+
+/// An S3 region name, checked as s3s checks the regions clients sign for: `[a-z0-9-]+`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RegionName(Region);
+
+impl FromStr for RegionName {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Region::new(name.to_owned().into())
+            .map(RegionName)
+            .map_err(|err| format!("{err}; a region is lowercase letters, digits and dashes"))
+    }
+}
+
+impl TryFrom<String> for RegionName {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        name.parse()
+    }
+}
+
+impl From<RegionName> for String {
+    fn from(region: RegionName) -> String {
+        region.0.as_str().to_owned()
+    }
+}
