@@ -15,7 +15,7 @@ use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use db_manager::instance::PgBinaries;
 use storage_node::DataDir;
-use storage_node::keys::ServerSecret;
+use storage_node::ServerSecret;
 use storage_node::store::offline::{OfflineManifest, read_offline};
 
 /// The flags of `silo catalog restore`.

@@ -17,9 +17,9 @@
 //! last one stopped. One deletion of a tenant runs at a time (an advisory lock).
 
 use serde::{Deserialize, Serialize};
+use storage_node::TenantId;
 use storage_node::catalog::access_keys;
 use storage_node::catalog::tenants::{self, TenantError};
-use storage_node::keys::TenantId;
 use storage_node::store::ObjectId;
 
 use crate::backup::catalog::SYSTEM_TENANT;

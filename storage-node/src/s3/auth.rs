@@ -14,8 +14,8 @@ use s3s::auth::{S3Auth, SecretKey};
 use s3s::{S3Result, s3_error};
 
 use super::Caller;
+use crate::TenantId;
 use crate::catalog::access_keys;
-use crate::keys::TenantId;
 use crate::store::ChunkStore;
 
 /// How long a key lookup answers "who is this" for the request that made it.

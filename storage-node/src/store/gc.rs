@@ -20,8 +20,8 @@ use super::verify::{ChunkLocation, ReadMode};
 use super::writers::OpenPack;
 use super::{ChunkStore, StoreError};
 use crate::compress::Compression;
-use crate::keys::{ChunkId, TenantId};
 use crate::pack::{PackId, RECORD_HEADER_LEN, pack_path};
+use crate::{ChunkId, TenantId};
 
 /// What one GC run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

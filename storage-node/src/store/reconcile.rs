@@ -22,9 +22,9 @@ use std::path::{Path, PathBuf};
 use super::verify::{ChunkLocation, ReadMode};
 use super::{ChunkStore, StoreError};
 use crate::compress::Compression;
-use crate::keys::{ChunkId, TenantId};
 use crate::pack::scan::{pack_ids_on_disk, scan_pack};
 use crate::pack::{PackId, RECORD_HEADER_LEN, pack_path};
+use crate::{ChunkId, TenantId};
 
 /// The file `silo catalog restore` leaves in the data directory: the next start reconciles.
 pub const RESTORED_MARKER: &str = "catalog-restored";

@@ -4,8 +4,8 @@
 use super::verify::{ChunkLocation, ReadMode};
 use super::{ChunkStore, StoreError};
 use crate::compress::Compression;
-use crate::keys::{ChunkId, TenantId};
 use crate::pack::PackId;
+use crate::{ChunkId, TenantId};
 
 /// What a scrub found.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
