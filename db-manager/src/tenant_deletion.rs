@@ -168,7 +168,7 @@ impl DbManager {
             }
         }
         faults::crash_point("tenant_delete.after_databases");
-        let s3 = storage_node::s3::purge_tenant(&self.inner.store, tenant).await?;
+        let s3 = storage_node::model::purge::purge_tenant(&self.inner.store, tenant).await?;
         (done.buckets, done.s3_objects, done.uploads) = (s3.buckets, s3.objects, s3.uploads);
         faults::crash_point("tenant_delete.after_buckets");
         done.keys = access_keys::delete_all(self.pool(), tenant).await.map_err(tenant_error(name))?;

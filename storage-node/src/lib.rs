@@ -6,14 +6,17 @@
 //! three kinds of key ([`tenant_id`] names a tenant, [`chunk_id`] names a tenant's chunks with
 //! a key of its own, [`server_secret`] derives those keys and seals secrets at rest), the
 //! append-only [`pack`] files, the chunk [`store`] (ingest, commit, verified reads, GC, scrub,
-//! the reconcile of a restored catalog and the orphan sweep) with its [`catalog`] tables, and
-//! the [`s3`] data plane on top. [`timestamp`] says how the API writes an instant.
+//! the reconcile of a restored catalog and the orphan sweep) with its [`catalog`] tables, the
+//! [`model`] of buckets, objects and multipart uploads over the store, and the [`s3`] data
+//! plane on top, which only translates S3 to and from the model. [`timestamp`] says how the
+//! API writes an instant.
 
 pub mod catalog;
 pub mod chunk_id;
 pub mod chunker;
 pub mod compress;
 pub mod data_dir;
+pub mod model;
 pub mod pack;
 pub mod s3;
 pub mod server_secret;
