@@ -98,7 +98,7 @@ impl DbManager {
     /// # Errors
     /// Catalog errors; a deletion that fails is logged and left for the next run.
     pub async fn resume_tenant_deletions(&self) -> Result<(), DbError> {
-        for (id, name, keeps_final_backups) in
+        for tenants::DeletingTenant { id, name, keeps_final_backups } in
             tenants::deleting(self.pool()).await.map_err(tenant_error("-"))?
         {
             let Some(_lock) = self.lock(TENANT_DELETION_LOCK_CLASS, id.0).await? else { continue };

@@ -101,6 +101,19 @@ pub async fn delete_all(pool: &CatalogPool, tenant: TenantId) -> Result<u64, Ten
     Ok(client.execute("DELETE FROM access_keys WHERE tenant_id = $1", &[&tenant.0]).await?)
 }
 
+/// An active key as a signature check needs it: its tenant and its secret in clear.
+#[derive(Clone)]
+pub struct ActiveKey {
+    pub tenant: TenantId,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for ActiveKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActiveKey").field("tenant", &self.tenant).field("secret", &"<redacted>").finish()
+    }
+}
+
 /// The tenant and secret of an active key, for checking a signature. The keys of a tenant
 /// being deleted are not active.
 ///
@@ -110,7 +123,7 @@ pub async fn lookup(
     pool: &CatalogPool,
     secret: &ServerSecret,
     access_key_id: &str,
-) -> Result<Option<(TenantId, String)>, TenantError> {
+) -> Result<Option<ActiveKey>, TenantError> {
     let client = pool.get().await?;
     let row = client
         .query_opt(
@@ -121,6 +134,6 @@ pub async fn lookup(
         .await?;
     Ok(row.and_then(|row| {
         let opened = secret.open(SEALING_PURPOSE, row.get::<_, &[u8]>(1))?;
-        Some((TenantId(row.get(0)), String::from_utf8(opened).ok()?))
+        Some(ActiveKey { tenant: TenantId(row.get(0)), secret: String::from_utf8(opened).ok()? })
     }))
 }

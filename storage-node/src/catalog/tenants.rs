@@ -177,12 +177,20 @@ pub async fn mark_deleting(
     Ok(row.get(0))
 }
 
-/// The tenants whose deletion has started and not finished: id, name and whether the
-/// deletion keeps final backups.
+/// A tenant whose deletion has started and not finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletingTenant {
+    pub id: TenantId,
+    pub name: String,
+    /// Whether the deletion keeps the final backups of its databases.
+    pub keeps_final_backups: bool,
+}
+
+/// The tenants whose deletion has started and not finished, oldest deletion first.
 ///
 /// # Errors
 /// Catalog errors.
-pub async fn deleting(pool: &CatalogPool) -> Result<Vec<(TenantId, String, bool)>, TenantError> {
+pub async fn deleting(pool: &CatalogPool) -> Result<Vec<DeletingTenant>, TenantError> {
     let client = pool.get().await?;
     let rows = client
         .query(
@@ -191,7 +199,14 @@ pub async fn deleting(pool: &CatalogPool) -> Result<Vec<(TenantId, String, bool)
             &[],
         )
         .await?;
-    Ok(rows.iter().map(|row| (TenantId(row.get(0)), row.get(1), row.get(2))).collect())
+    Ok(rows
+        .iter()
+        .map(|row| DeletingTenant {
+            id: TenantId(row.get(0)),
+            name: row.get(1),
+            keeps_final_backups: row.get(2),
+        })
+        .collect())
 }
 
 #[cfg(test)]
