@@ -17,8 +17,8 @@ use db_manager::backup::dump::pg_env;
 use db_manager::backup::pg_restore::{self, PgRestoreError, RestoreTarget};
 use db_manager::instance::PgBinaries;
 use storage_node::DataDir;
+use storage_node::ServerSecret;
 use storage_node::data_dir::{SERVER_SECRET, secret_file};
-use storage_node::keys::ServerSecret;
 use storage_node::store::offline::{OfflineManifest, read_offline};
 
 use crate::secret::Secret;

@@ -316,7 +316,7 @@ async fn collect_garbage_every(
             () = stop.cancelled() => return,
             () = tokio::time::sleep(interval) => {}
         }
-        if let Err(err) = storage_node::s3::abort_stale_uploads(&store, expiry).await {
+        if let Err(err) = storage_node::model::multipart::abort_stale(&store, expiry).await {
             tracing::warn!(error = %err, "could not abort stale multipart uploads");
         }
         if last_sweep.is_none_or(|at| at.elapsed() >= ORPHAN_SWEEP_EVERY) {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use db_manager::testing::TestPostgres;
 use rand::{RngCore, SeedableRng};
 use storage_node::DataDir;
+use storage_node::TenantId;
 use storage_node::catalog::{connect_pool, tenants};
-use storage_node::keys::TenantId;
 use storage_node::store::{ChunkStore, NodeSpec, StoreConfig};
 
 pub const MIB: u64 = 1024 * 1024;

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use deadpool_postgres::Object;
+use storage_node::ServerSecret;
 use storage_node::catalog::CatalogPool;
-use storage_node::keys::ServerSecret;
 use storage_node::store::ChunkStore;
 use tokio_util::sync::CancellationToken;
 

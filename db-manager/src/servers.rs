@@ -8,7 +8,7 @@
 use serde::Serialize;
 use storage_node::catalog::CatalogPool;
 use storage_node::catalog::tenants::{self, TenantError};
-use storage_node::keys::{ServerSecret, TenantId};
+use storage_node::{ServerSecret, TenantId};
 use tokio_postgres::config::Host;
 
 use crate::DbError;

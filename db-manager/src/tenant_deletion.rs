@@ -17,9 +17,9 @@
 //! last one stopped. One deletion of a tenant runs at a time (an advisory lock).
 
 use serde::{Deserialize, Serialize};
+use storage_node::TenantId;
 use storage_node::catalog::access_keys;
 use storage_node::catalog::tenants::{self, TenantError};
-use storage_node::keys::TenantId;
 use storage_node::store::ObjectId;
 
 use crate::backup::catalog::SYSTEM_TENANT;
@@ -98,7 +98,7 @@ impl DbManager {
     /// # Errors
     /// Catalog errors; a deletion that fails is logged and left for the next run.
     pub async fn resume_tenant_deletions(&self) -> Result<(), DbError> {
-        for (id, name, keeps_final_backups) in
+        for tenants::DeletingTenant { id, name, keeps_final_backups } in
             tenants::deleting(self.pool()).await.map_err(tenant_error("-"))?
         {
             let Some(_lock) = self.lock(TENANT_DELETION_LOCK_CLASS, id.0).await? else { continue };
@@ -168,7 +168,7 @@ impl DbManager {
             }
         }
         faults::crash_point("tenant_delete.after_databases");
-        let s3 = storage_node::s3::purge_tenant(&self.inner.store, tenant).await?;
+        let s3 = storage_node::model::purge::purge_tenant(&self.inner.store, tenant).await?;
         (done.buckets, done.s3_objects, done.uploads) = (s3.buckets, s3.objects, s3.uploads);
         faults::crash_point("tenant_delete.after_buckets");
         done.keys = access_keys::delete_all(self.pool(), tenant).await.map_err(tenant_error(name))?;

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
-use storage_node::s3::{BucketInfo, bucket_info};
+use storage_node::model::bucket::{BucketInfo, info as bucket_info};
 
 use super::{ApiError, AppState};
 

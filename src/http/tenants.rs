@@ -133,8 +133,9 @@ async fn usage(
 ) -> Result<Json<TenantUsage>, ApiError> {
     let id = tenants::find(&state.catalog, &tenant).await?;
     let usage = state.store.usage(id).await?;
-    let (s3_objects, buckets) =
-        storage_node::s3::tenant_counts(&state.catalog, id).await.map_err(ApiError::internal)?;
+    let counts =
+        storage_node::model::usage::tenant_counts(&state.catalog, id).await.map_err(ApiError::internal)?;
+    let (s3_objects, buckets) = (counts.objects, counts.buckets);
     let (backups, backup_logical_bytes) = state.databases.backup_usage(id).await?;
     Ok(Json(TenantUsage { usage, buckets, s3_objects, backups, backup_logical_bytes }))
 }

@@ -3,17 +3,35 @@
 //! This crate is the bottom of Silo's dependency chain (`storage-node` ← `db-manager` ← `silo`).
 //! It owns everything about bytes at rest: the on-disk data directory ([`data_dir`]: its claim
 //! marker, its lock and its secret files), content-defined [`chunker`], [`compress`]ion, the
-//! keyed ids of [`keys`], the append-only [`pack`] files, the chunk [`store`] (ingest, commit,
-//! verified reads, GC, scrub, the reconcile of a restored catalog and the orphan sweep) with its
-//! [`catalog`] tables, and the [`s3`] data plane on top.
+//! three kinds of key ([`tenant_id`] names a tenant, [`chunk_id`] names a tenant's chunks with
+//! a key of its own, [`server_secret`] derives those keys and seals secrets at rest), the
+//! append-only [`pack`] files, the chunk [`store`] (ingest, commit, verified reads, GC, scrub,
+//! the reconcile of a restored catalog and the orphan sweep) with its [`catalog`] tables, the
+//! [`model`] of buckets, objects and multipart uploads over the store, and the [`s3`] data
+//! plane on top, which only translates S3 to and from the model. [`timestamp`] says how the
+//! API writes an instant.
 
 pub mod catalog;
+pub mod chunk_id;
 pub mod chunker;
 pub mod compress;
 pub mod data_dir;
-pub mod keys;
+pub mod model;
 pub mod pack;
 pub mod s3;
+pub mod server_secret;
 pub mod store;
+pub mod tenant_id;
+pub mod timestamp;
 
+pub use chunk_id::{ChunkId, ChunkKey};
 pub use data_dir::{DataDir, DataDirError};
+pub use server_secret::ServerSecret;
+pub use tenant_id::TenantId;
+
+/// The old paths of the three kinds of key, for branches written before they were split.
+pub mod keys {
+    pub use crate::chunk_id::{ChunkId, ChunkKey};
+    pub use crate::server_secret::{SERVER_SECRET, ServerSecret};
+    pub use crate::tenant_id::TenantId;
+}

@@ -8,8 +8,8 @@
 use std::path::PathBuf;
 
 use serde::Serialize;
+use storage_node::TenantId;
 use storage_node::catalog::tenants::{self, TenantError};
-use storage_node::keys::TenantId;
 use storage_node::store::PutOptions;
 
 use super::BACKUP_LOCK_CLASS;

@@ -15,7 +15,7 @@ pub mod retention;
 pub mod run;
 
 use serde::Serialize;
-use storage_node::keys::TenantId;
+use storage_node::TenantId;
 use storage_node::store::ObjectId;
 
 use crate::DbError;

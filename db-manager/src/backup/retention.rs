@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use serde::Serialize;
-use storage_node::keys::TenantId;
+use storage_node::TenantId;
 use storage_node::store::ObjectId;
 
 use crate::DbError;

@@ -5,7 +5,7 @@
 //! A create that dies anyway leaves a `creating` row: the next create of the same name finishes
 //! it, and the next start cleans it up.
 
-use storage_node::keys::TenantId;
+use storage_node::TenantId;
 
 use super::{CreateRequest, Credentials, IDEMPOTENCY_PURPOSE, Row, credentials};
 use crate::manager::DbManager;

@@ -5,7 +5,7 @@ mod change;
 mod create;
 
 use serde::{Deserialize, Serialize};
-use storage_node::keys::TenantId;
+use storage_node::TenantId;
 
 use crate::DbError;
 use crate::manager::DbManager;

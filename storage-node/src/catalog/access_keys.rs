@@ -6,10 +6,11 @@
 
 use rand::distr::{Alphanumeric, SampleString};
 use serde::Serialize;
+use time::OffsetDateTime;
 
 use super::CatalogPool;
-use super::tenants::{RFC3339, TenantError};
-use crate::keys::{ServerSecret, TenantId};
+use super::tenants::TenantError;
+use crate::{ServerSecret, TenantId};
 
 const SEALING_PURPOSE: &str = "s3 access key secret";
 
@@ -24,8 +25,10 @@ pub struct NewAccessKey {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct AccessKey {
     pub access_key_id: String,
-    pub created_at: String,
-    pub revoked_at: Option<String>,
+    #[serde(with = "crate::timestamp::rfc3339_seconds")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "crate::timestamp::rfc3339_seconds::option")]
+    pub revoked_at: Option<OffsetDateTime>,
 }
 
 /// Creates a key for `tenant`.
@@ -59,12 +62,12 @@ pub async fn create(
 /// Catalog errors.
 pub async fn list(pool: &CatalogPool, tenant: TenantId) -> Result<Vec<AccessKey>, TenantError> {
     let client = pool.get().await?;
-    let sql = format!(
-        "SELECT id, to_char(created_at AT TIME ZONE 'UTC', {RFC3339}), \
-                to_char(revoked_at AT TIME ZONE 'UTC', {RFC3339}) \
-         FROM access_keys WHERE tenant_id = $1 ORDER BY created_at, id"
-    );
-    let rows = client.query(&sql, &[&tenant.0]).await?;
+    let rows = client
+        .query(
+            "SELECT id, created_at, revoked_at FROM access_keys WHERE tenant_id = $1 ORDER BY created_at, id",
+            &[&tenant.0],
+        )
+        .await?;
     Ok(rows
         .iter()
         .map(|row| AccessKey { access_key_id: row.get(0), created_at: row.get(1), revoked_at: row.get(2) })
@@ -98,6 +101,19 @@ pub async fn delete_all(pool: &CatalogPool, tenant: TenantId) -> Result<u64, Ten
     Ok(client.execute("DELETE FROM access_keys WHERE tenant_id = $1", &[&tenant.0]).await?)
 }
 
+/// An active key as a signature check needs it: its tenant and its secret in clear.
+#[derive(Clone)]
+pub struct ActiveKey {
+    pub tenant: TenantId,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for ActiveKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActiveKey").field("tenant", &self.tenant).field("secret", &"<redacted>").finish()
+    }
+}
+
 /// The tenant and secret of an active key, for checking a signature. The keys of a tenant
 /// being deleted are not active.
 ///
@@ -107,7 +123,7 @@ pub async fn lookup(
     pool: &CatalogPool,
     secret: &ServerSecret,
     access_key_id: &str,
-) -> Result<Option<(TenantId, String)>, TenantError> {
+) -> Result<Option<ActiveKey>, TenantError> {
     let client = pool.get().await?;
     let row = client
         .query_opt(
@@ -118,6 +134,6 @@ pub async fn lookup(
         .await?;
     Ok(row.and_then(|row| {
         let opened = secret.open(SEALING_PURPOSE, row.get::<_, &[u8]>(1))?;
-        Some((TenantId(row.get(0)), String::from_utf8(opened).ok()?))
+        Some(ActiveKey { tenant: TenantId(row.get(0)), secret: String::from_utf8(opened).ok()? })
     }))
 }

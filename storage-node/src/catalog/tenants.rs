@@ -1,9 +1,10 @@
 //! Tenants: the owners of objects, keys, buckets and databases.
 
 use serde::Serialize;
+use time::OffsetDateTime;
 
 use super::{CatalogError, CatalogPool};
-use crate::keys::TenantId;
+use crate::TenantId;
 
 /// A quota as the catalog's `bigint` column holds it: a larger one is refused, never wrapped
 /// into a negative number.
@@ -47,11 +48,12 @@ pub struct Tenant {
     pub id: TenantId,
     pub name: String,
     pub storage_quota_bytes: Option<u64>,
-    pub created_at: String,
+    #[serde(with = "crate::timestamp::rfc3339_seconds")]
+    pub created_at: OffsetDateTime,
     /// Set once the tenant's deletion has started: its keys no longer work, nothing new is
     /// stored for it, and what remains is being deleted (or kept for its final backups).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub deleting_since: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", with = "crate::timestamp::rfc3339_seconds::option")]
+    pub deleting_since: Option<OffsetDateTime>,
 }
 
 /// Whether `name` is a valid tenant name: `^[a-z][a-z0-9-]{1,62}$`.
@@ -62,15 +64,8 @@ pub fn is_valid_name(name: &str) -> bool {
         && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
 }
 
-/// RFC 3339 in UTC, as the API shows times.
-pub(crate) const RFC3339: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'";
-
 fn select(filter: &str) -> String {
-    format!(
-        "SELECT id, name, storage_quota_bytes, to_char(created_at AT TIME ZONE 'UTC', {RFC3339}), \
-                to_char(deleting_at AT TIME ZONE 'UTC', {RFC3339}) \
-         FROM tenants {filter}"
-    )
+    format!("SELECT id, name, storage_quota_bytes, created_at, deleting_at FROM tenants {filter}")
 }
 
 fn from_row(row: &tokio_postgres::Row) -> Tenant {
@@ -182,12 +177,20 @@ pub async fn mark_deleting(
     Ok(row.get(0))
 }
 
-/// The tenants whose deletion has started and not finished: id, name and whether the
-/// deletion keeps final backups.
+/// A tenant whose deletion has started and not finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletingTenant {
+    pub id: TenantId,
+    pub name: String,
+    /// Whether the deletion keeps the final backups of its databases.
+    pub keeps_final_backups: bool,
+}
+
+/// The tenants whose deletion has started and not finished, oldest deletion first.
 ///
 /// # Errors
 /// Catalog errors.
-pub async fn deleting(pool: &CatalogPool) -> Result<Vec<(TenantId, String, bool)>, TenantError> {
+pub async fn deleting(pool: &CatalogPool) -> Result<Vec<DeletingTenant>, TenantError> {
     let client = pool.get().await?;
     let rows = client
         .query(
@@ -196,7 +199,14 @@ pub async fn deleting(pool: &CatalogPool) -> Result<Vec<(TenantId, String, bool)
             &[],
         )
         .await?;
-    Ok(rows.iter().map(|row| (TenantId(row.get(0)), row.get(1), row.get(2))).collect())
+    Ok(rows
+        .iter()
+        .map(|row| DeletingTenant {
+            id: TenantId(row.get(0)),
+            name: row.get(1),
+            keeps_final_backups: row.get(2),
+        })
+        .collect())
 }
 
 #[cfg(test)]

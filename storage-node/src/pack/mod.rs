@@ -22,7 +22,7 @@ pub use reader::{PackMaps, RecordView};
 pub use writer::PackWriter;
 
 use crate::compress::Compression;
-use crate::keys::{ChunkId, TenantId};
+use crate::{ChunkId, TenantId};
 
 /// A pack's id in the catalog.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -110,8 +110,8 @@ fn records(bytes: &[u8]) -> Vec<(u64, RecordHeader)> {
 mod tests {
     use super::*;
     use crate::compress::Compression;
-    use crate::keys::{ChunkId, TenantId};
     use crate::pack::PackWriter;
+    use crate::{ChunkId, TenantId};
 
     fn header(n: u8, len: u32) -> RecordHeader {
         RecordHeader {

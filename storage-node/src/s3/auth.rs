@@ -14,8 +14,8 @@ use s3s::auth::{S3Auth, SecretKey};
 use s3s::{S3Result, s3_error};
 
 use super::Caller;
+use crate::TenantId;
 use crate::catalog::access_keys;
-use crate::keys::TenantId;
 use crate::store::ChunkStore;
 
 /// How long a key lookup answers "who is this" for the request that made it.
@@ -54,9 +54,9 @@ impl S3Auth for CatalogAuth {
     /// The secret of an active key; unknown and revoked keys get `InvalidAccessKeyId`.
     async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
         match access_keys::lookup(self.store.catalog(), self.store.server_secret(), access_key).await {
-            Ok(Some((tenant, secret))) => {
-                self.remember(access_key, tenant);
-                Ok(SecretKey::from(secret))
+            Ok(Some(key)) => {
+                self.remember(access_key, key.tenant);
+                Ok(SecretKey::from(key.secret))
             }
             Ok(None) => Err(s3_error!(InvalidAccessKeyId, "the access key does not exist or was revoked")),
             Err(err) => {
@@ -82,7 +82,7 @@ impl S3Access for CatalogAuth {
                 )
                 .await
                 {
-                    Ok(Some((tenant, _))) => Some(tenant),
+                    Ok(Some(key)) => Some(key.tenant),
                     Ok(None) => return Err(s3_error!(InvalidAccessKeyId)),
                     Err(_) => return Err(s3_error!(ServiceUnavailable)),
                 },

@@ -1,26 +1,12 @@
-//! Buckets: names are global (as in S3); each belongs to one tenant.
-//!
-//! A bucket also has an id, which its name does not carry: a write authorizes against the
-//! bucket it found, and [`lock_bucket`] checks that same bucket again inside the transaction
-//! that binds the key, so a name deleted and created again by another tenant meanwhile never
-//! receives the write.
+//! Buckets in S3's terms: S3's naming rules, who may do what with a bucket, and the bucket
+//! calls over [`crate::model::bucket`] (which keeps the rows, and checks a write's bucket
+//! again, by id, inside the transaction that binds the key).
 
 use s3s::{S3Result, s3_error};
 
-use super::error::{from_db, from_pool};
 use super::{RESERVED_BUCKETS, SiloS3};
-use crate::keys::TenantId;
-
-/// A bucket and its owner.
-#[derive(Debug, Clone)]
-pub(crate) struct BucketRow {
-    pub tenant: TenantId,
-    /// The bucket's identity (a name deleted and created again is another bucket).
-    pub id: i64,
-}
-
-/// A bucket as found by name: its owner, whether it is public-read, and its id.
-pub(crate) type Found = (TenantId, bool, i64);
+use crate::TenantId;
+use crate::model::bucket::{self as model, BucketAccess, BucketEntry, Creation};
 
 /// What a caller wants to do with a bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,13 +40,8 @@ impl SiloS3 {
         caller: Option<TenantId>,
         name: &str,
         intent: Intent,
-    ) -> S3Result<BucketRow> {
-        let client = self.pool().get().await.map_err(from_pool)?;
-        let row = client
-            .query_opt("SELECT tenant_id, public_read, id FROM buckets WHERE name = $1", &[&name])
-            .await
-            .map_err(from_db)?;
-        authorize(caller, row.map(|row| (TenantId(row.get(0)), row.get(1), row.get(2))), intent)
+    ) -> S3Result<BucketAccess> {
+        authorize(caller, model::find(self.pool(), name).await?, intent)
     }
 
     pub(crate) async fn create_bucket_for(&self, tenant: TenantId, name: &str) -> S3Result<()> {
@@ -70,37 +51,10 @@ impl SiloS3 {
                 "bucket names follow S3's rules; v1, healthz, readyz and metrics are reserved"
             ));
         }
-        let mut client = self.pool().get().await.map_err(from_pool)?;
-        let txn = client.transaction().await.map_err(from_db)?;
-        // The tenant's row stays shared until the bucket exists, so a tenant deletion that
-        // starts meanwhile waits, then finds the bucket and deletes it.
-        let active = txn
-            .query_opt("SELECT 1 FROM tenants WHERE id = $1 AND deleting_at IS NULL FOR SHARE", &[&tenant.0])
-            .await
-            .map_err(from_db)?;
-        if active.is_none() {
-            return Err(tenant_deleting());
-        }
-        let inserted = txn
-            .query_opt(
-                "INSERT INTO buckets (name, tenant_id) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING RETURNING name",
-                &[&name, &tenant.0],
-            )
-            .await
-            .map_err(from_db)?;
-        txn.commit().await.map_err(from_db)?;
-        if inserted.is_some() {
-            return Ok(());
-        }
-        let owner: i64 = client
-            .query_one("SELECT tenant_id FROM buckets WHERE name = $1", &[&name])
-            .await
-            .map_err(from_db)?
-            .get(0);
-        if owner == tenant.0 {
-            Err(s3_error!(BucketAlreadyOwnedByYou))
-        } else {
-            Err(s3_error!(BucketAlreadyExists))
+        match model::create(self.pool(), tenant, name).await? {
+            Creation::Created => Ok(()),
+            Creation::Taken { owner } if owner == tenant => Err(s3_error!(BucketAlreadyOwnedByYou)),
+            Creation::Taken { .. } => Err(s3_error!(BucketAlreadyExists)),
         }
     }
 
@@ -108,76 +62,13 @@ impl SiloS3 {
     /// AWS does (their parts are released); objects make it `BucketNotEmpty`.
     pub(crate) async fn delete_bucket_for(&self, caller: Option<TenantId>, name: &str) -> S3Result<()> {
         let bucket = self.bucket(caller, name, Intent::Write).await?;
-        let mut client = self.pool().get().await.map_err(from_pool)?;
-        let txn = client.transaction().await.map_err(from_db)?;
-        // Writes hold the bucket's row shared until they commit: this waits for them, and
-        // then sees what they bound.
-        let found = txn
-            .query_opt("SELECT 1 FROM buckets WHERE name = $1 AND id = $2 FOR UPDATE", &[&name, &bucket.id])
-            .await
-            .map_err(from_db)?;
-        if found.is_none() {
-            return Err(s3_error!(NoSuchBucket));
-        }
-        let has_objects = txn
-            .query_opt("SELECT 1 FROM s3_objects WHERE bucket = $1 LIMIT 1", &[&name])
-            .await
-            .map_err(from_db)?;
-        if has_objects.is_some() {
-            return Err(s3_error!(BucketNotEmpty));
-        }
-        let uploads: Vec<String> = txn
-            .query("SELECT id FROM multipart_uploads WHERE bucket = $1 ORDER BY id", &[&name])
-            .await
-            .map_err(from_db)?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
-        for upload in &uploads {
-            self.drop_upload_in(&txn, bucket.tenant, upload).await?;
-        }
-        txn.execute("DELETE FROM buckets WHERE name = $1", &[&name]).await.map_err(from_db)?;
-        txn.commit().await.map_err(from_db)?;
-        Ok(())
+        Ok(model::delete_empty(&self.store, name, bucket).await?)
     }
 
-    /// The tenant's buckets, by name, with their creation times (Unix seconds).
-    pub(crate) async fn buckets_of(&self, tenant: TenantId) -> S3Result<Vec<(String, f64)>> {
-        let client = self.pool().get().await.map_err(from_pool)?;
-        let rows = client
-            .query(
-                "SELECT name, extract(epoch FROM created_at)::float8 FROM buckets WHERE tenant_id = $1 ORDER BY name",
-                &[&tenant.0],
-            )
-            .await
-            .map_err(from_db)?;
-        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    /// The tenant's buckets, by name, with their creation times.
+    pub(crate) async fn buckets_of(&self, tenant: TenantId) -> S3Result<Vec<BucketEntry>> {
+        Ok(model::of_tenant(self.pool(), tenant).await?)
     }
-}
-
-/// Locks bucket `name` in `txn` as it was authorized (`id`), shared until `txn` ends: a
-/// concurrent DeleteBucket waits for the write and then sees it. A bucket deleted meanwhile,
-/// or deleted and created again under the same name, is `NoSuchBucket`; a tenant being
-/// deleted stores nothing new.
-pub(crate) async fn lock_bucket(txn: &tokio_postgres::Transaction<'_>, name: &str, id: i64) -> S3Result<()> {
-    let row = txn
-        .query_opt(
-            "SELECT t.deleting_at IS NULL FROM buckets b JOIN tenants t ON t.id = b.tenant_id \
-             WHERE b.name = $1 AND b.id = $2 FOR KEY SHARE OF b",
-            &[&name, &id],
-        )
-        .await
-        .map_err(from_db)?;
-    match row.map(|row| row.get::<_, bool>(0)) {
-        None => Err(s3_error!(NoSuchBucket)),
-        Some(false) => Err(tenant_deleting()),
-        Some(true) => Ok(()),
-    }
-}
-
-/// The answer to a write for a tenant whose deletion has started.
-pub(crate) fn tenant_deleting() -> s3s::S3Error {
-    s3_error!(AccessDenied, "the tenant is being deleted")
 }
 
 /// Whether `caller` may act on a bucket (`None`: no such bucket) with `intent`: its own
@@ -185,18 +76,18 @@ pub(crate) fn tenant_deleting() -> s3s::S3Error {
 /// learns nothing about which names exist.
 pub(crate) fn authorize(
     caller: Option<TenantId>,
-    bucket: Option<Found>,
+    bucket: Option<BucketAccess>,
     intent: Intent,
-) -> S3Result<BucketRow> {
-    let Some((owner, public_read, id)) = bucket else {
+) -> S3Result<BucketAccess> {
+    let Some(bucket) = bucket else {
         return Err(match caller {
             Some(_) => s3_error!(NoSuchBucket),
             None => s3_error!(AccessDenied),
         });
     };
     match caller {
-        Some(tenant) if tenant == owner => Ok(BucketRow { tenant: owner, id }),
-        _ if public_read && intent == Intent::Read => Ok(BucketRow { tenant: owner, id }),
+        Some(tenant) if tenant == bucket.tenant => Ok(bucket),
+        _ if bucket.public_read && intent == Intent::Read => Ok(bucket),
         _ => Err(s3_error!(AccessDenied)),
     }
 }

@@ -1,7 +1,9 @@
-//! Mapping the store's and the catalog's errors to S3 error codes.
+//! Mapping the model's, the store's and the catalog's errors to S3 error codes.
 
 use s3s::{S3Error, S3ErrorCode, s3_error};
 
+use crate::catalog::CatalogError;
+use crate::model::ModelError;
 use crate::store::StoreError;
 
 pub(crate) fn from_store(err: StoreError) -> S3Error {
@@ -22,7 +24,8 @@ pub(crate) fn from_store(err: StoreError) -> S3Error {
         StoreError::Source(_) => s3_error!(IncompleteBody, "{err}"),
         StoreError::InvalidRange { .. } => s3_error!(InvalidRange),
         StoreError::NoSuchObject(_) => s3_error!(NoSuchKey),
-        StoreError::Catalog(_) | StoreError::ChunkVanished { .. } => s3_error!(ServiceUnavailable, "{err}"),
+        StoreError::Catalog(err) => from_catalog(&err),
+        StoreError::ChunkVanished { .. } => s3_error!(ServiceUnavailable, "{err}"),
         other => {
             tracing::error!(error = %other, "S3 request failed");
             s3_error!(InternalError, "internal error; see the server log")
@@ -30,12 +33,35 @@ pub(crate) fn from_store(err: StoreError) -> S3Error {
     }
 }
 
-pub(crate) fn from_db(err: tokio_postgres::Error) -> S3Error {
-    tracing::error!(error = %crate::catalog::describe(&err), "S3 catalog query failed");
+/// A catalog that fails is unavailable to S3: the reason goes to the log, not to the client.
+fn from_catalog(err: &CatalogError) -> S3Error {
+    tracing::error!(error = %err, "S3 catalog query failed");
     s3_error!(ServiceUnavailable, "the catalog is unavailable")
 }
 
-pub(crate) fn from_pool(err: deadpool_postgres::PoolError) -> S3Error {
-    tracing::error!(error = %err, "S3 catalog unreachable");
-    s3_error!(ServiceUnavailable, "the catalog is unavailable")
+pub(crate) fn from_model(err: ModelError) -> S3Error {
+    match err {
+        ModelError::Store(err) => from_store(err),
+        ModelError::BucketGone => s3_error!(NoSuchBucket),
+        ModelError::BucketNotEmpty => s3_error!(BucketNotEmpty),
+        ModelError::TenantDeleting => tenant_deleting(),
+        ModelError::UploadGone => s3_error!(NoSuchUpload),
+    }
+}
+
+/// The answer to a write for a tenant whose deletion has started.
+pub(crate) fn tenant_deleting() -> S3Error {
+    s3_error!(AccessDenied, "the tenant is being deleted")
+}
+
+impl From<StoreError> for S3Error {
+    fn from(err: StoreError) -> Self {
+        from_store(err)
+    }
+}
+
+impl From<ModelError> for S3Error {
+    fn from(err: ModelError) -> Self {
+        from_model(err)
+    }
 }

@@ -7,42 +7,30 @@
 //! its common prefix (the prefix up to and including the first delimiter). A page is the
 //! entries strictly greater than the start point, so a page that ends on a common prefix is
 //! followed by the first entry after every key under it: paging always moves forward and never
-//! repeats an entry. [`paginate`] is that logic over any ordered [`KeySource`]; the catalog is
-//! one, and the tests use an in-memory one.
+//! repeats an entry. [`paginate`] is that logic over any ordered [`KeySource`]; the catalog
+//! ([`crate::model::object::page`]) is one, and the tests use an in-memory one.
 
 use s3s::S3Result;
 
 use super::SiloS3;
-use super::error::{from_db, from_pool};
+pub(crate) use crate::model::object::Cursor;
+use crate::model::object::{self as model, ListedObject};
 
 /// One page of a listing.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub(crate) struct Listing {
-    /// Key, ETag, size and modification time (Unix seconds) of each object.
-    pub objects: Vec<(String, String, i64, f64)>,
+    pub objects: Vec<ListedObject>,
     pub prefixes: Vec<String>,
     pub truncated: bool,
     /// The last key or common prefix returned, where the next page starts after.
     pub last: Option<String>,
 }
 
-/// Where a read of the key source starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Cursor {
-    /// Keys strictly greater than this one.
-    After(String),
-    /// Keys greater than or equal to this string.
-    From(String),
-}
-
-/// Key, ETag, size and modification time.
-pub(crate) type Item = (String, String, i64, f64);
-
 /// Keys in binary order.
 pub(crate) trait KeySource {
     /// Up to `limit` items whose keys are at `cursor` or after it and not below `prefix`, in
     /// order.
-    async fn fetch(&mut self, cursor: &Cursor, prefix: &str, limit: i64) -> S3Result<Vec<Item>>;
+    async fn fetch(&mut self, cursor: &Cursor, prefix: &str, limit: i64) -> S3Result<Vec<ListedObject>>;
 }
 
 /// How many keys one catalog read takes.
@@ -97,15 +85,15 @@ pub(crate) async fn paginate(
         if rows.is_empty() {
             return Ok(listing);
         }
-        for (key, etag, size, modified) in rows {
-            if !key.starts_with(prefix) {
+        for object in rows {
+            if !object.key.starts_with(prefix) {
                 return Ok(listing);
             }
             if listing.objects.len() + listing.prefixes.len() == max {
                 listing.truncated = true;
                 return Ok(listing);
             }
-            match common_prefix(&key, prefix, delimiter) {
+            match common_prefix(&object.key, prefix, delimiter) {
                 Some(common) => {
                     // Skip every other key under this common prefix.
                     let next = successor(&common);
@@ -118,9 +106,9 @@ pub(crate) async fn paginate(
                     continue 'pages;
                 }
                 None => {
-                    listing.last = Some(key.clone());
-                    cursor = Cursor::After(key.clone());
-                    listing.objects.push((key, etag, size, modified));
+                    listing.last = Some(object.key.clone());
+                    cursor = Cursor::After(object.key.clone());
+                    listing.objects.push(object);
                 }
             }
         }
@@ -134,23 +122,8 @@ struct CatalogKeys<'a> {
 }
 
 impl KeySource for CatalogKeys<'_> {
-    async fn fetch(&mut self, cursor: &Cursor, prefix: &str, limit: i64) -> S3Result<Vec<Item>> {
-        let (sql, at) = match cursor {
-            Cursor::After(key) => (
-                "SELECT s.key, s.etag, o.size, extract(epoch FROM s.last_modified)::float8 \
-                 FROM s3_objects s JOIN objects o ON o.id = s.object_id \
-                 WHERE s.bucket = $1 AND s.key > $2 AND s.key >= $3 ORDER BY s.key LIMIT $4",
-                key,
-            ),
-            Cursor::From(key) => (
-                "SELECT s.key, s.etag, o.size, extract(epoch FROM s.last_modified)::float8 \
-                 FROM s3_objects s JOIN objects o ON o.id = s.object_id \
-                 WHERE s.bucket = $1 AND s.key >= $2 AND s.key >= $3 ORDER BY s.key LIMIT $4",
-                key,
-            ),
-        };
-        let rows = self.client.query(sql, &[&self.bucket, at, &prefix, &limit]).await.map_err(from_db)?;
-        Ok(rows.iter().map(|row| (row.get(0), row.get(1), row.get(2), row.get(3))).collect())
+    async fn fetch(&mut self, cursor: &Cursor, prefix: &str, limit: i64) -> S3Result<Vec<ListedObject>> {
+        Ok(model::page(self.client, self.bucket, cursor, prefix, limit).await?)
     }
 }
 
@@ -164,7 +137,7 @@ impl SiloS3 {
         after: &str,
         max: usize,
     ) -> S3Result<Listing> {
-        let client = self.pool().get().await.map_err(from_pool)?;
+        let client = self.pool().get().await.map_err(crate::store::StoreError::from)?;
         paginate(&mut CatalogKeys { client: &client, bucket }, prefix, delimiter, after, max).await
     }
 }

@@ -1,7 +1,10 @@
 //! The S3-compatible data plane, built on the `s3s` crate (which owns SigV4, XML and routing).
 //!
-//! One file per family of calls: [`bucket`] for buckets, [`object`] for objects, [`list`] for
-//! listings. [`guard`] refuses, on its head alone, what `s3s` must not see, and [`sig_v2`]
+//! This layer only translates: S3 requests into calls on the [`crate::model`] (which keeps the
+//! rows and runs every query and transaction) and the answers back into S3 responses and
+//! error codes ([`error`]). One file per family of calls: [`bucket`] for buckets, [`object`]
+//! for objects, [`multipart`] for multipart uploads, [`list`] for listings (the pagination
+//! logic over any ordered key source), and [`ops`] wires them to `s3s`'s trait. [`guard`] refuses, on its head alone, what `s3s` must not see, and [`sig_v2`]
 //! checks SigV2 signatures in constant time before `s3s` does. [`region`] answers for the
 //! region a request is signed for (before s3s sees it), with [`resign`] for the legacy names
 //! s3s refuses. [`auth`] finds a key's secret in the catalog and decides who may do what: a key
@@ -17,23 +20,20 @@ mod list;
 mod multipart;
 mod object;
 mod ops;
-mod purge;
 mod region;
 mod resign;
 pub mod sig_v2;
 #[cfg(test)]
 mod tests;
 
-pub use multipart::abort_stale_uploads;
-pub use purge::{S3Purged, purge_tenant};
 pub use region::{DEFAULT_REGION, Region, S3Front};
 
 use std::sync::Arc;
 
 use s3s::service::S3ServiceBuilder;
 
+use crate::TenantId;
 use crate::catalog::CatalogPool;
-use crate::keys::TenantId;
 use crate::store::ChunkStore;
 
 /// Names that S3 buckets may not take: the management endpoints live there.
@@ -64,56 +64,6 @@ pub fn service(store: ChunkStore, region: Region) -> S3Front {
     config.xml_max_body_size = guard::MAX_XML_BODY;
     builder.set_config(Arc::new(s3s::config::StaticConfigProvider::new(Arc::new(config))));
     S3Front { inner: builder.build(), region, auth }
-}
-
-/// A bucket as the management API shows it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct BucketInfo {
-    pub name: String,
-    pub tenant: String,
-    pub public_read: bool,
-}
-
-/// The bucket `name`, after setting its public-read flag when `public_read` is given.
-/// Anonymous GET and HEAD work on a public-read bucket; everything else needs a signature.
-///
-/// # Errors
-/// Catalog errors; an unknown bucket is `Ok(None)`.
-pub async fn bucket_info(
-    pool: &CatalogPool,
-    name: &str,
-    public_read: Option<bool>,
-) -> Result<Option<BucketInfo>, crate::catalog::CatalogError> {
-    let client = pool.get().await?;
-    if let Some(public_read) = public_read {
-        client.execute("UPDATE buckets SET public_read = $2 WHERE name = $1", &[&name, &public_read]).await?;
-    }
-    let row = client
-        .query_opt(
-            "SELECT b.name, t.name, b.public_read FROM buckets b JOIN tenants t ON t.id = b.tenant_id WHERE b.name = $1",
-            &[&name],
-        )
-        .await?;
-    Ok(row.map(|row| BucketInfo { name: row.get(0), tenant: row.get(1), public_read: row.get(2) }))
-}
-
-/// How many S3 objects (across its buckets) and buckets a tenant has.
-///
-/// # Errors
-/// Catalog errors.
-pub async fn tenant_counts(
-    pool: &CatalogPool,
-    tenant: TenantId,
-) -> Result<(u64, u64), crate::catalog::CatalogError> {
-    let client = pool.get().await?;
-    let row = client
-        .query_one(
-            "SELECT (SELECT count(*) FROM s3_objects s JOIN buckets b ON b.name = s.bucket WHERE b.tenant_id = $1), \
-                    (SELECT count(*) FROM buckets WHERE tenant_id = $1)",
-            &[&tenant.0],
-        )
-        .await?;
-    Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
 }
 
 /// The tenant a request acts for (set by the access check).

@@ -1,16 +1,42 @@
 //! The `s3s::S3` trait: each call checks the caller, then hands over to the family's module.
 
-use std::time::{Duration, UNIX_EPOCH};
-
 use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 
 use super::bucket::Intent;
-use super::object::{ObjectHeaders, check_conditions};
+use super::object::{Conditions, body_reader, etag_of, headers_of_request, into_reader};
 use super::{SiloS3, caller, region};
+use crate::model::object::ObjectRow;
 
-fn timestamp(seconds: f64) -> Timestamp {
-    Timestamp::from(UNIX_EPOCH + Duration::from_secs_f64(seconds.max(0.0)))
+/// The conditional headers of a GET or a HEAD input (two types with the same fields).
+macro_rules! conditions_of {
+    ($input:expr) => {
+        Conditions {
+            if_match: $input.if_match.as_ref(),
+            if_unmodified_since: $input.if_unmodified_since.as_ref(),
+            if_none_match: $input.if_none_match.as_ref(),
+            if_modified_since: $input.if_modified_since.as_ref(),
+        }
+    };
+}
+
+/// The output of a GET or a HEAD (two types with the same fields): what both show of the
+/// object's row, and the fields given.
+macro_rules! object_output {
+    ($output:ident, $row:expr, $($field:ident: $value:expr),* $(,)?) => {{
+        let row: &ObjectRow = $row;
+        $output {
+            accept_ranges: Some("bytes".into()),
+            e_tag: Some(etag_of(row)),
+            last_modified: Some(Timestamp::from(row.last_modified)),
+            content_type: row.headers.content_type.clone(),
+            content_disposition: row.headers.content_disposition.clone(),
+            cache_control: row.headers.cache_control.clone(),
+            metadata: Some(row.headers.metadata.clone().into_iter().collect()),
+            $($field: $value,)*
+            ..Default::default()
+        }
+    }};
 }
 
 fn token_to_key(token: &str) -> S3Result<String> {
@@ -65,9 +91,9 @@ impl S3 for SiloS3 {
             .buckets_of(tenant)
             .await?
             .into_iter()
-            .map(|(name, created)| Bucket {
-                name: Some(name),
-                creation_date: Some(timestamp(created)),
+            .map(|bucket| Bucket {
+                name: Some(bucket.name),
+                creation_date: Some(Timestamp::from(bucket.created)),
                 ..Default::default()
             })
             .collect();
@@ -87,7 +113,7 @@ impl S3 for SiloS3 {
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
         let tenant = caller(&req.extensions);
         let input = req.input;
-        let headers = ObjectHeaders::from_request(
+        let headers = headers_of_request(
             input.content_type,
             input.content_disposition,
             input.cache_control,
@@ -101,14 +127,8 @@ impl S3 for SiloS3 {
 
     async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
         let input = req.input;
-        let row = self.object(caller(&req.extensions), &input.bucket, &input.key).await?;
-        check_conditions(
-            &row,
-            input.if_match.as_ref(),
-            input.if_unmodified_since.as_ref(),
-            input.if_none_match.as_ref(),
-            input.if_modified_since.as_ref(),
-        )?;
+        let conditions = conditions_of!(input);
+        let row = self.object_if(caller(&req.extensions), &input.bucket, &input.key, conditions).await?;
         let range = match &input.range {
             Some(range) => Some(range.check(row.size).map_err(|_| s3_error!(InvalidRange))?),
             None => None,
@@ -117,43 +137,19 @@ impl S3 for SiloS3 {
         let body = self.open_body(&row, span.clone()).await?;
         let content_range =
             range.map(|r| format!("bytes {}-{}/{}", r.start, r.end.saturating_sub(1), row.size));
-        let output = GetObjectOutput {
+        let output = object_output!(GetObjectOutput, &row,
             body: Some(StreamingBlob::new(body)),
             content_length: Some((span.end - span.start) as i64),
-            content_range,
-            accept_ranges: Some("bytes".into()),
-            e_tag: Some(row.etag()),
-            last_modified: Some(row.last_modified()),
-            content_type: row.content_type.clone(),
-            content_disposition: row.content_disposition.clone(),
-            cache_control: row.cache_control.clone(),
-            metadata: Some(row.metadata.clone().into_iter().collect()),
-            ..Default::default()
-        };
+            content_range: content_range,
+        );
         Ok(S3Response::new(output))
     }
 
     async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = req.input;
-        let row = self.object(caller(&req.extensions), &input.bucket, &input.key).await?;
-        check_conditions(
-            &row,
-            input.if_match.as_ref(),
-            input.if_unmodified_since.as_ref(),
-            input.if_none_match.as_ref(),
-            input.if_modified_since.as_ref(),
-        )?;
-        let output = HeadObjectOutput {
-            content_length: Some(row.size as i64),
-            accept_ranges: Some("bytes".into()),
-            e_tag: Some(row.etag()),
-            last_modified: Some(row.last_modified()),
-            content_type: row.content_type.clone(),
-            content_disposition: row.content_disposition.clone(),
-            cache_control: row.cache_control.clone(),
-            metadata: Some(row.metadata.clone().into_iter().collect()),
-            ..Default::default()
-        };
+        let conditions = conditions_of!(input);
+        let row = self.object_if(caller(&req.extensions), &input.bucket, &input.key, conditions).await?;
+        let output = object_output!(HeadObjectOutput, &row, content_length: Some(row.size as i64));
         Ok(S3Response::new(output))
     }
 
@@ -203,25 +199,20 @@ impl S3 for SiloS3 {
         let replace =
             input.metadata_directive.as_ref().is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
         let headers = if replace {
-            ObjectHeaders::from_request(
+            headers_of_request(
                 input.content_type,
                 input.content_disposition,
                 input.cache_control,
                 input.metadata,
             )
         } else {
-            ObjectHeaders {
-                content_type: source.content_type.clone(),
-                content_disposition: source.content_disposition.clone(),
-                cache_control: source.cache_control.clone(),
-                metadata: source.metadata.clone(),
-            }
+            source.headers.clone()
         };
         let (etag, modified) =
             self.copy_object_for(tenant, &source, &input.bucket, &input.key, headers).await?;
         let result = CopyObjectResult {
             e_tag: Some(ETag::Strong(etag)),
-            last_modified: Some(timestamp(modified)),
+            last_modified: Some(Timestamp::from(modified)),
             ..Default::default()
         };
         Ok(S3Response::new(CopyObjectOutput { copy_object_result: Some(result), ..Default::default() }))
@@ -233,7 +224,7 @@ impl S3 for SiloS3 {
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let tenant = caller(&req.extensions);
         let input = req.input;
-        let headers = ObjectHeaders::from_request(
+        let headers = headers_of_request(
             input.content_type,
             input.content_disposition,
             input.cache_control,
@@ -252,13 +243,7 @@ impl S3 for SiloS3 {
     async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
         let tenant = caller(&req.extensions);
         let input = req.input;
-        let body: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match input.body {
-            Some(body) => {
-                let body = futures::StreamExt::map(body, |piece| piece.map_err(std::io::Error::other));
-                Box::new(tokio_util::io::StreamReader::new(body))
-            }
-            None => Box::new(tokio::io::empty()),
-        };
+        let body = body_reader(input.body);
         let etag = self
             .upload_part_for(
                 tenant,
@@ -290,9 +275,7 @@ impl S3 for SiloS3 {
             Some(range) => parse_copy_range(range, source.size)?,
             None => 0..source.size,
         };
-        let body = self.open_body(&source, range.clone()).await?;
-        let body = futures::StreamExt::map(body, |piece| piece.map_err(std::io::Error::other));
-        let reader = tokio_util::io::StreamReader::new(body);
+        let reader = into_reader(self.open_body(&source, range.clone()).await?);
         let length = Some((range.end - range.start) as i64);
         let etag = self
             .upload_part_for(
@@ -361,7 +344,7 @@ impl S3 for SiloS3 {
                 part_number: Some(part.number),
                 e_tag: Some(ETag::Strong(part.etag.clone())),
                 size: Some(part.size),
-                last_modified: Some(timestamp(part.last_modified)),
+                last_modified: Some(Timestamp::from(part.last_modified)),
                 ..Default::default()
             })
             .collect();
@@ -391,10 +374,10 @@ impl S3 for SiloS3 {
         uploads.truncate(max);
         let uploads = uploads
             .into_iter()
-            .map(|(key, id, initiated)| MultipartUpload {
-                key: Some(key),
-                upload_id: Some(id),
-                initiated: Some(timestamp(initiated)),
+            .map(|upload| MultipartUpload {
+                key: Some(upload.key),
+                upload_id: Some(upload.id),
+                initiated: Some(Timestamp::from(upload.initiated)),
                 ..Default::default()
             })
             .collect();
@@ -471,28 +454,27 @@ impl S3 for SiloS3 {
     }
 }
 
-/// `bytes=first-last` of an UploadPartCopy, within the source's size.
-fn parse_copy_range(range: &str, size: u64) -> S3Result<std::ops::Range<u64>> {
-    let invalid =
-        || s3_error!(InvalidArgument, "x-amz-copy-source-range must be bytes=first-last within the source");
-    let (first, last) = range.strip_prefix("bytes=").and_then(|r| r.split_once('-')).ok_or_else(invalid)?;
-    let (first, last): (u64, u64) =
-        (first.parse().map_err(|_| invalid())?, last.parse().map_err(|_| invalid())?);
-    if first > last || last >= size {
-        return Err(invalid());
+/// `bytes=first-last` of an UploadPartCopy (both given, as S3 wants), within the source's
+/// size, parsed by s3s's own range parser.
+pub(super) fn parse_copy_range(range: &str, size: u64) -> S3Result<std::ops::Range<u64>> {
+    match Range::parse(range) {
+        Ok(Range::Int { first, last: Some(last) }) if last < size => Ok(first..last + 1),
+        _ => Err(s3_error!(
+            InvalidArgument,
+            "x-amz-copy-source-range must be bytes=first-last within the source"
+        )),
     }
-    Ok(first..last + 1)
 }
 
 fn objects_of(listing: &super::list::Listing) -> Vec<Object> {
     listing
         .objects
         .iter()
-        .map(|(key, etag, size, modified)| Object {
-            key: Some(key.clone()),
-            e_tag: Some(ETag::Strong(etag.clone())),
-            size: Some(*size),
-            last_modified: Some(timestamp(*modified)),
+        .map(|object| Object {
+            key: Some(object.key.clone()),
+            e_tag: Some(ETag::Strong(object.etag.clone())),
+            size: Some(object.size),
+            last_modified: Some(Timestamp::from(object.last_modified)),
             storage_class: Some(ObjectStorageClass::from_static(ObjectStorageClass::STANDARD)),
             ..Default::default()
         })
@@ -501,4 +483,25 @@ fn objects_of(listing: &super::list::Listing) -> Vec<Object> {
 
 fn prefixes_of(listing: &super::list::Listing) -> Vec<CommonPrefix> {
     listing.prefixes.iter().map(|prefix| CommonPrefix { prefix: Some(prefix.clone()) }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_copy_range;
+
+    #[test]
+    fn a_copy_range_is_first_to_last_inclusive() {
+        assert_eq!(parse_copy_range("bytes=0-0", 10).ok(), Some(0..1));
+        assert_eq!(parse_copy_range("bytes=2-9", 10).ok(), Some(2..10));
+    }
+
+    #[test]
+    fn a_copy_range_past_the_source_or_open_ended_is_refused() {
+        for range in
+            ["bytes=0-10", "bytes=5-", "bytes=-3", "bytes=4-2", "bytes=a-b", "0-1", "bytes=1-2,4-5", ""]
+        {
+            let err = parse_copy_range(range, 10).expect_err(range);
+            assert_eq!(err.code().as_str(), "InvalidArgument", "{range}");
+        }
+    }
 }

@@ -36,8 +36,9 @@ pub fn equivalent(region: &str) -> &str {
     }
 }
 
-/// [`DEFAULT_REGION`] as a [`Region`].
-pub fn default_region() -> Region {
+/// [`DEFAULT_REGION`] as a [`Region`] (the tests' S3 serves it).
+#[cfg(test)]
+pub(crate) fn default_region() -> Region {
     Region::new(DEFAULT_REGION.into()).unwrap_or_else(|_| unreachable!("us-east-1 is a valid region"))
 }
 

@@ -115,7 +115,7 @@ pub async fn verify(
         (Mode::Header, key.to_string(), signature.to_string())
     };
     let secret = match access_keys::lookup(store.catalog(), store.server_secret(), &access_key).await {
-        Ok(Some((_, secret))) => secret,
+        Ok(Some(key)) => key.secret,
         _ => return Ok(()),
     };
     let string_to_sign = string_to_sign(&mode, method, uri.path(), &query, headers);

@@ -12,9 +12,9 @@ use s3s::S3ErrorCode;
 use tokio::sync::{mpsc, oneshot};
 
 use super::SiloS3;
-use super::object::ObjectHeaders;
+use crate::TenantId;
 use crate::catalog::{CatalogPool, connect_pool, tenants};
-use crate::keys::TenantId;
+use crate::model::object::ObjectHeaders;
 use crate::store::{ChunkStore, NodeSpec, StoreConfig};
 
 pub(super) struct Fixture {

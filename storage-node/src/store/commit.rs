@@ -10,8 +10,8 @@ use tokio_postgres::Transaction;
 
 use super::ingest::{Ingested, PutOptions, QuotaRoom};
 use super::{ChunkStore, ObjectId, StoreError};
-use crate::keys::{ChunkId, TenantId};
 use crate::pack::RECORD_HEADER_LEN;
+use crate::{ChunkId, TenantId};
 
 /// A stored object, as committed.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -4,8 +4,8 @@ use std::io;
 use std::path::PathBuf;
 
 use crate::catalog::CatalogError;
-use crate::keys::{ChunkId, TenantId};
 use crate::pack::PackId;
+use crate::{ChunkId, TenantId};
 
 /// Why a chunk store operation failed.
 #[derive(Debug, thiserror::Error)]

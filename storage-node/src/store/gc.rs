@@ -19,7 +19,7 @@
 use super::verify::{ChunkLocation, LOCATIONS_SELECT, ReadMode};
 use super::writers::OpenPack;
 use super::{ChunkStore, StoreError};
-use crate::keys::TenantId;
+use crate::TenantId;
 use crate::pack::{PackId, RECORD_HEADER_LEN, pack_path};
 
 /// What one GC run did.

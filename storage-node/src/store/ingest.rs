@@ -19,8 +19,8 @@ use super::writers::{OpenPack, PackLease};
 use super::{ChunkStore, StoreError};
 use crate::chunker::Chunker;
 use crate::compress::Compression;
-use crate::keys::{ChunkId, TenantId, TenantKey};
 use crate::pack::{PackId, RecordHeader};
+use crate::{ChunkId, ChunkKey, TenantId};
 
 /// How many chunks are prepared (hashed, looked up, compressed) at once.
 const PARALLEL: usize = 4;
@@ -121,7 +121,7 @@ impl ChunkStore {
         if let Some(expected) = options.expected_len {
             room.check(expected)?;
         }
-        let key = self.inner.secret.tenant_key(tenant);
+        let key = self.inner.secret.chunk_key(tenant);
         let (chunks_tx, mut chunks_rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(PARALLEL);
         let chunking = tokio::spawn(chunk_source(
             source,
@@ -195,7 +195,7 @@ impl ChunkStore {
     }
 
     /// Names a chunk, pins it if the tenant has it, and otherwise compresses it.
-    async fn prepare(&self, tenant: TenantId, key: TenantKey, raw: Bytes) -> Result<Prepared, StoreError> {
+    async fn prepare(&self, tenant: TenantId, key: ChunkKey, raw: Bytes) -> Result<Prepared, StoreError> {
         let (id, raw) = tokio::task::spawn_blocking(move || (key.chunk_id(&raw), raw)).await?;
         if self.pin_existing(tenant, id).await? {
             return Ok(Prepared::Known { id, len: raw.len() as u64 });

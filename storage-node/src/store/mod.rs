@@ -42,8 +42,8 @@ use crate::DataDir;
 use crate::catalog::CatalogPool;
 use crate::chunker::ChunkSizes;
 use crate::compress::CompressionPolicy;
-use crate::keys::{ChunkId, ServerSecret, TenantId};
 use crate::pack::{PackMaps, pack_path};
+use crate::{ChunkId, ServerSecret, TenantId};
 use writers::WriterPool;
 
 /// An object's id in the catalog.

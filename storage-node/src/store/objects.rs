@@ -3,7 +3,7 @@
 use tokio_postgres::Transaction;
 
 use super::{ChunkStore, ObjectId, StoreError};
-use crate::keys::TenantId;
+use crate::TenantId;
 
 /// A tenant's usage, from the catalog's counters (no scan of data).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

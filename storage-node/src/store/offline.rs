@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 use super::reconcile::{PackIndex, Scan, index_packs};
 use super::{ChunkStore, ObjectId, StoreError};
 use crate::compress::{Compression, decompress};
-use crate::keys::{ChunkId, ServerSecret, TenantId};
 use crate::pack::scan::pack_ids_on_disk;
 use crate::pack::{PackId, PackMaps};
+use crate::{ChunkId, ServerSecret, TenantId};
 
 /// Where an object's chunks are, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,7 +97,7 @@ pub fn read_offline(
 ) -> Result<u64, OfflineError> {
     let maps = PackMaps::new(packs_dir);
     let tenant = TenantId(manifest.tenant);
-    let key = secret.tenant_key(tenant);
+    let key = secret.chunk_key(tenant);
     let ids = manifest
         .chunks
         .iter()

@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use super::{ChunkStore, ObjectId, StoreError};
-use crate::keys::TenantId;
+use crate::TenantId;
 
 /// A column of some table that holds object ids: an object named there is not an orphan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

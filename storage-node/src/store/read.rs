@@ -14,8 +14,8 @@ use futures::stream::{self, BoxStream, StreamExt};
 use super::verify::{ChunkLocation, ReadMode};
 use super::{ChunkStore, ObjectId, StoreError};
 use crate::compress::Compression;
-use crate::keys::{ChunkId, TenantId};
 use crate::pack::PackId;
+use crate::{ChunkId, TenantId};
 
 const BATCH: i64 = 32;
 

@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 
 use super::verify::{ChunkLocation, LOCATIONS_SELECT, ReadMode};
 use super::{ChunkStore, StoreError};
-use crate::keys::{ChunkId, TenantId};
 use crate::pack::scan::{pack_ids_on_disk, scan_pack};
 use crate::pack::{PackId, RECORD_HEADER_LEN, pack_path};
+use crate::{ChunkId, TenantId};
 
 /// The file `silo catalog restore` leaves in the data directory: the next start reconciles.
 pub use crate::data_dir::CATALOG_RESTORED_MARKER as RESTORED_MARKER;

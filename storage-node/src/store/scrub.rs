@@ -3,7 +3,7 @@
 
 use super::verify::{ChunkLocation, LOCATIONS_SELECT, ReadMode};
 use super::{ChunkStore, StoreError};
-use crate::keys::{ChunkId, TenantId};
+use crate::{ChunkId, TenantId};
 
 /// What a scrub found.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]

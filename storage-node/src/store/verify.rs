@@ -12,8 +12,8 @@ use bytes::Bytes;
 
 use super::{ChunkStore, StoreError};
 use crate::compress::{Compression, decompress};
-use crate::keys::{ChunkId, TenantId};
 use crate::pack::{PackId, RecordView};
+use crate::{ChunkId, TenantId};
 
 /// Where a chunk lives and what the catalog says of it.
 #[derive(Debug, Clone, Copy)]
@@ -114,7 +114,7 @@ impl ChunkStore {
                     .map_err(|err| integrity(at, format!("it does not decompress: {err}")))?,
             ),
         };
-        let key = self.inner.secret.tenant_key(at.tenant);
+        let key = self.inner.secret.chunk_key(at.tenant);
         if key.chunk_id(&raw) != at.chunk {
             self.forget_verified(at.tenant, at.chunk);
             return Err(integrity(at, "its bytes do not hash to its id".into()));

@@ -7,9 +7,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use rand::{RngCore, SeedableRng};
 use storage_node::DataDir;
+use storage_node::TenantId;
 use storage_node::catalog::{CatalogPool, connect_pool, tenants};
 use storage_node::chunker::ChunkSizes;
-use storage_node::keys::TenantId;
 use storage_node::store::{ChunkStore, NodeSpec, ObjectId, PutOptions, StoreConfig, StoreError};
 
 pub struct Fixture {

@@ -20,7 +20,7 @@ struct Memory {
 }
 
 impl KeySource for Memory {
-    async fn fetch(&mut self, cursor: &Cursor, prefix: &str, limit: i64) -> S3Result<Vec<Item>> {
+    async fn fetch(&mut self, cursor: &Cursor, prefix: &str, limit: i64) -> S3Result<Vec<ListedObject>> {
         self.reads.push(cursor.clone());
         let lower = match cursor {
             Cursor::After(key) => Bound::Excluded(key.clone()),
@@ -31,7 +31,12 @@ impl KeySource for Memory {
             .range::<String, _>((lower, Bound::Unbounded))
             .filter(|key| key.as_str() >= prefix)
             .take(limit as usize)
-            .map(|key| (key.clone(), String::new(), 0, 0.0))
+            .map(|key| ListedObject {
+                key: key.clone(),
+                etag: String::new(),
+                size: 0,
+                last_modified: time::OffsetDateTime::UNIX_EPOCH,
+            })
             .collect())
     }
 }
@@ -107,7 +112,7 @@ where
         pages += 1;
         prop_assert!(pages <= expected.len() + 2, "paging does not end: {listed:?}");
         let page = list(after.clone()).await?;
-        let mut entries: Vec<String> = page.objects.iter().map(|o| o.0.clone()).collect();
+        let mut entries: Vec<String> = page.objects.iter().map(|o| o.key.clone()).collect();
         entries.extend(page.prefixes.iter().cloned());
         entries.sort();
         prop_assert!(entries.len() <= *max);
@@ -215,6 +220,6 @@ fn a_common_prefix_followed_by_u10ffff_keys_is_listed_once() {
     let mut source = Memory { keys, reads: Vec::new() };
     let listing = run(paginate(&mut source, "", Some("/"), "", 10)).expect("list");
     assert_eq!(listing.prefixes, ["p/"]);
-    assert_eq!(listing.objects.iter().map(|o| o.0.as_str()).collect::<Vec<_>>(), ["q"]);
+    assert_eq!(listing.objects.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(), ["q"]);
     assert!(!listing.truncated);
 }

@@ -1,10 +1,6 @@
-//! Chunk identity: keyed BLAKE3 with a key of each tenant's own.
-//!
-//! A chunk's id is `BLAKE3-keyed(tenant key, raw bytes)`. The tenant key is derived from the
-//! server secret and the tenant id, so equal content in two tenants gets unrelated ids: dedup
-//! happens within a tenant and never across tenants, and one tenant cannot probe for another's
-//! files. The content-defined chunker's gear table is seeded per tenant too, so chunk
-//! boundaries do not leak content across tenants either.
+//! The server secret: the one secret of a storage node, kept in its data directory. Chunk keys
+//! derive from it ([`crate::chunk_id`]), and it seals the secrets Silo keeps at rest (S3
+//! access-key secrets, server admin URLs): [`ServerSecret::seal`] and [`ServerSecret::open`].
 
 use std::fmt;
 
@@ -15,40 +11,9 @@ use crate::data_dir::DataDirError;
 
 /// The name of the server secret in the data directory.
 pub use crate::data_dir::SERVER_SECRET;
-const TENANT_KEY_CONTEXT: &str = "silo 2026-11 per-tenant chunk id key";
-const GEAR_SEED_CONTEXT: &str = "silo 2026-11 per-tenant chunker seed";
 const SEALING_KEY_CONTEXT: &str = "silo 2026-11 secrets at rest";
-/// Below this size a chunk is hashed on one core: splitting it costs more than it saves.
-const PARALLEL_HASH_MIN: usize = 256 * 1024;
 
-/// A tenant's id in the catalog.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TenantId(pub i64);
-
-/// The 32-byte keyed BLAKE3 hash that names a chunk within its tenant.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ChunkId(pub [u8; 32]);
-
-impl ChunkId {
-    /// Reads an id from catalog bytes.
-    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
-        bytes.try_into().ok().map(ChunkId)
-    }
-}
-
-impl fmt::Debug for ChunkId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{self}")
-    }
-}
-
-impl fmt::Display for ChunkId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
-}
-
-/// The server-wide secret every tenant key derives from.
+/// The server-wide secret every chunk key and sealing key derives from.
 #[derive(Clone)]
 pub struct ServerSecret([u8; 32]);
 
@@ -90,15 +55,18 @@ impl ServerSecret {
         bytes.try_into().ok().map(ServerSecret)
     }
 
-    /// The key that names `tenant`'s chunks.
-    pub fn tenant_key(&self, tenant: TenantId) -> TenantKey {
-        let mut material = self.0.to_vec();
-        material.extend_from_slice(&tenant.0.to_le_bytes());
-        TenantKey(blake3::derive_key(TENANT_KEY_CONTEXT, &material))
+    #[cfg(test)]
+    pub(crate) fn from_bytes(bytes: [u8; 32]) -> Self {
+        ServerSecret(bytes)
     }
-}
 
-impl ServerSecret {
+    /// A key derived from the secret for `context`, bound to `material`.
+    pub(crate) fn derive_key(&self, context: &str, material: &[u8]) -> [u8; 32] {
+        let mut input = self.0.to_vec();
+        input.extend_from_slice(material);
+        blake3::derive_key(context, &input)
+    }
+
     /// Encrypts `plaintext` for storage at rest (XChaCha20-Poly1305, with a key derived from
     /// the server secret for `purpose` and a random nonce). Returns the nonce and ciphertext.
     pub fn seal(&self, purpose: &str, plaintext: &[u8]) -> Vec<u8> {
@@ -126,46 +94,13 @@ impl ServerSecret {
     }
 
     fn sealing_key(&self, purpose: &str) -> [u8; 32] {
-        let mut material = self.0.to_vec();
-        material.extend_from_slice(purpose.as_bytes());
-        blake3::derive_key(SEALING_KEY_CONTEXT, &material)
-    }
-}
-
-/// One tenant's chunk-naming key.
-#[derive(Clone)]
-pub struct TenantKey([u8; 32]);
-
-impl TenantKey {
-    /// The id of a chunk with these raw bytes. Large chunks are hashed on all cores, which
-    /// halves the latency of verifying a chunk for a single reader on two cores.
-    pub fn chunk_id(&self, raw: &[u8]) -> ChunkId {
-        if raw.len() >= PARALLEL_HASH_MIN {
-            return ChunkId(*blake3::Hasher::new_keyed(&self.0).update_rayon(raw).finalize().as_bytes());
-        }
-        ChunkId(*blake3::keyed_hash(&self.0, raw).as_bytes())
-    }
-
-    /// The seed of this tenant's chunker gear table.
-    pub fn gear_seed(&self) -> u64 {
-        let seed = blake3::derive_key(GEAR_SEED_CONTEXT, &self.0);
-        u64::from_le_bytes(seed[..8].try_into().unwrap_or_default())
+        self.derive_key(SEALING_KEY_CONTEXT, purpose.as_bytes())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn equal_content_in_two_tenants_gets_unrelated_ids() {
-        let secret = ServerSecret([7; 32]);
-        let a = secret.tenant_key(TenantId(1));
-        let b = secret.tenant_key(TenantId(2));
-        assert_eq!(a.chunk_id(b"frame"), a.chunk_id(b"frame"));
-        assert_ne!(a.chunk_id(b"frame"), b.chunk_id(b"frame"));
-        assert_ne!(a.gear_seed(), b.gear_seed());
-    }
 
     #[test]
     fn sealed_secrets_open_only_with_the_same_secret_and_purpose() {
@@ -178,12 +113,5 @@ mod tests {
         let mut altered = sealed.clone();
         *altered.last_mut().unwrap() ^= 1;
         assert_eq!(secret.open("access-key", &altered), None);
-    }
-
-    #[test]
-    fn another_server_secret_gives_other_ids() {
-        let one = ServerSecret([1; 32]).tenant_key(TenantId(1));
-        let two = ServerSecret([2; 32]).tenant_key(TenantId(1));
-        assert_ne!(one.chunk_id(b"frame"), two.chunk_id(b"frame"));
     }
 }

@@ -5,8 +5,8 @@
 //! before (and are deleted here) and later ones find it gone. The tenant is marked as being
 //! deleted before this runs, so no new bucket appears.
 
-use super::SiloS3;
-use crate::keys::TenantId;
+use super::{bucket, multipart};
+use crate::TenantId;
 use crate::store::{ChunkStore, ObjectId, StoreError};
 
 /// What [`purge_tenant`] deleted.
@@ -21,21 +21,11 @@ pub struct S3Purged {
 /// again after a failure: what was deleted stays deleted, and the rest is taken next time.
 ///
 /// # Errors
-/// Catalog errors.
+/// Catalog and store errors.
 pub async fn purge_tenant(store: &ChunkStore, tenant: TenantId) -> Result<S3Purged, StoreError> {
-    // Deleting needs no region: any will do.
-    let s3 = SiloS3 { store: store.clone(), region: super::region::default_region() };
     let mut purged = S3Purged::default();
-    let client = s3.pool().get().await?;
-    let names: Vec<String> = client
-        .query("SELECT name FROM buckets WHERE tenant_id = $1 ORDER BY name", &[&tenant.0])
-        .await?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    drop(client);
-    for name in names {
-        let mut client = s3.pool().get().await?;
+    for name in bucket::names_of_tenant(store.catalog(), tenant).await? {
+        let mut client = store.catalog().get().await?;
         let txn = client.transaction().await?;
         let found = txn
             .query_opt(
@@ -46,21 +36,7 @@ pub async fn purge_tenant(store: &ChunkStore, tenant: TenantId) -> Result<S3Purg
         if found.is_none() {
             continue;
         }
-        let uploads: Vec<String> = txn
-            .query("SELECT id FROM multipart_uploads WHERE bucket = $1 ORDER BY id FOR UPDATE", &[&name])
-            .await?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
-        for upload in &uploads {
-            let parts = txn
-                .query("DELETE FROM multipart_parts WHERE upload_id = $1 RETURNING object_id", &[upload])
-                .await?;
-            txn.execute("DELETE FROM multipart_uploads WHERE id = $1", &[upload]).await?;
-            for part in parts {
-                store.delete_in(&txn, tenant, ObjectId(part.get(0))).await?;
-            }
-        }
+        let uploads = multipart::drop_all_in(&txn, store, tenant, &name).await?;
         let objects =
             txn.query("DELETE FROM s3_objects WHERE bucket = $1 RETURNING object_id", &[&name]).await?;
         for object in &objects {
@@ -70,7 +46,7 @@ pub async fn purge_tenant(store: &ChunkStore, tenant: TenantId) -> Result<S3Purg
         txn.commit().await?;
         purged.buckets += 1;
         purged.objects += objects.len() as u64;
-        purged.uploads += uploads.len() as u64;
+        purged.uploads += uploads;
         tracing::info!(
             tenant = tenant.0,
             bucket = name,

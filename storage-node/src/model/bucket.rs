@@ -1,0 +1,182 @@
+//! Buckets: names are global (as in S3); each belongs to one tenant.
+//!
+//! A bucket also has an id, which its name does not carry: a write authorizes against the
+//! bucket it found, and [`lock_in`] checks that same bucket again inside the transaction that
+//! binds the key, so a name deleted and created again by another tenant meanwhile never
+//! receives the write.
+
+use time::OffsetDateTime;
+use tokio_postgres::Transaction;
+
+use super::{ModelError, multipart};
+use crate::TenantId;
+use crate::catalog::CatalogPool;
+use crate::store::{ChunkStore, StoreError};
+
+/// A bucket as access is decided on it: its identity, its owner and whether anyone may read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketAccess {
+    /// The bucket's identity (a name deleted and created again is another bucket).
+    pub id: i64,
+    pub tenant: TenantId,
+    pub public_read: bool,
+}
+
+/// A bucket as its tenant's listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketEntry {
+    pub name: String,
+    pub created: OffsetDateTime,
+}
+
+/// A bucket as the management API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BucketInfo {
+    pub name: String,
+    pub tenant: String,
+    pub public_read: bool,
+}
+
+/// What creating a bucket found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Creation {
+    Created,
+    /// The name is taken, by this owner.
+    Taken {
+        owner: TenantId,
+    },
+}
+
+/// The bucket named `name`, if there is one.
+///
+/// # Errors
+/// Catalog errors.
+pub async fn find(pool: &CatalogPool, name: &str) -> Result<Option<BucketAccess>, StoreError> {
+    let client = pool.get().await?;
+    let row =
+        client.query_opt("SELECT id, tenant_id, public_read FROM buckets WHERE name = $1", &[&name]).await?;
+    Ok(row.map(|row| BucketAccess { id: row.get(0), tenant: TenantId(row.get(1)), public_read: row.get(2) }))
+}
+
+/// Creates bucket `name` for `tenant`, unless the name is taken.
+///
+/// # Errors
+/// [`ModelError::TenantDeleting`]; catalog errors.
+pub async fn create(pool: &CatalogPool, tenant: TenantId, name: &str) -> Result<Creation, ModelError> {
+    let mut client = pool.get().await?;
+    let txn = client.transaction().await?;
+    // The tenant's row stays shared until the bucket exists, so a tenant deletion that
+    // starts meanwhile waits, then finds the bucket and deletes it.
+    let active = txn
+        .query_opt("SELECT 1 FROM tenants WHERE id = $1 AND deleting_at IS NULL FOR SHARE", &[&tenant.0])
+        .await?;
+    if active.is_none() {
+        return Err(ModelError::TenantDeleting);
+    }
+    let inserted = txn
+        .query_opt(
+            "INSERT INTO buckets (name, tenant_id) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING RETURNING name",
+            &[&name, &tenant.0],
+        )
+        .await?;
+    txn.commit().await?;
+    if inserted.is_some() {
+        return Ok(Creation::Created);
+    }
+    let owner = client.query_one("SELECT tenant_id FROM buckets WHERE name = $1", &[&name]).await?.get(0);
+    Ok(Creation::Taken { owner: TenantId(owner) })
+}
+
+/// Deletes bucket `name`, as authorized (`id`), when it holds no object. Multipart uploads
+/// still in progress go with it, as AWS does (their parts are released).
+///
+/// # Errors
+/// [`ModelError::BucketGone`], [`ModelError::BucketNotEmpty`]; catalog and store errors.
+pub async fn delete_empty(store: &ChunkStore, name: &str, bucket: BucketAccess) -> Result<(), ModelError> {
+    let mut client = store.catalog().get().await?;
+    let txn = client.transaction().await?;
+    // Writes hold the bucket's row shared until they commit: this waits for them, and
+    // then sees what they bound.
+    let found = txn
+        .query_opt("SELECT 1 FROM buckets WHERE name = $1 AND id = $2 FOR UPDATE", &[&name, &bucket.id])
+        .await?;
+    if found.is_none() {
+        return Err(ModelError::BucketGone);
+    }
+    let has_objects = txn.query_opt("SELECT 1 FROM s3_objects WHERE bucket = $1 LIMIT 1", &[&name]).await?;
+    if has_objects.is_some() {
+        return Err(ModelError::BucketNotEmpty);
+    }
+    multipart::drop_all_in(&txn, store, bucket.tenant, name).await?;
+    txn.execute("DELETE FROM buckets WHERE name = $1", &[&name]).await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+/// The tenant's buckets, by name.
+///
+/// # Errors
+/// Catalog errors.
+pub async fn of_tenant(pool: &CatalogPool, tenant: TenantId) -> Result<Vec<BucketEntry>, StoreError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query("SELECT name, created_at FROM buckets WHERE tenant_id = $1 ORDER BY name", &[&tenant.0])
+        .await?;
+    Ok(rows.iter().map(|row| BucketEntry { name: row.get(0), created: row.get(1) }).collect())
+}
+
+/// Locks bucket `name` in `txn` as it was authorized (`id`), shared until `txn` ends: a
+/// concurrent deletion of the bucket waits for the write and then sees it.
+///
+/// # Errors
+/// [`ModelError::BucketGone`] when the bucket was deleted meanwhile, or deleted and created
+/// again under the same name; [`ModelError::TenantDeleting`]: a tenant being deleted stores
+/// nothing new.
+pub async fn lock_in(txn: &Transaction<'_>, name: &str, id: i64) -> Result<(), ModelError> {
+    let row = txn
+        .query_opt(
+            "SELECT t.deleting_at IS NULL FROM buckets b JOIN tenants t ON t.id = b.tenant_id \
+             WHERE b.name = $1 AND b.id = $2 FOR KEY SHARE OF b",
+            &[&name, &id],
+        )
+        .await?;
+    match row.map(|row| row.get::<_, bool>(0)) {
+        None => Err(ModelError::BucketGone),
+        Some(false) => Err(ModelError::TenantDeleting),
+        Some(true) => Ok(()),
+    }
+}
+
+/// The bucket `name`, after setting its public-read flag when `public_read` is given.
+/// Anonymous GET and HEAD work on a public-read bucket; everything else needs a signature.
+///
+/// # Errors
+/// Catalog errors; an unknown bucket is `Ok(None)`.
+pub async fn info(
+    pool: &CatalogPool,
+    name: &str,
+    public_read: Option<bool>,
+) -> Result<Option<BucketInfo>, StoreError> {
+    let client = pool.get().await?;
+    if let Some(public_read) = public_read {
+        client.execute("UPDATE buckets SET public_read = $2 WHERE name = $1", &[&name, &public_read]).await?;
+    }
+    let row = client
+        .query_opt(
+            "SELECT b.name, t.name, b.public_read FROM buckets b JOIN tenants t ON t.id = b.tenant_id WHERE b.name = $1",
+            &[&name],
+        )
+        .await?;
+    Ok(row.map(|row| BucketInfo { name: row.get(0), tenant: row.get(1), public_read: row.get(2) }))
+}
+
+/// The names of the tenant's buckets, in order.
+///
+/// # Errors
+/// Catalog errors.
+pub(crate) async fn names_of_tenant(pool: &CatalogPool, tenant: TenantId) -> Result<Vec<String>, StoreError> {
+    let client = pool.get().await?;
+    let rows =
+        client.query("SELECT name FROM buckets WHERE tenant_id = $1 ORDER BY name", &[&tenant.0]).await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}

@@ -1,0 +1,54 @@
+//! The model under the S3 protocol: typed rows of buckets, objects, multipart uploads and their
+//! parts, and every query and transaction over them. [`crate::s3`] only translates S3 requests
+//! into calls here and the answers back into S3 responses; no SQL lives there.
+//!
+//! One module per entity: [`bucket`], [`object`] (with the key listing), [`multipart`]
+//! (uploads and parts), [`usage`] (counts per tenant), and [`purge`] (deleting all of a
+//! tenant's S3 data, for the tenant's deletion). The model calls the chunk [`crate::store`] to
+//! commit, copy, concatenate and release objects, and owns the queries that join its rows to
+//! the store's `objects` table (for sizes). Nodes and pack replicas (issue 12) come here next,
+//! one module each.
+//!
+//! Locks are always taken in one order: bucket, then upload, then tenant, then the key's row.
+//! Procedures that can be refused for a reason the caller must tell apart (the bucket is gone,
+//! the tenant is being deleted, ...) return [`ModelError`]; the others a plain [`StoreError`].
+
+pub mod bucket;
+pub mod multipart;
+pub mod object;
+pub mod purge;
+pub mod usage;
+
+use crate::store::StoreError;
+
+/// Why a model procedure did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The catalog or the chunk store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The bucket is gone (or was deleted and created again) since it was authorized.
+    #[error("no such bucket")]
+    BucketGone,
+    /// The bucket still holds objects.
+    #[error("the bucket is not empty")]
+    BucketNotEmpty,
+    /// The bucket's tenant is being deleted: nothing new is stored for it.
+    #[error("the tenant is being deleted")]
+    TenantDeleting,
+    /// The multipart upload is gone: completed, aborted, or never there.
+    #[error("no such upload")]
+    UploadGone,
+}
+
+impl From<tokio_postgres::Error> for ModelError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        ModelError::Store(err.into())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for ModelError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        ModelError::Store(err.into())
+    }
+}

@@ -1,0 +1,345 @@
+//! Multipart uploads and their parts. Each part is an object of the chunk store of its own;
+//! completing the upload concatenates the parts' manifests into one object (no byte is copied).
+//! Aborting, or the expiry of a stale upload, deletes the parts, and GC reclaims their chunks.
+//!
+//! The upload's row is the lock that orders these: a part commits only while holding it
+//! shared and finding it there, and completion, abort and bucket deletion take it exclusively
+//! and read the parts inside the same transaction. So a part that races a completion or an
+//! abort either lands before it (and is concatenated or released with the rest) or fails with
+//! [`ModelError::UploadGone`] (and its object is never committed): no part object outlives its
+//! upload.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio_postgres::Transaction;
+
+use super::object::{self, ObjectHeaders, Target};
+use super::{ModelError, bucket};
+use crate::TenantId;
+use crate::catalog::CatalogPool;
+use crate::store::{ChunkStore, Ingested, ObjectId, StoreError};
+
+/// A part as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartRow {
+    pub number: i32,
+    pub object: ObjectId,
+    pub etag: String,
+    pub size: i64,
+    pub last_modified: OffsetDateTime,
+}
+
+/// An upload in progress, as a bucket's listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadEntry {
+    pub key: String,
+    pub id: String,
+    pub initiated: OffsetDateTime,
+}
+
+/// A new upload.
+#[derive(Debug, Clone)]
+pub struct NewUpload<'a> {
+    pub id: &'a str,
+    pub tenant: TenantId,
+    /// Where the completed object goes.
+    pub target: Target<'a>,
+    pub headers: &'a ObjectHeaders,
+}
+
+/// The parts a completion takes, in order, and the completed object's ETag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chosen {
+    pub parts: Vec<ObjectId>,
+    pub etag: String,
+}
+
+const PARTS: &str = "SELECT part_number, object_id, etag, size, last_modified \
+                     FROM multipart_parts WHERE upload_id = $1 ORDER BY part_number";
+
+fn part_row(row: &tokio_postgres::Row) -> PartRow {
+    PartRow {
+        number: row.get(0),
+        object: ObjectId(row.get(1)),
+        etag: row.get(2),
+        size: row.get(3),
+        last_modified: row.get(4),
+    }
+}
+
+/// Records a new upload, in the bucket as authorized.
+///
+/// # Errors
+/// See [`bucket::lock_in`]; catalog errors.
+pub async fn create(pool: &CatalogPool, upload: NewUpload<'_>) -> Result<(), ModelError> {
+    let metadata = upload.headers.metadata_json();
+    let mut client = pool.get().await?;
+    let txn = client.transaction().await?;
+    bucket::lock_in(&txn, upload.target.bucket, upload.target.id).await?;
+    txn.execute(
+        "INSERT INTO multipart_uploads (id, bucket, key, tenant_id, content_type, content_disposition, \
+                                        cache_control, user_metadata) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb)",
+        &[
+            &upload.id,
+            &upload.target.bucket,
+            &upload.target.key,
+            &upload.tenant.0,
+            &upload.headers.content_type,
+            &upload.headers.content_disposition,
+            &upload.headers.cache_control,
+            &metadata,
+        ],
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+/// The headers of upload `id`, when it is `bucket`/`key`'s and `tenant`'s.
+///
+/// # Errors
+/// Catalog errors.
+pub async fn find(
+    pool: &CatalogPool,
+    id: &str,
+    bucket: &str,
+    key: &str,
+    tenant: TenantId,
+) -> Result<Option<ObjectHeaders>, StoreError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_opt(
+            "SELECT content_type, content_disposition, cache_control, user_metadata::text FROM multipart_uploads \
+             WHERE id = $1 AND bucket = $2 AND key = $3 AND tenant_id = $4",
+            &[&id, &bucket, &key, &tenant.0],
+        )
+        .await?;
+    Ok(row.map(|row| ObjectHeaders {
+        content_type: row.get(0),
+        content_disposition: row.get(1),
+        cache_control: row.get(2),
+        metadata: serde_json::from_str(row.get::<_, &str>(3)).unwrap_or_default(),
+    }))
+}
+
+/// Commits `ingested` as part `number` of upload `id`, replacing (and releasing) an earlier
+/// upload of the same part.
+///
+/// # Errors
+/// [`ModelError::UploadGone`] when the upload was completed or aborted meanwhile (the part is
+/// then not committed at all); catalog and store errors.
+pub async fn store_part(
+    store: &ChunkStore,
+    tenant: TenantId,
+    id: &str,
+    number: i32,
+    ingested: &Ingested,
+    etag: &str,
+) -> Result<(), ModelError> {
+    let mut client = store.catalog().get().await?;
+    let txn = client.transaction().await?;
+    // Held shared until the part is recorded: a completion or abort that takes the
+    // upload first leaves nothing here, and this part is not committed at all.
+    let open = txn.query_opt("SELECT 1 FROM multipart_uploads WHERE id = $1 FOR SHARE", &[&id]).await?;
+    if open.is_none() {
+        return Err(ModelError::UploadGone);
+    }
+    let object = store.commit(&txn, ingested).await?;
+    let previous: Option<i64> = txn
+        .query_opt(
+            "SELECT object_id FROM multipart_parts WHERE upload_id = $1 AND part_number = $2 FOR UPDATE",
+            &[&id, &number],
+        )
+        .await?
+        .map(|row| row.get(0));
+    txn.execute(
+        "INSERT INTO multipart_parts (upload_id, part_number, object_id, etag, size) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (upload_id, part_number) DO UPDATE SET object_id = EXCLUDED.object_id, \
+            etag = EXCLUDED.etag, size = EXCLUDED.size, last_modified = now()",
+        &[&id, &number, &object.id.0, &etag, &(object.size as i64)],
+    )
+    .await?;
+    if let Some(previous) = previous {
+        store.delete_in(&txn, tenant, ObjectId(previous)).await?;
+    }
+    txn.commit().await?;
+    Ok(())
+}
+
+/// The parts of upload `id`, by number.
+///
+/// # Errors
+/// Catalog errors.
+pub async fn parts(pool: &CatalogPool, id: &str) -> Result<Vec<PartRow>, StoreError> {
+    let client = pool.get().await?;
+    Ok(client.query(PARTS, &[&id]).await?.iter().map(part_row).collect())
+}
+
+/// Completes upload `id` of `tenant` into `target`: `choose` picks the parts (from those
+/// stored, read under the upload's exclusive lock) and names the ETag; their manifests are
+/// concatenated into one object bound to the key with `headers`, and the upload goes.
+///
+/// # Errors
+/// What `choose` refuses; [`ModelError::UploadGone`]; see [`bucket::lock_in`].
+pub async fn complete<E>(
+    store: &ChunkStore,
+    tenant: TenantId,
+    id: &str,
+    target: Target<'_>,
+    headers: &ObjectHeaders,
+    choose: impl FnOnce(&[PartRow]) -> Result<Chosen, E>,
+) -> Result<(), E>
+where
+    E: From<ModelError>,
+{
+    let mut client = store.catalog().get().await.map_err(ModelError::from)?;
+    let txn = client.transaction().await.map_err(ModelError::from)?;
+    bucket::lock_in(&txn, target.bucket, target.id).await?;
+    // Exclusively: no part commits from here on, and a concurrent completion or abort
+    // that got here first leaves nothing to complete.
+    if !lock_exclusive(&txn, id).await.map_err(ModelError::from)? {
+        return Err(ModelError::UploadGone.into());
+    }
+    let stored: Vec<PartRow> =
+        txn.query(PARTS, &[&id]).await.map_err(ModelError::from)?.iter().map(part_row).collect();
+    let chosen = choose(&stored)?;
+    let object = store.concat_in(&txn, tenant, &chosen.parts, None).await.map_err(ModelError::from)?;
+    drop_in(&txn, store, tenant, id).await.map_err(ModelError::from)?;
+    object::bind_in(&txn, store, tenant, &target, &chosen.etag, headers, object)
+        .await
+        .map_err(ModelError::from)?;
+    txn.commit().await.map_err(ModelError::from)?;
+    Ok(())
+}
+
+/// Aborts upload `id` of `tenant`: its parts are deleted, and GC reclaims their chunks.
+///
+/// # Errors
+/// [`ModelError::UploadGone`]; catalog and store errors.
+pub async fn abort(store: &ChunkStore, tenant: TenantId, id: &str) -> Result<(), ModelError> {
+    if !drop_upload(store, tenant, id).await? {
+        return Err(ModelError::UploadGone);
+    }
+    Ok(())
+}
+
+/// [`drop_in`] in a transaction of its own.
+async fn drop_upload(store: &ChunkStore, tenant: TenantId, id: &str) -> Result<bool, StoreError> {
+    let mut client = store.catalog().get().await?;
+    let txn = client.transaction().await?;
+    let dropped = drop_in(&txn, store, tenant, id).await?;
+    if dropped {
+        txn.commit().await?;
+    }
+    Ok(dropped)
+}
+
+async fn lock_exclusive(txn: &Transaction<'_>, id: &str) -> Result<bool, StoreError> {
+    let open = txn.query_opt("SELECT 1 FROM multipart_uploads WHERE id = $1 FOR UPDATE", &[&id]).await?;
+    Ok(open.is_some())
+}
+
+/// Deletes upload `id` and releases every part it has, in `txn`. The upload's row is
+/// locked first, so no part can commit in between. Returns whether it was there.
+///
+/// # Errors
+/// Catalog and store errors.
+pub async fn drop_in(
+    txn: &Transaction<'_>,
+    store: &ChunkStore,
+    tenant: TenantId,
+    id: &str,
+) -> Result<bool, StoreError> {
+    if !lock_exclusive(txn, id).await? {
+        return Ok(false);
+    }
+    let parts: Vec<i64> = txn
+        .query("DELETE FROM multipart_parts WHERE upload_id = $1 RETURNING object_id", &[&id])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    txn.execute("DELETE FROM multipart_uploads WHERE id = $1", &[&id]).await?;
+    for part in parts {
+        store.delete_in(txn, tenant, ObjectId(part)).await?;
+    }
+    Ok(true)
+}
+
+/// Drops every upload of bucket `bucket` (owned by `tenant`) in `txn`, in id order. Returns
+/// how many there were.
+///
+/// # Errors
+/// Catalog and store errors.
+pub async fn drop_all_in(
+    txn: &Transaction<'_>,
+    store: &ChunkStore,
+    tenant: TenantId,
+    bucket: &str,
+) -> Result<u64, StoreError> {
+    let uploads: Vec<String> = txn
+        .query("SELECT id FROM multipart_uploads WHERE bucket = $1 ORDER BY id", &[&bucket])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut dropped = 0;
+    for upload in &uploads {
+        if drop_in(txn, store, tenant, upload).await? {
+            dropped += 1;
+        }
+    }
+    Ok(dropped)
+}
+
+/// Up to `limit` uploads in progress of `bucket` under `prefix`, by key and age.
+///
+/// # Errors
+/// Catalog errors.
+pub async fn list(
+    pool: &CatalogPool,
+    bucket: &str,
+    prefix: &str,
+    limit: usize,
+) -> Result<Vec<UploadEntry>, StoreError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT key, id, initiated FROM multipart_uploads \
+             WHERE bucket = $1 AND starts_with(key, $2) ORDER BY key, initiated LIMIT $3",
+            &[&bucket, &prefix, &(limit as i64)],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| UploadEntry { key: row.get(0), id: row.get(1), initiated: row.get(2) })
+        .collect())
+}
+
+/// Aborts the uploads started longer than `older_than` ago. Returns how many.
+///
+/// # Errors
+/// Catalog and store errors.
+pub async fn abort_stale(store: &ChunkStore, older_than: Duration) -> Result<u64, StoreError> {
+    let client = store.catalog().get().await?;
+    let stale = client
+        .query(
+            "SELECT id, tenant_id FROM multipart_uploads WHERE initiated < now() - make_interval(secs => $1)",
+            &[&older_than.as_secs_f64()],
+        )
+        .await?;
+    drop(client);
+    let mut aborted = 0;
+    for row in stale {
+        let id: String = row.get(0);
+        if !drop_upload(store, TenantId(row.get(1)), &id).await? {
+            // Completed or aborted meanwhile.
+            continue;
+        }
+        tracing::info!(upload = id, "aborted a stale multipart upload");
+        aborted += 1;
+    }
+    Ok(aborted)
+}

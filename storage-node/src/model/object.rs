@@ -1,0 +1,259 @@
+//! Objects: the binding of a bucket's key to an object of the chunk store, with the headers
+//! stored with it, and the ordered read of a bucket's keys that listings page through.
+
+use std::collections::HashMap;
+
+use time::OffsetDateTime;
+use tokio_postgres::Transaction;
+
+use super::ModelError;
+use super::bucket::{self, BucketAccess};
+use crate::TenantId;
+use crate::catalog::CatalogPool;
+use crate::store::{ChunkStore, Ingested, ObjectId, StoreError};
+
+/// An object as bound to its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectRow {
+    pub object: ObjectId,
+    /// The owner of the object's bucket, who owns the object.
+    pub tenant: TenantId,
+    pub etag: String,
+    pub size: u64,
+    pub last_modified: OffsetDateTime,
+    pub headers: ObjectHeaders,
+}
+
+/// The headers a PUT or a copy stores with an object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObjectHeaders {
+    pub content_type: Option<String>,
+    pub content_disposition: Option<String>,
+    pub cache_control: Option<String>,
+    pub metadata: HashMap<String, String>,
+}
+
+impl ObjectHeaders {
+    /// The user metadata as the catalog's `jsonb` column takes it.
+    pub(crate) fn metadata_json(&self) -> String {
+        serde_json::to_string(&self.metadata).unwrap_or_else(|_| "{}".into())
+    }
+}
+
+/// A bucket found by name, and the object at a key of it, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lookup {
+    pub bucket: BucketAccess,
+    pub object: Option<ObjectRow>,
+}
+
+/// Where an object is bound: a key of the bucket authorized as `id`.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub bucket: &'a str,
+    pub id: i64,
+    pub key: &'a str,
+}
+
+/// What [`bind`] puts at a key.
+#[derive(Debug, Clone, Copy)]
+pub enum Binding<'a> {
+    /// A new upload, committed in the binding's transaction.
+    New(&'a Ingested),
+    /// A copy of an object, sharing its chunks.
+    Copy(ObjectId),
+}
+
+/// An object as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedObject {
+    pub key: String,
+    pub etag: String,
+    pub size: i64,
+    pub last_modified: OffsetDateTime,
+}
+
+/// Where a read of a bucket's keys starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cursor {
+    /// Keys strictly greater than this one.
+    After(String),
+    /// Keys greater than or equal to this string.
+    From(String),
+}
+
+/// Bucket `bucket` and the object at `key` in it, in one query (so access can be decided
+/// before the object's absence is told). `None` when there is no such bucket.
+///
+/// # Errors
+/// Catalog errors.
+pub async fn lookup(pool: &CatalogPool, bucket: &str, key: &str) -> Result<Option<Lookup>, StoreError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_opt(
+            "SELECT b.id, b.tenant_id, b.public_read, s.object_id, s.etag, o.size, s.last_modified, \
+                    s.content_type, s.content_disposition, s.cache_control, s.user_metadata::text \
+             FROM buckets b LEFT JOIN s3_objects s ON s.bucket = b.name AND s.key = $2 \
+             LEFT JOIN objects o ON o.id = s.object_id \
+             WHERE b.name = $1",
+            &[&bucket, &key],
+        )
+        .await?;
+    Ok(row.map(|row| {
+        let bucket = BucketAccess { id: row.get(0), tenant: TenantId(row.get(1)), public_read: row.get(2) };
+        let object = row.get::<_, Option<i64>>(3).map(|object| ObjectRow {
+            object: ObjectId(object),
+            tenant: bucket.tenant,
+            etag: row.get(4),
+            size: row.get::<_, i64>(5) as u64,
+            last_modified: row.get(6),
+            headers: ObjectHeaders {
+                content_type: row.get(7),
+                content_disposition: row.get(8),
+                cache_control: row.get(9),
+                metadata: serde_json::from_str(row.get::<_, &str>(10)).unwrap_or_default(),
+            },
+        });
+        Lookup { bucket, object }
+    }))
+}
+
+/// Binds a new object (committed here) or a copy to `target` in one transaction, releasing
+/// what was there. The bucket is checked again (by id) and held shared inside the
+/// transaction. Returns the modification time.
+///
+/// # Errors
+/// See [`bucket::lock_in`]; catalog and store errors (a quota exceeded, say).
+pub async fn bind(
+    store: &ChunkStore,
+    tenant: TenantId,
+    target: Target<'_>,
+    etag: &str,
+    headers: &ObjectHeaders,
+    binding: Binding<'_>,
+) -> Result<OffsetDateTime, ModelError> {
+    let mut client = store.catalog().get().await?;
+    let txn = client.transaction().await?;
+    bucket::lock_in(&txn, target.bucket, target.id).await?;
+    let object = match binding {
+        Binding::New(ingested) => store.commit(&txn, ingested).await?.id,
+        Binding::Copy(source) => store.copy_in(&txn, tenant, source).await?,
+    };
+    let modified = bind_in(&txn, store, tenant, &target, etag, headers, object).await?;
+    txn.commit().await?;
+    Ok(modified)
+}
+
+/// Puts `object` at `target` in `txn`, releasing the object that was there. The caller has
+/// locked the bucket ([`bucket::lock_in`]). Returns the modification time.
+///
+/// # Errors
+/// Catalog and store errors.
+pub async fn bind_in(
+    txn: &Transaction<'_>,
+    store: &ChunkStore,
+    tenant: TenantId,
+    target: &Target<'_>,
+    etag: &str,
+    headers: &ObjectHeaders,
+    object: ObjectId,
+) -> Result<OffsetDateTime, StoreError> {
+    let (bucket, key) = (target.bucket, target.key);
+    let previous: Option<i64> = txn
+        .query_opt(
+            "SELECT object_id FROM s3_objects WHERE bucket = $1 AND key = $2 FOR UPDATE",
+            &[&bucket, &key],
+        )
+        .await?
+        .map(|row| row.get(0));
+    let metadata = headers.metadata_json();
+    let modified = txn
+        .query_one(
+            "INSERT INTO s3_objects (bucket, key, object_id, etag, content_type, content_disposition, \
+                                     cache_control, user_metadata) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb) \
+             ON CONFLICT (bucket, key) DO UPDATE SET object_id = EXCLUDED.object_id, etag = EXCLUDED.etag, \
+                content_type = EXCLUDED.content_type, content_disposition = EXCLUDED.content_disposition, \
+                cache_control = EXCLUDED.cache_control, user_metadata = EXCLUDED.user_metadata, \
+                last_modified = now() \
+             RETURNING last_modified",
+            &[
+                &bucket,
+                &key,
+                &object.0,
+                &etag,
+                &headers.content_type,
+                &headers.content_disposition,
+                &headers.cache_control,
+                &metadata,
+            ],
+        )
+        .await?
+        .get(0);
+    if let Some(previous) = previous {
+        store.delete_in(txn, tenant, ObjectId(previous)).await?;
+    }
+    Ok(modified)
+}
+
+/// Deletes the object at `target` of `tenant`'s bucket; a key that is not there is no error.
+///
+/// # Errors
+/// See [`bucket::lock_in`]; catalog and store errors.
+pub async fn delete(store: &ChunkStore, tenant: TenantId, target: Target<'_>) -> Result<(), ModelError> {
+    let mut client = store.catalog().get().await?;
+    let txn = client.transaction().await?;
+    bucket::lock_in(&txn, target.bucket, target.id).await?;
+    // The tenant before the key's row, as a PUT takes them: the other order deadlocked
+    // with a PUT of the same key.
+    crate::store::lock_tenant(&txn, tenant).await?;
+    let removed = txn
+        .query_opt(
+            "DELETE FROM s3_objects WHERE bucket = $1 AND key = $2 RETURNING object_id",
+            &[&target.bucket, &target.key],
+        )
+        .await?;
+    if let Some(row) = removed {
+        store.delete_in(&txn, tenant, ObjectId(row.get(0))).await?;
+    }
+    txn.commit().await?;
+    Ok(())
+}
+
+/// Up to `limit` objects of `bucket` at `cursor` or after it and not below `prefix`, in the
+/// binary order of their keys (the `key` column is `COLLATE "C"`).
+///
+/// # Errors
+/// Catalog errors.
+pub async fn page(
+    client: &tokio_postgres::Client,
+    bucket: &str,
+    cursor: &Cursor,
+    prefix: &str,
+    limit: i64,
+) -> Result<Vec<ListedObject>, StoreError> {
+    let (sql, at) = match cursor {
+        Cursor::After(key) => (
+            "SELECT s.key, s.etag, o.size, s.last_modified \
+             FROM s3_objects s JOIN objects o ON o.id = s.object_id \
+             WHERE s.bucket = $1 AND s.key > $2 AND s.key >= $3 ORDER BY s.key LIMIT $4",
+            key,
+        ),
+        Cursor::From(key) => (
+            "SELECT s.key, s.etag, o.size, s.last_modified \
+             FROM s3_objects s JOIN objects o ON o.id = s.object_id \
+             WHERE s.bucket = $1 AND s.key >= $2 AND s.key >= $3 ORDER BY s.key LIMIT $4",
+            key,
+        ),
+    };
+    let rows = client.query(sql, &[&bucket, at, &prefix, &limit]).await?;
+    Ok(rows
+        .iter()
+        .map(|row| ListedObject {
+            key: row.get(0),
+            etag: row.get(1),
+            size: row.get(2),
+            last_modified: row.get(3),
+        })
+        .collect())
+}
