@@ -167,12 +167,16 @@ async fn child_uploads_200_mib_slowly() {
     let store = open_store(&pool, &data_dir, small_chunks()).await;
     let acme = tenants::find(&pool, "acme").await.unwrap();
     let options = PutOptions { expected_len: Some(UPLOAD_LEN), md5: false };
-    let _ = store.put(acme, SlowRandom { sent: 0 }, options).await;
+    let slow = SlowRandom { sent: 0, pause: Box::pin(tokio::time::sleep(Duration::ZERO)) };
+    let _ = store.put(acme, slow, options).await;
     panic!("the upload should have been killed before it finished");
 }
 
+/// Random bytes, 256 KiB a read, with a 2 ms pause (a timer, not a blocked thread) before
+/// each read after the first 64 MiB.
 struct SlowRandom {
     sent: u64,
+    pause: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
 impl tokio::io::AsyncRead for SlowRandom {
@@ -185,7 +189,9 @@ impl tokio::io::AsyncRead for SlowRandom {
             return std::task::Poll::Ready(Ok(()));
         }
         if self.sent >= 64 * 1024 * 1024 {
-            std::thread::sleep(Duration::from_millis(2));
+            std::task::ready!(self.pause.as_mut().poll(cx));
+            let next = tokio::time::Instant::now() + Duration::from_millis(2);
+            self.pause.as_mut().reset(next);
         }
         let n = (buf.remaining() as u64).min(UPLOAD_LEN - self.sent).min(256 * 1024) as usize;
         let block = random_bytes(n, self.sent);
