@@ -1,7 +1,7 @@
 //! Database backups end to end: the real binary, a real throwaway Postgres, `pg_dump` into the
 //! chunk store, `pg_restore` out of it, and `psql` and plain `pg_restore` as the clients.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -122,7 +122,7 @@ async fn a_backup_restores_exactly_into_a_new_database_and_with_plain_pg_restore
 }
 
 /// Finds the `pg_dump` that dumps `database` (by its environment), waiting up to 20 s.
-fn pg_dump_of(database: &str) -> u32 {
+async fn pg_dump_of(database: &str) -> u32 {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
@@ -137,7 +137,7 @@ fn pg_dump_of(database: &str) -> u32 {
             }
         }
         assert!(Instant::now() < deadline, "no pg_dump of {database} appeared");
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -176,7 +176,7 @@ async fn interrupted_backups_never_look_complete_and_a_rerun_succeeds() {
                 .expect("run silo")
         })
     };
-    let dump = pg_dump_of(&pg_name);
+    let dump = pg_dump_of(&pg_name).await;
     // Meanwhile a second run does not back up the same database twice.
     let second = silo_json(&fx, &["backup", "run", "--db", "faulty/db"]);
     assert_eq!(second["results"][0]["status"], "skipped", "{second}");
@@ -206,8 +206,8 @@ async fn interrupted_backups_never_look_complete_and_a_rerun_succeeds() {
             http.post(address).bearer_auth(token).json(&json!({ "database": "faulty/db" })).send().await
         })
     };
-    let dump = pg_dump_of(&pg_name);
-    fx.silo.kill9();
+    let dump = pg_dump_of(&pg_name).await;
+    fx.silo.kill9().await;
     drop(lock);
     assert!(request.await.expect("task").is_err(), "the request died with Silo");
     let _ =
@@ -356,7 +356,7 @@ async fn a_lost_catalog_is_rebuilt_from_its_backup() {
 
     // The catalog is lost: Silo stops, and a new, empty database takes its place.
     fx.silo.signal(nix::sys::signal::Signal::SIGTERM);
-    fx.silo.wait_exit(Duration::from_secs(30));
+    fx.silo.wait_exit(Duration::from_secs(30)).await;
     let rebuilt = db_manager::testing::shared().fresh_database("bk_catalog_rebuilt").await;
     let manifests: Vec<_> = std::fs::read_dir(fx.silo.data_dir.join("catalog-backups"))
         .expect("manifests")
@@ -506,7 +506,7 @@ async fn a_crash_during_an_in_place_restore_is_rolled_back_at_the_next_start() {
     fx.restart(&[("SILO_CRASH_AT", "restore.after_drop")]).await;
     let died = silo(&fx, &["backup", "restore", &id, "--in-place", "--yes"]);
     assert!(!died.status.success(), "the process died mid-restore");
-    fx.silo.wait_exit(Duration::from_secs(10));
+    fx.silo.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(
         admin_sql("SELECT count(*) FROM pg_database WHERE datname = 'crashy_db'"),
         "0",
@@ -534,7 +534,7 @@ async fn a_crash_while_a_backup_commits_leaves_no_object_that_no_backup_names() 
     fx.restart(&[("SILO_CRASH_AT", "backup.before_commit")]).await;
     let died = silo(&fx, &["backup", "run", "--db", "orphan/db"]);
     assert!(!died.status.success(), "the process died while the backup committed");
-    fx.silo.wait_exit(Duration::from_secs(10));
+    fx.silo.wait_exit(Duration::from_secs(10)).await;
     fx.restart_after_crash().await;
 
     let usage = silo_json(&fx, &["usage", "orphan"]);

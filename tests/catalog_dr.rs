@@ -2,7 +2,7 @@
 //! S3 objects through the AWS SDK, a database backup, and a catalog lost and restored after GC
 //! compacted (and deleted) the packs its backup points at.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -97,7 +97,7 @@ fn manifest(fx: &Fixture) -> PathBuf {
 /// returns that database's URL (Silo is not started).
 async fn lose_and_restore_catalog(fx: &mut Fixture, label: &str, manifest: &Path) -> String {
     fx.silo.signal(nix::sys::signal::Signal::SIGTERM);
-    fx.silo.wait_exit(Duration::from_secs(30));
+    fx.silo.wait_exit(Duration::from_secs(30)).await;
     let lost = fx.catalog_url();
     let name = lost.rsplit('/').next().expect("database name").split('?').next().expect("name").to_string();
     admin_sql(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"));
@@ -126,8 +126,8 @@ fn located_packs(fx: &Fixture) -> BTreeSet<i64> {
 #[tokio::test]
 async fn a_catalog_backup_restores_every_object_after_gc_compacted_and_deleted_its_packs() {
     let mut fx = fixture("dr_compacted").await;
-    fx.tenant("survivor");
-    let client = s3(&fx, "survivor").await;
+    fx.tenant("dr-survivor");
+    let client = s3(&fx, "dr-survivor").await;
     let objects = [
         ("photo.raw", noise(3 << 20, 1)),
         ("thumb.raw", noise(200 << 10, 2)),
@@ -136,7 +136,7 @@ async fn a_catalog_backup_restores_every_object_after_gc_compacted_and_deleted_i
     for (key, body) in &objects {
         put(&client, key, body).await;
     }
-    let created = fx.create("survivor", json!({ "name": "db" })).await;
+    let created = fx.create("dr-survivor", json!({ "name": "db" })).await;
     psql_ok(
         created["url"].as_str().expect("url"),
         "CREATE TABLE t (x int, y text); INSERT INTO t SELECT i, md5(i::text) FROM generate_series(1, 5000) i",

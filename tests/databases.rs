@@ -1,7 +1,7 @@
 //! Dedicated client databases end to end: the real binary, a real throwaway Postgres as the
 //! managed server, and `psql` and tokio-postgres as the clients.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -437,7 +437,7 @@ async fn a_crash_between_create_steps_is_repaired_at_the_next_start() {
         .send()
         .await;
     assert!(request.is_err(), "the process died mid-create");
-    fx.silo.wait_exit(Duration::from_secs(10));
+    fx.silo.wait_exit(Duration::from_secs(10)).await;
     let pg_name = "crashy_half";
     let exists = || {
         let databases = admin_sql(&format!("SELECT count(*) FROM pg_database WHERE datname = '{pg_name}'"));

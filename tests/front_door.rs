@@ -2,7 +2,7 @@
 //! buffered, idle and slow connections, replayed and long-lived signatures, metrics on the public
 //! port, and the modes of the data directory. Each test performs the attack.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant, SystemTime};

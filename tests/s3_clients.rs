@@ -1,7 +1,7 @@
 //! The S3 data plane with real clients (boto3 and the aws CLI, from the virtualenv that
 //! `scripts/setup` makes in `.venv`), against the real binary and a real Postgres.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

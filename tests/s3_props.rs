@@ -4,7 +4,7 @@
 //!
 //! 64 cases, so that CI stays quick; `PROPTEST_CASES` runs more.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! over 100 MiB, presigned URLs fetched with a plain HTTP client, the error codes AWS gives, and
 //! isolation between two tenants.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, SystemTime};
 
@@ -78,9 +78,28 @@ async fn read_all(client: &Client, bucket: &str, key: &str) -> Vec<u8> {
     object.body.collect().await.expect("body").into_bytes().to_vec()
 }
 
+/// PUTs a 3 MiB clip with metadata into `bucket` (created here); returns its body and output.
+async fn put_clip(a: &Client, bucket: &str) -> (Vec<u8>, aws_sdk_s3::operation::put_object::PutObjectOutput) {
+    a.create_bucket().bucket(bucket).send().await.expect("create bucket");
+    let body = noise(3 << 20, 1);
+    let put = a
+        .put_object()
+        .bucket(bucket)
+        .key("videos/clip.mp4")
+        .body(ByteStream::from(body.clone()))
+        .content_type("video/mp4")
+        .content_disposition("attachment; filename=\"clip.mp4\"")
+        .cache_control("max-age=3600")
+        .metadata("origin", "camera-1")
+        .send()
+        .await
+        .expect("put");
+    (body, put)
+}
+
 #[tokio::test]
-async fn buckets_objects_metadata_and_conditions() {
-    let fx = Fixture::start("sdk_objects").await;
+async fn buckets_are_listed_per_tenant_and_named_by_the_rules() {
+    let fx = Fixture::start("sdk_buckets").await;
     let a = &fx.a;
     a.create_bucket().bucket("sdk-media").send().await.expect("create bucket");
     fx.b.create_bucket().bucket("sdk-other").send().await.expect("create bucket of b");
@@ -106,21 +125,13 @@ async fn buckets_objects_metadata_and_conditions() {
         ("BucketAlreadyExists".into(), 409)
     );
     assert_eq!(failure(a.head_bucket().bucket("no-such-bucket").send().await).1, 404);
+}
 
-    // PUT with metadata; the ETag is the body's MD5, and everything comes back on GET and HEAD.
-    let body = noise(3 << 20, 1);
-    let put = a
-        .put_object()
-        .bucket("sdk-media")
-        .key("videos/clip.mp4")
-        .body(ByteStream::from(body.clone()))
-        .content_type("video/mp4")
-        .content_disposition("attachment; filename=\"clip.mp4\"")
-        .cache_control("max-age=3600")
-        .metadata("origin", "camera-1")
-        .send()
-        .await
-        .expect("put");
+#[tokio::test]
+async fn a_put_answers_the_md5_etag_and_get_and_head_return_its_metadata() {
+    let fx = Fixture::start("sdk_put_get").await;
+    let a = &fx.a;
+    let (body, put) = put_clip(a, "sdk-media").await;
     assert_eq!(put.e_tag(), Some(quoted_md5(&body).as_str()));
     let got = a.get_object().bucket("sdk-media").key("videos/clip.mp4").send().await.expect("get");
     assert_eq!(got.content_type(), Some("video/mp4"));
@@ -128,16 +139,21 @@ async fn buckets_objects_metadata_and_conditions() {
     assert_eq!(got.cache_control(), Some("max-age=3600"));
     assert_eq!(got.metadata().and_then(|m| m.get("origin")).map(String::as_str), Some("camera-1"));
     assert_eq!(got.content_length(), Some(body.len() as i64));
-    let last_modified = *got.last_modified().expect("last modified");
     assert!(got.body.collect().await.expect("body").into_bytes() == body);
     let head = a.head_object().bucket("sdk-media").key("videos/clip.mp4").send().await.expect("head");
     assert_eq!((head.e_tag(), head.content_length()), (put.e_tag(), Some(body.len() as i64)));
     assert_eq!(failure(a.head_object().bucket("sdk-media").key("missing").send().await).1, 404);
     assert_eq!(failure(a.get_object().bucket("sdk-media").key("missing").send().await).0, "NoSuchKey");
+}
 
-    // A streamed body from a file (aws-chunked with a trailing checksum, as the SDK sends it).
+#[tokio::test]
+async fn a_streamed_aws_chunked_body_with_a_trailing_checksum_is_stored_exactly() {
+    let fx = Fixture::start("sdk_streamed").await;
+    let a = &fx.a;
+    a.create_bucket().bucket("sdk-media").send().await.expect("create bucket");
+    let body = noise(1 << 20, 1);
     let file = fx._tmp.path().join("upload.bin");
-    std::fs::write(&file, &body[..1 << 20]).expect("write file");
+    std::fs::write(&file, &body).expect("write file");
     let streamed = a
         .put_object()
         .bucket("sdk-media")
@@ -146,10 +162,15 @@ async fn buckets_objects_metadata_and_conditions() {
         .send()
         .await
         .expect("streamed put");
-    assert_eq!(streamed.e_tag(), Some(quoted_md5(&body[..1 << 20]).as_str()));
-    assert_eq!(read_all(a, "sdk-media", "streamed.bin").await, body[..1 << 20]);
+    assert_eq!(streamed.e_tag(), Some(quoted_md5(&body).as_str()));
+    assert_eq!(read_all(a, "sdk-media", "streamed.bin").await, body);
+}
 
-    // Ranges.
+#[tokio::test]
+async fn ranges_return_the_bytes_asked_for_and_a_range_past_the_end_is_416() {
+    let fx = Fixture::start("sdk_ranges").await;
+    let a = &fx.a;
+    let (body, _) = put_clip(a, "sdk-media").await;
     let ranged = a.get_object().bucket("sdk-media").key("videos/clip.mp4").range("bytes=1000-2999");
     let ranged = ranged.send().await.expect("range");
     assert_eq!(ranged.content_range(), Some(format!("bytes 1000-2999/{}", body.len()).as_str()));
@@ -159,8 +180,15 @@ async fn buckets_objects_metadata_and_conditions() {
     assert!(suffix == body[body.len() - 10..]);
     let past_end = a.get_object().bucket("sdk-media").key("videos/clip.mp4").range("bytes=999999999-");
     assert_eq!(failure(past_end.send().await), ("InvalidRange".into(), 416));
+}
 
-    // Conditional requests.
+#[tokio::test]
+async fn conditional_gets_and_heads_follow_the_etag_and_the_dates() {
+    let fx = Fixture::start("sdk_conditions").await;
+    let a = &fx.a;
+    let (_, put) = put_clip(a, "sdk-media").await;
+    let head = a.head_object().bucket("sdk-media").key("videos/clip.mp4").send().await.expect("head");
+    let last_modified = *head.last_modified().expect("last modified");
     let etag = put.e_tag().expect("etag").to_string();
     let get = || a.get_object().bucket("sdk-media").key("videos/clip.mp4");
     get().if_match(&etag).send().await.expect("If-Match with the ETag");
@@ -174,12 +202,19 @@ async fn buckets_objects_metadata_and_conditions() {
     get().if_unmodified_since(last_modified).send().await.expect("unmodified since");
     let head_412 = a.head_object().bucket("sdk-media").key("videos/clip.mp4").if_match("\"nope\"");
     assert_eq!(failure(head_412.send().await).1, 412);
+}
 
-    // Hostile and unusual keys stay inside the bucket and come back exactly.
+/// Keys that try to climb out of the bucket, are escaped, or are not ASCII.
+const UNUSUAL_KEYS: [&str; 5] =
+    ["../../escape", "a/../../b", "a%2Fb", "ünïcødé/файл 名前.txt", "with spaces/x y"];
+
+#[tokio::test]
+async fn hostile_and_unusual_keys_stay_inside_the_bucket_and_come_back_exactly() {
+    let fx = Fixture::start("sdk_keys").await;
+    let a = &fx.a;
+    a.create_bucket().bucket("sdk-media").send().await.expect("create bucket");
     let long_key = "é".repeat(512);
-    let keys =
-        ["../../escape", "a/../../b", "a%2Fb", "ünïcødé/файл 名前.txt", "with spaces/x y", long_key.as_str()];
-    for key in keys {
+    for key in UNUSUAL_KEYS.into_iter().chain([long_key.as_str()]) {
         a.put_object()
             .bucket("sdk-media")
             .key(key)
@@ -194,8 +229,14 @@ async fn buckets_objects_metadata_and_conditions() {
         a.put_object().bucket("sdk-media").key(&too_long).body(ByteStream::from_static(b"x")).send().await,
     );
     assert_eq!((code.as_str(), status), ("KeyTooLongError", 400));
+}
 
-    // CopyObject shares the chunks and keeps or replaces the metadata.
+#[tokio::test]
+async fn copy_object_shares_the_chunks_and_keeps_or_replaces_the_metadata() {
+    let fx = Fixture::start("sdk_copy").await;
+    let a = &fx.a;
+    let (_, put) = put_clip(a, "sdk-media").await;
+    let etag = put.e_tag().expect("etag").to_string();
     let copy =
         a.copy_object().bucket("sdk-media").key("copies/clip.mp4").copy_source("sdk-media/videos/clip.mp4");
     let copied = copy.send().await.expect("copy");
@@ -219,15 +260,29 @@ async fn buckets_objects_metadata_and_conditions() {
             < usage["logical_bytes"].as_u64().expect("logical") / 2,
         "copies share their chunks: {usage}"
     );
+}
 
-    // An unsupported call answers 501 NotImplemented, never a wrong success.
+#[tokio::test]
+async fn an_unsupported_call_answers_501_not_implemented() {
+    let fx = Fixture::start("sdk_unsupported").await;
+    let a = &fx.a;
+    a.create_bucket().bucket("sdk-media").send().await.expect("create bucket");
     assert_eq!(
         failure(a.get_bucket_policy().bucket("sdk-media").send().await),
         ("NotImplemented".into(), 501)
     );
     assert_eq!(failure(a.get_bucket_versioning().bucket("sdk-media").send().await).1, 501);
+}
 
-    // DeleteBucket refuses while objects remain; DeleteObject and DeleteObjects empty it.
+#[tokio::test]
+async fn delete_bucket_refuses_while_objects_remain_and_delete_objects_empties_it() {
+    let fx = Fixture::start("sdk_delete").await;
+    let a = &fx.a;
+    put_clip(a, "sdk-media").await;
+    for key in UNUSUAL_KEYS.into_iter().chain(["streamed.bin"]) {
+        let put = a.put_object().bucket("sdk-media").key(key).body(ByteStream::from(key.as_bytes().to_vec()));
+        put.send().await.expect(key);
+    }
     assert_eq!(failure(a.delete_bucket().bucket("sdk-media").send().await), ("BucketNotEmpty".into(), 409));
     a.delete_object().bucket("sdk-media").key("streamed.bin").send().await.expect("delete");
     a.delete_object()
@@ -242,10 +297,10 @@ async fn buckets_objects_metadata_and_conditions() {
         .iter()
         .map(|object| ObjectIdentifier::builder().key(object.key().expect("key")).build().expect("id"))
         .collect();
-    assert_eq!(ids.len(), keys.len() + 3);
+    assert_eq!(ids.len(), UNUSUAL_KEYS.len() + 1);
     let delete = Delete::builder().set_objects(Some(ids)).build().expect("delete request");
     let deleted = a.delete_objects().bucket("sdk-media").delete(delete).send().await.expect("delete objects");
-    assert_eq!((deleted.deleted().len(), deleted.errors().len()), (keys.len() + 3, 0));
+    assert_eq!((deleted.deleted().len(), deleted.errors().len()), (UNUSUAL_KEYS.len() + 1, 0));
     a.delete_bucket().bucket("sdk-media").send().await.expect("delete empty bucket");
     assert_eq!(failure(a.head_bucket().bucket("sdk-media").send().await).1, 404);
 }
@@ -449,10 +504,14 @@ async fn presigned_urls_and_the_errors_aws_gives() {
     let response = http.get(&tampered).send().await.expect("tampered");
     assert_eq!(response.status(), 403);
     assert!(response.text().await.expect("text").contains("<Code>SignatureDoesNotMatch</Code>"));
-    let short = PresigningConfig::expires_in(Duration::from_secs(1)).expect("config");
+    // Presigned a minute ago for one second: expired, with no wait.
+    let short = PresigningConfig::builder()
+        .start_time(SystemTime::now() - Duration::from_secs(60))
+        .expires_in(Duration::from_secs(1))
+        .build()
+        .expect("config");
     let expiring =
         a.get_object().bucket("sdk-web").key("from-browser.txt").presigned(short).await.expect("presign");
-    tokio::time::sleep(Duration::from_millis(2100)).await;
     let response = http.get(expiring.uri()).send().await.expect("expired");
     assert_eq!(response.status(), 403);
     assert!(response.text().await.expect("text").contains("<Code>AccessDenied</Code>"));

@@ -4,7 +4,7 @@
 //! that is not its own. s3cmd comes from the `.venv`, restic and rclone from Debian, all
 //! installed by `scripts/setup`; a missing tool fails its test, saying so.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

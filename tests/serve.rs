@@ -1,6 +1,6 @@
 //! `silo serve` end to end: the real binary, the embedded Postgres and real HTTP on loopback.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
@@ -67,14 +67,14 @@ async fn cold_start_serves_probes_and_metrics_and_guards_the_management_api() {
     assert!(metrics.contains("silo_embedded_postgres_up 1"), "{metrics}");
 
     // A second Silo on the same data directory is refused while the first runs.
-    let (status, stderr) = start_expecting_failure(&data, &[]);
+    let (status, stderr) = start_expecting_failure(&data, &[]).await;
     assert!(!status.success());
     assert!(stderr.contains("in use by another Silo process"), "{stderr}");
 
     // Ctrl-C: a clean exit, and no postgres left behind.
     let postmaster = silo.postmaster_pid().expect("postgres runs");
     silo.signal(Signal::SIGINT);
-    let status = silo.wait_exit(Duration::from_secs(30));
+    let status = silo.wait_exit(Duration::from_secs(30)).await;
     assert!(status.success(), "{status}\n{}", silo.stderr());
     assert!(!process_alive(postmaster), "postgres {postmaster} outlived Silo");
 }
@@ -89,7 +89,7 @@ async fn kill_9_then_restart_comes_back_with_the_same_catalog_and_token() {
     let token = first.token();
     let (_, info) = get_json(&client, &first.url("/v1/info"), Some(&token)).await;
     let old_postmaster = first.postmaster_pid().expect("postgres runs");
-    first.kill9();
+    first.kill9().await;
     assert!(process_alive(old_postmaster), "kill -9 gives Silo no chance to stop postgres");
 
     let mut second = Silo::start(&data, &[]);
@@ -104,7 +104,7 @@ async fn kill_9_then_restart_comes_back_with_the_same_catalog_and_token() {
 
     // A warm restart after a clean stop.
     second.signal(Signal::SIGTERM);
-    assert!(second.wait_exit(Duration::from_secs(30)).success());
+    assert!(second.wait_exit(Duration::from_secs(30)).await.success());
     let mut third = Silo::start(&data, &[]);
     let took = third.wait_ready(COLD_START).await;
     eprintln!("warm restart: ready after {took:?}");
@@ -151,7 +151,8 @@ async fn missing_postgres_binaries_exit_non_zero_and_name_the_package() {
     let empty = tmp.path().join("no-binaries-here");
     std::fs::create_dir(&empty).unwrap();
     let data = tmp.path().join("data");
-    let (status, stderr) = start_expecting_failure(&data, &["--postgres-bin-dir", empty.to_str().unwrap()]);
+    let (status, stderr) =
+        start_expecting_failure(&data, &["--postgres-bin-dir", empty.to_str().unwrap()]).await;
     assert!(!status.success());
     assert!(stderr.contains("apt-get install postgresql"), "{stderr}");
 }
@@ -162,7 +163,7 @@ async fn a_port_in_use_is_named_and_nothing_is_started() {
     let data = tmp.path().join("data");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let (status, stderr) = wait_for_failure(Silo::start_at(addr, &data, &[], &[]));
+    let (status, stderr) = wait_for_failure(Silo::start_at(addr, &data, &[], &[])).await;
     assert!(!status.success());
     assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
     assert!(!data.join("postgres").exists(), "no Postgres is created before the port is secured");
@@ -174,7 +175,7 @@ async fn another_programs_directory_is_refused_and_left_untouched() {
     let foreign = tmp.path().join("photos");
     std::fs::create_dir(&foreign).unwrap();
     std::fs::write(foreign.join("holiday.jpg"), b"not Silo's").unwrap();
-    let (status, stderr) = start_expecting_failure(&foreign, &[]);
+    let (status, stderr) = start_expecting_failure(&foreign, &[]).await;
     assert!(!status.success());
     assert!(stderr.contains("is not a Silo data directory"), "{stderr}");
     let entries: Vec<_> = std::fs::read_dir(&foreign).unwrap().map(|e| e.unwrap().file_name()).collect();
@@ -197,7 +198,7 @@ async fn a_read_only_data_directory_is_refused() {
         // Without root a plain mode bit is enough.
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o500)).unwrap();
     }
-    let (status, stderr) = start_expecting_failure(&data, &[]);
+    let (status, stderr) = start_expecting_failure(&data, &[]).await;
     if mounted {
         let _ = std::process::Command::new("umount").arg(&data).status();
     }
@@ -207,15 +208,13 @@ async fn a_read_only_data_directory_is_refused() {
 
 #[tokio::test]
 async fn a_data_directory_postgres_cannot_reach_is_named() {
-    if !is_root() {
-        // Only a root Silo switches Postgres to another OS user.
-        return;
-    }
+    // Only a root Silo switches Postgres to another OS user (CI runs the tests as root).
+    assert!(is_root(), "this test needs root: run the tests as root, as CI does");
     let tmp = scratch();
     let locked = tmp.path().join("private");
     std::fs::create_dir(&locked).unwrap();
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let (status, stderr) = start_expecting_failure(&locked.join("data"), &[]);
+    let (status, stderr) = start_expecting_failure(&locked.join("data"), &[]).await;
     assert!(!status.success());
     assert!(stderr.contains("cannot reach") && stderr.contains("private"), "{stderr}");
 }
@@ -234,7 +233,7 @@ async fn an_external_postgres_is_used_when_given_and_its_password_stays_out_of_t
     assert_eq!(info["postgres_mode"], "external");
     assert!(!data.join("postgres").exists(), "no embedded cluster with an external catalog");
     silo.signal(Signal::SIGTERM);
-    assert!(silo.wait_exit(Duration::from_secs(30)).success());
+    assert!(silo.wait_exit(Duration::from_secs(30)).await.success());
     let stderr = silo.stderr();
     assert!(!stderr.contains("test-only-password"), "{stderr}");
     for line in stderr.lines() {

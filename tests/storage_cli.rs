@@ -1,6 +1,6 @@
 //! `silo gc` and `silo scrub` against a running server.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;

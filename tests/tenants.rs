@@ -1,6 +1,6 @@
 //! Tenants, access keys and usage through the management API and the CLI.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -221,7 +221,7 @@ async fn a_forced_delete_removes_everything_and_a_crash_part_way_is_finished() {
         .send()
         .await;
     assert!(crashed.is_err(), "the process died mid-delete");
-    fx.silo.wait_exit(Duration::from_secs(30));
+    fx.silo.wait_exit(Duration::from_secs(30)).await;
     let half = remains(&url, "doomed").await;
     assert_eq!((half[0], half[4]), (2, 0), "the crash left the buckets, not the databases: {half:?}");
     fx.restart_after_crash().await;

@@ -28,14 +28,16 @@ fn instance_in(dir: &Path) -> LocalInstance {
     LocalInstance::new(spec, PgBinaries::locate(None).unwrap(), RunAs::for_this_process("postgres").unwrap())
 }
 
-fn wait_until_gone(pid: u32) {
+/// Waits until `pid` has exited (gone, or a zombie); fails the test after 10 s.
+async fn wait_until_gone(pid: u32) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+    while Path::new(&format!("/proc/{pid}")).exists() {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         if stat.contains(") Z") {
-            break;
+            return;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        assert!(Instant::now() < deadline, "process {pid} still runs 10 s after it was stopped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -81,7 +83,7 @@ async fn a_stale_postmaster_pid_does_not_block_a_start() {
     instance.ensure_initialized().unwrap();
     let pid = instance.start().unwrap();
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
-    wait_until_gone(pid);
+    wait_until_gone(pid).await;
     // The pid file now names a live process that is not postgres: this test itself.
     let pid_file = instance.data_dir().join("postmaster.pid");
     let text = std::fs::read_to_string(&pid_file).unwrap();
@@ -94,7 +96,7 @@ async fn a_stale_postmaster_pid_does_not_block_a_start() {
             Ok(pid) => break pid,
             Err(err) if Instant::now() < deadline => {
                 eprintln!("retrying: {err}");
-                std::thread::sleep(Duration::from_millis(200));
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(err) => panic!("{err}"),
         }
@@ -116,7 +118,7 @@ async fn a_cluster_left_running_by_an_earlier_run_is_restarted() {
     assert_ne!(old_pid, new_pid);
     assert_eq!(select_one(&later).await, 1);
     later.stop().unwrap();
-    wait_until_gone(new_pid);
+    wait_until_gone(new_pid).await;
     assert!(later.running_pid().is_none());
 }
 

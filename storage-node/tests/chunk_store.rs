@@ -1,7 +1,7 @@
 //! The chunk store against a real throwaway Postgres: round trips, dedup, compression, ranges,
 //! deletes and GC, integrity, quotas and truncated uploads.
 
-mod common;
+use crate::common;
 
 use common::*;
 use storage_node::store::{PutOptions, StoreError};

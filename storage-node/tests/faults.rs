@@ -1,6 +1,6 @@
 //! The chunk store under faults: concurrency with GC, a full disk, and `kill -9` mid-upload.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -66,10 +66,11 @@ async fn concurrent_uploads_with_gc_running_read_back_identical_with_exact_refco
 
 #[tokio::test]
 async fn a_full_disk_fails_the_upload_cleanly_and_keeps_earlier_objects() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipped: mounting a small tmpfs needs root");
-        return;
-    }
+    // Mounting a small tmpfs needs root (CI runs the tests as root).
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "this test needs root: run the tests as root, as CI does"
+    );
     let (pool, _) = catalog("enospc").await;
     let tmp = tempfile::tempdir().unwrap();
     let mount = tmp.path().join("small");
@@ -118,7 +119,7 @@ async fn a_kill_9_mid_upload_leaves_no_object_and_gc_reclaims_the_bytes() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_uploads_200_mib_slowly", "--include-ignored", "--nocapture"])
+        .args(["--exact", &child_test_name(), "--include-ignored", "--nocapture"])
         .env(CHILD_URL, &url)
         .env(CHILD_DIR, &data)
         .spawn()
@@ -128,7 +129,7 @@ async fn a_kill_9_mid_upload_leaves_no_object_and_gc_reclaims_the_bytes() {
     while dir_bytes(&packs) < 48 * 1024 * 1024 {
         assert!(child.try_wait().unwrap().is_none(), "the child finished before it could be killed");
         assert!(Instant::now() < deadline, "the child never wrote 48 MiB");
-        std::thread::sleep(Duration::from_millis(10));
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
@@ -147,23 +148,35 @@ async fn a_kill_9_mid_upload_leaves_no_object_and_gc_reclaims_the_bytes() {
     assert_catalog_consistent(&pool).await;
 }
 
+/// The child test's name as the test harness knows it (`faults::child_...`, without the crate).
+fn child_test_name() -> String {
+    let module = module_path!().split_once("::").map_or("", |(_, module)| module);
+    format!("{module}::child_uploads_200_mib_slowly")
+}
+
 /// The child half of the test above: uploads 200 MiB, slowly after the first 64 MiB, so that
-/// the parent can kill it mid-way. Does nothing unless the parent set it up.
+/// the parent can kill it mid-way. Fails when the parent did not set it up.
 #[tokio::test]
 #[ignore = "run by a_kill_9_mid_upload_leaves_no_object_and_gc_reclaims_the_bytes"]
 async fn child_uploads_200_mib_slowly() {
-    let (Ok(url), Ok(dir)) = (std::env::var(CHILD_URL), std::env::var(CHILD_DIR)) else { return };
+    let (Ok(url), Ok(dir)) = (std::env::var(CHILD_URL), std::env::var(CHILD_DIR)) else {
+        panic!("only the kill -9 test runs this, with {CHILD_URL} and {CHILD_DIR} set");
+    };
     let pool = storage_node::catalog::connect_pool(url.parse().unwrap(), 4).unwrap();
     let data_dir = DataDir::open(std::path::Path::new(&dir)).unwrap();
     let store = open_store(&pool, &data_dir, small_chunks()).await;
     let acme = tenants::find(&pool, "acme").await.unwrap();
     let options = PutOptions { expected_len: Some(UPLOAD_LEN), md5: false };
-    let _ = store.put(acme, SlowRandom { sent: 0 }, options).await;
+    let slow = SlowRandom { sent: 0, pause: Box::pin(tokio::time::sleep(Duration::ZERO)) };
+    let _ = store.put(acme, slow, options).await;
     panic!("the upload should have been killed before it finished");
 }
 
+/// Random bytes, 256 KiB a read, with a 2 ms pause (a timer, not a blocked thread) before
+/// each read after the first 64 MiB.
 struct SlowRandom {
     sent: u64,
+    pause: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
 impl tokio::io::AsyncRead for SlowRandom {
@@ -176,7 +189,9 @@ impl tokio::io::AsyncRead for SlowRandom {
             return std::task::Poll::Ready(Ok(()));
         }
         if self.sent >= 64 * 1024 * 1024 {
-            std::thread::sleep(Duration::from_millis(2));
+            std::task::ready!(self.pause.as_mut().poll(cx));
+            let next = tokio::time::Instant::now() + Duration::from_millis(2);
+            self.pause.as_mut().reset(next);
         }
         let n = (buf.remaining() as u64).min(UPLOAD_LEN - self.sent).min(256 * 1024) as usize;
         let block = random_bytes(n, self.sent);

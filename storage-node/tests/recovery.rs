@@ -2,7 +2,7 @@
 //! GC compacted the packs it names: the store reconciles it with the packs on disk when it
 //! opens, with no marker from `silo catalog restore`.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -50,7 +50,7 @@ impl Fixture {
     pub async fn restart(&mut self, env: &[(&str, &str)]) {
         let catalog = std::fs::read_to_string(self.tmp.path().join("catalog-url")).expect("catalog url");
         self.silo.signal(nix::sys::signal::Signal::SIGTERM);
-        self.silo.wait_exit(Duration::from_secs(30));
+        self.silo.wait_exit(Duration::from_secs(30)).await;
         self.silo = start_silo(&self.tmp, &catalog, env).await;
     }
 

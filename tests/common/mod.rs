@@ -151,7 +151,7 @@ impl Silo {
     }
 
     /// Waits for the process to exit by itself.
-    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+    pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         let started = Instant::now();
         loop {
             if let Some(status) = self.try_exit() {
@@ -159,7 +159,7 @@ impl Silo {
                 return status;
             }
             assert!(started.elapsed() < within, "silo did not exit within {within:?}:\n{}", self.stderr());
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -168,9 +168,9 @@ impl Silo {
     }
 
     /// `kill -9`: the process gets no chance to clean up.
-    pub fn kill9(&mut self) {
+    pub async fn kill9(&mut self) {
         self.signal(Signal::SIGKILL);
-        self.wait_exit(Duration::from_secs(10));
+        self.wait_exit(Duration::from_secs(10)).await;
     }
 
     /// The pid of the embedded postmaster, from its pid file.
@@ -213,13 +213,13 @@ pub fn process_alive(pid: u32) -> bool {
 }
 
 /// Runs `silo serve` that is expected to fail at start-up; returns its exit status and stderr.
-pub fn start_expecting_failure(data_dir: &Path, extra: &[&str]) -> (ExitStatus, String) {
-    wait_for_failure(Silo::start(data_dir, extra))
+pub async fn start_expecting_failure(data_dir: &Path, extra: &[&str]) -> (ExitStatus, String) {
+    wait_for_failure(Silo::start(data_dir, extra)).await
 }
 
 /// Waits for a `silo serve` that is expected to fail at start-up.
-pub fn wait_for_failure(mut silo: Silo) -> (ExitStatus, String) {
-    let status = silo.wait_exit(Duration::from_secs(30));
+pub async fn wait_for_failure(mut silo: Silo) -> (ExitStatus, String) {
+    let status = silo.wait_exit(Duration::from_secs(30)).await;
     (status, silo.stderr())
 }
 

@@ -1,0 +1,19 @@
+//! The root crate's integration tests, one binary with a module per feature (one link of the AWS
+//! SDK, one throwaway Postgres shared by every test that runs against it; each test makes its own
+//! databases, tenants, ports and directories, so they run in parallel without meeting).
+//!
+//! Run one feature with `cargo test --test integration s3_sdk::`, one test by its name.
+
+mod common;
+
+mod backups;
+mod catalog_dr;
+mod databases;
+mod front_door;
+mod s3_clients;
+mod s3_props;
+mod s3_sdk;
+mod s3_tools;
+mod serve;
+mod storage_cli;
+mod tenants;
