@@ -271,7 +271,7 @@ fn embedded_server(instance: &LocalInstance, config: &ServeConfig) -> NewServer 
     };
     NewServer {
         name: "local".into(),
-        kind: "embedded",
+        kind: db_manager::states::ServerKind::Embedded,
         admin_url: format!(
             "postgresql://{}:{}@{url_host}:{}/postgres",
             percent_encode(&spec.superuser),

@@ -11,6 +11,7 @@ use crate::instance::{InstanceSpec, LocalInstance, PgBinaries, RunAs, Supervisor
 use crate::manager::DbManager;
 use crate::plans::Plan;
 use crate::servers::{self, NewServer, Server};
+use crate::states::ServerKind;
 use crate::{DbError, InstanceError};
 
 /// The superuser of a dedicated instance.
@@ -56,15 +57,20 @@ impl DbManager {
         let options = &self.inner.config.dedicated;
         let port = free_port(options.listen)?;
         let password = crate::provision::generate_password();
+        let admin_url = crate::conn_url::postgres_url(
+            SUPERUSER,
+            &password,
+            &options.listen.to_string(),
+            port,
+            "postgres",
+        )
+        .map_err(|err| DbError::InvalidServer(err.to_string()))?;
         let instance = self.instance(&name, port, &password, &plan)?;
         let pid = start_blocking(instance.clone()).await?;
         let new = NewServer {
             name: name.clone(),
-            kind: "dedicated",
-            admin_url: format!(
-                "postgresql://{SUPERUSER}:{password}@{}:{port}/postgres",
-                url_host(options.listen)
-            ),
+            kind: ServerKind::Dedicated,
+            admin_url,
             host: options.listen.to_string(),
             port,
             zone: request.zone.clone().unwrap_or_else(|| self.inner.config.zone.clone()),
@@ -93,8 +99,8 @@ impl DbManager {
         let rows = client
             .query(
                 "SELECT name, public_port, plan, admin_url_sealed FROM db_servers \
-                 WHERE kind = 'dedicated' AND node_name = $1",
-                &[&self.inner.config.node_name],
+                 WHERE kind = $2 AND node_name = $1",
+                &[&self.inner.config.node_name, &ServerKind::Dedicated],
             )
             .await?;
         drop(client);
@@ -226,11 +232,4 @@ fn free_port(ip: std::net::IpAddr) -> Result<u16, DbError> {
         .local_addr()
         .map(|addr| addr.port())
         .map_err(|err| DbError::Instance(InstanceError::Io { path: format!("{ip}:0").into(), source: err }))
-}
-
-fn url_host(ip: std::net::IpAddr) -> String {
-    match ip {
-        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-    }
 }

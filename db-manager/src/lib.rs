@@ -18,6 +18,7 @@
 
 pub mod backup;
 pub mod catalog;
+pub mod conn_url;
 pub mod databases;
 pub mod dedicated;
 pub mod embedded;
@@ -33,9 +34,11 @@ mod read_only;
 pub mod sampler;
 pub mod servers;
 mod spares;
+pub mod states;
 pub mod tenant_deletion;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod timestamp;
 pub mod tls;
 mod workers;
 

@@ -17,6 +17,7 @@ use crate::dedicated::Running;
 use crate::plans::Plans;
 use crate::sampler::Sample;
 use crate::servers::{self, Server};
+use crate::states::{DatabaseState, ServerKind};
 use crate::{DbError, provision};
 
 /// Advisory-lock class of per-database operations ("SD"): one create, resize, rotation or
@@ -175,7 +176,7 @@ impl DbManager {
         if let Ok(mut pools) = self.inner.server_pools.lock() {
             pools.remove(&server.id);
         }
-        if server.kind == "dedicated" {
+        if server.kind == ServerKind::Dedicated {
             self.destroy_dedicated_instance(&server.name).await;
         }
         Ok(server)
@@ -256,12 +257,8 @@ impl DbManager {
             .inner
             .catalog_id
             .get_or_try_init(|| async {
-                let client = self.pool().get().await?;
-                let id: String = client
-                    .query_one("SELECT replace(catalog_id::text, '-', '') FROM silo_meta", &[])
-                    .await?
-                    .get(0);
-                Ok::<_, DbError>(id)
+                let id = storage_node::catalog::catalog_id(self.pool()).await?;
+                Ok::<_, DbError>(id.replace('-', ""))
             })
             .await?;
         Ok(id.clone())
@@ -279,8 +276,8 @@ impl DbManager {
         let rows = match self.inner.pool.get().await {
             Ok(client) => client
                 .query(
-                    "SELECT id FROM tenant_databases WHERE state IN ('active', 'read_only_over_quota')",
-                    &[],
+                    "SELECT id FROM tenant_databases WHERE state IN ($1, $2)",
+                    &[&DatabaseState::Active, &DatabaseState::ReadOnlyOverQuota],
                 )
                 .await
                 .map_err(DbError::from),
@@ -308,7 +305,9 @@ impl DbManager {
         let inside = self.connect_server(&row.server, Some(&row.pg_name)).await?;
         provision::upgrade_legacy(&admin, &inside, &target, &self.marker(id).await?).await?;
         let client = self.inner.pool.get().await?;
-        client.execute("UPDATE tenant_databases SET state = 'active' WHERE id = $1", &[&id]).await?;
+        client
+            .execute("UPDATE tenant_databases SET state = $2 WHERE id = $1", &[&id, &DatabaseState::Active])
+            .await?;
         tracing::warn!(tenant = %row.tenant, database = %row.name, "moved a database to an owner role (read-only over quota now holds)");
         Ok(())
     }
@@ -337,13 +336,13 @@ impl DbManager {
         let rows = client
             .query(
                 "SELECT id, name, server_id, pg_name, state FROM tenant_databases \
-                 WHERE state IN ('creating', 'deleting')",
-                &[],
+                 WHERE state IN ($1, $2)",
+                &[&DatabaseState::Creating, &DatabaseState::Deleting],
             )
             .await?;
         drop(client);
         for row in rows {
-            let (id, name, server_id, pg_name, state): (i64, String, i64, String, String) =
+            let (id, name, server_id, pg_name, state): (i64, String, i64, String, DatabaseState) =
                 (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
             let Some(_lock) = self.lock_database(id).await? else { continue };
             let server = servers::get_by_id(&self.inner.pool, server_id).await?;
@@ -363,7 +362,7 @@ impl DbManager {
             .await;
             match outcome {
                 Ok(()) => {
-                    tracing::warn!(database = %name, server = %server.name, state, "cleaned up a database left half-done by a crash")
+                    tracing::warn!(database = %name, server = %server.name, %state, "cleaned up a database left half-done by a crash")
                 }
                 Err(err) => {
                     tracing::error!(database = %name, error = %err, "cannot clean up a half-done database; retrying at the next start")

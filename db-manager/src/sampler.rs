@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::DbError;
 use crate::manager::DbManager;
+use crate::states::DatabaseState;
 use crate::{provision, read_only};
 
 /// How long one database's quota switch may take before the round moves on.
@@ -40,7 +41,7 @@ struct Sampled {
     name: String,
     pg_name: String,
     plan: String,
-    state: String,
+    state: DatabaseState,
     quota: i64,
     terminate_before: Option<std::time::SystemTime>,
 }
@@ -78,8 +79,8 @@ impl DbManager {
                 "SELECT d.id, t.name, d.name, d.server_id, d.pg_name, d.plan, d.state, d.storage_quota_bytes, \
                         CASE WHEN d.terminate_at <= now() THEN d.terminate_started_before END \
                  FROM tenant_databases d JOIN tenants t ON t.id = d.tenant_id \
-                 WHERE d.state IN ('active', 'read_only_over_quota') ORDER BY d.server_id",
-                &[],
+                 WHERE d.state IN ($1, $2) ORDER BY d.server_id",
+                &[&DatabaseState::Active, &DatabaseState::ReadOnlyOverQuota],
             )
             .await?;
         drop(client);
@@ -154,11 +155,11 @@ impl DbManager {
                 Ok(Ok(read_only)) => read_only,
                 Ok(Err(err)) => {
                     tracing::error!(database = %database.name, error = %err, "cannot enforce the quota");
-                    database.state == "read_only_over_quota"
+                    database.state == DatabaseState::ReadOnlyOverQuota
                 }
                 Err(_) => {
                     tracing::error!(database = %database.name, "enforcing the quota timed out; retrying next round");
-                    database.state == "read_only_over_quota"
+                    database.state == DatabaseState::ReadOnlyOverQuota
                 }
             };
             if let Some(before) = database.terminate_before {
@@ -185,7 +186,7 @@ impl DbManager {
         database: &Sampled,
         size: i64,
     ) -> Result<bool, DbError> {
-        let read_only = database.state == "read_only_over_quota";
+        let read_only = database.state == DatabaseState::ReadOnlyOverQuota;
         let over = size > database.quota;
         let back_under = (size as f64) < database.quota as f64 * RESTORE_BELOW;
         if read_only == over || (read_only && !back_under) {
@@ -204,11 +205,11 @@ impl DbManager {
             read_only::leave(&admin, &inside, &target, &revoked).await?;
             client
                 .execute(
-                    "UPDATE tenant_databases SET state = 'active', read_only_revoked = '{}' WHERE id = $1",
-                    &[&database.id],
+                    "UPDATE tenant_databases SET state = $2, read_only_revoked = '{}' WHERE id = $1",
+                    &[&database.id, &DatabaseState::Active],
                 )
                 .await?;
-            ("active", "write_access_restored")
+            (DatabaseState::Active, "write_access_restored")
         } else {
             // Fail closed: once `enter` has started, the login role may already have lost the
             // owner, so the catalog says read-only either way, and the way back (`leave`, when
@@ -218,8 +219,8 @@ impl DbManager {
                 Err(err) => {
                     client
                         .execute(
-                            "UPDATE tenant_databases SET state = 'read_only_over_quota' WHERE id = $1",
-                            &[&database.id],
+                            "UPDATE tenant_databases SET state = $2 WHERE id = $1",
+                            &[&database.id, &DatabaseState::ReadOnlyOverQuota],
                         )
                         .await?;
                     return Err(err);
@@ -227,14 +228,14 @@ impl DbManager {
             };
             client
                 .execute(
-                    "UPDATE tenant_databases SET state = 'read_only_over_quota', read_only_revoked = $2 WHERE id = $1",
-                    &[&database.id, &revoked],
+                    "UPDATE tenant_databases SET state = $3, read_only_revoked = $2 WHERE id = $1",
+                    &[&database.id, &revoked, &DatabaseState::ReadOnlyOverQuota],
                 )
                 .await?;
-            ("read_only_over_quota", "read_only_over_quota")
+            (DatabaseState::ReadOnlyOverQuota, "read_only_over_quota")
         };
         drop((inside, client));
-        tracing::debug!(state, "quota state recorded");
+        tracing::debug!(%state, "quota state recorded");
         let detail = format!("size {size} bytes, quota {} bytes (plan {})", database.quota, database.plan);
         self.record_event(database.id, event, &detail).await?;
         if read_only {

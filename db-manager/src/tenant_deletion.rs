@@ -24,6 +24,7 @@ use storage_node::store::ObjectId;
 
 use crate::backup::catalog::SYSTEM_TENANT;
 use crate::manager::DbManager;
+use crate::states::{BackupKind, BackupStatus, DatabaseState};
 use crate::{DbError, faults};
 
 /// Advisory-lock class of tenant deletions ("TD").
@@ -151,13 +152,13 @@ impl DbManager {
             .await?;
         drop(client);
         for database in databases {
-            let (database, state): (String, String) = (database.get(0), database.get(1));
-            if state == "creating" {
+            let (database, state): (String, DatabaseState) = (database.get(0), database.get(1));
+            if state == DatabaseState::Creating {
                 // Finished or undone by its create, or by the repair at the next start.
                 return Err(DbError::Busy { name: database });
             }
             // A database already being deleted may be gone from its server: no backup then.
-            let skip_final_backup = !keeps_final_backups || state == "deleting";
+            let skip_final_backup = !keeps_final_backups || state == DatabaseState::Deleting;
             self.delete_database(name, &database, skip_final_backup).await?;
             done.databases += 1;
         }
@@ -200,9 +201,9 @@ impl DbManager {
         let rows = client
             .query(
                 "SELECT o.id, EXISTS (SELECT 1 FROM database_backups b WHERE b.object_id = o.id \
-                                      AND b.kind = 'final' AND b.status = 'complete') \
+                                      AND b.kind = $2 AND b.status = $3) \
                  FROM objects o WHERE o.tenant_id = $1 ORDER BY o.id",
-                &[&tenant.0],
+                &[&tenant.0, &BackupKind::Final, &BackupStatus::Complete],
             )
             .await?;
         drop(client);

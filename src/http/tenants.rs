@@ -135,8 +135,14 @@ async fn usage(
     let usage = state.store.usage(id).await?;
     let (s3_objects, buckets) =
         storage_node::s3::tenant_counts(&state.catalog, id).await.map_err(ApiError::internal)?;
-    let (backups, backup_logical_bytes) = state.databases.backup_usage(id).await?;
-    Ok(Json(TenantUsage { usage, buckets, s3_objects, backups, backup_logical_bytes }))
+    let backups = state.databases.backup_usage(id).await?;
+    Ok(Json(TenantUsage {
+        usage,
+        buckets,
+        s3_objects,
+        backups: backups.backups,
+        backup_logical_bytes: backups.logical_bytes,
+    }))
 }
 
 /// A tenant's usage: the store's counters (every object it stores: S3 objects, parts of

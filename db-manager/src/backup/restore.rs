@@ -23,6 +23,7 @@ use crate::databases::{CreateRequest, Credentials};
 use crate::instance::PgBinaries;
 use crate::manager::DbManager;
 use crate::names::ident;
+use crate::states::{BackupKind, DatabaseState};
 use crate::workers::Worker;
 use crate::{faults, provision, read_only};
 
@@ -144,8 +145,8 @@ impl DbManager {
                 let Some(_lock) = self.lock_database(row.id).await? else {
                     return Err(DbError::Busy { name: row.name.clone() });
                 };
-                let safety = self.backup_now(&row, "safety").await?;
-                self.set_restore_state(row.id, "restoring", Some(safety.id)).await?;
+                let safety = self.backup_now(&row, BackupKind::Safety).await?;
+                self.set_restore_state(row.id, DatabaseState::Restoring, Some(safety.id)).await?;
                 if let Err(err) = self.replace_contents(id, &row).await {
                     tracing::error!(backup = id, error = %err, safety = safety.id, "in-place restore failed; putting the safety backup back");
                     self.roll_back_restore(&row, safety.id).await.map_err(|rollback| DbError::Restore {
@@ -156,7 +157,7 @@ impl DbManager {
                     })?;
                     return Err(err);
                 }
-                self.set_restore_state(row.id, "active", None).await?;
+                self.set_restore_state(row.id, DatabaseState::Active, None).await?;
                 tracing::info!(backup = id, tenant, database = %row.name, safety = safety.id, "restored a backup in place");
                 Ok(Restored::InPlace { tenant, name: row.name, safety_backup: safety.id })
             }
@@ -166,7 +167,12 @@ impl DbManager {
 
     /// Records where an in-place restore stands: `restoring` (with its safety backup) before
     /// anything is dropped, `active` when done, `restore_failed` when even the rollback failed.
-    async fn set_restore_state(&self, id: i64, state: &str, safety: Option<i64>) -> Result<(), DbError> {
+    async fn set_restore_state(
+        &self,
+        id: i64,
+        state: DatabaseState,
+        safety: Option<i64>,
+    ) -> Result<(), DbError> {
         let client = self.pool().get().await?;
         client
             .execute(
@@ -183,11 +189,11 @@ impl DbManager {
     async fn roll_back_restore(&self, row: &crate::databases::Row, safety: i64) -> Result<(), DbError> {
         match self.replace_contents(safety, row).await {
             Ok(()) => {
-                self.set_restore_state(row.id, "active", None).await?;
+                self.set_restore_state(row.id, DatabaseState::Active, None).await?;
                 self.record_event(row.id, "restore_rolled_back", &format!("to safety backup {safety}")).await
             }
             Err(err) => {
-                self.set_restore_state(row.id, "restore_failed", Some(safety)).await?;
+                self.set_restore_state(row.id, DatabaseState::RestoreFailed, Some(safety)).await?;
                 let detail = format!("putting back safety backup {safety} failed: {err}; restore it by hand");
                 self.record_event(row.id, "restore_failed", &detail).await?;
                 Err(err)

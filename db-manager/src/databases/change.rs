@@ -93,7 +93,7 @@ impl DbManager {
             &format!("old sessions end after {}s", grace.as_secs()),
         )
         .await?;
-        Ok(credentials(&row, password))
+        credentials(&row, password)
     }
 
     /// Deletes a database and its role, unless deletion protection is on; first takes a final
@@ -113,11 +113,16 @@ impl DbManager {
             return Err(DbError::Busy { name: name.into() });
         };
         if !skip_final_backup {
-            let backup = self.backup_now(&row, "final").await?;
+            let backup = self.backup_now(&row, crate::states::BackupKind::Final).await?;
             tracing::info!(tenant, database = name, backup = backup.id, "took the final backup");
         }
         let client = self.pool().get().await?;
-        client.execute("UPDATE tenant_databases SET state = 'deleting' WHERE id = $1", &[&row.id]).await?;
+        client
+            .execute(
+                "UPDATE tenant_databases SET state = $2 WHERE id = $1",
+                &[&row.id, &crate::states::DatabaseState::Deleting],
+            )
+            .await?;
         drop(client);
         self.record_event(row.id, "deleting", "").await?;
         self.drop_database_and_roles(&row.server, &row.target()).await?;

@@ -13,6 +13,7 @@ use crate::names::{is_valid_database_name, server_name};
 use crate::plans::Plan;
 use crate::provision;
 use crate::servers;
+use crate::states::DatabaseState;
 use crate::{DbError, faults};
 
 impl DbManager {
@@ -69,7 +70,7 @@ impl DbManager {
             return Err(DbError::Busy { name: request.name.clone() });
         };
         let row = self.row_by_id(id).await?;
-        if row.state != "creating" {
+        if row.state != DatabaseState::Creating {
             return Err(DbError::Exists { tenant: tenant.into(), name: request.name.clone() });
         }
         let password = provision::generate_password();
@@ -96,14 +97,14 @@ impl DbManager {
         let client = self.pool().get().await?;
         client
             .execute(
-                "WITH activated AS (UPDATE tenant_databases SET state = 'active' WHERE id = $1) \
+                "WITH activated AS (UPDATE tenant_databases SET state = $3 WHERE id = $1) \
                  INSERT INTO database_events (database_id, event, detail) VALUES ($1, 'created', $2)",
-                &[&id, &format!("plan {} on server {}", row.plan, row.server.name)],
+                &[&id, &format!("plan {} on server {}", row.plan, row.server.name), &DatabaseState::Active],
             )
             .await?;
         drop(client);
         tracing::info!(tenant, database = %row.name, server = %row.server.name, plan = %row.plan, resumed, "created database");
-        Ok(credentials(&row, password))
+        credentials(&row, password)
     }
 
     /// Inserts the `creating` row (placing the database), or finds the one a dead create left.
@@ -123,7 +124,7 @@ impl DbManager {
             )
             .await?;
         if let Some(row) = existing {
-            if row.get::<_, String>(1) == "creating" {
+            if row.get::<_, DatabaseState>(1) == DatabaseState::Creating {
                 return Ok((row.get(0), true));
             }
             return Err(DbError::Exists { tenant: tenant.into(), name: request.name.clone() });
