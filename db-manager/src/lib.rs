@@ -19,6 +19,7 @@
 pub mod backup;
 pub mod catalog;
 pub mod conn_url;
+mod context;
 pub mod databases;
 pub mod dedicated;
 pub mod embedded;
@@ -42,6 +43,7 @@ pub mod timestamp;
 pub mod tls;
 mod workers;
 
+pub use dedicated::DedicatedOptions;
 pub use error::DbError;
 pub use instance::{InstanceError, LocalInstance};
-pub use manager::{DbManager, DedicatedOptions, ManagerConfig};
+pub use manager::{DbManager, ManagerConfig};

@@ -7,11 +7,13 @@
 //! back under the quota. Below 95% of it, write access comes back by itself.
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
 
 use crate::DbError;
-use crate::manager::DbManager;
+use crate::context::Context;
+use crate::plans::Plans;
 use crate::states::DatabaseState;
 use crate::{provision, read_only};
 
@@ -46,34 +48,35 @@ struct Sampled {
     terminate_before: Option<std::time::SystemTime>,
 }
 
-impl DbManager {
-    pub(crate) async fn sample_every_interval(self) {
-        let interval = self.inner.config.sample_interval;
-        loop {
-            if let Err(err) = self.sample_once().await {
-                tracing::warn!(error = %err, "sampling the databases failed");
-            }
-            if let Err(err) = self.replenish_spares().await {
-                tracing::warn!(error = %err, "cannot make spare databases");
-            }
-            tokio::select! {
-                () = self.inner.stop.cancelled() => return,
-                () = tokio::time::sleep(interval) => {}
-            }
-        }
+/// The sampler service: the plans it enforces and the latest samples, over the shared
+/// context. [`crate::DbManager`] runs its rounds on an interval.
+pub(crate) struct Sampler {
+    ctx: Arc<Context>,
+    plans: Plans,
+    latest: RwLock<Vec<Sample>>,
+}
+
+impl Sampler {
+    pub fn new(ctx: Arc<Context>, plans: Plans) -> Self {
+        Sampler { ctx, plans, latest: RwLock::new(Vec::new()) }
+    }
+
+    /// The latest round's samples.
+    pub fn latest(&self) -> Vec<Sample> {
+        self.latest.read().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// One round: sample every server, enforce quotas, end expired rotation graces.
     ///
     /// # Errors
     /// Catalog errors; a server that cannot be reached is logged and skipped.
-    pub async fn sample_once(&self) -> Result<(), DbError> {
-        let lock = deadpool_postgres::Object::take(self.pool().get().await?);
+    pub(crate) async fn sample_once(&self) -> Result<(), DbError> {
+        let lock = deadpool_postgres::Object::take(self.ctx.pool().get().await?);
         let locked: bool = lock.query_one("SELECT pg_try_advisory_lock($1)", &[&SAMPLER_LOCK]).await?.get(0);
         if !locked {
             return Ok(());
         }
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         let rows = client
             .query(
                 "SELECT d.id, t.name, d.name, d.server_id, d.pg_name, d.plan, d.state, d.storage_quota_bytes, \
@@ -87,7 +90,7 @@ impl DbManager {
         let mut by_server: HashMap<i64, Vec<Sampled>> = HashMap::new();
         for row in rows {
             let plan: String = row.get(5);
-            let quota = self.plans().get(&plan).map_or(row.get(7), |p| p.storage_quota_bytes as i64);
+            let quota = self.plans.get(&plan).map_or(row.get(7), |p| p.storage_quota_bytes as i64);
             by_server.entry(row.get(3)).or_default().push(Sampled {
                 id: row.get(0),
                 tenant: row.get(1),
@@ -106,7 +109,7 @@ impl DbManager {
                 Err(err) => tracing::warn!(server_id, error = %err, "cannot sample a database server"),
             }
         }
-        if let Ok(mut latest) = self.inner.samples.write() {
+        if let Ok(mut latest) = self.latest.write() {
             *latest = samples;
         }
         drop(lock);
@@ -114,8 +117,8 @@ impl DbManager {
     }
 
     async fn sample_server(&self, server_id: i64, databases: &[Sampled]) -> Result<Vec<Sample>, DbError> {
-        let server = crate::servers::get_by_id(self.pool(), server_id).await?;
-        let admin = self.admin(&server).await?;
+        let server = crate::servers::get_by_id(self.ctx.pool(), server_id).await?;
+        let admin = self.ctx.admin(&server).await?;
         let names: Vec<&str> = databases.iter().map(|d| d.pg_name.as_str()).collect();
         let rows = admin
             .query(
@@ -135,7 +138,7 @@ impl DbManager {
         let sizes: Vec<i64> = present.iter().map(|d| measured[&d.pg_name].0).collect();
         let counts: Vec<i32> = present.iter().map(|d| measured[&d.pg_name].1).collect();
         let quotas: Vec<i64> = present.iter().map(|d| d.quota).collect();
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         client
             .execute(
                 "UPDATE tenant_databases d SET size_bytes = s.size, connections = s.connections, \
@@ -192,11 +195,11 @@ impl DbManager {
         if read_only == over || (read_only && !back_under) {
             return Ok(read_only);
         }
-        let Some(_lock) = self.lock_database(database.id).await? else { return Ok(read_only) };
+        let Some(_lock) = self.ctx.lock_database(database.id).await? else { return Ok(read_only) };
         let target = provision::Target { server: &server.name, pg_name: &database.pg_name };
-        let admin = self.admin(server).await?;
-        let inside = self.connect_server(server, Some(&database.pg_name)).await?;
-        let client = self.pool().get().await?;
+        let admin = self.ctx.admin(server).await?;
+        let inside = self.ctx.connect_server(server, Some(&database.pg_name)).await?;
+        let client = self.ctx.pool().get().await?;
         let (state, event) = if read_only {
             let revoked: Vec<String> = client
                 .query_one("SELECT read_only_revoked FROM tenant_databases WHERE id = $1", &[&database.id])
@@ -237,7 +240,7 @@ impl DbManager {
         drop((inside, client));
         tracing::debug!(%state, "quota state recorded");
         let detail = format!("size {size} bytes, quota {} bytes (plan {})", database.quota, database.plan);
-        self.record_event(database.id, event, &detail).await?;
+        self.ctx.record_event(database.id, event, &detail).await?;
         if read_only {
             tracing::info!(tenant = %database.tenant, database = %database.name, size, quota = database.quota, "database back under its quota; write access restored");
         } else {
@@ -252,10 +255,10 @@ impl DbManager {
         database: &Sampled,
         before: std::time::SystemTime,
     ) -> Result<(), DbError> {
-        let admin = self.admin(server).await?;
+        let admin = self.ctx.admin(server).await?;
         let target = provision::Target { server: &server.name, pg_name: &database.pg_name };
         let ended = provision::terminate_role_sessions(&admin, &target, before).await?;
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         client
             .execute(
                 "UPDATE tenant_databases SET terminate_started_before = NULL, terminate_at = NULL WHERE id = $1",

@@ -79,7 +79,7 @@ impl DbManager {
             return Err(DbError::InvalidRequest(format!("the tenant {name} is Silo's own")));
         }
         let tenant = tenants::get(self.pool(), name).await.map_err(tenant_error(name))?;
-        let Some(_lock) = self.lock(TENANT_DELETION_LOCK_CLASS, tenant.id.0).await? else {
+        let Some(_lock) = self.ctx().lock(TENANT_DELETION_LOCK_CLASS, tenant.id.0).await? else {
             return Err(DbError::Busy { name: name.to_string() });
         };
         if tenant.deleting_since.is_none() {
@@ -102,7 +102,7 @@ impl DbManager {
         for (id, name, keeps_final_backups) in
             tenants::deleting(self.pool()).await.map_err(tenant_error("-"))?
         {
-            let Some(_lock) = self.lock(TENANT_DELETION_LOCK_CLASS, id.0).await? else { continue };
+            let Some(_lock) = self.ctx().lock(TENANT_DELETION_LOCK_CLASS, id.0).await? else { continue };
             match self.finish_tenant_deletion(id, &name, keeps_final_backups).await {
                 Ok(_) => {}
                 Err(err) => {
@@ -169,13 +169,13 @@ impl DbManager {
             }
         }
         faults::crash_point("tenant_delete.after_databases");
-        let s3 = storage_node::s3::purge_tenant(&self.inner.store, tenant).await?;
+        let s3 = storage_node::s3::purge_tenant(self.store(), tenant).await?;
         (done.buckets, done.s3_objects, done.uploads) = (s3.buckets, s3.objects, s3.uploads);
         faults::crash_point("tenant_delete.after_buckets");
         done.keys = access_keys::delete_all(self.pool(), tenant).await.map_err(tenant_error(name))?;
         self.delete_remaining_objects(tenant, keeps_final_backups, &mut done).await?;
         if done.final_backups_kept == 0 {
-            self.inner.store.purge_tenant(tenant).await?;
+            self.store().purge_tenant(tenant).await?;
             done.removed = true;
             tracing::info!(tenant = name, ?done, "deleted tenant");
         } else if done
@@ -214,7 +214,7 @@ impl DbManager {
                 continue;
             }
             // The backup row, if any, goes with its object (ON DELETE CASCADE).
-            match self.inner.store.delete(tenant, ObjectId(object)).await {
+            match self.store().delete(tenant, ObjectId(object)).await {
                 Ok(()) => done.objects += 1,
                 Err(storage_node::store::StoreError::NoSuchObject(_)) => {}
                 Err(err) => return Err(err.into()),

@@ -40,7 +40,7 @@ impl DbManager {
     /// [`DbError::BackupBusy`] when another catalog backup runs; [`DbError::Dump`] when the
     /// dump fails (recorded as failed).
     pub async fn backup_catalog(&self) -> Result<CatalogBackup, DbError> {
-        let Some(_lease) = self.lock(BACKUP_LOCK_CLASS, 0).await? else {
+        let Some(_lease) = self.ctx().lock(BACKUP_LOCK_CLASS, 0).await? else {
             return Err(DbError::BackupBusy { name: "the catalog".into() });
         };
         let tenant = self.system_tenant().await?;
@@ -85,19 +85,18 @@ impl DbManager {
     }
 
     async fn dump_catalog(&self, id: i64, tenant: TenantId) -> Result<CatalogBackup, DbError> {
-        let config = &self.inner.config.catalog;
+        let config = &self.config().catalog;
         let dbname = config.get_dbname().unwrap_or("silo").to_string();
-        let binaries = PgBinaries::locate(self.inner.config.dedicated.bin_dir.as_deref())?;
+        let binaries = PgBinaries::locate(self.config().dedicated.bin_dir.as_deref())?;
         let failed = |message: String| DbError::Dump { database: "the catalog".into(), message };
         let reader = dump_reader(&binaries, &[], pg_env(config, &dbname)).map_err(failed)?;
         let stored = self
-            .inner
-            .store
+            .store()
             .put(tenant, reader, PutOptions::default())
             .await
             .map_err(|err| failed(err.to_string()))?;
-        let manifest = self.inner.store.offline_manifest(tenant, stored.id).await?;
-        let dir = &self.inner.config.catalog_backups_dir;
+        let manifest = self.store().offline_manifest(tenant, stored.id).await?;
+        let dir = &self.config().catalog_backups_dir;
         let path = dir.join(format!("catalog-{id:06}.json"));
         let written = std::fs::create_dir_all(dir).and_then(|()| {
             use std::os::unix::fs::PermissionsExt;
@@ -106,7 +105,7 @@ impl DbManager {
             storage_node::data_dir::write_atomically(&path, &json, 0o600)
         });
         if let Err(err) = written {
-            let _ = self.inner.store.delete(tenant, stored.id).await;
+            let _ = self.store().delete(tenant, stored.id).await;
             return Err(failed(format!("cannot write the manifest {}: {err}", path.display())));
         }
         let client = self.pool().get().await?;
@@ -152,7 +151,7 @@ impl DbManager {
                 let _ = std::fs::remove_file(manifest);
             }
             if let Some(object) = object {
-                self.inner.store.delete(tenant, storage_node::store::ObjectId(object)).await?;
+                self.store().delete(tenant, storage_node::store::ObjectId(object)).await?;
             }
             let client = self.pool().get().await?;
             client.execute("DELETE FROM catalog_backups WHERE id = $1", &[&id]).await?;

@@ -115,10 +115,10 @@ impl DbManager {
     /// [`DbError::BackupBusy`] when another run holds the lease; the backup's own failure is
     /// recorded (status `failed`, with the reason) and returned as [`DbError::Dump`].
     pub(crate) async fn backup_now(&self, row: &Row, kind: BackupKind) -> Result<BackupInfo, DbError> {
-        let Some(_lease) = self.lock(BACKUP_LOCK_CLASS, row.id).await? else {
+        let Some(_lease) = self.ctx().lock(BACKUP_LOCK_CLASS, row.id).await? else {
             return Err(DbError::BackupBusy { name: row.name.clone() });
         };
-        let admin = self.admin(&row.server).await?;
+        let admin = self.ctx().admin(&row.server).await?;
         let version: String = admin
             .query_one("SHOW server_version", &[])
             .await
@@ -126,7 +126,7 @@ impl DbManager {
             .get(0);
         drop(admin);
         let expires = match kind {
-            BackupKind::Final => Some(self.inner.config.final_backup_retention),
+            BackupKind::Final => Some(self.config().final_backup_retention),
             BackupKind::Safety => Some(Duration::from_secs(7 * 24 * 3600)),
             BackupKind::Scheduled | BackupKind::Manual => None,
         };
@@ -196,7 +196,7 @@ impl DbManager {
         let committed = async {
             let mut client = self.pool().get().await?;
             let txn = client.transaction().await?;
-            let stored = self.inner.store.commit(&txn, &ingested).await?;
+            let stored = self.store().commit(&txn, &ingested).await?;
             txn.execute(
                 "WITH done AS (UPDATE database_backups SET status = $6, finished_at = now(), \
                  logical_bytes = $2, new_stored_bytes = $3, object_id = $4, table_counts = $5 WHERE id = $1 \
@@ -218,7 +218,7 @@ impl DbManager {
         }
         .await;
         if committed.is_err() {
-            self.inner.store.abandon(ingested).await;
+            self.store().abandon(ingested).await;
         }
         committed
     }
@@ -261,12 +261,12 @@ impl DbManager {
             .map(|r| r.get(0))
             .collect();
 
-        let binaries = PgBinaries::locate(self.inner.config.dedicated.bin_dir.as_deref())?;
+        let binaries = PgBinaries::locate(self.config().dedicated.bin_dir.as_deref())?;
         let env = self.worker_tool_env(&reach, &row.pg_name)?;
         let reader = dump_reader(&binaries, &[format!("--snapshot={snapshot}")], env)
             .map_err(|message| DbError::Dump { database: row.name.clone(), message })?;
         let tenant = row.tenant_id;
-        let put = self.inner.store.ingest(tenant, reader, PutOptions::default());
+        let put = self.store().ingest(tenant, reader, PutOptions::default());
         let count = async {
             let mut counts = serde_json::Map::new();
             for table in &tables {
@@ -290,7 +290,7 @@ impl DbManager {
             Ok(counts) => Ok((ingested, counts)),
             Err(err) => {
                 // Without its counts the backup cannot be verified: it does not count.
-                self.inner.store.abandon(ingested).await;
+                self.store().abandon(ingested).await;
                 Err(err)
             }
         }

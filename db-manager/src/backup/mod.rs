@@ -171,7 +171,7 @@ impl DbManager {
         drop(client);
         for row in rows {
             let (id, database): (i64, i64) = (row.get(0), row.get(1));
-            let Some(_lease) = self.lock(BACKUP_LOCK_CLASS, database).await? else { continue };
+            let Some(_lease) = self.ctx().lock(BACKUP_LOCK_CLASS, database).await? else { continue };
             let client = self.pool().get().await?;
             client
                 .execute(

@@ -100,7 +100,7 @@ impl DbManager {
         id: i64,
     ) -> Result<(u64, BoxStream<'static, Result<Bytes, StoreError>>), DbError> {
         let (stored, object) = self.complete_backup(id).await?;
-        let read = self.inner.store.read(stored.tenant_id, object, None).await?;
+        let read = self.store().read(stored.tenant_id, object, None).await?;
         Ok((read.size, read.stream))
     }
 
@@ -142,7 +142,7 @@ impl DbManager {
                     )));
                 }
                 let row = self.row(&tenant, &stored.info.database).await?;
-                let Some(_lock) = self.lock_database(row.id).await? else {
+                let Some(_lock) = self.ctx().lock_database(row.id).await? else {
                     return Err(DbError::Busy { name: row.name.clone() });
                 };
                 let safety = self.backup_now(&row, BackupKind::Safety).await?;
@@ -190,12 +190,14 @@ impl DbManager {
         match self.replace_contents(safety, row).await {
             Ok(()) => {
                 self.set_restore_state(row.id, DatabaseState::Active, None).await?;
-                self.record_event(row.id, "restore_rolled_back", &format!("to safety backup {safety}")).await
+                self.ctx()
+                    .record_event(row.id, "restore_rolled_back", &format!("to safety backup {safety}"))
+                    .await
             }
             Err(err) => {
                 self.set_restore_state(row.id, DatabaseState::RestoreFailed, Some(safety)).await?;
                 let detail = format!("putting back safety backup {safety} failed: {err}; restore it by hand");
-                self.record_event(row.id, "restore_failed", &detail).await?;
+                self.ctx().record_event(row.id, "restore_failed", &detail).await?;
                 Err(err)
             }
         }
@@ -215,7 +217,7 @@ impl DbManager {
         drop(client);
         for found in rows {
             let (id, safety): (i64, i64) = (found.get(0), found.get(1));
-            let Some(_lock) = self.lock_database(id).await? else { continue };
+            let Some(_lock) = self.ctx().lock_database(id).await? else { continue };
             let row = self.row_by_id(id).await?;
             tracing::warn!(database = %row.name, tenant = %row.tenant, safety, "an in-place restore was interrupted; putting the safety backup back");
             if let Err(err) = self.roll_back_restore(&row, safety).await {
@@ -230,16 +232,16 @@ impl DbManager {
     async fn replace_contents(&self, backup: i64, row: &crate::databases::Row) -> Result<(), DbError> {
         let target = row.target();
         let plan = self.plans().require(&row.plan)?.clone();
-        let admin = self.admin(&row.server).await?;
+        let admin = self.ctx().admin(&row.server).await?;
         provision::drop_database(&admin, &row.server.name, &row.pg_name).await?;
         faults::crash_point("restore.after_drop");
         provision::ensure_database(&admin, &target, &plan).await?;
-        let inside = self.connect_server(&row.server, Some(&row.pg_name)).await?;
+        let inside = self.ctx().connect_server(&row.server, Some(&row.pg_name)).await?;
         provision::own_public_schema(&inside, &target).await?;
         // Over quota or not before, the sampler decides anew.
         read_only::leave(&admin, &inside, &target, &[]).await?;
         drop((inside, admin));
-        self.record_event(row.id, "restored", &format!("from backup {backup}")).await?;
+        self.ctx().record_event(row.id, "restored", &format!("from backup {backup}")).await?;
         self.restore_as_owner(backup, row).await
     }
 
@@ -265,7 +267,7 @@ impl DbManager {
         let (_, mut archive) = self.backup_archive(id).await?;
         let reach = self.worker_config(worker, dbname).await?;
         let env = self.worker_tool_env(&reach, dbname)?;
-        let binaries = PgBinaries::locate(self.inner.config.dedicated.bin_dir.as_deref())?;
+        let binaries = PgBinaries::locate(self.config().dedicated.bin_dir.as_deref())?;
         let mut command = pg_tool(&binaries, "pg_restore");
         command.args(RESTORE_ARGS);
         command.arg(format!("--dbname={dbname}"));
@@ -325,7 +327,7 @@ impl DbManager {
             format!("silo_verify_{id}_{}", crate::provision::generate_password()[..8].to_ascii_lowercase());
         // The worker owns the scratch database and has no other right anywhere.
         let worker = self.create_worker(&server, None).await?;
-        let admin = self.admin(&server).await?;
+        let admin = self.ctx().admin(&server).await?;
         let made = admin
             .batch_execute(&format!("CREATE DATABASE {} OWNER {}", ident(&scratch), ident(&worker.name)))
             .await
@@ -354,7 +356,7 @@ impl DbManager {
     ) -> Result<VerifyReport, DbError> {
         // A NOINHERIT owner does not get `pg_database_owner`'s rights on `public`: give it the
         // schema by name (the database is still empty, so no tenant code is there to run).
-        let empty = self.connect_server(worker.server(), Some(scratch)).await?;
+        let empty = self.ctx().connect_server(worker.server(), Some(scratch)).await?;
         empty
             .batch_execute(&format!("ALTER SCHEMA public OWNER TO {}", ident(&worker.name)))
             .await

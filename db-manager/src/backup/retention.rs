@@ -158,7 +158,7 @@ impl DbManager {
         let mut pruned = Vec::new();
         for (row, reason) in doomed {
             if let Some(object) = row.object {
-                match self.inner.store.delete(row.tenant_id, object).await {
+                match self.store().delete(row.tenant_id, object).await {
                     Ok(()) | Err(storage_node::store::StoreError::NoSuchObject(_)) => {}
                     Err(err) => return Err(err.into()),
                 }

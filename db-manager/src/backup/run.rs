@@ -156,7 +156,7 @@ impl DbManager {
         let started = Instant::now();
         let mut result = RunResult::new(&row.tenant, &row.name, RunStatus::Failed);
         // A delete, restore or resize of the database holds its lock: skip it this time.
-        let lock = match self.lock_database(row.id).await {
+        let lock = match self.ctx().lock_database(row.id).await {
             Ok(Some(lock)) => Some(lock),
             Ok(None) => None,
             Err(err) => {

@@ -3,6 +3,7 @@
 
 mod change;
 mod create;
+mod repair;
 
 use serde::{Deserialize, Serialize};
 use storage_node::keys::TenantId;
@@ -219,17 +220,6 @@ impl DbManager {
             state: row.get(6),
             deletion_protection: row.get(7),
         })
-    }
-
-    pub(crate) async fn record_event(&self, id: i64, event: &str, detail: &str) -> Result<(), DbError> {
-        let client = self.pool().get().await?;
-        client
-            .execute(
-                "INSERT INTO database_events (database_id, event, detail) VALUES ($1, $2, $3)",
-                &[&id, &event, &detail],
-            )
-            .await?;
-        Ok(())
     }
 }
 
