@@ -17,6 +17,7 @@ use super::dump::{dump_reader, pg_env};
 use crate::DbError;
 use crate::instance::PgBinaries;
 use crate::manager::DbManager;
+use crate::states::BackupStatus;
 
 /// The tenant that owns Silo's own data (catalog dumps). Its name is reserved.
 pub const SYSTEM_TENANT: &str = "silo-system";
@@ -46,7 +47,10 @@ impl DbManager {
         let tenant = self.system_tenant().await?;
         let client = self.pool().get().await?;
         let id: i64 = client
-            .query_one("INSERT INTO catalog_backups (status) VALUES ('running') RETURNING id", &[])
+            .query_one(
+                "INSERT INTO catalog_backups (status) VALUES ($1) RETURNING id",
+                &[&BackupStatus::Running],
+            )
             .await?
             .get(0);
         drop(client);
@@ -56,13 +60,14 @@ impl DbManager {
             Ok(backup) => {
                 client
                     .execute(
-                        "UPDATE catalog_backups SET status = 'complete', finished_at = now(), logical_bytes = $2, \
+                        "UPDATE catalog_backups SET status = $5, finished_at = now(), logical_bytes = $2, \
                          new_stored_bytes = $3, manifest_path = $4 WHERE id = $1",
                         &[
                             &id,
                             &(backup.logical_bytes as i64),
                             &(backup.new_stored_bytes as i64),
                             &backup.manifest.display().to_string(),
+                            &BackupStatus::Complete,
                         ],
                     )
                     .await?;
@@ -74,8 +79,8 @@ impl DbManager {
             Err(err) => {
                 client
                     .execute(
-                        "UPDATE catalog_backups SET status = 'failed', finished_at = now(), error = $2 WHERE id = $1",
-                        &[&id, &err.to_string()],
+                        "UPDATE catalog_backups SET status = $3, finished_at = now(), error = $2 WHERE id = $1",
+                        &[&id, &err.to_string(), &BackupStatus::Failed],
                     )
                     .await?;
                 tracing::error!(backup = id, error = %err, "catalog backup failed");
@@ -138,9 +143,9 @@ impl DbManager {
         let client = self.pool().get().await?;
         let rows = client
             .query(
-                "SELECT id, object_id, manifest_path FROM catalog_backups WHERE status = 'complete' \
+                "SELECT id, object_id, manifest_path FROM catalog_backups WHERE status = $2 \
                  ORDER BY id DESC OFFSET $1",
-                &[&KEEP],
+                &[&KEEP, &BackupStatus::Complete],
             )
             .await?;
         drop(client);
@@ -159,8 +164,8 @@ impl DbManager {
         let client = self.pool().get().await?;
         client
             .execute(
-                "DELETE FROM catalog_backups WHERE status = 'failed' AND started_at < now() - interval '1 day'",
-                &[],
+                "DELETE FROM catalog_backups WHERE status = $1 AND started_at < now() - interval '1 day'",
+                &[&BackupStatus::Failed],
             )
             .await?;
         Ok(())

@@ -164,8 +164,8 @@ impl DbManager {
         let client = self.pool().get().await?;
         let rows = client
             .query(
-                "SELECT id, coalesce(database_id, -id) FROM database_backups WHERE status = 'running'",
-                &[],
+                "SELECT id, coalesce(database_id, -id) FROM database_backups WHERE status = $1",
+                &[&BackupStatus::Running],
             )
             .await?;
         drop(client);
@@ -175,9 +175,9 @@ impl DbManager {
             let client = self.pool().get().await?;
             client
                 .execute(
-                    "UPDATE database_backups SET status = 'failed', finished_at = now(), \
-                     error = 'interrupted: Silo stopped while it ran' WHERE id = $1 AND status = 'running'",
-                    &[&id],
+                    "UPDATE database_backups SET status = $2, finished_at = now(), \
+                     error = 'interrupted: Silo stopped while it ran' WHERE id = $1 AND status = $3",
+                    &[&id, &BackupStatus::Failed, &BackupStatus::Running],
                 )
                 .await?;
             tracing::warn!(backup = id, "a backup was interrupted; marked failed (GC reclaims its chunks)");
