@@ -138,7 +138,7 @@ pub async fn register(
     // The parse error never echoes the URL: it may hold a password.
     let reach =
         Reach::parse(&registration.url, registration.ca_cert.as_deref()).map_err(DbError::InvalidServer)?;
-    let (host, port) = public_endpoint(&reach.config)?;
+    let Endpoint { host, port } = public_endpoint(&reach.config)?;
     // Credentials the server refuses are the request's fault (400), not the network's (502);
     // so is a certificate that the CA does not vouch for.
     let client = reach.connect(&registration.name).await.map_err(|err| match err {
@@ -290,14 +290,22 @@ pub(crate) fn open_admin_url(
     url.parse().map_err(|_| DbError::SealedSecret)
 }
 
+/// Where clients reach a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// A host name, an address, or a unix-socket directory.
+    pub host: String,
+    pub port: u16,
+}
+
 /// Where clients reach a server, from its URL: the first host and port.
-pub fn public_endpoint(config: &tokio_postgres::Config) -> Result<(String, u16), DbError> {
+pub fn public_endpoint(config: &tokio_postgres::Config) -> Result<Endpoint, DbError> {
     let host = match config.get_hosts().first() {
         Some(Host::Tcp(host)) => host.clone(),
         Some(Host::Unix(path)) => path.display().to_string(),
         None => return Err(DbError::InvalidServer("the URL names no host".into())),
     };
-    Ok((host, config.get_ports().first().copied().unwrap_or(5432)))
+    Ok(Endpoint { host, port: config.get_ports().first().copied().unwrap_or(5432) })
 }
 
 pub(crate) async fn tenant_id(pool: &CatalogPool, tenant: &str) -> Result<TenantId, DbError> {

@@ -210,8 +210,8 @@ impl DbManager {
         let rows = client
             .query(
                 "SELECT id, restore_safety_backup FROM tenant_databases \
-                 WHERE state = 'restoring' AND restore_safety_backup IS NOT NULL",
-                &[],
+                 WHERE state = $1 AND restore_safety_backup IS NOT NULL",
+                &[&DatabaseState::Restoring],
             )
             .await?;
         drop(client);

@@ -12,7 +12,7 @@ use super::catalog::SYSTEM_TENANT;
 use crate::DbError;
 use crate::databases::Row;
 use crate::manager::DbManager;
-use crate::states::{BackupKind, RunStatus};
+use crate::states::{BackupKind, BackupStatus, DatabaseState, RunStatus};
 
 /// How a run names the catalog in its results.
 const CATALOG: &str = "(catalog)";
@@ -225,12 +225,18 @@ impl DbManager {
             .query(
                 "SELECT d.id, d.plan, \
                         (SELECT extract(epoch FROM now() - max(b.started_at))::float8 FROM database_backups b \
-                         WHERE b.database_id = d.id AND b.status = 'complete') \
+                         WHERE b.database_id = d.id AND b.status = $3) \
                  FROM tenant_databases d JOIN tenants t ON t.id = d.tenant_id \
-                 WHERE d.state IN ('active', 'read_only_over_quota') AND ($1::text IS NULL OR t.name = $1) \
+                 WHERE d.state IN ($4, $5) AND ($1::text IS NULL OR t.name = $1) \
                    AND ($2::text IS NULL OR d.name = $2) \
                  ORDER BY t.name, d.name",
-                &[&tenant, &name],
+                &[
+                    &tenant,
+                    &name,
+                    &BackupStatus::Complete,
+                    &DatabaseState::Active,
+                    &DatabaseState::ReadOnlyOverQuota,
+                ],
             )
             .await?;
         drop(client);

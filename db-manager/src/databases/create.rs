@@ -151,7 +151,7 @@ impl DbManager {
         let inserted = txn
             .query_opt(
                 "INSERT INTO tenant_databases (tenant_id, name, server_id, pg_name, plan, storage_quota_bytes, \
-                 state, deletion_protection) VALUES ($1, $2, $3, $4, $5, $6, 'creating', $7) \
+                 state, deletion_protection) VALUES ($1, $2, $3, $4, $5, $6, $8, $7) \
                  ON CONFLICT DO NOTHING RETURNING id",
                 &[
                     &tenant_id.0,
@@ -161,6 +161,7 @@ impl DbManager {
                     &request.plan,
                     &(plan.storage_quota_bytes as i64),
                     &request.deletion_protection,
+                    &DatabaseState::Creating,
                 ],
             )
             .await?;

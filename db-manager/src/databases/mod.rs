@@ -117,13 +117,15 @@ impl Row {
     }
 }
 
+/// The listing query: `$1` is the tenant, `$2` the state the API never shows (`creating`);
+/// `filter` may use `$3` on.
 fn info_select(filter: &str) -> String {
     format!(
         "SELECT t.name, d.name, s.name, s.zone, d.plan, d.state, s.public_host, s.public_port, d.pg_name, \
                 d.size_bytes, d.storage_quota_bytes, d.connections, d.sampled_at, d.last_backup_at, \
                 d.deletion_protection, d.created_at, d.id \
          FROM tenant_databases d JOIN tenants t ON t.id = d.tenant_id JOIN db_servers s ON s.id = d.server_id \
-         WHERE t.name = $1 AND d.state <> 'creating' {filter} ORDER BY d.name"
+         WHERE t.name = $1 AND d.state <> $2 {filter} ORDER BY d.name"
     )
 }
 
@@ -132,7 +134,7 @@ impl DbManager {
     pub async fn list_databases(&self, tenant: &str) -> Result<Vec<DatabaseInfo>, DbError> {
         servers::tenant_id(self.pool(), tenant).await?;
         let client = self.pool().get().await?;
-        let rows = client.query(&info_select(""), &[&tenant]).await?;
+        let rows = client.query(&info_select(""), &[&tenant, &DatabaseState::Creating]).await?;
         Ok(rows.iter().map(|row| self.info_from_row(row)).collect())
     }
 
@@ -141,7 +143,7 @@ impl DbManager {
         servers::tenant_id(self.pool(), tenant).await?;
         let client = self.pool().get().await?;
         let row = client
-            .query_opt(&info_select("AND d.name = $2"), &[&tenant, &name])
+            .query_opt(&info_select("AND d.name = $3"), &[&tenant, &DatabaseState::Creating, &name])
             .await?
             .ok_or_else(|| DbError::NotFound { tenant: tenant.into(), name: name.into() })?;
         let mut info = self.info_from_row(&row);
@@ -189,8 +191,8 @@ impl DbManager {
         let row = client
             .query_opt(
                 "SELECT d.id FROM tenant_databases d JOIN tenants t ON t.id = d.tenant_id \
-                 WHERE t.name = $1 AND d.name = $2 AND d.state <> 'creating'",
-                &[&tenant, &name],
+                 WHERE t.name = $1 AND d.name = $2 AND d.state <> $3",
+                &[&tenant, &name, &DatabaseState::Creating],
             )
             .await?
             .ok_or_else(|| DbError::NotFound { tenant: tenant.into(), name: name.into() })?;
