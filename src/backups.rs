@@ -3,6 +3,7 @@
 use std::io::Write;
 
 use anyhow::{Context, bail};
+use db_manager::states::RunStatus;
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -131,7 +132,7 @@ async fn run(client: &ClientArgs, request: Value) -> anyhow::Result<Value> {
                 )),
                 Some("finished") => {
                     bar.inc(1);
-                    if event["status"] == "failed" {
+                    if is_failed(&event) {
                         bar.println(format!(
                             "failed: {}/{}: {}",
                             event["tenant"].as_str().unwrap_or(""),
@@ -149,6 +150,11 @@ async fn run(client: &ClientArgs, request: Value) -> anyhow::Result<Value> {
     summary.context("the run ended without a summary (see the server log)")
 }
 
+/// Whether a run's result (or its `finished` event) says the backup failed.
+fn is_failed(result: &Value) -> bool {
+    serde_json::from_value::<RunStatus>(result["status"].clone()).ok() == Some(RunStatus::Failed)
+}
+
 fn report_run(client: &ClientArgs, summary: &Value) -> anyhow::Result<()> {
     let results = summary["results"].as_array().cloned().unwrap_or_default();
     let columns = [
@@ -164,7 +170,7 @@ fn report_run(client: &ClientArgs, summary: &Value) -> anyhow::Result<()> {
     print_rows(client, summary, std::slice::from_ref(&results), &columns);
     let failed: Vec<String> = results
         .iter()
-        .filter(|r| r["status"] == "failed")
+        .filter(|r| is_failed(r))
         .map(|r| format!("{}/{}", r["tenant"].as_str().unwrap_or(""), r["database"].as_str().unwrap_or("")))
         .collect();
     if !failed.is_empty() {

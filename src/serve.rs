@@ -266,7 +266,7 @@ fn embedded_server(instance: &LocalInstance, config: &ServeConfig) -> anyhow::Re
     };
     Ok(NewServer {
         name: "local".into(),
-        kind: "embedded",
+        kind: db_manager::states::ServerKind::Embedded,
         admin_url: superuser_url(&spec.superuser, &spec.superuser_password, &host, spec.port)?,
         host,
         port: spec.port,

@@ -2,15 +2,19 @@
 //! `<data-dir>/instances/<name>`, sized by a plan, started again when Silo starts and stopped
 //! with it ("Postgres is not serverless: one or more servers per client").
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::context::Context;
 use crate::instance::{InstanceSpec, LocalInstance, PgBinaries, RunAs, SupervisorHandle, supervise};
-use crate::manager::DbManager;
-use crate::plans::Plan;
+use crate::plans::{Plan, Plans};
 use crate::servers::{self, NewServer, Server};
+use crate::states::ServerKind;
 use crate::{DbError, InstanceError};
 
 /// The superuser of a dedicated instance.
@@ -30,51 +34,88 @@ pub struct DedicatedRequest {
     pub zone: Option<String>,
 }
 
+/// How dedicated instances are run.
+#[derive(Debug, Clone)]
+pub struct DedicatedOptions {
+    /// Where their clusters live: `<data-dir>/instances`.
+    pub root: PathBuf,
+    pub bin_dir: Option<PathBuf>,
+    /// The OS user they run as when Silo runs as root.
+    pub os_user: String,
+    /// The address they listen on, which is also what clients are told.
+    pub listen: IpAddr,
+}
+
+/// Where this node's instances are: the node that owns them and the zone they default to.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub node_name: String,
+    pub zone: String,
+}
+
 /// A running dedicated instance and its supervisor.
-pub struct Running {
+struct Running {
     instance: Arc<LocalInstance>,
     stop: CancellationToken,
     supervisor: SupervisorHandle,
 }
 
-impl DbManager {
+/// The dedicated-instances service: how they are run, and the ones running on this node.
+pub(crate) struct Dedicated {
+    ctx: Arc<Context>,
+    options: DedicatedOptions,
+    plans: Plans,
+    placement: Placement,
+    running: Mutex<HashMap<String, Running>>,
+}
+
+impl Dedicated {
+    pub fn new(ctx: Arc<Context>, options: DedicatedOptions, plans: Plans, placement: Placement) -> Self {
+        Dedicated { ctx, options, plans, placement, running: Mutex::new(HashMap::new()) }
+    }
+
     /// Creates, starts and records a dedicated instance for a tenant.
     ///
     /// # Errors
     /// [`DbError::InvalidServerName`], [`DbError::UnknownPlan`], [`DbError::TenantNotFound`],
     /// [`DbError::ServerExists`], and [`DbError::Instance`] when the cluster cannot be made.
-    pub async fn create_dedicated(&self, request: DedicatedRequest) -> Result<Server, DbError> {
+    pub async fn create(&self, request: DedicatedRequest) -> Result<Server, DbError> {
         let name = request.name.clone().unwrap_or_else(|| format!("{}-dedicated", request.dedicated_for));
         if !storage_node::catalog::tenants::is_valid_name(&name) {
             return Err(DbError::InvalidServerName(name));
         }
-        let plan = self.plans().require(&request.plan)?.clone();
-        let tenant = servers::tenant_id(self.pool(), &request.dedicated_for).await?;
-        if servers::get(self.pool(), &name).await.is_ok() {
+        let plan = self.plans.require(&request.plan)?.clone();
+        let tenant = servers::tenant_id(self.ctx.pool(), &request.dedicated_for).await?;
+        if servers::get(self.ctx.pool(), &name).await.is_ok() {
             return Err(DbError::ServerExists(name));
         }
-        let options = &self.inner.config.dedicated;
+        let options = &self.options;
         let port = free_port(options.listen)?;
         let password = crate::provision::generate_password();
+        let admin_url = crate::conn_url::postgres_url(
+            SUPERUSER,
+            &password,
+            &options.listen.to_string(),
+            port,
+            "postgres",
+        )
+        .map_err(|err| DbError::InvalidServer(err.to_string()))?;
         let instance = self.instance(&name, port, &password, &plan)?;
         let pid = start_blocking(instance.clone()).await?;
         let new = NewServer {
             name: name.clone(),
-            kind: "dedicated",
-            admin_url: format!(
-                "postgresql://{SUPERUSER}:{password}@{}:{port}/postgres",
-                url_host(options.listen)
-            ),
+            kind: ServerKind::Dedicated,
+            admin_url,
             host: options.listen.to_string(),
             port,
-            zone: request.zone.clone().unwrap_or_else(|| self.inner.config.zone.clone()),
+            zone: request.zone.clone().unwrap_or_else(|| self.placement.zone.clone()),
             owner: Some(tenant),
             plan: Some(request.plan.clone()),
-            node: Some(self.inner.config.node_name.clone()),
+            node: Some(self.placement.node_name.clone()),
             capacity_bytes: servers::DEFAULT_CAPACITY_BYTES,
             ca_cert: None,
         };
-        let server = match servers::insert(self.pool(), &self.inner.secret, &new).await {
+        let server = match servers::insert(self.ctx.pool(), self.ctx.secret(), &new).await {
             Ok(server) => server,
             Err(err) => {
                 let _ = tokio::task::spawn_blocking(move || instance.stop()).await;
@@ -82,26 +123,25 @@ impl DbManager {
             }
         };
         self.keep_running(&name, instance, pid);
-        self.replenish_spares_soon();
         tracing::info!(server = %name, tenant = %request.dedicated_for, plan = %request.plan, port, "started a dedicated instance");
         Ok(server)
     }
 
     /// Starts every dedicated instance of this node that is not running.
-    pub(crate) async fn start_dedicated_instances(&self) -> Result<(), DbError> {
-        let client = self.pool().get().await?;
+    pub async fn start_all(&self) -> Result<(), DbError> {
+        let client = self.ctx.pool().get().await?;
         let rows = client
             .query(
                 "SELECT name, public_port, plan, admin_url_sealed FROM db_servers \
-                 WHERE kind = 'dedicated' AND node_name = $1",
-                &[&self.inner.config.node_name],
+                 WHERE kind = $2 AND node_name = $1",
+                &[&self.placement.node_name, &ServerKind::Dedicated],
             )
             .await?;
         drop(client);
         for row in rows {
             let (name, port, plan): (String, i32, String) = (row.get(0), row.get(1), row.get(2));
             let password = self.dedicated_password(row.get(3))?;
-            let Some(plan) = self.plans().get(&plan).or_else(|| self.plans().get("small")).cloned() else {
+            let Some(plan) = self.plans.get(&plan).or_else(|| self.plans.get("small")).cloned() else {
                 tracing::error!(server = %name, plan, "the plan of a dedicated instance is gone from the config");
                 continue;
             };
@@ -119,8 +159,9 @@ impl DbManager {
         Ok(())
     }
 
-    pub(crate) async fn stop_dedicated_instances(&self) {
-        let running: Vec<(String, Running)> = match self.inner.instances.lock() {
+    /// Stops every running instance (at shutdown).
+    pub async fn stop_all(&self) {
+        let running: Vec<(String, Running)> = match self.running.lock() {
             Ok(mut map) => map.drain().collect(),
             Err(_) => return,
         };
@@ -140,8 +181,8 @@ impl DbManager {
     }
 
     /// Stops a dedicated instance and deletes its cluster.
-    pub(crate) async fn destroy_dedicated_instance(&self, name: &str) {
-        let running = self.inner.instances.lock().ok().and_then(|mut map| map.remove(name));
+    pub async fn destroy(&self, name: &str) {
+        let running = self.running.lock().ok().and_then(|mut map| map.remove(name));
         if let Some(running) = running {
             running.stop.cancel();
             let _ = running.supervisor.task.await;
@@ -155,7 +196,7 @@ impl DbManager {
     }
 
     fn dedicated_password(&self, sealed: &[u8]) -> Result<String, DbError> {
-        let config = servers::open_admin_url(&self.inner.secret, sealed)?;
+        let config = servers::open_admin_url(self.ctx.secret(), sealed)?;
         let password = config.get_password().ok_or(DbError::SealedSecret)?;
         String::from_utf8(password.to_vec()).map_err(|_| DbError::SealedSecret)
     }
@@ -167,7 +208,7 @@ impl DbManager {
         password: &str,
         plan: &Plan,
     ) -> Result<Arc<LocalInstance>, DbError> {
-        let options = &self.inner.config.dedicated;
+        let options = &self.options;
         std::fs::create_dir_all(&options.root).map_err(|err| {
             DbError::Instance(InstanceError::Io { path: options.root.clone(), source: err })
         })?;
@@ -200,9 +241,9 @@ impl DbManager {
     }
 
     fn keep_running(&self, name: &str, instance: Arc<LocalInstance>, pid: u32) {
-        let stop = self.inner.stop.child_token();
+        let stop = self.ctx.stop().child_token();
         let supervisor = supervise(instance.clone(), pid, stop.clone());
-        if let Ok(mut map) = self.inner.instances.lock() {
+        if let Ok(mut map) = self.running.lock() {
             map.insert(name.to_string(), Running { instance, stop, supervisor });
         }
     }
@@ -226,11 +267,4 @@ fn free_port(ip: std::net::IpAddr) -> Result<u16, DbError> {
         .local_addr()
         .map(|addr| addr.port())
         .map_err(|err| DbError::Instance(InstanceError::Io { path: format!("{ip}:0").into(), source: err }))
-}
-
-fn url_host(ip: std::net::IpAddr) -> String {
-    match ip {
-        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-    }
 }

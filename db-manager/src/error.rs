@@ -58,7 +58,7 @@ pub enum DbError {
     #[error("no backup with id {0}")]
     BackupNotFound(i64),
     #[error("backup {id} is {status}, not complete: it cannot be restored")]
-    BackupNotComplete { id: i64, status: String },
+    BackupNotComplete { id: i64, status: crate::states::BackupStatus },
     #[error("database {name:?} is being backed up by another run")]
     BackupBusy { name: String },
     #[error(

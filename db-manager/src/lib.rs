@@ -8,7 +8,11 @@
 //! On top, client databases: [`servers`] are the Postgres servers they live on (the embedded
 //! one, registered ones, and [`dedicated`] instances), [`databases`] creates, resizes, rotates
 //! and deletes them through [`provision`]'s statements, and [`sampler`] watches their size and
-//! enforces the quotas of their [`plans`]. [`DbManager`] ties these together for the API.
+//! enforces the quotas of their [`plans`]. [`DbManager`] is the facade the API holds: it owns
+//! the services (dedicated instances, the sampler, spare databases), each with its own state
+//! over a small shared context (catalog pool, server secret, admin pools, advisory locks).
+//! [`states`] types every state and kind as an enum, [`timestamp`] writes timestamps as the
+//! API shows them, and [`conn_url`] builds libpq URLs.
 //! [`tenant_deletion`] deletes a tenant with all it has, resumably; [`orphans`] tells the
 //! storage node's orphan sweep which objects db-manager references. [`tls`] reaches registered
 //! servers over TLS that verifies them. Anything that runs a tenant's code (dumps, row counts,
@@ -18,6 +22,8 @@
 
 pub mod backup;
 pub mod catalog;
+pub mod conn_url;
+mod context;
 pub mod databases;
 pub mod dedicated;
 pub mod embedded;
@@ -33,12 +39,15 @@ mod read_only;
 pub mod sampler;
 pub mod servers;
 mod spares;
+pub mod states;
 pub mod tenant_deletion;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod timestamp;
 pub mod tls;
 mod workers;
 
+pub use dedicated::DedicatedOptions;
 pub use error::DbError;
 pub use instance::{InstanceError, LocalInstance};
-pub use manager::{DbManager, DedicatedOptions, ManagerConfig};
+pub use manager::{DbManager, ManagerConfig};

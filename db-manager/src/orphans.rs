@@ -29,6 +29,6 @@ impl DbManager {
     /// # Errors
     /// Catalog errors.
     pub async fn sweep_orphan_objects(&self) -> Result<u64, DbError> {
-        Ok(self.inner.store.sweep_orphans(ORPHAN_GRACE, &REFERRERS).await?)
+        Ok(self.store().sweep_orphans(ORPHAN_GRACE, &REFERRERS).await?)
     }
 }

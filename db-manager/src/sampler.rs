@@ -7,11 +7,14 @@
 //! back under the quota. Below 95% of it, write access comes back by itself.
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
 
 use crate::DbError;
-use crate::manager::DbManager;
+use crate::context::Context;
+use crate::plans::Plans;
+use crate::states::DatabaseState;
 use crate::{provision, read_only};
 
 /// How long one database's quota switch may take before the round moves on.
@@ -40,53 +43,54 @@ struct Sampled {
     name: String,
     pg_name: String,
     plan: String,
-    state: String,
+    state: DatabaseState,
     quota: i64,
     terminate_before: Option<std::time::SystemTime>,
 }
 
-impl DbManager {
-    pub(crate) async fn sample_every_interval(self) {
-        let interval = self.inner.config.sample_interval;
-        loop {
-            if let Err(err) = self.sample_once().await {
-                tracing::warn!(error = %err, "sampling the databases failed");
-            }
-            if let Err(err) = self.replenish_spares().await {
-                tracing::warn!(error = %err, "cannot make spare databases");
-            }
-            tokio::select! {
-                () = self.inner.stop.cancelled() => return,
-                () = tokio::time::sleep(interval) => {}
-            }
-        }
+/// The sampler service: the plans it enforces and the latest samples, over the shared
+/// context. [`crate::DbManager`] runs its rounds on an interval.
+pub(crate) struct Sampler {
+    ctx: Arc<Context>,
+    plans: Plans,
+    latest: RwLock<Vec<Sample>>,
+}
+
+impl Sampler {
+    pub fn new(ctx: Arc<Context>, plans: Plans) -> Self {
+        Sampler { ctx, plans, latest: RwLock::new(Vec::new()) }
+    }
+
+    /// The latest round's samples.
+    pub fn latest(&self) -> Vec<Sample> {
+        self.latest.read().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// One round: sample every server, enforce quotas, end expired rotation graces.
     ///
     /// # Errors
     /// Catalog errors; a server that cannot be reached is logged and skipped.
-    pub async fn sample_once(&self) -> Result<(), DbError> {
-        let lock = deadpool_postgres::Object::take(self.pool().get().await?);
+    pub(crate) async fn sample_once(&self) -> Result<(), DbError> {
+        let lock = deadpool_postgres::Object::take(self.ctx.pool().get().await?);
         let locked: bool = lock.query_one("SELECT pg_try_advisory_lock($1)", &[&SAMPLER_LOCK]).await?.get(0);
         if !locked {
             return Ok(());
         }
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         let rows = client
             .query(
                 "SELECT d.id, t.name, d.name, d.server_id, d.pg_name, d.plan, d.state, d.storage_quota_bytes, \
                         CASE WHEN d.terminate_at <= now() THEN d.terminate_started_before END \
                  FROM tenant_databases d JOIN tenants t ON t.id = d.tenant_id \
-                 WHERE d.state IN ('active', 'read_only_over_quota') ORDER BY d.server_id",
-                &[],
+                 WHERE d.state IN ($1, $2) ORDER BY d.server_id",
+                &[&DatabaseState::Active, &DatabaseState::ReadOnlyOverQuota],
             )
             .await?;
         drop(client);
         let mut by_server: HashMap<i64, Vec<Sampled>> = HashMap::new();
         for row in rows {
             let plan: String = row.get(5);
-            let quota = self.plans().get(&plan).map_or(row.get(7), |p| p.storage_quota_bytes as i64);
+            let quota = self.plans.get(&plan).map_or(row.get(7), |p| p.storage_quota_bytes as i64);
             by_server.entry(row.get(3)).or_default().push(Sampled {
                 id: row.get(0),
                 tenant: row.get(1),
@@ -105,7 +109,7 @@ impl DbManager {
                 Err(err) => tracing::warn!(server_id, error = %err, "cannot sample a database server"),
             }
         }
-        if let Ok(mut latest) = self.inner.samples.write() {
+        if let Ok(mut latest) = self.latest.write() {
             *latest = samples;
         }
         drop(lock);
@@ -113,8 +117,8 @@ impl DbManager {
     }
 
     async fn sample_server(&self, server_id: i64, databases: &[Sampled]) -> Result<Vec<Sample>, DbError> {
-        let server = crate::servers::get_by_id(self.pool(), server_id).await?;
-        let admin = self.admin(&server).await?;
+        let server = crate::servers::get_by_id(self.ctx.pool(), server_id).await?;
+        let admin = self.ctx.admin(&server).await?;
         let names: Vec<&str> = databases.iter().map(|d| d.pg_name.as_str()).collect();
         let rows = admin
             .query(
@@ -134,7 +138,7 @@ impl DbManager {
         let sizes: Vec<i64> = present.iter().map(|d| measured[&d.pg_name].0).collect();
         let counts: Vec<i32> = present.iter().map(|d| measured[&d.pg_name].1).collect();
         let quotas: Vec<i64> = present.iter().map(|d| d.quota).collect();
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         client
             .execute(
                 "UPDATE tenant_databases d SET size_bytes = s.size, connections = s.connections, \
@@ -154,11 +158,11 @@ impl DbManager {
                 Ok(Ok(read_only)) => read_only,
                 Ok(Err(err)) => {
                     tracing::error!(database = %database.name, error = %err, "cannot enforce the quota");
-                    database.state == "read_only_over_quota"
+                    database.state == DatabaseState::ReadOnlyOverQuota
                 }
                 Err(_) => {
                     tracing::error!(database = %database.name, "enforcing the quota timed out; retrying next round");
-                    database.state == "read_only_over_quota"
+                    database.state == DatabaseState::ReadOnlyOverQuota
                 }
             };
             if let Some(before) = database.terminate_before {
@@ -185,17 +189,17 @@ impl DbManager {
         database: &Sampled,
         size: i64,
     ) -> Result<bool, DbError> {
-        let read_only = database.state == "read_only_over_quota";
+        let read_only = database.state == DatabaseState::ReadOnlyOverQuota;
         let over = size > database.quota;
         let back_under = (size as f64) < database.quota as f64 * RESTORE_BELOW;
         if read_only == over || (read_only && !back_under) {
             return Ok(read_only);
         }
-        let Some(_lock) = self.lock_database(database.id).await? else { return Ok(read_only) };
+        let Some(_lock) = self.ctx.lock_database(database.id).await? else { return Ok(read_only) };
         let target = provision::Target { server: &server.name, pg_name: &database.pg_name };
-        let admin = self.admin(server).await?;
-        let inside = self.connect_server(server, Some(&database.pg_name)).await?;
-        let client = self.pool().get().await?;
+        let admin = self.ctx.admin(server).await?;
+        let inside = self.ctx.connect_server(server, Some(&database.pg_name)).await?;
+        let client = self.ctx.pool().get().await?;
         let (state, event) = if read_only {
             let revoked: Vec<String> = client
                 .query_one("SELECT read_only_revoked FROM tenant_databases WHERE id = $1", &[&database.id])
@@ -204,11 +208,11 @@ impl DbManager {
             read_only::leave(&admin, &inside, &target, &revoked).await?;
             client
                 .execute(
-                    "UPDATE tenant_databases SET state = 'active', read_only_revoked = '{}' WHERE id = $1",
-                    &[&database.id],
+                    "UPDATE tenant_databases SET state = $2, read_only_revoked = '{}' WHERE id = $1",
+                    &[&database.id, &DatabaseState::Active],
                 )
                 .await?;
-            ("active", "write_access_restored")
+            (DatabaseState::Active, "write_access_restored")
         } else {
             // Fail closed: once `enter` has started, the login role may already have lost the
             // owner, so the catalog says read-only either way, and the way back (`leave`, when
@@ -218,8 +222,8 @@ impl DbManager {
                 Err(err) => {
                     client
                         .execute(
-                            "UPDATE tenant_databases SET state = 'read_only_over_quota' WHERE id = $1",
-                            &[&database.id],
+                            "UPDATE tenant_databases SET state = $2 WHERE id = $1",
+                            &[&database.id, &DatabaseState::ReadOnlyOverQuota],
                         )
                         .await?;
                     return Err(err);
@@ -227,16 +231,16 @@ impl DbManager {
             };
             client
                 .execute(
-                    "UPDATE tenant_databases SET state = 'read_only_over_quota', read_only_revoked = $2 WHERE id = $1",
-                    &[&database.id, &revoked],
+                    "UPDATE tenant_databases SET state = $3, read_only_revoked = $2 WHERE id = $1",
+                    &[&database.id, &revoked, &DatabaseState::ReadOnlyOverQuota],
                 )
                 .await?;
-            ("read_only_over_quota", "read_only_over_quota")
+            (DatabaseState::ReadOnlyOverQuota, "read_only_over_quota")
         };
         drop((inside, client));
-        tracing::debug!(state, "quota state recorded");
+        tracing::debug!(%state, "quota state recorded");
         let detail = format!("size {size} bytes, quota {} bytes (plan {})", database.quota, database.plan);
-        self.record_event(database.id, event, &detail).await?;
+        self.ctx.record_event(database.id, event, &detail).await?;
         if read_only {
             tracing::info!(tenant = %database.tenant, database = %database.name, size, quota = database.quota, "database back under its quota; write access restored");
         } else {
@@ -251,10 +255,10 @@ impl DbManager {
         database: &Sampled,
         before: std::time::SystemTime,
     ) -> Result<(), DbError> {
-        let admin = self.admin(server).await?;
+        let admin = self.ctx.admin(server).await?;
         let target = provision::Target { server: &server.name, pg_name: &database.pg_name };
         let ended = provision::terminate_role_sessions(&admin, &target, before).await?;
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         client
             .execute(
                 "UPDATE tenant_databases SET terminate_started_before = NULL, terminate_at = NULL WHERE id = $1",

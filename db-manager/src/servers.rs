@@ -12,6 +12,7 @@ use storage_node::{ServerSecret, TenantId};
 use tokio_postgres::config::Host;
 
 use crate::DbError;
+use crate::states::ServerKind;
 use crate::tls::Reach;
 
 const SEALING_PURPOSE: &str = "db server admin url";
@@ -25,7 +26,7 @@ pub struct Server {
     #[serde(skip)]
     pub id: i64,
     pub name: String,
-    pub kind: String,
+    pub kind: ServerKind,
     pub host: String,
     pub port: u16,
     pub zone: String,
@@ -37,7 +38,8 @@ pub struct Server {
     pub databases: i64,
     /// The sum of the storage quotas of its databases.
     pub reserved_bytes: i64,
-    pub created_at: String,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
+    pub created_at: time::OffsetDateTime,
 }
 
 /// What ops send to register a server.
@@ -61,7 +63,7 @@ pub struct Registration {
 #[derive(Debug, Clone)]
 pub struct NewServer {
     pub name: String,
-    pub kind: &'static str,
+    pub kind: ServerKind,
     pub admin_url: String,
     pub host: String,
     pub port: u16,
@@ -77,8 +79,7 @@ pub struct NewServer {
 fn select(filter: &str) -> String {
     format!(
         "SELECT s.id, s.name, s.kind, s.public_host, s.public_port, s.zone, t.name, s.plan, s.node_name, \
-                s.capacity_bytes, count(d.id), coalesce(sum(d.storage_quota_bytes), 0)::int8, \
-                to_char(s.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
+                s.capacity_bytes, count(d.id), coalesce(sum(d.storage_quota_bytes), 0)::int8, s.created_at \
          FROM db_servers s LEFT JOIN tenants t ON t.id = s.owner_tenant_id \
          LEFT JOIN tenant_databases d ON d.server_id = s.id \
          {filter} GROUP BY s.id, t.name ORDER BY s.name"
@@ -137,7 +138,7 @@ pub async fn register(
     // The parse error never echoes the URL: it may hold a password.
     let reach =
         Reach::parse(&registration.url, registration.ca_cert.as_deref()).map_err(DbError::InvalidServer)?;
-    let (host, port) = public_endpoint(&reach.config)?;
+    let Endpoint { host, port } = public_endpoint(&reach.config)?;
     // Credentials the server refuses are the request's fault (400), not the network's (502);
     // so is a certificate that the CA does not vouch for.
     let client = reach.connect(&registration.name).await.map_err(|err| match err {
@@ -167,7 +168,7 @@ pub async fn register(
     };
     let server = NewServer {
         name: registration.name,
-        kind: "registered",
+        kind: ServerKind::Registered,
         admin_url: registration.url,
         host,
         port,
@@ -213,7 +214,7 @@ pub async fn insert(
         return Err(DbError::ServerExists(server.name.clone()));
     }
     drop(client);
-    tracing::info!(server = %server.name, kind = server.kind, zone = %server.zone, "registered Postgres server");
+    tracing::info!(server = %server.name, kind = %server.kind, zone = %server.zone, "registered Postgres server");
     get(pool, &server.name).await
 }
 
@@ -228,9 +229,9 @@ pub async fn upsert_embedded(
     client
         .execute(
             "INSERT INTO db_servers (name, kind, admin_url_sealed, public_host, public_port, zone, capacity_bytes) \
-             VALUES ($1, 'embedded', $2, $3, $4, $5, $6) \
+             VALUES ($1, $7, $2, $3, $4, $5, $6) \
              ON CONFLICT (name) DO UPDATE SET admin_url_sealed = $2, public_host = $3, public_port = $4, zone = $5 \
-             WHERE db_servers.kind = 'embedded'",
+             WHERE db_servers.kind = $7",
             &[
                 &server.name,
                 &sealed,
@@ -238,6 +239,7 @@ pub async fn upsert_embedded(
                 &i32::from(server.port),
                 &server.zone,
                 &(server.capacity_bytes as i64),
+                &ServerKind::Embedded,
             ],
         )
         .await?;
@@ -288,14 +290,22 @@ pub(crate) fn open_admin_url(
     url.parse().map_err(|_| DbError::SealedSecret)
 }
 
+/// Where clients reach a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// A host name, an address, or a unix-socket directory.
+    pub host: String,
+    pub port: u16,
+}
+
 /// Where clients reach a server, from its URL: the first host and port.
-pub fn public_endpoint(config: &tokio_postgres::Config) -> Result<(String, u16), DbError> {
+pub fn public_endpoint(config: &tokio_postgres::Config) -> Result<Endpoint, DbError> {
     let host = match config.get_hosts().first() {
         Some(Host::Tcp(host)) => host.clone(),
         Some(Host::Unix(path)) => path.display().to_string(),
         None => return Err(DbError::InvalidServer("the URL names no host".into())),
     };
-    Ok((host, config.get_ports().first().copied().unwrap_or(5432)))
+    Ok(Endpoint { host, port: config.get_ports().first().copied().unwrap_or(5432) })
 }
 
 pub(crate) async fn tenant_id(pool: &CatalogPool, tenant: &str) -> Result<TenantId, DbError> {
@@ -320,8 +330,8 @@ pub async fn place(
     let own = client
         .query_opt(
             "SELECT s.id FROM db_servers s WHERE s.owner_tenant_id = $1 AND ($2::text IS NULL OR s.zone = $2) \
-             ORDER BY (s.kind = 'dedicated') DESC, s.id LIMIT 1",
-            &[&tenant.0, &zone],
+             ORDER BY (s.kind = $3) DESC, s.id LIMIT 1",
+            &[&tenant.0, &zone, &ServerKind::Dedicated],
         )
         .await?;
     let chosen = match own {

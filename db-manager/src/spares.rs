@@ -8,9 +8,11 @@
 //! `pg_database_owner`, so the new owner owns it at once. Older servers get no spares. A
 //! replenisher refills the pool after each claim and on every sampler round.
 
+use std::sync::Arc;
+
 use rand::distr::{Alphanumeric, SampleString};
 
-use crate::manager::DbManager;
+use crate::context::Context;
 use crate::names::ident;
 use crate::servers::{self, Server};
 use crate::{DbError, provision};
@@ -23,36 +25,46 @@ const PREFIX: &str = "silo_spare_";
 
 /// This catalog's spares are `silo_spare_<first 12 hex digits of the catalog id>_<random>`, so
 /// that Silo deployments sharing a server never take or drop each other's.
-async fn catalog_prefix(manager: &DbManager) -> Result<String, DbError> {
-    let id = manager.catalog_id().await?;
+async fn catalog_prefix(ctx: &Context) -> Result<String, DbError> {
+    let id = ctx.catalog_id().await?;
     Ok(format!("{PREFIX}{}_", &id[..12.min(id.len())]))
 }
 
-impl DbManager {
+/// The spares service: how many each server keeps, over the shared context.
+pub(crate) struct Spares {
+    ctx: Arc<Context>,
+    per_server: usize,
+}
+
+impl Spares {
+    pub fn new(ctx: Arc<Context>, per_server: usize) -> Self {
+        Spares { ctx, per_server }
+    }
+
     /// Refills every server's pool of spares, in the background.
-    pub(crate) fn replenish_spares_soon(&self) {
-        if self.inner.config.spares_per_server == 0 {
+    pub fn replenish_soon(self: &Arc<Self>) {
+        if self.per_server == 0 {
             return;
         }
         let this = self.clone();
         tokio::spawn(async move {
-            if let Err(err) = this.replenish_spares().await {
+            if let Err(err) = this.replenish().await {
                 tracing::warn!(error = %err, "cannot make spare databases");
             }
         });
     }
 
-    /// Tidies every server's spares (see [`DbManager::tidy_spares`]) and makes new ones until
-    /// each server has its share.
-    pub(crate) async fn replenish_spares(&self) -> Result<(), DbError> {
-        let wanted = self.inner.config.spares_per_server as i64;
+    /// Tidies every server's spares (see [`Spares::tidy`]) and makes new ones until each
+    /// server has its share.
+    pub async fn replenish(&self) -> Result<(), DbError> {
+        let wanted = self.per_server as i64;
         if wanted == 0 {
             return Ok(());
         }
-        for server in servers::list(self.pool()).await? {
-            let Some(_lock) = self.lock(SPARES_LOCK_CLASS, server.id).await? else { continue };
-            self.tidy_spares(&server).await?;
-            let client = self.pool().get().await?;
+        for server in servers::list(self.ctx.pool()).await? {
+            let Some(_lock) = self.ctx.lock(SPARES_LOCK_CLASS, server.id).await? else { continue };
+            self.tidy(&server).await?;
+            let client = self.ctx.pool().get().await?;
             let have: i64 = client
                 .query_one(
                     "SELECT count(*) FROM database_spares WHERE server_id = $1 AND claimed_at IS NULL",
@@ -62,7 +74,7 @@ impl DbManager {
                 .get(0);
             drop(client);
             for _ in have..wanted {
-                if !self.make_spare(&server).await? {
+                if !self.make(&server).await? {
                     break;
                 }
             }
@@ -71,8 +83,8 @@ impl DbManager {
     }
 
     /// Makes one spare on `server`; `false` when the server is too old for spares.
-    async fn make_spare(&self, server: &Server) -> Result<bool, DbError> {
-        let admin = self.admin(server).await?;
+    async fn make(&self, server: &Server) -> Result<bool, DbError> {
+        let admin = self.ctx.admin(server).await?;
         let version: String = admin
             .query_one("SHOW server_version_num", &[])
             .await
@@ -81,10 +93,10 @@ impl DbManager {
         if version.parse::<i32>().unwrap_or(0) < MIN_VERSION_NUM {
             return Ok(false);
         }
-        let prefix = catalog_prefix(self).await?;
+        let prefix = catalog_prefix(&self.ctx).await?;
         let name =
             format!("{prefix}{}", Alphanumeric.sample_string(&mut rand::rng(), 12).to_ascii_lowercase());
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         client
             .execute("INSERT INTO database_spares (server_id, name) VALUES ($1, $2)", &[&server.id, &name])
             .await?;
@@ -98,13 +110,13 @@ impl DbManager {
             .batch_execute(&format!("REVOKE ALL ON DATABASE {quoted} FROM PUBLIC"))
             .await
             .map_err(DbError::on_server(&server.name))?;
-        let inside = self.connect_server(server, Some(&name)).await?;
+        let inside = self.ctx.connect_server(server, Some(&name)).await?;
         inside
             .batch_execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
             .await
             .map_err(DbError::on_server(&server.name))?;
         drop(inside);
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         client
             .execute(
                 "UPDATE database_spares SET ready = true WHERE server_id = $1 AND name = $2",
@@ -115,12 +127,12 @@ impl DbManager {
     }
 
     /// Takes a ready spare of `server`, if there is one. The caller renames it, then calls
-    /// [`DbManager::release_spare`] whatever happened.
-    pub(crate) async fn claim_spare(&self, server: &Server) -> Result<Option<String>, DbError> {
-        if self.inner.config.spares_per_server == 0 {
+    /// [`Spares::release`] whatever happened.
+    pub async fn claim(&self, server: &Server) -> Result<Option<String>, DbError> {
+        if self.per_server == 0 {
             return Ok(None);
         }
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         let row = client
             .query_opt(
                 // Picked once, in a materialized CTE: as a semi-join the LIMIT subquery may be
@@ -138,8 +150,8 @@ impl DbManager {
     }
 
     /// Forgets a claimed spare once the create has renamed it (or given up on it).
-    pub(crate) async fn release_spare(&self, server: &Server, name: &str) -> Result<(), DbError> {
-        let client = self.pool().get().await?;
+    pub async fn release(&self, server: &Server, name: &str) -> Result<(), DbError> {
+        let client = self.ctx.pool().get().await?;
         client
             .execute("DELETE FROM database_spares WHERE server_id = $1 AND name = $2", &[&server.id, &name])
             .await?;
@@ -147,7 +159,7 @@ impl DbManager {
     }
 
     /// Makes `target` out of the spare `spare`: renamed, and owned by the target's role.
-    pub(crate) async fn adopt_spare(
+    pub async fn adopt(
         &self,
         admin: &tokio_postgres::Client,
         target: &provision::Target<'_>,
@@ -164,9 +176,9 @@ impl DbManager {
 
     /// Under the server's replenisher lock: drops the spares that no row stands for, the ones a
     /// crash left half-made, and the ones whose create died between claiming and renaming.
-    async fn tidy_spares(&self, server: &Server) -> Result<(), DbError> {
-        let admin = self.admin(server).await?;
-        let client = self.pool().get().await?;
+    async fn tidy(&self, server: &Server) -> Result<(), DbError> {
+        let admin = self.ctx.admin(server).await?;
+        let client = self.ctx.pool().get().await?;
         let half_made: Vec<String> = client
             .query(
                 "DELETE FROM database_spares WHERE server_id = $1 AND NOT ready RETURNING name",
@@ -183,7 +195,7 @@ impl DbManager {
             .map(|row| row.get(0))
             .collect();
         drop(client);
-        let prefix = catalog_prefix(self).await?;
+        let prefix = catalog_prefix(&self.ctx).await?;
         let present: Vec<String> = admin
             .query("SELECT datname FROM pg_database WHERE starts_with(datname, $1)", &[&prefix])
             .await
@@ -202,8 +214,8 @@ impl DbManager {
     }
 
     /// Drops every spare of a server that is being removed.
-    pub(crate) async fn drop_spares(&self, server: &Server) -> Result<(), DbError> {
-        let client = self.pool().get().await?;
+    pub async fn drop_all(&self, server: &Server) -> Result<(), DbError> {
+        let client = self.ctx.pool().get().await?;
         let names: Vec<String> = client
             .query("DELETE FROM database_spares WHERE server_id = $1 RETURNING name", &[&server.id])
             .await?
@@ -214,7 +226,7 @@ impl DbManager {
         if names.is_empty() {
             return Ok(());
         }
-        let admin = self.admin(server).await?;
+        let admin = self.ctx.admin(server).await?;
         for name in names {
             admin
                 .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(&name)))

@@ -24,6 +24,7 @@ use storage_node::store::ObjectId;
 
 use crate::backup::catalog::SYSTEM_TENANT;
 use crate::manager::DbManager;
+use crate::states::{BackupKind, BackupStatus, DatabaseState};
 use crate::{DbError, faults};
 
 /// Advisory-lock class of tenant deletions ("TD").
@@ -78,7 +79,7 @@ impl DbManager {
             return Err(DbError::InvalidRequest(format!("the tenant {name} is Silo's own")));
         }
         let tenant = tenants::get(self.pool(), name).await.map_err(tenant_error(name))?;
-        let Some(_lock) = self.lock(TENANT_DELETION_LOCK_CLASS, tenant.id.0).await? else {
+        let Some(_lock) = self.ctx().lock(TENANT_DELETION_LOCK_CLASS, tenant.id.0).await? else {
             return Err(DbError::Busy { name: name.to_string() });
         };
         if tenant.deleting_since.is_none() {
@@ -101,7 +102,7 @@ impl DbManager {
         for tenants::DeletingTenant { id, name, keeps_final_backups } in
             tenants::deleting(self.pool()).await.map_err(tenant_error("-"))?
         {
-            let Some(_lock) = self.lock(TENANT_DELETION_LOCK_CLASS, id.0).await? else { continue };
+            let Some(_lock) = self.ctx().lock(TENANT_DELETION_LOCK_CLASS, id.0).await? else { continue };
             match self.finish_tenant_deletion(id, &name, keeps_final_backups).await {
                 Ok(_) => {}
                 Err(err) => {
@@ -151,13 +152,13 @@ impl DbManager {
             .await?;
         drop(client);
         for database in databases {
-            let (database, state): (String, String) = (database.get(0), database.get(1));
-            if state == "creating" {
+            let (database, state): (String, DatabaseState) = (database.get(0), database.get(1));
+            if state == DatabaseState::Creating {
                 // Finished or undone by its create, or by the repair at the next start.
                 return Err(DbError::Busy { name: database });
             }
             // A database already being deleted may be gone from its server: no backup then.
-            let skip_final_backup = !keeps_final_backups || state == "deleting";
+            let skip_final_backup = !keeps_final_backups || state == DatabaseState::Deleting;
             self.delete_database(name, &database, skip_final_backup).await?;
             done.databases += 1;
         }
@@ -168,13 +169,13 @@ impl DbManager {
             }
         }
         faults::crash_point("tenant_delete.after_databases");
-        let s3 = storage_node::model::purge::purge_tenant(&self.inner.store, tenant).await?;
+        let s3 = storage_node::model::purge::purge_tenant(self.store(), tenant).await?;
         (done.buckets, done.s3_objects, done.uploads) = (s3.buckets, s3.objects, s3.uploads);
         faults::crash_point("tenant_delete.after_buckets");
         done.keys = access_keys::delete_all(self.pool(), tenant).await.map_err(tenant_error(name))?;
         self.delete_remaining_objects(tenant, keeps_final_backups, &mut done).await?;
         if done.final_backups_kept == 0 {
-            self.inner.store.purge_tenant(tenant).await?;
+            self.store().purge_tenant(tenant).await?;
             done.removed = true;
             tracing::info!(tenant = name, ?done, "deleted tenant");
         } else if done
@@ -200,9 +201,9 @@ impl DbManager {
         let rows = client
             .query(
                 "SELECT o.id, EXISTS (SELECT 1 FROM database_backups b WHERE b.object_id = o.id \
-                                      AND b.kind = 'final' AND b.status = 'complete') \
+                                      AND b.kind = $2 AND b.status = $3) \
                  FROM objects o WHERE o.tenant_id = $1 ORDER BY o.id",
-                &[&tenant.0],
+                &[&tenant.0, &BackupKind::Final, &BackupStatus::Complete],
             )
             .await?;
         drop(client);
@@ -213,7 +214,7 @@ impl DbManager {
                 continue;
             }
             // The backup row, if any, goes with its object (ON DELETE CASCADE).
-            match self.inner.store.delete(tenant, ObjectId(object)).await {
+            match self.store().delete(tenant, ObjectId(object)).await {
                 Ok(()) => done.objects += 1,
                 Err(storage_node::store::StoreError::NoSuchObject(_)) => {}
                 Err(err) => return Err(err.into()),

@@ -75,7 +75,7 @@ impl DbManager {
             Alphanumeric.sample_string(&mut rand::rng(), 12).to_ascii_lowercase()
         );
         let password = generate_password();
-        let admin = self.admin(server).await?;
+        let admin = self.ctx().admin(server).await?;
         let superuser = crate::provision::admin_is_superuser(&admin, &server.name).await?;
         let role = ident(&name);
         let inherit = if member_of.is_some() { "INHERIT" } else { "NOINHERIT" };
@@ -96,7 +96,7 @@ impl DbManager {
 
     /// How to reach `dbname` as `worker` (over the server's TLS, if it has any).
     pub(crate) async fn worker_config(&self, worker: &Worker, dbname: &str) -> Result<Reach, DbError> {
-        let admin = servers::admin_config(self.pool(), &self.inner.secret, worker.server.id).await?;
+        let admin = servers::admin_config(self.pool(), self.ctx().secret(), worker.server.id).await?;
         Ok(admin.with_config(worker.config(&admin.config, dbname)))
     }
 
@@ -108,7 +108,7 @@ impl DbManager {
         dbname: &str,
     ) -> Result<Vec<(&'static str, String)>, DbError> {
         let mut env = crate::backup::dump::pg_env(&reach.config, dbname);
-        let tls = reach.tool_env(&self.inner.config.tls_dir).map_err(|err| DbError::Server {
+        let tls = reach.tool_env(&self.config().tls_dir).map_err(|err| DbError::Server {
             server: "-".into(),
             message: format!("cannot write the server's CA for the pg tools: {err}"),
         })?;
@@ -129,7 +129,7 @@ impl DbManager {
     async fn try_drop_worker(&self, worker: &Worker, database: Option<&str>) -> Result<(), DbError> {
         let on_server = DbError::on_server(&worker.server.name);
         let role = ident(&worker.name);
-        let admin = self.admin(&worker.server).await?;
+        let admin = self.ctx().admin(&worker.server).await?;
         disarm(&admin, &worker.server, &worker.name).await?;
         // Tenant code ran in one database only (the scratch one, for verification, is gone):
         // what it could have made or been granted is there or on shared objects, and
@@ -147,7 +147,7 @@ impl DbManager {
             cleanup.push_str(&format!("REASSIGN OWNED BY {role} TO {};", ident(owner)));
         }
         cleanup.push_str(&format!("DROP OWNED BY {role} CASCADE"));
-        let inside = self.connect_server(&worker.server, here).await?;
+        let inside = self.ctx().connect_server(&worker.server, here).await?;
         inside.batch_execute(&cleanup).await.map_err(&on_server)?;
         admin.batch_execute(&format!("DROP ROLE IF EXISTS {role}")).await.map_err(&on_server)
     }
@@ -161,7 +161,7 @@ impl DbManager {
         server: &Server,
         roles: &[String],
     ) -> Result<(), DbError> {
-        let admin = self.admin(server).await?;
+        let admin = self.ctx().admin(server).await?;
         let on_server = DbError::on_server(&server.name);
         let existing: Vec<String> = admin
             .query("SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname = ANY($1)", &[&roles])
@@ -183,7 +183,7 @@ impl DbManager {
         drop(admin);
         let statement = format!("DROP OWNED BY {} CASCADE", existing.join(", "));
         for database in &databases {
-            let dropped = match self.connect_server(server, Some(database)).await {
+            let dropped = match self.ctx().connect_server(server, Some(database)).await {
                 Ok(inside) => inside.batch_execute(&statement).await,
                 Err(err) => {
                     tracing::debug!(database, error = %err, "cannot reach a database to drop what roles own");
@@ -206,18 +206,18 @@ impl DbManager {
         server: &Server,
         target: &crate::provision::Target<'_>,
     ) -> Result<(), DbError> {
-        let admin = self.admin(server).await?;
+        let admin = self.ctx().admin(server).await?;
         crate::provision::drop_database(&admin, target.server, target.pg_name).await?;
         drop(admin);
         self.drop_owned_everywhere(server, &crate::provision::roles(target)).await?;
-        let admin = self.admin(server).await?;
+        let admin = self.ctx().admin(server).await?;
         crate::provision::drop_roles(&admin, target).await
     }
 
     /// Drops the workers a crash left on `server` (this catalog's only), one by one.
     pub(crate) async fn sweep_workers(&self, server: &Server) -> Result<usize, DbError> {
         let prefix = self.worker_prefix().await?;
-        let admin = self.admin(server).await?;
+        let admin = self.ctx().admin(server).await?;
         let on_server = DbError::on_server(&server.name);
         let left: Vec<String> = admin
             .query("SELECT rolname::text FROM pg_catalog.pg_roles WHERE starts_with(rolname, $1)", &[&prefix])
@@ -244,7 +244,7 @@ impl DbManager {
 
     /// `silo_w_<first 12 hex digits of the catalog id>_`.
     async fn worker_prefix(&self) -> Result<String, DbError> {
-        Ok(format!("{PREFIX}{}_", &self.catalog_id().await?[..12]))
+        Ok(format!("{PREFIX}{}_", &self.ctx().catalog_id().await?[..12]))
     }
 }
 

@@ -14,6 +14,7 @@ use db_manager::backup::catalog::CatalogBackup;
 use db_manager::backup::restore::{RestoreRequest, Restored, VerifyReport};
 use db_manager::backup::retention::Pruned;
 use db_manager::backup::run::{RunEvent, RunRequest, RunResult};
+use db_manager::states::RunStatus;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
@@ -96,7 +97,7 @@ async fn run(
 }
 
 fn summary(results: &[RunResult]) -> serde_json::Value {
-    let failed = results.iter().filter(|r| r.status == "failed").count();
+    let failed = results.iter().filter(|r| r.status == RunStatus::Failed).count();
     json!({ "event": "summary", "failed": failed, "results": results })
 }
 

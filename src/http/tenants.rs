@@ -135,9 +135,14 @@ async fn usage(
     let usage = state.store.usage(id).await?;
     let counts =
         storage_node::model::usage::tenant_counts(&state.catalog, id).await.map_err(ApiError::internal)?;
-    let (s3_objects, buckets) = (counts.objects, counts.buckets);
-    let (backups, backup_logical_bytes) = state.databases.backup_usage(id).await?;
-    Ok(Json(TenantUsage { usage, buckets, s3_objects, backups, backup_logical_bytes }))
+    let backups = state.databases.backup_usage(id).await?;
+    Ok(Json(TenantUsage {
+        usage,
+        buckets: counts.buckets,
+        s3_objects: counts.objects,
+        backups: backups.backups,
+        backup_logical_bytes: backups.logical_bytes,
+    }))
 }
 
 /// A tenant's usage: the store's counters (every object it stores: S3 objects, parts of

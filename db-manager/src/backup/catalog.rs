@@ -17,6 +17,7 @@ use super::dump::{dump_reader, pg_env};
 use crate::DbError;
 use crate::instance::PgBinaries;
 use crate::manager::DbManager;
+use crate::states::BackupStatus;
 
 /// The tenant that owns Silo's own data (catalog dumps). Its name is reserved.
 pub const SYSTEM_TENANT: &str = "silo-system";
@@ -40,13 +41,16 @@ impl DbManager {
     /// [`DbError::BackupBusy`] when another catalog backup runs; [`DbError::Dump`] when the
     /// dump fails (recorded as failed).
     pub async fn backup_catalog(&self) -> Result<CatalogBackup, DbError> {
-        let Some(_lease) = self.lock(BACKUP_LOCK_CLASS, 0).await? else {
+        let Some(_lease) = self.ctx().lock(BACKUP_LOCK_CLASS, 0).await? else {
             return Err(DbError::BackupBusy { name: "the catalog".into() });
         };
         let tenant = self.system_tenant().await?;
         let client = self.pool().get().await?;
         let id: i64 = client
-            .query_one("INSERT INTO catalog_backups (status) VALUES ('running') RETURNING id", &[])
+            .query_one(
+                "INSERT INTO catalog_backups (status) VALUES ($1) RETURNING id",
+                &[&BackupStatus::Running],
+            )
             .await?
             .get(0);
         drop(client);
@@ -56,13 +60,14 @@ impl DbManager {
             Ok(backup) => {
                 client
                     .execute(
-                        "UPDATE catalog_backups SET status = 'complete', finished_at = now(), logical_bytes = $2, \
+                        "UPDATE catalog_backups SET status = $5, finished_at = now(), logical_bytes = $2, \
                          new_stored_bytes = $3, manifest_path = $4 WHERE id = $1",
                         &[
                             &id,
                             &(backup.logical_bytes as i64),
                             &(backup.new_stored_bytes as i64),
                             &backup.manifest.display().to_string(),
+                            &BackupStatus::Complete,
                         ],
                     )
                     .await?;
@@ -74,8 +79,8 @@ impl DbManager {
             Err(err) => {
                 client
                     .execute(
-                        "UPDATE catalog_backups SET status = 'failed', finished_at = now(), error = $2 WHERE id = $1",
-                        &[&id, &err.to_string()],
+                        "UPDATE catalog_backups SET status = $3, finished_at = now(), error = $2 WHERE id = $1",
+                        &[&id, &err.to_string(), &BackupStatus::Failed],
                     )
                     .await?;
                 tracing::error!(backup = id, error = %err, "catalog backup failed");
@@ -85,19 +90,18 @@ impl DbManager {
     }
 
     async fn dump_catalog(&self, id: i64, tenant: TenantId) -> Result<CatalogBackup, DbError> {
-        let config = &self.inner.config.catalog;
+        let config = &self.config().catalog;
         let dbname = config.get_dbname().unwrap_or("silo").to_string();
-        let binaries = PgBinaries::locate(self.inner.config.dedicated.bin_dir.as_deref())?;
+        let binaries = PgBinaries::locate(self.config().dedicated.bin_dir.as_deref())?;
         let failed = |message: String| DbError::Dump { database: "the catalog".into(), message };
         let reader = dump_reader(&binaries, &[], pg_env(config, &dbname)).map_err(failed)?;
         let stored = self
-            .inner
-            .store
+            .store()
             .put(tenant, reader, PutOptions::default())
             .await
             .map_err(|err| failed(err.to_string()))?;
-        let manifest = self.inner.store.offline_manifest(tenant, stored.id).await?;
-        let dir = &self.inner.config.catalog_backups_dir;
+        let manifest = self.store().offline_manifest(tenant, stored.id).await?;
+        let dir = &self.config().catalog_backups_dir;
         let path = dir.join(format!("catalog-{id:06}.json"));
         let written = std::fs::create_dir_all(dir).and_then(|()| {
             use std::os::unix::fs::PermissionsExt;
@@ -106,7 +110,7 @@ impl DbManager {
             storage_node::data_dir::write_atomically(&path, &json, 0o600)
         });
         if let Err(err) = written {
-            let _ = self.inner.store.delete(tenant, stored.id).await;
+            let _ = self.store().delete(tenant, stored.id).await;
             return Err(failed(format!("cannot write the manifest {}: {err}", path.display())));
         }
         let client = self.pool().get().await?;
@@ -139,9 +143,9 @@ impl DbManager {
         let client = self.pool().get().await?;
         let rows = client
             .query(
-                "SELECT id, object_id, manifest_path FROM catalog_backups WHERE status = 'complete' \
+                "SELECT id, object_id, manifest_path FROM catalog_backups WHERE status = $2 \
                  ORDER BY id DESC OFFSET $1",
-                &[&KEEP],
+                &[&KEEP, &BackupStatus::Complete],
             )
             .await?;
         drop(client);
@@ -152,7 +156,7 @@ impl DbManager {
                 let _ = std::fs::remove_file(manifest);
             }
             if let Some(object) = object {
-                self.inner.store.delete(tenant, storage_node::store::ObjectId(object)).await?;
+                self.store().delete(tenant, storage_node::store::ObjectId(object)).await?;
             }
             let client = self.pool().get().await?;
             client.execute("DELETE FROM catalog_backups WHERE id = $1", &[&id]).await?;
@@ -160,8 +164,8 @@ impl DbManager {
         let client = self.pool().get().await?;
         client
             .execute(
-                "DELETE FROM catalog_backups WHERE status = 'failed' AND started_at < now() - interval '1 day'",
-                &[],
+                "DELETE FROM catalog_backups WHERE status = $1 AND started_at < now() - interval '1 day'",
+                &[&BackupStatus::Failed],
             )
             .await?;
         Ok(())

@@ -21,6 +21,7 @@ use super::{BACKUP_LOCK_CLASS, BackupInfo};
 use crate::databases::Row;
 use crate::instance::PgBinaries;
 use crate::manager::DbManager;
+use crate::states::{BackupKind, BackupStatus};
 use crate::workers::Worker;
 use crate::{DbError, faults};
 
@@ -113,11 +114,11 @@ impl DbManager {
     /// # Errors
     /// [`DbError::BackupBusy`] when another run holds the lease; the backup's own failure is
     /// recorded (status `failed`, with the reason) and returned as [`DbError::Dump`].
-    pub(crate) async fn backup_now(&self, row: &Row, kind: &str) -> Result<BackupInfo, DbError> {
-        let Some(_lease) = self.lock(BACKUP_LOCK_CLASS, row.id).await? else {
+    pub(crate) async fn backup_now(&self, row: &Row, kind: BackupKind) -> Result<BackupInfo, DbError> {
+        let Some(_lease) = self.ctx().lock(BACKUP_LOCK_CLASS, row.id).await? else {
             return Err(DbError::BackupBusy { name: row.name.clone() });
         };
-        let admin = self.admin(&row.server).await?;
+        let admin = self.ctx().admin(&row.server).await?;
         let version: String = admin
             .query_one("SHOW server_version", &[])
             .await
@@ -125,23 +126,30 @@ impl DbManager {
             .get(0);
         drop(admin);
         let expires = match kind {
-            "final" => Some(self.inner.config.final_backup_retention),
-            "safety" => Some(Duration::from_secs(7 * 24 * 3600)),
-            _ => None,
+            BackupKind::Final => Some(self.config().final_backup_retention),
+            BackupKind::Safety => Some(Duration::from_secs(7 * 24 * 3600)),
+            BackupKind::Scheduled | BackupKind::Manual => None,
         };
         let client = self.pool().get().await?;
         let id: i64 = client
             .query_one(
                 "INSERT INTO database_backups (tenant_id, database_id, database_name, plan, server_name, \
                  server_version, kind, status, expires_at) \
-                 SELECT tenant_id, id, name, plan, $2, $3, $4, 'running', now() + make_interval(secs => $5) \
+                 SELECT tenant_id, id, name, plan, $2, $3, $4, $6, now() + make_interval(secs => $5) \
                  FROM tenant_databases WHERE id = $1 RETURNING id",
-                &[&row.id, &row.server.name, &version, &kind, &expires.map(|e| e.as_secs_f64())],
+                &[
+                    &row.id,
+                    &row.server.name,
+                    &version,
+                    &kind,
+                    &expires.map(|e| e.as_secs_f64()),
+                    &BackupStatus::Running,
+                ],
             )
             .await?
             .get(0);
         drop(client);
-        tracing::info!(backup = id, tenant = %row.tenant, database = %row.name, kind, "backup started");
+        tracing::info!(backup = id, tenant = %row.tenant, database = %row.name, %kind, "backup started");
         let outcome = match self.dump_into_store(row).await {
             Ok((ingested, counts)) => self.commit_backup(id, ingested, counts).await,
             Err(err) => Err(err),
@@ -160,8 +168,8 @@ impl DbManager {
                 let message = err.to_string();
                 client
                     .execute(
-                        "UPDATE database_backups SET status = 'failed', finished_at = now(), error = $2 WHERE id = $1",
-                        &[&id, &message],
+                        "UPDATE database_backups SET status = $3, finished_at = now(), error = $2 WHERE id = $1",
+                        &[&id, &message, &BackupStatus::Failed],
                     )
                     .await?;
                 tracing::error!(backup = id, tenant = %row.tenant, database = %row.name, error = %message, "backup failed");
@@ -188,13 +196,20 @@ impl DbManager {
         let committed = async {
             let mut client = self.pool().get().await?;
             let txn = client.transaction().await?;
-            let stored = self.inner.store.commit(&txn, &ingested).await?;
+            let stored = self.store().commit(&txn, &ingested).await?;
             txn.execute(
-                "WITH done AS (UPDATE database_backups SET status = 'complete', finished_at = now(), \
+                "WITH done AS (UPDATE database_backups SET status = $6, finished_at = now(), \
                  logical_bytes = $2, new_stored_bytes = $3, object_id = $4, table_counts = $5 WHERE id = $1 \
                  RETURNING database_id, started_at) \
                  UPDATE tenant_databases d SET last_backup_at = done.started_at FROM done WHERE d.id = done.database_id",
-                &[&id, &(stored.size as i64), &(stored.new_stored_bytes as i64), &stored.id.0, &counts],
+                &[
+                    &id,
+                    &(stored.size as i64),
+                    &(stored.new_stored_bytes as i64),
+                    &stored.id.0,
+                    &counts,
+                    &BackupStatus::Complete,
+                ],
             )
             .await?;
             faults::crash_point("backup.before_commit");
@@ -203,7 +218,7 @@ impl DbManager {
         }
         .await;
         if committed.is_err() {
-            self.inner.store.abandon(ingested).await;
+            self.store().abandon(ingested).await;
         }
         committed
     }
@@ -246,12 +261,12 @@ impl DbManager {
             .map(|r| r.get(0))
             .collect();
 
-        let binaries = PgBinaries::locate(self.inner.config.dedicated.bin_dir.as_deref())?;
+        let binaries = PgBinaries::locate(self.config().dedicated.bin_dir.as_deref())?;
         let env = self.worker_tool_env(&reach, &row.pg_name)?;
         let reader = dump_reader(&binaries, &[format!("--snapshot={snapshot}")], env)
             .map_err(|message| DbError::Dump { database: row.name.clone(), message })?;
         let tenant = row.tenant_id;
-        let put = self.inner.store.ingest(tenant, reader, PutOptions::default());
+        let put = self.store().ingest(tenant, reader, PutOptions::default());
         let count = async {
             let mut counts = serde_json::Map::new();
             for table in &tables {
@@ -275,7 +290,7 @@ impl DbManager {
             Ok(counts) => Ok((ingested, counts)),
             Err(err) => {
                 // Without its counts the backup cannot be verified: it does not count.
-                self.inner.store.abandon(ingested).await;
+                self.store().abandon(ingested).await;
                 Err(err)
             }
         }

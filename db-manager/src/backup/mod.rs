@@ -20,6 +20,8 @@ use storage_node::store::ObjectId;
 
 use crate::DbError;
 use crate::manager::DbManager;
+use crate::states::{BackupKind, BackupStatus};
+use crate::timestamp;
 
 /// Advisory-lock class of backups ("BK"): one backup of a database at a time, across replicas.
 pub(crate) const BACKUP_LOCK_CLASS: i32 = 0x424B;
@@ -34,15 +36,25 @@ pub struct BackupInfo {
     pub database_exists: bool,
     pub server: String,
     pub server_version: Option<String>,
-    pub kind: String,
-    pub status: String,
-    pub started_at: String,
-    pub finished_at: Option<String>,
+    pub kind: BackupKind,
+    pub status: BackupStatus,
+    #[serde(serialize_with = "timestamp::serialize")]
+    pub started_at: time::OffsetDateTime,
+    #[serde(serialize_with = "timestamp::option::serialize")]
+    pub finished_at: Option<time::OffsetDateTime>,
     pub logical_bytes: Option<i64>,
     /// What this backup added to the store after dedup and compression.
     pub new_stored_bytes: Option<i64>,
-    pub expires_at: Option<String>,
+    #[serde(serialize_with = "timestamp::option::serialize")]
+    pub expires_at: Option<time::OffsetDateTime>,
     pub error: Option<String>,
+}
+
+/// What a tenant's complete backups add up to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupUsage {
+    pub backups: u64,
+    pub logical_bytes: u64,
 }
 
 /// A backup with what restoring it needs.
@@ -55,14 +67,10 @@ pub(crate) struct Stored {
     pub table_counts: Option<serde_json::Value>,
 }
 
-const RFC3339: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'";
-
 fn select(filter: &str) -> String {
     format!(
         "SELECT b.id, t.name, b.database_name, b.database_id IS NOT NULL, b.server_name, b.server_version, b.kind, \
-                b.status, to_char(b.started_at AT TIME ZONE 'UTC', {RFC3339}), \
-                to_char(b.finished_at AT TIME ZONE 'UTC', {RFC3339}), b.logical_bytes, b.new_stored_bytes, \
-                to_char(b.expires_at AT TIME ZONE 'UTC', {RFC3339}), b.error, b.tenant_id, b.object_id, b.plan, \
+                b.status, b.started_at, b.finished_at, b.logical_bytes, b.new_stored_bytes, b.expires_at, b.error, b.tenant_id, b.object_id, b.plan, \
                 b.table_counts \
          FROM database_backups b JOIN tenants t ON t.id = b.tenant_id {filter}"
     )
@@ -120,16 +128,16 @@ impl DbManager {
     }
 
     /// How many complete backups a tenant keeps, and their logical bytes.
-    pub async fn backup_usage(&self, tenant: TenantId) -> Result<(u64, u64), DbError> {
+    pub async fn backup_usage(&self, tenant: TenantId) -> Result<BackupUsage, DbError> {
         let client = self.pool().get().await?;
         let row = client
             .query_one(
                 "SELECT count(*), coalesce(sum(logical_bytes), 0)::int8 FROM database_backups \
-                 WHERE tenant_id = $1 AND status = 'complete'",
-                &[&tenant.0],
+                 WHERE tenant_id = $1 AND status = $2",
+                &[&tenant.0, &BackupStatus::Complete],
             )
             .await?;
-        Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
+        Ok(BackupUsage { backups: row.get::<_, i64>(0) as u64, logical_bytes: row.get::<_, i64>(1) as u64 })
     }
 
     /// One backup.
@@ -146,9 +154,9 @@ impl DbManager {
     /// A complete backup's stored object, or why it cannot be read.
     pub(crate) async fn complete_backup(&self, id: i64) -> Result<(Stored, ObjectId), DbError> {
         let stored = self.stored_backup(id).await?;
-        match (stored.info.status.as_str(), stored.object) {
-            ("complete", Some(object)) => Ok((stored, object)),
-            (status, _) => Err(DbError::BackupNotComplete { id, status: status.to_string() }),
+        match (stored.info.status, stored.object) {
+            (BackupStatus::Complete, Some(object)) => Ok((stored, object)),
+            (status, _) => Err(DbError::BackupNotComplete { id, status }),
         }
     }
 
@@ -158,20 +166,20 @@ impl DbManager {
         let client = self.pool().get().await?;
         let rows = client
             .query(
-                "SELECT id, coalesce(database_id, -id) FROM database_backups WHERE status = 'running'",
-                &[],
+                "SELECT id, coalesce(database_id, -id) FROM database_backups WHERE status = $1",
+                &[&BackupStatus::Running],
             )
             .await?;
         drop(client);
         for row in rows {
             let (id, database): (i64, i64) = (row.get(0), row.get(1));
-            let Some(_lease) = self.lock(BACKUP_LOCK_CLASS, database).await? else { continue };
+            let Some(_lease) = self.ctx().lock(BACKUP_LOCK_CLASS, database).await? else { continue };
             let client = self.pool().get().await?;
             client
                 .execute(
-                    "UPDATE database_backups SET status = 'failed', finished_at = now(), \
-                     error = 'interrupted: Silo stopped while it ran' WHERE id = $1 AND status = 'running'",
-                    &[&id],
+                    "UPDATE database_backups SET status = $2, finished_at = now(), \
+                     error = 'interrupted: Silo stopped while it ran' WHERE id = $1 AND status = $3",
+                    &[&id, &BackupStatus::Failed, &BackupStatus::Running],
                 )
                 .await?;
             tracing::warn!(backup = id, "a backup was interrupted; marked failed (GC reclaims its chunks)");

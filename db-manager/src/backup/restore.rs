@@ -19,6 +19,7 @@ use crate::databases::{CreateRequest, Credentials};
 use crate::instance::PgBinaries;
 use crate::manager::DbManager;
 use crate::names::ident;
+use crate::states::{BackupKind, DatabaseState};
 use crate::workers::Worker;
 use crate::{faults, provision, read_only};
 
@@ -90,7 +91,7 @@ impl DbManager {
         id: i64,
     ) -> Result<(u64, BoxStream<'static, Result<Bytes, StoreError>>), DbError> {
         let (stored, object) = self.complete_backup(id).await?;
-        let read = self.inner.store.read(stored.tenant_id, object, None).await?;
+        let read = self.store().read(stored.tenant_id, object, None).await?;
         Ok((read.size, read.stream))
     }
 
@@ -132,11 +133,11 @@ impl DbManager {
                     )));
                 }
                 let row = self.row(&tenant, &stored.info.database).await?;
-                let Some(_lock) = self.lock_database(row.id).await? else {
+                let Some(_lock) = self.ctx().lock_database(row.id).await? else {
                     return Err(DbError::Busy { name: row.name.clone() });
                 };
-                let safety = self.backup_now(&row, "safety").await?;
-                self.set_restore_state(row.id, "restoring", Some(safety.id)).await?;
+                let safety = self.backup_now(&row, BackupKind::Safety).await?;
+                self.set_restore_state(row.id, DatabaseState::Restoring, Some(safety.id)).await?;
                 if let Err(err) = self.replace_contents(id, &row).await {
                     tracing::error!(backup = id, error = %err, safety = safety.id, "in-place restore failed; putting the safety backup back");
                     self.roll_back_restore(&row, safety.id).await.map_err(|rollback| DbError::Restore {
@@ -147,7 +148,7 @@ impl DbManager {
                     })?;
                     return Err(err);
                 }
-                self.set_restore_state(row.id, "active", None).await?;
+                self.set_restore_state(row.id, DatabaseState::Active, None).await?;
                 tracing::info!(backup = id, tenant, database = %row.name, safety = safety.id, "restored a backup in place");
                 Ok(Restored::InPlace { tenant, name: row.name, safety_backup: safety.id })
             }
@@ -157,7 +158,12 @@ impl DbManager {
 
     /// Records where an in-place restore stands: `restoring` (with its safety backup) before
     /// anything is dropped, `active` when done, `restore_failed` when even the rollback failed.
-    async fn set_restore_state(&self, id: i64, state: &str, safety: Option<i64>) -> Result<(), DbError> {
+    async fn set_restore_state(
+        &self,
+        id: i64,
+        state: DatabaseState,
+        safety: Option<i64>,
+    ) -> Result<(), DbError> {
         let client = self.pool().get().await?;
         client
             .execute(
@@ -174,13 +180,15 @@ impl DbManager {
     async fn roll_back_restore(&self, row: &crate::databases::Row, safety: i64) -> Result<(), DbError> {
         match self.replace_contents(safety, row).await {
             Ok(()) => {
-                self.set_restore_state(row.id, "active", None).await?;
-                self.record_event(row.id, "restore_rolled_back", &format!("to safety backup {safety}")).await
+                self.set_restore_state(row.id, DatabaseState::Active, None).await?;
+                self.ctx()
+                    .record_event(row.id, "restore_rolled_back", &format!("to safety backup {safety}"))
+                    .await
             }
             Err(err) => {
-                self.set_restore_state(row.id, "restore_failed", Some(safety)).await?;
+                self.set_restore_state(row.id, DatabaseState::RestoreFailed, Some(safety)).await?;
                 let detail = format!("putting back safety backup {safety} failed: {err}; restore it by hand");
-                self.record_event(row.id, "restore_failed", &detail).await?;
+                self.ctx().record_event(row.id, "restore_failed", &detail).await?;
                 Err(err)
             }
         }
@@ -193,14 +201,14 @@ impl DbManager {
         let rows = client
             .query(
                 "SELECT id, restore_safety_backup FROM tenant_databases \
-                 WHERE state = 'restoring' AND restore_safety_backup IS NOT NULL",
-                &[],
+                 WHERE state = $1 AND restore_safety_backup IS NOT NULL",
+                &[&DatabaseState::Restoring],
             )
             .await?;
         drop(client);
         for found in rows {
             let (id, safety): (i64, i64) = (found.get(0), found.get(1));
-            let Some(_lock) = self.lock_database(id).await? else { continue };
+            let Some(_lock) = self.ctx().lock_database(id).await? else { continue };
             let row = self.row_by_id(id).await?;
             tracing::warn!(database = %row.name, tenant = %row.tenant, safety, "an in-place restore was interrupted; putting the safety backup back");
             if let Err(err) = self.roll_back_restore(&row, safety).await {
@@ -215,16 +223,16 @@ impl DbManager {
     async fn replace_contents(&self, backup: i64, row: &crate::databases::Row) -> Result<(), DbError> {
         let target = row.target();
         let plan = self.plans().require(&row.plan)?.clone();
-        let admin = self.admin(&row.server).await?;
+        let admin = self.ctx().admin(&row.server).await?;
         provision::drop_database(&admin, &row.server.name, &row.pg_name).await?;
         faults::crash_point("restore.after_drop");
         provision::ensure_database(&admin, &target, &plan).await?;
-        let inside = self.connect_server(&row.server, Some(&row.pg_name)).await?;
+        let inside = self.ctx().connect_server(&row.server, Some(&row.pg_name)).await?;
         provision::own_public_schema(&inside, &target).await?;
         // Over quota or not before, the sampler decides anew.
         read_only::leave(&admin, &inside, &target, &[]).await?;
         drop((inside, admin));
-        self.record_event(row.id, "restored", &format!("from backup {backup}")).await?;
+        self.ctx().record_event(row.id, "restored", &format!("from backup {backup}")).await?;
         self.restore_as_owner(backup, row).await
     }
 
@@ -250,7 +258,7 @@ impl DbManager {
         let (_, archive) = self.backup_archive(id).await?;
         let reach = self.worker_config(worker, dbname).await?;
         let env = self.worker_tool_env(&reach, dbname)?;
-        let binaries = PgBinaries::locate(self.inner.config.dedicated.bin_dir.as_deref())?;
+        let binaries = PgBinaries::locate(self.config().dedicated.bin_dir.as_deref())?;
         let target = RestoreTarget { binaries: &binaries, env, dbname, role };
         match pg_restore::stream_into(target, archive).await {
             Ok(_) => Ok(()),
@@ -272,7 +280,7 @@ impl DbManager {
             format!("silo_verify_{id}_{}", crate::provision::generate_password()[..8].to_ascii_lowercase());
         // The worker owns the scratch database and has no other right anywhere.
         let worker = self.create_worker(&server, None).await?;
-        let admin = self.admin(&server).await?;
+        let admin = self.ctx().admin(&server).await?;
         let made = admin
             .batch_execute(&format!("CREATE DATABASE {} OWNER {}", ident(&scratch), ident(&worker.name)))
             .await
@@ -301,7 +309,7 @@ impl DbManager {
     ) -> Result<VerifyReport, DbError> {
         // A NOINHERIT owner does not get `pg_database_owner`'s rights on `public`: give it the
         // schema by name (the database is still empty, so no tenant code is there to run).
-        let empty = self.connect_server(worker.server(), Some(scratch)).await?;
+        let empty = self.ctx().connect_server(worker.server(), Some(scratch)).await?;
         empty
             .batch_execute(&format!("ALTER SCHEMA public OWNER TO {}", ident(&worker.name)))
             .await

@@ -16,6 +16,8 @@ use storage_node::store::ObjectId;
 use crate::DbError;
 use crate::manager::DbManager;
 use crate::plans::Retention;
+use crate::states::{BackupKind, BackupStatus};
+use crate::timestamp;
 
 /// One complete backup as retention sees it, newest first in the input.
 #[derive(Debug, Clone)]
@@ -25,6 +27,20 @@ pub struct Candidate {
     pub day: String,
     pub week: String,
     pub month: String,
+}
+
+impl Candidate {
+    /// Backup `id`, started at `at`: its buckets are taken in UTC.
+    pub fn started(id: i64, at: time::OffsetDateTime) -> Self {
+        let at = at.to_offset(time::UtcOffset::UTC);
+        let (iso_year, iso_week, _) = at.to_iso_week_date();
+        Candidate {
+            id,
+            day: format!("{:04}-{:02}-{:02}", at.year(), u8::from(at.month()), at.day()),
+            week: format!("{iso_year:04}-{iso_week:02}"),
+            month: format!("{:04}-{:02}", at.year(), u8::from(at.month())),
+        }
+    }
 }
 
 /// The ids `policy` keeps among `newest_first`.
@@ -53,8 +69,9 @@ pub struct Pruned {
     pub id: i64,
     pub tenant: String,
     pub database: String,
-    pub kind: String,
-    pub started_at: String,
+    pub kind: BackupKind,
+    #[serde(serialize_with = "timestamp::serialize")]
+    pub started_at: time::OffsetDateTime,
     pub reason: String,
 }
 
@@ -65,9 +82,9 @@ struct Row {
     database: String,
     database_exists: bool,
     plan: String,
-    kind: String,
+    kind: BackupKind,
     object: Option<ObjectId>,
-    started_at: String,
+    started_at: time::OffsetDateTime,
     candidate: Candidate,
 }
 
@@ -83,23 +100,20 @@ impl DbManager {
         let rows = client
             .query(
                 "SELECT b.id, b.tenant_id, t.name, b.database_name, b.database_id IS NOT NULL, \
-                        coalesce(d.plan, b.plan), b.kind, b.object_id, \
-                        to_char(b.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
-                        to_char(b.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD'), \
-                        to_char(b.started_at AT TIME ZONE 'UTC', 'IYYY-IW'), \
-                        to_char(b.started_at AT TIME ZONE 'UTC', 'YYYY-MM'), \
+                        coalesce(d.plan, b.plan), b.kind, b.object_id, b.started_at, \
                         b.status, coalesce(b.expires_at < now(), false), b.started_at < now() - interval '1 day' \
                  FROM database_backups b JOIN tenants t ON t.id = b.tenant_id \
                  LEFT JOIN tenant_databases d ON d.id = b.database_id \
-                 WHERE b.status <> 'running' \
+                 WHERE b.status <> $1 \
                  ORDER BY b.tenant_id, b.database_name, b.started_at DESC, b.id DESC",
-                &[],
+                &[&BackupStatus::Running],
             )
             .await?;
         drop(client);
         let mut doomed: Vec<(Row, String)> = Vec::new();
         let mut regular: BTreeMap<(i64, String), Vec<Row>> = BTreeMap::new();
         for r in rows {
+            let started_at: time::OffsetDateTime = r.get(8);
             let row = Row {
                 id: r.get(0),
                 tenant_id: TenantId(r.get(1)),
@@ -109,15 +123,15 @@ impl DbManager {
                 plan: r.get(5),
                 kind: r.get(6),
                 object: r.get::<_, Option<i64>>(7).map(ObjectId),
-                started_at: r.get(8),
-                candidate: Candidate { id: r.get(0), day: r.get(9), week: r.get(10), month: r.get(11) },
+                started_at,
+                candidate: Candidate::started(r.get(0), started_at),
             };
-            let (status, expired, day_old): (String, bool, bool) = (r.get(12), r.get(13), r.get(14));
-            if status == "failed" {
+            let (status, expired, day_old): (BackupStatus, bool, bool) = (r.get(9), r.get(10), r.get(11));
+            if status == BackupStatus::Failed {
                 if day_old {
                     doomed.push((row, "a failed attempt older than a day".into()));
                 }
-            } else if matches!(row.kind.as_str(), "final" | "safety") {
+            } else if matches!(row.kind, BackupKind::Final | BackupKind::Safety) {
                 if expired {
                     let reason = format!("a {} backup past its expiry", row.kind);
                     doomed.push((row, reason));
@@ -144,7 +158,7 @@ impl DbManager {
         let mut pruned = Vec::new();
         for (row, reason) in doomed {
             if let Some(object) = row.object {
-                match self.inner.store.delete(row.tenant_id, object).await {
+                match self.store().delete(row.tenant_id, object).await {
                     Ok(()) | Err(storage_node::store::StoreError::NoSuchObject(_)) => {}
                     Err(err) => return Err(err.into()),
                 }
@@ -173,6 +187,15 @@ mod tests {
 
     fn candidate(id: i64, day: &str, week: &str, month: &str) -> Candidate {
         Candidate { id, day: day.into(), week: week.into(), month: month.into() }
+    }
+
+    #[test]
+    fn buckets_are_utc_days_iso_weeks_and_months() {
+        // 2027-01-01 00:30 in UTC+2 is 2026-12-31 in UTC, in ISO week 53 of 2026.
+        let c = Candidate::started(1, time::macros::datetime!(2027-01-01 00:30 +02:00));
+        assert_eq!((c.day.as_str(), c.week.as_str(), c.month.as_str()), ("2026-12-31", "2026-53", "2026-12"));
+        let c = Candidate::started(2, time::macros::datetime!(2027-01-04 12:00 UTC));
+        assert_eq!((c.day.as_str(), c.week.as_str(), c.month.as_str()), ("2027-01-04", "2027-01", "2027-01"));
     }
 
     #[test]

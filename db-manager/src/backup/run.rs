@@ -12,6 +12,7 @@ use super::catalog::SYSTEM_TENANT;
 use crate::DbError;
 use crate::databases::Row;
 use crate::manager::DbManager;
+use crate::states::{BackupKind, BackupStatus, DatabaseState, RunStatus};
 
 /// How a run names the catalog in its results.
 const CATALOG: &str = "(catalog)";
@@ -49,8 +50,7 @@ pub struct RunRequest {
 pub struct RunResult {
     pub tenant: String,
     pub database: String,
-    /// `complete`, `failed`, `skipped` (another run holds the lease) or `not_due`.
-    pub status: String,
+    pub status: RunStatus,
     pub backup_id: Option<i64>,
     pub logical_bytes: Option<i64>,
     pub new_stored_bytes: Option<i64>,
@@ -61,11 +61,11 @@ pub struct RunResult {
 }
 
 impl RunResult {
-    fn new(tenant: &str, database: &str, status: &str) -> Self {
+    fn new(tenant: &str, database: &str, status: RunStatus) -> Self {
         RunResult {
             tenant: tenant.to_string(),
             database: database.to_string(),
-            status: status.to_string(),
+            status,
             backup_id: None,
             logical_bytes: None,
             new_stored_bytes: None,
@@ -104,11 +104,11 @@ impl DbManager {
             if is_due || request.force || request.database.is_some() {
                 due.push(row);
             } else {
-                results.push(RunResult::new(&row.tenant, &row.name, "not_due"));
+                results.push(RunResult::new(&row.tenant, &row.name, RunStatus::NotDue));
             }
         }
         progress(RunEvent::Planned { databases: due.len() + results.len(), due: due.len() });
-        let kind = if request.database.is_some() { "manual" } else { "scheduled" };
+        let kind = if request.database.is_some() { BackupKind::Manual } else { BackupKind::Scheduled };
         let concurrency = request.concurrency.unwrap_or(2).clamp(1, 16);
         let progress = &progress;
         let finished: Vec<RunResult> = futures::stream::iter(due)
@@ -136,15 +136,15 @@ impl DbManager {
     async fn backup_catalog_for_run(&self, progress: &(impl Fn(RunEvent) + Send + Sync)) -> RunResult {
         let started = Instant::now();
         progress(RunEvent::Started { tenant: SYSTEM_TENANT.into(), database: CATALOG.into() });
-        let mut result = RunResult::new(SYSTEM_TENANT, CATALOG, "failed");
+        let mut result = RunResult::new(SYSTEM_TENANT, CATALOG, RunStatus::Failed);
         match self.backup_catalog().await {
             Ok(backup) => {
-                result.status = "complete".into();
+                result.status = RunStatus::Complete;
                 result.backup_id = Some(backup.id);
                 result.logical_bytes = Some(backup.logical_bytes as i64);
                 result.new_stored_bytes = Some(backup.new_stored_bytes as i64);
             }
-            Err(DbError::BackupBusy { .. }) => result.status = "skipped".into(),
+            Err(DbError::BackupBusy { .. }) => result.status = RunStatus::Skipped,
             Err(err) => result.error = Some(err.to_string()),
         }
         result.seconds = started.elapsed().as_secs_f64();
@@ -152,11 +152,11 @@ impl DbManager {
         result
     }
 
-    async fn backup_one(&self, row: &Row, kind: &str, verify: bool) -> RunResult {
+    async fn backup_one(&self, row: &Row, kind: BackupKind, verify: bool) -> RunResult {
         let started = Instant::now();
-        let mut result = RunResult::new(&row.tenant, &row.name, "failed");
+        let mut result = RunResult::new(&row.tenant, &row.name, RunStatus::Failed);
         // A delete, restore or resize of the database holds its lock: skip it this time.
-        let lock = match self.lock_database(row.id).await {
+        let lock = match self.ctx().lock_database(row.id).await {
             Ok(Some(lock)) => Some(lock),
             Ok(None) => None,
             Err(err) => {
@@ -171,7 +171,7 @@ impl DbManager {
         drop(lock);
         match outcome {
             Ok(backup) => {
-                result.status = "complete".into();
+                result.status = RunStatus::Complete;
                 result.backup_id = Some(backup.id);
                 result.logical_bytes = backup.logical_bytes;
                 result.new_stored_bytes = backup.new_stored_bytes;
@@ -180,19 +180,19 @@ impl DbManager {
                         Ok(report) if report.ok => result.verified = Some(true),
                         Ok(report) => {
                             result.verified = Some(false);
-                            result.status = "failed".into();
+                            result.status = RunStatus::Failed;
                             result.error = Some(report.summary());
                         }
                         Err(err) => {
                             result.verified = Some(false);
-                            result.status = "failed".into();
+                            result.status = RunStatus::Failed;
                             result.error = Some(format!("verification failed: {err}"));
                         }
                     }
                 }
             }
             Err(DbError::BackupBusy { .. }) => {
-                result.status = "skipped".into();
+                result.status = RunStatus::Skipped;
                 result.error = Some("another run is backing it up, or the database is being changed".into());
             }
             Err(err) => result.error = Some(err.to_string()),
@@ -225,12 +225,18 @@ impl DbManager {
             .query(
                 "SELECT d.id, d.plan, \
                         (SELECT extract(epoch FROM now() - max(b.started_at))::float8 FROM database_backups b \
-                         WHERE b.database_id = d.id AND b.status = 'complete') \
+                         WHERE b.database_id = d.id AND b.status = $3) \
                  FROM tenant_databases d JOIN tenants t ON t.id = d.tenant_id \
-                 WHERE d.state IN ('active', 'read_only_over_quota') AND ($1::text IS NULL OR t.name = $1) \
+                 WHERE d.state IN ($4, $5) AND ($1::text IS NULL OR t.name = $1) \
                    AND ($2::text IS NULL OR d.name = $2) \
                  ORDER BY t.name, d.name",
-                &[&tenant, &name],
+                &[
+                    &tenant,
+                    &name,
+                    &BackupStatus::Complete,
+                    &DatabaseState::Active,
+                    &DatabaseState::ReadOnlyOverQuota,
+                ],
             )
             .await?;
         drop(client);

@@ -15,12 +15,12 @@ impl DbManager {
         update: UpdateRequest,
     ) -> Result<DatabaseInfo, DbError> {
         let row = self.row(tenant, name).await?;
-        let Some(_lock) = self.lock_database(row.id).await? else {
+        let Some(_lock) = self.ctx().lock_database(row.id).await? else {
             return Err(DbError::Busy { name: name.into() });
         };
         if let Some(plan_name) = &update.plan {
             let plan = self.plans().require(plan_name)?.clone();
-            let admin = self.admin(&row.server).await?;
+            let admin = self.ctx().admin(&row.server).await?;
             provision::apply_role_limits(&admin, &row.target(), &plan).await?;
             provision::ensure_database(&admin, &row.target(), &plan).await?;
             let client = self.pool().get().await?;
@@ -31,7 +31,7 @@ impl DbManager {
                 )
                 .await?;
             drop(client);
-            self.record_event(row.id, "resized", &format!("plan {} -> {plan_name}", row.plan)).await?;
+            self.ctx().record_event(row.id, "resized", &format!("plan {} -> {plan_name}", row.plan)).await?;
             tracing::info!(tenant, database = name, from = %row.plan, to = %plan_name, "resized database");
         }
         if let Some(protection) = update.deletion_protection {
@@ -43,7 +43,9 @@ impl DbManager {
                 )
                 .await?;
             drop(client);
-            self.record_event(row.id, "deletion_protection", if protection { "on" } else { "off" }).await?;
+            self.ctx()
+                .record_event(row.id, "deletion_protection", if protection { "on" } else { "off" })
+                .await?;
         }
         self.database(tenant, name).await
     }
@@ -57,11 +59,11 @@ impl DbManager {
         grace: std::time::Duration,
     ) -> Result<Credentials, DbError> {
         let row = self.row(tenant, name).await?;
-        let Some(_lock) = self.lock_database(row.id).await? else {
+        let Some(_lock) = self.ctx().lock_database(row.id).await? else {
             return Err(DbError::Busy { name: name.into() });
         };
         let password = provision::generate_password();
-        let admin = self.admin(&row.server).await?;
+        let admin = self.ctx().admin(&row.server).await?;
         provision::set_password(&admin, &row.target(), &password).await?;
         let rotated_at: std::time::SystemTime = admin
             .query_one("SELECT clock_timestamp()", &[])
@@ -87,13 +89,14 @@ impl DbManager {
                 "rotated credentials; old sessions end after the grace"
             );
         }
-        self.record_event(
-            row.id,
-            "credentials_rotated",
-            &format!("old sessions end after {}s", grace.as_secs()),
-        )
-        .await?;
-        Ok(credentials(&row, password))
+        self.ctx()
+            .record_event(
+                row.id,
+                "credentials_rotated",
+                &format!("old sessions end after {}s", grace.as_secs()),
+            )
+            .await?;
+        credentials(&row, password)
     }
 
     /// Deletes a database and its role, unless deletion protection is on; first takes a final
@@ -109,17 +112,22 @@ impl DbManager {
             return Err(DbError::DeletionProtected { name: name.into() });
         }
         // The lock first: a restore or resize meanwhile would break the final backup.
-        let Some(_lock) = self.lock_database(row.id).await? else {
+        let Some(_lock) = self.ctx().lock_database(row.id).await? else {
             return Err(DbError::Busy { name: name.into() });
         };
         if !skip_final_backup {
-            let backup = self.backup_now(&row, "final").await?;
+            let backup = self.backup_now(&row, crate::states::BackupKind::Final).await?;
             tracing::info!(tenant, database = name, backup = backup.id, "took the final backup");
         }
         let client = self.pool().get().await?;
-        client.execute("UPDATE tenant_databases SET state = 'deleting' WHERE id = $1", &[&row.id]).await?;
+        client
+            .execute(
+                "UPDATE tenant_databases SET state = $2 WHERE id = $1",
+                &[&row.id, &crate::states::DatabaseState::Deleting],
+            )
+            .await?;
         drop(client);
-        self.record_event(row.id, "deleting", "").await?;
+        self.ctx().record_event(row.id, "deleting", "").await?;
         self.drop_database_and_roles(&row.server, &row.target()).await?;
         let client = self.pool().get().await?;
         client.execute("DELETE FROM tenant_databases WHERE id = $1", &[&row.id]).await?;

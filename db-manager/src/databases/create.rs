@@ -13,6 +13,7 @@ use crate::names::{is_valid_database_name, server_name};
 use crate::plans::Plan;
 use crate::provision;
 use crate::servers;
+use crate::states::DatabaseState;
 use crate::{DbError, faults};
 
 impl DbManager {
@@ -65,11 +66,11 @@ impl DbManager {
     ) -> Result<Credentials, DbError> {
         let plan = self.plans().require(&request.plan)?.clone();
         let (id, resumed) = self.claim_row(tenant_id, tenant, request, &plan).await?;
-        let Some(_lock) = self.lock_database(id).await? else {
+        let Some(_lock) = self.ctx().lock_database(id).await? else {
             return Err(DbError::Busy { name: request.name.clone() });
         };
         let row = self.row_by_id(id).await?;
-        if row.state != "creating" {
+        if row.state != DatabaseState::Creating {
             return Err(DbError::Exists { tenant: tenant.into(), name: request.name.clone() });
         }
         let password = provision::generate_password();
@@ -78,9 +79,9 @@ impl DbManager {
             tracing::warn!(tenant, database = %row.name, error = %err, "create failed; undoing it");
             if !matches!(err, DbError::RoleTaken { .. } | DbError::DatabaseTaken { .. }) {
                 let undo = async {
-                    let admin = self.admin(&row.server).await?;
+                    let admin = self.ctx().admin(&row.server).await?;
                     // Only what Silo made for this row is ever dropped.
-                    provision::check_ours(&admin, &row.target(), &self.marker(row.id).await?).await?;
+                    provision::check_ours(&admin, &row.target(), &self.ctx().marker(row.id).await?).await?;
                     drop(admin);
                     self.drop_database_and_roles(&row.server, &row.target()).await
                 };
@@ -96,14 +97,14 @@ impl DbManager {
         let client = self.pool().get().await?;
         client
             .execute(
-                "WITH activated AS (UPDATE tenant_databases SET state = 'active' WHERE id = $1) \
+                "WITH activated AS (UPDATE tenant_databases SET state = $3 WHERE id = $1) \
                  INSERT INTO database_events (database_id, event, detail) VALUES ($1, 'created', $2)",
-                &[&id, &format!("plan {} on server {}", row.plan, row.server.name)],
+                &[&id, &format!("plan {} on server {}", row.plan, row.server.name), &DatabaseState::Active],
             )
             .await?;
         drop(client);
         tracing::info!(tenant, database = %row.name, server = %row.server.name, plan = %row.plan, resumed, "created database");
-        Ok(credentials(&row, password))
+        credentials(&row, password)
     }
 
     /// Inserts the `creating` row (placing the database), or finds the one a dead create left.
@@ -123,7 +124,7 @@ impl DbManager {
             )
             .await?;
         if let Some(row) = existing {
-            if row.get::<_, String>(1) == "creating" {
+            if row.get::<_, DatabaseState>(1) == DatabaseState::Creating {
                 return Ok((row.get(0), true));
             }
             return Err(DbError::Exists { tenant: tenant.into(), name: request.name.clone() });
@@ -150,7 +151,7 @@ impl DbManager {
         let inserted = txn
             .query_opt(
                 "INSERT INTO tenant_databases (tenant_id, name, server_id, pg_name, plan, storage_quota_bytes, \
-                 state, deletion_protection) VALUES ($1, $2, $3, $4, $5, $6, 'creating', $7) \
+                 state, deletion_protection) VALUES ($1, $2, $3, $4, $5, $6, $8, $7) \
                  ON CONFLICT DO NOTHING RETURNING id",
                 &[
                     &tenant_id.0,
@@ -160,6 +161,7 @@ impl DbManager {
                     &request.plan,
                     &(plan.storage_quota_bytes as i64),
                     &request.deletion_protection,
+                    &DatabaseState::Creating,
                 ],
             )
             .await?;
@@ -174,8 +176,8 @@ impl DbManager {
     /// database of the same name that Silo did not make for this row is refused, untouched.
     async fn provision(&self, row: &Row, plan: &Plan, password: &str) -> Result<(), DbError> {
         let target = row.target();
-        let marker = self.marker(row.id).await?;
-        let admin = self.admin(&row.server).await?;
+        let marker = self.ctx().marker(row.id).await?;
+        let admin = self.ctx().admin(&row.server).await?;
         faults::crash_point("create.before_role");
         provision::ensure_roles(&admin, &target, password, plan, &marker).await?;
         faults::crash_point("create.after_role");
@@ -183,18 +185,18 @@ impl DbManager {
         let spare = match provision::database_exists(&admin, &target).await? {
             true => None,
             // A spare is an optimisation: failing to take one only means making the database.
-            false => self.claim_spare(&row.server).await.unwrap_or_else(|err| {
+            false => self.spares().claim(&row.server).await.unwrap_or_else(|err| {
                 tracing::warn!(error = %err, "cannot take a spare database; creating one");
                 None
             }),
         };
         if let Some(spare) = spare {
-            self.replenish_spares_soon();
-            match self.adopt_spare(&admin, &target, &spare).await {
+            self.spares().replenish_soon();
+            match self.spares().adopt(&admin, &target, &spare).await {
                 Ok(()) => from_spare = true,
                 Err(err) => tracing::warn!(spare, error = %err, "cannot use a spare database; creating one"),
             }
-            self.release_spare(&row.server, &spare).await?;
+            self.spares().release(&row.server, &spare).await?;
         }
         provision::ensure_database(&admin, &target, plan).await?;
         faults::crash_point("create.after_database");
@@ -202,7 +204,7 @@ impl DbManager {
             // The spare's `public` is closed to PUBLIC and belongs to pg_database_owner.
             return Ok(());
         }
-        let inside = self.connect_server(&row.server, Some(&row.pg_name)).await?;
+        let inside = self.ctx().connect_server(&row.server, Some(&row.pg_name)).await?;
         provision::own_public_schema(&inside, &target).await
     }
 
@@ -223,7 +225,8 @@ impl DbManager {
         if row.get::<_, &[u8]>(0) != digest {
             return Err(DbError::IdempotencyMismatch);
         }
-        let opened = self.inner.secret.open(IDEMPOTENCY_PURPOSE, row.get(1)).ok_or(DbError::SealedSecret)?;
+        let opened =
+            self.ctx().secret().open(IDEMPOTENCY_PURPOSE, row.get(1)).ok_or(DbError::SealedSecret)?;
         serde_json::from_slice(&opened).map(Some).map_err(|_| DbError::SealedSecret)
     }
 
@@ -235,7 +238,7 @@ impl DbManager {
         created: &Credentials,
     ) -> Result<(), DbError> {
         let sealed =
-            self.inner.secret.seal(IDEMPOTENCY_PURPOSE, &serde_json::to_vec(created).unwrap_or_default());
+            self.ctx().secret().seal(IDEMPOTENCY_PURPOSE, &serde_json::to_vec(created).unwrap_or_default());
         let client = self.pool().get().await?;
         client
             .execute(

@@ -3,6 +3,7 @@
 
 mod change;
 mod create;
+mod repair;
 
 use serde::{Deserialize, Serialize};
 use storage_node::TenantId;
@@ -11,6 +12,8 @@ use crate::DbError;
 use crate::manager::DbManager;
 use crate::provision::Target;
 use crate::servers::{self, Server};
+use crate::states::DatabaseState;
+use crate::timestamp;
 
 const IDEMPOTENCY_PURPOSE: &str = "database create response";
 
@@ -57,7 +60,7 @@ pub struct DatabaseInfo {
     pub server: String,
     pub zone: String,
     pub plan: String,
-    pub state: String,
+    pub state: DatabaseState,
     pub host: String,
     pub port: u16,
     pub database: String,
@@ -66,10 +69,13 @@ pub struct DatabaseInfo {
     pub storage_quota_bytes: i64,
     pub connection_limit: Option<u32>,
     pub connections: Option<i32>,
-    pub sampled_at: Option<String>,
-    pub last_backup_at: Option<String>,
+    #[serde(serialize_with = "timestamp::option::serialize")]
+    pub sampled_at: Option<time::OffsetDateTime>,
+    #[serde(serialize_with = "timestamp::option::serialize")]
+    pub last_backup_at: Option<time::OffsetDateTime>,
     pub deletion_protection: bool,
-    pub created_at: String,
+    #[serde(serialize_with = "timestamp::serialize")]
+    pub created_at: time::OffsetDateTime,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<Event>,
 }
@@ -77,7 +83,8 @@ pub struct DatabaseInfo {
 /// A change of a database's state, as the API shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
-    pub at: String,
+    #[serde(serialize_with = "timestamp::serialize")]
+    pub at: time::OffsetDateTime,
     pub event: String,
     pub detail: String,
 }
@@ -100,7 +107,7 @@ pub(crate) struct Row {
     pub server: Server,
     pub pg_name: String,
     pub plan: String,
-    pub state: String,
+    pub state: DatabaseState,
     pub deletion_protection: bool,
 }
 
@@ -110,17 +117,15 @@ impl Row {
     }
 }
 
-const RFC3339: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'";
-
+/// The listing query: `$1` is the tenant, `$2` the state the API never shows (`creating`);
+/// `filter` may use `$3` on.
 fn info_select(filter: &str) -> String {
     format!(
         "SELECT t.name, d.name, s.name, s.zone, d.plan, d.state, s.public_host, s.public_port, d.pg_name, \
-                d.size_bytes, d.storage_quota_bytes, d.connections, \
-                to_char(d.sampled_at AT TIME ZONE 'UTC', {RFC3339}), \
-                to_char(d.last_backup_at AT TIME ZONE 'UTC', {RFC3339}), d.deletion_protection, \
-                to_char(d.created_at AT TIME ZONE 'UTC', {RFC3339}), d.id \
+                d.size_bytes, d.storage_quota_bytes, d.connections, d.sampled_at, d.last_backup_at, \
+                d.deletion_protection, d.created_at, d.id \
          FROM tenant_databases d JOIN tenants t ON t.id = d.tenant_id JOIN db_servers s ON s.id = d.server_id \
-         WHERE t.name = $1 AND d.state <> 'creating' {filter} ORDER BY d.name"
+         WHERE t.name = $1 AND d.state <> $2 {filter} ORDER BY d.name"
     )
 }
 
@@ -129,7 +134,7 @@ impl DbManager {
     pub async fn list_databases(&self, tenant: &str) -> Result<Vec<DatabaseInfo>, DbError> {
         servers::tenant_id(self.pool(), tenant).await?;
         let client = self.pool().get().await?;
-        let rows = client.query(&info_select(""), &[&tenant]).await?;
+        let rows = client.query(&info_select(""), &[&tenant, &DatabaseState::Creating]).await?;
         Ok(rows.iter().map(|row| self.info_from_row(row)).collect())
     }
 
@@ -138,17 +143,15 @@ impl DbManager {
         servers::tenant_id(self.pool(), tenant).await?;
         let client = self.pool().get().await?;
         let row = client
-            .query_opt(&info_select("AND d.name = $2"), &[&tenant, &name])
+            .query_opt(&info_select("AND d.name = $3"), &[&tenant, &DatabaseState::Creating, &name])
             .await?
             .ok_or_else(|| DbError::NotFound { tenant: tenant.into(), name: name.into() })?;
         let mut info = self.info_from_row(&row);
         let id: i64 = row.get(16);
         let events = client
             .query(
-                &format!(
-                    "SELECT to_char(at AT TIME ZONE 'UTC', {RFC3339}), event, detail FROM database_events \
-                     WHERE database_id = $1 ORDER BY id DESC LIMIT 50"
-                ),
+                "SELECT at, event, detail FROM database_events WHERE database_id = $1 \
+                 ORDER BY id DESC LIMIT 50",
                 &[&id],
             )
             .await?;
@@ -188,8 +191,8 @@ impl DbManager {
         let row = client
             .query_opt(
                 "SELECT d.id FROM tenant_databases d JOIN tenants t ON t.id = d.tenant_id \
-                 WHERE t.name = $1 AND d.name = $2 AND d.state <> 'creating'",
-                &[&tenant, &name],
+                 WHERE t.name = $1 AND d.name = $2 AND d.state <> $3",
+                &[&tenant, &name, &DatabaseState::Creating],
             )
             .await?
             .ok_or_else(|| DbError::NotFound { tenant: tenant.into(), name: name.into() })?;
@@ -220,42 +223,23 @@ impl DbManager {
             deletion_protection: row.get(7),
         })
     }
-
-    pub(crate) async fn record_event(&self, id: i64, event: &str, detail: &str) -> Result<(), DbError> {
-        let client = self.pool().get().await?;
-        client
-            .execute(
-                "INSERT INTO database_events (database_id, event, detail) VALUES ($1, $2, $3)",
-                &[&id, &event, &detail],
-            )
-            .await?;
-        Ok(())
-    }
 }
 
-fn credentials(row: &Row, password: String) -> Credentials {
+fn credentials(row: &Row, password: String) -> Result<Credentials, DbError> {
     let host = &row.server.host;
-    let url_host = if host.starts_with('/') {
-        host.replace('/', "%2F")
-    } else if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.clone()
-    };
-    Credentials {
+    let url = crate::conn_url::postgres_url(&row.pg_name, &password, host, row.server.port, &row.pg_name)
+        .map_err(|err| DbError::InvalidServer(err.to_string()))?;
+    Ok(Credentials {
         tenant: row.tenant.clone(),
         name: row.name.clone(),
         server: row.server.name.clone(),
         zone: row.server.zone.clone(),
         plan: row.plan.clone(),
-        url: format!(
-            "postgresql://{}:{password}@{url_host}:{}/{}",
-            row.pg_name, row.server.port, row.pg_name
-        ),
+        url,
         host: host.clone(),
         port: row.server.port,
         database: row.pg_name.clone(),
         user: row.pg_name.clone(),
         password,
-    }
+    })
 }

@@ -103,6 +103,16 @@ pub async fn ping(pool: &CatalogPool) -> Result<(), CatalogError> {
     Ok(())
 }
 
+/// This catalog's id (`silo_meta`, a UUID in its text form): fixed when the catalog was made,
+/// it names the catalog to operators and to what Silo leaves on shared servers.
+///
+/// # Errors
+/// [`CatalogError::Unreachable`] or [`CatalogError::Query`] with the reason.
+pub async fn catalog_id(pool: &CatalogPool) -> Result<String, CatalogError> {
+    let client = pool.get().await?;
+    Ok(client.query_one("SELECT catalog_id::text FROM silo_meta", &[]).await?.get(0))
+}
+
 /// Applies the storage node's migrations. The caller holds the catalog migration lock.
 ///
 /// # Errors
