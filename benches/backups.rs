@@ -155,26 +155,15 @@ async fn run() {
     println!("|---|---|---|");
     let mb = |bytes: u64| bytes as f64 / 1e6;
     println!("| Silo (bytes the 7 backups added to the store) | {:.1} | |", mb(silo_added));
-    println!(
-        "| 7 `pg_dump -Fc` files (compressed) | {:.1} | {:.3}x |",
-        mb(compressed_dumps),
-        silo_added as f64 / compressed_dumps as f64
-    );
+    let row = |label: &str, bytes: u64| {
+        println!("| {label} | {:.1} | {:.3}x |", mb(bytes), silo_added as f64 / bytes as f64)
+    };
+    row("7 `pg_dump -Fc` files (compressed)", compressed_dumps);
     if let Some(r) = &restic {
-        let size = common::disk_usage(&r.repo);
-        println!(
-            "| restic of the 7 `-Z0` dumps | {:.1} | {:.3}x |",
-            mb(size),
-            silo_added as f64 / size as f64
-        );
+        row("restic of the 7 `-Z0` dumps", common::disk_usage(&r.repo));
     }
     if let Some(p) = &pgbackrest {
-        let size = common::disk_usage(&p.repo);
-        println!(
-            "| pgBackRest, 1 full + 6 incremental | {:.1} | {:.3}x |",
-            mb(size),
-            silo_added as f64 / size as f64
-        );
+        row("pgBackRest, 1 full + 6 incremental", common::disk_usage(&p.repo));
     }
 
     // Restore throughput: a new database from the newest backup, against pg_restore of a file.
