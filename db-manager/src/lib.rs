@@ -1,7 +1,7 @@
 //! Silo's database manager: the PostgreSQL instances Silo runs itself and the catalog on top.
 //!
-//! [`instance`] creates, starts, supervises and stops local Postgres clusters with the local
-//! `initdb`, `pg_ctl` and `postgres` binaries. The embedded catalog server is one such instance,
+//! [`instance`] (the `pg-local` crate, re-exported) creates, starts, supervises and stops local
+//! Postgres clusters with the local `initdb`, `pg_ctl` and `postgres` binaries. The embedded catalog server is one such instance,
 //! and [`dedicated`] per-client servers are others. [`catalog`] attaches Silo to its catalog
 //! database, wherever it lives, and brings every component's schema up to date.
 //!

@@ -4,7 +4,7 @@
 //! It locates the server binaries ([`PgBinaries`]), runs `initdb` and `pg_ctl` as the OS user
 //! Postgres runs as ([`RunAs`]), and watches a running cluster ([`supervise`]). db-manager runs
 //! the embedded catalog server and the dedicated servers on it; with the `testing` feature,
-//! [`testing`] is the throwaway cluster that the tests of every crate share. It depends on no
+//! `testing` is the throwaway cluster that the tests of every crate share. It depends on no
 //! other crate of the workspace, so storage-node's tests use it without depending on db-manager.
 //!
 //! A [`LocalInstance`] is one cluster. Layout under the instance root (`<data-dir>/postgres`
