@@ -8,6 +8,7 @@ use std::sync::Arc;
 use rand::distr::{Alphanumeric, SampleString};
 use storage_node::DataDir;
 
+use crate::DbError;
 use crate::instance::{InstanceError, InstanceSpec, LocalInstance, PgBinaries, RunAs};
 
 /// The catalog database's name on the embedded server.
@@ -33,12 +34,12 @@ pub struct EmbeddedOptions {
 /// exists. Returns the instance and its postmaster pid.
 ///
 /// # Errors
-/// [`InstanceError`] when the binaries are missing, the data directory is unusable or the
-/// server does not start.
+/// [`DbError::Instance`] when the binaries are missing or the server does not start, and
+/// [`DbError::DataDir`] when the data directory is unusable.
 pub async fn start(
     data_dir: &DataDir,
     options: &EmbeddedOptions,
-) -> Result<(Arc<LocalInstance>, u32), InstanceError> {
+) -> Result<(Arc<LocalInstance>, u32), DbError> {
     let binaries = PgBinaries::locate(options.bin_dir.as_deref())?;
     let run_as = RunAs::for_this_process(&options.os_user)?;
     if run_as.switched_user().is_some() {

@@ -81,6 +81,8 @@ pub enum DbError {
     Catalog(#[from] CatalogError),
     #[error(transparent)]
     Instance(#[from] InstanceError),
+    #[error(transparent)]
+    DataDir(#[from] storage_node::DataDirError),
 }
 
 fn zone_clause(zone: &Option<String>) -> String {

@@ -1,7 +1,7 @@
 //! Silo's database manager: the PostgreSQL instances Silo runs itself and the catalog on top.
 //!
-//! [`instance`] creates, starts, supervises and stops local Postgres clusters with the local
-//! `initdb`, `pg_ctl` and `postgres` binaries. The embedded catalog server is one such instance,
+//! [`instance`] (the `pg-local` crate, re-exported) creates, starts, supervises and stops local
+//! Postgres clusters with the local `initdb`, `pg_ctl` and `postgres` binaries. The embedded catalog server is one such instance,
 //! and [`dedicated`] per-client servers are others. [`catalog`] attaches Silo to its catalog
 //! database, wherever it lives, and brings every component's schema up to date.
 //!
@@ -29,7 +29,6 @@ pub mod dedicated;
 pub mod embedded;
 mod error;
 pub mod faults;
-pub mod instance;
 pub mod manager;
 pub mod names;
 pub mod orphans;
@@ -41,11 +40,16 @@ pub mod servers;
 mod spares;
 pub mod states;
 pub mod tenant_deletion;
-#[cfg(feature = "testing")]
-pub mod testing;
 pub mod timestamp;
 pub mod tls;
 mod workers;
+
+/// Local Postgres clusters live in the `pg-local` crate, below storage-node; the old path
+/// `db_manager::instance` still reaches them.
+pub use pg_local as instance;
+/// The throwaway test cluster, from `pg-local` (feature `testing`).
+#[cfg(feature = "testing")]
+pub use pg_local::testing;
 
 pub use dedicated::DedicatedOptions;
 pub use error::DbError;

@@ -103,7 +103,7 @@ impl From<db_manager::DbError> for ApiError {
             E::ServerUnreachable { .. } => (StatusCode::BAD_GATEWAY, "server_unreachable"),
             E::Server { .. } => (StatusCode::BAD_GATEWAY, "server_error"),
             E::Catalog(_) => (StatusCode::SERVICE_UNAVAILABLE, "catalog_unavailable"),
-            E::SealedSecret | E::Instance(_) => return ApiError::internal(err),
+            E::SealedSecret | E::Instance(_) | E::DataDir(_) => return ApiError::internal(err),
         };
         ApiError::new(status, code, err.to_string())
     }

@@ -18,7 +18,7 @@ async fn snapshot(url: &str, label: &str, dir: &std::path::Path) -> String {
         .status()
         .expect("pg_dump");
     assert!(dumped.success());
-    let copy = db_manager::testing::shared().fresh_database(label).await;
+    let copy = pg_local::testing::shared().fresh_database(label).await;
     let restored = Command::new("pg_restore")
         .args(["--no-owner", "--exit-on-error", "--dbname", &copy])
         .arg(&file)

@@ -24,7 +24,7 @@ pub(super) struct Fixture {
 }
 
 pub(super) async fn fixture(label: &str) -> Fixture {
-    let url = db_manager::testing::shared().fresh_database(label).await;
+    let url = pg_local::testing::shared().fresh_database(label).await;
     let pool = connect_pool(url.parse().expect("url"), 16).expect("pool");
     let mut client = deadpool_postgres::Object::take(pool.get().await.expect("connect"));
     crate::catalog::migrate(&mut client).await.expect("migrate");

@@ -36,7 +36,7 @@ pub async fn catalog(label: &str) -> (CatalogPool, String) {
 
 /// A fresh catalog whose pool has `size` connections.
 pub async fn catalog_with_pool(label: &str, size: usize) -> (CatalogPool, String) {
-    let url = db_manager::testing::shared().fresh_database(label).await;
+    let url = pg_local::testing::shared().fresh_database(label).await;
     let pool = connect_pool(url.parse().expect("url"), size).expect("pool");
     let mut client = deadpool_postgres::Object::take(pool.get().await.expect("connect"));
     storage_node::catalog::migrate(&mut client).await.expect("migrate");

@@ -5,9 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use db_manager::instance::{InstanceHealth, InstanceSpec, LocalInstance, PgBinaries, RunAs, supervise};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use pg_local::{InstanceHealth, InstanceSpec, LocalInstance, PgBinaries, RunAs, supervise};
 use tokio_util::sync::CancellationToken;
 
 fn scratch_dir() -> tempfile::TempDir {

@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::instance::{InstanceSpec, LocalInstance, PgBinaries, RunAs};
+use crate::{InstanceSpec, LocalInstance, PgBinaries, RunAs};
 
 /// A running throwaway cluster.
 #[derive(Debug)]

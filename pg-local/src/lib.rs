@@ -1,8 +1,16 @@
-//! A local PostgreSQL instance that Silo creates, starts, stops and recovers itself.
+//! Local PostgreSQL clusters: the bottom of Silo's workspace, below `storage-node` and
+//! `db-manager`.
 //!
-//! Layout under the instance root (`<data-dir>/postgres` for the embedded catalog server):
-//! `data/` is the cluster (PGDATA), `server.log` its log, and the unix socket lives in the root
-//! itself. The root is 0700 and owned by the OS user Postgres runs as ([`RunAs`]).
+//! It locates the server binaries ([`PgBinaries`]), runs `initdb` and `pg_ctl` as the OS user
+//! Postgres runs as ([`RunAs`]), and watches a running cluster ([`supervise`]). db-manager runs
+//! the embedded catalog server and the dedicated servers on it; with the `testing` feature,
+//! `testing` is the throwaway cluster that the tests of every crate share. It depends on no
+//! other crate of the workspace, so storage-node's tests use it without depending on db-manager.
+//!
+//! A [`LocalInstance`] is one cluster. Layout under the instance root (`<data-dir>/postgres`
+//! for the embedded catalog server): `data/` is the cluster (PGDATA), `server.log` its log, and
+//! the unix socket lives in the root itself. The root is 0700 and owned by the OS user Postgres
+//! runs as ([`RunAs`]).
 //!
 //! `initdb` runs into `data.init/` and is renamed to `data/` only once complete, so a crash
 //! during initialisation is simply redone. A `postmaster.pid` left by a killed process is
@@ -10,51 +18,25 @@
 //! Silo is stopped and started afresh, so neither blocks a restart.
 
 mod binaries;
+mod error;
 mod os_user;
 mod supervisor;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::fs;
-use std::io;
+use std::io::{self, Write};
 use std::net::IpAddr;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use error::MAX_SOCKET_PATH;
+
 pub use binaries::PgBinaries;
+pub use error::InstanceError;
 pub use os_user::RunAs;
 pub use supervisor::{InstanceHealth, SupervisorHandle, supervise};
-
-/// The longest unix socket path the kernel accepts (`sun_path` is 108 bytes, NUL included).
-const MAX_SOCKET_PATH: usize = 107;
-
-/// Why a local instance could not be set up, started or stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum InstanceError {
-    #[error(
-        "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found in {searched}. On Debian \
-         or Ubuntu run `apt-get install postgresql`; or pass --postgres-bin-dir, or \
-         --postgres-url to use an existing server"
-    )]
-    BinariesNotFound { searched: String },
-    #[error("{0}")]
-    OsUser(String),
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("`{program}` failed ({status}): {output}")]
-    Command { program: String, status: String, output: String },
-    #[error(
-        "the unix socket path {path} is longer than the {MAX_SOCKET_PATH} bytes the kernel allows; use a shorter data directory"
-    )]
-    SocketPathTooLong { path: String },
-    #[error("cannot connect to the local instance: {}", storage_node::catalog::describe(.0))]
-    Connect(#[from] tokio_postgres::Error),
-    #[error(transparent)]
-    DataDir(#[from] storage_node::DataDirError),
-    #[error("a background task failed: {0}")]
-    Task(String),
-    #[error("Postgres died and {attempts} restarts failed; the last error: {last}")]
-    GaveUp { attempts: u32, last: String },
-}
 
 /// What a local instance is: where it lives, who its superuser is and how it listens.
 #[derive(Debug, Clone)]
@@ -129,7 +111,7 @@ impl LocalInstance {
             fs::remove_dir_all(&staging).map_err(|source| io_error(&staging, source))?;
         }
         let pwfile = self.spec.root.join(".initdb-pwfile");
-        storage_node::data_dir::write_atomically(&pwfile, self.spec.superuser_password.as_bytes(), 0o600)
+        write_private(&pwfile, self.spec.superuser_password.as_bytes())
             .map_err(|source| io_error(&pwfile, source))?;
         self.run_as.give(&pwfile)?;
         let mut initdb = self.command("initdb");
@@ -347,6 +329,18 @@ fn is_live_postgres(pid: u32) -> bool {
     let comm = head.split_once('(').map(|(_, comm)| comm).unwrap_or_default();
     let state = tail.trim_start().chars().next().unwrap_or('?');
     comm == "postgres" && !matches!(state, 'Z' | 'X')
+}
+
+/// Writes `contents` to a new file at `path` that only its owner can read (0600 from the
+/// moment it exists), replacing any file an interrupted run left there.
+fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
+        _ => {}
+    }
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
 }
 
 fn sync_dir(path: &Path) -> Result<(), InstanceError> {
