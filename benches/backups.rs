@@ -19,8 +19,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use db_manager::instance::PgBinaries;
-use db_manager::testing::TestPostgres;
+use pg_local::PgBinaries;
+use pg_local::testing::TestPostgres;
 use process::{Silo, free_addr, silo_cli_json};
 use serde_json::{Value, json};
 

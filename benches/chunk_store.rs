@@ -13,8 +13,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::*;
-use db_manager::testing::TestPostgres;
 use futures::StreamExt;
+use pg_local::testing::TestPostgres;
 use rand::{Rng, SeedableRng};
 use storage_node::chunker::ChunkSizes;
 use storage_node::store::{PutOptions, StoreConfig};

@@ -12,8 +12,8 @@ mod process;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use db_manager::instance::PgBinaries;
-use db_manager::testing::TestPostgres;
+use pg_local::PgBinaries;
+use pg_local::testing::TestPostgres;
 use process::{Silo, free_addr, scratch, silo_cli_json};
 use serde_json::json;
 

@@ -87,7 +87,7 @@ async fn a_backup_restores_exactly_into_a_new_database_and_with_plain_pg_restore
     assert!(downloaded.status.success(), "{}", String::from_utf8_lossy(&downloaded.stderr));
     admin_sql("DROP DATABASE IF EXISTS plain_restore");
     admin_sql("CREATE DATABASE plain_restore");
-    let plain_url = db_manager::testing::shared().url("plain_restore");
+    let plain_url = pg_local::testing::shared().url("plain_restore");
     let status = Command::new("pg_restore")
         .args(["--no-owner", "--exit-on-error", "-d", &plain_url])
         .arg(&file)
@@ -357,7 +357,7 @@ async fn a_lost_catalog_is_rebuilt_from_its_backup() {
     // The catalog is lost: Silo stops, and a new, empty database takes its place.
     fx.silo.signal(nix::sys::signal::Signal::SIGTERM);
     fx.silo.wait_exit(Duration::from_secs(30)).await;
-    let rebuilt = db_manager::testing::shared().fresh_database("bk_catalog_rebuilt").await;
+    let rebuilt = pg_local::testing::shared().fresh_database("bk_catalog_rebuilt").await;
     let manifests: Vec<_> = std::fs::read_dir(fx.silo.data_dir.join("catalog-backups"))
         .expect("manifests")
         .flatten()
@@ -391,7 +391,7 @@ async fn a_lost_catalog_is_rebuilt_from_its_backup() {
     );
     admin_sql("DROP DATABASE IF EXISTS after_rebuild");
     admin_sql("CREATE DATABASE after_rebuild");
-    let scratch = db_manager::testing::shared().url("after_rebuild");
+    let scratch = pg_local::testing::shared().url("after_rebuild");
     let status = Command::new("pg_restore")
         .args(["--no-owner", "--exit-on-error", "-d", &scratch])
         .arg(&file)

@@ -101,7 +101,7 @@ async fn lose_and_restore_catalog(fx: &mut Fixture, label: &str, manifest: &Path
     let lost = fx.catalog_url();
     let name = lost.rsplit('/').next().expect("database name").split('?').next().expect("name").to_string();
     admin_sql(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"));
-    let rebuilt = db_manager::testing::shared().fresh_database(label).await;
+    let rebuilt = pg_local::testing::shared().fresh_database(label).await;
     let restore = Command::new(env!("CARGO_BIN_EXE_silo"))
         .args(["catalog", "restore", "--manifest"])
         .arg(manifest)
@@ -189,7 +189,7 @@ async fn a_catalog_backup_restores_every_object_after_gc_compacted_and_deleted_i
     );
     admin_sql("DROP DATABASE IF EXISTS dr_compacted_check");
     admin_sql("CREATE DATABASE dr_compacted_check");
-    let scratch = db_manager::testing::shared().url("dr_compacted_check");
+    let scratch = pg_local::testing::shared().url("dr_compacted_check");
     let status = Command::new("pg_restore")
         .args(["--no-owner", "--exit-on-error", "-d", &scratch])
         .arg(&file)

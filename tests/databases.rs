@@ -57,7 +57,7 @@ async fn a_database_is_created_reachable_and_isolated() {
     admin_sql("DROP ROLE IF EXISTS outsider; CREATE ROLE outsider LOGIN PASSWORD 'outsider-pass'");
     let outsider = format!(
         "postgresql://outsider:outsider-pass@127.0.0.1:{}/{pg_name}",
-        db_manager::testing::shared().port()
+        pg_local::testing::shared().port()
     );
     assert!(psql_err(&outsider, "SELECT 1").contains("permission denied for database"));
     // Inside its own database, rival's role cannot read acme's tables: they are not there.
@@ -169,7 +169,7 @@ async fn names_never_collide_and_what_silo_did_not_make_is_never_adopted() {
     admin_sql("DROP DATABASE IF EXISTS \"fo-reign_theirs\"");
     admin_sql("CREATE DATABASE \"fo-reign_theirs\"");
     psql_ok(
-        &db_manager::testing::shared().url("fo-reign_theirs"),
+        &pg_local::testing::shared().url("fo-reign_theirs"),
         "CREATE TABLE precious (x int); INSERT INTO precious VALUES (42)",
     );
     admin_sql("DROP ROLE IF EXISTS \"fo-reign_role\"; CREATE ROLE \"fo-reign_role\" LOGIN");
@@ -181,7 +181,7 @@ async fn names_never_collide_and_what_silo_did_not_make_is_never_adopted() {
         assert!(body["error"]["message"].as_str().unwrap_or("").contains(&format!("{what} named")), "{body}");
     }
     assert_eq!(
-        psql_ok(&db_manager::testing::shared().url("fo-reign_theirs"), "SELECT x FROM precious"),
+        psql_ok(&pg_local::testing::shared().url("fo-reign_theirs"), "SELECT x FROM precious"),
         "42",
         "the foreign database is untouched"
     );
@@ -513,7 +513,7 @@ async fn placement_follows_owner_zone_and_room() {
     let fx = Fixture::start("db_placement", &[]).await;
     fx.tenant("placed");
     fx.tenant("private");
-    let url = db_manager::testing::shared().url("postgres");
+    let url = pg_local::testing::shared().url("postgres");
     let register = |body: serde_json::Value| fx.call(reqwest::Method::POST, "/v1/servers", Some(body));
     // Two company servers in zone z2 (the same cluster under two names), one with little room.
     let (status, _) =
@@ -549,10 +549,8 @@ async fn placement_follows_owner_zone_and_room() {
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("unknown_zone")), "{body}");
     // A bad registration: a role that cannot create databases and roles.
     admin_sql("DROP ROLE IF EXISTS weakling; CREATE ROLE weakling LOGIN PASSWORD 'weak-pass'");
-    let weak = format!(
-        "postgresql://weakling:weak-pass@127.0.0.1:{}/postgres",
-        db_manager::testing::shared().port()
-    );
+    let weak =
+        format!("postgresql://weakling:weak-pass@127.0.0.1:{}/postgres", pg_local::testing::shared().port());
     let (status, body) = register(json!({ "name": "weak", "url": weak, "zone": "z1" })).await;
     assert_eq!(status, 400, "{body}");
     assert!(body["error"]["message"].as_str().unwrap_or("").contains("CREATEDB"), "{body}");
@@ -581,7 +579,7 @@ async fn a_database_made_before_owner_roles_is_moved_to_them_at_the_next_start()
     let pg_name = created["database"].as_str().expect("database").to_string();
     let owner = psql_ok(&url, "SELECT current_user");
     // Put it back into the single-role layout of earlier versions: the login role owns all.
-    let on_db = db_manager::testing::shared().url(&pg_name);
+    let on_db = pg_local::testing::shared().url(&pg_name);
     psql_ok(&on_db, &format!("REASSIGN OWNED BY \"{owner}\" TO \"{pg_name}\""));
     admin_sql(&format!(
         "ALTER ROLE \"{pg_name}\" INHERIT; ALTER ROLE \"{pg_name}\" RESET role; REVOKE \"{owner}\" FROM \"{pg_name}\""

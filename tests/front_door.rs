@@ -18,7 +18,7 @@ const MIB: u64 = 1 << 20;
 
 /// A Silo on a fresh catalog database, with extra flags.
 async fn start(label: &str, extra: &[&str]) -> (Silo, tempfile::TempDir) {
-    let url = db_manager::testing::shared().fresh_database(label).await;
+    let url = pg_local::testing::shared().fresh_database(label).await;
     let tmp = scratch();
     let mut args = vec!["--postgres-url", url.as_str()];
     args.extend_from_slice(extra);
@@ -342,7 +342,7 @@ fn mode(path: &std::path::Path) -> u32 {
 
 #[tokio::test]
 async fn the_data_directory_and_packs_are_readable_by_silo_alone() {
-    let url = db_manager::testing::shared().fresh_database("front_modes").await;
+    let url = pg_local::testing::shared().fresh_database("front_modes").await;
     let tmp = scratch();
     let data = tmp.path().join("data");
     let mut silo = Silo::start(&data, &["--postgres-url", &url]);

@@ -12,7 +12,7 @@ use serde_json::Value;
 async fn boto3_and_the_aws_cli_work_end_to_end() {
     let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
     assert!(std::path::Path::new(python).exists(), "no {python}: run ./scripts/setup first");
-    let url = db_manager::testing::shared().fresh_database("s3_clients").await;
+    let url = pg_local::testing::shared().fresh_database("s3_clients").await;
     let tmp = scratch();
     let mut silo = Silo::start(&tmp.path().join("data"), &["--postgres-url", &url]);
     silo.wait_ready(Duration::from_secs(30)).await;

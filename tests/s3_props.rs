@@ -149,7 +149,7 @@ async fn send(client: &reqwest::Client, silo: &Silo, request: &Generated) -> Opt
 fn arbitrary_s3_requests_never_panic_or_fail_the_server() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let (mut silo, _tmp) = runtime.block_on(async {
-        let url = db_manager::testing::shared().fresh_database("s3_props").await;
+        let url = pg_local::testing::shared().fresh_database("s3_props").await;
         let tmp = scratch();
         let mut silo = Silo::start(&tmp.path().join("data"), &["--postgres-url", &url]);
         silo.wait_ready(Duration::from_secs(30)).await;

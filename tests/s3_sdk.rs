@@ -29,7 +29,7 @@ struct Fixture {
 
 impl Fixture {
     async fn start(label: &str) -> Fixture {
-        let url = db_manager::testing::shared().fresh_database(label).await;
+        let url = pg_local::testing::shared().fresh_database(label).await;
         let tmp = scratch();
         let mut silo = Silo::start(&tmp.path().join("data"), &["--postgres-url", &url]);
         silo.wait_ready(Duration::from_secs(30)).await;

@@ -44,7 +44,7 @@ fn start_silo(label: &str, extra: &[&str]) -> Shared {
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         runtime.block_on(async {
-            let url = db_manager::testing::shared().fresh_database(&label).await;
+            let url = pg_local::testing::shared().fresh_database(&label).await;
             let tmp = scratch();
             let mut args = vec!["--postgres-url", url.as_str()];
             args.extend(extra.iter().map(String::as_str));

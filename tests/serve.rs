@@ -221,7 +221,7 @@ async fn a_data_directory_postgres_cannot_reach_is_named() {
 
 #[tokio::test]
 async fn an_external_postgres_is_used_when_given_and_its_password_stays_out_of_the_logs() {
-    let url = db_manager::testing::shared().fresh_database("external").await;
+    let url = pg_local::testing::shared().fresh_database("external").await;
     let tmp = scratch();
     let data = tmp.path().join("data");
     let mut silo = Silo::start(&data, &["--postgres-url", &url, "--log-format", "json"]);
@@ -246,7 +246,7 @@ async fn an_external_postgres_is_used_when_given_and_its_password_stays_out_of_t
 async fn the_admin_token_from_the_environment_wins() {
     let tmp = scratch();
     let data = tmp.path().join("data");
-    let url = db_manager::testing::shared().fresh_database("env_token").await;
+    let url = pg_local::testing::shared().fresh_database("env_token").await;
     let token = "an-operator-chosen-token-0123456789";
     let mut silo = Silo::start_with_env(&data, &["--postgres-url", &url], &[("SILO_ADMIN_TOKEN", token)]);
     silo.wait_ready(COLD_START).await;

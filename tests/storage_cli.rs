@@ -18,7 +18,7 @@ fn silo_cli(silo: &Silo, token: &str, args: &[&str]) -> std::process::Output {
 
 #[tokio::test]
 async fn gc_and_scrub_run_on_a_live_server_and_refuse_a_wrong_token() {
-    let url = db_manager::testing::shared().fresh_database("storage_cli").await;
+    let url = pg_local::testing::shared().fresh_database("storage_cli").await;
     let tmp = scratch();
     let mut silo = Silo::start(&tmp.path().join("data"), &["--postgres-url", &url]);
     silo.wait_ready(Duration::from_secs(30)).await;

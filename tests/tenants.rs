@@ -23,7 +23,7 @@ fn json_of(output: &Output) -> Value {
 }
 
 async fn start() -> (Silo, tempfile::TempDir, String) {
-    let url = db_manager::testing::shared().fresh_database("tenants").await;
+    let url = pg_local::testing::shared().fresh_database("tenants").await;
     let tmp = scratch();
     let mut silo = Silo::start(&tmp.path().join("data"), &["--postgres-url", &url]);
     silo.wait_ready(Duration::from_secs(30)).await;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use db_manager::testing::TestPostgres;
+use pg_local::testing::TestPostgres;
 use rand::{RngCore, SeedableRng};
 use storage_node::DataDir;
 use storage_node::TenantId;

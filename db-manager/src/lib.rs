@@ -44,12 +44,9 @@ pub mod timestamp;
 pub mod tls;
 mod workers;
 
-/// Local Postgres clusters live in the `pg-local` crate, below storage-node; the old path
-/// `db_manager::instance` still reaches them.
+/// Local Postgres clusters (the embedded catalog server, dedicated servers) are `pg-local`'s,
+/// below storage-node; db-manager runs them and hands them on under this name.
 pub use pg_local as instance;
-/// The throwaway test cluster, from `pg-local` (feature `testing`).
-#[cfg(feature = "testing")]
-pub use pg_local::testing;
 
 pub use dedicated::DedicatedOptions;
 pub use error::DbError;

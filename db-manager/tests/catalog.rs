@@ -4,7 +4,7 @@ use db_manager::catalog::migrate_all;
 use storage_node::catalog::{CatalogError, connect_pool};
 
 async fn pool_for(label: &str) -> storage_node::catalog::CatalogPool {
-    let url = db_manager::testing::shared().fresh_database(label).await;
+    let url = pg_local::testing::shared().fresh_database(label).await;
     connect_pool(url.parse().unwrap(), 8).unwrap()
 }
 

@@ -11,7 +11,7 @@ use storage_node::store::{ChunkStore, NodeSpec, ObjectId, PutOptions};
 
 #[tokio::test]
 async fn the_sweep_deletes_old_unreferenced_objects_and_nothing_else() {
-    let url = db_manager::testing::shared().fresh_database("orphans").await;
+    let url = pg_local::testing::shared().fresh_database("orphans").await;
     let pool = connect_pool(url.parse().expect("url"), 8).expect("pool");
     db_manager::catalog::migrate_all(&pool).await.expect("migrate");
     let tmp = tempfile::tempdir().expect("tmp");

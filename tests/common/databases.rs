@@ -23,13 +23,13 @@ pub struct Fixture {
 
 impl Fixture {
     pub async fn start(label: &str, env: &[(&str, &str)]) -> Fixture {
-        let catalog = db_manager::testing::shared().fresh_database(label).await;
+        let catalog = pg_local::testing::shared().fresh_database(label).await;
         let tmp = scratch();
         let config = tmp.path().join("silo.toml");
         std::fs::write(&config, CONFIG).expect("config");
         let silo = start_silo(&tmp, &catalog, env).await;
         let fx = Fixture { silo, tmp, http: reqwest::Client::new() };
-        let url = db_manager::testing::shared().url("postgres");
+        let url = pg_local::testing::shared().url("postgres");
         let registered = fx.call(
             reqwest::Method::POST,
             "/v1/servers",
@@ -148,7 +148,7 @@ pub fn psql_err(url: &str, sql: &str) -> String {
 
 /// Runs SQL as the managed server's superuser.
 pub fn admin_sql(sql: &str) -> String {
-    psql_ok(&db_manager::testing::shared().url("postgres"), sql)
+    psql_ok(&pg_local::testing::shared().url("postgres"), sql)
 }
 
 /// The URL of `credentials` with another password.
