@@ -161,7 +161,7 @@ async fn serve_with_catalog(
         stop.clone(),
     );
     if let Some(Embedded { instance, .. }) = embedded {
-        databases.register_embedded(&embedded_server(instance, config)?).await?;
+        databases.fleet().register_embedded(&embedded_server(instance, config)?).await?;
     }
     databases.start().await?;
     if let Some(interval) = config.gc_interval() {
@@ -325,7 +325,7 @@ async fn collect_garbage_every(
                 tracing::warn!(error = %err, "could not sweep orphan objects");
             }
         }
-        if let Err(err) = databases.resume_tenant_deletions().await {
+        if let Err(err) = databases.tenant_deletions().resume_tenant_deletions().await {
             tracing::warn!(error = %err, "could not resume tenant deletions");
         }
         match store.gc().await {

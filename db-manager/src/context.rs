@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use deadpool_postgres::{ClientWrapper, Object};
+use storage_node::ServerSecret;
 use storage_node::catalog::CatalogPool;
-use storage_node::keys::ServerSecret;
 use tokio_util::sync::CancellationToken;
 
 use crate::servers::{self, Server};

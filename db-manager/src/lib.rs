@@ -8,9 +8,12 @@
 //! On top, client databases: [`servers`] are the Postgres servers they live on (the embedded
 //! one, registered ones, and [`dedicated`] instances), [`databases`] creates, resizes, rotates
 //! and deletes them through [`provision`]'s statements, and [`sampler`] watches their size and
-//! enforces the quotas of their [`plans`]. [`DbManager`] is the facade the API holds: it owns
-//! the services (dedicated instances, the sampler, spare databases), each with its own state
-//! over a small shared context (catalog pool, server secret, admin pools, advisory locks).
+//! enforces the quotas of their [`plans`]. [`backup`] backs them up into the chunk store and
+//! restores them. [`DbManager`] is the facade the API holds: it builds and starts the services
+//! ([`fleet`] of servers, dedicated instances, spare databases, the sampler, workers,
+//! [`databases`], [`backup`]s, [`tenant_deletion`]), each with its own state over a small
+//! shared context (catalog pool, server secret, admin pools, advisory locks), and hands each
+//! out through an accessor.
 //! [`states`] types every state and kind as an enum, [`timestamp`] writes timestamps as the
 //! API shows them, and [`conn_url`] builds libpq URLs.
 //! [`tenant_deletion`] deletes a tenant with all it has, resumably; [`orphans`] tells the
@@ -29,6 +32,7 @@ pub mod dedicated;
 pub mod embedded;
 mod error;
 pub mod faults;
+pub mod fleet;
 pub mod manager;
 pub mod names;
 pub mod orphans;

@@ -1,7 +1,11 @@
 //! [`DbManager`]: the facade the API holds. It owns the services, each with its own state
-//! over the shared [`Context`]: [`Dedicated`] instances, the [`Sampler`], the [`Spares`] pools,
-//! and the databases, backups and tenant deletions written as `impl DbManager` blocks in their
-//! own modules. It starts them in order and runs the sampler's loop.
+//! over the shared [`Context`], builds them in dependency order and starts them in order:
+//!
+//! [`Fleet`] (servers, with the [`Dedicated`] instances and the [`Spares`] pools) and the
+//! [`Sampler`] at the bottom; [`Workers`] (throwaway roles) beside them; [`Databases`] over
+//! spares and workers; [`Backups`] over databases and workers; [`TenantDeletions`] over backups
+//! and the fleet. Each service holds handles to the ones below it only. Callers reach a service
+//! through its accessor ([`DbManager::databases`], ...) and never see how they are wired.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,13 +16,16 @@ use storage_node::store::ChunkStore;
 use tokio_util::sync::CancellationToken;
 
 use crate::DbError;
+use crate::backup::{BackupSettings, Backups};
 use crate::context::Context;
-use crate::dedicated::{Dedicated, DedicatedOptions, DedicatedRequest, Placement};
+use crate::databases::Databases;
+use crate::dedicated::{Dedicated, DedicatedOptions, Placement};
+use crate::fleet::Fleet;
 use crate::plans::Plans;
 use crate::sampler::{Sample, Sampler};
-use crate::servers::{self, Server};
 use crate::spares::Spares;
-use crate::states::ServerKind;
+use crate::tenant_deletion::TenantDeletions;
+use crate::workers::Workers;
 
 /// The database manager's settings.
 #[derive(Debug, Clone)]
@@ -53,9 +60,13 @@ struct Inner {
     /// Where backups are stored: the tenants' chunk store.
     store: ChunkStore,
     config: ManagerConfig,
-    dedicated: Dedicated,
+    fleet: Arc<Fleet>,
     sampler: Sampler,
     spares: Arc<Spares>,
+    workers: Arc<Workers>,
+    databases: Arc<Databases>,
+    backups: Arc<Backups>,
+    tenant_deletions: Arc<TenantDeletions>,
 }
 
 impl std::fmt::Debug for DbManager {
@@ -68,15 +79,36 @@ impl DbManager {
     /// A manager over the catalog. Nothing runs until [`DbManager::start`].
     pub fn new(store: ChunkStore, config: ManagerConfig, stop: CancellationToken) -> Self {
         let ctx = Arc::new(Context::new(store.catalog().clone(), store.server_secret().clone(), stop));
+        let spares = Arc::new(Spares::new(ctx.clone(), config.spares_per_server));
+        let dedicated = Dedicated::new(
+            ctx.clone(),
+            config.dedicated.clone(),
+            config.plans.clone(),
+            Placement { node_name: config.node_name.clone(), zone: config.zone.clone() },
+        );
+        let fleet = Arc::new(Fleet::new(ctx.clone(), dedicated, spares.clone()));
+        let workers = Arc::new(Workers::new(ctx.clone(), config.tls_dir.clone()));
+        let databases =
+            Arc::new(Databases::new(ctx.clone(), config.plans.clone(), spares.clone(), workers.clone()));
+        let settings = BackupSettings {
+            plans: config.plans.clone(),
+            final_backup_retention: config.final_backup_retention,
+            catalog: config.catalog.clone(),
+            catalog_backups_dir: config.catalog_backups_dir.clone(),
+            bin_dir: config.dedicated.bin_dir.clone(),
+        };
+        let backups =
+            Arc::new(Backups::new(ctx.clone(), store.clone(), databases.clone(), workers.clone(), settings));
+        let tenant_deletions =
+            Arc::new(TenantDeletions::new(ctx.clone(), store.clone(), fleet.clone(), backups.clone()));
         let inner = Inner {
-            dedicated: Dedicated::new(
-                ctx.clone(),
-                config.dedicated.clone(),
-                config.plans.clone(),
-                Placement { node_name: config.node_name.clone(), zone: config.zone.clone() },
-            ),
             sampler: Sampler::new(ctx.clone(), config.plans.clone()),
-            spares: Arc::new(Spares::new(ctx.clone(), config.spares_per_server)),
+            fleet,
+            spares,
+            workers,
+            databases,
+            backups,
+            tenant_deletions,
             ctx,
             store,
             config,
@@ -91,28 +123,29 @@ impl DbManager {
     /// [`DbError`] when the catalog is unreachable; an instance that does not start is logged
     /// and retried by its supervisor.
     pub async fn start(&self) -> Result<(), DbError> {
-        self.inner.dedicated.start_all().await?;
-        self.repair().await?;
-        self.upgrade_legacy_databases().await;
-        self.fail_interrupted_backups().await?;
-        self.finish_interrupted_restores().await?;
-        self.sweep_all_workers().await;
+        let inner = &self.inner;
+        inner.fleet.start().await?;
+        inner.databases.repair().await?;
+        inner.databases.upgrade_legacy_databases().await;
+        inner.backups.fail_interrupted_backups().await?;
+        inner.backups.finish_interrupted_restores().await?;
+        inner.workers.sweep_all_workers().await;
         // Tenant deletions a crash interrupted finish in the background (they may take final
         // backups first).
-        let this = self.clone();
+        let deletions = inner.tenant_deletions.clone();
         tokio::spawn(async move {
-            if let Err(err) = this.resume_tenant_deletions().await {
+            if let Err(err) = deletions.resume_tenant_deletions().await {
                 tracing::error!(error = %err, "cannot resume tenant deletions; the next GC pass retries");
             }
         });
-        self.spares().replenish_soon();
+        inner.spares.replenish_soon();
         tokio::spawn(self.clone().sample_every_interval());
         Ok(())
     }
 
     /// Stops the dedicated instances.
     pub async fn shutdown(&self) {
-        self.inner.dedicated.stop_all().await;
+        self.inner.fleet.shutdown().await;
     }
 
     pub fn plans(&self) -> &Plans {
@@ -121,24 +154,6 @@ impl DbManager {
 
     pub fn pool(&self) -> &CatalogPool {
         self.inner.ctx.pool()
-    }
-
-    /// The shared context: catalog, server connections, locks.
-    pub(crate) fn ctx(&self) -> &Context {
-        &self.inner.ctx
-    }
-
-    /// The chunk store backups go to.
-    pub(crate) fn store(&self) -> &ChunkStore {
-        &self.inner.store
-    }
-
-    pub(crate) fn config(&self) -> &ManagerConfig {
-        &self.inner.config
-    }
-
-    pub(crate) fn spares(&self) -> &Arc<Spares> {
-        &self.inner.spares
     }
 
     /// The latest samples, for the metrics endpoint.
@@ -161,57 +176,46 @@ impl DbManager {
             if let Err(err) = self.sample_once().await {
                 tracing::warn!(error = %err, "sampling the databases failed");
             }
-            if let Err(err) = self.spares().replenish().await {
+            if let Err(err) = self.inner.spares.replenish().await {
                 tracing::warn!(error = %err, "cannot make spare databases");
             }
             tokio::select! {
-                () = self.ctx().stop().cancelled() => return,
+                () = self.inner.ctx.stop().cancelled() => return,
                 () = tokio::time::sleep(interval) => {}
             }
         }
     }
+}
 
-    pub async fn servers(&self) -> Result<Vec<Server>, DbError> {
-        servers::list(self.pool()).await
+/// The services, for callers to reach each through its own narrow handle.
+impl DbManager {
+    /// The servers databases are placed on: list, register, create dedicated, remove.
+    pub fn fleet(&self) -> &Fleet {
+        &self.inner.fleet
     }
 
-    pub async fn register_server(&self, registration: servers::Registration) -> Result<Server, DbError> {
-        let server = servers::register(self.pool(), self.ctx().secret(), registration).await?;
-        self.spares().replenish_soon();
-        Ok(server)
+    /// Client databases: list, show, create, change, rotate.
+    pub fn databases(&self) -> &Arc<Databases> {
+        &self.inner.databases
     }
 
-    /// Records the embedded instance as the server `name`.
-    pub async fn register_embedded(&self, server: &servers::NewServer) -> Result<(), DbError> {
-        servers::upsert_embedded(self.pool(), self.ctx().secret(), server).await
+    /// Backups: list, run, prune, restore, verify, download; and deleting a database behind
+    /// its final backup.
+    pub fn backups(&self) -> &Backups {
+        &self.inner.backups
     }
 
-    /// Creates, starts and records a dedicated instance for a tenant, then refills spares.
+    /// Deleting tenants with everything they have, and resuming interrupted deletions.
+    pub fn tenant_deletions(&self) -> &TenantDeletions {
+        &self.inner.tenant_deletions
+    }
+
+    /// Deletes objects older than [`crate::orphans::ORPHAN_GRACE`] that nothing references
+    /// (see [`crate::orphans`]). Returns how many.
     ///
     /// # Errors
-    /// [`DbError::InvalidServerName`], [`DbError::UnknownPlan`], [`DbError::TenantNotFound`],
-    /// [`DbError::ServerExists`], and [`DbError::Instance`] when the cluster cannot be made.
-    pub async fn create_dedicated(&self, request: DedicatedRequest) -> Result<Server, DbError> {
-        let server = self.inner.dedicated.create(request).await?;
-        self.spares().replenish_soon();
-        Ok(server)
-    }
-
-    /// Forgets a server that holds no database; a dedicated instance is stopped and its
-    /// cluster deleted.
-    pub async fn remove_server(&self, name: &str) -> Result<Server, DbError> {
-        let server = servers::get(self.pool(), name).await?;
-        if server.databases > 0 {
-            return Err(DbError::ServerInUse { name: name.to_string(), databases: server.databases });
-        }
-        if let Err(err) = self.spares().drop_all(&server).await {
-            tracing::warn!(server = name, error = %err, "cannot drop the server's spare databases");
-        }
-        servers::forget(self.pool(), &server).await?;
-        self.ctx().forget_admin_pool(server.id);
-        if server.kind == ServerKind::Dedicated {
-            self.inner.dedicated.destroy(&server.name).await;
-        }
-        Ok(server)
+    /// Catalog errors.
+    pub async fn sweep_orphan_objects(&self) -> Result<u64, DbError> {
+        crate::orphans::sweep_orphan_objects(&self.inner.store).await
     }
 }

@@ -8,10 +8,9 @@
 
 use std::time::Duration;
 
-use storage_node::store::Referrer;
+use storage_node::store::{ChunkStore, Referrer};
 
 use crate::DbError;
-use crate::manager::DbManager;
 
 /// Where db-manager keeps object ids.
 pub const REFERRERS: [Referrer; 2] = [
@@ -23,12 +22,7 @@ pub const REFERRERS: [Referrer; 2] = [
 /// moment between a backup's object committing and its row naming it.
 pub const ORPHAN_GRACE: Duration = Duration::from_secs(24 * 3600);
 
-impl DbManager {
-    /// Deletes objects older than [`ORPHAN_GRACE`] that nothing references. Returns how many.
-    ///
-    /// # Errors
-    /// Catalog errors.
-    pub async fn sweep_orphan_objects(&self) -> Result<u64, DbError> {
-        Ok(self.store().sweep_orphans(ORPHAN_GRACE, &REFERRERS).await?)
-    }
+/// Deletes objects older than [`ORPHAN_GRACE`] that nothing references. Returns how many.
+pub async fn sweep_orphan_objects(store: &ChunkStore) -> Result<u64, DbError> {
+    Ok(store.sweep_orphans(ORPHAN_GRACE, &REFERRERS).await?)
 }

@@ -257,7 +257,7 @@ pub fn roles(target: &Target<'_>) -> [String; 3] {
 }
 
 /// Drops the database's roles, whichever exist. Call it after the database is gone and the
-/// roles own nothing anywhere (see `DbManager::drop_database_and_roles`).
+/// roles own nothing anywhere (see `Workers::drop_database_and_roles`).
 pub async fn drop_roles(client: &Client, target: &Target<'_>) -> Result<(), DbError> {
     let roles = roles(target).iter().map(|r| ident(r)).collect::<Vec<_>>().join(", ");
     client

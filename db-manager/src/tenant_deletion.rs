@@ -15,15 +15,24 @@
 //!
 //! Every step only deletes, and each one finds what is left, so a rerun takes up where the
 //! last one stopped. One deletion of a tenant runs at a time (an advisory lock).
+//!
+//! [`TenantDeletions`] runs it over the other services: the [`Backups`] (which delete each
+//! database behind its final backup), the [`Fleet`] (the servers the tenant owns) and the
+//! chunk store (its buckets and objects). It is the top of the service graph: nothing uses it
+//! but the facade.
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use storage_node::TenantId;
 use storage_node::catalog::access_keys;
 use storage_node::catalog::tenants::{self, TenantError};
-use storage_node::store::ObjectId;
+use storage_node::store::{ChunkStore, ObjectId};
 
+use crate::backup::Backups;
 use crate::backup::catalog::SYSTEM_TENANT;
-use crate::manager::DbManager;
+use crate::context::Context;
+use crate::fleet::Fleet;
 use crate::states::{BackupKind, BackupStatus, DatabaseState};
 use crate::{DbError, faults};
 
@@ -64,7 +73,30 @@ fn tenant_error(name: &str) -> impl Fn(TenantError) -> DbError + '_ {
     }
 }
 
-impl DbManager {
+/// Tenant deletion, the procedure (see the module doc).
+pub struct TenantDeletions {
+    ctx: Arc<Context>,
+    store: ChunkStore,
+    fleet: Arc<Fleet>,
+    backups: Arc<Backups>,
+}
+
+impl std::fmt::Debug for TenantDeletions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantDeletions").finish_non_exhaustive()
+    }
+}
+
+impl TenantDeletions {
+    pub(crate) fn new(
+        ctx: Arc<Context>,
+        store: ChunkStore,
+        fleet: Arc<Fleet>,
+        backups: Arc<Backups>,
+    ) -> Self {
+        TenantDeletions { ctx, store, fleet, backups }
+    }
+
     /// Deletes tenant `name` and everything it has (see the module's steps). Without
     /// `force`, a tenant that stores any object or has a database is refused; a database with
     /// deletion protection refuses the whole deletion before anything starts. A tenant whose
@@ -78,14 +110,14 @@ impl DbManager {
         if name == SYSTEM_TENANT {
             return Err(DbError::InvalidRequest(format!("the tenant {name} is Silo's own")));
         }
-        let tenant = tenants::get(self.pool(), name).await.map_err(tenant_error(name))?;
-        let Some(_lock) = self.ctx().lock(TENANT_DELETION_LOCK_CLASS, tenant.id.0).await? else {
+        let tenant = tenants::get(self.ctx.pool(), name).await.map_err(tenant_error(name))?;
+        let Some(_lock) = self.ctx.lock(TENANT_DELETION_LOCK_CLASS, tenant.id.0).await? else {
             return Err(DbError::Busy { name: name.to_string() });
         };
         if tenant.deleting_since.is_none() {
             self.check_deletable(tenant.id, name, options.force).await?;
         }
-        let keeps_final_backups = tenants::mark_deleting(self.pool(), tenant.id, options.final_backup)
+        let keeps_final_backups = tenants::mark_deleting(self.ctx.pool(), tenant.id, options.final_backup)
             .await
             .map_err(tenant_error(name))?;
         tracing::info!(tenant = name, keeps_final_backups, "deleting tenant");
@@ -100,9 +132,9 @@ impl DbManager {
     /// Catalog errors; a deletion that fails is logged and left for the next run.
     pub async fn resume_tenant_deletions(&self) -> Result<(), DbError> {
         for tenants::DeletingTenant { id, name, keeps_final_backups } in
-            tenants::deleting(self.pool()).await.map_err(tenant_error("-"))?
+            tenants::deleting(self.ctx.pool()).await.map_err(tenant_error("-"))?
         {
-            let Some(_lock) = self.ctx().lock(TENANT_DELETION_LOCK_CLASS, id.0).await? else { continue };
+            let Some(_lock) = self.ctx.lock(TENANT_DELETION_LOCK_CLASS, id.0).await? else { continue };
             match self.finish_tenant_deletion(id, &name, keeps_final_backups).await {
                 Ok(_) => {}
                 Err(err) => {
@@ -115,7 +147,7 @@ impl DbManager {
 
     /// Refuses a deletion that must not start: data without `force`, or a protected database.
     async fn check_deletable(&self, tenant: TenantId, name: &str, force: bool) -> Result<(), DbError> {
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         let row = client
             .query_one(
                 "SELECT (SELECT count(*) FROM objects WHERE tenant_id = $1), \
@@ -143,7 +175,7 @@ impl DbManager {
         keeps_final_backups: bool,
     ) -> Result<TenantDeleted, DbError> {
         let mut done = TenantDeleted::default();
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         let databases = client
             .query(
                 "SELECT name, state FROM tenant_databases WHERE tenant_id = $1 ORDER BY name",
@@ -159,23 +191,23 @@ impl DbManager {
             }
             // A database already being deleted may be gone from its server: no backup then.
             let skip_final_backup = !keeps_final_backups || state == DatabaseState::Deleting;
-            self.delete_database(name, &database, skip_final_backup).await?;
+            self.backups.delete_database(name, &database, skip_final_backup).await?;
             done.databases += 1;
         }
-        for server in self.servers().await? {
+        for server in self.fleet.list().await? {
             if server.owner.as_deref() == Some(name) {
-                self.remove_server(&server.name).await?;
+                self.fleet.remove(&server.name).await?;
                 done.servers += 1;
             }
         }
         faults::crash_point("tenant_delete.after_databases");
-        let s3 = storage_node::model::purge::purge_tenant(self.store(), tenant).await?;
+        let s3 = storage_node::model::purge::purge_tenant(&self.store, tenant).await?;
         (done.buckets, done.s3_objects, done.uploads) = (s3.buckets, s3.objects, s3.uploads);
         faults::crash_point("tenant_delete.after_buckets");
-        done.keys = access_keys::delete_all(self.pool(), tenant).await.map_err(tenant_error(name))?;
+        done.keys = access_keys::delete_all(self.ctx.pool(), tenant).await.map_err(tenant_error(name))?;
         self.delete_remaining_objects(tenant, keeps_final_backups, &mut done).await?;
         if done.final_backups_kept == 0 {
-            self.store().purge_tenant(tenant).await?;
+            self.store.purge_tenant(tenant).await?;
             done.removed = true;
             tracing::info!(tenant = name, ?done, "deleted tenant");
         } else if done
@@ -197,7 +229,7 @@ impl DbManager {
         keeps_final_backups: bool,
         done: &mut TenantDeleted,
     ) -> Result<(), DbError> {
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         let rows = client
             .query(
                 "SELECT o.id, EXISTS (SELECT 1 FROM database_backups b WHERE b.object_id = o.id \
@@ -214,7 +246,7 @@ impl DbManager {
                 continue;
             }
             // The backup row, if any, goes with its object (ON DELETE CASCADE).
-            match self.store().delete(tenant, ObjectId(object)).await {
+            match self.store.delete(tenant, ObjectId(object)).await {
                 Ok(()) => done.objects += 1,
                 Err(storage_node::store::StoreError::NoSuchObject(_)) => {}
                 Err(err) => return Err(err.into()),

@@ -14,11 +14,14 @@
 //! start. Their names start with `silo_w_` and this catalog's id, so deployments sharing a
 //! server never drop each other's.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use rand::distr::{Alphanumeric, SampleString};
 use tokio_postgres::Config;
 
 use crate::DbError;
-use crate::manager::DbManager;
+use crate::context::Context;
 use crate::names::{ident, literal};
 use crate::provision::{generate_password, verifier};
 use crate::servers::{self, Server};
@@ -55,7 +58,19 @@ impl Worker {
     }
 }
 
-impl DbManager {
+/// The worker roles of this catalog on every server, and the dropping of what roles own: the
+/// service that databases and backups share to run tenant code and to clean up after it.
+pub(crate) struct Workers {
+    ctx: Arc<Context>,
+    /// Where the CAs of servers reached over TLS are written for the pg tools.
+    tls_dir: PathBuf,
+}
+
+impl Workers {
+    pub fn new(ctx: Arc<Context>, tls_dir: PathBuf) -> Self {
+        Workers { ctx, tls_dir }
+    }
+
     /// Makes a worker on `server`. With `member_of` (an owner role) it inherits that role's
     /// rights, CONNECT on the owner's database included (no grant is written to the shared
     /// catalog, so concurrent workers never race on it); without, it has no rights at all and
@@ -75,7 +90,7 @@ impl DbManager {
             Alphanumeric.sample_string(&mut rand::rng(), 12).to_ascii_lowercase()
         );
         let password = generate_password();
-        let admin = self.ctx().admin(server).await?;
+        let admin = self.ctx.admin(server).await?;
         let superuser = crate::provision::admin_is_superuser(&admin, &server.name).await?;
         let role = ident(&name);
         let inherit = if member_of.is_some() { "INHERIT" } else { "NOINHERIT" };
@@ -96,7 +111,7 @@ impl DbManager {
 
     /// How to reach `dbname` as `worker` (over the server's TLS, if it has any).
     pub(crate) async fn worker_config(&self, worker: &Worker, dbname: &str) -> Result<Reach, DbError> {
-        let admin = servers::admin_config(self.pool(), self.ctx().secret(), worker.server.id).await?;
+        let admin = servers::admin_config(self.ctx.pool(), self.ctx.secret(), worker.server.id).await?;
         Ok(admin.with_config(worker.config(&admin.config, dbname)))
     }
 
@@ -108,7 +123,7 @@ impl DbManager {
         dbname: &str,
     ) -> Result<Vec<(&'static str, String)>, DbError> {
         let mut env = crate::backup::dump::pg_env(&reach.config, dbname);
-        let tls = reach.tool_env(&self.config().tls_dir).map_err(|err| DbError::Server {
+        let tls = reach.tool_env(&self.tls_dir).map_err(|err| DbError::Server {
             server: "-".into(),
             message: format!("cannot write the server's CA for the pg tools: {err}"),
         })?;
@@ -129,7 +144,7 @@ impl DbManager {
     async fn try_drop_worker(&self, worker: &Worker, database: Option<&str>) -> Result<(), DbError> {
         let on_server = DbError::on_server(&worker.server.name);
         let role = ident(&worker.name);
-        let admin = self.ctx().admin(&worker.server).await?;
+        let admin = self.ctx.admin(&worker.server).await?;
         disarm(&admin, &worker.server, &worker.name).await?;
         // Tenant code ran in one database only (the scratch one, for verification, is gone):
         // what it could have made or been granted is there or on shared objects, and
@@ -147,7 +162,7 @@ impl DbManager {
             cleanup.push_str(&format!("REASSIGN OWNED BY {role} TO {};", ident(owner)));
         }
         cleanup.push_str(&format!("DROP OWNED BY {role} CASCADE"));
-        let inside = self.ctx().connect_server(&worker.server, here).await?;
+        let inside = self.ctx.connect_server(&worker.server, here).await?;
         inside.batch_execute(&cleanup).await.map_err(&on_server)?;
         admin.batch_execute(&format!("DROP ROLE IF EXISTS {role}")).await.map_err(&on_server)
     }
@@ -161,7 +176,7 @@ impl DbManager {
         server: &Server,
         roles: &[String],
     ) -> Result<(), DbError> {
-        let admin = self.ctx().admin(server).await?;
+        let admin = self.ctx.admin(server).await?;
         let on_server = DbError::on_server(&server.name);
         let existing: Vec<String> = admin
             .query("SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname = ANY($1)", &[&roles])
@@ -183,7 +198,7 @@ impl DbManager {
         drop(admin);
         let statement = format!("DROP OWNED BY {} CASCADE", existing.join(", "));
         for database in &databases {
-            let dropped = match self.ctx().connect_server(server, Some(database)).await {
+            let dropped = match self.ctx.connect_server(server, Some(database)).await {
                 Ok(inside) => inside.batch_execute(&statement).await,
                 Err(err) => {
                     tracing::debug!(database, error = %err, "cannot reach a database to drop what roles own");
@@ -206,18 +221,35 @@ impl DbManager {
         server: &Server,
         target: &crate::provision::Target<'_>,
     ) -> Result<(), DbError> {
-        let admin = self.ctx().admin(server).await?;
+        let admin = self.ctx.admin(server).await?;
         crate::provision::drop_database(&admin, target.server, target.pg_name).await?;
         drop(admin);
         self.drop_owned_everywhere(server, &crate::provision::roles(target)).await?;
-        let admin = self.ctx().admin(server).await?;
+        let admin = self.ctx.admin(server).await?;
         crate::provision::drop_roles(&admin, target).await
+    }
+
+    /// Drops the worker roles a crash left on any server.
+    pub async fn sweep_all_workers(&self) {
+        let servers = match servers::list(self.ctx.pool()).await {
+            Ok(servers) => servers,
+            Err(err) => return tracing::warn!(error = %err, "cannot list servers to sweep worker roles"),
+        };
+        for server in servers {
+            match self.sweep_workers(&server).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::warn!(server = %server.name, roles = n, "dropped worker roles a crash left behind")
+                }
+                Err(err) => tracing::warn!(server = %server.name, error = %err, "cannot sweep worker roles"),
+            }
+        }
     }
 
     /// Drops the workers a crash left on `server` (this catalog's only), one by one.
     pub(crate) async fn sweep_workers(&self, server: &Server) -> Result<usize, DbError> {
         let prefix = self.worker_prefix().await?;
-        let admin = self.ctx().admin(server).await?;
+        let admin = self.ctx.admin(server).await?;
         let on_server = DbError::on_server(&server.name);
         let left: Vec<String> = admin
             .query("SELECT rolname::text FROM pg_catalog.pg_roles WHERE starts_with(rolname, $1)", &[&prefix])
@@ -244,7 +276,7 @@ impl DbManager {
 
     /// `silo_w_<first 12 hex digits of the catalog id>_`.
     async fn worker_prefix(&self) -> Result<String, DbError> {
-        Ok(format!("{PREFIX}{}_", &self.ctx().catalog_id().await?[..12]))
+        Ok(format!("{PREFIX}{}_", &self.ctx.catalog_id().await?[..12]))
     }
 }
 

@@ -44,12 +44,14 @@ async fn list(
     State(state): State<Arc<AppState>>,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<Vec<BackupInfo>>, ApiError> {
-    Ok(Json(state.databases.list_backups(query.tenant.as_deref(), query.database.as_deref()).await?))
+    Ok(Json(
+        state.databases.backups().list_backups(query.tenant.as_deref(), query.database.as_deref()).await?,
+    ))
 }
 
 /// `GET /v1/backups/{id}`.
 async fn show(State(state): State<Arc<AppState>>, Path(id): Path<i64>) -> Result<Json<BackupInfo>, ApiError> {
-    Ok(Json(state.databases.backup(id).await?))
+    Ok(Json(state.databases.backups().backup(id).await?))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -72,6 +74,7 @@ async fn run(
     let progress = events.clone();
     let task = tokio::spawn(async move {
         let results = manager
+            .backups()
             .run_backups(request, move |event: RunEvent| {
                 let _ = progress.send(serde_json::to_value(&event).unwrap_or_default());
             })
@@ -103,14 +106,15 @@ fn summary(results: &[RunResult]) -> serde_json::Value {
 
 /// `POST /v1/backups/prune`: deletes what the retention policies no longer keep.
 async fn prune(State(state): State<Arc<AppState>>) -> Result<Json<Vec<Pruned>>, ApiError> {
-    Ok(Json(state.databases.prune_backups().await?))
+    Ok(Json(state.databases.backups().prune_backups().await?))
 }
 
 /// `POST /v1/backups/catalog`: backs up Silo's own catalog and writes its offline manifest.
 async fn catalog(State(state): State<Arc<AppState>>) -> Result<Json<CatalogBackup>, ApiError> {
     let manager = state.databases.clone();
-    let backup =
-        tokio::spawn(async move { manager.backup_catalog().await }).await.map_err(ApiError::internal)??;
+    let backup = tokio::spawn(async move { manager.backups().backup_catalog().await })
+        .await
+        .map_err(ApiError::internal)??;
     Ok(Json(backup))
 }
 
@@ -122,7 +126,7 @@ async fn restore(
 ) -> Result<(StatusCode, Json<Restored>), ApiError> {
     let manager = state.databases.clone();
     // A task of its own: a restore is not cut short by a caller hanging up.
-    let restored = tokio::spawn(async move { manager.restore_backup(id, request).await })
+    let restored = tokio::spawn(async move { manager.backups().restore_backup(id, request).await })
         .await
         .map_err(ApiError::internal)??;
     Ok((StatusCode::CREATED, Json(restored)))
@@ -134,15 +138,16 @@ async fn verify(
     Path(id): Path<i64>,
 ) -> Result<Json<VerifyReport>, ApiError> {
     let manager = state.databases.clone();
-    let report =
-        tokio::spawn(async move { manager.verify_backup(id).await }).await.map_err(ApiError::internal)??;
+    let report = tokio::spawn(async move { manager.backups().verify_backup(id).await })
+        .await
+        .map_err(ApiError::internal)??;
     Ok(Json(report))
 }
 
 /// `GET /v1/backups/{id}/download`: the `pg_dump -Fc` archive, streamed. A damaged chunk cuts
 /// the body short (the client sees a truncated transfer, never wrong bytes).
 async fn download(State(state): State<Arc<AppState>>, Path(id): Path<i64>) -> Result<Response, ApiError> {
-    let (size, stream) = state.databases.backup_archive(id).await?;
+    let (size, stream) = state.databases.backups().backup_archive(id).await?;
     let body = Body::from_stream(stream.map(move |piece| {
         piece.map_err(move |err| {
             tracing::error!(backup = id, error = %err, "a backup download hit a damaged chunk");

@@ -49,7 +49,7 @@ async fn create(
         ),
         None => None,
     };
-    let created = state.databases.create_database(&tenant, request, key).await?;
+    let created = state.databases.databases().create_database(&tenant, request, key).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -58,7 +58,7 @@ async fn list(
     State(state): State<Arc<AppState>>,
     Path(tenant): Path<String>,
 ) -> Result<Json<Vec<DatabaseInfo>>, ApiError> {
-    Ok(Json(state.databases.list_databases(&tenant).await?))
+    Ok(Json(state.databases.databases().list_databases(&tenant).await?))
 }
 
 /// `GET /v1/tenants/{tenant}/databases/{database}`, with its recent state changes.
@@ -66,7 +66,7 @@ async fn show(
     State(state): State<Arc<AppState>>,
     Path((tenant, database)): Path<(String, String)>,
 ) -> Result<Json<DatabaseInfo>, ApiError> {
-    Ok(Json(state.databases.database(&tenant, &database).await?))
+    Ok(Json(state.databases.databases().database(&tenant, &database).await?))
 }
 
 /// `PATCH /v1/tenants/{tenant}/databases/{database}` `{"plan": ..., "deletion_protection": ...}`.
@@ -75,7 +75,7 @@ async fn update(
     Path((tenant, database)): Path<(String, String)>,
     Json(update): Json<UpdateRequest>,
 ) -> Result<Json<DatabaseInfo>, ApiError> {
-    Ok(Json(state.databases.update_database(&tenant, &database, update).await?))
+    Ok(Json(state.databases.databases().update_database(&tenant, &database, update).await?))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,7 +93,7 @@ async fn rotate(
     body: Option<Json<RotateRequest>>,
 ) -> Result<Json<Credentials>, ApiError> {
     let grace = Duration::from_secs(body.map(|Json(b)| b.grace_secs).unwrap_or_default());
-    Ok(Json(state.databases.rotate_credentials(&tenant, &database, grace).await?))
+    Ok(Json(state.databases.databases().rotate_credentials(&tenant, &database, grace).await?))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -108,13 +108,13 @@ async fn remove(
     Path((tenant, database)): Path<(String, String)>,
     Query(query): Query<DeleteQuery>,
 ) -> Result<StatusCode, ApiError> {
-    state.databases.delete_database(&tenant, &database, query.skip_final_backup).await?;
+    state.databases.backups().delete_database(&tenant, &database, query.skip_final_backup).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `GET /v1/servers`.
 async fn list_servers(State(state): State<Arc<AppState>>) -> Result<Json<Vec<Server>>, ApiError> {
-    Ok(Json(state.databases.servers().await?))
+    Ok(Json(state.databases.fleet().list().await?))
 }
 
 /// `GET /v1/servers/{server}`.
@@ -136,12 +136,14 @@ async fn add_server(
     let server = if body.get("dedicated_for").is_some() {
         state
             .databases
+            .fleet()
             .create_dedicated(serde_json::from_value::<DedicatedRequest>(body).map_err(invalid)?)
             .await?
     } else {
         state
             .databases
-            .register_server(serde_json::from_value::<Registration>(body).map_err(invalid)?)
+            .fleet()
+            .register(serde_json::from_value::<Registration>(body).map_err(invalid)?)
             .await?
     };
     Ok((StatusCode::CREATED, Json(server)))
@@ -152,6 +154,6 @@ async fn remove_server(
     State(state): State<Arc<AppState>>,
     Path(server): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.databases.remove_server(&server).await?;
+    state.databases.fleet().remove(&server).await?;
     Ok(StatusCode::NO_CONTENT)
 }

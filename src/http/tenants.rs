@@ -91,7 +91,7 @@ async fn remove(
 ) -> Result<StatusCode, ApiError> {
     refuse_system_tenant(&tenant)?;
     let options = TenantDeletion { force: query.force, final_backup: query.final_backup };
-    state.databases.delete_tenant(&tenant, options).await?;
+    state.databases.tenant_deletions().delete_tenant(&tenant, options).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -135,7 +135,7 @@ async fn usage(
     let usage = state.store.usage(id).await?;
     let counts =
         storage_node::model::usage::tenant_counts(&state.catalog, id).await.map_err(ApiError::internal)?;
-    let backups = state.databases.backup_usage(id).await?;
+    let backups = state.databases.backups().backup_usage(id).await?;
     Ok(Json(TenantUsage {
         usage,
         buckets: counts.buckets,

@@ -28,10 +28,3 @@ pub use chunk_id::{ChunkId, ChunkKey};
 pub use data_dir::{DataDir, DataDirError};
 pub use server_secret::ServerSecret;
 pub use tenant_id::TenantId;
-
-/// The old paths of the three kinds of key, for branches written before they were split.
-pub mod keys {
-    pub use crate::chunk_id::{ChunkId, ChunkKey};
-    pub use crate::server_secret::{SERVER_SECRET, ServerSecret};
-    pub use crate::tenant_id::TenantId;
-}

@@ -13,10 +13,10 @@ use storage_node::catalog::tenants::{self, TenantError};
 use storage_node::store::PutOptions;
 
 use super::BACKUP_LOCK_CLASS;
+use super::Backups;
 use super::dump::{dump_reader, pg_env};
 use crate::DbError;
 use crate::instance::PgBinaries;
-use crate::manager::DbManager;
 use crate::states::BackupStatus;
 
 /// The tenant that owns Silo's own data (catalog dumps). Its name is reserved.
@@ -34,18 +34,18 @@ pub struct CatalogBackup {
     pub manifest: PathBuf,
 }
 
-impl DbManager {
+impl Backups {
     /// Dumps the catalog into the chunk store and writes its offline manifest.
     ///
     /// # Errors
     /// [`DbError::BackupBusy`] when another catalog backup runs; [`DbError::Dump`] when the
     /// dump fails (recorded as failed).
     pub async fn backup_catalog(&self) -> Result<CatalogBackup, DbError> {
-        let Some(_lease) = self.ctx().lock(BACKUP_LOCK_CLASS, 0).await? else {
+        let Some(_lease) = self.ctx.lock(BACKUP_LOCK_CLASS, 0).await? else {
             return Err(DbError::BackupBusy { name: "the catalog".into() });
         };
         let tenant = self.system_tenant().await?;
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         let id: i64 = client
             .query_one(
                 "INSERT INTO catalog_backups (status) VALUES ($1) RETURNING id",
@@ -55,7 +55,7 @@ impl DbManager {
             .get(0);
         drop(client);
         let outcome = self.dump_catalog(id, tenant).await;
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         match outcome {
             Ok(backup) => {
                 client
@@ -90,18 +90,18 @@ impl DbManager {
     }
 
     async fn dump_catalog(&self, id: i64, tenant: TenantId) -> Result<CatalogBackup, DbError> {
-        let config = &self.config().catalog;
+        let config = &self.settings.catalog;
         let dbname = config.get_dbname().unwrap_or("silo").to_string();
-        let binaries = PgBinaries::locate(self.config().dedicated.bin_dir.as_deref())?;
+        let binaries = PgBinaries::locate(self.settings.bin_dir.as_deref())?;
         let failed = |message: String| DbError::Dump { database: "the catalog".into(), message };
         let reader = dump_reader(&binaries, &[], pg_env(config, &dbname)).map_err(failed)?;
         let stored = self
-            .store()
+            .store
             .put(tenant, reader, PutOptions::default())
             .await
             .map_err(|err| failed(err.to_string()))?;
-        let manifest = self.store().offline_manifest(tenant, stored.id).await?;
-        let dir = &self.config().catalog_backups_dir;
+        let manifest = self.store.offline_manifest(tenant, stored.id).await?;
+        let dir = &self.settings.catalog_backups_dir;
         let path = dir.join(format!("catalog-{id:06}.json"));
         let written = std::fs::create_dir_all(dir).and_then(|()| {
             use std::os::unix::fs::PermissionsExt;
@@ -110,10 +110,10 @@ impl DbManager {
             storage_node::data_dir::write_atomically(&path, &json, 0o600)
         });
         if let Err(err) = written {
-            let _ = self.store().delete(tenant, stored.id).await;
+            let _ = self.store.delete(tenant, stored.id).await;
             return Err(failed(format!("cannot write the manifest {}: {err}", path.display())));
         }
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         client
             .execute("UPDATE catalog_backups SET object_id = $2 WHERE id = $1", &[&id, &stored.id.0])
             .await?;
@@ -127,12 +127,14 @@ impl DbManager {
 
     /// The system tenant, created on first use.
     async fn system_tenant(&self) -> Result<TenantId, DbError> {
-        match tenants::find(self.pool(), SYSTEM_TENANT).await {
+        match tenants::find(self.ctx.pool(), SYSTEM_TENANT).await {
             Ok(id) => Ok(id),
-            Err(TenantError::NotFound(_)) => match tenants::create(self.pool(), SYSTEM_TENANT, None).await {
-                Ok(id) => Ok(id),
-                Err(_) => crate::servers::tenant_id(self.pool(), SYSTEM_TENANT).await,
-            },
+            Err(TenantError::NotFound(_)) => {
+                match tenants::create(self.ctx.pool(), SYSTEM_TENANT, None).await {
+                    Ok(id) => Ok(id),
+                    Err(_) => crate::servers::tenant_id(self.ctx.pool(), SYSTEM_TENANT).await,
+                }
+            }
             Err(TenantError::Catalog(err)) => Err(DbError::Catalog(err)),
             Err(other) => Err(DbError::InvalidRequest(other.to_string())),
         }
@@ -140,7 +142,7 @@ impl DbManager {
 
     /// Keeps the newest [`KEEP`] complete catalog backups; deletes the rest and their manifests.
     async fn prune_catalog_backups(&self, tenant: TenantId) -> Result<(), DbError> {
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         let rows = client
             .query(
                 "SELECT id, object_id, manifest_path FROM catalog_backups WHERE status = $2 \
@@ -156,12 +158,12 @@ impl DbManager {
                 let _ = std::fs::remove_file(manifest);
             }
             if let Some(object) = object {
-                self.store().delete(tenant, storage_node::store::ObjectId(object)).await?;
+                self.store.delete(tenant, storage_node::store::ObjectId(object)).await?;
             }
-            let client = self.pool().get().await?;
+            let client = self.ctx.pool().get().await?;
             client.execute("DELETE FROM catalog_backups WHERE id = $1", &[&id]).await?;
         }
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         client
             .execute(
                 "DELETE FROM catalog_backups WHERE status = $1 AND started_at < now() - interval '1 day'",

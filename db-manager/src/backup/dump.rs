@@ -17,10 +17,9 @@ use tokio::io::AsyncReadExt;
 use tokio_postgres::config::Host;
 use tokio_util::io::{ReaderStream, StreamReader};
 
-use super::{BACKUP_LOCK_CLASS, BackupInfo};
+use super::{BACKUP_LOCK_CLASS, BackupInfo, Backups};
 use crate::databases::Row;
 use crate::instance::PgBinaries;
-use crate::manager::DbManager;
 use crate::states::{BackupKind, BackupStatus};
 use crate::workers::Worker;
 use crate::{DbError, faults};
@@ -107,7 +106,7 @@ pub(crate) fn dump_reader(
     Ok(StreamReader::new(Box::pin(archive) as futures::stream::BoxStream<'static, std::io::Result<Bytes>>))
 }
 
-impl DbManager {
+impl Backups {
     /// Takes one backup of `row` now (`kind`: scheduled, manual, final or safety), under the
     /// database's backup lease.
     ///
@@ -115,10 +114,10 @@ impl DbManager {
     /// [`DbError::BackupBusy`] when another run holds the lease; the backup's own failure is
     /// recorded (status `failed`, with the reason) and returned as [`DbError::Dump`].
     pub(crate) async fn backup_now(&self, row: &Row, kind: BackupKind) -> Result<BackupInfo, DbError> {
-        let Some(_lease) = self.ctx().lock(BACKUP_LOCK_CLASS, row.id).await? else {
+        let Some(_lease) = self.ctx.lock(BACKUP_LOCK_CLASS, row.id).await? else {
             return Err(DbError::BackupBusy { name: row.name.clone() });
         };
-        let admin = self.ctx().admin(&row.server).await?;
+        let admin = self.ctx.admin(&row.server).await?;
         let version: String = admin
             .query_one("SHOW server_version", &[])
             .await
@@ -126,11 +125,11 @@ impl DbManager {
             .get(0);
         drop(admin);
         let expires = match kind {
-            BackupKind::Final => Some(self.config().final_backup_retention),
+            BackupKind::Final => Some(self.settings.final_backup_retention),
             BackupKind::Safety => Some(Duration::from_secs(7 * 24 * 3600)),
             BackupKind::Scheduled | BackupKind::Manual => None,
         };
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         let id: i64 = client
             .query_one(
                 "INSERT INTO database_backups (tenant_id, database_id, database_name, plan, server_name, \
@@ -154,7 +153,7 @@ impl DbManager {
             Ok((ingested, counts)) => self.commit_backup(id, ingested, counts).await,
             Err(err) => Err(err),
         };
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         match outcome {
             Ok(stored) => {
                 drop(client);
@@ -194,9 +193,9 @@ impl DbManager {
         counts: serde_json::Value,
     ) -> Result<StoredObject, DbError> {
         let committed = async {
-            let mut client = self.pool().get().await?;
+            let mut client = self.ctx.pool().get().await?;
             let txn = client.transaction().await?;
-            let stored = self.store().commit(&txn, &ingested).await?;
+            let stored = self.store.commit(&txn, &ingested).await?;
             txn.execute(
                 "WITH done AS (UPDATE database_backups SET status = $6, finished_at = now(), \
                  logical_bytes = $2, new_stored_bytes = $3, object_id = $4, table_counts = $5 WHERE id = $1 \
@@ -218,7 +217,7 @@ impl DbManager {
         }
         .await;
         if committed.is_err() {
-            self.store().abandon(ingested).await;
+            self.store.abandon(ingested).await;
         }
         committed
     }
@@ -228,15 +227,15 @@ impl DbManager {
     /// is ingested (durable in packs) but not yet an object.
     async fn dump_into_store(&self, row: &Row) -> Result<(Ingested, serde_json::Value), DbError> {
         let owner = row.target().owner();
-        let worker = self.create_worker(&row.server, Some(&owner)).await?;
+        let worker = self.workers.create_worker(&row.server, Some(&owner)).await?;
         let outcome = self.dump_as(row, &worker).await;
-        self.drop_worker(worker, Some(&row.pg_name)).await;
+        self.workers.drop_worker(worker, Some(&row.pg_name)).await;
         outcome
     }
 
     async fn dump_as(&self, row: &Row, worker: &Worker) -> Result<(Ingested, serde_json::Value), DbError> {
         let server = &row.server.name;
-        let reach = self.worker_config(worker, &row.pg_name).await?;
+        let reach = self.workers.worker_config(worker, &row.pg_name).await?;
         let snapshot_session = reach.connect(server).await?;
         snapshot_session
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -261,12 +260,12 @@ impl DbManager {
             .map(|r| r.get(0))
             .collect();
 
-        let binaries = PgBinaries::locate(self.config().dedicated.bin_dir.as_deref())?;
-        let env = self.worker_tool_env(&reach, &row.pg_name)?;
+        let binaries = PgBinaries::locate(self.settings.bin_dir.as_deref())?;
+        let env = self.workers.worker_tool_env(&reach, &row.pg_name)?;
         let reader = dump_reader(&binaries, &[format!("--snapshot={snapshot}")], env)
             .map_err(|message| DbError::Dump { database: row.name.clone(), message })?;
         let tenant = row.tenant_id;
-        let put = self.store().ingest(tenant, reader, PutOptions::default());
+        let put = self.store.ingest(tenant, reader, PutOptions::default());
         let count = async {
             let mut counts = serde_json::Map::new();
             for table in &tables {
@@ -290,7 +289,7 @@ impl DbManager {
             Ok(counts) => Ok((ingested, counts)),
             Err(err) => {
                 // Without its counts the backup cannot be verified: it does not count.
-                self.store().abandon(ingested).await;
+                self.store.abandon(ingested).await;
                 Err(err)
             }
         }

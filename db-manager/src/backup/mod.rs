@@ -5,26 +5,69 @@
 //! day's dump shares its unchanged chunks with the day before. [`run`] picks what is due and
 //! runs it under a per-database lease, [`dump`] takes one backup, [`retention`] prunes by the
 //! plan's GFS policy, [`restore`] restores, verifies and downloads, and [`pg_restore`] is the
-//! one pipeline that streams a dump into `pg_restore` (for `silo catalog restore` too).
+//! one pipeline that streams a dump into `pg_restore` (for `silo catalog restore` too), and
+//! [`delete`] deletes a database behind its final backup.
+//!
+//! [`Backups`] is the service: it sits above [`Databases`] (it looks rows up, creates the
+//! database a restore goes into, and deletes databases after their final backup) and shares
+//! the [`Workers`] with it; nothing below it calls back up.
 
 pub mod catalog;
+mod delete;
 pub mod dump;
 pub mod pg_restore;
 pub mod restore;
 pub mod retention;
 pub mod run;
 
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
 use serde::Serialize;
 use storage_node::TenantId;
-use storage_node::store::ObjectId;
+use storage_node::store::{ChunkStore, ObjectId};
 
 use crate::DbError;
-use crate::manager::DbManager;
+use crate::context::Context;
+use crate::databases::Databases;
+use crate::plans::Plans;
 use crate::states::{BackupKind, BackupStatus};
 use crate::timestamp;
+use crate::workers::Workers;
 
 /// Advisory-lock class of backups ("BK"): one backup of a database at a time, across replicas.
 pub(crate) const BACKUP_LOCK_CLASS: i32 = 0x424B;
+
+/// What backups need of the manager's settings.
+#[derive(Debug, Clone)]
+pub(crate) struct BackupSettings {
+    pub plans: Plans,
+    /// How long final backups (taken before a delete) are kept.
+    pub final_backup_retention: Duration,
+    /// How to reach Silo's own catalog database, for its backups.
+    pub catalog: tokio_postgres::Config,
+    /// Where the offline manifests of catalog backups go.
+    pub catalog_backups_dir: PathBuf,
+    /// Where the pg tools are (`None`: on the `PATH`).
+    pub bin_dir: Option<PathBuf>,
+}
+
+/// Backups of client databases and of the catalog: take, run, prune, restore, verify.
+pub struct Backups {
+    ctx: Arc<Context>,
+    /// Where backups are stored: the tenants' chunk store.
+    store: ChunkStore,
+    databases: Arc<Databases>,
+    workers: Arc<Workers>,
+    settings: BackupSettings,
+}
+
+impl std::fmt::Debug for Backups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backups").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
 
 /// A backup as the API lists it.
 #[derive(Debug, Clone, Serialize)]
@@ -101,7 +144,17 @@ fn from_row(row: &tokio_postgres::Row) -> Stored {
     }
 }
 
-impl DbManager {
+impl Backups {
+    pub(crate) fn new(
+        ctx: Arc<Context>,
+        store: ChunkStore,
+        databases: Arc<Databases>,
+        workers: Arc<Workers>,
+        settings: BackupSettings,
+    ) -> Self {
+        Backups { ctx, store, databases, workers, settings }
+    }
+
     /// Backups, newest first, of a tenant (and one of its databases) or of everyone.
     ///
     /// # Errors
@@ -112,9 +165,9 @@ impl DbManager {
         database: Option<&str>,
     ) -> Result<Vec<BackupInfo>, DbError> {
         if let Some(tenant) = tenant {
-            crate::servers::tenant_id(self.pool(), tenant).await?;
+            crate::servers::tenant_id(self.ctx.pool(), tenant).await?;
         }
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         let rows = client
             .query(
                 &select(
@@ -129,7 +182,7 @@ impl DbManager {
 
     /// How many complete backups a tenant keeps, and their logical bytes.
     pub async fn backup_usage(&self, tenant: TenantId) -> Result<BackupUsage, DbError> {
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         let row = client
             .query_one(
                 "SELECT count(*), coalesce(sum(logical_bytes), 0)::int8 FROM database_backups \
@@ -146,7 +199,7 @@ impl DbManager {
     }
 
     pub(crate) async fn stored_backup(&self, id: i64) -> Result<Stored, DbError> {
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         let row = client.query_opt(&select("WHERE b.id = $1"), &[&id]).await?;
         row.as_ref().map(from_row).ok_or(DbError::BackupNotFound(id))
     }
@@ -163,7 +216,7 @@ impl DbManager {
     /// Marks backups that were running when their Silo died as failed. A backup whose lease is
     /// still held (another replica runs it) is left alone.
     pub(crate) async fn fail_interrupted_backups(&self) -> Result<(), DbError> {
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         let rows = client
             .query(
                 "SELECT id, coalesce(database_id, -id) FROM database_backups WHERE status = $1",
@@ -173,8 +226,8 @@ impl DbManager {
         drop(client);
         for row in rows {
             let (id, database): (i64, i64) = (row.get(0), row.get(1));
-            let Some(_lease) = self.ctx().lock(BACKUP_LOCK_CLASS, database).await? else { continue };
-            let client = self.pool().get().await?;
+            let Some(_lease) = self.ctx.lock(BACKUP_LOCK_CLASS, database).await? else { continue };
+            let client = self.ctx.pool().get().await?;
             client
                 .execute(
                     "UPDATE database_backups SET status = $2, finished_at = now(), \

@@ -13,11 +13,11 @@ use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use storage_node::store::StoreError;
 
+use super::Backups;
 use super::pg_restore::{self, PgRestoreError, RestoreTarget};
 use crate::DbError;
 use crate::databases::{CreateRequest, Credentials};
 use crate::instance::PgBinaries;
-use crate::manager::DbManager;
 use crate::names::ident;
 use crate::states::{BackupKind, DatabaseState};
 use crate::workers::Worker;
@@ -80,7 +80,7 @@ impl VerifyReport {
     }
 }
 
-impl DbManager {
+impl Backups {
     /// Streams a complete backup's archive (a `pg_dump -Fc` file). Returns its size and bytes.
     ///
     /// # Errors
@@ -91,7 +91,7 @@ impl DbManager {
         id: i64,
     ) -> Result<(u64, BoxStream<'static, Result<Bytes, StoreError>>), DbError> {
         let (stored, object) = self.complete_backup(id).await?;
-        let read = self.store().read(stored.tenant_id, object, None).await?;
+        let read = self.store.read(stored.tenant_id, object, None).await?;
         Ok((read.size, read.stream))
     }
 
@@ -106,15 +106,15 @@ impl DbManager {
         let tenant = stored.info.tenant.clone();
         match (request.into, request.in_place) {
             (Some(into), false) => {
-                let plan = if self.plans().get(&stored.plan).is_some() {
+                let plan = if self.settings.plans.get(&stored.plan).is_some() {
                     stored.plan.clone()
                 } else {
                     "small".into()
                 };
                 let create =
                     CreateRequest { name: into.clone(), plan, zone: None, deletion_protection: false };
-                let credentials = self.create_database(&tenant, create, None).await?;
-                let row = self.row(&tenant, &into).await?;
+                let credentials = self.databases.create_database(&tenant, create, None).await?;
+                let row = self.databases.row(&tenant, &into).await?;
                 if let Err(err) = self.restore_as_owner(id, &row).await {
                     tracing::error!(backup = id, database = %into, error = %err, "restore failed; dropping the new database");
                     if let Err(drop_err) = self.delete_database(&tenant, &into, true).await {
@@ -132,8 +132,8 @@ impl DbManager {
                         stored.info.database
                     )));
                 }
-                let row = self.row(&tenant, &stored.info.database).await?;
-                let Some(_lock) = self.ctx().lock_database(row.id).await? else {
+                let row = self.databases.row(&tenant, &stored.info.database).await?;
+                let Some(_lock) = self.ctx.lock_database(row.id).await? else {
                     return Err(DbError::Busy { name: row.name.clone() });
                 };
                 let safety = self.backup_now(&row, BackupKind::Safety).await?;
@@ -164,7 +164,7 @@ impl DbManager {
         state: DatabaseState,
         safety: Option<i64>,
     ) -> Result<(), DbError> {
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         client
             .execute(
                 "UPDATE tenant_databases SET state = $2, restore_safety_backup = $3 WHERE id = $1",
@@ -181,14 +181,14 @@ impl DbManager {
         match self.replace_contents(safety, row).await {
             Ok(()) => {
                 self.set_restore_state(row.id, DatabaseState::Active, None).await?;
-                self.ctx()
+                self.ctx
                     .record_event(row.id, "restore_rolled_back", &format!("to safety backup {safety}"))
                     .await
             }
             Err(err) => {
                 self.set_restore_state(row.id, DatabaseState::RestoreFailed, Some(safety)).await?;
                 let detail = format!("putting back safety backup {safety} failed: {err}; restore it by hand");
-                self.ctx().record_event(row.id, "restore_failed", &detail).await?;
+                self.ctx.record_event(row.id, "restore_failed", &detail).await?;
                 Err(err)
             }
         }
@@ -197,7 +197,7 @@ impl DbManager {
     /// At start: in-place restores that a crash interrupted are rolled back to their safety
     /// backups (or reported as `restore_failed`).
     pub(crate) async fn finish_interrupted_restores(&self) -> Result<(), DbError> {
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         let rows = client
             .query(
                 "SELECT id, restore_safety_backup FROM tenant_databases \
@@ -208,8 +208,8 @@ impl DbManager {
         drop(client);
         for found in rows {
             let (id, safety): (i64, i64) = (found.get(0), found.get(1));
-            let Some(_lock) = self.ctx().lock_database(id).await? else { continue };
-            let row = self.row_by_id(id).await?;
+            let Some(_lock) = self.ctx.lock_database(id).await? else { continue };
+            let row = self.databases.row_by_id(id).await?;
             tracing::warn!(database = %row.name, tenant = %row.tenant, safety, "an in-place restore was interrupted; putting the safety backup back");
             if let Err(err) = self.roll_back_restore(&row, safety).await {
                 tracing::error!(database = %row.name, safety, error = %err, "cannot put the safety backup back; restore it by hand");
@@ -222,17 +222,17 @@ impl DbManager {
     /// restores `backup` into it.
     async fn replace_contents(&self, backup: i64, row: &crate::databases::Row) -> Result<(), DbError> {
         let target = row.target();
-        let plan = self.plans().require(&row.plan)?.clone();
-        let admin = self.ctx().admin(&row.server).await?;
+        let plan = self.settings.plans.require(&row.plan)?.clone();
+        let admin = self.ctx.admin(&row.server).await?;
         provision::drop_database(&admin, &row.server.name, &row.pg_name).await?;
         faults::crash_point("restore.after_drop");
         provision::ensure_database(&admin, &target, &plan).await?;
-        let inside = self.ctx().connect_server(&row.server, Some(&row.pg_name)).await?;
+        let inside = self.ctx.connect_server(&row.server, Some(&row.pg_name)).await?;
         provision::own_public_schema(&inside, &target).await?;
         // Over quota or not before, the sampler decides anew.
         read_only::leave(&admin, &inside, &target, &[]).await?;
         drop((inside, admin));
-        self.ctx().record_event(row.id, "restored", &format!("from backup {backup}")).await?;
+        self.ctx.record_event(row.id, "restored", &format!("from backup {backup}")).await?;
         self.restore_as_owner(backup, row).await
     }
 
@@ -240,9 +240,9 @@ impl DbManager {
     /// role, acting as the owner so that what it makes belongs to the owner.
     async fn restore_as_owner(&self, backup: i64, row: &crate::databases::Row) -> Result<(), DbError> {
         let owner = row.target().owner();
-        let worker = self.create_worker(&row.server, Some(&owner)).await?;
+        let worker = self.workers.create_worker(&row.server, Some(&owner)).await?;
         let outcome = self.pg_restore(backup, &worker, &row.pg_name, Some(&owner)).await;
-        self.drop_worker(worker, Some(&row.pg_name)).await;
+        self.workers.drop_worker(worker, Some(&row.pg_name)).await;
         outcome
     }
 
@@ -256,9 +256,9 @@ impl DbManager {
         role: Option<&str>,
     ) -> Result<(), DbError> {
         let (_, archive) = self.backup_archive(id).await?;
-        let reach = self.worker_config(worker, dbname).await?;
-        let env = self.worker_tool_env(&reach, dbname)?;
-        let binaries = PgBinaries::locate(self.config().dedicated.bin_dir.as_deref())?;
+        let reach = self.workers.worker_config(worker, dbname).await?;
+        let env = self.workers.worker_tool_env(&reach, dbname)?;
+        let binaries = PgBinaries::locate(self.settings.bin_dir.as_deref())?;
         let target = RestoreTarget { binaries: &binaries, env, dbname, role };
         match pg_restore::stream_into(target, archive).await {
             Ok(_) => Ok(()),
@@ -275,12 +275,12 @@ impl DbManager {
     /// restore; a restore with wrong counts is an `Ok` report with `ok: false`.
     pub async fn verify_backup(&self, id: i64) -> Result<VerifyReport, DbError> {
         let (stored, _) = self.complete_backup(id).await?;
-        let server = crate::servers::get(self.pool(), &stored.info.server).await?;
+        let server = crate::servers::get(self.ctx.pool(), &stored.info.server).await?;
         let scratch =
             format!("silo_verify_{id}_{}", crate::provision::generate_password()[..8].to_ascii_lowercase());
         // The worker owns the scratch database and has no other right anywhere.
-        let worker = self.create_worker(&server, None).await?;
-        let admin = self.ctx().admin(&server).await?;
+        let worker = self.workers.create_worker(&server, None).await?;
+        let admin = self.ctx.admin(&server).await?;
         let made = admin
             .batch_execute(&format!("CREATE DATABASE {} OWNER {}", ident(&scratch), ident(&worker.name)))
             .await
@@ -294,7 +294,7 @@ impl DbManager {
             tracing::warn!(database = scratch, error = %err, "cannot drop a verification scratch database");
         }
         drop(admin);
-        self.drop_worker(worker, None).await;
+        self.workers.drop_worker(worker, None).await;
         let report = outcome?;
         tracing::info!(backup = id, ok = report.ok, tables = report.tables, "verified backup");
         Ok(report)
@@ -309,14 +309,15 @@ impl DbManager {
     ) -> Result<VerifyReport, DbError> {
         // A NOINHERIT owner does not get `pg_database_owner`'s rights on `public`: give it the
         // schema by name (the database is still empty, so no tenant code is there to run).
-        let empty = self.ctx().connect_server(worker.server(), Some(scratch)).await?;
+        let empty = self.ctx.connect_server(worker.server(), Some(scratch)).await?;
         empty
             .batch_execute(&format!("ALTER SCHEMA public OWNER TO {}", ident(&worker.name)))
             .await
             .map_err(DbError::on_server(&worker.server().name))?;
         drop(empty);
         self.pg_restore(id, worker, scratch, None).await?;
-        let inside = self.worker_config(worker, scratch).await?.connect(&worker.server().name).await?;
+        let inside =
+            self.workers.worker_config(worker, scratch).await?.connect(&worker.server().name).await?;
         let expected = counts.and_then(|c| c.as_object()).cloned().unwrap_or_default();
         let mut mismatches = Vec::new();
         for (table, count) in &expected {

@@ -13,8 +13,8 @@ use serde::Serialize;
 use storage_node::TenantId;
 use storage_node::store::ObjectId;
 
+use super::Backups;
 use crate::DbError;
-use crate::manager::DbManager;
 use crate::plans::Retention;
 use crate::states::{BackupKind, BackupStatus};
 use crate::timestamp;
@@ -88,7 +88,7 @@ struct Row {
     candidate: Candidate,
 }
 
-impl DbManager {
+impl Backups {
     /// Deletes the backups that no policy keeps: regular backups outside their plan's GFS
     /// policy, final and safety backups past their expiry, and failed attempts older than a
     /// day. Returns what it deleted.
@@ -96,7 +96,7 @@ impl DbManager {
     /// # Errors
     /// Catalog and store errors; what was deleted before the error stays deleted.
     pub async fn prune_backups(&self) -> Result<Vec<Pruned>, DbError> {
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         let rows = client
             .query(
                 "SELECT b.id, b.tenant_id, t.name, b.database_name, b.database_id IS NOT NULL, \
@@ -141,8 +141,12 @@ impl DbManager {
             }
         }
         for (_, backups) in regular {
-            let policy =
-                self.plans().get(&backups[0].plan).map(|p| p.backup_retention.clone()).unwrap_or_default();
+            let policy = self
+                .settings
+                .plans
+                .get(&backups[0].plan)
+                .map(|p| p.backup_retention.clone())
+                .unwrap_or_default();
             let candidates: Vec<Candidate> = backups.iter().map(|b| b.candidate.clone()).collect();
             let mut keep = kept(&candidates, &policy);
             if backups[0].database_exists {
@@ -158,14 +162,14 @@ impl DbManager {
         let mut pruned = Vec::new();
         for (row, reason) in doomed {
             if let Some(object) = row.object {
-                match self.store().delete(row.tenant_id, object).await {
+                match self.store.delete(row.tenant_id, object).await {
                     Ok(()) | Err(storage_node::store::StoreError::NoSuchObject(_)) => {}
                     Err(err) => return Err(err.into()),
                 }
             }
             // Deleting the object deleted the row with it (ON DELETE CASCADE); a row without
             // an object goes here.
-            let client = self.pool().get().await?;
+            let client = self.ctx.pool().get().await?;
             client.execute("DELETE FROM database_backups WHERE id = $1", &[&row.id]).await?;
             tracing::info!(backup = row.id, tenant = %row.tenant, database = %row.database, reason, "pruned backup");
             pruned.push(Pruned {

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use super::Backups;
 use super::catalog::SYSTEM_TENANT;
 use crate::DbError;
 use crate::databases::Row;
-use crate::manager::DbManager;
 use crate::states::{BackupKind, BackupStatus, DatabaseState, RunStatus};
 
 /// How a run names the catalog in its results.
@@ -85,7 +85,7 @@ pub enum RunEvent {
     Finished(RunResult),
 }
 
-impl DbManager {
+impl Backups {
     /// Runs the backups `request` selects; `progress` hears of each as it starts and ends.
     /// Then prunes what the retention policies no longer keep.
     ///
@@ -156,7 +156,7 @@ impl DbManager {
         let started = Instant::now();
         let mut result = RunResult::new(&row.tenant, &row.name, RunStatus::Failed);
         // A delete, restore or resize of the database holds its lock: skip it this time.
-        let lock = match self.ctx().lock_database(row.id).await {
+        let lock = match self.ctx.lock_database(row.id).await {
             Ok(Some(lock)) => Some(lock),
             Ok(None) => None,
             Err(err) => {
@@ -212,15 +212,15 @@ impl DbManager {
                 let (tenant, name) = path
                     .split_once('/')
                     .ok_or_else(|| DbError::InvalidRequest(format!("{path:?} is not tenant/database")))?;
-                let row = self.row(tenant, name).await?;
+                let row = self.databases.row(tenant, name).await?;
                 return Ok(vec![(row, true)]);
             }
             None => (request.tenant.clone(), None::<String>),
         };
         if let Some(tenant) = &tenant {
-            crate::servers::tenant_id(self.pool(), tenant).await?;
+            crate::servers::tenant_id(self.ctx.pool(), tenant).await?;
         }
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         let rows = client
             .query(
                 "SELECT d.id, d.plan, \
@@ -243,10 +243,10 @@ impl DbManager {
         let mut selected = Vec::new();
         for db in rows {
             let (id, plan, age): (i64, String, Option<f64>) = (db.get(0), db.get(1), db.get(2));
-            let every = self.plans().get(&plan).map_or(24, |p| p.backup_every_hours);
+            let every = self.settings.plans.get(&plan).map_or(24, |p| p.backup_every_hours);
             let interval = Duration::from_secs(u64::from(every) * 3600).saturating_sub(DUE_SLACK);
             let due = age.is_none_or(|age| age >= interval.as_secs_f64());
-            selected.push((self.row_by_id(id).await?, due));
+            selected.push((self.databases.row_by_id(id).await?, due));
         }
         Ok(selected)
     }

@@ -5,10 +5,11 @@
 //! A create that dies anyway leaves a `creating` row: the next create of the same name finishes
 //! it, and the next start cleans it up.
 
+use std::sync::Arc;
+
 use storage_node::TenantId;
 
-use super::{CreateRequest, Credentials, IDEMPOTENCY_PURPOSE, Row, credentials};
-use crate::manager::DbManager;
+use super::{CreateRequest, Credentials, Databases, IDEMPOTENCY_PURPOSE, Row, credentials};
 use crate::names::{is_valid_database_name, server_name};
 use crate::plans::Plan;
 use crate::provision;
@@ -16,7 +17,7 @@ use crate::servers;
 use crate::states::DatabaseState;
 use crate::{DbError, faults};
 
-impl DbManager {
+impl Databases {
     /// Creates a database for `tenant`. With an `idempotency_key` that was used before for the
     /// same request, returns the first result again.
     ///
@@ -25,7 +26,7 @@ impl DbManager {
     /// [`DbError::TenantNotFound`], [`DbError::Exists`], [`DbError::Busy`], [`DbError::NoServer`],
     /// [`DbError::IdempotencyMismatch`], and server errors.
     pub async fn create_database(
-        &self,
+        self: &Arc<Self>,
         tenant: &str,
         request: CreateRequest,
         idempotency_key: Option<String>,
@@ -33,8 +34,8 @@ impl DbManager {
         if !is_valid_database_name(&request.name) {
             return Err(DbError::InvalidName(request.name));
         }
-        self.plans().require(&request.plan)?;
-        let tenant_id = servers::tenant_id(self.pool(), tenant).await?;
+        self.plans.require(&request.plan)?;
+        let tenant_id = servers::tenant_id(self.ctx.pool(), tenant).await?;
         let digest = blake3::hash(&serde_json::to_vec(&request).unwrap_or_default()).as_bytes().to_vec();
         if let Some(key) = &idempotency_key
             && let Some(first) = self.idempotent_result(tenant_id, key, &digest).await?
@@ -64,9 +65,9 @@ impl DbManager {
         tenant: &str,
         request: &CreateRequest,
     ) -> Result<Credentials, DbError> {
-        let plan = self.plans().require(&request.plan)?.clone();
+        let plan = self.plans.require(&request.plan)?.clone();
         let (id, resumed) = self.claim_row(tenant_id, tenant, request, &plan).await?;
-        let Some(_lock) = self.ctx().lock_database(id).await? else {
+        let Some(_lock) = self.ctx.lock_database(id).await? else {
             return Err(DbError::Busy { name: request.name.clone() });
         };
         let row = self.row_by_id(id).await?;
@@ -79,22 +80,22 @@ impl DbManager {
             tracing::warn!(tenant, database = %row.name, error = %err, "create failed; undoing it");
             if !matches!(err, DbError::RoleTaken { .. } | DbError::DatabaseTaken { .. }) {
                 let undo = async {
-                    let admin = self.ctx().admin(&row.server).await?;
+                    let admin = self.ctx.admin(&row.server).await?;
                     // Only what Silo made for this row is ever dropped.
-                    provision::check_ours(&admin, &row.target(), &self.ctx().marker(row.id).await?).await?;
+                    provision::check_ours(&admin, &row.target(), &self.ctx.marker(row.id).await?).await?;
                     drop(admin);
-                    self.drop_database_and_roles(&row.server, &row.target()).await
+                    self.workers.drop_database_and_roles(&row.server, &row.target()).await
                 };
                 if let Err(undo_err) = undo.await {
                     tracing::error!(database = %row.name, error = %undo_err, "cannot undo the create; the next start cleans it up");
                     return Err(err);
                 }
             }
-            let client = self.pool().get().await?;
+            let client = self.ctx.pool().get().await?;
             client.execute("DELETE FROM tenant_databases WHERE id = $1", &[&id]).await?;
             return Err(err);
         }
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         client
             .execute(
                 "WITH activated AS (UPDATE tenant_databases SET state = $3 WHERE id = $1) \
@@ -116,7 +117,7 @@ impl DbManager {
         request: &CreateRequest,
         plan: &Plan,
     ) -> Result<(i64, bool), DbError> {
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         let existing = client
             .query_opt(
                 "SELECT id, state FROM tenant_databases WHERE tenant_id = $1 AND name = $2",
@@ -130,14 +131,19 @@ impl DbManager {
             return Err(DbError::Exists { tenant: tenant.into(), name: request.name.clone() });
         }
         drop(client);
-        let server =
-            servers::place(self.pool(), tenant_id, tenant, request.zone.as_deref(), plan.storage_quota_bytes)
-                .await?;
+        let server = servers::place(
+            self.ctx.pool(),
+            tenant_id,
+            tenant,
+            request.zone.as_deref(),
+            plan.storage_quota_bytes,
+        )
+        .await?;
         let pg_name = server_name(tenant, &request.name)
             .ok_or_else(|| DbError::ReservedName { tenant: tenant.into() })?;
         // The tenant's row is held shared while the row goes in: a deletion that starts meanwhile
         // (it marks the tenant first) waits, and then finds this database to delete.
-        let mut client = self.pool().get().await?;
+        let mut client = self.ctx.pool().get().await?;
         let txn = client.transaction().await?;
         let live = txn
             .query_opt(
@@ -176,8 +182,8 @@ impl DbManager {
     /// database of the same name that Silo did not make for this row is refused, untouched.
     async fn provision(&self, row: &Row, plan: &Plan, password: &str) -> Result<(), DbError> {
         let target = row.target();
-        let marker = self.ctx().marker(row.id).await?;
-        let admin = self.ctx().admin(&row.server).await?;
+        let marker = self.ctx.marker(row.id).await?;
+        let admin = self.ctx.admin(&row.server).await?;
         faults::crash_point("create.before_role");
         provision::ensure_roles(&admin, &target, password, plan, &marker).await?;
         faults::crash_point("create.after_role");
@@ -185,18 +191,18 @@ impl DbManager {
         let spare = match provision::database_exists(&admin, &target).await? {
             true => None,
             // A spare is an optimisation: failing to take one only means making the database.
-            false => self.spares().claim(&row.server).await.unwrap_or_else(|err| {
+            false => self.spares.claim(&row.server).await.unwrap_or_else(|err| {
                 tracing::warn!(error = %err, "cannot take a spare database; creating one");
                 None
             }),
         };
         if let Some(spare) = spare {
-            self.spares().replenish_soon();
-            match self.spares().adopt(&admin, &target, &spare).await {
+            self.spares.replenish_soon();
+            match self.spares.adopt(&admin, &target, &spare).await {
                 Ok(()) => from_spare = true,
                 Err(err) => tracing::warn!(spare, error = %err, "cannot use a spare database; creating one"),
             }
-            self.spares().release(&row.server, &spare).await?;
+            self.spares.release(&row.server, &spare).await?;
         }
         provision::ensure_database(&admin, &target, plan).await?;
         faults::crash_point("create.after_database");
@@ -204,7 +210,7 @@ impl DbManager {
             // The spare's `public` is closed to PUBLIC and belongs to pg_database_owner.
             return Ok(());
         }
-        let inside = self.ctx().connect_server(&row.server, Some(&row.pg_name)).await?;
+        let inside = self.ctx.connect_server(&row.server, Some(&row.pg_name)).await?;
         provision::own_public_schema(&inside, &target).await
     }
 
@@ -214,7 +220,7 @@ impl DbManager {
         key: &str,
         digest: &[u8],
     ) -> Result<Option<Credentials>, DbError> {
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         let row = client
             .query_opt(
                 "SELECT request_digest, response_sealed FROM database_idempotency WHERE tenant_id = $1 AND key = $2",
@@ -225,8 +231,7 @@ impl DbManager {
         if row.get::<_, &[u8]>(0) != digest {
             return Err(DbError::IdempotencyMismatch);
         }
-        let opened =
-            self.ctx().secret().open(IDEMPOTENCY_PURPOSE, row.get(1)).ok_or(DbError::SealedSecret)?;
+        let opened = self.ctx.secret().open(IDEMPOTENCY_PURPOSE, row.get(1)).ok_or(DbError::SealedSecret)?;
         serde_json::from_slice(&opened).map(Some).map_err(|_| DbError::SealedSecret)
     }
 
@@ -238,8 +243,8 @@ impl DbManager {
         created: &Credentials,
     ) -> Result<(), DbError> {
         let sealed =
-            self.ctx().secret().seal(IDEMPOTENCY_PURPOSE, &serde_json::to_vec(created).unwrap_or_default());
-        let client = self.pool().get().await?;
+            self.ctx.secret().seal(IDEMPOTENCY_PURPOSE, &serde_json::to_vec(created).unwrap_or_default());
+        let client = self.ctx.pool().get().await?;
         client
             .execute(
                 "INSERT INTO database_idempotency (tenant_id, key, request_digest, response_sealed) \

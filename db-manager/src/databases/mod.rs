@@ -1,19 +1,41 @@
-//! Client databases: what the API shows of them, and how they are looked up. [`create`] makes
-//! them (idempotent, resumable); [`change`] resizes, protects, rotates and deletes them.
+//! Client databases: the [`Databases`] service, what the API shows of them, and how they are
+//! looked up. [`create`] makes them (idempotent, resumable); [`change`] resizes, protects,
+//! rotates and deletes them; [`repair`] finishes at start what a crash left half-done.
 
 mod change;
 mod create;
 mod repair;
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use storage_node::TenantId;
 
 use crate::DbError;
-use crate::manager::DbManager;
+use crate::context::Context;
+use crate::plans::Plans;
 use crate::provision::Target;
 use crate::servers::{self, Server};
+use crate::spares::Spares;
 use crate::states::DatabaseState;
 use crate::timestamp;
+use crate::workers::Workers;
+
+/// Client databases on the servers: create, look up, change, delete, repair. It uses the spare
+/// databases of [`Spares`] and the [`Workers`] that drop roles, and nothing above it: backups
+/// and tenant deletion use it, never the reverse.
+pub struct Databases {
+    ctx: Arc<Context>,
+    plans: Plans,
+    spares: Arc<Spares>,
+    workers: Arc<Workers>,
+}
+
+impl std::fmt::Debug for Databases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Databases").field("plans", &self.plans).finish_non_exhaustive()
+    }
+}
 
 const IDEMPOTENCY_PURPOSE: &str = "database create response";
 
@@ -129,19 +151,23 @@ fn info_select(filter: &str) -> String {
     )
 }
 
-impl DbManager {
+impl Databases {
+    pub(crate) fn new(ctx: Arc<Context>, plans: Plans, spares: Arc<Spares>, workers: Arc<Workers>) -> Self {
+        Databases { ctx, plans, spares, workers }
+    }
+
     /// The tenant's databases.
     pub async fn list_databases(&self, tenant: &str) -> Result<Vec<DatabaseInfo>, DbError> {
-        servers::tenant_id(self.pool(), tenant).await?;
-        let client = self.pool().get().await?;
+        servers::tenant_id(self.ctx.pool(), tenant).await?;
+        let client = self.ctx.pool().get().await?;
         let rows = client.query(&info_select(""), &[&tenant, &DatabaseState::Creating]).await?;
         Ok(rows.iter().map(|row| self.info_from_row(row)).collect())
     }
 
     /// One database, with its recent state changes.
     pub async fn database(&self, tenant: &str, name: &str) -> Result<DatabaseInfo, DbError> {
-        servers::tenant_id(self.pool(), tenant).await?;
-        let client = self.pool().get().await?;
+        servers::tenant_id(self.ctx.pool(), tenant).await?;
+        let client = self.ctx.pool().get().await?;
         let row = client
             .query_opt(&info_select("AND d.name = $3"), &[&tenant, &DatabaseState::Creating, &name])
             .await?
@@ -168,7 +194,7 @@ impl DbManager {
             name: row.get(1),
             server: row.get(2),
             zone: row.get(3),
-            connection_limit: self.plans().get(&plan).map(|p| p.connection_limit),
+            connection_limit: self.plans.get(&plan).map(|p| p.connection_limit),
             plan,
             state: row.get(5),
             host: row.get(6),
@@ -187,7 +213,7 @@ impl DbManager {
     }
 
     pub(crate) async fn row(&self, tenant: &str, name: &str) -> Result<Row, DbError> {
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         let row = client
             .query_opt(
                 "SELECT d.id FROM tenant_databases d JOIN tenants t ON t.id = d.tenant_id \
@@ -201,7 +227,7 @@ impl DbManager {
     }
 
     pub(crate) async fn row_by_id(&self, id: i64) -> Result<Row, DbError> {
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         let row = client
             .query_opt(
                 "SELECT d.tenant_id, t.name, d.name, d.server_id, d.pg_name, d.plan, d.state, d.deletion_protection \
@@ -216,7 +242,7 @@ impl DbManager {
             tenant_id: TenantId(row.get(0)),
             tenant: row.get(1),
             name: row.get(2),
-            server: servers::get_by_id(self.pool(), row.get(3)).await?,
+            server: servers::get_by_id(self.ctx.pool(), row.get(3)).await?,
             pg_name: row.get(4),
             plan: row.get(5),
             state: row.get(6),

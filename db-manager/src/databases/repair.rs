@@ -1,19 +1,18 @@
 //! Start-up repair of client databases: rows a crash left `creating` or `deleting` are
-//! finished, databases made before owner roles move to them, and worker roles a crash left
-//! on any server are dropped.
+//! finished, and databases made before owner roles move to them.
 
+use super::Databases;
 use crate::DbError;
-use crate::manager::DbManager;
 use crate::provision;
 use crate::servers;
 use crate::states::DatabaseState;
 
-impl DbManager {
+impl Databases {
     /// Moves databases made before owner roles to that layout (see
     /// [`provision::upgrade_legacy`]). One that was read-only over its quota is marked active,
     /// and the sampler puts it back into read-only the new way at its next round.
     pub(crate) async fn upgrade_legacy_databases(&self) {
-        let rows = match self.pool().get().await {
+        let rows = match self.ctx.pool().get().await {
             Ok(client) => client
                 .query(
                     "SELECT id FROM tenant_databases WHERE state IN ($1, $2)",
@@ -35,16 +34,16 @@ impl DbManager {
     }
 
     async fn upgrade_legacy_database(&self, id: i64) -> Result<(), DbError> {
-        let Some(_lock) = self.ctx().lock_database(id).await? else { return Ok(()) };
+        let Some(_lock) = self.ctx.lock_database(id).await? else { return Ok(()) };
         let row = self.row_by_id(id).await?;
         let target = row.target();
-        let admin = self.ctx().admin(&row.server).await?;
+        let admin = self.ctx.admin(&row.server).await?;
         if !provision::is_legacy(&admin, &target).await? {
             return Ok(());
         }
-        let inside = self.ctx().connect_server(&row.server, Some(&row.pg_name)).await?;
-        provision::upgrade_legacy(&admin, &inside, &target, &self.ctx().marker(id).await?).await?;
-        let client = self.pool().get().await?;
+        let inside = self.ctx.connect_server(&row.server, Some(&row.pg_name)).await?;
+        provision::upgrade_legacy(&admin, &inside, &target, &self.ctx.marker(id).await?).await?;
+        let client = self.ctx.pool().get().await?;
         client
             .execute("UPDATE tenant_databases SET state = $2 WHERE id = $1", &[&id, &DatabaseState::Active])
             .await?;
@@ -52,27 +51,10 @@ impl DbManager {
         Ok(())
     }
 
-    /// Drops the worker roles a crash left on any server.
-    pub(crate) async fn sweep_all_workers(&self) {
-        let servers = match servers::list(self.pool()).await {
-            Ok(servers) => servers,
-            Err(err) => return tracing::warn!(error = %err, "cannot list servers to sweep worker roles"),
-        };
-        for server in servers {
-            match self.sweep_workers(&server).await {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::warn!(server = %server.name, roles = n, "dropped worker roles a crash left behind")
-                }
-                Err(err) => tracing::warn!(server = %server.name, error = %err, "cannot sweep worker roles"),
-            }
-        }
-    }
-
     /// Cleans up creates that died half-way and finishes deletes that did, unless another
     /// replica is still working on them.
     pub(crate) async fn repair(&self) -> Result<(), DbError> {
-        let client = self.pool().get().await?;
+        let client = self.ctx.pool().get().await?;
         let rows = client
             .query(
                 "SELECT id, name, server_id, pg_name, state FROM tenant_databases \
@@ -84,18 +66,18 @@ impl DbManager {
         for row in rows {
             let (id, name, server_id, pg_name, state): (i64, String, i64, String, DatabaseState) =
                 (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
-            let Some(_lock) = self.ctx().lock_database(id).await? else { continue };
-            let server = servers::get_by_id(self.pool(), server_id).await?;
+            let Some(_lock) = self.ctx.lock_database(id).await? else { continue };
+            let server = servers::get_by_id(self.ctx.pool(), server_id).await?;
             let target = provision::Target { server: &server.name, pg_name: &pg_name };
             let outcome = async {
-                let admin = self.ctx().admin(&server).await?;
+                let admin = self.ctx.admin(&server).await?;
                 // A role or database that is not Silo's (one that a create refused) stays.
-                match provision::check_ours(&admin, &target, &self.ctx().marker(id).await?).await {
-                    Ok(()) => self.drop_database_and_roles(&server, &target).await?,
+                match provision::check_ours(&admin, &target, &self.ctx.marker(id).await?).await {
+                    Ok(()) => self.workers.drop_database_and_roles(&server, &target).await?,
                     Err(DbError::RoleTaken { .. } | DbError::DatabaseTaken { .. }) => {}
                     Err(err) => return Err(err),
                 }
-                let client = self.pool().get().await?;
+                let client = self.ctx.pool().get().await?;
                 client.execute("DELETE FROM tenant_databases WHERE id = $1", &[&id]).await?;
                 Ok::<_, DbError>(())
             }
