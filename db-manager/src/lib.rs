@@ -46,6 +46,7 @@ pub mod states;
 pub mod tenant_deletion;
 pub mod timestamp;
 pub mod tls;
+pub mod usage;
 mod workers;
 
 /// Local Postgres clusters (the embedded catalog server, dedicated servers) are `pg-local`'s,

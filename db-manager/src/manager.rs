@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use storage_node::TenantId;
 use storage_node::catalog::CatalogPool;
 use storage_node::store::ChunkStore;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +26,7 @@ use crate::plans::Plans;
 use crate::sampler::{Sample, Sampler};
 use crate::spares::Spares;
 use crate::tenant_deletion::TenantDeletions;
+use crate::usage::TenantUsage;
 use crate::workers::Workers;
 
 /// The database manager's settings.
@@ -208,6 +210,13 @@ impl DbManager {
     /// Deleting tenants with everything they have, and resuming interrupted deletions.
     pub fn tenant_deletions(&self) -> &TenantDeletions {
         &self.inner.tenant_deletions
+    }
+    /// `tenant`'s usage and its breakdown (store, S3, backups).
+    ///
+    /// # Errors
+    /// [`DbError`] when the catalog cannot be read.
+    pub async fn tenant_usage(&self, tenant: TenantId) -> Result<TenantUsage, DbError> {
+        crate::usage::tenant_usage(&self.inner.store, &self.inner.backups, tenant).await
     }
 
     /// Deletes objects older than [`crate::orphans::ORPHAN_GRACE`] that nothing references

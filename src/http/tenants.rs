@@ -7,10 +7,10 @@ use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use db_manager::tenant_deletion::TenantDeletion;
+use db_manager::usage::TenantUsage;
 use serde::Deserialize;
 use storage_node::catalog::access_keys::{self, AccessKey, NewAccessKey};
 use storage_node::catalog::tenants::{self, Tenant, TenantError};
-use storage_node::store::Usage;
 
 use super::{ApiError, AppState};
 
@@ -132,31 +132,7 @@ async fn usage(
     Path(tenant): Path<String>,
 ) -> Result<Json<TenantUsage>, ApiError> {
     let id = tenants::find(&state.catalog, &tenant).await?;
-    let usage = state.store.usage(id).await?;
-    let counts =
-        storage_node::model::usage::tenant_counts(&state.catalog, id).await.map_err(ApiError::internal)?;
-    let backups = state.databases.backups().backup_usage(id).await?;
-    Ok(Json(TenantUsage {
-        usage,
-        buckets: counts.buckets,
-        s3_objects: counts.objects,
-        backups: backups.backups,
-        backup_logical_bytes: backups.logical_bytes,
-    }))
-}
-
-/// A tenant's usage: the store's counters (every object it stores: S3 objects, parts of
-/// unfinished multipart uploads, database backups), and how they split.
-#[derive(Debug, serde::Serialize)]
-struct TenantUsage {
-    #[serde(flatten)]
-    usage: Usage,
-    buckets: u64,
-    /// Objects reachable through S3.
-    s3_objects: u64,
-    /// Complete database backups, and their logical bytes.
-    backups: u64,
-    backup_logical_bytes: u64,
+    Ok(Json(state.databases.tenant_usage(id).await?))
 }
 
 impl From<TenantError> for ApiError {
