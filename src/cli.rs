@@ -127,8 +127,8 @@ pub enum DbCommand {
     Protect {
         tenant: String,
         name: String,
-        #[arg(value_parser = ["on", "off"])]
-        state: String,
+        #[arg(value_enum)]
+        state: Switch,
     },
     /// Set a new password; sessions opened with the old one end after the grace.
     Rotate {
@@ -257,4 +257,11 @@ mod tests {
     fn no_two_flags_of_a_command_clash_with_the_global_client_flags() {
         Cli::command().debug_assert();
     }
+}
+
+/// On or off, as `silo db protect` takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }

@@ -3,7 +3,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::cli::{DbCommand, ServerCommand};
+use crate::cli::{DbCommand, ServerCommand, Switch};
 use crate::client::{ClientArgs, block_on};
 use crate::tenants::print_rows;
 
@@ -48,7 +48,7 @@ pub fn db(command: DbCommand, client: &ClientArgs) -> anyhow::Result<()> {
         }
         DbCommand::Protect { tenant, name, state } => {
             let path = format!("/v1/tenants/{tenant}/databases/{name}");
-            let body = json!({ "deletion_protection": state == "on" });
+            let body = json!({ "deletion_protection": state == Switch::On });
             let info: Value = block_on(client.call(Method::PATCH, &path, Some(body)))?;
             print_rows(client, &info, &[vec![info.clone()]], &["name", "deletion_protection"]);
         }
