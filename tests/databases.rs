@@ -313,26 +313,35 @@ async fn over_the_quota_a_database_turns_read_only_and_back() {
 }
 
 #[tokio::test]
-async fn rotation_resize_and_deletion_protection() {
-    let fx = Fixture::start("db_rotation", &[]).await;
-    fx.tenant("rotor");
-    let created = fx.create("rotor", json!({ "name": "app", "deletion_protection": true })).await;
-    let old_url = created["url"].as_str().expect("url").to_string();
-    let (old_session, connection) =
-        tokio_postgres::connect(&old_url, tokio_postgres::NoTls).await.expect("connect");
+async fn a_resize_applies_the_new_limits_at_once_and_keeps_sessions_within_them() {
+    let fx = Fixture::start("db_resize", &[]).await;
+    fx.tenant("resizer");
+    let created = fx.create("resizer", json!({ "name": "app" })).await;
+    let url = created["url"].as_str().expect("url").to_string();
+    let (session, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
     tokio::spawn(connection);
-
-    // Resize: the new limits apply at once, and a session within them stays.
     let (status, resized) = fx
-        .call(reqwest::Method::PATCH, "/v1/tenants/rotor/databases/app", Some(json!({ "plan": "medium" })))
+        .call(reqwest::Method::PATCH, "/v1/tenants/resizer/databases/app", Some(json!({ "plan": "medium" })))
         .await;
     assert_eq!((status, resized["plan"].as_str()), (200, Some("medium")), "{resized}");
     let pg_name = created["database"].as_str().expect("name");
     assert_eq!(admin_sql(&format!("SELECT rolconnlimit FROM pg_roles WHERE rolname = '{pg_name}'")), "50");
     assert_eq!(admin_sql(&format!("SELECT datconnlimit FROM pg_database WHERE datname = '{pg_name}'")), "50");
-    old_session.simple_query("SELECT 1").await.expect("a session within the new limits stays");
+    session.simple_query("SELECT 1").await.expect("a session within the new limits stays");
+}
 
-    // Rotation: the old password fails, the new one works, and old sessions end (grace 0).
+#[tokio::test]
+async fn a_rotation_ends_the_old_password_and_its_sessions_after_the_grace() {
+    let fx = Fixture::start("db_rotation", &[]).await;
+    fx.tenant("rotor");
+    let created = fx.create("rotor", json!({ "name": "app" })).await;
+    let pg_name = created["database"].as_str().expect("name");
+    let old_url = created["url"].as_str().expect("url").to_string();
+    let (old_session, connection) =
+        tokio_postgres::connect(&old_url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+
+    // Without a grace: the old password fails, the new one works, and old sessions end.
     let rotated = silo_cli_json(&fx.silo, &["db", "rotate", "rotor", "app"]);
     assert_ne!(rotated["password"], created["password"]);
     let new_url = rotated["url"].as_str().expect("url");
@@ -361,16 +370,22 @@ async fn rotation_resize_and_deletion_protection() {
         assert!(Instant::now() < deadline, "the old session outlived its grace");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
 
-    // Deletion protection holds; then a delete takes a final backup and drops it for good.
-    let path = "/v1/tenants/rotor/databases/app";
+#[tokio::test]
+async fn deletion_protection_holds_and_a_delete_keeps_a_final_backup_that_expires() {
+    let fx = Fixture::start("db_protection", &[]).await;
+    fx.tenant("protector");
+    let created = fx.create("protector", json!({ "name": "app", "deletion_protection": true })).await;
+    let pg_name = created["database"].as_str().expect("name");
+    let path = "/v1/tenants/protector/databases/app";
     let (status, body) =
         fx.call(reqwest::Method::DELETE, &format!("{path}?skip_final_backup=true"), None).await;
     assert_eq!((status, body["error"]["code"].as_str()), (409, Some("deletion_protected")));
-    silo_cli_json(&fx.silo, &["db", "protect", "rotor", "app", "off"]);
+    silo_cli_json(&fx.silo, &["db", "protect", "protector", "app", "off"]);
     let (status, body) = fx.call(reqwest::Method::DELETE, path, None).await;
     assert_eq!(status, 204, "{body}");
-    let (_, backups) = fx.call(reqwest::Method::GET, "/v1/backups?tenant=rotor&database=app", None).await;
+    let (_, backups) = fx.call(reqwest::Method::GET, "/v1/backups?tenant=protector&database=app", None).await;
     assert_eq!(backups.as_array().map(Vec::len), Some(1), "{backups}");
     assert_eq!(
         (backups[0]["kind"].as_str(), backups[0]["status"].as_str()),
