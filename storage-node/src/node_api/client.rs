@@ -209,3 +209,60 @@ async fn refusal(response: Response) -> ClientError {
     let field = |name: &str| body["error"][name].as_str().unwrap_or_default().to_string();
     ClientError::Refused { status, code: field("code"), message: field("message") }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderMap;
+
+    /// A peer that accepts only `accepts` and says so, as a node of another build would; it
+    /// answers `DELETE` with 204 and records the versions it was sent.
+    async fn peer(accepts: &'static str) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let handler = move |headers: HeaderMap| {
+            let log = log.clone();
+            async move {
+                let sent =
+                    headers.get(VERSION_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                log.lock().expect("log").push(sent.clone());
+                let ok = sent
+                    .parse()
+                    .ok()
+                    .is_some_and(|v| VersionRange::parse(accepts).expect("range").accepts(v));
+                let status = if ok { StatusCode::NO_CONTENT } else { StatusCode::BAD_REQUEST };
+                let body = if ok {
+                    String::new()
+                } else {
+                    r#"{"error":{"code":"unsupported_version","message":"no"}}"#.into()
+                };
+                (status, [(ACCEPTS_HEADER, accepts)], body)
+            }
+        };
+        let app = axum::Router::new().route("/internal/v1/packs/{id}", axum::routing::delete(handler));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, seen)
+    }
+
+    #[tokio::test]
+    async fn the_client_speaks_a_version_the_peer_accepts_or_says_there_is_none() {
+        let secret = ServerSecret::from_bytes([2; 32]);
+        // A peer of the same build, and one a version ahead that still accepts ours.
+        for accepts in ["1-1", "1-2"] {
+            let (url, seen) = peer(accepts).await;
+            let client = NodeClient::new(&url, &secret).expect("client");
+            client.delete_pack(PackId(1)).await.expect("DELETE");
+            assert_eq!(client.version(), 1);
+            assert_eq!(*seen.lock().expect("log"), ["1"]);
+        }
+        // A peer two versions ahead, which no longer accepts ours: one try, a clear error.
+        let (url, seen) = peer("3-4").await;
+        let client = NodeClient::new(&url, &secret).expect("client");
+        let err = client.delete_pack(PackId(1)).await.expect_err("no common version");
+        assert!(matches!(err, ClientError::NoCommonVersion { .. }), "{err}");
+        assert!(err.to_string().contains("3-4"), "{err}");
+        assert_eq!(*seen.lock().expect("log"), ["1"]);
+    }
+}
