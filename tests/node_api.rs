@@ -3,7 +3,7 @@
 //! for byte (whole, by ranges, by length); repeated copies are no-ops and other bytes under the
 //! same id conflict; damaged, cut and oversized uploads leave nothing behind; and requests
 //! without the cluster token, without a known version or with ids that are not pack ids are
-//! refused.
+//! refused. A taken internal port fails the start before Postgres is touched.
 
 use crate::common;
 
@@ -399,4 +399,17 @@ async fn only_the_cluster_token_a_known_version_and_pack_ids_are_accepted() {
         assert_eq!(status, 400, "{method}");
     }
     assert!(pack_path(&b.packs_dir(), PackId(5)).exists());
+}
+
+#[tokio::test]
+async fn a_taken_internal_port_is_named_before_postgres_is_touched() {
+    let tmp = scratch();
+    let data = tmp.path().join("data");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let silo = Silo::start(&data, &["--internal-listen", &addr]);
+    let (status, stderr) = common::wait_for_failure(silo).await;
+    assert!(!status.success());
+    assert!(stderr.contains(&format!("cannot listen for the internal node API on {addr}")), "{stderr}");
+    assert!(!data.join("postgres").exists(), "no Postgres is created before the port is secured");
 }
