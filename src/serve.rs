@@ -5,7 +5,8 @@
 //! migrates the catalog and loads the admin token. Shutdown, on SIGTERM or SIGINT, turns
 //! `/readyz` to 503, lets in-flight requests finish within the grace period, then stops the
 //! embedded Postgres. If the embedded Postgres dies for good, the same shutdown runs and the
-//! process exits non-zero.
+//! process exits non-zero. With `--internal-listen`, the internal node API
+//! (`storage_node::node_api`) is served on its own listener and drains with the public one.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use rand::distr::{Alphanumeric, SampleString};
 use storage_node::DataDir;
 use storage_node::catalog::{self, CatalogPool};
 use storage_node::data_dir::ADMIN_TOKEN_SECRET;
+use storage_node::node_api::NodeApi;
 use storage_node::store::{ChunkStore, GcReport};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -64,6 +66,14 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let internal_listener = match config.internal_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for the internal node API on {addr}"))?,
+        ),
+        None => None,
+    };
     let stop = CancellationToken::new();
     let (pool, embedded) = match &config.postgres_url {
         Some(url) => (external_catalog(url.expose())?, None),
@@ -72,7 +82,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             (pool, Some(embedded))
         }
     };
-    let listeners = Listeners { public: listener, metrics: metrics_listener };
+    let listeners = Listeners { public: listener, metrics: metrics_listener, internal: internal_listener };
     let outcome =
         serve_with_catalog(&config, data_dir, listeners, pool.clone(), embedded.as_ref(), &stop).await;
     stop.cancel();
@@ -119,10 +129,11 @@ async fn embedded_catalog(
     }
 }
 
-/// The bound listeners: the public one, and the metrics one if configured.
+/// The bound listeners: the public one, and the metrics and internal ones if configured.
 struct Listeners {
     public: TcpListener,
     metrics: Option<TcpListener>,
+    internal: Option<TcpListener>,
 }
 
 /// Connections on the metrics listener (a scraper or two).
@@ -219,6 +230,24 @@ async fn serve_with_catalog(
             stop.clone(),
         ));
     }
+    let mut internal = match listeners.internal {
+        Some(listener) => {
+            let limit = storage_node::node_api::pack_size_limit(&config.store);
+            let api = NodeApi::new(store.packs_dir(), store.server_secret().clone(), limit)
+                .context("cannot start the internal node API")?;
+            tracing::info!(address = %config.internal_listen.map(|a| a.to_string()).unwrap_or_default(), "serving the internal node API");
+            // Peers' connections are not counted with the public ones.
+            let counts = http::ConnectionMetrics::default();
+            Some(tokio::spawn(http::listener::serve(
+                listener,
+                api.router(),
+                limits,
+                counts,
+                http_stop.clone(),
+            )))
+        }
+        None => None,
+    };
     tracing::info!(address = %config.listen, max_connections = limits.max_connections, "listening");
     let graceful = http_stop.clone();
     let counts = state.metrics.connections();
@@ -228,11 +257,14 @@ async fn serve_with_catalog(
         () = http_stop.cancelled() => {}
     }
     state.draining.store(true, Ordering::Relaxed);
-    match tokio::time::timeout(config.shutdown_grace(), &mut server).await {
-        Ok(served) => served.context("the HTTP server failed")?,
-        Err(_) => {
-            tracing::warn!(grace = ?config.shutdown_grace(), "requests still running after the grace period; closing them");
-            server.abort();
+    let deadline = tokio::time::Instant::now() + config.shutdown_grace();
+    for server in std::iter::once(&mut server).chain(internal.as_mut()) {
+        match tokio::time::timeout_at(deadline, &mut *server).await {
+            Ok(served) => served.context("the HTTP server failed")?,
+            Err(_) => {
+                tracing::warn!(grace = ?config.shutdown_grace(), "requests still running after the grace period; closing them");
+                server.abort();
+            }
         }
     }
     if let Err(err) = store.close().await {

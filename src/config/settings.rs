@@ -106,6 +106,11 @@ pub struct ServeConfig {
     /// without it.
     #[arg(long, env = "SILO_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the internal node API is served (pack transfer between the nodes of a cluster,
+    /// authenticated with the cluster token), apart from the public port; off without it. Plain
+    /// HTTP for now: keep it on a private network.
+    #[arg(long, env = "SILO_INTERNAL_LISTEN")]
+    pub internal_listen: Option<SocketAddr>,
     /// The address dedicated Postgres instances listen on, and that clients are given.
     #[arg(long, env = "SILO_DEDICATED_LISTEN", default_value = "127.0.0.1")]
     pub dedicated_listen: IpAddr,

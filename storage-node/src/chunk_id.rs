@@ -58,6 +58,12 @@ impl ChunkKey {
         ChunkId(*blake3::keyed_hash(&self.0, raw).as_bytes())
     }
 
+    /// A hasher that names the chunk whose raw bytes are written into it, for bytes that are
+    /// streamed rather than held (a pack received from a peer is checked this way).
+    pub(crate) fn hasher(&self) -> blake3::Hasher {
+        blake3::Hasher::new_keyed(&self.0)
+    }
+
     /// The seed of this tenant's chunker gear table.
     pub fn gear_seed(&self) -> u64 {
         let seed = blake3::derive_key(GEAR_SEED_CONTEXT, &self.0);

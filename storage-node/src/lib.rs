@@ -9,7 +9,7 @@
 //! the reconcile of a restored catalog and the orphan sweep) with its [`catalog`] tables, the
 //! [`model`] of buckets, objects and multipart uploads over the store, and the [`s3`] data
 //! plane on top, which only translates S3 to and from the model. [`timestamp`] says how the
-//! API writes an instant.
+//! API writes an instant. [`node_api`] moves packs between the nodes of a cluster.
 
 pub mod catalog;
 pub mod chunk_id;
@@ -17,6 +17,7 @@ pub mod chunker;
 pub mod compress;
 pub mod data_dir;
 pub mod model;
+pub mod node_api;
 pub mod pack;
 pub mod s3;
 pub mod server_secret;

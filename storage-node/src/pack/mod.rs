@@ -41,6 +41,15 @@ pub fn pack_path(dir: &Path, id: PackId) -> PathBuf {
     dir.join(format!("{:016x}.pack", id.0))
 }
 
+/// What follows a pack's file name in the name of a copy still being received from a peer.
+pub const INCOMING_INFIX: &str = ".pack.incoming-";
+
+/// The path of a copy of pack `id` being received under `dir`; `tag` tells concurrent copies
+/// apart. Such files are never read as packs ([`scan::pack_ids_on_disk`] skips them).
+pub fn incoming_pack_path(dir: &Path, id: PackId, tag: u64) -> PathBuf {
+    dir.join(format!("{:016x}{INCOMING_INFIX}{tag:016x}", id.0))
+}
+
 /// A record header, as written before each chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordHeader {

@@ -1,0 +1,216 @@
+//! The internal API's routes on axum. Handlers parse the request, call [`super::receive`] or
+//! [`super::packs`] and answer; one middleware in front of every route (and of the fallback,
+//! so unknown paths are not revealed either) checks the cluster token, then the version, and
+//! stamps every answer with this node's version and accepted range.
+
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::put;
+use tokio_util::io::ReaderStream;
+
+use super::auth::{ClusterToken, presents};
+use super::error::{internal, refuse, refused_transfer};
+use super::pack_id::parse_pack_id;
+use super::packs::{self, ReadError};
+use super::receive::{self, Received};
+use super::version::{ACCEPTS_HEADER, MAX_VERSION, VERSION_HEADER, VersionRange, parse_version};
+use crate::ServerSecret;
+use crate::pack::PackId;
+
+/// The route of one pack.
+pub const PACK_ROUTE: &str = "/internal/v1/packs/{id}";
+/// How much of a pack is read from disk at a time for a GET.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// The internal API of one node: its packs directory, the secret that verifies received packs,
+/// the cluster token's digest and the largest pack it takes.
+pub struct NodeApi {
+    packs_dir: PathBuf,
+    secret: ServerSecret,
+    token_digest: [u8; 32],
+    max_pack_bytes: u64,
+}
+
+impl NodeApi {
+    /// The API over `packs_dir` (which must exist), for the cluster whose nodes share `secret`.
+    /// Removes the partial transfers a crash left behind.
+    ///
+    /// # Errors
+    /// The I/O error of sweeping the directory.
+    pub fn new(packs_dir: &FsPath, secret: ServerSecret, max_pack_bytes: u64) -> std::io::Result<Self> {
+        let swept = receive::sweep_incoming(packs_dir)?;
+        if swept > 0 {
+            tracing::info!(files = swept, "removed pack transfers that an earlier process left unfinished");
+        }
+        let token_digest = ClusterToken::of(&secret).digest();
+        Ok(NodeApi { packs_dir: packs_dir.to_path_buf(), secret, token_digest, max_pack_bytes })
+    }
+
+    /// The router that serves the API.
+    pub fn router(self) -> Router {
+        let api = Arc::new(self);
+        Router::new()
+            .route(PACK_ROUTE, put(put_pack).get(get_pack).head(head_pack).delete(delete_pack))
+            .fallback(not_found)
+            .layer(axum::middleware::from_fn_with_state(api.clone(), guard))
+            .with_state(api)
+    }
+}
+
+type Api = State<Arc<NodeApi>>;
+
+/// Lets through only requests with the cluster token and a version this node accepts.
+async fn guard(State(api): Api, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
+    let mut response = if !presents(authorization, &api.token_digest) {
+        let mut refused = refuse(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the internal API needs the cluster token: `Authorization: Bearer <token>`",
+        );
+        refused.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        refused
+    } else {
+        let version = headers.get(VERSION_HEADER).and_then(|value| value.to_str().ok());
+        match version.and_then(parse_version) {
+            Some(version) if VersionRange::OURS.accepts(version) => next.run(request).await,
+            _ => refuse(
+                StatusCode::BAD_REQUEST,
+                "unsupported_version",
+                format!(
+                    "this node speaks internal API versions {}; the request said {}",
+                    VersionRange::OURS,
+                    version.map_or_else(|| format!("nothing in {VERSION_HEADER}"), |v| format!("{v:?}"))
+                ),
+            ),
+        }
+    };
+    let headers = response.headers_mut();
+    headers.insert(VERSION_HEADER, HeaderValue::from(MAX_VERSION));
+    if let Ok(range) = HeaderValue::from_str(&VersionRange::OURS.to_string()) {
+        headers.insert(ACCEPTS_HEADER, range);
+    }
+    response
+}
+
+fn pack_id(segment: Result<Path<String>, PathRejection>) -> Option<PackId> {
+    segment.ok().and_then(|Path(segment)| parse_pack_id(&segment))
+}
+
+fn invalid_pack_id() -> Response {
+    refuse(StatusCode::BAD_REQUEST, "invalid_pack_id", "a pack id is a positive decimal integer")
+}
+
+async fn put_pack(
+    State(api): Api,
+    segment: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, Response> {
+    let id = pack_id(segment).ok_or_else(invalid_pack_id)?;
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > api.max_pack_bytes) {
+        return Err(refused_transfer(receive::ReceiveError::TooLarge { limit: api.max_pack_bytes }));
+    }
+    let stream = body.into_data_stream();
+    match receive::receive_pack(&api.packs_dir, id, stream, api.max_pack_bytes, &api.secret)
+        .await
+        .map_err(refused_transfer)?
+    {
+        Received::Created => Ok(StatusCode::CREATED),
+        Received::AlreadyHeld => Ok(StatusCode::OK),
+    }
+}
+
+async fn get_pack(
+    State(api): Api,
+    segment: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, Response> {
+    let id = pack_id(segment).ok_or_else(invalid_pack_id)?;
+    let range = match headers.get(header::RANGE) {
+        None => None,
+        Some(value) => {
+            Some(value.to_str().ok().and_then(|text| s3s::dto::Range::parse(text).ok()).ok_or_else(|| {
+                refuse(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_range",
+                    "one range: `bytes=<first>-[<last>]` or `bytes=-<suffix>`",
+                )
+            })?)
+        }
+    };
+    let read = match packs::open_pack(&api.packs_dir, id, range).await {
+        Ok(read) => read,
+        Err(ReadError::NoSuchPack(_)) => return Err(no_such_pack(id)),
+        Err(ReadError::Unsatisfiable { len }) => {
+            let mut response = refuse(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "invalid_range",
+                format!("the pack has {len} bytes"),
+            );
+            if let Ok(value) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                response.headers_mut().insert(header::CONTENT_RANGE, value);
+            }
+            return Ok(response);
+        }
+        Err(ReadError::Io(err)) => return Err(internal(err)),
+    };
+    let status = if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+    let mut response = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_LENGTH, read.span.end - read.span.start);
+    if range.is_some() {
+        let content_range = format!("bytes {}-{}/{}", read.span.start, read.span.end - 1, read.len);
+        response = response.header(header::CONTENT_RANGE, content_range);
+    }
+    response.body(Body::from_stream(ReaderStream::with_capacity(read.bytes, READ_CHUNK))).map_err(internal)
+}
+
+async fn head_pack(
+    State(api): Api,
+    segment: Result<Path<String>, PathRejection>,
+) -> Result<Response, Response> {
+    let id = pack_id(segment).ok_or_else(invalid_pack_id)?;
+    match packs::pack_len(&api.packs_dir, id).await.map_err(internal)? {
+        Some(len) => Response::builder()
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::ACCEPT_RANGES, "bytes")
+            .header(header::CONTENT_LENGTH, len)
+            .body(Body::empty())
+            .map_err(internal),
+        None => Err(no_such_pack(id)),
+    }
+}
+
+async fn delete_pack(
+    State(api): Api,
+    segment: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, Response> {
+    let id = pack_id(segment).ok_or_else(invalid_pack_id)?;
+    let removed = packs::delete_pack(&api.packs_dir, id).await.map_err(internal)?;
+    if removed {
+        tracing::info!(pack = id.0, "deleted a pack at a peer's request");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn no_such_pack(id: PackId) -> Response {
+    refuse(StatusCode::NOT_FOUND, "no_such_pack", format!("no pack {} on this node", id.0))
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    refuse(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint: {}", uri.path()))
+}
