@@ -10,6 +10,7 @@ mod backups;
 mod catalog_dr;
 mod databases;
 mod front_door;
+mod nodes;
 mod s3_clients;
 mod s3_props;
 mod s3_sdk;
