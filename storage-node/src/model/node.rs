@@ -119,9 +119,9 @@ impl From<tokio_postgres::Error> for NodeError {
 
 /// Registers the starting node (by name: a restart updates its row) with its first heartbeat.
 ///
-/// Refused, with nothing written, when the catalog was first used with another server secret
-/// (the first start records its fingerprint), when another node that is not removed is
-/// registered (one node until replication lands), when the owner is not a tenant, or when the
+/// Refused, with nothing written, when another node that is not removed is registered (one
+/// node until replication lands), when the catalog was first used with another server secret
+/// (the first start records its fingerprint), when the owner is not a tenant, or when the
 /// node is registered with another zone or owner and holds packs. A removed node that starts
 /// again is active again; a draining one stays draining. Registrations take turns on the
 /// catalog's `silo_meta` row, so two nodes that start together cannot both pass.
@@ -137,6 +137,7 @@ pub async fn register(
     let tx = client.transaction().await?;
     let recorded: Option<String> =
         tx.query_one("SELECT server_secret_fingerprint FROM silo_meta FOR UPDATE", &[]).await?.get(0);
+    refuse_other_nodes(&tx, &node.name).await?;
     let fingerprint = secret.fingerprint();
     match recorded {
         Some(recorded) if recorded != fingerprint => return Err(NodeError::SecretMismatch),
@@ -145,7 +146,6 @@ pub async fn register(
             tx.execute("UPDATE silo_meta SET server_secret_fingerprint = $1", &[&fingerprint]).await?;
         }
     }
-    refuse_other_nodes(&tx, &node.name).await?;
     let owner_id = match &node.owner {
         Some(owner) => Some(owner_id(&tx, owner).await?),
         None => None,
