@@ -314,6 +314,46 @@ mod tests {
         assert!("gone".parse::<NodeState>().is_err());
     }
 
+    fn registration(name: &str) -> Registration {
+        Registration {
+            name: name.into(),
+            zone: "zone-a".into(),
+            owner: None,
+            internal_url: None,
+            capacity_bytes: u64::MAX,
+            version: "test".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_second_node_is_refused_until_the_first_is_removed_and_the_secret_must_match() {
+        let url = pg_local::testing::shared().fresh_database("node_registry").await;
+        let pool = crate::catalog::connect_pool(url.parse().expect("url"), 4).expect("pool");
+        crate::catalog::migrate(&mut pool.get().await.expect("client")).await.expect("migrate");
+        let secret = ServerSecret::from_bytes([1; 32]);
+        let alpha = register(&pool, &secret, &registration("alpha")).await.expect("first node");
+        let again = register(&pool, &secret, &registration("alpha")).await.expect("a restart");
+        assert_eq!(alpha, again);
+        let refused = register(&pool, &secret, &registration("beta")).await;
+        assert!(
+            matches!(&refused, Err(NodeError::AnotherNode { other, .. }) if other == "alpha"),
+            "{refused:?}"
+        );
+        let other_secret = ServerSecret::from_bytes([2; 32]);
+        let refused = register(&pool, &other_secret, &registration("alpha")).await;
+        assert!(matches!(refused, Err(NodeError::SecretMismatch)), "{refused:?}");
+
+        let client = pool.get().await.expect("client");
+        client.execute("UPDATE storage_nodes SET state = 'removed'", &[]).await.expect("remove");
+        register(&pool, &secret, &registration("beta")).await.expect("alpha is removed");
+        mark_stopped(&pool, alpha).await.expect("stop");
+        let listed = list(&pool).await.expect("list");
+        let states: Vec<_> = listed.iter().map(|n| (n.name.as_str(), n.state, n.live)).collect();
+        assert_eq!(states, [("alpha", NodeState::Removed, false), ("beta", NodeState::Active, true)]);
+        assert_eq!(count(&pool).await.expect("count"), 1);
+        assert_eq!(listed[0].capacity_bytes, Some(i64::MAX), "a capacity past i64 is clamped");
+    }
+
     #[test]
     fn a_refused_move_names_both_places() {
         assert_eq!(place("a", Some("acme")), "zone \"a\", owner \"acme\"");
