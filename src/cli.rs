@@ -48,6 +48,15 @@ pub enum Command {
     Config(ConfigCommand),
     /// Show a tenant's storage usage.
     Usage { tenant: String },
+    /// Show the storage nodes registered in the catalog.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List the nodes: zone, owner, state, heartbeat, and the packs and bytes each holds.
+    List,
 }
 
 #[derive(Debug, Subcommand)]

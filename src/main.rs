@@ -9,6 +9,8 @@ mod config;
 mod databases;
 mod http;
 mod logging;
+mod nodes;
+mod registration;
 mod secret;
 mod serve;
 mod tenants;
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
         cli::Command::Backup(command) => backups::backup(command, client),
         cli::Command::Catalog(cli::CatalogCommand::Restore(args)) => catalog_restore::restore(args),
         cli::Command::Server(command) => databases::server(command, client),
+        cli::Command::Node(command) => nodes::node(command, client),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

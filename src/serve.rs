@@ -149,6 +149,7 @@ async fn serve_with_catalog(
 ) -> anyhow::Result<()> {
     let schema = db_manager::catalog::migrate_all(&pool).await?;
     let meta = catalog::meta::read(&pool).await?;
+    let registered = crate::registration::register(config, &pool, &data_dir).await?;
     let store = ChunkStore::open(pool.clone(), &data_dir, &config.node(), config.store.clone()).await?;
     let databases = DbManager::new(
         store.clone(),
@@ -204,6 +205,11 @@ async fn serve_with_catalog(
             postgres_mode: if embedded.is_some() { "embedded" } else { "external" },
             postgres_version: meta.server_version,
             started_at: now_rfc3339(),
+            node: http::NodeInfo {
+                name: config.node_name.clone(),
+                zone: config.zone.clone(),
+                owner: config.owner.clone(),
+            },
         },
     });
     let http_stop = CancellationToken::new();
@@ -271,6 +277,7 @@ async fn serve_with_catalog(
         tracing::warn!(error = %err, "could not seal the open packs; the next start seals them");
     }
     databases.shutdown().await;
+    registered.stop().await;
     Ok(())
 }
 

@@ -11,6 +11,7 @@ mod catalog_dr;
 mod databases;
 mod front_door;
 mod node_api;
+mod nodes;
 mod s3_clients;
 mod s3_props;
 mod s3_sdk;

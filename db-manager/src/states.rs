@@ -1,83 +1,11 @@
 //! The states and kinds of db-manager's catalog rows as enums: server kind, database state,
 //! backup kind and status, and what a backup run did to a database. Each maps to its checked
 //! text column (`ToSql`/`FromSql` over the column's text) and to JSON as the same snake_case
-//! word, so neither the catalog nor the API changes.
+//! word, so neither the catalog nor the API changes. They are declared with storage-node's
+//! [`text_enum!`](storage_node::text_enum!), which its node states use too.
 
-use std::error::Error;
-
-use serde::{Deserialize, Serialize};
-use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
-
-/// An enum stored as one of a fixed set of words in a text column.
-macro_rules! text_enum {
-    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $word:literal,)+ }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        pub enum $name {
-            $($(#[$vmeta])* #[serde(rename = $word)] $variant,)+
-        }
-
-        impl $name {
-            /// The word the catalog and the API use.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => $word,)+
-                }
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl std::str::FromStr for $name {
-            type Err = UnknownWord;
-
-            fn from_str(word: &str) -> Result<Self, UnknownWord> {
-                match word {
-                    $($word => Ok($name::$variant),)+
-                    other => Err(UnknownWord { what: stringify!($name), word: other.to_string() }),
-                }
-            }
-        }
-
-        impl ToSql for $name {
-            fn to_sql(
-                &self,
-                ty: &Type,
-                out: &mut bytes::BytesMut,
-            ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
-                self.as_str().to_sql(ty, out)
-            }
-
-            fn accepts(ty: &Type) -> bool {
-                <&str as ToSql>::accepts(ty)
-            }
-
-            to_sql_checked!();
-        }
-
-        impl<'a> FromSql<'a> for $name {
-            fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn Error + Sync + Send>> {
-                Ok(<&str as FromSql>::from_sql(ty, raw)?.parse()?)
-            }
-
-            fn accepts(ty: &Type) -> bool {
-                <&str as FromSql>::accepts(ty)
-            }
-        }
-    };
-}
-
-/// A word in a state column that no variant names (the column's CHECK makes this a bug).
-#[derive(Debug, thiserror::Error)]
-#[error("{word:?} is not a {what}")]
-pub struct UnknownWord {
-    what: &'static str,
-    word: String,
-}
+use storage_node::text_enum;
+pub use storage_node::text_enum::UnknownWord;
 
 text_enum!(
     /// What kind of Postgres server holds client databases.

@@ -68,6 +68,17 @@ pub struct ServeConfig {
     /// This storage node's availability zone.
     #[arg(long, env = "SILO_ZONE", default_value = "default")]
     pub zone: String,
+    /// The tenant whose own node this is (recorded in the node registry; placement by owner
+    /// comes with replication). The tenant must exist. Without it, the hosting company's.
+    #[arg(long, env = "SILO_OWNER")]
+    pub owner: Option<String>,
+    /// The URL this node's peers reach its internal node API at (recorded in the node registry).
+    #[arg(long, env = "SILO_INTERNAL_URL")]
+    pub internal_url: Option<String>,
+    /// How many bytes this node may hold; without it, the size of the data directory's
+    /// filesystem.
+    #[arg(long, env = "SILO_CAPACITY_BYTES")]
+    pub capacity_bytes: Option<u64>,
     /// Seconds between background GC passes; 0 turns them off.
     #[arg(long, env = "SILO_GC_INTERVAL_SECS", default_value_t = 300)]
     pub gc_interval_secs: u64,

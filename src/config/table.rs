@@ -14,7 +14,7 @@ const END: &str = "<!-- end of settings -->\n";
 const OTHER_ROWS: &str = "\
 | | | `[plans.<name>]` | `small`, `medium`, `large` | database plans: see [databases.md](databases.md#plans) |
 | | | `[store]` | see below | the chunk store's tunables |
-| | `SILO_SERVER_SECRET` | | generated | 64 hex digits: the secret chunk ids derive from; give replicas one value |
+| | `SILO_SERVER_SECRET` | | generated | 64 hex digits: the secret chunk ids derive from; it must be the one the catalog was first used with |
 | | `SILO_ADMIN_TOKEN` | | generated | the admin token for `/v1`; overrides the one in the data directory |
 | | `SILO_LOG` | | `info` | log filter (`tracing` directives, e.g. `info,db_manager=debug`) |
 ";

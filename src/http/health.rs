@@ -2,7 +2,8 @@
 //!
 //! `/healthz` answers while the process serves HTTP. `/readyz` answers 200 only while the
 //! catalog takes a query, the data directory takes a write, the embedded Postgres (if any) is
-//! up, and the server is not draining; otherwise 503 with the failing checks.
+//! up, and the server is not draining; otherwise 503 with the failing checks. Both answers say
+//! which node this is and how many copies it keeps (`node`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,6 +14,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use db_manager::instance::InstanceHealth;
 use serde_json::{Value, json};
+use storage_node::model::node;
 
 use super::{AppState, CatalogServer};
 
@@ -23,7 +25,8 @@ pub async fn healthz() -> Json<Value> {
 }
 
 pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
-    let (catalog, data_dir) = tokio::join!(check_catalog(&state), check_data_dir(&state));
+    let (catalog, data_dir, node) =
+        tokio::join!(check_catalog(&state), check_data_dir(&state), this_node(&state));
     let mut checks = vec![("catalog", catalog), ("data_dir", data_dir)];
     if let CatalogServer::Embedded { health, .. } = &state.catalog_server {
         checks.push(("embedded_postgres", check_embedded(&health.borrow())));
@@ -47,11 +50,26 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
         .collect();
     state.metrics.set_ready(failures.is_empty());
     if failures.is_empty() {
-        (StatusCode::OK, Json(json!({ "status": "ready", "checks": details })))
+        (StatusCode::OK, Json(json!({ "status": "ready", "checks": details, "node": node })))
     } else {
-        let body = json!({ "status": "unavailable", "reason": failures.join("; "), "checks": details });
+        let reason = failures.join("; ");
+        let body = json!({ "status": "unavailable", "reason": reason, "checks": details, "node": node });
         (StatusCode::SERVICE_UNAVAILABLE, Json(body))
     }
+}
+
+/// This node, how many nodes the catalog holds (`null` when it does not answer) and how many
+/// copies of each pack are kept: one node and one copy until replication lands.
+async fn this_node(state: &AppState) -> Value {
+    let count = tokio::time::timeout(CHECK_TIMEOUT, node::count(&state.catalog)).await;
+    let info = &state.info.node;
+    json!({
+        "name": info.name,
+        "zone": info.zone,
+        "owner": info.owner,
+        "nodes_in_catalog": count.ok().and_then(Result::ok),
+        "copies": node::COPIES,
+    })
 }
 
 async fn check_catalog(state: &AppState) -> Result<(), String> {

@@ -15,6 +15,7 @@ mod health;
 mod limits;
 pub mod listener;
 mod metrics;
+mod nodes;
 mod s3;
 mod storage;
 mod tenants;
@@ -53,6 +54,17 @@ pub struct ServerInfo {
     pub postgres_mode: &'static str,
     pub postgres_version: String,
     pub started_at: String,
+    /// This storage node.
+    pub node: NodeInfo,
+}
+
+/// This storage node as it registered.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeInfo {
+    pub name: String,
+    pub zone: String,
+    /// The tenant whose own node this is.
+    pub owner: Option<String>,
 }
 
 /// Everything a request handler may need.

@@ -16,6 +16,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .merge(super::buckets::router())
         .merge(super::databases::router())
         .merge(super::backups::router())
+        .merge(super::nodes::router())
 }
 
 /// `GET /v1/info`: the version, the catalog this server is attached to, and its Postgres.

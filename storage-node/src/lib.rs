@@ -9,7 +9,8 @@
 //! the reconcile of a restored catalog and the orphan sweep) with its [`catalog`] tables, the
 //! [`model`] of buckets, objects and multipart uploads over the store, and the [`s3`] data
 //! plane on top, which only translates S3 to and from the model. [`timestamp`] says how the
-//! API writes an instant. [`node_api`] moves packs between the nodes of a cluster.
+//! API writes an instant, [`text_enum`] how a state is kept in a text column. [`node_api`]
+//! moves packs between the nodes of a cluster.
 
 pub mod catalog;
 pub mod chunk_id;
@@ -23,6 +24,7 @@ pub mod s3;
 pub mod server_secret;
 pub mod store;
 pub mod tenant_id;
+pub mod text_enum;
 pub mod timestamp;
 
 pub use chunk_id::{ChunkId, ChunkKey};

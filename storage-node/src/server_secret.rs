@@ -12,6 +12,7 @@ use crate::data_dir::DataDirError;
 /// The name of the server secret in the data directory.
 pub use crate::data_dir::SERVER_SECRET;
 const SEALING_KEY_CONTEXT: &str = "silo 2026-11 secrets at rest";
+const FINGERPRINT_CONTEXT: &str = "silo 2026-11 server secret fingerprint";
 
 /// The server-wide secret every chunk key and sealing key derives from.
 #[derive(Clone)]
@@ -24,8 +25,9 @@ impl fmt::Debug for ServerSecret {
 }
 
 impl ServerSecret {
-    /// Loads the secret from the data directory, generating it on first start. Replicas that
-    /// must agree on chunk ids can share one through `SILO_SERVER_SECRET` (64 hex digits).
+    /// Loads the secret from the data directory, generating it on first start, or takes it from
+    /// `SILO_SERVER_SECRET` (64 hex digits). The catalog refuses a node whose secret is not the
+    /// one it was first used with ([`ServerSecret::fingerprint`]).
     ///
     /// # Errors
     /// [`DataDirError`] when the secret cannot be read or written, or is malformed.
@@ -93,6 +95,13 @@ impl ServerSecret {
         cipher.decrypt(chacha20poly1305::XNonce::from_slice(nonce), ciphertext).ok()
     }
 
+    /// A fingerprint of the secret, safe to keep in the catalog: 32 hex digits of a key derived
+    /// for that purpose alone, from which neither the secret nor any other key follows. Two
+    /// nodes share a fingerprint exactly when they share the secret.
+    pub fn fingerprint(&self) -> String {
+        hex::encode(&self.derive_key(FINGERPRINT_CONTEXT, b"")[..16])
+    }
+
     fn sealing_key(&self, purpose: &str) -> [u8; 32] {
         self.derive_key(SEALING_KEY_CONTEXT, purpose.as_bytes())
     }
@@ -113,5 +122,14 @@ mod tests {
         let mut altered = sealed.clone();
         *altered.last_mut().unwrap() ^= 1;
         assert_eq!(secret.open("access-key", &altered), None);
+    }
+
+    #[test]
+    fn the_fingerprint_tells_secrets_apart_and_shows_neither() {
+        let (one, two) = (ServerSecret([3; 32]), ServerSecret([4; 32]));
+        assert_eq!(one.fingerprint(), ServerSecret([3; 32]).fingerprint());
+        assert_ne!(one.fingerprint(), two.fingerprint());
+        assert_eq!(one.fingerprint().len(), 32);
+        assert!(!one.fingerprint().contains(&hex::encode([3u8; 8])));
     }
 }

@@ -1,0 +1,362 @@
+//! Storage nodes in the catalog: the registry every `silo serve` writes itself into at start
+//! (name, zone, owner, internal URL, capacity, version), its heartbeat, its clean stop, and the
+//! list operators read (`GET /v1/nodes`, `silo node list`).
+//!
+//! **One node per catalog until replication lands.** Each node keeps its packs on its own disk
+//! and names chunks with its own server secret, so a second node on the same catalog would
+//! dedup against chunks it cannot read and refuse the first node's access keys. Until pack
+//! replicas and replicated writes land (issue 12), [`register`] refuses a node when the catalog
+//! holds another one that is not removed, or was first used with another server secret (the
+//! catalog keeps a fingerprint of it, never the secret).
+
+use std::time::Duration;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio_postgres::Transaction;
+
+use crate::ServerSecret;
+use crate::catalog::{CatalogError, CatalogPool};
+use crate::store::NodeId;
+
+crate::text_enum!(
+    /// Where a storage node is in its life.
+    NodeState {
+        /// Takes new packs.
+        Active => "active",
+        /// Its packs are moving to other nodes; it takes no new ones.
+        Draining => "draining",
+        /// Holds nothing; the row stays for the names that old rows point at.
+        Removed => "removed",
+    }
+);
+
+/// How many copies of each pack Silo keeps: one, until replicated writes land (issue 12).
+pub const COPIES: u32 = 1;
+
+/// How often a running node writes its heartbeat.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+
+/// A node is live while its last heartbeat is this recent and it has not stopped.
+pub const LIVE_WITHIN: Duration = Duration::from_secs(30);
+
+/// What a starting node says about itself.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub name: String,
+    pub zone: String,
+    /// The tenant whose node this is (its name); `None` for the hosting company's.
+    pub owner: Option<String>,
+    /// Where its peers reach its internal node API.
+    pub internal_url: Option<String>,
+    pub capacity_bytes: u64,
+    /// The Silo version it runs.
+    pub version: String,
+}
+
+/// A node as the registry lists it, with what it holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Node {
+    pub name: String,
+    pub zone: String,
+    /// The owning tenant's name; `None` for the hosting company's.
+    pub owner: Option<String>,
+    pub state: NodeState,
+    pub internal_url: Option<String>,
+    pub capacity_bytes: Option<i64>,
+    pub version: Option<String>,
+    #[serde(with = "crate::timestamp::rfc3339_seconds::option")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(with = "crate::timestamp::rfc3339_seconds::option")]
+    pub heartbeat_at: Option<OffsetDateTime>,
+    /// When it last stopped cleanly; `None` while it runs (or after a crash).
+    #[serde(with = "crate::timestamp::rfc3339_seconds::option")]
+    pub stopped_at: Option<OffsetDateTime>,
+    /// Its heartbeat is within [`LIVE_WITHIN`] and it has not stopped.
+    pub live: bool,
+    /// Its packs that are not retired.
+    pub packs: i64,
+    /// The stored (compressed) bytes of the chunks located on it.
+    pub stored_bytes: i64,
+}
+
+/// Why a node may not start as it asked.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("--owner {0:?}: no tenant has that name; create the tenant first")]
+    UnknownOwner(String),
+    #[error("--owner {0:?}: the tenant is being deleted")]
+    OwnerDeleting(String),
+    #[error(
+        "the storage node {name:?} is registered with {registered}, not {asked}, and holds {packs} \
+         pack(s): moving a node that holds data would break placement; start it with the zone \
+         and owner it has, or start the new one as a new node with its own data directory"
+    )]
+    Moved { name: String, registered: String, asked: String, packs: i64 },
+    #[error(
+        "this catalog already has the storage node {other:?} (zone {zone:?}); several nodes per \
+         catalog need replication (issue 12), which is not there yet: each node keeps its packs \
+         on its own disk, so objects written through one would not read through another. Start \
+         this data directory as {other:?} (--node-name) if it is that node, or give this node a \
+         catalog of its own"
+    )]
+    AnotherNode { other: String, zone: String },
+    #[error(
+        "the server secret differs from the one this catalog was first used with: access keys \
+         and chunk names sealed with that one cannot be read with this one. Start with the data \
+         directory that holds the catalog's secret, or set SILO_SERVER_SECRET to it"
+    )]
+    SecretMismatch,
+}
+
+impl From<tokio_postgres::Error> for NodeError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        NodeError::Catalog(err.into())
+    }
+}
+
+/// Registers the starting node (by name: a restart updates its row) with its first heartbeat.
+///
+/// Refused, with nothing written, when another node that is not removed is registered (one
+/// node until replication lands), when the catalog was first used with another server secret
+/// (the first start records its fingerprint), when the owner is not a tenant, or when the
+/// node is registered with another zone or owner and holds packs. A removed node that starts
+/// again is active again; a draining one stays draining. Registrations take turns on the
+/// catalog's `silo_meta` row, so two nodes that start together cannot both pass.
+///
+/// # Errors
+/// [`NodeError`] saying which of these it was.
+pub async fn register(
+    pool: &CatalogPool,
+    secret: &ServerSecret,
+    node: &Registration,
+) -> Result<NodeId, NodeError> {
+    let mut client = pool.get().await.map_err(CatalogError::from)?;
+    let tx = client.transaction().await?;
+    let recorded: Option<String> =
+        tx.query_one("SELECT server_secret_fingerprint FROM silo_meta FOR UPDATE", &[]).await?.get(0);
+    refuse_other_nodes(&tx, &node.name).await?;
+    let fingerprint = secret.fingerprint();
+    match recorded {
+        Some(recorded) if recorded != fingerprint => return Err(NodeError::SecretMismatch),
+        Some(_) => {}
+        None => {
+            tx.execute("UPDATE silo_meta SET server_secret_fingerprint = $1", &[&fingerprint]).await?;
+        }
+    }
+    let owner_id = match &node.owner {
+        Some(owner) => Some(owner_id(&tx, owner).await?),
+        None => None,
+    };
+    refuse_a_move(&tx, node).await?;
+    let capacity = i64::try_from(node.capacity_bytes).unwrap_or(i64::MAX);
+    let row = tx
+        .query_one(
+            "INSERT INTO storage_nodes \
+                 (name, zone, owner_tenant_id, internal_url, capacity_bytes, version, started_at, \
+                  heartbeat_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, now(), now()) \
+             ON CONFLICT (name) DO UPDATE SET zone = EXCLUDED.zone, \
+                 owner_tenant_id = EXCLUDED.owner_tenant_id, internal_url = EXCLUDED.internal_url, \
+                 capacity_bytes = EXCLUDED.capacity_bytes, version = EXCLUDED.version, \
+                 started_at = now(), heartbeat_at = now(), stopped_at = NULL, \
+                 state = CASE WHEN storage_nodes.state = 'removed' THEN 'active' \
+                              ELSE storage_nodes.state END \
+             RETURNING id",
+            &[&node.name, &node.zone, &owner_id, &node.internal_url, &capacity, &node.version],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(NodeId(row.get(0)))
+}
+
+/// One node per catalog until replication lands: refuses when another node is not removed.
+async fn refuse_other_nodes(tx: &Transaction<'_>, name: &str) -> Result<(), NodeError> {
+    let other = tx
+        .query_opt(
+            "SELECT name, zone FROM storage_nodes WHERE name <> $1 AND state <> 'removed' \
+             ORDER BY id LIMIT 1",
+            &[&name],
+        )
+        .await?;
+    match other {
+        Some(row) => Err(NodeError::AnotherNode { other: row.get(0), zone: row.get(1) }),
+        None => Ok(()),
+    }
+}
+
+/// The id of the owning tenant `name`, which must exist and not be being deleted.
+async fn owner_id(tx: &Transaction<'_>, name: &str) -> Result<i64, NodeError> {
+    let row = tx
+        .query_opt("SELECT id, deleting_at IS NOT NULL FROM tenants WHERE name = $1", &[&name])
+        .await?
+        .ok_or_else(|| NodeError::UnknownOwner(name.to_string()))?;
+    if row.get::<_, bool>(1) {
+        return Err(NodeError::OwnerDeleting(name.to_string()));
+    }
+    Ok(row.get(0))
+}
+
+/// Refuses to register `node` in another zone or for another owner while it holds packs.
+async fn refuse_a_move(tx: &Transaction<'_>, node: &Registration) -> Result<(), NodeError> {
+    let registered = tx
+        .query_opt(
+            "SELECT n.zone, t.name, (SELECT count(*) FROM packs p WHERE p.node_id = n.id) \
+             FROM storage_nodes n LEFT JOIN tenants t ON t.id = n.owner_tenant_id \
+             WHERE n.name = $1 FOR UPDATE OF n",
+            &[&node.name],
+        )
+        .await?;
+    let Some(row) = registered else { return Ok(()) };
+    let (zone, owner, packs): (String, Option<String>, i64) = (row.get(0), row.get(1), row.get(2));
+    if (zone.as_str(), owner.as_deref()) == (node.zone.as_str(), node.owner.as_deref()) || packs == 0 {
+        return Ok(());
+    }
+    Err(NodeError::Moved {
+        name: node.name.clone(),
+        registered: place(&zone, owner.as_deref()),
+        asked: place(&node.zone, node.owner.as_deref()),
+        packs,
+    })
+}
+
+/// `zone "a", owner "acme"` or `zone "a", no owner`.
+fn place(zone: &str, owner: Option<&str>) -> String {
+    match owner {
+        Some(owner) => format!("zone {zone:?}, owner {owner:?}"),
+        None => format!("zone {zone:?}, no owner"),
+    }
+}
+
+/// Writes the node's heartbeat now.
+///
+/// # Errors
+/// Catalog errors.
+pub async fn heartbeat(pool: &CatalogPool, node: NodeId) -> Result<(), CatalogError> {
+    let client = pool.get().await?;
+    client.execute("UPDATE storage_nodes SET heartbeat_at = now() WHERE id = $1", &[&node.0]).await?;
+    Ok(())
+}
+
+/// Marks the node stopped (a clean shutdown); its last heartbeat stays.
+///
+/// # Errors
+/// Catalog errors.
+pub async fn mark_stopped(pool: &CatalogPool, node: NodeId) -> Result<(), CatalogError> {
+    let client = pool.get().await?;
+    client.execute("UPDATE storage_nodes SET stopped_at = now() WHERE id = $1", &[&node.0]).await?;
+    Ok(())
+}
+
+/// Every registered node by name, with its packs and stored bytes.
+///
+/// # Errors
+/// Catalog errors.
+pub async fn list(pool: &CatalogPool) -> Result<Vec<Node>, CatalogError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT n.name, n.zone, t.name, n.state, n.internal_url, n.capacity_bytes, n.version, \
+                    n.started_at, n.heartbeat_at, n.stopped_at, \
+                    n.stopped_at IS NULL \
+                        AND coalesce(n.heartbeat_at > now() - make_interval(secs => $1), false), \
+                    (SELECT count(*) FROM packs p WHERE p.node_id = n.id AND p.state <> 'retired'), \
+                    (SELECT coalesce(sum(c.stored_len), 0)::int8 FROM chunk_locations l \
+                     JOIN chunks c ON c.tenant_id = l.tenant_id AND c.id = l.chunk_id \
+                     WHERE l.node_id = n.id) \
+             FROM storage_nodes n LEFT JOIN tenants t ON t.id = n.owner_tenant_id \
+             ORDER BY n.name",
+            &[&LIVE_WITHIN.as_secs_f64()],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| Node {
+            name: row.get(0),
+            zone: row.get(1),
+            owner: row.get(2),
+            state: row.get(3),
+            internal_url: row.get(4),
+            capacity_bytes: row.get(5),
+            version: row.get(6),
+            started_at: row.get(7),
+            heartbeat_at: row.get(8),
+            stopped_at: row.get(9),
+            live: row.get(10),
+            packs: row.get(11),
+            stored_bytes: row.get(12),
+        })
+        .collect())
+}
+
+/// How many nodes the catalog holds that are not removed.
+///
+/// # Errors
+/// Catalog errors.
+pub async fn count(pool: &CatalogPool) -> Result<i64, CatalogError> {
+    let client = pool.get().await?;
+    let row = client.query_one("SELECT count(*) FROM storage_nodes WHERE state <> 'removed'", &[]).await?;
+    Ok(row.get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_states_round_trip_through_their_words() {
+        for state in [NodeState::Active, NodeState::Draining, NodeState::Removed] {
+            assert_eq!(state.as_str().parse::<NodeState>().ok(), Some(state));
+            assert_eq!(serde_json::to_string(&state).ok(), Some(format!("\"{state}\"")));
+        }
+        assert!("gone".parse::<NodeState>().is_err());
+    }
+
+    fn registration(name: &str) -> Registration {
+        Registration {
+            name: name.into(),
+            zone: "zone-a".into(),
+            owner: None,
+            internal_url: None,
+            capacity_bytes: u64::MAX,
+            version: "test".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_second_node_is_refused_until_the_first_is_removed_and_the_secret_must_match() {
+        let url = pg_local::testing::shared().fresh_database("node_registry").await;
+        let pool = crate::catalog::connect_pool(url.parse().expect("url"), 4).expect("pool");
+        crate::catalog::migrate(&mut pool.get().await.expect("client")).await.expect("migrate");
+        let secret = ServerSecret::from_bytes([1; 32]);
+        let alpha = register(&pool, &secret, &registration("alpha")).await.expect("first node");
+        let again = register(&pool, &secret, &registration("alpha")).await.expect("a restart");
+        assert_eq!(alpha, again);
+        let refused = register(&pool, &secret, &registration("beta")).await;
+        assert!(
+            matches!(&refused, Err(NodeError::AnotherNode { other, .. }) if other == "alpha"),
+            "{refused:?}"
+        );
+        let other_secret = ServerSecret::from_bytes([2; 32]);
+        let refused = register(&pool, &other_secret, &registration("alpha")).await;
+        assert!(matches!(refused, Err(NodeError::SecretMismatch)), "{refused:?}");
+
+        let client = pool.get().await.expect("client");
+        client.execute("UPDATE storage_nodes SET state = 'removed'", &[]).await.expect("remove");
+        register(&pool, &secret, &registration("beta")).await.expect("alpha is removed");
+        mark_stopped(&pool, alpha).await.expect("stop");
+        let listed = list(&pool).await.expect("list");
+        let states: Vec<_> = listed.iter().map(|n| (n.name.as_str(), n.state, n.live)).collect();
+        assert_eq!(states, [("alpha", NodeState::Removed, false), ("beta", NodeState::Active, true)]);
+        assert_eq!(count(&pool).await.expect("count"), 1);
+        assert_eq!(listed[0].capacity_bytes, Some(i64::MAX), "a capacity past i64 is clamped");
+    }
+
+    #[test]
+    fn a_refused_move_names_both_places() {
+        assert_eq!(place("a", Some("acme")), "zone \"a\", owner \"acme\"");
+        assert_eq!(place("b", None), "zone \"b\", no owner");
+    }
+}
