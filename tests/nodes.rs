@@ -178,6 +178,16 @@ async fn an_owner_must_be_a_tenant_and_a_node_with_data_keeps_its_zone() {
     let listed = nodes(&silo);
     assert_eq!((listed.len(), listed[0]["owner"].as_str()), (1, Some("acme")), "{listed:?}");
     assert_eq!(readyz(&silo).await["node"]["owner"], "acme");
+    // A tenant that owns a node is not deleted, even forced: the node names it.
+    let response = reqwest::Client::new()
+        .delete(silo.url("/v1/tenants/acme?force=true"))
+        .bearer_auth(silo.token())
+        .send()
+        .await
+        .expect("delete the tenant");
+    assert_eq!(response.status(), 409);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "tenant_owns_nodes", "{body}");
     store_an_object(&silo, "acme").await;
     stop(&mut silo).await;
 

@@ -29,6 +29,10 @@ pub enum DbError {
     Busy { name: String },
     #[error("deletion protection is on for {name:?}; PATCH it with {{\"deletion_protection\": false}} first")]
     DeletionProtected { name: String },
+    #[error(
+        "tenant {tenant:?} owns the storage node(s) {nodes:?}: start them without --owner first (a node that holds packs keeps its owner)"
+    )]
+    TenantOwnsNodes { tenant: String, nodes: Vec<String> },
     #[error("no Postgres server can take a database of tenant {tenant:?}{}", zone_clause(.zone))]
     NoServer { tenant: String, zone: Option<String> },
     #[error("no Postgres server is in zone {zone:?}; the zones are: {known}")]

@@ -164,6 +164,10 @@ impl TenantDeletions {
         if let Some(database) = protected {
             return Err(DbError::DeletionProtected { name: database });
         }
+        let nodes = storage_node::model::node::owned_by(self.ctx.pool(), tenant).await?;
+        if !nodes.is_empty() {
+            return Err(DbError::TenantOwnsNodes { tenant: name.to_string(), nodes });
+        }
         Ok(())
     }
 

@@ -80,6 +80,7 @@ impl From<db_manager::DbError> for ApiError {
             E::Busy { .. } => (StatusCode::CONFLICT, "busy"),
             E::DeletionProtected { .. } => (StatusCode::CONFLICT, "deletion_protected"),
             E::TenantNotEmpty { .. } => (StatusCode::CONFLICT, "tenant_not_empty"),
+            E::TenantOwnsNodes { .. } => (StatusCode::CONFLICT, "tenant_owns_nodes"),
             E::TenantDeleting(_) => (StatusCode::CONFLICT, "tenant_deleting"),
             E::BackupNotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             E::BackupNotComplete { .. } => (StatusCode::CONFLICT, "backup_not_complete"),

@@ -15,9 +15,9 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use tokio_postgres::Transaction;
 
-use crate::ServerSecret;
 use crate::catalog::{CatalogError, CatalogPool};
 use crate::store::NodeId;
+use crate::{ServerSecret, TenantId};
 
 crate::text_enum!(
     /// Where a storage node is in its life.
@@ -297,8 +297,23 @@ pub async fn list(pool: &CatalogPool) -> Result<Vec<Node>, CatalogError> {
 /// Catalog errors.
 pub async fn count(pool: &CatalogPool) -> Result<i64, CatalogError> {
     let client = pool.get().await?;
-    let row = client.query_one("SELECT count(*) FROM storage_nodes WHERE state <> 'removed'", &[]).await?;
+    let row = client
+        .query_one("SELECT count(*) FROM storage_nodes WHERE state <> $1", &[&NodeState::Removed])
+        .await?;
     Ok(row.get(0))
+}
+
+/// The names of the nodes `tenant` owns, in any state: a tenant that owns a node cannot be
+/// deleted until the node no longer names it.
+///
+/// # Errors
+/// Catalog errors.
+pub async fn owned_by(pool: &CatalogPool, tenant: TenantId) -> Result<Vec<String>, CatalogError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query("SELECT name FROM storage_nodes WHERE owner_tenant_id = $1 ORDER BY name", &[&tenant.0])
+        .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
 #[cfg(test)]
