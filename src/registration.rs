@@ -48,6 +48,7 @@ pub async fn register(
         internal_url: config.internal_url.clone(),
         capacity_bytes,
         version: env!("CARGO_PKG_VERSION").to_string(),
+        data_dir_id: data_dir.identity()?,
     };
     let id = node::register(pool, &secret, &registration)
         .await

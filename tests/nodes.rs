@@ -146,6 +146,12 @@ async fn a_second_node_or_another_server_secret_on_the_same_catalog_is_refused()
     // Another data directory under the same name has another server secret.
     let stderr = refused(&second, &url, &["--node-name", "alpha", "--zone", "zone-a"], &[]).await;
     assert!(stderr.contains("SILO_SERVER_SECRET"), "{stderr}");
+    // Given the catalog's secret, it is still refused: alpha's packs are not in it.
+    let secret_file = storage_node::data_dir::secret_file(&first, storage_node::data_dir::SERVER_SECRET);
+    let alphas_secret = std::fs::read_to_string(secret_file).expect("alpha's server secret");
+    let env = [("SILO_SERVER_SECRET", alphas_secret.trim())];
+    let stderr = refused(&second, &url, &["--node-name", "alpha", "--zone", "zone-a"], &env).await;
+    assert!(stderr.contains("another data directory"), "{stderr}");
     assert_eq!(nodes(&alpha).len(), 1, "refused starts register nothing");
 
     // The same node with a server secret from the environment that is not the catalog's.

@@ -16,7 +16,16 @@ ALTER TABLE storage_nodes
     -- Set by a clean shutdown, cleared by the next start.
     ADD COLUMN stopped_at     timestamptz,
     -- The Silo version it last started with.
-    ADD COLUMN version        text;
+    ADD COLUMN version        text,
+    -- The identity of the data directory it runs on (`DataDir::identity`): another directory
+    -- started under this name does not hold this node's packs, so it is refused.
+    ADD COLUMN data_dir_id    text;
+
+-- Rows of nodes that never held a pack (a renamed node, an experiment) would otherwise count as
+-- other nodes and refuse every start; they are kept as removed names. A removed node that
+-- starts again becomes active.
+UPDATE storage_nodes n SET state = 'removed'
+ WHERE NOT EXISTS (SELECT 1 FROM packs p WHERE p.node_id = n.id AND p.state <> 'retired');
 
 -- A key derived from the server secret the catalog was first used with (never the secret):
 -- a node with another secret would seal and name things that this catalog's other rows

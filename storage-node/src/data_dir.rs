@@ -35,6 +35,9 @@ pub const ADMIN_TOKEN_SECRET: &str = "admin-token";
 pub const SERVER_SECRET: &str = "chunk-key-secret";
 /// The secret password of the embedded Postgres superuser.
 pub const POSTGRES_PASSWORD_SECRET: &str = "postgres-superuser-password";
+/// This data directory's identity (not a secret, kept with them): the catalog tells two
+/// directories started under one node name apart by it.
+pub const DATA_DIR_IDENTITY: &str = "data-dir-identity";
 
 /// Where the secret `name` of the data directory `root` is kept, without opening (or locking)
 /// the directory: for a client that reads the admin token beside a running server.
@@ -203,6 +206,21 @@ impl DataDir {
         let value = generate();
         write_atomically(&path, value.as_bytes(), 0o600).map_err(|source| self.io_error(&path, source))?;
         Ok((value, true))
+    }
+
+    /// This data directory's identity: 32 random hex digits made at first use and kept, so
+    /// that the catalog can tell this directory from another one started under the same node
+    /// name (which would not hold this one's packs).
+    ///
+    /// # Errors
+    /// [`DataDirError::Io`] when it cannot be read or written.
+    pub fn identity(&self) -> Result<String, DataDirError> {
+        let generate = || {
+            let mut bytes = [0u8; 16];
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+            hex::encode(bytes)
+        };
+        self.secret_or_create(DATA_DIR_IDENTITY, generate).map(|(id, _)| id)
     }
 
     /// The path of the secret file `name`, creating the 0700 secrets directory if needed.

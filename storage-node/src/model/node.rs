@@ -52,6 +52,8 @@ pub struct Registration {
     pub capacity_bytes: u64,
     /// The Silo version it runs.
     pub version: String,
+    /// The identity of its data directory (`DataDir::identity`).
+    pub data_dir_id: String,
 }
 
 /// A node as the registry lists it, with what it holds.
@@ -109,6 +111,12 @@ pub enum NodeError {
          directory that holds the catalog's secret, or set SILO_SERVER_SECRET to it"
     )]
     SecretMismatch,
+    #[error(
+        "the storage node {name:?} is registered with another data directory, whose packs this one \
+         does not hold: start {name:?} with its own data directory, or give this one another \
+         --node-name"
+    )]
+    OtherDataDirectory { name: String },
 }
 
 impl From<tokio_postgres::Error> for NodeError {
@@ -151,21 +159,32 @@ pub async fn register(
         None => None,
     };
     refuse_a_move(&tx, node).await?;
+    refuse_another_directory(&tx, node).await?;
     let capacity = i64::try_from(node.capacity_bytes).unwrap_or(i64::MAX);
     let row = tx
         .query_one(
             "INSERT INTO storage_nodes \
                  (name, zone, owner_tenant_id, internal_url, capacity_bytes, version, started_at, \
-                  heartbeat_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, now(), now()) \
+                  heartbeat_at, data_dir_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, now(), now(), $7) \
              ON CONFLICT (name) DO UPDATE SET zone = EXCLUDED.zone, \
                  owner_tenant_id = EXCLUDED.owner_tenant_id, internal_url = EXCLUDED.internal_url, \
                  capacity_bytes = EXCLUDED.capacity_bytes, version = EXCLUDED.version, \
                  started_at = now(), heartbeat_at = now(), stopped_at = NULL, \
-                 state = CASE WHEN storage_nodes.state = 'removed' THEN 'active' \
-                              ELSE storage_nodes.state END \
+                 data_dir_id = EXCLUDED.data_dir_id, \
+                 state = CASE WHEN storage_nodes.state = $8 THEN $9 ELSE storage_nodes.state END \
              RETURNING id",
-            &[&node.name, &node.zone, &owner_id, &node.internal_url, &capacity, &node.version],
+            &[
+                &node.name,
+                &node.zone,
+                &owner_id,
+                &node.internal_url,
+                &capacity,
+                &node.version,
+                &node.data_dir_id,
+                &NodeState::Removed,
+                &NodeState::Active,
+            ],
         )
         .await?;
     tx.commit().await?;
@@ -176,14 +195,27 @@ pub async fn register(
 async fn refuse_other_nodes(tx: &Transaction<'_>, name: &str) -> Result<(), NodeError> {
     let other = tx
         .query_opt(
-            "SELECT name, zone FROM storage_nodes WHERE name <> $1 AND state <> 'removed' \
+            "SELECT name, zone FROM storage_nodes WHERE name <> $1 AND state <> $2 \
              ORDER BY id LIMIT 1",
-            &[&name],
+            &[&name, &NodeState::Removed],
         )
         .await?;
     match other {
         Some(row) => Err(NodeError::AnotherNode { other: row.get(0), zone: row.get(1) }),
         None => Ok(()),
+    }
+}
+
+/// Refuses a start of a registered node from another data directory than its own. A node
+/// registered before directories had identities takes this one's.
+async fn refuse_another_directory(tx: &Transaction<'_>, node: &Registration) -> Result<(), NodeError> {
+    let registered = tx
+        .query_opt("SELECT data_dir_id FROM storage_nodes WHERE name = $1", &[&node.name])
+        .await?
+        .and_then(|row| row.get::<_, Option<String>>(0));
+    match registered {
+        Some(id) if id != node.data_dir_id => Err(NodeError::OtherDataDirectory { name: node.name.clone() }),
+        _ => Ok(()),
     }
 }
 
@@ -337,6 +369,7 @@ mod tests {
             internal_url: None,
             capacity_bytes: u64::MAX,
             version: "test".into(),
+            data_dir_id: format!("dir-of-{name}"),
         }
     }
 
@@ -353,6 +386,12 @@ mod tests {
         assert!(
             matches!(&refused, Err(NodeError::AnotherNode { other, .. }) if other == "alpha"),
             "{refused:?}"
+        );
+        let elsewhere = Registration { data_dir_id: "another-dir".into(), ..registration("alpha") };
+        let refused = register(&pool, &secret, &elsewhere).await;
+        assert!(
+            matches!(&refused, Err(NodeError::OtherDataDirectory { name }) if name == "alpha"),
+            "the same name from another data directory: {refused:?}"
         );
         let other_secret = ServerSecret::from_bytes([2; 32]);
         let refused = register(&pool, &other_secret, &registration("alpha")).await;
