@@ -12,6 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeConfig;
 
+/// How long a heartbeat or the stop mark may wait for the catalog.
+const CATALOG_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// This node, registered, with its heartbeat running until [`Registered::stop`].
 pub struct Registered {
     pub id: NodeId,
@@ -64,8 +67,11 @@ impl Registered {
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = self.heartbeat.await;
-        if let Err(err) = node::mark_stopped(&self.pool, self.id).await {
-            tracing::warn!(error = %err, "could not mark this node stopped in the catalog");
+        // A catalog that does not answer must not hold up the shutdown.
+        match tokio::time::timeout(CATALOG_WAIT, node::mark_stopped(&self.pool, self.id)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(error = %err, "could not mark this node stopped in the catalog"),
+            Err(_) => tracing::warn!("the catalog did not answer; this node is not marked stopped"),
         }
     }
 }
@@ -78,8 +84,13 @@ async fn beat(pool: CatalogPool, id: NodeId, stop: CancellationToken) {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(HEARTBEAT_EVERY) => {}
         }
-        if let Err(err) = node::heartbeat(&pool, id).await {
-            tracing::warn!(error = %err, "could not write this node's heartbeat");
+        tokio::select! {
+            () = stop.cancelled() => return,
+            beat = tokio::time::timeout(CATALOG_WAIT, node::heartbeat(&pool, id)) => match beat {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::warn!(error = %err, "could not write this node's heartbeat"),
+                Err(_) => tracing::warn!("the catalog did not answer this node's heartbeat in time"),
+            },
         }
     }
 }

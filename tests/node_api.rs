@@ -246,6 +246,26 @@ async fn a_sealed_pack_written_through_s3_copies_to_another_node_byte_for_byte()
     assert_eq!(refusal(client.read_range(*id, 0..10).await), (404, "no_such_pack".into()));
 }
 
+#[tokio::test]
+async fn a_peer_cannot_delete_a_pack_this_node_still_needs() {
+    let node = Node::start("node_api_live", "").await;
+    silo_cli_json(&node.silo, &["tenant", "create", "node-api-live"]);
+    let key = silo_cli_json(&node.silo, &["key", "create", "node-api-live"]);
+    let field = |name: &str| key[name].as_str().expect("key field").to_string();
+    let s3 = common::sdk_client(&node.silo, &field("access_key_id"), &field("secret_access_key"));
+    s3.create_bucket().bucket("media").send().await.expect("create bucket");
+    let body = noise(1 << 20, 5);
+    s3.put_object().bucket("media").key("a.bin").body(body.clone().into()).send().await.expect("put");
+    let ids = scan::pack_ids_on_disk(&node.packs_dir()).expect("packs");
+    assert!(!ids.is_empty(), "the upload wrote a pack");
+    for id in ids {
+        assert_eq!(refusal(node.client().delete_pack(id).await), (409, "pack_in_use".into()));
+        assert!(pack_path(&node.packs_dir(), id).exists(), "pack {} was kept", id.0);
+    }
+    let got = s3.get_object().bucket("media").key("a.bin").send().await.expect("get");
+    assert_eq!(got.body.collect().await.expect("body").into_bytes().to_vec(), body);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_cut_and_oversized_packs_leave_nothing_behind() {
     // Packs of at most 1 MiB: the limit is that plus one record of the largest chunk.

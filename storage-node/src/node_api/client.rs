@@ -65,6 +65,9 @@ impl NodeClient {
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
             .tcp_nodelay(true)
+            // The bearer token goes to the peer named, never through a proxy or a redirect.
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(NodeClient {
             base: base_url.trim_end_matches('/').to_string(),

@@ -134,7 +134,8 @@ fn keep(dir: &Path, incoming: &Path, id: PackId, secret: &ServerSecret) -> Resul
         }
         Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
             match same_bytes(incoming, &target).map_err(|err| ReceiveError::io(&target, err))? {
-                true => Ok(Received::AlreadyHeld),
+                // A concurrent PUT may have linked it without its directory fsync yet.
+                true => sync_dir(dir).map(|()| Received::AlreadyHeld),
                 false => Err(ReceiveError::Conflict(id.0)),
             }
         }

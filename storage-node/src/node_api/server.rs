@@ -24,6 +24,7 @@ use super::receive::{self, Received};
 use super::version::{ACCEPTS_HEADER, MAX_VERSION, VERSION_HEADER, VersionRange, parse_version};
 use crate::ServerSecret;
 use crate::pack::PackId;
+use crate::store::ChunkStore;
 
 /// The route of one pack.
 pub const PACK_ROUTE: &str = "/internal/v1/packs/{id}";
@@ -37,6 +38,8 @@ pub struct NodeApi {
     secret: ServerSecret,
     token_digest: [u8; 32],
     max_pack_bytes: u64,
+    /// This node's chunk store, whose live packs a peer may not delete.
+    store: Option<ChunkStore>,
 }
 
 impl NodeApi {
@@ -51,7 +54,13 @@ impl NodeApi {
             tracing::info!(files = swept, "removed pack transfers that an earlier process left unfinished");
         }
         let token_digest = ClusterToken::of(&secret).digest();
-        Ok(NodeApi { packs_dir: packs_dir.to_path_buf(), secret, token_digest, max_pack_bytes })
+        Ok(NodeApi { packs_dir: packs_dir.to_path_buf(), secret, token_digest, max_pack_bytes, store: None })
+    }
+
+    /// Refuses DELETE of the packs `store` still needs (recorded on this node, not retired).
+    pub fn protecting(mut self, store: ChunkStore) -> Self {
+        self.store = Some(store);
+        self
     }
 
     /// The router that serves the API.
@@ -200,6 +209,15 @@ async fn delete_pack(
     segment: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, Response> {
     let id = pack_id(segment).ok_or_else(invalid_pack_id)?;
+    if let Some(store) = &api.store
+        && store.holds_live_pack(id).await.map_err(internal)?
+    {
+        return Err(refuse(
+            StatusCode::CONFLICT,
+            "pack_in_use",
+            format!("pack {} holds chunks this node's objects need; it is not deleted", id.0),
+        ));
+    }
     let removed = packs::delete_pack(&api.packs_dir, id).await.map_err(internal)?;
     if removed {
         tracing::info!(pack = id.0, "deleted a pack at a peer's request");

@@ -170,6 +170,12 @@ impl ChunkStore {
         if tightened > 0 {
             tracing::info!(packs = tightened, "made pack files readable by Silo's user only");
         }
+        // Transfers a crash cut short, whether or not this start serves the internal API.
+        let swept = crate::node_api::sweep_incoming(&packs_dir)
+            .map_err(|source| StoreError::io(&packs_dir, source))?;
+        if swept > 0 {
+            tracing::warn!(files = swept, "removed pack transfers a crash left unfinished");
+        }
         let client = pool.get().await?;
         let row = client
             .query_one(
@@ -229,5 +235,21 @@ impl ChunkStore {
     /// The directory of the pack files.
     pub fn packs_dir(&self) -> &std::path::Path {
         &self.inner.packs_dir
+    }
+
+    /// Whether the catalog records pack `id` on this node and not retired (open or sealed):
+    /// its file holds chunks that objects need, so nobody else may delete it.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    pub async fn holds_live_pack(&self, id: crate::pack::PackId) -> Result<bool, StoreError> {
+        let client = self.inner.pool.get().await?;
+        let row = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM packs WHERE id = $1 AND node_id = $2 AND state <> 'retired')",
+                &[&id.0, &self.inner.node.0],
+            )
+            .await?;
+        Ok(row.get(0))
     }
 }
