@@ -132,6 +132,17 @@ impl NodeClient {
         if response.status() != StatusCode::PARTIAL_CONTENT {
             return Err(ClientError::Unexpected(format!("a range read answered {}", response.status())));
         }
+        // The peer's answer is checked before anything is read: the range asked for, no more.
+        let expected = format!("bytes {}-{}/", range.start, range.end - 1);
+        let content_range = response.headers().get(header::CONTENT_RANGE).and_then(|v| v.to_str().ok());
+        if !content_range.is_some_and(|value| value.starts_with(&expected)) {
+            return Err(ClientError::Unexpected(format!(
+                "a range read answered Content-Range {content_range:?}"
+            )));
+        }
+        if content_length(&response)? != range.end - range.start {
+            return Err(ClientError::Unexpected("a range read answered another length".into()));
+        }
         let bytes = response.bytes().await?;
         if bytes.len() as u64 != range.end - range.start {
             return Err(ClientError::Unexpected(format!(
@@ -196,6 +207,9 @@ impl NodeClient {
     }
 }
 
+/// The largest error body read from a peer.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
 fn content_length(response: &Response) -> Result<u64, ClientError> {
     response
         .headers()
@@ -205,9 +219,17 @@ fn content_length(response: &Response) -> Result<u64, ClientError> {
 }
 
 /// The error a refusal carries (`{"error": {"code", "message"}}`), or its status alone.
-async fn refusal(response: Response) -> ClientError {
+async fn refusal(mut response: Response) -> ClientError {
     let status = response.status().as_u16();
-    let body = response.bytes().await.unwrap_or_default();
+    // An error body is small; a peer that sends more is not read past this.
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_ERROR_BODY {
+            body.clear();
+            break;
+        }
+    }
     let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let field = |name: &str| body["error"][name].as_str().unwrap_or_default().to_string();
     ClientError::Refused { status, code: field("code"), message: field("message") }
