@@ -14,7 +14,7 @@ use std::path::Path;
 
 use crate::ServerSecret;
 use crate::compress::Compression;
-use crate::pack::{PACK_HEADER_LEN, PACK_MAGIC, PACK_VERSION, PackId, RECORD_HEADER_LEN, RecordHeader};
+use crate::pack::{PACK_HEADER_LEN, PackId, RECORD_HEADER_LEN, RecordHeader, check_pack_header};
 
 const READ_BUFFER: usize = 256 * 1024;
 
@@ -35,15 +35,7 @@ pub fn verify_pack_file(path: &Path, expected: PackId, secret: &ServerSecret) ->
     let mut reader = BufReader::with_capacity(READ_BUFFER, file);
     let mut header = [0u8; PACK_HEADER_LEN as usize];
     reader.read_exact(&mut header).map_err(|_| invalid(0, "shorter than a pack header"))?;
-    if &header[0..8] != PACK_MAGIC {
-        return Err(invalid(0, "not a pack file"));
-    }
-    if header[8..12] != PACK_VERSION.to_le_bytes() {
-        return Err(invalid(8, "an unknown pack version"));
-    }
-    if header[16..24] != expected.0.to_le_bytes() {
-        return Err(invalid(16, "the header names another pack id"));
-    }
+    check_pack_header(&header, expected).map_err(|(offset, what)| invalid(offset, what))?;
     let mut at = PACK_HEADER_LEN;
     let mut records = 0;
     loop {

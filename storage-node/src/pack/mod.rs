@@ -36,6 +36,27 @@ pub(crate) const RECORD_MAGIC: &[u8; 4] = b"CHNK";
 /// The size of a record header; the chunk's bytes follow it.
 pub const RECORD_HEADER_LEN: u64 = 56;
 
+/// Checks a pack file's header (its first [`PACK_HEADER_LEN`] bytes): the magic, the format
+/// version and the pack id it must name. Returns the id of the node that wrote it, or the offset
+/// and a description of what is wrong.
+pub(crate) fn check_pack_header(header: &[u8], expected: PackId) -> Result<i32, (u64, &'static str)> {
+    if header.len() < PACK_HEADER_LEN as usize {
+        return Err((0, "shorter than a pack header"));
+    }
+    let field = |range: std::ops::Range<usize>| header.get(range).ok_or((0, "shorter than a pack header"));
+    if field(0..8)? != PACK_MAGIC {
+        return Err((0, "not a pack file"));
+    }
+    if field(8..12)? != PACK_VERSION.to_le_bytes() {
+        return Err((8, "an unknown pack version"));
+    }
+    if field(16..24)? != expected.0.to_le_bytes() {
+        return Err((16, "the header names another pack id"));
+    }
+    let node = field(24..28)?;
+    Ok(i32::from_le_bytes([node[0], node[1], node[2], node[3]]))
+}
+
 /// The path of pack `id` under `dir`.
 pub fn pack_path(dir: &Path, id: PackId) -> PathBuf {
     dir.join(format!("{:016x}.pack", id.0))

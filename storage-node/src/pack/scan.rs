@@ -16,7 +16,7 @@ use std::path::Path;
 
 use memmap2::Mmap;
 
-use super::{PACK_HEADER_LEN, PACK_MAGIC, PACK_VERSION, PackId, RECORD_HEADER_LEN, RecordHeader};
+use super::{PACK_HEADER_LEN, PackId, RECORD_HEADER_LEN, RecordHeader, check_pack_header};
 
 /// The ids of the pack files in `dir` (files named `<16 hex digits>.pack`), ascending.
 ///
@@ -64,18 +64,7 @@ pub fn scan_pack(path: &Path, expected: PackId) -> io::Result<PackScan> {
     let bytes: &[u8] = &map;
     let invalid =
         |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {what}", path.display()));
-    if bytes.len() < PACK_HEADER_LEN as usize || &bytes[0..8] != PACK_MAGIC {
-        return Err(invalid("not a pack file"));
-    }
-    let version = u32::from_le_bytes(bytes[8..12].try_into().map_err(|_| invalid("short header"))?);
-    if version != PACK_VERSION {
-        return Err(invalid("unknown pack version"));
-    }
-    let id = i64::from_le_bytes(bytes[16..24].try_into().map_err(|_| invalid("short header"))?);
-    if id != expected.0 {
-        return Err(invalid("the header names another pack id than the file name"));
-    }
-    let node = i32::from_le_bytes(bytes[24..28].try_into().map_err(|_| invalid("short header"))?);
+    let node = check_pack_header(bytes, expected).map_err(|(_, what)| invalid(what))?;
     Ok(PackScan { id: expected, node, len: bytes.len() as u64, records: records(bytes) })
 }
 
