@@ -179,8 +179,10 @@ impl ChunkStore {
         let client = pool.get().await?;
         let row = client
             .query_one(
+                // Only a new name is inserted here: a registered node's zone and owner change
+                // in the registry alone (`model::node::register`), under its checks.
                 "INSERT INTO storage_nodes (name, zone) VALUES ($1, $2) \
-                 ON CONFLICT (name) DO UPDATE SET zone = EXCLUDED.zone RETURNING id",
+                 ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id",
                 &[&node.name, &node.zone],
             )
             .await?;
