@@ -143,12 +143,12 @@ impl Context {
     /// Records a change of a database's state, for the API's event list.
     pub async fn record_event(&self, id: i64, event: &str, detail: &str) -> Result<(), DbError> {
         let client = self.pool.get().await?;
-        client
-            .execute(
-                "INSERT INTO database_events (database_id, event, detail) VALUES ($1, $2, $3)",
-                &[&id, &event, &detail],
-            )
-            .await?;
+        client.execute(INSERT_EVENT, &[&id, &event, &detail]).await?;
         Ok(())
     }
 }
+
+/// Records event `$2` with detail `$3` for database `$1`: for a change of state that records its
+/// event in the same transaction, so nobody sees the one without the other.
+pub(crate) const INSERT_EVENT: &str =
+    "INSERT INTO database_events (database_id, event, detail) VALUES ($1, $2, $3)";

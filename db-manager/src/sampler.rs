@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use serde::Serialize;
 
 use crate::DbError;
-use crate::context::Context;
+use crate::context::{Context, INSERT_EVENT};
 use crate::plans::Plans;
 use crate::states::DatabaseState;
 use crate::{provision, read_only};
@@ -199,19 +199,22 @@ impl Sampler {
         let target = provision::Target { server: &server.name, pg_name: &database.pg_name };
         let admin = self.ctx.admin(server).await?;
         let inside = self.ctx.connect_server(server, Some(&database.pg_name)).await?;
-        let client = self.ctx.pool().get().await?;
+        let mut client = self.ctx.pool().get().await?;
+        let detail = format!("size {size} bytes, quota {} bytes (plan {})", database.quota, database.plan);
         let (state, event) = if read_only {
             let revoked: Vec<String> = client
                 .query_one("SELECT read_only_revoked FROM tenant_databases WHERE id = $1", &[&database.id])
                 .await?
                 .get(0);
             read_only::leave(&admin, &inside, &target, &revoked).await?;
-            client
-                .execute(
-                    "UPDATE tenant_databases SET state = $2, read_only_revoked = '{}' WHERE id = $1",
-                    &[&database.id, &DatabaseState::Active],
-                )
-                .await?;
+            let tx = client.transaction().await?;
+            tx.execute(
+                "UPDATE tenant_databases SET state = $2, read_only_revoked = '{}' WHERE id = $1",
+                &[&database.id, &DatabaseState::Active],
+            )
+            .await?;
+            tx.execute(INSERT_EVENT, &[&database.id, &"write_access_restored", &detail]).await?;
+            tx.commit().await?;
             (DatabaseState::Active, "write_access_restored")
         } else {
             // Fail closed: once `enter` has started, the login role may already have lost the
@@ -229,18 +232,18 @@ impl Sampler {
                     return Err(err);
                 }
             };
-            client
-                .execute(
-                    "UPDATE tenant_databases SET state = $3, read_only_revoked = $2 WHERE id = $1",
-                    &[&database.id, &revoked, &DatabaseState::ReadOnlyOverQuota],
-                )
-                .await?;
+            let tx = client.transaction().await?;
+            tx.execute(
+                "UPDATE tenant_databases SET state = $3, read_only_revoked = $2 WHERE id = $1",
+                &[&database.id, &revoked, &DatabaseState::ReadOnlyOverQuota],
+            )
+            .await?;
+            tx.execute(INSERT_EVENT, &[&database.id, &"read_only_over_quota", &detail]).await?;
+            tx.commit().await?;
             (DatabaseState::ReadOnlyOverQuota, "read_only_over_quota")
         };
         drop((inside, client));
-        tracing::debug!(%state, "quota state recorded");
-        let detail = format!("size {size} bytes, quota {} bytes (plan {})", database.quota, database.plan);
-        self.ctx.record_event(database.id, event, &detail).await?;
+        tracing::debug!(%state, event, "quota state and its event recorded");
         if read_only {
             tracing::info!(tenant = %database.tenant, database = %database.name, size, quota = database.quota, "database back under its quota; write access restored");
         } else {
