@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ServeConfig;
 
 /// How long a heartbeat or the stop mark may wait for the catalog.
-const CATALOG_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+const CATALOG_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// This node, registered, with its heartbeat running until [`Registered::stop`].
 pub struct Registered {

@@ -260,8 +260,11 @@ async fn serve_with_catalog(
     let counts = state.metrics.connections();
     let mut server = tokio::spawn(http::listener::serve(listeners.public, app, limits, counts, graceful));
     tokio::select! {
-        served = &mut server => return served.context("the HTTP server failed"),
+        // A stop first: the server, stopped gracefully, may be done by the time this is polled,
+        // and the shutdown below (the stop mark, sealing the packs, the instances) must still run.
+        biased;
         () = http_stop.cancelled() => {}
+        served = &mut server => return served.context("the HTTP server failed"),
     }
     state.draining.store(true, Ordering::Relaxed);
     let deadline = tokio::time::Instant::now() + config.shutdown_grace();
@@ -274,11 +277,12 @@ async fn serve_with_catalog(
             }
         }
     }
+    // Nothing is served any more: the node is stopped, whatever the rest of the shutdown takes.
+    registered.stop().await;
     if let Err(err) = store.close().await {
         tracing::warn!(error = %err, "could not seal the open packs; the next start seals them");
     }
     databases.shutdown().await;
-    registered.stop().await;
     Ok(())
 }
 

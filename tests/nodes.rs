@@ -129,7 +129,7 @@ async fn the_node_list_shows_this_node_with_its_zone_and_a_live_heartbeat() {
     stop(&mut silo).await;
     let sql =
         "SELECT stopped_at IS NOT NULL AND heartbeat_at IS NOT NULL FROM storage_nodes WHERE name = 'alpha'";
-    assert!(catalog_value(&url, sql).await, "a clean stop is recorded");
+    assert!(catalog_value(&url, sql).await, "a clean stop is recorded: {}", silo.stderr());
 }
 
 #[tokio::test]
