@@ -27,7 +27,7 @@ pub use auth::ClusterToken;
 pub use client::{ClientError, NodeClient};
 pub use pack_id::parse_pack_id;
 pub use packs::{PackRead, ReadError};
-pub use receive::{ReceiveError, Received, receive_pack, sweep_incoming};
+pub use receive::{ReceiveError, Received, receive_pack};
 pub use server::{NodeApi, PACK_ROUTE};
 pub use verify::{VerifiedPack, verify_pack_file};
 

@@ -6,7 +6,7 @@
 //! name is taken: nothing is ever overwritten. A pack already held with the same bytes makes the
 //! transfer a no-op, one with other bytes is a conflict. Whatever goes wrong (a cut connection,
 //! a size over the limit, a damaged record, the handler dropped mid-way), the temporary file is
-//! removed; files a crash left behind are removed when the API starts ([`sweep_incoming`]).
+//! removed; files a crash left behind are removed at every start (`pack::sweep_incoming`).
 
 use std::fs::File;
 use std::io::{self, BufReader, Read};
@@ -18,7 +18,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::verify::verify_pack_file;
 use crate::ServerSecret;
-use crate::pack::{INCOMING_INFIX, PackId, incoming_pack_path, pack_path};
+use crate::pack::{PackId, incoming_pack_path, pack_path};
 
 /// How a transfer ended well.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,28 +167,12 @@ fn same_bytes(one: &Path, other: &Path) -> io::Result<bool> {
     }
 }
 
-/// Removes the partial transfers a crash left in `packs_dir`; returns how many.
-///
-/// # Errors
-/// The I/O error of reading the directory.
-pub fn sweep_incoming(packs_dir: &Path) -> io::Result<usize> {
-    let mut removed = 0;
-    for entry in std::fs::read_dir(packs_dir)? {
-        let entry = entry?;
-        if entry.file_name().to_str().is_some_and(|name| name.contains(INCOMING_INFIX)) {
-            std::fs::remove_file(entry.path())?;
-            removed += 1;
-        }
-    }
-    Ok(removed)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::TenantId;
     use crate::compress::Compression;
-    use crate::pack::{PackWriter, RecordHeader};
+    use crate::pack::{PackWriter, RecordHeader, sweep_incoming};
 
     /// The bytes of a valid pack 3 with `records` records.
     fn pack_bytes(secret: &ServerSecret, records: u8) -> Vec<u8> {

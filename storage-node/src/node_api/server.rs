@@ -49,7 +49,7 @@ impl NodeApi {
     /// # Errors
     /// The I/O error of sweeping the directory.
     pub fn new(packs_dir: &FsPath, secret: ServerSecret, max_pack_bytes: u64) -> std::io::Result<Self> {
-        let swept = receive::sweep_incoming(packs_dir)?;
+        let swept = crate::pack::sweep_incoming(packs_dir)?;
         if swept > 0 {
             tracing::info!(files = swept, "removed pack transfers that an earlier process left unfinished");
         }

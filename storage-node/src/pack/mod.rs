@@ -36,6 +36,22 @@ pub(crate) const RECORD_MAGIC: &[u8; 4] = b"CHNK";
 /// The size of a record header; the chunk's bytes follow it.
 pub const RECORD_HEADER_LEN: u64 = 56;
 
+/// Removes the partial transfers (files named with [`INCOMING_INFIX`]) a crash left in `packs_dir`; returns how many.
+///
+/// # Errors
+/// The I/O error of reading the directory.
+pub fn sweep_incoming(packs_dir: &Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(packs_dir)? {
+        let entry = entry?;
+        if entry.file_name().to_str().is_some_and(|name| name.contains(INCOMING_INFIX)) {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Checks a pack file's header (its first [`PACK_HEADER_LEN`] bytes): the magic, the format
 /// version and the pack id it must name. Returns the id of the node that wrote it, or the offset
 /// and a description of what is wrong.

@@ -171,8 +171,8 @@ impl ChunkStore {
             tracing::info!(packs = tightened, "made pack files readable by Silo's user only");
         }
         // Transfers a crash cut short, whether or not this start serves the internal API.
-        let swept = crate::node_api::sweep_incoming(&packs_dir)
-            .map_err(|source| StoreError::io(&packs_dir, source))?;
+        let swept =
+            crate::pack::sweep_incoming(&packs_dir).map_err(|source| StoreError::io(&packs_dir, source))?;
         if swept > 0 {
             tracing::warn!(files = swept, "removed pack transfers a crash left unfinished");
         }
