@@ -13,9 +13,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
-use db_manager::backup::dump::pg_env;
 use db_manager::backup::pg_restore::{self, PgRestoreError, RestoreTarget};
 use db_manager::instance::PgBinaries;
+use db_manager::pg_tools::pg_env;
 use storage_node::DataDir;
 use storage_node::ServerSecret;
 use storage_node::data_dir::{SERVER_SECRET, secret_file};

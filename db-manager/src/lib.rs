@@ -36,6 +36,7 @@ pub mod fleet;
 pub mod manager;
 pub mod names;
 pub mod orphans;
+pub mod pg_tools;
 pub mod plans;
 mod provision;
 mod read_only;

@@ -122,7 +122,7 @@ impl Workers {
         reach: &Reach,
         dbname: &str,
     ) -> Result<Vec<(&'static str, String)>, DbError> {
-        let mut env = crate::backup::dump::pg_env(&reach.config, dbname);
+        let mut env = crate::pg_tools::pg_env(&reach.config, dbname);
         let tls = reach.tool_env(&self.tls_dir).map_err(|err| DbError::Server {
             server: "-".into(),
             message: format!("cannot write the server's CA for the pg tools: {err}"),

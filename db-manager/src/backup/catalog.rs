@@ -14,9 +14,10 @@ use storage_node::store::PutOptions;
 
 use super::BACKUP_LOCK_CLASS;
 use super::Backups;
-use super::dump::{dump_reader, pg_env};
+use super::dump::dump_reader;
 use crate::DbError;
 use crate::instance::PgBinaries;
+use crate::pg_tools::pg_env;
 use crate::states::BackupStatus;
 
 /// The tenant that owns Silo's own data (catalog dumps). Its name is reserved.

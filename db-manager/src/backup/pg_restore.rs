@@ -13,8 +13,8 @@ use std::process::{ExitStatus, Stdio};
 use futures::{Stream, StreamExt};
 use tokio::io::AsyncWriteExt;
 
-use super::dump::{collect_stderr, pg_tool};
 use crate::instance::PgBinaries;
+use crate::pg_tools::{collect_stderr, pg_tool};
 
 /// How every restore runs `pg_restore`: objects owned by whoever restores (the database's
 /// role), no grants of the source's roles, all or nothing.
@@ -24,7 +24,7 @@ pub const RESTORE_ARGS: [&str; 5] =
 /// The database a dump goes into, and how `pg_restore` reaches it.
 pub struct RestoreTarget<'a> {
     pub binaries: &'a PgBinaries,
-    /// The libpq variables (see [`super::dump::pg_env`]): the whole environment `pg_restore` gets.
+    /// The libpq variables (see [`crate::pg_tools::pg_env`]): the whole environment `pg_restore` gets.
     pub env: Vec<(&'static str, String)>,
     pub dbname: &'a str,
     /// The role to act as (`--role`), if any.
