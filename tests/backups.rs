@@ -6,7 +6,7 @@ use crate::common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::databases::{Fixture, admin_sql, psql_ok, silo, silo_json};
+use common::databases::{Fixture, admin_sql, psql_ok, restore_download_into, silo, silo_json};
 use serde_json::{Value, json};
 
 /// A database with several tables, indexes, sequences, a view, a large object and 100k rows.
@@ -82,18 +82,7 @@ async fn a_backup_restores_exactly_into_a_new_database_and_with_plain_pg_restore
     assert!(String::from_utf8_lossy(&taken.stderr).contains("already has a database"), "{taken:?}");
 
     // The download is a plain custom-format archive.
-    let file = fx.tmp.path().join("main.dump");
-    let downloaded = silo(&fx, &["backup", "download", &id.to_string(), "-o", file.to_str().expect("path")]);
-    assert!(downloaded.status.success(), "{}", String::from_utf8_lossy(&downloaded.stderr));
-    admin_sql("DROP DATABASE IF EXISTS plain_restore");
-    admin_sql("CREATE DATABASE plain_restore");
-    let plain_url = pg_local::testing::shared().url("plain_restore");
-    let status = Command::new("pg_restore")
-        .args(["--no-owner", "--exit-on-error", "-d", &plain_url])
-        .arg(&file)
-        .status()
-        .expect("pg_restore");
-    assert!(status.success());
+    let plain_url = restore_download_into(&fx, id, "plain_restore");
     assert_eq!(fingerprint(&plain_url), before);
     admin_sql("DROP DATABASE plain_restore");
 
@@ -380,23 +369,7 @@ async fn a_lost_catalog_is_rebuilt_from_its_backup() {
     let listed = silo_json(&fx, &["backup", "list", "--db", "survivor/db"]);
     assert_eq!(listed[0]["id"].as_i64(), Some(backup), "{listed}");
     // The chunks behind the backup read back through the rebuilt catalog, verified.
-    let file = fx.tmp.path().join("after-rebuild.dump");
-    let downloaded =
-        silo(&fx, &["backup", "download", &backup.to_string(), "-o", file.to_str().expect("path")]);
-    assert!(
-        downloaded.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&downloaded.stderr),
-        fx.silo.stderr()
-    );
-    admin_sql("DROP DATABASE IF EXISTS after_rebuild");
-    admin_sql("CREATE DATABASE after_rebuild");
-    let scratch = pg_local::testing::shared().url("after_rebuild");
-    let status = Command::new("pg_restore")
-        .args(["--no-owner", "--exit-on-error", "-d", &scratch])
-        .arg(&file)
-        .status();
-    assert!(status.expect("pg_restore").success());
+    let scratch = restore_download_into(&fx, backup, "after_rebuild");
     assert_eq!(psql_ok(&scratch, "SELECT count(*) FROM t"), "1000");
     admin_sql("DROP DATABASE after_rebuild");
     // And a restore into a new database works on the rebuilt catalog (its tables have no

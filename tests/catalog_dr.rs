@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
-use common::databases::{Fixture, admin_sql, psql_ok, silo, silo_json};
+use common::databases::{Fixture, admin_sql, psql_ok, restore_download_into, silo_json};
 use common::noise;
 use common::silo_cli_json;
 use serde_json::{Value, json};
@@ -178,23 +178,7 @@ async fn a_catalog_backup_restores_every_object_after_gc_compacted_and_deleted_i
     for (key, body) in &objects {
         assert!(get(&client, key).await == *body, "{key} reads back byte for byte");
     }
-    let file = fx.tmp.path().join("db.dump");
-    let downloaded =
-        silo(&fx, &["backup", "download", &backup.to_string(), "-o", file.to_str().expect("path")]);
-    assert!(
-        downloaded.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&downloaded.stderr),
-        fx.silo.stderr()
-    );
-    admin_sql("DROP DATABASE IF EXISTS dr_compacted_check");
-    admin_sql("CREATE DATABASE dr_compacted_check");
-    let scratch = pg_local::testing::shared().url("dr_compacted_check");
-    let status = Command::new("pg_restore")
-        .args(["--no-owner", "--exit-on-error", "-d", &scratch])
-        .arg(&file)
-        .status();
-    assert!(status.expect("pg_restore").success());
+    let scratch = restore_download_into(&fx, backup, "dr_compacted_check");
     assert_eq!(
         psql_ok(&scratch, "SELECT count(*) || ' ' || md5(string_agg(y, ',' ORDER BY x)) FROM t"),
         psql_ok(

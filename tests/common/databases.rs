@@ -175,6 +175,27 @@ pub fn silo(fx: &Fixture, args: &[&str]) -> Output {
         .expect("run silo")
 }
 
+/// Downloads backup `id` with `silo backup download` and restores the file with plain
+/// `pg_restore` into a new database `name` of the shared cluster (dropped first if left over);
+/// returns that database's URL.
+pub fn restore_download_into(fx: &Fixture, id: i64, name: &str) -> String {
+    let file = fx.tmp.path().join(format!("{name}.dump"));
+    let downloaded = silo(fx, &["backup", "download", &id.to_string(), "-o", file.to_str().expect("path")]);
+    assert!(
+        downloaded.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&downloaded.stderr),
+        fx.silo.stderr()
+    );
+    admin_sql(&format!("DROP DATABASE IF EXISTS {name}"));
+    admin_sql(&format!("CREATE DATABASE {name}"));
+    let url = pg_local::testing::shared().url(name);
+    let status =
+        Command::new("pg_restore").args(["--no-owner", "--exit-on-error", "-d", &url]).arg(&file).status();
+    assert!(status.expect("pg_restore").success(), "pg_restore of backup {id} into {name}");
+    url
+}
+
 /// Runs the `silo` CLI with `--json` and parses its output; a failure shows the CLI's output
 /// and the server log.
 pub fn silo_json(fx: &Fixture, args: &[&str]) -> Value {
