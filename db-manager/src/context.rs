@@ -115,10 +115,7 @@ impl Context {
             // The startup options beat the tenant's `ALTER DATABASE ... SET`: no tenant function
             // by name, no read-only default that fails Silo's statements, no role to act as,
             // and no lock the tenant holds open can stall Silo for long.
-            config.dbname(dbname).options(
-                "-c search_path=pg_catalog -c default_transaction_read_only=off -c role=none \
-                 -c lock_timeout=10s -c statement_timeout=300s",
-            );
+            config.dbname(dbname).options(format!("{PINNED_SESSION} -c statement_timeout=300s"));
         }
         reach.with_config(config).connect(&server.name).await
     }
@@ -147,6 +144,14 @@ impl Context {
         Ok(())
     }
 }
+
+/// The startup options of every session Silo opens inside a tenant's database (as the admin,
+/// or as a worker): they beat the tenant's `ALTER DATABASE ... SET`, so no tenant function
+/// resolves by name, no read-only default fails Silo's statements, no role is put on, and no
+/// lock the tenant holds open stalls Silo for long. (Admin sessions add a statement timeout;
+/// workers do not, since a dump or restore may rightly run for hours.)
+pub(crate) const PINNED_SESSION: &str =
+    "-c search_path=pg_catalog -c default_transaction_read_only=off -c role=none -c lock_timeout=10s";
 
 /// Records event `$2` with detail `$3` for database `$1`: for a change of state that records its
 /// event in the same transaction, so nobody sees the one without the other.

@@ -22,6 +22,7 @@ use tokio_postgres::Config;
 
 use crate::DbError;
 use crate::context::Context;
+use crate::context::PINNED_SESSION;
 use crate::names::{ident, literal};
 use crate::provision::{generate_password, verifier};
 use crate::servers::{self, Server};
@@ -45,11 +46,11 @@ impl std::fmt::Debug for Worker {
 }
 
 impl Worker {
-    /// Client settings for `dbname` as this worker, with `search_path` pinned to `pg_catalog`
-    /// for the session (a startup option beats the tenant's `ALTER DATABASE ... SET`).
+    /// Client settings for `dbname` as this worker, with the session pinned as every Silo
+    /// session in a tenant's database is ([`crate::context::PINNED_SESSION`]).
     pub fn config(&self, base: &Config, dbname: &str) -> Config {
         let mut config = base.clone();
-        config.user(&self.name).password(&self.password).dbname(dbname).options("-c search_path=pg_catalog");
+        config.user(&self.name).password(&self.password).dbname(dbname).options(PINNED_SESSION);
         config
     }
 
