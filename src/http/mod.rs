@@ -63,8 +63,11 @@ pub struct ServerInfo {
 pub struct NodeInfo {
     pub name: String,
     pub zone: String,
-    /// The tenant whose own node this is.
+    /// The tenant whose own node this is (shown behind the admin token only).
     pub owner: Option<String>,
+    /// The nodes the catalog held at start: one, as registration refuses a second until
+    /// replication lands.
+    pub nodes_in_catalog: i64,
 }
 
 /// Everything a request handler may need.
