@@ -106,7 +106,12 @@ impl ClientArgs {
         if !status.is_success() {
             let text = response.text().await.unwrap_or_default();
             let body: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-            let message = body["error"]["message"].as_str().unwrap_or("no message");
+            // Not every answer is Silo's JSON (a proxy's page, a plain-text limit): show its start.
+            let message = match body["error"]["message"].as_str() {
+                Some(message) => message.to_string(),
+                None if text.trim().is_empty() => "no message".to_string(),
+                None => text.trim().chars().take(200).collect(),
+            };
             bail!("{url} answered {status}: {message}");
         }
         Ok(response)

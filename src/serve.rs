@@ -242,7 +242,6 @@ async fn serve_with_catalog(
         Some(listener) => {
             let limit = storage_node::node_api::pack_size_limit(&config.store);
             let api = NodeApi::new(store.packs_dir(), store.server_secret().clone(), limit)
-                .context("cannot start the internal node API")?
                 .protecting(store.clone());
             tracing::info!(address = %config.internal_listen.map(|a| a.to_string()).unwrap_or_default(), "serving the internal node API");
             // Peers' connections are not counted with the public ones.

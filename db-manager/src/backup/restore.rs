@@ -279,8 +279,9 @@ impl Backups {
         let scratch =
             format!("silo_verify_{id}_{}", crate::provision::generate_password()[..8].to_ascii_lowercase());
         // The worker owns the scratch database and has no other right anywhere.
-        let worker = self.workers.create_worker(&server, None).await?;
+        // The admin pool first: a worker made before a failure to reach it would be left behind.
         let admin = self.ctx.admin(&server).await?;
+        let worker = self.workers.create_worker(&server, None).await?;
         let made = admin
             .batch_execute(&format!("CREATE DATABASE {} OWNER {}", ident(&scratch), ident(&worker.name)))
             .await

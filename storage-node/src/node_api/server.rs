@@ -44,17 +44,10 @@ pub struct NodeApi {
 
 impl NodeApi {
     /// The API over `packs_dir` (which must exist), for the cluster whose nodes share `secret`.
-    /// Removes the partial transfers a crash left behind.
-    ///
-    /// # Errors
-    /// The I/O error of sweeping the directory.
-    pub fn new(packs_dir: &FsPath, secret: ServerSecret, max_pack_bytes: u64) -> std::io::Result<Self> {
-        let swept = crate::pack::sweep_incoming(packs_dir)?;
-        if swept > 0 {
-            tracing::info!(files = swept, "removed pack transfers that an earlier process left unfinished");
-        }
+    /// (Transfers a crash left unfinished were swept when the chunk store opened.)
+    pub fn new(packs_dir: &FsPath, secret: ServerSecret, max_pack_bytes: u64) -> Self {
         let token_digest = ClusterToken::of(&secret).digest();
-        Ok(NodeApi { packs_dir: packs_dir.to_path_buf(), secret, token_digest, max_pack_bytes, store: None })
+        NodeApi { packs_dir: packs_dir.to_path_buf(), secret, token_digest, max_pack_bytes, store: None }
     }
 
     /// Refuses DELETE of the packs `store` still needs (recorded on this node, not retired).

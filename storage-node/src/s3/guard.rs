@@ -204,6 +204,9 @@ fn parse_date(text: &str) -> Option<SystemTime> {
         && zone.len() == 5
         && let (Some(sign @ ('+' | '-')), Ok(hhmm)) = (zone.chars().next(), zone[1..].parse::<u64>())
     {
+        if hhmm / 100 >= 24 || hhmm % 100 >= 60 {
+            return None;
+        }
         let local = httpdate::parse_http_date(&format!("{rest} GMT")).ok()?;
         let offset = Duration::from_secs((hhmm / 100) * 3600 + (hhmm % 100) * 60);
         // Local time minus the zone's offset from UTC is UTC.
@@ -302,5 +305,11 @@ mod tests {
         assert_eq!(parse_date("Tue, 27 Mar 2007 14:06:42 -0530"), Some(gmt));
         assert_eq!(parse_date("20070327T193642Z"), Some(gmt));
         assert_eq!(parse_date("yesterday"), None);
+    }
+
+    #[test]
+    fn a_zone_past_23_hours_or_59_minutes_is_no_date() {
+        assert_eq!(parse_date("Tue, 27 Mar 2007 19:36:42 +0099"), None);
+        assert_eq!(parse_date("Tue, 27 Mar 2007 19:36:42 -2500"), None);
     }
 }

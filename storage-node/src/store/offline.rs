@@ -46,6 +46,8 @@ pub enum OfflineError {
     Size { read: u64, expected: u64 },
     #[error("writing the object out failed: {0}")]
     Sink(std::io::Error),
+    #[error("cannot list the pack files to look for moved chunks: {0}")]
+    Packs(std::io::Error),
 }
 
 impl ChunkStore {
@@ -112,8 +114,7 @@ pub fn read_offline(
     // Built on the first chunk that moved: where the manifest's chunks have records, newest
     // first; then, if a newest record does not verify, every record on disk.
     let wanted: HashSet<_> = ids.iter().map(|id| (tenant, *id)).collect();
-    let on_disk = std::cell::OnceCell::new();
-    let on_disk = || on_disk.get_or_init(|| pack_ids_on_disk(packs_dir).unwrap_or_default()).clone();
+    let mut on_disk: Option<Vec<PackId>> = None;
     let mut quick: Option<PackIndex> = None;
     let mut full: Option<PackIndex> = None;
     let mut written = 0u64;
@@ -140,14 +141,17 @@ pub fn read_offline(
         let raw = match load(PackId(entry.pack), entry.offset) {
             Ok(raw) => raw,
             Err(message) => {
-                let quick = quick
-                    .get_or_insert_with(|| index_packs(packs_dir, &on_disk(), &wanted, Scan::UntilFound));
+                if on_disk.is_none() {
+                    on_disk = Some(pack_ids_on_disk(packs_dir).map_err(OfflineError::Packs)?);
+                }
+                let listed = on_disk.as_deref().unwrap_or_default();
+                let quick =
+                    quick.get_or_insert_with(|| index_packs(packs_dir, listed, &wanted, Scan::UntilFound));
                 match elsewhere(quick) {
                     Some(raw) => raw,
                     None => {
-                        let full = full.get_or_insert_with(|| {
-                            index_packs(packs_dir, &on_disk(), &wanted, Scan::Everything)
-                        });
+                        let full = full
+                            .get_or_insert_with(|| index_packs(packs_dir, listed, &wanted, Scan::Everything));
                         elsewhere(full).ok_or_else(|| OfflineError::Damaged {
                             index: index_in_manifest,
                             id: entry.id.clone(),
