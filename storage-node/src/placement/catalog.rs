@@ -159,3 +159,7 @@ fn view(name: &str, tenant: TenantId, policy: PlacementPolicy, nodes: &[Candidat
         policy,
     }
 }
+
+#[cfg(test)]
+#[path = "catalog_tests.rs"]
+mod tests;
