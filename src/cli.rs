@@ -83,6 +83,36 @@ pub enum TenantCommand {
         #[arg(long)]
         skip_final_backup: bool,
     },
+    /// Show where a tenant's packs go; with a flag, change that (the rest keeps its value).
+    Placement(PlacementArgs),
+}
+
+/// `silo tenant placement NAME [flags]`.
+#[derive(Debug, Args)]
+pub struct PlacementArgs {
+    pub name: String,
+    /// Keep its packs only on its own nodes (`silo serve --owner NAME`).
+    #[arg(long, conflicts_with = "shared")]
+    pub owned: bool,
+    /// Keep its packs on the shared nodes.
+    #[arg(long)]
+    pub shared: bool,
+    /// Copies of each pack, each in a distinct zone (1 to 8).
+    #[arg(long, conflicts_with = "default_replicas")]
+    pub replicas: Option<u8>,
+    /// Back to the default copies: 2 where its nodes span two zones or more, else 1.
+    #[arg(long)]
+    pub default_replicas: bool,
+    /// The only zones its packs may live in, comma-separated.
+    #[arg(long, value_delimiter = ',', conflicts_with = "all_zones")]
+    pub zones: Option<Vec<String>>,
+    /// Allow every zone again.
+    #[arg(long)]
+    pub all_zones: bool,
+    /// When too few zones can take a new pack: refuse the write (503, the client retries) or
+    /// take it with fewer copies and repair it first.
+    #[arg(long, value_parser = ["refuse", "degraded"])]
+    pub on_shortage: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

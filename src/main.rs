@@ -10,6 +10,7 @@ mod databases;
 mod http;
 mod logging;
 mod nodes;
+mod placement;
 mod registration;
 mod secret;
 mod serve;

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use crate::cli::{KeyCommand, TenantCommand};
 use crate::client::{ClientArgs, block_on};
 
-/// `silo tenant create|list|show|delete`.
+/// `silo tenant create|list|show|delete|placement`.
 pub fn tenant(command: TenantCommand, client: &ClientArgs) -> anyhow::Result<()> {
     match command {
         TenantCommand::Create { name, quota_bytes } => {
@@ -40,6 +40,7 @@ pub fn tenant(command: TenantCommand, client: &ClientArgs) -> anyhow::Result<()>
                 println!("deleted tenant {name}");
             }
         }
+        TenantCommand::Placement(args) => crate::placement::placement(&args, client)?,
     }
     Ok(())
 }

@@ -293,3 +293,90 @@ async fn a_forced_delete_without_final_backups_removes_the_tenant_at_once() {
     // The name is free again.
     fx.tenant("gone");
 }
+
+/// `GET`/`PUT /v1/tenants/{name}/placement` as `silo`'s admin: the status and the JSON body.
+async fn placement_call(
+    silo: &Silo,
+    method: reqwest::Method,
+    tenant: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .request(method, silo.url(&format!("/v1/tenants/{tenant}/placement")))
+        .bearer_auth(silo.token());
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("placement request");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON answer"))
+}
+
+#[tokio::test]
+async fn a_placement_policy_is_shown_checked_against_the_nodes_and_changed() {
+    let (silo, _tmp, _url) = start().await;
+    json_of(&cli(&silo, &["tenant", "create", "acme", "--json"]));
+
+    // The embedded node is one zone: shared, the default factor, which is one copy.
+    let shown = json_of(&cli(&silo, &["tenant", "placement", "acme", "--json"]));
+    assert_eq!(
+        (shown["mode"].as_str(), shown["domain"].as_str()),
+        (Some("shared"), Some("shared")),
+        "{shown}"
+    );
+    assert_eq!(shown["replication_factor"], Value::Null, "{shown}");
+    assert_eq!(shown["effective_replication_factor"], 1, "{shown}");
+    assert_eq!(
+        (shown["allowed_zones"].clone(), shown["on_shortage"].as_str()),
+        (Value::Null, Some("refuse"))
+    );
+    assert_eq!(shown["zones"], json!(["default"]), "{shown}");
+    let table = String::from_utf8_lossy(&cli(&silo, &["tenant", "placement", "acme"]).stdout).to_string();
+    assert!(table.starts_with("TENANT") && table.contains("acme") && table.contains("shared"), "{table}");
+
+    // Policies the one node cannot meet are refused, with what would fix them.
+    let refused = cli(&silo, &["tenant", "placement", "acme", "--replicas", "2"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "two copies need two zones");
+    assert!(
+        stderr.contains("replication factor 2 needs nodes in 2 zones; the shared nodes are in 1 (default)"),
+        "{stderr}"
+    );
+    let refused = cli(&silo, &["tenant", "placement", "acme", "--owned"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("tenant acme owns no storage node"), "{stderr}");
+    let (status, body) =
+        placement_call(&silo, reqwest::Method::PUT, "acme", Some(json!({"replication_factor": 2}))).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("placement_unmet")), "{body}");
+    let (status, body) =
+        placement_call(&silo, reqwest::Method::PUT, "acme", Some(json!({"allowed_zones": ["elsewhere"]})))
+            .await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("placement_unmet")), "{body}");
+    let (status, body) =
+        placement_call(&silo, reqwest::Method::PUT, "acme", Some(json!({"allowed_zones": ["no zone"]})))
+            .await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_zone")), "{body}");
+    let (status, body) = placement_call(&silo, reqwest::Method::GET, "nobody", None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
+    let unchanged = json_of(&cli(&silo, &["tenant", "placement", "acme", "--json"]));
+    assert_eq!(unchanged, shown, "refused changes change nothing");
+
+    // A valid change round-trips; absent fields keep their value; the CLI resets to defaults.
+    let change = json!({"replication_factor": 1, "allowed_zones": ["default"], "on_shortage": "degraded"});
+    let (status, set) = placement_call(&silo, reqwest::Method::PUT, "acme", Some(change)).await;
+    assert_eq!(status, 200, "{set}");
+    let (_, got) = placement_call(&silo, reqwest::Method::GET, "acme", None).await;
+    assert_eq!(got, set);
+    assert_eq!(
+        (got["replication_factor"].as_i64(), got["on_shortage"].as_str()),
+        (Some(1), Some("degraded"))
+    );
+    assert_eq!(got["allowed_zones"], json!(["default"]), "{got}");
+    let (_, kept) =
+        placement_call(&silo, reqwest::Method::PUT, "acme", Some(json!({"mode": "shared"}))).await;
+    assert_eq!(kept, got, "absent fields keep their value");
+    let reset =
+        ["tenant", "placement", "acme", "--default-replicas", "--all-zones", "--on-shortage", "refuse"];
+    let reset = json_of(&cli(&silo, &[&reset[..], &["--json"]].concat()));
+    assert_eq!(reset, shown, "back to the defaults");
+}

@@ -16,6 +16,7 @@ mod limits;
 pub mod listener;
 mod metrics;
 mod nodes;
+mod placement;
 mod s3;
 mod storage;
 mod tenants;

@@ -17,6 +17,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .merge(super::databases::router())
         .merge(super::backups::router())
         .merge(super::nodes::router())
+        .merge(super::placement::router())
 }
 
 /// `GET /v1/info`: the version, the catalog this server is attached to, and its Postgres.
