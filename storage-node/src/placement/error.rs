@@ -34,9 +34,8 @@ pub enum PlacementError {
     )]
     ZoneWithoutNode { zone: String, nodes: String, zones: Vec<String> },
     #[error(
-        "replication factor {wanted} needs nodes in {wanted} {}; {nodes} are in {}; lower the \
-         replication factor{}, or add nodes in other zones",
-        if *wanted == 1 { "zone" } else { "zones" }, counted(zones), allowed_hint(*restricted)
+        "replication factor {wanted} needs nodes in {wanted} {}; {nodes} are in {}; {}",
+        if *wanted == 1 { "zone" } else { "zones" }, counted(zones), fixes(*wanted, *restricted)
     )]
     TooFewZones { wanted: u8, nodes: String, zones: Vec<String>, restricted: bool },
     #[error(
@@ -55,9 +54,13 @@ fn counted(zones: &[String]) -> String {
     }
 }
 
-/// The fix that a restricted list of zones adds.
-fn allowed_hint(restricted: bool) -> &'static str {
-    if restricted { ", allow more zones" } else { "" }
+/// What would meet a replication factor of `wanted` (zones restricted or not).
+fn fixes(wanted: u8, restricted: bool) -> &'static str {
+    match (wanted, restricted) {
+        (1, _) => "start a node first",
+        (_, false) => "lower the replication factor, or add nodes in other zones",
+        (_, true) => "lower the replication factor, allow more zones, or add nodes in other zones",
+    }
 }
 
 impl From<tokio_postgres::Error> for PlacementError {
@@ -97,6 +100,16 @@ mod tests {
             err.to_string(),
             "replication factor 3 needs nodes in 3 zones; tenant acme's own nodes are in 2 (a, b); \
              lower the replication factor, or add nodes in other zones"
+        );
+        let err = PlacementError::TooFewZones {
+            wanted: 1,
+            nodes: nodes_of(None),
+            zones: vec![],
+            restricted: false,
+        };
+        assert_eq!(
+            err.to_string(),
+            "replication factor 1 needs nodes in 1 zone; the shared nodes are in none; start a node first"
         );
         let err = PlacementError::ZoneWithoutNode {
             zone: "c".into(),
