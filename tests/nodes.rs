@@ -215,3 +215,40 @@ async fn an_owner_must_be_a_tenant_and_a_node_with_data_keeps_its_zone() {
     assert!(!status.success() && stderr.contains("no owner"), "a node with data keeps its owner: {stderr}");
     start(&data, &url, &["--zone", "zone-a", "--owner", "acme"]).await;
 }
+
+#[tokio::test]
+async fn a_tenants_own_node_takes_its_packs_and_the_placement_api_says_so() {
+    let url = pg_local::testing::shared().fresh_database("nodes_placement").await;
+    let tmp = scratch();
+    let data = tmp.path().join("data");
+    let mut silo = start(&data, &url, &["--zone", "zone-a"]).await;
+    silo_cli_json(&silo, &["tenant", "create", "acme"]);
+    silo_cli_json(&silo, &["tenant", "create", "bob"]);
+    stop(&mut silo).await;
+    let silo = start(&data, &url, &["--zone", "zone-a", "--owner", "acme"]).await;
+
+    // acme's policy is shared, but the catalog has no shared node: its packs go to its own.
+    let acme = silo_cli_json(&silo, &["tenant", "placement", "acme"]);
+    assert_eq!((acme["mode"].as_str(), acme["domain"].as_str()), (Some("shared"), Some("owned")), "{acme}");
+    assert_eq!(
+        (acme["effective_replication_factor"].as_i64(), acme["zones"].clone()),
+        (Some(1), serde_json::json!(["zone-a"]))
+    );
+    let owned = silo_cli_json(&silo, &["tenant", "placement", "acme", "--owned"]);
+    assert_eq!(owned["mode"], "owned", "{owned}");
+    // bob has no node at all: nothing it asks for can be met.
+    let bob = silo_cli_json(&silo, &["tenant", "placement", "bob"]);
+    assert_eq!(
+        (bob["domain"].as_str(), bob["zones"].clone()),
+        (Some("shared"), serde_json::json!([])),
+        "{bob}"
+    );
+    let refused = Command::new(env!("CARGO_BIN_EXE_silo"))
+        .args(["tenant", "placement", "bob", "--on-shortage", "degraded"])
+        .env("SILO_URL", format!("http://{}", silo.addr))
+        .env("SILO_ADMIN_TOKEN", silo.token())
+        .output()
+        .expect("silo tenant placement");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("the shared nodes are in none"), "{stderr}");
+}
