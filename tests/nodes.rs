@@ -217,7 +217,7 @@ async fn an_owner_must_be_a_tenant_and_a_node_with_data_keeps_its_zone() {
 }
 
 #[tokio::test]
-async fn a_tenants_own_node_takes_its_packs_and_the_placement_api_says_so() {
+async fn a_tenant_with_its_own_node_and_no_shared_one_is_placed_on_its_own() {
     let url = pg_local::testing::shared().fresh_database("nodes_placement").await;
     let tmp = scratch();
     let data = tmp.path().join("data");
