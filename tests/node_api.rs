@@ -3,7 +3,10 @@
 //! for byte (whole, by ranges, by length); repeated copies are no-ops and other bytes under the
 //! same id conflict; damaged, cut and oversized uploads leave nothing behind; and requests
 //! without the cluster token, without a known version or with ids that are not pack ids are
-//! refused. A taken internal port fails the start before Postgres is touched.
+//! refused. A taken internal port fails the start before Postgres is touched. Version 2: a pack
+//! a node is writing is built on a peer by appends (only where the catalog records a `writing`
+//! replica, only of its domain's records, nothing kept of a refused piece), and a pack is
+//! relayed between two nodes through memory (`get_pack_stream` into `put_pack_stream`).
 
 use crate::common;
 
@@ -11,6 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use common::{Silo, free_addr, noise, scratch, silo_cli_json};
 use nix::sys::signal::Signal;
 use storage_node::ServerSecret;
@@ -29,6 +33,8 @@ const VERSION: &str = "silo-internal-version";
 struct Node {
     silo: Silo,
     internal: SocketAddr,
+    /// Its catalog's URL.
+    catalog: String,
     _tmp: tempfile::TempDir,
 }
 
@@ -53,7 +59,7 @@ impl Node {
         let mut silo =
             Silo::start_with_env(&tmp.path().join("data"), &args, &[("SILO_SERVER_SECRET", CLUSTER_SECRET)]);
         silo.wait_ready(Duration::from_secs(30)).await;
-        Node { silo, internal, _tmp: tmp }
+        Node { silo, internal, catalog: url, _tmp: tmp }
     }
 
     fn client(&self) -> NodeClient {
@@ -102,13 +108,18 @@ fn token() -> String {
 
 /// A valid pack `id` of a few records made here, as a node would write it; returns its path.
 fn made_pack(dir: &Path, id: i64, records: usize) -> PathBuf {
-    let key = secret().chunk_key(TenantId(7));
+    made_pack_of(dir, id, TenantId(7), records)
+}
+
+/// A valid pack `id` of `records` records of `tenant`.
+fn made_pack_of(dir: &Path, id: i64, tenant: TenantId, records: usize) -> PathBuf {
+    let key = secret().chunk_key(tenant);
     let mut writer = PackWriter::create(dir, PackId(id), 1).expect("create");
     for n in 0..records {
         let raw = noise(100_000 + n, id as u64 * 100 + n as u64);
         let header = RecordHeader {
             compression: Compression::None,
-            tenant: TenantId(7),
+            tenant,
             chunk: key.chunk_id(&raw),
             raw_len: raw.len() as u32,
             stored_len: raw.len() as u32,
@@ -197,7 +208,7 @@ async fn a_sealed_pack_written_through_s3_copies_to_another_node_byte_for_byte()
             let bytes = client.read_range(*id, range.clone()).await.expect("range");
             assert_eq!(&bytes[..], &original[range.start as usize..range.end as usize], "{range:?}");
         }
-        assert_eq!(client.version(), 1);
+        assert_eq!(client.version(), 2);
     }
 
     // A whole GET and the range answers, as HTTP says them.
@@ -214,7 +225,7 @@ async fn a_sealed_pack_written_through_s3_copies_to_another_node_byte_for_byte()
     };
     let whole = get(None).await.expect("GET");
     assert_eq!(whole.status(), 200);
-    assert_eq!(whole.headers()[VERSION], "1");
+    assert_eq!(whole.headers()[VERSION], "2");
     assert_eq!(whole.bytes().await.expect("body"), std::fs::read(path).expect("A's pack"));
     let tail = get(Some("bytes=-10".into())).await.expect("GET");
     assert_eq!(tail.status(), 206);
@@ -376,7 +387,7 @@ async fn only_the_cluster_token_a_known_version_and_pack_ids_are_accepted() {
             let response = send(path, authorization.clone(), Some("1")).await.expect("GET");
             assert_eq!(response.status(), 401, "{what} on {path}");
             assert_eq!(response.headers()["www-authenticate"], "Bearer");
-            assert_eq!(response.headers()[VERSION], "1");
+            assert_eq!(response.headers()[VERSION], "2");
             assert_eq!(code(&response.json().await.expect("JSON error")), "unauthorized");
         }
     }
@@ -384,15 +395,20 @@ async fn only_the_cluster_token_a_known_version_and_pack_ids_are_accepted() {
     assert_eq!(unknown.status(), 404);
 
     // A missing or unknown version is refused, naming the versions this node accepts.
-    for version in [None, Some("0"), Some("2"), Some("99"), Some("one")] {
+    for version in [None, Some("0"), Some("3"), Some("99"), Some("one")] {
         let response = send("/internal/v1/packs/5", Some(token()), version).await.expect("GET");
         assert_eq!(response.status(), 400, "{version:?}");
-        assert_eq!(response.headers()["silo-internal-accepts"], "1-1");
+        assert_eq!(response.headers()["silo-internal-accepts"], "1-2");
         let body: serde_json::Value = response.json().await.expect("JSON error");
         assert_eq!(code(&body), "unsupported_version");
-        assert!(body["error"]["message"].as_str().unwrap_or_default().contains("1-1"), "{body}");
+        assert!(body["error"]["message"].as_str().unwrap_or_default().contains("1-2"), "{body}");
     }
-    assert_eq!(send("/internal/v1/packs/5", Some(token()), Some("1")).await.expect("GET").status(), 200);
+    for version in ["1", "2"] {
+        assert_eq!(
+            send("/internal/v1/packs/5", Some(token()), Some(version)).await.expect("GET").status(),
+            200
+        );
+    }
 
     // Ids that are not canonical positive integers, and paths that climb out of the packs.
     for id in
@@ -432,4 +448,209 @@ async fn a_taken_internal_port_is_named_before_postgres_is_touched() {
     assert!(!status.success());
     assert!(stderr.contains(&format!("cannot listen for the internal node API on {addr}")), "{stderr}");
     assert!(!data.join("postgres").exists(), "no Postgres is created before the port is secured");
+}
+
+/// The catalog of `node`, as the lead's write path will fill it: the rows that make a pack one
+/// this node is writing a replica of.
+struct Catalog {
+    db: tokio_postgres::Client,
+    /// The serving node's id.
+    node: i32,
+    /// Another node, the packs' writer (registered as removed, so the serving one runs on).
+    writer: i32,
+}
+
+impl Catalog {
+    async fn of(node: &Node) -> Catalog {
+        let (db, conn) =
+            tokio_postgres::connect(&node.catalog, tokio_postgres::NoTls).await.expect("catalog");
+        tokio::spawn(conn);
+        let serving =
+            db.query("SELECT id FROM storage_nodes WHERE state <> 'removed'", &[]).await.expect("nodes");
+        assert_eq!(serving.len(), 1, "one serving node");
+        let writer = db
+            .query_one(
+                "INSERT INTO storage_nodes (name, zone, state) VALUES ('writer', 'b', 'removed') RETURNING id",
+                &[],
+            )
+            .await
+            .expect("writer");
+        Catalog { node: serving[0].get(0), writer: writer.get(0), db }
+    }
+
+    /// A new open pack of `owner`'s domain with a `writing` replica on the serving node.
+    async fn writing_pack(&self, owner: Option<i64>) -> PackId {
+        let row = self
+            .db
+            .query_one(
+                "INSERT INTO packs (node_id, state, owner_tenant_id) VALUES ($1, 'open', $2) RETURNING id",
+                &[&self.writer, &owner],
+            )
+            .await
+            .expect("pack");
+        let id: i64 = row.get(0);
+        self.db
+            .execute("INSERT INTO pack_replicas (pack_id, node_id) VALUES ($1, $2)", &[&id, &self.node])
+            .await
+            .expect("replica");
+        PackId(id)
+    }
+
+    async fn execute(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) {
+        self.db.execute(sql, params).await.expect(sql);
+    }
+}
+
+/// `bytes` as a body streamed in pieces of 10 000 bytes.
+fn streamed(bytes: &[u8]) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    let pieces: Vec<_> = bytes.chunks(10_000).map(|piece| Ok(Bytes::copy_from_slice(piece))).collect();
+    futures::stream::iter(pieces)
+}
+
+/// The offsets of the records of the pack at `path`.
+fn record_offsets(path: &Path, id: PackId) -> Vec<usize> {
+    scan::scan_pack(path, id).expect("scan").records.iter().map(|(offset, _)| *offset as usize).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pack_is_built_on_a_replica_by_appends_and_a_refused_piece_leaves_it_as_it_was() {
+    let b = Node::start("node_api_appends", "").await;
+    let catalog = Catalog::of(&b).await;
+    let client = b.client();
+    let id = catalog.writing_pack(None).await;
+    let src = scratch();
+    let original_path = made_pack(src.path(), id.0, 5);
+    let original = std::fs::read(&original_path).expect("pack");
+    let records = record_offsets(&original_path, id);
+    let (first, second) = (records[1], records[3]);
+    let pieces = [&original[..first], &original[first..second], &original[second..]];
+    let held = || std::fs::read(pack_path(&b.packs_dir(), id)).expect("the replica");
+
+    // Three pieces, each answered with the length it brings the replica to.
+    assert_eq!(client.append(id, 0, streamed(pieces[0])).await.expect("first") as usize, first);
+    assert_eq!(client.version(), 2);
+    assert_eq!(client.append(id, first as u64, streamed(pieces[1])).await.expect("second") as usize, second);
+    // A gap: refused with the length held.
+    let gap = client.append(id, second as u64 + 56, streamed(pieces[2])).await.expect_err("a gap");
+    assert!(matches!(gap, ClientError::OffsetMismatch { len } if len as usize == second), "{gap}");
+    // A flipped byte in a piece: refused, the replica stays at the piece's offset.
+    let mut flipped = pieces[2].to_vec();
+    flipped[1000] ^= 1;
+    assert_eq!(refusal(client.append(id, second as u64, streamed(&flipped)).await), (422, "damaged".into()));
+    assert_eq!(held(), &original[..second]);
+    assert_eq!(
+        client.append(id, second as u64, streamed(pieces[2])).await.expect("third") as usize,
+        original.len()
+    );
+    assert_eq!(held(), original, "the replica is the pack, byte for byte");
+    // A piece sent again at an old offset (its answer was lost): the tail is cut, then rebuilt.
+    assert_eq!(client.append(id, first as u64, streamed(pieces[1])).await.expect("again") as usize, second);
+    assert_eq!(held(), &original[..second]);
+    client.append(id, second as u64, streamed(pieces[2])).await.expect("third again");
+    assert_eq!(held(), original);
+
+    // As HTTP says it: the gap's length in a header, the append's length as JSON.
+    let http = reqwest::Client::new();
+    let patch = |id: PackId, version: &str, offset: usize, body: Vec<u8>| {
+        http.patch(b.url(&format!("/internal/v1/packs/{}", id.0)))
+            .header("authorization", token())
+            .header(VERSION, version)
+            .header("silo-pack-offset", offset.to_string())
+            .body(body)
+            .send()
+    };
+    let response = patch(id, "2", original.len() + 1, b"x".to_vec()).await.expect("PATCH");
+    assert_eq!(response.status(), 409);
+    assert_eq!(response.headers()["silo-pack-length"], original.len().to_string());
+    let response = patch(id, "2", original.len(), Vec::new()).await.expect("PATCH");
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = response.json().await.expect("JSON");
+    assert_eq!(answer["len"], original.len());
+    // A client of version 1 cannot append: the route came with version 2.
+    let response = patch(id, "1", original.len(), Vec::new()).await.expect("PATCH");
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.expect("JSON error");
+    assert_eq!(body["error"]["code"], "unsupported_version");
+    for offset in ["", "-1", "007", "12", "1e3", "0x20"] {
+        let response = http
+            .patch(b.url(&format!("/internal/v1/packs/{}", id.0)))
+            .header("authorization", token())
+            .header(VERSION, "2")
+            .header("silo-pack-offset", offset)
+            .send()
+            .await
+            .expect("PATCH");
+        assert_eq!(response.status(), 400, "{offset:?}");
+    }
+
+    // No writing replica here: a pack the catalog does not know, one sealed since.
+    let unknown = PackId(id.0 + 1000);
+    let other = made_pack(src.path(), unknown.0, 1);
+    let bytes = std::fs::read(&other).expect("pack");
+    assert_eq!(refusal(client.append(unknown, 0, streamed(&bytes)).await), (409, "not_writing".into()));
+    assert!(!pack_path(&b.packs_dir(), unknown).exists());
+    catalog.execute("UPDATE pack_replicas SET state = 'ok' WHERE pack_id = $1", &[&id.0]).await;
+    assert_eq!(
+        refusal(client.append(id, original.len() as u64, streamed(&[])).await),
+        (409, "not_writing".into())
+    );
+    assert_eq!(held(), original);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owned_pack_takes_only_its_tenants_records_and_only_on_its_tenants_node() {
+    let b = Node::start("node_api_domains", "").await;
+    silo_cli_json(&b.silo, &["tenant", "create", "acme"]);
+    let catalog = Catalog::of(&b).await;
+    let acme: i64 =
+        catalog.db.query_one("SELECT id FROM tenants WHERE name = 'acme'", &[]).await.expect("acme").get(0);
+    let client = b.client();
+    let src = scratch();
+    let id = catalog.writing_pack(Some(acme)).await;
+    let acmes = std::fs::read(made_pack_of(src.path(), id.0, TenantId(acme), 3)).expect("pack");
+    let other_src = scratch();
+    let foreign_path = made_pack_of(other_src.path(), id.0, TenantId(acme + 1), 3);
+    let foreign = std::fs::read(&foreign_path).expect("pack");
+    let second = record_offsets(&foreign_path, id)[1];
+    let replica = pack_path(&b.packs_dir(), id);
+
+    // A shared node takes no owned pack, not even its tenant's records.
+    assert_eq!(refusal(client.append(id, 0, streamed(&acmes)).await), (403, "wrong_domain".into()));
+    assert!(!replica.exists());
+    catalog
+        .execute("UPDATE storage_nodes SET owner_tenant_id = $1 WHERE id = $2", &[&acme, &catalog.node])
+        .await;
+    // On acme's node: another tenant's records are refused, with not a byte of them kept.
+    let (status, code) = refusal(client.append(id, 0, streamed(&foreign)).await);
+    assert_eq!((status, code.as_str()), (403, "wrong_domain"));
+    assert!(!replica.exists());
+    assert_eq!(client.append(id, 0, streamed(&acmes)).await.expect("acme's") as usize, acmes.len());
+    let (status, _) = refusal(client.append(id, acmes.len() as u64, streamed(&foreign[second..])).await);
+    assert_eq!(status, 403);
+    assert_eq!(std::fs::read(&replica).expect("replica"), acmes);
+    // And a shared pack is not taken by acme's node.
+    let shared = catalog.writing_pack(None).await;
+    let bytes = std::fs::read(made_pack(src.path(), shared.0, 1)).expect("pack");
+    assert_eq!(refusal(client.append(shared, 0, streamed(&bytes)).await), (403, "wrong_domain".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pack_is_relayed_between_two_nodes_through_memory() {
+    let (a, b) = (Node::start("node_api_relay_a", "").await, Node::start("node_api_relay_b", "").await);
+    let src = scratch();
+    let path = made_pack(src.path(), 77, 6);
+    let original = std::fs::read(&path).expect("pack");
+    assert_eq!(a.client().put_pack(PackId(77), &path).await.expect("PUT"), Received::Created);
+
+    let (len, stream) = a.client().get_pack_stream(PackId(77)).await.expect("GET");
+    assert_eq!(len, original.len() as u64);
+    assert_eq!(b.client().put_pack_stream(PackId(77), len, stream).await.expect("relay"), Received::Created);
+    assert_eq!(std::fs::read(pack_path(&b.packs_dir(), PackId(77))).expect("B's copy"), original);
+    let (len, stream) = b.client().get_pack_stream(PackId(77)).await.expect("GET");
+    assert_eq!(
+        a.client().put_pack_stream(PackId(77), len, stream).await.expect("back"),
+        Received::AlreadyHeld
+    );
+    let missing = b.client().get_pack_stream(PackId(78)).await.map(|(len, _)| len);
+    assert_eq!(refusal(missing), (404, "no_such_pack".into()));
 }

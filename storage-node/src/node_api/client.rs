@@ -1,34 +1,56 @@
 //! The client side of the internal API: what one node calls on another.
 //!
-//! Built on reqwest (a pooled HTTP/1 client with connect and read timeouts). A pack is sent
-//! from its file as a stream (`Body::wrap` over the file's reader), never held in memory. The
-//! client speaks the highest version that both it and the peer accept: it starts with its own,
-//! and when a peer answers `unsupported_version` with an older range it retries once in the
-//! version they share, and keeps using it for that peer (see [`super::version`]).
+//! Built on reqwest (a pooled HTTP/1 client). Bodies stream both ways and are never held whole:
+//! a pack is sent from its file or from any stream of bytes ([`NodeClient::put_pack_stream`],
+//! [`NodeClient::append`]), and read as a stream ([`NodeClient::get_pack_stream`]), so a node
+//! can relay a pack between two others through memory alone.
+//!
+//! **Versions.** The client speaks the highest version that both it and the peer accept: it
+//! starts with its own, and when a peer answers `unsupported_version` with an older range it
+//! retries once in the version they share, and keeps using it for that peer (see
+//! [`super::version`]). A request with a streamed body cannot be sent twice, so the client first
+//! learns the peer's range (a `HEAD`) when it does not know it yet. A request that needs a newer
+//! version than the peer accepts (an append to a version-1 peer) fails with
+//! [`ClientError::PeerTooOld`] before a byte of its body is sent.
+//!
+//! **Timeouts.** Connecting fails after 2 s. Every call then has an idle timeout (30 s, or what
+//! [`NodeClient::with_idle_timeout`] says): a call fails with [`ClientError::Stalled`] once a
+//! whole idle timeout passed in which the connection took no piece of the outgoing body and
+//! no answer came (noticed within twice the timeout), and a body being read fails (`TimedOut`)
+//! when no byte comes for that long. So a peer that hangs (SIGSTOP) fails a call within about
+//! twice the idle timeout, while a slow but moving transfer of any size goes on. A caller that
+//! wants a total bound on a call wraps it in `tokio::time::timeout`; one that relays a stream
+//! (`get_pack_stream` into `put_pack_stream`) is bounded on both sides by each client's idle
+//! timeout.
 
+use std::io;
 use std::ops;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
-use http_body::Frame;
-use reqwest::{Method, RequestBuilder, Response, StatusCode, header};
+use futures::Stream;
+use futures::stream::BoxStream;
+use reqwest::{Method, Response, StatusCode, header};
 use tokio_util::io::ReaderStream;
 
+use super::append::{LENGTH_HEADER, OFFSET_HEADER};
 use super::auth::ClusterToken;
-use super::version::{ACCEPTS_HEADER, VERSION_HEADER, VersionRange};
+use super::receive::Received;
+use super::transfer::{Outgoing, Progress, Stalled, incoming, read_to_end, within_idle};
+use super::version::{ACCEPTS_HEADER, APPEND_VERSION, VERSION_HEADER, VersionRange};
 use crate::ServerSecret;
 use crate::pack::PackId;
 
-use super::receive::Received;
-
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a response may send nothing before the call fails.
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a call may go without moving a byte before it fails, unless told otherwise.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much of a pack file is read at a time when sending it.
 const SEND_CHUNK: usize = 256 * 1024;
+/// The largest error or JSON answer read from a peer.
+const MAX_SMALL_BODY: usize = 64 * 1024;
 
 /// Why a call to a peer failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,13 +59,28 @@ pub enum ClientError {
     Http(#[from] reqwest::Error),
     #[error("the peer refused the request ({status} {code}): {message}")]
     Refused { status: u16, code: String, message: String },
+    #[error("the peer holds {len} bytes of the pack, not as many as the append's offset")]
+    OffsetMismatch { len: u64 },
     #[error("the peer speaks internal API versions {theirs}, this node {ours}: no version in common")]
     NoCommonVersion { ours: VersionRange, theirs: VersionRange },
+    #[error("the peer speaks internal API versions {theirs}; this request needs version {needs}")]
+    PeerTooOld { needs: u32, theirs: VersionRange },
+    #[error("the peer took and sent nothing for {0:?}: it is hung or cut off")]
+    Stalled(Duration),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("the peer's answer is not what was asked for: {0}")]
     Unexpected(String),
 }
+
+impl From<Stalled> for ClientError {
+    fn from(Stalled(idle): Stalled) -> Self {
+        ClientError::Stalled(idle)
+    }
+}
+
+/// A stream of a pack's bytes, as [`NodeClient::get_pack_stream`] reads it.
+pub type PackStream = BoxStream<'static, Result<Bytes, io::Error>>;
 
 /// A client of one peer's internal API.
 #[derive(Debug)]
@@ -51,19 +88,40 @@ pub struct NodeClient {
     base: String,
     http: reqwest::Client,
     token: ClusterToken,
+    idle: Duration,
     version: AtomicU32,
+    /// The versions the peer said it accepts, once it said so.
+    peer: Mutex<Option<VersionRange>>,
+}
+
+/// What a request adds to its method and pack: headers, and a body sent once.
+#[derive(Default)]
+struct Extra {
+    headers: Vec<(&'static str, String)>,
+    body: Option<PackStream>,
 }
 
 impl NodeClient {
     /// A client of the peer whose internal API is at `base_url` (`http://host:port`), for the
-    /// cluster whose nodes share `secret`.
+    /// cluster whose nodes share `secret`, with the default idle timeout ([`IDLE_TIMEOUT`]).
     ///
     /// # Errors
     /// When the HTTP client cannot be built.
     pub fn new(base_url: &str, secret: &ServerSecret) -> Result<Self, ClientError> {
+        Self::with_idle_timeout(base_url, secret, IDLE_TIMEOUT)
+    }
+
+    /// A client as [`NodeClient::new`] makes, whose calls fail once nothing moved for `idle`.
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built.
+    pub fn with_idle_timeout(
+        base_url: &str,
+        secret: &ServerSecret,
+        idle: Duration,
+    ) -> Result<Self, ClientError> {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
             .tcp_nodelay(true)
             // The bearer token goes to the peer named, never through a proxy or a redirect.
             .no_proxy()
@@ -73,7 +131,9 @@ impl NodeClient {
             base: base_url.trim_end_matches('/').to_string(),
             http,
             token: ClusterToken::of(secret),
+            idle,
             version: AtomicU32::new(VersionRange::OURS.max),
+            peer: Mutex::new(None),
         })
     }
 
@@ -85,18 +145,28 @@ impl NodeClient {
     /// Sends the sealed pack `id` from the file at `path`.
     ///
     /// # Errors
+    /// As [`NodeClient::put_pack_stream`].
+    pub async fn put_pack(&self, id: PackId, path: &Path) -> Result<Received, ClientError> {
+        let file = tokio::fs::File::open(path).await?;
+        let len = file.metadata().await?.len();
+        self.put_pack_stream(id, len, ReaderStream::with_capacity(file, SEND_CHUNK)).await
+    }
+
+    /// Sends the sealed pack `id`, `len` bytes streamed from `body` (from a file, or from
+    /// another peer's [`NodeClient::get_pack_stream`]).
+    ///
+    /// # Errors
     /// [`ClientError::Refused`] with the peer's reason (`pack_conflict`, `invalid_pack`,
     /// `pack_too_large`, ...), or a transport error.
-    pub async fn put_pack(&self, id: PackId, path: &Path) -> Result<Received, ClientError> {
-        let response = self
-            .call(Method::PUT, id, |request| async move {
-                let file = tokio::fs::File::open(path).await?;
-                let len = file.metadata().await?.len();
-                let frames = ReaderStream::with_capacity(file, SEND_CHUNK).map_ok(Frame::data);
-                let body = reqwest::Body::wrap(http_body_util::StreamBody::new(frames));
-                Ok(request.header(header::CONTENT_LENGTH, len).body(body))
-            })
-            .await?;
+    pub async fn put_pack_stream(
+        &self,
+        id: PackId,
+        len: u64,
+        body: impl Stream<Item = Result<Bytes, io::Error>> + Send + 'static,
+    ) -> Result<Received, ClientError> {
+        let headers = vec![(header::CONTENT_LENGTH.as_str(), len.to_string())];
+        let extra = Extra { headers, body: Some(Box::pin(body)) };
+        let response = self.call(Method::PUT, id, 1, extra).await?;
         match response.status() {
             StatusCode::CREATED => Ok(Received::Created),
             StatusCode::OK => Ok(Received::AlreadyHeld),
@@ -104,12 +174,48 @@ impl NodeClient {
         }
     }
 
+    /// Appends the records streamed from `body` to pack `id` at the peer, at byte `offset` of
+    /// its copy (0: `body` starts with the pack header). Returns the copy's length, durable at
+    /// the peer. Needs a peer of version 2 or later.
+    ///
+    /// # Errors
+    /// [`ClientError::OffsetMismatch`] with the peer's length when it is shorter than `offset`;
+    /// [`ClientError::Refused`] with `not_writing`, `wrong_domain`, `damaged`, `pack_too_large`,
+    /// `storage_full`...; [`ClientError::PeerTooOld`]; or a transport error.
+    pub async fn append(
+        &self,
+        id: PackId,
+        offset: u64,
+        body: impl Stream<Item = Result<Bytes, io::Error>> + Send + 'static,
+    ) -> Result<u64, ClientError> {
+        let extra = Extra { headers: vec![(OFFSET_HEADER, offset.to_string())], body: Some(Box::pin(body)) };
+        let response = self.call(Method::PATCH, id, APPEND_VERSION, extra).await?;
+        let answer = read_to_end(incoming(response, self.idle), MAX_SMALL_BODY).await?;
+        let answer: serde_json::Value = serde_json::from_slice(&answer)
+            .map_err(|err| ClientError::Unexpected(format!("an append answered no JSON: {err}")))?;
+        answer["len"].as_u64().ok_or_else(|| ClientError::Unexpected(format!("an append answered {answer}")))
+    }
+
+    /// Pack `id` at the peer, as its length and a stream of its bytes.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `no_such_pack`, or a transport error; the stream fails
+    /// with the I/O error of a cut or stalled transfer.
+    pub async fn get_pack_stream(&self, id: PackId) -> Result<(u64, PackStream), ClientError> {
+        let response = self.call(Method::GET, id, 1, Extra::default()).await?;
+        if response.status() != StatusCode::OK {
+            return Err(ClientError::Unexpected(format!("a GET answered {}", response.status())));
+        }
+        let len = content_length(&response)?;
+        Ok((len, incoming(response, self.idle)))
+    }
+
     /// The length of pack `id` at the peer, or `None` when it does not hold it.
     ///
     /// # Errors
     /// [`ClientError`].
     pub async fn pack_len(&self, id: PackId) -> Result<Option<u64>, ClientError> {
-        let response = match self.call(Method::HEAD, id, |request| async move { Ok(request) }).await {
+        let response = match self.call(Method::HEAD, id, 1, Extra::default()).await {
             Err(ClientError::Refused { status: 404, .. }) => return Ok(None),
             response => response?,
         };
@@ -125,10 +231,8 @@ impl NodeClient {
             return Ok(Bytes::new());
         }
         let spec = format!("bytes={}-{}", range.start, range.end - 1);
-        let spec = spec.as_str();
-        let response = self
-            .call(Method::GET, id, |request| async move { Ok(request.header(header::RANGE, spec)) })
-            .await?;
+        let extra = Extra { headers: vec![(header::RANGE.as_str(), spec)], body: None };
+        let response = self.call(Method::GET, id, 1, extra).await?;
         if response.status() != StatusCode::PARTIAL_CONTENT {
             return Err(ClientError::Unexpected(format!("a range read answered {}", response.status())));
         }
@@ -140,18 +244,16 @@ impl NodeClient {
                 "a range read answered Content-Range {content_range:?}"
             )));
         }
-        if content_length(&response)? != range.end - range.start {
+        let len = range.end - range.start;
+        if content_length(&response)? != len {
             return Err(ClientError::Unexpected("a range read answered another length".into()));
         }
-        let bytes = response.bytes().await?;
-        if bytes.len() as u64 != range.end - range.start {
-            return Err(ClientError::Unexpected(format!(
-                "{} bytes for a range of {}",
-                bytes.len(),
-                range.end - range.start
-            )));
+        let limit = usize::try_from(len).unwrap_or(usize::MAX);
+        let bytes = read_to_end(incoming(response, self.idle), limit).await?;
+        if bytes.len() as u64 != len {
+            return Err(ClientError::Unexpected(format!("{} bytes for a range of {len}", bytes.len())));
         }
-        Ok(bytes)
+        Ok(bytes.into())
     }
 
     /// Deletes pack `id` at the peer; done as well when it did not hold it.
@@ -159,56 +261,111 @@ impl NodeClient {
     /// # Errors
     /// [`ClientError`].
     pub async fn delete_pack(&self, id: PackId) -> Result<(), ClientError> {
-        self.call(Method::DELETE, id, |request| async move { Ok(request) }).await.map(drop)
+        self.call(Method::DELETE, id, 1, Extra::default()).await.map(drop)
     }
 
-    /// Sends the request that `finish` completes, in the version the peer accepts: once more in
-    /// an older version when the peer refuses this one. Answers other than 2xx are errors.
-    async fn call<F, Fut>(&self, method: Method, id: PackId, finish: F) -> Result<Response, ClientError>
-    where
-        F: Fn(RequestBuilder) -> Fut,
-        Fut: Future<Output = Result<RequestBuilder, ClientError>>,
-    {
+    /// Sends a request on pack `id` that needs at least version `needs`, in the version the
+    /// peer accepts: once more in an older version when the peer refuses this one and the
+    /// request has no body. Answers other than 2xx are errors.
+    async fn call(
+        &self,
+        method: Method,
+        id: PackId,
+        needs: u32,
+        extra: Extra,
+    ) -> Result<Response, ClientError> {
+        let Extra { headers, mut body } = extra;
+        if body.is_some() {
+            self.learn_versions(id, needs).await?;
+        }
+        let replayable = body.is_none();
         let url = format!("{}/internal/v1/packs/{}", self.base, id.0);
         let mut retried = false;
         loop {
-            let version = self.version();
-            let request = self
+            let version = self.version().max(needs);
+            let mut request = self
                 .http
                 .request(method.clone(), &url)
                 .header(header::AUTHORIZATION, self.token.authorization())
                 .header(VERSION_HEADER, version);
-            let response = finish(request).await?.send().await?;
+            for (name, value) in &headers {
+                request = request.header(*name, value);
+            }
+            let progress = Progress::default();
+            if let Some(body) = body.take() {
+                request = request.body(reqwest::Body::wrap(Outgoing::new(body, progress.clone())));
+            }
+            let response = within_idle(self.idle, &progress, request.send()).await??;
             let theirs = response
                 .headers()
                 .get(ACCEPTS_HEADER)
                 .and_then(|value| value.to_str().ok())
                 .and_then(VersionRange::parse);
+            if let Some(theirs) = theirs {
+                self.peer_accepts(theirs);
+            }
             if response.status().is_success() {
-                if let Some(common) = theirs.and_then(|theirs| VersionRange::OURS.common(theirs)) {
-                    self.version.store(common, Ordering::Relaxed);
-                }
                 return Ok(response);
             }
-            let refused = refusal(response).await;
-            let ClientError::Refused { code, .. } = &refused else { return Err(refused) };
-            if code != "unsupported_version" || retried {
-                return Err(refused);
-            }
-            let Some(theirs) = theirs else { return Err(refused) };
+            let refused = self.refusal(response).await;
+            // Refused for its version (a HEAD's refusal has no body to say so).
+            let Some(theirs) = theirs.filter(|theirs| !theirs.accepts(version)) else { return Err(refused) };
             let ours = VersionRange::OURS;
             let common = ours.common(theirs).ok_or(ClientError::NoCommonVersion { ours, theirs })?;
-            if common == version {
+            if common < needs {
+                return Err(ClientError::PeerTooOld { needs, theirs });
+            }
+            if common == version || retried || !replayable {
                 return Err(refused);
             }
-            self.version.store(common, Ordering::Relaxed);
             retried = true;
         }
     }
-}
 
-/// The largest error body read from a peer.
-const MAX_ERROR_BODY: usize = 64 * 1024;
+    /// Makes sure the peer's versions are known, and that it accepts `needs`, before a body
+    /// that cannot be sent twice goes out.
+    async fn learn_versions(&self, id: PackId, needs: u32) -> Result<(), ClientError> {
+        if self.known_peer().is_none() {
+            match Box::pin(self.call(Method::HEAD, id, 1, Extra::default())).await {
+                Ok(_) | Err(ClientError::Refused { .. }) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        match self.known_peer() {
+            Some(theirs) if VersionRange::OURS.common(theirs).is_none_or(|common| common < needs) => {
+                Err(ClientError::PeerTooOld { needs, theirs })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn known_peer(&self) -> Option<VersionRange> {
+        *self.peer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records the versions the peer accepts, and speaks the highest both accept from now on.
+    fn peer_accepts(&self, theirs: VersionRange) {
+        *self.peer.lock().unwrap_or_else(PoisonError::into_inner) = Some(theirs);
+        if let Some(common) = VersionRange::OURS.common(theirs) {
+            self.version.store(common, Ordering::Relaxed);
+        }
+    }
+
+    /// The error a refusal carries (`{"error": {"code", "message"}}`), or its status alone.
+    async fn refusal(&self, response: Response) -> ClientError {
+        let status = response.status().as_u16();
+        let length =
+            response.headers().get(LENGTH_HEADER).and_then(|value| value.to_str().ok()?.parse().ok());
+        // An error body is small; a peer that sends more is not read past this.
+        let body = read_to_end(incoming(response, self.idle), MAX_SMALL_BODY).await.unwrap_or_default();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let field = |name: &str| body["error"][name].as_str().unwrap_or_default().to_string();
+        match length {
+            Some(len) if field("code") == "offset_mismatch" => ClientError::OffsetMismatch { len },
+            _ => ClientError::Refused { status, code: field("code"), message: field("message") },
+        }
+    }
+}
 
 fn content_length(response: &Response) -> Result<u64, ClientError> {
     response
@@ -218,76 +375,126 @@ fn content_length(response: &Response) -> Result<u64, ClientError> {
         .ok_or_else(|| ClientError::Unexpected("no Content-Length".into()))
 }
 
-/// The error a refusal carries (`{"error": {"code", "message"}}`), or its status alone.
-async fn refusal(mut response: Response) -> ClientError {
-    let status = response.status().as_u16();
-    // An error body is small; a peer that sends more is not read past this.
-    let mut body = Vec::new();
-    while let Ok(Some(chunk)) = response.chunk().await {
-        body.extend_from_slice(&chunk);
-        if body.len() > MAX_ERROR_BODY {
-            body.clear();
-            break;
-        }
-    }
-    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let field = |name: &str| body["error"][name].as_str().unwrap_or_default().to_string();
-    ClientError::Refused { status, code: field("code"), message: field("message") }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::http::HeaderMap;
 
+    type Log = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
     /// A peer that accepts only `accepts` and says so, as a node of another build would; it
-    /// answers `DELETE` with 204 and records the versions it was sent.
-    async fn peer(accepts: &'static str) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    /// answers whatever it accepts with 204 (an append with `{"len": 0}`) and records the
+    /// methods and versions it was sent.
+    async fn peer(accepts: &'static str) -> (String, Log) {
+        let seen = Log::default();
         let log = seen.clone();
-        let handler = move |headers: HeaderMap| {
+        let handler = move |method: Method, headers: HeaderMap| {
             let log = log.clone();
             async move {
                 let sent =
                     headers.get(VERSION_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-                log.lock().expect("log").push(sent.clone());
+                log.lock().expect("log").push(format!("{method} {sent}"));
                 let ok = sent
                     .parse()
                     .ok()
                     .is_some_and(|v| VersionRange::parse(accepts).expect("range").accepts(v));
-                let status = if ok { StatusCode::NO_CONTENT } else { StatusCode::BAD_REQUEST };
-                let body = if ok {
-                    String::new()
-                } else {
-                    r#"{"error":{"code":"unsupported_version","message":"no"}}"#.into()
+                let (status, body) = match (ok, method) {
+                    (true, Method::PATCH) => (StatusCode::OK, r#"{"len":0}"#),
+                    (true, _) => (StatusCode::NO_CONTENT, ""),
+                    (false, _) => (
+                        StatusCode::BAD_REQUEST,
+                        r#"{"error":{"code":"unsupported_version","message":"no"}}"#,
+                    ),
                 };
                 (status, [(ACCEPTS_HEADER, accepts)], body)
             }
         };
-        let app = axum::Router::new().route("/internal/v1/packs/{id}", axum::routing::delete(handler));
+        let app = axum::Router::new().route("/internal/v1/packs/{id}", axum::routing::any(handler));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         tokio::spawn(async move { axum::serve(listener, app).await });
         (url, seen)
     }
 
+    fn seen(log: &Log) -> Vec<String> {
+        log.lock().expect("log").clone()
+    }
+
+    fn some_bytes() -> impl Stream<Item = Result<Bytes, io::Error>> + Send + 'static {
+        futures::stream::iter([Ok(Bytes::from_static(b"records"))])
+    }
+
     #[tokio::test]
     async fn the_client_speaks_a_version_the_peer_accepts_or_says_there_is_none() {
         let secret = ServerSecret::from_bytes([2; 32]);
         // A peer of the same build, and one a version ahead that still accepts ours.
-        for accepts in ["1-1", "1-2"] {
-            let (url, seen) = peer(accepts).await;
+        for (accepts, version) in [("1-2", 2), ("1-3", 2)] {
+            let (url, log) = peer(accepts).await;
             let client = NodeClient::new(&url, &secret).expect("client");
             client.delete_pack(PackId(1)).await.expect("DELETE");
-            assert_eq!(client.version(), 1);
-            assert_eq!(*seen.lock().expect("log"), ["1"]);
+            assert_eq!(client.version(), version);
+            assert_eq!(seen(&log), ["DELETE 2"]);
         }
+        // A peer a version behind: the client moves down once, and stays there.
+        let (url, log) = peer("1-1").await;
+        let client = NodeClient::new(&url, &secret).expect("client");
+        client.delete_pack(PackId(1)).await.expect("DELETE");
+        client.delete_pack(PackId(2)).await.expect("DELETE");
+        assert_eq!(client.version(), 1);
+        assert_eq!(seen(&log), ["DELETE 2", "DELETE 1", "DELETE 1"]);
         // A peer two versions ahead, which no longer accepts ours: one try, a clear error.
-        let (url, seen) = peer("3-4").await;
+        let (url, log) = peer("3-4").await;
         let client = NodeClient::new(&url, &secret).expect("client");
         let err = client.delete_pack(PackId(1)).await.expect_err("no common version");
         assert!(matches!(err, ClientError::NoCommonVersion { .. }), "{err}");
         assert!(err.to_string().contains("3-4"), "{err}");
-        assert_eq!(*seen.lock().expect("log"), ["1"]);
+        assert_eq!(seen(&log), ["DELETE 2"]);
+    }
+
+    #[tokio::test]
+    async fn an_append_needs_a_peer_of_version_2_and_sends_its_body_once() {
+        let secret = ServerSecret::from_bytes([2; 32]);
+        let (url, log) = peer("1-1").await;
+        let client = NodeClient::new(&url, &secret).expect("client");
+        let err = client.append(PackId(1), 0, some_bytes()).await.expect_err("a version-1 peer");
+        assert!(matches!(err, ClientError::PeerTooOld { needs: 2, .. }), "{err}");
+        assert!(err.to_string().contains("needs version 2"), "{err}");
+        // The peer's versions were learned without the body; the append was never sent.
+        assert_eq!(seen(&log), ["HEAD 2", "HEAD 1"]);
+        client.append(PackId(1), 0, some_bytes()).await.expect_err("again");
+        assert_eq!(seen(&log).len(), 2, "known to be too old: nothing sent");
+
+        let (url, log) = peer("1-2").await;
+        let client = NodeClient::new(&url, &secret).expect("client");
+        assert_eq!(client.append(PackId(1), 0, some_bytes()).await.expect("append"), 0);
+        assert_eq!(client.append(PackId(1), 0, some_bytes()).await.expect("append"), 0);
+        assert_eq!(seen(&log), ["HEAD 2", "PATCH 2", "PATCH 2"]);
+    }
+
+    #[tokio::test]
+    async fn a_hung_peer_fails_a_streaming_call_within_the_idle_timeout() {
+        // A peer that answers HEAD, then takes an append's head and never reads its body nor
+        // answers: what a SIGSTOPped node looks like once the kernel's buffers are full.
+        let hang = |method: Method| async move {
+            if method == Method::PATCH {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            (StatusCode::NOT_FOUND, [(ACCEPTS_HEADER, "1-2")], "")
+        };
+        let app = axum::Router::new().route("/internal/v1/packs/{id}", axum::routing::any(hang));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let idle = Duration::from_millis(300);
+        let client =
+            NodeClient::with_idle_timeout(&url, &ServerSecret::from_bytes([2; 32]), idle).expect("client");
+        let endless = futures::stream::repeat_with(|| Ok(Bytes::from(vec![7u8; 64 * 1024])));
+        let started = std::time::Instant::now();
+        let result =
+            tokio::time::timeout(Duration::from_secs(20), client.append(PackId(1), 0, endless)).await;
+        let err = result.expect("the call ends by itself").expect_err("a hung peer");
+        assert!(matches!(err, ClientError::Stalled(_)), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
     }
 }

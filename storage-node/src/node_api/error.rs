@@ -3,9 +3,10 @@
 //! answered without their details.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use super::append::{AppendError, LENGTH_HEADER};
 use super::receive::ReceiveError;
 
 /// A refusal with a stable machine `code` and a `message` for people.
@@ -29,6 +30,27 @@ pub(crate) fn refused_transfer(err: ReceiveError) -> Response {
         ReceiveError::Conflict(_) => (StatusCode::CONFLICT, "pack_conflict"),
         ReceiveError::StorageFull => (StatusCode::INSUFFICIENT_STORAGE, "storage_full"),
         ReceiveError::Io { .. } => return internal(err),
+    };
+    refuse(status, code, err)
+}
+
+/// The refusal of an append; an offset that is not the pack's length names that length.
+pub(crate) fn refused_append(err: AppendError) -> Response {
+    let (status, code) = match &err {
+        AppendError::NotWriting(_) => (StatusCode::CONFLICT, "not_writing"),
+        AppendError::WrittenHere(_) => (StatusCode::CONFLICT, "written_here"),
+        AppendError::WrongDomain(_) => (StatusCode::FORBIDDEN, "wrong_domain"),
+        AppendError::OffsetMismatch { len } => {
+            let len = *len;
+            let mut refused = refuse(StatusCode::CONFLICT, "offset_mismatch", err);
+            refused.headers_mut().insert(LENGTH_HEADER, HeaderValue::from(len));
+            return refused;
+        }
+        AppendError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "pack_too_large"),
+        AppendError::BodyCut(_) => (StatusCode::BAD_REQUEST, "incomplete_body"),
+        AppendError::Damaged(_) => (StatusCode::UNPROCESSABLE_ENTITY, "damaged"),
+        AppendError::StorageFull => (StatusCode::INSUFFICIENT_STORAGE, "storage_full"),
+        AppendError::Io { .. } | AppendError::Catalog(_) => return internal(err),
     };
     refuse(status, code, err)
 }

@@ -1,18 +1,31 @@
 //! The internal node API: how the nodes of one cluster move packs between them.
 //!
-//! Served on a listener of its own (`--internal-listen`), never on the public port:
+//! Served on a listener of its own (`--internal-listen`), never on the public port. The routes,
+//! by the protocol version that brought them (a node accepts versions 1 and 2):
 //!
+//! Version 1:
 //! - `PUT /internal/v1/packs/{id}`: a whole sealed pack, streamed into a temporary file,
 //!   fsynced, verified record by record and only then linked into place; `201` when stored,
 //!   `200` when the same bytes were already held, `409` when other bytes are ([`receive`]);
 //! - `GET /internal/v1/packs/{id}`: the pack, or one byte range of it (`Range`, `206`, `416`);
 //!   `HEAD` gives its length; `DELETE` removes it (idempotent) ([`packs`]).
 //!
+//! Version 2 (version 1 routes unchanged):
+//! - `PATCH /internal/v1/packs/{id}` with `Silo-Pack-Offset: N`: appends the streamed records
+//!   at byte `N` of this node's copy of a pack being written, only while the catalog records a
+//!   `writing` replica of it here and only records of the pack's domain; `200 {"len": L}` once
+//!   durable, `409 offset_mismatch` with `Silo-Pack-Length` when the copy is shorter than `N`,
+//!   `422 damaged` (nothing kept), `403 wrong_domain`, `409 not_writing` ([`append`]). A
+//!   request in version 1 is refused as `unsupported_version`.
+//!
 //! Every request presents the cluster token ([`auth`]) and names its protocol version
 //! ([`version`]). Pack ids in paths are canonical positive integers ([`pack_id`]), and a pack
-//! larger than [`pack_size_limit`] is refused with `413`. [`NodeClient`] is the other side. Next,
-//! replicated writes stream each pack to its replicas through it, and repair copies packs.
+//! larger than [`pack_size_limit`] is refused with `413`. [`NodeClient`] is the other side: it
+//! sends packs from files or streams, appends, and reads packs as streams, so that a node can
+//! relay a pack through memory. Replicated writes append to each replica with it, and repair
+//! copies packs with it.
 
+mod append;
 mod auth;
 mod client;
 mod error;
@@ -20,11 +33,15 @@ mod pack_id;
 mod packs;
 mod receive;
 mod server;
+mod tee;
+mod transfer;
 mod verify;
 pub mod version;
+mod writing;
 
+pub use append::{LENGTH_HEADER, OFFSET_HEADER};
 pub use auth::ClusterToken;
-pub use client::{ClientError, NodeClient};
+pub use client::{ClientError, IDLE_TIMEOUT, NodeClient, PackStream};
 pub use pack_id::parse_pack_id;
 pub use packs::{PackRead, ReadError};
 pub use receive::{ReceiveError, Received, receive_pack};

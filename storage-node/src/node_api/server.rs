@@ -1,12 +1,11 @@
-//! The internal API's routes on axum. Handlers parse the request, call [`super::receive`] or
-//! [`super::packs`] and answer; one middleware in front of every route (and of the fallback,
+//! The internal API's routes on axum. Handlers parse the request, call [`super::receive`],
+//! [`super::append`] or [`super::packs`] and answer; one middleware in front of every route (and of the fallback,
 //! so unknown paths are not revealed either) checks the cluster token, then the version, and
 //! stamps every answer with this node's version and accepted range.
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
@@ -14,14 +13,18 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::put;
+use axum::{Json, Router};
 use tokio_util::io::ReaderStream;
 
+use super::append::{self, Append, OFFSET_HEADER, PackLocks, parse_offset};
 use super::auth::{ClusterToken, presents};
-use super::error::{internal, refuse, refused_transfer};
+use super::error::{internal, refuse, refused_append, refused_transfer};
 use super::pack_id::parse_pack_id;
 use super::packs::{self, ReadError};
 use super::receive::{self, Received};
-use super::version::{ACCEPTS_HEADER, MAX_VERSION, VERSION_HEADER, VersionRange, parse_version};
+use super::version::{
+    ACCEPTS_HEADER, APPEND_VERSION, MAX_VERSION, VERSION_HEADER, VersionRange, parse_version,
+};
 use crate::ServerSecret;
 use crate::pack::PackId;
 use crate::store::ChunkStore;
@@ -38,8 +41,11 @@ pub struct NodeApi {
     secret: ServerSecret,
     token_digest: [u8; 32],
     max_pack_bytes: u64,
-    /// This node's chunk store, whose live packs a peer may not delete.
+    /// This node's chunk store, whose live packs a peer may not delete and whose catalog says
+    /// which packs peers may append to.
     store: Option<ChunkStore>,
+    /// Serializes the appends to each pack.
+    locks: PackLocks,
 }
 
 impl NodeApi {
@@ -47,10 +53,19 @@ impl NodeApi {
     /// (Transfers a crash left unfinished were swept when the chunk store opened.)
     pub fn new(packs_dir: &FsPath, secret: ServerSecret, max_pack_bytes: u64) -> Self {
         let token_digest = ClusterToken::of(&secret).digest();
-        NodeApi { packs_dir: packs_dir.to_path_buf(), secret, token_digest, max_pack_bytes, store: None }
+        NodeApi {
+            packs_dir: packs_dir.to_path_buf(),
+            secret,
+            token_digest,
+            max_pack_bytes,
+            store: None,
+            locks: PackLocks::default(),
+        }
     }
 
-    /// Refuses DELETE of the packs `store` still needs (recorded on this node, not retired).
+    /// Refuses DELETE of the packs `store` still needs (recorded on this node, not retired), and
+    /// takes appends to the packs its catalog records a `writing` replica of on this node
+    /// (without a store, every append is refused).
     pub fn protecting(mut self, store: ChunkStore) -> Self {
         self.store = Some(store);
         self
@@ -60,7 +75,10 @@ impl NodeApi {
     pub fn router(self) -> Router {
         let api = Arc::new(self);
         Router::new()
-            .route(PACK_ROUTE, put(put_pack).get(get_pack).head(head_pack).delete(delete_pack))
+            .route(
+                PACK_ROUTE,
+                put(put_pack).get(get_pack).head(head_pack).delete(delete_pack).patch(append_to_pack),
+            )
             .fallback(not_found)
             .layer(axum::middleware::from_fn_with_state(api.clone(), guard))
             .with_state(api)
@@ -119,9 +137,7 @@ async fn put_pack(
     body: Body,
 ) -> Result<StatusCode, Response> {
     let id = pack_id(segment).ok_or_else(invalid_pack_id)?;
-    let declared =
-        headers.get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > api.max_pack_bytes) {
+    if declared_length(&headers).is_some_and(|len| len > api.max_pack_bytes) {
         return Err(refused_transfer(receive::ReceiveError::TooLarge { limit: api.max_pack_bytes }));
     }
     let stream = body.into_data_stream();
@@ -132,6 +148,44 @@ async fn put_pack(
         Received::Created => Ok(StatusCode::CREATED),
         Received::AlreadyHeld => Ok(StatusCode::OK),
     }
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
+}
+
+async fn append_to_pack(
+    State(api): Api,
+    segment: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<serde_json::Value>, Response> {
+    let id = pack_id(segment).ok_or_else(invalid_pack_id)?;
+    let version = headers.get(VERSION_HEADER).and_then(|value| value.to_str().ok()).and_then(parse_version);
+    if version.is_none_or(|version| version < APPEND_VERSION) {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "unsupported_version",
+            format!("appends need internal API version {APPEND_VERSION} or later"),
+        ));
+    }
+    let offset = headers.get(OFFSET_HEADER).and_then(|value| value.to_str().ok()).and_then(parse_offset);
+    let offset = offset.ok_or_else(|| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_offset",
+            "Silo-Pack-Offset is 0 or the pack's length here (past its 32-byte header), in decimal digits",
+        )
+    })?;
+    let limit = api.max_pack_bytes;
+    if declared_length(&headers).is_some_and(|len| offset.saturating_add(len) > limit) {
+        return Err(refused_append(append::AppendError::TooLarge { limit }));
+    }
+    let append = Append { dir: api.packs_dir.clone(), id, offset, limit, secret: api.secret.clone() };
+    let len = append::append(api.store.as_ref(), &api.locks, append, body.into_data_stream())
+        .await
+        .map_err(refused_append)?;
+    Ok(Json(serde_json::json!({ "len": len })))
 }
 
 async fn get_pack(

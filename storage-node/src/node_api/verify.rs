@@ -61,8 +61,9 @@ pub fn verify_pack_file(path: &Path, expected: PackId, secret: &ServerSecret) ->
     Ok(VerifiedPack { len, records })
 }
 
-/// Reads one record's stored bytes from `reader` and checks them against `record`.
-fn check_record(
+/// Reads one record's stored bytes from `reader` and checks them against `record` (appends check
+/// their records with it too, as they stream).
+pub(super) fn check_record(
     reader: &mut impl BufRead,
     record: &RecordHeader,
     secret: &ServerSecret,

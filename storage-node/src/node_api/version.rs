@@ -7,13 +7,19 @@
 //! upgrade: a server of N+1 keeps accepting N, and a client speaks the highest version that both
 //! it and the peer accept, so a new client speaks N to an old peer (and moves up once the peer
 //! answers with a newer range).
+//!
+//! A route that a version introduced needs at least that version: such a request in an older
+//! one is refused like an unknown version, so a client learns that the peer is too old for it
+//! rather than that the route is missing ([`APPEND_VERSION`]).
 
 use std::fmt;
 
 /// The oldest version this node accepts.
 pub const MIN_VERSION: u32 = 1;
 /// The version this node speaks.
-pub const MAX_VERSION: u32 = 1;
+pub const MAX_VERSION: u32 = 2;
+/// The version that introduced appends to a pack being written (`PATCH`).
+pub const APPEND_VERSION: u32 = 2;
 /// The request header that names the version a request speaks, and the response header that
 /// names the server's version.
 pub const VERSION_HEADER: &str = "silo-internal-version";
