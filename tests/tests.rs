@@ -8,6 +8,7 @@ mod common;
 
 mod backups;
 mod catalog_dr;
+mod cluster;
 mod databases;
 mod front_door;
 mod node_api;
