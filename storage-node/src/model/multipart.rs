@@ -55,6 +55,14 @@ pub struct Chosen {
     pub etag: String,
 }
 
+/// A completion as remembered for its retries: the parts it named (number and ETag, as
+/// named) and the ETag it answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completed {
+    pub named: Vec<(i32, String)>,
+    pub etag: String,
+}
+
 const PARTS: &str = "SELECT part_number, object_id, etag, size, last_modified \
                      FROM multipart_parts WHERE upload_id = $1 ORDER BY part_number";
 
@@ -79,8 +87,8 @@ pub async fn create(pool: &CatalogPool, upload: NewUpload<'_>) -> Result<(), Mod
     bucket::lock_in(&txn, upload.target.bucket, upload.target.id).await?;
     txn.execute(
         "INSERT INTO multipart_uploads (id, bucket, key, tenant_id, content_type, content_disposition, \
-                                        cache_control, user_metadata) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb)",
+                                        cache_control, user_metadata, content_encoding, content_language, expires) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10, $11)",
         &[
             &upload.id,
             &upload.target.bucket,
@@ -90,6 +98,9 @@ pub async fn create(pool: &CatalogPool, upload: NewUpload<'_>) -> Result<(), Mod
             &upload.headers.content_disposition,
             &upload.headers.cache_control,
             &metadata,
+            &upload.headers.content_encoding,
+            &upload.headers.content_language,
+            &upload.headers.expires,
         ],
     )
     .await?;
@@ -111,17 +122,13 @@ pub async fn find(
     let client = pool.get().await?;
     let row = client
         .query_opt(
-            "SELECT content_type, content_disposition, cache_control, user_metadata::text FROM multipart_uploads \
+            "SELECT content_type, content_disposition, cache_control, user_metadata::text, content_encoding, \
+                    content_language, expires FROM multipart_uploads \
              WHERE id = $1 AND bucket = $2 AND key = $3 AND tenant_id = $4",
             &[&id, &bucket, &key, &tenant.0],
         )
         .await?;
-    Ok(row.map(|row| ObjectHeaders {
-        content_type: row.get(0),
-        content_disposition: row.get(1),
-        cache_control: row.get(2),
-        metadata: serde_json::from_str(row.get::<_, &str>(3)).unwrap_or_default(),
-    }))
+    Ok(row.map(|row| ObjectHeaders::from_row(&row, 0)))
 }
 
 /// Commits `ingested` as part `number` of upload `id`, replacing (and releasing) an earlier
@@ -147,6 +154,8 @@ pub async fn store_part(
         return Err(ModelError::UploadGone);
     }
     let object = store.commit(&txn, ingested).await?;
+    // The tenant's row, locked by the commit, orders two uploads of one part: the last to
+    // commit wins and releases the other's object.
     let previous: Option<i64> = txn
         .query_opt(
             "SELECT object_id FROM multipart_parts WHERE upload_id = $1 AND part_number = $2 FOR UPDATE",
@@ -179,7 +188,8 @@ pub async fn parts(pool: &CatalogPool, id: &str) -> Result<Vec<PartRow>, StoreEr
 
 /// Completes upload `id` of `tenant` into `target`: `choose` picks the parts (from those
 /// stored, read under the upload's exclusive lock) and names the ETag; their manifests are
-/// concatenated into one object bound to the key with `headers`, and the upload goes.
+/// concatenated into one object bound to the key with `headers`, and the upload goes. The
+/// completion is remembered with the parts it `named`, for [`find_completed`].
 ///
 /// # Errors
 /// What `choose` refuses; [`ModelError::UploadGone`]; see [`bucket::lock_in`].
@@ -187,6 +197,7 @@ pub async fn complete<E>(
     store: &ChunkStore,
     tenant: TenantId,
     id: &str,
+    named: &[(i32, String)],
     target: Target<'_>,
     headers: &ObjectHeaders,
     choose: impl FnOnce(&[PartRow]) -> Result<Chosen, E>,
@@ -210,8 +221,42 @@ where
     object::bind_in(&txn, store, tenant, &target, &chosen.etag, headers, object)
         .await
         .map_err(ModelError::from)?;
+    let named = serde_json::to_string(named).unwrap_or_else(|_| "[]".into());
+    txn.execute(
+        "INSERT INTO completed_uploads (id, tenant_id, bucket, key, parts, etag) \
+         VALUES ($1, $2, $3, $4, $5::text::jsonb, $6)",
+        &[&id, &tenant.0, &target.bucket, &target.key, &named, &chosen.etag],
+    )
+    .await
+    .map_err(ModelError::from)?;
     txn.commit().await.map_err(ModelError::from)?;
     Ok(())
+}
+
+/// The completion of upload `id`, when it completed into `bucket`/`key` of `tenant` and is
+/// still remembered.
+///
+/// # Errors
+/// Catalog errors.
+pub async fn find_completed(
+    pool: &CatalogPool,
+    id: &str,
+    bucket: &str,
+    key: &str,
+    tenant: TenantId,
+) -> Result<Option<Completed>, StoreError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_opt(
+            "SELECT parts::text, etag FROM completed_uploads \
+             WHERE id = $1 AND bucket = $2 AND key = $3 AND tenant_id = $4",
+            &[&id, &bucket, &key, &tenant.0],
+        )
+        .await?;
+    Ok(row.map(|row| Completed {
+        named: serde_json::from_str(row.get::<_, &str>(0)).unwrap_or_default(),
+        etag: row.get(1),
+    }))
 }
 
 /// Aborts upload `id` of `tenant`: its parts are deleted, and GC reclaims their chunks.
@@ -318,12 +363,19 @@ pub async fn list(
         .collect())
 }
 
-/// Aborts the uploads started longer than `older_than` ago. Returns how many.
+/// Aborts the uploads started longer than `older_than` ago, and forgets the completions
+/// older than that. Returns how many uploads it aborted.
 ///
 /// # Errors
 /// Catalog and store errors.
 pub async fn abort_stale(store: &ChunkStore, older_than: Duration) -> Result<u64, StoreError> {
     let client = store.catalog().get().await?;
+    client
+        .execute(
+            "DELETE FROM completed_uploads WHERE completed < now() - make_interval(secs => $1)",
+            &[&older_than.as_secs_f64()],
+        )
+        .await?;
     let stale = client
         .query(
             "SELECT id, tenant_id FROM multipart_uploads WHERE initiated < now() - make_interval(secs => $1)",

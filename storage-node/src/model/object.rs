@@ -30,6 +30,10 @@ pub struct ObjectHeaders {
     pub content_type: Option<String>,
     pub content_disposition: Option<String>,
     pub cache_control: Option<String>,
+    /// A real content coding (gzip, say); never `aws-chunked`, which is the transfer's.
+    pub content_encoding: Option<String>,
+    pub content_language: Option<String>,
+    pub expires: Option<OffsetDateTime>,
     pub metadata: HashMap<String, String>,
 }
 
@@ -37,6 +41,21 @@ impl ObjectHeaders {
     /// The user metadata as the catalog's `jsonb` column takes it.
     pub(crate) fn metadata_json(&self) -> String {
         serde_json::to_string(&self.metadata).unwrap_or_else(|_| "{}".into())
+    }
+
+    /// The headers in `row` from column `at` on, in the order `content_type,
+    /// content_disposition, cache_control, user_metadata::text, content_encoding,
+    /// content_language, expires`.
+    pub(crate) fn from_row(row: &tokio_postgres::Row, at: usize) -> ObjectHeaders {
+        ObjectHeaders {
+            content_type: row.get(at),
+            content_disposition: row.get(at + 1),
+            cache_control: row.get(at + 2),
+            metadata: serde_json::from_str(row.get::<_, &str>(at + 3)).unwrap_or_default(),
+            content_encoding: row.get(at + 4),
+            content_language: row.get(at + 5),
+            expires: row.get(at + 6),
+        }
     }
 }
 
@@ -92,7 +111,8 @@ pub async fn lookup(pool: &CatalogPool, bucket: &str, key: &str) -> Result<Optio
     let row = client
         .query_opt(
             "SELECT b.id, b.tenant_id, b.public_read, s.object_id, s.etag, o.size, s.last_modified, \
-                    s.content_type, s.content_disposition, s.cache_control, s.user_metadata::text \
+                    s.content_type, s.content_disposition, s.cache_control, s.user_metadata::text, \
+                    s.content_encoding, s.content_language, s.expires \
              FROM buckets b LEFT JOIN s3_objects s ON s.bucket = b.name AND s.key = $2 \
              LEFT JOIN objects o ON o.id = s.object_id \
              WHERE b.name = $1",
@@ -107,12 +127,7 @@ pub async fn lookup(pool: &CatalogPool, bucket: &str, key: &str) -> Result<Optio
             etag: row.get(4),
             size: row.get::<_, i64>(5) as u64,
             last_modified: row.get(6),
-            headers: ObjectHeaders {
-                content_type: row.get(7),
-                content_disposition: row.get(8),
-                cache_control: row.get(9),
-                metadata: serde_json::from_str(row.get::<_, &str>(10)).unwrap_or_default(),
-            },
+            headers: ObjectHeaders::from_row(&row, 7),
         });
         Lookup { bucket, object }
     }))
@@ -170,12 +185,13 @@ pub async fn bind_in(
     let modified = txn
         .query_one(
             "INSERT INTO s3_objects (bucket, key, object_id, etag, content_type, content_disposition, \
-                                     cache_control, user_metadata) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb) \
+                                     cache_control, user_metadata, content_encoding, content_language, expires) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10, $11) \
              ON CONFLICT (bucket, key) DO UPDATE SET object_id = EXCLUDED.object_id, etag = EXCLUDED.etag, \
                 content_type = EXCLUDED.content_type, content_disposition = EXCLUDED.content_disposition, \
                 cache_control = EXCLUDED.cache_control, user_metadata = EXCLUDED.user_metadata, \
-                last_modified = now() \
+                content_encoding = EXCLUDED.content_encoding, content_language = EXCLUDED.content_language, \
+                expires = EXCLUDED.expires, last_modified = now() \
              RETURNING last_modified",
             &[
                 &bucket,
@@ -186,6 +202,9 @@ pub async fn bind_in(
                 &headers.content_disposition,
                 &headers.cache_control,
                 &metadata,
+                &headers.content_encoding,
+                &headers.content_language,
+                &headers.expires,
             ],
         )
         .await?

@@ -16,6 +16,7 @@ mod auth;
 mod bucket;
 mod error;
 pub mod guard;
+mod integrity;
 mod list;
 mod multipart;
 mod object;

@@ -3,16 +3,16 @@
 //! parts, and orders a part that races a completion or an abort).
 
 use md5::Digest;
-use s3s::{S3Result, s3_error};
+use s3s::{S3ErrorCode, S3Result, s3_error};
 
 use super::SiloS3;
 use super::bucket::Intent;
+use super::integrity::Incoming;
 use super::object::check_key;
 use crate::TenantId;
 use crate::model::ModelError;
 use crate::model::multipart::{self as model, Chosen, NewUpload, PartRow, UploadEntry};
 use crate::model::object::{ObjectHeaders, Target};
-use crate::store::PutOptions;
 
 /// S3's smallest part, except for the last one.
 const MIN_PART_BYTES: i64 = 5 * 1024 * 1024;
@@ -69,27 +69,22 @@ impl SiloS3 {
         self.upload(caller, bucket, key, id).await.map(|_| ())
     }
 
-    /// Stores one part (replacing an earlier upload of the same part). Returns its ETag.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn upload_part_for<R>(
+    /// Stores one part (replacing an earlier upload of the same part) once its claims are
+    /// checked. Returns its ETag.
+    pub(crate) async fn upload_part_for(
         &self,
         caller: Option<TenantId>,
         bucket: &str,
         key: &str,
         id: &str,
         number: i32,
-        body: R,
-        content_length: Option<i64>,
-    ) -> S3Result<String>
-    where
-        R: tokio::io::AsyncRead + Unpin + Send + 'static,
-    {
+        body: Incoming,
+    ) -> S3Result<String> {
         if !(1..=10_000).contains(&number) {
             return Err(s3_error!(InvalidArgument, "part numbers run from 1 to 10000"));
         }
         let tenant = self.upload(caller, bucket, key, id).await?.tenant;
-        let options = PutOptions { expected_len: content_length.map(|len| len.max(0) as u64), md5: true };
-        let ingested = self.store.ingest(tenant, body, options).await?;
+        let ingested = self.ingest_checked(tenant, body).await?;
         let etag = hex::encode(ingested.md5().unwrap_or_default());
         let stored = model::store_part(&self.store, tenant, id, number, &ingested, &etag).await;
         if stored.is_err() {
@@ -109,7 +104,8 @@ impl SiloS3 {
     }
 
     /// Completes the upload with `requested` parts (number and ETag, ascending). Returns the
-    /// object's ETag, S3's `md5(part md5s)-N`.
+    /// object's ETag, S3's `md5(part md5s)-N`. A completion repeated with the same parts after
+    /// it succeeded (a retry whose answer was lost) answers the same ETag, as on AWS.
     pub(crate) async fn complete_upload(
         &self,
         caller: Option<TenantId>,
@@ -118,22 +114,36 @@ impl SiloS3 {
         id: &str,
         requested: &[(i32, String)],
     ) -> S3Result<String> {
-        let upload = self.upload(caller, bucket, key, id).await?;
-        if requested.is_empty() {
-            return Err(s3_error!(MalformedXML, "a completion lists at least one part"));
+        let completion = async {
+            let upload = self.upload(caller, bucket, key, id).await?;
+            if requested.is_empty() {
+                return Err(s3_error!(MalformedXML, "a completion lists at least one part"));
+            }
+            // A number may be named twice in a row (both uploads of a part uploaded twice).
+            if requested.windows(2).any(|w| w[0].0 > w[1].0) {
+                return Err(s3_error!(InvalidPartOrder));
+            }
+            let target = Target { bucket, id: upload.bucket_id, key };
+            let mut etag = String::new();
+            model::complete(&self.store, upload.tenant, id, requested, target, &upload.headers, |stored| {
+                let chosen = choose_parts(stored, requested)?;
+                etag = chosen.etag.clone();
+                Ok::<_, s3s::S3Error>(chosen)
+            })
+            .await?;
+            Ok(etag)
+        };
+        let err = match completion.await {
+            Err(err) if *err.code() == S3ErrorCode::NoSuchUpload => err,
+            other => return other,
+        };
+        // Gone: completed before, perhaps, by the request this one repeats.
+        let tenant = caller.ok_or_else(|| s3_error!(AccessDenied))?;
+        self.bucket(caller, bucket, Intent::Write).await?;
+        match model::find_completed(self.pool(), id, bucket, key, tenant).await? {
+            Some(completed) if same_parts(&completed.named, requested) => Ok(completed.etag),
+            _ => Err(err),
         }
-        if requested.windows(2).any(|w| w[0].0 >= w[1].0) {
-            return Err(s3_error!(InvalidPartOrder));
-        }
-        let target = Target { bucket, id: upload.bucket_id, key };
-        let mut etag = String::new();
-        model::complete(&self.store, upload.tenant, id, target, &upload.headers, |stored| {
-            let chosen = choose_parts(stored, requested)?;
-            etag = chosen.etag.clone();
-            Ok::<_, s3s::S3Error>(chosen)
-        })
-        .await?;
-        Ok(etag)
     }
 
     /// Aborts the upload: its parts are deleted, and GC reclaims their chunks.
@@ -161,20 +171,30 @@ impl SiloS3 {
     }
 }
 
+/// Whether two completions name the same parts (ETags compared without their quotes).
+fn same_parts(a: &[(i32, String)], b: &[(i32, String)]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(a, b)| a.0 == b.0 && a.1.trim_matches('"') == b.1.trim_matches('"'))
+}
+
 /// The parts of `stored` that a completion's `requested` list (number and ETag, ascending)
-/// names, with the completed object's ETag, S3's `md5(part md5s)-N`. Every part but the last
-/// must be at least 5 MiB.
+/// names, with the completed object's ETag, S3's `md5(part md5s)-N`. A number named more than
+/// once (a part uploaded twice, each upload named) takes its last upload, the one stored, if
+/// one of the ETags is its. Every part but the last must be at least 5 MiB.
 fn choose_parts(stored: &[PartRow], requested: &[(i32, String)]) -> S3Result<Chosen> {
     let mut chosen = Vec::with_capacity(requested.len());
-    for (i, (number, etag)) in requested.iter().enumerate() {
+    for named in requested.chunk_by(|a, b| a.0 == b.0) {
+        let number = named[0].0;
         let part = stored
             .iter()
-            .find(|part| part.number == *number && part.etag == etag.trim_matches('"'))
+            .find(|part| {
+                part.number == number && named.iter().any(|(_, etag)| part.etag == etag.trim_matches('"'))
+            })
             .ok_or_else(|| s3_error!(InvalidPart, "part {number} was not uploaded with that ETag"))?;
-        if i + 1 < requested.len() && part.size < MIN_PART_BYTES {
-            return Err(s3_error!(EntityTooSmall, "every part but the last must be at least 5 MiB"));
-        }
         chosen.push(part);
+    }
+    if chosen.iter().rev().skip(1).any(|part| part.size < MIN_PART_BYTES) {
+        return Err(s3_error!(EntityTooSmall, "every part but the last must be at least 5 MiB"));
     }
     let mut md5 = md5::Md5::new();
     for part in &chosen {

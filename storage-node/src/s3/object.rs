@@ -14,26 +14,25 @@ use time::OffsetDateTime;
 
 use super::SiloS3;
 use super::bucket::Intent;
+use super::integrity::Incoming;
 use crate::TenantId;
 use crate::model::object::{self as model, Binding, ObjectHeaders, ObjectRow, Target};
-use crate::store::{PutOptions, StoreError};
+use crate::store::StoreError;
 
 /// The longest key S3 accepts, in bytes of UTF-8.
 const MAX_KEY_BYTES: usize = 1024;
 
-/// The headers of a PUT, a multipart creation or a replacing copy.
-pub(crate) fn headers_of_request(
-    content_type: Option<String>,
-    content_disposition: Option<String>,
-    cache_control: Option<String>,
-    metadata: Option<s3s::dto::Metadata>,
-) -> ObjectHeaders {
-    ObjectHeaders {
-        content_type,
-        content_disposition,
-        cache_control,
-        metadata: metadata.unwrap_or_default().into_iter().collect(),
-    }
+/// A request's `Content-Encoding` without `aws-chunked` (the transfer's coding, which s3s has
+/// already undone): what is left is the object's own coding, if any.
+pub(crate) fn real_encoding(content_encoding: Option<String>) -> Option<String> {
+    let codings: Vec<&str> = content_encoding
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("aws-chunked"))
+        .collect();
+    (!codings.is_empty()).then(|| codings.join(","))
 }
 
 pub(crate) fn check_key(key: &str) -> S3Result<()> {
@@ -57,22 +56,20 @@ impl SiloS3 {
         found.and_then(|found| found.object).ok_or_else(|| s3_error!(NoSuchKey))
     }
 
-    /// Streams `body` into the store and binds it to `bucket`/`key`, replacing (and
-    /// releasing) any object there, in one transaction. Returns the ETag.
+    /// Streams `body` into the store, checks its claims, and binds it to `bucket`/`key`,
+    /// replacing (and releasing) any object there, in one transaction. Returns the ETag.
     pub(crate) async fn put_object_for(
         &self,
         caller: Option<TenantId>,
         bucket: &str,
         key: &str,
-        body: Option<s3s::dto::StreamingBlob>,
-        content_length: Option<i64>,
+        body: Incoming,
         headers: ObjectHeaders,
     ) -> S3Result<String> {
         let tenant = caller.ok_or_else(|| s3_error!(AccessDenied))?;
         let found = self.bucket(caller, bucket, Intent::Write).await?;
         check_key(key)?;
-        let options = PutOptions { expected_len: content_length.map(|len| len.max(0) as u64), md5: true };
-        let ingested = self.store.ingest(tenant, body_reader(body), options).await?;
+        let ingested = self.ingest_checked(tenant, body).await?;
         let etag = hex::encode(ingested.md5().unwrap_or_default());
         let target = Target { bucket, id: found.id, key };
         let bound = model::bind(&self.store, tenant, target, &etag, &headers, Binding::New(&ingested)).await;
@@ -260,7 +257,7 @@ mod tests {
     use s3s::dto::{ETag, ETagCondition, Timestamp};
     use time::macros::datetime;
 
-    use super::{Conditions, check_conditions};
+    use super::{Conditions, check_conditions, real_encoding};
     use crate::TenantId;
     use crate::model::object::{ObjectHeaders, ObjectRow};
     use crate::store::ObjectId;
@@ -291,6 +288,16 @@ mod tests {
             Ok(()) => "ok".into(),
             Err(err) => err.code().as_str().to_owned(),
         }
+    }
+
+    #[test]
+    fn aws_chunked_is_no_content_encoding_of_the_object() {
+        assert_eq!(real_encoding(None), None);
+        assert_eq!(real_encoding(Some("aws-chunked".into())), None);
+        assert_eq!(real_encoding(Some("gzip".into())), Some("gzip".into()));
+        assert_eq!(real_encoding(Some("aws-chunked, gzip".into())), Some("gzip".into()));
+        assert_eq!(real_encoding(Some("gzip,AWS-CHUNKED".into())), Some("gzip".into()));
+        assert_eq!(real_encoding(Some("gzip, br".into())), Some("gzip,br".into()));
     }
 
     #[test]

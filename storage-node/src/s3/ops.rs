@@ -4,9 +4,10 @@ use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 
 use super::bucket::Intent;
-use super::object::{Conditions, body_reader, etag_of, headers_of_request, into_reader};
+use super::integrity::{Claims, Incoming};
+use super::object::{Conditions, body_reader, etag_of, into_reader, real_encoding};
 use super::{SiloS3, caller, region};
-use crate::model::object::ObjectRow;
+use crate::model::object::{ObjectHeaders, ObjectRow};
 
 /// The conditional headers of a GET or a HEAD input (two types with the same fields).
 macro_rules! conditions_of {
@@ -16,6 +17,22 @@ macro_rules! conditions_of {
             if_unmodified_since: $input.if_unmodified_since.as_ref(),
             if_none_match: $input.if_none_match.as_ref(),
             if_modified_since: $input.if_modified_since.as_ref(),
+        }
+    };
+}
+
+/// The headers a PutObject, a replacing CopyObject or a CreateMultipartUpload input (three
+/// types with the same fields) stores with the object; their fields are moved out.
+macro_rules! headers_of {
+    ($input:expr) => {
+        ObjectHeaders {
+            content_type: $input.content_type,
+            content_disposition: $input.content_disposition,
+            cache_control: $input.cache_control,
+            content_encoding: real_encoding($input.content_encoding),
+            content_language: $input.content_language,
+            expires: $input.expires.map(time::OffsetDateTime::from),
+            metadata: $input.metadata.unwrap_or_default().into_iter().collect(),
         }
     };
 }
@@ -32,11 +49,20 @@ macro_rules! object_output {
             content_type: row.headers.content_type.clone(),
             content_disposition: row.headers.content_disposition.clone(),
             cache_control: row.headers.cache_control.clone(),
+            content_encoding: row.headers.content_encoding.clone(),
+            content_language: row.headers.content_language.clone(),
+            expires: row.headers.expires.map(Timestamp::from),
             metadata: Some(row.headers.metadata.clone().into_iter().collect()),
             $($field: $value,)*
             ..Default::default()
         }
     }};
+}
+
+/// The request's `Content-MD5` as sent: s3s takes an empty one for none, which AWS refuses
+/// (a value that is not text counts as empty).
+fn content_md5(headers: &http::HeaderMap) -> Option<&str> {
+    headers.get("content-md5").map(|value| value.to_str().unwrap_or_default())
 }
 
 fn token_to_key(token: &str) -> S3Result<String> {
@@ -113,22 +139,18 @@ impl S3 for SiloS3 {
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
         let tenant = caller(&req.extensions);
         let input = req.input;
-        let headers = headers_of_request(
-            input.content_type,
-            input.content_disposition,
-            input.cache_control,
-            input.metadata,
-        );
-        let etag = self
-            .put_object_for(tenant, &input.bucket, &input.key, input.body, input.content_length, headers)
-            .await?;
+        let headers = headers_of!(input);
+        let claims = Claims::new(content_md5(&req.headers))?;
+        let body = Incoming { reader: body_reader(input.body), length: input.content_length, claims };
+        let etag = self.put_object_for(tenant, &input.bucket, &input.key, body, headers).await?;
         Ok(S3Response::new(PutObjectOutput { e_tag: Some(ETag::Strong(etag)), ..Default::default() }))
     }
 
     async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
-        let input = req.input;
+        let mut input = req.input;
+        let tenant = caller(&req.extensions);
         let conditions = conditions_of!(input);
-        let row = self.object_if(caller(&req.extensions), &input.bucket, &input.key, conditions).await?;
+        let row = self.object_if(tenant, &input.bucket, &input.key, conditions).await?;
         let range = match &input.range {
             Some(range) => Some(range.check(row.size).map_err(|_| s3_error!(InvalidRange))?),
             None => None,
@@ -137,11 +159,12 @@ impl S3 for SiloS3 {
         let body = self.open_body(&row, span.clone()).await?;
         let content_range =
             range.map(|r| format!("bytes {}-{}/{}", r.start, r.end.saturating_sub(1), row.size));
-        let output = object_output!(GetObjectOutput, &row,
+        let mut output = object_output!(GetObjectOutput, &row,
             body: Some(StreamingBlob::new(body)),
             content_length: Some((span.end - span.start) as i64),
             content_range: content_range,
         );
+        override_headers(&mut output, &mut input, tenant.is_none())?;
         Ok(S3Response::new(output))
     }
 
@@ -198,16 +221,7 @@ impl S3 for SiloS3 {
         let source = self.object(tenant, source_bucket, source_key).await?;
         let replace =
             input.metadata_directive.as_ref().is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
-        let headers = if replace {
-            headers_of_request(
-                input.content_type,
-                input.content_disposition,
-                input.cache_control,
-                input.metadata,
-            )
-        } else {
-            source.headers.clone()
-        };
+        let headers = if replace { headers_of!(input) } else { source.headers.clone() };
         let (etag, modified) =
             self.copy_object_for(tenant, &source, &input.bucket, &input.key, headers).await?;
         let result = CopyObjectResult {
@@ -224,12 +238,7 @@ impl S3 for SiloS3 {
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let tenant = caller(&req.extensions);
         let input = req.input;
-        let headers = headers_of_request(
-            input.content_type,
-            input.content_disposition,
-            input.cache_control,
-            input.metadata,
-        );
+        let headers = headers_of!(input);
         let id = self.create_upload(tenant, &input.bucket, &input.key, headers).await?;
         let output = CreateMultipartUploadOutput {
             bucket: Some(input.bucket),
@@ -243,17 +252,10 @@ impl S3 for SiloS3 {
     async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
         let tenant = caller(&req.extensions);
         let input = req.input;
-        let body = body_reader(input.body);
+        let claims = Claims::new(content_md5(&req.headers))?;
+        let body = Incoming { reader: body_reader(input.body), length: input.content_length, claims };
         let etag = self
-            .upload_part_for(
-                tenant,
-                &input.bucket,
-                &input.key,
-                &input.upload_id,
-                input.part_number,
-                body,
-                input.content_length,
-            )
+            .upload_part_for(tenant, &input.bucket, &input.key, &input.upload_id, input.part_number, body)
             .await?;
         Ok(S3Response::new(UploadPartOutput { e_tag: Some(ETag::Strong(etag)), ..Default::default() }))
     }
@@ -277,16 +279,9 @@ impl S3 for SiloS3 {
         };
         let reader = into_reader(self.open_body(&source, range.clone()).await?);
         let length = Some((range.end - range.start) as i64);
+        let body = Incoming { reader, length, claims: Claims::default() };
         let etag = self
-            .upload_part_for(
-                tenant,
-                &input.bucket,
-                &input.key,
-                &input.upload_id,
-                input.part_number,
-                reader,
-                length,
-            )
+            .upload_part_for(tenant, &input.bucket, &input.key, &input.upload_id, input.part_number, body)
             .await?;
         let result = CopyPartResult { e_tag: Some(ETag::Strong(etag)), ..Default::default() };
         Ok(S3Response::new(UploadPartCopyOutput { copy_part_result: Some(result), ..Default::default() }))
@@ -452,6 +447,38 @@ impl S3 for SiloS3 {
         };
         Ok(S3Response::new(output))
     }
+}
+
+/// Applies a GET's `response-*` overrides to its output. AWS refuses them on anonymous
+/// requests (400 InvalidRequest), and so does Silo.
+fn override_headers(
+    output: &mut GetObjectOutput,
+    input: &mut GetObjectInput,
+    anonymous: bool,
+) -> S3Result<()> {
+    let overrides = [
+        (input.response_cache_control.take(), &mut output.cache_control),
+        (input.response_content_disposition.take(), &mut output.content_disposition),
+        (input.response_content_encoding.take(), &mut output.content_encoding),
+        (input.response_content_language.take(), &mut output.content_language),
+        (input.response_content_type.take(), &mut output.content_type),
+    ];
+    let expires = input.response_expires.take();
+    if anonymous && (expires.is_some() || overrides.iter().any(|(value, _)| value.is_some())) {
+        return Err(s3_error!(
+            InvalidRequest,
+            "Request specific response headers cannot be used for anonymous GET requests."
+        ));
+    }
+    for (value, field) in overrides {
+        if value.is_some() {
+            *field = value;
+        }
+    }
+    if expires.is_some() {
+        output.expires = expires;
+    }
+    Ok(())
 }
 
 /// `bytes=first-last` of an UploadPartCopy (both given, as S3 wants), within the source's
