@@ -9,7 +9,10 @@ use std::time::Duration;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, ChecksumMode, ChecksumType, CompletedMultipartUpload, CompletedPart, ObjectAttributes,
+    StorageClass,
+};
 use base64::Engine;
 use common::{Silo, noise, scratch, silo_cli_json};
 use md5::{Digest, Md5};
@@ -281,4 +284,165 @@ async fn stored_headers_come_back_on_get_and_head_and_response_overrides_apply()
     let refused = http.get(format!("{page}?response-content-type=text/plain")).send().await.expect("get");
     assert_eq!(refused.status(), 400, "anonymous response-* overrides are refused");
     assert!(refused.text().await.expect("body").contains("InvalidRequest"));
+}
+
+/// CRC-32 (ISO-HDLC, as S3's CRC32), bit by bit: the test's own reference.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for byte in bytes {
+        crc ^= u32::from(*byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+fn base64_crc32(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(crc32(bytes).to_be_bytes())
+}
+
+#[tokio::test]
+async fn additional_checksums_are_checked_stored_and_returned() {
+    assert_eq!(crc32(b"123456789"), 0xCBF4_3926, "the reference CRC-32");
+    let fx = Fixture::start("integrity_checksums").await;
+    let a = &fx.client;
+    a.create_bucket().bucket("sums").send().await.expect("create bucket");
+    let body = noise(300_000, 21);
+
+    // The SDK sends a CRC32 by default (in memory: a header; from a file: an aws-chunked trailer).
+    a.put_object()
+        .bucket("sums")
+        .key("memory")
+        .body(ByteStream::from(body.clone()))
+        .send()
+        .await
+        .expect("put");
+    let file = fx._tmp.path().join("body.bin");
+    std::fs::write(&file, &body).expect("write file");
+    let streamed = ByteStream::from_path(&file).await.expect("file body");
+    a.put_object().bucket("sums").key("streamed").body(streamed).send().await.expect("streamed put");
+    for key in ["memory", "streamed"] {
+        let head = a.head_object().bucket("sums").key(key).checksum_mode(ChecksumMode::Enabled).send().await;
+        let head = head.expect("head");
+        assert_eq!(head.checksum_crc32(), Some(base64_crc32(&body).as_str()), "{key}");
+        assert_eq!(head.checksum_type(), Some(&ChecksumType::FullObject), "{key}");
+        let plain = a.head_object().bucket("sums").key(key).send().await.expect("head");
+        assert_eq!(plain.checksum_crc32(), None, "only with x-amz-checksum-mode: ENABLED");
+        // The SDK checks the body it gets against the checksum Silo returns.
+        let get = a.get_object().bucket("sums").key(key).checksum_mode(ChecksumMode::Enabled).send().await;
+        let got = get.expect("get").body.collect().await.expect("validated body").into_bytes();
+        assert_eq!(got.as_ref(), body.as_slice());
+    }
+    let sha = a
+        .put_object()
+        .bucket("sums")
+        .key("sha")
+        .body(ByteStream::from(body.clone()))
+        .checksum_algorithm(ChecksumAlgorithm::Sha256)
+        .send()
+        .await
+        .expect("put with SHA-256");
+    let get = a.get_object().bucket("sums").key("sha").checksum_mode(ChecksumMode::Enabled).send().await;
+    let get = get.expect("get");
+    assert!(get.checksum_sha256().is_some() && get.checksum_sha256() == sha.checksum_sha256(), "{get:?}");
+    get.body.collect().await.expect("the SDK validates the SHA-256");
+
+    let before = fx.objects();
+    let wrong = a
+        .put_object()
+        .bucket("sums")
+        .key("wrong")
+        .body(ByteStream::from(body.clone()))
+        .checksum_crc32(base64_crc32(b"other bytes"))
+        .send()
+        .await;
+    assert_eq!(failure(wrong), ("BadDigest".into(), 400));
+    assert_eq!(fx.objects(), before, "nothing is stored");
+
+    // Multipart, composite CRC32: the CRC32 of the parts' CRC32s, "-2".
+    let (one, two) = (noise(5 << 20, 22), noise(1000, 23));
+    let create = a
+        .create_multipart_upload()
+        .bucket("sums")
+        .key("composite")
+        .checksum_algorithm(ChecksumAlgorithm::Crc32);
+    let id = create.send().await.expect("create").upload_id.expect("id");
+    let mut parts = Vec::new();
+    for (number, bytes) in [(1, &one), (2, &two)] {
+        let part = a.upload_part().bucket("sums").key("composite").upload_id(&id).part_number(number);
+        let part = part.checksum_algorithm(ChecksumAlgorithm::Crc32).body(ByteStream::from(bytes.clone()));
+        let uploaded = part.send().await.expect("part");
+        assert_eq!(uploaded.checksum_crc32(), Some(base64_crc32(bytes).as_str()));
+        parts.push(
+            CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(uploaded.e_tag)
+                .set_checksum_crc32(uploaded.checksum_crc32)
+                .build(),
+        );
+    }
+    let wrong_part = a.upload_part().bucket("sums").key("composite").upload_id(&id).part_number(3);
+    let wrong_part =
+        wrong_part.checksum_crc32(base64_crc32(b"x")).body(ByteStream::from(two.clone())).send().await;
+    assert_eq!(failure(wrong_part), ("BadDigest".into(), 400));
+    let done = CompletedMultipartUpload::builder().set_parts(Some(parts)).build();
+    let complete = a.complete_multipart_upload().bucket("sums").key("composite").upload_id(&id);
+    let completed = complete.multipart_upload(done).send().await.expect("complete");
+    let raw = [crc32(&one).to_be_bytes(), crc32(&two).to_be_bytes()].concat();
+    let composite = format!("{}-2", base64_crc32(&raw));
+    assert_eq!(completed.checksum_crc32(), Some(composite.as_str()));
+    assert_eq!(completed.checksum_type(), Some(&ChecksumType::Composite));
+    let head =
+        a.head_object().bucket("sums").key("composite").checksum_mode(ChecksumMode::Enabled).send().await;
+    assert_eq!(head.expect("head").checksum_crc32(), Some(composite.as_str()));
+
+    let attributes = a
+        .get_object_attributes()
+        .bucket("sums")
+        .key("composite")
+        .object_attributes(ObjectAttributes::Etag)
+        .object_attributes(ObjectAttributes::Checksum)
+        .object_attributes(ObjectAttributes::ObjectParts)
+        .object_attributes(ObjectAttributes::ObjectSize)
+        .object_attributes(ObjectAttributes::StorageClass)
+        .send()
+        .await
+        .expect("GetObjectAttributes");
+    assert_eq!(attributes.object_size(), Some((one.len() + two.len()) as i64));
+    assert_eq!(attributes.storage_class(), Some(&StorageClass::Standard));
+    assert!(attributes.e_tag().is_some_and(|etag| etag.trim_matches('"').ends_with("-2")), "{attributes:?}");
+    assert_eq!(attributes.checksum().and_then(|sum| sum.checksum_crc32()), Some(composite.as_str()));
+    let object_parts = attributes.object_parts().expect("parts");
+    assert_eq!(object_parts.total_parts_count(), Some(2));
+    let sizes: Vec<_> = object_parts.parts().iter().map(|part| (part.part_number(), part.size())).collect();
+    assert_eq!(sizes, [(Some(1), Some(one.len() as i64)), (Some(2), Some(two.len() as i64))]);
+    assert_eq!(object_parts.parts()[1].checksum_crc32(), Some(base64_crc32(&two).as_str()));
+
+    // Multipart, full-object CRC32: the whole body's CRC32, checked against the one claimed.
+    let create = a
+        .create_multipart_upload()
+        .bucket("sums")
+        .key("full")
+        .checksum_algorithm(ChecksumAlgorithm::Crc32)
+        .checksum_type(ChecksumType::FullObject);
+    let id = create.send().await.expect("create").upload_id.expect("id");
+    let mut parts = Vec::new();
+    for (number, bytes) in [(1, &one), (2, &two)] {
+        let part = a.upload_part().bucket("sums").key("full").upload_id(&id).part_number(number);
+        let uploaded = part.body(ByteStream::from(bytes.clone())).send().await.expect("part");
+        parts.push(CompletedPart::builder().part_number(number).set_e_tag(uploaded.e_tag).build());
+    }
+    let whole = [one.as_slice(), two.as_slice()].concat();
+    let complete = |claimed: String| {
+        let done = CompletedMultipartUpload::builder().set_parts(Some(parts.clone())).build();
+        let call = a.complete_multipart_upload().bucket("sums").key("full").upload_id(&id);
+        call.multipart_upload(done).checksum_type(ChecksumType::FullObject).checksum_crc32(claimed).send()
+    };
+    assert_eq!(failure(complete(base64_crc32(b"not it")).await), ("BadDigest".into(), 400));
+    let completed = complete(base64_crc32(&whole)).await.expect("complete");
+    assert_eq!(completed.checksum_crc32(), Some(base64_crc32(&whole).as_str()));
+    let get = a.get_object().bucket("sums").key("full").checksum_mode(ChecksumMode::Enabled).send().await;
+    let got = get.expect("get").body.collect().await.expect("validated body").into_bytes();
+    assert_eq!(got.as_ref(), whole.as_slice());
 }

@@ -14,7 +14,9 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio_postgres::Transaction;
 
-use super::object::{self, ObjectHeaders, Target};
+use super::object::{
+    self, ChecksumAlgorithm, ChecksumKind, ObjectHeaders, ObjectPart, StoredChecksum, Target,
+};
 use super::{ModelError, bucket};
 use crate::TenantId;
 use crate::catalog::CatalogPool;
@@ -28,6 +30,8 @@ pub struct PartRow {
     pub etag: String,
     pub size: i64,
     pub last_modified: OffsetDateTime,
+    /// In its upload's checksum algorithm, base64.
+    pub checksum: Option<String>,
 }
 
 /// An upload in progress, as a bucket's listing shows it.
@@ -46,6 +50,15 @@ pub struct NewUpload<'a> {
     /// Where the completed object goes.
     pub target: Target<'a>,
     pub headers: &'a ObjectHeaders,
+    /// The checksum its parts and object get.
+    pub checksum: Option<(ChecksumAlgorithm, ChecksumKind)>,
+}
+
+/// An upload in progress as found: the headers its object gets, and its checksum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundUpload {
+    pub headers: ObjectHeaders,
+    pub checksum: Option<(ChecksumAlgorithm, ChecksumKind)>,
 }
 
 /// The parts a completion takes, in order, and the completed object's ETag.
@@ -53,6 +66,9 @@ pub struct NewUpload<'a> {
 pub struct Chosen {
     pub parts: Vec<ObjectId>,
     pub etag: String,
+    /// The object's checksum, and its parts as GetObjectAttributes shows them.
+    pub checksum: Option<StoredChecksum>,
+    pub listed: Vec<ObjectPart>,
 }
 
 /// A completion as remembered for its retries: the parts it named (number and ETag, as
@@ -61,9 +77,10 @@ pub struct Chosen {
 pub struct Completed {
     pub named: Vec<(i32, String)>,
     pub etag: String,
+    pub checksum: Option<StoredChecksum>,
 }
 
-const PARTS: &str = "SELECT part_number, object_id, etag, size, last_modified \
+const PARTS: &str = "SELECT part_number, object_id, etag, size, last_modified, checksum \
                      FROM multipart_parts WHERE upload_id = $1 ORDER BY part_number";
 
 fn part_row(row: &tokio_postgres::Row) -> PartRow {
@@ -73,6 +90,7 @@ fn part_row(row: &tokio_postgres::Row) -> PartRow {
         etag: row.get(2),
         size: row.get(3),
         last_modified: row.get(4),
+        checksum: row.get(5),
     }
 }
 
@@ -87,8 +105,9 @@ pub async fn create(pool: &CatalogPool, upload: NewUpload<'_>) -> Result<(), Mod
     bucket::lock_in(&txn, upload.target.bucket, upload.target.id).await?;
     txn.execute(
         "INSERT INTO multipart_uploads (id, bucket, key, tenant_id, content_type, content_disposition, \
-                                        cache_control, user_metadata, content_encoding, content_language, expires) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10, $11)",
+                                        cache_control, user_metadata, content_encoding, content_language, expires, \
+                                        checksum_algorithm, checksum_type) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10, $11, $12, $13)",
         &[
             &upload.id,
             &upload.target.bucket,
@@ -101,6 +120,8 @@ pub async fn create(pool: &CatalogPool, upload: NewUpload<'_>) -> Result<(), Mod
             &upload.headers.content_encoding,
             &upload.headers.content_language,
             &upload.headers.expires,
+            &upload.checksum.map(|c| c.0),
+            &upload.checksum.map(|c| c.1),
         ],
     )
     .await?;
@@ -108,7 +129,7 @@ pub async fn create(pool: &CatalogPool, upload: NewUpload<'_>) -> Result<(), Mod
     Ok(())
 }
 
-/// The headers of upload `id`, when it is `bucket`/`key`'s and `tenant`'s.
+/// Upload `id`, when it is `bucket`/`key`'s and `tenant`'s.
 ///
 /// # Errors
 /// Catalog errors.
@@ -118,21 +139,24 @@ pub async fn find(
     bucket: &str,
     key: &str,
     tenant: TenantId,
-) -> Result<Option<ObjectHeaders>, StoreError> {
+) -> Result<Option<FoundUpload>, StoreError> {
     let client = pool.get().await?;
     let row = client
         .query_opt(
             "SELECT content_type, content_disposition, cache_control, user_metadata::text, content_encoding, \
-                    content_language, expires FROM multipart_uploads \
+                    content_language, expires, checksum_algorithm, checksum_type FROM multipart_uploads \
              WHERE id = $1 AND bucket = $2 AND key = $3 AND tenant_id = $4",
             &[&id, &bucket, &key, &tenant.0],
         )
         .await?;
-    Ok(row.map(|row| ObjectHeaders::from_row(&row, 0)))
+    Ok(row.map(|row| {
+        let checksum = row.get::<_, Option<ChecksumAlgorithm>>(7).zip(row.get::<_, Option<ChecksumKind>>(8));
+        FoundUpload { headers: ObjectHeaders::from_row(&row, 0), checksum }
+    }))
 }
 
-/// Commits `ingested` as part `number` of upload `id`, replacing (and releasing) an earlier
-/// upload of the same part.
+/// Commits `ingested` as part `number` of upload `id` (with its `checksum` in the upload's
+/// algorithm), replacing (and releasing) an earlier upload of the same part.
 ///
 /// # Errors
 /// [`ModelError::UploadGone`] when the upload was completed or aborted meanwhile (the part is
@@ -143,7 +167,7 @@ pub async fn store_part(
     id: &str,
     number: i32,
     ingested: &Ingested,
-    etag: &str,
+    (etag, checksum): (&str, Option<&str>),
 ) -> Result<(), ModelError> {
     let mut client = store.catalog().get().await?;
     let txn = client.transaction().await?;
@@ -164,10 +188,11 @@ pub async fn store_part(
         .await?
         .map(|row| row.get(0));
     txn.execute(
-        "INSERT INTO multipart_parts (upload_id, part_number, object_id, etag, size) VALUES ($1, $2, $3, $4, $5) \
+        "INSERT INTO multipart_parts (upload_id, part_number, object_id, etag, size, checksum) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
          ON CONFLICT (upload_id, part_number) DO UPDATE SET object_id = EXCLUDED.object_id, \
-            etag = EXCLUDED.etag, size = EXCLUDED.size, last_modified = now()",
-        &[&id, &number, &object.id.0, &etag, &(object.size as i64)],
+            etag = EXCLUDED.etag, size = EXCLUDED.size, checksum = EXCLUDED.checksum, last_modified = now()",
+        &[&id, &number, &object.id.0, &etag, &(object.size as i64), &checksum],
     )
     .await?;
     if let Some(previous) = previous {
@@ -216,16 +241,36 @@ where
     let stored: Vec<PartRow> =
         txn.query(PARTS, &[&id]).await.map_err(ModelError::from)?.iter().map(part_row).collect();
     let chosen = choose(&stored)?;
+    let headers = &ObjectHeaders { checksum: chosen.checksum.clone(), ..headers.clone() };
     let object = store.concat_in(&txn, tenant, &chosen.parts, None).await.map_err(ModelError::from)?;
     drop_in(&txn, store, tenant, id).await.map_err(ModelError::from)?;
     object::bind_in(&txn, store, tenant, &target, &chosen.etag, headers, object)
         .await
         .map_err(ModelError::from)?;
-    let named = serde_json::to_string(named).unwrap_or_else(|_| "[]".into());
+    let listed = serde_json::to_string(&chosen.listed).unwrap_or_else(|_| "[]".into());
     txn.execute(
-        "INSERT INTO completed_uploads (id, tenant_id, bucket, key, parts, etag) \
-         VALUES ($1, $2, $3, $4, $5::text::jsonb, $6)",
-        &[&id, &tenant.0, &target.bucket, &target.key, &named, &chosen.etag],
+        "UPDATE s3_objects SET parts = $3::text::jsonb WHERE bucket = $1 AND key = $2",
+        &[&target.bucket, &target.key, &listed],
+    )
+    .await
+    .map_err(ModelError::from)?;
+    let named = serde_json::to_string(named).unwrap_or_else(|_| "[]".into());
+    let checksum = chosen.checksum.as_ref();
+    txn.execute(
+        "INSERT INTO completed_uploads (id, tenant_id, bucket, key, parts, etag, checksum_algorithm, \
+                                        checksum_type, checksum) \
+         VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7, $8, $9)",
+        &[
+            &id,
+            &tenant.0,
+            &target.bucket,
+            &target.key,
+            &named,
+            &chosen.etag,
+            &checksum.map(|c| c.algorithm),
+            &checksum.map(|c| c.kind),
+            &checksum.map(|c| c.value.as_str()),
+        ],
     )
     .await
     .map_err(ModelError::from)?;
@@ -248,7 +293,7 @@ pub async fn find_completed(
     let client = pool.get().await?;
     let row = client
         .query_opt(
-            "SELECT parts::text, etag FROM completed_uploads \
+            "SELECT parts::text, etag, checksum_algorithm, checksum_type, checksum FROM completed_uploads \
              WHERE id = $1 AND bucket = $2 AND key = $3 AND tenant_id = $4",
             &[&id, &bucket, &key, &tenant.0],
         )
@@ -256,6 +301,7 @@ pub async fn find_completed(
     Ok(row.map(|row| Completed {
         named: serde_json::from_str(row.get::<_, &str>(0)).unwrap_or_default(),
         etag: row.get(1),
+        checksum: StoredChecksum::from_row(&row, 2),
     }))
 }
 

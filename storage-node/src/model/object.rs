@@ -24,6 +24,55 @@ pub struct ObjectRow {
     pub headers: ObjectHeaders,
 }
 
+crate::text_enum!(
+    /// The algorithm of an additional checksum (`x-amz-checksum-*`), as S3 names it.
+    ChecksumAlgorithm {
+        Crc32 => "CRC32",
+        Crc32c => "CRC32C",
+        Crc64Nvme => "CRC64NVME",
+        Sha1 => "SHA1",
+        Sha256 => "SHA256",
+    }
+);
+
+crate::text_enum!(
+    /// What an additional checksum covers.
+    ChecksumKind {
+        /// The object's bytes (a single PUT, or a multipart upload's CRCs combined).
+        FullObject => "FULL_OBJECT",
+        /// The parts' checksums, concatenated (a multipart upload's; the value ends in `-N`).
+        Composite => "COMPOSITE",
+    }
+);
+
+/// An object's additional checksum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredChecksum {
+    pub algorithm: ChecksumAlgorithm,
+    pub kind: ChecksumKind,
+    /// Base64, as S3 shows it.
+    pub value: String,
+}
+
+impl StoredChecksum {
+    /// The checksum in `row` from column `at` on (`checksum_algorithm, checksum_type,
+    /// checksum`), when all three are set.
+    pub(crate) fn from_row(row: &tokio_postgres::Row, at: usize) -> Option<StoredChecksum> {
+        let algorithm = row.get::<_, Option<ChecksumAlgorithm>>(at)?;
+        let kind = row.get::<_, Option<ChecksumKind>>(at + 1)?;
+        Some(StoredChecksum { algorithm, kind, value: row.get::<_, Option<String>>(at + 2)? })
+    }
+}
+
+/// A part of an object completed from a multipart upload, as GetObjectAttributes shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ObjectPart {
+    pub number: i32,
+    pub size: i64,
+    /// In the object's checksum algorithm, base64.
+    pub checksum: Option<String>,
+}
+
 /// The headers a PUT or a copy stores with an object.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObjectHeaders {
@@ -35,6 +84,8 @@ pub struct ObjectHeaders {
     pub content_language: Option<String>,
     pub expires: Option<OffsetDateTime>,
     pub metadata: HashMap<String, String>,
+    /// The additional checksum, shown on GET and HEAD with `x-amz-checksum-mode: ENABLED`.
+    pub checksum: Option<StoredChecksum>,
 }
 
 impl ObjectHeaders {
@@ -55,7 +106,13 @@ impl ObjectHeaders {
             content_encoding: row.get(at + 4),
             content_language: row.get(at + 5),
             expires: row.get(at + 6),
+            checksum: None,
         }
+    }
+
+    /// [`ObjectHeaders::from_row`], and the checksum from the three columns after them.
+    fn from_row_with_checksum(row: &tokio_postgres::Row, at: usize) -> ObjectHeaders {
+        ObjectHeaders { checksum: StoredChecksum::from_row(row, at + 7), ..ObjectHeaders::from_row(row, at) }
     }
 }
 
@@ -112,7 +169,8 @@ pub async fn lookup(pool: &CatalogPool, bucket: &str, key: &str) -> Result<Optio
         .query_opt(
             "SELECT b.id, b.tenant_id, b.public_read, s.object_id, s.etag, o.size, s.last_modified, \
                     s.content_type, s.content_disposition, s.cache_control, s.user_metadata::text, \
-                    s.content_encoding, s.content_language, s.expires \
+                    s.content_encoding, s.content_language, s.expires, \
+                    s.checksum_algorithm, s.checksum_type, s.checksum \
              FROM buckets b LEFT JOIN s3_objects s ON s.bucket = b.name AND s.key = $2 \
              LEFT JOIN objects o ON o.id = s.object_id \
              WHERE b.name = $1",
@@ -127,7 +185,7 @@ pub async fn lookup(pool: &CatalogPool, bucket: &str, key: &str) -> Result<Optio
             etag: row.get(4),
             size: row.get::<_, i64>(5) as u64,
             last_modified: row.get(6),
-            headers: ObjectHeaders::from_row(&row, 7),
+            headers: ObjectHeaders::from_row_with_checksum(&row, 7),
         });
         Lookup { bucket, object }
     }))
@@ -182,16 +240,20 @@ pub async fn bind_in(
         .await?
         .map(|row| row.get(0));
     let metadata = headers.metadata_json();
+    let checksum = headers.checksum.as_ref();
     let modified = txn
         .query_one(
             "INSERT INTO s3_objects (bucket, key, object_id, etag, content_type, content_disposition, \
-                                     cache_control, user_metadata, content_encoding, content_language, expires) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10, $11) \
+                                     cache_control, user_metadata, content_encoding, content_language, expires, \
+                                     checksum_algorithm, checksum_type, checksum, parts) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10, $11, $12, $13, $14, NULL) \
              ON CONFLICT (bucket, key) DO UPDATE SET object_id = EXCLUDED.object_id, etag = EXCLUDED.etag, \
                 content_type = EXCLUDED.content_type, content_disposition = EXCLUDED.content_disposition, \
                 cache_control = EXCLUDED.cache_control, user_metadata = EXCLUDED.user_metadata, \
                 content_encoding = EXCLUDED.content_encoding, content_language = EXCLUDED.content_language, \
-                expires = EXCLUDED.expires, last_modified = now() \
+                expires = EXCLUDED.expires, checksum_algorithm = EXCLUDED.checksum_algorithm, \
+                checksum_type = EXCLUDED.checksum_type, checksum = EXCLUDED.checksum, parts = NULL, \
+                last_modified = now() \
              RETURNING last_modified",
             &[
                 &bucket,
@@ -205,6 +267,9 @@ pub async fn bind_in(
                 &headers.content_encoding,
                 &headers.content_language,
                 &headers.expires,
+                &checksum.map(|c| c.algorithm),
+                &checksum.map(|c| c.kind),
+                &checksum.map(|c| c.value.as_str()),
             ],
         )
         .await?
@@ -275,4 +340,22 @@ pub async fn page(
             last_modified: row.get(3),
         })
         .collect())
+}
+
+/// The parts of the object at `bucket`/`key`: `None` when it was not completed from a
+/// multipart upload (or is not there).
+///
+/// # Errors
+/// Catalog errors.
+pub async fn parts_of(
+    pool: &CatalogPool,
+    bucket: &str,
+    key: &str,
+) -> Result<Option<Vec<ObjectPart>>, StoreError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_opt("SELECT parts::text FROM s3_objects WHERE bucket = $1 AND key = $2", &[&bucket, &key])
+        .await?;
+    let parts = row.and_then(|row| row.get::<_, Option<String>>(0));
+    Ok(parts.and_then(|parts| serde_json::from_str(&parts).ok()))
 }

@@ -51,7 +51,8 @@ pub(crate) use set_checksum;
 pub(crate) fn claimed_header(
     fields: [(ChecksumAlgorithm, Option<String>); 5],
 ) -> S3Result<Option<(ChecksumAlgorithm, String)>> {
-    let mut claimed = fields.into_iter().filter_map(|(algorithm, value)| value.map(|value| (algorithm, value)));
+    let mut claimed =
+        fields.into_iter().filter_map(|(algorithm, value)| value.map(|value| (algorithm, value)));
     let first = claimed.next();
     if claimed.next().is_some() {
         return Err(s3_error!(InvalidRequest, "Expecting a single x-amz-checksum- header"));
@@ -60,7 +61,9 @@ pub(crate) fn claimed_header(
 }
 
 /// The algorithm s3s parsed from `x-amz-sdk-checksum-algorithm` or `x-amz-trailer`.
-pub(crate) fn algorithm_of(parsed: Option<&s3s::dto::ChecksumAlgorithm>) -> S3Result<Option<ChecksumAlgorithm>> {
+pub(crate) fn algorithm_of(
+    parsed: Option<&s3s::dto::ChecksumAlgorithm>,
+) -> S3Result<Option<ChecksumAlgorithm>> {
     parsed
         .map(|algorithm| {
             algorithm.as_str().to_ascii_uppercase().parse().map_err(|_| {
@@ -86,7 +89,9 @@ pub(crate) fn upload_kind(
     let kind = match asked.map(ChecksumType::as_str) {
         None if algorithm == ChecksumAlgorithm::Crc64Nvme => ChecksumKind::FullObject,
         None => ChecksumKind::Composite,
-        Some(word) => word.parse().map_err(|_| s3_error!(InvalidRequest, "unknown x-amz-checksum-type {word}"))?,
+        Some(word) => {
+            word.parse().map_err(|_| s3_error!(InvalidRequest, "unknown x-amz-checksum-type {word}"))?
+        }
     };
     let sha = matches!(algorithm, ChecksumAlgorithm::Sha1 | ChecksumAlgorithm::Sha256);
     if (sha && kind == ChecksumKind::FullObject)
@@ -276,6 +281,9 @@ mod tests {
         assert_eq!(kind(ChecksumAlgorithm::Crc64Nvme, None).ok(), Some(Some(ChecksumKind::FullObject)));
         assert!(kind(ChecksumAlgorithm::Sha1, Some("FULL_OBJECT")).is_err());
         assert!(kind(ChecksumAlgorithm::Crc64Nvme, Some("COMPOSITE")).is_err());
-        assert_eq!(kind(ChecksumAlgorithm::Crc32c, Some("FULL_OBJECT")).ok(), Some(Some(ChecksumKind::FullObject)));
+        assert_eq!(
+            kind(ChecksumAlgorithm::Crc32c, Some("FULL_OBJECT")).ok(),
+            Some(Some(ChecksumKind::FullObject))
+        );
     }
 }

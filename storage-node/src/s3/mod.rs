@@ -14,6 +14,7 @@
 
 mod auth;
 mod bucket;
+mod checksum;
 mod error;
 pub mod guard;
 mod integrity;

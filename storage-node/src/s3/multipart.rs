@@ -7,12 +7,15 @@ use s3s::{S3ErrorCode, S3Result, s3_error};
 
 use super::SiloS3;
 use super::bucket::Intent;
-use super::integrity::Incoming;
+use super::checksum;
+use super::integrity::{ChecksumClaim, Incoming};
 use super::object::check_key;
 use crate::TenantId;
 use crate::model::ModelError;
 use crate::model::multipart::{self as model, Chosen, NewUpload, PartRow, UploadEntry};
-use crate::model::object::{ObjectHeaders, Target};
+use crate::model::object::{
+    ChecksumAlgorithm, ChecksumKind, ObjectHeaders, ObjectPart, StoredChecksum, Target,
+};
 
 /// S3's smallest part, except for the last one.
 const MIN_PART_BYTES: i64 = 5 * 1024 * 1024;
@@ -24,6 +27,17 @@ struct Upload {
     /// The id of the bucket it was checked against.
     bucket_id: i64,
     headers: ObjectHeaders,
+    /// The checksum its parts and object get.
+    checksum: Option<(ChecksumAlgorithm, ChecksumKind)>,
+}
+
+/// What a CompleteMultipartUpload claims beyond its parts' numbers and ETags.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CompletionClaims {
+    /// Each named part's checksum, if given (in the order of the parts named).
+    pub parts: Vec<Option<(ChecksumAlgorithm, String)>>,
+    /// The whole object's checksum (`x-amz-checksum-*`), if given.
+    pub whole: Option<(ChecksumAlgorithm, String)>,
 }
 
 impl SiloS3 {
@@ -32,7 +46,7 @@ impl SiloS3 {
         caller: Option<TenantId>,
         bucket: &str,
         key: &str,
-        headers: ObjectHeaders,
+        (headers, checksum): (ObjectHeaders, Option<(ChecksumAlgorithm, ChecksumKind)>),
     ) -> S3Result<String> {
         let tenant = caller.ok_or_else(|| s3_error!(AccessDenied))?;
         let found = self.bucket(caller, bucket, Intent::Write).await?;
@@ -44,7 +58,8 @@ impl SiloS3 {
             hex::encode(bytes)
         };
         let target = Target { bucket, id: found.id, key };
-        model::create(self.pool(), NewUpload { id: &id, tenant, target, headers: &headers }).await?;
+        model::create(self.pool(), NewUpload { id: &id, tenant, target, headers: &headers, checksum })
+            .await?;
         Ok(id)
     }
 
@@ -52,10 +67,15 @@ impl SiloS3 {
     async fn upload(&self, caller: Option<TenantId>, bucket: &str, key: &str, id: &str) -> S3Result<Upload> {
         let tenant = caller.ok_or_else(|| s3_error!(AccessDenied))?;
         let found = self.bucket(caller, bucket, Intent::Write).await?;
-        let headers = model::find(self.pool(), id, bucket, key, tenant)
+        let found_upload = model::find(self.pool(), id, bucket, key, tenant)
             .await?
             .ok_or_else(|| s3_error!(NoSuchUpload))?;
-        Ok(Upload { tenant, bucket_id: found.id, headers })
+        Ok(Upload {
+            tenant,
+            bucket_id: found.id,
+            headers: found_upload.headers,
+            checksum: found_upload.checksum,
+        })
     }
 
     /// Checks that upload `id` is `bucket`/`key`'s and the caller's.
@@ -70,7 +90,8 @@ impl SiloS3 {
     }
 
     /// Stores one part (replacing an earlier upload of the same part) once its claims are
-    /// checked. Returns its ETag.
+    /// checked. Returns its ETag and its checksum (in the upload's algorithm, or the one the
+    /// part claimed).
     pub(crate) async fn upload_part_for(
         &self,
         caller: Option<TenantId>,
@@ -78,20 +99,39 @@ impl SiloS3 {
         key: &str,
         id: &str,
         number: i32,
-        body: Incoming,
-    ) -> S3Result<String> {
+        mut body: Incoming,
+    ) -> S3Result<(String, Option<(ChecksumAlgorithm, String)>)> {
         if !(1..=10_000).contains(&number) {
             return Err(s3_error!(InvalidArgument, "part numbers run from 1 to 10000"));
         }
-        let tenant = self.upload(caller, bucket, key, id).await?.tenant;
-        let ingested = self.ingest_checked(tenant, body).await?;
+        let upload = self.upload(caller, bucket, key, id).await?;
+        let wanted = upload.checksum.map(|(algorithm, _)| algorithm);
+        match (&body.claims.checksum, wanted) {
+            (Some(claim), Some(wanted)) if claim.algorithm != wanted => {
+                return Err(s3_error!(
+                    InvalidRequest,
+                    "Checksum Type mismatch occurred, expected checksum Type: {}, actual checksum Type: {}",
+                    wanted.as_str().to_lowercase(),
+                    claim.algorithm.as_str().to_lowercase()
+                ));
+            }
+            (None, Some(algorithm)) => {
+                body.claims.checksum = Some(ChecksumClaim { algorithm, value: None, trailer: None });
+            }
+            _ => {}
+        }
+        let tenant = upload.tenant;
+        let checked = self.ingest_checked(tenant, body).await?;
+        let ingested = checked.ingested;
         let etag = hex::encode(ingested.md5().unwrap_or_default());
-        let stored = model::store_part(&self.store, tenant, id, number, &ingested, &etag).await;
+        let kept = checked.checksum.as_ref().filter(|(algorithm, _)| Some(*algorithm) == wanted);
+        let part = (etag.as_str(), kept.map(|(_, sum)| sum.as_str()));
+        let stored = model::store_part(&self.store, tenant, id, number, &ingested, part).await;
         if stored.is_err() {
             self.store.abandon(ingested).await;
         }
         match stored {
-            Ok(()) => Ok(etag),
+            Ok(()) => Ok((etag, checked.checksum)),
             Err(ModelError::UploadGone) => {
                 Err(s3_error!(NoSuchUpload, "the upload was completed or aborted meanwhile"))
             }
@@ -104,16 +144,17 @@ impl SiloS3 {
     }
 
     /// Completes the upload with `requested` parts (number and ETag, ascending). Returns the
-    /// object's ETag, S3's `md5(part md5s)-N`. A completion repeated with the same parts after
-    /// it succeeded (a retry whose answer was lost) answers the same ETag, as on AWS.
+    /// object's ETag, S3's `md5(part md5s)-N`, and its checksum if the upload has one. A
+    /// completion repeated with the same parts after it succeeded (a retry whose answer was
+    /// lost) answers the same, as on AWS.
     pub(crate) async fn complete_upload(
         &self,
         caller: Option<TenantId>,
         bucket: &str,
         key: &str,
         id: &str,
-        requested: &[(i32, String)],
-    ) -> S3Result<String> {
+        (requested, claims): (&[(i32, String)], &CompletionClaims),
+    ) -> S3Result<(String, Option<StoredChecksum>)> {
         let completion = async {
             let upload = self.upload(caller, bucket, key, id).await?;
             if requested.is_empty() {
@@ -124,14 +165,14 @@ impl SiloS3 {
                 return Err(s3_error!(InvalidPartOrder));
             }
             let target = Target { bucket, id: upload.bucket_id, key };
-            let mut etag = String::new();
+            let mut answer = (String::new(), None);
             model::complete(&self.store, upload.tenant, id, requested, target, &upload.headers, |stored| {
-                let chosen = choose_parts(stored, requested)?;
-                etag = chosen.etag.clone();
+                let chosen = choose_parts(stored, requested, upload.checksum, claims)?;
+                answer = (chosen.etag.clone(), chosen.checksum.clone());
                 Ok::<_, s3s::S3Error>(chosen)
             })
             .await?;
-            Ok(etag)
+            Ok(answer)
         };
         let err = match completion.await {
             Err(err) if *err.code() == S3ErrorCode::NoSuchUpload => err,
@@ -141,7 +182,9 @@ impl SiloS3 {
         let tenant = caller.ok_or_else(|| s3_error!(AccessDenied))?;
         self.bucket(caller, bucket, Intent::Write).await?;
         match model::find_completed(self.pool(), id, bucket, key, tenant).await? {
-            Some(completed) if same_parts(&completed.named, requested) => Ok(completed.etag),
+            Some(completed) if same_parts(&completed.named, requested) => {
+                Ok((completed.etag, completed.checksum))
+            }
             _ => Err(err),
         }
     }
@@ -178,19 +221,37 @@ fn same_parts(a: &[(i32, String)], b: &[(i32, String)]) -> bool {
 }
 
 /// The parts of `stored` that a completion's `requested` list (number and ETag, ascending)
-/// names, with the completed object's ETag, S3's `md5(part md5s)-N`. A number named more than
-/// once (a part uploaded twice, each upload named) takes its last upload, the one stored, if
-/// one of the ETags is its. Every part but the last must be at least 5 MiB.
-fn choose_parts(stored: &[PartRow], requested: &[(i32, String)]) -> S3Result<Chosen> {
+/// names, with the completed object's ETag, S3's `md5(part md5s)-N`, and its checksum when
+/// the upload has one (`wanted`). A number named more than once (a part uploaded twice, each
+/// upload named) takes its last upload, the one stored, if one of the ETags is its. Every
+/// part but the last must be at least 5 MiB. A part checksum the completion names must be the
+/// part's (else `InvalidPart`), and a whole-object one the object's (else `BadDigest`).
+fn choose_parts(
+    stored: &[PartRow],
+    requested: &[(i32, String)],
+    wanted: Option<(ChecksumAlgorithm, ChecksumKind)>,
+    claims: &CompletionClaims,
+) -> S3Result<Chosen> {
     let mut chosen = Vec::with_capacity(requested.len());
+    let mut at = 0;
     for named in requested.chunk_by(|a, b| a.0 == b.0) {
         let number = named[0].0;
-        let part = stored
+        let (which, part) = named
             .iter()
-            .find(|part| {
-                part.number == number && named.iter().any(|(_, etag)| part.etag == etag.trim_matches('"'))
+            .enumerate()
+            .find_map(|(i, (_, etag))| {
+                let part =
+                    stored.iter().find(|part| part.number == number && part.etag == etag.trim_matches('"'));
+                part.map(|part| (at + i, part))
             })
             .ok_or_else(|| s3_error!(InvalidPart, "part {number} was not uploaded with that ETag"))?;
+        at += named.len();
+        if let Some(Some((algorithm, sum))) = claims.parts.get(which)
+            && (Some(*algorithm) != wanted.map(|(algorithm, _)| algorithm)
+                || part.checksum.as_deref() != Some(sum))
+        {
+            return Err(s3_error!(InvalidPart, "part {number}'s checksum is not the one given"));
+        }
         chosen.push(part);
     }
     if chosen.iter().rev().skip(1).any(|part| part.size < MIN_PART_BYTES) {
@@ -201,5 +262,20 @@ fn choose_parts(stored: &[PartRow], requested: &[(i32, String)]) -> S3Result<Cho
         md5.update(hex::decode(&part.etag).unwrap_or_default());
     }
     let etag = format!("{}-{}", hex::encode(md5.finalize()), chosen.len());
-    Ok(Chosen { parts: chosen.iter().map(|part| part.object).collect(), etag })
+    let checksum = wanted.map(|wanted| checksum::of_upload(wanted, &chosen)).transpose()?;
+    if let Some((algorithm, claimed)) = &claims.whole {
+        let matches = checksum.as_ref().is_some_and(|sum| {
+            sum.algorithm == *algorithm
+                && (sum.value == *claimed
+                    || sum.value.strip_suffix(&format!("-{}", chosen.len())) == Some(claimed))
+        });
+        if !matches {
+            return Err(checksum::bad_digest(*algorithm));
+        }
+    }
+    let listed = chosen
+        .iter()
+        .map(|part| ObjectPart { number: part.number, size: part.size, checksum: part.checksum.clone() })
+        .collect();
+    Ok(Chosen { parts: chosen.iter().map(|part| part.object).collect(), etag, checksum, listed })
 }

@@ -16,7 +16,9 @@ use super::SiloS3;
 use super::bucket::Intent;
 use super::integrity::Incoming;
 use crate::TenantId;
-use crate::model::object::{self as model, Binding, ObjectHeaders, ObjectRow, Target};
+use crate::model::object::{
+    self as model, Binding, ChecksumKind, ObjectHeaders, ObjectPart, ObjectRow, StoredChecksum, Target,
+};
 use crate::store::StoreError;
 
 /// The longest key S3 accepts, in bytes of UTF-8.
@@ -57,7 +59,8 @@ impl SiloS3 {
     }
 
     /// Streams `body` into the store, checks its claims, and binds it to `bucket`/`key`,
-    /// replacing (and releasing) any object there, in one transaction. Returns the ETag.
+    /// replacing (and releasing) any object there, in one transaction. Returns the ETag and
+    /// the additional checksum, if one was computed.
     pub(crate) async fn put_object_for(
         &self,
         caller: Option<TenantId>,
@@ -65,18 +68,25 @@ impl SiloS3 {
         key: &str,
         body: Incoming,
         headers: ObjectHeaders,
-    ) -> S3Result<String> {
+    ) -> S3Result<(String, Option<StoredChecksum>)> {
         let tenant = caller.ok_or_else(|| s3_error!(AccessDenied))?;
         let found = self.bucket(caller, bucket, Intent::Write).await?;
         check_key(key)?;
-        let ingested = self.ingest_checked(tenant, body).await?;
+        let checked = self.ingest_checked(tenant, body).await?;
+        let ingested = checked.ingested;
         let etag = hex::encode(ingested.md5().unwrap_or_default());
+        let checksum = checked.checksum.map(|(algorithm, value)| StoredChecksum {
+            algorithm,
+            kind: ChecksumKind::FullObject,
+            value,
+        });
+        let headers = ObjectHeaders { checksum: checksum.clone(), ..headers };
         let target = Target { bucket, id: found.id, key };
         let bound = model::bind(&self.store, tenant, target, &etag, &headers, Binding::New(&ingested)).await;
         if bound.is_err() {
             self.store.abandon(ingested).await;
         }
-        Ok(bound.map(|_| etag)?)
+        Ok(bound.map(|_| (etag, checksum))?)
     }
 
     /// Copies `source` to `bucket`/`key` by sharing its chunks. Returns the new row's ETag and
@@ -100,6 +110,11 @@ impl SiloS3 {
             model::bind(&self.store, tenant, target, &source.etag, &headers, Binding::Copy(source.object))
                 .await?;
         Ok((source.etag.clone(), modified))
+    }
+
+    /// The parts of the object at `bucket`/`key`, if it was completed from an upload.
+    pub(crate) async fn object_parts(&self, bucket: &str, key: &str) -> S3Result<Option<Vec<ObjectPart>>> {
+        Ok(model::parts_of(self.pool(), bucket, key).await?)
     }
 
     /// Deletes `bucket`/`key`; deleting a key that is not there succeeds, as in S3.

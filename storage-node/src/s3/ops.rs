@@ -4,10 +4,12 @@ use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 
 use super::bucket::Intent;
-use super::integrity::{Claims, Incoming};
+use super::checksum::{self, checksum_fields, set_checksum};
+use super::integrity::{ChecksumClaim, Claims, Incoming};
+use super::multipart::CompletionClaims;
 use super::object::{Conditions, body_reader, etag_of, into_reader, real_encoding};
 use super::{SiloS3, caller, region};
-use crate::model::object::{ObjectHeaders, ObjectRow};
+use crate::model::object::{ChecksumAlgorithm, ObjectHeaders, ObjectRow};
 
 /// The conditional headers of a GET or a HEAD input (two types with the same fields).
 macro_rules! conditions_of {
@@ -33,8 +35,26 @@ macro_rules! headers_of {
             content_language: $input.content_language,
             expires: $input.expires.map(time::OffsetDateTime::from),
             metadata: $input.metadata.unwrap_or_default().into_iter().collect(),
+            checksum: None,
         }
     };
+}
+
+/// Shows `checksum` (an `Option<&StoredChecksum>`) on an output that has the five checksum
+/// fields and `checksum_type`.
+macro_rules! show_checksum {
+    ($output:expr, $checksum:expr) => {
+        if let Some(sum) = $checksum {
+            set_checksum!($output, sum.algorithm, Some(sum.value.clone()));
+            $output.checksum_type = Some(ChecksumType::from(sum.kind.as_str().to_owned()));
+        }
+    };
+}
+
+/// Whether a GET or a HEAD asks for the object's checksum (`x-amz-checksum-mode: ENABLED`);
+/// a range never gets the whole object's, as on AWS.
+fn wants_checksum(mode: Option<&ChecksumMode>, range: Option<&Range>) -> bool {
+    range.is_none() && mode.is_some_and(|mode| mode.as_str() == ChecksumMode::ENABLED)
 }
 
 /// The output of a GET or a HEAD (two types with the same fields): what both show of the
@@ -138,12 +158,18 @@ impl S3 for SiloS3 {
 
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
         let tenant = caller(&req.extensions);
-        let input = req.input;
+        let mut input = req.input;
         let headers = headers_of!(input);
-        let claims = Claims::new(content_md5(&req.headers))?;
+        let algorithm = input.checksum_algorithm.as_ref();
+        let default = Some(ChecksumAlgorithm::Crc64Nvme);
+        let checksum =
+            ChecksumClaim::of_request(checksum_fields!(input), algorithm, req.trailing_headers, default)?;
+        let claims = Claims::new(content_md5(&req.headers), checksum)?;
         let body = Incoming { reader: body_reader(input.body), length: input.content_length, claims };
-        let etag = self.put_object_for(tenant, &input.bucket, &input.key, body, headers).await?;
-        Ok(S3Response::new(PutObjectOutput { e_tag: Some(ETag::Strong(etag)), ..Default::default() }))
+        let (etag, checksum) = self.put_object_for(tenant, &input.bucket, &input.key, body, headers).await?;
+        let mut output = PutObjectOutput { e_tag: Some(ETag::Strong(etag)), ..Default::default() };
+        show_checksum!(output, checksum.as_ref());
+        Ok(S3Response::new(output))
     }
 
     async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
@@ -165,6 +191,9 @@ impl S3 for SiloS3 {
             content_range: content_range,
         );
         override_headers(&mut output, &mut input, tenant.is_none())?;
+        if wants_checksum(input.checksum_mode.as_ref(), input.range.as_ref()) {
+            show_checksum!(output, row.headers.checksum.as_ref());
+        }
         Ok(S3Response::new(output))
     }
 
@@ -172,7 +201,10 @@ impl S3 for SiloS3 {
         let input = req.input;
         let conditions = conditions_of!(input);
         let row = self.object_if(caller(&req.extensions), &input.bucket, &input.key, conditions).await?;
-        let output = object_output!(HeadObjectOutput, &row, content_length: Some(row.size as i64));
+        let mut output = object_output!(HeadObjectOutput, &row, content_length: Some(row.size as i64));
+        if wants_checksum(input.checksum_mode.as_ref(), input.range.as_ref()) {
+            show_checksum!(output, row.headers.checksum.as_ref());
+        }
         Ok(S3Response::new(output))
     }
 
@@ -222,6 +254,7 @@ impl S3 for SiloS3 {
         let replace =
             input.metadata_directive.as_ref().is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
         let headers = if replace { headers_of!(input) } else { source.headers.clone() };
+        let headers = ObjectHeaders { checksum: source.headers.checksum.clone(), ..headers };
         let (etag, modified) =
             self.copy_object_for(tenant, &source, &input.bucket, &input.key, headers).await?;
         let result = CopyObjectResult {
@@ -239,11 +272,15 @@ impl S3 for SiloS3 {
         let tenant = caller(&req.extensions);
         let input = req.input;
         let headers = headers_of!(input);
-        let id = self.create_upload(tenant, &input.bucket, &input.key, headers).await?;
+        let algorithm = checksum::algorithm_of(input.checksum_algorithm.as_ref())?;
+        let checksum = checksum::upload_kind(algorithm, input.checksum_type.as_ref())?;
+        let id = self.create_upload(tenant, &input.bucket, &input.key, (headers, checksum)).await?;
         let output = CreateMultipartUploadOutput {
             bucket: Some(input.bucket),
             key: Some(input.key),
             upload_id: Some(id),
+            checksum_algorithm: input.checksum_algorithm,
+            checksum_type: checksum.map(|(_, kind)| ChecksumType::from(kind.as_str().to_owned())),
             ..Default::default()
         };
         Ok(S3Response::new(output))
@@ -251,13 +288,20 @@ impl S3 for SiloS3 {
 
     async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
         let tenant = caller(&req.extensions);
-        let input = req.input;
-        let claims = Claims::new(content_md5(&req.headers))?;
+        let mut input = req.input;
+        let algorithm = input.checksum_algorithm.as_ref();
+        let checksum =
+            ChecksumClaim::of_request(checksum_fields!(input), algorithm, req.trailing_headers, None)?;
+        let claims = Claims::new(content_md5(&req.headers), checksum)?;
         let body = Incoming { reader: body_reader(input.body), length: input.content_length, claims };
-        let etag = self
+        let (etag, checksum) = self
             .upload_part_for(tenant, &input.bucket, &input.key, &input.upload_id, input.part_number, body)
             .await?;
-        Ok(S3Response::new(UploadPartOutput { e_tag: Some(ETag::Strong(etag)), ..Default::default() }))
+        let mut output = UploadPartOutput { e_tag: Some(ETag::Strong(etag)), ..Default::default() };
+        if let Some((algorithm, sum)) = checksum {
+            set_checksum!(output, algorithm, Some(sum));
+        }
+        Ok(S3Response::new(output))
     }
 
     async fn upload_part_copy(
@@ -280,7 +324,7 @@ impl S3 for SiloS3 {
         let reader = into_reader(self.open_body(&source, range.clone()).await?);
         let length = Some((range.end - range.start) as i64);
         let body = Incoming { reader, length, claims: Claims::default() };
-        let etag = self
+        let (etag, _) = self
             .upload_part_for(tenant, &input.bucket, &input.key, &input.upload_id, input.part_number, body)
             .await?;
         let result = CopyPartResult { e_tag: Some(ETag::Strong(etag)), ..Default::default() };
@@ -292,23 +336,26 @@ impl S3 for SiloS3 {
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let tenant = caller(&req.extensions);
-        let input = req.input;
-        let requested: Vec<(i32, String)> = input
-            .multipart_upload
-            .and_then(|upload| upload.parts)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|part| (part.part_number.unwrap_or(0), part.e_tag.map(ETag::into_value).unwrap_or_default()))
-            .collect();
-        let etag =
-            self.complete_upload(tenant, &input.bucket, &input.key, &input.upload_id, &requested).await?;
-        let output = CompleteMultipartUploadOutput {
+        let mut input = req.input;
+        let parts = input.multipart_upload.take().and_then(|upload| upload.parts).unwrap_or_default();
+        let (mut requested, mut claims) = (Vec::with_capacity(parts.len()), CompletionClaims::default());
+        for mut part in parts {
+            claims.parts.push(checksum::claimed_header(checksum_fields!(part))?);
+            requested
+                .push((part.part_number.unwrap_or(0), part.e_tag.map(ETag::into_value).unwrap_or_default()));
+        }
+        claims.whole = checksum::claimed_header(checksum_fields!(input))?;
+        let (etag, checksum) = self
+            .complete_upload(tenant, &input.bucket, &input.key, &input.upload_id, (&requested, &claims))
+            .await?;
+        let mut output = CompleteMultipartUploadOutput {
             bucket: Some(input.bucket.clone()),
             key: Some(input.key.clone()),
             e_tag: Some(ETag::Strong(etag)),
             location: Some(format!("/{}/{}", input.bucket, input.key)),
             ..Default::default()
         };
+        show_checksum!(output, checksum.as_ref());
         Ok(S3Response::new(output))
     }
 
@@ -319,6 +366,67 @@ impl S3 for SiloS3 {
         self.abort_upload(caller(&req.extensions), &req.input.bucket, &req.input.key, &req.input.upload_id)
             .await?;
         Ok(S3Response::new(AbortMultipartUploadOutput::default()))
+    }
+
+    async fn get_object_attributes(
+        &self,
+        req: S3Request<GetObjectAttributesInput>,
+    ) -> S3Result<S3Response<GetObjectAttributesOutput>> {
+        let input = req.input;
+        let row = self.object(caller(&req.extensions), &input.bucket, &input.key).await?;
+        let wants = |name: &str| {
+            input.object_attributes.iter().any(|asked| asked.as_str().eq_ignore_ascii_case(name))
+        };
+        let mut output = GetObjectAttributesOutput {
+            last_modified: Some(Timestamp::from(row.last_modified)),
+            ..Default::default()
+        };
+        if wants(ObjectAttributes::ETAG) {
+            output.e_tag = Some(etag_of(&row));
+        }
+        if wants(ObjectAttributes::OBJECT_SIZE) {
+            output.object_size = Some(row.size as i64);
+        }
+        if wants(ObjectAttributes::STORAGE_CLASS) {
+            output.storage_class = Some(StorageClass::from_static(StorageClass::STANDARD));
+        }
+        if wants(ObjectAttributes::CHECKSUM) && row.headers.checksum.is_some() {
+            let mut sum = Checksum::default();
+            show_checksum!(sum, row.headers.checksum.as_ref());
+            output.checksum = Some(sum);
+        }
+        if wants(ObjectAttributes::OBJECT_PARTS)
+            && let Some(parts) = self.object_parts(&input.bucket, &input.key).await?
+        {
+            let marker = input.part_number_marker.unwrap_or(0);
+            let max = input.max_parts.unwrap_or(1000).clamp(0, 1000) as usize;
+            let after: Vec<_> = parts.iter().filter(|part| part.number > marker).collect();
+            let truncated = after.len() > max;
+            let shown: Vec<ObjectPart> = after
+                .iter()
+                .take(max)
+                .map(|part| {
+                    let mut shown = ObjectPart {
+                        part_number: Some(part.number),
+                        size: Some(part.size),
+                        ..Default::default()
+                    };
+                    if let (Some(sum), Some(value)) = (&row.headers.checksum, &part.checksum) {
+                        set_checksum!(shown, sum.algorithm, Some(value.clone()));
+                    }
+                    shown
+                })
+                .collect();
+            output.object_parts = Some(GetObjectAttributesParts {
+                total_parts_count: Some(parts.len() as i32),
+                part_number_marker: Some(marker),
+                next_part_number_marker: shown.last().and_then(|part| part.part_number).filter(|_| truncated),
+                max_parts: Some(max as i32),
+                is_truncated: Some(truncated),
+                parts: Some(shown),
+            });
+        }
+        Ok(S3Response::new(output))
     }
 
     async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {

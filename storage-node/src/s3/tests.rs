@@ -136,10 +136,15 @@ async fn a_stale_multipart_upload_cannot_complete_into_a_recreated_bucket() {
     let a = tenants::create(&fx.pool, "tenant-a", None).await.expect("a");
     let b = tenants::create(&fx.pool, "tenant-b", None).await.expect("b");
     fx.s3.create_bucket_for(a, "shared").await.expect("bucket of a");
-    let upload = fx.s3.create_upload(Some(a), "shared", "k", ObjectHeaders::default()).await.expect("upload");
+    let upload =
+        fx.s3.create_upload(Some(a), "shared", "k", (ObjectHeaders::default(), None)).await.expect("upload");
     let body = std::io::Cursor::new(vec![1u8; 1000]);
-    let etag =
-        fx.s3.upload_part_for(Some(a), "shared", "k", &upload, 1, Incoming::plain(body)).await.expect("part");
+    let etag = fx
+        .s3
+        .upload_part_for(Some(a), "shared", "k", &upload, 1, Incoming::plain(body))
+        .await
+        .expect("part")
+        .0;
 
     // DeleteBucket with an upload in progress succeeds and aborts it, as AWS does; its part
     // is released, not left counted with no upload.
@@ -149,7 +154,7 @@ async fn a_stale_multipart_upload_cannot_complete_into_a_recreated_bucket() {
 
     let err = fx
         .s3
-        .complete_upload(Some(a), "shared", "k", &upload, &[(1, etag)])
+        .complete_upload(Some(a), "shared", "k", &upload, (&[(1, etag)], &Default::default()))
         .await
         .expect_err("A's upload must not complete into B's bucket");
     assert!(matches!(err.code(), S3ErrorCode::NoSuchUpload | S3ErrorCode::AccessDenied), "{err:?}");
@@ -172,13 +177,15 @@ async fn part_racing(label: &str, complete: bool) {
     let fx = fixture(label).await;
     let a = tenants::create(&fx.pool, "tenant-a", None).await.expect("a");
     fx.s3.create_bucket_for(a, "media").await.expect("bucket");
-    let upload = fx.s3.create_upload(Some(a), "media", "k", ObjectHeaders::default()).await.expect("upload");
+    let upload =
+        fx.s3.create_upload(Some(a), "media", "k", (ObjectHeaders::default(), None)).await.expect("upload");
     let body = std::io::Cursor::new(vec![1u8; 1000]);
     let etag = fx
         .s3
         .upload_part_for(Some(a), "media", "k", &upload, 1, Incoming::plain(body))
         .await
-        .expect("part 1");
+        .expect("part 1")
+        .0;
 
     let (body, feed, reading) = held();
     let (s3, id) = (fx.s3.clone(), upload.clone());
@@ -199,7 +206,9 @@ async fn part_racing(label: &str, complete: bool) {
     let (s3, id) = (fx.s3.clone(), upload.clone());
     let ending = tokio::spawn(async move {
         if complete {
-            s3.complete_upload(Some(a), "media", "k", &id, &[(1, etag)]).await.map(|_| ())
+            s3.complete_upload(Some(a), "media", "k", &id, (&[(1, etag)], &Default::default()))
+                .await
+                .map(|_| ())
         } else {
             s3.abort_upload(Some(a), "media", "k", &id).await
         }
