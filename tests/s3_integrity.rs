@@ -446,3 +446,50 @@ async fn additional_checksums_are_checked_stored_and_returned() {
     let got = get.expect("get").body.collect().await.expect("validated body").into_bytes();
     assert_eq!(got.as_ref(), whole.as_slice());
 }
+
+#[tokio::test]
+async fn conditional_writes_refuse_with_412_and_a_conflict_meanwhile_with_409() {
+    let fx = Fixture::start("integrity_conditional").await;
+    let a = &fx.client;
+    a.create_bucket().bucket("locks").send().await.expect("create bucket");
+    let put = |key: &'static str, body: &'static [u8]| {
+        a.put_object().bucket("locks").key(key).body(ByteStream::from_static(body))
+    };
+    let first = put("lock", b"one").if_none_match("*").send().await.expect("If-None-Match: * on a new key");
+    let etag = first.e_tag().expect("etag").to_string();
+    assert_eq!(
+        failure(put("lock", b"two").if_none_match("*").send().await),
+        ("PreconditionFailed".into(), 412)
+    );
+    assert_eq!(
+        failure(put("lock", b"two").if_match("\"0123\"").send().await),
+        ("PreconditionFailed".into(), 412)
+    );
+    assert_eq!(failure(put("none", b"two").if_match(&etag).send().await), ("NoSuchKey".into(), 404));
+    put("lock", b"two").if_match(&etag).send().await.expect("If-Match with the current ETag");
+    let object = a.get_object().bucket("locks").key("lock").send().await.expect("get");
+    assert_eq!(object.body.collect().await.expect("body").into_bytes().as_ref(), b"two");
+
+    // CompleteMultipartUpload: the same conditions, on the key at completion.
+    let upload = a.create_multipart_upload().bucket("locks").key("lock").send().await.expect("create");
+    let id = upload.upload_id().expect("id");
+    let part = a.upload_part().bucket("locks").key("lock").upload_id(id).part_number(1);
+    let etag_part = part.body(ByteStream::from_static(b"three")).send().await.expect("part").e_tag;
+    let complete = |condition: (&str, &str)| {
+        let done = CompletedMultipartUpload::builder()
+            .parts(CompletedPart::builder().part_number(1).set_e_tag(etag_part.clone()).build())
+            .build();
+        let call =
+            a.complete_multipart_upload().bucket("locks").key("lock").upload_id(id).multipart_upload(done);
+        match condition {
+            ("If-None-Match", value) => call.if_none_match(value),
+            (_, value) => call.if_match(value),
+        }
+        .send()
+    };
+    assert_eq!(failure(complete(("If-None-Match", "*")).await), ("PreconditionFailed".into(), 412));
+    assert_eq!(failure(complete(("If-Match", "\"0123\"")).await), ("PreconditionFailed".into(), 412));
+    let current =
+        a.head_object().bucket("locks").key("lock").send().await.expect("head").e_tag.expect("etag");
+    complete(("If-Match", &current)).await.expect("completion with the current ETag");
+}

@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use tokio_postgres::Transaction;
 
 use super::object::{
-    self, ChecksumAlgorithm, ChecksumKind, ObjectHeaders, ObjectPart, StoredChecksum, Target,
+    self, ChecksumAlgorithm, ChecksumKind, ObjectHeaders, ObjectPart, StoredChecksum, Target, WriteCondition,
 };
 use super::{ModelError, bucket};
 use crate::TenantId;
@@ -69,6 +69,15 @@ pub struct Chosen {
     /// The object's checksum, and its parts as GetObjectAttributes shows them.
     pub checksum: Option<StoredChecksum>,
     pub listed: Vec<ObjectPart>,
+}
+
+/// A completion of upload `id`: the parts it names (number and ETag, as named), and the
+/// condition its key must meet.
+#[derive(Debug, Clone, Copy)]
+pub struct Completion<'a> {
+    pub id: &'a str,
+    pub named: &'a [(i32, String)],
+    pub condition: &'a WriteCondition,
 }
 
 /// A completion as remembered for its retries: the parts it named (number and ETag, as
@@ -214,15 +223,15 @@ pub async fn parts(pool: &CatalogPool, id: &str) -> Result<Vec<PartRow>, StoreEr
 /// Completes upload `id` of `tenant` into `target`: `choose` picks the parts (from those
 /// stored, read under the upload's exclusive lock) and names the ETag; their manifests are
 /// concatenated into one object bound to the key with `headers`, and the upload goes. The
-/// completion is remembered with the parts it `named`, for [`find_completed`].
+/// completion is remembered with the parts it names, for [`find_completed`].
 ///
 /// # Errors
-/// What `choose` refuses; [`ModelError::UploadGone`]; see [`bucket::lock_in`].
+/// What `choose` refuses; [`ModelError::UploadGone`]; see [`bucket::lock_in`] and
+/// [`object::check_condition_in`].
 pub async fn complete<E>(
     store: &ChunkStore,
     tenant: TenantId,
-    id: &str,
-    named: &[(i32, String)],
+    completion: Completion<'_>,
     target: Target<'_>,
     headers: &ObjectHeaders,
     choose: impl FnOnce(&[PartRow]) -> Result<Chosen, E>,
@@ -230,6 +239,7 @@ pub async fn complete<E>(
 where
     E: From<ModelError>,
 {
+    let Completion { id, named, condition } = completion;
     let mut client = store.catalog().get().await.map_err(ModelError::from)?;
     let txn = client.transaction().await.map_err(ModelError::from)?;
     bucket::lock_in(&txn, target.bucket, target.id).await?;
@@ -243,6 +253,7 @@ where
     let chosen = choose(&stored)?;
     let headers = &ObjectHeaders { checksum: chosen.checksum.clone(), ..headers.clone() };
     let object = store.concat_in(&txn, tenant, &chosen.parts, None).await.map_err(ModelError::from)?;
+    object::check_condition_in(&txn, &target, condition).await?;
     drop_in(&txn, store, tenant, id).await.map_err(ModelError::from)?;
     object::bind_in(&txn, store, tenant, &target, &chosen.etag, headers, object)
         .await

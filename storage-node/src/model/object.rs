@@ -131,6 +131,56 @@ pub struct Target<'a> {
     pub key: &'a str,
 }
 
+/// What a conditional write (`If-None-Match: *`, `If-Match`) needs its key to hold when it
+/// binds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum WriteCondition {
+    /// No condition.
+    #[default]
+    Any,
+    /// No object (`If-None-Match: *`).
+    Absent,
+    /// Some object (`If-Match: *`).
+    Present,
+    /// An object with this ETag (`If-Match`).
+    Etag(String),
+}
+
+impl WriteCondition {
+    /// Whether the condition holds for a key whose object has `etag` (`None`: no object).
+    pub fn holds(&self, etag: Option<&str>) -> bool {
+        match self {
+            WriteCondition::Any => true,
+            WriteCondition::Absent => etag.is_none(),
+            WriteCondition::Present => etag.is_some(),
+            WriteCondition::Etag(wanted) => etag == Some(wanted.as_str()),
+        }
+    }
+}
+
+/// Checks `condition` on `target`'s key in `txn`, locking the key's row. The caller holds the
+/// tenant's row (every write to the key takes it first), so the answer stands until commit.
+///
+/// # Errors
+/// [`ModelError::ConditionFailed`]; catalog errors.
+pub async fn check_condition_in(
+    txn: &Transaction<'_>,
+    target: &Target<'_>,
+    condition: &WriteCondition,
+) -> Result<(), ModelError> {
+    if *condition == WriteCondition::Any {
+        return Ok(());
+    }
+    let etag: Option<String> = txn
+        .query_opt(
+            "SELECT etag FROM s3_objects WHERE bucket = $1 AND key = $2 FOR UPDATE",
+            &[&target.bucket, &target.key],
+        )
+        .await?
+        .map(|row| row.get(0));
+    if condition.holds(etag.as_deref()) { Ok(()) } else { Err(ModelError::ConditionFailed) }
+}
+
 /// What [`bind`] puts at a key.
 #[derive(Debug, Clone, Copy)]
 pub enum Binding<'a> {
@@ -192,11 +242,12 @@ pub async fn lookup(pool: &CatalogPool, bucket: &str, key: &str) -> Result<Optio
 }
 
 /// Binds a new object (committed here) or a copy to `target` in one transaction, releasing
-/// what was there. The bucket is checked again (by id) and held shared inside the
-/// transaction. Returns the modification time.
+/// what was there, if `condition` holds. The bucket is checked again (by id) and held shared
+/// inside the transaction. Returns the modification time.
 ///
 /// # Errors
-/// See [`bucket::lock_in`]; catalog and store errors (a quota exceeded, say).
+/// See [`bucket::lock_in`] and [`check_condition_in`]; catalog and store errors (a quota
+/// exceeded, say).
 pub async fn bind(
     store: &ChunkStore,
     tenant: TenantId,
@@ -204,6 +255,7 @@ pub async fn bind(
     etag: &str,
     headers: &ObjectHeaders,
     binding: Binding<'_>,
+    condition: &WriteCondition,
 ) -> Result<OffsetDateTime, ModelError> {
     let mut client = store.catalog().get().await?;
     let txn = client.transaction().await?;
@@ -212,6 +264,7 @@ pub async fn bind(
         Binding::New(ingested) => store.commit(&txn, ingested).await?.id,
         Binding::Copy(source) => store.copy_in(&txn, tenant, source).await?,
     };
+    check_condition_in(&txn, &target, condition).await?;
     let modified = bind_in(&txn, store, tenant, &target, etag, headers, object).await?;
     txn.commit().await?;
     Ok(modified)

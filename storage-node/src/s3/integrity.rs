@@ -10,7 +10,7 @@ use s3s::{S3Result, TrailingHeaders, s3_error};
 use super::SiloS3;
 use super::checksum::{self, Hashing};
 use crate::TenantId;
-use crate::model::object::ChecksumAlgorithm;
+use crate::model::object::{ChecksumAlgorithm, WriteCondition};
 use crate::store::{Ingested, PutOptions};
 
 /// A request body on its way into the chunk store, with what its client claims about it.
@@ -36,6 +36,9 @@ pub(crate) struct Claims {
     pub md5: Option<[u8; 16]>,
     /// The additional checksum to compute, and the value claimed for it, if any.
     pub checksum: Option<ChecksumClaim>,
+    /// What the key must hold for the body to be bound to it (PutObject's `If-Match` or
+    /// `If-None-Match`).
+    pub condition: WriteCondition,
 }
 
 /// An additional checksum to compute over a body, and where its claimed value is.
@@ -95,7 +98,7 @@ impl Claims {
                 s3_error!(InvalidDigest, "the Content-MD5 you specified is not the base64 of an MD5")
             })?),
         };
-        Ok(Claims { md5, checksum })
+        Ok(Claims { md5, checksum, condition: WriteCondition::Any })
     }
 
     /// Checks the claims against the body as ingested (and its checksum as computed): a

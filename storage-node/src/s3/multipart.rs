@@ -12,9 +12,9 @@ use super::integrity::{ChecksumClaim, Incoming};
 use super::object::check_key;
 use crate::TenantId;
 use crate::model::ModelError;
-use crate::model::multipart::{self as model, Chosen, NewUpload, PartRow, UploadEntry};
+use crate::model::multipart::{self as model, Chosen, Completion, NewUpload, PartRow, UploadEntry};
 use crate::model::object::{
-    ChecksumAlgorithm, ChecksumKind, ObjectHeaders, ObjectPart, StoredChecksum, Target,
+    ChecksumAlgorithm, ChecksumKind, ObjectHeaders, ObjectPart, StoredChecksum, Target, WriteCondition,
 };
 
 /// S3's smallest part, except for the last one.
@@ -38,6 +38,8 @@ pub(crate) struct CompletionClaims {
     pub parts: Vec<Option<(ChecksumAlgorithm, String)>>,
     /// The whole object's checksum (`x-amz-checksum-*`), if given.
     pub whole: Option<(ChecksumAlgorithm, String)>,
+    /// What the key must hold (`If-Match`, `If-None-Match`).
+    pub condition: WriteCondition,
 }
 
 impl SiloS3 {
@@ -164,9 +166,11 @@ impl SiloS3 {
             if requested.windows(2).any(|w| w[0].0 > w[1].0) {
                 return Err(s3_error!(InvalidPartOrder));
             }
+            self.check_write_condition(bucket, key, &claims.condition).await?;
             let target = Target { bucket, id: upload.bucket_id, key };
             let mut answer = (String::new(), None);
-            model::complete(&self.store, upload.tenant, id, requested, target, &upload.headers, |stored| {
+            let completion = Completion { id, named: requested, condition: &claims.condition };
+            model::complete(&self.store, upload.tenant, completion, target, &upload.headers, |stored| {
                 let chosen = choose_parts(stored, requested, upload.checksum, claims)?;
                 answer = (chosen.etag.clone(), chosen.checksum.clone());
                 Ok::<_, s3s::S3Error>(chosen)

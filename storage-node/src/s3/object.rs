@@ -5,6 +5,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+pub(crate) use crate::model::object::WriteCondition;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use s3s::dto::{ETag, ETagCondition, Timestamp};
@@ -72,6 +73,8 @@ impl SiloS3 {
         let tenant = caller.ok_or_else(|| s3_error!(AccessDenied))?;
         let found = self.bucket(caller, bucket, Intent::Write).await?;
         check_key(key)?;
+        let condition = body.claims.condition.clone();
+        self.check_write_condition(bucket, key, &condition).await?;
         let checked = self.ingest_checked(tenant, body).await?;
         let ingested = checked.ingested;
         let etag = hex::encode(ingested.md5().unwrap_or_default());
@@ -82,7 +85,9 @@ impl SiloS3 {
         });
         let headers = ObjectHeaders { checksum: checksum.clone(), ..headers };
         let target = Target { bucket, id: found.id, key };
-        let bound = model::bind(&self.store, tenant, target, &etag, &headers, Binding::New(&ingested)).await;
+        let bound =
+            model::bind(&self.store, tenant, target, &etag, &headers, Binding::New(&ingested), &condition)
+                .await;
         if bound.is_err() {
             self.store.abandon(ingested).await;
         }
@@ -106,9 +111,16 @@ impl SiloS3 {
         let found = self.bucket(caller, bucket, Intent::Write).await?;
         check_key(key)?;
         let target = Target { bucket, id: found.id, key };
-        let modified =
-            model::bind(&self.store, tenant, target, &source.etag, &headers, Binding::Copy(source.object))
-                .await?;
+        let modified = model::bind(
+            &self.store,
+            tenant,
+            target,
+            &source.etag,
+            &headers,
+            Binding::Copy(source.object),
+            &WriteCondition::Any,
+        )
+        .await?;
         Ok((source.etag.clone(), modified))
     }
 
@@ -147,6 +159,51 @@ impl SiloS3 {
             }
         });
         Ok(ObjectBody { rx, remaining: (range.end - range.start) as usize })
+    }
+}
+
+impl SiloS3 {
+    /// Checks a write's condition on what `bucket`/`key` holds now, before its body is read:
+    /// `412 PreconditionFailed`, or `404 NoSuchKey` for `If-Match` on a key with no object, as
+    /// AWS answers. The binding checks it again: a change meanwhile is a conflict (409).
+    pub(crate) async fn check_write_condition(
+        &self,
+        bucket: &str,
+        key: &str,
+        condition: &WriteCondition,
+    ) -> S3Result<()> {
+        if *condition == WriteCondition::Any {
+            return Ok(());
+        }
+        let found = model::lookup(self.pool(), bucket, key).await?;
+        let etag = found.and_then(|found| found.object).map(|object| object.etag);
+        if condition.holds(etag.as_deref()) {
+            Ok(())
+        } else if etag.is_none() {
+            Err(s3_error!(NoSuchKey))
+        } else {
+            Err(s3_error!(PreconditionFailed))
+        }
+    }
+}
+
+/// The condition of a write's `If-Match` and `If-None-Match` headers. On a write AWS takes
+/// only `*` for `If-None-Match`, and one of the two.
+pub(crate) fn write_condition(
+    if_match: Option<&ETagCondition>,
+    if_none_match: Option<&ETagCondition>,
+) -> S3Result<WriteCondition> {
+    match (if_match, if_none_match) {
+        (None, None) => Ok(WriteCondition::Any),
+        (None, Some(ETagCondition::Any)) => Ok(WriteCondition::Absent),
+        (Some(ETagCondition::Any), None) => Ok(WriteCondition::Present),
+        (Some(ETagCondition::ETag(etag)), None) => Ok(WriteCondition::Etag(etag.value().to_owned())),
+        (None, Some(ETagCondition::ETag(_))) => {
+            Err(s3_error!(NotImplemented, "If-None-Match on a write takes only *"))
+        }
+        (Some(_), Some(_)) => {
+            Err(s3_error!(NotImplemented, "a write takes If-Match or If-None-Match, not both"))
+        }
     }
 }
 

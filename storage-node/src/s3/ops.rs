@@ -7,7 +7,7 @@ use super::bucket::Intent;
 use super::checksum::{self, checksum_fields, set_checksum};
 use super::integrity::{ChecksumClaim, Claims, Incoming};
 use super::multipart::CompletionClaims;
-use super::object::{Conditions, body_reader, etag_of, into_reader, real_encoding};
+use super::object::{Conditions, body_reader, etag_of, into_reader, real_encoding, write_condition};
 use super::{SiloS3, caller, region};
 use crate::model::object::{ChecksumAlgorithm, ObjectHeaders, ObjectRow};
 
@@ -164,7 +164,8 @@ impl S3 for SiloS3 {
         let default = Some(ChecksumAlgorithm::Crc64Nvme);
         let checksum =
             ChecksumClaim::of_request(checksum_fields!(input), algorithm, req.trailing_headers, default)?;
-        let claims = Claims::new(content_md5(&req.headers), checksum)?;
+        let mut claims = Claims::new(content_md5(&req.headers), checksum)?;
+        claims.condition = write_condition(input.if_match.as_ref(), input.if_none_match.as_ref())?;
         let body = Incoming { reader: body_reader(input.body), length: input.content_length, claims };
         let (etag, checksum) = self.put_object_for(tenant, &input.bucket, &input.key, body, headers).await?;
         let mut output = PutObjectOutput { e_tag: Some(ETag::Strong(etag)), ..Default::default() };
@@ -345,6 +346,7 @@ impl S3 for SiloS3 {
                 .push((part.part_number.unwrap_or(0), part.e_tag.map(ETag::into_value).unwrap_or_default()));
         }
         claims.whole = checksum::claimed_header(checksum_fields!(input))?;
+        claims.condition = write_condition(input.if_match.as_ref(), input.if_none_match.as_ref())?;
         let (etag, checksum) = self
             .complete_upload(tenant, &input.bucket, &input.key, &input.upload_id, (&requested, &claims))
             .await?;

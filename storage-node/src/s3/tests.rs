@@ -16,7 +16,7 @@ use super::integrity::Incoming;
 use super::object::body_reader;
 use crate::TenantId;
 use crate::catalog::{CatalogPool, connect_pool, tenants};
-use crate::model::object::ObjectHeaders;
+use crate::model::object::{ObjectHeaders, WriteCondition};
 use crate::store::{ChunkStore, NodeSpec, StoreConfig};
 
 pub(super) struct Fixture {
@@ -282,4 +282,29 @@ async fn a_put_and_a_delete_of_one_key_never_deadlock() {
     deleting.await.expect("join").expect("the DELETE succeeds");
     assert!(fx.s3.list_keys("media", "", None, "", 10).await.expect("list").objects.is_empty());
     assert_eq!(objects_of(&fx.pool, a).await, (0, 0), "nothing is left counted");
+}
+
+#[tokio::test]
+async fn a_conditional_put_that_another_write_overtakes_mid_upload_is_a_conflict() {
+    let fx = fixture("s3_conditional_race").await;
+    let a = tenants::create(&fx.pool, "tenant-a", None).await.expect("a");
+    fx.s3.create_bucket_for(a, "media").await.expect("bucket");
+    let (body, feed, reading) = held();
+    let s3 = fx.s3.clone();
+    let put = tokio::spawn(async move {
+        let mut incoming = Incoming::plain(body_reader(Some(s3s::dto::StreamingBlob::wrap(body))));
+        incoming.claims.condition = WriteCondition::Absent;
+        s3.put_object_for(Some(a), "media", "k", incoming, ObjectHeaders::default()).await
+    });
+    reading.await.expect("the conditional upload passed its check and reads its body");
+    feed.send(Bytes::from(vec![1u8; 10_000])).await.expect("piece");
+    let other = Incoming::plain(std::io::Cursor::new(vec![2u8; 10]));
+    fx.s3
+        .put_object_for(Some(a), "media", "k", other, ObjectHeaders::default())
+        .await
+        .expect("the other write");
+    drop(feed);
+    let err = put.await.expect("join").expect_err("the key changed meanwhile");
+    assert_eq!(*err.code(), S3ErrorCode::ConditionalRequestConflict, "{err:?}");
+    assert_eq!(objects_of(&fx.pool, a).await, (1, 1), "only the other write is stored");
 }
