@@ -17,10 +17,11 @@ use base64::Engine;
 use common::{Silo, noise, scratch, silo_cli_json};
 use md5::{Digest, Md5};
 
-/// One Silo with one tenant and a client of its key.
+/// One Silo with one tenant, its key (id and secret) and a client of it.
 struct Fixture {
     silo: Silo,
     client: Client,
+    key: (String, String),
     _tmp: tempfile::TempDir,
 }
 
@@ -33,8 +34,9 @@ impl Fixture {
         silo_cli_json(&silo, &["tenant", "create", "tenant-a"]);
         let key = silo_cli_json(&silo, &["key", "create", "tenant-a"]);
         let field = |name: &str| key[name].as_str().expect("key field").to_string();
-        let client = common::sdk_client(&silo, &field("access_key_id"), &field("secret_access_key"));
-        Fixture { silo, client, _tmp: tmp }
+        let key = (field("access_key_id"), field("secret_access_key"));
+        let client = common::sdk_client(&silo, &key.0, &key.1);
+        Fixture { silo, client, key, _tmp: tmp }
     }
 
     /// The tenant's stored objects, from the management API.
@@ -448,7 +450,7 @@ async fn additional_checksums_are_checked_stored_and_returned() {
 }
 
 #[tokio::test]
-async fn conditional_writes_refuse_with_412_and_a_conflict_meanwhile_with_409() {
+async fn conditional_writes_refuse_with_412_or_404_before_the_body_is_read() {
     let fx = Fixture::start("integrity_conditional").await;
     let a = &fx.client;
     a.create_bucket().bucket("locks").send().await.expect("create bucket");
@@ -492,4 +494,26 @@ async fn conditional_writes_refuse_with_412_and_a_conflict_meanwhile_with_409() 
     let current =
         a.head_object().bucket("locks").key("lock").send().await.expect("head").e_tag.expect("etag");
     complete(("If-Match", &current)).await.expect("completion with the current ETag");
+}
+
+#[tokio::test]
+async fn boto3_sees_the_same_digests_checksums_retries_and_conditions() {
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+    assert!(std::path::Path::new(python).exists(), "no {python}: run ./scripts/setup first");
+    let fx = Fixture::start("integrity_boto3").await;
+    let output = tokio::process::Command::new(python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scripts/s3_integrity.py"))
+        .env("SILO_S3_ENDPOINT", format!("http://{}", fx.silo.addr))
+        .env("KEY", &fx.key.0)
+        .env("SECRET", &fx.key.1)
+        .output()
+        .await
+        .expect("run python");
+    assert!(
+        output.status.success(),
+        "{}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        fx.silo.stderr()
+    );
 }

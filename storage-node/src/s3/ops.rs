@@ -376,8 +376,10 @@ impl S3 for SiloS3 {
     ) -> S3Result<S3Response<GetObjectAttributesOutput>> {
         let input = req.input;
         let row = self.object(caller(&req.extensions), &input.bucket, &input.key).await?;
+        // One header per attribute, or one header listing them (boto3): s3s splits neither.
         let wants = |name: &str| {
-            input.object_attributes.iter().any(|asked| asked.as_str().eq_ignore_ascii_case(name))
+            let mut asked = input.object_attributes.iter().flat_map(|asked| asked.as_str().split(','));
+            asked.any(|asked| asked.trim().eq_ignore_ascii_case(name))
         };
         let mut output = GetObjectAttributesOutput {
             last_modified: Some(Timestamp::from(row.last_modified)),
