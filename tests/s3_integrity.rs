@@ -388,6 +388,8 @@ async fn additional_checksums_are_checked_stored_and_returned() {
     let wrong_part =
         wrong_part.checksum_crc32(base64_crc32(b"x")).body(ByteStream::from(two.clone())).send().await;
     assert_eq!(failure(wrong_part), ("BadDigest".into(), 400));
+    let listed = a.list_parts().bucket("sums").key("composite").upload_id(&id).send().await.expect("parts");
+    assert_eq!(listed.parts()[1].checksum_crc32(), Some(base64_crc32(&two).as_str()), "ListParts shows them");
     let done = CompletedMultipartUpload::builder().set_parts(Some(parts)).build();
     let complete = a.complete_multipart_upload().bucket("sums").key("composite").upload_id(&id);
     let completed = complete.multipart_upload(done).send().await.expect("complete");

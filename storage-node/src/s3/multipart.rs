@@ -80,15 +80,17 @@ impl SiloS3 {
         })
     }
 
-    /// Checks that upload `id` is `bucket`/`key`'s and the caller's.
+    /// Checks that upload `id` is `bucket`/`key`'s and the caller's. Returns the checksum
+    /// algorithm of its parts, if it has one.
     pub(crate) async fn check_upload(
         &self,
         caller: Option<TenantId>,
         bucket: &str,
         key: &str,
         id: &str,
-    ) -> S3Result<()> {
-        self.upload(caller, bucket, key, id).await.map(|_| ())
+    ) -> S3Result<Option<ChecksumAlgorithm>> {
+        let upload = self.upload(caller, bucket, key, id).await?;
+        Ok(upload.checksum.map(|(algorithm, _)| algorithm))
     }
 
     /// Stores one part (replacing an earlier upload of the same part) once its claims are

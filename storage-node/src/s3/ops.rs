@@ -438,7 +438,7 @@ impl S3 for SiloS3 {
         let input = req.input;
         // The upload must be this bucket's, this key's and the caller's: an upload id alone
         // opens nothing.
-        self.check_upload(tenant, &input.bucket, &input.key, &input.upload_id).await?;
+        let algorithm = self.check_upload(tenant, &input.bucket, &input.key, &input.upload_id).await?;
         let marker = input.part_number_marker.unwrap_or(0);
         let max = input.max_parts.unwrap_or(1000).clamp(0, 1000) as usize;
         let parts: Vec<_> =
@@ -447,12 +447,18 @@ impl S3 for SiloS3 {
         let shown: Vec<Part> = parts
             .iter()
             .take(max)
-            .map(|part| Part {
-                part_number: Some(part.number),
-                e_tag: Some(ETag::Strong(part.etag.clone())),
-                size: Some(part.size),
-                last_modified: Some(Timestamp::from(part.last_modified)),
-                ..Default::default()
+            .map(|part| {
+                let mut shown = Part {
+                    part_number: Some(part.number),
+                    e_tag: Some(ETag::Strong(part.etag.clone())),
+                    size: Some(part.size),
+                    last_modified: Some(Timestamp::from(part.last_modified)),
+                    ..Default::default()
+                };
+                if let Some(algorithm) = algorithm {
+                    set_checksum!(shown, algorithm, part.checksum.clone());
+                }
+                shown
             })
             .collect();
         let output = ListPartsOutput {
@@ -464,6 +470,8 @@ impl S3 for SiloS3 {
             next_part_number_marker: shown.last().and_then(|part| part.part_number).filter(|_| truncated),
             part_number_marker: Some(marker),
             parts: Some(shown),
+            checksum_algorithm: algorithm
+                .map(|algorithm| s3s::dto::ChecksumAlgorithm::from(algorithm.as_str().to_owned())),
             ..Default::default()
         };
         Ok(S3Response::new(output))
