@@ -73,6 +73,8 @@ pub(crate) fn from_model(err: ModelError) -> S3Error {
         ModelError::BucketNotEmpty => s3_error!(BucketNotEmpty),
         ModelError::TenantDeleting => tenant_deleting(),
         ModelError::UploadGone => s3_error!(NoSuchUpload),
+        // The condition held when the write began (it is checked then): the key changed since.
+        ModelError::ConditionFailed => s3_error!(ConditionalRequestConflict),
     }
 }
 
