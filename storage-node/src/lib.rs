@@ -19,6 +19,7 @@ pub mod compress;
 pub mod data_dir;
 pub mod model;
 pub mod node_api;
+pub mod node_state;
 pub mod pack;
 pub mod placement;
 pub mod s3;
