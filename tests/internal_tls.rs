@@ -2,7 +2,8 @@
 //! `--internal-tls-ca`), with certificates of a test CA made with the `openssl` command: a pack
 //! is copied between two real nodes over HTTPS; clients that trust another CA, that trust no CA,
 //! that speak plain HTTP or that reach a node under a name its certificate does not give are
-//! refused; settings that do not fit together stop the start with a clear error; and a cluster of
+//! refused; a certificate renewed in place is served without a restart; settings that do not
+//! fit together stop the start with a clear error; and a cluster of
 //! two nodes whose peers talk over HTTPS writes through one and reads through the other.
 
 use crate::common;
@@ -227,6 +228,33 @@ async fn a_node_presenting_a_certificate_for_another_name_is_refused() {
     let err = client.pack_len(PackId(1)).await.expect_err("a certificate for elsewhere.example");
     let text = chain(&err);
     assert!(text.contains("certificate"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_renewed_in_place_is_served_without_a_restart() {
+    let certs = Certs::make();
+    // The node starts with the certificate for another name, as if it were about to expire.
+    for ext in ["pem", "key"] {
+        std::fs::copy(certs.path(&format!("elsewhere.{ext}")), certs.path(&format!("live.{ext}")))
+            .expect("copy");
+    }
+    let node = Node::start("internal_tls_renewal", &certs, "live").await;
+    let client = node.client(Some(&certs.trusting("ca.pem"))).expect("client");
+    assert!(client.pack_len(PackId(1)).await.is_err(), "the first certificate names another host");
+    // The renewed pair replaces the files (each renamed into place, as cert-manager writes them).
+    for ext in ["pem", "key"] {
+        let staged = certs.path(&format!("staged.{ext}"));
+        std::fs::copy(certs.path(&format!("node.{ext}")), &staged).expect("copy");
+        std::fs::rename(&staged, certs.path(&format!("live.{ext}"))).expect("rename");
+    }
+    let deadline = std::time::Instant::now() + storage_node::node_api::TLS_RECHECK_EVERY * 4;
+    loop {
+        match client.pack_len(PackId(1)).await {
+            Ok(len) => break assert_eq!(len, None),
+            Err(err) => assert!(std::time::Instant::now() < deadline, "still refused: {}", chain(&err)),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 #[tokio::test]

@@ -50,7 +50,7 @@ pub use pack_id::parse_pack_id;
 pub use packs::{PackRead, ReadError};
 pub use receive::{ReceiveError, Received, receive_pack};
 pub use server::{NodeApi, PACK_ROUTE};
-pub use tls::{PeerTls, TlsError, server_config};
+pub use tls::{PeerTls, RECHECK_EVERY as TLS_RECHECK_EVERY, TlsError, server_config};
 pub use verify::{VerifiedPack, verify_pack_file};
 
 use crate::pack::{PACK_HEADER_LEN, RECORD_HEADER_LEN};
