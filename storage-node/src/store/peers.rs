@@ -110,7 +110,10 @@ impl ChunkStore {
     /// # Errors
     /// [`StoreError::ChunkUnavailable`] when no copy could be read.
     pub(crate) async fn read_remote(&self, at: &ChunkLocation, mode: ReadMode) -> Result<Bytes, StoreError> {
-        let copies = self.remote_copies(at.pack).await?;
+        let mut copies = self.remote_copies(at.pack).await?;
+        // Peers that failed lately go last (a stable sort keeps the catalog's order otherwise).
+        let suspects = self.inner.peers.suspects();
+        copies.sort_by_key(|copy| suspects.contains(&copy.node));
         let range = at.offset..at.offset + RECORD_HEADER_LEN + u64::from(at.stored_len);
         for copy in &copies {
             let client = self.peer(copy.node, &copy.url)?;
