@@ -235,6 +235,10 @@ async fn objects_written_through_any_node_read_back_through_every_node_from_copi
         );
         assert!(files[0][..size] == files[1][..size], "pack {pack}: the copies hold the same bytes");
     }
+    // Usage counts the stored bytes once, and once per copy.
+    let usage = silo_cli_json(cluster.node("node-c"), &["usage", "media"]);
+    let stored = usage["stored_bytes"].as_u64().expect("stored_bytes");
+    assert!(stored > 0 && usage["replicated_bytes"].as_u64() == Some(2 * stored), "{usage}");
 }
 
 #[tokio::test]
