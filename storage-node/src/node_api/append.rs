@@ -252,7 +252,14 @@ fn open_at(dir: &Path, path: &Path, id: PackId, offset: u64) -> Result<File, App
                 file
             }
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
-                OpenOptions::new().write(true).open(path).map_err(failed)?
+                let file = OpenOptions::new().write(true).open(path).map_err(failed)?;
+                // A failed first append leaves no file; one with records is some other copy
+                // under this id (a peer's pack from before a catalog restore): never cut it.
+                let len = file.metadata().map_err(failed)?.len();
+                if len > PACK_HEADER_LEN {
+                    return Err(AppendError::OffsetMismatch { len });
+                }
+                file
             }
             Err(err) => return Err(failed(err)),
         }

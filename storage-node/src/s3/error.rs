@@ -32,11 +32,16 @@ pub(crate) fn from_store(err: StoreError) -> S3Error {
             tracing::warn!(error = %err, "an upload lost a copy of its pack");
             retry_later("a storage node failed during the upload; retry")
         }
+        StoreError::Placement(crate::placement::PlacementError::Catalog(err)) => from_catalog(&err),
         StoreError::Placement(crate::placement::PlacementError::Shortage { .. }) => {
             tracing::warn!(error = %err, "too few zones can take a new pack");
             retry_later(
                 "too few storage zones are reachable to keep the copies this tenant's policy asks for; retry",
             )
+        }
+        StoreError::Retry(_) => {
+            tracing::warn!(error = %err, "an upload must be retried");
+            retry_later("the upload's storage changed while it ran; retry")
         }
         StoreError::ChunkUnavailable { .. } => {
             tracing::error!(error = %err, "no copy of a chunk could be read");

@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use tokio_postgres::Transaction;
 
 use super::ingest::{Ingested, PutOptions, QuotaRoom};
+use super::placing::domain_owner_sql;
 use super::{ChunkStore, ObjectId, StoreError};
 use crate::pack::RECORD_HEADER_LEN;
 use crate::{ChunkId, TenantId};
@@ -148,6 +149,10 @@ impl ChunkStore {
         if added.is_empty() {
             return Ok((0, 0, 0));
         }
+        let mut written: Vec<i64> = added.iter().map(|c| c.pack.0).collect();
+        written.sort_unstable();
+        written.dedup();
+        check_packs_take_commits(txn, ingested.tenant, self.inner.node, &written).await?;
         let ids: Vec<Vec<u8>> = added.iter().map(|c| c.id.0.to_vec()).collect();
         let packs: Vec<i64> = added.iter().map(|c| c.pack.0).collect();
         let offsets: Vec<i64> = added.iter().map(|c| c.offset as i64).collect();
@@ -194,6 +199,34 @@ impl ChunkStore {
             tracing::warn!(error = %err, "could not unpin the chunks of an abandoned upload; they expire instead");
         }
     }
+}
+
+/// Refuses to commit chunks into `packs` unless each one is still open (no node retired it
+/// meanwhile) and in the tenant's placement domain now (its policy did not change meanwhile).
+/// The pack rows are share-locked until the commit.
+async fn check_packs_take_commits(
+    txn: &Transaction<'_>,
+    tenant: TenantId,
+    node: super::NodeId,
+    packs: &[i64],
+) -> Result<(), StoreError> {
+    let row = txn
+        .query_one(
+            &format!(
+                "SELECT count(*) FILTER (WHERE p.state <> 'open' \
+                                         OR p.owner_tenant_id IS DISTINCT FROM ({})) \
+                 FROM (SELECT * FROM packs WHERE id = ANY($2) FOR SHARE) p",
+                domain_owner_sql(1, 3)
+            ),
+            &[&tenant.0, &packs, &node.0],
+        )
+        .await?;
+    if row.get::<_, i64>(0) > 0 {
+        return Err(StoreError::Retry(
+            "the packs this upload wrote were retired or left its placement while it ran".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Adds this upload's references to chunks the tenant already had.

@@ -35,6 +35,8 @@ pub enum StoreError {
     ChunkUnavailable { chunk: ChunkId },
     #[error("the copy of pack {pack} on node {node} failed: {detail}; retry the upload")]
     CopyFailed { node: i32, pack: i64, detail: String },
+    #[error("{0}; retry the upload")]
+    Retry(String),
     #[error(transparent)]
     Placement(#[from] crate::placement::PlacementError),
     #[error("chunk {chunk} was collected before the upload committed; retry the upload")]

@@ -40,6 +40,9 @@ pub struct GcReport {
     pub packs_punched: u64,
     pub packs_deleted: u64,
     pub disk_bytes_reclaimed: u64,
+    /// Another node was deleting and compacting (the cluster-wide phases) when this pass ran.
+    #[serde(default)]
+    pub cluster_phases_skipped: bool,
 }
 
 const COMPACT_BATCH: i64 = 16;
@@ -54,11 +57,13 @@ impl ChunkStore {
         let mut report = GcReport::default();
         self.inner.writers.retire_idle();
         self.seal_ready(&mut report).await?;
-        {
-            // Chunks and packs are the cluster's: one node at a time deletes and compacts.
-            let _cluster_wide = self.cluster_gc_lock().await?;
+        // Chunks and packs are the cluster's: one node at a time deletes and compacts, and a
+        // node that finds another one at it (or hung holding the lock) leaves that to it.
+        if let Some(_cluster_wide) = self.cluster_gc_lock().await? {
             self.delete_unreferenced(&mut report).await?;
             self.compact(&mut report).await?;
+        } else {
+            report.cluster_phases_skipped = true;
         }
         // Each node deletes its own copies of retired packs.
         self.delete_retired(&mut report).await?;
@@ -74,13 +79,13 @@ impl ChunkStore {
         self.seal_ready(&mut GcReport::default()).await
     }
 
-    /// Waits for the cluster-wide GC lock, a session-level advisory lock on a catalog
-    /// connection of its own: the lock ends when the returned connection is dropped, however
-    /// the pass ends (an error, a cancelled task, a crash).
-    async fn cluster_gc_lock(&self) -> Result<deadpool_postgres::ClientWrapper, StoreError> {
+    /// The cluster-wide GC lock, if no other node holds it: a session-level advisory lock on
+    /// a catalog connection of its own, which ends when the returned connection is dropped,
+    /// however the pass ends (an error, a cancelled task, a crash).
+    async fn cluster_gc_lock(&self) -> Result<Option<deadpool_postgres::ClientWrapper>, StoreError> {
         let client = deadpool_postgres::Object::take(self.inner.pool.get().await?);
-        client.execute("SELECT pg_advisory_lock($1)", &[&GC_LOCK]).await?;
-        Ok(client)
+        let locked: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&GC_LOCK]).await?.get(0);
+        Ok(locked.then_some(client))
     }
 
     async fn seal_ready(&self, report: &mut GcReport) -> Result<(), StoreError> {

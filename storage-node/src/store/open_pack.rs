@@ -27,6 +27,8 @@ use crate::pack::{PACK_HEADER_LEN, PackId, PackWriter, RECORD_HEADER_LEN, Record
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a peer may take to fsync and answer at the end of an append.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long after it opened a pack is still handed to new uploads.
+const MAX_REUSE_AGE: Duration = Duration::from_secs(300);
 /// Records buffered per peer stream before an append waits for the peer.
 const STREAM_BUFFER: usize = 8;
 
@@ -76,6 +78,10 @@ pub struct OpenPack {
     /// The length durable in every copy (at the last sync).
     synced: u64,
     broken: bool,
+    /// Fewer copies than its policy wanted: used by the upload that opened it, never again
+    /// (a tenant whose policy refuses that must not find it idle).
+    degraded: bool,
+    opened_at: std::time::Instant,
     lease: PackLease,
 }
 
@@ -103,6 +109,8 @@ impl OpenPack {
             len: PACK_HEADER_LEN,
             synced: PACK_HEADER_LEN,
             broken: false,
+            degraded: false,
+            opened_at: std::time::Instant::now(),
             lease: PackLease::new(id),
         }
     }
@@ -145,6 +153,18 @@ impl OpenPack {
         self.broken = true;
     }
 
+    /// Marks the pack as having fewer copies than its policy wanted.
+    pub(crate) fn set_degraded(&mut self) {
+        self.degraded = true;
+    }
+
+    /// Whether another upload may take the pack: not degraded, and opened recently enough that
+    /// its copies still follow the nodes and policies of now (a zone added since, a node
+    /// drained since).
+    pub(crate) fn reusable(&self) -> bool {
+        !self.degraded && self.opened_at.elapsed() < MAX_REUSE_AGE
+    }
+
     /// Appends one record to every copy and returns its offset.
     ///
     /// # Errors
@@ -167,11 +187,15 @@ impl OpenPack {
             }
         }
         if let Some(mut writer) = self.local.take() {
+            // Broken until the writer is back: a task that dies with it leaves a pack that
+            // must take nothing more.
+            self.broken = true;
             let (writer, written) = tokio::task::spawn_blocking(move || {
                 let written = writer.append(&header, &data);
                 (writer, written)
             })
             .await?;
+            self.broken = false;
             let path = writer.path().to_path_buf();
             self.local = Some(writer);
             let local_offset = written.map_err(|err| StoreError::io(path, err))?;
@@ -191,11 +215,13 @@ impl OpenPack {
         let answers: Vec<_> = streams.into_iter().map(|stream| (stream.node, stream.answer)).collect();
         let local = match self.local.take() {
             Some(mut writer) => {
+                self.broken = true;
                 let (writer, synced) = tokio::task::spawn_blocking(move || {
                     let synced = writer.sync();
                     (writer, synced)
                 })
                 .await?;
+                self.broken = false;
                 let path = writer.path().to_path_buf();
                 self.local = Some(writer);
                 synced.map_err(|err| StoreError::io(path, err))

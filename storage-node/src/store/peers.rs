@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use super::verify::{ChunkLocation, ReadMode};
 use super::{ChunkStore, NodeId, StoreError};
-use crate::node_api::{IDLE_TIMEOUT, NodeClient, PeerTls};
+use crate::node_api::{ClientError, IDLE_TIMEOUT, NodeClient, PeerTls};
 use crate::pack::{PackId, RECORD_HEADER_LEN, RecordHeader};
 use crate::placement::LIVE_WITHIN;
 
@@ -116,14 +116,23 @@ impl ChunkStore {
         copies.sort_by_key(|copy| suspects.contains(&copy.node));
         let range = at.offset..at.offset + RECORD_HEADER_LEN + u64::from(at.stored_len);
         for copy in &copies {
-            let client = self.peer(copy.node, &copy.url)?;
+            let client = match self.peer(copy.node, &copy.url) {
+                Ok(client) => client,
+                Err(err) => {
+                    tracing::warn!(node = copy.node.0, error = %err, "no client for a peer; trying the next copy");
+                    continue;
+                }
+            };
             let answer =
                 tokio::time::timeout(REMOTE_READ_TIMEOUT, client.read_range(at.pack, range.clone())).await;
             let bytes = match answer {
                 Ok(Ok(bytes)) => bytes,
                 Ok(Err(err)) => {
                     tracing::warn!(node = copy.node.0, pack = at.pack.0, error = %err, "a peer could not serve a chunk; trying the next copy");
-                    self.inner.peers.note_failure(copy.node);
+                    // A peer that answers (it no longer holds the pack, say) is not failing.
+                    if !matches!(err, ClientError::Refused { .. }) {
+                        self.inner.peers.note_failure(copy.node);
+                    }
                     continue;
                 }
                 Err(_) => {

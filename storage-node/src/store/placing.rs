@@ -6,6 +6,20 @@ use super::{ChunkStore, StoreError};
 use crate::TenantId;
 use crate::placement::{self, Plan};
 
+/// The owner of the placement domain of the tenant `$<tenant>` now, as `placement::plan`
+/// decides it for node `$<node>`: the tenant itself when its policy is `owned`, or when it owns
+/// nodes and no shared node can take a copy (the writing node, or a peer with an internal URL);
+/// NULL for the shared nodes. An SQL scalar subquery over those two parameters.
+pub(crate) fn domain_owner_sql(tenant: usize, node: usize) -> String {
+    format!(
+        "SELECT CASE WHEN d.placement = 'owned' \
+            OR (NOT EXISTS (SELECT 1 FROM storage_nodes n WHERE n.owner_tenant_id IS NULL \
+                            AND n.state <> 'removed' AND (n.internal_url IS NOT NULL OR n.id = ${node})) \
+                AND EXISTS (SELECT 1 FROM storage_nodes n WHERE n.owner_tenant_id = d.id AND n.state <> 'removed')) \
+            THEN d.id END FROM tenants d WHERE d.id = ${tenant}"
+    )
+}
+
 impl ChunkStore {
     /// The class of `tenant`'s packs under its placement policy now. Its domain is the one
     /// `placement` gives: the tenant's own nodes when its policy is `owned`, or when no shared
@@ -14,19 +28,19 @@ impl ChunkStore {
         let client = self.inner.pool.get().await?;
         let row = client
             .query_opt(
-                "SELECT t.placement = 'owned' \
-                     OR (NOT EXISTS (SELECT 1 FROM storage_nodes n \
-                                     WHERE n.owner_tenant_id IS NULL AND n.state <> 'removed') \
-                         AND EXISTS (SELECT 1 FROM storage_nodes n \
-                                     WHERE n.owner_tenant_id = t.id AND n.state <> 'removed')), \
-                        t.replication_factor, t.allowed_zones \
-                 FROM tenants t WHERE t.id = $1",
-                &[&tenant.0],
+                &format!(
+                    "SELECT ({}), t.replication_factor, t.allowed_zones FROM tenants t WHERE t.id = $1",
+                    domain_owner_sql(1, 2)
+                ),
+                &[&tenant.0, &self.inner.node.0],
             )
             .await?
             .ok_or(StoreError::UnknownTenant(tenant.0))?;
-        let owned: bool = row.get(0);
-        Ok(PackClass { owner: owned.then_some(tenant), replicas: row.get(1), zones: row.get(2) })
+        Ok(PackClass {
+            owner: row.get::<_, Option<i64>>(0).map(TenantId),
+            replicas: row.get(1),
+            zones: row.get(2),
+        })
     }
 
     /// The nodes that take the copies of a new pack opened by an upload of `tenant`, leaving

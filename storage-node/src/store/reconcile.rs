@@ -145,7 +145,13 @@ impl ChunkStore {
         }
         let locations: Vec<ChunkLocation> = client
             .query(
-                &format!("{LOCATIONS_SELECT} WHERE l.pack_id IN (SELECT pack_id FROM pack_replicas WHERE node_id = $1)"),
+                // Only chunks whose every sound copy is here: a pack with a copy on another node
+                // is that node's to vouch for, and is never repointed from here.
+                &format!(
+                    "{LOCATIONS_SELECT} WHERE l.pack_id IN (SELECT pack_id FROM pack_replicas WHERE node_id = $1) \
+                     AND NOT EXISTS (SELECT 1 FROM pack_replicas o WHERE o.pack_id = l.pack_id \
+                                     AND o.node_id <> $1 AND o.state <> 'damaged')"
+                ),
                 &[&self.inner.node.0],
             )
             .await?
@@ -239,7 +245,9 @@ impl ChunkStore {
         txn.execute(
             "UPDATE packs p SET size = v.s FROM unnest($1::int8[], $2::int8[]) AS v(id, s) \
              WHERE p.id = v.id AND p.state <> 'open' \
-               AND EXISTS (SELECT 1 FROM pack_replicas r WHERE r.pack_id = p.id AND r.node_id = $3)",
+               AND EXISTS (SELECT 1 FROM pack_replicas r WHERE r.pack_id = p.id AND r.node_id = $3) \
+               AND NOT EXISTS (SELECT 1 FROM pack_replicas o WHERE o.pack_id = p.id \
+                               AND o.node_id <> $3 AND o.state <> 'damaged')",
             &[&ids, &sizes, &self.inner.node.0],
         )
         .await?;
@@ -254,7 +262,7 @@ impl ChunkStore {
         let retired = txn
             .execute(
                 "UPDATE packs p SET state = 'retired', retired_at = now(), live_bytes = 0 \
-                 WHERE p.state <> 'retired' AND EXISTS (SELECT 1 FROM pack_replicas r WHERE r.pack_id = p.id AND r.node_id = $1) \
+                 WHERE p.state = 'sealed' AND EXISTS (SELECT 1 FROM pack_replicas r WHERE r.pack_id = p.id AND r.node_id = $1) \
                  AND NOT EXISTS (SELECT 1 FROM unnest($2::int8[]) AS f(id) WHERE f.id = p.id) \
                  AND NOT EXISTS (SELECT 1 FROM chunk_locations l WHERE l.pack_id = p.id)",
                 &[&self.inner.node.0, &ids],

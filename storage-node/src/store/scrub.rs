@@ -28,12 +28,14 @@ pub struct DamagedChunk {
 const PAGE: i64 = 256;
 
 impl ChunkStore {
-    /// Verifies the chunks of this node. `sample` is the share to check, from 0 to 1.
+    /// Verifies the chunks of this node's copies of packs. `sample` is the share to check, from
+    /// 0 to 1. A copy with a damaged chunk is marked damaged, for repair.
     ///
     /// # Errors
     /// Catalog errors. Damage is reported, not returned as an error.
     pub async fn scrub(&self, sample: f64) -> Result<ScrubReport, StoreError> {
         let mut report = ScrubReport::default();
+        let mut damaged_packs = Vec::new();
         let mut after = (0i64, -1i64);
         loop {
             let client = self.inner.pool.get().await?;
@@ -72,6 +74,12 @@ impl ChunkStore {
                 report.bytes_checked += u64::from(at.stored_len);
                 if let Err(err) = result {
                     tracing::error!(error = %err, "scrub found a damaged chunk");
+                    // This node's copy of the pack is damaged: reads prefer the other copies,
+                    // and repair replaces it from a sound one.
+                    if !damaged_packs.contains(&at.pack) {
+                        damaged_packs.push(at.pack);
+                        self.mark_damaged(at.pack, self.inner.node).await;
+                    }
                     let objects = self.objects_using(at.tenant, at.chunk).await?;
                     report.damaged.push(DamagedChunk {
                         tenant_id: at.tenant.0,

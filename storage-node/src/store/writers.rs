@@ -54,7 +54,7 @@ impl WriterPool {
     /// Returns a writer after use: to the idle set, or to draining when it is full or broken.
     pub fn put_back(&self, mut pack: OpenPack, target_bytes: u64) {
         pack.abandon_unsynced();
-        let full = pack.is_broken() || pack.len() >= target_bytes;
+        let full = pack.is_broken() || pack.len() >= target_bytes || !pack.reusable();
         let mut idle = lock(&self.idle);
         if full || idle.len() >= MAX_IDLE {
             drop(idle);
@@ -101,7 +101,7 @@ impl ChunkStore {
     ) -> Result<OpenPack, StoreError> {
         let suspects = self.inner.peers.suspects();
         while let Some(mut pack) = self.inner.writers.take(class) {
-            if !pack.has_copy_on(&suspects) {
+            if !pack.has_copy_on(&suspects) && pack.reusable() {
                 return Ok(pack);
             }
             pack.retire();
@@ -124,7 +124,11 @@ impl ChunkStore {
                 pack: 0,
                 detail: "the node serves no internal API (--internal-url)".into(),
             })?;
-            remotes.push(RemoteCopy::new(target.node, self.peer(target.node, url)?));
+            let client = self.peer(target.node, url).map_err(|err| {
+                self.inner.peers.note_failure(target.node);
+                StoreError::CopyFailed { node: target.node.0, pack: 0, detail: err.to_string() }
+            })?;
+            remotes.push(RemoteCopy::new(target.node, client));
         }
         let nodes: Vec<i32> = placed.targets.iter().map(|target| target.node.0).collect();
         let mut attempts = 0;
@@ -148,15 +152,24 @@ impl ChunkStore {
                 .await?
                 .get(0);
             let id = PackId(id);
+            let degraded = placed.degraded;
             if !here {
-                return Ok(OpenPack::new(id, class.clone(), self.inner.node, None, remotes));
+                let mut pack = OpenPack::new(id, class.clone(), self.inner.node, None, remotes);
+                if degraded {
+                    pack.set_degraded();
+                }
+                return Ok(pack);
             }
             let dir = self.inner.packs_dir.clone();
             let node = self.inner.node.0;
             let created = tokio::task::spawn_blocking(move || PackWriter::create(&dir, id, node)).await?;
             let err = match created {
                 Ok(writer) => {
-                    return Ok(OpenPack::new(id, class.clone(), self.inner.node, Some(writer), remotes));
+                    let mut pack = OpenPack::new(id, class.clone(), self.inner.node, Some(writer), remotes);
+                    if degraded {
+                        pack.set_degraded();
+                    }
+                    return Ok(pack);
                 }
                 Err(err) => err,
             };
