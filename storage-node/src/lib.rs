@@ -21,6 +21,7 @@ pub mod model;
 pub mod node_api;
 pub mod pack;
 pub mod placement;
+pub mod repair;
 pub mod s3;
 pub mod server_secret;
 pub mod store;

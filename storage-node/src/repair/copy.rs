@@ -1,0 +1,70 @@
+//! One copy of a pack, from a live copy to a target node, streamed through memory: the source's
+//! `GET` is the target's `PUT` body, throttled by the repairer's bucket, and never touches this
+//! node's disk (an owned tenant's bytes stay on its own nodes even when a shared node repairs).
+
+use std::collections::HashMap;
+
+use super::RepairError;
+use super::assess::{CopyTarget, Source};
+use super::bucket::{SharedBucket, throttle};
+use crate::ServerSecret;
+use crate::node_api::NodeClient;
+use crate::pack::PackId;
+use crate::store::NodeId;
+
+/// The internal API clients of one pass, one per node (each keeps its peer's version).
+pub struct Peers {
+    secret: ServerSecret,
+    clients: HashMap<NodeId, NodeClient>,
+}
+
+impl Peers {
+    pub fn new(secret: ServerSecret) -> Self {
+        Peers { secret, clients: HashMap::new() }
+    }
+
+    /// The client of `node` at `url`.
+    ///
+    /// # Errors
+    /// [`RepairError::Peer`] when the client cannot be built.
+    pub fn client(&mut self, node: NodeId, url: &str) -> Result<&NodeClient, RepairError> {
+        if !self.clients.contains_key(&node) {
+            let client = NodeClient::new(url, &self.secret).map_err(RepairError::peer(node))?;
+            self.clients.insert(node, client);
+        }
+        self.clients.get(&node).ok_or(RepairError::NoInternalUrl(node))
+    }
+}
+
+/// Copies pack `pack` from `source` to `target`, at most as fast as `bucket` lets it (the
+/// target verifies every record before it keeps the pack); a damaged copy at the target is
+/// deleted first. Returns the bytes sent. The caller records the copy.
+///
+/// # Errors
+/// [`RepairError::Peer`] naming the node that failed (the target, when the transfer broke).
+pub async fn copy_pack(
+    peers: &mut Peers,
+    pack: PackId,
+    source: &Source,
+    target: &CopyTarget,
+    bucket: &SharedBucket,
+) -> Result<u64, RepairError> {
+    if target.replaces_damaged {
+        peers
+            .client(target.node, &target.url)?
+            .delete_pack(pack)
+            .await
+            .map_err(RepairError::peer(target.node))?;
+    }
+    let (len, stream) = peers
+        .client(source.node, &source.url)?
+        .get_pack_stream(pack)
+        .await
+        .map_err(RepairError::peer(source.node))?;
+    let target_client = peers.client(target.node, &target.url)?;
+    target_client
+        .put_pack_stream(pack, len, throttle(stream, bucket.clone()))
+        .await
+        .map_err(RepairError::peer(target.node))?;
+    Ok(len)
+}

@@ -1,0 +1,205 @@
+//! The repairer task: one per node, repairing only while it holds the repair lock (tried again
+//! every pass, so any node takes over when the holder dies), one pass every interval.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use deadpool_postgres::{ClientWrapper, Object};
+use tokio_util::sync::CancellationToken;
+
+use super::assess::{Assessment, assess, targets};
+use super::bucket::{SharedBucket, TokenBucket};
+use super::copy::{Peers, copy_pack};
+use super::work::{self, PackWork};
+use super::{BATCH, REPAIR_LOCK, RepairConfig, RepairError, RepairStats};
+use crate::ServerSecret;
+use crate::catalog::CatalogPool;
+use crate::store::NodeId;
+
+/// What one pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// Packs below their wanted copies when the pass began.
+    pub backlog: i64,
+    /// Copies made.
+    pub copies: u64,
+    pub bytes: u64,
+    /// Damaged or misplaced copies dropped.
+    pub dropped: u64,
+    /// Items that failed (retried the next pass).
+    pub failures: u64,
+}
+
+/// The repairer of one node.
+pub struct Repairer {
+    pool: CatalogPool,
+    secret: ServerSecret,
+    this_node: NodeId,
+    config: RepairConfig,
+    stats: Arc<RepairStats>,
+    bucket: SharedBucket,
+}
+
+impl Repairer {
+    /// The repairer that `this_node` runs over the catalog `pool`, reaching its peers with the
+    /// cluster's `secret`.
+    pub fn new(pool: CatalogPool, secret: ServerSecret, this_node: NodeId, config: RepairConfig) -> Self {
+        let bucket = Arc::new(Mutex::new(TokenBucket::new(config.rate_bytes_per_sec, Instant::now())));
+        Repairer { pool, secret, this_node, config, stats: Arc::default(), bucket }
+    }
+
+    /// What it did, for `/metrics`.
+    pub fn stats(&self) -> Arc<RepairStats> {
+        self.stats.clone()
+    }
+
+    /// Repairs every interval while it holds the repair lock, until `stop`. A pass that fails
+    /// (the catalog unreachable) is logged and tried again the next interval.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut lock: Option<ClientWrapper> = None;
+        loop {
+            match self.hold_lock(lock.take()).await {
+                Ok(Some(held)) => {
+                    let pass = tokio::select! {
+                        pass = self.pass() => pass,
+                        () = stop.cancelled() => return,
+                    };
+                    match pass {
+                        Ok(report) if report != PassReport::default() => {
+                            tracing::info!(node = self.this_node.0, ?report, "repair pass")
+                        }
+                        Ok(_) => {}
+                        Err(err) => tracing::warn!(error = %err, "repair pass failed"),
+                    }
+                    lock = Some(held);
+                }
+                Ok(None) => self.stats.set_backlog(0),
+                Err(err) => tracing::warn!(error = %err, "cannot take the repair lock"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.config.interval) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// The connection holding the repair lock: `held` while it is still open, else a new one
+    /// if the lock is free; `None` while another node holds it.
+    async fn hold_lock(&self, held: Option<ClientWrapper>) -> Result<Option<ClientWrapper>, RepairError> {
+        if let Some(client) = held {
+            if client.simple_query("SELECT 1").await.is_ok() {
+                return Ok(Some(client));
+            }
+            tracing::warn!("lost the repair lock's connection; taking the lock again");
+        }
+        let client = Object::take(self.pool.get().await?);
+        let locked: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&REPAIR_LOCK]).await?.get(0);
+        if locked {
+            tracing::info!(node = self.this_node.0, "this node repairs");
+        }
+        Ok(locked.then_some(client))
+    }
+
+    /// One pass over the packs that need work (at most one batch), fewest copies first.
+    ///
+    /// # Errors
+    /// Catalog errors reading the work; an item that fails is counted, not returned.
+    pub async fn pass(&self) -> Result<PassReport, RepairError> {
+        let client = self.pool.get().await?;
+        let cluster = work::cluster(&**client, self.config.grace).await?;
+        let work = work::work(&**client, &cluster, BATCH).await?;
+        drop(client);
+        self.stats.set_backlog(work.backlog);
+        let mut report = PassReport { backlog: work.backlog, ..PassReport::default() };
+        let mut peers = Peers::new(self.secret.clone());
+        for pack in &work.packs {
+            let assessment = assess(pack, &cluster);
+            if let Err(err) = self.repair(pack, &assessment, &cluster, &mut peers, &mut report).await {
+                report.failures += 1;
+                self.stats.failed();
+                tracing::warn!(pack = pack.id.0, error = %err, "repair of a pack failed; retried next pass");
+            }
+        }
+        Ok(report)
+    }
+
+    /// Copies `pack` where it lacks copies; once it has them all, drops its damaged and
+    /// misplaced copies.
+    async fn repair(
+        &self,
+        pack: &PackWork,
+        assessment: &Assessment,
+        cluster: &work::Cluster,
+        peers: &mut Peers,
+        report: &mut PassReport,
+    ) -> Result<(), RepairError> {
+        let mut missing = assessment.missing();
+        let mut made: Vec<NodeId> = Vec::new();
+        if missing > 0 {
+            let Some(source) = assessment.sources.first() else {
+                tracing::debug!(pack = pack.id.0, "no live copy to repair from");
+                return Ok(());
+            };
+            for target in targets(pack, assessment, cluster) {
+                let bytes = copy_pack(peers, pack.id, source, &target, &self.bucket).await?;
+                let client = self.pool.get().await?;
+                if !work::record_copy(&**client, pack.id, target.node).await? {
+                    // GC retired the pack meanwhile: the copy is not needed.
+                    if let Ok(peer) = peers.client(target.node, &target.url) {
+                        let _ = peer.delete_pack(pack.id).await;
+                    }
+                    return Ok(());
+                }
+                tracing::info!(
+                    pack = pack.id.0,
+                    from = source.node.0,
+                    to = target.node.0,
+                    bytes,
+                    "repaired a copy"
+                );
+                self.stats.copied(bytes);
+                report.copies += 1;
+                report.bytes += bytes;
+                missing -= 1;
+                made.push(target.node);
+            }
+        }
+        if missing > 0 {
+            tracing::debug!(pack = pack.id.0, missing, "no eligible node for the missing copies");
+            return Ok(());
+        }
+        // A damaged copy replaced in place is whole now.
+        let extra =
+            assessment.damaged.iter().chain(&assessment.misplaced).filter(|node| !made.contains(node));
+        let mut extra: Vec<NodeId> = extra.copied().collect();
+        extra.sort_by_key(|node| node.0);
+        extra.dedup();
+        for node in extra {
+            self.drop_extra(pack, node, cluster, peers).await?;
+            report.dropped += 1;
+        }
+        Ok(())
+    }
+
+    /// Drops the row of a damaged or misplaced copy and asks its node to delete the file (a
+    /// node that refuses or is down keeps a file nothing points at).
+    async fn drop_extra(
+        &self,
+        pack: &PackWork,
+        node: NodeId,
+        cluster: &work::Cluster,
+        peers: &mut Peers,
+    ) -> Result<(), RepairError> {
+        let client = self.pool.get().await?;
+        work::drop_copy(&**client, pack.id, node).await?;
+        drop(client);
+        tracing::info!(pack = pack.id.0, node = node.0, "dropped a damaged or misplaced copy");
+        let Some(url) = cluster.node(node).filter(|n| n.live).and_then(|n| n.internal_url.clone()) else {
+            return Ok(());
+        };
+        if let Err(err) = peers.client(node, &url)?.delete_pack(pack.id).await {
+            tracing::info!(pack = pack.id.0, node = node.0, error = %err, "the copy's file stays");
+        }
+        Ok(())
+    }
+}
