@@ -42,12 +42,23 @@ pub struct Assessment {
     pub damaged: Vec<NodeId>,
     /// Nodes outside the pack's domain or its allowed zones that hold a copy.
     pub misplaced: Vec<NodeId>,
+    /// Draining nodes that hold a copy.
+    pub draining: Vec<NodeId>,
 }
 
 impl Assessment {
     /// How many copies in new zones it lacks.
     pub fn missing(&self) -> usize {
         usize::from(self.wanted).saturating_sub(self.healthy_zones.len())
+    }
+
+    /// The copies to drop once the pack has all its copies: damaged, misplaced, draining.
+    pub fn surplus(&self) -> Vec<NodeId> {
+        let mut surplus: Vec<NodeId> =
+            self.damaged.iter().chain(&self.misplaced).chain(&self.draining).copied().collect();
+        surplus.sort_by_key(|node| node.0);
+        surplus.dedup();
+        surplus
     }
 }
 
@@ -60,12 +71,15 @@ pub fn assess(pack: &PackWork, cluster: &Cluster) -> Assessment {
         sources: Vec::new(),
         damaged: Vec::new(),
         misplaced: Vec::new(),
+        draining: Vec::new(),
     };
     let mut other_sources = Vec::new();
     for &(id, state) in &pack.replicas {
         let Some(node) = cluster.node(id) else { continue };
         if !cluster.in_domain(node, pack.domain) {
             assessment.misplaced.push(id);
+        } else if node.state == NodeState::Draining {
+            assessment.draining.push(id);
         }
         match state {
             ReplicaState::Damaged => assessment.damaged.push(id),

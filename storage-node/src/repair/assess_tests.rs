@@ -98,6 +98,7 @@ fn a_gone_or_draining_node_does_not_count_but_a_silent_one_within_the_grace_does
     assert_eq!(assessment.missing(), 1);
     assert_eq!(assessment.sources.iter().map(|s| s.node.0).collect::<Vec<_>>(), [1, 2]);
     assert_eq!(target_nodes(&targets(&pack, &assessment, &draining)), [(3, false)]);
+    assert_eq!(assessment.surplus(), [NodeId(2)], "dropped once the pack has its copies");
 }
 
 #[test]

@@ -11,7 +11,8 @@
 //!   missing copies go ([`crate::placement::choose`]'s rules; pure functions);
 //! - [`copy`] streams the pack from a live copy to each target through memory (never through
 //!   this node's disk), at most [`RepairConfig::rate_bytes_per_sec`] ([`bucket`]), then records
-//!   the copy; once the pack has its copies, the damaged and misplaced ones are dropped.
+//!   the copy; once the pack has its copies, the damaged, misplaced and draining ones are
+//!   dropped (a drained node ends up holding nothing).
 //!
 //! A copy is *healthy* when it is `ok`, on an `active` node (not draining nor removed) of the
 //! pack's domain in an allowed zone, whose heartbeat is within [`RepairConfig::grace`]: a node
@@ -120,3 +121,7 @@ impl RepairStats {
         self.failures.fetch_add(1, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+#[path = "catalog_tests.rs"]
+mod catalog_tests;

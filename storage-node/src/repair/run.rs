@@ -24,7 +24,7 @@ pub struct PassReport {
     /// Copies made.
     pub copies: u64,
     pub bytes: u64,
-    /// Damaged or misplaced copies dropped.
+    /// Damaged, misplaced and draining copies dropped.
     pub dropped: u64,
     /// Items that failed (retried the next pass).
     pub failures: u64,
@@ -123,8 +123,8 @@ impl Repairer {
         Ok(report)
     }
 
-    /// Copies `pack` where it lacks copies; once it has them all, drops its damaged and
-    /// misplaced copies.
+    /// Copies `pack` where it lacks copies; once it has them all, drops its damaged, misplaced
+    /// and draining copies.
     async fn repair(
         &self,
         pack: &PackWork,
@@ -169,11 +169,7 @@ impl Repairer {
             return Ok(());
         }
         // A damaged copy replaced in place is whole now.
-        let extra =
-            assessment.damaged.iter().chain(&assessment.misplaced).filter(|node| !made.contains(node));
-        let mut extra: Vec<NodeId> = extra.copied().collect();
-        extra.sort_by_key(|node| node.0);
-        extra.dedup();
+        let extra = assessment.surplus().into_iter().filter(|node| !made.contains(node));
         for node in extra {
             self.drop_extra(pack, node, cluster, peers).await?;
             report.dropped += 1;
@@ -181,7 +177,7 @@ impl Repairer {
         Ok(())
     }
 
-    /// Drops the row of a damaged or misplaced copy and asks its node to delete the file (a
+    /// Drops the row of a damaged, misplaced or draining copy and asks its node to delete the file (a
     /// node that refuses or is down keeps a file nothing points at).
     async fn drop_extra(
         &self,
@@ -193,7 +189,7 @@ impl Repairer {
         let client = self.pool.get().await?;
         work::drop_copy(&**client, pack.id, node).await?;
         drop(client);
-        tracing::info!(pack = pack.id.0, node = node.0, "dropped a damaged or misplaced copy");
+        tracing::info!(pack = pack.id.0, node = node.0, "dropped a damaged, misplaced or draining copy");
         let Some(url) = cluster.node(node).filter(|n| n.live).and_then(|n| n.internal_url.clone()) else {
             return Ok(());
         };

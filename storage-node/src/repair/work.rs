@@ -148,7 +148,8 @@ pub struct Work {
 
 /// The sealed packs that need work under `cluster`: fewer healthy copies in distinct zones than
 /// wanted (the domain's replication factor, the pack's `replicas_wanted` as a floor), a damaged
-/// copy, or a copy on a node outside its domain; fewest healthy copies first, at most `limit`.
+/// copy, a copy on a draining node, or one on a node outside its domain; fewest healthy copies
+/// first, at most `limit`.
 ///
 /// # Errors
 /// Catalog errors.
@@ -179,7 +180,7 @@ pub async fn work<C: GenericClient + Sync>(
                  SELECT p.id, p.owner_tenant_id, p.replicas_wanted, p.size, \
                         greatest(p.replicas_wanted, coalesce(r.copies, 1)) AS wanted, \
                         count(DISTINCT m.zone) FILTER (WHERE x.state = $7 AND m.healthy) AS healthy, \
-                        count(*) FILTER (WHERE x.state = $8 \
+                        count(*) FILTER (WHERE x.state = $8 OR n.state = $11 \
                                             OR (m.node IS NULL AND n.state <> $9)) AS odd, \
                         array_agg(x.node_id) FILTER (WHERE x.node_id IS NOT NULL) AS nodes, \
                         array_agg(x.state) FILTER (WHERE x.node_id IS NOT NULL) AS states \
@@ -205,6 +206,7 @@ pub async fn work<C: GenericClient + Sync>(
                 &ReplicaState::Damaged,
                 &NodeState::Removed,
                 &limit,
+                &NodeState::Draining,
             ],
         )
         .await?;
