@@ -12,6 +12,7 @@ mod databases;
 mod front_door;
 mod node_api;
 mod nodes;
+mod repair;
 mod s3_clients;
 mod s3_props;
 mod s3_sdk;

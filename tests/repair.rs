@@ -1,0 +1,191 @@
+//! Repair, drain and remove against real `silo serve` processes: node `alpha` (zone a) holds the
+//! only copy of a sealed pack; `remove alpha` is refused; once node `beta` (zone b, another
+//! process sharing the cluster secret) is registered in alpha's catalog, alpha's repairer copies
+//! the pack to beta through the internal API (byte for byte, recorded in `pack_replicas`, counted
+//! in `/metrics`); beta drains and is removed, and alpha is refused again.
+//!
+//! Until `silo serve` takes a second node per catalog, beta runs on a catalog of its own and its
+//! row in alpha's catalog is written (and heartbeated) by the test.
+
+use crate::common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{Silo, free_addr, noise, scratch, silo_cli_json};
+use storage_node::ServerSecret;
+use storage_node::TenantId;
+use storage_node::compress::Compression;
+use storage_node::pack::{PackId, PackWriter, RecordHeader};
+
+/// The server secret both nodes share.
+const CLUSTER_SECRET: &str = "7265706169722074657374732073686172652074686973207365637265742121";
+/// A pack id far from the ones the node's own store hands out.
+const PACK: i64 = 900_001;
+
+struct Node {
+    silo: Silo,
+    internal: String,
+    /// Its own catalog's URL.
+    catalog: String,
+    _tmp: tempfile::TempDir,
+}
+
+async fn start(label: &str, zone: &str, repair_interval: &str) -> Node {
+    let catalog = pg_local::testing::shared().fresh_database(label).await;
+    let tmp = scratch();
+    let internal = free_addr();
+    let internal_url = format!("http://{internal}");
+    let args = [
+        "--postgres-url",
+        &catalog,
+        "--node-name",
+        label,
+        "--zone",
+        zone,
+        "--internal-listen",
+        &internal.to_string(),
+        "--internal-url",
+        &internal_url,
+        "--gc-interval-secs",
+        "0",
+        "--repair-interval-secs",
+        repair_interval,
+    ];
+    let mut silo =
+        Silo::start_with_env(&tmp.path().join("data"), &args, &[("SILO_SERVER_SECRET", CLUSTER_SECRET)]);
+    silo.wait_ready(Duration::from_secs(30)).await;
+    Node { silo, internal: internal_url, catalog, _tmp: tmp }
+}
+
+/// A sealed pack `PACK` of a few records, written into `dir`; its path.
+fn made_pack(dir: &Path) -> PathBuf {
+    let key = ServerSecret::from_hex(CLUSTER_SECRET).expect("hex").chunk_key(TenantId(1));
+    let mut writer = PackWriter::create(dir, PackId(PACK), 1).expect("create");
+    for n in 0..4 {
+        let raw = noise(200_000 + n, n as u64);
+        let header = RecordHeader {
+            compression: Compression::None,
+            tenant: TenantId(1),
+            chunk: key.chunk_id(&raw),
+            raw_len: raw.len() as u32,
+            stored_len: raw.len() as u32,
+        };
+        writer.append(&header, &raw).expect("append");
+    }
+    writer.sync().expect("sync");
+    writer.path().to_path_buf()
+}
+
+async fn catalog(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("catalog");
+    tokio::spawn(conn);
+    client
+}
+
+/// `POST /v1/nodes/{node}/{action}`: the status and the body.
+async fn retire(silo: &Silo, node: &str, action: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(silo.url(&format!("/v1/nodes/{node}/{action}")))
+        .bearer_auth(silo.token())
+        .send()
+        .await
+        .expect("post");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("json"))
+}
+
+/// The value of the sample `name` in `/metrics`.
+async fn metric(silo: &Silo, name: &str) -> Option<f64> {
+    let text = reqwest::get(silo.metrics_url()).await.expect("metrics").text().await.expect("text");
+    text.lines().find_map(|line| line.strip_prefix(&format!("{name} "))?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn a_pack_with_one_copy_is_repaired_to_a_new_zone_and_drain_and_remove_keep_the_last_copy() {
+    let alpha = start("alpha", "a", "1").await;
+    let beta = start("beta", "b", "0").await;
+    let file = made_pack(&alpha.silo.data_dir.join("packs"));
+    let bytes = std::fs::read(&file).expect("pack");
+    let db = catalog(&alpha.catalog).await;
+    let alpha_id: i32 =
+        db.query_one("SELECT id FROM storage_nodes WHERE name = 'alpha'", &[]).await.expect("alpha").get(0);
+    db.execute(
+        "INSERT INTO packs (id, node_id, state, size) OVERRIDING SYSTEM VALUE VALUES ($1, $2, 'sealed', $3)",
+        &[&PACK, &alpha_id, &(bytes.len() as i64)],
+    )
+    .await
+    .expect("pack row");
+    db.execute(
+        "INSERT INTO pack_replicas (pack_id, node_id, state) VALUES ($1, $2, 'ok')",
+        &[&PACK, &alpha_id],
+    )
+    .await
+    .expect("replica row");
+
+    // alpha holds the only copy: not removable.
+    let (status, body) = retire(&alpha.silo, "alpha", "remove").await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "last_copies", "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("1 pack")), "{body}");
+    assert_eq!(retire(&alpha.silo, "nobody", "drain").await.0, 404);
+
+    // beta joins alpha's catalog in zone b (its heartbeat kept fresh by the test).
+    let beta_id: i32 = db
+        .query_one(
+            "INSERT INTO storage_nodes (name, zone, internal_url, heartbeat_at, started_at) \
+             VALUES ('beta', 'b', $1, now(), now()) RETURNING id",
+            &[&beta.internal],
+        )
+        .await
+        .expect("beta")
+        .get(0);
+    let heartbeat = catalog(&alpha.catalog).await;
+    let beating = tokio::spawn(async move {
+        loop {
+            let _ = heartbeat
+                .execute("UPDATE storage_nodes SET heartbeat_at = now() WHERE name = 'beta'", &[])
+                .await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let copied = beta.silo.data_dir.join("packs").join(file.file_name().expect("name"));
+    loop {
+        let recorded: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pack_replicas WHERE pack_id = $1 AND node_id = $2 AND state = 'ok'",
+                &[&PACK, &beta_id],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        if recorded == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no repair within a minute:\n{}", alpha.silo.stderr());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(std::fs::read(&copied).expect("beta's copy"), bytes, "the copy is byte for byte");
+    assert_eq!(metric(&alpha.silo, "silo_repair_packs_total").await, Some(1.0));
+    assert_eq!(metric(&alpha.silo, "silo_repair_bytes_total").await, Some(bytes.len() as f64));
+    assert_eq!(metric(&alpha.silo, "silo_repair_backlog_packs").await.map(|n| n <= 1.0), Some(true));
+
+    // beta drains: its copy stops counting, but alpha's is healthy, so it may go.
+    let drained = silo_cli_json(&alpha.silo, &["node", "drain", "beta"]);
+    assert_eq!((drained["state"].as_str(), drained["packs"].as_i64()), (Some("draining"), Some(1)));
+    assert_eq!(drained["last_copies"], 0, "{drained}");
+    let removed = silo_cli_json(&alpha.silo, &["node", "remove", "beta"]);
+    assert_eq!(removed["state"], "removed", "{removed}");
+    let left: i64 = db
+        .query_one("SELECT count(*) FROM pack_replicas WHERE node_id = $1", &[&beta_id])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 0, "beta's copies are forgotten");
+    // alpha holds the last copy again.
+    let (status, body) = retire(&alpha.silo, "alpha", "remove").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("last_copies")), "{body}");
+    beating.abort();
+}
