@@ -2,7 +2,8 @@
 //! only copy of a sealed pack; `remove alpha` is refused; once node `beta` (zone b, another
 //! process sharing the cluster secret) is registered in alpha's catalog, alpha's repairer copies
 //! the pack to beta through the internal API (byte for byte, recorded in `pack_replicas`, counted
-//! in `/metrics`); beta drains and is removed, and alpha is refused again.
+//! in `/metrics`); a damaged copy on beta is replaced in place; beta drains and is removed, and
+//! alpha is refused again.
 //!
 //! Until `silo serve` takes a second node per catalog, beta runs on a catalog of its own and its
 //! row in alpha's catalog is written (and heartbeated) by the test.
@@ -101,6 +102,25 @@ async fn metric(silo: &Silo, name: &str) -> Option<f64> {
     text.lines().find_map(|line| line.strip_prefix(&format!("{name} "))?.trim().parse().ok())
 }
 
+/// Waits until the catalog records a whole copy of `PACK` on `node`.
+async fn wait_for_whole_copy(db: &tokio_postgres::Client, node: i32, repairer: &Silo) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let row = db
+            .query_one(
+                "SELECT count(*) FROM pack_replicas WHERE pack_id = $1 AND node_id = $2 AND state = 'ok'",
+                &[&PACK, &node],
+            )
+            .await
+            .expect("count");
+        if row.get::<_, i64>(0) == 1 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no repair within a minute:\n{}", repairer.stderr());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_pack_with_one_copy_is_repaired_to_a_new_zone_and_drain_and_remove_keep_the_last_copy() {
     let alpha = start("alpha", "a", "1").await;
@@ -150,27 +170,28 @@ async fn a_pack_with_one_copy_is_repaired_to_a_new_zone_and_drain_and_remove_kee
         }
     });
 
-    let deadline = Instant::now() + Duration::from_secs(60);
     let copied = beta.silo.data_dir.join("packs").join(file.file_name().expect("name"));
-    loop {
-        let recorded: i64 = db
-            .query_one(
-                "SELECT count(*) FROM pack_replicas WHERE pack_id = $1 AND node_id = $2 AND state = 'ok'",
-                &[&PACK, &beta_id],
-            )
-            .await
-            .expect("count")
-            .get(0);
-        if recorded == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no repair within a minute:\n{}", alpha.silo.stderr());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_whole_copy(&db, beta_id, &alpha.silo).await;
     assert_eq!(std::fs::read(&copied).expect("beta's copy"), bytes, "the copy is byte for byte");
     assert_eq!(metric(&alpha.silo, "silo_repair_packs_total").await, Some(1.0));
     assert_eq!(metric(&alpha.silo, "silo_repair_bytes_total").await, Some(bytes.len() as f64));
     assert_eq!(metric(&alpha.silo, "silo_repair_backlog_packs").await.map(|n| n <= 1.0), Some(true));
+
+    // A flipped byte in beta's copy, reported damaged: beta is the only other zone, so the copy
+    // is replaced in place (deleted, then sent again).
+    let mut flipped = bytes.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x01;
+    std::fs::write(&copied, &flipped).expect("flip a byte");
+    db.execute(
+        "UPDATE pack_replicas SET state = 'damaged' WHERE pack_id = $1 AND node_id = $2",
+        &[&PACK, &beta_id],
+    )
+    .await
+    .expect("damaged");
+    wait_for_whole_copy(&db, beta_id, &alpha.silo).await;
+    assert_eq!(std::fs::read(&copied).expect("beta's copy"), bytes, "the damaged copy is whole again");
+    assert_eq!(metric(&alpha.silo, "silo_repair_packs_total").await, Some(2.0));
 
     // beta drains: its copy stops counting, but alpha's is healthy, so it may go.
     let drained = silo_cli_json(&alpha.silo, &["node", "drain", "beta"]);
