@@ -161,3 +161,13 @@ fn an_allowed_zone_change_makes_a_copy_misplaced() {
     assert_eq!(assessment.missing(), 1);
     assert_eq!(target_nodes(&targets(&pack, &assessment, &cluster)), [(13, false)]);
 }
+
+#[test]
+fn a_copy_made_in_a_pass_takes_room_from_the_next_choice() {
+    let mut cluster = cluster(|nodes| nodes[1].held_bytes = 90 * GB, &[]);
+    let pack = pack(Domain::Shared, &[(1, Whole), (4, Whole)]);
+    let assessment = assess(&pack, &cluster);
+    assert_eq!(target_nodes(&targets(&pack, &assessment, &cluster)), [(3, false)], "c has the most room");
+    cluster.add_held(NodeId(3), 95 * GB);
+    assert_eq!(target_nodes(&targets(&pack, &assessment, &cluster)), [(2, false)], "now b has more");
+}

@@ -106,7 +106,7 @@ impl Repairer {
     /// Catalog errors reading the work; an item that fails is counted, not returned.
     pub async fn pass(&self) -> Result<PassReport, RepairError> {
         let client = self.pool.get().await?;
-        let cluster = work::cluster(&**client, self.config.grace).await?;
+        let mut cluster = work::cluster(&**client, self.config.grace).await?;
         let work = work::work(&**client, &cluster, BATCH).await?;
         drop(client);
         self.stats.set_backlog(work.backlog);
@@ -114,7 +114,7 @@ impl Repairer {
         let mut peers = Peers::new(self.secret.clone());
         for pack in &work.packs {
             let assessment = assess(pack, &cluster);
-            if let Err(err) = self.repair(pack, &assessment, &cluster, &mut peers, &mut report).await {
+            if let Err(err) = self.repair(pack, &assessment, &mut cluster, &mut peers, &mut report).await {
                 report.failures += 1;
                 self.stats.failed();
                 tracing::warn!(pack = pack.id.0, error = %err, "repair of a pack failed; retried next pass");
@@ -129,7 +129,7 @@ impl Repairer {
         &self,
         pack: &PackWork,
         assessment: &Assessment,
-        cluster: &work::Cluster,
+        cluster: &mut work::Cluster,
         peers: &mut Peers,
         report: &mut PassReport,
     ) -> Result<(), RepairError> {
@@ -158,6 +158,7 @@ impl Repairer {
                     "repaired a copy"
                 );
                 self.stats.copied(bytes);
+                cluster.add_held(target.node, bytes);
                 report.copies += 1;
                 report.bytes += bytes;
                 missing -= 1;

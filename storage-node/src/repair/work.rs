@@ -51,6 +51,14 @@ impl Cluster {
         self.rules.insert(domain, DomainRule { policy, copies });
     }
 
+    /// Counts a new copy of `bytes` on `node`, so that the next choice in the same pass sees
+    /// the room it took.
+    pub fn add_held(&mut self, node: NodeId, bytes: u64) {
+        if let Some(node) = self.nodes.iter_mut().find(|candidate| candidate.node == node) {
+            node.held_bytes = node.held_bytes.saturating_add(bytes);
+        }
+    }
+
     /// The node `id`, when it is registered and not removed.
     pub fn node(&self, id: NodeId) -> Option<&Candidate> {
         self.nodes.iter().find(|node| node.node == id)
