@@ -3,6 +3,7 @@
 //! node's disk (an owned tenant's bytes stay on its own nodes even when a shared node repairs).
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::RepairError;
 use super::assess::{CopyTarget, Source};
@@ -12,27 +13,30 @@ use crate::node_api::NodeClient;
 use crate::pack::PackId;
 use crate::store::NodeId;
 
-/// The internal API clients of one pass, one per node (each keeps its peer's version).
+/// The internal API clients of one pass, one per node (each keeps its peer's version), shared
+/// by the packs repaired at the same time.
 pub struct Peers {
     secret: ServerSecret,
-    clients: HashMap<NodeId, NodeClient>,
+    clients: Mutex<HashMap<NodeId, Arc<NodeClient>>>,
 }
 
 impl Peers {
     pub fn new(secret: ServerSecret) -> Self {
-        Peers { secret, clients: HashMap::new() }
+        Peers { secret, clients: Mutex::default() }
     }
 
     /// The client of `node` at `url`.
     ///
     /// # Errors
     /// [`RepairError::Peer`] when the client cannot be built.
-    pub fn client(&mut self, node: NodeId, url: &str) -> Result<&NodeClient, RepairError> {
-        if !self.clients.contains_key(&node) {
-            let client = NodeClient::new(url, &self.secret).map_err(RepairError::peer(node))?;
-            self.clients.insert(node, client);
+    pub fn client(&self, node: NodeId, url: &str) -> Result<Arc<NodeClient>, RepairError> {
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(client) = clients.get(&node) {
+            return Ok(client.clone());
         }
-        self.clients.get(&node).ok_or(RepairError::NoInternalUrl(node))
+        let client = Arc::new(NodeClient::new(url, &self.secret).map_err(RepairError::peer(node))?);
+        clients.insert(node, client.clone());
+        Ok(client)
     }
 }
 
@@ -43,7 +47,7 @@ impl Peers {
 /// # Errors
 /// [`RepairError::Peer`] naming the node that failed (the target, when the transfer broke).
 pub async fn copy_pack(
-    peers: &mut Peers,
+    peers: &Peers,
     pack: PackId,
     source: &Source,
     target: &CopyTarget,

@@ -18,8 +18,6 @@ pub enum RepairError {
         #[source]
         source: ClientError,
     },
-    #[error("node #{node} has no internal URL", node = .0.0)]
-    NoInternalUrl(NodeId),
 }
 
 impl RepairError {

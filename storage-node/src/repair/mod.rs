@@ -12,7 +12,8 @@
 //! - [`copy`] streams the pack from a live copy to each target through memory (never through
 //!   this node's disk), at most [`RepairConfig::rate_bytes_per_sec`] ([`bucket`]), then records
 //!   the copy; once the pack has its copies, the damaged, misplaced and draining ones are
-//!   dropped (a drained node ends up holding nothing).
+//!   dropped (a drained node ends up holding nothing). [`run`] repairs a few packs at a time,
+//!   all within the one rate limit.
 //!
 //! A copy is *healthy* when it is `ok`, on an `active` node (not draining nor removed) of the
 //! pack's domain in an allowed zone, whose heartbeat is within [`RepairConfig::grace`]: a node
@@ -43,6 +44,8 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 pub const REPAIR_LOCK: i64 = 0x5250_0000;
 /// The most packs one pass takes on (the rest wait for the next pass, fewest copies first).
 const BATCH: i64 = 500;
+/// The packs repaired at the same time (their copies share the one rate limit).
+const PACKS_AT_ONCE: usize = 4;
 
 crate::text_enum!(
     /// The state of one copy of a pack (`pack_replicas.state`).

@@ -1,19 +1,22 @@
 //! The repairer task: one per node, repairing only while it holds the repair lock (tried again
 //! every pass, so any node takes over when the holder dies), one pass every interval.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use deadpool_postgres::{ClientWrapper, Object};
 use tokio_util::sync::CancellationToken;
 
-use super::assess::{Assessment, assess, targets};
+use futures::StreamExt;
+
+use super::assess::{assess, targets};
 use super::bucket::{SharedBucket, TokenBucket};
 use super::copy::{Peers, copy_pack};
-use super::work::{self, PackWork};
-use super::{BATCH, REPAIR_LOCK, RepairConfig, RepairError, RepairStats};
+use super::work::{self, Cluster, PackWork};
+use super::{BATCH, PACKS_AT_ONCE, REPAIR_LOCK, RepairConfig, RepairError, RepairStats};
 use crate::ServerSecret;
 use crate::catalog::CatalogPool;
+use crate::pack::PackId;
 use crate::store::NodeId;
 
 /// What one pass did.
@@ -100,39 +103,50 @@ impl Repairer {
         Ok(locked.then_some(client))
     }
 
-    /// One pass over the packs that need work (at most one batch), fewest copies first.
+    /// One pass over the packs that need work (at most one batch), fewest copies first, up to
+    /// [`PACKS_AT_ONCE`] at a time (all within the one rate limit).
     ///
     /// # Errors
     /// Catalog errors reading the work; an item that fails is counted, not returned.
     pub async fn pass(&self) -> Result<PassReport, RepairError> {
         let client = self.pool.get().await?;
-        let mut cluster = work::cluster(&**client, self.config.grace).await?;
+        let cluster = work::cluster(&**client, self.config.grace).await?;
         let work = work::work(&**client, &cluster, BATCH).await?;
         drop(client);
         self.stats.set_backlog(work.backlog);
-        let mut report = PassReport { backlog: work.backlog, ..PassReport::default() };
-        let mut peers = Peers::new(self.secret.clone());
-        for pack in &work.packs {
-            let assessment = assess(pack, &cluster);
-            if let Err(err) = self.repair(pack, &assessment, &mut cluster, &mut peers, &mut report).await {
-                report.failures += 1;
-                self.stats.failed();
-                tracing::warn!(pack = pack.id.0, error = %err, "repair of a pack failed; retried next pass");
-            }
-        }
-        Ok(report)
+        let report = Mutex::new(PassReport { backlog: work.backlog, ..PassReport::default() });
+        let (cluster, peers) = (Mutex::new(cluster), Peers::new(self.secret.clone()));
+        futures::stream::iter(&work.packs)
+            .for_each_concurrent(PACKS_AT_ONCE, |pack| async {
+                if let Err(err) = self.repair(pack, &cluster, &peers, &report).await {
+                    lock(&report).failures += 1;
+                    self.stats.failed();
+                    tracing::warn!(pack = pack.id.0, error = %err, "repair of a pack failed; retried next pass");
+                }
+            })
+            .await;
+        Ok(report.into_inner().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Copies `pack` where it lacks copies; once it has them all, drops its damaged, misplaced
-    /// and draining copies.
+    /// and draining copies. The targets' room is taken in `cluster` when they are chosen, so
+    /// that the packs repaired beside this one see it.
     async fn repair(
         &self,
         pack: &PackWork,
-        assessment: &Assessment,
-        cluster: &mut work::Cluster,
-        peers: &mut Peers,
-        report: &mut PassReport,
+        cluster: &Mutex<Cluster>,
+        peers: &Peers,
+        report: &Mutex<PassReport>,
     ) -> Result<(), RepairError> {
+        let (assessment, chosen) = {
+            let mut cluster = lock(cluster);
+            let assessment = assess(pack, &cluster);
+            let chosen = targets(pack, &assessment, &cluster);
+            for target in &chosen {
+                cluster.add_held(target.node, pack.size);
+            }
+            (assessment, chosen)
+        };
         let mut missing = assessment.missing();
         let mut made: Vec<NodeId> = Vec::new();
         if missing > 0 {
@@ -140,7 +154,7 @@ impl Repairer {
                 tracing::debug!(pack = pack.id.0, "no live copy to repair from");
                 return Ok(());
             };
-            for target in targets(pack, assessment, cluster) {
+            for target in chosen {
                 let bytes = copy_pack(peers, pack.id, source, &target, &self.bucket).await?;
                 let client = self.pool.get().await?;
                 if !work::record_copy(&**client, pack.id, target.node).await? {
@@ -158,7 +172,7 @@ impl Repairer {
                     "repaired a copy"
                 );
                 self.stats.copied(bytes);
-                cluster.add_held(target.node, bytes);
+                let mut report = lock(report);
                 report.copies += 1;
                 report.bytes += bytes;
                 missing -= 1;
@@ -170,33 +184,36 @@ impl Repairer {
             return Ok(());
         }
         // A damaged copy replaced in place is whole now.
-        let extra = assessment.surplus().into_iter().filter(|node| !made.contains(node));
-        for node in extra {
-            self.drop_extra(pack, node, cluster, peers).await?;
-            report.dropped += 1;
+        for node in assessment.surplus().into_iter().filter(|node| !made.contains(node)) {
+            let url = lock(cluster).node(node).filter(|n| n.live).and_then(|n| n.internal_url.clone());
+            self.drop_extra(pack.id, node, url, peers).await?;
+            lock(report).dropped += 1;
         }
         Ok(())
     }
 
-    /// Drops the row of a damaged, misplaced or draining copy and asks its node to delete the file (a
-    /// node that refuses or is down keeps a file nothing points at).
+    /// Drops the row of a damaged, misplaced or draining copy and asks its node (at `url`, when
+    /// live) to delete the file; a node that refuses or is down keeps a file nothing points at.
     async fn drop_extra(
         &self,
-        pack: &PackWork,
+        pack: PackId,
         node: NodeId,
-        cluster: &work::Cluster,
-        peers: &mut Peers,
+        url: Option<String>,
+        peers: &Peers,
     ) -> Result<(), RepairError> {
         let client = self.pool.get().await?;
-        work::drop_copy(&**client, pack.id, node).await?;
+        work::drop_copy(&**client, pack, node).await?;
         drop(client);
-        tracing::info!(pack = pack.id.0, node = node.0, "dropped a damaged, misplaced or draining copy");
-        let Some(url) = cluster.node(node).filter(|n| n.live).and_then(|n| n.internal_url.clone()) else {
-            return Ok(());
-        };
-        if let Err(err) = peers.client(node, &url)?.delete_pack(pack.id).await {
-            tracing::info!(pack = pack.id.0, node = node.0, error = %err, "the copy's file stays");
+        tracing::info!(pack = pack.0, node = node.0, "dropped a damaged, misplaced or draining copy");
+        let Some(url) = url else { return Ok(()) };
+        if let Err(err) = peers.client(node, &url)?.delete_pack(pack).await {
+            tracing::info!(pack = pack.0, node = node.0, error = %err, "the copy's file stays");
         }
         Ok(())
     }
+}
+
+/// The value behind `mutex`, also after a panic elsewhere (the values here stay consistent).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
