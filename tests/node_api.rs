@@ -653,4 +653,21 @@ async fn a_pack_is_relayed_between_two_nodes_through_memory() {
     );
     let missing = b.client().get_pack_stream(PackId(78)).await.map(|(len, _)| len);
     assert_eq!(refusal(missing), (404, "no_such_pack".into()));
+
+    // A hung peer (SIGSTOP: the kernel still accepts connections) fails calls within about
+    // twice the idle timeout, streamed ones too.
+    let idle = Duration::from_millis(500);
+    let hung =
+        NodeClient::with_idle_timeout(&format!("http://{}", b.internal), &secret(), idle).expect("client");
+    b.silo.signal(Signal::SIGSTOP);
+    let started = Instant::now();
+    let read = hung.get_pack_stream(PackId(77)).await.map(|(len, _)| len);
+    let (len, stream) = a.client().get_pack_stream(PackId(77)).await.expect("GET");
+    let relay = hung.put_pack_stream(PackId(77), len, stream).await;
+    let elapsed = started.elapsed();
+    b.silo.signal(Signal::SIGCONT);
+    assert!(matches!(read, Err(ClientError::Stalled(_))), "{read:?}");
+    assert!(matches!(relay, Err(ClientError::Stalled(_))), "{relay:?}");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    assert_eq!(b.client().pack_len(PackId(77)).await.expect("HEAD"), Some(len), "B answers again");
 }

@@ -14,7 +14,8 @@
 //! instead of a reset connection.
 //!
 //! Only a node whose catalog records a `writing` replica of the pack takes appends to it
-//! ([`super::writing`]); appends to one pack are serialized by a per-pack lock ([`PackLocks`]).
+//! ([`super::writing`]); appends to one pack, and a `DELETE` of it, take turns on a per-pack
+//! lock ([`PackLocks`]).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};

@@ -256,6 +256,8 @@ async fn delete_pack(
     segment: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, Response> {
     let id = pack_id(segment).ok_or_else(invalid_pack_id)?;
+    // Not in the middle of an append to it.
+    let _turn = api.locks.lock(id).await;
     if let Some(store) = &api.store
         && store.holds_live_pack(id).await.map_err(internal)?
     {
