@@ -5,6 +5,9 @@
 //! in `/metrics`); a damaged copy on beta is replaced in place; beta drains and is removed, and
 //! alpha is refused again.
 //!
+//! An owned tenant's pack found on a shared node moves to the tenant's own node, and the shared
+//! node's file is deleted.
+//!
 //! Until `silo serve` takes a second node per catalog, beta runs on a catalog of its own and its
 //! row in alpha's catalog is written (and heartbeated) by the test.
 
@@ -59,12 +62,12 @@ async fn start(label: &str, zone: &str, repair_interval: &str) -> Node {
     Node { silo, internal: internal_url, catalog, _tmp: tmp }
 }
 
-/// A sealed pack `PACK` of a few records, written into `dir`; its path.
-fn made_pack(dir: &Path) -> PathBuf {
+/// A sealed pack `id` of a few records, written into `dir`; its path.
+fn made_pack(dir: &Path, id: i64) -> PathBuf {
     let key = ServerSecret::from_hex(CLUSTER_SECRET).expect("hex").chunk_key(TenantId(1));
-    let mut writer = PackWriter::create(dir, PackId(PACK), 1).expect("create");
+    let mut writer = PackWriter::create(dir, PackId(id), 1).expect("create");
     for n in 0..4 {
-        let raw = noise(200_000 + n, n as u64);
+        let raw = noise(200_000 + n, id as u64 + n as u64);
         let header = RecordHeader {
             compression: Compression::None,
             tenant: TenantId(1),
@@ -102,14 +105,57 @@ async fn metric(silo: &Silo, name: &str) -> Option<f64> {
     text.lines().find_map(|line| line.strip_prefix(&format!("{name} "))?.trim().parse().ok())
 }
 
-/// Waits until the catalog records a whole copy of `PACK` on `node`.
-async fn wait_for_whole_copy(db: &tokio_postgres::Client, node: i32, repairer: &Silo) {
+/// Records the sealed pack `id` of `size` bytes, of `owner`'s domain (none: shared), written by
+/// `writer`, with a whole copy on `writer`.
+async fn record_pack(db: &tokio_postgres::Client, id: i64, writer: i32, owner: Option<i64>, size: usize) {
+    db.execute(
+        "INSERT INTO packs (id, node_id, state, size, owner_tenant_id) OVERRIDING SYSTEM VALUE \
+         VALUES ($1, $2, 'sealed', $3, $4)",
+        &[&id, &writer, &(size as i64), &owner],
+    )
+    .await
+    .expect("pack row");
+    db.execute("INSERT INTO pack_replicas (pack_id, node_id, state) VALUES ($1, $2, 'ok')", &[&id, &writer])
+        .await
+        .expect("replica row");
+}
+
+/// Registers the node `name` in `db` (zone `zone`, owned by `owner`) at `url`, and keeps its
+/// heartbeat fresh until the task is aborted; its id.
+async fn join(
+    db_url: &str,
+    name: &str,
+    zone: &str,
+    owner: Option<i64>,
+    url: &str,
+) -> (i32, tokio::task::JoinHandle<()>) {
+    let db = catalog(db_url).await;
+    let id: i32 = db
+        .query_one(
+            "INSERT INTO storage_nodes (name, zone, owner_tenant_id, internal_url, heartbeat_at, started_at) \
+             VALUES ($1, $2, $3, $4, now(), now()) RETURNING id",
+            &[&name, &zone, &owner, &url],
+        )
+        .await
+        .expect("node row")
+        .get(0);
+    let beating = tokio::spawn(async move {
+        loop {
+            let _ = db.execute("UPDATE storage_nodes SET heartbeat_at = now() WHERE id = $1", &[&id]).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
+    (id, beating)
+}
+
+/// Waits until the catalog records a whole copy of `pack` on `node`.
+async fn wait_for_whole_copy(db: &tokio_postgres::Client, pack: i64, node: i32, repairer: &Silo) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let row = db
             .query_one(
                 "SELECT count(*) FROM pack_replicas WHERE pack_id = $1 AND node_id = $2 AND state = 'ok'",
-                &[&PACK, &node],
+                &[&pack, &node],
             )
             .await
             .expect("count");
@@ -125,23 +171,12 @@ async fn wait_for_whole_copy(db: &tokio_postgres::Client, node: i32, repairer: &
 async fn a_pack_with_one_copy_is_repaired_to_a_new_zone_and_drain_and_remove_keep_the_last_copy() {
     let alpha = start("alpha", "a", "1").await;
     let beta = start("beta", "b", "0").await;
-    let file = made_pack(&alpha.silo.data_dir.join("packs"));
+    let file = made_pack(&alpha.silo.data_dir.join("packs"), PACK);
     let bytes = std::fs::read(&file).expect("pack");
     let db = catalog(&alpha.catalog).await;
     let alpha_id: i32 =
         db.query_one("SELECT id FROM storage_nodes WHERE name = 'alpha'", &[]).await.expect("alpha").get(0);
-    db.execute(
-        "INSERT INTO packs (id, node_id, state, size) OVERRIDING SYSTEM VALUE VALUES ($1, $2, 'sealed', $3)",
-        &[&PACK, &alpha_id, &(bytes.len() as i64)],
-    )
-    .await
-    .expect("pack row");
-    db.execute(
-        "INSERT INTO pack_replicas (pack_id, node_id, state) VALUES ($1, $2, 'ok')",
-        &[&PACK, &alpha_id],
-    )
-    .await
-    .expect("replica row");
+    record_pack(&db, PACK, alpha_id, None, bytes.len()).await;
 
     // alpha holds the only copy: not removable.
     let (status, body) = retire(&alpha.silo, "alpha", "remove").await;
@@ -151,27 +186,10 @@ async fn a_pack_with_one_copy_is_repaired_to_a_new_zone_and_drain_and_remove_kee
     assert_eq!(retire(&alpha.silo, "nobody", "drain").await.0, 404);
 
     // beta joins alpha's catalog in zone b (its heartbeat kept fresh by the test).
-    let beta_id: i32 = db
-        .query_one(
-            "INSERT INTO storage_nodes (name, zone, internal_url, heartbeat_at, started_at) \
-             VALUES ('beta', 'b', $1, now(), now()) RETURNING id",
-            &[&beta.internal],
-        )
-        .await
-        .expect("beta")
-        .get(0);
-    let heartbeat = catalog(&alpha.catalog).await;
-    let beating = tokio::spawn(async move {
-        loop {
-            let _ = heartbeat
-                .execute("UPDATE storage_nodes SET heartbeat_at = now() WHERE name = 'beta'", &[])
-                .await;
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
-    });
+    let (beta_id, beating) = join(&alpha.catalog, "beta", "b", None, &beta.internal).await;
 
     let copied = beta.silo.data_dir.join("packs").join(file.file_name().expect("name"));
-    wait_for_whole_copy(&db, beta_id, &alpha.silo).await;
+    wait_for_whole_copy(&db, PACK, beta_id, &alpha.silo).await;
     assert_eq!(std::fs::read(&copied).expect("beta's copy"), bytes, "the copy is byte for byte");
     assert_eq!(metric(&alpha.silo, "silo_repair_packs_total").await, Some(1.0));
     assert_eq!(metric(&alpha.silo, "silo_repair_bytes_total").await, Some(bytes.len() as f64));
@@ -189,7 +207,7 @@ async fn a_pack_with_one_copy_is_repaired_to_a_new_zone_and_drain_and_remove_kee
     )
     .await
     .expect("damaged");
-    wait_for_whole_copy(&db, beta_id, &alpha.silo).await;
+    wait_for_whole_copy(&db, PACK, beta_id, &alpha.silo).await;
     assert_eq!(std::fs::read(&copied).expect("beta's copy"), bytes, "the damaged copy is whole again");
     assert_eq!(metric(&alpha.silo, "silo_repair_packs_total").await, Some(2.0));
 
@@ -208,5 +226,45 @@ async fn a_pack_with_one_copy_is_repaired_to_a_new_zone_and_drain_and_remove_kee
     // alpha holds the last copy again.
     let (status, body) = retire(&alpha.silo, "alpha", "remove").await;
     assert_eq!((status, body["error"]["code"].as_str()), (409, Some("last_copies")), "{body}");
+    beating.abort();
+}
+
+#[tokio::test]
+async fn an_owned_pack_on_a_shared_node_moves_to_its_tenants_node_and_leaves_no_file_behind() {
+    let shared = start("shared", "a", "1").await;
+    let own = start("acme-own", "c", "0").await;
+    silo_cli_json(&shared.silo, &["tenant", "create", "acme"]);
+    let db = catalog(&shared.catalog).await;
+    let acme: i64 =
+        db.query_one("SELECT id FROM tenants WHERE name = 'acme'", &[]).await.expect("acme").get(0);
+    let (own_id, beating) = join(&shared.catalog, "acme-own", "c", Some(acme), &own.internal).await;
+    // acme's pack, written by its own node, with its only copy on the shared node (a policy
+    // that changed, or a fault): the copy does not count, yet it is read from.
+    let file = made_pack(&shared.silo.data_dir.join("packs"), PACK + 1);
+    let bytes = std::fs::read(&file).expect("pack");
+    record_pack(&db, PACK + 1, own_id, Some(acme), bytes.len()).await;
+    let shared_id: i32 =
+        db.query_one("SELECT id FROM storage_nodes WHERE name = 'shared'", &[]).await.expect("id").get(0);
+    db.execute("UPDATE pack_replicas SET node_id = $2 WHERE pack_id = $1", &[&(PACK + 1), &shared_id])
+        .await
+        .expect("the copy on the shared node");
+
+    wait_for_whole_copy(&db, PACK + 1, own_id, &shared.silo).await;
+    let moved = own.silo.data_dir.join("packs").join(file.file_name().expect("name"));
+    assert_eq!(std::fs::read(&moved).expect("the owned copy"), bytes);
+    // The shared node's copy is forgotten, then its file deleted.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while file.exists() {
+        assert!(Instant::now() < deadline, "the shared node keeps acme's pack:\n{}", shared.silo.stderr());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let rows: Vec<i32> = db
+        .query("SELECT node_id FROM pack_replicas WHERE pack_id = $1", &[&(PACK + 1)])
+        .await
+        .expect("rows")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(rows, [own_id]);
     beating.abort();
 }
