@@ -57,14 +57,17 @@ pub struct Retiring {
     pub last_copies: i64,
 }
 
-/// Packs not retired that `node` holds a copy of (any state), and those of them with no
-/// healthy copy on another node.
+/// Packs not retired that `node` holds a copy of (any state; a pack without any copy row counts
+/// as held by its writer), and those of them with no healthy copy on another node.
 const HELD: &str = "SELECT count(*), count(*) FILTER (WHERE NOT EXISTS ( \
          SELECT 1 FROM pack_replicas o JOIN storage_nodes n ON n.id = o.node_id \
-         WHERE o.pack_id = r.pack_id AND o.node_id <> r.node_id AND o.state = $2 AND n.state = $3 \
+         WHERE o.pack_id = h.pack_id AND o.node_id <> $1 AND o.state = $2 AND n.state = $3 \
            AND n.heartbeat_at > now() - make_interval(secs => $4))) \
-     FROM pack_replicas r JOIN packs p ON p.id = r.pack_id \
-     WHERE r.node_id = $1 AND p.state <> 'retired'";
+     FROM (SELECT r.pack_id FROM pack_replicas r JOIN packs p ON p.id = r.pack_id \
+           WHERE r.node_id = $1 AND p.state <> 'retired' \
+           UNION \
+           SELECT p.id FROM packs p WHERE p.node_id = $1 AND p.state <> 'retired' \
+              AND NOT EXISTS (SELECT 1 FROM pack_replicas r WHERE r.pack_id = p.id)) h";
 
 /// Marks the node `name` draining (again: no change), and says what it holds.
 ///

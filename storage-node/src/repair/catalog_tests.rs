@@ -88,6 +88,16 @@ async fn the_work_query_finds_what_needs_repair_fewest_copies_first_and_remove_k
     let owned_fine = pack(&pool, Some(acme), 2, &[(o1, Whole), (o2, Whole)]).await;
     let owned_on_shared = pack(&pool, Some(acme), 2, &[(o1, Whole), (o2, Whole), (s3, Whole)]).await;
     let open = pack(&pool, None, 2, &[(s1, ReplicaState::Writing)]).await;
+    // Written before the store recorded copies: no row, its writer's copy counts.
+    let legacy: i64 = client
+        .query_one(
+            "INSERT INTO packs (node_id, state, size) VALUES ($1, 'sealed', 1000) RETURNING id",
+            &[&s1.0],
+        )
+        .await
+        .expect("legacy pack")
+        .get(0);
+    let legacy = PackId(legacy);
     client.execute("UPDATE packs SET state = 'open' WHERE id = $1", &[&open.0]).await.expect("open");
 
     let cluster = cluster(&pool).await;
@@ -95,13 +105,23 @@ async fn the_work_query_finds_what_needs_repair_fewest_copies_first_and_remove_k
     let found = work::work(&**client, &cluster, 100).await.expect("work");
     let ids: Vec<PackId> = found.packs.iter().map(|pack| pack.id).collect();
     // One healthy zone first (by id), then the two-zone packs with odd copies.
-    assert_eq!(ids, [one_gone, same_zone, only_one, damaged, owned_on_shared], "{found:?}");
-    assert_eq!(found.backlog, 3, "three packs lack a copy");
+    assert_eq!(ids, [one_gone, same_zone, only_one, legacy, damaged, owned_on_shared], "{found:?}");
+    assert_eq!(found.backlog, 4, "four packs lack a copy");
+    assert_eq!(found.packs[3].replicas, [(s1, Whole)], "the legacy pack's copy is its writer's");
     for pack in [fine, silent_copy_counts, owned_fine, open] {
         assert!(!ids.contains(&pack), "pack {} needs nothing", pack.0);
     }
     let limited = work::work(&**client, &cluster, 1).await.expect("work");
-    assert_eq!((limited.packs.len(), limited.backlog), (1, 3), "the backlog counts past the batch");
+    assert_eq!((limited.packs.len(), limited.backlog), (1, 4), "the backlog counts past the batch");
+    // A copy of the legacy pack records its writer's copy too.
+    assert!(work::record_copy(&**client, legacy, s2).await.expect("record"));
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM pack_replicas WHERE pack_id = $1 AND state = 'ok'", &[&legacy.0])
+        .await
+        .expect("rows")
+        .get(0);
+    assert_eq!(rows, 2);
+    assert!(!work::record_copy(&**client, open, s2).await.expect("record"), "an open pack is not repaired");
 
     // s3 holds the last copy of `only_one`: not removable. s1's packs all have copies elsewhere.
     let refused = node_retire::remove(&pool, "s3", DEFAULT_GRACE).await;
@@ -113,7 +133,7 @@ async fn the_work_query_finds_what_needs_repair_fewest_copies_first_and_remove_k
     // misplaced packs still need work.
     let found = work::work(&**client, &self::cluster(&pool).await, 100).await.expect("work");
     assert_eq!(found.packs.first().map(|pack| pack.id), Some(only_one));
-    assert_eq!(found.backlog, 3);
+    assert_eq!(found.backlog, 3, "only_one, one_gone, same_zone");
     // A copy of `only_one` elsewhere: s3 may go, and its rows with it.
     client
         .execute(

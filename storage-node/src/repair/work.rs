@@ -154,6 +154,9 @@ pub struct Work {
     pub backlog: i64,
 }
 
+/// A pack without any `pack_replicas` row (written before the store recorded its copies) counts
+/// as one whole copy on its writer (`packs.node_id`), here and in [`record_copy`].
+///
 /// The sealed packs that need work under `cluster`: fewer healthy copies in distinct zones than
 /// wanted (the domain's replication factor, the pack's `replicas_wanted` as a floor), a damaged
 /// copy, a copy on a draining node, or one on a node outside its domain; fewest healthy copies
@@ -193,7 +196,11 @@ pub async fn work<C: GenericClient + Sync>(
                         array_agg(x.node_id) FILTER (WHERE x.node_id IS NOT NULL) AS nodes, \
                         array_agg(x.state) FILTER (WHERE x.node_id IS NOT NULL) AS states \
                  FROM packs p \
-                 LEFT JOIN pack_replicas x ON x.pack_id = p.id \
+                 LEFT JOIN LATERAL ( \
+                     SELECT node_id, state FROM pack_replicas WHERE pack_id = p.id \
+                     UNION ALL \
+                     SELECT p.node_id, $7 WHERE NOT EXISTS (SELECT 1 FROM pack_replicas WHERE pack_id = p.id) \
+                 ) x ON true \
                  LEFT JOIN storage_nodes n ON n.id = x.node_id \
                  LEFT JOIN member m ON m.node = x.node_id AND m.domain = coalesce(p.owner_tenant_id, 0) \
                  LEFT JOIN rule r ON r.domain = coalesce(p.owner_tenant_id, 0) \
@@ -240,7 +247,8 @@ pub async fn work<C: GenericClient + Sync>(
 }
 
 /// Records a whole copy of `pack` on `node` (a new row, or a damaged one made whole), unless
-/// the pack is no longer sealed (GC retired or dropped it meanwhile). Returns whether it did.
+/// the pack is no longer sealed (GC retired or dropped it meanwhile). Returns whether it did. A
+/// pack without rows gets its writer's copy recorded too (see [`work`]).
 ///
 /// # Errors
 /// Catalog errors.
@@ -251,8 +259,11 @@ pub async fn record_copy<C: GenericClient + Sync>(
 ) -> Result<bool, RepairError> {
     let recorded = client
         .execute(
-            "INSERT INTO pack_replicas (pack_id, node_id, state) \
-             SELECT id, $2, $3 FROM packs WHERE id = $1 AND state = 'sealed' \
+            "WITH pack AS (SELECT id, node_id FROM packs WHERE id = $1 AND state = 'sealed'), \
+                  writer AS (INSERT INTO pack_replicas (pack_id, node_id, state) \
+                             SELECT id, node_id, $3 FROM pack WHERE node_id <> $2 \
+                                AND NOT EXISTS (SELECT 1 FROM pack_replicas WHERE pack_id = $1)) \
+             INSERT INTO pack_replicas (pack_id, node_id, state) SELECT id, $2, $3 FROM pack \
              ON CONFLICT (pack_id, node_id) DO UPDATE SET state = EXCLUDED.state",
             &[&pack.0, &node.0, &ReplicaState::Ok],
         )
