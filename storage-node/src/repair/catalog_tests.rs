@@ -159,3 +159,26 @@ async fn the_work_query_finds_what_needs_repair_fewest_copies_first_and_remove_k
     ));
     assert!(matches!(node_retire::drain(&pool, "s3", DEFAULT_GRACE).await, Err(RetireError::Removed(_))));
 }
+
+#[tokio::test]
+async fn one_node_repairs_at_a_time_and_another_takes_over_when_it_dies() {
+    let url = pg_local::testing::shared().fresh_database("repair_lock").await;
+    let pool = crate::catalog::connect_pool(url.parse().expect("url"), 4).expect("pool");
+    crate::catalog::migrate(&mut pool.get().await.expect("client")).await.expect("migrate");
+    let secret = crate::ServerSecret::from_bytes([3; 32]);
+    let first = super::Repairer::new(pool.clone(), secret.clone(), NodeId(1), super::RepairConfig::default());
+    let second = super::Repairer::new(pool.clone(), secret, NodeId(2), super::RepairConfig::default());
+    let held = first.hold_lock(None).await.expect("lock").expect("the first node repairs");
+    assert!(second.hold_lock(None).await.expect("lock").is_none(), "one at a time");
+    let held = first.hold_lock(Some(held)).await.expect("lock").expect("kept across passes");
+    assert!(second.hold_lock(None).await.expect("lock").is_none());
+    // The holder dies: its connection closes, and with it the lock.
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while second.hold_lock(None).await.expect("lock").is_none() {
+        assert!(std::time::Instant::now() < deadline, "nobody took the lock over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A pass over an empty catalog does nothing.
+    assert_eq!(second.pass().await.expect("pass"), super::run::PassReport::default());
+}

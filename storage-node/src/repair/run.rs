@@ -88,7 +88,10 @@ impl Repairer {
 
     /// The connection holding the repair lock: `held` while it is still open, else a new one
     /// if the lock is free; `None` while another node holds it.
-    async fn hold_lock(&self, held: Option<ClientWrapper>) -> Result<Option<ClientWrapper>, RepairError> {
+    pub(super) async fn hold_lock(
+        &self,
+        held: Option<ClientWrapper>,
+    ) -> Result<Option<ClientWrapper>, RepairError> {
         if let Some(client) = held {
             if client.simple_query("SELECT 1").await.is_ok() {
                 return Ok(Some(client));
