@@ -5,9 +5,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use deadpool_postgres::{ClientWrapper, Object};
-use tokio_util::sync::CancellationToken;
-
 use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
 
 use super::assess::{assess, targets};
 use super::bucket::{SharedBucket, TokenBucket};
@@ -68,10 +67,12 @@ impl Repairer {
                         () = stop.cancelled() => return,
                     };
                     match pass {
-                        Ok(report) if report != PassReport::default() => {
+                        // A backlog that nothing can be done about (no source, no target) is
+                        // not logged every pass; the metric shows it.
+                        Ok(report) if report.copies + report.dropped + report.failures > 0 => {
                             tracing::info!(node = self.this_node.0, ?report, "repair pass")
                         }
-                        Ok(_) => {}
+                        Ok(report) => tracing::debug!(?report, "repair pass"),
                         Err(err) => tracing::warn!(error = %err, "repair pass failed"),
                     }
                     lock = Some(held);
