@@ -2,14 +2,14 @@
 //! only copy of a sealed pack; `remove alpha` is refused; once node `beta` (zone b, another
 //! process sharing the cluster secret) is registered in alpha's catalog, alpha's repairer copies
 //! the pack to beta through the internal API (byte for byte, recorded in `pack_replicas`, counted
-//! in `/metrics`); a damaged copy on beta is replaced in place; beta drains and is removed, and
-//! alpha is refused again.
+//! in `/metrics`); a damaged copy on beta is replaced in place; when beta drains, its copy moves
+//! to gamma (zone b too) and beta's file goes, and then beta is removed.
 //!
 //! An owned tenant's pack found on a shared node moves to the tenant's own node, and the shared
 //! node's file is deleted.
 //!
-//! Until `silo serve` takes a second node per catalog, beta runs on a catalog of its own and its
-//! row in alpha's catalog is written (and heartbeated) by the test.
+//! Until `silo serve` takes a second node per catalog, the other nodes run on catalogs of their
+//! own and their rows in the repairing node's catalog are written (and heartbeated) by the test.
 
 use crate::common;
 
@@ -168,9 +168,10 @@ async fn wait_for_whole_copy(db: &tokio_postgres::Client, pack: i64, node: i32, 
 }
 
 #[tokio::test]
-async fn a_pack_with_one_copy_is_repaired_to_a_new_zone_and_drain_and_remove_keep_the_last_copy() {
+async fn a_pack_with_one_copy_is_repaired_to_a_new_zone_and_a_drained_node_gives_its_copies_away() {
     let alpha = start("alpha", "a", "1").await;
     let beta = start("beta", "b", "0").await;
+    let gamma = start("gamma", "b", "0").await;
     let file = made_pack(&alpha.silo.data_dir.join("packs"), PACK);
     let bytes = std::fs::read(&file).expect("pack");
     let db = catalog(&alpha.catalog).await;
@@ -211,22 +212,40 @@ async fn a_pack_with_one_copy_is_repaired_to_a_new_zone_and_drain_and_remove_kee
     assert_eq!(std::fs::read(&copied).expect("beta's copy"), bytes, "the damaged copy is whole again");
     assert_eq!(metric(&alpha.silo, "silo_repair_packs_total").await, Some(2.0));
 
-    // beta drains: its copy stops counting, but alpha's is healthy, so it may go.
+    // gamma joins zone b; beta drains: its copy stops counting (alpha's still does, so beta
+    // could go at once), and repair moves it to gamma, then drops beta's copy and its file.
+    let (gamma_id, gamma_beating) = join(&alpha.catalog, "gamma", "b", None, &gamma.internal).await;
     let drained = silo_cli_json(&alpha.silo, &["node", "drain", "beta"]);
     assert_eq!((drained["state"].as_str(), drained["packs"].as_i64()), (Some("draining"), Some(1)));
     assert_eq!(drained["last_copies"], 0, "{drained}");
+    wait_for_whole_copy(&db, PACK, gamma_id, &alpha.silo).await;
+    let at_gamma = gamma.silo.data_dir.join("packs").join(file.file_name().expect("name"));
+    assert_eq!(std::fs::read(&at_gamma).expect("gamma's copy"), bytes);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while copied.exists() || copies_on(&db, beta_id).await > 0 {
+        assert!(Instant::now() < deadline, "beta keeps its copy:\n{}", alpha.silo.stderr());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let removed = silo_cli_json(&alpha.silo, &["node", "remove", "beta"]);
     assert_eq!(removed["state"], "removed", "{removed}");
-    let left: i64 = db
-        .query_one("SELECT count(*) FROM pack_replicas WHERE node_id = $1", &[&beta_id])
+    let nodes = silo_cli_json(&alpha.silo, &["node", "list"]);
+    let states: Vec<(&str, &str)> = nodes
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|node| (node["name"].as_str().unwrap_or(""), node["state"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(states, [("alpha", "active"), ("beta", "removed"), ("gamma", "active")]);
+    beating.abort();
+    gamma_beating.abort();
+}
+
+/// The copies the catalog records on `node`.
+async fn copies_on(db: &tokio_postgres::Client, node: i32) -> i64 {
+    db.query_one("SELECT count(*) FROM pack_replicas WHERE node_id = $1", &[&node])
         .await
         .expect("count")
-        .get(0);
-    assert_eq!(left, 0, "beta's copies are forgotten");
-    // alpha holds the last copy again.
-    let (status, body) = retire(&alpha.silo, "alpha", "remove").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("last_copies")), "{body}");
-    beating.abort();
+        .get(0)
 }
 
 #[tokio::test]
