@@ -5,6 +5,9 @@
 //! in `/metrics`); a damaged copy on beta is replaced in place; when beta drains, its copy moves
 //! to gamma (zone b too) and beta's file goes, and then beta is removed.
 //!
+//! A node lost for good (killed, its directory deleted) has its copies restored on another node
+//! once the grace has passed, not before.
+//!
 //! An owned tenant's pack found on a shared node moves to the tenant's own node, and the shared
 //! node's file is deleted.
 //!
@@ -24,6 +27,9 @@ use storage_node::pack::{PackId, PackWriter, RecordHeader};
 
 /// The server secret both nodes share.
 const CLUSTER_SECRET: &str = "7265706169722074657374732073686172652074686973207365637265742121";
+/// The repairing node repairs every second; the others not at all.
+const REPAIRS: &[&str] = &["--repair-interval-secs", "1"];
+const NO_REPAIR: &[&str] = &["--repair-interval-secs", "0"];
 /// A pack id far from the ones the node's own store hands out.
 const PACK: i64 = 900_001;
 
@@ -35,12 +41,13 @@ struct Node {
     _tmp: tempfile::TempDir,
 }
 
-async fn start(label: &str, zone: &str, repair_interval: &str) -> Node {
+/// A node `label` in `zone` on a catalog of its own, with the repair flags `repair`.
+async fn start(label: &str, zone: &str, repair: &[&str]) -> Node {
     let catalog = pg_local::testing::shared().fresh_database(label).await;
     let tmp = scratch();
-    let internal = free_addr();
+    let internal = free_addr().to_string();
     let internal_url = format!("http://{internal}");
-    let args = [
+    let mut args = vec![
         "--postgres-url",
         &catalog,
         "--node-name",
@@ -48,14 +55,13 @@ async fn start(label: &str, zone: &str, repair_interval: &str) -> Node {
         "--zone",
         zone,
         "--internal-listen",
-        &internal.to_string(),
+        &internal,
         "--internal-url",
         &internal_url,
         "--gc-interval-secs",
         "0",
-        "--repair-interval-secs",
-        repair_interval,
     ];
+    args.extend_from_slice(repair);
     let mut silo =
         Silo::start_with_env(&tmp.path().join("data"), &args, &[("SILO_SERVER_SECRET", CLUSTER_SECRET)]);
     silo.wait_ready(Duration::from_secs(30)).await;
@@ -169,9 +175,9 @@ async fn wait_for_whole_copy(db: &tokio_postgres::Client, pack: i64, node: i32, 
 
 #[tokio::test]
 async fn a_pack_with_one_copy_is_repaired_to_a_new_zone_and_a_drained_node_gives_its_copies_away() {
-    let alpha = start("alpha", "a", "1").await;
-    let beta = start("beta", "b", "0").await;
-    let gamma = start("gamma", "b", "0").await;
+    let alpha = start("alpha", "a", REPAIRS).await;
+    let beta = start("beta", "b", NO_REPAIR).await;
+    let gamma = start("gamma", "b", NO_REPAIR).await;
     let file = made_pack(&alpha.silo.data_dir.join("packs"), PACK);
     let bytes = std::fs::read(&file).expect("pack");
     let db = catalog(&alpha.catalog).await;
@@ -250,8 +256,8 @@ async fn copies_on(db: &tokio_postgres::Client, node: i32) -> i64 {
 
 #[tokio::test]
 async fn an_owned_pack_on_a_shared_node_moves_to_its_tenants_node_and_leaves_no_file_behind() {
-    let shared = start("shared", "a", "1").await;
-    let own = start("acme-own", "c", "0").await;
+    let shared = start("shared", "a", REPAIRS).await;
+    let own = start("acme-own", "c", NO_REPAIR).await;
     silo_cli_json(&shared.silo, &["tenant", "create", "acme"]);
     let db = catalog(&shared.catalog).await;
     let acme: i64 =
@@ -286,4 +292,42 @@ async fn an_owned_pack_on_a_shared_node_moves_to_its_tenants_node_and_leaves_no_
         .collect();
     assert_eq!(rows, [own_id]);
     beating.abort();
+}
+
+#[tokio::test]
+async fn a_node_lost_for_good_has_its_copies_restored_elsewhere_after_the_grace() {
+    let alpha = start("lost-alpha", "a", &["--repair-interval-secs", "1", "--repair-grace-secs", "3"]).await;
+    let mut beta = start("lost-beta", "b", NO_REPAIR).await;
+    let gamma = start("lost-gamma", "b", NO_REPAIR).await;
+    let file = made_pack(&alpha.silo.data_dir.join("packs"), PACK + 2);
+    let bytes = std::fs::read(&file).expect("pack");
+    std::fs::write(beta.silo.data_dir.join("packs").join(file.file_name().expect("name")), &bytes)
+        .expect("copy");
+    let db = catalog(&alpha.catalog).await;
+    let alpha_id: i32 =
+        db.query_one("SELECT id FROM storage_nodes WHERE name = 'lost-alpha'", &[]).await.expect("id").get(0);
+    record_pack(&db, PACK + 2, alpha_id, None, bytes.len()).await;
+    let (beta_id, beta_beating) = join(&alpha.catalog, "lost-beta", "b", None, &beta.internal).await;
+    db.execute(
+        "INSERT INTO pack_replicas (pack_id, node_id, state) VALUES ($1, $2, 'ok')",
+        &[&(PACK + 2), &beta_id],
+    )
+    .await
+    .expect("beta's copy");
+    let (gamma_id, gamma_beating) = join(&alpha.catalog, "lost-gamma", "b", None, &gamma.internal).await;
+    // Two copies in two zones: nothing to do while beta beats.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(copies_on(&db, gamma_id).await, 0, "no repair while the copies are healthy");
+
+    // beta dies with its disk; after the grace (3 s) its copy is written off and restored on gamma.
+    let lost = Instant::now();
+    beta_beating.abort();
+    beta.silo.kill9().await;
+    std::fs::remove_dir_all(&beta.silo.data_dir).expect("beta's disk is gone");
+    wait_for_whole_copy(&db, PACK + 2, gamma_id, &alpha.silo).await;
+    assert!(lost.elapsed() >= Duration::from_secs(2), "repaired before the grace: {:?}", lost.elapsed());
+    let at_gamma = gamma.silo.data_dir.join("packs").join(file.file_name().expect("name"));
+    assert_eq!(std::fs::read(&at_gamma).expect("gamma's copy"), bytes);
+    assert_eq!(copies_on(&db, beta_id).await, 1, "the lost node's row stays until it is removed");
+    gamma_beating.abort();
 }
