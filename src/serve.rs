@@ -196,7 +196,7 @@ async fn serve_with_catalog(
         },
         None => CatalogServer::External,
     };
-    let nodes_in_catalog = storage_node::model::node::count(&pool).await?;
+    let census = storage_node::model::node::census(&pool).await?;
     let state = Arc::new(AppState {
         catalog: pool,
         store: store.clone(),
@@ -220,7 +220,8 @@ async fn serve_with_catalog(
                 name: config.node_name.clone(),
                 zone: config.zone.clone(),
                 owner: config.owner.clone(),
-                nodes_in_catalog,
+                nodes_in_catalog: census.nodes,
+                copies: census.default_copies,
             },
         },
     });

@@ -1,6 +1,6 @@
 //! The node registry end to end: `silo serve` registers itself and heartbeats, `silo node list`
-//! and `GET /v1/nodes` show it, and, until replication lands, a second node on the same
-//! catalog (or one with another server secret) is refused at start.
+//! and `GET /v1/nodes` show it; the nodes of one catalog share its server secret, and a name
+//! keeps its data directory and, while it holds packs, its zone and owner.
 
 use crate::common;
 
@@ -133,16 +133,15 @@ async fn the_node_list_shows_this_node_with_its_zone_and_a_live_heartbeat() {
 }
 
 #[tokio::test]
-async fn a_second_node_or_another_server_secret_on_the_same_catalog_is_refused() {
+async fn nodes_of_one_catalog_share_its_server_secret_and_each_keeps_its_directory() {
     let url = pg_local::testing::shared().fresh_database("nodes_one").await;
     let tmp = scratch();
     let (first, second) = (tmp.path().join("first"), tmp.path().join("second"));
     let mut alpha = start(&first, &url, &["--node-name", "alpha", "--zone", "zone-a"]).await;
 
+    // A second node with a server secret of its own: the cluster shares the catalog's.
     let stderr = refused(&second, &url, &["--node-name", "beta", "--zone", "zone-b"], &[]).await;
-    for needle in ["\"alpha\"", "replication", "issue 12"] {
-        assert!(stderr.contains(needle), "the refusal names {needle}: {stderr}");
-    }
+    assert!(stderr.contains("SILO_SERVER_SECRET"), "{stderr}");
     // Another data directory under the same name has another server secret.
     let stderr = refused(&second, &url, &["--node-name", "alpha", "--zone", "zone-a"], &[]).await;
     assert!(stderr.contains("SILO_SERVER_SECRET"), "{stderr}");
@@ -161,12 +160,21 @@ async fn a_second_node_or_another_server_secret_on_the_same_catalog_is_refused()
     let stderr = refused(&first, &url, &["--node-name", "alpha", "--zone", "zone-a"], &env).await;
     assert!(stderr.contains("SILO_SERVER_SECRET"), "{stderr}");
 
-    // The same node starts again.
+    // The same node starts again, and a second node with the catalog's secret joins it.
     let alpha = start(&first, &url, &["--node-name", "alpha", "--zone", "zone-a"]).await;
+    let env = [("SILO_SERVER_SECRET", alphas_secret.trim())];
+    let mut beta = Silo::start_with_env(
+        &tmp.path().join("third"),
+        &["--postgres-url", &url, "--node-name", "beta", "--zone", "zone-b"],
+        &env,
+    );
+    beta.wait_ready(READY).await;
     let listed = nodes(&alpha);
-    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed.len(), 2, "{listed:?}");
     assert_eq!((listed[0]["name"].as_str(), listed[0]["live"].as_bool()), (Some("alpha"), Some(true)));
     assert_eq!(listed[0]["stopped_at"], Value::Null, "a start clears the stop mark");
+    assert_eq!((listed[1]["name"].as_str(), listed[1]["zone"].as_str()), (Some("beta"), Some("zone-b")));
+    stop(&mut beta).await;
 }
 
 #[tokio::test]

@@ -8,12 +8,14 @@ mod common;
 
 mod backups;
 mod catalog_dr;
+mod cluster;
 mod databases;
 mod front_door;
 mod node_api;
 mod nodes;
 mod repair;
 mod s3_clients;
+mod s3_integrity;
 mod s3_props;
 mod s3_sdk;
 mod s3_tools;

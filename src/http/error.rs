@@ -40,18 +40,23 @@ pub async fn not_found(uri: axum::http::Uri) -> ApiError {
 impl From<storage_node::store::StoreError> for ApiError {
     fn from(err: storage_node::store::StoreError) -> Self {
         use storage_node::store::StoreError as E;
+        let err = match err {
+            E::Placement(placement) => return ApiError::from(placement),
+            other => other,
+        };
         let (status, code) = match &err {
             E::UnknownTenant(_) | E::NoSuchObject(_) => (StatusCode::NOT_FOUND, "not_found"),
             E::InvalidRange { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "invalid_range"),
             E::QuotaExceeded { .. } => (StatusCode::INSUFFICIENT_STORAGE, "quota_exceeded"),
             E::StorageFull { .. } => (StatusCode::INSUFFICIENT_STORAGE, "storage_full"),
             E::Truncated { .. } | E::Source(_) => (StatusCode::BAD_REQUEST, "incomplete_body"),
-            E::ChunkVanished { .. } => (StatusCode::SERVICE_UNAVAILABLE, "retry"),
+            E::ChunkVanished { .. } | E::CopyFailed { .. } => (StatusCode::SERVICE_UNAVAILABLE, "retry"),
             E::Catalog(_) => (StatusCode::SERVICE_UNAVAILABLE, "catalog_unavailable"),
             E::Integrity { .. }
             | E::ChunkUnavailable { .. }
             | E::Io { .. }
             | E::Task(_)
+            | E::Placement(_)
             | E::Config(_)
             | E::DataDir(_) => {
                 return ApiError::internal(err);

@@ -14,7 +14,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use db_manager::instance::InstanceHealth;
 use serde_json::{Value, json};
-use storage_node::model::node;
 
 use super::{AppState, CatalogServer};
 
@@ -58,8 +57,8 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
     }
 }
 
-/// This node, how many nodes the catalog held at start and how many copies of each pack are
-/// kept: one node and one copy until replication lands. Read from memory: an anonymous probe
+/// This node, how many nodes the catalog held at start and how many copies of a pack it kept
+/// by default then (one on the embedded one-node default). Read from memory: an anonymous probe
 /// costs no catalog connection, and names no tenant (the owner is in `/v1/info`).
 fn this_node(state: &AppState) -> Value {
     let info = &state.info.node;
@@ -67,7 +66,7 @@ fn this_node(state: &AppState) -> Value {
         "name": info.name,
         "zone": info.zone,
         "nodes_in_catalog": info.nodes_in_catalog,
-        "copies": node::COPIES,
+        "copies": info.copies,
     })
 }
 

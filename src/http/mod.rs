@@ -66,9 +66,11 @@ pub struct NodeInfo {
     pub zone: String,
     /// The tenant whose own node this is (shown behind the admin token only).
     pub owner: Option<String>,
-    /// The nodes the catalog held at start: one, as registration refuses a second until
-    /// replication lands.
+    /// The nodes the catalog held at start (not removed).
     pub nodes_in_catalog: i64,
+    /// The copies a shared tenant's pack got by default at start: one on a one-node (or
+    /// one-zone) deployment, two where the shared nodes span two zones.
+    pub copies: i64,
 }
 
 /// Everything a request handler may need.

@@ -42,6 +42,9 @@ pub enum ModelError {
     /// The multipart upload is gone: completed, aborted, or never there.
     #[error("no such upload")]
     UploadGone,
+    /// A conditional write's condition no longer held when it came to bind its key.
+    #[error("the key changed while the conditional write ran")]
+    ConditionFailed,
 }
 
 impl From<tokio_postgres::Error> for ModelError {

@@ -14,7 +14,9 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio_postgres::Transaction;
 
-use super::object::{self, ObjectHeaders, Target};
+use super::object::{
+    self, ChecksumAlgorithm, ChecksumKind, ObjectHeaders, ObjectPart, StoredChecksum, Target, WriteCondition,
+};
 use super::{ModelError, bucket};
 use crate::TenantId;
 use crate::catalog::CatalogPool;
@@ -28,6 +30,8 @@ pub struct PartRow {
     pub etag: String,
     pub size: i64,
     pub last_modified: OffsetDateTime,
+    /// In its upload's checksum algorithm, base64.
+    pub checksum: Option<String>,
 }
 
 /// An upload in progress, as a bucket's listing shows it.
@@ -46,6 +50,15 @@ pub struct NewUpload<'a> {
     /// Where the completed object goes.
     pub target: Target<'a>,
     pub headers: &'a ObjectHeaders,
+    /// The checksum its parts and object get.
+    pub checksum: Option<(ChecksumAlgorithm, ChecksumKind)>,
+}
+
+/// An upload in progress as found: the headers its object gets, and its checksum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundUpload {
+    pub headers: ObjectHeaders,
+    pub checksum: Option<(ChecksumAlgorithm, ChecksumKind)>,
 }
 
 /// The parts a completion takes, in order, and the completed object's ETag.
@@ -53,9 +66,30 @@ pub struct NewUpload<'a> {
 pub struct Chosen {
     pub parts: Vec<ObjectId>,
     pub etag: String,
+    /// The object's checksum, and its parts as GetObjectAttributes shows them.
+    pub checksum: Option<StoredChecksum>,
+    pub listed: Vec<ObjectPart>,
 }
 
-const PARTS: &str = "SELECT part_number, object_id, etag, size, last_modified \
+/// A completion of upload `id`: the parts it names (number and ETag, as named), and the
+/// condition its key must meet.
+#[derive(Debug, Clone, Copy)]
+pub struct Completion<'a> {
+    pub id: &'a str,
+    pub named: &'a [(i32, String)],
+    pub condition: &'a WriteCondition,
+}
+
+/// A completion as remembered for its retries: the parts it named (number and ETag, as
+/// named) and the ETag it answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completed {
+    pub named: Vec<(i32, String)>,
+    pub etag: String,
+    pub checksum: Option<StoredChecksum>,
+}
+
+const PARTS: &str = "SELECT part_number, object_id, etag, size, last_modified, checksum \
                      FROM multipart_parts WHERE upload_id = $1 ORDER BY part_number";
 
 fn part_row(row: &tokio_postgres::Row) -> PartRow {
@@ -65,6 +99,7 @@ fn part_row(row: &tokio_postgres::Row) -> PartRow {
         etag: row.get(2),
         size: row.get(3),
         last_modified: row.get(4),
+        checksum: row.get(5),
     }
 }
 
@@ -79,8 +114,9 @@ pub async fn create(pool: &CatalogPool, upload: NewUpload<'_>) -> Result<(), Mod
     bucket::lock_in(&txn, upload.target.bucket, upload.target.id).await?;
     txn.execute(
         "INSERT INTO multipart_uploads (id, bucket, key, tenant_id, content_type, content_disposition, \
-                                        cache_control, user_metadata) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb)",
+                                        cache_control, user_metadata, content_encoding, content_language, expires, \
+                                        checksum_algorithm, checksum_type) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10, $11, $12, $13)",
         &[
             &upload.id,
             &upload.target.bucket,
@@ -90,6 +126,11 @@ pub async fn create(pool: &CatalogPool, upload: NewUpload<'_>) -> Result<(), Mod
             &upload.headers.content_disposition,
             &upload.headers.cache_control,
             &metadata,
+            &upload.headers.content_encoding,
+            &upload.headers.content_language,
+            &upload.headers.expires,
+            &upload.checksum.map(|c| c.0),
+            &upload.checksum.map(|c| c.1),
         ],
     )
     .await?;
@@ -97,7 +138,7 @@ pub async fn create(pool: &CatalogPool, upload: NewUpload<'_>) -> Result<(), Mod
     Ok(())
 }
 
-/// The headers of upload `id`, when it is `bucket`/`key`'s and `tenant`'s.
+/// Upload `id`, when it is `bucket`/`key`'s and `tenant`'s.
 ///
 /// # Errors
 /// Catalog errors.
@@ -107,25 +148,24 @@ pub async fn find(
     bucket: &str,
     key: &str,
     tenant: TenantId,
-) -> Result<Option<ObjectHeaders>, StoreError> {
+) -> Result<Option<FoundUpload>, StoreError> {
     let client = pool.get().await?;
     let row = client
         .query_opt(
-            "SELECT content_type, content_disposition, cache_control, user_metadata::text FROM multipart_uploads \
+            "SELECT content_type, content_disposition, cache_control, user_metadata::text, content_encoding, \
+                    content_language, expires, checksum_algorithm, checksum_type FROM multipart_uploads \
              WHERE id = $1 AND bucket = $2 AND key = $3 AND tenant_id = $4",
             &[&id, &bucket, &key, &tenant.0],
         )
         .await?;
-    Ok(row.map(|row| ObjectHeaders {
-        content_type: row.get(0),
-        content_disposition: row.get(1),
-        cache_control: row.get(2),
-        metadata: serde_json::from_str(row.get::<_, &str>(3)).unwrap_or_default(),
+    Ok(row.map(|row| {
+        let checksum = row.get::<_, Option<ChecksumAlgorithm>>(7).zip(row.get::<_, Option<ChecksumKind>>(8));
+        FoundUpload { headers: ObjectHeaders::from_row(&row, 0), checksum }
     }))
 }
 
-/// Commits `ingested` as part `number` of upload `id`, replacing (and releasing) an earlier
-/// upload of the same part.
+/// Commits `ingested` as part `number` of upload `id` (with its `checksum` in the upload's
+/// algorithm), replacing (and releasing) an earlier upload of the same part.
 ///
 /// # Errors
 /// [`ModelError::UploadGone`] when the upload was completed or aborted meanwhile (the part is
@@ -136,7 +176,7 @@ pub async fn store_part(
     id: &str,
     number: i32,
     ingested: &Ingested,
-    etag: &str,
+    (etag, checksum): (&str, Option<&str>),
 ) -> Result<(), ModelError> {
     let mut client = store.catalog().get().await?;
     let txn = client.transaction().await?;
@@ -147,6 +187,8 @@ pub async fn store_part(
         return Err(ModelError::UploadGone);
     }
     let object = store.commit(&txn, ingested).await?;
+    // The tenant's row, locked by the commit, orders two uploads of one part: the last to
+    // commit wins and releases the other's object.
     let previous: Option<i64> = txn
         .query_opt(
             "SELECT object_id FROM multipart_parts WHERE upload_id = $1 AND part_number = $2 FOR UPDATE",
@@ -155,10 +197,11 @@ pub async fn store_part(
         .await?
         .map(|row| row.get(0));
     txn.execute(
-        "INSERT INTO multipart_parts (upload_id, part_number, object_id, etag, size) VALUES ($1, $2, $3, $4, $5) \
+        "INSERT INTO multipart_parts (upload_id, part_number, object_id, etag, size, checksum) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
          ON CONFLICT (upload_id, part_number) DO UPDATE SET object_id = EXCLUDED.object_id, \
-            etag = EXCLUDED.etag, size = EXCLUDED.size, last_modified = now()",
-        &[&id, &number, &object.id.0, &etag, &(object.size as i64)],
+            etag = EXCLUDED.etag, size = EXCLUDED.size, checksum = EXCLUDED.checksum, last_modified = now()",
+        &[&id, &number, &object.id.0, &etag, &(object.size as i64), &checksum],
     )
     .await?;
     if let Some(previous) = previous {
@@ -179,14 +222,16 @@ pub async fn parts(pool: &CatalogPool, id: &str) -> Result<Vec<PartRow>, StoreEr
 
 /// Completes upload `id` of `tenant` into `target`: `choose` picks the parts (from those
 /// stored, read under the upload's exclusive lock) and names the ETag; their manifests are
-/// concatenated into one object bound to the key with `headers`, and the upload goes.
+/// concatenated into one object bound to the key with `headers`, and the upload goes. The
+/// completion is remembered with the parts it names, for [`find_completed`].
 ///
 /// # Errors
-/// What `choose` refuses; [`ModelError::UploadGone`]; see [`bucket::lock_in`].
+/// What `choose` refuses; [`ModelError::UploadGone`]; see [`bucket::lock_in`] and
+/// [`object::check_condition_in`].
 pub async fn complete<E>(
     store: &ChunkStore,
     tenant: TenantId,
-    id: &str,
+    completion: Completion<'_>,
     target: Target<'_>,
     headers: &ObjectHeaders,
     choose: impl FnOnce(&[PartRow]) -> Result<Chosen, E>,
@@ -194,6 +239,7 @@ pub async fn complete<E>(
 where
     E: From<ModelError>,
 {
+    let Completion { id, named, condition } = completion;
     let mut client = store.catalog().get().await.map_err(ModelError::from)?;
     let txn = client.transaction().await.map_err(ModelError::from)?;
     bucket::lock_in(&txn, target.bucket, target.id).await?;
@@ -205,13 +251,69 @@ where
     let stored: Vec<PartRow> =
         txn.query(PARTS, &[&id]).await.map_err(ModelError::from)?.iter().map(part_row).collect();
     let chosen = choose(&stored)?;
+    let headers = &ObjectHeaders { checksum: chosen.checksum.clone(), ..headers.clone() };
     let object = store.concat_in(&txn, tenant, &chosen.parts, None).await.map_err(ModelError::from)?;
+    object::check_condition_in(&txn, &target, condition).await?;
     drop_in(&txn, store, tenant, id).await.map_err(ModelError::from)?;
     object::bind_in(&txn, store, tenant, &target, &chosen.etag, headers, object)
         .await
         .map_err(ModelError::from)?;
+    let listed = serde_json::to_string(&chosen.listed).unwrap_or_else(|_| "[]".into());
+    txn.execute(
+        "UPDATE s3_objects SET parts = $3::text::jsonb WHERE bucket = $1 AND key = $2",
+        &[&target.bucket, &target.key, &listed],
+    )
+    .await
+    .map_err(ModelError::from)?;
+    let named = serde_json::to_string(named).unwrap_or_else(|_| "[]".into());
+    let checksum = chosen.checksum.as_ref();
+    txn.execute(
+        "INSERT INTO completed_uploads (id, tenant_id, bucket, key, parts, etag, checksum_algorithm, \
+                                        checksum_type, checksum) \
+         VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7, $8, $9)",
+        &[
+            &id,
+            &tenant.0,
+            &target.bucket,
+            &target.key,
+            &named,
+            &chosen.etag,
+            &checksum.map(|c| c.algorithm),
+            &checksum.map(|c| c.kind),
+            &checksum.map(|c| c.value.as_str()),
+        ],
+    )
+    .await
+    .map_err(ModelError::from)?;
     txn.commit().await.map_err(ModelError::from)?;
     Ok(())
+}
+
+/// The completion of upload `id`, when it completed into `bucket`/`key` of `tenant` and is
+/// still remembered.
+///
+/// # Errors
+/// Catalog errors.
+pub async fn find_completed(
+    pool: &CatalogPool,
+    id: &str,
+    bucket: &str,
+    key: &str,
+    tenant: TenantId,
+) -> Result<Option<Completed>, StoreError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_opt(
+            "SELECT parts::text, etag, checksum_algorithm, checksum_type, checksum FROM completed_uploads \
+             WHERE id = $1 AND bucket = $2 AND key = $3 AND tenant_id = $4",
+            &[&id, &bucket, &key, &tenant.0],
+        )
+        .await?;
+    Ok(row.map(|row| Completed {
+        named: serde_json::from_str(row.get::<_, &str>(0)).unwrap_or_default(),
+        etag: row.get(1),
+        checksum: StoredChecksum::from_row(&row, 2),
+    }))
 }
 
 /// Aborts upload `id` of `tenant`: its parts are deleted, and GC reclaims their chunks.
@@ -318,12 +420,19 @@ pub async fn list(
         .collect())
 }
 
-/// Aborts the uploads started longer than `older_than` ago. Returns how many.
+/// Aborts the uploads started longer than `older_than` ago, and forgets the completions
+/// older than that. Returns how many uploads it aborted.
 ///
 /// # Errors
 /// Catalog and store errors.
 pub async fn abort_stale(store: &ChunkStore, older_than: Duration) -> Result<u64, StoreError> {
     let client = store.catalog().get().await?;
+    client
+        .execute(
+            "DELETE FROM completed_uploads WHERE completed < now() - make_interval(secs => $1)",
+            &[&older_than.as_secs_f64()],
+        )
+        .await?;
     let stale = client
         .query(
             "SELECT id, tenant_id FROM multipart_uploads WHERE initiated < now() - make_interval(secs => $1)",

@@ -31,8 +31,8 @@ crate::text_enum!(
     }
 );
 
-/// How many copies of each pack Silo keeps: one, until replicated writes land (issue 12).
-pub const COPIES: u32 = 1;
+/// The copies of each pack by default: two where the shared nodes span two zones or more.
+pub const DEFAULT_COPIES: i64 = 2;
 
 /// How often a running node writes its heartbeat.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
@@ -76,9 +76,9 @@ pub struct Node {
     pub stopped_at: Option<OffsetDateTime>,
     /// Its heartbeat is within [`LIVE_WITHIN`] and it has not stopped.
     pub live: bool,
-    /// Its packs that are not retired.
+    /// The packs it holds a copy of (not retired).
     pub packs: i64,
-    /// The stored (compressed) bytes of the chunks located on it.
+    /// The bytes of those copies (pack files, live and dead records alike).
     pub stored_bytes: i64,
 }
 
@@ -97,14 +97,6 @@ pub enum NodeError {
          and owner it has, or start the new one as a new node with its own data directory"
     )]
     Moved { name: String, registered: String, asked: String, packs: i64 },
-    #[error(
-        "this catalog already has the storage node {other:?} (zone {zone:?}); several nodes per \
-         catalog need replication (issue 12), which is not there yet: each node keeps its packs \
-         on its own disk, so objects written through one would not read through another. Start \
-         this data directory as {other:?} (--node-name) if it is that node, or give this node a \
-         catalog of its own"
-    )]
-    AnotherNode { other: String, zone: String },
     #[error(
         "the server secret differs from the one this catalog was first used with: access keys \
          and chunk names sealed with that one cannot be read with this one. Start with the data \
@@ -127,10 +119,10 @@ impl From<tokio_postgres::Error> for NodeError {
 
 /// Registers the starting node (by name: a restart updates its row) with its first heartbeat.
 ///
-/// Refused, with nothing written, when another node that is not removed is registered (one
-/// node until replication lands), when the catalog was first used with another server secret
-/// (the first start records its fingerprint), when the owner is not a tenant, or when the
-/// node is registered with another zone or owner and holds packs. A removed node that starts
+/// Refused, with nothing written, when the catalog was first used with another server secret
+/// (the first start records its fingerprint: every node of a cluster shares one secret), when
+/// the name is registered with another data directory, when the owner is not a tenant, or when
+/// the node is registered with another zone or owner and holds packs. A removed node that starts
 /// again is active again; a draining one stays draining. Registrations take turns on the
 /// catalog's `silo_meta` row, so two nodes that start together cannot both pass.
 ///
@@ -145,7 +137,6 @@ pub async fn register(
     let tx = client.transaction().await?;
     let recorded: Option<String> =
         tx.query_one("SELECT server_secret_fingerprint FROM silo_meta FOR UPDATE", &[]).await?.get(0);
-    refuse_other_nodes(&tx, &node.name).await?;
     let fingerprint = secret.fingerprint();
     match recorded {
         Some(recorded) if recorded != fingerprint => return Err(NodeError::SecretMismatch),
@@ -191,21 +182,6 @@ pub async fn register(
     Ok(NodeId(row.get(0)))
 }
 
-/// One node per catalog until replication lands: refuses when another node is not removed.
-async fn refuse_other_nodes(tx: &Transaction<'_>, name: &str) -> Result<(), NodeError> {
-    let other = tx
-        .query_opt(
-            "SELECT name, zone FROM storage_nodes WHERE name <> $1 AND state <> $2 \
-             ORDER BY id LIMIT 1",
-            &[&name, &NodeState::Removed],
-        )
-        .await?;
-    match other {
-        Some(row) => Err(NodeError::AnotherNode { other: row.get(0), zone: row.get(1) }),
-        None => Ok(()),
-    }
-}
-
 /// Refuses a start of a registered node from another data directory than its own. A node
 /// registered before directories had identities takes this one's.
 async fn refuse_another_directory(tx: &Transaction<'_>, node: &Registration) -> Result<(), NodeError> {
@@ -235,7 +211,7 @@ async fn owner_id(tx: &Transaction<'_>, name: &str) -> Result<i64, NodeError> {
 async fn refuse_a_move(tx: &Transaction<'_>, node: &Registration) -> Result<(), NodeError> {
     let registered = tx
         .query_opt(
-            "SELECT n.zone, t.name, (SELECT count(*) FROM packs p WHERE p.node_id = n.id) \
+            "SELECT n.zone, t.name, (SELECT count(*) FROM pack_replicas r WHERE r.node_id = n.id) \
              FROM storage_nodes n LEFT JOIN tenants t ON t.id = n.owner_tenant_id \
              WHERE n.name = $1 FOR UPDATE OF n",
             &[&node.name],
@@ -294,11 +270,11 @@ pub async fn list(pool: &CatalogPool) -> Result<Vec<Node>, CatalogError> {
                     n.started_at, n.heartbeat_at, n.stopped_at, \
                     n.stopped_at IS NULL \
                         AND coalesce(n.heartbeat_at > now() - make_interval(secs => $1), false), \
-                    (SELECT count(*) FROM packs p WHERE p.node_id = n.id AND p.state <> 'retired'), \
-                    (SELECT coalesce(sum(c.stored_len), 0)::int8 FROM chunk_locations l \
-                     JOIN chunks c ON c.tenant_id = l.tenant_id AND c.id = l.chunk_id \
-                     WHERE l.node_id = n.id) \
+                    h.packs, h.bytes \
              FROM storage_nodes n LEFT JOIN tenants t ON t.id = n.owner_tenant_id \
+             CROSS JOIN LATERAL (SELECT count(*) AS packs, coalesce(sum(p.size), 0)::int8 AS bytes \
+                 FROM pack_replicas r JOIN packs p ON p.id = r.pack_id \
+                 WHERE r.node_id = n.id AND p.state <> 'retired') h \
              ORDER BY n.name",
             &[&LIVE_WITHIN.as_secs_f64()],
         )
@@ -323,16 +299,31 @@ pub async fn list(pool: &CatalogPool) -> Result<Vec<Node>, CatalogError> {
         .collect())
 }
 
-/// How many nodes the catalog holds that are not removed.
+/// The nodes of the catalog at a glance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Census {
+    /// Nodes that are not removed.
+    pub nodes: i64,
+    /// The copies a shared tenant's pack gets by default: [`DEFAULT_COPIES`] where the shared
+    /// nodes span that many zones, else one per zone (one on a one-node deployment).
+    pub default_copies: i64,
+}
+
+/// How many nodes the catalog holds that are not removed, and the default copies they allow.
 ///
 /// # Errors
 /// Catalog errors.
-pub async fn count(pool: &CatalogPool) -> Result<i64, CatalogError> {
+pub async fn census(pool: &CatalogPool) -> Result<Census, CatalogError> {
     let client = pool.get().await?;
     let row = client
-        .query_one("SELECT count(*) FROM storage_nodes WHERE state <> $1", &[&NodeState::Removed])
+        .query_one(
+            "SELECT count(*), count(DISTINCT zone) FILTER (WHERE owner_tenant_id IS NULL) \
+             FROM storage_nodes WHERE state <> $1",
+            &[&NodeState::Removed],
+        )
         .await?;
-    Ok(row.get(0))
+    let zones: i64 = row.get(1);
+    Ok(Census { nodes: row.get(0), default_copies: zones.clamp(1, DEFAULT_COPIES) })
 }
 
 /// The names of the nodes `tenant` owns, in any state: a tenant that owns a node cannot be
@@ -374,7 +365,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_second_node_is_refused_until_the_first_is_removed_and_the_secret_must_match() {
+    async fn nodes_share_one_server_secret_and_each_name_keeps_its_directory() {
         let url = pg_local::testing::shared().fresh_database("node_registry").await;
         let pool = crate::catalog::connect_pool(url.parse().expect("url"), 4).expect("pool");
         crate::catalog::migrate(&mut pool.get().await.expect("client")).await.expect("migrate");
@@ -382,11 +373,8 @@ mod tests {
         let alpha = register(&pool, &secret, &registration("alpha")).await.expect("first node");
         let again = register(&pool, &secret, &registration("alpha")).await.expect("a restart");
         assert_eq!(alpha, again);
-        let refused = register(&pool, &secret, &registration("beta")).await;
-        assert!(
-            matches!(&refused, Err(NodeError::AnotherNode { other, .. }) if other == "alpha"),
-            "{refused:?}"
-        );
+        let beta = register(&pool, &secret, &registration("beta")).await.expect("a second node");
+        assert_ne!(alpha, beta);
         let elsewhere = Registration { data_dir_id: "another-dir".into(), ..registration("alpha") };
         let refused = register(&pool, &secret, &elsewhere).await;
         assert!(
@@ -398,13 +386,15 @@ mod tests {
         assert!(matches!(refused, Err(NodeError::SecretMismatch)), "{refused:?}");
 
         let client = pool.get().await.expect("client");
-        client.execute("UPDATE storage_nodes SET state = 'removed'", &[]).await.expect("remove");
-        register(&pool, &secret, &registration("beta")).await.expect("alpha is removed");
+        client
+            .execute("UPDATE storage_nodes SET state = 'removed' WHERE name = 'alpha'", &[])
+            .await
+            .expect("remove");
         mark_stopped(&pool, alpha).await.expect("stop");
         let listed = list(&pool).await.expect("list");
         let states: Vec<_> = listed.iter().map(|n| (n.name.as_str(), n.state, n.live)).collect();
         assert_eq!(states, [("alpha", NodeState::Removed, false), ("beta", NodeState::Active, true)]);
-        assert_eq!(count(&pool).await.expect("count"), 1);
+        assert_eq!(census(&pool).await.expect("census"), Census { nodes: 1, default_copies: 1 });
         assert_eq!(listed[0].capacity_bytes, Some(i64::MAX), "a capacity past i64 is clamped");
     }
 

@@ -24,19 +24,95 @@ pub struct ObjectRow {
     pub headers: ObjectHeaders,
 }
 
+crate::text_enum!(
+    /// The algorithm of an additional checksum (`x-amz-checksum-*`), as S3 names it.
+    ChecksumAlgorithm {
+        Crc32 => "CRC32",
+        Crc32c => "CRC32C",
+        Crc64Nvme => "CRC64NVME",
+        Sha1 => "SHA1",
+        Sha256 => "SHA256",
+    }
+);
+
+crate::text_enum!(
+    /// What an additional checksum covers.
+    ChecksumKind {
+        /// The object's bytes (a single PUT, or a multipart upload's CRCs combined).
+        FullObject => "FULL_OBJECT",
+        /// The parts' checksums, concatenated (a multipart upload's; the value ends in `-N`).
+        Composite => "COMPOSITE",
+    }
+);
+
+/// An object's additional checksum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredChecksum {
+    pub algorithm: ChecksumAlgorithm,
+    pub kind: ChecksumKind,
+    /// Base64, as S3 shows it.
+    pub value: String,
+}
+
+impl StoredChecksum {
+    /// The checksum in `row` from column `at` on (`checksum_algorithm, checksum_type,
+    /// checksum`), when all three are set.
+    pub(crate) fn from_row(row: &tokio_postgres::Row, at: usize) -> Option<StoredChecksum> {
+        let algorithm = row.get::<_, Option<ChecksumAlgorithm>>(at)?;
+        let kind = row.get::<_, Option<ChecksumKind>>(at + 1)?;
+        Some(StoredChecksum { algorithm, kind, value: row.get::<_, Option<String>>(at + 2)? })
+    }
+}
+
+/// A part of an object completed from a multipart upload, as GetObjectAttributes shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ObjectPart {
+    pub number: i32,
+    pub size: i64,
+    /// In the object's checksum algorithm, base64.
+    pub checksum: Option<String>,
+}
+
 /// The headers a PUT or a copy stores with an object.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObjectHeaders {
     pub content_type: Option<String>,
     pub content_disposition: Option<String>,
     pub cache_control: Option<String>,
+    /// A real content coding (gzip, say); never `aws-chunked`, which is the transfer's.
+    pub content_encoding: Option<String>,
+    pub content_language: Option<String>,
+    pub expires: Option<OffsetDateTime>,
     pub metadata: HashMap<String, String>,
+    /// The additional checksum, shown on GET and HEAD with `x-amz-checksum-mode: ENABLED`.
+    pub checksum: Option<StoredChecksum>,
 }
 
 impl ObjectHeaders {
     /// The user metadata as the catalog's `jsonb` column takes it.
     pub(crate) fn metadata_json(&self) -> String {
         serde_json::to_string(&self.metadata).unwrap_or_else(|_| "{}".into())
+    }
+
+    /// The headers in `row` from column `at` on, in the order `content_type,
+    /// content_disposition, cache_control, user_metadata::text, content_encoding,
+    /// content_language, expires`.
+    pub(crate) fn from_row(row: &tokio_postgres::Row, at: usize) -> ObjectHeaders {
+        ObjectHeaders {
+            content_type: row.get(at),
+            content_disposition: row.get(at + 1),
+            cache_control: row.get(at + 2),
+            metadata: serde_json::from_str(row.get::<_, &str>(at + 3)).unwrap_or_default(),
+            content_encoding: row.get(at + 4),
+            content_language: row.get(at + 5),
+            expires: row.get(at + 6),
+            checksum: None,
+        }
+    }
+
+    /// [`ObjectHeaders::from_row`], and the checksum from the three columns after them.
+    fn from_row_with_checksum(row: &tokio_postgres::Row, at: usize) -> ObjectHeaders {
+        ObjectHeaders { checksum: StoredChecksum::from_row(row, at + 7), ..ObjectHeaders::from_row(row, at) }
     }
 }
 
@@ -53,6 +129,56 @@ pub struct Target<'a> {
     pub bucket: &'a str,
     pub id: i64,
     pub key: &'a str,
+}
+
+/// What a conditional write (`If-None-Match: *`, `If-Match`) needs its key to hold when it
+/// binds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum WriteCondition {
+    /// No condition.
+    #[default]
+    Any,
+    /// No object (`If-None-Match: *`).
+    Absent,
+    /// Some object (`If-Match: *`).
+    Present,
+    /// An object with this ETag (`If-Match`).
+    Etag(String),
+}
+
+impl WriteCondition {
+    /// Whether the condition holds for a key whose object has `etag` (`None`: no object).
+    pub fn holds(&self, etag: Option<&str>) -> bool {
+        match self {
+            WriteCondition::Any => true,
+            WriteCondition::Absent => etag.is_none(),
+            WriteCondition::Present => etag.is_some(),
+            WriteCondition::Etag(wanted) => etag == Some(wanted.as_str()),
+        }
+    }
+}
+
+/// Checks `condition` on `target`'s key in `txn`, locking the key's row. The caller holds the
+/// tenant's row (every write to the key takes it first), so the answer stands until commit.
+///
+/// # Errors
+/// [`ModelError::ConditionFailed`]; catalog errors.
+pub async fn check_condition_in(
+    txn: &Transaction<'_>,
+    target: &Target<'_>,
+    condition: &WriteCondition,
+) -> Result<(), ModelError> {
+    if *condition == WriteCondition::Any {
+        return Ok(());
+    }
+    let etag: Option<String> = txn
+        .query_opt(
+            "SELECT etag FROM s3_objects WHERE bucket = $1 AND key = $2 FOR UPDATE",
+            &[&target.bucket, &target.key],
+        )
+        .await?
+        .map(|row| row.get(0));
+    if condition.holds(etag.as_deref()) { Ok(()) } else { Err(ModelError::ConditionFailed) }
 }
 
 /// What [`bind`] puts at a key.
@@ -92,7 +218,9 @@ pub async fn lookup(pool: &CatalogPool, bucket: &str, key: &str) -> Result<Optio
     let row = client
         .query_opt(
             "SELECT b.id, b.tenant_id, b.public_read, s.object_id, s.etag, o.size, s.last_modified, \
-                    s.content_type, s.content_disposition, s.cache_control, s.user_metadata::text \
+                    s.content_type, s.content_disposition, s.cache_control, s.user_metadata::text, \
+                    s.content_encoding, s.content_language, s.expires, \
+                    s.checksum_algorithm, s.checksum_type, s.checksum \
              FROM buckets b LEFT JOIN s3_objects s ON s.bucket = b.name AND s.key = $2 \
              LEFT JOIN objects o ON o.id = s.object_id \
              WHERE b.name = $1",
@@ -107,23 +235,19 @@ pub async fn lookup(pool: &CatalogPool, bucket: &str, key: &str) -> Result<Optio
             etag: row.get(4),
             size: row.get::<_, i64>(5) as u64,
             last_modified: row.get(6),
-            headers: ObjectHeaders {
-                content_type: row.get(7),
-                content_disposition: row.get(8),
-                cache_control: row.get(9),
-                metadata: serde_json::from_str(row.get::<_, &str>(10)).unwrap_or_default(),
-            },
+            headers: ObjectHeaders::from_row_with_checksum(&row, 7),
         });
         Lookup { bucket, object }
     }))
 }
 
 /// Binds a new object (committed here) or a copy to `target` in one transaction, releasing
-/// what was there. The bucket is checked again (by id) and held shared inside the
-/// transaction. Returns the modification time.
+/// what was there, if `condition` holds. The bucket is checked again (by id) and held shared
+/// inside the transaction. Returns the modification time.
 ///
 /// # Errors
-/// See [`bucket::lock_in`]; catalog and store errors (a quota exceeded, say).
+/// See [`bucket::lock_in`] and [`check_condition_in`]; catalog and store errors (a quota
+/// exceeded, say).
 pub async fn bind(
     store: &ChunkStore,
     tenant: TenantId,
@@ -131,6 +255,7 @@ pub async fn bind(
     etag: &str,
     headers: &ObjectHeaders,
     binding: Binding<'_>,
+    condition: &WriteCondition,
 ) -> Result<OffsetDateTime, ModelError> {
     let mut client = store.catalog().get().await?;
     let txn = client.transaction().await?;
@@ -139,6 +264,7 @@ pub async fn bind(
         Binding::New(ingested) => store.commit(&txn, ingested).await?.id,
         Binding::Copy(source) => store.copy_in(&txn, tenant, source).await?,
     };
+    check_condition_in(&txn, &target, condition).await?;
     let modified = bind_in(&txn, store, tenant, &target, etag, headers, object).await?;
     txn.commit().await?;
     Ok(modified)
@@ -167,14 +293,19 @@ pub async fn bind_in(
         .await?
         .map(|row| row.get(0));
     let metadata = headers.metadata_json();
+    let checksum = headers.checksum.as_ref();
     let modified = txn
         .query_one(
             "INSERT INTO s3_objects (bucket, key, object_id, etag, content_type, content_disposition, \
-                                     cache_control, user_metadata) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb) \
+                                     cache_control, user_metadata, content_encoding, content_language, expires, \
+                                     checksum_algorithm, checksum_type, checksum, parts) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10, $11, $12, $13, $14, NULL) \
              ON CONFLICT (bucket, key) DO UPDATE SET object_id = EXCLUDED.object_id, etag = EXCLUDED.etag, \
                 content_type = EXCLUDED.content_type, content_disposition = EXCLUDED.content_disposition, \
                 cache_control = EXCLUDED.cache_control, user_metadata = EXCLUDED.user_metadata, \
+                content_encoding = EXCLUDED.content_encoding, content_language = EXCLUDED.content_language, \
+                expires = EXCLUDED.expires, checksum_algorithm = EXCLUDED.checksum_algorithm, \
+                checksum_type = EXCLUDED.checksum_type, checksum = EXCLUDED.checksum, parts = NULL, \
                 last_modified = now() \
              RETURNING last_modified",
             &[
@@ -186,6 +317,12 @@ pub async fn bind_in(
                 &headers.content_disposition,
                 &headers.cache_control,
                 &metadata,
+                &headers.content_encoding,
+                &headers.content_language,
+                &headers.expires,
+                &checksum.map(|c| c.algorithm),
+                &checksum.map(|c| c.kind),
+                &checksum.map(|c| c.value.as_str()),
             ],
         )
         .await?
@@ -256,4 +393,22 @@ pub async fn page(
             last_modified: row.get(3),
         })
         .collect())
+}
+
+/// The parts of the object at `bucket`/`key`: `None` when it was not completed from a
+/// multipart upload (or is not there).
+///
+/// # Errors
+/// Catalog errors.
+pub async fn parts_of(
+    pool: &CatalogPool,
+    bucket: &str,
+    key: &str,
+) -> Result<Option<Vec<ObjectPart>>, StoreError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_opt("SELECT parts::text FROM s3_objects WHERE bucket = $1 AND key = $2", &[&bucket, &key])
+        .await?;
+    let parts = row.and_then(|row| row.get::<_, Option<String>>(0));
+    Ok(parts.and_then(|parts| serde_json::from_str(&parts).ok()))
 }

@@ -19,7 +19,7 @@ mod writer;
 use std::path::{Path, PathBuf};
 
 pub use reader::{PackMaps, RecordView};
-pub use writer::PackWriter;
+pub use writer::{PackWriter, pack_header};
 
 use crate::compress::Compression;
 use crate::{ChunkId, TenantId};

@@ -12,6 +12,16 @@ use std::path::{Path, PathBuf};
 
 use super::{PACK_HEADER_LEN, PACK_MAGIC, PACK_VERSION, PackId, RECORD_HEADER_LEN, RecordHeader, pack_path};
 
+/// The header that opens pack `id`, written by node `node`.
+pub fn pack_header(id: PackId, node: i32) -> [u8; PACK_HEADER_LEN as usize] {
+    let mut header = [0u8; PACK_HEADER_LEN as usize];
+    header[0..8].copy_from_slice(PACK_MAGIC);
+    header[8..12].copy_from_slice(&PACK_VERSION.to_le_bytes());
+    header[16..24].copy_from_slice(&id.0.to_le_bytes());
+    header[24..28].copy_from_slice(&node.to_le_bytes());
+    header
+}
+
 const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
 
 /// An open pack that this process appends to.
@@ -35,11 +45,7 @@ impl PackWriter {
     pub fn create(dir: &Path, id: PackId, node: i32) -> io::Result<Self> {
         let path = pack_path(dir, id);
         let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
-        let mut header = [0u8; PACK_HEADER_LEN as usize];
-        header[0..8].copy_from_slice(PACK_MAGIC);
-        header[8..12].copy_from_slice(&PACK_VERSION.to_le_bytes());
-        header[16..24].copy_from_slice(&id.0.to_le_bytes());
-        header[24..28].copy_from_slice(&node.to_le_bytes());
+        let header = pack_header(id, node);
         let written =
             file.write_all(&header).and_then(|()| file.sync_all()).and_then(|()| File::open(dir)?.sync_all());
         if let Err(err) = written {

@@ -74,7 +74,9 @@ pub async fn candidates<C: GenericClient + Sync>(client: &C) -> Result<Vec<Candi
 /// The nodes for a new pack of about `pack_bytes` that `this_node` writes for `tenant`: the
 /// tenant's policy and the registered nodes, read through `client` (a connection or a
 /// transaction: `&**client` of a pooled connection, `&*tx` of a pooled transaction), then
-/// [`choose`].
+/// [`choose`] among the nodes that can take a copy (this node, and the peers with an internal
+/// URL). The nodes in `suspects` (peers that failed this node lately, whose heartbeat
+/// may not have gone stale yet) count as not live.
 ///
 /// # Errors
 /// [`PlacementError::Shortage`] (the caller answers 503 with Retry-After),
@@ -84,13 +86,20 @@ pub async fn plan<C: GenericClient + Sync>(
     tenant: TenantId,
     this_node: NodeId,
     pack_bytes: u64,
+    suspects: &[NodeId],
 ) -> Result<Plan, PlacementError> {
     let row = client
         .query_opt(&format!("SELECT {POLICY_COLUMNS} FROM tenants WHERE id = $1"), &[&tenant.0])
         .await?
         .ok_or_else(|| PlacementError::UnknownTenant(format!("#{}", tenant.0)))?;
     let policy = policy_from(&row);
-    choose(&policy, tenant, this_node, pack_bytes, &candidates(client).await?)
+    let mut nodes = candidates(client).await?;
+    // A peer that serves no internal API can take no copy (nor count as a zone for one).
+    nodes.retain(|node| node.node == this_node || node.internal_url.is_some());
+    for node in nodes.iter_mut().filter(|node| suspects.contains(&node.node)) {
+        node.live = false;
+    }
+    choose(&policy, tenant, this_node, pack_bytes, &nodes)
 }
 
 /// The placement of the tenant `name`.

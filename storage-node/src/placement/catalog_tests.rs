@@ -89,7 +89,7 @@ fn targets(plan: &Plan) -> Vec<NodeId> {
 
 async fn plan_for(catalog: &Catalog, tenant: TenantId, writer: NodeId) -> Result<Plan, PlacementError> {
     let client = catalog.pool.get().await.expect("client");
-    plan(&**client, tenant, writer, 64 * MB as u64).await
+    plan(&**client, tenant, writer, 64 * MB as u64, &[]).await
 }
 
 #[tokio::test]

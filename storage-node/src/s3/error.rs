@@ -26,11 +26,38 @@ pub(crate) fn from_store(err: StoreError) -> S3Error {
         StoreError::NoSuchObject(_) => s3_error!(NoSuchKey),
         StoreError::Catalog(err) => from_catalog(&err),
         StoreError::ChunkVanished { .. } => s3_error!(ServiceUnavailable, "{err}"),
+        // A copy of the pack failed mid-upload: nothing was committed, and a retry starts a
+        // pack on healthy nodes. SDKs retry a 503 SlowDown by default.
+        StoreError::CopyFailed { .. } => {
+            tracing::warn!(error = %err, "an upload lost a copy of its pack");
+            retry_later("a storage node failed during the upload; retry")
+        }
+        StoreError::Placement(crate::placement::PlacementError::Shortage { .. }) => {
+            tracing::warn!(error = %err, "too few zones can take a new pack");
+            retry_later(
+                "too few storage zones are reachable to keep the copies this tenant's policy asks for; retry",
+            )
+        }
+        StoreError::ChunkUnavailable { .. } => {
+            tracing::error!(error = %err, "no copy of a chunk could be read");
+            retry_later("no copy of the object's data can be read now; retry")
+        }
         other => {
             tracing::error!(error = %other, "S3 request failed");
             s3_error!(InternalError, "internal error; see the server log")
         }
     }
+}
+
+/// `503 SlowDown` with `Retry-After: 1`: the request may succeed if repeated, and the SDKs
+/// repeat it by default.
+pub(crate) fn retry_later(message: &'static str) -> S3Error {
+    let mut error = S3Error::with_message(S3ErrorCode::SlowDown, message);
+    error.set_status_code(http::StatusCode::SERVICE_UNAVAILABLE);
+    let mut headers = http::HeaderMap::new();
+    headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    error.set_headers(headers);
+    error
 }
 
 /// A catalog that fails is unavailable to S3: the reason goes to the log, not to the client.
@@ -46,6 +73,8 @@ pub(crate) fn from_model(err: ModelError) -> S3Error {
         ModelError::BucketNotEmpty => s3_error!(BucketNotEmpty),
         ModelError::TenantDeleting => tenant_deleting(),
         ModelError::UploadGone => s3_error!(NoSuchUpload),
+        // The condition held when the write began (it is checked then): the key changed since.
+        ModelError::ConditionFailed => s3_error!(ConditionalRequestConflict),
     }
 }
 

@@ -4,7 +4,9 @@
 //! rows and runs every query and transaction) and the answers back into S3 responses and
 //! error codes ([`error`]). One file per family of calls: [`bucket`] for buckets, [`object`]
 //! for objects, [`multipart`] for multipart uploads, [`list`] for listings (the pagination
-//! logic over any ordered key source), and [`ops`] wires them to `s3s`'s trait. [`guard`] refuses, on its head alone, what `s3s` must not see, and [`sig_v2`]
+//! logic over any ordered key source), and [`ops`] wires them to `s3s`'s trait. [`integrity`]
+//! checks what a client claims about an upload (`Content-MD5`, an additional checksum that
+//! [`checksum`] computes, a write's condition) before anything is committed. [`guard`] refuses, on its head alone, what `s3s` must not see, and [`sig_v2`]
 //! checks SigV2 signatures in constant time before `s3s` does. [`region`] answers for the
 //! region a request is signed for (before s3s sees it), with [`resign`] for the legacy names
 //! s3s refuses. [`auth`] finds a key's secret in the catalog and decides who may do what: a key
@@ -14,8 +16,10 @@
 
 mod auth;
 mod bucket;
+mod checksum;
 mod error;
 pub mod guard;
+mod integrity;
 mod list;
 mod multipart;
 mod object;

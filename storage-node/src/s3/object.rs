@@ -5,6 +5,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+pub(crate) use crate::model::object::WriteCondition;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use s3s::dto::{ETag, ETagCondition, Timestamp};
@@ -14,26 +15,27 @@ use time::OffsetDateTime;
 
 use super::SiloS3;
 use super::bucket::Intent;
+use super::integrity::Incoming;
 use crate::TenantId;
-use crate::model::object::{self as model, Binding, ObjectHeaders, ObjectRow, Target};
-use crate::store::{PutOptions, StoreError};
+use crate::model::object::{
+    self as model, Binding, ChecksumKind, ObjectHeaders, ObjectPart, ObjectRow, StoredChecksum, Target,
+};
+use crate::store::StoreError;
 
 /// The longest key S3 accepts, in bytes of UTF-8.
 const MAX_KEY_BYTES: usize = 1024;
 
-/// The headers of a PUT, a multipart creation or a replacing copy.
-pub(crate) fn headers_of_request(
-    content_type: Option<String>,
-    content_disposition: Option<String>,
-    cache_control: Option<String>,
-    metadata: Option<s3s::dto::Metadata>,
-) -> ObjectHeaders {
-    ObjectHeaders {
-        content_type,
-        content_disposition,
-        cache_control,
-        metadata: metadata.unwrap_or_default().into_iter().collect(),
-    }
+/// A request's `Content-Encoding` without `aws-chunked` (the transfer's coding, which s3s has
+/// already undone): what is left is the object's own coding, if any.
+pub(crate) fn real_encoding(content_encoding: Option<String>) -> Option<String> {
+    let codings: Vec<&str> = content_encoding
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("aws-chunked"))
+        .collect();
+    (!codings.is_empty()).then(|| codings.join(","))
 }
 
 pub(crate) fn check_key(key: &str) -> S3Result<()> {
@@ -57,29 +59,39 @@ impl SiloS3 {
         found.and_then(|found| found.object).ok_or_else(|| s3_error!(NoSuchKey))
     }
 
-    /// Streams `body` into the store and binds it to `bucket`/`key`, replacing (and
-    /// releasing) any object there, in one transaction. Returns the ETag.
+    /// Streams `body` into the store, checks its claims, and binds it to `bucket`/`key`,
+    /// replacing (and releasing) any object there, in one transaction. Returns the ETag and
+    /// the additional checksum, if one was computed.
     pub(crate) async fn put_object_for(
         &self,
         caller: Option<TenantId>,
         bucket: &str,
         key: &str,
-        body: Option<s3s::dto::StreamingBlob>,
-        content_length: Option<i64>,
+        body: Incoming,
         headers: ObjectHeaders,
-    ) -> S3Result<String> {
+    ) -> S3Result<(String, Option<StoredChecksum>)> {
         let tenant = caller.ok_or_else(|| s3_error!(AccessDenied))?;
         let found = self.bucket(caller, bucket, Intent::Write).await?;
         check_key(key)?;
-        let options = PutOptions { expected_len: content_length.map(|len| len.max(0) as u64), md5: true };
-        let ingested = self.store.ingest(tenant, body_reader(body), options).await?;
+        let condition = body.claims.condition.clone();
+        self.check_write_condition(bucket, key, &condition).await?;
+        let checked = self.ingest_checked(tenant, body).await?;
+        let ingested = checked.ingested;
         let etag = hex::encode(ingested.md5().unwrap_or_default());
+        let checksum = checked.checksum.map(|(algorithm, value)| StoredChecksum {
+            algorithm,
+            kind: ChecksumKind::FullObject,
+            value,
+        });
+        let headers = ObjectHeaders { checksum: checksum.clone(), ..headers };
         let target = Target { bucket, id: found.id, key };
-        let bound = model::bind(&self.store, tenant, target, &etag, &headers, Binding::New(&ingested)).await;
+        let bound =
+            model::bind(&self.store, tenant, target, &etag, &headers, Binding::New(&ingested), &condition)
+                .await;
         if bound.is_err() {
             self.store.abandon(ingested).await;
         }
-        Ok(bound.map(|_| etag)?)
+        Ok(bound.map(|_| (etag, checksum))?)
     }
 
     /// Copies `source` to `bucket`/`key` by sharing its chunks. Returns the new row's ETag and
@@ -99,10 +111,22 @@ impl SiloS3 {
         let found = self.bucket(caller, bucket, Intent::Write).await?;
         check_key(key)?;
         let target = Target { bucket, id: found.id, key };
-        let modified =
-            model::bind(&self.store, tenant, target, &source.etag, &headers, Binding::Copy(source.object))
-                .await?;
+        let modified = model::bind(
+            &self.store,
+            tenant,
+            target,
+            &source.etag,
+            &headers,
+            Binding::Copy(source.object),
+            &WriteCondition::Any,
+        )
+        .await?;
         Ok((source.etag.clone(), modified))
+    }
+
+    /// The parts of the object at `bucket`/`key`, if it was completed from an upload.
+    pub(crate) async fn object_parts(&self, bucket: &str, key: &str) -> S3Result<Option<Vec<ObjectPart>>> {
+        Ok(model::parts_of(self.pool(), bucket, key).await?)
     }
 
     /// Deletes `bucket`/`key`; deleting a key that is not there succeeds, as in S3.
@@ -135,6 +159,51 @@ impl SiloS3 {
             }
         });
         Ok(ObjectBody { rx, remaining: (range.end - range.start) as usize })
+    }
+}
+
+impl SiloS3 {
+    /// Checks a write's condition on what `bucket`/`key` holds now, before its body is read:
+    /// `412 PreconditionFailed`, or `404 NoSuchKey` for `If-Match` on a key with no object, as
+    /// AWS answers. The binding checks it again: a change meanwhile is a conflict (409).
+    pub(crate) async fn check_write_condition(
+        &self,
+        bucket: &str,
+        key: &str,
+        condition: &WriteCondition,
+    ) -> S3Result<()> {
+        if *condition == WriteCondition::Any {
+            return Ok(());
+        }
+        let found = model::lookup(self.pool(), bucket, key).await?;
+        let etag = found.and_then(|found| found.object).map(|object| object.etag);
+        if condition.holds(etag.as_deref()) {
+            Ok(())
+        } else if etag.is_none() {
+            Err(s3_error!(NoSuchKey))
+        } else {
+            Err(s3_error!(PreconditionFailed))
+        }
+    }
+}
+
+/// The condition of a write's `If-Match` and `If-None-Match` headers. On a write AWS takes
+/// only `*` for `If-None-Match`, and one of the two.
+pub(crate) fn write_condition(
+    if_match: Option<&ETagCondition>,
+    if_none_match: Option<&ETagCondition>,
+) -> S3Result<WriteCondition> {
+    match (if_match, if_none_match) {
+        (None, None) => Ok(WriteCondition::Any),
+        (None, Some(ETagCondition::Any)) => Ok(WriteCondition::Absent),
+        (Some(ETagCondition::Any), None) => Ok(WriteCondition::Present),
+        (Some(ETagCondition::ETag(etag)), None) => Ok(WriteCondition::Etag(etag.value().to_owned())),
+        (None, Some(ETagCondition::ETag(_))) => {
+            Err(s3_error!(NotImplemented, "If-None-Match on a write takes only *"))
+        }
+        (Some(_), Some(_)) => {
+            Err(s3_error!(NotImplemented, "a write takes If-Match or If-None-Match, not both"))
+        }
     }
 }
 
@@ -260,7 +329,7 @@ mod tests {
     use s3s::dto::{ETag, ETagCondition, Timestamp};
     use time::macros::datetime;
 
-    use super::{Conditions, check_conditions};
+    use super::{Conditions, check_conditions, real_encoding};
     use crate::TenantId;
     use crate::model::object::{ObjectHeaders, ObjectRow};
     use crate::store::ObjectId;
@@ -291,6 +360,16 @@ mod tests {
             Ok(()) => "ok".into(),
             Err(err) => err.code().as_str().to_owned(),
         }
+    }
+
+    #[test]
+    fn aws_chunked_is_no_content_encoding_of_the_object() {
+        assert_eq!(real_encoding(None), None);
+        assert_eq!(real_encoding(Some("aws-chunked".into())), None);
+        assert_eq!(real_encoding(Some("gzip".into())), Some("gzip".into()));
+        assert_eq!(real_encoding(Some("aws-chunked, gzip".into())), Some("gzip".into()));
+        assert_eq!(real_encoding(Some("gzip,AWS-CHUNKED".into())), Some("gzip".into()));
+        assert_eq!(real_encoding(Some("gzip, br".into())), Some("gzip,br".into()));
     }
 
     #[test]

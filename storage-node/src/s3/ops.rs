@@ -4,9 +4,12 @@ use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 
 use super::bucket::Intent;
-use super::object::{Conditions, body_reader, etag_of, headers_of_request, into_reader};
+use super::checksum::{self, checksum_fields, set_checksum};
+use super::integrity::{ChecksumClaim, Claims, Incoming};
+use super::multipart::CompletionClaims;
+use super::object::{Conditions, body_reader, etag_of, into_reader, real_encoding, write_condition};
 use super::{SiloS3, caller, region};
-use crate::model::object::ObjectRow;
+use crate::model::object::{ChecksumAlgorithm, ObjectHeaders, ObjectRow};
 
 /// The conditional headers of a GET or a HEAD input (two types with the same fields).
 macro_rules! conditions_of {
@@ -18,6 +21,40 @@ macro_rules! conditions_of {
             if_modified_since: $input.if_modified_since.as_ref(),
         }
     };
+}
+
+/// The headers a PutObject, a replacing CopyObject or a CreateMultipartUpload input (three
+/// types with the same fields) stores with the object; their fields are moved out.
+macro_rules! headers_of {
+    ($input:expr) => {
+        ObjectHeaders {
+            content_type: $input.content_type,
+            content_disposition: $input.content_disposition,
+            cache_control: $input.cache_control,
+            content_encoding: real_encoding($input.content_encoding),
+            content_language: $input.content_language,
+            expires: $input.expires.map(time::OffsetDateTime::from),
+            metadata: $input.metadata.unwrap_or_default().into_iter().collect(),
+            checksum: None,
+        }
+    };
+}
+
+/// Shows `checksum` (an `Option<&StoredChecksum>`) on an output that has the five checksum
+/// fields and `checksum_type`.
+macro_rules! show_checksum {
+    ($output:expr, $checksum:expr) => {
+        if let Some(sum) = $checksum {
+            set_checksum!($output, sum.algorithm, Some(sum.value.clone()));
+            $output.checksum_type = Some(ChecksumType::from(sum.kind.as_str().to_owned()));
+        }
+    };
+}
+
+/// Whether a GET or a HEAD asks for the object's checksum (`x-amz-checksum-mode: ENABLED`);
+/// a range never gets the whole object's, as on AWS.
+fn wants_checksum(mode: Option<&ChecksumMode>, range: Option<&Range>) -> bool {
+    range.is_none() && mode.is_some_and(|mode| mode.as_str() == ChecksumMode::ENABLED)
 }
 
 /// The output of a GET or a HEAD (two types with the same fields): what both show of the
@@ -32,11 +69,20 @@ macro_rules! object_output {
             content_type: row.headers.content_type.clone(),
             content_disposition: row.headers.content_disposition.clone(),
             cache_control: row.headers.cache_control.clone(),
+            content_encoding: row.headers.content_encoding.clone(),
+            content_language: row.headers.content_language.clone(),
+            expires: row.headers.expires.map(Timestamp::from),
             metadata: Some(row.headers.metadata.clone().into_iter().collect()),
             $($field: $value,)*
             ..Default::default()
         }
     }};
+}
+
+/// The request's `Content-MD5` as sent: s3s takes an empty one for none, which AWS refuses
+/// (a value that is not text counts as empty).
+fn content_md5(headers: &http::HeaderMap) -> Option<&str> {
+    headers.get("content-md5").map(|value| value.to_str().unwrap_or_default())
 }
 
 fn token_to_key(token: &str) -> S3Result<String> {
@@ -112,23 +158,26 @@ impl S3 for SiloS3 {
 
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
         let tenant = caller(&req.extensions);
-        let input = req.input;
-        let headers = headers_of_request(
-            input.content_type,
-            input.content_disposition,
-            input.cache_control,
-            input.metadata,
-        );
-        let etag = self
-            .put_object_for(tenant, &input.bucket, &input.key, input.body, input.content_length, headers)
-            .await?;
-        Ok(S3Response::new(PutObjectOutput { e_tag: Some(ETag::Strong(etag)), ..Default::default() }))
+        let mut input = req.input;
+        let headers = headers_of!(input);
+        let algorithm = input.checksum_algorithm.as_ref();
+        let default = Some(ChecksumAlgorithm::Crc64Nvme);
+        let checksum =
+            ChecksumClaim::of_request(checksum_fields!(input), algorithm, req.trailing_headers, default)?;
+        let mut claims = Claims::new(content_md5(&req.headers), checksum)?;
+        claims.condition = write_condition(input.if_match.as_ref(), input.if_none_match.as_ref())?;
+        let body = Incoming { reader: body_reader(input.body), length: input.content_length, claims };
+        let (etag, checksum) = self.put_object_for(tenant, &input.bucket, &input.key, body, headers).await?;
+        let mut output = PutObjectOutput { e_tag: Some(ETag::Strong(etag)), ..Default::default() };
+        show_checksum!(output, checksum.as_ref());
+        Ok(S3Response::new(output))
     }
 
     async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
-        let input = req.input;
+        let mut input = req.input;
+        let tenant = caller(&req.extensions);
         let conditions = conditions_of!(input);
-        let row = self.object_if(caller(&req.extensions), &input.bucket, &input.key, conditions).await?;
+        let row = self.object_if(tenant, &input.bucket, &input.key, conditions).await?;
         let range = match &input.range {
             Some(range) => Some(range.check(row.size).map_err(|_| s3_error!(InvalidRange))?),
             None => None,
@@ -137,11 +186,15 @@ impl S3 for SiloS3 {
         let body = self.open_body(&row, span.clone()).await?;
         let content_range =
             range.map(|r| format!("bytes {}-{}/{}", r.start, r.end.saturating_sub(1), row.size));
-        let output = object_output!(GetObjectOutput, &row,
+        let mut output = object_output!(GetObjectOutput, &row,
             body: Some(StreamingBlob::new(body)),
             content_length: Some((span.end - span.start) as i64),
             content_range: content_range,
         );
+        override_headers(&mut output, &mut input, tenant.is_none())?;
+        if wants_checksum(input.checksum_mode.as_ref(), input.range.as_ref()) {
+            show_checksum!(output, row.headers.checksum.as_ref());
+        }
         Ok(S3Response::new(output))
     }
 
@@ -149,7 +202,10 @@ impl S3 for SiloS3 {
         let input = req.input;
         let conditions = conditions_of!(input);
         let row = self.object_if(caller(&req.extensions), &input.bucket, &input.key, conditions).await?;
-        let output = object_output!(HeadObjectOutput, &row, content_length: Some(row.size as i64));
+        let mut output = object_output!(HeadObjectOutput, &row, content_length: Some(row.size as i64));
+        if wants_checksum(input.checksum_mode.as_ref(), input.range.as_ref()) {
+            show_checksum!(output, row.headers.checksum.as_ref());
+        }
         Ok(S3Response::new(output))
     }
 
@@ -198,16 +254,8 @@ impl S3 for SiloS3 {
         let source = self.object(tenant, source_bucket, source_key).await?;
         let replace =
             input.metadata_directive.as_ref().is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
-        let headers = if replace {
-            headers_of_request(
-                input.content_type,
-                input.content_disposition,
-                input.cache_control,
-                input.metadata,
-            )
-        } else {
-            source.headers.clone()
-        };
+        let headers = if replace { headers_of!(input) } else { source.headers.clone() };
+        let headers = ObjectHeaders { checksum: source.headers.checksum.clone(), ..headers };
         let (etag, modified) =
             self.copy_object_for(tenant, &source, &input.bucket, &input.key, headers).await?;
         let result = CopyObjectResult {
@@ -224,17 +272,16 @@ impl S3 for SiloS3 {
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let tenant = caller(&req.extensions);
         let input = req.input;
-        let headers = headers_of_request(
-            input.content_type,
-            input.content_disposition,
-            input.cache_control,
-            input.metadata,
-        );
-        let id = self.create_upload(tenant, &input.bucket, &input.key, headers).await?;
+        let headers = headers_of!(input);
+        let algorithm = checksum::algorithm_of(input.checksum_algorithm.as_ref())?;
+        let checksum = checksum::upload_kind(algorithm, input.checksum_type.as_ref())?;
+        let id = self.create_upload(tenant, &input.bucket, &input.key, (headers, checksum)).await?;
         let output = CreateMultipartUploadOutput {
             bucket: Some(input.bucket),
             key: Some(input.key),
             upload_id: Some(id),
+            checksum_algorithm: input.checksum_algorithm,
+            checksum_type: checksum.map(|(_, kind)| ChecksumType::from(kind.as_str().to_owned())),
             ..Default::default()
         };
         Ok(S3Response::new(output))
@@ -242,20 +289,20 @@ impl S3 for SiloS3 {
 
     async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
         let tenant = caller(&req.extensions);
-        let input = req.input;
-        let body = body_reader(input.body);
-        let etag = self
-            .upload_part_for(
-                tenant,
-                &input.bucket,
-                &input.key,
-                &input.upload_id,
-                input.part_number,
-                body,
-                input.content_length,
-            )
+        let mut input = req.input;
+        let algorithm = input.checksum_algorithm.as_ref();
+        let checksum =
+            ChecksumClaim::of_request(checksum_fields!(input), algorithm, req.trailing_headers, None)?;
+        let claims = Claims::new(content_md5(&req.headers), checksum)?;
+        let body = Incoming { reader: body_reader(input.body), length: input.content_length, claims };
+        let (etag, checksum) = self
+            .upload_part_for(tenant, &input.bucket, &input.key, &input.upload_id, input.part_number, body)
             .await?;
-        Ok(S3Response::new(UploadPartOutput { e_tag: Some(ETag::Strong(etag)), ..Default::default() }))
+        let mut output = UploadPartOutput { e_tag: Some(ETag::Strong(etag)), ..Default::default() };
+        if let Some((algorithm, sum)) = checksum {
+            set_checksum!(output, algorithm, Some(sum));
+        }
+        Ok(S3Response::new(output))
     }
 
     async fn upload_part_copy(
@@ -277,16 +324,9 @@ impl S3 for SiloS3 {
         };
         let reader = into_reader(self.open_body(&source, range.clone()).await?);
         let length = Some((range.end - range.start) as i64);
-        let etag = self
-            .upload_part_for(
-                tenant,
-                &input.bucket,
-                &input.key,
-                &input.upload_id,
-                input.part_number,
-                reader,
-                length,
-            )
+        let body = Incoming { reader, length, claims: Claims::default() };
+        let (etag, _) = self
+            .upload_part_for(tenant, &input.bucket, &input.key, &input.upload_id, input.part_number, body)
             .await?;
         let result = CopyPartResult { e_tag: Some(ETag::Strong(etag)), ..Default::default() };
         Ok(S3Response::new(UploadPartCopyOutput { copy_part_result: Some(result), ..Default::default() }))
@@ -297,23 +337,27 @@ impl S3 for SiloS3 {
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let tenant = caller(&req.extensions);
-        let input = req.input;
-        let requested: Vec<(i32, String)> = input
-            .multipart_upload
-            .and_then(|upload| upload.parts)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|part| (part.part_number.unwrap_or(0), part.e_tag.map(ETag::into_value).unwrap_or_default()))
-            .collect();
-        let etag =
-            self.complete_upload(tenant, &input.bucket, &input.key, &input.upload_id, &requested).await?;
-        let output = CompleteMultipartUploadOutput {
+        let mut input = req.input;
+        let parts = input.multipart_upload.take().and_then(|upload| upload.parts).unwrap_or_default();
+        let (mut requested, mut claims) = (Vec::with_capacity(parts.len()), CompletionClaims::default());
+        for mut part in parts {
+            claims.parts.push(checksum::claimed_header(checksum_fields!(part))?);
+            requested
+                .push((part.part_number.unwrap_or(0), part.e_tag.map(ETag::into_value).unwrap_or_default()));
+        }
+        claims.whole = checksum::claimed_header(checksum_fields!(input))?;
+        claims.condition = write_condition(input.if_match.as_ref(), input.if_none_match.as_ref())?;
+        let (etag, checksum) = self
+            .complete_upload(tenant, &input.bucket, &input.key, &input.upload_id, (&requested, &claims))
+            .await?;
+        let mut output = CompleteMultipartUploadOutput {
             bucket: Some(input.bucket.clone()),
             key: Some(input.key.clone()),
             e_tag: Some(ETag::Strong(etag)),
             location: Some(format!("/{}/{}", input.bucket, input.key)),
             ..Default::default()
         };
+        show_checksum!(output, checksum.as_ref());
         Ok(S3Response::new(output))
     }
 
@@ -326,12 +370,75 @@ impl S3 for SiloS3 {
         Ok(S3Response::new(AbortMultipartUploadOutput::default()))
     }
 
+    async fn get_object_attributes(
+        &self,
+        req: S3Request<GetObjectAttributesInput>,
+    ) -> S3Result<S3Response<GetObjectAttributesOutput>> {
+        let input = req.input;
+        let row = self.object(caller(&req.extensions), &input.bucket, &input.key).await?;
+        // One header per attribute, or one header listing them (boto3): s3s splits neither.
+        let wants = |name: &str| {
+            let mut asked = input.object_attributes.iter().flat_map(|asked| asked.as_str().split(','));
+            asked.any(|asked| asked.trim().eq_ignore_ascii_case(name))
+        };
+        let mut output = GetObjectAttributesOutput {
+            last_modified: Some(Timestamp::from(row.last_modified)),
+            ..Default::default()
+        };
+        if wants(ObjectAttributes::ETAG) {
+            output.e_tag = Some(etag_of(&row));
+        }
+        if wants(ObjectAttributes::OBJECT_SIZE) {
+            output.object_size = Some(row.size as i64);
+        }
+        if wants(ObjectAttributes::STORAGE_CLASS) {
+            output.storage_class = Some(StorageClass::from_static(StorageClass::STANDARD));
+        }
+        if wants(ObjectAttributes::CHECKSUM) && row.headers.checksum.is_some() {
+            let mut sum = Checksum::default();
+            show_checksum!(sum, row.headers.checksum.as_ref());
+            output.checksum = Some(sum);
+        }
+        if wants(ObjectAttributes::OBJECT_PARTS)
+            && let Some(parts) = self.object_parts(&input.bucket, &input.key).await?
+        {
+            let marker = input.part_number_marker.unwrap_or(0);
+            let max = input.max_parts.unwrap_or(1000).clamp(0, 1000) as usize;
+            let after: Vec<_> = parts.iter().filter(|part| part.number > marker).collect();
+            let truncated = after.len() > max;
+            let shown: Vec<ObjectPart> = after
+                .iter()
+                .take(max)
+                .map(|part| {
+                    let mut shown = ObjectPart {
+                        part_number: Some(part.number),
+                        size: Some(part.size),
+                        ..Default::default()
+                    };
+                    if let (Some(sum), Some(value)) = (&row.headers.checksum, &part.checksum) {
+                        set_checksum!(shown, sum.algorithm, Some(value.clone()));
+                    }
+                    shown
+                })
+                .collect();
+            output.object_parts = Some(GetObjectAttributesParts {
+                total_parts_count: Some(parts.len() as i32),
+                part_number_marker: Some(marker),
+                next_part_number_marker: shown.last().and_then(|part| part.part_number).filter(|_| truncated),
+                max_parts: Some(max as i32),
+                is_truncated: Some(truncated),
+                parts: Some(shown),
+            });
+        }
+        Ok(S3Response::new(output))
+    }
+
     async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
         let tenant = caller(&req.extensions);
         let input = req.input;
         // The upload must be this bucket's, this key's and the caller's: an upload id alone
         // opens nothing.
-        self.check_upload(tenant, &input.bucket, &input.key, &input.upload_id).await?;
+        let algorithm = self.check_upload(tenant, &input.bucket, &input.key, &input.upload_id).await?;
         let marker = input.part_number_marker.unwrap_or(0);
         let max = input.max_parts.unwrap_or(1000).clamp(0, 1000) as usize;
         let parts: Vec<_> =
@@ -340,12 +447,18 @@ impl S3 for SiloS3 {
         let shown: Vec<Part> = parts
             .iter()
             .take(max)
-            .map(|part| Part {
-                part_number: Some(part.number),
-                e_tag: Some(ETag::Strong(part.etag.clone())),
-                size: Some(part.size),
-                last_modified: Some(Timestamp::from(part.last_modified)),
-                ..Default::default()
+            .map(|part| {
+                let mut shown = Part {
+                    part_number: Some(part.number),
+                    e_tag: Some(ETag::Strong(part.etag.clone())),
+                    size: Some(part.size),
+                    last_modified: Some(Timestamp::from(part.last_modified)),
+                    ..Default::default()
+                };
+                if let Some(algorithm) = algorithm {
+                    set_checksum!(shown, algorithm, part.checksum.clone());
+                }
+                shown
             })
             .collect();
         let output = ListPartsOutput {
@@ -357,6 +470,8 @@ impl S3 for SiloS3 {
             next_part_number_marker: shown.last().and_then(|part| part.part_number).filter(|_| truncated),
             part_number_marker: Some(marker),
             parts: Some(shown),
+            checksum_algorithm: algorithm
+                .map(|algorithm| s3s::dto::ChecksumAlgorithm::from(algorithm.as_str().to_owned())),
             ..Default::default()
         };
         Ok(S3Response::new(output))
@@ -452,6 +567,38 @@ impl S3 for SiloS3 {
         };
         Ok(S3Response::new(output))
     }
+}
+
+/// Applies a GET's `response-*` overrides to its output. AWS refuses them on anonymous
+/// requests (400 InvalidRequest), and so does Silo.
+fn override_headers(
+    output: &mut GetObjectOutput,
+    input: &mut GetObjectInput,
+    anonymous: bool,
+) -> S3Result<()> {
+    let overrides = [
+        (input.response_cache_control.take(), &mut output.cache_control),
+        (input.response_content_disposition.take(), &mut output.content_disposition),
+        (input.response_content_encoding.take(), &mut output.content_encoding),
+        (input.response_content_language.take(), &mut output.content_language),
+        (input.response_content_type.take(), &mut output.content_type),
+    ];
+    let expires = input.response_expires.take();
+    if anonymous && (expires.is_some() || overrides.iter().any(|(value, _)| value.is_some())) {
+        return Err(s3_error!(
+            InvalidRequest,
+            "Request specific response headers cannot be used for anonymous GET requests."
+        ));
+    }
+    for (value, field) in overrides {
+        if value.is_some() {
+            *field = value;
+        }
+    }
+    if expires.is_some() {
+        output.expires = expires;
+    }
+    Ok(())
 }
 
 /// `bytes=first-last` of an UploadPartCopy (both given, as S3 wants), within the source's

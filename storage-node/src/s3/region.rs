@@ -93,6 +93,7 @@ impl S3Front {
     /// As `S3Service::call`: only when the connection should be dropped.
     pub async fn call(&self, request: HttpRequest) -> Result<HttpResponse, HttpError> {
         let (mut parts, body) = request.into_parts();
+        super::integrity::join_content_encodings(&mut parts.headers);
         if let Some(refusal) = self.check(&mut parts).await {
             return Ok(refusal);
         }

@@ -12,9 +12,11 @@ use s3s::S3ErrorCode;
 use tokio::sync::{mpsc, oneshot};
 
 use super::SiloS3;
+use super::integrity::Incoming;
+use super::object::body_reader;
 use crate::TenantId;
 use crate::catalog::{CatalogPool, connect_pool, tenants};
-use crate::model::object::ObjectHeaders;
+use crate::model::object::{ObjectHeaders, WriteCondition};
 use crate::store::{ChunkStore, NodeSpec, StoreConfig};
 
 pub(super) struct Fixture {
@@ -103,7 +105,14 @@ async fn a_put_never_lands_in_a_bucket_recreated_by_another_tenant_mid_upload() 
     let s3 = fx.s3.clone();
     let put = tokio::spawn(async move {
         let body = s3s::dto::StreamingBlob::wrap(body);
-        s3.put_object_for(Some(a), "shared", "k", Some(body), None, ObjectHeaders::default()).await
+        s3.put_object_for(
+            Some(a),
+            "shared",
+            "k",
+            Incoming::plain(body_reader(Some(body))),
+            ObjectHeaders::default(),
+        )
+        .await
     });
     reading.await.expect("the upload reads its body");
     feed.send(Bytes::from(vec![7u8; 100_000])).await.expect("first piece");
@@ -127,9 +136,15 @@ async fn a_stale_multipart_upload_cannot_complete_into_a_recreated_bucket() {
     let a = tenants::create(&fx.pool, "tenant-a", None).await.expect("a");
     let b = tenants::create(&fx.pool, "tenant-b", None).await.expect("b");
     fx.s3.create_bucket_for(a, "shared").await.expect("bucket of a");
-    let upload = fx.s3.create_upload(Some(a), "shared", "k", ObjectHeaders::default()).await.expect("upload");
+    let upload =
+        fx.s3.create_upload(Some(a), "shared", "k", (ObjectHeaders::default(), None)).await.expect("upload");
     let body = std::io::Cursor::new(vec![1u8; 1000]);
-    let etag = fx.s3.upload_part_for(Some(a), "shared", "k", &upload, 1, body, None).await.expect("part");
+    let etag = fx
+        .s3
+        .upload_part_for(Some(a), "shared", "k", &upload, 1, Incoming::plain(body))
+        .await
+        .expect("part")
+        .0;
 
     // DeleteBucket with an upload in progress succeeds and aborts it, as AWS does; its part
     // is released, not left counted with no upload.
@@ -139,12 +154,16 @@ async fn a_stale_multipart_upload_cannot_complete_into_a_recreated_bucket() {
 
     let err = fx
         .s3
-        .complete_upload(Some(a), "shared", "k", &upload, &[(1, etag)])
+        .complete_upload(Some(a), "shared", "k", &upload, (&[(1, etag)], &Default::default()))
         .await
         .expect_err("A's upload must not complete into B's bucket");
     assert!(matches!(err.code(), S3ErrorCode::NoSuchUpload | S3ErrorCode::AccessDenied), "{err:?}");
     let body = std::io::Cursor::new(vec![2u8; 1000]);
-    let err = fx.s3.upload_part_for(Some(a), "shared", "k", &upload, 2, body, None).await.expect_err("part");
+    let err = fx
+        .s3
+        .upload_part_for(Some(a), "shared", "k", &upload, 2, Incoming::plain(body))
+        .await
+        .expect_err("part");
     assert!(matches!(err.code(), S3ErrorCode::NoSuchUpload | S3ErrorCode::AccessDenied), "{err:?}");
     assert!(fx.s3.list_keys("shared", "", None, "", 10).await.expect("list").objects.is_empty());
     assert_eq!(objects_of(&fx.pool, a).await, (0, 0));
@@ -158,15 +177,21 @@ async fn part_racing(label: &str, complete: bool) {
     let fx = fixture(label).await;
     let a = tenants::create(&fx.pool, "tenant-a", None).await.expect("a");
     fx.s3.create_bucket_for(a, "media").await.expect("bucket");
-    let upload = fx.s3.create_upload(Some(a), "media", "k", ObjectHeaders::default()).await.expect("upload");
+    let upload =
+        fx.s3.create_upload(Some(a), "media", "k", (ObjectHeaders::default(), None)).await.expect("upload");
     let body = std::io::Cursor::new(vec![1u8; 1000]);
-    let etag = fx.s3.upload_part_for(Some(a), "media", "k", &upload, 1, body, None).await.expect("part 1");
+    let etag = fx
+        .s3
+        .upload_part_for(Some(a), "media", "k", &upload, 1, Incoming::plain(body))
+        .await
+        .expect("part 1")
+        .0;
 
     let (body, feed, reading) = held();
     let (s3, id) = (fx.s3.clone(), upload.clone());
     let part = tokio::spawn(async move {
         let body = tokio_util::io::StreamReader::new(body);
-        s3.upload_part_for(Some(a), "media", "k", &id, 2, body, None).await
+        s3.upload_part_for(Some(a), "media", "k", &id, 2, Incoming::plain(body)).await
     });
     reading.await.expect("part 2 reads its body");
     feed.send(Bytes::from(vec![2u8; 50_000])).await.expect("piece");
@@ -181,7 +206,9 @@ async fn part_racing(label: &str, complete: bool) {
     let (s3, id) = (fx.s3.clone(), upload.clone());
     let ending = tokio::spawn(async move {
         if complete {
-            s3.complete_upload(Some(a), "media", "k", &id, &[(1, etag)]).await.map(|_| ())
+            s3.complete_upload(Some(a), "media", "k", &id, (&[(1, etag)], &Default::default()))
+                .await
+                .map(|_| ())
         } else {
             s3.abort_upload(Some(a), "media", "k", &id).await
         }
@@ -229,7 +256,15 @@ async fn a_put_and_a_delete_of_one_key_never_deadlock() {
     let put = |s3: SiloS3, byte: u8| async move {
         let piece = Ok::<_, std::io::Error>(Bytes::from(vec![byte; 20_000]));
         let body = s3s::dto::StreamingBlob::wrap(futures::stream::iter([piece]));
-        s3.put_object_for(Some(a), "media", "k", Some(body), None, ObjectHeaders::default()).await.map(|_| ())
+        s3.put_object_for(
+            Some(a),
+            "media",
+            "k",
+            Incoming::plain(body_reader(Some(body))),
+            ObjectHeaders::default(),
+        )
+        .await
+        .map(|_| ())
     };
     put(fx.s3.clone(), 1).await.expect("the key exists");
 
@@ -247,4 +282,29 @@ async fn a_put_and_a_delete_of_one_key_never_deadlock() {
     deleting.await.expect("join").expect("the DELETE succeeds");
     assert!(fx.s3.list_keys("media", "", None, "", 10).await.expect("list").objects.is_empty());
     assert_eq!(objects_of(&fx.pool, a).await, (0, 0), "nothing is left counted");
+}
+
+#[tokio::test]
+async fn a_conditional_put_that_another_write_overtakes_mid_upload_is_a_conflict() {
+    let fx = fixture("s3_conditional_race").await;
+    let a = tenants::create(&fx.pool, "tenant-a", None).await.expect("a");
+    fx.s3.create_bucket_for(a, "media").await.expect("bucket");
+    let (body, feed, reading) = held();
+    let s3 = fx.s3.clone();
+    let put = tokio::spawn(async move {
+        let mut incoming = Incoming::plain(body_reader(Some(s3s::dto::StreamingBlob::wrap(body))));
+        incoming.claims.condition = WriteCondition::Absent;
+        s3.put_object_for(Some(a), "media", "k", incoming, ObjectHeaders::default()).await
+    });
+    reading.await.expect("the conditional upload passed its check and reads its body");
+    feed.send(Bytes::from(vec![1u8; 10_000])).await.expect("piece");
+    let other = Incoming::plain(std::io::Cursor::new(vec![2u8; 10]));
+    fx.s3
+        .put_object_for(Some(a), "media", "k", other, ObjectHeaders::default())
+        .await
+        .expect("the other write");
+    drop(feed);
+    let err = put.await.expect("join").expect_err("the key changed meanwhile");
+    assert_eq!(*err.code(), S3ErrorCode::ConditionalRequestConflict, "{err:?}");
+    assert_eq!(objects_of(&fx.pool, a).await, (1, 1), "only the other write is stored");
 }

@@ -154,16 +154,21 @@ impl ChunkStore {
         let record_bytes: Vec<i64> =
             added.iter().map(|c| RECORD_HEADER_LEN as i64 + i64::from(c.stored_len)).collect();
         txn.execute(
-            "INSERT INTO chunk_locations (tenant_id, chunk_id, node_id, pack_id, pack_offset) \
-             SELECT $1, c, $2, p, o FROM unnest($3::bytea[], $4::int8[], $5::int8[]) AS v(c, p, o)",
-            &[&tenant, &self.inner.node.0, &ids, &packs, &offsets],
+            "INSERT INTO chunk_locations (tenant_id, chunk_id, pack_id, pack_offset) \
+             SELECT $1, c, p, o FROM unnest($2::bytea[], $3::int8[], $4::int8[]) AS v(c, p, o)",
+            &[&tenant, &ids, &packs, &offsets],
         )
         .await?;
+        // The pack's size follows its committed records, so that a pack whose writer died is
+        // sealed at a length every copy holds, even with no copy on the writer's own disk.
+        let ends: Vec<i64> =
+            offsets.iter().zip(&record_bytes).map(|(offset, bytes)| offset + bytes).collect();
         txn.execute(
-            "UPDATE packs SET live_bytes = packs.live_bytes + v.bytes \
-             FROM (SELECT p, sum(b)::int8 AS bytes FROM unnest($1::int8[], $2::int8[]) AS u(p, b) GROUP BY p) AS v \
+            "UPDATE packs SET live_bytes = packs.live_bytes + v.bytes, size = greatest(packs.size, v.reach) \
+             FROM (SELECT p, sum(b)::int8 AS bytes, max(e) AS reach \
+                   FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS u(p, b, e) GROUP BY p) AS v \
              WHERE packs.id = v.p",
-            &[&packs, &record_bytes],
+            &[&packs, &record_bytes, &ends],
         )
         .await?;
         let raw_sum = added.iter().map(|c| i64::from(c.raw_len)).sum();

@@ -31,8 +31,12 @@ pub enum StoreError {
     Source(io::Error),
     #[error("integrity error in chunk {chunk} of tenant {} (pack {}, offset {offset}): {detail}", tenant.0, pack.0)]
     Integrity { tenant: TenantId, chunk: ChunkId, pack: PackId, offset: u64, detail: String },
-    #[error("chunk {chunk} has no copy on this storage node")]
+    #[error("no copy of chunk {chunk} can be read on this node or its peers")]
     ChunkUnavailable { chunk: ChunkId },
+    #[error("the copy of pack {pack} on node {node} failed: {detail}; retry the upload")]
+    CopyFailed { node: i32, pack: i64, detail: String },
+    #[error(transparent)]
+    Placement(#[from] crate::placement::PlacementError),
     #[error("chunk {chunk} was collected before the upload committed; retry the upload")]
     ChunkVanished { chunk: ChunkId },
     #[error("I/O error on {path}: {source}")]

@@ -14,13 +14,19 @@
 //!    (its size recorded) can have been retired by compaction; the file of a row retired
 //!    without ever being sealed is someone else's and is left for the start-up reconcile.
 //!
-//! Only one GC runs at a time in a process, and uploads run alongside it.
+//! Only one GC runs at a time in a process, and uploads run alongside it. Phases 2 and 3 work
+//! on the whole cluster's chunks and packs, so one node at a time runs them (an advisory lock);
+//! phases 1 and 4 are each node's own (its open packs, its copies of retired packs).
 
+use super::open_pack::OpenPack;
 use super::verify::{ChunkLocation, LOCATIONS_SELECT, ReadMode};
-use super::writers::OpenPack;
 use super::{ChunkStore, StoreError};
 use crate::TenantId;
 use crate::pack::{PackId, RECORD_HEADER_LEN, pack_path};
+
+/// The advisory lock key that lets one node at a time run the cluster-wide phases of GC
+/// ("gc" in ASCII, apart from the migration and sampler keys).
+const GC_LOCK: i64 = 0x6763_0000;
 
 /// What one GC run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -48,8 +54,13 @@ impl ChunkStore {
         let mut report = GcReport::default();
         self.inner.writers.retire_idle();
         self.seal_ready(&mut report).await?;
-        self.delete_unreferenced(&mut report).await?;
-        self.compact(&mut report).await?;
+        {
+            // Chunks and packs are the cluster's: one node at a time deletes and compacts.
+            let _cluster_wide = self.cluster_gc_lock().await?;
+            self.delete_unreferenced(&mut report).await?;
+            self.compact(&mut report).await?;
+        }
+        // Each node deletes its own copies of retired packs.
         self.delete_retired(&mut report).await?;
         Ok(report)
     }
@@ -63,6 +74,15 @@ impl ChunkStore {
         self.seal_ready(&mut GcReport::default()).await
     }
 
+    /// Waits for the cluster-wide GC lock, a session-level advisory lock on a catalog
+    /// connection of its own: the lock ends when the returned connection is dropped, however
+    /// the pass ends (an error, a cancelled task, a crash).
+    async fn cluster_gc_lock(&self) -> Result<deadpool_postgres::ClientWrapper, StoreError> {
+        let client = deadpool_postgres::Object::take(self.inner.pool.get().await?);
+        client.execute("SELECT pg_advisory_lock($1)", &[&GC_LOCK]).await?;
+        Ok(client)
+    }
+
     async fn seal_ready(&self, report: &mut GcReport) -> Result<(), StoreError> {
         let ready = self.inner.writers.take_sealable();
         if ready.is_empty() {
@@ -70,12 +90,7 @@ impl ChunkStore {
         }
         let client = self.inner.pool.get().await?;
         for (pack, size) in ready {
-            client
-                .execute(
-                    "UPDATE packs SET state = 'sealed', size = $2 WHERE id = $1 AND state = 'open'",
-                    &[&pack.0, &(size as i64)],
-                )
-                .await?;
+            super::writers::seal_pack(&client, pack, size).await?;
             report.packs_sealed += 1;
         }
         Ok(())
@@ -129,7 +144,8 @@ impl ChunkStore {
         let client = self.inner.pool.get().await?;
         let candidates: Vec<i64> = client
             .query(
-                "SELECT id FROM packs WHERE node_id = $1 AND state = 'sealed' AND live_bytes::float8 < size::float8 * $2::float8 \
+                "SELECT id FROM packs p WHERE state = 'sealed' AND live_bytes::float8 < size::float8 * $2::float8 \
+                   AND EXISTS (SELECT 1 FROM pack_replicas r WHERE r.pack_id = p.id AND r.node_id = $1 AND r.state = 'ok') \
                  ORDER BY live_bytes LIMIT $3",
                 &[&self.inner.node.0, &self.inner.config.compact_below_live_share, &COMPACT_BATCH],
             )
@@ -166,50 +182,46 @@ impl ChunkStore {
         let mut moves = Vec::new();
         let mut target: Option<OpenPack> = None;
         let mut lease = None;
-        if !live.is_empty() {
-            let pack = self.open_pack().await?;
+        if let Some(first) = live.first() {
+            // A pack holds chunks of one class of tenants: the first one's policy now says
+            // where the live chunks go.
+            let class = self.pack_class(first.tenant).await?;
+            let mut pack = self.open_pack(&class, first.tenant).await?;
             lease = Some(pack.lease());
-            let store = self.clone();
-            let (pack, copied) =
-                tokio::task::spawn_blocking(move || copy_records(&store, pack, &live)).await?;
-            let path = pack.writer.path().to_path_buf();
-            target = Some(pack);
+            let copied = self.copy_records(&mut pack, &live).await;
             match copied {
-                Ok(copied) => moves = copied,
-                Err(StoreError::Integrity { .. }) | Err(StoreError::ChunkUnavailable { .. }) => {
-                    if let Some(pack) = target.take() {
-                        self.inner.writers.put_back(pack, self.inner.config.pack_target_bytes);
-                    }
-                    tracing::error!(
-                        pack = old.0,
-                        "a live chunk in this pack is damaged: not compacting it (see scrub)"
-                    );
-                    return Ok(Compaction::Damaged);
-                }
-                // The old pack's file is gone (its chunks are lost; the start-up reconcile and
-                // scrub report them): as uncompactable as a damaged pack, and it must not fail
-                // every GC pass.
-                Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                    if let Some(pack) = target.take() {
-                        self.inner.writers.put_back(pack, self.inner.config.pack_target_bytes);
-                    }
-                    tracing::error!(pack = old.0, "this pack's file is gone: not compacting it (see scrub)");
-                    return Ok(Compaction::Damaged);
+                Ok(copied) => {
+                    moves = copied;
+                    target = Some(pack);
                 }
                 Err(err) => {
-                    if let Some(pack) = target.take() {
-                        self.inner.writers.put_back(pack, self.inner.config.pack_target_bytes);
+                    self.inner.writers.put_back(pack, self.inner.config.pack_target_bytes);
+                    match err {
+                        StoreError::Integrity { .. } | StoreError::ChunkUnavailable { .. } => {
+                            tracing::error!(
+                                pack = old.0,
+                                "a live chunk in this pack is damaged: not compacting it (see scrub)"
+                            );
+                            return Ok(Compaction::Damaged);
+                        }
+                        // The old pack's file is gone (its chunks are lost; the start-up reconcile
+                        // and scrub report them): as uncompactable as a damaged pack, and it must
+                        // not fail every GC pass.
+                        StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                            tracing::error!(
+                                pack = old.0,
+                                "this pack's file is gone: not compacting it (see scrub)"
+                            );
+                            return Ok(Compaction::Damaged);
+                        }
+                        other => return Err(other),
                     }
-                    return Err(match err {
-                        StoreError::Io { source, .. } => StoreError::io(path, source),
-                        other => other,
-                    });
                 }
             }
         }
         let mut client = self.inner.pool.get().await?;
         let txn = client.transaction().await?;
-        if let Some(new) = target.as_ref().map(|pack| pack.writer.id()) {
+        if let Some(new) = target.as_ref().map(OpenPack::id) {
             let tenants: Vec<i64> = moves.iter().map(|(at, _)| at.tenant.0).collect();
             let ids: Vec<Vec<u8>> = moves.iter().map(|(at, _)| at.chunk.0.to_vec()).collect();
             let offsets: Vec<i64> = moves.iter().map(|(_, offset)| *offset as i64).collect();
@@ -219,10 +231,10 @@ impl ChunkStore {
                 "WITH moved AS ( \
                     UPDATE chunk_locations l SET pack_id = $1, pack_offset = v.o \
                     FROM unnest($3::int8[], $4::bytea[], $5::int8[], $6::int8[]) AS v(t, c, o, s) \
-                    WHERE l.tenant_id = v.t AND l.chunk_id = v.c AND l.node_id = $7 AND l.pack_id = $2 \
+                    WHERE l.tenant_id = v.t AND l.chunk_id = v.c AND l.pack_id = $2 \
                     RETURNING v.s) \
                  UPDATE packs SET live_bytes = live_bytes + (SELECT coalesce(sum(s), 0) FROM moved)::int8 WHERE id = $1",
-                &[&new.0, &old.0, &tenants, &ids, &offsets, &sizes, &self.inner.node.0],
+                &[&new.0, &old.0, &tenants, &ids, &offsets, &sizes],
             )
             .await?;
         }
@@ -238,6 +250,25 @@ impl ChunkStore {
         }
         drop(lease);
         Ok(Compaction::Done)
+    }
+
+    /// Copies `live` records into `pack` as stored (no recompression), verifying each, then
+    /// makes them durable in every copy. Returns each chunk with its new offset.
+    async fn copy_records(
+        &self,
+        pack: &mut OpenPack,
+        live: &[ChunkLocation],
+    ) -> Result<Vec<(ChunkLocation, u64)>, StoreError> {
+        let mut moves = Vec::with_capacity(live.len());
+        for at in live {
+            let (store, location) = (self.clone(), *at);
+            let (record, _raw) =
+                tokio::task::spawn_blocking(move || store.read_record_verified(&location, ReadMode::Audit))
+                    .await??;
+            moves.push((*at, pack.append(record.header, record.data).await?));
+        }
+        pack.sync().await?;
+        Ok(moves)
     }
 
     /// Frees the blocks of `pack`'s dead ranges in place. Needs no free space.
@@ -267,8 +298,10 @@ impl ChunkStore {
         let grace = self.inner.config.retire_grace.as_secs_f64();
         let retired: Vec<(i64, i64)> = client
             .query(
-                "SELECT id, size FROM packs WHERE node_id = $1 AND state = 'retired' \
-                   AND retired_at <= now() - make_interval(secs => $2)",
+                "SELECT id, size FROM packs p WHERE state = 'retired' \
+                   AND retired_at <= now() - make_interval(secs => $2) \
+                   AND (EXISTS (SELECT 1 FROM pack_replicas r WHERE r.pack_id = p.id AND r.node_id = $1) \
+                        OR NOT EXISTS (SELECT 1 FROM pack_replicas r WHERE r.pack_id = p.id))",
                 &[&self.inner.node.0, &grace],
             )
             .await?
@@ -294,7 +327,15 @@ impl ChunkStore {
                 tracing::warn!(pack = id, "kept a pack file whose retired row never wrote it");
             }
             self.inner.maps.forget(PackId(id));
-            client.execute("DELETE FROM packs WHERE id = $1", &[&id]).await?;
+            // This node's copy is gone; the row goes with the last copy.
+            client
+                .execute(
+                    "WITH gone AS (DELETE FROM pack_replicas WHERE pack_id = $1 AND node_id = $2) \
+                     DELETE FROM packs p WHERE p.id = $1 \
+                       AND NOT EXISTS (SELECT 1 FROM pack_replicas r WHERE r.pack_id = $1 AND r.node_id <> $2)",
+                    &[&id, &self.inner.node.0],
+                )
+                .await?;
             report.packs_deleted += 1;
         }
         Ok(())
@@ -304,32 +345,6 @@ impl ChunkStore {
 enum Compaction {
     Done,
     Damaged,
-}
-
-/// Copies `live` records into `pack` as stored (no recompression), verifying each, then
-/// fsyncs. Returns each chunk with its new offset. Blocking.
-fn copy_records(
-    store: &ChunkStore,
-    mut pack: OpenPack,
-    live: &[ChunkLocation],
-) -> (OpenPack, Result<Vec<(ChunkLocation, u64)>, StoreError>) {
-    let mut moves = Vec::with_capacity(live.len());
-    for at in live {
-        let record = match store.read_record_verified(at, ReadMode::Audit) {
-            Ok((record, _raw)) => record,
-            Err(err) => return (pack, Err(err)),
-        };
-        match pack.writer.append(&record.header, &record.data) {
-            Ok(offset) => moves.push((*at, offset)),
-            Err(err) => {
-                let path = pack.writer.path().to_path_buf();
-                return (pack, Err(StoreError::Io { path, source: err }));
-            }
-        }
-    }
-    let path = pack.writer.path().to_path_buf();
-    let synced = pack.writer.sync().map_err(|err| StoreError::Io { path, source: err });
-    (pack, synced.map(|()| moves))
 }
 
 /// Punches holes between the `live` records (offset, length; sorted) of the pack at `path`.

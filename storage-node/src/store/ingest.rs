@@ -15,7 +15,8 @@ use futures::StreamExt;
 use md5::Digest;
 use tokio::io::AsyncRead;
 
-use super::writers::{OpenPack, PackLease};
+use super::open_pack::{OpenPack, PackClass};
+use super::writers::PackLease;
 use super::{ChunkStore, StoreError};
 use crate::chunker::Chunker;
 use crate::compress::Compression;
@@ -144,7 +145,8 @@ impl ChunkStore {
                 async move { task.await.map_err(StoreError::from).and_then(|prepared| prepared) }
             })
             .buffered(PARALLEL);
-        let mut upload = Upload::new(self.clone(), tenant);
+        let class = self.pack_class(tenant).await?;
+        let mut upload = Upload::new(self.clone(), tenant, class);
         let result = async {
             while let Some(chunk) = prepared.next().await {
                 let chunk = chunk?;
@@ -267,15 +269,17 @@ struct Upload {
     seen: HashSet<ChunkId>,
     reused: HashSet<ChunkId>,
     pins: HashMap<ChunkId, i32>,
+    class: PackClass,
     pack: Option<OpenPack>,
     leases: Vec<PackLease>,
 }
 
 impl Upload {
-    fn new(store: ChunkStore, tenant: TenantId) -> Self {
+    fn new(store: ChunkStore, tenant: TenantId, class: PackClass) -> Self {
         Upload {
             store,
             tenant,
+            class,
             size: 0,
             manifest: Vec::new(),
             new_chunks: Vec::new(),
@@ -318,33 +322,27 @@ impl Upload {
     ) -> Result<(), StoreError> {
         let mut pack = match self.pack.take() {
             Some(pack) => pack,
-            None => self.store.open_pack().await?,
+            None => self.store.open_pack(&self.class, self.tenant).await?,
         };
-        if !self.leases.iter().any(|lease| lease.pack() == pack.writer.id()) {
+        if !self.leases.iter().any(|lease| lease.pack() == pack.id()) {
             self.leases.push(pack.lease());
         }
-        let tenant = self.tenant;
-        let (pack, written) = tokio::task::spawn_blocking(move || {
-            let (compression, data) = match &compressed {
-                Some(bytes) => (Compression::Zstd, bytes.as_slice()),
-                None => (Compression::None, raw.as_ref()),
-            };
-            let header = RecordHeader {
-                compression,
-                tenant,
-                chunk: id,
-                raw_len: raw.len() as u32,
-                stored_len: data.len() as u32,
-            };
-            let written = pack.writer.append(&header, data).map(|offset| (header, offset));
-            (pack, written)
-        })
-        .await?;
-        let pack_id = pack.writer.id();
-        let path = pack.writer.path().to_path_buf();
-        let full = pack.writer.len() >= self.store.inner.config.pack_target_bytes;
+        let (compression, data) = match compressed {
+            Some(bytes) => (Compression::Zstd, Bytes::from(bytes)),
+            None => (Compression::None, raw.clone()),
+        };
+        let header = RecordHeader {
+            compression,
+            tenant: self.tenant,
+            chunk: id,
+            raw_len: raw.len() as u32,
+            stored_len: data.len() as u32,
+        };
+        let written = pack.append(header, data).await.inspect_err(|err| self.store.note_copy_failure(err));
+        let pack_id = pack.id();
+        let full = pack.len() >= self.store.inner.config.pack_target_bytes;
         self.pack = Some(pack);
-        let (header, offset) = written.map_err(|err| StoreError::io(path, err))?;
+        let offset = written?;
         self.new_chunks.push(NewChunk {
             id,
             raw_len: header.raw_len as i32,
@@ -359,17 +357,13 @@ impl Upload {
         Ok(())
     }
 
-    /// Makes this upload's current pack durable and hands the writer back.
+    /// Makes this upload's records in its current pack durable in every copy and hands the
+    /// pack back.
     async fn sync_and_release(&mut self) -> Result<(), StoreError> {
         let Some(mut pack) = self.pack.take() else { return Ok(()) };
-        let (pack, synced) = tokio::task::spawn_blocking(move || {
-            let synced = pack.writer.sync();
-            (pack, synced)
-        })
-        .await?;
-        let path = pack.writer.path().to_path_buf();
+        let synced = pack.sync().await.inspect_err(|err| self.store.note_copy_failure(err));
         self.store.inner.writers.put_back(pack, self.store.inner.config.pack_target_bytes);
-        synced.map_err(|err| StoreError::io(path, err))
+        synced
     }
 
     async fn finish(mut self, md5: Option<[u8; 16]>) -> Result<Ingested, StoreError> {

@@ -13,7 +13,10 @@ mod gc;
 mod ingest;
 mod objects;
 pub mod offline;
+mod open_pack;
 mod orphans;
+mod peers;
+mod placing;
 mod read;
 mod reconcile;
 mod scrub;
@@ -34,6 +37,7 @@ pub use ingest::{Ingested, PutOptions};
 pub use objects::Usage;
 pub(crate) use objects::lock_tenant;
 pub use orphans::{Referrer, S3_REFERRERS};
+pub use peers::REMOTE_READ_TIMEOUT;
 pub use read::ObjectRead;
 pub use reconcile::{RESTORED_MARKER, ReconcileReport, mark_catalog_restored};
 pub use scrub::{DamagedChunk, ScrubReport};
@@ -134,6 +138,7 @@ struct Inner {
     writers: WriterPool,
     maps: PackMaps,
     verified: VerifiedCache,
+    peers: peers::Peers,
     gc_lock: tokio::sync::Mutex<()>,
 }
 
@@ -187,16 +192,17 @@ impl ChunkStore {
             )
             .await?;
         let node_id = NodeId(row.get(0));
-        let abandoned =
-            client.query("SELECT id FROM packs WHERE node_id = $1 AND state = 'open'", &[&node_id.0]).await?;
+        let abandoned = client
+            .query("SELECT id, size FROM packs WHERE node_id = $1 AND state = 'open'", &[&node_id.0])
+            .await?;
         for row in abandoned {
-            let id: i64 = row.get(0);
-            let path = pack_path(&packs_dir, crate::pack::PackId(id));
-            let size = std::fs::metadata(&path).map(|m| m.len() as i64).unwrap_or(0);
-            client
-                .execute("UPDATE packs SET state = 'sealed', size = $2 WHERE id = $1", &[&id, &size])
-                .await?;
-            tracing::info!(pack = id, size, "sealed a pack left open by an earlier process");
+            let id = crate::pack::PackId(row.get(0));
+            // The local copy's length, when this node holds one; else the length every copy
+            // had reached at the last commit into it.
+            let size =
+                std::fs::metadata(pack_path(&packs_dir, id)).map_or(row.get::<_, i64>(1) as u64, |m| m.len());
+            writers::seal_pack(&client, id, size).await?;
+            tracing::info!(pack = id.0, size, "sealed a pack left open by an earlier process");
         }
         drop(client);
         let inner = Inner {
@@ -207,6 +213,7 @@ impl ChunkStore {
             ),
             maps: PackMaps::new(&packs_dir),
             writers: WriterPool::default(),
+            peers: peers::Peers::default(),
             gc_lock: tokio::sync::Mutex::new(()),
             pool,
             node: node_id,
@@ -239,7 +246,7 @@ impl ChunkStore {
         &self.inner.packs_dir
     }
 
-    /// Whether the catalog records pack `id` on this node and not retired (open or sealed):
+    /// Whether the catalog records a copy of pack `id` on this node and the pack is not retired:
     /// its file holds chunks that objects need, so nobody else may delete it.
     ///
     /// # Errors
@@ -248,7 +255,8 @@ impl ChunkStore {
         let client = self.inner.pool.get().await?;
         let row = client
             .query_one(
-                "SELECT EXISTS (SELECT 1 FROM packs WHERE id = $1 AND node_id = $2 AND state <> 'retired')",
+                "SELECT EXISTS (SELECT 1 FROM packs p JOIN pack_replicas r ON r.pack_id = p.id \
+                 WHERE p.id = $1 AND r.node_id = $2 AND p.state <> 'retired')",
                 &[&id.0, &self.inner.node.0],
             )
             .await?;

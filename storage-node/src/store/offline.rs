@@ -51,7 +51,8 @@ pub enum OfflineError {
 }
 
 impl ChunkStore {
-    /// The offline manifest of `object` on this node.
+    /// The offline manifest of `object`: where its chunks are (read from this node's copies of
+    /// their packs).
     ///
     /// # Errors
     /// [`StoreError::NoSuchObject`]; catalog errors.
@@ -65,9 +66,9 @@ impl ChunkStore {
         let rows = client
             .query(
                 "SELECT oc.chunk_id, l.pack_id, l.pack_offset FROM object_chunks oc \
-                 JOIN chunk_locations l ON l.tenant_id = oc.tenant_id AND l.chunk_id = oc.chunk_id AND l.node_id = $3 \
+                 JOIN chunk_locations l ON l.tenant_id = oc.tenant_id AND l.chunk_id = oc.chunk_id \
                  WHERE oc.object_id = $1 AND oc.tenant_id = $2 ORDER BY oc.logical_offset",
-                &[&object.0, &tenant.0, &self.inner.node.0],
+                &[&object.0, &tenant.0],
             )
             .await?;
         let chunks = rows

@@ -39,7 +39,18 @@ impl std::fmt::Debug for ObjectRead {
 struct Entry {
     logical_offset: u64,
     location: Option<ChunkLocation>,
+    /// This node's copy of the chunk's pack, if any.
+    local: LocalCopy,
     chunk: ChunkId,
+}
+
+/// What this node holds of a pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LocalCopy {
+    None,
+    /// A copy marked damaged: read it only when no other copy answers.
+    Damaged,
+    Sound,
 }
 
 struct Cursor {
@@ -138,8 +149,14 @@ impl Cursor {
             // same chunk then costs no hashing. Larger slices are served from the map.
             let small = (to - from) * 4 < u64::from(location.raw_len);
             let mode = if small { ReadMode::Partial } else { ReadMode::Whole };
-            let store = self.store.clone();
-            let loaded = tokio::task::spawn_blocking(move || store.load_verified(&location, mode)).await?;
+            let loaded = match entry.local {
+                LocalCopy::Sound => self.load_local(location, mode).await?,
+                LocalCopy::None => self.store.read_remote(&location, mode).await,
+                LocalCopy::Damaged => match self.store.read_remote(&location, mode).await {
+                    Err(StoreError::ChunkUnavailable { .. }) => self.load_local(location, mode).await?,
+                    read => read,
+                },
+            };
             let raw = match loaded {
                 Ok(raw) => raw,
                 // GC may have moved the chunk and deleted the old pack since the batch was
@@ -150,6 +167,20 @@ impl Cursor {
                     self.retried_at = Some(self.pos);
                     self.batch.clear();
                     continue;
+                }
+                // This node's copy is damaged or unreadable: another copy serves the read, and
+                // a damaged copy here is then marked for repair. With no other copy, the
+                // read fails with this copy's error.
+                Err(err)
+                    if entry.local == LocalCopy::Sound
+                        && matches!(err, StoreError::Integrity { .. } | StoreError::Io { .. }) =>
+                {
+                    let Ok(raw) = self.store.read_remote(&location, mode).await else { return Err(err) };
+                    if matches!(err, StoreError::Integrity { .. }) {
+                        tracing::error!(error = %err, "this node's copy of a pack is damaged; read another copy");
+                        self.store.mark_damaged(location.pack, self.store.node()).await;
+                    }
+                    raw
                 }
                 Err(err) => return Err(err),
             };
@@ -163,16 +194,26 @@ impl Cursor {
         }
     }
 
+    /// The chunk from this node's copy, verified.
+    async fn load_local(
+        &self,
+        location: ChunkLocation,
+        mode: ReadMode,
+    ) -> Result<Result<Bytes, StoreError>, StoreError> {
+        let store = self.store.clone();
+        Ok(tokio::task::spawn_blocking(move || store.load_verified(&location, mode)).await?)
+    }
+
     async fn fetch_batch(&mut self) -> Result<(), StoreError> {
         let client = self.store.inner.pool.get().await?;
         let rows = client
             .query(
                 "SELECT oc.logical_offset, oc.chunk_id, c.raw_len, c.stored_len, c.compression, \
-                        l.pack_id, l.pack_offset \
+                        l.pack_id, l.pack_offset, r.state \
                  FROM object_chunks oc \
                  JOIN chunks c ON c.tenant_id = oc.tenant_id AND c.id = oc.chunk_id \
-                 LEFT JOIN chunk_locations l \
-                        ON l.tenant_id = oc.tenant_id AND l.chunk_id = oc.chunk_id AND l.node_id = $3 \
+                 LEFT JOIN chunk_locations l ON l.tenant_id = oc.tenant_id AND l.chunk_id = oc.chunk_id \
+                 LEFT JOIN pack_replicas r ON r.pack_id = l.pack_id AND r.node_id = $3 \
                  WHERE oc.object_id = $1 \
                    AND oc.logical_offset >= coalesce( \
                         (SELECT max(logical_offset) FROM object_chunks \
@@ -196,7 +237,17 @@ impl Cursor {
                 stored_len: row.get::<_, i32>(3) as u32,
                 compression,
             });
-            self.batch.push_back(Entry { logical_offset: row.get::<_, i64>(0) as u64, location, chunk });
+            let local = match row.get::<_, Option<&str>>(7) {
+                None => LocalCopy::None,
+                Some("damaged") => LocalCopy::Damaged,
+                Some(_) => LocalCopy::Sound,
+            };
+            self.batch.push_back(Entry {
+                logical_offset: row.get::<_, i64>(0) as u64,
+                location,
+                local,
+                chunk,
+            });
         }
         Ok(())
     }

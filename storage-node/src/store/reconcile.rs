@@ -114,7 +114,8 @@ impl ChunkStore {
             .query_one(
                 "SELECT EXISTS (SELECT 1 FROM unnest($1::int8[]) AS f(id) WHERE NOT EXISTS \
                     (SELECT 1 FROM packs WHERE packs.id = f.id)) \
-                 OR EXISTS (SELECT 1 FROM packs p WHERE p.node_id = $2 AND p.state <> 'retired' \
+                 OR EXISTS (SELECT 1 FROM packs p JOIN pack_replicas r ON r.pack_id = p.id AND r.node_id = $2 \
+                    WHERE p.state <> 'retired' \
                     AND NOT EXISTS (SELECT 1 FROM unnest($1::int8[]) AS f(id) WHERE f.id = p.id))",
                 &[&ids, &self.inner.node.0],
             )
@@ -133,8 +134,9 @@ impl ChunkStore {
             let size = std::fs::metadata(pack_path(&self.inner.packs_dir, *id)).map_or(0, |m| m.len() as i64);
             client
                 .execute(
-                    "INSERT INTO packs (id, node_id, state, size, live_bytes) OVERRIDING SYSTEM VALUE \
-                     VALUES ($1, $2, 'sealed', $3, 0) ON CONFLICT (id) DO NOTHING",
+                    "WITH pack AS (INSERT INTO packs (id, node_id, state, size, live_bytes) OVERRIDING SYSTEM VALUE \
+                        VALUES ($1, $2, 'sealed', $3, 0) ON CONFLICT (id) DO NOTHING RETURNING id) \
+                     INSERT INTO pack_replicas (pack_id, node_id, state) SELECT id, $2, 'ok' FROM pack",
                     &[&id.0, &self.inner.node.0, &size],
                 )
                 .await?;
@@ -142,7 +144,10 @@ impl ChunkStore {
             report.packs_registered += 1;
         }
         let locations: Vec<ChunkLocation> = client
-            .query(&format!("{LOCATIONS_SELECT} WHERE l.node_id = $1"), &[&self.inner.node.0])
+            .query(
+                &format!("{LOCATIONS_SELECT} WHERE l.pack_id IN (SELECT pack_id FROM pack_replicas WHERE node_id = $1)"),
+                &[&self.inner.node.0],
+            )
             .await?
             .iter()
             .map(ChunkLocation::from_row)
@@ -222,8 +227,8 @@ impl ChunkStore {
         txn.execute(
             "UPDATE chunk_locations l SET pack_id = v.p, pack_offset = v.o \
              FROM unnest($1::int8[], $2::bytea[], $3::int8[], $4::int8[]) AS v(t, c, p, o) \
-             WHERE l.tenant_id = v.t AND l.chunk_id = v.c AND l.node_id = $5",
-            &[&tenants, &chunks, &packs, &offsets, &self.inner.node.0],
+             WHERE l.tenant_id = v.t AND l.chunk_id = v.c",
+            &[&tenants, &chunks, &packs, &offsets],
         )
         .await?;
         let ids: Vec<i64> = on_disk.iter().map(|id| id.0).collect();
@@ -233,23 +238,25 @@ impl ChunkStore {
             .collect();
         txn.execute(
             "UPDATE packs p SET size = v.s FROM unnest($1::int8[], $2::int8[]) AS v(id, s) \
-             WHERE p.id = v.id AND p.node_id = $3 AND p.state <> 'open'",
+             WHERE p.id = v.id AND p.state <> 'open' \
+               AND EXISTS (SELECT 1 FROM pack_replicas r WHERE r.pack_id = p.id AND r.node_id = $3)",
             &[&ids, &sizes, &self.inner.node.0],
         )
         .await?;
         // A retired pack that holds the only copy of a live chunk must not be deleted.
         txn.execute(
-            "UPDATE packs SET state = 'sealed', retired_at = NULL WHERE node_id = $1 AND state = 'retired' \
-             AND EXISTS (SELECT 1 FROM chunk_locations l WHERE l.pack_id = packs.id)",
+            "UPDATE packs p SET state = 'sealed', retired_at = NULL WHERE p.state = 'retired' \
+             AND EXISTS (SELECT 1 FROM pack_replicas r WHERE r.pack_id = p.id AND r.node_id = $1) \
+             AND EXISTS (SELECT 1 FROM chunk_locations l WHERE l.pack_id = p.id)",
             &[&self.inner.node.0],
         )
         .await?;
         let retired = txn
             .execute(
-                "UPDATE packs SET state = 'retired', retired_at = now(), live_bytes = 0 \
-                 WHERE node_id = $1 AND state <> 'retired' \
-                 AND NOT EXISTS (SELECT 1 FROM unnest($2::int8[]) AS f(id) WHERE f.id = packs.id) \
-                 AND NOT EXISTS (SELECT 1 FROM chunk_locations l WHERE l.pack_id = packs.id)",
+                "UPDATE packs p SET state = 'retired', retired_at = now(), live_bytes = 0 \
+                 WHERE p.state <> 'retired' AND EXISTS (SELECT 1 FROM pack_replicas r WHERE r.pack_id = p.id AND r.node_id = $1) \
+                 AND NOT EXISTS (SELECT 1 FROM unnest($2::int8[]) AS f(id) WHERE f.id = p.id) \
+                 AND NOT EXISTS (SELECT 1 FROM chunk_locations l WHERE l.pack_id = p.id)",
                 &[&self.inner.node.0, &ids],
             )
             .await?;
@@ -257,9 +264,9 @@ impl ChunkStore {
             "WITH live AS ( \
                 SELECT l.pack_id, sum($2::int8 + c.stored_len)::int8 AS bytes \
                 FROM chunk_locations l JOIN chunks c ON c.tenant_id = l.tenant_id AND c.id = l.chunk_id \
-                WHERE l.node_id = $1 GROUP BY l.pack_id) \
+                GROUP BY l.pack_id) \
              UPDATE packs p SET live_bytes = coalesce((SELECT bytes FROM live WHERE live.pack_id = p.id), 0) \
-             WHERE p.node_id = $1 AND p.state <> 'retired'",
+             WHERE p.state <> 'retired' AND EXISTS (SELECT 1 FROM pack_replicas r WHERE r.pack_id = p.id AND r.node_id = $1)",
             &[&self.inner.node.0, &(RECORD_HEADER_LEN as i64)],
         )
         .await?;

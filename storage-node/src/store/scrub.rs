@@ -40,7 +40,7 @@ impl ChunkStore {
             let rows = client
                 .query(
                     &format!(
-                        "{LOCATIONS_SELECT} WHERE l.node_id = $1 AND (l.pack_id, l.pack_offset) > ($2, $3) \
+                        "{LOCATIONS_SELECT} WHERE l.pack_id IN (SELECT pack_id FROM pack_replicas WHERE node_id = $1) AND (l.pack_id, l.pack_offset) > ($2, $3) \
                          ORDER BY l.pack_id, l.pack_offset LIMIT $4"
                     ),
                     &[&self.inner.node.0, &after.0, &after.1, &PAGE],

@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use super::{ChunkStore, StoreError};
 use crate::compress::{Compression, decompress};
-use crate::pack::{PackId, RecordView};
+use crate::pack::{PackId, RecordHeader, RecordView};
 use crate::{ChunkId, TenantId};
 
 /// Where a chunk lives and what the catalog says of it.
@@ -96,7 +96,23 @@ impl ChunkStore {
             }
             _ => StoreError::io(crate::pack::pack_path(&self.inner.packs_dir, at.pack), err),
         })?;
-        let header = record.header;
+        let raw = self.check_record(at, &record.header, &record.data, mode)?;
+        Ok((record, raw))
+    }
+
+    /// The raw bytes of a record read from anywhere (this node's map or a peer's answer),
+    /// proven to be the chunk `at` names: the header matches the catalog and the raw bytes
+    /// hash (keyed BLAKE3) to the chunk id. Blocking (it hashes and decompresses).
+    ///
+    /// # Errors
+    /// [`StoreError::Integrity`] saying what does not match.
+    pub(crate) fn check_record(
+        &self,
+        at: &ChunkLocation,
+        header: &RecordHeader,
+        data: &Bytes,
+        mode: ReadMode,
+    ) -> Result<Bytes, StoreError> {
         if header.chunk != at.chunk
             || header.tenant != at.tenant
             || header.raw_len != at.raw_len
@@ -107,10 +123,10 @@ impl ChunkStore {
         }
         let raw = match at.compression {
             // A private copy for the cache: the map would show later changes to the file.
-            Compression::None if mode == ReadMode::Partial => Bytes::copy_from_slice(&record.data),
-            Compression::None => record.data.clone(),
+            Compression::None if mode == ReadMode::Partial => Bytes::copy_from_slice(data),
+            Compression::None => data.clone(),
             Compression::Zstd => Bytes::from(
-                decompress(&record.data, at.raw_len as usize)
+                decompress(data, at.raw_len as usize)
                     .map_err(|err| integrity(at, format!("it does not decompress: {err}")))?,
             ),
         };
@@ -119,7 +135,7 @@ impl ChunkStore {
             self.forget_verified(at.tenant, at.chunk);
             return Err(integrity(at, "its bytes do not hash to its id".into()));
         }
-        Ok((record, raw))
+        Ok(raw)
     }
 
     /// Drops a chunk from the cache of verified chunks.
@@ -128,6 +144,6 @@ impl ChunkStore {
     }
 }
 
-fn integrity(at: &ChunkLocation, detail: String) -> StoreError {
+pub(super) fn integrity(at: &ChunkLocation, detail: String) -> StoreError {
     StoreError::Integrity { tenant: at.tenant, chunk: at.chunk, pack: at.pack, offset: at.offset, detail }
 }

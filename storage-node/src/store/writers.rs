@@ -8,7 +8,9 @@
 
 use std::sync::{Arc, Mutex};
 
+use super::open_pack::{OpenPack, PackClass, RemoteCopy};
 use super::{ChunkStore, StoreError};
+use crate::TenantId;
 use crate::pack::{PackId, PackWriter};
 
 /// Proof that an upload wrote into a pack and has not finished yet.
@@ -16,27 +18,12 @@ use crate::pack::{PackId, PackWriter};
 pub struct PackLease(Arc<PackId>);
 
 impl PackLease {
+    pub(super) fn new(pack: PackId) -> Self {
+        PackLease(Arc::new(pack))
+    }
+
     pub fn pack(&self) -> PackId {
         *self.0
-    }
-}
-
-/// An open pack: its writer and the lease every upload into it clones.
-#[derive(Debug)]
-pub struct OpenPack {
-    pub writer: PackWriter,
-    lease: PackLease,
-}
-
-impl OpenPack {
-    pub fn new(writer: PackWriter) -> Self {
-        let lease = PackLease(Arc::new(writer.id()));
-        OpenPack { writer, lease }
-    }
-
-    /// A lease for one more upload that writes here.
-    pub fn lease(&self) -> PackLease {
-        self.lease.clone()
     }
 }
 
@@ -57,19 +44,22 @@ pub struct WriterPool {
 const MAX_IDLE: usize = 4;
 
 impl WriterPool {
-    /// An idle writer, if any.
-    pub fn take(&self) -> Option<OpenPack> {
-        lock(&self.idle).pop()
+    /// An idle pack of `class`, if any.
+    pub fn take(&self, class: &PackClass) -> Option<OpenPack> {
+        let mut idle = lock(&self.idle);
+        let at = idle.iter().rposition(|pack| pack.class() == class)?;
+        Some(idle.swap_remove(at))
     }
 
     /// Returns a writer after use: to the idle set, or to draining when it is full or broken.
-    pub fn put_back(&self, pack: OpenPack, target_bytes: u64) {
-        let full = pack.writer.is_broken() || pack.writer.len() >= target_bytes;
+    pub fn put_back(&self, mut pack: OpenPack, target_bytes: u64) {
+        pack.abandon_unsynced();
+        let full = pack.is_broken() || pack.len() >= target_bytes;
         let mut idle = lock(&self.idle);
         if full || idle.len() >= MAX_IDLE {
             drop(idle);
-            let size = pack.writer.len();
-            lock(&self.draining).push(Draining { lease: pack.lease, size });
+            let size = pack.synced_len();
+            lock(&self.draining).push(Draining { lease: pack.lease(), size });
         } else {
             idle.push(pack);
         }
@@ -89,9 +79,10 @@ impl WriterPool {
     pub fn retire_idle(&self) {
         let idle: Vec<OpenPack> = lock(&self.idle).drain(..).collect();
         let mut draining = lock(&self.draining);
-        for pack in idle {
-            let size = pack.writer.len();
-            draining.push(Draining { lease: pack.lease, size });
+        for mut pack in idle {
+            pack.abandon_unsynced();
+            let size = pack.synced_len();
+            draining.push(Draining { lease: pack.lease(), size });
         }
     }
 }
@@ -103,24 +94,70 @@ impl ChunkStore {
     /// catalog does not know, as after a catalog restore) is never opened, overwritten or,
     /// through a retired row, deleted. The id is dropped, ids move past every file on disk,
     /// and a fresh id is tried.
-    pub(super) async fn open_pack(&self) -> Result<OpenPack, StoreError> {
-        if let Some(pack) = self.inner.writers.take() {
-            return Ok(pack);
+    pub(super) async fn open_pack(
+        &self,
+        class: &PackClass,
+        tenant: TenantId,
+    ) -> Result<OpenPack, StoreError> {
+        let suspects = self.inner.peers.suspects();
+        while let Some(mut pack) = self.inner.writers.take(class) {
+            if !pack.has_copy_on(&suspects) {
+                return Ok(pack);
+            }
+            pack.retire();
+            self.inner.writers.put_back(pack, self.inner.config.pack_target_bytes);
         }
+        let placed = self.place_pack(tenant).await?;
+        if placed.domain.owner() != class.owner {
+            // The nodes changed between the two reads: this upload's class is stale.
+            return Err(StoreError::CopyFailed {
+                node: self.inner.node.0,
+                pack: 0,
+                detail: "the tenant's placement domain changed during the upload".into(),
+            });
+        }
+        let here = placed.targets.iter().any(|target| target.node == self.inner.node);
+        let mut remotes = Vec::new();
+        for target in placed.targets.iter().filter(|target| target.node != self.inner.node) {
+            let url = target.internal_url.as_deref().ok_or_else(|| StoreError::CopyFailed {
+                node: target.node.0,
+                pack: 0,
+                detail: "the node serves no internal API (--internal-url)".into(),
+            })?;
+            remotes.push(RemoteCopy::new(target.node, self.peer(target.node, url)?));
+        }
+        let nodes: Vec<i32> = placed.targets.iter().map(|target| target.node.0).collect();
         let mut attempts = 0;
         loop {
             attempts += 1;
             let client = self.inner.pool.get().await?;
             let id: i64 = client
-                .query_one("INSERT INTO packs (node_id) VALUES ($1) RETURNING id", &[&self.inner.node.0])
+                .query_one(
+                    "WITH pack AS (INSERT INTO packs (node_id, owner_tenant_id, replicas_wanted) \
+                                   VALUES ($1, $2, $3) RETURNING id), \
+                          copy AS (INSERT INTO pack_replicas (pack_id, node_id) \
+                                   SELECT pack.id, n FROM pack, unnest($4::int4[]) AS n) \
+                     SELECT id FROM pack",
+                    &[
+                        &self.inner.node.0,
+                        &placed.domain.owner().map(|owner| owner.0),
+                        &i16::from(placed.wanted),
+                        &nodes,
+                    ],
+                )
                 .await?
                 .get(0);
+            let id = PackId(id);
+            if !here {
+                return Ok(OpenPack::new(id, class.clone(), self.inner.node, None, remotes));
+            }
             let dir = self.inner.packs_dir.clone();
             let node = self.inner.node.0;
-            let created =
-                tokio::task::spawn_blocking(move || PackWriter::create(&dir, PackId(id), node)).await?;
+            let created = tokio::task::spawn_blocking(move || PackWriter::create(&dir, id, node)).await?;
             let err = match created {
-                Ok(writer) => return Ok(OpenPack::new(writer)),
+                Ok(writer) => {
+                    return Ok(OpenPack::new(id, class.clone(), self.inner.node, Some(writer), remotes));
+                }
                 Err(err) => err,
             };
             // No file of this row exists: drop the row. (Retiring it would let GC delete
@@ -128,16 +165,16 @@ impl ChunkStore {
             // A failure to do so is logged, never allowed to hide the cause (a full disk must
             // stay StorageFull, which compaction falls back on).
             if let Err(cleanup) =
-                client.execute("DELETE FROM packs WHERE id = $1 AND state = 'open'", &[&id]).await
+                client.execute("DELETE FROM packs WHERE id = $1 AND state = 'open'", &[&id.0]).await
             {
-                tracing::warn!(pack = id, error = %cleanup, "cannot drop the row of a pack whose file was not made");
+                tracing::warn!(pack = id.0, error = %cleanup, "cannot drop the row of a pack whose file was not made");
             }
             drop(client);
             if err.kind() != std::io::ErrorKind::AlreadyExists || attempts >= 3 {
                 return Err(StoreError::io(self.inner.packs_dir.clone(), err));
             }
             tracing::warn!(
-                pack = id,
+                pack = id.0,
                 "a pack file with a new pack's id exists; moving pack ids past the files on disk"
             );
             let dir = self.inner.packs_dir.clone();
@@ -151,4 +188,23 @@ impl ChunkStore {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Records pack `id` as sealed at `size` bytes (if it is still open) and its copies as whole.
+///
+/// # Errors
+/// Catalog errors.
+pub(super) async fn seal_pack(
+    client: &tokio_postgres::Client,
+    id: PackId,
+    size: u64,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "WITH sealed AS (UPDATE packs SET state = 'sealed', size = $2 WHERE id = $1 AND state = 'open' RETURNING id) \
+             UPDATE pack_replicas SET state = 'ok' WHERE pack_id IN (SELECT id FROM sealed) AND state = 'writing'",
+            &[&id.0, &(size as i64)],
+        )
+        .await?;
+    Ok(())
 }

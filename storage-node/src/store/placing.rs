@@ -1,0 +1,58 @@
+//! Where a new pack's copies go: the class of a tenant's packs (which packs its uploads may
+//! share), and the placement plan for a new one.
+
+use super::open_pack::PackClass;
+use super::{ChunkStore, StoreError};
+use crate::TenantId;
+use crate::placement::{self, Plan};
+
+impl ChunkStore {
+    /// The class of `tenant`'s packs under its placement policy now. Its domain is the one
+    /// `placement` gives: the tenant's own nodes when its policy is `owned`, or when no shared
+    /// node exists and it owns some.
+    pub(crate) async fn pack_class(&self, tenant: TenantId) -> Result<PackClass, StoreError> {
+        let client = self.inner.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT t.placement = 'owned' \
+                     OR (NOT EXISTS (SELECT 1 FROM storage_nodes n \
+                                     WHERE n.owner_tenant_id IS NULL AND n.state <> 'removed') \
+                         AND EXISTS (SELECT 1 FROM storage_nodes n \
+                                     WHERE n.owner_tenant_id = t.id AND n.state <> 'removed')), \
+                        t.replication_factor, t.allowed_zones \
+                 FROM tenants t WHERE t.id = $1",
+                &[&tenant.0],
+            )
+            .await?
+            .ok_or(StoreError::UnknownTenant(tenant.0))?;
+        let owned: bool = row.get(0);
+        Ok(PackClass { owner: owned.then_some(tenant), replicas: row.get(1), zones: row.get(2) })
+    }
+
+    /// The nodes that take the copies of a new pack opened by an upload of `tenant`, leaving
+    /// out the peers that failed lately.
+    ///
+    /// # Errors
+    /// [`StoreError::Placement`] when too few zones can take it and the policy refuses.
+    pub(crate) async fn place_pack(&self, tenant: TenantId) -> Result<Plan, StoreError> {
+        let client = self.inner.pool.get().await?;
+        let suspects = self.inner.peers.suspects();
+        let plan = placement::plan(
+            &**client,
+            tenant,
+            self.inner.node,
+            self.inner.config.pack_target_bytes,
+            &suspects,
+        )
+        .await?;
+        if plan.degraded {
+            tracing::warn!(
+                tenant = tenant.0,
+                wanted = plan.wanted,
+                copies = plan.targets.len(),
+                "a new pack has fewer copies than its policy wants; repair tops it up"
+            );
+        }
+        Ok(plan)
+    }
+}

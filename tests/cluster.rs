@@ -1,0 +1,328 @@
+//! Several `silo serve` processes on loopback sharing one throwaway catalog: shared nodes in
+//! zones a, b and c, and two nodes owned by tenant `acme` in zones a and b. Objects written
+//! through any node read back through every node; every pack has its copies in distinct zones,
+//! in the catalog and on disk; acme's bytes are only on acme's nodes; a killed node and a
+//! damaged copy cost no read.
+
+use crate::common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aws_sdk_s3::primitives::ByteStream;
+use common::{Silo, free_addr, scratch, silo_cli_json};
+
+const READY: Duration = Duration::from_secs(30);
+/// Every node of a test cluster seals and names things with this one secret.
+const CLUSTER_SECRET: &str = "5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c";
+
+struct Node {
+    name: String,
+    silo: Silo,
+}
+
+struct Cluster {
+    catalog: String,
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    nodes: Vec<Node>,
+}
+
+impl Cluster {
+    async fn new(label: &str) -> Cluster {
+        let catalog = pg_local::testing::shared().fresh_database(label).await;
+        let tmp = scratch();
+        let root = tmp.path().to_path_buf();
+        Cluster { catalog, _tmp: tmp, root, nodes: Vec::new() }
+    }
+
+    /// Starts node `name` in `zone` (owned by `owner` when given), with its internal API.
+    async fn start(&mut self, name: &str, zone: &str, owner: Option<&str>) {
+        let internal: SocketAddr = free_addr();
+        let internal_listen = internal.to_string();
+        let internal_url = format!("http://{internal}");
+        let mut args = vec![
+            "--postgres-url",
+            &self.catalog,
+            "--node-name",
+            name,
+            "--zone",
+            zone,
+            "--internal-listen",
+            &internal_listen,
+            "--internal-url",
+            &internal_url,
+        ];
+        if let Some(owner) = owner {
+            args.extend(["--owner", owner]);
+        }
+        let env = [("SILO_SERVER_SECRET", CLUSTER_SECRET)];
+        let mut silo = Silo::start_with_env(&self.root.join(name), &args, &env);
+        silo.wait_ready(READY).await;
+        self.nodes.push(Node { name: name.to_string(), silo });
+    }
+
+    fn node(&self, name: &str) -> &Silo {
+        &self.nodes.iter().find(|node| node.name == name).expect("a node of the cluster").silo
+    }
+
+    fn node_mut(&mut self, name: &str) -> &mut Silo {
+        &mut self.nodes.iter_mut().find(|node| node.name == name).expect("a node of the cluster").silo
+    }
+
+    /// A tenant with a key, and an SDK client for it on every node.
+    fn tenant(&self, name: &str) -> HashMap<String, aws_sdk_s3::Client> {
+        let first = &self.nodes[0].silo;
+        silo_cli_json(first, &["tenant", "create", name]);
+        let key = silo_cli_json(first, &["key", "create", name]);
+        let field = |name: &str| key[name].as_str().expect("key field").to_string();
+        let (id, secret) = (field("access_key_id"), field("secret_access_key"));
+        self.nodes
+            .iter()
+            .map(|node| (node.name.clone(), common::sdk_client(&node.silo, &id, &secret)))
+            .collect()
+    }
+
+    async fn sql_rows(&self, sql: &str) -> Vec<tokio_postgres::Row> {
+        let (client, conn) =
+            tokio_postgres::connect(&self.catalog, tokio_postgres::NoTls).await.expect("catalog");
+        tokio::spawn(conn);
+        client.query(sql, &[]).await.expect(sql)
+    }
+
+    /// The data directory of node `name`.
+    fn data_dir(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+}
+
+/// Incompressible bytes with `marker` every 64 KiB, so that a copy on disk can be found by it.
+fn marked(len: usize, seed: u64, marker: &[u8]) -> Vec<u8> {
+    let mut bytes = common::noise(len, seed);
+    for at in (0..len.saturating_sub(marker.len())).step_by(64 * 1024) {
+        bytes[at..at + marker.len()].copy_from_slice(marker);
+    }
+    bytes
+}
+
+async fn put(client: &aws_sdk_s3::Client, bucket: &str, key: &str, body: &[u8]) {
+    client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(ByteStream::from(body.to_vec()))
+        .send()
+        .await
+        .unwrap_or_else(|err| panic!("put {key}: {err:?}"));
+}
+
+async fn get(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Vec<u8> {
+    try_get(client, bucket, key).await.unwrap_or_else(|err| panic!("get {key}: {err}"))
+}
+
+async fn try_get(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Vec<u8>, String> {
+    let object =
+        client.get_object().bucket(bucket).key(key).send().await.map_err(|err| format!("{err:?}"))?;
+    Ok(object.body.collect().await.map_err(|err| format!("{err:?}"))?.into_bytes().to_vec())
+}
+
+/// Whether any file under `dir` contains `needle`.
+fn any_file_contains(dir: &Path, needle: &[u8]) -> Option<PathBuf> {
+    for entry in walk(dir) {
+        let Ok(bytes) = std::fs::read(&entry) else { continue };
+        if bytes.windows(needle.len()).any(|window| window == needle) {
+            return Some(entry);
+        }
+    }
+    None
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return files };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+fn pack_file(data_dir: &Path, pack: i64) -> PathBuf {
+    storage_node::pack::pack_path(&data_dir.join("packs"), storage_node::pack::PackId(pack))
+}
+
+/// Every pack that holds a live chunk: its copies' nodes and zones.
+async fn copies(cluster: &Cluster) -> Vec<(i64, i64, Vec<String>, Vec<String>)> {
+    let rows = cluster
+        .sql_rows(
+            "SELECT p.id, p.size, array_agg(n.name ORDER BY n.name), array_agg(n.zone ORDER BY n.name) \
+             FROM packs p JOIN pack_replicas r ON r.pack_id = p.id JOIN storage_nodes n ON n.id = r.node_id \
+             WHERE EXISTS (SELECT 1 FROM chunk_locations l WHERE l.pack_id = p.id) \
+             GROUP BY p.id, p.size ORDER BY p.id",
+        )
+        .await;
+    rows.iter().map(|row| (row.get(0), row.get(1), row.get(2), row.get(3))).collect()
+}
+
+async fn three_zones_and_acme(label: &str) -> Cluster {
+    let mut cluster = Cluster::new(label).await;
+    cluster.start("node-a", "a", None).await;
+    cluster.start("node-b", "b", None).await;
+    cluster.start("node-c", "c", None).await;
+    silo_cli_json(cluster.node("node-a"), &["tenant", "create", "acme"]);
+    cluster.start("acme-a", "a", Some("acme")).await;
+    cluster.start("acme-b", "b", Some("acme")).await;
+    cluster
+}
+
+#[tokio::test]
+async fn objects_written_through_any_node_read_back_through_every_node_from_copies_in_two_zones() {
+    let cluster = three_zones_and_acme("cluster_copies").await;
+    let media = cluster.tenant("media");
+    media["node-a"].create_bucket().bucket("site").send().await.expect("bucket");
+    let mut written = Vec::new();
+    for (at, writer) in ["node-a", "node-b", "node-c", "acme-a"].into_iter().enumerate() {
+        let body = marked(3_000_000 + at * 700_000, at as u64, b"MEDIA-MARKER");
+        let key = format!("through-{writer}.bin");
+        put(&media[writer], "site", &key, &body).await;
+        written.push((key, body));
+    }
+    for (key, body) in &written {
+        for node in &cluster.nodes {
+            assert!(get(&media[&node.name], "site", key).await == *body, "{key} through {}", node.name);
+        }
+    }
+
+    // Two copies of every pack, in two zones, on the shared nodes only; the same bytes on disk.
+    let packs = copies(&cluster).await;
+    assert!(!packs.is_empty());
+    for (pack, size, nodes, mut zones) in packs {
+        assert_eq!(nodes.len(), 2, "pack {pack} has copies on {nodes:?}");
+        zones.dedup();
+        assert_eq!(zones.len(), 2, "pack {pack}'s copies are in distinct zones: {nodes:?}");
+        assert!(nodes.iter().all(|node| node.starts_with("node-")), "media's pack {pack} on {nodes:?}");
+        let files: Vec<Vec<u8>> = nodes
+            .iter()
+            .map(|node| std::fs::read(pack_file(&cluster.data_dir(node), pack)).expect("the copy's file"))
+            .collect();
+        let size = size as usize;
+        assert!(
+            files.iter().all(|file| file.len() >= size),
+            "pack {pack}: every copy holds its {size} bytes"
+        );
+        assert!(files[0][..size] == files[1][..size], "pack {pack}: the copies hold the same bytes");
+    }
+}
+
+#[tokio::test]
+async fn an_owned_tenants_bytes_are_only_on_its_own_nodes_and_read_through_every_node() {
+    let cluster = three_zones_and_acme("cluster_owned").await;
+    let acme = cluster.tenant("acme-media");
+    // The tenant that owns the nodes is `acme`; give it its own key too.
+    let _ = acme;
+    let placement = silo_cli_json(cluster.node("node-a"), &["tenant", "placement", "acme", "--owned"]);
+    assert_eq!(placement["mode"], "owned", "{placement}");
+    let key = silo_cli_json(cluster.node("node-a"), &["key", "create", "acme"]);
+    let field = |name: &str| key[name].as_str().expect("key field").to_string();
+    let clients: HashMap<String, aws_sdk_s3::Client> = cluster
+        .nodes
+        .iter()
+        .map(|node| {
+            (
+                node.name.clone(),
+                common::sdk_client(&node.silo, &field("access_key_id"), &field("secret_access_key")),
+            )
+        })
+        .collect();
+    clients["node-a"].create_bucket().bucket("private").send().await.expect("bucket");
+    let marker = b"ACME-SENSITIVE-7f3a";
+    let body = marked(5_000_000, 99, marker);
+    // Written through a shared node, which may only relay acme's bytes in memory.
+    put(&clients["node-b"], "private", "ledger.bin", &body).await;
+    for node in &cluster.nodes {
+        assert!(
+            get(&clients[&node.name], "private", "ledger.bin").await == body,
+            "read through {}",
+            node.name
+        );
+    }
+    for shared in ["node-a", "node-b", "node-c"] {
+        let found = any_file_contains(&cluster.data_dir(shared), marker);
+        assert!(found.is_none(), "acme's bytes on the shared node {shared}: {found:?}");
+    }
+    for own in ["acme-a", "acme-b"] {
+        assert!(any_file_contains(&cluster.data_dir(own), marker).is_some(), "acme's copy on {own}");
+    }
+}
+
+#[tokio::test]
+async fn a_killed_node_and_a_damaged_copy_cost_no_read_and_writes_go_on() {
+    let mut cluster = Cluster::new("cluster_faults").await;
+    cluster.start("node-a", "a", None).await;
+    cluster.start("node-b", "b", None).await;
+    cluster.start("node-c", "c", None).await;
+    let media = cluster.tenant("media");
+    media["node-a"].create_bucket().bucket("site").send().await.expect("bucket");
+    let mut written = Vec::new();
+    for at in 0..6 {
+        let body = common::noise(1_500_000 + at * 100_000, 40 + at as u64);
+        let key = format!("before-{at}.bin");
+        put(&media["node-a"], "site", &key, &body).await;
+        written.push((key, body));
+    }
+
+    // kill -9 of the node that holds the other copy: every object still reads, through the
+    // writer and through the node that holds no copy (which fails over from the dead one), and
+    // new writes go on (the SDK retries what the dead node failed).
+    let (_, _, holders, _) = copies(&cluster).await.remove(0);
+    let dead = holders.iter().find(|node| *node != "node-a").expect("a copy off node-a").clone();
+    let third = ["node-b", "node-c"].into_iter().find(|node| *node != dead).expect("a third node");
+    cluster.node_mut(&dead).kill9().await;
+    for reader in ["node-a", third] {
+        for (key, body) in &written {
+            assert!(
+                get(&media[reader], "site", key).await == *body,
+                "{key} through {reader} with {dead} dead"
+            );
+        }
+    }
+    let mut after = Vec::new();
+    for at in 0..4 {
+        let body = common::noise(900_000, 80 + at);
+        let key = format!("after-{at}.bin");
+        put(&media[third], "site", &key, &body).await;
+        assert!(get(&media["node-a"], "site", &key).await == body, "{key} after the kill");
+        after.push((key, body));
+    }
+
+    // A flipped byte in one copy: the read gets the right bytes from the other copy, and the
+    // damaged copy is marked for repair.
+    let live_packs: Vec<_> =
+        copies(&cluster).await.into_iter().filter(|(_, _, nodes, _)| !nodes.contains(&dead)).collect();
+    let (pack, _, nodes, _) = live_packs.first().cloned().expect("a pack written after the kill");
+    assert!(!nodes.contains(&dead), "no new pack on the dead node: {nodes:?}");
+    let damaged = nodes[0].clone();
+    let path = pack_file(&cluster.data_dir(&damaged), pack);
+    let mut bytes = std::fs::read(&path).expect("pack");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&path, &bytes).expect("damage a copy");
+    for (key, body) in &after {
+        let read = try_get(&media[damaged.as_str()], "site", key).await;
+        let stderr = cluster.node(&damaged).stderr();
+        assert!(read.as_ref() == Ok(body), "{key} despite the damage: {:?}\n{stderr}", read.err());
+    }
+    let marked = cluster
+        .sql_rows(&format!(
+            "SELECT r.state FROM pack_replicas r JOIN storage_nodes n ON n.id = r.node_id \
+             WHERE r.pack_id = {pack} AND n.name = '{damaged}'"
+        ))
+        .await;
+    assert_eq!(marked[0].get::<_, String>(0), "damaged", "the damaged copy is marked for repair");
+}
