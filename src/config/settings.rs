@@ -84,7 +84,8 @@ pub struct ServeConfig {
     #[arg(long, env = "SILO_GC_INTERVAL_SECS", default_value_t = 300)]
     pub gc_interval_secs: u64,
     /// Seconds a storage node may be silent before the repairer writes its copies off and copies
-    /// its packs elsewhere (long enough that a rolling restart causes no repair).
+    /// its packs elsewhere (long enough that a rolling restart causes no repair; at least 10, two
+    /// heartbeats).
     #[arg(long, env = "SILO_REPAIR_GRACE_SECS", default_value_t = 600)]
     pub repair_grace_secs: u64,
     /// The most megabytes per second the repairer copies (one node repairs at a time).
@@ -181,9 +182,10 @@ impl ServeConfig {
         })
     }
 
-    /// How long a silent node's copies still count (also what `remove` counts by).
+    /// How long a silent node's copies still count (also what `remove` counts by): at least two
+    /// heartbeats, or live nodes would be written off between their beats.
     pub fn repair_grace(&self) -> Duration {
-        Duration::from_secs(self.repair_grace_secs)
+        Duration::from_secs(self.repair_grace_secs).max(2 * storage_node::model::node::HEARTBEAT_EVERY)
     }
 
     pub fn multipart_expiry(&self) -> Duration {

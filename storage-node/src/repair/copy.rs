@@ -9,7 +9,7 @@ use super::RepairError;
 use super::assess::{CopyTarget, Source};
 use super::bucket::{SharedBucket, throttle};
 use crate::ServerSecret;
-use crate::node_api::NodeClient;
+use crate::node_api::{ClientError, NodeClient};
 use crate::pack::PackId;
 use crate::store::NodeId;
 
@@ -42,7 +42,9 @@ impl Peers {
 
 /// Copies pack `pack` from `source` to `target`, at most as fast as `bucket` lets it (the
 /// target verifies every record before it keeps the pack); a damaged copy at the target is
-/// deleted first. Returns the bytes sent. The caller records the copy.
+/// deleted first, and so is a file the target holds with other bytes that no row records (left
+/// by a failed repair), then the copy is sent once more. Returns the bytes sent. The caller
+/// records the copy.
 ///
 /// # Errors
 /// [`RepairError::Peer`] naming the node that failed (the target, when the transfer broke).
@@ -54,21 +56,32 @@ pub async fn copy_pack(
     bucket: &SharedBucket,
 ) -> Result<u64, RepairError> {
     if target.replaces_damaged {
+        delete_at(peers, pack, target).await?;
+    }
+    let send = async || -> Result<u64, RepairError> {
+        let (len, stream) = peers
+            .client(source.node, &source.url)?
+            .get_pack_stream(pack)
+            .await
+            .map_err(RepairError::peer(source.node))?;
         peers
             .client(target.node, &target.url)?
-            .delete_pack(pack)
+            .put_pack_stream(pack, len, throttle(stream, bucket.clone()))
             .await
             .map_err(RepairError::peer(target.node))?;
+        Ok(len)
+    };
+    match send().await {
+        Err(RepairError::Peer { source: ClientError::Refused { status: 409, code, .. }, .. })
+            if code == "pack_conflict" =>
+        {
+            delete_at(peers, pack, target).await?;
+            send().await
+        }
+        sent => sent,
     }
-    let (len, stream) = peers
-        .client(source.node, &source.url)?
-        .get_pack_stream(pack)
-        .await
-        .map_err(RepairError::peer(source.node))?;
-    let target_client = peers.client(target.node, &target.url)?;
-    target_client
-        .put_pack_stream(pack, len, throttle(stream, bucket.clone()))
-        .await
-        .map_err(RepairError::peer(target.node))?;
-    Ok(len)
+}
+
+async fn delete_at(peers: &Peers, pack: PackId, target: &CopyTarget) -> Result<(), RepairError> {
+    peers.client(target.node, &target.url)?.delete_pack(pack).await.map_err(RepairError::peer(target.node))
 }

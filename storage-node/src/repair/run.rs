@@ -159,6 +159,11 @@ impl Repairer {
                 return Ok(());
             };
             for target in chosen {
+                if target.replaces_damaged {
+                    // Its node refuses to delete a pack it holds a row of: the damaged copy is
+                    // forgotten first (it serves no read), then its file replaced.
+                    work::drop_copy(&**self.pool.get().await?, pack.id, target.node).await?;
+                }
                 let bytes = copy_pack(peers, pack.id, source, &target, &self.bucket).await?;
                 let client = self.pool.get().await?;
                 if !work::record_copy(&**client, pack.id, target.node).await? {
