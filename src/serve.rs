@@ -22,7 +22,7 @@ use rand::distr::{Alphanumeric, SampleString};
 use storage_node::DataDir;
 use storage_node::catalog::{self, CatalogPool};
 use storage_node::data_dir::ADMIN_TOKEN_SECRET;
-use storage_node::node_api::NodeApi;
+use storage_node::node_api::{NodeApi, ThisNode};
 use storage_node::repair::Repairer;
 use storage_node::store::{ChunkStore, GcReport};
 use tokio::net::TcpListener;
@@ -251,9 +251,9 @@ async fn serve_with_catalog(
     }
     let mut internal = match listeners.internal {
         Some(listener) => {
-            let limit = storage_node::node_api::pack_size_limit(&config.store);
+            let limit = storage_node::node_api::pack_size_limit(config.store.pack_target_bytes);
             let api = NodeApi::new(store.packs_dir(), store.server_secret().clone(), limit)
-                .protecting(store.clone());
+                .protecting(ThisNode { catalog: store.catalog().clone(), node: store.node() });
             tracing::info!(address = %config.internal_listen.map(|a| a.to_string()).unwrap_or_default(), "serving the internal node API");
             // Peers' connections are not counted with the public ones.
             let counts = http::ConnectionMetrics::default();

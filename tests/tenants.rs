@@ -136,7 +136,8 @@ async fn the_api_validates_names_patches_quotas_and_refuses_to_drop_a_tenant_wit
     assert_eq!(usage["objects"], 1);
     assert_eq!((usage["s3_objects"].as_u64(), usage["backups"].as_u64()), (Some(0), Some(0)), "{usage}");
     let forced = http.delete(api("/tenants/shop?force=true")).bearer_auth(&token).send().await.unwrap();
-    assert_eq!(forced.status(), 204);
+    let status = forced.status();
+    assert_eq!(status, 204, "{}", forced.text().await.unwrap_or_default());
     let gone = http.get(api("/tenants/shop")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(gone.status(), 404);
 }

@@ -2,12 +2,10 @@
 //! (name, zone, owner, internal URL, capacity, version), its heartbeat, its clean stop, and the
 //! list operators read (`GET /v1/nodes`, `silo node list`).
 //!
-//! **One node per catalog until replication lands.** Each node keeps its packs on its own disk
-//! and names chunks with its own server secret, so a second node on the same catalog would
-//! dedup against chunks it cannot read and refuse the first node's access keys. Until pack
-//! replicas and replicated writes land (issue 12), [`register`] refuses a node when the catalog
-//! holds another one that is not removed, or was first used with another server secret (the
-//! catalog keeps a fingerprint of it, never the secret).
+//! The nodes of one catalog share its server secret: [`register`] refuses a node whose secret
+//! is not the one the catalog was first used with (the catalog keeps a fingerprint of it, never
+//! the secret), a name started from another data directory, and a node with data moved to
+//! another zone or owner.
 
 use std::time::Duration;
 
@@ -16,20 +14,8 @@ use time::OffsetDateTime;
 use tokio_postgres::Transaction;
 
 use crate::catalog::{CatalogError, CatalogPool};
-use crate::store::NodeId;
+pub use crate::node_state::{NodeId, NodeState};
 use crate::{ServerSecret, TenantId};
-
-crate::text_enum!(
-    /// Where a storage node is in its life.
-    NodeState {
-        /// Takes new packs.
-        Active => "active",
-        /// Its packs are moving to other nodes; it takes no new ones.
-        Draining => "draining",
-        /// Holds nothing; the row stays for the names that old rows point at.
-        Removed => "removed",
-    }
-);
 
 /// The copies of each pack by default: two where the shared nodes span two zones or more.
 pub const DEFAULT_COPIES: i64 = 2;

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::node::NodeState;
 use crate::catalog::{CatalogError, CatalogPool};
+use crate::node_state::NodeState;
 use crate::repair::ReplicaState;
 
 /// Removals take turns on this transaction-level advisory lock ("RM"), so two nodes holding

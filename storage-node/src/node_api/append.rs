@@ -32,9 +32,9 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use super::tee::Tee;
 use super::verify::check_record;
+use super::writing::ThisNode;
 use super::writing::{CatalogReadError, writing_replica};
 use crate::pack::{PACK_HEADER_LEN, PackId, RECORD_HEADER_LEN, RecordHeader, check_pack_header, pack_path};
-use crate::store::ChunkStore;
 use crate::{ServerSecret, TenantId};
 
 /// The request header that names the offset an append starts at.
@@ -124,7 +124,7 @@ pub(crate) struct Append {
 /// Appends `body` as `append` says, if the catalog of `store` lets this node take it; returns
 /// the pack's new length, durable.
 pub(crate) async fn append<S, E>(
-    store: Option<&ChunkStore>,
+    this: Option<&ThisNode>,
     locks: &PackLocks,
     append: Append,
     body: S,
@@ -135,7 +135,7 @@ where
 {
     let id = append.id;
     let guard = locks.lock(id).await;
-    let owner = match allowed(store, id).await {
+    let owner = match allowed(this, id).await {
         Ok(owner) => owner,
         Err(err) => {
             drain(body, append.limit.saturating_sub(append.offset)).await;
@@ -160,10 +160,10 @@ where
 }
 
 /// The domain of pack `id` (its owner), when this node may take appends to it.
-async fn allowed(store: Option<&ChunkStore>, id: PackId) -> Result<Option<TenantId>, AppendError> {
-    let store = store.ok_or(AppendError::NotWriting(id.0))?;
+async fn allowed(this: Option<&ThisNode>, id: PackId) -> Result<Option<TenantId>, AppendError> {
+    let this = this.ok_or(AppendError::NotWriting(id.0))?;
     let replica =
-        writing_replica(store.catalog(), id, store.node()).await?.ok_or(AppendError::NotWriting(id.0))?;
+        writing_replica(&this.catalog, id, this.node).await?.ok_or(AppendError::NotWriting(id.0))?;
     if replica.written_here {
         return Err(AppendError::WrittenHere(id.0));
     }

@@ -47,14 +47,14 @@ pub use packs::{PackRead, ReadError};
 pub use receive::{ReceiveError, Received, receive_pack};
 pub use server::{NodeApi, PACK_ROUTE};
 pub use verify::{VerifiedPack, verify_pack_file};
+pub use writing::ThisNode;
 
 use crate::pack::{PACK_HEADER_LEN, RECORD_HEADER_LEN};
-use crate::store::StoreConfig;
 
-/// The largest pack a node takes from a peer under `config`: a pack is sealed once it reaches
-/// `pack_target_bytes`, so it may pass that by one record, of the largest chunk any
+/// The largest pack a node takes from a peer when packs are sealed at `pack_target_bytes`: a
+/// pack is sealed once it reaches that, so it may pass it by one record, of the largest chunk any
 /// configuration allows (packs written under an older, larger chunk maximum still pass).
-pub fn pack_size_limit(config: &StoreConfig) -> u64 {
+pub fn pack_size_limit(pack_target_bytes: u64) -> u64 {
     let largest_chunk = fastcdc::v2020::MAXIMUM_MAX as u64;
-    config.pack_target_bytes + PACK_HEADER_LEN + RECORD_HEADER_LEN + largest_chunk
+    pack_target_bytes + PACK_HEADER_LEN + RECORD_HEADER_LEN + largest_chunk
 }

@@ -25,9 +25,9 @@ use super::receive::{self, Received};
 use super::version::{
     ACCEPTS_HEADER, APPEND_VERSION, MAX_VERSION, VERSION_HEADER, VersionRange, parse_version,
 };
+use super::writing::{ThisNode, holds_live_copy};
 use crate::ServerSecret;
 use crate::pack::PackId;
-use crate::store::ChunkStore;
 
 /// The route of one pack.
 pub const PACK_ROUTE: &str = "/internal/v1/packs/{id}";
@@ -41,9 +41,9 @@ pub struct NodeApi {
     secret: ServerSecret,
     token_digest: [u8; 32],
     max_pack_bytes: u64,
-    /// This node's chunk store, whose live packs a peer may not delete and whose catalog says
-    /// which packs peers may append to.
-    store: Option<ChunkStore>,
+    /// This node in the catalog, which says which packs here are live (no peer may delete
+    /// them) and which ones peers may append to.
+    this: Option<ThisNode>,
     /// Serializes the appends to each pack.
     locks: PackLocks,
 }
@@ -58,16 +58,16 @@ impl NodeApi {
             secret,
             token_digest,
             max_pack_bytes,
-            store: None,
+            this: None,
             locks: PackLocks::default(),
         }
     }
 
-    /// Refuses DELETE of the packs `store` still needs (recorded on this node, not retired), and
-    /// takes appends to the packs its catalog records a `writing` replica of on this node
-    /// (without a store, every append is refused).
-    pub fn protecting(mut self, store: ChunkStore) -> Self {
-        self.store = Some(store);
+    /// Refuses DELETE of the packs the catalog records a live copy of on `this` node, and
+    /// takes appends to the packs it records a `writing` copy of here (without it, every append
+    /// is refused).
+    pub fn protecting(mut self, this: ThisNode) -> Self {
+        self.this = Some(this);
         self
     }
 
@@ -182,7 +182,7 @@ async fn append_to_pack(
         return Err(refused_append(append::AppendError::TooLarge { limit }));
     }
     let append = Append { dir: api.packs_dir.clone(), id, offset, limit, secret: api.secret.clone() };
-    let len = append::append(api.store.as_ref(), &api.locks, append, body.into_data_stream())
+    let len = append::append(api.this.as_ref(), &api.locks, append, body.into_data_stream())
         .await
         .map_err(refused_append)?;
     Ok(Json(serde_json::json!({ "len": len })))
@@ -258,8 +258,8 @@ async fn delete_pack(
     let id = pack_id(segment).ok_or_else(invalid_pack_id)?;
     // Not in the middle of an append to it.
     let _turn = api.locks.lock(id).await;
-    if let Some(store) = &api.store
-        && store.holds_live_pack(id).await.map_err(internal)?
+    if let Some(this) = &api.this
+        && holds_live_copy(&this.catalog, id, this.node).await.map_err(internal)?
     {
         return Err(refuse(
             StatusCode::CONFLICT,

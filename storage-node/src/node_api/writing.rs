@@ -1,11 +1,12 @@
-//! What the catalog says about a pack a peer appends to on this node: whether this node holds a
-//! `writing` replica of it, and the placement domain of the pack and of this node. These are
-//! the only catalog reads of the internal API; everything else it does is on files.
+//! What the catalog says about a pack on this node: whether this node holds a `writing`
+//! replica of it (and the placement domain of the pack and of this node) for an append, and
+//! whether it holds a live copy, which a peer may not delete. These are the only catalog reads
+//! of the internal API; everything else it does is on files.
 
 use crate::TenantId;
 use crate::catalog::CatalogPool;
+use crate::node_state::NodeId;
 use crate::pack::PackId;
-use crate::store::NodeId;
 
 /// A `writing` replica of a pack on this node, with the two owners that decide its domain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,4 +51,29 @@ pub(crate) async fn writing_replica(
         node_owner: row.get::<_, Option<i64>>(1).map(TenantId),
         written_here: row.get(2),
     }))
+}
+
+/// This node as the catalog knows it: the pool and its id.
+#[derive(Debug, Clone)]
+pub struct ThisNode {
+    pub catalog: CatalogPool,
+    pub node: NodeId,
+}
+
+/// Whether the catalog records a copy of pack `id` on `node` and the pack is not retired: its
+/// file holds chunks that objects need, so no peer may delete it.
+pub(crate) async fn holds_live_copy(
+    pool: &CatalogPool,
+    id: PackId,
+    node: NodeId,
+) -> Result<bool, CatalogReadError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM packs p JOIN pack_replicas r ON r.pack_id = p.id \
+             WHERE p.id = $1 AND r.node_id = $2 AND p.state <> 'retired')",
+            &[&id.0, &node.0],
+        )
+        .await?;
+    Ok(row.get(0))
 }

@@ -9,8 +9,8 @@ use super::choice::{Candidate, Plan, choose};
 use super::{Domain, LIVE_WITHIN, PlacementError, PlacementMode, PlacementPolicy, PolicyChange, rules};
 use crate::TenantId;
 use crate::catalog::CatalogPool;
-use crate::model::node::NodeState;
-use crate::store::NodeId;
+use crate::node_state::NodeId;
+use crate::node_state::NodeState;
 
 /// A tenant's placement as the management API shows it: its policy, and what it comes to over
 /// the registered nodes now.

@@ -5,8 +5,8 @@
 
 use super::{Domain, HEADROOM_PERCENT, OnShortage, PlacementError, PlacementPolicy, rules};
 use crate::TenantId;
-use crate::model::node::NodeState;
-use crate::store::NodeId;
+use crate::node_state::NodeId;
+use crate::node_state::NodeState;
 
 /// A registered node as placement sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use super::choice::Candidate;
 use super::error::nodes_of;
 use super::{DEFAULT_REPLICATION_FACTOR, Domain, PlacementError, PlacementMode, PlacementPolicy};
 use crate::TenantId;
-use crate::model::node::NodeState;
+use crate::node_state::NodeState;
 
 /// The domain `tenant`'s packs go to under `policy`, over the registered `nodes`: its own nodes
 /// when owned; the shared nodes when shared, unless none is registered and the tenant owns

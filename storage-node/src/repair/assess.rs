@@ -7,9 +7,8 @@ use std::collections::BTreeSet;
 use super::ReplicaState;
 use super::work::{Cluster, PackWork};
 use crate::TenantId;
-use crate::model::node::NodeState;
+use crate::node_state::{NodeId, NodeState};
 use crate::placement::{Candidate, Domain, OnShortage, PlacementMode, choose};
-use crate::store::NodeId;
 
 /// A copy that can be read: its node and where to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]

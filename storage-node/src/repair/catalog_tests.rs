@@ -8,8 +8,8 @@ use super::{DEFAULT_GRACE, ReplicaState};
 use crate::TenantId;
 use crate::catalog::CatalogPool;
 use crate::model::node_retire::{self, RetireError};
+use crate::node_state::NodeId;
 use crate::pack::PackId;
-use crate::store::NodeId;
 
 async fn node(
     pool: &CatalogPool,
@@ -143,7 +143,7 @@ async fn the_work_query_finds_what_needs_repair_fewest_copies_first_and_remove_k
         .await
         .expect("copy");
     let removed = node_retire::remove(&pool, "s3", DEFAULT_GRACE).await.expect("remove");
-    assert_eq!(removed.state, crate::model::node::NodeState::Removed);
+    assert_eq!(removed.state, crate::node_state::NodeState::Removed);
     let left: i64 = client
         .query_one("SELECT count(*) FROM pack_replicas WHERE node_id = $1", &[&s3.0])
         .await

@@ -10,8 +10,8 @@ use super::assess::{CopyTarget, Source};
 use super::bucket::{SharedBucket, throttle};
 use crate::ServerSecret;
 use crate::node_api::{ClientError, NodeClient};
+use crate::node_state::NodeId;
 use crate::pack::PackId;
-use crate::store::NodeId;
 
 /// The internal API clients of one pass, one per node (each keeps its peer's version), shared
 /// by the packs repaired at the same time.

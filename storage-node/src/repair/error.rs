@@ -2,8 +2,8 @@
 
 use crate::catalog::CatalogError;
 use crate::node_api::ClientError;
+use crate::node_state::NodeId;
 use crate::placement::PlacementError;
-use crate::store::NodeId;
 
 /// Why a repair pass, or the repair of one pack, failed.
 #[derive(Debug, thiserror::Error)]

@@ -15,8 +15,8 @@ use super::work::{self, Cluster, PackWork};
 use super::{BATCH, PACKS_AT_ONCE, REPAIR_LOCK, RepairConfig, RepairError, RepairStats};
 use crate::ServerSecret;
 use crate::catalog::CatalogPool;
+use crate::node_state::NodeId;
 use crate::pack::PackId;
-use crate::store::NodeId;
 
 /// What one pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -9,11 +9,10 @@ use tokio_postgres::GenericClient;
 
 use super::{RepairError, ReplicaState};
 use crate::TenantId;
-use crate::model::node::NodeState;
+use crate::node_state::{NodeId, NodeState};
 use crate::pack::PackId;
 use crate::placement::catalog::candidates;
 use crate::placement::{Candidate, Domain, PlacementMode, PlacementPolicy, rules};
-use crate::store::NodeId;
 
 /// What a placement domain wants of its packs now.
 #[derive(Debug, Clone, PartialEq, Eq)]

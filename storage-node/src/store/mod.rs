@@ -108,9 +108,7 @@ pub struct NodeSpec {
     pub zone: String,
 }
 
-/// A storage node's id in the catalog.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct NodeId(pub i32);
+pub use crate::node_state::NodeId;
 
 /// The chunk store of one storage node.
 #[derive(Debug, Clone)]
@@ -244,22 +242,5 @@ impl ChunkStore {
     /// The directory of the pack files.
     pub fn packs_dir(&self) -> &std::path::Path {
         &self.inner.packs_dir
-    }
-
-    /// Whether the catalog records a copy of pack `id` on this node and the pack is not retired:
-    /// its file holds chunks that objects need, so nobody else may delete it.
-    ///
-    /// # Errors
-    /// Catalog errors.
-    pub async fn holds_live_pack(&self, id: crate::pack::PackId) -> Result<bool, StoreError> {
-        let client = self.inner.pool.get().await?;
-        let row = client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM packs p JOIN pack_replicas r ON r.pack_id = p.id \
-                 WHERE p.id = $1 AND r.node_id = $2 AND p.state <> 'retired')",
-                &[&id.0, &self.inner.node.0],
-            )
-            .await?;
-        Ok(row.get(0))
     }
 }

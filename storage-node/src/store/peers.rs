@@ -14,9 +14,9 @@ use bytes::Bytes;
 
 use super::verify::{ChunkLocation, ReadMode};
 use super::{ChunkStore, NodeId, StoreError};
-use crate::model::node::LIVE_WITHIN;
 use crate::node_api::NodeClient;
 use crate::pack::{PackId, RECORD_HEADER_LEN, RecordHeader};
+use crate::placement::LIVE_WITHIN;
 
 /// How long one peer may take to answer a chunk read before the next copy is tried.
 pub const REMOTE_READ_TIMEOUT: Duration = Duration::from_secs(5);
