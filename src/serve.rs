@@ -6,7 +6,9 @@
 //! `/readyz` to 503, lets in-flight requests finish within the grace period, then stops the
 //! embedded Postgres. If the embedded Postgres dies for good, the same shutdown runs and the
 //! process exits non-zero. With `--internal-listen`, the internal node API
-//! (`storage_node::node_api`) is served on its own listener and drains with the public one.
+//! (`storage_node::node_api`) is served on its own listener and drains with the public one,
+//! over HTTPS with `--internal-tls-cert`/`--internal-tls-key`; with `--internal-tls-ca`, the
+//! chunk store reaches `https://` peers trusting that CA alone.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -22,10 +24,11 @@ use rand::distr::{Alphanumeric, SampleString};
 use storage_node::DataDir;
 use storage_node::catalog::{self, CatalogPool};
 use storage_node::data_dir::ADMIN_TOKEN_SECRET;
-use storage_node::node_api::{NodeApi, ThisNode};
+use storage_node::node_api::{NodeApi, PeerTls, ThisNode};
 use storage_node::repair::Repairer;
 use storage_node::store::{ChunkStore, GcReport};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeConfig;
@@ -57,6 +60,7 @@ struct Embedded {
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), ?config, "starting Silo");
     raise_open_files_limit(config.connection_cap());
+    let internal_tls = internal_tls(&config)?;
     let data_dir = Arc::new(DataDir::open(&config.data_dir)?);
     let listener = TcpListener::bind(config.listen)
         .await
@@ -83,7 +87,8 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             (pool, Some(embedded))
         }
     };
-    let listeners = Listeners { public: listener, metrics: metrics_listener, internal: internal_listener };
+    let listeners =
+        Listeners { public: listener, metrics: metrics_listener, internal: internal_listener, internal_tls };
     let outcome =
         serve_with_catalog(&config, data_dir, listeners, pool.clone(), embedded.as_ref(), &stop).await;
     stop.cancel();
@@ -135,6 +140,30 @@ struct Listeners {
     public: TcpListener,
     metrics: Option<TcpListener>,
     internal: Option<TcpListener>,
+    internal_tls: InternalTls,
+}
+
+/// TLS on the internal node API: the listener's, and the cluster CA peers are trusted by.
+struct InternalTls {
+    acceptor: Option<TlsAcceptor>,
+    peers: Option<PeerTls>,
+}
+
+/// Checks the internal TLS settings and loads their files, before anything else starts.
+fn internal_tls(config: &ServeConfig) -> anyhow::Result<InternalTls> {
+    let pair = config.internal_tls_pair().map_err(|err| anyhow!(err))?;
+    let acceptor = match pair {
+        Some((cert, key)) => Some(TlsAcceptor::from(
+            storage_node::node_api::server_config(cert, key)
+                .context("--internal-tls-cert/--internal-tls-key")?,
+        )),
+        None => None,
+    };
+    let peers = match &config.internal_tls_ca {
+        Some(ca) => Some(PeerTls::trusting(ca).context("--internal-tls-ca")?),
+        None => None,
+    };
+    Ok(InternalTls { acceptor, peers })
 }
 
 /// Connections on the metrics listener (a scraper or two).
@@ -152,6 +181,9 @@ async fn serve_with_catalog(
     let meta = catalog::meta::read(&pool).await?;
     let registered = crate::registration::register(config, &pool, &data_dir).await?;
     let store = ChunkStore::open(pool.clone(), &data_dir, &config.node(), config.store.clone()).await?;
+    if let Some(tls) = listeners.internal_tls.peers.clone() {
+        store.set_peer_tls(tls);
+    }
     let databases = DbManager::new(
         store.clone(),
         ManagerConfig {
@@ -181,9 +213,10 @@ async fn serve_with_catalog(
         let (store, databases, stop) = (store.clone(), databases.clone(), stop.clone());
         tokio::spawn(collect_garbage_every(store, databases, interval, config.multipart_expiry(), stop));
     }
-    let repair = config
-        .repair()
-        .map(|repair| Repairer::new(pool.clone(), store.server_secret().clone(), registered.id, repair));
+    let repair = config.repair().map(|repair| {
+        Repairer::new(pool.clone(), store.server_secret().clone(), registered.id, repair)
+            .with_peer_tls(listeners.internal_tls.peers.clone())
+    });
     let repair_stats = repair.as_ref().map(Repairer::stats).unwrap_or_default();
     if let Some(repairer) = repair {
         tokio::spawn(repairer.run(stop.clone()));
@@ -254,15 +287,17 @@ async fn serve_with_catalog(
             let limit = storage_node::node_api::pack_size_limit(config.store.pack_target_bytes);
             let api = NodeApi::new(store.packs_dir(), store.server_secret().clone(), limit)
                 .protecting(ThisNode { catalog: store.catalog().clone(), node: store.node() });
-            tracing::info!(address = %config.internal_listen.map(|a| a.to_string()).unwrap_or_default(), "serving the internal node API");
+            let tls = listeners.internal_tls.acceptor;
+            tracing::info!(address = %config.internal_listen.map(|a| a.to_string()).unwrap_or_default(), tls = tls.is_some(), "serving the internal node API");
             // Peers' connections are not counted with the public ones.
             let counts = http::ConnectionMetrics::default();
-            Some(tokio::spawn(http::listener::serve(
+            Some(tokio::spawn(http::listener::serve_tls(
                 listener,
                 api.router(),
                 limits,
                 counts,
                 http_stop.clone(),
+                tls,
             )))
         }
         None => None,

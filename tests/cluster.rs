@@ -9,10 +9,11 @@ use crate::common;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
 use common::{Silo, free_addr, scratch, silo_cli_json};
+use nix::sys::signal::Signal;
 
 const READY: Duration = Duration::from_secs(30);
 /// Every node of a test cluster seals and names things with this one secret.
@@ -21,6 +22,8 @@ const CLUSTER_SECRET: &str = "5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c
 struct Node {
     name: String,
     silo: Silo,
+    /// How it was started, to start it again on the same addresses.
+    args: Vec<String>,
 }
 
 struct Cluster {
@@ -61,7 +64,21 @@ impl Cluster {
         let env = [("SILO_SERVER_SECRET", CLUSTER_SECRET)];
         let mut silo = Silo::start_with_env(&self.root.join(name), &args, &env);
         silo.wait_ready(READY).await;
-        self.nodes.push(Node { name: name.to_string(), silo });
+        let args = args.iter().map(|arg| arg.to_string()).collect();
+        self.nodes.push(Node { name: name.to_string(), silo, args });
+    }
+
+    /// Stops node `name` cleanly (SIGTERM) and starts it again on the same addresses.
+    async fn restart(&mut self, name: &str) {
+        let root = self.root.clone();
+        let node = self.nodes.iter_mut().find(|node| node.name == name).expect("a node of the cluster");
+        node.silo.signal(Signal::SIGTERM);
+        let status = node.silo.wait_exit(Duration::from_secs(30)).await;
+        assert!(status.success(), "{name} stops cleanly: {status}\n{}", node.silo.stderr());
+        let args: Vec<&str> = node.args.iter().map(String::as_str).collect();
+        let env = [("SILO_SERVER_SECRET", CLUSTER_SECRET)];
+        node.silo = Silo::start_at(node.silo.addr, &root.join(name), &args, &env);
+        node.silo.wait_ready(READY).await;
     }
 
     fn node(&self, name: &str) -> &Silo {
@@ -218,6 +235,10 @@ async fn objects_written_through_any_node_read_back_through_every_node_from_copi
         );
         assert!(files[0][..size] == files[1][..size], "pack {pack}: the copies hold the same bytes");
     }
+    // Usage counts the stored bytes once, and once per copy.
+    let usage = silo_cli_json(cluster.node("node-c"), &["usage", "media"]);
+    let stored = usage["stored_bytes"].as_u64().expect("stored_bytes");
+    assert!(stored > 0 && usage["replicated_bytes"].as_u64() == Some(2 * stored), "{usage}");
 }
 
 #[tokio::test]
@@ -325,4 +346,121 @@ async fn a_killed_node_and_a_damaged_copy_cost_no_read_and_writes_go_on() {
         ))
         .await;
     assert_eq!(marked[0].get::<_, String>(0), "damaged", "the damaged copy is marked for repair");
+}
+
+#[tokio::test]
+async fn a_hung_node_costs_reads_and_writes_a_bounded_wait() {
+    let mut cluster = Cluster::new("cluster_hung").await;
+    for (name, zone) in [("node-a", "a"), ("node-b", "b"), ("node-c", "c")] {
+        cluster.start(name, zone, None).await;
+    }
+    let media = cluster.tenant("media");
+    media["node-a"].create_bucket().bucket("site").send().await.expect("bucket");
+    let mut written = Vec::new();
+    for at in 0..4 {
+        let body = common::noise(800_000, 120 + at);
+        let key = format!("before-{at}.bin");
+        put(&media["node-a"], "site", &key, &body).await;
+        written.push((key, body));
+    }
+    let (_, _, holders, _) = copies(&cluster).await.remove(0);
+    let hung = holders.iter().find(|node| *node != "node-a").expect("a copy off node-a").clone();
+    let third = ["node-b", "node-c"].into_iter().find(|node| *node != hung).expect("a third node");
+    cluster.node(&hung).signal(Signal::SIGSTOP);
+
+    // Reads through a node with no copy: a stopped peer costs one read timeout (5 s), then the
+    // other copy answers.
+    for (key, body) in &written {
+        let started = Instant::now();
+        assert!(get(&media[third], "site", key).await == *body, "{key} with {hung} stopped");
+        assert!(started.elapsed() < Duration::from_secs(20), "{key} took {:?}", started.elapsed());
+    }
+    // Writes: an upload whose pack has a copy on the stopped peer fails within the sync timeout
+    // and the SDK's retry lands on healthy nodes.
+    for at in 0..3 {
+        let body = common::noise(700_000, 140 + at);
+        let key = format!("during-{at}.bin");
+        let started = Instant::now();
+        put(&media[third], "site", &key, &body).await;
+        assert!(started.elapsed() < Duration::from_secs(60), "{key} took {:?}", started.elapsed());
+        assert!(get(&media["node-a"], "site", &key).await == body, "{key} reads back");
+    }
+    cluster.node(&hung).signal(Signal::SIGCONT);
+}
+
+#[tokio::test]
+async fn a_rolling_restart_of_every_node_loses_nothing_and_clients_see_no_error() {
+    let mut cluster = Cluster::new("cluster_rolling").await;
+    for (name, zone) in [("node-a", "a"), ("node-b", "b"), ("node-c", "c")] {
+        cluster.start(name, zone, None).await;
+    }
+    let first = &cluster.nodes[0].silo;
+    silo_cli_json(first, &["tenant", "create", "media"]);
+    let key = silo_cli_json(first, &["key", "create", "media"]);
+    let field = |name: &str| key[name].as_str().expect("key field").to_string();
+    let (id, secret) = (field("access_key_id"), field("secret_access_key"));
+    // The SDK's retries, a few more than its default three: a node being restarted refuses
+    // connections for a second or two.
+    let clients: Vec<aws_sdk_s3::Client> = cluster
+        .nodes
+        .iter()
+        .map(|node| {
+            common::sdk_client_with(&node.silo, &id, &secret, |config| {
+                config.retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(10))
+            })
+        })
+        .collect();
+    clients[0].create_bucket().bucket("site").send().await.expect("bucket");
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let traffic = tokio::spawn({
+        let (clients, stop) = (clients.clone(), stop.clone());
+        async move {
+            let mut written: Vec<(String, Vec<u8>)> = Vec::new();
+            let mut errors = Vec::new();
+            let mut round = 0usize;
+            while !stop.is_cancelled() {
+                let body = common::noise(300_000 + (round % 5) * 50_000, 500 + round as u64);
+                let key = format!("rolling-{round}.bin");
+                let client = &clients[round % clients.len()];
+                match client
+                    .put_object()
+                    .bucket("site")
+                    .key(&key)
+                    .body(ByteStream::from(body.clone()))
+                    .send()
+                    .await
+                {
+                    Ok(_) => written.push((key, body)),
+                    Err(err) => errors.push(format!("put {key}: {err:?}")),
+                }
+                if let Some((key, body)) = written.get(round * 7 % written.len().max(1)) {
+                    match try_get(&clients[(round + 1) % clients.len()], "site", key).await {
+                        Ok(read) if read == *body => {}
+                        Ok(_) => errors.push(format!("get {key}: other bytes")),
+                        Err(err) => errors.push(format!("get {key}: {err}")),
+                    }
+                }
+                round += 1;
+            }
+            (written, errors)
+        }
+    });
+    for name in ["node-a", "node-b", "node-c"] {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        cluster.restart(name).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    let (written, errors) = traffic.await.expect("the client task");
+    assert!(errors.is_empty(), "errors after the SDK's retries: {errors:#?}");
+    assert!(written.len() >= 10, "the client kept writing: {} objects", written.len());
+    for (key, body) in &written {
+        for client in &clients {
+            assert!(
+                try_get(client, "site", key).await.as_ref() == Ok(body),
+                "{key} after the rolling restart"
+            );
+        }
+    }
 }

@@ -11,6 +11,7 @@ mod catalog_dr;
 mod cluster;
 mod databases;
 mod front_door;
+mod internal_tls;
 mod node_api;
 mod nodes;
 mod repair;

@@ -188,6 +188,45 @@ mod tests {
     }
 
     #[test]
+    fn internal_tls_settings_must_fit_together() {
+        let listen = ["--internal-listen", "127.0.0.1:9421"];
+        let pair = ["--internal-tls-cert", "node.pem", "--internal-tls-key", "node.key"];
+        let ca = ["--internal-tls-ca", "ca.pem"];
+        let ok = |args: Vec<&str>| resolve_vec(&args).internal_tls_pair().map(|pair| pair.is_some());
+        // Plain HTTP, as before: nothing to check.
+        assert_eq!(ok(vec![]), Ok(false));
+        assert_eq!(ok([&listen[..], &["--internal-url", "http://10.0.0.1:9421"]].concat()), Ok(false));
+        // HTTPS with its certificate, key and the CA.
+        let https = ["--internal-url", "https://node-a.silo.svc:9421"];
+        assert_eq!(ok([&listen[..], &pair, &ca, &https].concat()), Ok(true));
+        // A CA alone (a node without a TLS listener that reaches TLS peers).
+        assert_eq!(ok(ca.to_vec()), Ok(false));
+        let err = |args: Vec<&str>| resolve_vec(&args).internal_tls_pair().unwrap_err();
+        assert!(err([&listen[..], &pair[..2]].concat()).contains("go together"));
+        assert!(err([&listen[..], &pair[2..]].concat()).contains("go together"));
+        assert!(err(pair.to_vec()).contains("--internal-listen"));
+        let no_ca = err([&listen[..], &pair, &https].concat());
+        assert!(no_ca.contains("--internal-tls-ca") && no_ca.contains("https"), "{no_ca}");
+        let no_cert = err([&listen[..], &ca, &https].concat());
+        assert!(no_cert.contains("--internal-tls-cert"), "{no_cert}");
+        let plain = err([&listen[..], &pair, &ca, &["--internal-url", "http://node-a:9421"]].concat());
+        assert!(plain.contains("serves HTTPS"), "{plain}");
+        // The file's keys are checked the same way.
+        let file_err = resolve_file("internal_listen = \"127.0.0.1:9421\"\ninternal_tls_cert = \"n.pem\"\n")
+            .unwrap()
+            .internal_tls_pair()
+            .unwrap_err();
+        assert!(file_err.contains("go together"), "{file_err}");
+    }
+
+    fn resolve_vec(args: &[&str]) -> ServeConfig {
+        let matches = Wrapper::command()
+            .try_get_matches_from(std::iter::once("silo").chain(args.iter().copied()))
+            .unwrap();
+        Wrapper::from_arg_matches(&matches).unwrap().args.resolve(&matches).unwrap()
+    }
+
+    #[test]
     fn the_postgres_url_never_shows_in_debug_output_or_in_the_shown_toml() {
         let config = resolve(["--postgres-url", "postgresql://u:hunter2@db/silo"]).unwrap();
         let shown = format!("{config:?}");

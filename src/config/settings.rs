@@ -6,7 +6,7 @@
 //! the server uses (durations, a clamped count, a checked region).
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -130,10 +130,24 @@ pub struct ServeConfig {
     #[arg(long, env = "SILO_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
     /// Where the internal node API is served (pack transfer between the nodes of a cluster,
-    /// authenticated with the cluster token), apart from the public port; off without it. Plain
-    /// HTTP for now: keep it on a private network.
+    /// authenticated with the cluster token), apart from the public port; off without it. HTTPS
+    /// with `--internal-tls-cert` and `--internal-tls-key`, else plain HTTP: then keep it on a
+    /// private network.
     #[arg(long, env = "SILO_INTERNAL_LISTEN")]
     pub internal_listen: Option<SocketAddr>,
+    /// The internal listener's certificate chain (PEM: this node's certificate, then any
+    /// intermediates), naming the host of `--internal-url`; with `--internal-tls-key`, the
+    /// internal node API is served over HTTPS.
+    #[arg(long, env = "SILO_INTERNAL_TLS_CERT")]
+    pub internal_tls_cert: Option<PathBuf>,
+    /// The private key of `--internal-tls-cert` (PEM).
+    #[arg(long, env = "SILO_INTERNAL_TLS_KEY")]
+    pub internal_tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM bundle) that peers' internal certificates must chain to: this node
+    /// reaches `https://` peers trusting it alone, never the system roots. Needed with an
+    /// `https://` `--internal-url`.
+    #[arg(long, env = "SILO_INTERNAL_TLS_CA")]
+    pub internal_tls_ca: Option<PathBuf>,
     /// The address dedicated Postgres instances listen on, and that clients are given.
     #[arg(long, env = "SILO_DEDICATED_LISTEN", default_value = "127.0.0.1")]
     pub dedicated_listen: IpAddr,
@@ -218,6 +232,42 @@ impl ServeConfig {
     /// At least a second.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs.max(1))
+    }
+
+    /// The internal listener's certificate and key, when it serves HTTPS.
+    ///
+    /// # Errors
+    /// When the internal TLS settings do not fit together: a certificate without its key (or
+    /// the reverse), either without `--internal-listen`, an `https://` `--internal-url` without
+    /// the cluster CA or without a certificate for the listener, or an `http://` one for a
+    /// listener that serves HTTPS.
+    pub fn internal_tls_pair(&self) -> Result<Option<(&Path, &Path)>, String> {
+        let pair = match (&self.internal_tls_cert, &self.internal_tls_key) {
+            (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+            (None, None) => None,
+            _ => return Err("--internal-tls-cert and --internal-tls-key go together".into()),
+        };
+        if pair.is_some() && self.internal_listen.is_none() {
+            return Err("--internal-tls-cert is for the internal listener: set --internal-listen".into());
+        }
+        let Some(url) = &self.internal_url else {
+            return Ok(pair);
+        };
+        let https = url.get(..8).is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"));
+        if https && self.internal_tls_ca.is_none() {
+            return Err(format!(
+                "--internal-url {url} is https: set --internal-tls-ca, the CA that the nodes' certificates chain to"
+            ));
+        }
+        match (https, pair.is_some()) {
+            (true, false) => Err(format!(
+                "--internal-url {url} is https: set --internal-tls-cert and --internal-tls-key for the internal listener"
+            )),
+            (false, true) => Err(format!(
+                "--internal-url {url} is not https, but the internal listener serves HTTPS (--internal-tls-cert)"
+            )),
+            _ => Ok(pair),
+        }
     }
 }
 

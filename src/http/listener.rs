@@ -18,6 +18,10 @@
 //!
 //! At most `max_connections` are served at once; one over the cap gets `503 SlowDown` with
 //! `Retry-After` and is closed, without its request being read.
+//!
+//! [`serve_tls`] serves HTTPS (the internal node API with its certificate): the TLS handshake
+//! runs over the watched socket, so it counts as the head of the first request and must end
+//! within `header_timeout`.
 
 use std::pin::pin;
 use std::sync::Arc;
@@ -32,6 +36,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -78,6 +83,18 @@ pub async fn serve(
     counts: ConnectionMetrics,
     stop: CancellationToken,
 ) {
+    serve_tls(listener, app, limits, counts, stop, None).await;
+}
+
+/// As [`serve`], over TLS with `tls` when given.
+pub async fn serve_tls(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    counts: ConnectionMetrics,
+    stop: CancellationToken,
+    tls: Option<TlsAcceptor>,
+) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let shedding = Arc::new(Semaphore::new(SHED_CONCURRENCY));
     let graceful = GracefulShutdown::new();
@@ -120,32 +137,63 @@ pub async fn serve(
                 let clock = answered.clone();
                 response.map(|body| Body::new(Answering { body, clock: Some(clock) }))
             });
-        let io = TokioIo::new(Watched { tcp, clock: clock.clone() });
-        let connection = graceful.watch(builder.serve_connection(io, TowerToHyperService::new(service)));
+        let watched = Watched { tcp, clock: clock.clone() };
         let header_timeout = limits.header_timeout;
-        tokio::spawn(async move {
-            let mut connection = pin!(connection);
-            let mut watch = tokio::time::interval(WATCH_EVERY);
-            loop {
-                tokio::select! {
-                    served = &mut connection => {
-                        if let Err(err) = served {
-                            tracing::debug!(error = %err, "connection ended with an error");
-                        }
-                        break;
-                    }
-                    _ = watch.tick() => if clock.overdue(header_timeout) {
-                        tracing::debug!("a request head took longer than the header timeout; closing");
-                        break;
-                    },
-                }
+        let service = TowerToHyperService::new(service);
+        match &tls {
+            None => {
+                let connection = graceful.watch(builder.serve_connection(TokioIo::new(watched), service));
+                tokio::spawn(async move {
+                    drive(connection, &clock, header_timeout).await;
+                    open.dec();
+                    drop(permit);
+                });
             }
-            open.dec();
-            drop(permit);
-        });
+            Some(acceptor) => {
+                let (handshake, builder, watcher) =
+                    (acceptor.accept(watched), builder.clone(), graceful.watcher());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(header_timeout, handshake).await {
+                        Ok(Ok(stream)) => {
+                            let connection =
+                                watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
+                            drive(connection, &clock, header_timeout).await;
+                        }
+                        Ok(Err(err)) => tracing::debug!(error = %err, "a TLS handshake failed"),
+                        Err(_) => tracing::debug!("a TLS handshake took longer than the header timeout"),
+                    }
+                    open.dec();
+                    drop(permit);
+                });
+            }
+        }
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Runs one connection until it ends, or until a request head takes longer than `header_timeout`.
+async fn drive<E: std::fmt::Display>(
+    connection: impl Future<Output = Result<(), E>>,
+    clock: &HeadClock,
+    header_timeout: Duration,
+) {
+    let mut connection = pin!(connection);
+    let mut watch = tokio::time::interval(WATCH_EVERY);
+    loop {
+        tokio::select! {
+            served = &mut connection => {
+                if let Err(err) = served {
+                    tracing::debug!(error = %err, "connection ended with an error");
+                }
+                break;
+            }
+            _ = watch.tick() => if clock.overdue(header_timeout) {
+                tracing::debug!("a request head took longer than the header timeout; closing");
+                break;
+            },
+        }
+    }
 }
 
 /// Answers 503 to a connection over the cap, then closes it. The request is not read; what the

@@ -21,7 +21,8 @@ pub struct TlsPostgres {
 
 const PASSWORD: &str = "tls-test-password";
 
-fn openssl(dir: &Path, args: &[&str]) {
+/// Runs the `openssl` command in `dir`; panics with its stderr when it fails.
+pub fn openssl(dir: &Path, args: &[&str]) {
     let output = Command::new("openssl")
         .args(args)
         .current_dir(dir)

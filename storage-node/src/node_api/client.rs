@@ -22,6 +22,10 @@
 //! wants a total bound on a call wraps it in `tokio::time::timeout`; one that relays a stream
 //! (`get_pack_stream` into `put_pack_stream`) is bounded on both sides by each client's idle
 //! timeout.
+//!
+//! **TLS.** A peer at an `https://` URL is reached over TLS with the cluster CA
+//! ([`NodeClient::with_tls`], [`PeerTls`]); without a CA such a client is refused at once
+//! ([`ClientError::NoClusterCa`]) rather than trusting anything else.
 
 use std::io;
 use std::ops;
@@ -39,6 +43,7 @@ use tokio_util::io::ReaderStream;
 use super::append::{LENGTH_HEADER, OFFSET_HEADER};
 use super::auth::ClusterToken;
 use super::receive::Received;
+use super::tls::PeerTls;
 use super::transfer::{Outgoing, Progress, Stalled, incoming, read_to_end, within_idle};
 use super::version::{ACCEPTS_HEADER, APPEND_VERSION, VERSION_HEADER, VersionRange};
 use crate::ServerSecret;
@@ -71,6 +76,8 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
     #[error("the peer's answer is not what was asked for: {0}")]
     Unexpected(String),
+    #[error("the peer {url} serves HTTPS: this node needs the cluster CA (--internal-tls-ca) to reach it")]
+    NoClusterCa { url: String },
 }
 
 impl From<Stalled> for ClientError {
@@ -120,13 +127,35 @@ impl NodeClient {
         secret: &ServerSecret,
         idle: Duration,
     ) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
+        Self::with_tls(base_url, secret, idle, None)
+    }
+
+    /// A client as [`NodeClient::with_idle_timeout`] makes, that reaches an `https://` peer
+    /// trusting only `tls`'s cluster CA (a plain `http://` peer is reached without TLS).
+    ///
+    /// # Errors
+    /// [`ClientError::NoClusterCa`] for an `https://` peer without `tls`; or when the HTTP
+    /// client cannot be built.
+    pub fn with_tls(
+        base_url: &str,
+        secret: &ServerSecret,
+        idle: Duration,
+        tls: Option<&PeerTls>,
+    ) -> Result<Self, ClientError> {
+        let https = base_url.get(..8).is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"));
+        let builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             // The bearer token goes to the peer named, never through a proxy or a redirect.
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+            .tls_built_in_root_certs(false);
+        let http = match tls {
+            Some(tls) => builder.use_preconfigured_tls(tls.client_config().clone()),
+            None if https => return Err(ClientError::NoClusterCa { url: base_url.to_string() }),
+            None => builder,
+        }
+        .build()?;
         Ok(NodeClient {
             base: base_url.trim_end_matches('/').to_string(),
             http,

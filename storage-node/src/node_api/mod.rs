@@ -18,6 +18,9 @@
 //!   `422 damaged` (nothing kept), `403 wrong_domain`, `409 not_writing` ([`append`]). A
 //!   request in version 1 is refused as `unsupported_version`.
 //!
+//! In production the API is served over TLS ([`tls`]: the listener's certificate, and the
+//! cluster CA that clients trust peers' certificates to chain to, and nothing else).
+//!
 //! Every request presents the cluster token ([`auth`]) and names its protocol version
 //! ([`version`]). Pack ids in paths are canonical positive integers ([`pack_id`]), and a pack
 //! larger than [`pack_size_limit`] is refused with `413`. [`NodeClient`] is the other side: it
@@ -34,6 +37,7 @@ mod packs;
 mod receive;
 mod server;
 mod tee;
+mod tls;
 mod transfer;
 mod verify;
 pub mod version;
@@ -46,6 +50,7 @@ pub use pack_id::parse_pack_id;
 pub use packs::{PackRead, ReadError};
 pub use receive::{ReceiveError, Received, receive_pack};
 pub use server::{NodeApi, PACK_ROUTE};
+pub use tls::{PeerTls, RECHECK_EVERY as TLS_RECHECK_EVERY, TlsError, server_config};
 pub use verify::{VerifiedPack, verify_pack_file};
 pub use writing::ThisNode;
 

@@ -9,7 +9,7 @@ use super::RepairError;
 use super::assess::{CopyTarget, Source};
 use super::bucket::{SharedBucket, throttle};
 use crate::ServerSecret;
-use crate::node_api::{ClientError, NodeClient};
+use crate::node_api::{ClientError, IDLE_TIMEOUT, NodeClient, PeerTls};
 use crate::node_state::NodeId;
 use crate::pack::PackId;
 
@@ -17,12 +17,14 @@ use crate::pack::PackId;
 /// by the packs repaired at the same time.
 pub struct Peers {
     secret: ServerSecret,
+    tls: Option<PeerTls>,
     clients: Mutex<HashMap<NodeId, Arc<NodeClient>>>,
 }
 
 impl Peers {
-    pub fn new(secret: ServerSecret) -> Self {
-        Peers { secret, clients: Mutex::default() }
+    /// Clients for the cluster whose nodes share `secret`, trusting `https://` peers by `tls`.
+    pub fn new(secret: ServerSecret, tls: Option<PeerTls>) -> Self {
+        Peers { secret, tls, clients: Mutex::default() }
     }
 
     /// The client of `node` at `url`.
@@ -34,7 +36,9 @@ impl Peers {
         if let Some(client) = clients.get(&node) {
             return Ok(client.clone());
         }
-        let client = Arc::new(NodeClient::new(url, &self.secret).map_err(RepairError::peer(node))?);
+        let client = NodeClient::with_tls(url, &self.secret, IDLE_TIMEOUT, self.tls.as_ref())
+            .map_err(RepairError::peer(node))?;
+        let client = Arc::new(client);
         clients.insert(node, client.clone());
         Ok(client)
     }

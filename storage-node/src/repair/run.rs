@@ -15,6 +15,7 @@ use super::work::{self, Cluster, PackWork};
 use super::{BATCH, PACKS_AT_ONCE, REPAIR_LOCK, RepairConfig, RepairError, RepairStats};
 use crate::ServerSecret;
 use crate::catalog::CatalogPool;
+use crate::node_api::PeerTls;
 use crate::node_state::NodeId;
 use crate::pack::PackId;
 
@@ -40,6 +41,8 @@ pub struct Repairer {
     config: RepairConfig,
     stats: Arc<RepairStats>,
     bucket: SharedBucket,
+    /// The cluster CA that `https://` peers are trusted by.
+    tls: Option<PeerTls>,
 }
 
 impl Repairer {
@@ -47,7 +50,13 @@ impl Repairer {
     /// cluster's `secret`.
     pub fn new(pool: CatalogPool, secret: ServerSecret, this_node: NodeId, config: RepairConfig) -> Self {
         let bucket = Arc::new(Mutex::new(TokenBucket::new(config.rate_bytes_per_sec, Instant::now())));
-        Repairer { pool, secret, this_node, config, stats: Arc::default(), bucket }
+        Repairer { pool, secret, this_node, config, stats: Arc::default(), bucket, tls: None }
+    }
+
+    /// Reaches `https://` peers trusting `tls`'s cluster CA (without it, only `http://` ones).
+    pub fn with_peer_tls(mut self, tls: Option<PeerTls>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// What it did, for `/metrics`.
@@ -119,7 +128,7 @@ impl Repairer {
         drop(client);
         self.stats.set_backlog(work.backlog);
         let report = Mutex::new(PassReport { backlog: work.backlog, ..PassReport::default() });
-        let (cluster, peers) = (Mutex::new(cluster), Peers::new(self.secret.clone()));
+        let (cluster, peers) = (Mutex::new(cluster), Peers::new(self.secret.clone(), self.tls.clone()));
         futures::stream::iter(&work.packs)
             .for_each_concurrent(PACKS_AT_ONCE, |pack| async {
                 if let Err(err) = self.repair(pack, &cluster, &peers, &report).await {

@@ -13,8 +13,11 @@ pub struct Usage {
     pub logical_bytes: u64,
     /// The raw size of the tenant's distinct chunks.
     pub unique_bytes: u64,
-    /// Those chunks as stored on disk, after compression.
+    /// Those chunks as stored on disk, after compression, counted once.
     pub stored_bytes: u64,
+    /// Those chunks counted once per copy of their packs (damaged copies left out): what the
+    /// tenant takes on the cluster's disks.
+    pub replicated_bytes: u64,
     pub quota_bytes: Option<u64>,
     /// `logical_bytes / unique_bytes`: how much dedup saves (1.0 = nothing).
     pub dedup_ratio: f64,
@@ -198,12 +201,25 @@ impl ChunkStore {
             .ok_or(StoreError::UnknownTenant(tenant.0))?;
         let as_u64 = |i: usize| row.get::<_, i64>(i).max(0) as u64;
         let (logical, unique, stored) = (as_u64(1), as_u64(2), as_u64(3));
+        let replicated = client
+            .query_one(
+                "SELECT coalesce(sum(b.bytes * (SELECT count(*) FROM pack_replicas r \
+                                               WHERE r.pack_id = b.pack_id AND r.state <> 'damaged')), 0)::int8 \
+                 FROM (SELECT l.pack_id, sum(c.stored_len)::int8 AS bytes \
+                       FROM chunk_locations l JOIN chunks c ON c.tenant_id = l.tenant_id AND c.id = l.chunk_id \
+                       WHERE l.tenant_id = $1 GROUP BY l.pack_id) b",
+                &[&tenant.0],
+            )
+            .await?
+            .get::<_, i64>(0)
+            .max(0) as u64;
         let ratio = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
         Ok(Usage {
             objects: as_u64(0),
             logical_bytes: logical,
             unique_bytes: unique,
             stored_bytes: stored,
+            replicated_bytes: replicated,
             quota_bytes: row.get::<_, Option<i64>>(4).map(|q| q as u64),
             dedup_ratio: ratio(logical, unique),
             compression_ratio: ratio(unique, stored),

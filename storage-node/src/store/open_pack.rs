@@ -26,7 +26,7 @@ use crate::pack::{PACK_HEADER_LEN, PackId, PackWriter, RECORD_HEADER_LEN, Record
 /// How long a peer may leave an append waiting (a full send buffer) before its copy fails.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a peer may take to fsync and answer at the end of an append.
-const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+const SYNC_TIMEOUT: Duration = Duration::from_secs(15);
 /// Records buffered per peer stream before an append waits for the peer.
 const STREAM_BUFFER: usize = 8;
 

@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use super::verify::{ChunkLocation, ReadMode};
 use super::{ChunkStore, NodeId, StoreError};
-use crate::node_api::NodeClient;
+use crate::node_api::{IDLE_TIMEOUT, NodeClient, PeerTls};
 use crate::pack::{PackId, RECORD_HEADER_LEN, RecordHeader};
 use crate::placement::LIVE_WITHIN;
 
@@ -31,6 +31,8 @@ const SUSPECT_FOR: Duration = Duration::from_secs(30);
 pub(crate) struct Peers {
     clients: Mutex<HashMap<NodeId, (String, Arc<NodeClient>)>>,
     failed: Mutex<HashMap<NodeId, Instant>>,
+    /// The cluster CA that `https://` peers' certificates must chain to.
+    tls: Mutex<Option<PeerTls>>,
 }
 
 impl Peers {
@@ -59,6 +61,13 @@ pub(crate) struct RemoteCopy {
 }
 
 impl ChunkStore {
+    /// Reaches peers whose internal API serves HTTPS trusting only `tls`'s cluster CA (without
+    /// it, a peer at an `https://` URL cannot be reached). Clients made before are dropped.
+    pub fn set_peer_tls(&self, tls: PeerTls) {
+        *lock(&self.inner.peers.tls) = Some(tls);
+        lock(&self.inner.peers.clients).clear();
+    }
+
     /// The client of `node`'s internal API at `url`, made once per URL.
     pub(crate) fn peer(&self, node: NodeId, url: &str) -> Result<Arc<NodeClient>, StoreError> {
         let mut clients = lock(&self.inner.peers.clients);
@@ -67,8 +76,9 @@ impl ChunkStore {
         {
             return Ok(client.clone());
         }
+        let tls = lock(&self.inner.peers.tls).clone();
         let client = Arc::new(
-            NodeClient::new(url, &self.inner.secret)
+            NodeClient::with_tls(url, &self.inner.secret, IDLE_TIMEOUT, tls.as_ref())
                 .map_err(|err| StoreError::Task(format!("a client of node {}: {err}", node.0)))?,
         );
         clients.insert(node, (url.to_string(), client.clone()));
@@ -100,7 +110,10 @@ impl ChunkStore {
     /// # Errors
     /// [`StoreError::ChunkUnavailable`] when no copy could be read.
     pub(crate) async fn read_remote(&self, at: &ChunkLocation, mode: ReadMode) -> Result<Bytes, StoreError> {
-        let copies = self.remote_copies(at.pack).await?;
+        let mut copies = self.remote_copies(at.pack).await?;
+        // Peers that failed lately go last (a stable sort keeps the catalog's order otherwise).
+        let suspects = self.inner.peers.suspects();
+        copies.sort_by_key(|copy| suspects.contains(&copy.node));
         let range = at.offset..at.offset + RECORD_HEADER_LEN + u64::from(at.stored_len);
         for copy in &copies {
             let client = self.peer(copy.node, &copy.url)?;
