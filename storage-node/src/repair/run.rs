@@ -123,6 +123,10 @@ impl Repairer {
     /// Catalog errors reading the work; an item that fails is counted, not returned.
     pub async fn pass(&self) -> Result<PassReport, RepairError> {
         let client = self.pool.get().await?;
+        let orphans = work::seal_orphans(&**client, self.config.grace).await?;
+        if orphans > 0 {
+            tracing::warn!(packs = orphans, "sealed the open packs of a writer gone past the grace period");
+        }
         let cluster = work::cluster(&**client, self.config.grace).await?;
         let work = work::work(&**client, &cluster, BATCH).await?;
         drop(client);

@@ -93,6 +93,31 @@ fn key(domain: Domain) -> i64 {
     domain.owner().map_or(0, |tenant| tenant.0)
 }
 
+/// Seals the open packs whose writer is gone (silent for longer than `grace`): no upload of it
+/// can commit any more, every copy holds the pack's recorded size (each commit raised it to
+/// what every copy had fsynced), and sealed, the pack is repaired like any other. Returns how
+/// many were sealed.
+///
+/// # Errors
+/// Catalog errors.
+pub async fn seal_orphans<C: GenericClient + Sync>(client: &C, grace: Duration) -> Result<u64, RepairError> {
+    let row = client
+        .query_one(
+            "WITH orphans AS ( \
+                UPDATE packs p SET state = 'sealed' FROM storage_nodes n \
+                WHERE p.state = 'open' AND n.id = p.node_id \
+                  AND coalesce(n.heartbeat_at <= now() - make_interval(secs => $1), true) \
+                RETURNING p.id), \
+             copies AS ( \
+                UPDATE pack_replicas r SET state = 'ok' FROM orphans o \
+                WHERE r.pack_id = o.id AND r.state = 'writing') \
+             SELECT count(*) FROM orphans",
+            &[&grace.as_secs_f64()],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
 /// Reads the registered nodes, which are gone (silent for longer than `grace`), and the
 /// policies of the tenants that own nodes.
 ///
