@@ -14,6 +14,7 @@ mod front_door;
 mod node_api;
 mod nodes;
 mod s3_clients;
+mod s3_fidelity;
 mod s3_integrity;
 mod s3_props;
 mod s3_sdk;

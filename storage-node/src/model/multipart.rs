@@ -115,8 +115,8 @@ pub async fn create(pool: &CatalogPool, upload: NewUpload<'_>) -> Result<(), Mod
     txn.execute(
         "INSERT INTO multipart_uploads (id, bucket, key, tenant_id, content_type, content_disposition, \
                                         cache_control, user_metadata, content_encoding, content_language, expires, \
-                                        checksum_algorithm, checksum_type) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10, $11, $12, $13)",
+                                        checksum_algorithm, checksum_type, acl) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10, $11, $12, $13, $14)",
         &[
             &upload.id,
             &upload.target.bucket,
@@ -131,6 +131,7 @@ pub async fn create(pool: &CatalogPool, upload: NewUpload<'_>) -> Result<(), Mod
             &upload.headers.expires,
             &upload.checksum.map(|c| c.0),
             &upload.checksum.map(|c| c.1),
+            &upload.headers.acl,
         ],
     )
     .await?;
@@ -153,14 +154,17 @@ pub async fn find(
     let row = client
         .query_opt(
             "SELECT content_type, content_disposition, cache_control, user_metadata::text, content_encoding, \
-                    content_language, expires, checksum_algorithm, checksum_type FROM multipart_uploads \
+                    content_language, expires, checksum_algorithm, checksum_type, acl FROM multipart_uploads \
              WHERE id = $1 AND bucket = $2 AND key = $3 AND tenant_id = $4",
             &[&id, &bucket, &key, &tenant.0],
         )
         .await?;
     Ok(row.map(|row| {
         let checksum = row.get::<_, Option<ChecksumAlgorithm>>(7).zip(row.get::<_, Option<ChecksumKind>>(8));
-        FoundUpload { headers: ObjectHeaders::from_row(&row, 0), checksum }
+        FoundUpload {
+            headers: ObjectHeaders { acl: row.get(9), ..ObjectHeaders::from_row(&row, 0) },
+            checksum,
+        }
     }))
 }
 

@@ -3,7 +3,7 @@
 //! This layer only translates: S3 requests into calls on the [`crate::model`] (which keeps the
 //! rows and runs every query and transaction) and the answers back into S3 responses and
 //! error codes ([`error`]). One file per family of calls: [`bucket`] for buckets, [`object`]
-//! for objects, [`multipart`] for multipart uploads, [`list`] for listings (the pagination
+//! for objects, [`acl`] for canned ACLs and owners, [`multipart`] for multipart uploads, [`list`] for listings (the pagination
 //! logic over any ordered key source), and [`ops`] wires them to `s3s`'s trait. [`integrity`]
 //! checks what a client claims about an upload (`Content-MD5`, an additional checksum that
 //! [`checksum`] computes, a write's condition) before anything is committed. [`guard`] refuses, on its head alone, what `s3s` must not see, and [`sig_v2`]
@@ -14,6 +14,7 @@
 //! of tenant A gets `AccessDenied` on every bucket of tenant B. Calls Silo does not implement
 //! answer 501 `NotImplemented`, never a wrong success (s3s's default for every call).
 
+mod acl;
 mod auth;
 mod bucket;
 mod checksum;

@@ -17,6 +17,7 @@ use super::SiloS3;
 use super::bucket::Intent;
 use super::integrity::Incoming;
 use crate::TenantId;
+use crate::model::bucket::CannedAcl;
 use crate::model::object::{
     self as model, Binding, ChecksumKind, ObjectHeaders, ObjectPart, ObjectRow, StoredChecksum, Target,
 };
@@ -55,8 +56,13 @@ impl SiloS3 {
         key: &str,
     ) -> S3Result<ObjectRow> {
         let found = model::lookup(self.pool(), bucket, key).await?;
-        super::bucket::authorize(caller, found.as_ref().map(|found| found.bucket), Intent::Read)?;
-        found.and_then(|found| found.object).ok_or_else(|| s3_error!(NoSuchKey))
+        let access = found.as_ref().map(|found| found.bucket);
+        let object = found.and_then(|found| found.object);
+        match super::bucket::authorize(caller, access, Intent::Read) {
+            Ok(_) => object.ok_or_else(|| s3_error!(NoSuchKey)),
+            // An object made public-read (its own ACL) may be read by anyone.
+            Err(denied) => object.filter(|row| row.headers.acl == CannedAcl::PublicRead).ok_or(denied),
+        }
     }
 
     /// Streams `body` into the store, checks its claims, and binds it to `bucket`/`key`,

@@ -3,6 +3,7 @@
 use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 
+use super::acl::{AclRequest, bucket_grants, object_acl, object_grants};
 use super::bucket::Intent;
 use super::checksum::{self, checksum_fields, set_checksum};
 use super::integrity::{ChecksumClaim, Claims, Incoming};
@@ -36,6 +37,7 @@ macro_rules! headers_of {
             expires: $input.expires.map(time::OffsetDateTime::from),
             metadata: $input.metadata.unwrap_or_default().into_iter().collect(),
             checksum: None,
+            acl: Default::default(),
         }
     };
 }
@@ -110,7 +112,10 @@ impl S3 for SiloS3 {
         let constraint =
             req.input.create_bucket_configuration.as_ref().and_then(|c| c.location_constraint.as_ref());
         region::check_constraint(constraint.map(|c| c.as_str()), &self.region)?;
-        self.create_bucket_for(tenant, &req.input.bucket).await?;
+        let canned = req.input.acl.as_ref().map(|acl| acl.as_str());
+        let acl = AclRequest { canned, policy: None, grants: &bucket_grants!(req.input) };
+        self.create_bucket_with(tenant, &req.input.bucket, acl.resolve(Some(tenant))?.unwrap_or_default())
+            .await?;
         let output = CreateBucketOutput { location: Some(format!("/{}", req.input.bucket)) };
         Ok(S3Response::new(output))
     }
@@ -133,17 +138,36 @@ impl S3 for SiloS3 {
         req: S3Request<ListBucketsInput>,
     ) -> S3Result<S3Response<ListBucketsOutput>> {
         let tenant = caller(&req.extensions).ok_or_else(|| s3_error!(AccessDenied))?;
-        let buckets = self
+        let input = req.input;
+        let max = match input.max_buckets {
+            None => usize::MAX,
+            Some(n) if (1..=10_000).contains(&n) => n as usize,
+            Some(_) => return Err(s3_error!(InvalidArgument, "max-buckets must be 1 to 10000")),
+        };
+        let after = input.continuation_token.as_deref().map(token_to_key).transpose()?;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let mut buckets: Vec<Bucket> = self
             .buckets_of(tenant)
             .await?
             .into_iter()
+            .filter(|bucket| bucket.name.starts_with(&prefix))
+            .filter(|bucket| after.as_ref().is_none_or(|after| bucket.name > *after))
             .map(|bucket| Bucket {
                 name: Some(bucket.name),
                 creation_date: Some(Timestamp::from(bucket.created)),
                 ..Default::default()
             })
             .collect();
-        Ok(S3Response::new(ListBucketsOutput { buckets: Some(buckets), ..Default::default() }))
+        let truncated = buckets.len() > max;
+        buckets.truncate(max);
+        let next = buckets.last().and_then(|b| b.name.as_deref()).map(|name| hex::encode(name.as_bytes()));
+        let output = ListBucketsOutput {
+            buckets: Some(buckets),
+            owner: Some(self.owner_of(tenant).await?),
+            prefix: input.prefix,
+            continuation_token: next.filter(|_| truncated),
+        };
+        Ok(S3Response::new(output))
     }
 
     async fn get_bucket_location(
@@ -159,7 +183,8 @@ impl S3 for SiloS3 {
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
         let tenant = caller(&req.extensions);
         let mut input = req.input;
-        let headers = headers_of!(input);
+        let acl = object_acl!(input, tenant)?;
+        let headers = ObjectHeaders { acl, ..headers_of!(input) };
         let algorithm = input.checksum_algorithm.as_ref();
         let default = Some(ChecksumAlgorithm::Crc64Nvme);
         let checksum =
@@ -255,7 +280,9 @@ impl S3 for SiloS3 {
         let replace =
             input.metadata_directive.as_ref().is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
         let headers = if replace { headers_of!(input) } else { source.headers.clone() };
-        let headers = ObjectHeaders { checksum: source.headers.checksum.clone(), ..headers };
+        // A copy gets the ACL its request names (private by default), as on AWS, not the source's.
+        let acl = object_acl!(input, tenant)?;
+        let headers = ObjectHeaders { checksum: source.headers.checksum.clone(), acl, ..headers };
         let (etag, modified) =
             self.copy_object_for(tenant, &source, &input.bucket, &input.key, headers).await?;
         let result = CopyObjectResult {
@@ -272,7 +299,8 @@ impl S3 for SiloS3 {
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let tenant = caller(&req.extensions);
         let input = req.input;
-        let headers = headers_of!(input);
+        let acl = object_acl!(input, tenant)?;
+        let headers = ObjectHeaders { acl, ..headers_of!(input) };
         let algorithm = checksum::algorithm_of(input.checksum_algorithm.as_ref())?;
         let checksum = checksum::upload_kind(algorithm, input.checksum_type.as_ref())?;
         let id = self.create_upload(tenant, &input.bucket, &input.key, (headers, checksum)).await?;
@@ -370,6 +398,48 @@ impl S3 for SiloS3 {
         Ok(S3Response::new(AbortMultipartUploadOutput::default()))
     }
 
+    async fn get_bucket_acl(
+        &self,
+        req: S3Request<GetBucketAclInput>,
+    ) -> S3Result<S3Response<GetBucketAclOutput>> {
+        let (owner, grants) = self.bucket_acl(caller(&req.extensions), &req.input.bucket).await?;
+        Ok(S3Response::new(GetBucketAclOutput { owner: Some(owner), grants: Some(grants) }))
+    }
+
+    async fn put_bucket_acl(
+        &self,
+        req: S3Request<PutBucketAclInput>,
+    ) -> S3Result<S3Response<PutBucketAclOutput>> {
+        let input = &req.input;
+        let canned = input.acl.as_ref().map(|acl| acl.as_str());
+        let policy = input.access_control_policy.as_ref();
+        let acl = AclRequest { canned, policy, grants: &bucket_grants!(input) };
+        self.put_bucket_acl_for(caller(&req.extensions), &input.bucket, acl).await?;
+        Ok(S3Response::new(PutBucketAclOutput::default()))
+    }
+
+    async fn get_object_acl(
+        &self,
+        req: S3Request<GetObjectAclInput>,
+    ) -> S3Result<S3Response<GetObjectAclOutput>> {
+        let input = &req.input;
+        let (owner, grants) = self.object_acl(caller(&req.extensions), &input.bucket, &input.key).await?;
+        let output = GetObjectAclOutput { owner: Some(owner), grants: Some(grants), ..Default::default() };
+        Ok(S3Response::new(output))
+    }
+
+    async fn put_object_acl(
+        &self,
+        req: S3Request<PutObjectAclInput>,
+    ) -> S3Result<S3Response<PutObjectAclOutput>> {
+        let input = &req.input;
+        let canned = input.acl.as_ref().map(|acl| acl.as_str());
+        let policy = input.access_control_policy.as_ref();
+        let acl = AclRequest { canned, policy, grants: &object_grants!(input) };
+        self.put_object_acl_for(caller(&req.extensions), &input.bucket, &input.key, acl).await?;
+        Ok(S3Response::new(PutObjectAclOutput::default()))
+    }
+
     async fn get_object_attributes(
         &self,
         req: S3Request<GetObjectAttributesInput>,
@@ -439,6 +509,10 @@ impl S3 for SiloS3 {
         // The upload must be this bucket's, this key's and the caller's: an upload id alone
         // opens nothing.
         let algorithm = self.check_upload(tenant, &input.bucket, &input.key, &input.upload_id).await?;
+        let owner = match tenant {
+            Some(tenant) => Some(self.owner_of(tenant).await?),
+            None => None,
+        };
         let marker = input.part_number_marker.unwrap_or(0);
         let max = input.max_parts.unwrap_or(1000).clamp(0, 1000) as usize;
         let parts: Vec<_> =
@@ -472,6 +546,9 @@ impl S3 for SiloS3 {
             parts: Some(shown),
             checksum_algorithm: algorithm
                 .map(|algorithm| s3s::dto::ChecksumAlgorithm::from(algorithm.as_str().to_owned())),
+            initiator: owner.as_ref().map(SiloS3::initiator_of),
+            owner,
+            storage_class: Some(StorageClass::from_static(StorageClass::STANDARD)),
             ..Default::default()
         };
         Ok(S3Response::new(output))
@@ -484,7 +561,12 @@ impl S3 for SiloS3 {
         let input = req.input;
         let prefix = input.prefix.clone().unwrap_or_default();
         let max = input.max_uploads.unwrap_or(1000).clamp(0, 1000) as usize;
-        let mut uploads = self.uploads(caller(&req.extensions), &input.bucket, &prefix, max + 1).await?;
+        let tenant = caller(&req.extensions);
+        let mut uploads = self.uploads(tenant, &input.bucket, &prefix, max + 1).await?;
+        let owner = match tenant {
+            Some(tenant) => Some(self.owner_of(tenant).await?),
+            None => None,
+        };
         let truncated = uploads.len() > max;
         uploads.truncate(max);
         let uploads = uploads
@@ -493,6 +575,9 @@ impl S3 for SiloS3 {
                 key: Some(upload.key),
                 upload_id: Some(upload.id),
                 initiated: Some(Timestamp::from(upload.initiated)),
+                initiator: owner.as_ref().map(SiloS3::initiator_of),
+                owner: owner.clone(),
+                storage_class: Some(StorageClass::from_static(StorageClass::STANDARD)),
                 ..Default::default()
             })
             .collect();
@@ -512,7 +597,11 @@ impl S3 for SiloS3 {
         req: S3Request<ListObjectsV2Input>,
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
         let input = req.input;
-        self.bucket(caller(&req.extensions), &input.bucket, Intent::Read).await?;
+        let bucket = self.bucket(caller(&req.extensions), &input.bucket, Intent::Read).await?;
+        let owner = match input.fetch_owner {
+            Some(true) => Some(self.owner_of(bucket.tenant).await?),
+            _ => None,
+        };
         let prefix = input.prefix.clone().unwrap_or_default();
         let after = match (&input.continuation_token, &input.start_after) {
             (Some(token), _) => token_to_key(token)?,
@@ -534,7 +623,7 @@ impl S3 for SiloS3 {
             start_after: input.start_after,
             is_truncated: Some(listing.truncated),
             next_continuation_token: next,
-            contents: Some(objects_of(&listing)),
+            contents: Some(objects_of(&listing, owner.as_ref())),
             common_prefixes: Some(prefixes_of(&listing)),
             ..Default::default()
         };
@@ -546,7 +635,8 @@ impl S3 for SiloS3 {
         req: S3Request<ListObjectsInput>,
     ) -> S3Result<S3Response<ListObjectsOutput>> {
         let input = req.input;
-        self.bucket(caller(&req.extensions), &input.bucket, Intent::Read).await?;
+        let bucket = self.bucket(caller(&req.extensions), &input.bucket, Intent::Read).await?;
+        let owner = self.owner_of(bucket.tenant).await?;
         let prefix = input.prefix.clone().unwrap_or_default();
         let after = input.marker.clone().unwrap_or_default();
         let max = max_keys(input.max_keys)?;
@@ -561,7 +651,7 @@ impl S3 for SiloS3 {
             max_keys: Some(max as i32),
             is_truncated: Some(listing.truncated),
             next_marker,
-            contents: Some(objects_of(&listing)),
+            contents: Some(objects_of(&listing, Some(&owner))),
             common_prefixes: Some(prefixes_of(&listing)),
             ..Default::default()
         };
@@ -613,7 +703,8 @@ pub(super) fn parse_copy_range(range: &str, size: u64) -> S3Result<std::ops::Ran
     }
 }
 
-fn objects_of(listing: &super::list::Listing) -> Vec<Object> {
+/// A listing's objects, with `owner` on each when given (v1 always, v2 with `fetch-owner`).
+fn objects_of(listing: &super::list::Listing, owner: Option<&Owner>) -> Vec<Object> {
     listing
         .objects
         .iter()
@@ -623,6 +714,7 @@ fn objects_of(listing: &super::list::Listing) -> Vec<Object> {
             size: Some(object.size),
             last_modified: Some(Timestamp::from(object.last_modified)),
             storage_class: Some(ObjectStorageClass::from_static(ObjectStorageClass::STANDARD)),
+            owner: owner.cloned(),
             ..Default::default()
         })
         .collect()
