@@ -8,11 +8,14 @@ use std::time::Duration;
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    BucketCannedAcl, CompletedMultipartUpload, CompletedPart, Grant, ObjectCannedAcl, Permission, Type,
+    BucketCannedAcl, CompletedMultipartUpload, CompletedPart, Delete, EncodingType, Grant, MetadataDirective,
+    ObjectCannedAcl, ObjectIdentifier, Permission, Type,
 };
-use common::{Silo, scratch, silo_cli_json};
+use common::{Silo, noise, scratch, silo_cli_json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ALL_USERS: &str = "http://acs.amazonaws.com/groups/global/AllUsers";
 const AUTHENTICATED_USERS: &str = "http://acs.amazonaws.com/groups/global/AuthenticatedUsers";
@@ -287,4 +290,216 @@ async fn list_buckets_pages_by_max_buckets_continuation_token_and_prefix() {
     let rest = a.list_buckets().prefix("img-").continuation_token(img.continuation_token().expect("token"));
     assert_eq!(names(&rest.send().await.expect("rest")), ["img-3"]);
     assert_eq!(failure(a.list_buckets().max_buckets(0).send().await), ("InvalidArgument".into(), 400));
+}
+
+/// The text of an element in an XML document, if it is there.
+fn element<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
+    let open = format!("<{name}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&format!("</{name}>"))? + start;
+    Some(&xml[start..end])
+}
+
+#[tokio::test]
+async fn listings_encode_keys_and_follow_aws_on_delimiters() {
+    let fx = Fixture::start("fidelity_listing").await;
+    let a = &fx.a;
+    a.create_bucket().bucket("list").send().await.expect("create bucket");
+    let keys = [
+        "a b/c+d.txt",
+        "photos/2006/feb/b.jpg",
+        "photos/2006/jan/a.jpg",
+        "photos/2007/c.jpg",
+        "photos_x_y",
+        "photos_x_z",
+        "x&y<z/\u{e9}",
+    ];
+    for key in keys {
+        a.put_object().bucket("list").key(key).body(ByteStream::from_static(b"k")).send().await.expect("put");
+    }
+    // encoding-type=url: keys, prefixes and delimiters URL-encoded (space as +, / kept).
+    let v2 = a.list_objects_v2().bucket("list").encoding_type(EncodingType::Url).delimiter("/");
+    let v2 = v2.send().await.expect("list v2 url");
+    assert_eq!(v2.encoding_type(), Some(&EncodingType::Url));
+    let prefixes: Vec<_> = v2.common_prefixes().iter().filter_map(|p| p.prefix()).collect();
+    assert_eq!(prefixes, ["a+b/", "photos/", "x%26y%3Cz/"]);
+    let listed: Vec<_> = v2.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(listed, ["photos_x_y", "photos_x_z"]);
+    let v1 = a.list_objects().bucket("list").encoding_type(EncodingType::Url).prefix("x&y<z/");
+    let v1 = v1.marker("x&y").send().await.expect("list v1 url");
+    let listed: Vec<_> = v1.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(listed, ["x%26y%3Cz/%C3%A9"]);
+    assert_eq!((v1.prefix(), v1.marker()), (Some("x%26y%3Cz/"), Some("x%26y")), "markers and prefixes too");
+    let up = a.create_multipart_upload().bucket("list").key("up load&").send().await.expect("create upload");
+    let uploads = a.list_multipart_uploads().bucket("list").encoding_type(EncodingType::Url).send();
+    let uploads = uploads.await.expect("list uploads url");
+    assert_eq!(uploads.uploads()[0].key(), Some("up+load%26"));
+    let abort = a.abort_multipart_upload().bucket("list").key("up load&");
+    abort.upload_id(up.upload_id().expect("id")).send().await.expect("abort");
+    let refused = a.list_objects_v2().bucket("list").encoding_type(EncodingType::from("base64")).send().await;
+    assert_eq!(failure(refused), ("InvalidArgument".into(), 400));
+
+    // A prefix that ends inside a delimiter; a delimiter other than /.
+    let inside =
+        a.list_objects_v2().bucket("list").prefix("photos/20").delimiter("/").send().await.expect("list");
+    let prefixes: Vec<_> = inside.common_prefixes().iter().filter_map(|p| p.prefix()).collect();
+    assert_eq!(prefixes, ["photos/2006/", "photos/2007/"]);
+    let underscore =
+        a.list_objects_v2().bucket("list").prefix("photos").delimiter("_").send().await.expect("list");
+    let prefixes: Vec<_> = underscore.common_prefixes().iter().filter_map(|p| p.prefix()).collect();
+    assert_eq!(prefixes, ["photos_"]);
+    assert!(underscore.contents().iter().all(|o| o.key().is_some_and(|k| k.starts_with("photos/"))));
+    // max-keys=0: nothing, and not truncated, as AWS answers.
+    let none = a.list_objects_v2().bucket("list").max_keys(0).send().await.expect("max-keys 0");
+    assert_eq!((none.contents().len(), none.is_truncated(), none.key_count()), (0, Some(false), Some(0)));
+    // The marker is echoed.
+    let v1 = a.list_objects().bucket("list").marker("photos/").send().await.expect("list v1");
+    assert_eq!(v1.marker(), Some("photos/"));
+    // An empty delimiter is no delimiter: no Delimiter element in the reply.
+    fx.set_public_read("list", true).await;
+    for query in ["list-type=2&delimiter=", "delimiter="] {
+        let raw = fx.http.get(fx.url(&format!("list?{query}"))).send().await.expect("raw list");
+        let xml = raw.text().await.expect("xml");
+        assert!(!xml.contains("<Delimiter"), "{query}: {xml}");
+        assert!(xml.contains("<Key>photos/2007/c.jpg</Key>"), "{query}: every key listed");
+    }
+}
+
+#[tokio::test]
+async fn errors_as_aws_gives_them() {
+    let fx = Fixture::start("fidelity_errors").await;
+    let a = &fx.a;
+    a.create_bucket().bucket("err").send().await.expect("create bucket");
+    a.put_object().bucket("err").key("one").body(ByteStream::from_static(b"one")).send().await.expect("put");
+
+    // DeleteObjects with more than 1000 keys.
+    let ids: Vec<ObjectIdentifier> =
+        (0..1001).map(|i| ObjectIdentifier::builder().key(format!("k{i}")).build().expect("id")).collect();
+    let delete = Delete::builder().set_objects(Some(ids)).build().expect("delete");
+    let refused = a.delete_objects().bucket("err").delete(delete).send().await;
+    assert_eq!(failure(refused), ("MalformedXML".into(), 400));
+
+    // CopyObject onto itself changing nothing; with REPLACE it is a metadata update.
+    let same = a.copy_object().bucket("err").key("one").copy_source("err/one").send().await;
+    assert_eq!(failure(same), ("InvalidRequest".into(), 400));
+    let replace = a.copy_object().bucket("err").key("one").copy_source("err/one");
+    replace
+        .metadata_directive(MetadataDirective::Replace)
+        .content_type("text/plain")
+        .send()
+        .await
+        .expect("replace");
+
+    // GET and HEAD with partNumber: that part, and the part count.
+    let first = noise(5 << 20, 1);
+    let upload = a.create_multipart_upload().bucket("err").key("mp").send().await.expect("create upload");
+    let id = upload.upload_id().expect("id");
+    let mut parts = Vec::new();
+    for (number, body) in [(1, first.clone()), (2, b"second part".to_vec())] {
+        let part = a.upload_part().bucket("err").key("mp").upload_id(id).part_number(number);
+        let etag = part.body(ByteStream::from(body)).send().await.expect("part").e_tag;
+        parts.push(CompletedPart::builder().part_number(number).set_e_tag(etag).build());
+    }
+    let done = CompletedMultipartUpload::builder().set_parts(Some(parts)).build();
+    let complete = a.complete_multipart_upload().bucket("err").key("mp").upload_id(id);
+    complete.multipart_upload(done).send().await.expect("complete");
+    let got = a.get_object().bucket("err").key("mp").part_number(2).send().await.expect("get part 2");
+    assert_eq!(got.parts_count(), Some(2));
+    let length = first.len() + 11;
+    assert_eq!(got.content_range(), Some(format!("bytes {}-{}/{length}", first.len(), length - 1).as_str()));
+    assert_eq!(got.body.collect().await.expect("body").into_bytes().as_ref(), b"second part");
+    let head = a.head_object().bucket("err").key("mp").part_number(1).send().await.expect("head part 1");
+    assert_eq!((head.parts_count(), head.content_length()), (Some(2), Some(first.len() as i64)));
+    let missing = a.get_object().bucket("err").key("mp").part_number(3).send().await;
+    assert_eq!(failure(missing), ("InvalidPartNumber".into(), 416));
+    let single = a.get_object().bucket("err").key("one").part_number(1).send().await.expect("single part 1");
+    assert_eq!(single.body.collect().await.expect("body").into_bytes().as_ref(), b"one");
+
+    // UploadPartCopy with a range past the source.
+    let upload = a.create_multipart_upload().bucket("err").key("copy").send().await.expect("create upload");
+    let copy = a.upload_part_copy().bucket("err").key("copy").upload_id(upload.upload_id().expect("id"));
+    let copy = copy.part_number(1).copy_source("err/one").copy_source_range("bytes=0-99");
+    assert_eq!(failure(copy.send().await), ("InvalidRange".into(), 416));
+
+    // Presigned URLs: X-Amz-Expires below 1 or above a week; expired.
+    let minute = PresigningConfig::expires_in(Duration::from_secs(60)).expect("presign config");
+    let get = a.get_object().bucket("err").key("one").presigned(minute).await.expect("presign");
+    for expires in ["0", "604801"] {
+        let url = get.uri().replace("X-Amz-Expires=60", &format!("X-Amz-Expires={expires}"));
+        let response = fx.http.get(&url).send().await.expect("presigned");
+        assert_eq!(response.status(), 400, "X-Amz-Expires={expires}");
+        assert_eq!(
+            element(&response.text().await.expect("xml"), "Code"),
+            Some("AuthorizationQueryParametersError")
+        );
+    }
+    let short = PresigningConfig::builder()
+        .start_time(std::time::SystemTime::now() - Duration::from_secs(60))
+        .expires_in(Duration::from_secs(1))
+        .build()
+        .expect("config");
+    let expired = a.get_object().bucket("err").key("one").presigned(short).await.expect("presign");
+    let response = fx.http.get(expired.uri()).send().await.expect("expired");
+    assert_eq!(response.status(), 403);
+    let xml = response.text().await.expect("xml");
+    assert_eq!(
+        (element(&xml, "Code"), element(&xml, "Message")),
+        (Some("AccessDenied"), Some("Request has expired"))
+    );
+
+    // Every error body carries the request id of its x-amz-request-id header, and a host id.
+    for path in ["no-such-bucket/k", "err/one?response-content-type=x", "err?list-type=2"] {
+        let response = fx.http.get(fx.url(path)).send().await.expect("request");
+        assert!(response.status().is_client_error(), "{path}");
+        let header =
+            |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let (id, host) =
+            (header("x-amz-request-id").expect("request id"), header("x-amz-id-2").expect("host id"));
+        let xml = response.text().await.expect("xml");
+        assert_eq!(element(&xml, "RequestId"), Some(id.as_str()), "{path}: {xml}");
+        assert_eq!(element(&xml, "HostId"), Some(host.as_str()), "{path}: {xml}");
+    }
+    let err = a.get_object().bucket("err").key("missing").send().await.expect_err("no such key");
+    let header = err.raw_response().and_then(|r| r.headers().get("x-amz-request-id")).map(str::to_owned);
+    assert!(header.is_some_and(|id| id.len() == 16), "SDK errors carry the id too");
+    let ok = a.head_object().bucket("err").key("one").send().await;
+    assert!(ok.is_ok(), "successes carry ids as well, and nothing else changes");
+}
+
+#[tokio::test]
+async fn chunked_puts_without_a_length_are_stored_and_anonymous_misses_answer_as_aws() {
+    let fx = Fixture::start("fidelity_chunked").await;
+    let a = &fx.a;
+    a.create_bucket().bucket("stream").send().await.expect("create bucket");
+    let minute = PresigningConfig::expires_in(Duration::from_secs(60)).expect("presign config");
+    let put = a.put_object().bucket("stream").key("chunked.bin").presigned(minute).await.expect("presign");
+    let path =
+        put.uri().split_once(&fx.silo.addr.to_string()).map(|(_, path)| path.to_owned()).expect("path");
+    let body = noise(300_000, 9);
+    let mut stream = tokio::net::TcpStream::connect(fx.silo.addr).await.expect("connect");
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: {}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        fx.silo.addr
+    );
+    stream.write_all(head.as_bytes()).await.expect("head");
+    for chunk in body.chunks(64 * 1024) {
+        stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await.expect("size");
+        stream.write_all(chunk).await.expect("chunk");
+        stream.write_all(b"\r\n").await.expect("crlf");
+    }
+    stream.write_all(b"0\r\n\r\n").await.expect("last chunk");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let got = a.get_object().bucket("stream").key("chunked.bin").send().await.expect("get");
+    assert_eq!(got.body.collect().await.expect("body").into_bytes().as_ref(), body.as_slice());
+
+    // Anonymous misses: a missing key of a private bucket is 403 (as on AWS: the caller may
+    // not list it), of a public-read bucket 404; an unknown bucket is 403 (AWS: 404; see s3.md).
+    assert_eq!(fx.anonymous("stream/missing").await, (403, 403));
+    fx.set_public_read("stream", true).await;
+    let missing = fx.http.get(fx.url("stream/missing")).send().await.expect("get");
+    assert_eq!(missing.status(), 404);
+    assert_eq!(element(&missing.text().await.expect("xml"), "Code"), Some("NoSuchKey"));
+    assert_eq!(fx.anonymous("no-such-bucket-here/k").await, (403, 403));
 }

@@ -7,6 +7,7 @@ use super::acl::{AclRequest, bucket_grants, object_acl, object_grants};
 use super::bucket::Intent;
 use super::checksum::{self, checksum_fields, set_checksum};
 use super::integrity::{ChecksumClaim, Claims, Incoming};
+use super::list::KeyEncoding;
 use super::multipart::CompletionClaims;
 use super::object::{Conditions, body_reader, etag_of, into_reader, real_encoding, write_condition};
 use super::{SiloS3, caller, region};
@@ -203,9 +204,14 @@ impl S3 for SiloS3 {
         let tenant = caller(&req.extensions);
         let conditions = conditions_of!(input);
         let row = self.object_if(tenant, &input.bucket, &input.key, conditions).await?;
-        let range = match &input.range {
-            Some(range) => Some(range.check(row.size).map_err(|_| s3_error!(InvalidRange))?),
-            None => None,
+        let (range, parts_count) = match (input.part_number, &input.range) {
+            (Some(_), Some(_)) => return Err(part_and_range()),
+            (Some(number), None) => {
+                let (span, count) = self.part_span(&input.bucket, &input.key, &row, number).await?;
+                (Some(span), count)
+            }
+            (None, Some(range)) => (Some(range.check(row.size).map_err(|_| s3_error!(InvalidRange))?), None),
+            (None, None) => (None, None),
         };
         let span = range.clone().unwrap_or(0..row.size);
         let body = self.open_body(&row, span.clone()).await?;
@@ -215,9 +221,10 @@ impl S3 for SiloS3 {
             body: Some(StreamingBlob::new(body)),
             content_length: Some((span.end - span.start) as i64),
             content_range: content_range,
+            parts_count: parts_count,
         );
         override_headers(&mut output, &mut input, tenant.is_none())?;
-        if wants_checksum(input.checksum_mode.as_ref(), input.range.as_ref()) {
+        if input.part_number.is_none() && wants_checksum(input.checksum_mode.as_ref(), input.range.as_ref()) {
             show_checksum!(output, row.headers.checksum.as_ref());
         }
         Ok(S3Response::new(output))
@@ -228,7 +235,16 @@ impl S3 for SiloS3 {
         let conditions = conditions_of!(input);
         let row = self.object_if(caller(&req.extensions), &input.bucket, &input.key, conditions).await?;
         let mut output = object_output!(HeadObjectOutput, &row, content_length: Some(row.size as i64));
-        if wants_checksum(input.checksum_mode.as_ref(), input.range.as_ref()) {
+        if let Some(number) = input.part_number {
+            if input.range.is_some() {
+                return Err(part_and_range());
+            }
+            let (span, count) = self.part_span(&input.bucket, &input.key, &row, number).await?;
+            output.content_length = Some((span.end - span.start) as i64);
+            output.content_range =
+                Some(format!("bytes {}-{}/{}", span.start, span.end.saturating_sub(1), row.size));
+            output.parts_count = count;
+        } else if wants_checksum(input.checksum_mode.as_ref(), input.range.as_ref()) {
             show_checksum!(output, row.headers.checksum.as_ref());
         }
         Ok(S3Response::new(output))
@@ -249,6 +265,13 @@ impl S3 for SiloS3 {
         let tenant = caller(&req.extensions);
         let input = req.input;
         self.bucket(tenant, &input.bucket, Intent::Write).await?;
+        if input.delete.objects.len() > 1000 {
+            return Err(s3_error!(
+                MalformedXML,
+                "The XML you provided was not well-formed or did not validate against our published schema: \
+                 at most 1000 keys may be deleted at once"
+            ));
+        }
         let quiet = input.delete.quiet.unwrap_or(false);
         let (mut deleted, mut errors) = (Vec::new(), Vec::new());
         for object in input.delete.objects {
@@ -279,6 +302,13 @@ impl S3 for SiloS3 {
         let source = self.object(tenant, source_bucket, source_key).await?;
         let replace =
             input.metadata_directive.as_ref().is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+        if !replace && **source_bucket == *input.bucket && **source_key == *input.key {
+            return Err(s3_error!(
+                InvalidRequest,
+                "This copy request is illegal because it is trying to copy an object to itself without \
+                 changing the object's metadata, storage class, website redirect location or encryption attributes."
+            ));
+        }
         let headers = if replace { headers_of!(input) } else { source.headers.clone() };
         // A copy gets the ACL its request names (private by default), as on AWS, not the source's.
         let acl = object_acl!(input, tenant)?;
@@ -561,6 +591,7 @@ impl S3 for SiloS3 {
         let input = req.input;
         let prefix = input.prefix.clone().unwrap_or_default();
         let max = input.max_uploads.unwrap_or(1000).clamp(0, 1000) as usize;
+        let encoding = KeyEncoding::of(input.encoding_type.as_ref())?;
         let tenant = caller(&req.extensions);
         let mut uploads = self.uploads(tenant, &input.bucket, &prefix, max + 1).await?;
         let owner = match tenant {
@@ -572,7 +603,7 @@ impl S3 for SiloS3 {
         let uploads = uploads
             .into_iter()
             .map(|upload| MultipartUpload {
-                key: Some(upload.key),
+                key: Some(encoding.apply(&upload.key)),
                 upload_id: Some(upload.id),
                 initiated: Some(Timestamp::from(upload.initiated)),
                 initiator: owner.as_ref().map(SiloS3::initiator_of),
@@ -583,7 +614,8 @@ impl S3 for SiloS3 {
             .collect();
         let output = ListMultipartUploadsOutput {
             bucket: Some(input.bucket),
-            prefix: input.prefix,
+            prefix: encoding.apply_opt(input.prefix),
+            encoding_type: encoding.shown(),
             max_uploads: Some(max as i32),
             is_truncated: Some(truncated),
             uploads: Some(uploads),
@@ -609,22 +641,25 @@ impl S3 for SiloS3 {
             (None, None) => String::new(),
         };
         let max = max_keys(input.max_keys)?;
-        let listing = self.list_keys(&input.bucket, &prefix, input.delimiter.as_deref(), &after, max).await?;
+        let encoding = KeyEncoding::of(input.encoding_type.as_ref())?;
+        let delimiter = input.delimiter.filter(|d| !d.is_empty());
+        let listing = self.list_keys(&input.bucket, &prefix, delimiter.as_deref(), &after, max).await?;
         let key_count = (listing.objects.len() + listing.prefixes.len()) as i32;
         let next =
             listing.truncated.then(|| listing.last.as_deref().map(|k| hex::encode(k.as_bytes()))).flatten();
         let output = ListObjectsV2Output {
             name: Some(input.bucket),
-            prefix: input.prefix,
-            delimiter: input.delimiter,
+            prefix: encoding.apply_opt(input.prefix),
+            delimiter: encoding.apply_opt(delimiter),
             max_keys: Some(max as i32),
             key_count: Some(key_count),
             continuation_token: input.continuation_token,
-            start_after: input.start_after,
+            start_after: encoding.apply_opt(input.start_after),
             is_truncated: Some(listing.truncated),
             next_continuation_token: next,
-            contents: Some(objects_of(&listing, owner.as_ref())),
-            common_prefixes: Some(prefixes_of(&listing)),
+            contents: Some(objects_of(&listing, owner.as_ref(), encoding)),
+            common_prefixes: Some(prefixes_of(&listing, encoding)),
+            encoding_type: encoding.shown(),
             ..Default::default()
         };
         Ok(S3Response::new(output))
@@ -640,19 +675,21 @@ impl S3 for SiloS3 {
         let prefix = input.prefix.clone().unwrap_or_default();
         let after = input.marker.clone().unwrap_or_default();
         let max = max_keys(input.max_keys)?;
-        let listing = self.list_keys(&input.bucket, &prefix, input.delimiter.as_deref(), &after, max).await?;
-        let next_marker =
-            (listing.truncated && input.delimiter.is_some()).then(|| listing.last.clone()).flatten();
+        let encoding = KeyEncoding::of(input.encoding_type.as_ref())?;
+        let delimiter = input.delimiter.filter(|d| !d.is_empty());
+        let listing = self.list_keys(&input.bucket, &prefix, delimiter.as_deref(), &after, max).await?;
+        let next_marker = (listing.truncated && delimiter.is_some()).then(|| listing.last.clone()).flatten();
         let output = ListObjectsOutput {
             name: Some(input.bucket),
-            prefix: input.prefix,
-            delimiter: input.delimiter,
-            marker: input.marker,
+            prefix: encoding.apply_opt(input.prefix),
+            delimiter: encoding.apply_opt(delimiter),
+            marker: encoding.apply_opt(input.marker),
             max_keys: Some(max as i32),
             is_truncated: Some(listing.truncated),
-            next_marker,
-            contents: Some(objects_of(&listing, Some(&owner))),
-            common_prefixes: Some(prefixes_of(&listing)),
+            next_marker: encoding.apply_opt(next_marker),
+            contents: Some(objects_of(&listing, Some(&owner), encoding)),
+            common_prefixes: Some(prefixes_of(&listing, encoding)),
+            encoding_type: encoding.shown(),
             ..Default::default()
         };
         Ok(S3Response::new(output))
@@ -693,9 +730,15 @@ fn override_headers(
 
 /// `bytes=first-last` of an UploadPartCopy (both given, as S3 wants), within the source's
 /// size, parsed by s3s's own range parser.
+/// A well-formed range the source cannot satisfy (past its end, or backwards) is
+/// `416 InvalidRange`, as on AWS; one that is no `bytes=first-last` is `400 InvalidArgument`.
 pub(super) fn parse_copy_range(range: &str, size: u64) -> S3Result<std::ops::Range<u64>> {
     match Range::parse(range) {
         Ok(Range::Int { first, last: Some(last) }) if last < size => Ok(first..last + 1),
+        Ok(Range::Int { first, last: Some(last) }) if first <= last => Err(s3_error!(
+            InvalidRange,
+            "The x-amz-copy-source-range {range} is not satisfiable by a source of {size} bytes"
+        )),
         _ => Err(s3_error!(
             InvalidArgument,
             "x-amz-copy-source-range must be bytes=first-last within the source"
@@ -703,13 +746,18 @@ pub(super) fn parse_copy_range(range: &str, size: u64) -> S3Result<std::ops::Ran
     }
 }
 
+/// A GET or HEAD with both `partNumber` and `Range`, as AWS refuses it.
+fn part_and_range() -> s3s::S3Error {
+    s3_error!(InvalidRequest, "Cannot specify both Range header and partNumber query parameter")
+}
+
 /// A listing's objects, with `owner` on each when given (v1 always, v2 with `fetch-owner`).
-fn objects_of(listing: &super::list::Listing, owner: Option<&Owner>) -> Vec<Object> {
+fn objects_of(listing: &super::list::Listing, owner: Option<&Owner>, encoding: KeyEncoding) -> Vec<Object> {
     listing
         .objects
         .iter()
         .map(|object| Object {
-            key: Some(object.key.clone()),
+            key: Some(encoding.apply(&object.key)),
             e_tag: Some(ETag::Strong(object.etag.clone())),
             size: Some(object.size),
             last_modified: Some(Timestamp::from(object.last_modified)),
@@ -720,8 +768,8 @@ fn objects_of(listing: &super::list::Listing, owner: Option<&Owner>) -> Vec<Obje
         .collect()
 }
 
-fn prefixes_of(listing: &super::list::Listing) -> Vec<CommonPrefix> {
-    listing.prefixes.iter().map(|prefix| CommonPrefix { prefix: Some(prefix.clone()) }).collect()
+fn prefixes_of(listing: &super::list::Listing, encoding: KeyEncoding) -> Vec<CommonPrefix> {
+    listing.prefixes.iter().map(|prefix| CommonPrefix { prefix: Some(encoding.apply(prefix)) }).collect()
 }
 
 #[cfg(test)]
@@ -736,11 +784,17 @@ mod tests {
 
     #[test]
     fn a_copy_range_past_the_source_or_open_ended_is_refused() {
-        for range in
-            ["bytes=0-10", "bytes=5-", "bytes=-3", "bytes=4-2", "bytes=a-b", "0-1", "bytes=1-2,4-5", ""]
-        {
+        for range in ["bytes=5-", "bytes=-3", "bytes=4-2", "bytes=a-b", "0-1", "bytes=1-2,4-5", ""] {
             let err = parse_copy_range(range, 10).expect_err(range);
             assert_eq!(err.code().as_str(), "InvalidArgument", "{range}");
+        }
+    }
+
+    #[test]
+    fn a_copy_range_past_the_source_is_invalid_range() {
+        for range in ["bytes=0-10", "bytes=9-10", "bytes=20-30"] {
+            let err = parse_copy_range(range, 10).expect_err(range);
+            assert_eq!(err.code().as_str(), "InvalidRange", "{range}");
         }
     }
 }
