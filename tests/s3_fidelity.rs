@@ -23,6 +23,8 @@ const AUTHENTICATED_USERS: &str = "http://acs.amazonaws.com/groups/global/Authen
 /// One Silo with two tenants (`tenant-a`, `tenant-b`) and a client of each.
 struct Fixture {
     silo: Silo,
+    /// Tenant A's key (id and secret).
+    key: (String, String),
     a: Client,
     b: Client,
     http: reqwest::Client,
@@ -35,16 +37,17 @@ impl Fixture {
         let tmp = scratch();
         let mut silo = Silo::start(&tmp.path().join("data"), &["--postgres-url", &url]);
         silo.wait_ready(Duration::from_secs(30)).await;
-        let mut clients = Vec::new();
+        let mut keys = Vec::new();
         for tenant in ["tenant-a", "tenant-b"] {
             silo_cli_json(&silo, &["tenant", "create", tenant]);
             let key = silo_cli_json(&silo, &["key", "create", tenant]);
             let field = |name: &str| key[name].as_str().expect("key field").to_string();
-            clients.push(common::sdk_client(&silo, &field("access_key_id"), &field("secret_access_key")));
+            keys.push((field("access_key_id"), field("secret_access_key")));
         }
-        let b = clients.pop().expect("client b");
-        let a = clients.pop().expect("client a");
-        Fixture { silo, a, b, http: reqwest::Client::new(), _tmp: tmp }
+        let a = common::sdk_client(&silo, &keys[0].0, &keys[0].1);
+        let b = common::sdk_client(&silo, &keys[1].0, &keys[1].1);
+        let key = keys.swap_remove(0);
+        Fixture { silo, key, a, b, http: reqwest::Client::new(), _tmp: tmp }
     }
 
     fn url(&self, path: &str) -> String {
@@ -502,4 +505,26 @@ async fn chunked_puts_without_a_length_are_stored_and_anonymous_misses_answer_as
     assert_eq!(missing.status(), 404);
     assert_eq!(element(&missing.text().await.expect("xml"), "Code"), Some("NoSuchKey"));
     assert_eq!(fx.anonymous("no-such-bucket-here/k").await, (403, 403));
+}
+
+#[tokio::test]
+async fn boto3_and_the_aws_cli_see_the_same_acls_owners_listings_and_errors() {
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+    assert!(std::path::Path::new(python).exists(), "no {python}: run ./scripts/setup first");
+    let fx = Fixture::start("fidelity_boto3").await;
+    let output = tokio::process::Command::new(python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scripts/s3_fidelity.py"))
+        .env("SILO_S3_ENDPOINT", format!("http://{}", fx.silo.addr))
+        .env("KEY", &fx.key.0)
+        .env("SECRET", &fx.key.1)
+        .output()
+        .await
+        .expect("run python");
+    assert!(
+        output.status.success(),
+        "{}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        fx.silo.stderr()
+    );
 }
