@@ -339,6 +339,31 @@ async fn listings_encode_keys_and_follow_aws_on_delimiters() {
     assert_eq!(uploads.uploads()[0].key(), Some("up+load%26"));
     let abort = a.abort_multipart_upload().bucket("list").key("up load&");
     abort.upload_id(up.upload_id().expect("id")).send().await.expect("abort");
+
+    // ListMultipartUploads: a delimiter, key and upload id markers.
+    let mut ids = Vec::new();
+    for key in ["dir/a", "dir/b", "solo", "solo", "z"] {
+        let up = a.create_multipart_upload().bucket("list").key(key).send().await.expect("create upload");
+        ids.push(up.upload_id.expect("id"));
+    }
+    let folded = a.list_multipart_uploads().bucket("list").delimiter("/").max_uploads(2).send().await;
+    let folded = folded.expect("list uploads");
+    let prefixes: Vec<_> = folded.common_prefixes().iter().filter_map(|p| p.prefix()).collect();
+    assert_eq!((prefixes, folded.delimiter()), (vec!["dir/"], Some("/")));
+    assert_eq!(folded.uploads().iter().filter_map(|u| u.upload_id()).collect::<Vec<_>>(), [ids[2].as_str()]);
+    assert_eq!((folded.is_truncated(), folded.next_key_marker()), (Some(true), Some("solo")));
+    let rest = a.list_multipart_uploads().bucket("list").delimiter("/").key_marker("solo");
+    let rest = rest.upload_id_marker(folded.next_upload_id_marker().expect("next id")).send().await;
+    let rest = rest.expect("the next page");
+    let listed: Vec<_> = rest.uploads().iter().filter_map(|u| u.upload_id()).collect();
+    assert_eq!(listed, [ids[3].as_str(), ids[4].as_str()], "the second upload of solo, then z");
+    assert_eq!((rest.is_truncated(), rest.key_marker()), (Some(false), Some("solo")));
+    let after_dir = a.list_multipart_uploads().bucket("list").delimiter("/").key_marker("dir/").send().await;
+    let after_dir = after_dir.expect("after a common prefix");
+    assert!(after_dir.common_prefixes().is_empty(), "dir/ was on the page before");
+    for (key, id) in ["dir/a", "dir/b", "solo", "solo", "z"].iter().zip(&ids) {
+        a.abort_multipart_upload().bucket("list").key(*key).upload_id(id).send().await.expect("abort");
+    }
     let refused = a.list_objects_v2().bucket("list").encoding_type(EncodingType::from("base64")).send().await;
     assert_eq!(failure(refused), ("InvalidArgument".into(), 400));
 

@@ -400,7 +400,16 @@ pub async fn drop_all_in(
     Ok(dropped)
 }
 
-/// Up to `limit` uploads in progress of `bucket` under `prefix`, by key and age.
+/// Where a listing of uploads starts: after `key` (`""`: the start), or, with `upload_id`,
+/// after that upload of `key` (uploads of one key go by age).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UploadMarker<'a> {
+    pub key: &'a str,
+    pub upload_id: Option<&'a str>,
+}
+
+/// Up to `limit` uploads in progress of `bucket` under `prefix`, after `marker`, by key and
+/// age.
 ///
 /// # Errors
 /// Catalog errors.
@@ -408,14 +417,18 @@ pub async fn list(
     pool: &CatalogPool,
     bucket: &str,
     prefix: &str,
+    marker: UploadMarker<'_>,
     limit: usize,
 ) -> Result<Vec<UploadEntry>, StoreError> {
     let client = pool.get().await?;
     let rows = client
         .query(
             "SELECT key, id, initiated FROM multipart_uploads \
-             WHERE bucket = $1 AND starts_with(key, $2) ORDER BY key, initiated LIMIT $3",
-            &[&bucket, &prefix, &(limit as i64)],
+             WHERE bucket = $1 AND starts_with(key, $2) \
+               AND (key > $3 OR (key = $3 AND (initiated, id) > \
+                    (SELECT initiated, id FROM multipart_uploads WHERE id = $4 AND bucket = $1))) \
+             ORDER BY key, initiated, id LIMIT $5",
+            &[&bucket, &prefix, &marker.key, &marker.upload_id, &(limit as i64)],
         )
         .await?;
     Ok(rows

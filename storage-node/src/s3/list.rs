@@ -8,7 +8,8 @@
 //! entries strictly greater than the start point, so a page that ends on a common prefix is
 //! followed by the first entry after every key under it: paging always moves forward and never
 //! repeats an entry. [`paginate`] is that logic over any ordered [`KeySource`]; the catalog
-//! ([`crate::model::object::page`]) is one, and the tests use an in-memory one.
+//! ([`crate::model::object::page`]) is one, and the tests use an in-memory one. [`uploads`]
+//! pages ListMultipartUploads.
 
 use s3s::S3Result;
 
@@ -199,3 +200,4 @@ impl SiloS3 {
 
 #[cfg(test)]
 mod tests;
+mod uploads;

@@ -588,40 +588,7 @@ impl S3 for SiloS3 {
         &self,
         req: S3Request<ListMultipartUploadsInput>,
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
-        let input = req.input;
-        let prefix = input.prefix.clone().unwrap_or_default();
-        let max = input.max_uploads.unwrap_or(1000).clamp(0, 1000) as usize;
-        let encoding = KeyEncoding::of(input.encoding_type.as_ref())?;
-        let tenant = caller(&req.extensions);
-        let mut uploads = self.uploads(tenant, &input.bucket, &prefix, max + 1).await?;
-        let owner = match tenant {
-            Some(tenant) => Some(self.owner_of(tenant).await?),
-            None => None,
-        };
-        let truncated = uploads.len() > max;
-        uploads.truncate(max);
-        let uploads = uploads
-            .into_iter()
-            .map(|upload| MultipartUpload {
-                key: Some(encoding.apply(&upload.key)),
-                upload_id: Some(upload.id),
-                initiated: Some(Timestamp::from(upload.initiated)),
-                initiator: owner.as_ref().map(SiloS3::initiator_of),
-                owner: owner.clone(),
-                storage_class: Some(StorageClass::from_static(StorageClass::STANDARD)),
-                ..Default::default()
-            })
-            .collect();
-        let output = ListMultipartUploadsOutput {
-            bucket: Some(input.bucket),
-            prefix: encoding.apply_opt(input.prefix),
-            encoding_type: encoding.shown(),
-            max_uploads: Some(max as i32),
-            is_truncated: Some(truncated),
-            uploads: Some(uploads),
-            ..Default::default()
-        };
-        Ok(S3Response::new(output))
+        Ok(S3Response::new(self.list_uploads(caller(&req.extensions), req.input).await?))
     }
 
     async fn list_objects_v2(
