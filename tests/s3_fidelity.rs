@@ -364,6 +364,17 @@ async fn listings_encode_keys_and_follow_aws_on_delimiters() {
     for (key, id) in ["dir/a", "dir/b", "solo", "solo", "z"].iter().zip(&ids) {
         a.abort_multipart_upload().bucket("list").key(*key).upload_id(id).send().await.expect("abort");
     }
+    // ListObjectVersions: an unversioned bucket's keys, each its one `null` version.
+    let versions = a.list_object_versions().bucket("list").encoding_type(EncodingType::Url).prefix("x&y<z/");
+    let versions = versions.send().await.expect("list versions");
+    let listed: Vec<_> =
+        versions.versions().iter().map(|v| (v.key(), v.version_id(), v.is_latest())).collect();
+    assert_eq!(listed, [(Some("x%26y%3Cz/%C3%A9"), Some("null"), Some(true))]);
+    let paged = a.list_object_versions().bucket("list").max_keys(2).send().await.expect("list versions");
+    assert_eq!((paged.is_truncated(), paged.next_key_marker()), (Some(true), Some("photos/2006/feb/b.jpg")));
+    let rest = a.list_object_versions().bucket("list").key_marker("photos/2006/feb/b.jpg").max_keys(1);
+    let rest = rest.send().await.expect("next page");
+    assert_eq!(rest.versions()[0].key(), Some("photos/2006/jan/a.jpg"));
     let refused = a.list_objects_v2().bucket("list").encoding_type(EncodingType::from("base64")).send().await;
     assert_eq!(failure(refused), ("InvalidArgument".into(), 400));
 

@@ -9,7 +9,7 @@
 //! followed by the first entry after every key under it: paging always moves forward and never
 //! repeats an entry. [`paginate`] is that logic over any ordered [`KeySource`]; the catalog
 //! ([`crate::model::object::page`]) is one, and the tests use an in-memory one. [`uploads`]
-//! pages ListMultipartUploads.
+//! pages ListMultipartUploads, [`versions`] ListObjectVersions.
 
 use s3s::S3Result;
 
@@ -201,3 +201,4 @@ impl SiloS3 {
 #[cfg(test)]
 mod tests;
 mod uploads;
+mod versions;

@@ -591,6 +591,13 @@ impl S3 for SiloS3 {
         Ok(S3Response::new(self.list_uploads(caller(&req.extensions), req.input).await?))
     }
 
+    async fn list_object_versions(
+        &self,
+        req: S3Request<ListObjectVersionsInput>,
+    ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+        Ok(S3Response::new(self.list_versions(caller(&req.extensions), req.input).await?))
+    }
+
     async fn list_objects_v2(
         &self,
         req: S3Request<ListObjectsV2Input>,
