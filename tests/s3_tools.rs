@@ -318,6 +318,73 @@ fn rclone_syncs_and_checks_with_provider_other() {
     assert_same_tree(Path::new(source), &back);
 }
 
+/// rclone comparing by checksum (the ETag's MD5, and the MD5 it stores with multipart
+/// uploads) rather than by size and time: `sync --checksum` sends only what changed, `check`
+/// (by hash, no download) finds a difference and then none; `--s3-acl public-read` publishes.
+#[test]
+fn rclone_syncs_and_checks_by_checksum_and_publishes_with_an_acl() {
+    let addr = shared();
+    let (key, secret) = with_silo(|silo| tenant(silo, "rclone-sums"));
+    let tmp = scratch();
+    let config = tmp.path().join("rclone.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "[silo]\ntype = s3\nprovider = Other\naccess_key_id = {key}\nsecret_access_key = {secret}\n\
+             endpoint = http://{addr}\n"
+        ),
+    )
+    .expect("write the rclone config");
+    let config = config.to_str().expect("utf-8 path");
+    let source = tmp.path().join("source");
+    write_tree(&source, 12 << 20);
+    let source = source.to_str().expect("utf-8");
+    let rclone = |args: &[&str]| {
+        let mut all = vec!["--config", config];
+        all.extend(args);
+        run(tmp.path(), "rclone", &all, &[], shared_log)
+    };
+    rclone(&["sync", "--checksum", source, "silo:rclone-sums/tree"]);
+    rclone(&["check", source, "silo:rclone-sums/tree"]);
+    // Same size and time, other bytes: only a checksum tells them apart.
+    let changed = Path::new(source).join("photos/small 0.txt");
+    let before = std::fs::metadata(&changed).expect("stat").modified().expect("mtime");
+    let mut bytes = std::fs::read(&changed).expect("read");
+    bytes[0] ^= 0xff;
+    std::fs::write(&changed, &bytes).expect("write");
+    std::fs::File::options().write(true).open(&changed).expect("open").set_modified(before).expect("touch");
+    let all = ["--config", config, "check", source, "silo:rclone-sums/tree"];
+    let failed =
+        Command::new("rclone").args(all).env("HOME", tmp.path()).env_remove("AWS_CA_BUNDLE").output();
+    assert!(!failed.expect("rclone check").status.success(), "check finds the changed file by its hash");
+    rclone(&["sync", "--checksum", source, "silo:rclone-sums/tree"]);
+    rclone(&["check", source, "silo:rclone-sums/tree"]);
+    let back = tmp.path().join("back");
+    rclone(&["sync", "--checksum", "silo:rclone-sums/tree", back.to_str().expect("utf-8")]);
+    assert_same_tree(Path::new(source), &back);
+
+    rclone(&[
+        "copyto",
+        "--s3-acl",
+        "public-read",
+        &changed.to_string_lossy(),
+        "silo:rclone-sums/site/page.txt",
+    ]);
+    // The status line of an anonymous GET.
+    let fetch = |path: &str| {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        let request =
+            format!("GET /rclone-sums/{path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).expect("request");
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).expect("answer");
+        String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_owned()
+    };
+    assert!(fetch("site/page.txt").starts_with("HTTP/1.1 200"), "rclone's public-read ACL holds");
+    assert!(fetch("tree/big.bin").starts_with("HTTP/1.1 403"), "the rest stays private");
+}
+
 fn sdk_client(addr: SocketAddr, (key, secret): &(String, String), region: &'static str) -> Client {
     let config = aws_sdk_s3::config::Builder::new()
         .behavior_version(BehaviorVersion::latest())

@@ -16,6 +16,7 @@ mod node_api;
 mod nodes;
 mod repair;
 mod s3_clients;
+mod s3_fidelity;
 mod s3_integrity;
 mod s3_props;
 mod s3_sdk;

@@ -1,6 +1,7 @@
 //! Hands a request to the S3 data plane (`s3s`: signatures, XML, routing), after
 //! [`storage_node::s3::guard`] has checked its head (and [`storage_node::s3::sig_v2`] a SigV2
-//! signature, in constant time), and caps what of its body may be buffered.
+//! signature, in constant time), and caps what of its body may be buffered. Every answer gets
+//! its request ids ([`storage_node::s3::request_id`]).
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -12,11 +13,41 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use storage_node::s3::guard::{self, BodyPolicy, Refusal};
+use storage_node::s3::request_id::RequestIds;
 
 use super::{ApiError, AppState};
 
-/// `s3s` answers every path the other routes do not.
+/// `s3s` answers every path the other routes do not; every answer carries its request ids.
 pub async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let ids = RequestIds::new();
+    stamp(answer(state, request).await, &ids).await
+}
+
+/// The answer's `x-amz-request-id` and `x-amz-id-2`, and the same ids in an error's body.
+async fn stamp(response: Response, ids: &RequestIds) -> Response {
+    let (mut parts, body) = response.into_parts();
+    for (name, value) in [("x-amz-request-id", &ids.request_id), ("x-amz-id-2", &ids.host_id)] {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            parts.headers.insert(name, value);
+        }
+    }
+    if !parts.status.is_client_error() && !parts.status.is_server_error() {
+        return Response::from_parts(parts, body);
+    }
+    // Error documents are small: read it whole and add the ids.
+    let bytes = match Limited::new(body, guard::MAX_XML_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => Default::default(),
+    };
+    let body = match ids.stamp_error(&bytes) {
+        Some(stamped) => Body::from(stamped),
+        None => Body::from(bytes),
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, body)
+}
+
+async fn answer(state: Arc<AppState>, request: Request) -> Response {
     let policy = match guard::precheck(request.method(), request.uri(), request.headers(), SystemTime::now())
     {
         Ok(policy) => policy,

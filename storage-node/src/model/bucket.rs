@@ -13,13 +13,37 @@ use crate::TenantId;
 use crate::catalog::CatalogPool;
 use crate::store::{ChunkStore, StoreError};
 
+crate::text_enum!(
+    /// A canned ACL, as S3 names it: who may read a bucket or an object besides its tenant
+    /// (who may do anything). The one access state of a bucket: the management API's
+    /// public-read switch and PutBucketAcl both write it.
+    #[derive(Default)]
+    CannedAcl {
+        /// The tenant only.
+        #[default]
+        Private => "private",
+        /// Anyone, signed or not, may read (GET and HEAD; a bucket's listing too).
+        PublicRead => "public-read",
+        /// Any key of the tenant: in Silo, every key of a tenant already acts for it, so this
+        /// reads as `private` does; it is kept and shown as given.
+        AuthenticatedRead => "authenticated-read",
+    }
+);
+
 /// A bucket as access is decided on it: its identity, its owner and whether anyone may read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BucketAccess {
     /// The bucket's identity (a name deleted and created again is another bucket).
     pub id: i64,
     pub tenant: TenantId,
-    pub public_read: bool,
+    pub acl: CannedAcl,
+}
+
+impl BucketAccess {
+    /// Whether anyone may read the bucket.
+    pub fn public_read(&self) -> bool {
+        self.acl == CannedAcl::PublicRead
+    }
 }
 
 /// A bucket as its tenant's listing shows it.
@@ -53,16 +77,20 @@ pub enum Creation {
 /// Catalog errors.
 pub async fn find(pool: &CatalogPool, name: &str) -> Result<Option<BucketAccess>, StoreError> {
     let client = pool.get().await?;
-    let row =
-        client.query_opt("SELECT id, tenant_id, public_read FROM buckets WHERE name = $1", &[&name]).await?;
-    Ok(row.map(|row| BucketAccess { id: row.get(0), tenant: TenantId(row.get(1)), public_read: row.get(2) }))
+    let row = client.query_opt("SELECT id, tenant_id, acl FROM buckets WHERE name = $1", &[&name]).await?;
+    Ok(row.map(|row| BucketAccess { id: row.get(0), tenant: TenantId(row.get(1)), acl: row.get(2) }))
 }
 
-/// Creates bucket `name` for `tenant`, unless the name is taken.
+/// Creates bucket `name` for `tenant` with `acl`, unless the name is taken.
 ///
 /// # Errors
 /// [`ModelError::TenantDeleting`]; catalog errors.
-pub async fn create(pool: &CatalogPool, tenant: TenantId, name: &str) -> Result<Creation, ModelError> {
+pub async fn create(
+    pool: &CatalogPool,
+    tenant: TenantId,
+    name: &str,
+    acl: CannedAcl,
+) -> Result<Creation, ModelError> {
     let mut client = pool.get().await?;
     let txn = client.transaction().await?;
     // The tenant's row stays shared until the bucket exists, so a tenant deletion that
@@ -75,8 +103,8 @@ pub async fn create(pool: &CatalogPool, tenant: TenantId, name: &str) -> Result<
     }
     let inserted = txn
         .query_opt(
-            "INSERT INTO buckets (name, tenant_id) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING RETURNING name",
-            &[&name, &tenant.0],
+            "INSERT INTO buckets (name, tenant_id, acl) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING RETURNING name",
+            &[&name, &tenant.0, &acl],
         )
         .await?;
     txn.commit().await?;
@@ -147,8 +175,9 @@ pub async fn lock_in(txn: &Transaction<'_>, name: &str, id: i64) -> Result<(), M
     }
 }
 
-/// The bucket `name`, after setting its public-read flag when `public_read` is given.
-/// Anonymous GET and HEAD work on a public-read bucket; everything else needs a signature.
+/// The bucket `name`, after setting its public-read flag when `public_read` is given (its
+/// canned ACL: `public-read`, or `private`). Anonymous GET and HEAD work on a public-read
+/// bucket; everything else needs a signature.
 ///
 /// # Errors
 /// Catalog errors; an unknown bucket is `Ok(None)`.
@@ -159,15 +188,40 @@ pub async fn info(
 ) -> Result<Option<BucketInfo>, StoreError> {
     let client = pool.get().await?;
     if let Some(public_read) = public_read {
-        client.execute("UPDATE buckets SET public_read = $2 WHERE name = $1", &[&name, &public_read]).await?;
+        let acl = if public_read { CannedAcl::PublicRead } else { CannedAcl::Private };
+        set_acl(pool, name, acl).await?;
     }
     let row = client
         .query_opt(
-            "SELECT b.name, t.name, b.public_read FROM buckets b JOIN tenants t ON t.id = b.tenant_id WHERE b.name = $1",
+            "SELECT b.name, t.name, b.acl FROM buckets b JOIN tenants t ON t.id = b.tenant_id WHERE b.name = $1",
             &[&name],
         )
         .await?;
-    Ok(row.map(|row| BucketInfo { name: row.get(0), tenant: row.get(1), public_read: row.get(2) }))
+    Ok(row.map(|row| BucketInfo {
+        name: row.get(0),
+        tenant: row.get(1),
+        public_read: row.get::<_, CannedAcl>(2) == CannedAcl::PublicRead,
+    }))
+}
+
+/// Sets bucket `name`'s canned ACL.
+///
+/// # Errors
+/// Catalog errors.
+pub async fn set_acl(pool: &CatalogPool, name: &str, acl: CannedAcl) -> Result<(), StoreError> {
+    let client = pool.get().await?;
+    client.execute("UPDATE buckets SET acl = $2 WHERE name = $1", &[&name, &acl]).await?;
+    Ok(())
+}
+
+/// The tenant's name, which S3 shows as the owner's display name.
+///
+/// # Errors
+/// Catalog errors.
+pub async fn tenant_name(pool: &CatalogPool, tenant: TenantId) -> Result<String, StoreError> {
+    let client = pool.get().await?;
+    let row = client.query_opt("SELECT name FROM tenants WHERE id = $1", &[&tenant.0]).await?;
+    Ok(row.map(|row| row.get(0)).unwrap_or_default())
 }
 
 /// The names of the tenant's buckets, in order.

@@ -115,8 +115,8 @@ pub async fn create(pool: &CatalogPool, upload: NewUpload<'_>) -> Result<(), Mod
     txn.execute(
         "INSERT INTO multipart_uploads (id, bucket, key, tenant_id, content_type, content_disposition, \
                                         cache_control, user_metadata, content_encoding, content_language, expires, \
-                                        checksum_algorithm, checksum_type) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10, $11, $12, $13)",
+                                        checksum_algorithm, checksum_type, acl) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10, $11, $12, $13, $14)",
         &[
             &upload.id,
             &upload.target.bucket,
@@ -131,6 +131,7 @@ pub async fn create(pool: &CatalogPool, upload: NewUpload<'_>) -> Result<(), Mod
             &upload.headers.expires,
             &upload.checksum.map(|c| c.0),
             &upload.checksum.map(|c| c.1),
+            &upload.headers.acl,
         ],
     )
     .await?;
@@ -153,14 +154,17 @@ pub async fn find(
     let row = client
         .query_opt(
             "SELECT content_type, content_disposition, cache_control, user_metadata::text, content_encoding, \
-                    content_language, expires, checksum_algorithm, checksum_type FROM multipart_uploads \
+                    content_language, expires, checksum_algorithm, checksum_type, acl FROM multipart_uploads \
              WHERE id = $1 AND bucket = $2 AND key = $3 AND tenant_id = $4",
             &[&id, &bucket, &key, &tenant.0],
         )
         .await?;
     Ok(row.map(|row| {
         let checksum = row.get::<_, Option<ChecksumAlgorithm>>(7).zip(row.get::<_, Option<ChecksumKind>>(8));
-        FoundUpload { headers: ObjectHeaders::from_row(&row, 0), checksum }
+        FoundUpload {
+            headers: ObjectHeaders { acl: row.get(9), ..ObjectHeaders::from_row(&row, 0) },
+            checksum,
+        }
     }))
 }
 
@@ -396,7 +400,16 @@ pub async fn drop_all_in(
     Ok(dropped)
 }
 
-/// Up to `limit` uploads in progress of `bucket` under `prefix`, by key and age.
+/// Where a listing of uploads starts: after `key` (`""`: the start), or, with `upload_id`,
+/// after that upload of `key` (uploads of one key go by age).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UploadMarker<'a> {
+    pub key: &'a str,
+    pub upload_id: Option<&'a str>,
+}
+
+/// Up to `limit` uploads in progress of `bucket` under `prefix`, after `marker`, by key and
+/// age.
 ///
 /// # Errors
 /// Catalog errors.
@@ -404,14 +417,18 @@ pub async fn list(
     pool: &CatalogPool,
     bucket: &str,
     prefix: &str,
+    marker: UploadMarker<'_>,
     limit: usize,
 ) -> Result<Vec<UploadEntry>, StoreError> {
     let client = pool.get().await?;
     let rows = client
         .query(
             "SELECT key, id, initiated FROM multipart_uploads \
-             WHERE bucket = $1 AND starts_with(key, $2) ORDER BY key, initiated LIMIT $3",
-            &[&bucket, &prefix, &(limit as i64)],
+             WHERE bucket = $1 AND starts_with(key, $2) \
+               AND (key > $3 OR (key = $3 AND (initiated, id) > \
+                    (SELECT initiated, id FROM multipart_uploads WHERE id = $4 AND bucket = $1))) \
+             ORDER BY key, initiated, id LIMIT $5",
+            &[&bucket, &prefix, &marker.key, &marker.upload_id, &(limit as i64)],
         )
         .await?;
     Ok(rows

@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 use tokio_postgres::Transaction;
 
 use super::ModelError;
-use super::bucket::{self, BucketAccess};
+use super::bucket::{self, BucketAccess, CannedAcl};
 use crate::TenantId;
 use crate::catalog::CatalogPool;
 use crate::store::{ChunkStore, Ingested, ObjectId, StoreError};
@@ -86,6 +86,8 @@ pub struct ObjectHeaders {
     pub metadata: HashMap<String, String>,
     /// The additional checksum, shown on GET and HEAD with `x-amz-checksum-mode: ENABLED`.
     pub checksum: Option<StoredChecksum>,
+    /// Who may read the object besides its tenant (`x-amz-acl`, PutObjectAcl).
+    pub acl: CannedAcl,
 }
 
 impl ObjectHeaders {
@@ -107,6 +109,7 @@ impl ObjectHeaders {
             content_language: row.get(at + 5),
             expires: row.get(at + 6),
             checksum: None,
+            acl: CannedAcl::Private,
         }
     }
 
@@ -217,10 +220,10 @@ pub async fn lookup(pool: &CatalogPool, bucket: &str, key: &str) -> Result<Optio
     let client = pool.get().await?;
     let row = client
         .query_opt(
-            "SELECT b.id, b.tenant_id, b.public_read, s.object_id, s.etag, o.size, s.last_modified, \
+            "SELECT b.id, b.tenant_id, b.acl, s.object_id, s.etag, o.size, s.last_modified, \
                     s.content_type, s.content_disposition, s.cache_control, s.user_metadata::text, \
                     s.content_encoding, s.content_language, s.expires, \
-                    s.checksum_algorithm, s.checksum_type, s.checksum \
+                    s.checksum_algorithm, s.checksum_type, s.checksum, s.acl \
              FROM buckets b LEFT JOIN s3_objects s ON s.bucket = b.name AND s.key = $2 \
              LEFT JOIN objects o ON o.id = s.object_id \
              WHERE b.name = $1",
@@ -228,14 +231,14 @@ pub async fn lookup(pool: &CatalogPool, bucket: &str, key: &str) -> Result<Optio
         )
         .await?;
     Ok(row.map(|row| {
-        let bucket = BucketAccess { id: row.get(0), tenant: TenantId(row.get(1)), public_read: row.get(2) };
+        let bucket = BucketAccess { id: row.get(0), tenant: TenantId(row.get(1)), acl: row.get(2) };
         let object = row.get::<_, Option<i64>>(3).map(|object| ObjectRow {
             object: ObjectId(object),
             tenant: bucket.tenant,
             etag: row.get(4),
             size: row.get::<_, i64>(5) as u64,
             last_modified: row.get(6),
-            headers: ObjectHeaders::from_row_with_checksum(&row, 7),
+            headers: ObjectHeaders { acl: row.get(17), ..ObjectHeaders::from_row_with_checksum(&row, 7) },
         });
         Lookup { bucket, object }
     }))
@@ -298,15 +301,15 @@ pub async fn bind_in(
         .query_one(
             "INSERT INTO s3_objects (bucket, key, object_id, etag, content_type, content_disposition, \
                                      cache_control, user_metadata, content_encoding, content_language, expires, \
-                                     checksum_algorithm, checksum_type, checksum, parts) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10, $11, $12, $13, $14, NULL) \
+                                     checksum_algorithm, checksum_type, checksum, parts, acl) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10, $11, $12, $13, $14, NULL, $15) \
              ON CONFLICT (bucket, key) DO UPDATE SET object_id = EXCLUDED.object_id, etag = EXCLUDED.etag, \
                 content_type = EXCLUDED.content_type, content_disposition = EXCLUDED.content_disposition, \
                 cache_control = EXCLUDED.cache_control, user_metadata = EXCLUDED.user_metadata, \
                 content_encoding = EXCLUDED.content_encoding, content_language = EXCLUDED.content_language, \
                 expires = EXCLUDED.expires, checksum_algorithm = EXCLUDED.checksum_algorithm, \
                 checksum_type = EXCLUDED.checksum_type, checksum = EXCLUDED.checksum, parts = NULL, \
-                last_modified = now() \
+                acl = EXCLUDED.acl, last_modified = now() \
              RETURNING last_modified",
             &[
                 &bucket,
@@ -323,6 +326,7 @@ pub async fn bind_in(
                 &checksum.map(|c| c.algorithm),
                 &checksum.map(|c| c.kind),
                 &checksum.map(|c| c.value.as_str()),
+                &headers.acl,
             ],
         )
         .await?
@@ -411,4 +415,21 @@ pub async fn parts_of(
         .await?;
     let parts = row.and_then(|row| row.get::<_, Option<String>>(0));
     Ok(parts.and_then(|parts| serde_json::from_str(&parts).ok()))
+}
+
+/// Sets the canned ACL of the object at `bucket`/`key`; `false` when there is none.
+///
+/// # Errors
+/// Catalog errors.
+pub async fn set_acl(
+    pool: &CatalogPool,
+    bucket: &str,
+    key: &str,
+    acl: CannedAcl,
+) -> Result<bool, StoreError> {
+    let client = pool.get().await?;
+    let changed = client
+        .execute("UPDATE s3_objects SET acl = $3 WHERE bucket = $1 AND key = $2", &[&bucket, &key, &acl])
+        .await?;
+    Ok(changed > 0)
 }

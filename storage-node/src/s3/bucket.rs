@@ -6,7 +6,7 @@ use s3s::{S3Result, s3_error};
 
 use super::{RESERVED_BUCKETS, SiloS3};
 use crate::TenantId;
-use crate::model::bucket::{self as model, BucketAccess, BucketEntry, Creation};
+use crate::model::bucket::{self as model, BucketAccess, BucketEntry, CannedAcl, Creation};
 
 /// What a caller wants to do with a bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,14 +44,26 @@ impl SiloS3 {
         authorize(caller, model::find(self.pool(), name).await?, intent)
     }
 
+    /// Creates a private bucket.
+    #[cfg(test)]
     pub(crate) async fn create_bucket_for(&self, tenant: TenantId, name: &str) -> S3Result<()> {
+        self.create_bucket_with(tenant, name, CannedAcl::Private).await
+    }
+
+    /// Creates a bucket with canned ACL `acl`.
+    pub(crate) async fn create_bucket_with(
+        &self,
+        tenant: TenantId,
+        name: &str,
+        acl: CannedAcl,
+    ) -> S3Result<()> {
         if !is_valid_name(name) {
             return Err(s3_error!(
                 InvalidBucketName,
                 "bucket names follow S3's rules; v1, healthz, readyz and metrics are reserved"
             ));
         }
-        match model::create(self.pool(), tenant, name).await? {
+        match model::create(self.pool(), tenant, name, acl).await? {
             Creation::Created => Ok(()),
             Creation::Taken { owner } if owner == tenant => Err(s3_error!(BucketAlreadyOwnedByYou)),
             Creation::Taken { .. } => Err(s3_error!(BucketAlreadyExists)),
@@ -87,7 +99,7 @@ pub(crate) fn authorize(
     };
     match caller {
         Some(tenant) if tenant == bucket.tenant => Ok(bucket),
-        _ if bucket.public_read && intent == Intent::Read => Ok(bucket),
+        _ if bucket.public_read() && intent == Intent::Read => Ok(bucket),
         _ => Err(s3_error!(AccessDenied)),
     }
 }

@@ -131,7 +131,8 @@ fn has_object_key(path: &str) -> bool {
     path.trim_start_matches('/').split_once('/').is_some_and(|(_, key)| !key.is_empty())
 }
 
-/// SigV4 `X-Amz-Expires` at most seven days (AWS answers 400 AuthorizationQueryParametersError);
+/// SigV4 `X-Amz-Expires` at least a second and at most seven days (AWS answers 400
+/// AuthorizationQueryParametersError; a negative value is no number and gets it too);
 /// SigV2 `Expires` (a Unix time) at most seven days ahead.
 fn check_presign_lifetime(
     v4_expires: Option<&str>,
@@ -143,6 +144,7 @@ fn check_presign_lifetime(
     };
     if let Some(expires) = v4_expires {
         match expires.parse::<u64>() {
+            Ok(0) => return refuse("X-Amz-Expires must be non-negative and at least one second"),
             Ok(secs) if secs <= MAX_PRESIGN_SECS => {}
             Ok(_) => {
                 return refuse(
@@ -277,6 +279,18 @@ mod tests {
         assert!(check(Method::GET, &ok, &[]).is_ok());
         let late = format!("/b/k?Signature=x&Expires={}", now + MAX_PRESIGN_SECS + 60);
         assert!(check(Method::GET, &late, &[]).is_err());
+    }
+
+    #[test]
+    fn presign_lifetimes_below_a_second_are_refused() {
+        for expires in ["0", "-1"] {
+            let refused = check(Method::GET, &format!("/b/k?X-Amz-Expires={expires}"), &[]).unwrap_err();
+            assert_eq!(
+                (refused.status, refused.code),
+                (StatusCode::BAD_REQUEST, "AuthorizationQueryParametersError")
+            );
+        }
+        assert!(check(Method::GET, "/b/k?X-Amz-Expires=1", &[]).is_ok());
     }
 
     #[test]

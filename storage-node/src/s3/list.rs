@@ -8,7 +8,8 @@
 //! entries strictly greater than the start point, so a page that ends on a common prefix is
 //! followed by the first entry after every key under it: paging always moves forward and never
 //! repeats an entry. [`paginate`] is that logic over any ordered [`KeySource`]; the catalog
-//! ([`crate::model::object::page`]) is one, and the tests use an in-memory one.
+//! ([`crate::model::object::page`]) is one, and the tests use an in-memory one. [`uploads`]
+//! pages ListMultipartUploads, [`versions`] ListObjectVersions.
 
 use s3s::S3Result;
 
@@ -115,6 +116,57 @@ pub(crate) async fn paginate(
     }
 }
 
+/// A listing's `encoding-type`: `url` has keys, prefixes, delimiters and markers sent
+/// URL-encoded (keys may hold bytes XML 1.0 cannot carry), as AWS and MinIO encode them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeyEncoding {
+    url: bool,
+}
+
+impl KeyEncoding {
+    /// The encoding a request asks for; anything but `url` is refused, as on AWS.
+    pub(crate) fn of(requested: Option<&s3s::dto::EncodingType>) -> S3Result<KeyEncoding> {
+        match requested.map(|encoding| encoding.as_str()) {
+            None => Ok(KeyEncoding { url: false }),
+            Some(word) if word.eq_ignore_ascii_case(s3s::dto::EncodingType::URL) => {
+                Ok(KeyEncoding { url: true })
+            }
+            Some(_) => Err(s3s::s3_error!(InvalidArgument, "Invalid Encoding Method specified in Request")),
+        }
+    }
+
+    /// The `EncodingType` element of the reply (only when one was asked for).
+    pub(crate) fn shown(self) -> Option<s3s::dto::EncodingType> {
+        self.url.then(|| s3s::dto::EncodingType::from_static(s3s::dto::EncodingType::URL))
+    }
+
+    /// `text` as the reply carries it.
+    pub(crate) fn apply(self, text: &str) -> String {
+        if self.url { url_encode(text) } else { text.to_owned() }
+    }
+
+    /// [`KeyEncoding::apply`] on an optional element.
+    pub(crate) fn apply_opt(self, text: Option<String>) -> Option<String> {
+        text.map(|text| if self.url { url_encode(&text) } else { text })
+    }
+}
+
+/// S3's URL encoding of a listed name: every byte but ASCII letters, digits and `-_./*` as
+/// `%XX`, and a space as `+` (what AWS sends, and what the SDKs decode).
+pub(crate) fn url_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' | b'*' => {
+                out.push(byte as char)
+            }
+            b' ' => out.push('+'),
+            other => out.push_str(&format!("%{other:02X}")),
+        }
+    }
+    out
+}
+
 /// A bucket's keys in the catalog.
 struct CatalogKeys<'a> {
     client: &'a deadpool_postgres::Object,
@@ -137,6 +189,10 @@ impl SiloS3 {
         after: &str,
         max: usize,
     ) -> S3Result<Listing> {
+        // max-keys=0 asks for nothing: an empty page that is not truncated, as AWS answers.
+        if max == 0 {
+            return Ok(Listing::default());
+        }
         let client = self.pool().get().await.map_err(crate::store::StoreError::from)?;
         paginate(&mut CatalogKeys { client: &client, bucket }, prefix, delimiter, after, max).await
     }
@@ -144,3 +200,5 @@ impl SiloS3 {
 
 #[cfg(test)]
 mod tests;
+mod uploads;
+mod versions;

@@ -3,17 +3,18 @@
 //! This layer only translates: S3 requests into calls on the [`crate::model`] (which keeps the
 //! rows and runs every query and transaction) and the answers back into S3 responses and
 //! error codes ([`error`]). One file per family of calls: [`bucket`] for buckets, [`object`]
-//! for objects, [`multipart`] for multipart uploads, [`list`] for listings (the pagination
+//! for objects, [`acl`] for canned ACLs and owners, [`multipart`] for multipart uploads, [`list`] for listings (the pagination
 //! logic over any ordered key source), and [`ops`] wires them to `s3s`'s trait. [`integrity`]
 //! checks what a client claims about an upload (`Content-MD5`, an additional checksum that
 //! [`checksum`] computes, a write's condition) before anything is committed. [`guard`] refuses, on its head alone, what `s3s` must not see, and [`sig_v2`]
 //! checks SigV2 signatures in constant time before `s3s` does. [`region`] answers for the
 //! region a request is signed for (before s3s sees it), with [`resign`] for the legacy names
-//! s3s refuses. [`auth`] finds a key's secret in the catalog and decides who may do what: a key
+//! s3s refuses. [`request_id`] gives every answer AWS's request ids. [`auth`] finds a key's secret in the catalog and decides who may do what: a key
 //! acts for its tenant, and every handler checks that the bucket is the tenant's own, so a key
 //! of tenant A gets `AccessDenied` on every bucket of tenant B. Calls Silo does not implement
 //! answer 501 `NotImplemented`, never a wrong success (s3s's default for every call).
 
+mod acl;
 mod auth;
 mod bucket;
 mod checksum;
@@ -25,6 +26,7 @@ mod multipart;
 mod object;
 mod ops;
 mod region;
+pub mod request_id;
 mod resign;
 pub mod sig_v2;
 #[cfg(test)]

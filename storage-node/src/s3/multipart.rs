@@ -213,10 +213,11 @@ impl SiloS3 {
         caller: Option<TenantId>,
         bucket: &str,
         prefix: &str,
+        marker: model::UploadMarker<'_>,
         limit: usize,
     ) -> S3Result<Vec<UploadEntry>> {
         self.bucket(caller, bucket, Intent::Write).await?;
-        Ok(model::list(self.pool(), bucket, prefix, limit).await?)
+        Ok(model::list(self.pool(), bucket, prefix, marker, limit).await?)
     }
 }
 

@@ -17,6 +17,7 @@ use super::SiloS3;
 use super::bucket::Intent;
 use super::integrity::Incoming;
 use crate::TenantId;
+use crate::model::bucket::CannedAcl;
 use crate::model::object::{
     self as model, Binding, ChecksumKind, ObjectHeaders, ObjectPart, ObjectRow, StoredChecksum, Target,
 };
@@ -55,8 +56,13 @@ impl SiloS3 {
         key: &str,
     ) -> S3Result<ObjectRow> {
         let found = model::lookup(self.pool(), bucket, key).await?;
-        super::bucket::authorize(caller, found.as_ref().map(|found| found.bucket), Intent::Read)?;
-        found.and_then(|found| found.object).ok_or_else(|| s3_error!(NoSuchKey))
+        let access = found.as_ref().map(|found| found.bucket);
+        let object = found.and_then(|found| found.object);
+        match super::bucket::authorize(caller, access, Intent::Read) {
+            Ok(_) => object.ok_or_else(|| s3_error!(NoSuchKey)),
+            // An object made public-read (its own ACL) may be read by anyone.
+            Err(denied) => object.filter(|row| row.headers.acl == CannedAcl::PublicRead).ok_or(denied),
+        }
     }
 
     /// Streams `body` into the store, checks its claims, and binds it to `bucket`/`key`,
@@ -129,6 +135,29 @@ impl SiloS3 {
         Ok(model::parts_of(self.pool(), bucket, key).await?)
     }
 
+    /// The bytes of part `number` of `row` (at `bucket`/`key`) and the object's part count, for
+    /// a GET or HEAD with `partNumber`: an object not completed from an upload is one part.
+    pub(crate) async fn part_span(
+        &self,
+        bucket: &str,
+        key: &str,
+        row: &ObjectRow,
+        number: i32,
+    ) -> S3Result<(std::ops::Range<u64>, Option<i32>)> {
+        let Some(parts) = self.object_parts(bucket, key).await? else {
+            return if number == 1 { Ok((0..row.size, None)) } else { Err(invalid_part_number()) };
+        };
+        let index = usize::try_from(number - 1).map_err(|_| invalid_part_number())?;
+        let part = parts.get(index).ok_or_else(invalid_part_number)?;
+        let start: i64 = parts[..index].iter().map(|part| part.size).sum();
+        let span = start as u64..(start + part.size) as u64;
+        // Replaced meanwhile by a smaller object: that part is not there any more.
+        if span.end > row.size {
+            return Err(invalid_part_number());
+        }
+        Ok((span, Some(parts.len() as i32)))
+    }
+
     /// Deletes `bucket`/`key`; deleting a key that is not there succeeds, as in S3.
     pub(crate) async fn delete_object_for(
         &self,
@@ -185,6 +214,16 @@ impl SiloS3 {
             Err(s3_error!(PreconditionFailed))
         }
     }
+}
+
+/// `416 InvalidPartNumber`, as AWS answers a `partNumber` the object does not have.
+fn invalid_part_number() -> S3Error {
+    let mut error = S3Error::with_message(
+        s3s::S3ErrorCode::Custom("InvalidPartNumber".into()),
+        "The requested partnumber is not satisfiable",
+    );
+    error.set_status_code(http::StatusCode::RANGE_NOT_SATISFIABLE);
+    error
 }
 
 /// The condition of a write's `If-Match` and `If-None-Match` headers. On a write AWS takes

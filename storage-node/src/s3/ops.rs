@@ -3,9 +3,11 @@
 use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 
+use super::acl::{AclRequest, bucket_grants, object_acl, object_grants};
 use super::bucket::Intent;
 use super::checksum::{self, checksum_fields, set_checksum};
 use super::integrity::{ChecksumClaim, Claims, Incoming};
+use super::list::KeyEncoding;
 use super::multipart::CompletionClaims;
 use super::object::{Conditions, body_reader, etag_of, into_reader, real_encoding, write_condition};
 use super::{SiloS3, caller, region};
@@ -36,6 +38,7 @@ macro_rules! headers_of {
             expires: $input.expires.map(time::OffsetDateTime::from),
             metadata: $input.metadata.unwrap_or_default().into_iter().collect(),
             checksum: None,
+            acl: Default::default(),
         }
     };
 }
@@ -110,7 +113,10 @@ impl S3 for SiloS3 {
         let constraint =
             req.input.create_bucket_configuration.as_ref().and_then(|c| c.location_constraint.as_ref());
         region::check_constraint(constraint.map(|c| c.as_str()), &self.region)?;
-        self.create_bucket_for(tenant, &req.input.bucket).await?;
+        let canned = req.input.acl.as_ref().map(|acl| acl.as_str());
+        let acl = AclRequest { canned, policy: None, grants: &bucket_grants!(req.input) };
+        self.create_bucket_with(tenant, &req.input.bucket, acl.resolve(Some(tenant))?.unwrap_or_default())
+            .await?;
         let output = CreateBucketOutput { location: Some(format!("/{}", req.input.bucket)) };
         Ok(S3Response::new(output))
     }
@@ -133,17 +139,36 @@ impl S3 for SiloS3 {
         req: S3Request<ListBucketsInput>,
     ) -> S3Result<S3Response<ListBucketsOutput>> {
         let tenant = caller(&req.extensions).ok_or_else(|| s3_error!(AccessDenied))?;
-        let buckets = self
+        let input = req.input;
+        let max = match input.max_buckets {
+            None => usize::MAX,
+            Some(n) if (1..=10_000).contains(&n) => n as usize,
+            Some(_) => return Err(s3_error!(InvalidArgument, "max-buckets must be 1 to 10000")),
+        };
+        let after = input.continuation_token.as_deref().map(token_to_key).transpose()?;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let mut buckets: Vec<Bucket> = self
             .buckets_of(tenant)
             .await?
             .into_iter()
+            .filter(|bucket| bucket.name.starts_with(&prefix))
+            .filter(|bucket| after.as_ref().is_none_or(|after| bucket.name > *after))
             .map(|bucket| Bucket {
                 name: Some(bucket.name),
                 creation_date: Some(Timestamp::from(bucket.created)),
                 ..Default::default()
             })
             .collect();
-        Ok(S3Response::new(ListBucketsOutput { buckets: Some(buckets), ..Default::default() }))
+        let truncated = buckets.len() > max;
+        buckets.truncate(max);
+        let next = buckets.last().and_then(|b| b.name.as_deref()).map(|name| hex::encode(name.as_bytes()));
+        let output = ListBucketsOutput {
+            buckets: Some(buckets),
+            owner: Some(self.owner_of(tenant).await?),
+            prefix: input.prefix,
+            continuation_token: next.filter(|_| truncated),
+        };
+        Ok(S3Response::new(output))
     }
 
     async fn get_bucket_location(
@@ -159,7 +184,8 @@ impl S3 for SiloS3 {
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
         let tenant = caller(&req.extensions);
         let mut input = req.input;
-        let headers = headers_of!(input);
+        let acl = object_acl!(input, tenant)?;
+        let headers = ObjectHeaders { acl, ..headers_of!(input) };
         let algorithm = input.checksum_algorithm.as_ref();
         let default = Some(ChecksumAlgorithm::Crc64Nvme);
         let checksum =
@@ -178,9 +204,14 @@ impl S3 for SiloS3 {
         let tenant = caller(&req.extensions);
         let conditions = conditions_of!(input);
         let row = self.object_if(tenant, &input.bucket, &input.key, conditions).await?;
-        let range = match &input.range {
-            Some(range) => Some(range.check(row.size).map_err(|_| s3_error!(InvalidRange))?),
-            None => None,
+        let (range, parts_count) = match (input.part_number, &input.range) {
+            (Some(_), Some(_)) => return Err(part_and_range()),
+            (Some(number), None) => {
+                let (span, count) = self.part_span(&input.bucket, &input.key, &row, number).await?;
+                (Some(span), count)
+            }
+            (None, Some(range)) => (Some(range.check(row.size).map_err(|_| s3_error!(InvalidRange))?), None),
+            (None, None) => (None, None),
         };
         let span = range.clone().unwrap_or(0..row.size);
         let body = self.open_body(&row, span.clone()).await?;
@@ -190,9 +221,10 @@ impl S3 for SiloS3 {
             body: Some(StreamingBlob::new(body)),
             content_length: Some((span.end - span.start) as i64),
             content_range: content_range,
+            parts_count: parts_count,
         );
         override_headers(&mut output, &mut input, tenant.is_none())?;
-        if wants_checksum(input.checksum_mode.as_ref(), input.range.as_ref()) {
+        if input.part_number.is_none() && wants_checksum(input.checksum_mode.as_ref(), input.range.as_ref()) {
             show_checksum!(output, row.headers.checksum.as_ref());
         }
         Ok(S3Response::new(output))
@@ -203,7 +235,16 @@ impl S3 for SiloS3 {
         let conditions = conditions_of!(input);
         let row = self.object_if(caller(&req.extensions), &input.bucket, &input.key, conditions).await?;
         let mut output = object_output!(HeadObjectOutput, &row, content_length: Some(row.size as i64));
-        if wants_checksum(input.checksum_mode.as_ref(), input.range.as_ref()) {
+        if let Some(number) = input.part_number {
+            if input.range.is_some() {
+                return Err(part_and_range());
+            }
+            let (span, count) = self.part_span(&input.bucket, &input.key, &row, number).await?;
+            output.content_length = Some((span.end - span.start) as i64);
+            output.content_range =
+                Some(format!("bytes {}-{}/{}", span.start, span.end.saturating_sub(1), row.size));
+            output.parts_count = count;
+        } else if wants_checksum(input.checksum_mode.as_ref(), input.range.as_ref()) {
             show_checksum!(output, row.headers.checksum.as_ref());
         }
         Ok(S3Response::new(output))
@@ -224,6 +265,13 @@ impl S3 for SiloS3 {
         let tenant = caller(&req.extensions);
         let input = req.input;
         self.bucket(tenant, &input.bucket, Intent::Write).await?;
+        if input.delete.objects.len() > 1000 {
+            return Err(s3_error!(
+                MalformedXML,
+                "The XML you provided was not well-formed or did not validate against our published schema: \
+                 at most 1000 keys may be deleted at once"
+            ));
+        }
         let quiet = input.delete.quiet.unwrap_or(false);
         let (mut deleted, mut errors) = (Vec::new(), Vec::new());
         for object in input.delete.objects {
@@ -254,8 +302,17 @@ impl S3 for SiloS3 {
         let source = self.object(tenant, source_bucket, source_key).await?;
         let replace =
             input.metadata_directive.as_ref().is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+        if !replace && **source_bucket == *input.bucket && **source_key == *input.key {
+            return Err(s3_error!(
+                InvalidRequest,
+                "This copy request is illegal because it is trying to copy an object to itself without \
+                 changing the object's metadata, storage class, website redirect location or encryption attributes."
+            ));
+        }
         let headers = if replace { headers_of!(input) } else { source.headers.clone() };
-        let headers = ObjectHeaders { checksum: source.headers.checksum.clone(), ..headers };
+        // A copy gets the ACL its request names (private by default), as on AWS, not the source's.
+        let acl = object_acl!(input, tenant)?;
+        let headers = ObjectHeaders { checksum: source.headers.checksum.clone(), acl, ..headers };
         let (etag, modified) =
             self.copy_object_for(tenant, &source, &input.bucket, &input.key, headers).await?;
         let result = CopyObjectResult {
@@ -272,7 +329,8 @@ impl S3 for SiloS3 {
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let tenant = caller(&req.extensions);
         let input = req.input;
-        let headers = headers_of!(input);
+        let acl = object_acl!(input, tenant)?;
+        let headers = ObjectHeaders { acl, ..headers_of!(input) };
         let algorithm = checksum::algorithm_of(input.checksum_algorithm.as_ref())?;
         let checksum = checksum::upload_kind(algorithm, input.checksum_type.as_ref())?;
         let id = self.create_upload(tenant, &input.bucket, &input.key, (headers, checksum)).await?;
@@ -370,6 +428,48 @@ impl S3 for SiloS3 {
         Ok(S3Response::new(AbortMultipartUploadOutput::default()))
     }
 
+    async fn get_bucket_acl(
+        &self,
+        req: S3Request<GetBucketAclInput>,
+    ) -> S3Result<S3Response<GetBucketAclOutput>> {
+        let (owner, grants) = self.bucket_acl(caller(&req.extensions), &req.input.bucket).await?;
+        Ok(S3Response::new(GetBucketAclOutput { owner: Some(owner), grants: Some(grants) }))
+    }
+
+    async fn put_bucket_acl(
+        &self,
+        req: S3Request<PutBucketAclInput>,
+    ) -> S3Result<S3Response<PutBucketAclOutput>> {
+        let input = &req.input;
+        let canned = input.acl.as_ref().map(|acl| acl.as_str());
+        let policy = input.access_control_policy.as_ref();
+        let acl = AclRequest { canned, policy, grants: &bucket_grants!(input) };
+        self.put_bucket_acl_for(caller(&req.extensions), &input.bucket, acl).await?;
+        Ok(S3Response::new(PutBucketAclOutput::default()))
+    }
+
+    async fn get_object_acl(
+        &self,
+        req: S3Request<GetObjectAclInput>,
+    ) -> S3Result<S3Response<GetObjectAclOutput>> {
+        let input = &req.input;
+        let (owner, grants) = self.object_acl(caller(&req.extensions), &input.bucket, &input.key).await?;
+        let output = GetObjectAclOutput { owner: Some(owner), grants: Some(grants), ..Default::default() };
+        Ok(S3Response::new(output))
+    }
+
+    async fn put_object_acl(
+        &self,
+        req: S3Request<PutObjectAclInput>,
+    ) -> S3Result<S3Response<PutObjectAclOutput>> {
+        let input = &req.input;
+        let canned = input.acl.as_ref().map(|acl| acl.as_str());
+        let policy = input.access_control_policy.as_ref();
+        let acl = AclRequest { canned, policy, grants: &object_grants!(input) };
+        self.put_object_acl_for(caller(&req.extensions), &input.bucket, &input.key, acl).await?;
+        Ok(S3Response::new(PutObjectAclOutput::default()))
+    }
+
     async fn get_object_attributes(
         &self,
         req: S3Request<GetObjectAttributesInput>,
@@ -439,6 +539,10 @@ impl S3 for SiloS3 {
         // The upload must be this bucket's, this key's and the caller's: an upload id alone
         // opens nothing.
         let algorithm = self.check_upload(tenant, &input.bucket, &input.key, &input.upload_id).await?;
+        let owner = match tenant {
+            Some(tenant) => Some(self.owner_of(tenant).await?),
+            None => None,
+        };
         let marker = input.part_number_marker.unwrap_or(0);
         let max = input.max_parts.unwrap_or(1000).clamp(0, 1000) as usize;
         let parts: Vec<_> =
@@ -472,6 +576,9 @@ impl S3 for SiloS3 {
             parts: Some(shown),
             checksum_algorithm: algorithm
                 .map(|algorithm| s3s::dto::ChecksumAlgorithm::from(algorithm.as_str().to_owned())),
+            initiator: owner.as_ref().map(SiloS3::initiator_of),
+            owner,
+            storage_class: Some(StorageClass::from_static(StorageClass::STANDARD)),
             ..Default::default()
         };
         Ok(S3Response::new(output))
@@ -481,30 +588,14 @@ impl S3 for SiloS3 {
         &self,
         req: S3Request<ListMultipartUploadsInput>,
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
-        let input = req.input;
-        let prefix = input.prefix.clone().unwrap_or_default();
-        let max = input.max_uploads.unwrap_or(1000).clamp(0, 1000) as usize;
-        let mut uploads = self.uploads(caller(&req.extensions), &input.bucket, &prefix, max + 1).await?;
-        let truncated = uploads.len() > max;
-        uploads.truncate(max);
-        let uploads = uploads
-            .into_iter()
-            .map(|upload| MultipartUpload {
-                key: Some(upload.key),
-                upload_id: Some(upload.id),
-                initiated: Some(Timestamp::from(upload.initiated)),
-                ..Default::default()
-            })
-            .collect();
-        let output = ListMultipartUploadsOutput {
-            bucket: Some(input.bucket),
-            prefix: input.prefix,
-            max_uploads: Some(max as i32),
-            is_truncated: Some(truncated),
-            uploads: Some(uploads),
-            ..Default::default()
-        };
-        Ok(S3Response::new(output))
+        Ok(S3Response::new(self.list_uploads(caller(&req.extensions), req.input).await?))
+    }
+
+    async fn list_object_versions(
+        &self,
+        req: S3Request<ListObjectVersionsInput>,
+    ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+        Ok(S3Response::new(self.list_versions(caller(&req.extensions), req.input).await?))
     }
 
     async fn list_objects_v2(
@@ -512,7 +603,11 @@ impl S3 for SiloS3 {
         req: S3Request<ListObjectsV2Input>,
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
         let input = req.input;
-        self.bucket(caller(&req.extensions), &input.bucket, Intent::Read).await?;
+        let bucket = self.bucket(caller(&req.extensions), &input.bucket, Intent::Read).await?;
+        let owner = match input.fetch_owner {
+            Some(true) => Some(self.owner_of(bucket.tenant).await?),
+            _ => None,
+        };
         let prefix = input.prefix.clone().unwrap_or_default();
         let after = match (&input.continuation_token, &input.start_after) {
             (Some(token), _) => token_to_key(token)?,
@@ -520,22 +615,25 @@ impl S3 for SiloS3 {
             (None, None) => String::new(),
         };
         let max = max_keys(input.max_keys)?;
-        let listing = self.list_keys(&input.bucket, &prefix, input.delimiter.as_deref(), &after, max).await?;
+        let encoding = KeyEncoding::of(input.encoding_type.as_ref())?;
+        let delimiter = input.delimiter.filter(|d| !d.is_empty());
+        let listing = self.list_keys(&input.bucket, &prefix, delimiter.as_deref(), &after, max).await?;
         let key_count = (listing.objects.len() + listing.prefixes.len()) as i32;
         let next =
             listing.truncated.then(|| listing.last.as_deref().map(|k| hex::encode(k.as_bytes()))).flatten();
         let output = ListObjectsV2Output {
             name: Some(input.bucket),
-            prefix: input.prefix,
-            delimiter: input.delimiter,
+            prefix: encoding.apply_opt(input.prefix),
+            delimiter: encoding.apply_opt(delimiter),
             max_keys: Some(max as i32),
             key_count: Some(key_count),
             continuation_token: input.continuation_token,
-            start_after: input.start_after,
+            start_after: encoding.apply_opt(input.start_after),
             is_truncated: Some(listing.truncated),
             next_continuation_token: next,
-            contents: Some(objects_of(&listing)),
-            common_prefixes: Some(prefixes_of(&listing)),
+            contents: Some(objects_of(&listing, owner.as_ref(), encoding)),
+            common_prefixes: Some(prefixes_of(&listing, encoding)),
+            encoding_type: encoding.shown(),
             ..Default::default()
         };
         Ok(S3Response::new(output))
@@ -546,23 +644,26 @@ impl S3 for SiloS3 {
         req: S3Request<ListObjectsInput>,
     ) -> S3Result<S3Response<ListObjectsOutput>> {
         let input = req.input;
-        self.bucket(caller(&req.extensions), &input.bucket, Intent::Read).await?;
+        let bucket = self.bucket(caller(&req.extensions), &input.bucket, Intent::Read).await?;
+        let owner = self.owner_of(bucket.tenant).await?;
         let prefix = input.prefix.clone().unwrap_or_default();
         let after = input.marker.clone().unwrap_or_default();
         let max = max_keys(input.max_keys)?;
-        let listing = self.list_keys(&input.bucket, &prefix, input.delimiter.as_deref(), &after, max).await?;
-        let next_marker =
-            (listing.truncated && input.delimiter.is_some()).then(|| listing.last.clone()).flatten();
+        let encoding = KeyEncoding::of(input.encoding_type.as_ref())?;
+        let delimiter = input.delimiter.filter(|d| !d.is_empty());
+        let listing = self.list_keys(&input.bucket, &prefix, delimiter.as_deref(), &after, max).await?;
+        let next_marker = (listing.truncated && delimiter.is_some()).then(|| listing.last.clone()).flatten();
         let output = ListObjectsOutput {
             name: Some(input.bucket),
-            prefix: input.prefix,
-            delimiter: input.delimiter,
-            marker: input.marker,
+            prefix: encoding.apply_opt(input.prefix),
+            delimiter: encoding.apply_opt(delimiter),
+            marker: encoding.apply_opt(input.marker),
             max_keys: Some(max as i32),
             is_truncated: Some(listing.truncated),
-            next_marker,
-            contents: Some(objects_of(&listing)),
-            common_prefixes: Some(prefixes_of(&listing)),
+            next_marker: encoding.apply_opt(next_marker),
+            contents: Some(objects_of(&listing, Some(&owner), encoding)),
+            common_prefixes: Some(prefixes_of(&listing, encoding)),
+            encoding_type: encoding.shown(),
             ..Default::default()
         };
         Ok(S3Response::new(output))
@@ -603,9 +704,15 @@ fn override_headers(
 
 /// `bytes=first-last` of an UploadPartCopy (both given, as S3 wants), within the source's
 /// size, parsed by s3s's own range parser.
+/// A well-formed range the source cannot satisfy (past its end, or backwards) is
+/// `416 InvalidRange`, as on AWS; one that is no `bytes=first-last` is `400 InvalidArgument`.
 pub(super) fn parse_copy_range(range: &str, size: u64) -> S3Result<std::ops::Range<u64>> {
     match Range::parse(range) {
         Ok(Range::Int { first, last: Some(last) }) if last < size => Ok(first..last + 1),
+        Ok(Range::Int { first, last: Some(last) }) if first <= last => Err(s3_error!(
+            InvalidRange,
+            "The x-amz-copy-source-range {range} is not satisfiable by a source of {size} bytes"
+        )),
         _ => Err(s3_error!(
             InvalidArgument,
             "x-amz-copy-source-range must be bytes=first-last within the source"
@@ -613,23 +720,30 @@ pub(super) fn parse_copy_range(range: &str, size: u64) -> S3Result<std::ops::Ran
     }
 }
 
-fn objects_of(listing: &super::list::Listing) -> Vec<Object> {
+/// A GET or HEAD with both `partNumber` and `Range`, as AWS refuses it.
+fn part_and_range() -> s3s::S3Error {
+    s3_error!(InvalidRequest, "Cannot specify both Range header and partNumber query parameter")
+}
+
+/// A listing's objects, with `owner` on each when given (v1 always, v2 with `fetch-owner`).
+fn objects_of(listing: &super::list::Listing, owner: Option<&Owner>, encoding: KeyEncoding) -> Vec<Object> {
     listing
         .objects
         .iter()
         .map(|object| Object {
-            key: Some(object.key.clone()),
+            key: Some(encoding.apply(&object.key)),
             e_tag: Some(ETag::Strong(object.etag.clone())),
             size: Some(object.size),
             last_modified: Some(Timestamp::from(object.last_modified)),
             storage_class: Some(ObjectStorageClass::from_static(ObjectStorageClass::STANDARD)),
+            owner: owner.cloned(),
             ..Default::default()
         })
         .collect()
 }
 
-fn prefixes_of(listing: &super::list::Listing) -> Vec<CommonPrefix> {
-    listing.prefixes.iter().map(|prefix| CommonPrefix { prefix: Some(prefix.clone()) }).collect()
+fn prefixes_of(listing: &super::list::Listing, encoding: KeyEncoding) -> Vec<CommonPrefix> {
+    listing.prefixes.iter().map(|prefix| CommonPrefix { prefix: Some(encoding.apply(prefix)) }).collect()
 }
 
 #[cfg(test)]
@@ -644,11 +758,17 @@ mod tests {
 
     #[test]
     fn a_copy_range_past_the_source_or_open_ended_is_refused() {
-        for range in
-            ["bytes=0-10", "bytes=5-", "bytes=-3", "bytes=4-2", "bytes=a-b", "0-1", "bytes=1-2,4-5", ""]
-        {
+        for range in ["bytes=5-", "bytes=-3", "bytes=4-2", "bytes=a-b", "0-1", "bytes=1-2,4-5", ""] {
             let err = parse_copy_range(range, 10).expect_err(range);
             assert_eq!(err.code().as_str(), "InvalidArgument", "{range}");
+        }
+    }
+
+    #[test]
+    fn a_copy_range_past_the_source_is_invalid_range() {
+        for range in ["bytes=0-10", "bytes=9-10", "bytes=20-30"] {
+            let err = parse_copy_range(range, 10).expect_err(range);
+            assert_eq!(err.code().as_str(), "InvalidRange", "{range}");
         }
     }
 }
