@@ -404,20 +404,55 @@ async fn a_hung_node_costs_reads_and_writes_a_bounded_wait() {
     cluster.node(&hung).signal(Signal::SIGCONT);
 }
 
-#[tokio::test]
-async fn a_rolling_restart_of_every_node_loses_nothing_and_clients_see_no_error() {
-    let mut cluster = Cluster::new("cluster_rolling").await;
-    for (name, zone) in [("node-a", "a"), ("node-b", "b"), ("node-c", "c")] {
-        cluster.start(name, zone, None).await;
-    }
+/// An object a client wrote: its key and bytes.
+type Written = (String, Vec<u8>);
+
+/// A client that uploads and reads back through `clients` in turn until `stop`: what it wrote,
+/// and every error it saw after the SDK's retries.
+fn traffic(
+    clients: Vec<aws_sdk_s3::Client>,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<(Vec<Written>, Vec<String>)> {
+    tokio::spawn(async move {
+        let mut written: Vec<Written> = Vec::new();
+        let mut errors = Vec::new();
+        let mut round = 0usize;
+        while !stop.is_cancelled() {
+            let body = common::noise(300_000 + (round % 5) * 50_000, 500 + round as u64);
+            let key = format!("traffic-{round}.bin");
+            let client = &clients[round % clients.len()];
+            match client
+                .put_object()
+                .bucket("site")
+                .key(&key)
+                .body(ByteStream::from(body.clone()))
+                .send()
+                .await
+            {
+                Ok(_) => written.push((key, body)),
+                Err(err) => errors.push(format!("put {key}: {err:?}")),
+            }
+            if let Some((key, body)) = written.get(round * 7 % written.len().max(1)) {
+                match try_get(&clients[(round + 1) % clients.len()], "site", key).await {
+                    Ok(read) if read == *body => {}
+                    Ok(_) => errors.push(format!("get {key}: other bytes")),
+                    Err(err) => errors.push(format!("get {key}: {err}")),
+                }
+            }
+            round += 1;
+        }
+        (written, errors)
+    })
+}
+
+/// SDK clients of one tenant for every node, with a few more retries than the default three.
+fn patient_clients(cluster: &Cluster, tenant: &str) -> Vec<aws_sdk_s3::Client> {
     let first = &cluster.nodes[0].silo;
-    silo_cli_json(first, &["tenant", "create", "media"]);
-    let key = silo_cli_json(first, &["key", "create", "media"]);
+    silo_cli_json(first, &["tenant", "create", tenant]);
+    let key = silo_cli_json(first, &["key", "create", tenant]);
     let field = |name: &str| key[name].as_str().expect("key field").to_string();
     let (id, secret) = (field("access_key_id"), field("secret_access_key"));
-    // The SDK's retries, a few more than its default three: a node being restarted refuses
-    // connections for a second or two.
-    let clients: Vec<aws_sdk_s3::Client> = cluster
+    cluster
         .nodes
         .iter()
         .map(|node| {
@@ -425,43 +460,50 @@ async fn a_rolling_restart_of_every_node_loses_nothing_and_clients_see_no_error(
                 config.retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(10))
             })
         })
-        .collect();
+        .collect()
+}
+
+#[tokio::test]
+async fn a_node_killed_during_uploads_loses_no_acknowledged_object_and_clients_see_no_error() {
+    let mut cluster = Cluster::new("cluster_kill_traffic").await;
+    for (name, zone) in [("node-a", "a"), ("node-b", "b"), ("node-c", "c")] {
+        cluster.start(name, zone, None).await;
+    }
+    let clients = patient_clients(&cluster, "media");
+    clients[0].create_bucket().bucket("site").send().await.expect("bucket");
+    // The client talks to node-a and node-c; node-b, which holds copies, dies under it.
+    let survivors = vec![clients[0].clone(), clients[2].clone()];
+    let stop = tokio_util::sync::CancellationToken::new();
+    let traffic = traffic(survivors.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.node_mut("node-b").kill9().await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop.cancel();
+    let (written, errors) = traffic.await.expect("the client task");
+    assert!(errors.is_empty(), "errors after the SDK's retries: {errors:#?}");
+    assert!(written.len() >= 5, "the client kept writing: {} objects", written.len());
+    for (key, body) in &written {
+        for client in &survivors {
+            assert!(try_get(client, "site", key).await.as_ref() == Ok(body), "{key} after the kill");
+        }
+    }
+    // Nothing half-visible: the bucket lists exactly what was acknowledged.
+    let listed = survivors[0].list_objects_v2().bucket("site").send().await.expect("list");
+    assert_eq!(listed.key_count(), Some(written.len() as i32), "listed objects are the acknowledged ones");
+}
+
+#[tokio::test]
+async fn a_rolling_restart_of_every_node_loses_nothing_and_clients_see_no_error() {
+    let mut cluster = Cluster::new("cluster_rolling").await;
+    for (name, zone) in [("node-a", "a"), ("node-b", "b"), ("node-c", "c")] {
+        cluster.start(name, zone, None).await;
+    }
+    // A node being restarted refuses connections for a second or two: the SDK retries.
+    let clients = patient_clients(&cluster, "media");
     clients[0].create_bucket().bucket("site").send().await.expect("bucket");
 
     let stop = tokio_util::sync::CancellationToken::new();
-    let traffic = tokio::spawn({
-        let (clients, stop) = (clients.clone(), stop.clone());
-        async move {
-            let mut written: Vec<(String, Vec<u8>)> = Vec::new();
-            let mut errors = Vec::new();
-            let mut round = 0usize;
-            while !stop.is_cancelled() {
-                let body = common::noise(300_000 + (round % 5) * 50_000, 500 + round as u64);
-                let key = format!("rolling-{round}.bin");
-                let client = &clients[round % clients.len()];
-                match client
-                    .put_object()
-                    .bucket("site")
-                    .key(&key)
-                    .body(ByteStream::from(body.clone()))
-                    .send()
-                    .await
-                {
-                    Ok(_) => written.push((key, body)),
-                    Err(err) => errors.push(format!("put {key}: {err:?}")),
-                }
-                if let Some((key, body)) = written.get(round * 7 % written.len().max(1)) {
-                    match try_get(&clients[(round + 1) % clients.len()], "site", key).await {
-                        Ok(read) if read == *body => {}
-                        Ok(_) => errors.push(format!("get {key}: other bytes")),
-                        Err(err) => errors.push(format!("get {key}: {err}")),
-                    }
-                }
-                round += 1;
-            }
-            (written, errors)
-        }
-    });
+    let traffic = traffic(clients.clone(), stop.clone());
     for name in ["node-a", "node-b", "node-c"] {
         tokio::time::sleep(Duration::from_secs(2)).await;
         cluster.restart(name).await;

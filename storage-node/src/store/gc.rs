@@ -40,6 +40,9 @@ pub struct GcReport {
     pub packs_punched: u64,
     pub packs_deleted: u64,
     pub disk_bytes_reclaimed: u64,
+    /// Packs not compacted because their live chunks' tenants are in different placements now.
+    #[serde(default)]
+    pub packs_skipped_mixed: u64,
     /// Another node was deleting and compacting (the cluster-wide phases) when this pass ran.
     #[serde(default)]
     pub cluster_phases_skipped: bool,
@@ -163,6 +166,7 @@ impl ChunkStore {
             match self.compact_pack(PackId(pack)).await {
                 Ok(Compaction::Done) => report.packs_compacted += 1,
                 Ok(Compaction::Damaged) => report.packs_skipped_damaged += 1,
+                Ok(Compaction::Mixed) => report.packs_skipped_mixed += 1,
                 Err(StoreError::StorageFull { .. }) => {
                     tracing::warn!(pack, "the disk is too full to compact into; punching out dead ranges");
                     self.punch_dead_ranges(PackId(pack)).await?;
@@ -188,10 +192,31 @@ impl ChunkStore {
         let mut target: Option<OpenPack> = None;
         let mut lease = None;
         if let Some(first) = live.first() {
-            // A pack holds chunks of one class of tenants: the first one's policy now says
-            // where the live chunks go.
+            // A pack holds chunks of one class of tenants, whose policies now say where the live
+            // chunks go. Should their policies have come apart since (one tenant's placement
+            // changed), no single pack can take them all: the pack is left as it is.
             let class = self.pack_class(first.tenant).await?;
+            let mut tenants: Vec<TenantId> = live.iter().map(|at| at.tenant).collect();
+            tenants.sort_unstable_by_key(|tenant| tenant.0);
+            tenants.dedup();
+            for tenant in tenants.iter().filter(|tenant| **tenant != first.tenant) {
+                if self.pack_class(*tenant).await? != class {
+                    tracing::warn!(
+                        pack = old.0,
+                        "the live chunks of this pack now belong to different placements; not compacting it"
+                    );
+                    return Ok(Compaction::Mixed);
+                }
+            }
+            // Into a pack with room for all of them: a peer refuses a pack past the size limit.
+            let needed: u64 = live.iter().map(|at| RECORD_HEADER_LEN + u64::from(at.stored_len)).sum();
+            let target_bytes = self.inner.config.pack_target_bytes;
             let mut pack = self.open_pack(&class, first.tenant).await?;
+            while pack.len() > crate::pack::PACK_HEADER_LEN && pack.len() + needed > target_bytes {
+                pack.retire();
+                self.inner.writers.put_back(pack, target_bytes);
+                pack = self.open_pack(&class, first.tenant).await?;
+            }
             lease = Some(pack.lease());
             let copied = self.copy_records(&mut pack, &live).await;
             match copied {
@@ -350,6 +375,8 @@ impl ChunkStore {
 enum Compaction {
     Done,
     Damaged,
+    /// Its live chunks' tenants are in different placements now.
+    Mixed,
 }
 
 /// Punches holes between the `live` records (offset, length; sorted) of the pack at `path`.
