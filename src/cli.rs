@@ -57,6 +57,10 @@ pub enum Command {
 pub enum NodeCommand {
     /// List the nodes: zone, owner, state, heartbeat, and the packs and bytes each holds.
     List,
+    /// Drain a node: it takes no new packs, and repair copies its packs to other nodes.
+    Drain { name: String },
+    /// Remove a node (refused while it holds the last healthy copy of a pack: drain it first).
+    Remove { name: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -25,6 +25,7 @@ use storage_node::DataDir;
 use storage_node::catalog::{self, CatalogPool};
 use storage_node::data_dir::ADMIN_TOKEN_SECRET;
 use storage_node::node_api::{NodeApi, PeerTls, ThisNode};
+use storage_node::repair::Repairer;
 use storage_node::store::{ChunkStore, GcReport};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -212,6 +213,13 @@ async fn serve_with_catalog(
         let (store, databases, stop) = (store.clone(), databases.clone(), stop.clone());
         tokio::spawn(collect_garbage_every(store, databases, interval, config.multipart_expiry(), stop));
     }
+    let repair = config
+        .repair()
+        .map(|repair| Repairer::new(pool.clone(), store.server_secret().clone(), registered.id, repair));
+    let repair_stats = repair.as_ref().map(Repairer::stats).unwrap_or_default();
+    if let Some(repairer) = repair {
+        tokio::spawn(repairer.run(stop.clone()));
+    }
     let admin_token = admin_token(&data_dir)?;
     let catalog_server = match embedded {
         Some(Embedded { supervisor, .. }) => CatalogServer::Embedded {
@@ -231,6 +239,8 @@ async fn serve_with_catalog(
         metrics: Metrics::new(),
         draining: AtomicBool::new(false),
         s3: storage_node::s3::service(store.clone(), config.region()),
+        repair: repair_stats,
+        repair_grace: config.repair_grace(),
         info: ServerInfo {
             version: env!("CARGO_PKG_VERSION"),
             catalog_id: meta.catalog_id,

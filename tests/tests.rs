@@ -14,6 +14,7 @@ mod front_door;
 mod internal_tls;
 mod node_api;
 mod nodes;
+mod repair;
 mod s3_clients;
 mod s3_integrity;
 mod s3_props;

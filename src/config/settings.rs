@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use db_manager::plans::{Plan, Plans};
 use serde::{Deserialize, Deserializer, Serialize};
+use storage_node::repair::RepairConfig;
 use storage_node::s3::{DEFAULT_REGION, Region};
 use storage_node::store::{NodeSpec, StoreConfig};
 
@@ -82,6 +83,17 @@ pub struct ServeConfig {
     /// Seconds between background GC passes; 0 turns them off.
     #[arg(long, env = "SILO_GC_INTERVAL_SECS", default_value_t = 300)]
     pub gc_interval_secs: u64,
+    /// Seconds a storage node may be silent before the repairer writes its copies off and copies
+    /// its packs elsewhere (long enough that a rolling restart causes no repair; at least 10, two
+    /// heartbeats).
+    #[arg(long, env = "SILO_REPAIR_GRACE_SECS", default_value_t = 600)]
+    pub repair_grace_secs: u64,
+    /// The most megabytes per second the repairer copies (one node repairs at a time).
+    #[arg(long, env = "SILO_REPAIR_RATE_MB", default_value_t = 100)]
+    pub repair_rate_mb: u64,
+    /// Seconds between repair passes; 0 turns repair off on this node.
+    #[arg(long, env = "SILO_REPAIR_INTERVAL_SECS", default_value_t = 10)]
+    pub repair_interval_secs: u64,
     /// Seconds after which the GC loop aborts an unfinished multipart upload (a week).
     #[arg(long, env = "SILO_MULTIPART_EXPIRY_SECS", default_value_t = 7 * 24 * 3600)]
     pub multipart_expiry_secs: u64,
@@ -173,6 +185,21 @@ impl ServeConfig {
     /// `None` when background GC is off.
     pub fn gc_interval(&self) -> Option<Duration> {
         (self.gc_interval_secs > 0).then(|| Duration::from_secs(self.gc_interval_secs))
+    }
+
+    /// How the repairer runs; `None` when repair is off on this node.
+    pub fn repair(&self) -> Option<RepairConfig> {
+        (self.repair_interval_secs > 0).then(|| RepairConfig {
+            grace: self.repair_grace(),
+            rate_bytes_per_sec: self.repair_rate_mb.max(1).saturating_mul(1_000_000),
+            interval: Duration::from_secs(self.repair_interval_secs),
+        })
+    }
+
+    /// How long a silent node's copies still count (also what `remove` counts by): at least two
+    /// heartbeats, or live nodes would be written off between their beats.
+    pub fn repair_grace(&self) -> Duration {
+        Duration::from_secs(self.repair_grace_secs).max(2 * storage_node::model::node::HEARTBEAT_EVERY)
     }
 
     pub fn multipart_expiry(&self) -> Duration {

@@ -1,4 +1,5 @@
-//! Prometheus metrics: HTTP traffic, readiness, the catalog pool and the embedded Postgres.
+//! Prometheus metrics: HTTP traffic, readiness, the catalog pool, the embedded Postgres and
+//! repair (its backlog, and the packs and bytes it copied).
 //!
 //! Request metrics are labelled by the matched route template, never by the raw path, so that
 //! object keys and tenant names cannot blow up the label space.
@@ -19,6 +20,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use storage_node::repair::RepairStats;
 
 use super::{ApiError, AppState, CatalogServer};
 
@@ -66,7 +68,48 @@ pub struct Metrics {
     database_quota: Family<DatabaseLabels, Gauge>,
     database_read_only: Family<DatabaseLabels, Gauge>,
     connections: ConnectionMetrics,
+    repair: RepairMetrics,
     started: Instant,
+}
+
+/// Repair as `/metrics` shows it: the backlog at the latest pass, and counters that follow the
+/// repairer's own (`RepairStats`); the lock makes two scrapes at once add each copy once.
+#[derive(Debug, Default)]
+struct RepairMetrics {
+    backlog: Gauge,
+    packs: Counter,
+    bytes: Counter,
+    failures: Counter,
+    sync: std::sync::Mutex<()>,
+}
+
+impl RepairMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "repair_backlog_packs",
+            "Packs below their wanted copies at this node's latest repair pass (0 where it does not repair)",
+            self.backlog.clone(),
+        );
+        registry.register("repair_packs", "Copies of packs this node's repairs made", self.packs.clone());
+        registry.register("repair_bytes", "Bytes this node's repairs copied", self.bytes.clone());
+        registry.register(
+            "repair_failures",
+            "Repair items that failed (each is retried)",
+            self.failures.clone(),
+        );
+    }
+
+    fn follow(&self, stats: &RepairStats) {
+        let _turn = self.sync.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.backlog.set(stats.backlog_packs());
+        for (counter, value) in [
+            (&self.packs, stats.packs_repaired()),
+            (&self.bytes, stats.bytes_repaired()),
+            (&self.failures, stats.failures()),
+        ] {
+            counter.inc_by(value.saturating_sub(counter.get()));
+        }
+    }
 }
 
 impl Metrics {
@@ -89,6 +132,8 @@ impl Metrics {
         let database_quota = family("database_quota_bytes", "A client database's storage quota");
         let database_read_only =
             family("database_read_only", "1 while a client database is read-only over its quota");
+        let repair = RepairMetrics::default();
+        repair.register(&mut registry);
         let connections = ConnectionMetrics::default();
         registry.register(
             "http_connections",
@@ -123,6 +168,7 @@ impl Metrics {
             pool_available: gauge("catalog_pool_idle_connections", "Idle catalog connections"),
             uptime_seconds: gauge("uptime_seconds", "Seconds since the server started"),
             connections,
+            repair,
             registry,
             requests,
             durations,
@@ -196,6 +242,7 @@ pub async fn render(State(state): State<Arc<AppState>>) -> Response {
         metrics.database_quota.get_or_create(&labels).set(sample.quota_bytes);
         metrics.database_read_only.get_or_create(&labels).set(i64::from(sample.read_only));
     }
+    metrics.repair.follow(&state.repair);
     let mut body = String::new();
     if let Err(err) = encode(&mut body, &metrics.registry) {
         return ApiError::internal(err).into_response();

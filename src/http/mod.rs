@@ -88,6 +88,10 @@ pub struct AppState {
     pub info: ServerInfo,
     /// The S3 data plane, which answers every path the routes above do not.
     pub s3: storage_node::s3::S3Front,
+    /// What this node's repairer did (`/metrics`).
+    pub repair: Arc<storage_node::repair::RepairStats>,
+    /// How long a silent node's copies still count (`remove` refuses by it).
+    pub repair_grace: std::time::Duration,
 }
 
 /// The whole application router.

@@ -22,6 +22,7 @@ pub mod node_api;
 pub mod node_state;
 pub mod pack;
 pub mod placement;
+pub mod repair;
 pub mod s3;
 pub mod server_secret;
 pub mod store;

@@ -7,7 +7,8 @@
 //! tenant's S3 data, for the tenant's deletion). The model calls the chunk [`crate::store`] to
 //! commit, copy, concatenate and release objects, and owns the queries that join its rows to
 //! the store's `objects` table (for sizes). [`node`] is the registry of storage nodes (issue
-//! 12); pack replicas come here next, in a module of their own.
+//! 12), [`node_retire`] drains and removes nodes; pack replicas come here next, in a module of
+//! their own.
 //!
 //! Locks are always taken in one order: bucket, then upload, then tenant, then the key's row.
 //! Procedures that can be refused for a reason the caller must tell apart (the bucket is gone,
@@ -16,6 +17,7 @@
 pub mod bucket;
 pub mod multipart;
 pub mod node;
+pub mod node_retire;
 pub mod object;
 pub mod purge;
 pub mod usage;

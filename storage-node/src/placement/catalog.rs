@@ -40,8 +40,9 @@ fn policy_from(row: &Row) -> PlacementPolicy {
     }
 }
 
-/// Every registered node that is not removed, with its liveness and the bytes it holds.
-async fn candidates<C: GenericClient + Sync>(client: &C) -> Result<Vec<Candidate>, PlacementError> {
+/// Every registered node that is not removed, with its liveness and the bytes it holds (also
+/// what repair chooses its targets among).
+pub async fn candidates<C: GenericClient + Sync>(client: &C) -> Result<Vec<Candidate>, PlacementError> {
     let rows = client
         .query(
             "SELECT n.id, n.zone, n.owner_tenant_id, n.internal_url, n.state, \
