@@ -25,7 +25,7 @@ use process::{Silo, free_addr, sdk_client, silo_cli_json};
 
 const RUNS: usize = 3;
 /// Every node of a setup seals and names things with this one secret.
-const CLUSTER_SECRET: &str = "62656e63686573206f662061206e6f6465732073686172652074686973206b6579";
+const CLUSTER_SECRET: &str = "62656e63686573206f662061206e6f6465732073686172652074686973206b21";
 /// Repair as soon as it may: a pass every second, the shortest grace (two heartbeats), and no
 /// rate limit worth the name (the default is 100 MB/s), so that the copy itself is measured.
 const REPAIR_FLAGS: &[&str] = &[
