@@ -28,6 +28,8 @@ const RUNS: usize = 3;
 const CLUSTER_SECRET: &str = "62656e63686573206f662061206e6f6465732073686172652074686973206b21";
 /// Repair as soon as it may: a pass every second, the shortest grace (two heartbeats), and no
 /// rate limit worth the name (the default is 100 MB/s), so that the copy itself is measured.
+/// GC seals the packs uploads filled or left idle, and repair only takes sealed packs: a pass
+/// every 2 s (it has nothing else to do here: nothing is deleted).
 const REPAIR_FLAGS: &[&str] = &[
     "--repair-interval-secs",
     "1",
@@ -36,7 +38,7 @@ const REPAIR_FLAGS: &[&str] = &[
     "--repair-rate-mb",
     "100000",
     "--gc-interval-secs",
-    "0",
+    "2",
 ];
 const GRACE_SECS: f64 = 10.0;
 /// The node every object is written through; it holds a copy of every pack.
@@ -132,6 +134,7 @@ async fn run() {
     let mut rsync_rates = Vec::new();
     let mut repaired = Vec::new();
     let mut lost_zone: Option<String> = None;
+    cluster.wait_sealed().await;
     for run in 0..RUNS {
         let mut fresh = None;
         if let Some(zone) = lost_zone.take() {
@@ -375,6 +378,16 @@ impl Cluster {
             .expect("heartbeat");
         let beat_minus_now: f64 = row.get(0);
         Duration::from_secs_f64((beat_minus_now + GRACE_SECS).max(0.0))
+    }
+
+    /// Waits (a minute at most) until GC has sealed every pack with live chunks.
+    async fn wait_sealed(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let sql = "SELECT count(*) FROM packs p WHERE p.state = 'open' \
+             AND EXISTS (SELECT 1 FROM chunk_locations l WHERE l.pack_id = p.id)";
+        while self.count(sql).await > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Waits until every sealed pack with live chunks has whole copies in two zones on nodes
