@@ -21,7 +21,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
-use common::{GIB, MIB, mb_per_s, random_bytes, write_file};
+use common::{GIB, MIB, curl, mb_per_s, random_bytes, write_file};
 use process::{Silo, free_addr, silo_cli_json};
 use rand::{Rng, SeedableRng};
 
@@ -167,16 +167,6 @@ fn s3_client(addr: SocketAddr, id: &serde_json::Value, secret: &serde_json::Valu
         .http_client(aws_smithy_http_client::Builder::new().build_http())
         .build();
     Client::from_conf(config)
-}
-
-/// Times one `curl` transfer.
-fn curl(args: &[&str]) -> Duration {
-    let started = Instant::now();
-    let output =
-        Command::new("curl").args(["-sS", "--fail", "-o", "/dev/null"]).args(args).output().expect("curl");
-    let took = started.elapsed();
-    assert!(output.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    took
 }
 
 /// Fetches `offsets` as 1 MiB ranges, one after another on one keep-alive connection.

@@ -127,7 +127,16 @@ pub fn mb_per_s(bytes: u64, took: Duration) -> f64 {
 
 /// The peak resident set of this process so far, in bytes.
 pub fn peak_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    peak_rss_in("/proc/self/status")
+}
+
+/// The peak resident set (VmHWM) of process `pid` so far, in bytes.
+pub fn peak_rss_of(pid: u32) -> u64 {
+    peak_rss_in(&format!("/proc/{pid}/status"))
+}
+
+fn peak_rss_in(status: &str) -> u64 {
+    let status = std::fs::read_to_string(status).unwrap_or_default();
     status
         .lines()
         .find_map(|line| line.strip_prefix("VmHWM:"))
@@ -148,6 +157,16 @@ pub fn disk_usage(dir: &Path) -> u64 {
         .next()
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
+}
+
+/// Times one `curl` transfer.
+pub fn curl(args: &[&str]) -> Duration {
+    let started = Instant::now();
+    let output =
+        Command::new("curl").args(["-sS", "--fail", "-o", "/dev/null"]).args(args).output().expect("curl");
+    let took = started.elapsed();
+    assert!(output.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    took
 }
 
 pub fn which(program: &str) -> bool {
