@@ -104,13 +104,18 @@ impl ChunkStore {
         Ok(rows.iter().map(|row| RemoteCopy { node: NodeId(row.get(0)), url: row.get(1) }).collect())
     }
 
-    /// The chunk `at`, verified, from the first copy of its pack on another node that has it
-    /// right. A copy that answers with wrong bytes is marked damaged.
+    /// The chunk `at`, verified, from the first of `copies` (the copies of its pack on other
+    /// nodes, as [`ChunkStore::remote_copies`] gave them) that has it right. A copy that answers
+    /// with wrong bytes is marked damaged.
     ///
     /// # Errors
     /// [`StoreError::ChunkUnavailable`] when no copy could be read.
-    pub(crate) async fn read_remote(&self, at: &ChunkLocation, mode: ReadMode) -> Result<Bytes, StoreError> {
-        let mut copies = self.remote_copies(at.pack).await?;
+    pub(crate) async fn read_from_copies(
+        &self,
+        at: &ChunkLocation,
+        mode: ReadMode,
+        mut copies: Vec<RemoteCopy>,
+    ) -> Result<Bytes, StoreError> {
         // Peers that failed lately go last (a stable sort keeps the catalog's order otherwise).
         let suspects = self.inner.peers.suspects();
         copies.sort_by_key(|copy| suspects.contains(&copy.node));

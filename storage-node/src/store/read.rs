@@ -5,12 +5,13 @@
 //! loaded, verified and sliced on a blocking thread, so a read holds at most one batch of rows
 //! and one chunk in memory however large the object is.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
 
+use super::peers::RemoteCopy;
 use super::verify::{ChunkLocation, ReadMode};
 use super::{ChunkStore, ObjectId, StoreError};
 use crate::compress::Compression;
@@ -61,6 +62,8 @@ struct Cursor {
     end: u64,
     batch: VecDeque<Entry>,
     retried_at: Option<u64>,
+    /// The copies on other nodes of the packs this read fetched chunks from.
+    remote_copies: HashMap<PackId, Vec<RemoteCopy>>,
 }
 
 impl ChunkStore {
@@ -117,6 +120,7 @@ impl ChunkStore {
             end: range.end,
             batch: VecDeque::new(),
             retried_at: None,
+            remote_copies: HashMap::new(),
         };
         let stream = stream::try_unfold(cursor, |mut cursor| async move {
             match cursor.next_piece().await? {
@@ -151,8 +155,8 @@ impl Cursor {
             let mode = if small { ReadMode::Partial } else { ReadMode::Whole };
             let loaded = match entry.local {
                 LocalCopy::Sound => self.load_local(location, mode).await?,
-                LocalCopy::None => self.store.read_remote(&location, mode).await,
-                LocalCopy::Damaged => match self.store.read_remote(&location, mode).await {
+                LocalCopy::None => self.read_remote(&location, mode).await?,
+                LocalCopy::Damaged => match self.read_remote(&location, mode).await? {
                     Err(StoreError::ChunkUnavailable { .. }) => self.load_local(location, mode).await?,
                     read => read,
                 },
@@ -175,7 +179,7 @@ impl Cursor {
                     if entry.local == LocalCopy::Sound
                         && matches!(err, StoreError::Integrity { .. } | StoreError::Io { .. }) =>
                 {
-                    let Ok(raw) = self.store.read_remote(&location, mode).await else { return Err(err) };
+                    let Ok(raw) = self.read_remote(&location, mode).await? else { return Err(err) };
                     if matches!(err, StoreError::Integrity { .. }) {
                         tracing::error!(error = %err, "this node's copy of a pack is damaged; read another copy");
                         self.store.mark_damaged(location.pack, self.store.node()).await;
@@ -192,6 +196,29 @@ impl Cursor {
             self.pos = entry.logical_offset + to as u64;
             return Ok(Some(raw.slice(from..to)));
         }
+    }
+
+    /// The chunk from another node's copy of its pack, verified. The copies of each pack are
+    /// looked up once per read, and once more when none of those answers (they may have moved).
+    async fn read_remote(
+        &mut self,
+        location: &ChunkLocation,
+        mode: ReadMode,
+    ) -> Result<Result<Bytes, StoreError>, StoreError> {
+        let cached = self.remote_copies.get(&location.pack).cloned();
+        let fresh = cached.is_none();
+        let copies = match cached {
+            Some(copies) => copies,
+            None => self.store.remote_copies(location.pack).await?,
+        };
+        self.remote_copies.insert(location.pack, copies.clone());
+        let read = self.store.read_from_copies(location, mode, copies).await;
+        if fresh || !matches!(read, Err(StoreError::ChunkUnavailable { .. })) {
+            return Ok(read);
+        }
+        let copies = self.store.remote_copies(location.pack).await?;
+        self.remote_copies.insert(location.pack, copies.clone());
+        Ok(self.store.read_from_copies(location, mode, copies).await)
     }
 
     /// The chunk from this node's copy, verified.
