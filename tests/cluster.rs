@@ -91,11 +91,7 @@ impl Cluster {
 
     /// A tenant with a key, and an SDK client for it on every node.
     fn tenant(&self, name: &str) -> HashMap<String, aws_sdk_s3::Client> {
-        let first = &self.nodes[0].silo;
-        silo_cli_json(first, &["tenant", "create", name]);
-        let key = silo_cli_json(first, &["key", "create", name]);
-        let field = |name: &str| key[name].as_str().expect("key field").to_string();
-        let (id, secret) = (field("access_key_id"), field("secret_access_key"));
+        let (id, secret) = common::tenant_with_key(&self.nodes[0].silo, name);
         self.nodes
             .iter()
             .map(|node| (node.name.clone(), common::sdk_client(&node.silo, &id, &secret)))
@@ -447,11 +443,7 @@ fn traffic(
 
 /// SDK clients of one tenant for every node, with a few more retries than the default three.
 fn patient_clients(cluster: &Cluster, tenant: &str) -> Vec<aws_sdk_s3::Client> {
-    let first = &cluster.nodes[0].silo;
-    silo_cli_json(first, &["tenant", "create", tenant]);
-    let key = silo_cli_json(first, &["key", "create", tenant]);
-    let field = |name: &str| key[name].as_str().expect("key field").to_string();
-    let (id, secret) = (field("access_key_id"), field("secret_access_key"));
+    let (id, secret) = common::tenant_with_key(&cluster.nodes[0].silo, tenant);
     cluster
         .nodes
         .iter()

@@ -16,7 +16,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use common::tls::openssl;
 use common::{Silo, free_addr, noise, scratch, silo_cli_json};
 use storage_node::node_api::{ClientError, IDLE_TIMEOUT, NodeClient, PeerTls, Received};
-use storage_node::pack::{PackId, PackWriter, RecordHeader, pack_path};
+use storage_node::pack::{PackId, pack_path};
 use storage_node::{ServerSecret, TenantId};
 
 const CLUSTER_SECRET: &str = "7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a";
@@ -147,22 +147,7 @@ impl Node {
 
 /// A valid sealed pack `id` of a few records, as a node of the cluster writes it.
 fn made_pack(dir: &Path, id: i64) -> PathBuf {
-    let tenant = TenantId(3);
-    let key = secret().chunk_key(tenant);
-    let mut writer = PackWriter::create(dir, PackId(id), 1).expect("create");
-    for n in 0..4 {
-        let raw = noise(200_000 + n, id as u64 * 10 + n as u64);
-        let header = RecordHeader {
-            compression: storage_node::compress::Compression::None,
-            tenant,
-            chunk: key.chunk_id(&raw),
-            raw_len: raw.len() as u32,
-            stored_len: raw.len() as u32,
-        };
-        writer.append(&header, &raw).expect("append");
-    }
-    writer.sync().expect("sync");
-    writer.path().to_path_buf()
+    common::write_pack(dir, id, &secret(), TenantId(3), 4, (200_000, id as u64 * 10))
 }
 
 /// The whole error, with its sources.

@@ -21,7 +21,7 @@ use storage_node::ServerSecret;
 use storage_node::TenantId;
 use storage_node::compress::Compression;
 use storage_node::node_api::{ClientError, ClusterToken, NodeClient, Received};
-use storage_node::pack::{PackId, PackWriter, RecordHeader, pack_path, scan};
+use storage_node::pack::{PackId, pack_path, scan};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -111,23 +111,8 @@ fn made_pack(dir: &Path, id: i64, records: usize) -> PathBuf {
     made_pack_of(dir, id, TenantId(7), records)
 }
 
-/// A valid pack `id` of `records` records of `tenant`.
 fn made_pack_of(dir: &Path, id: i64, tenant: TenantId, records: usize) -> PathBuf {
-    let key = secret().chunk_key(tenant);
-    let mut writer = PackWriter::create(dir, PackId(id), 1).expect("create");
-    for n in 0..records {
-        let raw = noise(100_000 + n, id as u64 * 100 + n as u64);
-        let header = RecordHeader {
-            compression: Compression::None,
-            tenant,
-            chunk: key.chunk_id(&raw),
-            raw_len: raw.len() as u32,
-            stored_len: raw.len() as u32,
-        };
-        writer.append(&header, &raw).expect("append");
-    }
-    writer.sync().expect("sync");
-    writer.path().to_path_buf()
+    common::write_pack(dir, id, &secret(), tenant, records, (100_000, id as u64 * 100))
 }
 
 /// The status of a refused client call.

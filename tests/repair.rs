@@ -15,11 +15,9 @@ use crate::common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{Silo, free_addr, noise, scratch, silo_cli_json};
+use common::{Silo, free_addr, scratch, silo_cli_json};
 use storage_node::ServerSecret;
 use storage_node::TenantId;
-use storage_node::compress::Compression;
-use storage_node::pack::{PackId, PackWriter, RecordHeader};
 
 /// The server secret every node shares.
 const CLUSTER_SECRET: &str = "7265706169722074657374732073686172652074686973207365637265742121";
@@ -125,21 +123,8 @@ impl Cluster {
 
 /// A sealed pack `id` of a few records, written into `silo`'s packs directory; its path.
 fn made_pack(silo: &Silo, id: i64) -> PathBuf {
-    let key = ServerSecret::from_hex(CLUSTER_SECRET).expect("hex").chunk_key(TenantId(1));
-    let mut writer = PackWriter::create(&silo.data_dir.join("packs"), PackId(id), 1).expect("create");
-    for n in 0..4 {
-        let raw = noise(200_000 + n, id as u64 + n as u64);
-        let header = RecordHeader {
-            compression: Compression::None,
-            tenant: TenantId(1),
-            chunk: key.chunk_id(&raw),
-            raw_len: raw.len() as u32,
-            stored_len: raw.len() as u32,
-        };
-        writer.append(&header, &raw).expect("append");
-    }
-    writer.sync().expect("sync");
-    writer.path().to_path_buf()
+    let secret = ServerSecret::from_hex(CLUSTER_SECRET).expect("hex");
+    common::write_pack(&silo.data_dir.join("packs"), id, &secret, TenantId(1), 4, (200_000, id as u64))
 }
 
 /// The same file in another node's packs directory.

@@ -10,8 +10,6 @@ use serde_json::Value;
 
 #[tokio::test]
 async fn boto3_and_the_aws_cli_work_end_to_end() {
-    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
-    assert!(std::path::Path::new(python).exists(), "no {python}: run ./scripts/setup first");
     let url = pg_local::testing::shared().fresh_database("s3_clients").await;
     let tmp = scratch();
     let mut silo = Silo::start(&tmp.path().join("data"), &["--postgres-url", &url]);
@@ -28,28 +26,23 @@ async fn boto3_and_the_aws_cli_work_end_to_end() {
     let work = tmp.path().join("work");
     std::fs::create_dir(&work).unwrap();
     let key = |v: &Value, field: &str| v[field].as_str().unwrap().to_string();
-    let output = tokio::process::Command::new(python)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scripts/s3_clients.py"))
-        .env("SILO_S3_ENDPOINT", format!("http://{}", silo.addr))
-        .env("A_KEY", key(&a, "access_key_id"))
-        .env("A_SECRET", key(&a, "secret_access_key"))
-        .env("B_KEY", key(&b, "access_key_id"))
-        .env("B_SECRET", key(&b, "secret_access_key"))
-        .env("Q_KEY", key(&q, "access_key_id"))
-        .env("Q_SECRET", key(&q, "secret_access_key"))
-        .env("REVOKED_KEY", key(&revoked, "access_key_id"))
-        .env("REVOKED_SECRET", key(&revoked, "secret_access_key"))
-        .env("WORK", &work)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}\n{}\nserver log:\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-        silo.stderr()
-    );
+    let (a_key, a_secret) = (key(&a, "access_key_id"), key(&a, "secret_access_key"));
+    let (b_key, b_secret) = (key(&b, "access_key_id"), key(&b, "secret_access_key"));
+    let (q_key, q_secret) = (key(&q, "access_key_id"), key(&q, "secret_access_key"));
+    let (revoked_key, revoked_secret) = (key(&revoked, "access_key_id"), key(&revoked, "secret_access_key"));
+    let work_dir = work.to_string_lossy().to_string();
+    let env = [
+        ("A_KEY", a_key.as_str()),
+        ("A_SECRET", a_secret.as_str()),
+        ("B_KEY", b_key.as_str()),
+        ("B_SECRET", b_secret.as_str()),
+        ("Q_KEY", q_key.as_str()),
+        ("Q_SECRET", q_secret.as_str()),
+        ("REVOKED_KEY", revoked_key.as_str()),
+        ("REVOKED_SECRET", revoked_secret.as_str()),
+        ("WORK", work_dir.as_str()),
+    ];
+    common::run_s3_script("s3_clients.py", &silo, &env).await;
     assert!(!silo.stderr().contains(&key(&a, "secret_access_key")), "secrets never reach the log");
 
     // Public-read buckets: anonymous GET and HEAD work once marked, nothing else does.

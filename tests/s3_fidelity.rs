@@ -14,7 +14,7 @@ use aws_sdk_s3::types::{
     BucketCannedAcl, CompletedMultipartUpload, CompletedPart, Delete, EncodingType, Grant, MetadataDirective,
     ObjectCannedAcl, ObjectIdentifier, Permission, Type,
 };
-use common::{Silo, noise, scratch, silo_cli_json};
+use common::{Silo, noise};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ALL_USERS: &str = "http://acs.amazonaws.com/groups/global/AllUsers";
@@ -33,17 +33,9 @@ struct Fixture {
 
 impl Fixture {
     async fn start(label: &str) -> Fixture {
-        let url = pg_local::testing::shared().fresh_database(label).await;
-        let tmp = scratch();
-        let mut silo = Silo::start(&tmp.path().join("data"), &["--postgres-url", &url]);
-        silo.wait_ready(Duration::from_secs(30)).await;
-        let mut keys = Vec::new();
-        for tenant in ["tenant-a", "tenant-b"] {
-            silo_cli_json(&silo, &["tenant", "create", tenant]);
-            let key = silo_cli_json(&silo, &["key", "create", tenant]);
-            let field = |name: &str| key[name].as_str().expect("key field").to_string();
-            keys.push((field("access_key_id"), field("secret_access_key")));
-        }
+        let (silo, tmp) = common::silo_on_fresh_catalog(label).await;
+        let mut keys: Vec<_> =
+            ["tenant-a", "tenant-b"].iter().map(|tenant| common::tenant_with_key(&silo, tenant)).collect();
         let a = common::sdk_client(&silo, &keys[0].0, &keys[0].1);
         let b = common::sdk_client(&silo, &keys[1].0, &keys[1].1);
         let key = keys.swap_remove(0);
@@ -545,22 +537,6 @@ async fn chunked_puts_without_a_length_are_stored_and_anonymous_misses_answer_as
 
 #[tokio::test]
 async fn boto3_and_the_aws_cli_see_the_same_acls_owners_listings_and_errors() {
-    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
-    assert!(std::path::Path::new(python).exists(), "no {python}: run ./scripts/setup first");
     let fx = Fixture::start("fidelity_boto3").await;
-    let output = tokio::process::Command::new(python)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scripts/s3_fidelity.py"))
-        .env("SILO_S3_ENDPOINT", format!("http://{}", fx.silo.addr))
-        .env("KEY", &fx.key.0)
-        .env("SECRET", &fx.key.1)
-        .output()
-        .await
-        .expect("run python");
-    assert!(
-        output.status.success(),
-        "{}\n{}\nserver log:\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-        fx.silo.stderr()
-    );
+    common::run_s3_script("s3_fidelity.py", &fx.silo, &[("KEY", &fx.key.0), ("SECRET", &fx.key.1)]).await;
 }

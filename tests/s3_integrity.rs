@@ -4,8 +4,6 @@
 
 use crate::common;
 
-use std::time::Duration;
-
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
@@ -14,7 +12,7 @@ use aws_sdk_s3::types::{
     StorageClass,
 };
 use base64::Engine;
-use common::{Silo, noise, scratch, silo_cli_json};
+use common::{Silo, noise, silo_cli_json};
 use md5::{Digest, Md5};
 
 /// One Silo with one tenant, its key (id and secret) and a client of it.
@@ -27,14 +25,8 @@ struct Fixture {
 
 impl Fixture {
     async fn start(label: &str) -> Fixture {
-        let url = pg_local::testing::shared().fresh_database(label).await;
-        let tmp = scratch();
-        let mut silo = Silo::start(&tmp.path().join("data"), &["--postgres-url", &url]);
-        silo.wait_ready(Duration::from_secs(30)).await;
-        silo_cli_json(&silo, &["tenant", "create", "tenant-a"]);
-        let key = silo_cli_json(&silo, &["key", "create", "tenant-a"]);
-        let field = |name: &str| key[name].as_str().expect("key field").to_string();
-        let key = (field("access_key_id"), field("secret_access_key"));
+        let (silo, tmp) = common::silo_on_fresh_catalog(label).await;
+        let key = common::tenant_with_key(&silo, "tenant-a");
         let client = common::sdk_client(&silo, &key.0, &key.1);
         Fixture { silo, client, key, _tmp: tmp }
     }
@@ -500,22 +492,6 @@ async fn conditional_writes_refuse_with_412_or_404_before_the_body_is_read() {
 
 #[tokio::test]
 async fn boto3_sees_the_same_digests_checksums_retries_and_conditions() {
-    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
-    assert!(std::path::Path::new(python).exists(), "no {python}: run ./scripts/setup first");
     let fx = Fixture::start("integrity_boto3").await;
-    let output = tokio::process::Command::new(python)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scripts/s3_integrity.py"))
-        .env("SILO_S3_ENDPOINT", format!("http://{}", fx.silo.addr))
-        .env("KEY", &fx.key.0)
-        .env("SECRET", &fx.key.1)
-        .output()
-        .await
-        .expect("run python");
-    assert!(
-        output.status.success(),
-        "{}\n{}\nserver log:\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-        fx.silo.stderr()
-    );
+    common::run_s3_script("s3_integrity.py", &fx.silo, &[("KEY", &fx.key.0), ("SECRET", &fx.key.1)]).await;
 }

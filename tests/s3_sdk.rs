@@ -15,7 +15,7 @@ use aws_sdk_s3::types::{
     CompletedMultipartUpload, CompletedPart, Delete, MetadataDirective, ObjectIdentifier,
 };
 use common::noise;
-use common::{Silo, scratch, silo_cli_json};
+use common::{Silo, silo_cli_json};
 use md5::{Digest, Md5};
 use serde_json::Value;
 
@@ -29,10 +29,7 @@ struct Fixture {
 
 impl Fixture {
     async fn start(label: &str) -> Fixture {
-        let url = pg_local::testing::shared().fresh_database(label).await;
-        let tmp = scratch();
-        let mut silo = Silo::start(&tmp.path().join("data"), &["--postgres-url", &url]);
-        silo.wait_ready(Duration::from_secs(30)).await;
+        let (silo, tmp) = common::silo_on_fresh_catalog(label).await;
         let a = tenant_client(&silo, "tenant-a", None);
         let b = tenant_client(&silo, "tenant-b", None);
         Fixture { silo, a, b, _tmp: tmp }

@@ -275,3 +275,71 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// A `silo serve` on a fresh database `label` of the shared throwaway catalog cluster, ready,
+/// with the scratch directory its data directory lives in.
+pub async fn silo_on_fresh_catalog(label: &str) -> (Silo, tempfile::TempDir) {
+    let url = pg_local::testing::shared().fresh_database(label).await;
+    let tmp = scratch();
+    let mut silo = Silo::start(&tmp.path().join("data"), &["--postgres-url", &url]);
+    silo.wait_ready(Duration::from_secs(30)).await;
+    (silo, tmp)
+}
+
+/// Creates `tenant` on `silo` with a key; returns the key's id and secret.
+pub fn tenant_with_key(silo: &Silo, tenant: &str) -> (String, String) {
+    silo_cli_json(silo, &["tenant", "create", tenant]);
+    let key = silo_cli_json(silo, &["key", "create", tenant]);
+    let field = |name: &str| key[name].as_str().expect("key field").to_string();
+    (field("access_key_id"), field("secret_access_key"))
+}
+
+/// Runs `tests/scripts/<script>` with the project's Python (boto3, the aws CLI) against
+/// `silo` with `env` (keys and the like); panics with its output and the server's log when it
+/// fails.
+pub async fn run_s3_script(script: &str, silo: &Silo, env: &[(&str, &str)]) {
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+    assert!(Path::new(python).exists(), "no {python}: run ./scripts/setup first");
+    let output = tokio::process::Command::new(python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts").join(script))
+        .env("SILO_S3_ENDPOINT", format!("http://{}", silo.addr))
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .expect("run python");
+    assert!(
+        output.status.success(),
+        "{}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        silo.stderr()
+    );
+}
+
+/// Writes a sealed pack `id` into `dir`: `records` incompressible chunks of `tenant` named with
+/// `secret`'s keys, the n-th of `base_len + n` bytes from seed `seed + n`; returns its path.
+pub fn write_pack(
+    dir: &Path,
+    id: i64,
+    secret: &storage_node::ServerSecret,
+    tenant: storage_node::TenantId,
+    records: usize,
+    (base_len, seed): (usize, u64),
+) -> PathBuf {
+    use storage_node::pack::{PackId, PackWriter, RecordHeader};
+    let key = secret.chunk_key(tenant);
+    let mut writer = PackWriter::create(dir, PackId(id), 1).expect("create a pack");
+    for n in 0..records {
+        let raw = noise(base_len + n, seed + n as u64);
+        let header = RecordHeader {
+            compression: storage_node::compress::Compression::None,
+            tenant,
+            chunk: key.chunk_id(&raw),
+            raw_len: raw.len() as u32,
+            stored_len: raw.len() as u32,
+        };
+        writer.append(&header, &raw).expect("append a record");
+    }
+    writer.sync().expect("sync the pack");
+    writer.path().to_path_buf()
+}

@@ -189,7 +189,7 @@ pub async fn info(
     let client = pool.get().await?;
     if let Some(public_read) = public_read {
         let acl = if public_read { CannedAcl::PublicRead } else { CannedAcl::Private };
-        set_acl(pool, name, acl).await?;
+        update_acl(&client, name, None, acl).await?;
     }
     let row = client
         .query_opt(
@@ -204,13 +204,29 @@ pub async fn info(
     }))
 }
 
-/// Sets bucket `name`'s canned ACL.
+/// Sets the canned ACL of bucket `name` with identity `id` (the bucket access was decided on:
+/// a name deleted and created again by another tenant meanwhile is left alone).
 ///
 /// # Errors
 /// Catalog errors.
-pub async fn set_acl(pool: &CatalogPool, name: &str, acl: CannedAcl) -> Result<(), StoreError> {
+pub async fn set_acl(pool: &CatalogPool, name: &str, id: i64, acl: CannedAcl) -> Result<(), StoreError> {
     let client = pool.get().await?;
-    client.execute("UPDATE buckets SET acl = $2 WHERE name = $1", &[&name, &acl]).await?;
+    update_acl(&client, name, Some(id), acl).await
+}
+
+/// Sets bucket `name`'s canned ACL, only if its identity is `id` when given.
+async fn update_acl(
+    client: &tokio_postgres::Client,
+    name: &str,
+    id: Option<i64>,
+    acl: CannedAcl,
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            "UPDATE buckets SET acl = $2 WHERE name = $1 AND ($3::int8 IS NULL OR id = $3)",
+            &[&name, &acl, &id],
+        )
+        .await?;
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use tokio_postgres::Transaction;
 
 use crate::catalog::{CatalogError, CatalogPool};
-pub use crate::node_state::{NodeId, NodeState};
+pub use crate::node_state::{LIVE_WITHIN, NodeId, NodeState};
 use crate::{ServerSecret, TenantId};
 
 /// The copies of each pack by default: two where the shared nodes span two zones or more.
@@ -22,9 +22,6 @@ pub const DEFAULT_COPIES: i64 = 2;
 
 /// How often a running node writes its heartbeat.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
-
-/// A node is live while its last heartbeat is this recent and it has not stopped.
-pub const LIVE_WITHIN: Duration = Duration::from_secs(30);
 
 /// What a starting node says about itself.
 #[derive(Debug, Clone)]

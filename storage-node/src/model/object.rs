@@ -399,7 +399,7 @@ pub async fn page(
         .collect())
 }
 
-/// The parts of the object at `bucket`/`key`: `None` when it was not completed from a
+/// The parts of `object`, the object at `bucket`/`key`: `None` when it was not completed from a
 /// multipart upload (or is not there).
 ///
 /// # Errors
@@ -408,28 +408,40 @@ pub async fn parts_of(
     pool: &CatalogPool,
     bucket: &str,
     key: &str,
+    object: ObjectId,
 ) -> Result<Option<Vec<ObjectPart>>, StoreError> {
     let client = pool.get().await?;
+    // The object the caller read, not whatever replaced it at the key meanwhile.
     let row = client
-        .query_opt("SELECT parts::text FROM s3_objects WHERE bucket = $1 AND key = $2", &[&bucket, &key])
+        .query_opt(
+            "SELECT parts::text FROM s3_objects WHERE bucket = $1 AND key = $2 AND object_id = $3",
+            &[&bucket, &key, &object.0],
+        )
         .await?;
     let parts = row.and_then(|row| row.get::<_, Option<String>>(0));
     Ok(parts.and_then(|parts| serde_json::from_str(&parts).ok()))
 }
 
-/// Sets the canned ACL of the object at `bucket`/`key`; `false` when there is none.
+/// Sets the canned ACL of the object at `bucket`/`key` in the bucket with identity
+/// `bucket_id`; `false` when there is none.
 ///
 /// # Errors
 /// Catalog errors.
 pub async fn set_acl(
     pool: &CatalogPool,
     bucket: &str,
+    bucket_id: i64,
     key: &str,
     acl: CannedAcl,
 ) -> Result<bool, StoreError> {
     let client = pool.get().await?;
+    // Only in the bucket access was decided on (not one created again under its name).
     let changed = client
-        .execute("UPDATE s3_objects SET acl = $3 WHERE bucket = $1 AND key = $2", &[&bucket, &key, &acl])
+        .execute(
+            "UPDATE s3_objects o SET acl = $3 FROM buckets b \
+             WHERE o.bucket = $1 AND o.key = $2 AND b.name = o.bucket AND b.id = $4",
+            &[&bucket, &key, &acl, &bucket_id],
+        )
         .await?;
     Ok(changed > 0)
 }

@@ -121,6 +121,11 @@ pub(crate) struct Append {
     pub secret: ServerSecret,
 }
 
+/// How long an append's body may bring nothing before it is cut. The writer streams records as
+/// its S3 client sends them, so a slow client makes gaps; five minutes covers any client that is
+/// still sending and bounds how long a hung writer holds the pack's lock and a blocking thread.
+const APPEND_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Appends `body` as `append` says, if the catalog of `store` lets this node take it; returns
 /// the pack's new length, durable.
 pub(crate) async fn append<S, E>(
@@ -138,15 +143,33 @@ where
     let owner = match allowed(this, id).await {
         Ok(owner) => owner,
         Err(err) => {
+            // The pack is not touched: a retry or a DELETE of it need not wait for the drain.
+            drop(guard);
             drain(body, append.limit.saturating_sub(append.offset)).await;
             return Err(err);
         }
     };
     let cut = Arc::new(AtomicBool::new(false));
     let seen = cut.clone();
-    let body = Box::pin(body.map_err(move |err| {
-        seen.store(true, Ordering::Relaxed);
-        io::Error::other(err.to_string())
+    let body = body.map_err(move |err| io::Error::other(err.to_string()));
+    // A writer that stops sending (hung, not gone) must not hold the pack's lock and a blocking
+    // thread for ever: a body that brings nothing for the idle timeout is cut.
+    let body = Box::pin(futures::stream::unfold(Some(Box::pin(body)), move |body| {
+        let seen = seen.clone();
+        async move {
+            let mut body = body?;
+            let item = match tokio::time::timeout(APPEND_IDLE, body.next()).await {
+                Ok(Some(Ok(bytes))) => Ok(bytes),
+                Ok(None) => return None,
+                Ok(Some(Err(err))) => Err(err),
+                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "the append's body stalled")),
+            };
+            let more = item.is_ok();
+            if !more {
+                seen.store(true, Ordering::Relaxed);
+            }
+            Some((item, more.then_some(body)))
+        }
     }));
     let body = SyncIoBridge::new(StreamReader::new(body));
     let path = pack_path(&append.dir, id);

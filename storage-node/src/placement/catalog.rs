@@ -28,9 +28,11 @@ pub struct PlacementView {
     pub zones: Vec<String>,
 }
 
-const POLICY_COLUMNS: &str = "id, placement, replication_factor, allowed_zones, on_shortage";
+/// The `tenants` columns a policy is read from, in [`policy_from`]'s order.
+pub(crate) const POLICY_COLUMNS: &str = "id, placement, replication_factor, allowed_zones, on_shortage";
 
-fn policy_from(row: &Row) -> PlacementPolicy {
+/// The policy in a row of [`POLICY_COLUMNS`].
+pub(crate) fn policy_from(row: &Row) -> PlacementPolicy {
     PlacementPolicy {
         mode: row.get(1),
         // The column's CHECK keeps it within 1 to 8.

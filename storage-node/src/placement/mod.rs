@@ -16,8 +16,6 @@ pub mod error;
 pub mod policy;
 pub mod rules;
 
-use std::time::Duration;
-
 use crate::TenantId;
 
 pub use catalog::{PlacementView, plan, set_policy, show_policy};
@@ -25,9 +23,7 @@ pub use choice::{Candidate, Plan, Target, choose};
 pub use error::PlacementError;
 pub use policy::{OnShortage, PlacementMode, PlacementPolicy, PolicyChange, is_valid_zone};
 
-/// A node takes new packs while its last heartbeat is this recent (and it has not stopped).
-/// The node that plans a pack is live by definition.
-pub const LIVE_WITHIN: Duration = Duration::from_secs(15);
+pub use crate::node_state::LIVE_WITHIN;
 
 /// The share of a node's capacity, in percent, kept free: a node takes a new pack only if it
 /// still has this much room after the pack.

@@ -181,8 +181,10 @@ impl Repairer {
                 let client = self.pool.get().await?;
                 if !work::record_copy(&**client, pack.id, target.node).await? {
                     // GC retired the pack meanwhile: the copy is not needed.
-                    if let Ok(peer) = peers.client(target.node, &target.url) {
-                        let _ = peer.delete_pack(pack.id).await;
+                    if let Ok(peer) = peers.client(target.node, &target.url)
+                        && let Err(err) = peer.delete_pack(pack.id).await
+                    {
+                        tracing::warn!(pack = pack.id.0, node = target.node.0, error = %err, "could not delete a copy no longer needed; the file stays on that node");
                     }
                     return Ok(());
                 }

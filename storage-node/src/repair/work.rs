@@ -11,7 +11,7 @@ use super::{RepairError, ReplicaState};
 use crate::TenantId;
 use crate::node_state::{NodeId, NodeState};
 use crate::pack::PackId;
-use crate::placement::catalog::candidates;
+use crate::placement::catalog::{POLICY_COLUMNS, candidates, policy_from};
 use crate::placement::{Candidate, Domain, PlacementMode, PlacementPolicy, rules};
 
 /// What a placement domain wants of its packs now.
@@ -136,25 +136,10 @@ pub async fn cluster<C: GenericClient + Sync>(client: &C, grace: Duration) -> Re
         .map(|row| NodeId(row.get(0)))
         .collect();
     let owners: Vec<i64> = nodes.iter().filter_map(|node| node.owner.map(|tenant| tenant.0)).collect();
-    let rows = client
-        .query(
-            "SELECT id, placement, replication_factor, allowed_zones, on_shortage FROM tenants \
-             WHERE id = ANY($1)",
-            &[&owners],
-        )
-        .await?;
-    let policies: Vec<(TenantId, PlacementPolicy)> = rows
-        .iter()
-        .map(|row| {
-            let policy = PlacementPolicy {
-                mode: row.get(1),
-                replication_factor: row.get::<_, Option<i16>>(2).and_then(|n| u8::try_from(n).ok()),
-                allowed_zones: row.get(3),
-                on_shortage: row.get(4),
-            };
-            (TenantId(row.get(0)), policy)
-        })
-        .collect();
+    let rows =
+        client.query(&format!("SELECT {POLICY_COLUMNS} FROM tenants WHERE id = ANY($1)"), &[&owners]).await?;
+    let policies: Vec<(TenantId, PlacementPolicy)> =
+        rows.iter().map(|row| (TenantId(row.get(0)), policy_from(row))).collect();
     Ok(Cluster::new(nodes, gone, &policies))
 }
 

@@ -9,13 +9,12 @@
 
 use s3s::dto::{AccessControlPolicy, Grant, Grantee, Initiator, Owner, Permission, Type};
 use s3s::{S3Result, s3_error};
-use sha2::{Digest, Sha256};
 
 use super::SiloS3;
 use super::bucket::Intent;
-use crate::TenantId;
 use crate::model::bucket::{self as bucket_model, CannedAcl};
 use crate::model::object as object_model;
+use crate::{ServerSecret, TenantId};
 
 const ALL_USERS: &str = "http://acs.amazonaws.com/groups/global/AllUsers";
 const AUTHENTICATED_USERS: &str = "http://acs.amazonaws.com/groups/global/AuthenticatedUsers";
@@ -58,22 +57,22 @@ pub(crate) use bucket_grants;
 /// The canned ACL an object write (PutObject, CopyObject, CreateMultipartUpload input) asks
 /// for by `$tenant`: its `x-amz-acl` or grant headers, `private` when it names none.
 macro_rules! object_acl {
-    ($input:expr, $tenant:expr) => {
+    ($s3:expr, $input:expr, $tenant:expr) => {
         $crate::s3::acl::AclRequest {
             canned: $input.acl.as_ref().map(|acl| acl.as_str()),
             policy: None,
             grants: &$crate::s3::acl::object_grants!($input),
         }
-        .resolve($tenant)
+        .resolve(&$s3.owner_id($tenant))
         .map(Option::unwrap_or_default)
     };
 }
 pub(crate) use object_acl;
 
-/// A tenant's canonical id, as S3 shows owners: 64 hex digits, stable, and not the tenant's
-/// row id (which would tell how many tenants there are).
-pub(crate) fn canonical_id(tenant: TenantId) -> String {
-    hex::encode(Sha256::digest(format!("silo-tenant:{}", tenant.0)))
+/// A tenant's canonical id, as S3 shows owners: 64 hex digits, stable, keyed with the server
+/// secret so that it does not give away the tenant's row id (hashing 1, 2, 3... would).
+pub(crate) fn canonical_id(secret: &ServerSecret, tenant: TenantId) -> String {
+    hex::encode(secret.derive_key("silo 2026-11 S3 canonical id", &tenant.0.to_le_bytes()))
 }
 
 /// What a request asks of the ACL: its `x-amz-acl`, its body's policy and its grant headers.
@@ -85,12 +84,13 @@ pub(crate) struct AclRequest<'a> {
 }
 
 impl AclRequest<'_> {
-    /// The canned ACL asked for by `owner` (`None`: the request names none).
+    /// The canned ACL asked for by the owner whose canonical id is `owner_id` (`None`: the
+    /// request names none).
     ///
     /// # Errors
     /// `InvalidArgument` for a canned ACL Silo does not keep or a grant it cannot express,
     /// `InvalidRequest` for a canned ACL with grants besides.
-    pub(crate) fn resolve(&self, owner: Option<TenantId>) -> S3Result<Option<CannedAcl>> {
+    pub(crate) fn resolve(&self, owner_id: &str) -> S3Result<Option<CannedAcl>> {
         let mut grants: Vec<(String, GrantTo)> = Vec::new();
         for (permission, header) in self.grants {
             for grantee in header.iter().flat_map(|header| parse_grantees(header)) {
@@ -109,7 +109,7 @@ impl AclRequest<'_> {
             }
             (Some(word), true) => canned(word).map(Some),
             (None, true) if self.policy.is_none() => Ok(None),
-            (None, _) => from_grants(&grants, &owner.map(canonical_id).unwrap_or_default()).map(Some),
+            (None, _) => from_grants(&grants, owner_id).map(Some),
         }
     }
 }
@@ -234,7 +234,12 @@ impl SiloS3 {
     /// The tenant as S3 shows an owner: its canonical id and its name.
     pub(crate) async fn owner_of(&self, tenant: TenantId) -> S3Result<Owner> {
         let name = bucket_model::tenant_name(self.pool(), tenant).await?;
-        Ok(Owner { id: Some(canonical_id(tenant)), display_name: Some(name) })
+        Ok(Owner { id: Some(self.owner_id(Some(tenant))), display_name: Some(name) })
+    }
+
+    /// The canonical id of `tenant` (none for an anonymous caller).
+    pub(crate) fn owner_id(&self, tenant: Option<TenantId>) -> String {
+        tenant.map(|tenant| canonical_id(self.store.server_secret(), tenant)).unwrap_or_default()
     }
 
     /// The tenant as S3 shows an upload's initiator (the owner: keys act for their tenant).
@@ -262,8 +267,8 @@ impl SiloS3 {
         request: AclRequest<'_>,
     ) -> S3Result<()> {
         let found = self.bucket(caller, bucket, Intent::Write).await?;
-        let acl = request.resolve(Some(found.tenant))?.ok_or_else(missing_acl)?;
-        Ok(bucket_model::set_acl(self.pool(), bucket, acl).await?)
+        let acl = request.resolve(&self.owner_id(Some(found.tenant)))?.ok_or_else(missing_acl)?;
+        Ok(bucket_model::set_acl(self.pool(), bucket, found.id, acl).await?)
     }
 
     /// An object's owner and grants; its bucket's owner only may read them.
@@ -289,8 +294,8 @@ impl SiloS3 {
         request: AclRequest<'_>,
     ) -> S3Result<()> {
         let found = self.bucket(caller, bucket, Intent::Write).await?;
-        let acl = request.resolve(Some(found.tenant))?.ok_or_else(missing_acl)?;
-        if object_model::set_acl(self.pool(), bucket, key, acl).await? {
+        let acl = request.resolve(&self.owner_id(Some(found.tenant)))?.ok_or_else(missing_acl)?;
+        if object_model::set_acl(self.pool(), bucket, found.id, key, acl).await? {
             Ok(())
         } else {
             Err(s3_error!(NoSuchKey))
@@ -308,7 +313,21 @@ mod tests {
     use super::*;
 
     fn resolve(canned: Option<&str>, grants: &[(&'static str, Option<&str>)]) -> S3Result<Option<CannedAcl>> {
-        AclRequest { canned, policy: None, grants }.resolve(Some(TenantId(7)))
+        AclRequest { canned, policy: None, grants }.resolve(&canonical_id(&secret(), TenantId(7)))
+    }
+
+    use sha2::{Digest, Sha256};
+
+    fn secret() -> ServerSecret {
+        ServerSecret::from_bytes([3; 32])
+    }
+
+    #[test]
+    fn canonical_ids_are_keyed_by_the_server_secret() {
+        let id = canonical_id(&secret(), TenantId(7));
+        assert_eq!(id.len(), 64);
+        assert_ne!(id, canonical_id(&ServerSecret::from_bytes([4; 32]), TenantId(7)));
+        assert_ne!(id, hex::encode(Sha256::digest("silo-tenant:7")), "not a hash of the row id alone");
     }
 
     #[test]
@@ -322,7 +341,7 @@ mod tests {
 
     #[test]
     fn grants_that_say_a_canned_acl_are_taken_as_it() {
-        let owner = format!("id=\"{}\"", canonical_id(TenantId(7)));
+        let owner = format!("id=\"{}\"", canonical_id(&secret(), TenantId(7)));
         let all = format!("uri=\"{ALL_USERS}\"");
         let grants =
             [(Permission::FULL_CONTROL, Some(owner.as_str())), (Permission::READ, Some(all.as_str()))];
@@ -331,7 +350,7 @@ mod tests {
 
     #[test]
     fn grants_to_other_ids_are_refused_clearly() {
-        let other = format!("id=\"{}\"", canonical_id(TenantId(8)));
+        let other = format!("id=\"{}\"", canonical_id(&secret(), TenantId(8)));
         let err = resolve(None, &[(Permission::READ, Some(other.as_str()))]).expect_err("refused");
         assert_eq!(err.code().as_str(), "InvalidArgument");
         assert!(err.message().unwrap_or_default().contains("other canonical ids"));

@@ -73,6 +73,21 @@ pub(crate) fn algorithm_of(
         .transpose()
 }
 
+/// The checksum an `x-amz-trailer` header announces (`x-amz-checksum-<algorithm>`), if any: its
+/// value then comes in the aws-chunked trailer, and must.
+pub(crate) fn announced_in_trailer(headers: &http::HeaderMap) -> S3Result<Option<ChecksumAlgorithm>> {
+    let Some(trailer) = headers.get("x-amz-trailer") else { return Ok(None) };
+    let trailer = trailer.to_str().map_err(|_| s3_error!(InvalidRequest, "x-amz-trailer is not text"))?;
+    let Some(name) = trailer.trim().to_ascii_lowercase().strip_prefix("x-amz-checksum-").map(str::to_owned)
+    else {
+        return Ok(None);
+    };
+    name.to_ascii_uppercase()
+        .parse()
+        .map(Some)
+        .map_err(|_| s3_error!(InvalidRequest, "the trailer checksum {name} is not supported"))
+}
+
 /// The checksum type a CreateMultipartUpload asks for with `algorithm`: COMPOSITE unless
 /// said otherwise, except for CRC64NVME, which is only FULL_OBJECT; SHA-1 and SHA-256 are only
 /// COMPOSITE, as on AWS.

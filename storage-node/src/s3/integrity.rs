@@ -49,20 +49,34 @@ pub(crate) struct ChecksumClaim {
     pub value: Option<String>,
     /// Or in the aws-chunked trailer, read once the body is.
     pub trailer: Option<TrailingHeaders>,
+    /// `x-amz-trailer` announced the value: a body without it is refused, not stored unchecked.
+    pub announced: bool,
 }
 
 impl ChecksumClaim {
-    /// The checksum of a request: claimed in a header (`fields`), named by `algorithm` (an
-    /// aws-chunked trailer then carries the value), or else `default`, computed and stored
-    /// with no claim to check (AWS computes a CRC64NVME for every PutObject that has none).
+    /// The checksum of a request: claimed in a header (`fields`), named by `algorithm` or
+    /// announced by `x-amz-trailer` in `headers` (an aws-chunked trailer then carries the
+    /// value), or else `default`, computed and stored with no claim to check (AWS computes a
+    /// CRC64NVME for every PutObject that has none).
     pub(crate) fn of_request(
         fields: [(ChecksumAlgorithm, Option<String>); 5],
         algorithm: Option<&s3s::dto::ChecksumAlgorithm>,
+        headers: &http::HeaderMap,
         trailer: Option<TrailingHeaders>,
         default: Option<ChecksumAlgorithm>,
     ) -> S3Result<Option<ChecksumClaim>> {
         let header = checksum::claimed_header(fields)?;
+        let announced = checksum::announced_in_trailer(headers)?;
         let named = checksum::algorithm_of(algorithm)?;
+        if let (Some(named), Some(announced)) = (named, announced)
+            && named != announced
+        {
+            return Err(s3_error!(
+                InvalidRequest,
+                "x-amz-trailer announces another checksum than x-amz-sdk-checksum-algorithm"
+            ));
+        }
+        let named = named.or(announced);
         if let (Some((claimed, _)), Some(named)) = (&header, named)
             && *claimed != named
         {
@@ -71,6 +85,7 @@ impl ChecksumClaim {
         let algorithm = header.as_ref().map(|(algorithm, _)| *algorithm).or(named).or(default);
         Ok(algorithm.map(|algorithm| ChecksumClaim {
             algorithm,
+            announced: announced.is_some() && header.is_none(),
             value: header.map(|(_, value)| value),
             trailer,
         }))
@@ -112,11 +127,20 @@ impl Claims {
                 "the Content-MD5 you specified did not match what was received"
             ));
         }
-        if let Some(claim) = &self.checksum
-            && let Some(claimed) = claim.claimed()
-            && Some(claimed.as_str()) != computed
-        {
-            return Err(checksum::bad_digest(claim.algorithm));
+        if let Some(claim) = &self.checksum {
+            match claim.claimed() {
+                Some(claimed) if Some(claimed.as_str()) != computed => {
+                    return Err(checksum::bad_digest(claim.algorithm));
+                }
+                None if claim.announced => {
+                    return Err(s3_error!(
+                        InvalidRequest,
+                        "x-amz-trailer announced {} but the body's trailer did not carry it",
+                        checksum::header_name(claim.algorithm)
+                    ));
+                }
+                _ => {}
+            }
         }
         Ok(())
     }
@@ -175,7 +199,37 @@ impl SiloS3 {
 
 #[cfg(test)]
 mod tests {
-    use super::Claims;
+    use super::{ChecksumAlgorithm, ChecksumClaim, Claims};
+
+    fn no_fields() -> [(ChecksumAlgorithm, Option<String>); 5] {
+        [
+            ChecksumAlgorithm::Crc32,
+            ChecksumAlgorithm::Crc32c,
+            ChecksumAlgorithm::Crc64Nvme,
+            ChecksumAlgorithm::Sha1,
+            ChecksumAlgorithm::Sha256,
+        ]
+        .map(|algorithm| (algorithm, None))
+    }
+
+    #[test]
+    fn a_checksum_announced_in_x_amz_trailer_is_the_one_checked_and_must_come() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-amz-trailer", http::HeaderValue::from_static("x-amz-checksum-crc32"));
+        let default = Some(ChecksumAlgorithm::Crc64Nvme);
+        let claim = ChecksumClaim::of_request(no_fields(), None, &headers, None, default)
+            .expect("a claim")
+            .expect("announced");
+        assert_eq!((claim.algorithm, claim.announced), (ChecksumAlgorithm::Crc32, true));
+        assert_eq!(claim.claimed(), None, "no trailer came: the check refuses the body");
+        // Without the header, the default is computed and nothing is claimed.
+        let plain = ChecksumClaim::of_request(no_fields(), None, &http::HeaderMap::new(), None, default)
+            .expect("a claim")
+            .expect("the default");
+        assert_eq!((plain.algorithm, plain.announced), (ChecksumAlgorithm::Crc64Nvme, false));
+        headers.insert("x-amz-trailer", http::HeaderValue::from_static("x-amz-checksum-md9"));
+        assert!(ChecksumClaim::of_request(no_fields(), None, &headers, None, default).is_err());
+    }
 
     #[test]
     fn repeated_content_encodings_are_joined_in_order() {

@@ -120,7 +120,8 @@ impl SiloS3 {
                 ));
             }
             (None, Some(algorithm)) => {
-                body.claims.checksum = Some(ChecksumClaim { algorithm, value: None, trailer: None });
+                body.claims.checksum =
+                    Some(ChecksumClaim { algorithm, value: None, trailer: None, announced: false });
             }
             _ => {}
         }

@@ -130,9 +130,14 @@ impl SiloS3 {
         Ok((source.etag.clone(), modified))
     }
 
-    /// The parts of the object at `bucket`/`key`, if it was completed from an upload.
-    pub(crate) async fn object_parts(&self, bucket: &str, key: &str) -> S3Result<Option<Vec<ObjectPart>>> {
-        Ok(model::parts_of(self.pool(), bucket, key).await?)
+    /// The parts of `row`, the object at `bucket`/`key`, if it was completed from an upload.
+    pub(crate) async fn object_parts(
+        &self,
+        bucket: &str,
+        key: &str,
+        row: &ObjectRow,
+    ) -> S3Result<Option<Vec<ObjectPart>>> {
+        Ok(model::parts_of(self.pool(), bucket, key, row.object).await?)
     }
 
     /// The bytes of part `number` of `row` (at `bucket`/`key`) and the object's part count, for
@@ -144,7 +149,7 @@ impl SiloS3 {
         row: &ObjectRow,
         number: i32,
     ) -> S3Result<(std::ops::Range<u64>, Option<i32>)> {
-        let Some(parts) = self.object_parts(bucket, key).await? else {
+        let Some(parts) = self.object_parts(bucket, key, row).await? else {
             return if number == 1 { Ok((0..row.size, None)) } else { Err(invalid_part_number()) };
         };
         let index = usize::try_from(number - 1).map_err(|_| invalid_part_number())?;

@@ -115,8 +115,12 @@ impl S3 for SiloS3 {
         region::check_constraint(constraint.map(|c| c.as_str()), &self.region)?;
         let canned = req.input.acl.as_ref().map(|acl| acl.as_str());
         let acl = AclRequest { canned, policy: None, grants: &bucket_grants!(req.input) };
-        self.create_bucket_with(tenant, &req.input.bucket, acl.resolve(Some(tenant))?.unwrap_or_default())
-            .await?;
+        self.create_bucket_with(
+            tenant,
+            &req.input.bucket,
+            acl.resolve(&self.owner_id(Some(tenant)))?.unwrap_or_default(),
+        )
+        .await?;
         let output = CreateBucketOutput { location: Some(format!("/{}", req.input.bucket)) };
         Ok(S3Response::new(output))
     }
@@ -184,12 +188,17 @@ impl S3 for SiloS3 {
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
         let tenant = caller(&req.extensions);
         let mut input = req.input;
-        let acl = object_acl!(input, tenant)?;
+        let acl = object_acl!(self, input, tenant)?;
         let headers = ObjectHeaders { acl, ..headers_of!(input) };
         let algorithm = input.checksum_algorithm.as_ref();
         let default = Some(ChecksumAlgorithm::Crc64Nvme);
-        let checksum =
-            ChecksumClaim::of_request(checksum_fields!(input), algorithm, req.trailing_headers, default)?;
+        let checksum = ChecksumClaim::of_request(
+            checksum_fields!(input),
+            algorithm,
+            &req.headers,
+            req.trailing_headers,
+            default,
+        )?;
         let mut claims = Claims::new(content_md5(&req.headers), checksum)?;
         claims.condition = write_condition(input.if_match.as_ref(), input.if_none_match.as_ref())?;
         let body = Incoming { reader: body_reader(input.body), length: input.content_length, claims };
@@ -311,8 +320,15 @@ impl S3 for SiloS3 {
         }
         let headers = if replace { headers_of!(input) } else { source.headers.clone() };
         // A copy gets the ACL its request names (private by default), as on AWS, not the source's.
-        let acl = object_acl!(input, tenant)?;
-        let headers = ObjectHeaders { checksum: source.headers.checksum.clone(), acl, ..headers };
+        let acl = object_acl!(self, input, tenant)?;
+        // A whole-object checksum still fits the copy (the same bytes); a composite one names
+        // parts the copy does not have.
+        let checksum = source
+            .headers
+            .checksum
+            .clone()
+            .filter(|sum| sum.kind == crate::model::object::ChecksumKind::FullObject);
+        let headers = ObjectHeaders { checksum, acl, ..headers };
         let (etag, modified) =
             self.copy_object_for(tenant, &source, &input.bucket, &input.key, headers).await?;
         let result = CopyObjectResult {
@@ -329,7 +345,7 @@ impl S3 for SiloS3 {
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let tenant = caller(&req.extensions);
         let input = req.input;
-        let acl = object_acl!(input, tenant)?;
+        let acl = object_acl!(self, input, tenant)?;
         let headers = ObjectHeaders { acl, ..headers_of!(input) };
         let algorithm = checksum::algorithm_of(input.checksum_algorithm.as_ref())?;
         let checksum = checksum::upload_kind(algorithm, input.checksum_type.as_ref())?;
@@ -349,8 +365,13 @@ impl S3 for SiloS3 {
         let tenant = caller(&req.extensions);
         let mut input = req.input;
         let algorithm = input.checksum_algorithm.as_ref();
-        let checksum =
-            ChecksumClaim::of_request(checksum_fields!(input), algorithm, req.trailing_headers, None)?;
+        let checksum = ChecksumClaim::of_request(
+            checksum_fields!(input),
+            algorithm,
+            &req.headers,
+            req.trailing_headers,
+            None,
+        )?;
         let claims = Claims::new(content_md5(&req.headers), checksum)?;
         let body = Incoming { reader: body_reader(input.body), length: input.content_length, claims };
         let (etag, checksum) = self
@@ -500,7 +521,7 @@ impl S3 for SiloS3 {
             output.checksum = Some(sum);
         }
         if wants(ObjectAttributes::OBJECT_PARTS)
-            && let Some(parts) = self.object_parts(&input.bucket, &input.key).await?
+            && let Some(parts) = self.object_parts(&input.bucket, &input.key, &row).await?
         {
             let marker = input.part_number_marker.unwrap_or(0);
             let max = input.max_parts.unwrap_or(1000).clamp(0, 1000) as usize;
@@ -644,8 +665,13 @@ impl S3 for SiloS3 {
         req: S3Request<ListObjectsInput>,
     ) -> S3Result<S3Response<ListObjectsOutput>> {
         let input = req.input;
-        let bucket = self.bucket(caller(&req.extensions), &input.bucket, Intent::Read).await?;
-        let owner = self.owner_of(bucket.tenant).await?;
+        let tenant = caller(&req.extensions);
+        let bucket = self.bucket(tenant, &input.bucket, Intent::Read).await?;
+        // An anonymous reader of a public-read bucket is not shown who owns it.
+        let owner = match tenant {
+            Some(_) => Some(self.owner_of(bucket.tenant).await?),
+            None => None,
+        };
         let prefix = input.prefix.clone().unwrap_or_default();
         let after = input.marker.clone().unwrap_or_default();
         let max = max_keys(input.max_keys)?;
@@ -661,7 +687,7 @@ impl S3 for SiloS3 {
             max_keys: Some(max as i32),
             is_truncated: Some(listing.truncated),
             next_marker: encoding.apply_opt(next_marker),
-            contents: Some(objects_of(&listing, Some(&owner), encoding)),
+            contents: Some(objects_of(&listing, owner.as_ref(), encoding)),
             common_prefixes: Some(prefixes_of(&listing, encoding)),
             encoding_type: encoding.shown(),
             ..Default::default()

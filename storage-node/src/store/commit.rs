@@ -203,7 +203,8 @@ impl ChunkStore {
 
 /// Refuses to commit chunks into `packs` unless each one is still open (no node retired it
 /// meanwhile) and in the tenant's placement domain now (its policy did not change meanwhile).
-/// The pack rows are share-locked until the commit.
+/// The pack rows are locked (in id order, as the `live_bytes` update that follows needs them)
+/// until the commit: two uploads into one pack take turns instead of deadlocking on an upgrade.
 async fn check_packs_take_commits(
     txn: &Transaction<'_>,
     tenant: TenantId,
@@ -215,7 +216,7 @@ async fn check_packs_take_commits(
             &format!(
                 "SELECT count(*) FILTER (WHERE p.state <> 'open' \
                                          OR p.owner_tenant_id IS DISTINCT FROM ({})) \
-                 FROM (SELECT * FROM packs WHERE id = ANY($2) FOR SHARE) p",
+                 FROM (SELECT * FROM packs WHERE id = ANY($2) ORDER BY id FOR NO KEY UPDATE) p",
                 domain_owner_sql(1, 3)
             ),
             &[&tenant.0, &packs, &node.0],

@@ -43,6 +43,9 @@ pub struct GcReport {
     /// Packs not compacted because their live chunks' tenants are in different placements now.
     #[serde(default)]
     pub packs_skipped_mixed: u64,
+    /// Packs not compacted because their new pack could not be placed or written in this pass.
+    #[serde(default)]
+    pub packs_skipped_unplaced: u64,
     /// Another node was deleting and compacting (the cluster-wide phases) when this pass ran.
     #[serde(default)]
     pub cluster_phases_skipped: bool,
@@ -167,6 +170,7 @@ impl ChunkStore {
                 Ok(Compaction::Done) => report.packs_compacted += 1,
                 Ok(Compaction::Damaged) => report.packs_skipped_damaged += 1,
                 Ok(Compaction::Mixed) => report.packs_skipped_mixed += 1,
+                Ok(Compaction::Unplaced) => report.packs_skipped_unplaced += 1,
                 Err(StoreError::StorageFull { .. }) => {
                     tracing::warn!(pack, "the disk is too full to compact into; punching out dead ranges");
                     self.punch_dead_ranges(PackId(pack)).await?;
@@ -211,11 +215,17 @@ impl ChunkStore {
             // Into a pack with room for all of them: a peer refuses a pack past the size limit.
             let needed: u64 = live.iter().map(|at| RECORD_HEADER_LEN + u64::from(at.stored_len)).sum();
             let target_bytes = self.inner.config.pack_target_bytes;
-            let mut pack = self.open_pack(&class, first.tenant).await?;
+            let mut pack = match self.open_pack(&class, first.tenant).await {
+                Ok(pack) => pack,
+                Err(err) => return self.unplaced(old, err),
+            };
             while pack.len() > crate::pack::PACK_HEADER_LEN && pack.len() + needed > target_bytes {
                 pack.retire();
                 self.inner.writers.put_back(pack, target_bytes);
-                pack = self.open_pack(&class, first.tenant).await?;
+                pack = match self.open_pack(&class, first.tenant).await {
+                    Ok(pack) => pack,
+                    Err(err) => return self.unplaced(old, err),
+                };
             }
             lease = Some(pack.lease());
             let copied = self.copy_records(&mut pack, &live).await;
@@ -244,7 +254,7 @@ impl ChunkStore {
                             );
                             return Ok(Compaction::Damaged);
                         }
-                        other => return Err(other),
+                        other => return self.unplaced(old, other),
                     }
                 }
             }
@@ -280,6 +290,20 @@ impl ChunkStore {
         }
         drop(lease);
         Ok(Compaction::Done)
+    }
+
+    /// A compaction that could not place or write its new pack: a failed peer or too few zones
+    /// skip this pack (the next pass tries again) instead of failing the whole GC pass, and the
+    /// peer is left out of new packs for a while. Any other error is the pass's.
+    fn unplaced(&self, old: PackId, err: StoreError) -> Result<Compaction, StoreError> {
+        match err {
+            StoreError::CopyFailed { .. } | StoreError::Retry(_) | StoreError::Placement(_) => {
+                self.note_copy_failure(&err);
+                tracing::warn!(pack = old.0, error = %err, "cannot write the compacted copy now; not compacting this pack in this pass");
+                Ok(Compaction::Unplaced)
+            }
+            other => Err(other),
+        }
     }
 
     /// Copies `live` records into `pack` as stored (no recompression), verifying each, then
@@ -377,6 +401,8 @@ enum Compaction {
     Damaged,
     /// Its live chunks' tenants are in different placements now.
     Mixed,
+    /// Its new pack could not be placed or written now.
+    Unplaced,
 }
 
 /// Punches holes between the `live` records (offset, length; sorted) of the pack at `path`.

@@ -98,6 +98,7 @@ impl OpenPack {
         writer_node: NodeId,
         local: Option<PackWriter>,
         remotes: Vec<RemoteCopy>,
+        degraded: bool,
     ) -> Self {
         OpenPack {
             id,
@@ -109,7 +110,7 @@ impl OpenPack {
             len: PACK_HEADER_LEN,
             synced: PACK_HEADER_LEN,
             broken: false,
-            degraded: false,
+            degraded,
             opened_at: std::time::Instant::now(),
             lease: PackLease::new(id),
         }
@@ -151,11 +152,6 @@ impl OpenPack {
     /// Makes the pack take no more records (a peer that holds a copy is suspect).
     pub(crate) fn retire(&mut self) {
         self.broken = true;
-    }
-
-    /// Marks the pack as having fewer copies than its policy wanted.
-    pub(crate) fn set_degraded(&mut self) {
-        self.degraded = true;
     }
 
     /// Whether another upload may take the pack: not degraded, and opened recently enough that

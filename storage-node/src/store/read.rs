@@ -205,13 +205,12 @@ impl Cursor {
         location: &ChunkLocation,
         mode: ReadMode,
     ) -> Result<Result<Bytes, StoreError>, StoreError> {
-        let cached = self.remote_copies.get(&location.pack).cloned();
-        let fresh = cached.is_none();
-        let copies = match cached {
-            Some(copies) => copies,
-            None => self.store.remote_copies(location.pack).await?,
-        };
-        self.remote_copies.insert(location.pack, copies.clone());
+        let fresh = !self.remote_copies.contains_key(&location.pack);
+        if fresh {
+            let copies = self.store.remote_copies(location.pack).await?;
+            self.remote_copies.insert(location.pack, copies);
+        }
+        let copies = self.remote_copies.get(&location.pack).cloned().unwrap_or_default();
         let read = self.store.read_from_copies(location, mode, copies).await;
         if fresh || !matches!(read, Err(StoreError::ChunkUnavailable { .. })) {
             return Ok(read);

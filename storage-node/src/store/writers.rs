@@ -110,20 +110,13 @@ impl ChunkStore {
         let placed = self.place_pack(tenant).await?;
         if placed.domain.owner() != class.owner {
             // The nodes changed between the two reads: this upload's class is stale.
-            return Err(StoreError::CopyFailed {
-                node: self.inner.node.0,
-                pack: 0,
-                detail: "the tenant's placement domain changed during the upload".into(),
-            });
+            return Err(StoreError::Retry("the tenant's placement domain changed during the upload".into()));
         }
         let here = placed.targets.iter().any(|target| target.node == self.inner.node);
         let mut remotes = Vec::new();
         for target in placed.targets.iter().filter(|target| target.node != self.inner.node) {
-            let url = target.internal_url.as_deref().ok_or_else(|| StoreError::CopyFailed {
-                node: target.node.0,
-                pack: 0,
-                detail: "the node serves no internal API (--internal-url)".into(),
-            })?;
+            // `plan` takes no peer without an internal URL.
+            let url = target.internal_url.as_deref().unwrap_or_default();
             let client = self.peer(target.node, url).map_err(|err| {
                 self.inner.peers.note_failure(target.node);
                 StoreError::CopyFailed { node: target.node.0, pack: 0, detail: err.to_string() }
@@ -154,22 +147,21 @@ impl ChunkStore {
             let id = PackId(id);
             let degraded = placed.degraded;
             if !here {
-                let mut pack = OpenPack::new(id, class.clone(), self.inner.node, None, remotes);
-                if degraded {
-                    pack.set_degraded();
-                }
-                return Ok(pack);
+                return Ok(OpenPack::new(id, class.clone(), self.inner.node, None, remotes, degraded));
             }
             let dir = self.inner.packs_dir.clone();
             let node = self.inner.node.0;
             let created = tokio::task::spawn_blocking(move || PackWriter::create(&dir, id, node)).await?;
             let err = match created {
                 Ok(writer) => {
-                    let mut pack = OpenPack::new(id, class.clone(), self.inner.node, Some(writer), remotes);
-                    if degraded {
-                        pack.set_degraded();
-                    }
-                    return Ok(pack);
+                    return Ok(OpenPack::new(
+                        id,
+                        class.clone(),
+                        self.inner.node,
+                        Some(writer),
+                        remotes,
+                        degraded,
+                    ));
                 }
                 Err(err) => err,
             };

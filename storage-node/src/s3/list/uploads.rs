@@ -14,7 +14,7 @@ use crate::model::multipart::{UploadEntry, UploadMarker};
 use crate::s3::SiloS3;
 
 /// How many uploads one listing reads when a delimiter folds them (uploads in progress are
-/// few; a bucket with more under one page's prefixes lists the first ones).
+/// few; a page that reads this many without filling up ends there, truncated).
 const MAX_FOLDED: usize = 10_000;
 
 /// One page: the uploads and common prefixes, and where the next page starts.
@@ -27,8 +27,17 @@ struct Page {
 }
 
 /// Up to `max` entries of `rows` (sorted, after `marker`), folding keys under `prefix` at
-/// `delimiter`; a common prefix the marker is inside was on an earlier page.
-fn fold(rows: Vec<UploadEntry>, prefix: &str, delimiter: Option<&str>, marker: &str, max: usize) -> Page {
+/// `delimiter`; a common prefix the marker is inside was on an earlier page. When `rows` stop
+/// short of the listing's end (`more`), the page is truncated after what it holds even if not
+/// full, so that the client asks for the rest.
+fn fold(
+    rows: Vec<UploadEntry>,
+    prefix: &str,
+    delimiter: Option<&str>,
+    marker: &str,
+    max: usize,
+    more: bool,
+) -> Page {
     let mut page = Page::default();
     let mut last: Option<(String, Option<String>)> = None;
     for row in rows {
@@ -54,6 +63,9 @@ fn fold(rows: Vec<UploadEntry>, prefix: &str, delimiter: Option<&str>, marker: &
             }
         }
     }
+    if more {
+        page.next = last;
+    }
     page
 }
 
@@ -74,7 +86,8 @@ impl SiloS3 {
         let marker = UploadMarker { key: key_marker, upload_id };
         let fetch = if delimiter.is_some() { MAX_FOLDED } else { max + 1 };
         let rows = self.uploads(caller, &input.bucket, &prefix, marker, fetch).await?;
-        let page = fold(rows, &prefix, delimiter.as_deref(), key_marker, max);
+        let more = delimiter.is_some() && rows.len() == MAX_FOLDED;
+        let page = fold(rows, &prefix, delimiter.as_deref(), key_marker, max, more);
         let owner = match caller {
             Some(tenant) => Some(self.owner_of(tenant).await?),
             None => None,
@@ -131,13 +144,16 @@ mod tests {
     #[test]
     fn uploads_fold_into_common_prefixes_and_page_after_them() {
         let all = rows(&["a/1", "a/2", "b", "c/1", "d"]);
-        let page = fold(all.clone(), "", Some("/"), "", 2);
+        let page = fold(all.clone(), "", Some("/"), "", 2, false);
         assert_eq!(page.prefixes, ["a/"]);
         assert_eq!(page.uploads.iter().map(|u| u.key.as_str()).collect::<Vec<_>>(), ["b"]);
         assert_eq!(page.next, Some(("b".into(), Some("id-b".into()))));
-        let after_prefix = fold(rows(&["a/2", "b", "c/1", "d"]), "", Some("/"), "a/", 2);
+        let after_prefix = fold(rows(&["a/2", "b", "c/1", "d"]), "", Some("/"), "a/", 2, false);
         assert_eq!(after_prefix.prefixes, ["c/"], "a/ was on the page before");
-        let whole = fold(all, "", None, "", 10);
+        let whole = fold(all.clone(), "", None, "", 10, false);
         assert_eq!((whole.uploads.len(), whole.next), (5, None));
+        // Rows that stop short of the listing's end truncate the page, full or not.
+        let cut = fold(all, "", Some("/"), "", 10, true);
+        assert_eq!(cut.next, Some(("d".into(), Some("id-d".into()))), "more rows follow");
     }
 }

@@ -24,7 +24,11 @@ impl SiloS3 {
         input: ListObjectVersionsInput,
     ) -> S3Result<ListObjectVersionsOutput> {
         let bucket = self.bucket(caller, &input.bucket, Intent::Read).await?;
-        let owner = self.owner_of(bucket.tenant).await?;
+        // An anonymous reader of a public-read bucket is not shown who owns it.
+        let owner = match caller {
+            Some(_) => Some(self.owner_of(bucket.tenant).await?),
+            None => None,
+        };
         let encoding = KeyEncoding::of(input.encoding_type.as_ref())?;
         let prefix = input.prefix.clone().unwrap_or_default();
         let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
@@ -46,7 +50,7 @@ impl SiloS3 {
                 e_tag: Some(ETag::Strong(object.etag.clone())),
                 size: Some(object.size),
                 last_modified: Some(Timestamp::from(object.last_modified)),
-                owner: Some(owner.clone()),
+                owner: owner.clone(),
                 storage_class: Some(ObjectVersionStorageClass::from_static(
                     ObjectVersionStorageClass::STANDARD,
                 )),
