@@ -64,6 +64,11 @@ impl ChunkKey {
         blake3::Hasher::new_keyed(&self.0)
     }
 
+    /// The key's bytes, for the tree-level hashing of [`crate::chunk_tree`].
+    pub(crate) fn bytes(&self) -> [u8; 32] {
+        self.0
+    }
+
     /// The seed of this tenant's chunker gear table.
     pub fn gear_seed(&self) -> u64 {
         let seed = blake3::derive_key(GEAR_SEED_CONTEXT, &self.0);

@@ -4,7 +4,7 @@
 //! It owns everything about bytes at rest: the on-disk data directory ([`data_dir`]: its claim
 //! marker, its lock and its secret files), content-defined [`chunker`], [`compress`]ion, the
 //! three kinds of key ([`tenant_id`] names a tenant, [`chunk_id`] names a tenant's chunks with
-//! a key of its own, [`server_secret`] derives those keys and seals secrets at rest), the
+//! a key of its own, [`chunk_tree`] keeps the per-block values that verify part of a chunk, [`server_secret`] derives those keys and seals secrets at rest), the
 //! append-only [`pack`] files, the chunk [`store`] (ingest, commit, verified reads, GC, scrub,
 //! the reconcile of a restored catalog and the orphan sweep) with its [`catalog`] tables, the
 //! [`model`] of buckets, objects and multipart uploads over the store, and the [`s3`] data
@@ -15,6 +15,7 @@
 
 pub mod catalog;
 pub mod chunk_id;
+pub mod chunk_tree;
 pub mod chunker;
 pub mod compress;
 pub mod data_dir;
