@@ -1,19 +1,21 @@
-//! The S3 data plane against nginx on loopback, in one run: PUT and GET of a 1 GiB object (curl
-//! of presigned URLs against curl of nginx serving the same file, and nginx's WebDAV PUT),
-//! 1,000 random 1 MiB ranges over one keep-alive connection, and 16 KiB PUT and GET operations
-//! per second with 32 concurrent clients (the AWS SDK against a plain HTTP client of nginx).
+//! The S3 data plane against nginx on loopback, in one run, the table of issue 13: 1 GiB PUT and
+//! GET (curl of presigned URLs against curl of nginx), 1,000 random 1 MiB ranges over one
+//! keep-alive connection, 16 KiB GETs of public-read objects with the same plain HTTP client
+//! for Silo and nginx, signed 16 KiB GETs and PUTs through the AWS SDK, and the p99 latency of
+//! 16 KiB GETs at half Silo's peak rate, for Silo and nginx at the same rate.
 //!
 //! `cargo bench --bench s3`. Silo runs as the release binary on the embedded Postgres, with
-//! fsync on; nginx is Debian's package (`apt-get install nginx`).
+//! fsync on; nginx is Debian's package (`apt-get install nginx`). Every measure is run
+//! [`RUNS`] times; the table gives the median and the range.
 
 #[path = "../tests/common/mod.rs"]
 mod process;
 
 mod common;
+#[path = "common/nginx.rs"]
+mod nginx;
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,14 +23,21 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::BucketCannedAcl;
+use common::load::{Spread, closed_loop, open_loop, percentile, rate};
 use common::{GIB, MIB, curl, mb_per_s, random_bytes, write_file};
+use nginx::Nginx;
 use process::{Silo, free_addr, silo_cli_json};
 use rand::{Rng, SeedableRng};
 
 const RUNS: usize = 3;
 const RANGES: usize = 1000;
 const SMALL_OBJECTS: usize = 2000;
+const SMALL_LEN: usize = 16 * 1024;
 const CLIENTS: usize = 32;
+/// The 16 KiB PUT rate before issue 13 (docs/benchmarks.md, 2026-11-29): the PUT goal is 10x.
+const PUT_RATE_BEFORE: f64 = 350.0;
+const LATENCY_RUN: Duration = Duration::from_secs(5);
 
 fn main() {
     if !common::which("nginx") || !common::which("curl") {
@@ -45,6 +54,11 @@ async fn run() {
     std::fs::create_dir_all(www.join("small")).expect("www");
     let big = www.join("big.bin");
     write_file(&big, GIB, |block| random_bytes(4 * MIB as usize, block));
+    let bodies: Arc<Vec<Vec<u8>>> =
+        Arc::new((0..SMALL_OBJECTS).map(|i| random_bytes(SMALL_LEN, 1000 + i as u64)).collect());
+    for (i, body) in bodies.iter().enumerate() {
+        std::fs::write(www.join(format!("small/{i}")), body).expect("small file");
+    }
     let nginx = Nginx::start(work.path(), &www);
 
     let mut silo = Silo::start_at(free_addr(), &work.path().join("silo-data"), &[], &[]);
@@ -53,106 +67,160 @@ async fn run() {
     let key = silo_cli_json(&silo, &["key", "create", "bench"]);
     let s3 = s3_client(silo.addr, &key["access_key_id"], &key["secret_access_key"]);
     s3.create_bucket().bucket("bench").send().await.expect("bucket");
+    s3.create_bucket().bucket("site").acl(BucketCannedAcl::PublicRead).send().await.expect("public bucket");
+
+    println!(
+        "S3 data plane against nginx {} on loopback, medians (and ranges) of {RUNS} runs",
+        nginx.version
+    );
+    println!("| measure | Silo | baseline | ratio | goal |");
+    println!("|---|---|---|---|---|");
+    large_objects(&s3, &nginx, &big).await;
+    small_objects(&s3, silo.addr, &nginx, bodies).await;
+    drop(silo);
+}
+
+/// 1 GiB PUT and GET, and random 1 MiB ranges of it.
+async fn large_objects(s3: &Client, nginx: &Nginx, big: &std::path::Path) {
     let hour = PresigningConfig::expires_in(Duration::from_secs(3600)).expect("presign");
-
-    println!("S3 data plane against nginx {} on loopback, medians of {RUNS}", nginx.version);
-    println!("| measure | Silo | baseline | ratio |");
-    println!("|---|---|---|---|");
-
-    // 1 GiB PUT: curl -T of a presigned URL (Silo fsyncs before it answers) against nginx's
-    // WebDAV PUT (no fsync) and against dd conv=fsync of the same file.
-    let mut silo_puts = Vec::new();
-    let mut nginx_puts = Vec::new();
-    let mut dd = Vec::new();
+    let file = big.to_string_lossy();
+    let (mut silo_puts, mut nginx_puts, mut dd) = (Vec::new(), Vec::new(), Vec::new());
+    let work = big.parent().expect("www");
     for run in 0..RUNS {
         let put = s3.put_object().bucket("bench").key(format!("big-{run}.bin")).presigned(hour.clone()).await;
-        silo_puts.push(curl(&["-T", &big.to_string_lossy(), put.expect("presign").uri()]));
-        nginx_puts.push(curl(&["-T", &big.to_string_lossy(), &nginx.url(&format!("/put/big-{run}.bin"))]));
-        dd.push(common::dd_fsync(&big, &work.path().join("dd.bin")));
+        silo_puts.push(mb_per_s(GIB, curl(&["-T", &file, put.expect("presign").uri()])));
+        nginx_puts.push(mb_per_s(GIB, curl(&["-T", &file, &nginx.url(&format!("/put/big-{run}.bin"))])));
+        dd.push(mb_per_s(GIB, common::dd_fsync(big, &work.join("dd.bin"))));
     }
-    let silo_put = mb_per_s(GIB, median(&mut silo_puts));
-    report("PUT 1 GiB, MB/s (vs nginx WebDAV PUT)", silo_put, mb_per_s(GIB, median(&mut nginx_puts)));
-    report("PUT 1 GiB, MB/s (vs dd conv=fsync)", silo_put, mb_per_s(GIB, median(&mut dd)));
+    let silo_put = Spread::of(silo_puts);
+    report("PUT 1 GiB, MB/s (vs nginx WebDAV PUT, no fsync)", silo_put, Spread::of(nginx_puts), "");
+    report("PUT 1 GiB, MB/s (vs dd conv=fsync)", silo_put, Spread::of(dd), "");
 
-    // 1 GiB GET: curl of a presigned URL against curl of nginx serving the file (sendfile).
-    let get = s3.get_object().bucket("bench").key("big-0.bin").presigned(hour.clone()).await;
+    let get = s3.get_object().bucket("bench").key("big-0.bin").presigned(hour).await;
     let get_url = get.expect("presign").uri().to_string();
-    let (mut silo_gets, mut nginx_gets): (Vec<_>, Vec<_>) = (0..RUNS)
-        .map(|_| (curl(&["-o", "/dev/null", &get_url]), curl(&["-o", "/dev/null", &nginx.url("/big.bin")])))
+    let (silo_gets, nginx_gets): (Vec<_>, Vec<_>) = (0..RUNS)
+        .map(|_| {
+            let silo = curl(&["-o", "/dev/null", &get_url]);
+            (mb_per_s(GIB, silo), mb_per_s(GIB, curl(&["-o", "/dev/null", &nginx.url("/big.bin")])))
+        })
         .unzip();
-    report("GET 1 GiB, MB/s", mb_per_s(GIB, median(&mut silo_gets)), mb_per_s(GIB, median(&mut nginx_gets)));
+    report("GET 1 GiB, MB/s (curl)", Spread::of(silo_gets), Spread::of(nginx_gets), ">= 0.9x");
 
-    // 1,000 random 1 MiB ranges over one keep-alive connection each.
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let offsets: Vec<u64> = (0..RANGES).map(|_| rng.random_range(0..GIB - MIB)).collect();
-    let mut silo_ranges = Vec::new();
-    let mut nginx_ranges = Vec::new();
+    let (mut silo_ranges, mut nginx_ranges) = (Vec::new(), Vec::new());
     for _ in 0..RUNS {
-        silo_ranges.push(ranges(&get_url, &offsets).await);
-        nginx_ranges.push(ranges(&nginx.url("/big.bin"), &offsets).await);
+        silo_ranges.push(rate(RANGES, ranges(&get_url, &offsets).await));
+        nginx_ranges.push(rate(RANGES, ranges(&nginx.url("/big.bin"), &offsets).await));
     }
-    let per_s = |took: Duration| RANGES as f64 / took.as_secs_f64();
     report(
         "1 MiB random ranges, keep-alive, /s",
-        per_s(median(&mut silo_ranges)),
-        per_s(median(&mut nginx_ranges)),
+        Spread::of(silo_ranges),
+        Spread::of(nginx_ranges),
+        ">= 1.0x",
     );
+}
 
-    // 16 KiB objects, 32 concurrent clients: the SDK (signing every request) against nginx.
-    let bodies: Arc<Vec<Vec<u8>>> =
-        Arc::new((0..SMALL_OBJECTS).map(|i| random_bytes(16 * 1024, 1000 + i as u64)).collect());
-    let http = reqwest::Client::builder().pool_max_idle_per_host(CLIENTS).build().expect("http");
-    let ops = |took: Duration| SMALL_OBJECTS as f64 / took.as_secs_f64();
-    let silo_small_put = concurrently(bodies.clone(), {
-        let s3 = s3.clone();
-        move |i, body| {
-            let s3 = s3.clone();
+/// 16 KiB objects: PUTs through the SDK, public-read GETs with a plain client against nginx,
+/// signed GETs against Silo's own public-read GETs, and latency at half the peak rate.
+async fn small_objects(s3: &Client, silo: SocketAddr, nginx: &Nginx, bodies: Arc<Vec<Vec<u8>>>) {
+    let mut puts = Vec::new();
+    for run in 0..RUNS {
+        let (s3, bodies) = (s3.clone(), bodies.clone());
+        let took = closed_loop(SMALL_OBJECTS, CLIENTS, move |i| {
+            let put = s3
+                .put_object()
+                .bucket(if run == 0 { "site" } else { "bench" })
+                .key(format!("small/{run}/{i}"))
+                .body(ByteStream::from(bodies[i].clone()));
             async move {
-                let put =
-                    s3.put_object().bucket("bench").key(format!("small/{i}")).body(ByteStream::from(body));
                 put.send().await.expect("small put");
             }
-        }
-    })
-    .await;
-    let nginx_small_put = concurrently(bodies.clone(), {
-        let (http, base) = (http.clone(), nginx.url("/put/small"));
-        move |i, body| {
-            let (http, url) = (http.clone(), format!("{base}-{i}"));
-            async move {
-                let response = http.put(url).body(body).send().await.expect("nginx put");
-                assert!(response.status().is_success(), "nginx PUT: {}", response.status());
-            }
-        }
-    })
-    .await;
-    report("PUT 16 KiB, 32 clients, ops/s", ops(silo_small_put), ops(nginx_small_put));
-    let silo_small_get = concurrently(bodies.clone(), {
+        })
+        .await;
+        puts.push(rate(SMALL_OBJECTS, took));
+    }
+    let before = Spread { median: PUT_RATE_BEFORE, low: PUT_RATE_BEFORE, high: PUT_RATE_BEFORE };
+    report("PUT 16 KiB, 32 SDK tasks, ops/s (vs before issue 13)", Spread::of(puts), before, ">= 10x");
+
+    let http = reqwest::Client::builder().pool_max_idle_per_host(CLIENTS).build().expect("http");
+    let silo_url = move |i: usize| format!("http://{silo}/site/small/0/{i}");
+    let nginx_base = nginx.url("/small");
+    let nginx_url = move |i: usize| format!("{nginx_base}/{i}");
+    let public = plain_gets(&http, silo_url).await;
+    let from_nginx = plain_gets(&http, nginx_url.clone()).await;
+    report("GET 16 KiB public-read, 32 connections, ops/s", public, from_nginx, ">= 0.5x");
+
+    let mut signed = Vec::new();
+    for _ in 0..RUNS {
         let s3 = s3.clone();
-        move |i, body| {
-            let s3 = s3.clone();
+        let took = closed_loop(SMALL_OBJECTS, CLIENTS, move |i| {
+            let get = s3.get_object().bucket("site").key(format!("small/0/{i}"));
             async move {
-                let got =
-                    s3.get_object().bucket("bench").key(format!("small/{i}")).send().await.expect("get");
+                let got = get.send().await.expect("get");
                 let bytes = got.body.collect().await.expect("body").into_bytes();
-                assert_eq!(bytes.len(), body.len());
+                assert_eq!(bytes.len(), SMALL_LEN);
             }
-        }
-    })
-    .await;
-    let nginx_small_get = concurrently(bodies.clone(), {
-        let (http, base) = (http.clone(), nginx.url("/put/small"));
-        move |i, body| {
-            let (http, url) = (http.clone(), format!("{base}-{i}"));
+        })
+        .await;
+        signed.push(rate(SMALL_OBJECTS, took));
+    }
+    report("GET 16 KiB signed, 32 SDK tasks, ops/s (vs public-read)", Spread::of(signed), public, ">= 0.6x");
+
+    // Both at half of Silo's peak rate, so that the comparison is of latency, not of capacity.
+    let per_second = public.median / 2.0;
+    let (mut silo_p99, mut nginx_p99) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        silo_p99.push(p99_at(&http, per_second, silo_url).await);
+        nginx_p99.push(p99_at(&http, per_second, nginx_url.clone()).await);
+    }
+    println!(
+        "| p99 of a 16 KiB GET at {per_second:.0}/s (half the public-read peak), ms | {} | {} | {:.2}x | <= 3x |",
+        Spread::of(silo_p99.clone()),
+        Spread::of(nginx_p99.clone()),
+        Spread::of(silo_p99).median / Spread::of(nginx_p99).median
+    );
+}
+
+/// GETs every small object with a plain HTTP client, [`RUNS`] times; their rates.
+async fn plain_gets(
+    http: &reqwest::Client,
+    url: impl Fn(usize) -> String + Clone + Send + 'static,
+) -> Spread {
+    let mut rates = Vec::new();
+    for _ in 0..RUNS {
+        let (http, url) = (http.clone(), url.clone());
+        let took = closed_loop(SMALL_OBJECTS, CLIENTS, move |i| {
+            let get = http.get(url(i)).send();
             async move {
-                let bytes = http.get(url).send().await.expect("nginx get").bytes().await.expect("body");
-                assert_eq!(bytes.len(), body.len());
+                let response = get.await.expect("get");
+                assert!(response.status().is_success(), "GET: {}", response.status());
+                assert_eq!(response.bytes().await.expect("body").len(), SMALL_LEN);
             }
+        })
+        .await;
+        rates.push(rate(SMALL_OBJECTS, took));
+    }
+    Spread::of(rates)
+}
+
+/// The p99 latency in milliseconds of GETs of the small objects at `per_second`.
+async fn p99_at(
+    http: &reqwest::Client,
+    per_second: f64,
+    url: impl Fn(usize) -> String + Send + 'static,
+) -> f64 {
+    let http = http.clone();
+    let mut latencies = open_loop(per_second, LATENCY_RUN, move |i| {
+        let get = http.get(url(i % SMALL_OBJECTS)).send();
+        async move {
+            let response = get.await.expect("get");
+            assert!(response.status().is_success(), "GET: {}", response.status());
+            response.bytes().await.expect("body");
         }
     })
     .await;
-    report("GET 16 KiB, 32 clients, ops/s", ops(silo_small_get), ops(nginx_small_get));
-    drop(silo);
+    percentile(&mut latencies, 99.0).as_secs_f64() * 1000.0
 }
 
 fn s3_client(addr: SocketAddr, id: &serde_json::Value, secret: &serde_json::Value) -> Client {
@@ -182,102 +250,6 @@ async fn ranges(url: &str, offsets: &[u64]) -> Duration {
     started.elapsed()
 }
 
-/// Runs `op` once per body with `CLIENTS` in flight; returns the wall time.
-async fn concurrently<F, Fut>(bodies: Arc<Vec<Vec<u8>>>, op: F) -> Duration
-where
-    F: Fn(usize, Vec<u8>) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let started = Instant::now();
-    let workers: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let (next, bodies, op) = (next.clone(), bodies.clone(), op.clone());
-            tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(body) = bodies.get(i) else { break };
-                    op(i, body.clone()).await;
-                }
-            })
-        })
-        .collect();
-    for worker in workers {
-        worker.await.expect("worker");
-    }
-    started.elapsed()
-}
-
-fn median(times: &mut [Duration]) -> Duration {
-    times.sort();
-    times[times.len() / 2]
-}
-
-fn report(measure: &str, silo: f64, baseline: f64) {
-    println!("| {measure} | {silo:.0} | {baseline:.0} | {:.2}x |", silo / baseline);
-}
-
-/// nginx on a free loopback port: serves `root` and takes WebDAV PUTs under `/put/`.
-struct Nginx {
-    child: Child,
-    addr: SocketAddr,
-    version: String,
-}
-
-impl Nginx {
-    fn start(work: &Path, root: &Path) -> Nginx {
-        let addr = free_addr();
-        let dir = work.join("nginx");
-        std::fs::create_dir_all(dir.join("put")).expect("nginx dir");
-        let config = format!(
-            "daemon off; worker_processes 2; pid {dir}/nginx.pid; error_log {dir}/error.log;
-            {user}
-            events {{ worker_connections 1024; }}
-            http {{
-                access_log off; sendfile on; tcp_nopush on; tcp_nodelay on;
-                keepalive_requests 1000000; client_max_body_size 0;
-                client_body_temp_path {dir}/body;
-                server {{
-                    listen {addr};
-                    location / {{ root {root}; }}
-                    location /put/ {{ root {dir}; dav_methods PUT; create_full_put_path on; }}
-                }}
-            }}",
-            dir = dir.display(),
-            root = root.display(),
-            user = if process::is_root() { "user root;" } else { "" },
-        );
-        let config_path = dir.join("nginx.conf");
-        std::fs::write(&config_path, config).expect("nginx config");
-        let version = Command::new("nginx").arg("-v").output().map_or_else(
-            |_| "?".into(),
-            |o| String::from_utf8_lossy(&o.stderr).trim().trim_start_matches("nginx version: ").to_string(),
-        );
-        let child = Command::new("nginx")
-            .arg("-c")
-            .arg(&config_path)
-            .arg("-p")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("nginx");
-        let nginx = Nginx { child, addr, version };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "nginx did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        nginx
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn report(measure: &str, silo: Spread, baseline: Spread, goal: &str) {
+    println!("| {measure} | {silo} | {baseline} | {:.2}x | {goal} |", silo.median / baseline.median);
 }
