@@ -7,6 +7,7 @@
 //!   goes; then beta is removed;
 //! - a node lost for good (killed, its directory deleted) has its copy restored on another node
 //!   once the grace has passed, not before;
+//! - a node back after that finds the pack with a copy too many, and one copy in its zone goes;
 //! - an owned tenant's pack found on a shared node moves to the tenant's own node, and the
 //!   shared node's file is deleted.
 
@@ -252,6 +253,44 @@ async fn a_node_lost_for_good_has_its_copies_restored_elsewhere_after_the_grace(
     assert_eq!(cluster.copy_state(PACK, beta_id).await.as_deref(), Some("ok"), "kept until beta is removed");
     silo_cli_json(&alpha, &["node", "remove", "beta"]);
     assert_eq!(cluster.copy_state(PACK, beta_id).await, None);
+}
+
+#[tokio::test]
+async fn a_node_back_after_its_copies_were_restored_elsewhere_has_the_extra_copy_dropped() {
+    let cluster = Cluster::new("repair_extra").await;
+    let mut beta = cluster.start("beta", "b", NO_REPAIR).await;
+    let gamma = cluster.start("gamma", "b", NO_REPAIR).await;
+    let alpha =
+        cluster.start("alpha", "a", &["--repair-interval-secs", "1", "--repair-grace-secs", "10"]).await;
+    let (alpha_id, beta_id, gamma_id) =
+        (cluster.id("alpha").await, cluster.id("beta").await, cluster.id("gamma").await);
+    let file = made_pack(&alpha, PACK);
+    let bytes = std::fs::read(&file).expect("pack");
+    std::fs::write(at(&beta, &file), &bytes).expect("beta's copy");
+    cluster.record_pack(PACK, alpha_id, None, bytes.len(), &[alpha_id, beta_id]).await;
+
+    // beta is down past the grace: its copy is restored on gamma, and beta's row stays.
+    beta.kill9().await;
+    cluster.wait_for_whole_copy(PACK, gamma_id, &alpha).await;
+    drop(beta);
+    let beta = cluster.start("beta", "b", NO_REPAIR).await;
+    // Back, beta's copy is healthy again: zone b has two copies of a pack that wants two in
+    // all, and one of them goes (gamma's or beta's: their free space is the same; the lower
+    // node id stays).
+    let (kept, dropped) = if beta_id < gamma_id { (beta_id, gamma_id) } else { (gamma_id, beta_id) };
+    cluster
+        .wait_until("the extra copy dropped", &alpha, async |cluster| {
+            cluster.copy_state(PACK, dropped).await.is_none()
+        })
+        .await;
+    assert_eq!(cluster.copy_state(PACK, kept).await.as_deref(), Some("ok"));
+    assert_eq!(cluster.copy_state(PACK, alpha_id).await.as_deref(), Some("ok"));
+    let dropped_file = if dropped == beta_id { at(&beta, &file) } else { at(&gamma, &file) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dropped_file.exists() {
+        assert!(Instant::now() < deadline, "the dropped copy's file stays: {}", dropped_file.display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]

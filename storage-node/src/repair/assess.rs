@@ -99,6 +99,42 @@ pub fn assess(pack: &PackWork, cluster: &Cluster) -> Assessment {
     assessment
 }
 
+/// Healthy copies beyond the ones `pack` wants, to drop once it lacks none. A node that comes
+/// back after the grace finds its copies repaired elsewhere meanwhile, and the pack then has
+/// one copy too many. One copy per zone is kept, up to the copies wanted, preferring live
+/// nodes and then the ones with the most free space; nothing is dropped unless every kept copy
+/// is on a live node, so a pack is never trimmed down to copies that cannot be read now.
+pub fn extra_copies(pack: &PackWork, assessment: &Assessment, cluster: &Cluster) -> Vec<NodeId> {
+    let wanted = usize::from(assessment.wanted);
+    if assessment.missing() > 0 {
+        return Vec::new();
+    }
+    let mut healthy: Vec<&Candidate> = pack
+        .replicas
+        .iter()
+        .filter(|(_, state)| *state == ReplicaState::Ok)
+        .filter_map(|(id, _)| cluster.node(*id))
+        .filter(|node| cluster.keeps_copies(node, pack.domain))
+        .collect();
+    if healthy.len() <= wanted {
+        return Vec::new();
+    }
+    healthy.sort_by_key(|node| (!node.live, std::cmp::Reverse(node.free_bytes()), node.node.0));
+    let mut zones = BTreeSet::new();
+    let (mut kept, mut extra) = (Vec::new(), Vec::new());
+    for node in healthy {
+        if kept.len() < wanted && zones.insert(node.zone.as_str()) {
+            kept.push(node);
+        } else {
+            extra.push(node.node);
+        }
+    }
+    if kept.len() < wanted || kept.iter().any(|node| !node.live) {
+        return Vec::new();
+    }
+    extra
+}
+
 /// Where the missing copies of `pack` go: live, active nodes of its domain in allowed zones,
 /// each in a zone that holds no healthy copy yet, with room for it and its headroom, by most
 /// free space ([`choose`]'s rules), among the nodes that hold no copy of it; then, if that is

@@ -171,3 +171,33 @@ fn a_copy_made_in_a_pass_takes_room_from_the_next_choice() {
     cluster.add_held(NodeId(3), 95 * GB);
     assert_eq!(target_nodes(&targets(&pack, &assessment, &cluster)), [(2, false)], "now b has more");
 }
+
+#[test]
+fn a_copy_beyond_the_wanted_ones_is_dropped_from_the_fullest_node_of_its_zone() {
+    // Node 4 (zone a, less room) came back after its copy was made again on node 1 (zone a).
+    let cluster = cluster(|_| {}, &[]);
+    let extra = pack(Domain::Shared, &[(1, Whole), (2, Whole), (4, Whole)]);
+    let assessment = assess(&extra, &cluster);
+    assert_eq!(extra_copies(&extra, &assessment, &cluster), vec![NodeId(4)]);
+
+    // Exactly the wanted copies, or one of them unhealthy: nothing to drop.
+    let exact = pack(Domain::Shared, &[(1, Whole), (2, Whole)]);
+    assert!(extra_copies(&exact, &assess(&exact, &cluster), &cluster).is_empty());
+    let with_damaged = pack(Domain::Shared, &[(1, Whole), (4, Damaged), (2, Whole)]);
+    assert!(extra_copies(&with_damaged, &assess(&with_damaged, &cluster), &cluster).is_empty());
+}
+
+#[test]
+fn no_copy_is_dropped_while_a_kept_one_is_unreachable_or_one_is_missing() {
+    // Node 2 (the only copy in zone b) is not live: the extra copy in zone a stays for now.
+    let cluster_down = cluster(|nodes| nodes[1].live = false, &[]);
+    let extra = pack(Domain::Shared, &[(1, Whole), (2, Whole), (4, Whole)]);
+    assert!(extra_copies(&extra, &assess(&extra, &cluster_down), &cluster_down).is_empty());
+
+    // Three copies, two of them in zone a, and node 2 gone for good: zone b lacks a copy, so
+    // repair makes one first and trims after.
+    let cluster_gone = cluster(|_| {}, &[2]);
+    let assessment = assess(&extra, &cluster_gone);
+    assert_eq!(assessment.missing(), 1);
+    assert!(extra_copies(&extra, &assessment, &cluster_gone).is_empty());
+}

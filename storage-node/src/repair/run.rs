@@ -8,7 +8,7 @@ use deadpool_postgres::{ClientWrapper, Object};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::assess::{assess, targets};
+use super::assess::{assess, extra_copies, targets};
 use super::bucket::{SharedBucket, TokenBucket};
 use super::copy::{Peers, copy_pack};
 use super::work::{self, Cluster, PackWork};
@@ -208,7 +208,9 @@ impl Repairer {
             return Ok(());
         }
         // A damaged copy replaced in place is whole now.
-        for node in assessment.surplus().into_iter().filter(|node| !made.contains(node)) {
+        let extra =
+            if made.is_empty() { extra_copies(pack, &assessment, &lock(cluster)) } else { Vec::new() };
+        for node in assessment.surplus().into_iter().chain(extra).filter(|node| !made.contains(node)) {
             let url = lock(cluster).node(node).filter(|n| n.live).and_then(|n| n.internal_url.clone());
             self.drop_extra(pack.id, node, url, peers).await?;
             lock(report).dropped += 1;
@@ -216,7 +218,7 @@ impl Repairer {
         Ok(())
     }
 
-    /// Drops the row of a damaged, misplaced or draining copy and asks its node (at `url`, when
+    /// Drops the row of a damaged, misplaced, draining or extra copy and asks its node (at `url`, when
     /// live) to delete the file; a node that refuses or is down keeps a file nothing points at.
     async fn drop_extra(
         &self,
@@ -228,7 +230,7 @@ impl Repairer {
         let client = self.pool.get().await?;
         work::drop_copy(&**client, pack, node).await?;
         drop(client);
-        tracing::info!(pack = pack.0, node = node.0, "dropped a damaged, misplaced or draining copy");
+        tracing::info!(pack = pack.0, node = node.0, "dropped a damaged, misplaced, draining or extra copy");
         let Some(url) = url else { return Ok(()) };
         if let Err(err) = peers.client(node, &url)?.delete_pack(pack).await {
             tracing::info!(pack = pack.0, node = node.0, error = %err, "the copy's file stays");

@@ -168,7 +168,8 @@ pub struct Work {
 ///
 /// The sealed packs that need work under `cluster`: fewer healthy copies in distinct zones than
 /// wanted (the domain's replication factor, the pack's `replicas_wanted` as a floor), a damaged
-/// copy, a copy on a draining node, or one on a node outside its domain; fewest healthy copies
+/// copy, a copy on a draining node, one on a node outside its domain, or more healthy copies
+/// than wanted (a node back after its copies were made again elsewhere); fewest healthy copies
 /// first, at most `limit`.
 ///
 /// # Errors
@@ -200,6 +201,7 @@ pub async fn work<C: GenericClient + Sync>(
                  SELECT p.id, p.owner_tenant_id, p.replicas_wanted, p.size, \
                         greatest(p.replicas_wanted, coalesce(r.copies, 1)) AS wanted, \
                         count(DISTINCT m.zone) FILTER (WHERE x.state = $7 AND m.healthy) AS healthy, \
+                        count(*) FILTER (WHERE x.state = $7 AND m.healthy) AS healthy_copies, \
                         count(*) FILTER (WHERE x.state = $8 OR n.state = $11 \
                                             OR (m.node IS NULL AND n.state <> $9)) AS odd, \
                         array_agg(x.node_id) FILTER (WHERE x.node_id IS NOT NULL) AS nodes, \
@@ -217,7 +219,7 @@ pub async fn work<C: GenericClient + Sync>(
                  GROUP BY p.id, r.copies) \
              SELECT id, owner_tenant_id, replicas_wanted, size, nodes, states, \
                     count(*) FILTER (WHERE healthy < wanted) OVER () \
-             FROM assessed WHERE healthy < wanted OR odd > 0 \
+             FROM assessed WHERE healthy < wanted OR odd > 0 OR healthy_copies > wanted \
              ORDER BY healthy, wanted - healthy DESC, id LIMIT $10",
             &[
                 &member.0,
