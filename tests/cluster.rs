@@ -2,7 +2,8 @@
 //! zones a, b and c, and two nodes owned by tenant `acme` in zones a and b. Objects written
 //! through any node read back through every node; every pack has its copies in distinct zones,
 //! in the catalog and on disk; acme's bytes are only on acme's nodes; a killed node and a
-//! damaged copy cost no read.
+//! damaged copy cost no read; a zone down refuses or degrades writes as each tenant's policy
+//! says, and its copies come back with the zone.
 
 use crate::common;
 
@@ -43,6 +44,11 @@ impl Cluster {
 
     /// Starts node `name` in `zone` (owned by `owner` when given), with its internal API.
     async fn start(&mut self, name: &str, zone: &str, owner: Option<&str>) {
+        self.start_with(name, zone, owner, &[]).await;
+    }
+
+    /// [`Cluster::start`] with `extra` flags.
+    async fn start_with(&mut self, name: &str, zone: &str, owner: Option<&str>, extra: &[&str]) {
         let internal: SocketAddr = free_addr();
         let internal_listen = internal.to_string();
         let internal_url = format!("http://{internal}");
@@ -61,6 +67,7 @@ impl Cluster {
         if let Some(owner) = owner {
             args.extend(["--owner", owner]);
         }
+        args.extend_from_slice(extra);
         let env = [("SILO_SERVER_SECRET", CLUSTER_SECRET)];
         let mut silo = Silo::start_with_env(&self.root.join(name), &args, &env);
         silo.wait_ready(READY).await;
@@ -70,11 +77,17 @@ impl Cluster {
 
     /// Stops node `name` cleanly (SIGTERM) and starts it again on the same addresses.
     async fn restart(&mut self, name: &str) {
-        let root = self.root.clone();
         let node = self.nodes.iter_mut().find(|node| node.name == name).expect("a node of the cluster");
         node.silo.signal(Signal::SIGTERM);
         let status = node.silo.wait_exit(Duration::from_secs(30)).await;
         assert!(status.success(), "{name} stops cleanly: {status}\n{}", node.silo.stderr());
+        self.revive(name).await;
+    }
+
+    /// Starts node `name`, stopped or killed, again on the same addresses.
+    async fn revive(&mut self, name: &str) {
+        let root = self.root.clone();
+        let node = self.nodes.iter_mut().find(|node| node.name == name).expect("a node of the cluster");
         let args: Vec<&str> = node.args.iter().map(String::as_str).collect();
         let env = [("SILO_SERVER_SECRET", CLUSTER_SECRET)];
         node.silo = Silo::start_at(node.silo.addr, &root.join(name), &args, &env);
@@ -513,4 +526,77 @@ async fn a_rolling_restart_of_every_node_loses_nothing_and_clients_see_no_error(
             );
         }
     }
+}
+
+#[tokio::test]
+async fn a_zone_down_refuses_or_degrades_writes_as_the_policy_says_and_the_copies_come_back_with_it() {
+    let mut cluster = Cluster::new("cluster_zone_down").await;
+    cluster.start_with("node-a", "a", None, &["--repair-interval-secs", "1"]).await;
+    cluster.start_with("node-b", "b", None, &["--repair-interval-secs", "0"]).await;
+    let (id, secret) = common::tenant_with_key(cluster.node("node-a"), "strict");
+    let impatient = common::sdk_client_with(cluster.node("node-a"), &id, &secret, |config| {
+        config.retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+    });
+    let lenient = cluster.tenant("lenient");
+    let policy = silo_cli_json(
+        cluster.node("node-a"),
+        &["tenant", "placement", "lenient", "--on-shortage", "degraded"],
+    );
+    assert_eq!(policy["on_shortage"], "degraded", "{policy}");
+    impatient.create_bucket().bucket("strict").send().await.expect("bucket");
+    lenient["node-a"].create_bucket().bucket("lenient").send().await.expect("bucket");
+
+    // Zone b goes down. The lenient tenant's upload is taken with the one copy zone a can hold
+    // (the SDK retries the attempt that found node-b dead).
+    cluster.node_mut("node-b").kill9().await;
+    let body = common::noise(700_000, 12);
+    put(&lenient["node-a"], "lenient", "one-copy.bin", &body).await;
+    let held = copies(&cluster).await;
+    assert!(
+        !held.is_empty() && held.iter().all(|(_, _, nodes, _)| nodes == &["node-a"]),
+        "one copy, on node-a: {held:?}"
+    );
+
+    // The strict tenant (the default policy) is refused: 503 SlowDown with Retry-After, and
+    // nothing is stored.
+    let refused = impatient
+        .put_object()
+        .bucket("strict")
+        .key("two-copies.bin")
+        .body(ByteStream::from(common::noise(300_000, 13)))
+        .send()
+        .await
+        .expect_err("too few zones for two copies");
+    let response = refused.raw_response().expect("an HTTP answer");
+    assert_eq!(response.status().as_u16(), 503, "{refused:?}");
+    assert_eq!(response.headers().get("retry-after"), Some("1"));
+    assert!(format!("{:?}", refused.into_service_error()).contains("SlowDown"));
+    assert!(impatient.head_object().bucket("strict").key("two-copies.bin").send().await.is_err());
+
+    // Zone b is back: the one-copy pack (sealed by a GC pass) gets its second copy there
+    // without waiting for any grace, and reads back through node-b.
+    // What an operator sees meanwhile: the repair backlog counts the one-copy pack.
+    silo_cli_json(cluster.node("node-a"), &["gc"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while common::metric(cluster.node("node-a"), "silo_repair_backlog_packs").await < Some(1.0) {
+        assert!(Instant::now() < deadline, "no repair backlog while zone b is down");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    cluster.revive("node-b").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let held = copies(&cluster).await;
+        if !held.is_empty() && held.iter().all(|(_, _, _, zones)| zones == &["a", "b"]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no second copy in zone b: {held:?}\n{}",
+            cluster.node("node-a").stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(get(&lenient["node-b"], "lenient", "one-copy.bin").await == body);
+    let strict_b = common::sdk_client(cluster.node("node-b"), &id, &secret);
+    put(&strict_b, "strict", "two-copies.bin", &body).await;
 }

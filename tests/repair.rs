@@ -16,7 +16,7 @@ use crate::common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{Silo, free_addr, scratch, silo_cli_json};
+use common::{Silo, free_addr, metric, scratch, silo_cli_json};
 use storage_node::ServerSecret;
 use storage_node::TenantId;
 
@@ -143,12 +143,6 @@ async fn retire(silo: &Silo, node: &str, action: &str) -> (u16, serde_json::Valu
         .expect("post");
     let status = response.status().as_u16();
     (status, response.json().await.expect("json"))
-}
-
-/// The value of the sample `name` in `/metrics`.
-async fn metric(silo: &Silo, name: &str) -> Option<f64> {
-    let text = reqwest::get(silo.metrics_url()).await.expect("metrics").text().await.expect("text");
-    text.lines().find_map(|line| line.strip_prefix(&format!("{name} "))?.trim().parse().ok())
 }
 
 #[tokio::test]

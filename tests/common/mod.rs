@@ -241,6 +241,12 @@ pub fn silo_cli_json(silo: &Silo, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null)
 }
 
+/// The value of the sample `name` in `silo`'s `/metrics`.
+pub async fn metric(silo: &Silo, name: &str) -> Option<f64> {
+    let text = reqwest::get(silo.metrics_url()).await.expect("metrics").text().await.expect("text");
+    text.lines().find_map(|line| line.strip_prefix(&format!("{name} "))?.trim().parse().ok())
+}
+
 /// An AWS SDK client for `silo` with the key `id` and `secret` (path-style, plain HTTP).
 pub fn sdk_client(silo: &Silo, id: &str, secret: &str) -> aws_sdk_s3::Client {
     sdk_client_with(silo, id, secret, |config| config)
