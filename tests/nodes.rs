@@ -260,3 +260,40 @@ async fn a_tenant_with_its_own_node_and_no_shared_one_is_placed_on_its_own() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("the shared nodes are in none"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_tenant_whose_own_nodes_are_all_removed_can_be_deleted() {
+    let url = pg_local::testing::shared().fresh_database("nodes_owner_removed").await;
+    let tmp = scratch();
+    let shared =
+        start(&tmp.path().join("shared"), &url, &["--node-name", "shared", "--zone", "zone-a"]).await;
+    silo_cli_json(&shared, &["tenant", "create", "acme"]);
+    let secret_file = storage_node::data_dir::secret_file(
+        &tmp.path().join("shared"),
+        storage_node::data_dir::SERVER_SECRET,
+    );
+    let secret = std::fs::read_to_string(secret_file).expect("the cluster's server secret");
+    let args =
+        ["--postgres-url", url.as_str(), "--node-name", "acme-own", "--zone", "zone-b", "--owner", "acme"];
+    let mut own =
+        Silo::start_with_env(&tmp.path().join("own"), &args, &[("SILO_SERVER_SECRET", secret.trim())]);
+    own.wait_ready(READY).await;
+    stop(&mut own).await;
+    let delete = async || {
+        reqwest::Client::new()
+            .delete(shared.url("/v1/tenants/acme?force=true"))
+            .bearer_auth(shared.token())
+            .send()
+            .await
+            .expect("delete the tenant")
+    };
+    assert_eq!(delete().await.status(), 409, "its node is not removed yet");
+
+    silo_cli_json(&shared, &["node", "remove", "acme-own"]);
+    let response = delete().await;
+    assert!(response.status().is_success(), "{}", response.text().await.unwrap_or_default());
+    let listed = nodes(&shared);
+    let removed =
+        listed.iter().find(|node| node["name"] == "acme-own").expect("the removed node stays listed");
+    assert!(removed["state"] == "removed" && removed["owner"].is_null(), "{removed}");
+}

@@ -309,15 +309,19 @@ pub async fn census(pool: &CatalogPool) -> Result<Census, CatalogError> {
     Ok(Census { nodes: row.get(0), default_copies: zones.clamp(1, DEFAULT_COPIES) })
 }
 
-/// The names of the nodes `tenant` owns, in any state: a tenant that owns a node cannot be
-/// deleted until the node no longer names it.
+/// The names of the nodes `tenant` owns that are not removed: a tenant that owns such a node
+/// cannot be deleted (its packs may be there). A removed node holds no copy any more; its row
+/// stays for the packs' history, and the tenant's deletion clears its owner.
 ///
 /// # Errors
 /// Catalog errors.
 pub async fn owned_by(pool: &CatalogPool, tenant: TenantId) -> Result<Vec<String>, CatalogError> {
     let client = pool.get().await?;
     let rows = client
-        .query("SELECT name FROM storage_nodes WHERE owner_tenant_id = $1 ORDER BY name", &[&tenant.0])
+        .query(
+            "SELECT name FROM storage_nodes WHERE owner_tenant_id = $1 AND state <> $2 ORDER BY name",
+            &[&tenant.0, &NodeState::Removed],
+        )
         .await?;
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }

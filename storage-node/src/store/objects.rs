@@ -229,7 +229,7 @@ impl ChunkStore {
 
 impl ChunkStore {
     /// Deletes a tenant with everything it stores: objects, chunks (their bytes become dead in
-    /// their packs, for GC), access keys, and the tenant itself.
+    /// their packs, for GC), access keys, the owner of its removed nodes, and the tenant itself.
     ///
     /// # Errors
     /// [`StoreError::UnknownTenant`].
@@ -250,6 +250,13 @@ impl ChunkStore {
         .await?;
         txn.execute("DELETE FROM chunks WHERE tenant_id = $1", &[&tenant.0]).await?;
         txn.execute("DELETE FROM access_keys WHERE tenant_id = $1", &[&tenant.0]).await?;
+        // A removed node of the tenant's keeps its row (packs name it) but not its owner; a
+        // node not removed keeps the tenant (the delete below fails on it).
+        txn.execute(
+            "UPDATE storage_nodes SET owner_tenant_id = NULL WHERE owner_tenant_id = $1 AND state = $2",
+            &[&tenant.0, &crate::node_state::NodeState::Removed],
+        )
+        .await?;
         txn.execute("DELETE FROM tenants WHERE id = $1", &[&tenant.0]).await?;
         txn.commit().await?;
         Ok(())
