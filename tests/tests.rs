@@ -19,6 +19,7 @@ mod s3_clients;
 mod s3_fidelity;
 mod s3_integrity;
 mod s3_props;
+mod s3_registry;
 mod s3_sdk;
 mod s3_tools;
 mod serve;
