@@ -11,8 +11,8 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    BucketCannedAcl, CompletedMultipartUpload, CompletedPart, Delete, EncodingType, Grant, MetadataDirective,
-    ObjectCannedAcl, ObjectIdentifier, Permission, Type,
+    BucketCannedAcl, BucketVersioningStatus, CompletedMultipartUpload, CompletedPart, Delete, EncodingType,
+    Grant, MetadataDirective, ObjectCannedAcl, ObjectIdentifier, Permission, Type, VersioningConfiguration,
 };
 use common::{Silo, noise};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -402,6 +402,17 @@ async fn errors_as_aws_gives_them() {
     let a = &fx.a;
     a.create_bucket().bucket("err").send().await.expect("create bucket");
     a.put_object().bucket("err").key("one").body(ByteStream::from_static(b"one")).send().await.expect("put");
+
+    // Buckets are unversioned, and say so to their owner only; turning versioning on is refused.
+    let versioning = a.get_bucket_versioning().bucket("err").send().await.expect("versioning");
+    assert!(versioning.status().is_none() && versioning.mfa_delete().is_none(), "{versioning:?}");
+    assert_eq!(
+        failure(fx.b.get_bucket_versioning().bucket("err").send().await),
+        ("AccessDenied".into(), 403)
+    );
+    let enable = VersioningConfiguration::builder().status(BucketVersioningStatus::Enabled).build();
+    let refused = a.put_bucket_versioning().bucket("err").versioning_configuration(enable).send().await;
+    assert_eq!(failure(refused), ("NotImplemented".into(), 501));
 
     // DeleteObjects with more than 1000 keys.
     let ids: Vec<ObjectIdentifier> =

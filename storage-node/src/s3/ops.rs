@@ -185,6 +185,17 @@ impl S3 for SiloS3 {
         Ok(S3Response::new(output))
     }
 
+    /// Buckets are never versioned: the answer AWS gives for a bucket whose versioning was never
+    /// set (no `Status`), which SDKs and tools (Terraform, backup tools) read as unversioned.
+    /// PutBucketVersioning stays `501 NotImplemented`: turning it on cannot be honoured.
+    async fn get_bucket_versioning(
+        &self,
+        req: S3Request<GetBucketVersioningInput>,
+    ) -> S3Result<S3Response<GetBucketVersioningOutput>> {
+        self.bucket(caller(&req.extensions), &req.input.bucket, Intent::Write).await?;
+        Ok(S3Response::new(GetBucketVersioningOutput::default()))
+    }
+
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
         let tenant = caller(&req.extensions);
         let mut input = req.input;
