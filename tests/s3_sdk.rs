@@ -268,7 +268,7 @@ async fn an_unsupported_call_answers_501_not_implemented() {
         failure(a.get_bucket_policy().bucket("sdk-media").send().await),
         ("NotImplemented".into(), 501)
     );
-    assert_eq!(failure(a.get_bucket_versioning().bucket("sdk-media").send().await).1, 501);
+    assert_eq!(failure(a.get_bucket_tagging().bucket("sdk-media").send().await).1, 501);
 }
 
 #[tokio::test]
