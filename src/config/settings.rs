@@ -69,8 +69,9 @@ pub struct ServeConfig {
     /// This storage node's availability zone.
     #[arg(long, env = "SILO_ZONE", default_value = "default")]
     pub zone: String,
-    /// The tenant whose own node this is (recorded in the node registry; placement by owner
-    /// comes with replication). The tenant must exist. Without it, the hosting company's.
+    /// The tenant whose own node this is: it stores only that tenant's packs, and an `owned`
+    /// placement policy stores the tenant's packs only on such nodes. The tenant must exist.
+    /// Without it, a shared node (the hosting company's).
     #[arg(long, env = "SILO_OWNER")]
     pub owner: Option<String>,
     /// The URL this node's peers reach its internal node API at (recorded in the node registry).
