@@ -213,6 +213,7 @@ async fn serve_with_catalog(
         let (store, databases, stop) = (store.clone(), databases.clone(), stop.clone());
         tokio::spawn(collect_garbage_every(store, databases, interval, config.multipart_expiry(), stop));
     }
+    tokio::spawn(seal_finished_packs_every(store.clone(), SEAL_EVERY, stop.clone()));
     let repair = config.repair().map(|repair| {
         Repairer::new(pool.clone(), store.server_secret().clone(), registered.id, repair)
             .with_peer_tls(listeners.internal_tls.peers.clone())
@@ -387,6 +388,27 @@ fn superuser_url(user: &str, password: &str, host: &str, port: u16) -> anyhow::R
         .and_then(|()| url.set_password(Some(password)))
         .map_err(|()| anyhow!("cannot build the embedded Postgres URL for host {host}"))?;
     Ok(url.into())
+}
+
+/// How often the packs that writers are done with are sealed (so that repair, which works on
+/// sealed packs, takes a degraded or broken one within seconds).
+const SEAL_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Every `interval` until `stop`: seals the packs writers are done with.
+async fn seal_finished_packs_every(
+    store: ChunkStore,
+    interval: std::time::Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        if let Err(err) = store.seal_finished_packs().await {
+            tracing::warn!(error = %err, "could not seal finished packs; retrying");
+        }
+    }
 }
 
 /// How often the orphan sweep (a scan of every object) runs at most.

@@ -95,15 +95,7 @@ impl ChunkStore {
     }
 
     async fn seal_ready(&self, report: &mut GcReport) -> Result<(), StoreError> {
-        let ready = self.inner.writers.take_sealable();
-        if ready.is_empty() {
-            return Ok(());
-        }
-        let client = self.inner.pool.get().await?;
-        for (pack, size) in ready {
-            super::writers::seal_pack(&client, pack, size).await?;
-            report.packs_sealed += 1;
-        }
+        report.packs_sealed += self.seal_finished_packs().await?;
         Ok(())
     }
 

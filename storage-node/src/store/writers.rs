@@ -75,6 +75,12 @@ impl WriterPool {
         ready.into_iter().map(|entry| (entry.lease.pack(), entry.size)).collect()
     }
 
+    /// Puts back packs taken by [`WriterPool::take_sealable`] whose seal failed, to try again.
+    fn keep_sealable(&self, packs: Vec<(PackId, u64)>) {
+        let mut draining = lock(&self.draining);
+        draining.extend(packs.into_iter().map(|(pack, size)| Draining { lease: PackLease::new(pack), size }));
+    }
+
     /// Moves every idle writer to draining, so that GC and shutdown can seal them.
     pub fn retire_idle(&self) {
         let idle: Vec<OpenPack> = lock(&self.idle).drain(..).collect();
@@ -88,6 +94,36 @@ impl WriterPool {
 }
 
 impl ChunkStore {
+    /// Seals the packs whose writers are done with them (full, broken, single-use or beyond
+    /// the idle ones kept) and whose last upload has ended; returns how many. Until then a
+    /// pack is open, and repair and compaction leave it alone: a degraded pack waiting for
+    /// its missing copies is sealed here within seconds, not at the next GC pass.
+    ///
+    /// # Errors
+    /// Catalog errors (the packs not sealed yet are kept for the next call).
+    pub async fn seal_finished_packs(&self) -> Result<u64, StoreError> {
+        let ready = self.inner.writers.take_sealable();
+        if ready.is_empty() {
+            return Ok(0);
+        }
+        let client = match self.inner.pool.get().await {
+            Ok(client) => client,
+            Err(err) => {
+                self.inner.writers.keep_sealable(ready);
+                return Err(err.into());
+            }
+        };
+        let mut sealed = 0;
+        for (at, (pack, size)) in ready.iter().enumerate() {
+            if let Err(err) = seal_pack(&client, *pack, *size).await {
+                self.inner.writers.keep_sealable(ready[at..].to_vec());
+                return Err(err.into());
+            }
+            sealed += 1;
+        }
+        Ok(sealed)
+    }
+
     /// An idle open pack, or a new one.
     ///
     /// A new pack's file is created with `O_EXCL`: a file under the new id (left by packs the
