@@ -9,6 +9,7 @@ mod common;
 mod backups;
 mod catalog_dr;
 mod cluster;
+mod cluster_upkeep;
 mod databases;
 mod front_door;
 mod internal_tls;

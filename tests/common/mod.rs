@@ -1,6 +1,7 @@
 //! Helpers for end-to-end tests: run the real `silo` binary and talk to it over loopback HTTP.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod databases;
 pub mod sign;
 pub mod tls;

@@ -1,0 +1,159 @@
+//! Upkeep of a cluster holding real S3 objects: node-a in zone a, node-b and node-c in zone b,
+//! one catalog. A copy damaged on another node is read around and marked; scrub on a node
+//! marks its own damaged copy; repair replaces both; GC deletes and compacts across nodes and
+//! every node deletes its own copies of the retired packs; a drained node gives its copies away
+//! and is removed; every object reads back exact through every node left, at each step.
+
+use crate::common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::cluster::{Cluster, copies, get, pack_file, put, try_get};
+use common::silo_cli_json;
+
+/// Flips one byte in the middle of `file`.
+fn flip_middle_byte(file: &Path) {
+    let mut bytes = std::fs::read(file).expect("pack");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    std::fs::write(file, &bytes).expect("damage a copy");
+}
+
+/// The state of `pack`'s copy on `node`, if it has one.
+async fn copy_state(cluster: &Cluster, pack: i64, node: &str) -> Option<String> {
+    let sql = format!(
+        "SELECT r.state FROM pack_replicas r JOIN storage_nodes n ON n.id = r.node_id \
+         WHERE r.pack_id = {pack} AND n.name = '{node}'"
+    );
+    cluster.sql_rows(&sql).await.first().map(|row| row.get(0))
+}
+
+/// Waits up to a minute for `done`, failing with node-a's log (it repairs).
+async fn wait_for<F: AsyncFnMut(&Cluster) -> bool>(cluster: &Cluster, what: &str, mut done: F) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done(cluster).await {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within a minute\n{}",
+            cluster.node("node-a").stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Every object of `written` reads back exact through each node of `readers`.
+async fn all_read_back(
+    clients: &HashMap<String, aws_sdk_s3::Client>,
+    readers: &[&str],
+    written: &[(String, Vec<u8>)],
+    when: &str,
+) {
+    for reader in readers {
+        for (key, body) in written {
+            let read = try_get(&clients[*reader], "site", key).await;
+            assert!(read.as_ref() == Ok(body), "{key} through {reader} {when}: {:?}", read.err());
+        }
+    }
+}
+
+#[tokio::test]
+async fn damage_scrub_gc_and_a_drain_across_nodes_keep_every_object_and_leave_no_dead_copy() {
+    let mut cluster = Cluster::new("cluster_upkeep").await;
+    let config = cluster.root.join("silo.toml");
+    std::fs::write(&config, "[store]\nretire_grace = 0\n").expect("config");
+    let config = config.to_string_lossy().into_owned();
+    let quiet = ["--config", config.as_str(), "--repair-interval-secs", "0", "--gc-interval-secs", "0"];
+    let repairs = ["--config", config.as_str(), "--repair-interval-secs", "1", "--gc-interval-secs", "0"];
+    cluster.start_with("node-a", "a", None, &repairs).await;
+    cluster.start_with("node-b", "b", None, &quiet).await;
+    cluster.start_with("node-c", "b", None, &quiet).await;
+    let clients = cluster.tenant("media");
+    clients["node-a"].create_bucket().bucket("site").send().await.expect("bucket");
+    let mut written = Vec::new();
+    for at in 0..6u64 {
+        let (key, body) = (format!("clip-{at}.bin"), common::noise(600_000 + at as usize * 50_000, 300 + at));
+        put(&clients["node-a"], "site", &key, &body).await;
+        written.push((key, body));
+    }
+    // A GC pass on the writer seals its idle pack: repair and compaction take sealed packs.
+    silo_cli_json(cluster.node("node-a"), &["gc"]);
+    let (pack, _, holders, _) = copies(&cluster).await.into_iter().next().expect("a pack");
+    let other = holders.iter().find(|node| *node != "node-a").expect("a copy in zone b").clone();
+    let bystander = if other == "node-b" { "node-c" } else { "node-b" };
+
+    // node-a's copy damaged: a read through the node without a copy gets the right bytes from
+    // whichever copy it tries; the first read that meets the damage marks the copy, and repair
+    // (node-a is zone a's only node) replaces it in place from the sound one.
+    let sound = std::fs::read(pack_file(&cluster.data_dir(&other), pack)).expect("the sound copy");
+    let damaged = pack_file(&cluster.data_dir("node-a"), pack);
+    flip_middle_byte(&damaged);
+    for round in 0.. {
+        all_read_back(&clients, &[bystander], &written, "with a damaged copy").await;
+        if copy_state(&cluster, pack, "node-a").await.as_deref() != Some("ok")
+            || std::fs::read(&damaged).ok().as_ref() == Some(&sound)
+        {
+            break;
+        }
+        assert!(round < 20, "twenty rounds of reads never met the damaged copy");
+    }
+    wait_for(&cluster, "node-a's copy replaced", async |cluster| {
+        copy_state(cluster, pack, "node-a").await.as_deref() == Some("ok")
+            && std::fs::read(&damaged).ok().as_ref() == Some(&sound)
+    })
+    .await;
+
+    // The zone-b copy damaged on disk: scrub on its node finds and marks it; repair makes a
+    // copy on the other zone-b node and drops the damaged one.
+    flip_middle_byte(&pack_file(&cluster.data_dir(&other), pack));
+    let node = cluster.node(&other);
+    let scrubbed: serde_json::Value = reqwest::Client::new()
+        .post(node.url("/v1/storage/scrub"))
+        .bearer_auth(node.token())
+        .send()
+        .await
+        .expect("scrub")
+        .json()
+        .await
+        .expect("a scrub report");
+    assert!(scrubbed["damaged"].as_array().is_some_and(|damaged| !damaged.is_empty()), "{scrubbed}");
+    assert_eq!(copy_state(&cluster, pack, &other).await.as_deref(), Some("damaged"));
+    wait_for(&cluster, "the damaged copy moved", async |cluster| {
+        copy_state(cluster, pack, &other).await.is_none()
+            && copy_state(cluster, pack, bystander).await.as_deref() == Some("ok")
+    })
+    .await;
+    all_read_back(&clients, &["node-a", "node-b", "node-c"], &written, "after repair").await;
+
+    // Four objects deleted: one GC pass deletes their chunks and compacts the pack, and every
+    // node's own pass deletes its copy of the retired pack.
+    for (key, _) in written.drain(..4) {
+        clients["node-b"].delete_object().bucket("site").key(&key).send().await.expect("delete");
+    }
+    let report = silo_cli_json(cluster.node("node-a"), &["gc"]);
+    assert!(report["packs_compacted"].as_u64() >= Some(1), "{report}");
+    for node in ["node-b", "node-c", "node-a"] {
+        silo_cli_json(cluster.node(node), &["gc"]);
+    }
+    for node in ["node-a", "node-b", "node-c"] {
+        let file = pack_file(&cluster.data_dir(node), pack);
+        assert!(!file.exists(), "{node} keeps the retired pack's file {}", file.display());
+    }
+    all_read_back(&clients, &["node-a", "node-b", "node-c"], &written, "after GC").await;
+
+    // The zone-b node holding the copies drains: they move to the other, it is removed, and
+    // everything reads through the two nodes left.
+    let holder = copies(&cluster).await[0].2.iter().find(|node| *node != "node-a").expect("zone b").clone();
+    let heir = if holder == "node-b" { "node-c" } else { "node-b" };
+    silo_cli_json(cluster.node("node-a"), &["node", "drain", &holder]);
+    wait_for(&cluster, "the drained node's copies moved", async |cluster| {
+        copies(cluster).await.iter().all(|(_, _, nodes, _)| nodes.iter().all(|node| node != &holder))
+    })
+    .await;
+    silo_cli_json(cluster.node("node-a"), &["node", "remove", &holder]);
+    all_read_back(&clients, &["node-a", heir], &written, "after the drain").await;
+    for (key, body) in &written {
+        assert!(get(&clients[heir], "site", key).await == *body);
+    }
+}
