@@ -17,22 +17,22 @@ use aws_sdk_s3::types::{
 use common::{Silo, noise};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const ALL_USERS: &str = "http://acs.amazonaws.com/groups/global/AllUsers";
-const AUTHENTICATED_USERS: &str = "http://acs.amazonaws.com/groups/global/AuthenticatedUsers";
+pub(crate) const ALL_USERS: &str = "http://acs.amazonaws.com/groups/global/AllUsers";
+pub(crate) const AUTHENTICATED_USERS: &str = "http://acs.amazonaws.com/groups/global/AuthenticatedUsers";
 
 /// One Silo with two tenants (`tenant-a`, `tenant-b`) and a client of each.
-struct Fixture {
-    silo: Silo,
+pub(crate) struct Fixture {
+    pub(crate) silo: Silo,
     /// Tenant A's key (id and secret).
-    key: (String, String),
-    a: Client,
-    b: Client,
-    http: reqwest::Client,
-    _tmp: tempfile::TempDir,
+    pub(crate) key: (String, String),
+    pub(crate) a: Client,
+    pub(crate) b: Client,
+    pub(crate) http: reqwest::Client,
+    pub(crate) _tmp: tempfile::TempDir,
 }
 
 impl Fixture {
-    async fn start(label: &str) -> Fixture {
+    pub(crate) async fn start(label: &str) -> Fixture {
         let (silo, tmp) = common::silo_on_fresh_catalog(label).await;
         let mut keys: Vec<_> =
             ["tenant-a", "tenant-b"].iter().map(|tenant| common::tenant_with_key(&silo, tenant)).collect();
@@ -42,19 +42,19 @@ impl Fixture {
         Fixture { silo, key, a, b, http: reqwest::Client::new(), _tmp: tmp }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}/{path}", self.silo.addr)
     }
 
     /// The status of an anonymous GET and HEAD of `path`.
-    async fn anonymous(&self, path: &str) -> (u16, u16) {
+    pub(crate) async fn anonymous(&self, path: &str) -> (u16, u16) {
         let get = self.http.get(self.url(path)).send().await.expect("anonymous get").status().as_u16();
         let head = self.http.head(self.url(path)).send().await.expect("anonymous head").status().as_u16();
         (get, head)
     }
 
     /// The management API's view of `bucket`'s public-read switch.
-    async fn public_read(&self, bucket: &str) -> bool {
+    pub(crate) async fn public_read(&self, bucket: &str) -> bool {
         let shown = self
             .http
             .get(format!("http://{}/v1/buckets/{bucket}", self.silo.addr))
@@ -66,7 +66,7 @@ impl Fixture {
         shown["public_read"].as_bool().expect("public_read")
     }
 
-    async fn set_public_read(&self, bucket: &str, public_read: bool) {
+    pub(crate) async fn set_public_read(&self, bucket: &str, public_read: bool) {
         let patched = self
             .http
             .patch(format!("http://{}/v1/buckets/{bucket}", self.silo.addr))
@@ -80,7 +80,7 @@ impl Fixture {
 }
 
 /// The S3 error code and HTTP status of a failed call.
-fn failure<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
+pub(crate) fn failure<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
     result: Result<T, SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
 ) -> (String, u16) {
     let err = result.expect_err("the call must fail");
@@ -89,7 +89,7 @@ fn failure<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
 }
 
 /// The group a set of grants lets read, if any (besides the owner's full control).
-fn readers(grants: &[Grant]) -> Vec<String> {
+pub(crate) fn readers(grants: &[Grant]) -> Vec<String> {
     grants
         .iter()
         .filter(|grant| grant.permission() == Some(&Permission::Read))
@@ -288,7 +288,7 @@ async fn list_buckets_pages_by_max_buckets_continuation_token_and_prefix() {
 }
 
 /// The text of an element in an XML document, if it is there.
-fn element<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn element<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
     let open = format!("<{name}>");
     let start = xml.find(&open)? + open.len();
     let end = xml[start..].find(&format!("</{name}>"))? + start;

@@ -16,15 +16,15 @@ use common::{Silo, noise, silo_cli_json};
 use md5::{Digest, Md5};
 
 /// One Silo with one tenant, its key (id and secret) and a client of it.
-struct Fixture {
-    silo: Silo,
-    client: Client,
-    key: (String, String),
-    _tmp: tempfile::TempDir,
+pub(crate) struct Fixture {
+    pub(crate) silo: Silo,
+    pub(crate) client: Client,
+    pub(crate) key: (String, String),
+    pub(crate) _tmp: tempfile::TempDir,
 }
 
 impl Fixture {
-    async fn start(label: &str) -> Fixture {
+    pub(crate) async fn start(label: &str) -> Fixture {
         let (silo, tmp) = common::silo_on_fresh_catalog(label).await;
         let key = common::tenant_with_key(&silo, "tenant-a");
         let client = common::sdk_client(&silo, &key.0, &key.1);
@@ -38,7 +38,7 @@ impl Fixture {
 }
 
 /// The S3 error code and HTTP status of a failed call.
-fn failure<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
+pub(crate) fn failure<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
     result: Result<T, SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
 ) -> (String, u16) {
     let err = result.expect_err("the call must fail");

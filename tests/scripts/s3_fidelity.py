@@ -121,7 +121,61 @@ def main():
         meta = err.response["ResponseMetadata"]
         assert meta["RequestId"] == meta["HTTPHeaders"]["x-amz-request-id"], meta
         assert meta["HostId"] == meta["HTTPHeaders"]["x-amz-id-2"], meta
+    listings_and_limits(s3)
     print("ok")
+
+
+def listings_and_limits(s3):
+    """ListBuckets pages, delimiter edge cases, ListObjectVersions, partNumber GET,
+    UploadPartCopy past its source, presigned lifetimes and anonymous misses."""
+    for name in ("page-1", "page-2", "page-3"):
+        s3.create_bucket(Bucket=name)
+    first = s3.list_buckets(Prefix="page-", MaxBuckets=2)
+    assert [b["Name"] for b in first["Buckets"]] == ["page-1", "page-2"], first
+    rest = s3.list_buckets(Prefix="page-", MaxBuckets=2, ContinuationToken=first["ContinuationToken"])
+    assert [b["Name"] for b in rest["Buckets"]] == ["page-3"] and "ContinuationToken" not in rest, rest
+
+    for key in ("d/2006/a", "d/2007/b", "d_x", "d_y"):
+        s3.put_object(Bucket="page-1", Key=key, Body=b"k")
+    inside = s3.list_objects_v2(Bucket="page-1", Prefix="d/20", Delimiter="/")
+    assert [p["Prefix"] for p in inside["CommonPrefixes"]] == ["d/2006/", "d/2007/"], inside
+    underscore = s3.list_objects_v2(Bucket="page-1", Delimiter="_")
+    assert [p["Prefix"] for p in underscore["CommonPrefixes"]] == ["d_"], underscore
+    none = s3.list_objects_v2(Bucket="page-1", MaxKeys=0)
+    assert (none["KeyCount"], none["IsTruncated"], "Contents" in none) == (0, False, False), none
+    versions = s3.list_object_versions(Bucket="page-1", MaxKeys=1)
+    assert [(v["Key"], v["VersionId"], v["IsLatest"]) for v in versions["Versions"]] == [("d/2006/a", "null", True)]
+    assert (versions["NextKeyMarker"], versions["NextVersionIdMarker"]) == ("d/2006/a", "null"), versions
+
+    one = os.urandom(5 << 20)
+    upload = s3.create_multipart_upload(Bucket="page-1", Key="mp")["UploadId"]
+    parts = []
+    for number, body in ((1, one), (2, b"second")):
+        etag = s3.upload_part(Bucket="page-1", Key="mp", UploadId=upload, PartNumber=number, Body=body)["ETag"]
+        parts.append({"PartNumber": number, "ETag": etag})
+    s3.complete_multipart_upload(Bucket="page-1", Key="mp", UploadId=upload, MultipartUpload={"Parts": parts})
+    got = s3.get_object(Bucket="page-1", Key="mp", PartNumber=2)
+    assert (got["PartsCount"], got["Body"].read()) == (2, b"second"), got
+    upload = s3.create_multipart_upload(Bucket="page-1", Key="copy")["UploadId"]
+    copy = lambda: s3.upload_part_copy(Bucket="page-1", Key="copy", UploadId=upload, PartNumber=1,
+                                       CopySource="page-1/d_x", CopySourceRange="bytes=0-99")
+    assert failure(copy) == ("InvalidRange", 416)
+    s3.abort_multipart_upload(Bucket="page-1", Key="copy", UploadId=upload)
+
+    week = s3.generate_presigned_url("get_object", Params={"Bucket": "page-1", "Key": "d_x"}, ExpiresIn=604800)
+    with urllib.request.urlopen(week) as response:
+        assert response.read() == b"k"
+    beyond = s3.generate_presigned_url("get_object", Params={"Bucket": "page-1", "Key": "d_x"}, ExpiresIn=604801)
+    try:
+        urllib.request.urlopen(beyond)
+        raise AssertionError("a presigned URL of more than a week was served")
+    except urllib.error.HTTPError as err:
+        assert err.code == 400 and b"AuthorizationQueryParametersError" in err.read(), err
+
+    assert anonymous_status("page-1/missing") == 403, "a private bucket's miss"
+    assert anonymous_status("no-such-bucket-here/k") == 403, "an unknown bucket (see docs/s3.md)"
+    s3.put_bucket_acl(Bucket="page-1", ACL="public-read")
+    assert anonymous_status("page-1/missing") == 404, "a public-read bucket's miss"
 
 
 if __name__ == "__main__":

@@ -109,7 +109,66 @@ def main():
         "PreconditionFailed",
         412,
     )
+    etag = s3.head_object(Bucket="boto", Key="lock")["ETag"]
+    assert failure(lambda: s3.put_object(Bucket="boto", Key="lock", Body=b"two", IfMatch='"0123"')) == (
+        "PreconditionFailed",
+        412,
+    )
+    s3.put_object(Bucket="boto", Key="lock", Body=b"two", IfMatch=etag)
+    assert s3.get_object(Bucket="boto", Key="lock")["Body"].read() == b"two"
+    parts_and_more(s3)
     print("ok")
+
+
+def parts_and_more(s3):
+    """UploadPart's Content-MD5, a part uploaded twice, full-object checksums, a conditional
+    completion."""
+    data = os.urandom(300_000)
+    upload = s3.create_multipart_upload(Bucket="boto", Key="parts")["UploadId"]
+    part = lambda body, **extra: s3.upload_part(
+        Bucket="boto", Key="parts", UploadId=upload, PartNumber=1, Body=body, **extra)
+    bad = b64(hashlib.md5(b"other").digest())
+    assert failure(lambda: part(data, ContentMD5=bad)) == ("BadDigest", 400)
+    assert failure(lambda: part(data, ContentMD5="AAAA")) == ("InvalidDigest", 400)
+    first = part(os.urandom(1000))
+    second = part(data, ContentMD5=b64(hashlib.md5(data).digest()))
+    listed = s3.list_parts(Bucket="boto", Key="parts", UploadId=upload)["Parts"]
+    assert [p["ETag"] for p in listed] == [second["ETag"]], "the last upload of a part wins"
+    both = {"Parts": [{"PartNumber": 1, "ETag": first["ETag"]}, {"PartNumber": 1, "ETag": second["ETag"]}]}
+    # Naming both uploads of the part completes with the last; If-None-Match: * on a new key.
+    s3.complete_multipart_upload(
+        Bucket="boto", Key="parts", UploadId=upload, MultipartUpload=both, IfNoneMatch="*")
+    assert s3.get_object(Bucket="boto", Key="parts")["Body"].read() == data
+
+    lock = s3.head_object(Bucket="boto", Key="lock")["ETag"]
+    upload = s3.create_multipart_upload(Bucket="boto", Key="lock")["UploadId"]
+    etag = s3.upload_part(Bucket="boto", Key="lock", UploadId=upload, PartNumber=1, Body=b"three")["ETag"]
+    done = {"Parts": [{"PartNumber": 1, "ETag": etag}]}
+    complete = lambda **extra: s3.complete_multipart_upload(
+        Bucket="boto", Key="lock", UploadId=upload, MultipartUpload=done, **extra)
+    assert failure(lambda: complete(IfNoneMatch="*")) == ("PreconditionFailed", 412)
+    assert failure(lambda: complete(IfMatch='"0123"')) == ("PreconditionFailed", 412)
+    complete(IfMatch=lock)
+    assert s3.get_object(Bucket="boto", Key="lock")["Body"].read() == b"three"
+
+    # Full-object CRC32: the whole body's, checked at completion.
+    one, two = os.urandom(5 << 20), os.urandom(1000)
+    upload = s3.create_multipart_upload(
+        Bucket="boto", Key="full", ChecksumAlgorithm="CRC32", ChecksumType="FULL_OBJECT")["UploadId"]
+    parts = []
+    for number, body in ((1, one), (2, two)):
+        uploaded = s3.upload_part(
+            Bucket="boto", Key="full", UploadId=upload, PartNumber=number, Body=body, ChecksumAlgorithm="CRC32")
+        parts.append({"PartNumber": number, "ETag": uploaded["ETag"], "ChecksumCRC32": uploaded["ChecksumCRC32"]})
+    complete = lambda whole: s3.complete_multipart_upload(
+        Bucket="boto", Key="full", UploadId=upload, MultipartUpload={"Parts": parts},
+        ChecksumType="FULL_OBJECT", ChecksumCRC32=whole)
+    assert failure(lambda: complete(crc32(b"not it"))) == ("BadDigest", 400)
+    done = complete(crc32(one + two))
+    assert (done["ChecksumCRC32"], done["ChecksumType"]) == (crc32(one + two), "FULL_OBJECT"), done
+    head = s3.head_object(Bucket="boto", Key="full", ChecksumMode="ENABLED")
+    assert (head["ChecksumCRC32"], head["ChecksumType"]) == (crc32(one + two), "FULL_OBJECT"), head
+    assert s3.get_object(Bucket="boto", Key="full", ChecksumMode="ENABLED")["Body"].read() == one + two
 
 
 if __name__ == "__main__":

@@ -635,9 +635,11 @@ impl S3 for SiloS3 {
         req: S3Request<ListObjectsV2Input>,
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
         let input = req.input;
-        let bucket = self.bucket(caller(&req.extensions), &input.bucket, Intent::Read).await?;
-        let owner = match input.fetch_owner {
-            Some(true) => Some(self.owner_of(bucket.tenant).await?),
+        let tenant = caller(&req.extensions);
+        let bucket = self.bucket(tenant, &input.bucket, Intent::Read).await?;
+        // As v1: an anonymous reader of a public-read bucket is not shown who owns it.
+        let owner = match (input.fetch_owner, tenant) {
+            (Some(true), Some(_)) => Some(self.owner_of(bucket.tenant).await?),
             _ => None,
         };
         let prefix = input.prefix.clone().unwrap_or_default();
@@ -741,11 +743,13 @@ fn override_headers(
 
 /// `bytes=first-last` of an UploadPartCopy (both given, as S3 wants), within the source's
 /// size, parsed by s3s's own range parser.
-/// A well-formed range the source cannot satisfy (past its end, or backwards) is
-/// `416 InvalidRange`, as on AWS; one that is no `bytes=first-last` is `400 InvalidArgument`.
+/// A range that ends past the source is `416 InvalidRange` (as issue 14 asks; AWS answers it
+/// `400 InvalidArgument`, "Range specified is not valid for source object of size"). One that
+/// is no `bytes=first-last` with `first <= last` is `400 InvalidArgument`: a backwards range
+/// too, which AWS and MinIO refuse as malformed ("must be of the form bytes=first-last").
 pub(super) fn parse_copy_range(range: &str, size: u64) -> S3Result<std::ops::Range<u64>> {
     match Range::parse(range) {
-        Ok(Range::Int { first, last: Some(last) }) if last < size => Ok(first..last + 1),
+        Ok(Range::Int { first, last: Some(last) }) if first <= last && last < size => Ok(first..last + 1),
         Ok(Range::Int { first, last: Some(last) }) if first <= last => Err(s3_error!(
             InvalidRange,
             "The x-amz-copy-source-range {range} is not satisfiable by a source of {size} bytes"

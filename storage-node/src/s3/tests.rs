@@ -1,6 +1,7 @@
 //! Races of the S3 model against a real catalog, with uploads the test holds open: a bucket
-//! deleted and taken by another tenant mid-upload, parts racing a completion or an abort, and
-//! DeleteBucket with uploads in progress.
+//! deleted and taken by another tenant mid-upload, parts racing a completion or an abort,
+//! DeleteBucket with uploads in progress, conditional writes overtaken by another write; and
+//! remembered completions forgotten after the multipart expiry.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -13,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::SiloS3;
 use super::integrity::Incoming;
+use super::multipart::CompletionClaims;
 use super::object::body_reader;
 use crate::TenantId;
 use crate::catalog::{CatalogPool, connect_pool, tenants};
@@ -307,4 +309,71 @@ async fn a_conditional_put_that_another_write_overtakes_mid_upload_is_a_conflict
     let err = put.await.expect("join").expect_err("the key changed meanwhile");
     assert_eq!(*err.code(), S3ErrorCode::ConditionalRequestConflict, "{err:?}");
     assert_eq!(objects_of(&fx.pool, a).await, (1, 1), "only the other write is stored");
+}
+
+/// A fixture with tenant A's bucket `media` and an upload of `k` with one 1,000-byte part: the
+/// fixture, the tenant, the upload id and the part's ETag.
+async fn upload_of_one_part(label: &str) -> (Fixture, TenantId, String, String) {
+    let fx = fixture(label).await;
+    let a = tenants::create(&fx.pool, "tenant-a", None).await.expect("a");
+    fx.s3.create_bucket_for(a, "media").await.expect("bucket");
+    let upload =
+        fx.s3.create_upload(Some(a), "media", "k", (ObjectHeaders::default(), None)).await.expect("upload");
+    let body = Incoming::plain(std::io::Cursor::new(vec![1u8; 1000]));
+    let etag = fx.s3.upload_part_for(Some(a), "media", "k", &upload, 1, body).await.expect("part").0;
+    (fx, a, upload, etag)
+}
+
+/// A conditional CompleteMultipartUpload (`If-None-Match: *`) passes its first check, then a
+/// PUT of the key commits before the completion's transaction binds it: the completion is
+/// `409 ConditionalRequestConflict`, and the upload stays to be completed again. The tenant's
+/// row (held here) orders them: the PUT waits on it first, the completion next.
+#[tokio::test]
+async fn a_conditional_completion_that_another_write_overtakes_is_a_conflict() {
+    let (fx, a, upload, etag) = upload_of_one_part("s3_conditional_complete_race").await;
+
+    let mut holder = fx.pool.get().await.expect("client");
+    let hold = holder.transaction().await.expect("txn");
+    hold.execute("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE", &[&a.0]).await.expect("hold");
+    let s3 = fx.s3.clone();
+    let putting = tokio::spawn(async move {
+        let other = Incoming::plain(std::io::Cursor::new(vec![2u8; 10]));
+        s3.put_object_for(Some(a), "media", "k", other, ObjectHeaders::default()).await.map(|_| ())
+    });
+    until_waiting(&fx.pool, 1, || putting.is_finished()).await;
+    let (s3, id, named) = (fx.s3.clone(), upload.clone(), vec![(1, etag)]);
+    let completing = tokio::spawn(async move {
+        let claims = CompletionClaims { parts: vec![None], whole: None, condition: WriteCondition::Absent };
+        s3.complete_upload(Some(a), "media", "k", &id, (&named, &claims)).await
+    });
+    until_waiting(&fx.pool, 2, || completing.is_finished()).await;
+    hold.commit().await.expect("release");
+
+    putting.await.expect("join").expect("the PUT succeeds");
+    let err = completing.await.expect("join").expect_err("the key was bound meanwhile");
+    assert_eq!(*err.code(), S3ErrorCode::ConditionalRequestConflict, "{err:?}");
+    let parts = fx.s3.parts(&upload).await.expect("the upload is still there");
+    assert_eq!(parts.len(), 1, "its part is kept");
+    assert_eq!(objects_of(&fx.pool, a).await, (2, 2), "the PUT's object and the kept part");
+}
+
+/// A completion is remembered for as long as an upload in progress would be kept: a retry
+/// answers the same ETag until the sweep that aborts stale uploads (every GC pass, with
+/// `--multipart-expiry-secs`) forgets it, and then `NoSuchUpload`; the object stays.
+#[tokio::test]
+async fn a_remembered_completion_is_forgotten_after_the_multipart_expiry() {
+    let (fx, a, upload, etag) = upload_of_one_part("s3_completion_expiry").await;
+    let named = [(1, etag)];
+    let claims = CompletionClaims { parts: vec![None], whole: None, condition: WriteCondition::Any };
+    let complete = || fx.s3.complete_upload(Some(a), "media", "k", &upload, (&named, &claims));
+    let first = complete().await.expect("complete").0;
+    let kept = Duration::from_secs(3600);
+    crate::model::multipart::abort_stale(&fx.s3.store, kept).await.expect("sweep");
+    assert_eq!(complete().await.expect("a retry within the expiry").0, first);
+
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    crate::model::multipart::abort_stale(&fx.s3.store, Duration::ZERO).await.expect("sweep");
+    let err = complete().await.expect_err("the completion is forgotten");
+    assert_eq!(*err.code(), S3ErrorCode::NoSuchUpload, "{err:?}");
+    assert_eq!(objects_of(&fx.pool, a).await, (1, 1), "the completed object stays");
 }
