@@ -1,0 +1,371 @@
+//! A node's cache of the active access keys it has checked (tenant and secret), so that a
+//! signed request costs no key query, kept correct across nodes by Postgres `LISTEN/NOTIFY`.
+//!
+//! Every change that can end a key's life (a revocation, a deletion, a tenant's deletion
+//! starting or ending, a truncation) sends a notice on [`CHANNEL`] from a trigger, in the same
+//! transaction (migration V13). Each node holds one dedicated connection that `LISTEN`s there
+//! and drops the named entries as the notices arrive, about a millisecond after the commit.
+//!
+//! The cache answers only while it can prove that it has seen every notice up to about a second
+//! ago: the listening connection sends an empty query every [`CONFIRM_EVERY`], and Postgres
+//! delivers the notices committed before a query starts ahead of that query's answer (on the
+//! same connection, in order). So a hit requires an answered query sent less than [`TRUSTED_FOR`]
+//! ago. When the connection is lost, stalls or is terminated, the cache is cleared and bypassed
+//! (every key is read from the catalog) until a new connection listens again: a notice lost
+//! with a connection can never leave a revoked key working.
+//!
+//! A lookup that raced with a notice must not put back what the notice removed: each lookup
+//! notes the cache's generation before it queries, and its answer is kept only if no notice
+//! (and no reconnection) came in between.
+//!
+//! Secrets are held as s3s's `SecretKey` (zeroized when dropped) and never logged. The cache
+//! holds at most [`MAX_KEYS`] keys; unknown and revoked keys are never cached.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use s3s::auth::SecretKey;
+use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use super::CatalogPool;
+use super::access_keys::{self, ActiveKey};
+use super::tenants::TenantError;
+use crate::{ServerSecret, TenantId};
+
+/// The channel the catalog's triggers notify.
+pub const CHANNEL: &str = "silo_access";
+/// How many keys a node keeps at most.
+pub const MAX_KEYS: usize = 10_000;
+/// How often the listening connection proves that it is alive and up to date.
+pub const CONFIRM_EVERY: Duration = Duration::from_millis(250);
+/// How long after the last proof the cache still answers: the bound on how long a revoked key
+/// may keep working on a node whose listening connection silently stalled.
+pub const TRUSTED_FOR: Duration = Duration::from_secs(1);
+/// How long to wait before connecting again after the listening connection was lost.
+const RECONNECT_AFTER: Duration = Duration::from_millis(500);
+
+/// A cached key: its tenant and its secret.
+#[derive(Clone)]
+pub struct CachedKey {
+    pub tenant: TenantId,
+    pub secret: SecretKey,
+}
+
+impl std::fmt::Debug for CachedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedKey").field("tenant", &self.tenant).field("secret", &"<redacted>").finish()
+    }
+}
+
+impl From<ActiveKey> for CachedKey {
+    fn from(key: ActiveKey) -> Self {
+        CachedKey { tenant: key.tenant, secret: SecretKey::from(key.secret) }
+    }
+}
+
+/// The key cache of a node; clones share it. [`KeyCache::default`] never answers (every
+/// lookup reads the catalog) until [`KeyCache::listen`] starts its listener.
+#[derive(Clone, Default)]
+pub struct KeyCache {
+    state: Arc<Mutex<State>>,
+}
+
+impl std::fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyCache").finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    keys: HashMap<String, CachedKey>,
+    /// Bumped by every notice and every (re)connection: a lookup that saw another generation
+    /// before it queried does not store its answer.
+    generation: u64,
+    /// When the last query answered on the listening connection was sent.
+    confirmed: Option<Instant>,
+}
+
+impl State {
+    fn trusted(&self) -> bool {
+        self.confirmed.is_some_and(|at| at.elapsed() < TRUSTED_FOR)
+    }
+}
+
+impl KeyCache {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves nothing half-done that matters: every change
+        // is a single insert, removal or assignment.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A cache whose listener follows the catalog at `config`, until `stop`.
+    pub fn listen(config: tokio_postgres::Config, stop: CancellationToken) -> KeyCache {
+        let cache = KeyCache::default();
+        tokio::spawn(cache.clone().follow(config, stop));
+        cache
+    }
+
+    /// The active key `access_key_id`: from the cache while it is trusted, else from the
+    /// catalog (and then kept, unless a notice came meanwhile).
+    ///
+    /// # Errors
+    /// Catalog errors; an unknown, revoked or undecryptable key is `Ok(None)`.
+    pub async fn lookup(
+        &self,
+        pool: &CatalogPool,
+        secret: &ServerSecret,
+        access_key_id: &str,
+    ) -> Result<Option<CachedKey>, TenantError> {
+        let generation = {
+            let state = self.state();
+            if state.trusted()
+                && let Some(key) = state.keys.get(access_key_id)
+            {
+                return Ok(Some(key.clone()));
+            }
+            state.generation
+        };
+        let Some(found) = access_keys::lookup(pool, secret, access_key_id).await? else {
+            return Ok(None);
+        };
+        let key = CachedKey::from(found);
+        self.keep(access_key_id, &key, generation);
+        Ok(Some(key))
+    }
+
+    /// Whether a lookup now would be answered from the cache (for tests and metrics).
+    pub fn holds(&self, access_key_id: &str) -> bool {
+        let state = self.state();
+        state.trusted() && state.keys.contains_key(access_key_id)
+    }
+
+    /// Drops `access_key_id` now, on this node (the node that revoked it need not wait for
+    /// its own notice).
+    pub fn forget(&self, access_key_id: &str) {
+        self.invalidate(&format!("key:{access_key_id}"));
+    }
+
+    /// Drops every key now, on this node.
+    pub fn forget_all(&self) {
+        self.invalidate("all");
+    }
+
+    fn keep(&self, access_key_id: &str, key: &CachedKey, generation: u64) {
+        let mut state = self.state();
+        if state.generation != generation || !state.trusted() {
+            return;
+        }
+        if state.keys.len() >= MAX_KEYS
+            && !state.keys.contains_key(access_key_id)
+            && let Some(evicted) = state.keys.keys().next().cloned()
+        {
+            state.keys.remove(&evicted);
+        }
+        state.keys.insert(access_key_id.to_string(), key.clone());
+    }
+
+    /// Applies a notice: `key:<id>`, `tenant:<id>`, or anything else (`all`) for every key.
+    fn invalidate(&self, payload: &str) {
+        let mut state = self.state();
+        state.generation += 1;
+        if let Some(id) = payload.strip_prefix("key:") {
+            state.keys.remove(id);
+        } else if let Some(tenant) = payload.strip_prefix("tenant:").and_then(|t| t.parse().ok()) {
+            state.keys.retain(|_, key| key.tenant != TenantId(tenant));
+        } else {
+            state.keys.clear();
+        }
+    }
+
+    /// The listening connection is gone: notices may be lost, so forget everything and stop
+    /// answering until a new connection listens.
+    fn lost(&self) {
+        let mut state = self.state();
+        state.generation += 1;
+        state.keys.clear();
+        state.confirmed = None;
+    }
+
+    /// A query sent at `sent` on the listening connection was answered: every notice committed
+    /// before then has been applied. `fresh` for the first on a new connection, after which
+    /// lookups begun before it no longer store their answers.
+    fn confirm(&self, sent: Instant, fresh: bool) {
+        let mut state = self.state();
+        if fresh {
+            state.generation += 1;
+            state.keys.clear();
+        }
+        state.confirmed = Some(sent);
+    }
+
+    /// The listener: connects, listens, confirms, and starts again after a loss, until `stop`.
+    async fn follow(self, config: tokio_postgres::Config, stop: CancellationToken) {
+        loop {
+            let outcome = tokio::select! {
+                outcome = self.listen_once(&config) => outcome,
+                () = stop.cancelled() => Ok(()),
+            };
+            self.lost();
+            if let Err(err) = outcome {
+                tracing::warn!(
+                    error = %super::describe(&err),
+                    "the access-key cache lost its catalog connection; keys are read from the catalog until it is back"
+                );
+            }
+            tokio::select! {
+                () = tokio::time::sleep(RECONNECT_AFTER) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// One listening connection, for as long as it answers.
+    async fn listen_once(&self, config: &tokio_postgres::Config) -> Result<(), tokio_postgres::Error> {
+        let (client, mut connection) = config.connect(NoTls).await?;
+        let cache = self.clone();
+        // The connection's messages, notices among them, are read here and applied before the
+        // answers that follow them on the wire reach `client`.
+        let mut driver = tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                if let AsyncMessage::Notification(notice) = message? {
+                    cache.invalidate(notice.payload());
+                }
+            }
+            Ok::<(), tokio_postgres::Error>(())
+        });
+        let listened = client.batch_execute(&format!("LISTEN {CHANNEL}")).await;
+        let outcome = match listened {
+            Ok(()) => self.confirm_while_alive(&client, &mut driver).await,
+            Err(err) => Err(err),
+        };
+        driver.abort();
+        outcome
+    }
+
+    /// Sends an empty query every [`CONFIRM_EVERY`] and records each answer, until a query
+    /// fails or the connection ends. A query unanswered for [`TRUSTED_FOR`] ends it too.
+    async fn confirm_while_alive(
+        &self,
+        client: &tokio_postgres::Client,
+        driver: &mut tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    ) -> Result<(), tokio_postgres::Error> {
+        let mut fresh = true;
+        loop {
+            let sent = Instant::now();
+            tokio::select! {
+                answered = tokio::time::timeout(TRUSTED_FOR, client.simple_query("")) => match answered {
+                    Ok(Ok(_)) => self.confirm(sent, std::mem::take(&mut fresh)),
+                    Ok(Err(err)) => return Err(err),
+                    Err(_) => {
+                        tracing::warn!("the access-key cache's catalog connection stalled; reconnecting");
+                        return Ok(());
+                    }
+                },
+                ended = &mut *driver => return ended.unwrap_or(Ok(())),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(CONFIRM_EVERY) => {}
+                ended = &mut *driver => return ended.unwrap_or(Ok(())),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use s3s::auth::SecretKey;
+
+    use super::{CachedKey, KeyCache, TRUSTED_FOR};
+    use crate::TenantId;
+
+    fn key(tenant: i64) -> CachedKey {
+        CachedKey { tenant: TenantId(tenant), secret: SecretKey::from("secret".to_string()) }
+    }
+
+    fn trusted() -> KeyCache {
+        let cache = KeyCache::default();
+        cache.confirm(Instant::now(), true);
+        cache
+    }
+
+    #[test]
+    fn a_cache_without_a_listener_never_answers_nor_keeps() {
+        let cache = KeyCache::default();
+        cache.keep("K", &key(1), 0);
+        assert!(!cache.holds("K"));
+    }
+
+    #[test]
+    fn a_kept_key_answers_until_its_notice() {
+        let cache = trusted();
+        let generation = cache.state().generation;
+        cache.keep("K", &key(1), generation);
+        cache.keep("L", &key(2), generation);
+        assert!(cache.holds("K"));
+        cache.invalidate("key:K");
+        assert!(!cache.holds("K"));
+        assert!(cache.holds("L"));
+    }
+
+    #[test]
+    fn a_tenant_notice_drops_that_tenants_keys_and_another_drops_all() {
+        let cache = trusted();
+        let generation = cache.state().generation;
+        for (id, tenant) in [("A", 1), ("B", 1), ("C", 2)] {
+            cache.keep(id, &key(tenant), generation);
+        }
+        cache.invalidate("tenant:1");
+        assert!(!cache.holds("A") && !cache.holds("B") && cache.holds("C"));
+        cache.invalidate("all");
+        assert!(!cache.holds("C"));
+    }
+
+    #[test]
+    fn an_answer_read_before_a_notice_is_not_kept() {
+        let cache = trusted();
+        let generation = cache.state().generation;
+        cache.invalidate("key:K");
+        cache.keep("K", &key(1), generation);
+        assert!(!cache.holds("K"));
+    }
+
+    #[test]
+    fn a_lost_connection_clears_and_a_new_one_refuses_older_answers() {
+        let cache = trusted();
+        let generation = cache.state().generation;
+        cache.keep("K", &key(1), generation);
+        cache.lost();
+        assert!(!cache.holds("K"));
+        let during_the_loss = cache.state().generation;
+        cache.confirm(Instant::now(), true);
+        cache.keep("K", &key(1), during_the_loss);
+        assert!(!cache.holds("K"), "read before the new connection listened");
+    }
+
+    #[test]
+    fn an_old_confirmation_is_not_trusted() {
+        let cache = trusted();
+        let generation = cache.state().generation;
+        cache.keep("K", &key(1), generation);
+        let long_ago = Instant::now().checked_sub(TRUSTED_FOR * 2).expect("an instant a while ago");
+        cache.confirm(long_ago, false);
+        assert!(!cache.holds("K"));
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let cache = trusted();
+        let generation = cache.state().generation;
+        for n in 0..super::MAX_KEYS + 10 {
+            cache.keep(&format!("K{n}"), &key(1), generation);
+        }
+        assert_eq!(cache.state().keys.len(), super::MAX_KEYS);
+    }
+}
