@@ -22,6 +22,7 @@
 //! holds at most [`MAX_KEYS`] keys; unknown and revoked keys are never cached.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,8 @@ use crate::{ServerSecret, TenantId};
 
 /// The channel the catalog's triggers notify.
 pub const CHANNEL: &str = "silo_access";
+/// The `application_name` of the listening connection, as `pg_stat_activity` shows it.
+pub const APPLICATION_NAME: &str = "silo key cache";
 /// How many keys a node keeps at most.
 pub const MAX_KEYS: usize = 10_000;
 /// How often the listening connection proves that it is alive and up to date.
@@ -71,6 +74,30 @@ impl From<ActiveKey> for CachedKey {
 #[derive(Clone, Default)]
 pub struct KeyCache {
     state: Arc<Mutex<State>>,
+    counts: Arc<Counts>,
+}
+
+/// What the cache did since the node started (`/metrics`).
+#[derive(Default)]
+struct Counts {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    losses: AtomicU64,
+}
+
+/// The cache as `/metrics` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyCacheStats {
+    /// Lookups answered from the cache.
+    pub hits: u64,
+    /// Lookups that read the catalog (the cache did not hold the key, or was not trusted).
+    pub misses: u64,
+    /// Listening connections lost (each cleared the cache).
+    pub losses: u64,
+    /// Whether the cache answers now (its listener is up to date).
+    pub trusted: bool,
+    /// The keys it holds.
+    pub keys: usize,
 }
 
 impl std::fmt::Debug for KeyCache {
@@ -103,7 +130,8 @@ impl KeyCache {
     }
 
     /// A cache whose listener follows the catalog at `config`, until `stop`.
-    pub fn listen(config: tokio_postgres::Config, stop: CancellationToken) -> KeyCache {
+    pub fn listen(mut config: tokio_postgres::Config, stop: CancellationToken) -> KeyCache {
+        config.application_name(APPLICATION_NAME);
         let cache = KeyCache::default();
         tokio::spawn(cache.clone().follow(config, stop));
         cache
@@ -125,10 +153,12 @@ impl KeyCache {
             if state.trusted()
                 && let Some(key) = state.keys.get(access_key_id)
             {
+                self.counts.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(Some(key.clone()));
             }
             state.generation
         };
+        self.counts.misses.fetch_add(1, Ordering::Relaxed);
         let Some(found) = access_keys::lookup(pool, secret, access_key_id).await? else {
             return Ok(None);
         };
@@ -137,10 +167,22 @@ impl KeyCache {
         Ok(Some(key))
     }
 
-    /// Whether a lookup now would be answered from the cache (for tests and metrics).
+    /// Whether a lookup now would be answered from the cache.
     pub fn holds(&self, access_key_id: &str) -> bool {
         let state = self.state();
         state.trusted() && state.keys.contains_key(access_key_id)
+    }
+
+    /// What the cache did and holds.
+    pub fn stats(&self) -> KeyCacheStats {
+        let state = self.state();
+        KeyCacheStats {
+            hits: self.counts.hits.load(Ordering::Relaxed),
+            misses: self.counts.misses.load(Ordering::Relaxed),
+            losses: self.counts.losses.load(Ordering::Relaxed),
+            trusted: state.trusted(),
+            keys: state.keys.len(),
+        }
     }
 
     /// Drops `access_key_id` now, on this node (the node that revoked it need not wait for
@@ -210,6 +252,10 @@ impl KeyCache {
                 () = stop.cancelled() => Ok(()),
             };
             self.lost();
+            if stop.is_cancelled() {
+                return;
+            }
+            self.counts.losses.fetch_add(1, Ordering::Relaxed);
             if let Err(err) = outcome {
                 tracing::warn!(
                     error = %super::describe(&err),
