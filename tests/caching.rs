@@ -290,6 +290,13 @@ async fn a_public_read_get_carries_what_caches_need_and_a_revalidation_is_304_wi
             assert_eq!(response.headers()["etag"], etag.as_str());
             assert_eq!(response.headers()["last-modified"], last_modified.as_str());
             assert_eq!(response.headers()["cache-control"], "public, max-age=3600");
+            // No length, or the object's (RFC 9110 §8.6), never the length of some other body.
+            let length =
+                response.headers().get("content-length").map(|v| v.to_str().expect("length").to_owned());
+            assert!(
+                length.is_none() || length == Some(css.len().to_string()),
+                "{method} with {name}: {length:?}"
+            );
             assert!(response.bytes().await.expect("body").is_empty(), "a 304 has no body");
         }
     }

@@ -332,8 +332,9 @@ pub(crate) fn check_conditions(row: &ObjectRow, conditions: Conditions<'_>) -> S
 }
 
 /// `304 Not Modified` with what a cache needs to keep using its copy (RFC 9110 §15.4.5): the
-/// `ETag`, `Last-Modified`, and the stored `Cache-Control` and `Expires`. No body goes out
-/// (hyper sends none with a 304), and nothing but the object's row was read.
+/// `ETag`, `Last-Modified`, and the stored `Cache-Control` and `Expires`; its `Content-Length`
+/// is the object's, as a 200 would have sent (RFC 9110 §8.6). No body goes out (the HTTP layer
+/// drops s3s's error document), and nothing but the object's row was read.
 fn not_modified(row: &ObjectRow) -> S3Error {
     let mut error = S3Error::new(s3s::S3ErrorCode::NotModified);
     error.set_status_code(http::StatusCode::NOT_MODIFIED);
@@ -343,6 +344,7 @@ fn not_modified(row: &ObjectRow) -> S3Error {
         (http::header::LAST_MODIFIED, Some(http_date(row.last_modified))),
         (http::header::CACHE_CONTROL, row.headers.cache_control.clone()),
         (http::header::EXPIRES, row.headers.expires.map(http_date)),
+        (http::header::CONTENT_LENGTH, Some(row.size.to_string())),
     ];
     let mut map = http::HeaderMap::new();
     for (name, value) in headers {
