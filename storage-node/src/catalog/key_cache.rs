@@ -7,12 +7,14 @@
 //! and drops the named entries as the notices arrive, about a millisecond after the commit.
 //!
 //! The cache answers only while it can prove that it has seen every notice up to about a second
-//! ago: the listening connection sends an empty query every [`CONFIRM_EVERY`], and Postgres
-//! delivers the notices committed before a query starts ahead of that query's answer (on the
-//! same connection, in order). So a hit requires an answered query sent less than [`TRUSTED_FOR`]
-//! ago. When the connection is lost, stalls or is terminated, the cache is cleared and bypassed
-//! (every key is read from the catalog) until a new connection listens again: a notice lost
-//! with a connection can never leave a revoked key working.
+//! ago: every [`CONFIRM_EVERY`] the listening connection notifies a channel of its own and waits
+//! for that probe to come back. Postgres delivers notices in commit order, so once the probe is
+//! back, every notice committed before it was sent has been applied; a hit requires a probe sent
+//! less than [`TRUSTED_FOR`] ago and back. When the connection is lost, stalls or is terminated,
+//! the cache is cleared and bypassed (every key is read from the catalog) until a new connection
+//! listens and proves itself: a notice lost with a connection can never leave a revoked key
+//! working. Behind a pooler that does not carry `LISTEN` (PgBouncer's transaction mode) the
+//! probes never come back, and the cache simply stays off.
 //!
 //! A lookup that raced with a notice must not put back what the notice removed: each lookup
 //! notes the cache's generation before it queries, and its answer is kept only if no notice
@@ -42,13 +44,16 @@ pub const CHANNEL: &str = "silo_access";
 pub const APPLICATION_NAME: &str = "silo key cache";
 /// How many keys a node keeps at most.
 pub const MAX_KEYS: usize = 10_000;
-/// How often the listening connection proves that it is alive and up to date.
+/// How often the listening connection proves that it is alive and up to date (a probe).
 pub const CONFIRM_EVERY: Duration = Duration::from_millis(250);
-/// How long after the last proof the cache still answers: the bound on how long a revoked key
-/// may keep working on a node whose listening connection silently stalled.
-pub const TRUSTED_FOR: Duration = Duration::from_secs(1);
+/// How long after the last proof the cache still answers: how long a revoked key may keep
+/// working on a node whose listening connection silently stalled. Under the 1 s the docs
+/// promise, leaving room for the request that was decided just before.
+pub const TRUSTED_FOR: Duration = Duration::from_millis(900);
 /// How long to wait before connecting again after the listening connection was lost.
 const RECONNECT_AFTER: Duration = Duration::from_millis(500);
+/// The longest wait between attempts while no connection proves itself.
+const MAX_RECONNECT_AFTER: Duration = Duration::from_secs(30);
 
 /// A cached key: its tenant and its secret.
 #[derive(Clone)]
@@ -232,7 +237,7 @@ impl KeyCache {
         state.confirmed = None;
     }
 
-    /// A query sent at `sent` on the listening connection was answered: every notice committed
+    /// A probe sent at `sent` on the listening connection came back: every notice committed
     /// before then has been applied. `fresh` for the first on a new connection, after which
     /// lookups begun before it no longer store their answers.
     fn confirm(&self, sent: Instant, fresh: bool) {
@@ -245,72 +250,96 @@ impl KeyCache {
     }
 
     /// The listener: connects, listens, confirms, and starts again after a loss, until `stop`.
+    /// A connection that never proved itself (a catalog that is down, or a pooler through which
+    /// notices do not come back) is tried again less and less often, up to every 30 s.
     async fn follow(self, config: tokio_postgres::Config, stop: CancellationToken) {
+        let mut delay = RECONNECT_AFTER;
         loop {
             let outcome = tokio::select! {
                 outcome = self.listen_once(&config) => outcome,
                 () = stop.cancelled() => Ok(()),
             };
+            let was_trusted = self.state().confirmed.is_some();
             self.lost();
             if stop.is_cancelled() {
                 return;
             }
             self.counts.losses.fetch_add(1, Ordering::Relaxed);
-            if let Err(err) = outcome {
-                tracing::warn!(
+            delay = if was_trusted { RECONNECT_AFTER } else { (delay * 2).min(MAX_RECONNECT_AFTER) };
+            match outcome {
+                Err(err) => tracing::warn!(
                     error = %super::describe(&err),
                     "the access-key cache lost its catalog connection; keys are read from the catalog until it is back"
-                );
+                ),
+                Ok(()) if was_trusted => tracing::warn!(
+                    "the access-key cache's catalog connection stalled; keys are read from the catalog until a new one listens"
+                ),
+                Ok(()) => tracing::warn!(
+                    "the access-key cache's own notice did not come back through its catalog connection \
+                     (a transaction-pooling proxy drops LISTEN); the cache stays off and keys are read from the catalog"
+                ),
             }
             tokio::select! {
-                () = tokio::time::sleep(RECONNECT_AFTER) => {}
+                () = tokio::time::sleep(delay) => {}
                 () = stop.cancelled() => return,
             }
         }
     }
 
-    /// One listening connection, for as long as it answers.
+    /// One listening connection, for as long as it proves itself.
     async fn listen_once(&self, config: &tokio_postgres::Config) -> Result<(), tokio_postgres::Error> {
         let (client, mut connection) = config.connect(NoTls).await?;
+        // This connection's own channel, for the probes that prove it receives notices.
+        let probe = format!("{CHANNEL}_probe_{:016x}", rand::random::<u64>());
+        let (probed_tx, probed) = tokio::sync::watch::channel(0u64);
         let cache = self.clone();
-        // The connection's messages, notices among them, are read here and applied before the
-        // answers that follow them on the wire reach `client`.
+        let own = probe.clone();
+        // The connection's messages are read here: notices applied, probes' numbers passed on.
         let mut driver = tokio::spawn(async move {
             let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
             while let Some(message) = messages.next().await {
                 if let AsyncMessage::Notification(notice) = message? {
-                    cache.invalidate(notice.payload());
+                    if notice.channel() == own {
+                        probed_tx.send_replace(notice.payload().parse().unwrap_or_default());
+                    } else {
+                        cache.invalidate(notice.payload());
+                    }
                 }
             }
             Ok::<(), tokio_postgres::Error>(())
         });
-        let listened = client.batch_execute(&format!("LISTEN {CHANNEL}")).await;
+        let listened = client.batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {probe}")).await;
         let outcome = match listened {
-            Ok(()) => self.confirm_while_alive(&client, &mut driver).await,
+            Ok(()) => self.confirm_while_alive(&client, &probe, probed, &mut driver).await,
             Err(err) => Err(err),
         };
         driver.abort();
         outcome
     }
 
-    /// Sends an empty query every [`CONFIRM_EVERY`] and records each answer, until a query
-    /// fails or the connection ends. A query unanswered for [`TRUSTED_FOR`] ends it too.
+    /// Every [`CONFIRM_EVERY`], notifies the connection's own probe channel and waits for that
+    /// notice to come back: the notices of the catalog are delivered in commit order, so once
+    /// it is back every revocation committed before it was sent has been applied. Ends when a
+    /// query fails, the connection ends, or a probe is not back within [`TRUSTED_FOR`].
     async fn confirm_while_alive(
         &self,
         client: &tokio_postgres::Client,
+        probe: &str,
+        mut probed: tokio::sync::watch::Receiver<u64>,
         driver: &mut tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
     ) -> Result<(), tokio_postgres::Error> {
         let mut fresh = true;
-        loop {
+        for number in 1u64.. {
             let sent = Instant::now();
+            let round_trip = async {
+                client.batch_execute(&format!("NOTIFY {probe}, '{number}'")).await?;
+                Ok::<bool, tokio_postgres::Error>(probed.wait_for(|back| *back >= number).await.is_ok())
+            };
             tokio::select! {
-                answered = tokio::time::timeout(TRUSTED_FOR, client.simple_query("")) => match answered {
-                    Ok(Ok(_)) => self.confirm(sent, std::mem::take(&mut fresh)),
+                answered = tokio::time::timeout(TRUSTED_FOR, round_trip) => match answered {
+                    Ok(Ok(true)) => self.confirm(sent, std::mem::take(&mut fresh)),
                     Ok(Err(err)) => return Err(err),
-                    Err(_) => {
-                        tracing::warn!("the access-key cache's catalog connection stalled; reconnecting");
-                        return Ok(());
-                    }
+                    Ok(Ok(false)) | Err(_) => return Ok(()),
                 },
                 ended = &mut *driver => return ended.unwrap_or(Ok(())),
             }
@@ -319,6 +348,7 @@ impl KeyCache {
                 ended = &mut *driver => return ended.unwrap_or(Ok(())),
             }
         }
+        Ok(())
     }
 }
 
