@@ -61,7 +61,9 @@ async fn answer(state: Arc<AppState>, request: Request) -> Response {
         Err(refusal) => return refused(&refusal),
     };
     let (method, uri, headers) = (request.method(), request.uri(), request.headers());
-    if let Err(refusal) = storage_node::s3::sig_v2::verify(&state.store, method, uri, headers).await {
+    if let Err(refusal) =
+        storage_node::s3::sig_v2::verify(&state.store, state.s3.keys(), method, uri, headers).await
+    {
         return refused(&refusal);
     }
     let request = match policy {
