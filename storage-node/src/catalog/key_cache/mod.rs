@@ -28,15 +28,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use s3s::auth::SecretKey;
-use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 
 use super::CatalogPool;
 use super::access_keys::{self, ActiveKey};
 use super::tenants::TenantError;
 use crate::{ServerSecret, TenantId};
+
+mod listener;
 
 /// The channel the catalog's triggers notify.
 pub const CHANNEL: &str = "silo_access";
@@ -55,17 +55,11 @@ const RECONNECT_AFTER: Duration = Duration::from_millis(500);
 /// The longest wait between attempts while no connection proves itself.
 const MAX_RECONNECT_AFTER: Duration = Duration::from_secs(30);
 
-/// A cached key: its tenant and its secret.
-#[derive(Clone)]
+/// A cached key: its tenant and its secret (whose `Debug` shows a placeholder).
+#[derive(Debug, Clone)]
 pub struct CachedKey {
     pub tenant: TenantId,
     pub secret: SecretKey,
-}
-
-impl std::fmt::Debug for CachedKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CachedKey").field("tenant", &self.tenant).field("secret", &"<redacted>").finish()
-    }
 }
 
 impl From<ActiveKey> for CachedKey {
@@ -248,200 +242,7 @@ impl KeyCache {
         }
         state.confirmed = Some(sent);
     }
-
-    /// The listener: connects, listens, confirms, and starts again after a loss, until `stop`.
-    /// A connection that never proved itself (a catalog that is down, or a pooler through which
-    /// notices do not come back) is tried again less and less often, up to every 30 s.
-    async fn follow(self, config: tokio_postgres::Config, stop: CancellationToken) {
-        let mut delay = RECONNECT_AFTER;
-        loop {
-            let outcome = tokio::select! {
-                outcome = self.listen_once(&config) => outcome,
-                () = stop.cancelled() => Ok(()),
-            };
-            let was_trusted = self.state().confirmed.is_some();
-            self.lost();
-            if stop.is_cancelled() {
-                return;
-            }
-            self.counts.losses.fetch_add(1, Ordering::Relaxed);
-            delay = if was_trusted { RECONNECT_AFTER } else { (delay * 2).min(MAX_RECONNECT_AFTER) };
-            match outcome {
-                Err(err) => tracing::warn!(
-                    error = %super::describe(&err),
-                    "the access-key cache lost its catalog connection; keys are read from the catalog until it is back"
-                ),
-                Ok(()) if was_trusted => tracing::warn!(
-                    "the access-key cache's catalog connection stalled; keys are read from the catalog until a new one listens"
-                ),
-                Ok(()) => tracing::warn!(
-                    "the access-key cache's own notice did not come back through its catalog connection \
-                     (a transaction-pooling proxy drops LISTEN); the cache stays off and keys are read from the catalog"
-                ),
-            }
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = stop.cancelled() => return,
-            }
-        }
-    }
-
-    /// One listening connection, for as long as it proves itself.
-    async fn listen_once(&self, config: &tokio_postgres::Config) -> Result<(), tokio_postgres::Error> {
-        let (client, mut connection) = config.connect(NoTls).await?;
-        // This connection's own channel, for the probes that prove it receives notices.
-        let probe = format!("{CHANNEL}_probe_{:016x}", rand::random::<u64>());
-        let (probed_tx, probed) = tokio::sync::watch::channel(0u64);
-        let cache = self.clone();
-        let own = probe.clone();
-        // The connection's messages are read here: notices applied, probes' numbers passed on.
-        let mut driver = tokio::spawn(async move {
-            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-            while let Some(message) = messages.next().await {
-                if let AsyncMessage::Notification(notice) = message? {
-                    if notice.channel() == own {
-                        probed_tx.send_replace(notice.payload().parse().unwrap_or_default());
-                    } else {
-                        cache.invalidate(notice.payload());
-                    }
-                }
-            }
-            Ok::<(), tokio_postgres::Error>(())
-        });
-        let listened = client.batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {probe}")).await;
-        let outcome = match listened {
-            Ok(()) => self.confirm_while_alive(&client, &probe, probed, &mut driver).await,
-            Err(err) => Err(err),
-        };
-        driver.abort();
-        outcome
-    }
-
-    /// Every [`CONFIRM_EVERY`], notifies the connection's own probe channel and waits for that
-    /// notice to come back: the notices of the catalog are delivered in commit order, so once
-    /// it is back every revocation committed before it was sent has been applied. Ends when a
-    /// query fails, the connection ends, or a probe is not back within [`TRUSTED_FOR`].
-    async fn confirm_while_alive(
-        &self,
-        client: &tokio_postgres::Client,
-        probe: &str,
-        mut probed: tokio::sync::watch::Receiver<u64>,
-        driver: &mut tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
-    ) -> Result<(), tokio_postgres::Error> {
-        let mut fresh = true;
-        for number in 1u64.. {
-            let sent = Instant::now();
-            let round_trip = async {
-                client.batch_execute(&format!("NOTIFY {probe}, '{number}'")).await?;
-                Ok::<bool, tokio_postgres::Error>(probed.wait_for(|back| *back >= number).await.is_ok())
-            };
-            tokio::select! {
-                answered = tokio::time::timeout(TRUSTED_FOR, round_trip) => match answered {
-                    Ok(Ok(true)) => self.confirm(sent, std::mem::take(&mut fresh)),
-                    Ok(Err(err)) => return Err(err),
-                    Ok(Ok(false)) | Err(_) => return Ok(()),
-                },
-                ended = &mut *driver => return ended.unwrap_or(Ok(())),
-            }
-            tokio::select! {
-                () = tokio::time::sleep(CONFIRM_EVERY) => {}
-                ended = &mut *driver => return ended.unwrap_or(Ok(())),
-            }
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::Instant;
-
-    use s3s::auth::SecretKey;
-
-    use super::{CachedKey, KeyCache, TRUSTED_FOR};
-    use crate::TenantId;
-
-    fn key(tenant: i64) -> CachedKey {
-        CachedKey { tenant: TenantId(tenant), secret: SecretKey::from("secret".to_string()) }
-    }
-
-    fn trusted() -> KeyCache {
-        let cache = KeyCache::default();
-        cache.confirm(Instant::now(), true);
-        cache
-    }
-
-    #[test]
-    fn a_cache_without_a_listener_never_answers_nor_keeps() {
-        let cache = KeyCache::default();
-        cache.keep("K", &key(1), 0);
-        assert!(!cache.holds("K"));
-    }
-
-    #[test]
-    fn a_kept_key_answers_until_its_notice() {
-        let cache = trusted();
-        let generation = cache.state().generation;
-        cache.keep("K", &key(1), generation);
-        cache.keep("L", &key(2), generation);
-        assert!(cache.holds("K"));
-        cache.invalidate("key:K");
-        assert!(!cache.holds("K"));
-        assert!(cache.holds("L"));
-    }
-
-    #[test]
-    fn a_tenant_notice_drops_that_tenants_keys_and_another_drops_all() {
-        let cache = trusted();
-        let generation = cache.state().generation;
-        for (id, tenant) in [("A", 1), ("B", 1), ("C", 2)] {
-            cache.keep(id, &key(tenant), generation);
-        }
-        cache.invalidate("tenant:1");
-        assert!(!cache.holds("A") && !cache.holds("B") && cache.holds("C"));
-        cache.invalidate("all");
-        assert!(!cache.holds("C"));
-    }
-
-    #[test]
-    fn an_answer_read_before_a_notice_is_not_kept() {
-        let cache = trusted();
-        let generation = cache.state().generation;
-        cache.invalidate("key:K");
-        cache.keep("K", &key(1), generation);
-        assert!(!cache.holds("K"));
-    }
-
-    #[test]
-    fn a_lost_connection_clears_and_a_new_one_refuses_older_answers() {
-        let cache = trusted();
-        let generation = cache.state().generation;
-        cache.keep("K", &key(1), generation);
-        cache.lost();
-        assert!(!cache.holds("K"));
-        let during_the_loss = cache.state().generation;
-        cache.confirm(Instant::now(), true);
-        cache.keep("K", &key(1), during_the_loss);
-        assert!(!cache.holds("K"), "read before the new connection listened");
-    }
-
-    #[test]
-    fn an_old_confirmation_is_not_trusted() {
-        let cache = trusted();
-        let generation = cache.state().generation;
-        cache.keep("K", &key(1), generation);
-        let long_ago = Instant::now().checked_sub(TRUSTED_FOR * 2).expect("an instant a while ago");
-        cache.confirm(long_ago, false);
-        assert!(!cache.holds("K"));
-    }
-
-    #[test]
-    fn the_cache_is_bounded() {
-        let cache = trusted();
-        let generation = cache.state().generation;
-        for n in 0..super::MAX_KEYS + 10 {
-            cache.keep(&format!("K{n}"), &key(1), generation);
-        }
-        assert_eq!(cache.state().keys.len(), super::MAX_KEYS);
-    }
-}
+mod tests;
