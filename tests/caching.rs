@@ -164,14 +164,20 @@ async fn tenant_on(pair: &Pair, tenant: &str) -> (String, Client, Client) {
     (id, on_a, on_b)
 }
 
-/// Reads through `client` on `silo` until a read is answered from its key cache.
+/// Reads through `client` on `silo` until a read is answered from its key cache (a few tries:
+/// on a loaded machine a late probe may make the cache start over).
 async fn read_from_cache(silo: &Silo, client: &Client, bucket: &str) {
-    wait_trusted(silo).await;
-    let before = hits(silo).await;
-    for _ in 0..2 {
-        assert_eq!(get(client, bucket, "k").await.as_deref(), Ok(&b"hello"[..]));
+    for _ in 0..5 {
+        wait_trusted(silo).await;
+        let before = hits(silo).await;
+        for _ in 0..2 {
+            assert_eq!(get(client, bucket, "k").await.as_deref(), Ok(&b"hello"[..]));
+        }
+        if hits(silo).await > before {
+            return;
+        }
     }
-    assert!(hits(silo).await > before, "the second signed read was answered from the key cache");
+    panic!("no signed read was answered from the key cache:\n{}", silo.stderr());
 }
 
 #[tokio::test]
