@@ -22,6 +22,7 @@ use db_manager::{DbManager, DedicatedOptions, ManagerConfig};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use rand::distr::{Alphanumeric, SampleString};
 use storage_node::DataDir;
+use storage_node::catalog::key_cache::KeyCache;
 use storage_node::catalog::{self, CatalogPool};
 use storage_node::data_dir::ADMIN_TOKEN_SECRET;
 use storage_node::node_api::{NodeApi, PeerTls, ThisNode};
@@ -231,6 +232,7 @@ async fn serve_with_catalog(
         None => CatalogServer::External,
     };
     let census = storage_node::model::node::census(&pool).await?;
+    let keys = KeyCache::listen(catalog_config(config, embedded)?, stop.child_token());
     let state = Arc::new(AppState {
         catalog: pool,
         store: store.clone(),
@@ -240,7 +242,7 @@ async fn serve_with_catalog(
         admin_token_digest: http::auth_digest(admin_token.expose()),
         metrics: Metrics::new(),
         draining: AtomicBool::new(false),
-        s3: storage_node::s3::service(store.clone(), config.region()),
+        s3: storage_node::s3::service(store.clone(), config.region(), keys),
         repair: repair_stats,
         repair_grace: config.repair_grace(),
         info: ServerInfo {

@@ -7,6 +7,7 @@
 mod common;
 
 mod backups;
+mod caching;
 mod catalog_dr;
 mod cluster;
 mod cluster_upkeep;

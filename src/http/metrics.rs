@@ -1,5 +1,5 @@
-//! Prometheus metrics: HTTP traffic, readiness, the catalog pool, the embedded Postgres and
-//! repair (its backlog, and the packs and bytes it copied).
+//! Prometheus metrics: HTTP traffic, readiness, the catalog pool, the embedded Postgres,
+//! repair (its backlog, and the packs and bytes it copied) and the access-key cache.
 //!
 //! Request metrics are labelled by the matched route template, never by the raw path, so that
 //! object keys and tenant names cannot blow up the label space.
@@ -20,6 +20,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use storage_node::catalog::key_cache::KeyCacheStats;
 use storage_node::repair::RepairStats;
 
 use super::{ApiError, AppState, CatalogServer};
@@ -69,7 +70,54 @@ pub struct Metrics {
     database_read_only: Family<DatabaseLabels, Gauge>,
     connections: ConnectionMetrics,
     repair: RepairMetrics,
+    key_cache: KeyCacheMetrics,
     started: Instant,
+}
+
+/// The access-key cache as `/metrics` shows it: counters that follow the cache's own, and
+/// whether it answers now.
+#[derive(Debug, Default)]
+struct KeyCacheMetrics {
+    hits: Counter,
+    misses: Counter,
+    losses: Counter,
+    trusted: Gauge,
+    keys: Gauge,
+    sync: std::sync::Mutex<()>,
+}
+
+impl KeyCacheMetrics {
+    fn register(&self, registry: &mut Registry) {
+        let counters = [
+            ("s3_key_cache_hits", "Access-key lookups answered from this node's cache", &self.hits),
+            ("s3_key_cache_misses", "Access-key lookups that read the catalog", &self.misses),
+            (
+                "s3_key_cache_losses",
+                "Times the key cache's LISTEN connection was lost (each cleared it)",
+                &self.losses,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
+        registry.register(
+            "s3_key_cache_trusted",
+            "1 while the key cache answers (its LISTEN connection is up to date)",
+            self.trusted.clone(),
+        );
+        registry.register("s3_key_cache_keys", "Access keys this node's cache holds", self.keys.clone());
+    }
+
+    fn follow(&self, stats: KeyCacheStats) {
+        let _turn = self.sync.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.trusted.set(i64::from(stats.trusted));
+        self.keys.set(stats.keys as i64);
+        for (counter, value) in
+            [(&self.hits, stats.hits), (&self.misses, stats.misses), (&self.losses, stats.losses)]
+        {
+            counter.inc_by(value.saturating_sub(counter.get()));
+        }
+    }
 }
 
 /// Repair as `/metrics` shows it: the backlog at the latest pass, and counters that follow the
@@ -134,6 +182,8 @@ impl Metrics {
             family("database_read_only", "1 while a client database is read-only over its quota");
         let repair = RepairMetrics::default();
         repair.register(&mut registry);
+        let key_cache = KeyCacheMetrics::default();
+        key_cache.register(&mut registry);
         let connections = ConnectionMetrics::default();
         registry.register(
             "http_connections",
@@ -169,6 +219,7 @@ impl Metrics {
             uptime_seconds: gauge("uptime_seconds", "Seconds since the server started"),
             connections,
             repair,
+            key_cache,
             registry,
             requests,
             durations,
@@ -243,6 +294,7 @@ pub async fn render(State(state): State<Arc<AppState>>) -> Response {
         metrics.database_read_only.get_or_create(&labels).set(i64::from(sample.read_only));
     }
     metrics.repair.follow(&state.repair);
+    metrics.key_cache.follow(state.s3.keys().stats());
     let mut body = String::new();
     if let Err(err) = encode(&mut body, &metrics.registry) {
         return ApiError::internal(err).into_response();

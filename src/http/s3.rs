@@ -1,7 +1,8 @@
 //! Hands a request to the S3 data plane (`s3s`: signatures, XML, routing), after
 //! [`storage_node::s3::guard`] has checked its head (and [`storage_node::s3::sig_v2`] a SigV2
 //! signature, in constant time), and caps what of its body may be buffered. Every answer gets
-//! its request ids ([`storage_node::s3::request_id`]).
+//! its request ids ([`storage_node::s3::request_id`]); a `304 Not Modified` goes out with no
+//! body.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -31,6 +32,12 @@ async fn stamp(response: Response, ids: &RequestIds) -> Response {
             parts.headers.insert(name, value);
         }
     }
+    if parts.status == StatusCode::NOT_MODIFIED {
+        // s3s answers 304 as an error, with an XML document for a body: a 304 has none (its
+        // `Content-Length`, set by the handler, is the object's).
+        parts.headers.remove(header::CONTENT_TYPE);
+        return Response::from_parts(parts, Body::empty());
+    }
     if !parts.status.is_client_error() && !parts.status.is_server_error() {
         return Response::from_parts(parts, body);
     }
@@ -54,7 +61,9 @@ async fn answer(state: Arc<AppState>, request: Request) -> Response {
         Err(refusal) => return refused(&refusal),
     };
     let (method, uri, headers) = (request.method(), request.uri(), request.headers());
-    if let Err(refusal) = storage_node::s3::sig_v2::verify(&state.store, method, uri, headers).await {
+    if let Err(refusal) =
+        storage_node::s3::sig_v2::verify(&state.store, state.s3.keys(), method, uri, headers).await
+    {
         return refused(&refusal);
     }
     let request = match policy {

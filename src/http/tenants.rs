@@ -92,6 +92,7 @@ async fn remove(
     refuse_system_tenant(&tenant)?;
     let options = TenantDeletion { force: query.force, final_backup: query.final_backup };
     state.databases.tenant_deletions().delete_tenant(&tenant, options).await?;
+    state.s3.keys().forget_all();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -122,6 +123,7 @@ async fn revoke_key(
 ) -> Result<StatusCode, ApiError> {
     let id = tenants::find(&state.catalog, &tenant).await?;
     access_keys::revoke(&state.catalog, id, &key).await?;
+    state.s3.keys().forget(&key);
     tracing::info!(tenant, access_key_id = key, "revoked access key");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,8 +1,10 @@
 //! S3 access keys: created for a tenant, listed without secrets, revoked at once.
 //!
 //! The secret is shown once, at creation. It is kept sealed with the server secret, because
-//! checking a SigV4 signature needs it in clear; a revoked key stops working on the next request
-//! (keys are looked up on every request, never cached).
+//! checking a SigV4 signature needs it in clear. A revoked key stops working on the next request
+//! of the node that revoked it and within a second on every other node: each node caches the keys
+//! it has checked ([`super::key_cache`]), and a trigger on this table tells every cache to drop a
+//! key the moment its revocation or deletion commits.
 
 use rand::distr::{Alphanumeric, SampleString};
 use serde::Serialize;

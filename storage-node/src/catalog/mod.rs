@@ -5,6 +5,7 @@
 //! this binary knows: an old Silo must not write into tables it does not understand.
 
 pub mod access_keys;
+pub mod key_cache;
 pub mod meta;
 pub mod tenants;
 

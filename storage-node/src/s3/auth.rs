@@ -2,8 +2,9 @@
 //! the tenant it acts for.
 //!
 //! s3s asks for the key's secret, checks the signature, then asks who the caller is. The first
-//! step reads the key from the catalog (so a revoked key fails at once); the second reuses
-//! what it found, if it is seconds old, instead of reading the key again.
+//! step asks the node's key cache ([`crate::catalog::key_cache`]: no catalog query while it
+//! holds the key, and a revoked key is dropped from every node's cache within a second); the
+//! second reuses what it found, if it is seconds old, instead of looking the key up again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,7 +16,7 @@ use s3s::{S3Result, s3_error};
 
 use super::Caller;
 use crate::TenantId;
-use crate::catalog::access_keys;
+use crate::catalog::key_cache::KeyCache;
 use crate::store::ChunkStore;
 
 /// How long a key lookup answers "who is this" for the request that made it.
@@ -25,13 +26,15 @@ const MAX_REMEMBERED: usize = 10_000;
 #[derive(Debug, Clone)]
 pub(crate) struct CatalogAuth {
     pub store: ChunkStore,
+    /// The keys this node has checked, invalidated across nodes.
+    pub keys: KeyCache,
     /// The tenant of each key that just passed a catalog lookup, and when.
     pub looked_up: Arc<Mutex<HashMap<String, (TenantId, Instant)>>>,
 }
 
 impl CatalogAuth {
-    pub fn new(store: ChunkStore) -> Self {
-        CatalogAuth { store, looked_up: Arc::new(Mutex::new(HashMap::new())) }
+    pub fn new(store: ChunkStore, keys: KeyCache) -> Self {
+        CatalogAuth { store, keys, looked_up: Arc::new(Mutex::new(HashMap::new())) }
     }
 
     fn remember(&self, access_key: &str, tenant: TenantId) {
@@ -53,10 +56,10 @@ impl CatalogAuth {
 impl S3Auth for CatalogAuth {
     /// The secret of an active key; unknown and revoked keys get `InvalidAccessKeyId`.
     async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
-        match access_keys::lookup(self.store.catalog(), self.store.server_secret(), access_key).await {
+        match self.keys.lookup(self.store.catalog(), self.store.server_secret(), access_key).await {
             Ok(Some(key)) => {
                 self.remember(access_key, key.tenant);
-                Ok(SecretKey::from(key.secret))
+                Ok(key.secret)
             }
             Ok(None) => Err(s3_error!(InvalidAccessKeyId, "the access key does not exist or was revoked")),
             Err(err) => {
@@ -75,12 +78,10 @@ impl S3Access for CatalogAuth {
         let tenant = match cx.credentials() {
             Some(credentials) => match self.recent(&credentials.access_key) {
                 Some(tenant) => Some(tenant),
-                None => match access_keys::lookup(
-                    self.store.catalog(),
-                    self.store.server_secret(),
-                    &credentials.access_key,
-                )
-                .await
+                None => match self
+                    .keys
+                    .lookup(self.store.catalog(), self.store.server_secret(), &credentials.access_key)
+                    .await
                 {
                     Ok(Some(key)) => Some(key.tenant),
                     Ok(None) => return Err(s3_error!(InvalidAccessKeyId)),

@@ -40,6 +40,7 @@ use s3s::service::S3ServiceBuilder;
 
 use crate::TenantId;
 use crate::catalog::CatalogPool;
+use crate::catalog::key_cache::KeyCache;
 use crate::store::ChunkStore;
 
 /// Names that S3 buckets may not take: the management endpoints live there.
@@ -59,9 +60,10 @@ impl SiloS3 {
     }
 }
 
-/// The S3 service over `store`, serving `region`.
-pub fn service(store: ChunkStore, region: Region) -> S3Front {
-    let auth = auth::CatalogAuth::new(store.clone());
+/// The S3 service over `store`, serving `region`, checking signatures with the keys of `keys`
+/// (a [`KeyCache::default`] reads every key from the catalog).
+pub fn service(store: ChunkStore, region: Region, keys: KeyCache) -> S3Front {
+    let auth = auth::CatalogAuth::new(store.clone(), keys);
     let mut builder = S3ServiceBuilder::new(SiloS3 { store: store.clone(), region: region.clone() });
     builder.set_auth(auth.clone());
     builder.set_access(auth.clone());

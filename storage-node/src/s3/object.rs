@@ -321,19 +321,38 @@ pub(crate) fn check_conditions(row: &ObjectRow, conditions: Conditions<'_>) -> S
     }
     if let Some(condition) = conditions.if_none_match {
         if matches(condition) {
-            return Err(not_modified());
+            return Err(not_modified(row));
         }
     } else if let Some(since) = conditions.if_modified_since
         && modified <= seconds(since)
     {
-        return Err(not_modified());
+        return Err(not_modified(row));
     }
     Ok(())
 }
 
-fn not_modified() -> S3Error {
+/// `304 Not Modified` with what a cache needs to keep using its copy (RFC 9110 §15.4.5): the
+/// `ETag`, `Last-Modified`, and the stored `Cache-Control` and `Expires`; its `Content-Length`
+/// is the object's, as a 200 would have sent (RFC 9110 §8.6). No body goes out (the HTTP layer
+/// drops s3s's error document), and nothing but the object's row was read.
+fn not_modified(row: &ObjectRow) -> S3Error {
     let mut error = S3Error::new(s3s::S3ErrorCode::NotModified);
     error.set_status_code(http::StatusCode::NOT_MODIFIED);
+    let http_date = |at: OffsetDateTime| httpdate::fmt_http_date(std::time::SystemTime::from(at));
+    let headers = [
+        (http::header::ETAG, Some(format!("\"{}\"", row.etag))),
+        (http::header::LAST_MODIFIED, Some(http_date(row.last_modified))),
+        (http::header::CACHE_CONTROL, row.headers.cache_control.clone()),
+        (http::header::EXPIRES, row.headers.expires.map(http_date)),
+        (http::header::CONTENT_LENGTH, Some(row.size.to_string())),
+    ];
+    let mut map = http::HeaderMap::new();
+    for (name, value) in headers {
+        if let Some(value) = value.and_then(|value| http::HeaderValue::from_str(&value).ok()) {
+            map.insert(name, value);
+        }
+    }
+    error.set_headers(map);
     error
 }
 
@@ -459,6 +478,20 @@ mod tests {
         assert_eq!(outcome(Conditions { if_none_match: Some(&any), ..Default::default() }), "NotModified");
         let other = tag("other");
         assert_eq!(outcome(Conditions { if_none_match: Some(&other), ..Default::default() }), "ok");
+    }
+
+    #[test]
+    fn not_modified_carries_the_validators_and_the_stored_cache_control() {
+        let mut object = row();
+        object.headers.cache_control = Some("public, max-age=60".into());
+        let etag = tag("abc");
+        let conditions = Conditions { if_none_match: Some(&etag), ..Default::default() };
+        let err = check_conditions(&object, conditions).expect_err("not modified");
+        let headers = err.headers().expect("headers");
+        assert_eq!(headers["etag"], "\"abc\"");
+        assert_eq!(headers["last-modified"], "Sat, 31 Jan 2026 12:00:00 GMT");
+        assert_eq!(headers["cache-control"], "public, max-age=60");
+        assert!(!headers.contains_key("expires"));
     }
 
     #[test]

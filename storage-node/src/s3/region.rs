@@ -87,6 +87,11 @@ impl Signed {
 }
 
 impl S3Front {
+    /// The access keys this node has checked (to forget one at once when it is revoked here).
+    pub fn keys(&self) -> &crate::catalog::key_cache::KeyCache {
+        &self.auth.keys
+    }
+
     /// Answers one S3 request.
     ///
     /// # Errors

@@ -16,7 +16,7 @@ use http::{HeaderMap, Method, StatusCode, Uri, header};
 use subtle::ConstantTimeEq;
 
 use super::guard::Refusal;
-use crate::catalog::access_keys;
+use crate::catalog::key_cache::KeyCache;
 use crate::store::ChunkStore;
 
 /// Query parameters in the canonical resource, sorted (as `s3s` and AWS list them).
@@ -70,6 +70,7 @@ enum Mode {
 /// `403 SignatureDoesNotMatch` for a wrong signature.
 pub async fn verify(
     store: &ChunkStore,
+    keys: &KeyCache,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -114,12 +115,12 @@ pub async fn verify(
         };
         (Mode::Header, key.to_string(), signature.to_string())
     };
-    let secret = match access_keys::lookup(store.catalog(), store.server_secret(), &access_key).await {
+    let secret = match keys.lookup(store.catalog(), store.server_secret(), &access_key).await {
         Ok(Some(key)) => key.secret,
         _ => return Ok(()),
     };
     let string_to_sign = string_to_sign(&mode, method, uri.path(), &query, headers);
-    let Ok(mut mac) = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()) else {
+    let Ok(mut mac) = Hmac::<sha1::Sha1>::new_from_slice(secret.expose().as_bytes()) else {
         return Ok(());
     };
     mac.update(string_to_sign.as_bytes());

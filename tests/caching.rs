@@ -1,0 +1,371 @@
+//! The hot path's caches across nodes (issue 13): two `silo serve` processes sharing one
+//! throwaway catalog. A key revoked through one node is refused by the other within a second,
+//! though the other had it cached; a lost or frozen LISTEN connection never leaves a revoked key
+//! working;
+//! an overwrite or a delete acknowledged by one node is never followed by the old bytes from the
+//! other. And a public-read GET carries what a CDN or browser needs (ETag, Last-Modified, the
+//! stored Cache-Control, Accept-Ranges) and answers a revalidation 304 with no body.
+
+use crate::common;
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{BucketCannedAcl, ObjectCannedAcl};
+use common::{Silo, free_addr, scratch};
+
+const READY: Duration = Duration::from_secs(30);
+/// Both nodes seal and name things with this one secret.
+const SECRET: &str = "7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a";
+/// The bound on a revocation reaching every node (docs/security.md).
+const REVOCATION_BOUND: Duration = Duration::from_secs(1);
+
+/// Two nodes, in zones a and b, on one catalog.
+struct Pair {
+    a: Silo,
+    b: Silo,
+    catalog: String,
+    _tmp: tempfile::TempDir,
+}
+
+impl Pair {
+    async fn start(label: &str) -> Pair {
+        let catalog = pg_local::testing::shared().fresh_database(label).await;
+        let tmp = scratch();
+        let mut nodes = Vec::new();
+        for (name, zone) in [("node-a", "a"), ("node-b", "b")] {
+            let internal = free_addr();
+            let (listen, url) = (internal.to_string(), format!("http://{internal}"));
+            let args = [
+                "--postgres-url",
+                &catalog,
+                "--node-name",
+                name,
+                "--zone",
+                zone,
+                "--internal-listen",
+                &listen,
+                "--internal-url",
+                &url,
+            ];
+            let mut silo =
+                Silo::start_with_env(&tmp.path().join(name), &args, &[("SILO_SERVER_SECRET", SECRET)]);
+            silo.wait_ready(READY).await;
+            nodes.push(silo);
+        }
+        let b = nodes.pop().expect("node b");
+        let a = nodes.pop().expect("node a");
+        Pair { a, b, catalog, _tmp: tmp }
+    }
+
+    async fn sql(&self, sql: &str) {
+        let (client, conn) =
+            tokio_postgres::connect(&self.catalog, tokio_postgres::NoTls).await.expect("catalog");
+        tokio::spawn(conn);
+        client.batch_execute(sql).await.expect(sql);
+    }
+
+    /// The server processes of both nodes' LISTEN connections.
+    async fn listeners(&self) -> Vec<i32> {
+        let (client, conn) =
+            tokio_postgres::connect(&self.catalog, tokio_postgres::NoTls).await.expect("catalog");
+        tokio::spawn(conn);
+        let rows = client
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database()",
+                &[&storage_node::catalog::key_cache::APPLICATION_NAME],
+            )
+            .await
+            .expect("listeners");
+        rows.iter().map(|row| row.get(0)).collect()
+    }
+}
+
+/// A metric of `silo` (the first sample whose name starts with `name`), 0 when absent.
+async fn metric(silo: &Silo, name: &str) -> f64 {
+    let text = reqwest::get(silo.metrics_url()).await.expect("metrics").text().await.expect("metrics body");
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// Waits until `silo`'s key cache answers (its LISTEN connection is up to date).
+async fn wait_trusted(silo: &Silo) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(silo, "silo_s3_key_cache_trusted ").await < 1.0 {
+        assert!(Instant::now() < deadline, "the key cache never became trusted:\n{}", silo.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn hits(silo: &Silo) -> f64 {
+    metric(silo, "silo_s3_key_cache_hits_total ").await
+}
+
+async fn put(client: &Client, bucket: &str, key: &str, body: &[u8]) {
+    client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(ByteStream::from(body.to_vec()))
+        .send()
+        .await
+        .unwrap_or_else(|err| panic!("put {key}: {err:?}"));
+}
+
+/// The object's bytes, or the error code.
+async fn get(client: &Client, bucket: &str, key: &str) -> Result<Vec<u8>, String> {
+    match client.get_object().bucket(bucket).key(key).send().await {
+        Ok(object) => {
+            Ok(object.body.collect().await.map_err(|err| format!("{err:?}"))?.into_bytes().to_vec())
+        }
+        Err(err) => Err(err.code().map_or_else(|| format!("{err:?}"), str::to_owned)),
+    }
+}
+
+/// Revokes `key` of `tenant` through `silo`'s management API.
+async fn revoke(silo: &Silo, tenant: &str, key: &str) {
+    let response = reqwest::Client::new()
+        .delete(silo.url(&format!("/v1/tenants/{tenant}/keys/{key}")))
+        .bearer_auth(silo.token())
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(response.status(), 204, "revoke {key}");
+}
+
+/// Reads through `client` until it is refused with `InvalidAccessKeyId`; returns how long that
+/// took, failing past the revocation bound.
+async fn refused_within_bound(client: &Client, bucket: &str, key: &str, since: Instant) -> Duration {
+    loop {
+        // A read sent within the bound may be answered after it.
+        let asked = since.elapsed();
+        match get(client, bucket, key).await {
+            Err(code) if code == "InvalidAccessKeyId" => return since.elapsed(),
+            Err(code) => panic!("a read with a revoked key failed otherwise: {code}"),
+            Ok(_) => {
+                assert!(asked < REVOCATION_BOUND, "a revoked key still worked when asked {asked:?} after");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// A key and a client for it on each node, and a bucket with one object.
+async fn tenant_on(pair: &Pair, tenant: &str) -> (String, Client, Client) {
+    let (id, secret) = common::tenant_with_key(&pair.a, tenant);
+    let on_a = common::sdk_client(&pair.a, &id, &secret);
+    let on_b = common::sdk_client(&pair.b, &id, &secret);
+    on_a.create_bucket().bucket(tenant).send().await.expect("create bucket");
+    put(&on_a, tenant, "k", b"hello").await;
+    (id, on_a, on_b)
+}
+
+/// Reads through `client` on `silo` until a read is answered from its key cache (a few tries:
+/// on a loaded machine a late probe may make the cache start over).
+async fn read_from_cache(silo: &Silo, client: &Client, bucket: &str) {
+    for _ in 0..5 {
+        wait_trusted(silo).await;
+        let before = hits(silo).await;
+        for _ in 0..2 {
+            assert_eq!(get(client, bucket, "k").await.as_deref(), Ok(&b"hello"[..]));
+        }
+        if hits(silo).await > before {
+            return;
+        }
+    }
+    panic!("no signed read was answered from the key cache:\n{}", silo.stderr());
+}
+
+#[tokio::test]
+async fn a_key_revoked_on_one_node_is_refused_by_the_other_within_a_second_though_it_had_it_cached() {
+    let pair = Pair::start("cache_revoke").await;
+    let (id, on_a, on_b) = tenant_on(&pair, "shop").await;
+    read_from_cache(&pair.b, &on_b, "shop").await;
+    read_from_cache(&pair.a, &on_a, "shop").await;
+    revoke(&pair.a, "shop", &id).await;
+    let revoked = Instant::now();
+    // The node that revoked forgets at once; the other when the notice comes.
+    assert_eq!(get(&on_a, "shop", "k").await, Err("InvalidAccessKeyId".into()));
+    let took = refused_within_bound(&on_b, "shop", "k", revoked).await;
+    eprintln!("node b refused the revoked key {took:?} after the revocation returned");
+}
+
+#[tokio::test]
+async fn a_lost_listen_connection_never_leaves_a_revoked_key_working() {
+    let pair = Pair::start("cache_lost").await;
+    let (id, on_a, on_b) = tenant_on(&pair, "shop").await;
+    let (other_id, other_secret) = common::tenant_with_key(&pair.a, "blog");
+    let other = common::sdk_client(&pair.b, &other_id, &other_secret);
+    other.create_bucket().bucket("blog").send().await.expect("create bucket");
+    put(&other, "blog", "k", b"hello").await;
+    read_from_cache(&pair.b, &on_b, "shop").await;
+    read_from_cache(&pair.b, &other, "blog").await;
+    let losses = metric(&pair.b, "silo_s3_key_cache_losses_total ").await;
+    // Both nodes' LISTEN connections die (waiting until they are gone), and the key is revoked
+    // while nobody listens: that notice is lost for good.
+    pair.sql(&format!(
+        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity \
+         WHERE application_name = '{}' AND datname = current_database(); \
+         UPDATE access_keys SET revoked_at = now() WHERE id = '{id}';",
+        storage_node::catalog::key_cache::APPLICATION_NAME
+    ))
+    .await;
+    let revoked = Instant::now();
+    refused_within_bound(&on_b, "shop", "k", revoked).await;
+    refused_within_bound(&on_a, "shop", "k", revoked).await;
+    // The cache comes back (and was cleared): the revoked key stays refused, the other works
+    // and is cached again.
+    wait_trusted(&pair.b).await;
+    assert!(
+        metric(&pair.b, "silo_s3_key_cache_losses_total ").await > losses,
+        "node b saw its connection lost"
+    );
+    assert_eq!(get(&on_b, "shop", "k").await, Err("InvalidAccessKeyId".into()));
+    read_from_cache(&pair.b, &other, "blog").await;
+}
+
+#[tokio::test]
+async fn a_stalled_listen_connection_stops_the_cache_within_a_second() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let pair = Pair::start("cache_stalled").await;
+    let (id, _, on_b) = tenant_on(&pair, "shop").await;
+    read_from_cache(&pair.b, &on_b, "shop").await;
+    // The listening server processes freeze: the connections stay open but nothing comes back,
+    // and the revocation's notice is never delivered while they are frozen.
+    let frozen = pair.listeners().await;
+    assert_eq!(frozen.len(), 2, "one LISTEN connection per node");
+    for pid in &frozen {
+        kill(Pid::from_raw(*pid), Signal::SIGSTOP).expect("SIGSTOP a listener");
+    }
+    pair.sql(&format!("UPDATE access_keys SET revoked_at = now() WHERE id = '{id}'")).await;
+    let revoked = Instant::now();
+    let outcome =
+        tokio::time::timeout(Duration::from_secs(5), refused_within_bound(&on_b, "shop", "k", revoked)).await;
+    for pid in &frozen {
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGCONT);
+    }
+    let took = outcome.expect("refused in time");
+    eprintln!("node b refused the revoked key {took:?} after its listener froze");
+    wait_trusted(&pair.b).await;
+    assert_eq!(get(&on_b, "shop", "k").await, Err("InvalidAccessKeyId".into()));
+}
+
+#[tokio::test]
+async fn an_overwrite_or_delete_acknowledged_on_one_node_is_never_followed_by_old_bytes_from_the_other() {
+    let pair = Pair::start("cache_overwrite").await;
+    let (_, on_a, on_b) = tenant_on(&pair, "shop").await;
+    for round in 0..40u64 {
+        // Small and inline-sized, then chunked sizes; written on either node, read on the other.
+        let len = if round % 2 == 0 { 100 + round as usize } else { 200_000 + round as usize };
+        let body = common::noise(len, round);
+        let (writer, reader) = if round % 3 == 0 { (&on_b, &on_a) } else { (&on_a, &on_b) };
+        put(writer, "shop", "page.html", &body).await;
+        let read = get(reader, "shop", "page.html").await.expect("read back");
+        assert!(read == body, "round {round}: the other node served other bytes ({} bytes)", read.len());
+    }
+    on_a.delete_object().bucket("shop").key("page.html").send().await.expect("delete");
+    assert_eq!(get(&on_b, "shop", "page.html").await, Err("NoSuchKey".into()));
+    let head = on_b.head_object().bucket("shop").key("page.html").send().await;
+    assert_eq!(head.map_err(|err| err.raw_response().map(|r| r.status().as_u16())).err(), Some(Some(404)));
+}
+
+#[tokio::test]
+async fn a_public_read_get_carries_what_caches_need_and_a_revalidation_is_304_without_a_body() {
+    let (silo, _tmp) = common::silo_on_fresh_catalog("cache_public").await;
+    let (id, secret) = common::tenant_with_key(&silo, "site");
+    let client = common::sdk_client(&silo, &id, &secret);
+    client.create_bucket().bucket("assets").acl(BucketCannedAcl::PublicRead).send().await.expect("bucket");
+    client.create_bucket().bucket("private").send().await.expect("bucket");
+    let css = common::noise(16 * 1024, 1);
+    let stored = client
+        .put_object()
+        .bucket("assets")
+        .key("app.css")
+        .content_type("text/css")
+        .cache_control("public, max-age=3600")
+        .body(ByteStream::from(css.clone()))
+        .send()
+        .await
+        .expect("put");
+    let etag = stored.e_tag().expect("etag").to_string();
+    put(&client, "assets", "plain.js", b"x").await;
+    put(&client, "private", "secret.txt", b"x").await;
+    client
+        .put_object()
+        .bucket("private")
+        .key("shared.txt")
+        .acl(ObjectCannedAcl::PublicRead)
+        .body(ByteStream::from_static(b"shared"))
+        .send()
+        .await
+        .expect("put");
+    let http = reqwest::Client::new();
+    let url = |path: &str| silo.url(path);
+
+    let full = http.get(url("/assets/app.css")).send().await.expect("anonymous get");
+    assert_eq!(full.status(), 200);
+    let headers = full.headers().clone();
+    assert_eq!(headers["etag"], etag.as_str());
+    assert_eq!(headers["cache-control"], "public, max-age=3600");
+    assert_eq!(headers["accept-ranges"], "bytes");
+    assert_eq!(headers["content-type"], "text/css");
+    let last_modified = headers["last-modified"].to_str().expect("last-modified").to_string();
+    httpdate::parse_http_date(&last_modified).expect("an HTTP date");
+    assert!(full.bytes().await.expect("body") == css);
+
+    // What was not stored is not invented.
+    let plain = http.get(url("/assets/plain.js")).send().await.expect("anonymous get");
+    assert_eq!(plain.status(), 200);
+    assert!(!plain.headers().contains_key("cache-control"), "no Cache-Control unless one was stored");
+
+    // Revalidations: 304 with the validators and no body, on GET and HEAD.
+    let revalidations = [("if-none-match", etag.clone()), ("if-modified-since", last_modified.clone())];
+    for (name, value) in &revalidations {
+        for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+            let response = http
+                .request(method.clone(), url("/assets/app.css"))
+                .header(*name, value)
+                .send()
+                .await
+                .expect("get");
+            assert_eq!(response.status(), 304, "{method} with {name}");
+            assert_eq!(response.headers()["etag"], etag.as_str());
+            assert_eq!(response.headers()["last-modified"], last_modified.as_str());
+            assert_eq!(response.headers()["cache-control"], "public, max-age=3600");
+            // No length, or the object's (RFC 9110 §8.6), never the length of some other body.
+            let length =
+                response.headers().get("content-length").map(|v| v.to_str().expect("length").to_owned());
+            assert!(
+                length.is_none() || length == Some(css.len().to_string()),
+                "{method} with {name}: {length:?}"
+            );
+            assert!(response.bytes().await.expect("body").is_empty(), "a 304 has no body");
+        }
+    }
+    // A changed object, or an older date, is served whole.
+    let other =
+        http.get(url("/assets/app.css")).header("if-none-match", "\"other\"").send().await.expect("get");
+    assert_eq!(other.status(), 200);
+    let older = httpdate::fmt_http_date(std::time::SystemTime::UNIX_EPOCH);
+    let since =
+        http.get(url("/assets/app.css")).header("if-modified-since", older).send().await.expect("get");
+    assert_eq!(since.status(), 200);
+    let range = http.get(url("/assets/app.css")).header("range", "bytes=0-99").send().await.expect("range");
+    assert_eq!(range.status(), 206);
+    assert_eq!(range.headers()["etag"], etag.as_str());
+    assert!(range.bytes().await.expect("range body") == css[..100]);
+
+    // A private object is refused to anonymous callers; a public-read object in a private
+    // bucket is served.
+    for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+        let private = http.request(method.clone(), url("/private/secret.txt")).send().await.expect("get");
+        assert_eq!(private.status(), 403, "{method} of a private object");
+        let shared = http.request(method.clone(), url("/private/shared.txt")).send().await.expect("get");
+        assert_eq!(shared.status(), 200, "{method} of a public-read object");
+    }
+}
