@@ -209,6 +209,7 @@ async fn serve_with_catalog(
         databases.fleet().register_embedded(&embedded_server(instance, config)?).await?;
     }
     databases.start().await?;
+    tokio::spawn(fold_usage_every(store.clone(), stop.clone()));
     if let Some(interval) = config.gc_interval() {
         let (store, databases, stop) = (store.clone(), databases.clone(), stop.clone());
         tokio::spawn(collect_garbage_every(store, databases, interval, config.multipart_expiry(), stop));
@@ -387,6 +388,23 @@ fn superuser_url(user: &str, password: &str, host: &str, port: u16) -> anyhow::R
         .and_then(|()| url.set_password(Some(password)))
         .map_err(|()| anyhow!("cannot build the embedded Postgres URL for host {host}"))?;
     Ok(url.into())
+}
+
+/// How often the tenants' usage deltas are folded into their rows: often enough that a quota
+/// check sums at most about a second of a tenant's commits.
+const USAGE_FOLD_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Every [`USAGE_FOLD_EVERY`] until `stop`: folds the tenants' usage deltas into their rows.
+async fn fold_usage_every(store: ChunkStore, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(USAGE_FOLD_EVERY) => {}
+        }
+        if let Err(err) = store.fold_usage().await {
+            tracing::warn!(error = %err, "could not fold usage deltas");
+        }
+    }
 }
 
 /// How often the orphan sweep (a scan of every object) runs at most.

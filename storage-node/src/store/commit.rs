@@ -1,15 +1,19 @@
-//! Committing an ingested upload: one catalog transaction records the chunks it added, their
-//! locations, the manifest, the reference counts, the released pins and the tenant's usage.
+//! Committing an ingested upload: one catalog transaction records the chunks it added (their
+//! locations, or their bytes inline), the manifest, the reference counts, the released pins and
+//! a delta of the tenant's usage.
 //!
-//! The tenant's row is locked first, which serialises the commits of one tenant: usage
-//! counters stay exact, and chunk rows are always locked in the same order (no deadlocks).
+//! An upload of one chunk locks no row but that chunk's, so one tenant's small uploads commit
+//! side by side (see `usage` for how the quota stays exact). A larger upload locks the tenant's
+//! row first, which serialises it with the tenant's other changes to chunks: their rows are
+//! then always locked in one order (no deadlocks).
 
 use std::collections::{HashMap, HashSet};
 
 use tokio_postgres::Transaction;
 
-use super::ingest::{Ingested, PutOptions, QuotaRoom};
+use super::ingest::{Ingested, Place, PutOptions};
 use super::placing::domain_owner_sql;
+use super::usage::{UsageDelta, add_usage, admit};
 use super::{ChunkStore, ObjectId, StoreError};
 use crate::pack::RECORD_HEADER_LEN;
 use crate::{ChunkId, TenantId};
@@ -46,7 +50,7 @@ impl ChunkStore {
         let committed = async {
             let mut client = self.inner.pool.get().await?;
             let txn = client.transaction().await?;
-            let stored = self.commit(&txn, &ingested).await?;
+            let stored = self.commit_shared(&txn, &ingested).await?;
             txn.commit().await?;
             Ok(stored)
         }
@@ -68,37 +72,59 @@ impl ChunkStore {
         txn: &Transaction<'_>,
         ingested: &Ingested,
     ) -> Result<StoredObject, StoreError> {
-        let tenant = ingested.tenant.0;
-        let (used, quota) = super::objects::lock_tenant(txn, ingested.tenant).await?;
-        QuotaRoom { used, quota }.check(ingested.size)?;
+        self.commit_locking(txn, ingested, false).await
+    }
 
+    /// [`ChunkStore::commit`] that, for an upload of one chunk far from the tenant's quota,
+    /// only shares the tenant's row with other commits (see `usage`) instead of locking it: the
+    /// caller must not rely on that lock to order anything else in `txn`, nor change the
+    /// tenant's chunks there except through [`ChunkStore::release_in`].
+    ///
+    /// # Errors
+    /// See [`ChunkStore::commit`].
+    pub async fn commit_shared(
+        &self,
+        txn: &Transaction<'_>,
+        ingested: &Ingested,
+    ) -> Result<StoredObject, StoreError> {
+        self.commit_locking(txn, ingested, true).await
+    }
+
+    async fn commit_locking(
+        &self,
+        txn: &Transaction<'_>,
+        ingested: &Ingested,
+        may_share: bool,
+    ) -> Result<StoredObject, StoreError> {
+        let tenant = ingested.tenant.0;
         let uses = count_uses(&ingested.manifest);
+        admit(txn, ingested.tenant, ingested.size, may_share && uses.len() <= 1).await?;
+
         let (inserted_raw, inserted_stored, inserted_count) =
             self.commit_new_chunks(txn, ingested, &uses).await?;
         add_references(txn, ingested.tenant, &ingested.reused, &uses).await?;
         release_pins(txn, ingested.tenant, &ingested.pins).await?;
         let md5 = ingested.md5.map(|d| d.to_vec());
+        let (offsets, ids): (Vec<i64>, Vec<Vec<u8>>) =
+            ingested.manifest.iter().map(|(offset, id)| (*offset, id.0.to_vec())).unzip();
+        // The object and its manifest in one statement (one round trip).
         let object: i64 = txn
             .query_one(
-                "INSERT INTO objects (tenant_id, size, chunk_count, md5) VALUES ($1, $2, $3, $4) RETURNING id",
-                &[&tenant, &(ingested.size as i64), &(ingested.manifest.len() as i32), &md5],
+                "WITH o AS (INSERT INTO objects (tenant_id, size, chunk_count, md5) VALUES ($1, $2, $3, $4) RETURNING id), \
+                 m AS (INSERT INTO object_chunks (object_id, logical_offset, tenant_id, chunk_id) \
+                       SELECT o.id, v.o, $1, v.c FROM o, unnest($5::int8[], $6::bytea[]) AS v(o, c)) \
+                 SELECT id FROM o",
+                &[&tenant, &(ingested.size as i64), &(ingested.manifest.len() as i32), &md5, &offsets, &ids],
             )
             .await?
             .get(0);
-        let (offsets, ids): (Vec<i64>, Vec<Vec<u8>>) =
-            ingested.manifest.iter().map(|(offset, id)| (*offset, id.0.to_vec())).unzip();
-        txn.execute(
-            "INSERT INTO object_chunks (object_id, logical_offset, tenant_id, chunk_id) \
-             SELECT $1, o, $2, c FROM unnest($3::int8[], $4::bytea[]) AS v(o, c)",
-            &[&object, &tenant, &offsets, &ids],
-        )
-        .await?;
-        txn.execute(
-            "UPDATE tenants SET object_count = object_count + 1, logical_bytes = logical_bytes + $2, \
-             unique_raw_bytes = unique_raw_bytes + $3, stored_bytes = stored_bytes + $4 WHERE id = $1",
-            &[&tenant, &(ingested.size as i64), &inserted_raw, &inserted_stored],
-        )
-        .await?;
+        let delta = UsageDelta {
+            objects: 1,
+            logical_bytes: ingested.size as i64,
+            unique_raw_bytes: inserted_raw,
+            stored_bytes: inserted_stored,
+        };
+        add_usage(txn, ingested.tenant, delta).await?;
         Ok(StoredObject {
             id: ObjectId(object),
             size: ingested.size,
@@ -134,30 +160,47 @@ impl ChunkStore {
         let stored: Vec<i32> = chunks.iter().map(|c| c.stored_len).collect();
         let compression: Vec<i16> = chunks.iter().map(|c| c.compression as i16).collect();
         let refs: Vec<i64> = chunks.iter().map(|c| uses.get(&c.id).copied().unwrap_or(1)).collect();
+        let inline: Vec<Option<&[u8]>> = chunks
+            .iter()
+            .map(|c| match &c.place {
+                Place::Inline(data) => Some(data.as_ref()),
+                Place::Pack { .. } => None,
+            })
+            .collect();
         let rows = txn
             .query(
-                "INSERT INTO chunks (tenant_id, id, raw_len, stored_len, compression, refcount) \
-                 SELECT $1, * FROM unnest($2::bytea[], $3::int4[], $4::int4[], $5::int2[], $6::int8[]) \
+                "INSERT INTO chunks (tenant_id, id, raw_len, stored_len, compression, refcount, inline_data) \
+                 SELECT $1, * FROM unnest($2::bytea[], $3::int4[], $4::int4[], $5::int2[], $6::int8[], $7::bytea[]) \
                  ON CONFLICT (tenant_id, id) DO UPDATE SET refcount = chunks.refcount + EXCLUDED.refcount \
                  RETURNING id, (xmax = 0) AS inserted",
-                &[&tenant, &ids, &raw, &stored, &compression, &refs],
+                &[&tenant, &ids, &raw, &stored, &compression, &refs, &inline],
             )
             .await?;
         let inserted: HashSet<Vec<u8>> =
             rows.iter().filter(|row| row.get::<_, bool>(1)).map(|row| row.get(0)).collect();
         let added: Vec<_> = chunks.iter().filter(|c| inserted.contains(c.id.0.as_slice())).collect();
+        let raw_sum = added.iter().map(|c| i64::from(c.raw_len)).sum();
+        let stored_sum = added.iter().map(|c| i64::from(c.stored_len)).sum();
+        let count = added.len() as u32;
+        let added: Vec<_> = added
+            .into_iter()
+            .filter_map(|c| match c.place {
+                Place::Pack { pack, offset } => Some((c, pack, offset)),
+                Place::Inline(_) => None,
+            })
+            .collect();
         if added.is_empty() {
-            return Ok((0, 0, 0));
+            return Ok((raw_sum, stored_sum, count));
         }
-        let mut written: Vec<i64> = added.iter().map(|c| c.pack.0).collect();
+        let mut written: Vec<i64> = added.iter().map(|(_, pack, _)| pack.0).collect();
         written.sort_unstable();
         written.dedup();
         check_packs_take_commits(txn, ingested.tenant, self.inner.node, &written).await?;
-        let ids: Vec<Vec<u8>> = added.iter().map(|c| c.id.0.to_vec()).collect();
-        let packs: Vec<i64> = added.iter().map(|c| c.pack.0).collect();
-        let offsets: Vec<i64> = added.iter().map(|c| c.offset as i64).collect();
+        let ids: Vec<Vec<u8>> = added.iter().map(|(c, _, _)| c.id.0.to_vec()).collect();
+        let packs: Vec<i64> = added.iter().map(|(_, pack, _)| pack.0).collect();
+        let offsets: Vec<i64> = added.iter().map(|(_, _, offset)| *offset as i64).collect();
         let record_bytes: Vec<i64> =
-            added.iter().map(|c| RECORD_HEADER_LEN as i64 + i64::from(c.stored_len)).collect();
+            added.iter().map(|(c, _, _)| RECORD_HEADER_LEN as i64 + i64::from(c.stored_len)).collect();
         txn.execute(
             "INSERT INTO chunk_locations (tenant_id, chunk_id, pack_id, pack_offset) \
              SELECT $1, c, p, o FROM unnest($2::bytea[], $3::int8[], $4::int8[]) AS v(c, p, o)",
@@ -176,9 +219,7 @@ impl ChunkStore {
             &[&packs, &record_bytes, &ends],
         )
         .await?;
-        let raw_sum = added.iter().map(|c| i64::from(c.raw_len)).sum();
-        let stored_sum = added.iter().map(|c| i64::from(c.stored_len)).sum();
-        Ok((raw_sum, stored_sum, added.len() as u32))
+        Ok((raw_sum, stored_sum, count))
     }
 
     /// Drops `pins` of an upload that will not commit. A failure here only delays GC until

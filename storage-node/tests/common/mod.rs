@@ -127,11 +127,14 @@ pub async fn assert_catalog_consistent(pool: &CatalogPool) {
     assert_eq!(bad_refcounts, 0, "every refcount equals the manifest entries that use the chunk");
     let bad_tenants: i64 = client
         .query_one(
-            "SELECT count(*) FROM tenants t WHERE \
-               t.object_count <> (SELECT count(*) FROM objects o WHERE o.tenant_id = t.id) \
-               OR t.logical_bytes <> (SELECT coalesce(sum(size), 0) FROM objects o WHERE o.tenant_id = t.id) \
-               OR t.unique_raw_bytes <> (SELECT coalesce(sum(raw_len), 0) FROM chunks c WHERE c.tenant_id = t.id) \
-               OR t.stored_bytes <> (SELECT coalesce(sum(stored_len), 0) FROM chunks c WHERE c.tenant_id = t.id)",
+            "SELECT count(*) FROM tenants t, LATERAL ( \
+                 SELECT coalesce(sum(objects), 0) AS objects, coalesce(sum(logical_bytes), 0) AS logical, \
+                        coalesce(sum(unique_raw_bytes), 0) AS raw, coalesce(sum(stored_bytes), 0) AS stored \
+                 FROM tenant_usage_deltas d WHERE d.tenant_id = t.id) d WHERE \
+               t.object_count + d.objects <> (SELECT count(*) FROM objects o WHERE o.tenant_id = t.id) \
+               OR t.logical_bytes + d.logical <> (SELECT coalesce(sum(size), 0) FROM objects o WHERE o.tenant_id = t.id) \
+               OR t.unique_raw_bytes + d.raw <> (SELECT coalesce(sum(raw_len), 0) FROM chunks c WHERE c.tenant_id = t.id) \
+               OR t.stored_bytes + d.stored <> (SELECT coalesce(sum(stored_len), 0) FROM chunks c WHERE c.tenant_id = t.id)",
             &[],
         )
         .await
