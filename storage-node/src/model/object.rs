@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use time::OffsetDateTime;
 use tokio_postgres::Transaction;
+use tokio_postgres::types::{ToSql, Type};
 
 use super::ModelError;
 use super::bucket::{self, BucketAccess, CannedAcl};
@@ -218,17 +219,20 @@ pub enum Cursor {
 /// Catalog errors.
 pub async fn lookup(pool: &CatalogPool, bucket: &str, key: &str) -> Result<Option<Lookup>, StoreError> {
     let client = pool.get().await?;
-    let row = client.query_opt(&format!("{LOOKUP_SELECT} WHERE b.name = $1"), &[&bucket, &key]).await?;
+    let row = client
+        .query_opt(&format!("SELECT {LOOKUP_SELECT} {LOOKUP_FROM} WHERE b.name = $1"), &[&bucket, &key])
+        .await?;
     Ok(row.map(|row| lookup_of(&row)))
 }
 
-/// The select list and joins of a lookup ([`lookup_of`] reads its columns), for `$1` the
-/// bucket's name and `$2` the key.
-const LOOKUP_SELECT: &str = "SELECT b.id, b.tenant_id, b.acl, s.object_id, s.etag, o.size, s.last_modified, \
+/// The select list of a lookup ([`lookup_of`] reads its columns) over [`LOOKUP_FROM`].
+const LOOKUP_SELECT: &str = "b.id, b.tenant_id, b.acl, s.object_id, s.etag, o.size, s.last_modified, \
         s.content_type, s.content_disposition, s.cache_control, s.user_metadata::text, \
         s.content_encoding, s.content_language, s.expires, \
-        s.checksum_algorithm, s.checksum_type, s.checksum, s.acl \
-     FROM buckets b LEFT JOIN s3_objects s ON s.bucket = b.name AND s.key = $2 \
+        s.checksum_algorithm, s.checksum_type, s.checksum, s.acl";
+
+/// The joins of a lookup, for `$1` the bucket's name and `$2` the key.
+const LOOKUP_FROM: &str = "FROM buckets b LEFT JOIN s3_objects s ON s.bucket = b.name AND s.key = $2 \
      LEFT JOIN objects o ON o.id = s.object_id";
 
 /// How many columns [`LOOKUP_SELECT`] has.
@@ -260,12 +264,12 @@ pub async fn lookup_for_read(
 ) -> Result<Option<(Lookup, Option<ManifestHead>)>, StoreError> {
     let client = store.catalog().get().await?;
     let rows = client
-        .query(
+        .query_typed(
             &format!(
-                "{LOOKUP_SELECT} LEFT JOIN LATERAL ({}) e ON true WHERE b.name = $1",
+                "SELECT {LOOKUP_SELECT}, e.* {LOOKUP_FROM} LEFT JOIN LATERAL ({}) e ON true WHERE b.name = $1",
                 crate::store::manifest_head_sql("o.id", "$3")
             ),
-            &[&bucket, &key, &store.node().0],
+            &[(&bucket, Type::TEXT), (&key, Type::TEXT), (&store.node().0, Type::INT4)],
         )
         .await?;
     let Some(first) = rows.first() else { return Ok(None) };
@@ -364,32 +368,35 @@ pub async fn bind_in(
     let (bucket, key) = (target.bucket, target.key);
     let metadata = headers.metadata_json();
     let checksum = headers.checksum.as_ref();
-    let values: [&(dyn tokio_postgres::types::ToSql + Sync); 15] = [
-        &bucket,
-        &key,
-        &object.0,
-        &etag,
-        &headers.content_type,
-        &headers.content_disposition,
-        &headers.cache_control,
-        &metadata,
-        &headers.content_encoding,
-        &headers.content_language,
-        &headers.expires,
-        &checksum.map(|c| c.algorithm),
-        &checksum.map(|c| c.kind),
-        &checksum.map(|c| c.value.as_str()),
-        &headers.acl,
+    let (algorithm, kind) = (checksum.map(|c| c.algorithm), checksum.map(|c| c.kind));
+    let checksum = checksum.map(|c| c.value.as_str());
+    let typed: [(&(dyn ToSql + Sync), Type); 15] = [
+        (&bucket, Type::TEXT),
+        (&key, Type::TEXT),
+        (&object.0, Type::INT8),
+        (&etag, Type::TEXT),
+        (&headers.content_type, Type::TEXT),
+        (&headers.content_disposition, Type::TEXT),
+        (&headers.cache_control, Type::TEXT),
+        (&metadata, Type::TEXT),
+        (&headers.content_encoding, Type::TEXT),
+        (&headers.content_language, Type::TEXT),
+        (&headers.expires, Type::TIMESTAMPTZ),
+        (&algorithm, Type::TEXT),
+        (&kind, Type::TEXT),
+        (&checksum, Type::TEXT),
+        (&headers.acl, Type::TEXT),
     ];
+    let values: Vec<&(dyn ToSql + Sync)> = typed.iter().map(|(value, _)| *value).collect();
     loop {
         let inserted = txn
-            .query_opt(
+            .query_typed_opt(
                 "INSERT INTO s3_objects (bucket, key, object_id, etag, content_type, content_disposition, \
                                          cache_control, user_metadata, content_encoding, content_language, expires, \
                                          checksum_algorithm, checksum_type, checksum, parts, acl) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10, $11, $12, $13, $14, NULL, $15) \
                  ON CONFLICT (bucket, key) DO NOTHING RETURNING last_modified",
-                &values,
+                &typed,
             )
             .await?;
         if let Some(row) = inserted {

@@ -10,10 +10,11 @@
 use std::collections::{HashMap, HashSet};
 
 use tokio_postgres::Transaction;
+use tokio_postgres::types::{ToSql, Type};
 
 use super::ingest::{Ingested, Place, PutOptions};
 use super::placing::domain_owner_sql;
-use super::usage::{UsageDelta, add_usage, admit};
+use super::usage::admit;
 use super::{ChunkStore, ObjectId, StoreError};
 use crate::pack::RECORD_HEADER_LEN;
 use crate::{ChunkId, TenantId};
@@ -96,35 +97,30 @@ impl ChunkStore {
         ingested: &Ingested,
         may_share: bool,
     ) -> Result<StoredObject, StoreError> {
-        let tenant = ingested.tenant.0;
         let uses = count_uses(&ingested.manifest);
         admit(txn, ingested.tenant, ingested.size, may_share && uses.len() <= 1).await?;
-
+        let all_inline = ingested.new_chunks.iter().all(|c| matches!(c.place, Place::Inline(_)));
+        if all_inline && ingested.reused.is_empty() && ingested.pins.is_empty() {
+            return commit_inline(txn, ingested, &uses).await;
+        }
         let (inserted_raw, inserted_stored, inserted_count) =
             self.commit_new_chunks(txn, ingested, &uses).await?;
         add_references(txn, ingested.tenant, &ingested.reused, &uses).await?;
         release_pins(txn, ingested.tenant, &ingested.pins).await?;
-        let md5 = ingested.md5.map(|d| d.to_vec());
-        let (offsets, ids): (Vec<i64>, Vec<Vec<u8>>) =
-            ingested.manifest.iter().map(|(offset, id)| (*offset, id.0.to_vec())).unzip();
-        // The object and its manifest in one statement (one round trip).
+        let manifest = ManifestParams::of(ingested);
+        // The object, its manifest and the usage delta in one statement (one round trip).
         let object: i64 = txn
-            .query_one(
-                "WITH o AS (INSERT INTO objects (tenant_id, size, chunk_count, md5) VALUES ($1, $2, $3, $4) RETURNING id), \
-                 m AS (INSERT INTO object_chunks (object_id, logical_offset, tenant_id, chunk_id) \
-                       SELECT o.id, v.o, $1, v.c FROM o, unnest($5::int8[], $6::bytea[]) AS v(o, c)) \
-                 SELECT id FROM o",
-                &[&tenant, &(ingested.size as i64), &(ingested.manifest.len() as i32), &md5, &offsets, &ids],
+            .query_typed_one(
+                &format!(
+                    "WITH {RECORD_OBJECT}, \
+                     d AS (INSERT INTO tenant_usage_deltas (tenant_id, objects, logical_bytes, unique_raw_bytes, stored_bytes) \
+                           VALUES ($1, 1, $2, $7, $8)) \
+                     SELECT id FROM o"
+                ),
+                &[manifest.params(), vec![(&inserted_raw, Type::INT8), (&inserted_stored, Type::INT8)]].concat(),
             )
             .await?
             .get(0);
-        let delta = UsageDelta {
-            objects: 1,
-            logical_bytes: ingested.size as i64,
-            unique_raw_bytes: inserted_raw,
-            stored_bytes: inserted_stored,
-        };
-        add_usage(txn, ingested.tenant, delta).await?;
         Ok(StoredObject {
             id: ObjectId(object),
             size: ingested.size,
@@ -240,6 +236,105 @@ impl ChunkStore {
             tracing::warn!(error = %err, "could not unpin the chunks of an abandoned upload; they expire instead");
         }
     }
+}
+
+/// The CTEs `o` (the new object; its id) and `m` (its manifest) over the parameters of
+/// [`ManifestParams::params`].
+const RECORD_OBJECT: &str = "o AS (INSERT INTO objects (tenant_id, size, chunk_count, md5) VALUES ($1, $2, $3, $4) RETURNING id), \
+     m AS (INSERT INTO object_chunks (object_id, logical_offset, tenant_id, chunk_id) \
+           SELECT o.id, v.o, $1, v.c FROM o, unnest($5::int8[], $6::bytea[]) AS v(o, c))";
+
+/// An upload's object row and manifest as statement parameters `$1` to `$6`.
+struct ManifestParams {
+    tenant: i64,
+    size: i64,
+    chunk_count: i32,
+    md5: Option<Vec<u8>>,
+    offsets: Vec<i64>,
+    ids: Vec<Vec<u8>>,
+}
+
+impl ManifestParams {
+    fn of(ingested: &Ingested) -> Self {
+        let (offsets, ids) = ingested.manifest.iter().map(|(offset, id)| (*offset, id.0.to_vec())).unzip();
+        ManifestParams {
+            tenant: ingested.tenant.0,
+            size: ingested.size as i64,
+            chunk_count: ingested.manifest.len() as i32,
+            md5: ingested.md5.map(|d| d.to_vec()),
+            offsets,
+            ids,
+        }
+    }
+
+    fn params(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
+        vec![
+            (&self.tenant, Type::INT8),
+            (&self.size, Type::INT8),
+            (&self.chunk_count, Type::INT4),
+            (&self.md5, Type::BYTEA),
+            (&self.offsets, Type::INT8_ARRAY),
+            (&self.ids, Type::BYTEA_ARRAY),
+        ]
+    }
+}
+
+/// Commits an upload whose new chunks all go inline (and that reuses none it pinned): the
+/// chunks, the object, its manifest and the usage delta in one statement.
+async fn commit_inline(
+    txn: &Transaction<'_>,
+    ingested: &Ingested,
+    uses: &HashMap<ChunkId, i64>,
+) -> Result<StoredObject, StoreError> {
+    let chunks = &ingested.new_chunks;
+    let ids: Vec<Vec<u8>> = chunks.iter().map(|c| c.id.0.to_vec()).collect();
+    let raw: Vec<i32> = chunks.iter().map(|c| c.raw_len).collect();
+    let stored: Vec<i32> = chunks.iter().map(|c| c.stored_len).collect();
+    let compression: Vec<i16> = chunks.iter().map(|c| c.compression as i16).collect();
+    let refs: Vec<i64> = chunks.iter().map(|c| uses.get(&c.id).copied().unwrap_or(1)).collect();
+    let data: Vec<&[u8]> = chunks
+        .iter()
+        .map(|c| match &c.place {
+            Place::Inline(data) => data.as_ref(),
+            Place::Pack { .. } => &[],
+        })
+        .collect();
+    let manifest = ManifestParams::of(ingested);
+    let chunk_params: [(&(dyn ToSql + Sync), Type); 6] = [
+        (&ids, Type::BYTEA_ARRAY),
+        (&raw, Type::INT4_ARRAY),
+        (&stored, Type::INT4_ARRAY),
+        (&compression, Type::INT2_ARRAY),
+        (&refs, Type::INT8_ARRAY),
+        (&data, Type::BYTEA_ARRAY),
+    ];
+    // A chunk the tenant has already (inline or in a pack) only gains references.
+    let row = txn
+        .query_typed_one(
+            &format!(
+                "WITH c AS (INSERT INTO chunks (tenant_id, id, raw_len, stored_len, compression, refcount, inline_data) \
+                            SELECT $1, * FROM unnest($7::bytea[], $8::int4[], $9::int4[], $10::int2[], $11::int8[], $12::bytea[]) \
+                            ON CONFLICT (tenant_id, id) DO UPDATE SET refcount = chunks.refcount + EXCLUDED.refcount \
+                            RETURNING raw_len, stored_len, (xmax = 0) AS inserted), \
+                 added AS (SELECT count(*) FILTER (WHERE inserted)::int8 AS n, \
+                                  coalesce(sum(raw_len) FILTER (WHERE inserted), 0)::int8 AS raw, \
+                                  coalesce(sum(stored_len) FILTER (WHERE inserted), 0)::int8 AS stored FROM c), \
+                 {RECORD_OBJECT}, \
+                 d AS (INSERT INTO tenant_usage_deltas (tenant_id, objects, logical_bytes, unique_raw_bytes, stored_bytes) \
+                       SELECT $1, 1, $2, raw, stored FROM added) \
+                 SELECT o.id, added.n, added.stored FROM o, added"
+            ),
+            &[manifest.params(), chunk_params.to_vec()].concat(),
+        )
+        .await?;
+    Ok(StoredObject {
+        id: ObjectId(row.get(0)),
+        size: ingested.size,
+        chunk_count: ingested.manifest.len() as u32,
+        new_chunks: row.get::<_, i64>(1) as u32,
+        new_stored_bytes: row.get::<_, i64>(2) as u64,
+        md5: ingested.md5,
+    })
 }
 
 /// Refuses to commit chunks into `packs` unless each one is still open (no node retired it

@@ -154,14 +154,14 @@ pub async fn assert_catalog_consistent(pool: &CatalogPool) {
     assert_eq!(bad_packs, 0, "every pack's live bytes equal its located chunks");
     let unlocated: i64 = client
         .query_one(
-            "SELECT count(*) FROM chunks c WHERE NOT EXISTS \
+            "SELECT count(*) FROM chunks c WHERE (c.inline_data IS NULL) = NOT EXISTS \
              (SELECT 1 FROM chunk_locations l WHERE l.tenant_id = c.tenant_id AND l.chunk_id = c.id)",
             &[],
         )
         .await
         .unwrap()
         .get(0);
-    assert_eq!(unlocated, 0, "every chunk has a location");
+    assert_eq!(unlocated, 0, "every chunk has a location, or its bytes inline (never both)");
     let pinned: i64 =
         client.query_one("SELECT count(*) FROM chunks WHERE pin_count > 0", &[]).await.unwrap().get(0);
     assert_eq!(pinned, 0, "no upload runs, so no pin is left");
