@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use tokio_postgres::Transaction;
 use tokio_postgres::types::{ToSql, Type};
 
-use super::ingest::{Ingested, Place, PutOptions};
+use super::ingest::{Ingested, NewChunk, Place, PutOptions};
 use super::placing::domain_owner_sql;
 use super::usage::admit;
 use super::{ChunkStore, ObjectId, StoreError};
@@ -151,25 +151,14 @@ impl ChunkStore {
         }
         let tenant = ingested.tenant.0;
         let chunks = &ingested.new_chunks;
-        let ids: Vec<Vec<u8>> = chunks.iter().map(|c| c.id.0.to_vec()).collect();
-        let raw: Vec<i32> = chunks.iter().map(|c| c.raw_len).collect();
-        let stored: Vec<i32> = chunks.iter().map(|c| c.stored_len).collect();
-        let compression: Vec<i16> = chunks.iter().map(|c| c.compression as i16).collect();
-        let refs: Vec<i64> = chunks.iter().map(|c| uses.get(&c.id).copied().unwrap_or(1)).collect();
-        let inline: Vec<Option<&[u8]>> = chunks
-            .iter()
-            .map(|c| match &c.place {
-                Place::Inline(data) => Some(data.as_ref()),
-                Place::Pack { .. } => None,
-            })
-            .collect();
+        let columns = ChunkColumns::of(chunks, uses);
         let rows = txn
-            .query(
+            .query_typed(
                 "INSERT INTO chunks (tenant_id, id, raw_len, stored_len, compression, refcount, inline_data) \
                  SELECT $1, * FROM unnest($2::bytea[], $3::int4[], $4::int4[], $5::int2[], $6::int8[], $7::bytea[]) \
                  ON CONFLICT (tenant_id, id) DO UPDATE SET refcount = chunks.refcount + EXCLUDED.refcount \
                  RETURNING id, (xmax = 0) AS inserted",
-                &[&tenant, &ids, &raw, &stored, &compression, &refs, &inline],
+                &[vec![(&tenant as &(dyn ToSql + Sync), Type::INT8)], columns.params()].concat(),
             )
             .await?;
         let inserted: HashSet<Vec<u8>> =
@@ -279,6 +268,47 @@ impl ManifestParams {
     }
 }
 
+/// New chunks' rows as array parameters: ids, raw and stored lengths, compressions,
+/// reference counts (their uses in the manifest) and inline bytes (null for a pack's chunk).
+struct ChunkColumns<'a> {
+    ids: Vec<Vec<u8>>,
+    raw: Vec<i32>,
+    stored: Vec<i32>,
+    compression: Vec<i16>,
+    refs: Vec<i64>,
+    inline: Vec<Option<&'a [u8]>>,
+}
+
+impl<'a> ChunkColumns<'a> {
+    fn of(chunks: &'a [NewChunk], uses: &HashMap<ChunkId, i64>) -> Self {
+        ChunkColumns {
+            ids: chunks.iter().map(|c| c.id.0.to_vec()).collect(),
+            raw: chunks.iter().map(|c| c.raw_len).collect(),
+            stored: chunks.iter().map(|c| c.stored_len).collect(),
+            compression: chunks.iter().map(|c| c.compression as i16).collect(),
+            refs: chunks.iter().map(|c| uses.get(&c.id).copied().unwrap_or(1)).collect(),
+            inline: chunks
+                .iter()
+                .map(|c| match &c.place {
+                    Place::Inline(data) => Some(data.as_ref()),
+                    Place::Pack { .. } => None,
+                })
+                .collect(),
+        }
+    }
+
+    fn params(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
+        vec![
+            (&self.ids, Type::BYTEA_ARRAY),
+            (&self.raw, Type::INT4_ARRAY),
+            (&self.stored, Type::INT4_ARRAY),
+            (&self.compression, Type::INT2_ARRAY),
+            (&self.refs, Type::INT8_ARRAY),
+            (&self.inline, Type::BYTEA_ARRAY),
+        ]
+    }
+}
+
 /// Commits an upload whose new chunks all go inline (and that reuses none it pinned): the
 /// chunks, the object, its manifest and the usage delta in one statement.
 async fn commit_inline(
@@ -286,28 +316,8 @@ async fn commit_inline(
     ingested: &Ingested,
     uses: &HashMap<ChunkId, i64>,
 ) -> Result<StoredObject, StoreError> {
-    let chunks = &ingested.new_chunks;
-    let ids: Vec<Vec<u8>> = chunks.iter().map(|c| c.id.0.to_vec()).collect();
-    let raw: Vec<i32> = chunks.iter().map(|c| c.raw_len).collect();
-    let stored: Vec<i32> = chunks.iter().map(|c| c.stored_len).collect();
-    let compression: Vec<i16> = chunks.iter().map(|c| c.compression as i16).collect();
-    let refs: Vec<i64> = chunks.iter().map(|c| uses.get(&c.id).copied().unwrap_or(1)).collect();
-    let data: Vec<&[u8]> = chunks
-        .iter()
-        .map(|c| match &c.place {
-            Place::Inline(data) => data.as_ref(),
-            Place::Pack { .. } => &[],
-        })
-        .collect();
+    let columns = ChunkColumns::of(&ingested.new_chunks, uses);
     let manifest = ManifestParams::of(ingested);
-    let chunk_params: [(&(dyn ToSql + Sync), Type); 6] = [
-        (&ids, Type::BYTEA_ARRAY),
-        (&raw, Type::INT4_ARRAY),
-        (&stored, Type::INT4_ARRAY),
-        (&compression, Type::INT2_ARRAY),
-        (&refs, Type::INT8_ARRAY),
-        (&data, Type::BYTEA_ARRAY),
-    ];
     // A chunk the tenant has already (inline or in a pack) only gains references.
     let row = txn
         .query_typed_one(
@@ -324,7 +334,7 @@ async fn commit_inline(
                        SELECT $1, 1, $2, raw, stored FROM added) \
                  SELECT o.id, added.n, added.stored FROM o, added"
             ),
-            &[manifest.params(), chunk_params.to_vec()].concat(),
+            &[manifest.params(), columns.params()].concat(),
         )
         .await?;
     Ok(StoredObject {
