@@ -302,9 +302,12 @@ pub async fn bind(
     condition: &WriteCondition,
 ) -> Result<OffsetDateTime, ModelError> {
     let mut attempt = 1;
+    // A conditional write holds the tenant alone, so that its condition stands until commit.
+    let mut shared = *condition == WriteCondition::Any;
     loop {
-        let bound = bind_once(store, tenant, &target, etag, headers, binding, condition).await;
+        let bound = bind_once(store, tenant, &target, etag, headers, binding, condition, shared).await;
         match bound {
+            Err(ModelError::Store(err)) if shared && crate::store::needs_exclusive(&err) => shared = false,
             Err(ModelError::Store(StoreError::Catalog(crate::catalog::CatalogError::Query(err))))
                 if attempt < BIND_ATTEMPTS
                     && err.code() == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED) =>
@@ -316,6 +319,8 @@ pub async fn bind(
     }
 }
 
+/// One try of [`bind`]; `shared`: commit a new upload with [`ChunkStore::commit_shared`].
+#[allow(clippy::too_many_arguments)]
 async fn bind_once(
     store: &ChunkStore,
     tenant: TenantId,
@@ -324,16 +329,21 @@ async fn bind_once(
     headers: &ObjectHeaders,
     binding: Binding<'_>,
     condition: &WriteCondition,
+    shared: bool,
 ) -> Result<OffsetDateTime, ModelError> {
     let mut client = store.catalog().get().await?;
     let txn = client.transaction().await?;
     // The bucket's check travels with the commit's first statement (one round trip).
     let object = match binding {
         Binding::New(ingested) => {
-            let (checked, committed) = futures::join!(
-                bucket::lock_in(&txn, target.bucket, target.id),
-                store.commit_shared(&txn, ingested)
-            );
+            let commit = async {
+                match shared {
+                    true => store.commit_shared(&txn, ingested).await,
+                    false => store.commit(&txn, ingested).await,
+                }
+            };
+            let (checked, committed) =
+                futures::join!(bucket::lock_in(&txn, target.bucket, target.id), commit);
             checked?;
             committed?.id
         }

@@ -14,7 +14,7 @@ use tokio_postgres::types::{ToSql, Type};
 
 use super::ingest::{Ingested, NewChunk, Place, PutOptions};
 use super::placing::domain_owner_sql;
-use super::usage::admit;
+use super::usage::{admit, needs_exclusive};
 use super::{ChunkStore, ObjectId, StoreError};
 use crate::pack::RECORD_HEADER_LEN;
 use crate::{ChunkId, TenantId};
@@ -48,14 +48,20 @@ impl ChunkStore {
         R: tokio::io::AsyncRead + Unpin + Send + 'static,
     {
         let ingested = self.ingest(tenant, source, options).await?;
-        let committed = async {
-            let mut client = self.inner.pool.get().await?;
-            let txn = client.transaction().await?;
-            let stored = self.commit_shared(&txn, &ingested).await?;
-            txn.commit().await?;
-            Ok(stored)
-        }
-        .await;
+        let commit_once = |shared: bool| {
+            let ingested = &ingested;
+            async move {
+                let mut client = self.inner.pool.get().await?;
+                let txn = client.transaction().await?;
+                let stored = self.commit_locking(&txn, ingested, shared).await?;
+                txn.commit().await?;
+                Ok(stored)
+            }
+        };
+        let committed = match commit_once(true).await {
+            Err(err) if needs_exclusive(&err) => commit_once(false).await,
+            committed => committed,
+        };
         if committed.is_err() {
             self.abandon(ingested).await;
         }
@@ -77,12 +83,13 @@ impl ChunkStore {
     }
 
     /// [`ChunkStore::commit`] that, for an upload of one chunk far from the tenant's quota,
-    /// only shares the tenant's row with other commits (see `usage`) instead of locking it: the
-    /// caller must not rely on that lock to order anything else in `txn`, nor change the
-    /// tenant's chunks there except through [`ChunkStore::release_in`].
+    /// only shares the tenant's lock with other commits (see `usage`) instead of taking it
+    /// alone: the caller must not rely on that lock to order anything else in `txn`, nor change
+    /// the tenant's chunks there except through [`ChunkStore::release_in`].
     ///
     /// # Errors
-    /// See [`ChunkStore::commit`].
+    /// See [`ChunkStore::commit`]; and when the tenant is near its quota, an error for which
+    /// [`needs_exclusive`] holds: roll `txn` back and run it again with [`ChunkStore::commit`].
     pub async fn commit_shared(
         &self,
         txn: &Transaction<'_>,

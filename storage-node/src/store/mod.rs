@@ -42,8 +42,8 @@ pub(crate) use read::manifest_head_sql;
 pub use read::{ManifestHead, ObjectRead};
 pub use reconcile::{RESTORED_MARKER, ReconcileReport, mark_catalog_restored};
 pub use scrub::{DamagedChunk, ScrubReport};
-pub use usage::QUOTA_LOCK_MARGIN;
 pub(crate) use usage::lock_tenant;
+pub use usage::{QUOTA_LOCK_MARGIN, needs_exclusive};
 
 use crate::DataDir;
 use crate::catalog::CatalogPool;

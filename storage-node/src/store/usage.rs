@@ -7,14 +7,16 @@
 //! the deltas into the row in the background, one small transaction per tenant.
 //!
 //! The quota: a commit of one chunk that leaves the tenant at least [`QUOTA_LOCK_MARGIN`] below
-//! its quota (as far as the commits visible to it tell) only takes a key share of the tenant's
-//! row, which other such commits share. Every other commit, and every commit of more than one
-//! chunk, locks the tenant row exclusively and then reads the usage afresh: that lock waits for
-//! every commit holding a share, so it counts all of them, and the quota holds exactly at that
-//! boundary. The bound: a shared commit can only pass the quota when the commits it does not
-//! see (those in their transactions at the same moment, milliseconds) add more than the
-//! margin together, and then by at most their bytes beyond the margin. Within the margin of
-//! the quota, the quota is exact.
+//! its quota (as far as the commits visible to it tell) takes the tenant's lock shared with
+//! other such commits (a transaction-level advisory lock, and a key share of the tenant's row).
+//! Every other commit (more than one chunk, or near the quota: the shared try then asks to be
+//! run again, see [`needs_exclusive`]) takes both exclusively and then reads the usage afresh:
+//! that waits for every shared commit in flight, so it counts all of them, and the quota holds
+//! exactly at that boundary. The advisory lock is fair, so a stream of small commits cannot
+//! starve an exclusive one. The bound: a shared commit can only pass the quota when the
+//! commits it does not see (those in their transactions at the same moment, milliseconds) add
+//! more than the margin together, and then by at most their bytes beyond the margin. Within
+//! the margin of the quota, the quota is exact.
 
 use tokio_postgres::types::Type;
 use tokio_postgres::{GenericClient, Transaction};
@@ -92,52 +94,73 @@ pub(super) async fn quota_room(
     Ok(QuotaRoom { quota: row.get::<_, Option<i64>>(0).map(|q| q as u64), used: row.get::<_, i64>(1) as u64 })
 }
 
-/// Makes sure `tenant` may add `needed` logical bytes in `txn`: when `lock_free` allows it and
-/// the quota is far (see the module's doc), under a key share of the tenant's row (which
-/// commits share; it only waits for a holder of the row's exclusive lock), else under the
-/// exclusive lock. Either way the tenant's row is locked before any chunk row, in every
+/// The first key of the transaction-level advisory lock that orders a tenant's commits ("USAG";
+/// the second key is the tenant's id). Shared by the commits that share the tenant, exclusive
+/// for the others. Unlike a row lock it is fair: a commit waiting for it exclusively holds
+/// back the shared ones that come after it, so a stream of small commits cannot starve it.
+const TENANT_LOCK: i32 = 0x5553_4147;
+
+/// What a shared commit answers when the tenant turned out to be near its quota: the caller
+/// runs its transaction again with the exclusive commit (see [`needs_exclusive`]).
+const NEEDS_EXCLUSIVE: &str = "the tenant is near its quota: commit again under its exclusive lock";
+
+/// Whether `err` asks for the transaction to be run again with an exclusive commit.
+pub fn needs_exclusive(err: &StoreError) -> bool {
+    matches!(err, StoreError::Retry(reason) if reason == NEEDS_EXCLUSIVE)
+}
+
+/// Makes sure `tenant` may add `needed` logical bytes in `txn`: when `shared` (see the module's
+/// doc), under the tenant's lock shared with other commits and a key share of its row, else
+/// under both exclusively. Either way the tenant is locked before any chunk row, in every
 /// transaction, so the two kinds of commit cannot deadlock.
 ///
 /// # Errors
-/// [`StoreError::QuotaExceeded`], [`StoreError::UnknownTenant`], catalog errors.
+/// [`StoreError::QuotaExceeded`], [`StoreError::UnknownTenant`], catalog errors; a shared
+/// admission of a tenant near its quota fails as [`needs_exclusive`] (no lock is upgraded).
 pub(crate) async fn admit(
     txn: &Transaction<'_>,
     tenant: TenantId,
     needed: u64,
-    lock_free: bool,
+    shared: bool,
 ) -> Result<(), StoreError> {
-    if lock_free {
-        // A row only when the quota is far: only then is it locked (shared).
+    if shared {
         let room = needed.saturating_add(QUOTA_LOCK_MARGIN).min(i64::MAX as u64) as i64;
+        // The advisory lock is taken in the scan, before the row's lock above it.
         let far = txn
             .query_typed_opt(
                 &format!(
-                    "SELECT 1 FROM tenants t WHERE t.id = $1 AND (t.storage_quota_bytes IS NULL \
-                        OR t.logical_bytes + {} + $2 <= t.storage_quota_bytes) FOR KEY SHARE",
+                    "SELECT t.storage_quota_bytes IS NULL OR t.logical_bytes + {} + $2 <= t.storage_quota_bytes \
+                     FROM tenants t WHERE t.id = $1 \
+                       AND pg_advisory_xact_lock_shared({TENANT_LOCK}, ($1 % 2147483647)::int4) IS NOT NULL FOR KEY SHARE",
                     deltas_of("logical_bytes")
                 ),
                 &[(&tenant.0, Type::INT8), (&room, Type::INT8)],
             )
-            .await?;
-        if far.is_some() {
-            return Ok(());
-        }
+            .await?
+            .ok_or(StoreError::UnknownTenant(tenant.0))?;
+        return if far.get(0) { Ok(()) } else { Err(StoreError::Retry(NEEDS_EXCLUSIVE.into())) };
     }
     let (used, quota) = lock_tenant(txn, tenant).await?;
     QuotaRoom { used, quota }.check(needed)
 }
 
-/// Locks the tenant's row exclusively, which serialises this transaction with every other
-/// change to the tenant's chunks that takes it (so chunk row locks are taken in one order), and
-/// with every commit in flight. Returns the logical bytes used (read after the lock, deltas
-/// included; 0 when the tenant has no quota) and the quota.
+/// Locks the tenant exclusively (its advisory lock, then its row), which serialises this
+/// transaction with every other change to the tenant's chunks that takes it (so chunk row locks
+/// are taken in one order), and with every commit in flight. Returns the logical bytes used
+/// (read after the lock, deltas included; 0 when the tenant has no quota) and the quota.
 pub(crate) async fn lock_tenant(
     txn: &Transaction<'_>,
     tenant: TenantId,
 ) -> Result<(u64, Option<u64>), StoreError> {
-    txn.query_opt("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE", &[&tenant.0])
-        .await?
-        .ok_or(StoreError::UnknownTenant(tenant.0))?;
+    txn.query_typed_opt(
+        &format!(
+            "SELECT 1 FROM tenants WHERE id = $1 \
+               AND pg_advisory_xact_lock({TENANT_LOCK}, ($1 % 2147483647)::int4) IS NOT NULL FOR UPDATE"
+        ),
+        &[(&tenant.0, Type::INT8)],
+    )
+    .await?
+    .ok_or(StoreError::UnknownTenant(tenant.0))?;
     // A statement of its own: its snapshot, taken after the lock, sees every commit it waited for.
     let room = quota_room(txn, tenant).await?;
     Ok((room.used, room.quota))
