@@ -22,5 +22,6 @@ mod s3_props;
 mod s3_sdk;
 mod s3_tools;
 mod serve;
+mod small_objects;
 mod storage_cli;
 mod tenants;
