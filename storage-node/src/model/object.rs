@@ -304,8 +304,9 @@ pub async fn bind(
     let mut attempt = 1;
     // A conditional write holds the tenant alone, so that its condition stands until commit.
     let mut shared = *condition == WriteCondition::Any;
+    let what = Bind { tenant, target: &target, etag, headers, binding, condition };
     loop {
-        let bound = bind_once(store, tenant, &target, etag, headers, binding, condition, shared).await;
+        let bound = bind_once(store, &what, shared).await;
         match bound {
             Err(ModelError::Store(err)) if shared && crate::store::needs_exclusive(&err) => shared = false,
             Err(ModelError::Store(StoreError::Catalog(crate::catalog::CatalogError::Query(err))))
@@ -319,18 +320,19 @@ pub async fn bind(
     }
 }
 
-/// One try of [`bind`]; `shared`: commit a new upload with [`ChunkStore::commit_shared`].
-#[allow(clippy::too_many_arguments)]
-async fn bind_once(
-    store: &ChunkStore,
+/// What [`bind`] binds, for each of its tries.
+struct Bind<'a> {
     tenant: TenantId,
-    target: &Target<'_>,
-    etag: &str,
-    headers: &ObjectHeaders,
-    binding: Binding<'_>,
-    condition: &WriteCondition,
-    shared: bool,
-) -> Result<OffsetDateTime, ModelError> {
+    target: &'a Target<'a>,
+    etag: &'a str,
+    headers: &'a ObjectHeaders,
+    binding: Binding<'a>,
+    condition: &'a WriteCondition,
+}
+
+/// One try of [`bind`]; `shared`: commit a new upload with [`ChunkStore::commit_shared`].
+async fn bind_once(store: &ChunkStore, what: &Bind<'_>, shared: bool) -> Result<OffsetDateTime, ModelError> {
+    let Bind { tenant, target, etag, headers, binding, condition } = *what;
     let mut client = store.catalog().get().await?;
     let txn = client.transaction().await?;
     // The bucket's check travels with the commit's first statement (one round trip).
