@@ -210,11 +210,11 @@ async fn serve_with_catalog(
         databases.fleet().register_embedded(&embedded_server(instance, config)?).await?;
     }
     databases.start().await?;
+    tokio::spawn(store_upkeep_every(store.clone(), stop.clone()));
     if let Some(interval) = config.gc_interval() {
         let (store, databases, stop) = (store.clone(), databases.clone(), stop.clone());
         tokio::spawn(collect_garbage_every(store, databases, interval, config.multipart_expiry(), stop));
     }
-    tokio::spawn(seal_finished_packs_every(store.clone(), SEAL_EVERY, stop.clone()));
     let repair = config.repair().map(|repair| {
         Repairer::new(pool.clone(), store.server_secret().clone(), registered.id, repair)
             .with_peer_tls(listeners.internal_tls.peers.clone())
@@ -392,20 +392,21 @@ fn superuser_url(user: &str, password: &str, host: &str, port: u16) -> anyhow::R
     Ok(url.into())
 }
 
-/// How often the packs that writers are done with are sealed (so that repair, which works on
-/// sealed packs, takes a degraded or broken one within seconds).
-const SEAL_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often the store's small upkeep runs: often enough that a quota check sums at most
+/// about a second of a tenant's commits, and that repair (which works on sealed packs) sees a
+/// degraded or broken pack within a second of its last upload.
+const STORE_UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Every `interval` until `stop`: seals the packs writers are done with.
-async fn seal_finished_packs_every(
-    store: ChunkStore,
-    interval: std::time::Duration,
-    stop: CancellationToken,
-) {
+/// Every [`STORE_UPKEEP_EVERY`] until `stop`: folds the tenants' usage deltas into their rows
+/// and seals the packs writers are done with.
+async fn store_upkeep_every(store: ChunkStore, stop: CancellationToken) {
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(STORE_UPKEEP_EVERY) => {}
+        }
+        if let Err(err) = store.fold_usage().await {
+            tracing::warn!(error = %err, "could not fold usage deltas");
         }
         if let Err(err) = store.seal_finished_packs().await {
             tracing::warn!(error = %err, "could not seal finished packs; retrying");

@@ -27,5 +27,6 @@ mod s3_registry;
 mod s3_sdk;
 mod s3_tools;
 mod serve;
+mod small_objects;
 mod storage_cli;
 mod tenants;

@@ -8,3 +8,4 @@ mod common;
 mod chunk_store;
 mod faults;
 mod recovery;
+mod small_objects;

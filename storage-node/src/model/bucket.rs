@@ -77,7 +77,12 @@ pub enum Creation {
 /// Catalog errors.
 pub async fn find(pool: &CatalogPool, name: &str) -> Result<Option<BucketAccess>, StoreError> {
     let client = pool.get().await?;
-    let row = client.query_opt("SELECT id, tenant_id, acl FROM buckets WHERE name = $1", &[&name]).await?;
+    let row = client
+        .query_typed_opt(
+            "SELECT id, tenant_id, acl FROM buckets WHERE name = $1",
+            &[(&name, tokio_postgres::types::Type::TEXT)],
+        )
+        .await?;
     Ok(row.map(|row| BucketAccess { id: row.get(0), tenant: TenantId(row.get(1)), acl: row.get(2) }))
 }
 
@@ -162,10 +167,10 @@ pub async fn of_tenant(pool: &CatalogPool, tenant: TenantId) -> Result<Vec<Bucke
 /// nothing new.
 pub async fn lock_in(txn: &Transaction<'_>, name: &str, id: i64) -> Result<(), ModelError> {
     let row = txn
-        .query_opt(
+        .query_typed_opt(
             "SELECT t.deleting_at IS NULL FROM buckets b JOIN tenants t ON t.id = b.tenant_id \
              WHERE b.name = $1 AND b.id = $2 FOR KEY SHARE OF b",
-            &[&name, &id],
+            &[(&name, tokio_postgres::types::Type::TEXT), (&id, tokio_postgres::types::Type::INT8)],
         )
         .await?;
     match row.map(|row| row.get::<_, bool>(0)) {

@@ -5,12 +5,13 @@ use std::collections::HashMap;
 
 use time::OffsetDateTime;
 use tokio_postgres::Transaction;
+use tokio_postgres::types::{ToSql, Type};
 
 use super::ModelError;
 use super::bucket::{self, BucketAccess, CannedAcl};
 use crate::TenantId;
 use crate::catalog::CatalogPool;
-use crate::store::{ChunkStore, Ingested, ObjectId, StoreError};
+use crate::store::{ChunkStore, Ingested, ManifestHead, ObjectId, StoreError};
 
 /// An object as bound to its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,30 +220,70 @@ pub enum Cursor {
 pub async fn lookup(pool: &CatalogPool, bucket: &str, key: &str) -> Result<Option<Lookup>, StoreError> {
     let client = pool.get().await?;
     let row = client
-        .query_opt(
-            "SELECT b.id, b.tenant_id, b.acl, s.object_id, s.etag, o.size, s.last_modified, \
-                    s.content_type, s.content_disposition, s.cache_control, s.user_metadata::text, \
-                    s.content_encoding, s.content_language, s.expires, \
-                    s.checksum_algorithm, s.checksum_type, s.checksum, s.acl \
-             FROM buckets b LEFT JOIN s3_objects s ON s.bucket = b.name AND s.key = $2 \
-             LEFT JOIN objects o ON o.id = s.object_id \
-             WHERE b.name = $1",
-            &[&bucket, &key],
+        .query_opt(&format!("SELECT {LOOKUP_SELECT} {LOOKUP_FROM} WHERE b.name = $1"), &[&bucket, &key])
+        .await?;
+    Ok(row.map(|row| lookup_of(&row)))
+}
+
+/// The select list of a lookup ([`lookup_of`] reads its columns) over [`LOOKUP_FROM`].
+const LOOKUP_SELECT: &str = "b.id, b.tenant_id, b.acl, s.object_id, s.etag, o.size, s.last_modified, \
+        s.content_type, s.content_disposition, s.cache_control, s.user_metadata::text, \
+        s.content_encoding, s.content_language, s.expires, \
+        s.checksum_algorithm, s.checksum_type, s.checksum, s.acl";
+
+/// The joins of a lookup, for `$1` the bucket's name and `$2` the key.
+const LOOKUP_FROM: &str = "FROM buckets b LEFT JOIN s3_objects s ON s.bucket = b.name AND s.key = $2 \
+     LEFT JOIN objects o ON o.id = s.object_id";
+
+/// How many columns [`LOOKUP_SELECT`] has.
+const LOOKUP_COLUMNS: usize = 18;
+
+fn lookup_of(row: &tokio_postgres::Row) -> Lookup {
+    let bucket = BucketAccess { id: row.get(0), tenant: TenantId(row.get(1)), acl: row.get(2) };
+    let object = row.get::<_, Option<i64>>(3).map(|object| ObjectRow {
+        object: ObjectId(object),
+        tenant: bucket.tenant,
+        etag: row.get(4),
+        size: row.get::<_, i64>(5) as u64,
+        last_modified: row.get(6),
+        headers: ObjectHeaders { acl: row.get(17), ..ObjectHeaders::from_row_with_checksum(row, 7) },
+    });
+    Lookup { bucket, object }
+}
+
+/// [`lookup`] for a read: the same query also brings the first entries of the object's
+/// manifest (with the bytes of chunks kept inline), so that a small object's GET costs one
+/// catalog round trip and a large one's starts streaming without another.
+///
+/// # Errors
+/// Catalog errors.
+pub async fn lookup_for_read(
+    store: &ChunkStore,
+    bucket: &str,
+    key: &str,
+) -> Result<Option<(Lookup, Option<ManifestHead>)>, StoreError> {
+    let client = store.catalog().get().await?;
+    let rows = client
+        .query_typed(
+            &format!(
+                "SELECT {LOOKUP_SELECT}, e.* {LOOKUP_FROM} LEFT JOIN LATERAL ({}) e ON true WHERE b.name = $1",
+                crate::store::manifest_head_sql("o.id", "$3")
+            ),
+            &[(&bucket, Type::TEXT), (&key, Type::TEXT), (&store.node().0, Type::INT4)],
         )
         .await?;
-    Ok(row.map(|row| {
-        let bucket = BucketAccess { id: row.get(0), tenant: TenantId(row.get(1)), acl: row.get(2) };
-        let object = row.get::<_, Option<i64>>(3).map(|object| ObjectRow {
-            object: ObjectId(object),
-            tenant: bucket.tenant,
-            etag: row.get(4),
-            size: row.get::<_, i64>(5) as u64,
-            last_modified: row.get(6),
-            headers: ObjectHeaders { acl: row.get(17), ..ObjectHeaders::from_row_with_checksum(&row, 7) },
-        });
-        Lookup { bucket, object }
-    }))
+    let Some(first) = rows.first() else { return Ok(None) };
+    let found = lookup_of(first);
+    let head = found
+        .object
+        .as_ref()
+        .map(|row| ManifestHead::from_rows(&rows, LOOKUP_COLUMNS, row.tenant, row.object));
+    Ok(Some((found, head)))
 }
+
+/// How many times [`bind`] runs its transaction again after Postgres broke a deadlock by
+/// aborting it (two uploads that each release what the other stores, say).
+const BIND_ATTEMPTS: usize = 3;
 
 /// Binds a new object (committed here) or a copy to `target` in one transaction, releasing
 /// what was there, if `condition` holds. The bucket is checked again (by id) and held shared
@@ -260,21 +301,70 @@ pub async fn bind(
     binding: Binding<'_>,
     condition: &WriteCondition,
 ) -> Result<OffsetDateTime, ModelError> {
+    let mut attempt = 1;
+    // A conditional write holds the tenant alone, so that its condition stands until commit.
+    let mut shared = *condition == WriteCondition::Any;
+    let what = Bind { tenant, target: &target, etag, headers, binding, condition };
+    loop {
+        let bound = bind_once(store, &what, shared).await;
+        match bound {
+            Err(ModelError::Store(err)) if shared && crate::store::needs_exclusive(&err) => shared = false,
+            Err(ModelError::Store(StoreError::Catalog(crate::catalog::CatalogError::Query(err))))
+                if attempt < BIND_ATTEMPTS
+                    && err.code() == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED) =>
+            {
+                attempt += 1;
+            }
+            bound => return bound,
+        }
+    }
+}
+
+/// What [`bind`] binds, for each of its tries.
+struct Bind<'a> {
+    tenant: TenantId,
+    target: &'a Target<'a>,
+    etag: &'a str,
+    headers: &'a ObjectHeaders,
+    binding: Binding<'a>,
+    condition: &'a WriteCondition,
+}
+
+/// One try of [`bind`]; `shared`: commit a new upload with [`ChunkStore::commit_shared`].
+async fn bind_once(store: &ChunkStore, what: &Bind<'_>, shared: bool) -> Result<OffsetDateTime, ModelError> {
+    let Bind { tenant, target, etag, headers, binding, condition } = *what;
     let mut client = store.catalog().get().await?;
     let txn = client.transaction().await?;
-    bucket::lock_in(&txn, target.bucket, target.id).await?;
+    // The bucket's check travels with the commit's first statement (one round trip).
     let object = match binding {
-        Binding::New(ingested) => store.commit(&txn, ingested).await?.id,
-        Binding::Copy(source) => store.copy_in(&txn, tenant, source).await?,
+        Binding::New(ingested) => {
+            let commit = async {
+                match shared {
+                    true => store.commit_shared(&txn, ingested).await,
+                    false => store.commit(&txn, ingested).await,
+                }
+            };
+            let (checked, committed) =
+                futures::join!(bucket::lock_in(&txn, target.bucket, target.id), commit);
+            checked?;
+            committed?.id
+        }
+        Binding::Copy(source) => {
+            bucket::lock_in(&txn, target.bucket, target.id).await?;
+            store.copy_in(&txn, tenant, source).await?
+        }
     };
-    check_condition_in(&txn, &target, condition).await?;
-    let modified = bind_in(&txn, store, tenant, &target, etag, headers, object).await?;
+    check_condition_in(&txn, target, condition).await?;
+    let modified = bind_in(&txn, store, tenant, target, etag, headers, object).await?;
     txn.commit().await?;
     Ok(modified)
 }
 
 /// Puts `object` at `target` in `txn`, releasing the object that was there. The caller has
-/// locked the bucket ([`bucket::lock_in`]). Returns the modification time.
+/// locked the bucket ([`bucket::lock_in`]) and committed or copied `object` in `txn` (and so
+/// holds the tenant's row as that took it). Returns the modification time.
+///
+/// A new key costs one statement; a key that holds an object is locked, then changed.
 ///
 /// # Errors
 /// Catalog and store errors.
@@ -288,53 +378,67 @@ pub async fn bind_in(
     object: ObjectId,
 ) -> Result<OffsetDateTime, StoreError> {
     let (bucket, key) = (target.bucket, target.key);
-    let previous: Option<i64> = txn
-        .query_opt(
-            "SELECT object_id FROM s3_objects WHERE bucket = $1 AND key = $2 FOR UPDATE",
-            &[&bucket, &key],
-        )
-        .await?
-        .map(|row| row.get(0));
     let metadata = headers.metadata_json();
     let checksum = headers.checksum.as_ref();
-    let modified = txn
-        .query_one(
-            "INSERT INTO s3_objects (bucket, key, object_id, etag, content_type, content_disposition, \
-                                     cache_control, user_metadata, content_encoding, content_language, expires, \
-                                     checksum_algorithm, checksum_type, checksum, parts, acl) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10, $11, $12, $13, $14, NULL, $15) \
-             ON CONFLICT (bucket, key) DO UPDATE SET object_id = EXCLUDED.object_id, etag = EXCLUDED.etag, \
-                content_type = EXCLUDED.content_type, content_disposition = EXCLUDED.content_disposition, \
-                cache_control = EXCLUDED.cache_control, user_metadata = EXCLUDED.user_metadata, \
-                content_encoding = EXCLUDED.content_encoding, content_language = EXCLUDED.content_language, \
-                expires = EXCLUDED.expires, checksum_algorithm = EXCLUDED.checksum_algorithm, \
-                checksum_type = EXCLUDED.checksum_type, checksum = EXCLUDED.checksum, parts = NULL, \
-                acl = EXCLUDED.acl, last_modified = now() \
-             RETURNING last_modified",
-            &[
-                &bucket,
-                &key,
-                &object.0,
-                &etag,
-                &headers.content_type,
-                &headers.content_disposition,
-                &headers.cache_control,
-                &metadata,
-                &headers.content_encoding,
-                &headers.content_language,
-                &headers.expires,
-                &checksum.map(|c| c.algorithm),
-                &checksum.map(|c| c.kind),
-                &checksum.map(|c| c.value.as_str()),
-                &headers.acl,
-            ],
-        )
-        .await?
-        .get(0);
-    if let Some(previous) = previous {
-        store.delete_in(txn, tenant, ObjectId(previous)).await?;
+    let (algorithm, kind) = (checksum.map(|c| c.algorithm), checksum.map(|c| c.kind));
+    let checksum = checksum.map(|c| c.value.as_str());
+    let typed: [(&(dyn ToSql + Sync), Type); 15] = [
+        (&bucket, Type::TEXT),
+        (&key, Type::TEXT),
+        (&object.0, Type::INT8),
+        (&etag, Type::TEXT),
+        (&headers.content_type, Type::TEXT),
+        (&headers.content_disposition, Type::TEXT),
+        (&headers.cache_control, Type::TEXT),
+        (&metadata, Type::TEXT),
+        (&headers.content_encoding, Type::TEXT),
+        (&headers.content_language, Type::TEXT),
+        (&headers.expires, Type::TIMESTAMPTZ),
+        (&algorithm, Type::TEXT),
+        (&kind, Type::TEXT),
+        (&checksum, Type::TEXT),
+        (&headers.acl, Type::TEXT),
+    ];
+    let values: Vec<&(dyn ToSql + Sync)> = typed.iter().map(|(value, _)| *value).collect();
+    loop {
+        let inserted = txn
+            .query_typed_opt(
+                "INSERT INTO s3_objects (bucket, key, object_id, etag, content_type, content_disposition, \
+                                         cache_control, user_metadata, content_encoding, content_language, expires, \
+                                         checksum_algorithm, checksum_type, checksum, parts, acl) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10, $11, $12, $13, $14, NULL, $15) \
+                 ON CONFLICT (bucket, key) DO NOTHING RETURNING last_modified",
+                &typed,
+            )
+            .await?;
+        if let Some(row) = inserted {
+            return Ok(row.get(0));
+        }
+        // The key holds an object (committed, since the insert waited for it): lock it, so
+        // that the object released is the one replaced.
+        let previous = txn
+            .query_opt(
+                "SELECT object_id FROM s3_objects WHERE bucket = $1 AND key = $2 FOR UPDATE",
+                &[&bucket, &key],
+            )
+            .await?;
+        let Some(previous) = previous.map(|row| ObjectId(row.get(0))) else {
+            continue; // Deleted meanwhile: insert again.
+        };
+        let modified = txn
+            .query_one(
+                "UPDATE s3_objects SET object_id = $3, etag = $4, content_type = $5, content_disposition = $6, \
+                    cache_control = $7, user_metadata = $8::text::jsonb, content_encoding = $9, \
+                    content_language = $10, expires = $11, checksum_algorithm = $12, checksum_type = $13, \
+                    checksum = $14, parts = NULL, acl = $15, last_modified = now() \
+                 WHERE bucket = $1 AND key = $2 RETURNING last_modified",
+                &values,
+            )
+            .await?
+            .get(0);
+        store.release_in(txn, tenant, previous).await?;
+        return Ok(modified);
     }
-    Ok(modified)
 }
 
 /// Deletes the object at `target` of `tenant`'s bucket; a key that is not there is no error.

@@ -21,7 +21,7 @@ use crate::model::bucket::CannedAcl;
 use crate::model::object::{
     self as model, Binding, ChecksumKind, ObjectHeaders, ObjectPart, ObjectRow, StoredChecksum, Target,
 };
-use crate::store::StoreError;
+use crate::store::{ManifestHead, StoreError};
 
 /// The longest key S3 accepts, in bytes of UTF-8.
 const MAX_KEY_BYTES: usize = 1024;
@@ -56,13 +56,19 @@ impl SiloS3 {
         key: &str,
     ) -> S3Result<ObjectRow> {
         let found = model::lookup(self.pool(), bucket, key).await?;
-        let access = found.as_ref().map(|found| found.bucket);
-        let object = found.and_then(|found| found.object);
-        match super::bucket::authorize(caller, access, Intent::Read) {
-            Ok(_) => object.ok_or_else(|| s3_error!(NoSuchKey)),
-            // An object made public-read (its own ACL) may be read by anyone.
-            Err(denied) => object.filter(|row| row.headers.acl == CannedAcl::PublicRead).ok_or(denied),
-        }
+        readable(caller, found)
+    }
+
+    /// [`SiloS3::object`] with the first entries of its manifest, for a GET (one catalog
+    /// round trip for a small object).
+    pub(crate) async fn object_to_read(
+        &self,
+        caller: Option<TenantId>,
+        bucket: &str,
+        key: &str,
+    ) -> S3Result<(ObjectRow, Option<ManifestHead>)> {
+        let (found, head) = model::lookup_for_read(&self.store, bucket, key).await?.unzip();
+        Ok((readable(caller, found)?, head.flatten()))
     }
 
     /// Streams `body` into the store, checks its claims, and binds it to `bucket`/`key`,
@@ -175,13 +181,15 @@ impl SiloS3 {
         Ok(model::delete(&self.store, tenant, Target { bucket, id: found.id, key }).await?)
     }
 
-    /// Opens `range` of an object as a response body of exactly that length.
+    /// Opens `range` of an object as a response body of exactly that length, starting from
+    /// `head` (the first manifest entries read with `row`) when given.
     pub(crate) async fn open_body(
         &self,
         row: &ObjectRow,
         range: std::ops::Range<u64>,
+        head: Option<ManifestHead>,
     ) -> S3Result<ObjectBody> {
-        let read = self.store.read_sized(row.tenant, row.object, row.size, Some(range.clone()))?;
+        let read = self.store.read_from_head(row.tenant, row.object, row.size, Some(range.clone()), head)?;
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let mut stream = read.stream;
         tokio::spawn(async move {
@@ -218,6 +226,18 @@ impl SiloS3 {
         } else {
             Err(s3_error!(PreconditionFailed))
         }
+    }
+}
+
+/// The object `found` (a bucket and maybe an object at the key), if `caller` may read it.
+/// Access is decided before the object's absence is told.
+fn readable(caller: Option<TenantId>, found: Option<model::Lookup>) -> S3Result<ObjectRow> {
+    let access = found.as_ref().map(|found| found.bucket);
+    let object = found.and_then(|found| found.object);
+    match super::bucket::authorize(caller, access, Intent::Read) {
+        Ok(_) => object.ok_or_else(|| s3_error!(NoSuchKey)),
+        // An object made public-read (its own ACL) may be read by anyone.
+        Err(denied) => object.filter(|row| row.headers.acl == CannedAcl::PublicRead).ok_or(denied),
     }
 }
 
@@ -297,6 +317,19 @@ impl SiloS3 {
         let row = self.object(caller, bucket, key).await?;
         check_conditions(&row, conditions)?;
         Ok(row)
+    }
+
+    /// [`SiloS3::object_if`] with the first entries of the object's manifest, for a GET.
+    pub(crate) async fn object_to_read_if(
+        &self,
+        caller: Option<TenantId>,
+        bucket: &str,
+        key: &str,
+        conditions: Conditions<'_>,
+    ) -> S3Result<(ObjectRow, Option<ManifestHead>)> {
+        let (row, head) = self.object_to_read(caller, bucket, key).await?;
+        check_conditions(&row, conditions)?;
+        Ok((row, head))
     }
 }
 

@@ -223,7 +223,7 @@ impl S3 for SiloS3 {
         let mut input = req.input;
         let tenant = caller(&req.extensions);
         let conditions = conditions_of!(input);
-        let row = self.object_if(tenant, &input.bucket, &input.key, conditions).await?;
+        let (row, head) = self.object_to_read_if(tenant, &input.bucket, &input.key, conditions).await?;
         let (range, parts_count) = match (input.part_number, &input.range) {
             (Some(_), Some(_)) => return Err(part_and_range()),
             (Some(number), None) => {
@@ -234,7 +234,7 @@ impl S3 for SiloS3 {
             (None, None) => (None, None),
         };
         let span = range.clone().unwrap_or(0..row.size);
-        let body = self.open_body(&row, span.clone()).await?;
+        let body = self.open_body(&row, span.clone(), head).await?;
         let content_range =
             range.map(|r| format!("bytes {}-{}/{}", r.start, r.end.saturating_sub(1), row.size));
         let mut output = object_output!(GetObjectOutput, &row,
@@ -412,7 +412,7 @@ impl S3 for SiloS3 {
             Some(range) => parse_copy_range(range, source.size)?,
             None => 0..source.size,
         };
-        let reader = into_reader(self.open_body(&source, range.clone()).await?);
+        let reader = into_reader(self.open_body(&source, range.clone(), None).await?);
         let length = Some((range.end - range.start) as i64);
         let body = Incoming { reader, length, claims: Claims::default() };
         let (etag, _) = self

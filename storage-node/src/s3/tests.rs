@@ -72,7 +72,9 @@ async fn count(pool: &CatalogPool, sql: &str, tenant: TenantId) -> i64 {
 /// Objects the tenant has in the catalog, and what its usage counter says.
 async fn objects_of(pool: &CatalogPool, tenant: TenantId) -> (i64, i64) {
     let rows = count(pool, "SELECT count(*) FROM objects WHERE tenant_id = $1", tenant).await;
-    let counted = count(pool, "SELECT object_count FROM tenants WHERE id = $1", tenant).await;
+    let sql = "SELECT object_count + (SELECT coalesce(sum(objects), 0) FROM tenant_usage_deltas WHERE tenant_id = $1)::int8 \
+               FROM tenants WHERE id = $1";
+    let counted = count(pool, sql, tenant).await;
     (rows, counted)
 }
 

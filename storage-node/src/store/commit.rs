@@ -1,15 +1,20 @@
-//! Committing an ingested upload: one catalog transaction records the chunks it added, their
-//! locations, the manifest, the reference counts, the released pins and the tenant's usage.
+//! Committing an ingested upload: one catalog transaction records the chunks it added (their
+//! locations, or their bytes inline), the manifest, the reference counts, the released pins and
+//! a delta of the tenant's usage.
 //!
-//! The tenant's row is locked first, which serialises the commits of one tenant: usage
-//! counters stay exact, and chunk rows are always locked in the same order (no deadlocks).
+//! An upload of one chunk locks no row but that chunk's, so one tenant's small uploads commit
+//! side by side (see `usage` for how the quota stays exact). A larger upload locks the tenant's
+//! row first, which serialises it with the tenant's other changes to chunks: their rows are
+//! then always locked in one order (no deadlocks).
 
 use std::collections::{HashMap, HashSet};
 
 use tokio_postgres::Transaction;
+use tokio_postgres::types::{ToSql, Type};
 
-use super::ingest::{Ingested, PutOptions, QuotaRoom};
+use super::ingest::{Ingested, NewChunk, Place, PutOptions};
 use super::placing::domain_owner_sql;
+use super::usage::{admit, needs_exclusive};
 use super::{ChunkStore, ObjectId, StoreError};
 use crate::pack::RECORD_HEADER_LEN;
 use crate::{ChunkId, TenantId};
@@ -43,14 +48,20 @@ impl ChunkStore {
         R: tokio::io::AsyncRead + Unpin + Send + 'static,
     {
         let ingested = self.ingest(tenant, source, options).await?;
-        let committed = async {
-            let mut client = self.inner.pool.get().await?;
-            let txn = client.transaction().await?;
-            let stored = self.commit(&txn, &ingested).await?;
-            txn.commit().await?;
-            Ok(stored)
-        }
-        .await;
+        let commit_once = |shared: bool| {
+            let ingested = &ingested;
+            async move {
+                let mut client = self.inner.pool.get().await?;
+                let txn = client.transaction().await?;
+                let stored = self.commit_locking(&txn, ingested, shared).await?;
+                txn.commit().await?;
+                Ok(stored)
+            }
+        };
+        let committed = match commit_once(true).await {
+            Err(err) if needs_exclusive(&err) => commit_once(false).await,
+            committed => committed,
+        };
         if committed.is_err() {
             self.abandon(ingested).await;
         }
@@ -68,37 +79,55 @@ impl ChunkStore {
         txn: &Transaction<'_>,
         ingested: &Ingested,
     ) -> Result<StoredObject, StoreError> {
-        let tenant = ingested.tenant.0;
-        let (used, quota) = super::objects::lock_tenant(txn, ingested.tenant).await?;
-        QuotaRoom { used, quota }.check(ingested.size)?;
+        self.commit_locking(txn, ingested, false).await
+    }
 
+    /// [`ChunkStore::commit`] that, for an upload of one chunk far from the tenant's quota,
+    /// only shares the tenant's lock with other commits (see `usage`) instead of taking it
+    /// alone: the caller must not rely on that lock to order anything else in `txn`, nor change
+    /// the tenant's chunks there except through [`ChunkStore::release_in`].
+    ///
+    /// # Errors
+    /// See [`ChunkStore::commit`]; and when the tenant is near its quota, an error for which
+    /// [`needs_exclusive`] holds: roll `txn` back and run it again with [`ChunkStore::commit`].
+    pub async fn commit_shared(
+        &self,
+        txn: &Transaction<'_>,
+        ingested: &Ingested,
+    ) -> Result<StoredObject, StoreError> {
+        self.commit_locking(txn, ingested, true).await
+    }
+
+    async fn commit_locking(
+        &self,
+        txn: &Transaction<'_>,
+        ingested: &Ingested,
+        may_share: bool,
+    ) -> Result<StoredObject, StoreError> {
         let uses = count_uses(&ingested.manifest);
+        admit(txn, ingested.tenant, ingested.size, may_share && uses.len() <= 1).await?;
+        let all_inline = ingested.new_chunks.iter().all(|c| matches!(c.place, Place::Inline(_)));
+        if all_inline && ingested.reused.is_empty() && ingested.pins.is_empty() {
+            return commit_inline(txn, ingested, &uses).await;
+        }
         let (inserted_raw, inserted_stored, inserted_count) =
             self.commit_new_chunks(txn, ingested, &uses).await?;
         add_references(txn, ingested.tenant, &ingested.reused, &uses).await?;
         release_pins(txn, ingested.tenant, &ingested.pins).await?;
-        let md5 = ingested.md5.map(|d| d.to_vec());
+        let manifest = ManifestParams::of(ingested);
+        // The object, its manifest and the usage delta in one statement (one round trip).
         let object: i64 = txn
-            .query_one(
-                "INSERT INTO objects (tenant_id, size, chunk_count, md5) VALUES ($1, $2, $3, $4) RETURNING id",
-                &[&tenant, &(ingested.size as i64), &(ingested.manifest.len() as i32), &md5],
+            .query_typed_one(
+                &format!(
+                    "WITH {RECORD_OBJECT}, \
+                     d AS (INSERT INTO tenant_usage_deltas (tenant_id, objects, logical_bytes, unique_raw_bytes, stored_bytes) \
+                           VALUES ($1, 1, $2, $7, $8)) \
+                     SELECT id FROM o"
+                ),
+                &[manifest.params(), vec![(&inserted_raw, Type::INT8), (&inserted_stored, Type::INT8)]].concat(),
             )
             .await?
             .get(0);
-        let (offsets, ids): (Vec<i64>, Vec<Vec<u8>>) =
-            ingested.manifest.iter().map(|(offset, id)| (*offset, id.0.to_vec())).unzip();
-        txn.execute(
-            "INSERT INTO object_chunks (object_id, logical_offset, tenant_id, chunk_id) \
-             SELECT $1, o, $2, c FROM unnest($3::int8[], $4::bytea[]) AS v(o, c)",
-            &[&object, &tenant, &offsets, &ids],
-        )
-        .await?;
-        txn.execute(
-            "UPDATE tenants SET object_count = object_count + 1, logical_bytes = logical_bytes + $2, \
-             unique_raw_bytes = unique_raw_bytes + $3, stored_bytes = stored_bytes + $4 WHERE id = $1",
-            &[&tenant, &(ingested.size as i64), &inserted_raw, &inserted_stored],
-        )
-        .await?;
         Ok(StoredObject {
             id: ObjectId(object),
             size: ingested.size,
@@ -129,35 +158,41 @@ impl ChunkStore {
         }
         let tenant = ingested.tenant.0;
         let chunks = &ingested.new_chunks;
-        let ids: Vec<Vec<u8>> = chunks.iter().map(|c| c.id.0.to_vec()).collect();
-        let raw: Vec<i32> = chunks.iter().map(|c| c.raw_len).collect();
-        let stored: Vec<i32> = chunks.iter().map(|c| c.stored_len).collect();
-        let compression: Vec<i16> = chunks.iter().map(|c| c.compression as i16).collect();
-        let refs: Vec<i64> = chunks.iter().map(|c| uses.get(&c.id).copied().unwrap_or(1)).collect();
+        let columns = ChunkColumns::of(chunks, uses);
         let rows = txn
-            .query(
-                "INSERT INTO chunks (tenant_id, id, raw_len, stored_len, compression, refcount) \
-                 SELECT $1, * FROM unnest($2::bytea[], $3::int4[], $4::int4[], $5::int2[], $6::int8[]) \
+            .query_typed(
+                "INSERT INTO chunks (tenant_id, id, raw_len, stored_len, compression, refcount, inline_data) \
+                 SELECT $1, * FROM unnest($2::bytea[], $3::int4[], $4::int4[], $5::int2[], $6::int8[], $7::bytea[]) \
                  ON CONFLICT (tenant_id, id) DO UPDATE SET refcount = chunks.refcount + EXCLUDED.refcount \
                  RETURNING id, (xmax = 0) AS inserted",
-                &[&tenant, &ids, &raw, &stored, &compression, &refs],
+                &[vec![(&tenant as &(dyn ToSql + Sync), Type::INT8)], columns.params()].concat(),
             )
             .await?;
         let inserted: HashSet<Vec<u8>> =
             rows.iter().filter(|row| row.get::<_, bool>(1)).map(|row| row.get(0)).collect();
         let added: Vec<_> = chunks.iter().filter(|c| inserted.contains(c.id.0.as_slice())).collect();
+        let raw_sum = added.iter().map(|c| i64::from(c.raw_len)).sum();
+        let stored_sum = added.iter().map(|c| i64::from(c.stored_len)).sum();
+        let count = added.len() as u32;
+        let added: Vec<_> = added
+            .into_iter()
+            .filter_map(|c| match c.place {
+                Place::Pack { pack, offset } => Some((c, pack, offset)),
+                Place::Inline(_) => None,
+            })
+            .collect();
         if added.is_empty() {
-            return Ok((0, 0, 0));
+            return Ok((raw_sum, stored_sum, count));
         }
-        let mut written: Vec<i64> = added.iter().map(|c| c.pack.0).collect();
+        let mut written: Vec<i64> = added.iter().map(|(_, pack, _)| pack.0).collect();
         written.sort_unstable();
         written.dedup();
         check_packs_take_commits(txn, ingested.tenant, self.inner.node, &written).await?;
-        let ids: Vec<Vec<u8>> = added.iter().map(|c| c.id.0.to_vec()).collect();
-        let packs: Vec<i64> = added.iter().map(|c| c.pack.0).collect();
-        let offsets: Vec<i64> = added.iter().map(|c| c.offset as i64).collect();
+        let ids: Vec<Vec<u8>> = added.iter().map(|(c, _, _)| c.id.0.to_vec()).collect();
+        let packs: Vec<i64> = added.iter().map(|(_, pack, _)| pack.0).collect();
+        let offsets: Vec<i64> = added.iter().map(|(_, _, offset)| *offset as i64).collect();
         let record_bytes: Vec<i64> =
-            added.iter().map(|c| RECORD_HEADER_LEN as i64 + i64::from(c.stored_len)).collect();
+            added.iter().map(|(c, _, _)| RECORD_HEADER_LEN as i64 + i64::from(c.stored_len)).collect();
         txn.execute(
             "INSERT INTO chunk_locations (tenant_id, chunk_id, pack_id, pack_offset) \
              SELECT $1, c, p, o FROM unnest($2::bytea[], $3::int8[], $4::int8[]) AS v(c, p, o)",
@@ -176,9 +211,7 @@ impl ChunkStore {
             &[&packs, &record_bytes, &ends],
         )
         .await?;
-        let raw_sum = added.iter().map(|c| i64::from(c.raw_len)).sum();
-        let stored_sum = added.iter().map(|c| i64::from(c.stored_len)).sum();
-        Ok((raw_sum, stored_sum, added.len() as u32))
+        Ok((raw_sum, stored_sum, count))
     }
 
     /// Drops `pins` of an upload that will not commit. A failure here only delays GC until
@@ -199,6 +232,126 @@ impl ChunkStore {
             tracing::warn!(error = %err, "could not unpin the chunks of an abandoned upload; they expire instead");
         }
     }
+}
+
+/// The CTEs `o` (the new object; its id) and `m` (its manifest) over the parameters of
+/// [`ManifestParams::params`].
+const RECORD_OBJECT: &str = "o AS (INSERT INTO objects (tenant_id, size, chunk_count, md5) VALUES ($1, $2, $3, $4) RETURNING id), \
+     m AS (INSERT INTO object_chunks (object_id, logical_offset, tenant_id, chunk_id) \
+           SELECT o.id, v.o, $1, v.c FROM o, unnest($5::int8[], $6::bytea[]) AS v(o, c))";
+
+/// An upload's object row and manifest as statement parameters `$1` to `$6`.
+struct ManifestParams {
+    tenant: i64,
+    size: i64,
+    chunk_count: i32,
+    md5: Option<Vec<u8>>,
+    offsets: Vec<i64>,
+    ids: Vec<Vec<u8>>,
+}
+
+impl ManifestParams {
+    fn of(ingested: &Ingested) -> Self {
+        let (offsets, ids) = ingested.manifest.iter().map(|(offset, id)| (*offset, id.0.to_vec())).unzip();
+        ManifestParams {
+            tenant: ingested.tenant.0,
+            size: ingested.size as i64,
+            chunk_count: ingested.manifest.len() as i32,
+            md5: ingested.md5.map(|d| d.to_vec()),
+            offsets,
+            ids,
+        }
+    }
+
+    fn params(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
+        vec![
+            (&self.tenant, Type::INT8),
+            (&self.size, Type::INT8),
+            (&self.chunk_count, Type::INT4),
+            (&self.md5, Type::BYTEA),
+            (&self.offsets, Type::INT8_ARRAY),
+            (&self.ids, Type::BYTEA_ARRAY),
+        ]
+    }
+}
+
+/// New chunks' rows as array parameters: ids, raw and stored lengths, compressions,
+/// reference counts (their uses in the manifest) and inline bytes (null for a pack's chunk).
+struct ChunkColumns<'a> {
+    ids: Vec<Vec<u8>>,
+    raw: Vec<i32>,
+    stored: Vec<i32>,
+    compression: Vec<i16>,
+    refs: Vec<i64>,
+    inline: Vec<Option<&'a [u8]>>,
+}
+
+impl<'a> ChunkColumns<'a> {
+    fn of(chunks: &'a [NewChunk], uses: &HashMap<ChunkId, i64>) -> Self {
+        ChunkColumns {
+            ids: chunks.iter().map(|c| c.id.0.to_vec()).collect(),
+            raw: chunks.iter().map(|c| c.raw_len).collect(),
+            stored: chunks.iter().map(|c| c.stored_len).collect(),
+            compression: chunks.iter().map(|c| c.compression as i16).collect(),
+            refs: chunks.iter().map(|c| uses.get(&c.id).copied().unwrap_or(1)).collect(),
+            inline: chunks
+                .iter()
+                .map(|c| match &c.place {
+                    Place::Inline(data) => Some(data.as_ref()),
+                    Place::Pack { .. } => None,
+                })
+                .collect(),
+        }
+    }
+
+    fn params(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
+        vec![
+            (&self.ids, Type::BYTEA_ARRAY),
+            (&self.raw, Type::INT4_ARRAY),
+            (&self.stored, Type::INT4_ARRAY),
+            (&self.compression, Type::INT2_ARRAY),
+            (&self.refs, Type::INT8_ARRAY),
+            (&self.inline, Type::BYTEA_ARRAY),
+        ]
+    }
+}
+
+/// Commits an upload whose new chunks all go inline (and that reuses none it pinned): the
+/// chunks, the object, its manifest and the usage delta in one statement.
+async fn commit_inline(
+    txn: &Transaction<'_>,
+    ingested: &Ingested,
+    uses: &HashMap<ChunkId, i64>,
+) -> Result<StoredObject, StoreError> {
+    let columns = ChunkColumns::of(&ingested.new_chunks, uses);
+    let manifest = ManifestParams::of(ingested);
+    // A chunk the tenant has already (inline or in a pack) only gains references.
+    let row = txn
+        .query_typed_one(
+            &format!(
+                "WITH c AS (INSERT INTO chunks (tenant_id, id, raw_len, stored_len, compression, refcount, inline_data) \
+                            SELECT $1, * FROM unnest($7::bytea[], $8::int4[], $9::int4[], $10::int2[], $11::int8[], $12::bytea[]) \
+                            ON CONFLICT (tenant_id, id) DO UPDATE SET refcount = chunks.refcount + EXCLUDED.refcount \
+                            RETURNING raw_len, stored_len, (xmax = 0) AS inserted), \
+                 added AS (SELECT count(*) FILTER (WHERE inserted)::int8 AS n, \
+                                  coalesce(sum(raw_len) FILTER (WHERE inserted), 0)::int8 AS raw, \
+                                  coalesce(sum(stored_len) FILTER (WHERE inserted), 0)::int8 AS stored FROM c), \
+                 {RECORD_OBJECT}, \
+                 d AS (INSERT INTO tenant_usage_deltas (tenant_id, objects, logical_bytes, unique_raw_bytes, stored_bytes) \
+                       SELECT $1, 1, $2, raw, stored FROM added) \
+                 SELECT o.id, added.n, added.stored FROM o, added"
+            ),
+            &[manifest.params(), columns.params()].concat(),
+        )
+        .await?;
+    Ok(StoredObject {
+        id: ObjectId(row.get(0)),
+        size: ingested.size,
+        chunk_count: ingested.manifest.len() as u32,
+        new_chunks: row.get::<_, i64>(1) as u32,
+        new_stored_bytes: row.get::<_, i64>(2) as u64,
+        md5: ingested.md5,
+    })
 }
 
 /// Refuses to commit chunks into `packs` unless each one is still open (no node retired it

@@ -109,7 +109,7 @@ impl ChunkStore {
             .collect();
         for tenant in tenants {
             let txn = client.transaction().await?;
-            super::objects::lock_tenant(&txn, TenantId(tenant)).await?;
+            super::usage::lock_tenant(&txn, TenantId(tenant)).await?;
             let row = txn
                 .query_one(
                     "WITH dead AS ( \

@@ -26,6 +26,14 @@ use crate::{ChunkId, ChunkKey, TenantId};
 /// How many chunks are prepared (hashed, looked up, compressed) at once.
 const PARALLEL: usize = 4;
 
+/// An upload whose whole body is one chunk smaller than this keeps that chunk in the catalog
+/// (`chunks.inline_data`) instead of a pack, as MinIO inlines objects under 128 KiB: no pack
+/// writer and no fsync of ours, the catalog's commit is the durability point (and Postgres's
+/// group commit shares one WAL flush among concurrent commits). 64 KiB covers the thumbnails,
+/// icons, CSS and JS a website serves most, while keeping the catalog's rows (TOASTed, at most
+/// this much each) small beside its indexes; a larger body is better served from a pack's map.
+pub const INLINE_MAX_BYTES: usize = 64 * 1024;
+
 /// Options of one upload.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PutOptions {
@@ -36,15 +44,30 @@ pub struct PutOptions {
     pub md5: bool,
 }
 
-/// A chunk this upload appended to a pack.
+/// A chunk this upload stored.
 #[derive(Debug, Clone)]
 pub(super) struct NewChunk {
     pub id: ChunkId,
     pub raw_len: i32,
     pub stored_len: i32,
     pub compression: Compression,
-    pub pack: PackId,
-    pub offset: u64,
+    pub place: Place,
+}
+
+/// Where a new chunk's stored bytes are.
+#[derive(Debug, Clone)]
+pub(super) enum Place {
+    /// Appended (and fsynced) to a pack, at this offset.
+    Pack { pack: PackId, offset: u64 },
+    /// Not written anywhere yet: the commit puts these bytes in the catalog's row.
+    Inline(Bytes),
+}
+
+/// A small first chunk held back from the pack until the body is known to be that one chunk.
+struct Held {
+    id: ChunkId,
+    raw: Bytes,
+    compressed: Option<Vec<u8>>,
 }
 
 /// An upload whose bytes are durable in packs but not yet committed to the catalog. Commit it
@@ -118,7 +141,7 @@ impl ChunkStore {
     where
         R: AsyncRead + Unpin + Send + 'static,
     {
-        let room = self.quota_room(tenant).await?;
+        let room = super::usage::quota_room(&**self.inner.pool.get().await?, tenant).await?;
         if let Some(expected) = options.expected_len {
             room.check(expected)?;
         }
@@ -145,8 +168,7 @@ impl ChunkStore {
                 async move { task.await.map_err(StoreError::from).and_then(|prepared| prepared) }
             })
             .buffered(PARALLEL);
-        let class = self.pack_class(tenant).await?;
-        let mut upload = Upload::new(self.clone(), tenant, class);
+        let mut upload = Upload::new(self.clone(), tenant);
         let result = async {
             while let Some(chunk) = prepared.next().await {
                 let chunk = chunk?;
@@ -184,22 +206,12 @@ impl ChunkStore {
         }
     }
 
-    pub(super) async fn quota_room(&self, tenant: TenantId) -> Result<QuotaRoom, StoreError> {
-        let client = self.inner.pool.get().await?;
-        let row = client
-            .query_opt("SELECT logical_bytes, storage_quota_bytes FROM tenants WHERE id = $1", &[&tenant.0])
-            .await?
-            .ok_or(StoreError::UnknownTenant(tenant.0))?;
-        Ok(QuotaRoom {
-            used: row.get::<_, i64>(0) as u64,
-            quota: row.get::<_, Option<i64>>(1).map(|q| q as u64),
-        })
-    }
-
     /// Names a chunk, pins it if the tenant has it, and otherwise compresses it.
     async fn prepare(&self, tenant: TenantId, key: ChunkKey, raw: Bytes) -> Result<Prepared, StoreError> {
         let (id, raw) = tokio::task::spawn_blocking(move || (key.chunk_id(&raw), raw)).await?;
-        if self.pin_existing(tenant, id).await? {
+        // A chunk small enough to go inline is not looked up: the commit stores or references
+        // it either way (one catalog round trip fewer for a small upload).
+        if raw.len() >= INLINE_MAX_BYTES && self.pin_existing(tenant, id).await? {
             return Ok(Prepared::Known { id, len: raw.len() as u64 });
         }
         let policy = self.inner.config.compression;
@@ -269,17 +281,20 @@ struct Upload {
     seen: HashSet<ChunkId>,
     reused: HashSet<ChunkId>,
     pins: HashMap<ChunkId, i32>,
-    class: PackClass,
+    /// The tenant's pack class, looked up when the first pack is opened.
+    class: Option<PackClass>,
     pack: Option<OpenPack>,
     leases: Vec<PackLease>,
+    held: Option<Held>,
 }
 
 impl Upload {
-    fn new(store: ChunkStore, tenant: TenantId, class: PackClass) -> Self {
+    fn new(store: ChunkStore, tenant: TenantId) -> Self {
         Upload {
             store,
             tenant,
-            class,
+            class: None,
+            held: None,
             size: 0,
             manifest: Vec::new(),
             new_chunks: Vec::new(),
@@ -308,8 +323,21 @@ impl Upload {
                 if !self.seen.insert(id) {
                     return Ok(());
                 }
+                if self.manifest.len() == 1 && raw.len() < INLINE_MAX_BYTES {
+                    self.held = Some(Held { id, raw, compressed });
+                    return Ok(());
+                }
+                self.append_held().await?;
                 self.append(id, raw, compressed).await
             }
+        }
+    }
+
+    /// Appends the held first chunk to the pack: the body turned out longer than that chunk.
+    async fn append_held(&mut self) -> Result<(), StoreError> {
+        match self.held.take() {
+            Some(Held { id, raw, compressed }) => self.append(id, raw, compressed).await,
+            None => Ok(()),
         }
     }
 
@@ -322,15 +350,20 @@ impl Upload {
     ) -> Result<(), StoreError> {
         let mut pack = match self.pack.take() {
             Some(pack) => pack,
-            None => self.store.open_pack(&self.class, self.tenant).await?,
+            None => {
+                let class = match self.class.take() {
+                    Some(class) => class,
+                    None => self.store.pack_class(self.tenant).await?,
+                };
+                let opened = self.store.open_pack(&class, self.tenant).await;
+                self.class = Some(class);
+                opened?
+            }
         };
         if !self.leases.iter().any(|lease| lease.pack() == pack.id()) {
             self.leases.push(pack.lease());
         }
-        let (compression, data) = match compressed {
-            Some(bytes) => (Compression::Zstd, Bytes::from(bytes)),
-            None => (Compression::None, raw.clone()),
-        };
+        let (compression, data) = stored_form(&raw, compressed);
         let header = RecordHeader {
             compression,
             tenant: self.tenant,
@@ -348,8 +381,7 @@ impl Upload {
             raw_len: header.raw_len as i32,
             stored_len: header.stored_len as i32,
             compression: header.compression,
-            pack: pack_id,
-            offset,
+            place: Place::Pack { pack: pack_id, offset },
         });
         if full {
             self.sync_and_release().await?;
@@ -367,7 +399,23 @@ impl Upload {
     }
 
     async fn finish(mut self, md5: Option<[u8; 16]>) -> Result<Ingested, StoreError> {
-        if let Err(err) = self.sync_and_release().await {
+        if self.manifest.len() == 1
+            && let Some(Held { id, raw, compressed }) = self.held.take()
+        {
+            let (compression, data) = stored_form(&raw, compressed);
+            self.new_chunks.push(NewChunk {
+                id,
+                raw_len: raw.len() as i32,
+                stored_len: data.len() as i32,
+                compression,
+                place: Place::Inline(data),
+            });
+        }
+        let written = match self.append_held().await {
+            Ok(()) => self.sync_and_release().await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = written {
             self.abandon().await;
             return Err(err);
         }
@@ -391,6 +439,14 @@ impl Upload {
         self.leases.clear();
         let pins = std::mem::take(&mut self.pins);
         self.store.unpin(self.tenant, &pins).await;
+    }
+}
+
+/// The bytes a chunk is stored as: its compressed form when that paid, else the raw bytes.
+fn stored_form(raw: &Bytes, compressed: Option<Vec<u8>>) -> (Compression, Bytes) {
+    match compressed {
+        Some(bytes) => (Compression::Zstd, Bytes::from(bytes)),
+        None => (Compression::None, raw.clone()),
     }
 }
 

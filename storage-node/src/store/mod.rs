@@ -20,6 +20,7 @@ mod placing;
 mod read;
 mod reconcile;
 mod scrub;
+mod usage;
 mod verify;
 mod writers;
 
@@ -33,14 +34,16 @@ use serde::{Deserialize, Serialize};
 pub use commit::StoredObject;
 pub use error::StoreError;
 pub use gc::GcReport;
-pub use ingest::{Ingested, PutOptions};
+pub use ingest::{INLINE_MAX_BYTES, Ingested, PutOptions};
 pub use objects::Usage;
-pub(crate) use objects::lock_tenant;
 pub use orphans::{Referrer, S3_REFERRERS};
 pub use peers::REMOTE_READ_TIMEOUT;
-pub use read::ObjectRead;
+pub(crate) use read::manifest_head_sql;
+pub use read::{ManifestHead, ObjectRead};
 pub use reconcile::{RESTORED_MARKER, ReconcileReport, mark_catalog_restored};
 pub use scrub::{DamagedChunk, ScrubReport};
+pub(crate) use usage::lock_tenant;
+pub use usage::{QUOTA_LOCK_MARGIN, needs_exclusive};
 
 use crate::DataDir;
 use crate::catalog::CatalogPool;

@@ -2,6 +2,7 @@
 
 use tokio_postgres::Transaction;
 
+use super::usage::{UsageDelta, add_usage, lock_tenant, usage_columns};
 use super::{ChunkStore, ObjectId, StoreError};
 use crate::TenantId;
 
@@ -50,6 +51,20 @@ impl ChunkStore {
         object: ObjectId,
     ) -> Result<(), StoreError> {
         lock_tenant(txn, tenant).await?;
+        self.release_in(txn, tenant, object).await
+    }
+
+    /// [`ChunkStore::delete_in`] without the tenant's row lock: for a caller whose transaction
+    /// committed an object of the tenant already (and so holds what that commit took).
+    ///
+    /// # Errors
+    /// See [`ChunkStore::delete`].
+    pub(crate) async fn release_in(
+        &self,
+        txn: &Transaction<'_>,
+        tenant: TenantId,
+        object: ObjectId,
+    ) -> Result<(), StoreError> {
         txn.execute(
             "UPDATE chunks c SET refcount = c.refcount - refs.n \
              FROM (SELECT chunk_id, count(*) AS n FROM object_chunks WHERE object_id = $1 GROUP BY chunk_id) AS refs \
@@ -66,12 +81,8 @@ impl ChunkStore {
             .await?
             .ok_or(StoreError::NoSuchObject(object.0))?
             .get(0);
-        txn.execute(
-            "UPDATE tenants SET object_count = object_count - 1, logical_bytes = logical_bytes - $2 WHERE id = $1",
-            &[&tenant.0, &size],
-        )
-        .await?;
-        Ok(())
+        add_usage(txn, tenant, UsageDelta { objects: -1, logical_bytes: -size, ..UsageDelta::default() })
+            .await
     }
 
     /// A new object with the same bytes as `object`, sharing its chunks: only the manifest is
@@ -117,11 +128,8 @@ impl ChunkStore {
             &[&object.0, &tenant.0],
         )
         .await?;
-        txn.execute(
-            "UPDATE tenants SET object_count = object_count + 1, logical_bytes = logical_bytes + $2 WHERE id = $1",
-            &[&tenant.0, &size],
-        )
-        .await?;
+        add_usage(txn, tenant, UsageDelta { objects: 1, logical_bytes: size, ..UsageDelta::default() })
+            .await?;
         Ok(ObjectId(copy))
     }
 
@@ -177,11 +185,8 @@ impl ChunkStore {
             &[&object, &tenant.0],
         )
         .await?;
-        txn.execute(
-            "UPDATE tenants SET object_count = object_count + 1, logical_bytes = logical_bytes + $2 WHERE id = $1",
-            &[&tenant.0, &size],
-        )
-        .await?;
+        add_usage(txn, tenant, UsageDelta { objects: 1, logical_bytes: size, ..UsageDelta::default() })
+            .await?;
         Ok(ObjectId(object))
     }
 
@@ -193,8 +198,7 @@ impl ChunkStore {
         let client = self.inner.pool.get().await?;
         let row = client
             .query_opt(
-                "SELECT object_count, logical_bytes, unique_raw_bytes, stored_bytes, storage_quota_bytes \
-                 FROM tenants WHERE id = $1",
+                &format!("SELECT {}, t.storage_quota_bytes FROM tenants t WHERE t.id = $1", usage_columns()),
                 &[&tenant.0],
             )
             .await?
@@ -257,25 +261,9 @@ impl ChunkStore {
             &[&tenant.0, &crate::node_state::NodeState::Removed],
         )
         .await?;
+        txn.execute("DELETE FROM tenant_usage_deltas WHERE tenant_id = $1", &[&tenant.0]).await?;
         txn.execute("DELETE FROM tenants WHERE id = $1", &[&tenant.0]).await?;
         txn.commit().await?;
         Ok(())
     }
-}
-
-/// Locks the tenant's row, which serialises every change to its chunks and counters (so they
-/// stay exact, and chunk row locks are always taken in one order). Returns the logical bytes
-/// used and the quota.
-pub(crate) async fn lock_tenant(
-    txn: &Transaction<'_>,
-    tenant: TenantId,
-) -> Result<(u64, Option<u64>), StoreError> {
-    let row = txn
-        .query_opt(
-            "SELECT logical_bytes, storage_quota_bytes FROM tenants WHERE id = $1 FOR UPDATE",
-            &[&tenant.0],
-        )
-        .await?
-        .ok_or(StoreError::UnknownTenant(tenant.0))?;
-    Ok((row.get::<_, i64>(0) as u64, row.get::<_, Option<i64>>(1).map(|q| q as u64)))
 }

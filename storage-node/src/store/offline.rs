@@ -5,7 +5,9 @@
 //! dump is taken, lists where each of its chunks is. [`read_offline`] follows it straight to
 //! the pack files, and checks every record header and every chunk's keyed BLAKE3 id, so a
 //! damaged dump fails loudly instead of restoring a wrong catalog. A chunk that GC compaction
-//! moved since the manifest was written is found by its id in the packs' own records.
+//! moved since the manifest was written is found by its id in the packs' own records. A chunk
+//! the catalog keeps inline (a small object's) has no pack: the manifest carries its bytes,
+//! checked against its id the same.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -27,12 +29,15 @@ pub struct OfflineManifest {
     pub chunks: Vec<OfflineChunk>,
 }
 
-/// One chunk: its id (hex) and its record's place.
+/// One chunk: its id (hex) and its record's place, or its raw bytes (hex) when the catalog
+/// keeps it inline (then pack and offset are 0).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OfflineChunk {
     pub id: String,
     pub pack: i64,
     pub offset: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<String>,
 }
 
 /// Why an object cannot be read offline.
@@ -65,20 +70,40 @@ impl ChunkStore {
         let client = self.inner.pool.get().await?;
         let rows = client
             .query(
-                "SELECT oc.chunk_id, l.pack_id, l.pack_offset FROM object_chunks oc \
-                 JOIN chunk_locations l ON l.tenant_id = oc.tenant_id AND l.chunk_id = oc.chunk_id \
-                 WHERE oc.object_id = $1 AND oc.tenant_id = $2 ORDER BY oc.logical_offset",
+                "SELECT oc.chunk_id, l.pack_id, l.pack_offset, c.inline_data, c.raw_len, c.compression \
+                 FROM object_chunks oc JOIN chunks c ON c.tenant_id = oc.tenant_id AND c.id = oc.chunk_id \
+                 LEFT JOIN chunk_locations l ON l.tenant_id = oc.tenant_id AND l.chunk_id = oc.chunk_id \
+                 WHERE oc.object_id = $1 AND oc.tenant_id = $2 AND (l.pack_id IS NOT NULL OR c.inline_data IS NOT NULL) \
+                 ORDER BY oc.logical_offset",
                 &[&object.0, &tenant.0],
             )
             .await?;
         let chunks = rows
             .iter()
-            .map(|row| OfflineChunk {
-                id: hex::encode(row.get::<_, &[u8]>(0)),
-                pack: row.get(1),
-                offset: row.get::<_, i64>(2) as u64,
+            .map(|row| {
+                let id = ChunkId::from_slice(row.get(0)).unwrap_or(ChunkId([0; 32]));
+                let inline = match row.get::<_, Option<Vec<u8>>>(3) {
+                    Some(data) => {
+                        let compression = Compression::from_code(row.get(5)).unwrap_or(Compression::None);
+                        let raw = self.check_inline(
+                            tenant,
+                            id,
+                            row.get::<_, i32>(4) as u32,
+                            compression,
+                            &data.into(),
+                        )?;
+                        Some(hex::encode(raw))
+                    }
+                    None => None,
+                };
+                Ok(OfflineChunk {
+                    id: hex::encode(id.0),
+                    pack: row.get::<_, Option<i64>>(1).unwrap_or(0),
+                    offset: row.get::<_, Option<i64>>(2).unwrap_or(0) as u64,
+                    inline,
+                })
             })
-            .collect();
+            .collect::<Result<_, StoreError>>()?;
         Ok(OfflineManifest { tenant: tenant.0, size, chunks })
     }
 }
@@ -139,7 +164,27 @@ pub fn read_offline(
             let candidates = index.get(&(tenant, *id)).map(Vec::as_slice).unwrap_or_default();
             candidates.iter().find_map(|(pack, offset)| load(*pack, *offset).ok())
         };
-        let raw = match load(PackId(entry.pack), entry.offset) {
+        let loaded = match &entry.inline {
+            Some(inline) => hex::decode(inline)
+                .map_err(|err| format!("its inline bytes are not hex: {err}"))
+                .and_then(|raw| {
+                    if key.chunk_id(&raw) == *id {
+                        Ok(raw)
+                    } else {
+                        Err("its bytes do not hash to its id".into())
+                    }
+                })
+                .map_err(|message| OfflineError::Damaged {
+                    index: index_in_manifest,
+                    id: entry.id.clone(),
+                    pack: 0,
+                    offset: 0,
+                    message,
+                })
+                .map(Ok)?,
+            None => load(PackId(entry.pack), entry.offset),
+        };
+        let raw = match loaded {
             Ok(raw) => raw,
             Err(message) => {
                 if on_disk.is_none() {

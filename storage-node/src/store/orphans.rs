@@ -69,7 +69,7 @@ impl ChunkStore {
                 after = object;
                 let mut client = self.inner.pool.get().await?;
                 let txn = client.transaction().await?;
-                super::objects::lock_tenant(&txn, TenantId(tenant)).await?;
+                super::usage::lock_tenant(&txn, TenantId(tenant)).await?;
                 let locked =
                     txn.query_opt("SELECT 1 FROM objects WHERE id = $1 FOR UPDATE", &[&object]).await?;
                 if locked.is_none() || txn.query_opt(&recheck, &[&object]).await?.is_none() {

@@ -3,7 +3,10 @@
 //! The first chunk of a range is found through the `(object_id, logical_offset)` key (one
 //! index probe, no manifest scan). Manifest rows come in small batches, and each chunk is
 //! loaded, verified and sliced on a blocking thread, so a read holds at most one batch of rows
-//! and one chunk in memory however large the object is.
+//! and one chunk in memory however large the object is. A chunk kept inline in the catalog
+//! comes with its manifest row and is verified the same (keyed BLAKE3). The first batch can
+//! come with the query that found the object ([`ManifestHead`]): a small GET is then one
+//! catalog round trip.
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
@@ -19,6 +22,64 @@ use crate::pack::PackId;
 use crate::{ChunkId, TenantId};
 
 const BATCH: i64 = 32;
+
+/// The columns of a manifest batch, in the order [`Entry::from_row`] reads them, over
+/// `object_chunks oc`; `$node` stands for this node's id.
+const ENTRY_COLUMNS: &str = "oc.logical_offset, oc.chunk_id, c.raw_len, c.stored_len, c.compression, \
+     l.pack_id, l.pack_offset, r.state, c.inline_data";
+
+/// The joins from `object_chunks oc` that [`ENTRY_COLUMNS`] need.
+fn entry_joins(node: &str) -> String {
+    format!(
+        "JOIN chunks c ON c.tenant_id = oc.tenant_id AND c.id = oc.chunk_id \
+         LEFT JOIN chunk_locations l ON l.tenant_id = oc.tenant_id AND l.chunk_id = oc.chunk_id \
+         LEFT JOIN pack_replicas r ON r.pack_id = l.pack_id AND r.node_id = {node}"
+    )
+}
+
+/// A query of the first manifest batch of the object whose id is `object` (an SQL expression),
+/// for a `LEFT JOIN LATERAL (...) ON true`; `node` is the parameter of this node's id.
+pub(crate) fn manifest_head_sql(object: &str, node: &str) -> String {
+    format!(
+        "SELECT {ENTRY_COLUMNS} FROM object_chunks oc {} WHERE oc.object_id = {object} \
+         ORDER BY oc.logical_offset LIMIT {BATCH}",
+        entry_joins(node)
+    )
+}
+
+/// The first manifest entries of an object, read with the query that found it
+/// ([`manifest_head_sql`]), so that a read starts without another catalog round trip.
+pub struct ManifestHead {
+    object: ObjectId,
+    entries: Vec<Entry>,
+}
+
+impl std::fmt::Debug for ManifestHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManifestHead")
+            .field("object", &self.object)
+            .field("entries", &self.entries.len())
+            .finish()
+    }
+}
+
+impl ManifestHead {
+    /// The entries in `rows` of `object` of `tenant`, from column `at` on, in the order of
+    /// [`manifest_head_sql`]. Rows without an entry (a LEFT JOIN's nulls) are skipped.
+    pub(crate) fn from_rows(
+        rows: &[tokio_postgres::Row],
+        at: usize,
+        tenant: TenantId,
+        object: ObjectId,
+    ) -> Self {
+        let entries = rows
+            .iter()
+            .filter(|row| row.get::<_, Option<i64>>(at).is_some())
+            .map(|row| Entry::from_row(row, at, tenant))
+            .collect();
+        ManifestHead { object, entries }
+    }
+}
 
 /// A range read in progress.
 pub struct ObjectRead {
@@ -39,10 +100,54 @@ impl std::fmt::Debug for ObjectRead {
 /// One manifest entry with its chunk's location on this node.
 struct Entry {
     logical_offset: u64,
+    raw_len: u64,
     location: Option<ChunkLocation>,
     /// This node's copy of the chunk's pack, if any.
     local: LocalCopy,
     chunk: ChunkId,
+    /// The chunk's stored bytes, when the catalog keeps them inline.
+    inline: Option<Inline>,
+}
+
+/// A chunk kept in the catalog, as stored there.
+struct Inline {
+    compression: Compression,
+    data: Bytes,
+}
+
+impl Entry {
+    /// A row of [`ENTRY_COLUMNS`], from column `at` on.
+    fn from_row(row: &tokio_postgres::Row, at: usize, tenant: TenantId) -> Self {
+        let chunk = ChunkId::from_slice(row.get(at + 1)).unwrap_or(ChunkId([0; 32]));
+        let pack: Option<i64> = row.get(at + 5);
+        let offset: Option<i64> = row.get(at + 6);
+        let compression = Compression::from_code(row.get(at + 4)).unwrap_or(Compression::None);
+        let raw_len = row.get::<_, i32>(at + 2) as u32;
+        let location = pack.zip(offset).map(|(pack, offset)| ChunkLocation {
+            tenant,
+            chunk,
+            pack: PackId(pack),
+            offset: offset as u64,
+            raw_len,
+            stored_len: row.get::<_, i32>(at + 3) as u32,
+            compression,
+        });
+        let local = match row.get::<_, Option<&str>>(at + 7) {
+            None => LocalCopy::None,
+            Some("damaged") => LocalCopy::Damaged,
+            Some(_) => LocalCopy::Sound,
+        };
+        let inline =
+            row.get::<_, Option<Vec<u8>>>(at + 8).map(|data| Inline { compression, data: Bytes::from(data) });
+        Entry {
+            logical_offset: row.get::<_, i64>(at) as u64,
+            raw_len: u64::from(raw_len),
+            location,
+            local,
+            chunk,
+            inline,
+        }
+    }
 }
 
 /// What this node holds of a pack.
@@ -108,9 +213,31 @@ impl ChunkStore {
         size: u64,
         range: Option<Range<u64>>,
     ) -> Result<ObjectRead, StoreError> {
+        self.read_from_head(tenant, object, size, range, None)
+    }
+
+    /// [`ChunkStore::read_sized`] that starts from `head`, the first manifest entries read with
+    /// the object (no catalog query for a range they cover).
+    ///
+    /// # Errors
+    /// See [`ChunkStore::read_sized`].
+    pub fn read_from_head(
+        &self,
+        tenant: TenantId,
+        object: ObjectId,
+        size: u64,
+        range: Option<Range<u64>>,
+        head: Option<ManifestHead>,
+    ) -> Result<ObjectRead, StoreError> {
         let range = range.unwrap_or(0..size);
         if range.start > range.end || range.end > size {
             return Err(StoreError::InvalidRange { start: range.start, end: range.end, size });
+        }
+        let mut batch: VecDeque<Entry> =
+            head.filter(|head| head.object == object).map(|head| head.entries.into()).unwrap_or_default();
+        // Only from the entry that holds the range's first byte on.
+        while batch.front().is_some_and(|entry| entry.logical_offset + entry.raw_len <= range.start) {
+            batch.pop_front();
         }
         let cursor = Cursor {
             store: self.clone(),
@@ -118,7 +245,7 @@ impl ChunkStore {
             object,
             pos: range.start,
             end: range.end,
-            batch: VecDeque::new(),
+            batch,
             retried_at: None,
             remote_copies: HashMap::new(),
         };
@@ -144,6 +271,19 @@ impl Cursor {
             let Some(entry) = self.batch.pop_front() else {
                 return Err(StoreError::Task(format!("the manifest of object {} ends early", self.object.0)));
             };
+            if let Some(inline) = &entry.inline {
+                let raw = self.store.check_inline(
+                    self.tenant,
+                    entry.chunk,
+                    entry.raw_len as u32,
+                    inline.compression,
+                    &inline.data,
+                )?;
+                match self.slice(&entry, raw) {
+                    Some(piece) => return Ok(Some(piece)),
+                    None => continue,
+                }
+            }
             let Some(location) = entry.location else {
                 return Err(StoreError::ChunkUnavailable { chunk: entry.chunk });
             };
@@ -188,14 +328,23 @@ impl Cursor {
                 }
                 Err(err) => return Err(err),
             };
-            let from = self.pos.saturating_sub(entry.logical_offset) as usize;
-            let to = ((self.end - entry.logical_offset) as usize).min(raw.len());
-            if from >= to {
-                continue;
+            match self.slice(&entry, raw) {
+                Some(piece) => return Ok(Some(piece)),
+                None => continue,
             }
-            self.pos = entry.logical_offset + to as u64;
-            return Ok(Some(raw.slice(from..to)));
         }
+    }
+
+    /// The part of `entry`'s chunk `raw` that the range still wants, moving past it; `None`
+    /// when it wants none of it.
+    fn slice(&mut self, entry: &Entry, raw: Bytes) -> Option<Bytes> {
+        let from = self.pos.saturating_sub(entry.logical_offset) as usize;
+        let to = ((self.end - entry.logical_offset) as usize).min(raw.len());
+        if from >= to {
+            return None;
+        }
+        self.pos = entry.logical_offset + to as u64;
+        Some(raw.slice(from..to))
     }
 
     /// The chunk from another node's copy of its pack, verified. The copies of each pack are
@@ -234,47 +383,20 @@ impl Cursor {
         let client = self.store.inner.pool.get().await?;
         let rows = client
             .query(
-                "SELECT oc.logical_offset, oc.chunk_id, c.raw_len, c.stored_len, c.compression, \
-                        l.pack_id, l.pack_offset, r.state \
-                 FROM object_chunks oc \
-                 JOIN chunks c ON c.tenant_id = oc.tenant_id AND c.id = oc.chunk_id \
-                 LEFT JOIN chunk_locations l ON l.tenant_id = oc.tenant_id AND l.chunk_id = oc.chunk_id \
-                 LEFT JOIN pack_replicas r ON r.pack_id = l.pack_id AND r.node_id = $3 \
-                 WHERE oc.object_id = $1 \
-                   AND oc.logical_offset >= coalesce( \
-                        (SELECT max(logical_offset) FROM object_chunks \
-                          WHERE object_id = $1 AND logical_offset <= $2), 0) \
-                   AND oc.logical_offset < $4 \
-                 ORDER BY oc.logical_offset LIMIT $5",
+                &format!(
+                    "SELECT {ENTRY_COLUMNS} FROM object_chunks oc {} \
+                     WHERE oc.object_id = $1 \
+                       AND oc.logical_offset >= coalesce( \
+                            (SELECT max(logical_offset) FROM object_chunks \
+                              WHERE object_id = $1 AND logical_offset <= $2), 0) \
+                       AND oc.logical_offset < $4 \
+                     ORDER BY oc.logical_offset LIMIT $5",
+                    entry_joins("$3")
+                ),
                 &[&self.object.0, &(self.pos as i64), &self.store.inner.node.0, &(self.end as i64), &BATCH],
             )
             .await?;
-        for row in rows {
-            let chunk = ChunkId::from_slice(row.get(1)).unwrap_or(ChunkId([0; 32]));
-            let pack: Option<i64> = row.get(5);
-            let offset: Option<i64> = row.get(6);
-            let compression = Compression::from_code(row.get(4)).unwrap_or(Compression::None);
-            let location = pack.zip(offset).map(|(pack, offset)| ChunkLocation {
-                tenant: self.tenant,
-                chunk,
-                pack: PackId(pack),
-                offset: offset as u64,
-                raw_len: row.get::<_, i32>(2) as u32,
-                stored_len: row.get::<_, i32>(3) as u32,
-                compression,
-            });
-            let local = match row.get::<_, Option<&str>>(7) {
-                None => LocalCopy::None,
-                Some("damaged") => LocalCopy::Damaged,
-                Some(_) => LocalCopy::Sound,
-            };
-            self.batch.push_back(Entry {
-                logical_offset: row.get::<_, i64>(0) as u64,
-                location,
-                local,
-                chunk,
-            });
-        }
+        self.batch.extend(rows.iter().map(|row| Entry::from_row(row, 0, self.tenant)));
         Ok(())
     }
 }

@@ -1,8 +1,10 @@
 //! Scrub: re-read every chunk on this node (or a random sample), verify it, and report the
-//! damaged ones with the objects that use them.
+//! damaged ones with the objects that use them. The chunks the catalog keeps inline are
+//! verified too (by every node's scrub: they are no node's), and reported with pack 0.
 
 use super::verify::{ChunkLocation, LOCATIONS_SELECT, ReadMode};
 use super::{ChunkStore, StoreError};
+use crate::compress::Compression;
 use crate::{ChunkId, TenantId};
 
 /// What a scrub found.
@@ -92,7 +94,48 @@ impl ChunkStore {
                 }
             }
         }
+        self.scrub_inline(sample, &mut report).await?;
         Ok(report)
+    }
+
+    /// Verifies the chunks kept inline in the catalog (a `sample` share of them).
+    async fn scrub_inline(&self, sample: f64, report: &mut ScrubReport) -> Result<(), StoreError> {
+        let mut after = (0i64, Vec::<u8>::new());
+        loop {
+            let client = self.inner.pool.get().await?;
+            let rows = client
+                .query(
+                    "SELECT tenant_id, id, raw_len, compression, inline_data FROM chunks \
+                     WHERE inline_data IS NOT NULL AND (tenant_id, id) > ($1, $2) ORDER BY tenant_id, id LIMIT $3",
+                    &[&after.0, &after.1, &PAGE],
+                )
+                .await?;
+            drop(client);
+            let Some(last) = rows.last() else { return Ok(()) };
+            after = (last.get(0), last.get(1));
+            for row in rows.iter().filter(|_| sample >= 1.0 || rand::random::<f64>() < sample) {
+                let tenant = TenantId(row.get(0));
+                let chunk = ChunkId::from_slice(row.get(1)).unwrap_or(ChunkId([0; 32]));
+                let compression = Compression::from_code(row.get(3)).unwrap_or(Compression::None);
+                let data = bytes::Bytes::from(row.get::<_, Vec<u8>>(4));
+                report.chunks_checked += 1;
+                report.bytes_checked += data.len() as u64;
+                if let Err(err) =
+                    self.check_inline(tenant, chunk, row.get::<_, i32>(2) as u32, compression, &data)
+                {
+                    tracing::error!(error = %err, "scrub found a damaged inline chunk");
+                    let objects = self.objects_using(tenant, chunk).await?;
+                    report.damaged.push(DamagedChunk {
+                        tenant_id: tenant.0,
+                        chunk: chunk.to_string(),
+                        pack: 0,
+                        offset: 0,
+                        error: err.to_string(),
+                        objects,
+                    });
+                }
+            }
+        }
     }
 
     async fn objects_using(&self, tenant: TenantId, chunk: ChunkId) -> Result<Vec<i64>, StoreError> {

@@ -6,7 +6,8 @@
 //! chunk does not cost hashing (or decompressing) the whole chunk on every request. The cache
 //! holds copies, not views of the pack's memory map, so what it serves is exactly what was
 //! verified. Whole-chunk reads (streaming) skip the copy and the cache: they hand out the
-//! verified view of the map.
+//! verified view of the map. A chunk kept inline in the catalog is proven the same way
+//! ([`ChunkStore::check_inline`]): its bytes must hash to its id.
 
 use bytes::Bytes;
 
@@ -134,6 +135,36 @@ impl ChunkStore {
         if key.chunk_id(&raw) != at.chunk {
             self.forget_verified(at.tenant, at.chunk);
             return Err(integrity(at, "its bytes do not hash to its id".into()));
+        }
+        Ok(raw)
+    }
+
+    /// The raw bytes of a chunk kept inline in the catalog (`data`, stored with
+    /// `compression`), proven to be `chunk` of `tenant`: `raw_len` long and hashing (keyed
+    /// BLAKE3) to its id. Small enough (see `INLINE_MAX_BYTES`) to run on any thread.
+    ///
+    /// # Errors
+    /// [`StoreError::Integrity`] (with pack 0: no pack holds the chunk) saying what does not
+    /// match.
+    pub(crate) fn check_inline(
+        &self,
+        tenant: TenantId,
+        chunk: ChunkId,
+        raw_len: u32,
+        compression: Compression,
+        data: &Bytes,
+    ) -> Result<Bytes, StoreError> {
+        let at =
+            ChunkLocation { tenant, chunk, pack: PackId(0), offset: 0, raw_len, stored_len: 0, compression };
+        let raw = match compression {
+            Compression::None => data.clone(),
+            Compression::Zstd => Bytes::from(
+                decompress(data, raw_len as usize)
+                    .map_err(|err| integrity(&at, format!("its inline bytes do not decompress: {err}")))?,
+            ),
+        };
+        if raw.len() != raw_len as usize || self.inner.secret.chunk_key(tenant).chunk_id(&raw) != chunk {
+            return Err(integrity(&at, "its inline bytes do not hash to its id".into()));
         }
         Ok(raw)
     }

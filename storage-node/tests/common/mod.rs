@@ -127,11 +127,14 @@ pub async fn assert_catalog_consistent(pool: &CatalogPool) {
     assert_eq!(bad_refcounts, 0, "every refcount equals the manifest entries that use the chunk");
     let bad_tenants: i64 = client
         .query_one(
-            "SELECT count(*) FROM tenants t WHERE \
-               t.object_count <> (SELECT count(*) FROM objects o WHERE o.tenant_id = t.id) \
-               OR t.logical_bytes <> (SELECT coalesce(sum(size), 0) FROM objects o WHERE o.tenant_id = t.id) \
-               OR t.unique_raw_bytes <> (SELECT coalesce(sum(raw_len), 0) FROM chunks c WHERE c.tenant_id = t.id) \
-               OR t.stored_bytes <> (SELECT coalesce(sum(stored_len), 0) FROM chunks c WHERE c.tenant_id = t.id)",
+            "SELECT count(*) FROM tenants t, LATERAL ( \
+                 SELECT coalesce(sum(objects), 0) AS objects, coalesce(sum(logical_bytes), 0) AS logical, \
+                        coalesce(sum(unique_raw_bytes), 0) AS raw, coalesce(sum(stored_bytes), 0) AS stored \
+                 FROM tenant_usage_deltas d WHERE d.tenant_id = t.id) d WHERE \
+               t.object_count + d.objects <> (SELECT count(*) FROM objects o WHERE o.tenant_id = t.id) \
+               OR t.logical_bytes + d.logical <> (SELECT coalesce(sum(size), 0) FROM objects o WHERE o.tenant_id = t.id) \
+               OR t.unique_raw_bytes + d.raw <> (SELECT coalesce(sum(raw_len), 0) FROM chunks c WHERE c.tenant_id = t.id) \
+               OR t.stored_bytes + d.stored <> (SELECT coalesce(sum(stored_len), 0) FROM chunks c WHERE c.tenant_id = t.id)",
             &[],
         )
         .await
@@ -151,14 +154,14 @@ pub async fn assert_catalog_consistent(pool: &CatalogPool) {
     assert_eq!(bad_packs, 0, "every pack's live bytes equal its located chunks");
     let unlocated: i64 = client
         .query_one(
-            "SELECT count(*) FROM chunks c WHERE NOT EXISTS \
+            "SELECT count(*) FROM chunks c WHERE (c.inline_data IS NULL) = NOT EXISTS \
              (SELECT 1 FROM chunk_locations l WHERE l.tenant_id = c.tenant_id AND l.chunk_id = c.id)",
             &[],
         )
         .await
         .unwrap()
         .get(0);
-    assert_eq!(unlocated, 0, "every chunk has a location");
+    assert_eq!(unlocated, 0, "every chunk has a location, or its bytes inline (never both)");
     let pinned: i64 =
         client.query_one("SELECT count(*) FROM chunks WHERE pin_count > 0", &[]).await.unwrap().get(0);
     assert_eq!(pinned, 0, "no upload runs, so no pin is left");
