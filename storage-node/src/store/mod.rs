@@ -18,6 +18,7 @@ mod orphans;
 mod peers;
 mod placing;
 mod read;
+mod read_chunk;
 mod reconcile;
 mod scrub;
 mod usage;

@@ -8,13 +8,14 @@
 //! come with the query that found the object ([`ManifestHead`]): a small GET is then one
 //! catalog round trip.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::ops::Range;
 
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
+use tokio::task::JoinHandle;
 
-use super::peers::RemoteCopy;
+use super::read_chunk::{LocalCopy, Loaded, Loader, is_not_found};
 use super::verify::{ChunkLocation, ReadMode};
 use super::{ChunkStore, ObjectId, StoreError};
 use crate::compress::Compression;
@@ -22,6 +23,11 @@ use crate::pack::PackId;
 use crate::{ChunkId, TenantId};
 
 const BATCH: i64 = 32;
+
+/// How many chunks of a read load at once: the one being sent and the next ones, fetched
+/// from their copies and verified on other cores meanwhile. Chunks are 2 MiB at most, so a
+/// read holds at most this many of them in memory.
+const READ_AHEAD: usize = 3;
 
 /// The columns of a manifest batch, in the order [`Entry::from_row`] reads them, over
 /// `object_chunks oc`; `$node` stands for this node's id.
@@ -150,25 +156,37 @@ impl Entry {
     }
 }
 
-/// What this node holds of a pack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LocalCopy {
-    None,
-    /// A copy marked damaged: read it only when no other copy answers.
-    Damaged,
-    Sound,
-}
-
 struct Cursor {
     store: ChunkStore,
     tenant: TenantId,
     object: ObjectId,
     pos: u64,
     end: u64,
+    /// Manifest entries fetched and not yet loading.
     batch: VecDeque<Entry>,
+    /// Where the next manifest batch starts: the end of the last entry taken from a batch.
+    fetched_to: u64,
+    /// The entries of the range being loaded, in order, at most [`READ_AHEAD`].
+    ahead: VecDeque<Ahead>,
     retried_at: Option<u64>,
-    /// The copies on other nodes of the packs this read fetched chunks from.
-    remote_copies: HashMap<PackId, Vec<RemoteCopy>>,
+    loader: Loader,
+}
+
+/// An entry of the range with its chunk loading (none for a chunk kept inline).
+struct Ahead {
+    entry: Entry,
+    load: Option<JoinHandle<Loaded>>,
+}
+
+impl Drop for Cursor {
+    /// A read given up (the client went away) stops fetching what it will not send.
+    fn drop(&mut self) {
+        for ahead in &self.ahead {
+            if let Some(load) = &ahead.load {
+                load.abort();
+            }
+        }
+    }
 }
 
 impl ChunkStore {
@@ -245,9 +263,11 @@ impl ChunkStore {
             object,
             pos: range.start,
             end: range.end,
+            fetched_to: batch.back().map_or(range.start, |entry| entry.logical_offset + entry.raw_len),
             batch,
+            ahead: VecDeque::new(),
             retried_at: None,
-            remote_copies: HashMap::new(),
+            loader: Loader::new(self.clone()),
         };
         let stream = stream::try_unfold(cursor, |mut cursor| async move {
             match cursor.next_piece().await? {
@@ -265,74 +285,89 @@ impl Cursor {
             if self.pos >= self.end {
                 return Ok(None);
             }
-            if self.batch.is_empty() {
-                self.fetch_batch().await?;
-            }
-            let Some(entry) = self.batch.pop_front() else {
+            self.load_ahead().await?;
+            let Some(Ahead { entry, load }) = self.ahead.pop_front() else {
                 return Err(StoreError::Task(format!("the manifest of object {} ends early", self.object.0)));
             };
-            if let Some(inline) = &entry.inline {
-                let raw = self.store.check_inline(
+            let raw = match (&entry.inline, load) {
+                (Some(inline), _) => self.store.check_inline(
                     self.tenant,
                     entry.chunk,
                     entry.raw_len as u32,
                     inline.compression,
                     &inline.data,
-                )?;
-                match self.slice(&entry, raw) {
-                    Some(piece) => return Ok(Some(piece)),
-                    None => continue,
-                }
-            }
-            let Some(location) = entry.location else {
-                return Err(StoreError::ChunkUnavailable { chunk: entry.chunk });
-            };
-            let from = self.pos.saturating_sub(entry.logical_offset);
-            let to = (self.end - entry.logical_offset).min(u64::from(location.raw_len));
-            // Only a small slice of a chunk is worth a cached copy: the next small range of the
-            // same chunk then costs no hashing. Larger slices are served from the map.
-            let small = (to - from) * 4 < u64::from(location.raw_len);
-            let mode = if small { ReadMode::Partial } else { ReadMode::Whole };
-            let loaded = match entry.local {
-                LocalCopy::Sound => self.load_local(location, mode).await?,
-                LocalCopy::None => self.read_remote(&location, mode).await?,
-                LocalCopy::Damaged => match self.read_remote(&location, mode).await? {
-                    Err(StoreError::ChunkUnavailable { .. }) => self.load_local(location, mode).await?,
-                    read => read,
+                )?,
+                (None, None) => return Err(StoreError::ChunkUnavailable { chunk: entry.chunk }),
+                (None, Some(load)) => match load.await?? {
+                    Ok(raw) => raw,
+                    // GC may have moved the chunk and deleted the old pack since the batch was
+                    // fetched: look the location up once more.
+                    Err(err) if is_not_found(&err) && self.retried_at != Some(self.pos) => {
+                        self.retried_at = Some(self.pos);
+                        self.restart_at_pos();
+                        continue;
+                    }
+                    Err(err) => return Err(err),
                 },
             };
-            let raw = match loaded {
-                Ok(raw) => raw,
-                // GC may have moved the chunk and deleted the old pack since the batch was
-                // fetched: look the location up once more.
-                Err(StoreError::Io { source, .. })
-                    if source.kind() == std::io::ErrorKind::NotFound && self.retried_at != Some(self.pos) =>
-                {
-                    self.retried_at = Some(self.pos);
-                    self.batch.clear();
-                    continue;
-                }
-                // This node's copy is damaged or unreadable: another copy serves the read, and
-                // a damaged copy here is then marked for repair. With no other copy, the
-                // read fails with this copy's error.
-                Err(err)
-                    if entry.local == LocalCopy::Sound
-                        && matches!(err, StoreError::Integrity { .. } | StoreError::Io { .. }) =>
-                {
-                    let Ok(raw) = self.read_remote(&location, mode).await? else { return Err(err) };
-                    if matches!(err, StoreError::Integrity { .. }) {
-                        tracing::error!(error = %err, "this node's copy of a pack is damaged; read another copy");
-                        self.store.mark_damaged(location.pack, self.store.node()).await;
-                    }
-                    raw
-                }
-                Err(err) => return Err(err),
-            };
-            match self.slice(&entry, raw) {
-                Some(piece) => return Ok(Some(piece)),
-                None => continue,
+            if let Some(piece) = self.slice(&entry, raw) {
+                return Ok(Some(piece));
             }
         }
+    }
+
+    /// Starts loading the range's next entries until [`READ_AHEAD`] are loading, fetching
+    /// manifest batches as needed.
+    async fn load_ahead(&mut self) -> Result<(), StoreError> {
+        while self.ahead.len() < READ_AHEAD {
+            if self.batch.is_empty() {
+                if self.fetched_to >= self.end {
+                    return Ok(());
+                }
+                self.fetch_batch().await?;
+                if self.batch.is_empty() {
+                    return Ok(());
+                }
+            }
+            let Some(entry) = self.batch.pop_front() else { return Ok(()) };
+            self.fetched_to = self.fetched_to.max(entry.logical_offset + entry.raw_len);
+            let first_wanted = self.ahead.back().map_or(self.pos, |last| last.entry.logical_offset + last.entry.raw_len);
+            if entry.logical_offset + entry.raw_len <= first_wanted && entry.raw_len > 0 {
+                continue;
+            }
+            if entry.logical_offset >= self.end {
+                self.batch.clear();
+                self.fetched_to = self.end;
+                return Ok(());
+            }
+            let load = match (&entry.inline, entry.location) {
+                (None, Some(location)) => {
+                    let from = first_wanted.saturating_sub(entry.logical_offset);
+                    let to = (self.end - entry.logical_offset).min(u64::from(location.raw_len));
+                    // Only a small slice of a chunk is worth a cached copy: the next small
+                    // range of the same chunk then costs no hashing. Larger slices are served
+                    // from the map.
+                    let small = to.saturating_sub(from) * 4 < u64::from(location.raw_len);
+                    let mode = if small { ReadMode::Partial } else { ReadMode::Whole };
+                    let retried = self.retried_at == Some(self.pos);
+                    Some(self.loader.spawn(location, entry.local, mode, retried))
+                }
+                _ => None,
+            };
+            self.ahead.push_back(Ahead { entry, load });
+        }
+        Ok(())
+    }
+
+    /// Forgets what was fetched and loading, to fetch the manifest again from `pos`.
+    fn restart_at_pos(&mut self) {
+        for ahead in self.ahead.drain(..) {
+            if let Some(load) = ahead.load {
+                load.abort();
+            }
+        }
+        self.batch.clear();
+        self.fetched_to = self.pos;
     }
 
     /// The part of `entry`'s chunk `raw` that the range still wants, moving past it; `None`
@@ -345,38 +380,6 @@ impl Cursor {
         }
         self.pos = entry.logical_offset + to as u64;
         Some(raw.slice(from..to))
-    }
-
-    /// The chunk from another node's copy of its pack, verified. The copies of each pack are
-    /// looked up once per read, and once more when none of those answers (they may have moved).
-    async fn read_remote(
-        &mut self,
-        location: &ChunkLocation,
-        mode: ReadMode,
-    ) -> Result<Result<Bytes, StoreError>, StoreError> {
-        let fresh = !self.remote_copies.contains_key(&location.pack);
-        if fresh {
-            let copies = self.store.remote_copies(location.pack).await?;
-            self.remote_copies.insert(location.pack, copies);
-        }
-        let copies = self.remote_copies.get(&location.pack).cloned().unwrap_or_default();
-        let read = self.store.read_from_copies(location, mode, copies).await;
-        if fresh || !matches!(read, Err(StoreError::ChunkUnavailable { .. })) {
-            return Ok(read);
-        }
-        let copies = self.store.remote_copies(location.pack).await?;
-        self.remote_copies.insert(location.pack, copies.clone());
-        Ok(self.store.read_from_copies(location, mode, copies).await)
-    }
-
-    /// The chunk from this node's copy, verified.
-    async fn load_local(
-        &self,
-        location: ChunkLocation,
-        mode: ReadMode,
-    ) -> Result<Result<Bytes, StoreError>, StoreError> {
-        let store = self.store.clone();
-        Ok(tokio::task::spawn_blocking(move || store.load_verified(&location, mode)).await?)
     }
 
     async fn fetch_batch(&mut self) -> Result<(), StoreError> {
@@ -393,7 +396,7 @@ impl Cursor {
                      ORDER BY oc.logical_offset LIMIT $5",
                     entry_joins("$3")
                 ),
-                &[&self.object.0, &(self.pos as i64), &self.store.inner.node.0, &(self.end as i64), &BATCH],
+                &[&self.object.0, &(self.fetched_to as i64), &self.store.inner.node.0, &(self.end as i64), &BATCH],
             )
             .await?;
         self.batch.extend(rows.iter().map(|row| Entry::from_row(row, 0, self.tenant)));
