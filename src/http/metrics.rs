@@ -1,5 +1,5 @@
-//! Prometheus metrics: HTTP traffic, readiness, the catalog pool, the embedded Postgres and
-//! repair (its backlog, and the packs and bytes it copied).
+//! Prometheus metrics: HTTP traffic, readiness, the catalog pool, the embedded Postgres,
+//! repair (its backlog, and the packs and bytes it copied) and the memory budget of uploads.
 //!
 //! Request metrics are labelled by the matched route template, never by the raw path, so that
 //! object keys and tenant names cannot blow up the label space.
@@ -21,6 +21,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use storage_node::repair::RepairStats;
+use storage_node::store::MemoryStats;
 
 use super::{ApiError, AppState, CatalogServer};
 
@@ -69,7 +70,41 @@ pub struct Metrics {
     database_read_only: Family<DatabaseLabels, Gauge>,
     connections: ConnectionMetrics,
     repair: RepairMetrics,
+    memory: MemoryMetrics,
     started: Instant,
+}
+
+/// The memory budget of in-flight uploads (`--memory-budget-mb`), as the store counts it.
+#[derive(Debug, Default)]
+struct MemoryMetrics {
+    budget: Gauge,
+    in_use: Gauge,
+    waiters: Gauge,
+    timeouts: Counter,
+}
+
+impl MemoryMetrics {
+    fn register(&self, registry: &mut Registry) {
+        for (name, help, gauge) in [
+            ("memory_budget_bytes", "The memory budget of in-flight uploads", &self.budget),
+            ("memory_in_use_bytes", "Bytes of the memory budget that uploads hold now", &self.in_use),
+            ("memory_waiters", "Uploads waiting for memory now", &self.waiters),
+        ] {
+            registry.register(name, help, gauge.clone());
+        }
+        registry.register(
+            "memory_wait_timeouts",
+            "Uploads answered 503 SlowDown after waiting for memory past --memory-wait-secs",
+            self.timeouts.clone(),
+        );
+    }
+
+    fn follow(&self, stats: MemoryStats) {
+        self.budget.set(stats.budget_bytes as i64);
+        self.in_use.set(stats.in_use_bytes as i64);
+        self.waiters.set(stats.waiters as i64);
+        self.timeouts.inc_by(stats.timeouts.saturating_sub(self.timeouts.get()));
+    }
 }
 
 /// Repair as `/metrics` shows it: the backlog at the latest pass, and counters that follow the
@@ -134,6 +169,8 @@ impl Metrics {
             family("database_read_only", "1 while a client database is read-only over its quota");
         let repair = RepairMetrics::default();
         repair.register(&mut registry);
+        let memory = MemoryMetrics::default();
+        memory.register(&mut registry);
         let connections = ConnectionMetrics::default();
         registry.register(
             "http_connections",
@@ -169,6 +206,7 @@ impl Metrics {
             uptime_seconds: gauge("uptime_seconds", "Seconds since the server started"),
             connections,
             repair,
+            memory,
             registry,
             requests,
             durations,
@@ -243,6 +281,7 @@ pub async fn render(State(state): State<Arc<AppState>>) -> Response {
         metrics.database_read_only.get_or_create(&labels).set(i64::from(sample.read_only));
     }
     metrics.repair.follow(&state.repair);
+    metrics.memory.follow(state.store.memory_stats());
     let mut body = String::new();
     if let Err(err) = encode(&mut body, &metrics.registry) {
         return ApiError::internal(err).into_response();

@@ -11,6 +11,7 @@ mod commit;
 mod error;
 mod gc;
 mod ingest;
+mod memory_budget;
 mod objects;
 pub mod offline;
 mod open_pack;
@@ -34,6 +35,7 @@ pub use commit::StoredObject;
 pub use error::StoreError;
 pub use gc::GcReport;
 pub use ingest::{Ingested, PutOptions};
+pub use memory_budget::{MemoryBudget, MemoryCharge, MemoryLimits, MemoryStats};
 pub use objects::Usage;
 pub(crate) use objects::lock_tenant;
 pub use orphans::{Referrer, S3_REFERRERS};
@@ -72,6 +74,9 @@ pub struct StoreConfig {
     pub pin_duration: Duration,
     /// How many bytes of recently verified chunks stay cached for range reads.
     pub verified_cache_bytes: u64,
+    /// The memory budget of in-flight uploads (set from `--memory-budget-mb`, not in `[store]`).
+    #[serde(skip)]
+    pub memory: MemoryLimits,
 }
 
 impl Default for StoreConfig {
@@ -84,6 +89,7 @@ impl Default for StoreConfig {
             retire_grace: Duration::from_secs(300),
             pin_duration: Duration::from_secs(24 * 3600),
             verified_cache_bytes: 64 * 1024 * 1024,
+            memory: MemoryLimits::default(),
         }
     }
 }
@@ -138,6 +144,7 @@ struct Inner {
     verified: VerifiedCache,
     peers: peers::Peers,
     gc_lock: tokio::sync::Mutex<()>,
+    memory: MemoryBudget,
 }
 
 impl std::fmt::Debug for Inner {
@@ -213,6 +220,7 @@ impl ChunkStore {
             writers: WriterPool::default(),
             peers: peers::Peers::default(),
             gc_lock: tokio::sync::Mutex::new(()),
+            memory: MemoryBudget::new(config.memory),
             pool,
             node: node_id,
             packs_dir,
@@ -237,6 +245,11 @@ impl ChunkStore {
     /// The server secret (for sealing secrets at rest).
     pub fn server_secret(&self) -> &ServerSecret {
         &self.inner.secret
+    }
+
+    /// The memory budget of in-flight uploads: its size and what is in use.
+    pub fn memory_stats(&self) -> MemoryStats {
+        self.inner.memory.stats()
     }
 
     /// The directory of the pack files.
