@@ -12,6 +12,7 @@ mod cluster;
 mod databases;
 mod front_door;
 mod internal_tls;
+mod memory;
 mod node_api;
 mod nodes;
 mod repair;

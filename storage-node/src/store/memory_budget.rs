@@ -13,7 +13,7 @@
 //! reserves its own size, not buffers for chunks of the maximum size.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
@@ -57,6 +57,8 @@ pub struct MemoryBudget {
 #[derive(Debug)]
 struct BudgetInner {
     semaphore: Arc<Semaphore>,
+    /// A trim of the heap is scheduled (the budget fell idle).
+    trimming: AtomicBool,
     /// Permits are bytes; one reservation takes at most this many (the whole budget).
     total: usize,
     wait: Duration,
@@ -64,20 +66,61 @@ struct BudgetInner {
     timeouts: AtomicU64,
 }
 
-/// Bytes of the budget held until dropped.
+/// Bytes of the budget held until dropped. The last charge to go, when nobody waits, has
+/// the heap trimmed a moment later (see [`super::allocator`]).
 #[derive(Debug)]
 pub struct MemoryCharge {
-    permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
+    budget: Arc<BudgetInner>,
 }
 
 impl MemoryCharge {
     pub fn bytes(&self) -> usize {
-        self.permit.num_permits()
+        self.permit.as_ref().map_or(0, OwnedSemaphorePermit::num_permits)
     }
 
     /// Adds `other` to this charge.
-    pub fn merge(&mut self, other: MemoryCharge) {
-        self.permit.merge(other.permit);
+    pub fn merge(&mut self, mut other: MemoryCharge) {
+        if let (Some(permit), Some(more)) = (self.permit.as_mut(), other.permit.take()) {
+            permit.merge(more);
+        }
+    }
+}
+
+/// How long the budget stays idle before the heap is trimmed.
+const TRIM_AFTER: Duration = Duration::from_millis(500);
+
+impl Drop for MemoryCharge {
+    fn drop(&mut self) {
+        if self.permit.take().is_none() {
+            return;
+        }
+        let budget = &self.budget;
+        if !budget.idle() || budget.trimming.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            budget.trimming.store(false, Ordering::Release);
+            return;
+        };
+        let budget = budget.clone();
+        runtime.spawn(async move {
+            tokio::time::sleep(TRIM_AFTER).await;
+            if budget.idle() {
+                let _ = tokio::task::spawn_blocking(super::allocator::trim).await;
+            }
+            budget.trimming.store(false, Ordering::Release);
+        });
+    }
+}
+
+impl BudgetInner {
+    fn idle(&self) -> bool {
+        self.semaphore.available_permits() >= self.total
+    }
+
+    fn charge(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> MemoryCharge {
+        MemoryCharge { permit: Some(permit), budget: self.clone() }
     }
 }
 
@@ -92,6 +135,7 @@ impl MemoryBudget {
                 wait: limits.wait,
                 waiters: AtomicU64::new(0),
                 timeouts: AtomicU64::new(0),
+                trimming: AtomicBool::new(false),
             }),
         }
     }
@@ -105,14 +149,14 @@ impl MemoryBudget {
         let inner = &self.inner;
         let permits = bytes.clamp(1, inner.total) as u32;
         if let Ok(permit) = inner.semaphore.clone().try_acquire_many_owned(permits) {
-            return Ok(MemoryCharge { permit });
+            return Ok(inner.charge(permit));
         }
         inner.waiters.fetch_add(1, Ordering::Relaxed);
         let acquired =
             tokio::time::timeout(inner.wait, inner.semaphore.clone().acquire_many_owned(permits)).await;
         inner.waiters.fetch_sub(1, Ordering::Relaxed);
         match acquired {
-            Ok(Ok(permit)) => Ok(MemoryCharge { permit }),
+            Ok(Ok(permit)) => Ok(inner.charge(permit)),
             // The semaphore is never closed.
             Ok(Err(_)) => Err(StoreError::Task("the memory budget was closed".into())),
             Err(_) => {
@@ -126,7 +170,7 @@ impl MemoryBudget {
     pub fn try_reserve(&self, bytes: usize) -> Option<MemoryCharge> {
         let permits = bytes.clamp(1, self.inner.total) as u32;
         match self.inner.semaphore.clone().try_acquire_many_owned(permits) {
-            Ok(permit) => Some(MemoryCharge { permit }),
+            Ok(permit) => Some(self.inner.charge(permit)),
             Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => None,
         }
     }

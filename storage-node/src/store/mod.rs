@@ -7,6 +7,7 @@
 //!
 //! [`ChunkStore`] is a cheap handle; clone it freely.
 
+pub mod allocator;
 mod commit;
 mod error;
 mod gc;
