@@ -97,6 +97,7 @@ impl Burst {
                 Ok((usize::MAX, single, None))
             });
         }
+        let started = std::time::Instant::now();
         let mut etags = vec![vec![String::new(); self.parts]; self.multipart];
         while let Some(done) = tasks.join_next().await {
             let (upload, part, etag) = done.expect("task").expect("every upload completes");
@@ -119,6 +120,8 @@ impl Burst {
                 .multipart_upload(done);
             complete.send().await.expect("complete");
         }
+        eprintln!("{bucket}: uploaded in {:?}", started.elapsed());
+        let started = std::time::Instant::now();
         for (key, digest) in expected {
             let mut read = client.get_object().bucket(bucket).key(&key).send().await.expect("get").body;
             let mut hasher = blake3::Hasher::new();
@@ -127,6 +130,7 @@ impl Burst {
             }
             assert_eq!(hasher.finalize(), digest, "{key} reads back exact");
         }
+        eprintln!("{bucket}: read back in {:?}", started.elapsed());
     }
 }
 
