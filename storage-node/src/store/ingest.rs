@@ -157,8 +157,9 @@ impl ChunkStore {
         let mut upload = Upload::new(self.clone(), tenant, class);
         let result = async {
             while let Some(chunk) = prepared.next().await {
-                // The chunk's slot goes back once it is stored (at the end of this turn).
-                let (chunk, _slot) = chunk?;
+                // The chunk's slot goes back once its bytes are stored and sent to every copy.
+                let (chunk, slot) = chunk?;
+                let chunk = chunk.holding(slot);
                 if let Err(err) = room.check(upload.size + chunk.len()) {
                     if let Prepared::Known { id, .. } = chunk {
                         // Its pin was taken: release it with the others.
@@ -262,11 +263,34 @@ impl ChunkStore {
 }
 
 impl Prepared {
+    /// The chunk with `slot` held by its raw bytes (and so by every clone of them, such as
+    /// those queued for the pack's copies on peers) until the last of them is dropped.
+    fn holding(self, slot: OwnedSemaphorePermit) -> Prepared {
+        match self {
+            Prepared::New { id, raw, compressed } => {
+                Prepared::New { id, raw: Bytes::from_owner(Charged { bytes: raw, _slot: slot }), compressed }
+            }
+            known @ Prepared::Known { .. } => known,
+        }
+    }
+
     fn len(&self) -> u64 {
         match self {
             Prepared::Known { len, .. } => *len,
             Prepared::New { raw, .. } => raw.len() as u64,
         }
+    }
+}
+
+/// Bytes that hold a slot of their upload's working set.
+struct Charged {
+    bytes: Bytes,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Charged {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
     }
 }
 
