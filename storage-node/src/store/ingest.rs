@@ -185,15 +185,17 @@ impl ChunkStore {
         }
         drop(prepared);
         let md5 = chunking.await.ok().flatten();
-        // The buffers are gone with the chunking task and the chunks with the pipeline.
-        drop(memory);
-        match result {
+        let outcome = match result {
             Ok(()) => upload.finish(md5).await,
             Err(err) => {
                 upload.abandon().await;
                 Err(err)
             }
-        }
+        };
+        // Only now are the last chunks sent to the pack's other copies (the sync ends their
+        // streams) and the memory free.
+        drop(memory);
+        outcome
     }
 
     /// Reserves an upload's working set from the node's memory budget, waiting for it if it
