@@ -115,6 +115,12 @@ impl Drop for MemoryCharge {
 }
 
 impl BudgetInner {
+    /// The permits a reservation of `bytes` takes: at most the whole budget (and what one
+    /// acquire counts).
+    fn permits(&self, bytes: usize) -> u32 {
+        u32::try_from(bytes.clamp(1, self.total)).unwrap_or(u32::MAX)
+    }
+
     fn idle(&self) -> bool {
         self.semaphore.available_permits() >= self.total
     }
@@ -125,9 +131,10 @@ impl BudgetInner {
 }
 
 impl MemoryBudget {
-    /// A budget of `limits.bytes` (at least 1 MiB, at most what a semaphore counts).
+    /// A budget of `limits.bytes` (at least 1 MiB).
     pub fn new(limits: MemoryLimits) -> Self {
-        let total = usize::try_from(limits.bytes).unwrap_or(usize::MAX).clamp(1 << 20, u32::MAX as usize);
+        let total =
+            usize::try_from(limits.bytes).unwrap_or(usize::MAX).clamp(1 << 20, Semaphore::MAX_PERMITS);
         MemoryBudget {
             inner: Arc::new(BudgetInner {
                 semaphore: Arc::new(Semaphore::new(total)),
@@ -147,7 +154,7 @@ impl MemoryBudget {
     /// [`StoreError::MemoryBusy`] after waiting past the limit.
     pub async fn reserve(&self, bytes: usize) -> Result<MemoryCharge, StoreError> {
         let inner = &self.inner;
-        let permits = bytes.clamp(1, inner.total) as u32;
+        let permits = inner.permits(bytes);
         if let Ok(permit) = inner.semaphore.clone().try_acquire_many_owned(permits) {
             return Ok(inner.charge(permit));
         }
@@ -168,7 +175,7 @@ impl MemoryBudget {
 
     /// Reserves `bytes` if they are free now (and nobody waits before).
     pub fn try_reserve(&self, bytes: usize) -> Option<MemoryCharge> {
-        let permits = bytes.clamp(1, self.inner.total) as u32;
+        let permits = self.inner.permits(bytes);
         match self.inner.semaphore.clone().try_acquire_many_owned(permits) {
             Ok(permit) => Some(self.inner.charge(permit)),
             Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => None,
