@@ -21,6 +21,7 @@ use std::process::ExitCode;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
 fn main() -> ExitCode {
+    storage_node::store::allocator::tune();
     let matches = cli::Cli::command().get_matches();
     let cli = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
     // `serve` and `config show` need to know which settings a flag or variable gave.

@@ -181,7 +181,7 @@ async fn serve_with_catalog(
     let schema = db_manager::catalog::migrate_all(&pool).await?;
     let meta = catalog::meta::read(&pool).await?;
     let registered = crate::registration::register(config, &pool, &data_dir).await?;
-    let store = ChunkStore::open(pool.clone(), &data_dir, &config.node(), config.store.clone()).await?;
+    let store = ChunkStore::open(pool.clone(), &data_dir, &config.node(), config.store_config()).await?;
     if let Some(tls) = listeners.internal_tls.peers.clone() {
         store.set_peer_tls(tls);
     }

@@ -14,6 +14,7 @@ mod cluster_upkeep;
 mod databases;
 mod front_door;
 mod internal_tls;
+mod memory;
 mod node_api;
 mod nodes;
 mod repair;

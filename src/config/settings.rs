@@ -15,7 +15,7 @@ use db_manager::plans::{Plan, Plans};
 use serde::{Deserialize, Deserializer, Serialize};
 use storage_node::repair::RepairConfig;
 use storage_node::s3::{DEFAULT_REGION, Region};
-use storage_node::store::{NodeSpec, StoreConfig};
+use storage_node::store::{MemoryLimits, NodeSpec, StoreConfig};
 
 use crate::secret::Secret;
 
@@ -126,6 +126,15 @@ pub struct ServeConfig {
     /// below it, or they may reuse a connection as it closes.
     #[arg(long, env = "SILO_IDLE_TIMEOUT_SECS", default_value_t = 60)]
     pub idle_timeout_secs: u64,
+    /// Mebibytes of in-flight upload data this node holds at most (chunker buffers, chunks
+    /// being hashed, compressed and written). An upload waits for its share before its body is
+    /// read; see `--memory-wait-secs`.
+    #[arg(long, env = "SILO_MEMORY_BUDGET_MB", default_value_t = 256)]
+    pub memory_budget_mb: u64,
+    /// Seconds an upload waits for memory under `--memory-budget-mb` before it is answered
+    /// `503 SlowDown` with `Retry-After: 1` (nothing stored).
+    #[arg(long, env = "SILO_MEMORY_WAIT_SECS", default_value_t = 30)]
+    pub memory_wait_secs: u64,
     /// Where `GET /metrics` is served, apart from the public port (e.g. `127.0.0.1:9420`); off
     /// without it.
     #[arg(long, env = "SILO_METRICS_LISTEN")]
@@ -175,6 +184,15 @@ impl Default for ServeConfig {
 }
 
 impl ServeConfig {
+    /// The chunk store's tunables with the memory budget of the flags.
+    pub fn store_config(&self) -> StoreConfig {
+        let memory = MemoryLimits {
+            bytes: self.memory_budget_mb.max(1).saturating_mul(1024 * 1024),
+            wait: Duration::from_secs(self.memory_wait_secs.max(1)),
+        };
+        StoreConfig { memory, ..self.store.clone() }
+    }
+
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
     }

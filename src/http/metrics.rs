@@ -1,5 +1,6 @@
 //! Prometheus metrics: HTTP traffic, readiness, the catalog pool, the embedded Postgres,
-//! repair (its backlog, and the packs and bytes it copied) and the access-key cache.
+//! repair (its backlog, and the packs and bytes it copied), the access-key cache and the
+//! memory budget of uploads.
 //!
 //! Request metrics are labelled by the matched route template, never by the raw path, so that
 //! object keys and tenant names cannot blow up the label space.
@@ -22,6 +23,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use storage_node::catalog::key_cache::KeyCacheStats;
 use storage_node::repair::RepairStats;
+use storage_node::store::MemoryStats;
 
 use super::{ApiError, AppState, CatalogServer};
 
@@ -71,6 +73,7 @@ pub struct Metrics {
     connections: ConnectionMetrics,
     repair: RepairMetrics,
     key_cache: KeyCacheMetrics,
+    memory: MemoryMetrics,
     started: Instant,
 }
 
@@ -117,6 +120,39 @@ impl KeyCacheMetrics {
         {
             counter.inc_by(value.saturating_sub(counter.get()));
         }
+    }
+}
+
+/// The memory budget of in-flight uploads (`--memory-budget-mb`), as the store counts it.
+#[derive(Debug, Default)]
+struct MemoryMetrics {
+    budget: Gauge,
+    in_use: Gauge,
+    waiters: Gauge,
+    timeouts: Counter,
+}
+
+impl MemoryMetrics {
+    fn register(&self, registry: &mut Registry) {
+        for (name, help, gauge) in [
+            ("memory_budget_bytes", "The memory budget of in-flight uploads", &self.budget),
+            ("memory_in_use_bytes", "Bytes of the memory budget that uploads hold now", &self.in_use),
+            ("memory_waiters", "Uploads waiting for memory now", &self.waiters),
+        ] {
+            registry.register(name, help, gauge.clone());
+        }
+        registry.register(
+            "memory_wait_timeouts",
+            "Uploads answered 503 SlowDown after waiting for memory past --memory-wait-secs",
+            self.timeouts.clone(),
+        );
+    }
+
+    fn follow(&self, stats: MemoryStats) {
+        self.budget.set(stats.budget_bytes as i64);
+        self.in_use.set(stats.in_use_bytes as i64);
+        self.waiters.set(stats.waiters as i64);
+        self.timeouts.inc_by(stats.timeouts.saturating_sub(self.timeouts.get()));
     }
 }
 
@@ -184,6 +220,8 @@ impl Metrics {
         repair.register(&mut registry);
         let key_cache = KeyCacheMetrics::default();
         key_cache.register(&mut registry);
+        let memory = MemoryMetrics::default();
+        memory.register(&mut registry);
         let connections = ConnectionMetrics::default();
         registry.register(
             "http_connections",
@@ -220,6 +258,7 @@ impl Metrics {
             connections,
             repair,
             key_cache,
+            memory,
             registry,
             requests,
             durations,
@@ -295,6 +334,7 @@ pub async fn render(State(state): State<Arc<AppState>>) -> Response {
     }
     metrics.repair.follow(&state.repair);
     metrics.key_cache.follow(state.s3.keys().stats());
+    metrics.memory.follow(state.store.memory_stats());
     let mut body = String::new();
     if let Err(err) = encode(&mut body, &metrics.registry) {
         return ApiError::internal(err).into_response();

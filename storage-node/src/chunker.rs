@@ -1,10 +1,12 @@
 //! Content-defined chunking of a byte stream with FastCDC (2020).
 //!
 //! Boundaries follow content, so an insert near the front of a file shifts only the chunks it
-//! touches and every later chunk dedups. The chunker reads into one `BytesMut` and hands out
-//! chunks as zero-copy `Bytes` splits of it. Its buffer holds a few maximum-size chunks.
+//! touches and every later chunk dedups. The chunker reads into one buffer of a fixed size
+//! (sized by the caller: two maximum-size chunks, or a small object's length) and hands out
+//! each chunk as a copy of its own, so that what an upload holds is its buffer plus the chunks
+//! in flight, each freed when it is stored (the memory budget counts on that).
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use fastcdc::v2020::{Normalization, cut_gear, get_gear_with_seed, select_masks};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -54,13 +56,18 @@ impl ChunkSizes {
     }
 }
 
-/// How many maximum-size chunks one read buffer holds.
-const BUFFER_CHUNKS: usize = 4;
+/// How many maximum-size chunks a full read buffer holds.
+const BUFFER_CHUNKS: usize = 2;
+/// A read buffer with less free room at its end than this moves its unchunked bytes to the front.
+const MIN_READ: usize = 64 * 1024;
 
 /// Splits an async byte stream into content-defined chunks.
 pub struct Chunker<R> {
     source: R,
-    buffer: BytesMut,
+    /// The read buffer, allocated once; `start..end` is read and not yet chunked.
+    buffer: Vec<u8>,
+    start: usize,
+    end: usize,
     eof: bool,
     sizes: ChunkSizes,
     masks: (u64, u64),
@@ -68,12 +75,28 @@ pub struct Chunker<R> {
 }
 
 impl<R: AsyncRead + Unpin> Chunker<R> {
-    /// A chunker over `source` whose gear table is seeded with `seed` (per tenant).
+    /// A chunker over `source` whose gear table is seeded with `seed` (per tenant), with a
+    /// buffer of [`Chunker::full_buffer`] bytes.
     pub fn new(source: R, sizes: ChunkSizes, seed: u64) -> Self {
+        Self::with_buffer(source, sizes, seed, Self::full_buffer(sizes))
+    }
+
+    /// The buffer a source of any length needs: two maximum-size chunks.
+    pub fn full_buffer(sizes: ChunkSizes) -> usize {
+        BUFFER_CHUNKS * sizes.max
+    }
+
+    /// A chunker whose read buffer is `capacity` bytes and never grows. A source longer than
+    /// the buffer needs a buffer of at least [`Chunker::full_buffer`] to be cut as any other
+    /// (a smaller one cuts where it is full); a shorter one needs one byte more than its
+    /// length, to see its end.
+    pub fn with_buffer(source: R, sizes: ChunkSizes, seed: u64, capacity: usize) -> Self {
         let (gear, gear_ls) = get_gear_with_seed(seed);
         Chunker {
             source,
-            buffer: BytesMut::with_capacity(BUFFER_CHUNKS * sizes.max),
+            buffer: vec![0; capacity.max(1)],
+            start: 0,
+            end: 0,
             eof: false,
             sizes,
             masks: select_masks(sizes.avg, Normalization::Level1),
@@ -81,27 +104,34 @@ impl<R: AsyncRead + Unpin> Chunker<R> {
         }
     }
 
-    /// The next chunk, or `None` at the end of the stream.
+    /// The next chunk (a copy of its own, so the buffer is reused), or `None` at the end of
+    /// the stream.
     ///
     /// # Errors
     /// The source's read error.
     pub async fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>> {
-        while !self.eof && self.buffer.len() < self.sizes.max {
-            // Grow only when the spare room runs low: chunks split off the front still share
-            // the allocation, so a reserve moves the unchunked tail to a new one.
-            if self.buffer.capacity() - self.buffer.len() < self.sizes.max {
-                self.buffer.reserve(BUFFER_CHUNKS * self.sizes.max);
+        while !self.eof && self.end - self.start < self.sizes.max {
+            if self.buffer.len() - self.end < MIN_READ.min(self.buffer.len()) && self.start > 0 {
+                self.buffer.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
             }
-            if self.source.read_buf(&mut self.buffer).await? == 0 {
-                self.eof = true;
+            if self.end == self.buffer.len() {
+                // Full, and smaller than a maximum-size chunk: cut what it holds.
+                break;
+            }
+            match self.source.read(&mut self.buffer[self.end..]).await? {
+                0 => self.eof = true,
+                read => self.end += read,
             }
         }
-        if self.buffer.is_empty() {
+        let data = &self.buffer[self.start..self.end];
+        if data.is_empty() {
             return Ok(None);
         }
         let (mask_s, mask_l) = self.masks;
         let (_, count) = cut_gear(
-            &self.buffer,
+            data,
             self.sizes.min,
             self.sizes.avg,
             self.sizes.max,
@@ -112,8 +142,13 @@ impl<R: AsyncRead + Unpin> Chunker<R> {
             &self.gear.0,
             &self.gear.1,
         );
-        let count = count.clamp(1, self.buffer.len());
-        Ok(Some(self.buffer.split_to(count).freeze()))
+        let count = count.clamp(1, data.len());
+        let chunk = Bytes::copy_from_slice(&data[..count]);
+        self.start += count;
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        }
+        Ok(Some(chunk))
     }
 }
 
@@ -123,11 +158,13 @@ mod tests {
     use rand::{RngCore, SeedableRng};
     use std::collections::HashSet;
 
-    /// A reader of `len` pseudo-random bytes from `seed`, after an optional prefix.
+    /// A reader of `len` pseudo-random bytes from `seed`, after an optional prefix. The bytes
+    /// are drawn in blocks of 1 MiB, so they do not depend on the sizes of the reads.
     struct RandomReader {
         prefix: Vec<u8>,
         rng: rand::rngs::StdRng,
         left: u64,
+        block: Vec<u8>,
     }
 
     impl AsyncRead for RandomReader {
@@ -142,18 +179,27 @@ mod tests {
                 buf.put_slice(&taken);
                 return std::task::Poll::Ready(Ok(()));
             }
-            let n = (buf.remaining() as u64).min(self.left).min(1 << 20) as usize;
-            let mut block = vec![0u8; n];
-            self.rng.fill_bytes(&mut block);
-            buf.put_slice(&block);
-            self.left -= n as u64;
+            if self.block.is_empty() {
+                let n = self.left.min(1 << 20) as usize;
+                let mut block = vec![0u8; n];
+                self.rng.fill_bytes(&mut block);
+                self.left -= n as u64;
+                self.block = block;
+            }
+            let n = self.block.len().min(buf.remaining());
+            let taken: Vec<u8> = self.block.drain(..n).collect();
+            buf.put_slice(&taken);
             std::task::Poll::Ready(Ok(()))
         }
     }
 
     async fn chunk_hashes(prefix: &[u8], len: u64) -> (Vec<blake3::Hash>, u64) {
-        let reader =
-            RandomReader { prefix: prefix.to_vec(), rng: rand::rngs::StdRng::seed_from_u64(42), left: len };
+        let reader = RandomReader {
+            prefix: prefix.to_vec(),
+            rng: rand::rngs::StdRng::seed_from_u64(42),
+            left: len,
+            block: Vec::new(),
+        };
         let sizes = ChunkSizes { min: 256 * 1024, avg: 1024 * 1024, max: 4 * 1024 * 1024 };
         let mut chunker = Chunker::new(reader, sizes, 9);
         let mut hashes = Vec::new();
@@ -183,6 +229,22 @@ mod tests {
     async fn an_empty_stream_has_no_chunks_and_a_tiny_one_has_one() {
         assert_eq!(chunk_hashes(&[], 0).await.0.len(), 0);
         assert_eq!(chunk_hashes(&[1, 2, 3], 0).await.0.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_buffer_the_size_of_a_small_body_holds_it_whole_and_a_smaller_one_still_reads_all() {
+        let body = vec![7u8; 1000];
+        let sizes = ChunkSizes::default();
+        let mut whole = Chunker::with_buffer(&body[..], sizes, 1, body.len() + 1);
+        assert_eq!(whole.next_chunk().await.unwrap().map(|chunk| chunk.len()), Some(1000));
+        assert!(whole.next_chunk().await.unwrap().is_none());
+        let mut cramped = Chunker::with_buffer(&body[..], sizes, 1, 300);
+        let mut total = 0;
+        while let Some(chunk) = cramped.next_chunk().await.unwrap() {
+            assert!(chunk.len() <= 300);
+            total += chunk.len();
+        }
+        assert_eq!(total, 1000);
     }
 
     #[test]

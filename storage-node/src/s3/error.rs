@@ -43,6 +43,11 @@ pub(crate) fn from_store(err: StoreError) -> S3Error {
             tracing::warn!(error = %err, "an upload must be retried");
             retry_later("the upload's storage changed while it ran; retry")
         }
+        // Nothing was read of the body nor stored: the node's memory budget for uploads is spent.
+        StoreError::MemoryBusy { .. } => {
+            tracing::warn!(error = %err, "an upload waited too long for memory");
+            retry_later("the node is busy with other uploads; retry")
+        }
         StoreError::ChunkUnavailable { .. } => {
             tracing::error!(error = %err, "no copy of a chunk could be read");
             retry_later("no copy of the object's data can be read now; retry")

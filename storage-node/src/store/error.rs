@@ -37,6 +37,8 @@ pub enum StoreError {
     CopyFailed { node: i32, pack: i64, detail: String },
     #[error("{0}; retry the upload")]
     Retry(String),
+    #[error("no memory for the upload ({wanted} bytes) came free within {waited:?}; retry the upload")]
+    MemoryBusy { wanted: u64, waited: std::time::Duration },
     #[error(transparent)]
     Placement(#[from] crate::placement::PlacementError),
     #[error("chunk {chunk} was collected before the upload committed; retry the upload")]

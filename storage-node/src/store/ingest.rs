@@ -1,20 +1,26 @@
 //! The write path: chunk, name, dedup, compress, append and fsync; [`super::commit`] then
 //! records the object in the catalog.
 //!
-//! Three stages overlap. A task chunks the source (and computes its MD5 in order). Up to
-//! [`PARALLEL`] chunks at a time are then prepared concurrently on blocking threads: named with
+//! First the upload reserves its working set from the node's memory budget (see
+//! [`super::memory_budget`]): a chunker buffer sized by its announced length and room for the
+//! chunks it has in flight; it waits for that memory before it reads a byte of its body. Then
+//! three stages overlap. A task chunks the source (and computes its MD5 in order). Up to
+//! [`PARALLEL`] chunks at a time (as many as its reservation covers) are then prepared concurrently on blocking threads: named with
 //! the tenant's key, looked up (a chunk the tenant already has is pinned against GC and not
 //! stored again), and compressed where that pays. Finally, in order, new chunks are appended to
 //! this upload's pack. When the source ends, the packs are fsynced; nothing is committed yet,
 //! so a crash here leaves no object, only unreferenced bytes that GC reclaims.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use md5::Digest;
 use tokio::io::AsyncRead;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::memory_budget::{MemoryCharge, WorkingSet};
 use super::open_pack::{OpenPack, PackClass};
 use super::writers::PackLease;
 use super::{ChunkStore, StoreError};
@@ -145,12 +151,13 @@ impl ChunkStore {
         if let Some(expected) = options.expected_len {
             room.check(expected)?;
         }
+        let sizes = self.inner.config.chunk_sizes;
+        let (working_set, memory, slots) = self.reserve_memory(options.expected_len).await?;
         let key = self.inner.secret.chunk_key(tenant);
-        let (chunks_tx, mut chunks_rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(PARALLEL);
+        let (chunks_tx, mut chunks_rx) = tokio::sync::mpsc::channel::<std::io::Result<InFlight>>(slots);
         let chunking = tokio::spawn(chunk_source(
-            source,
-            self.inner.config.chunk_sizes,
-            key.gear_seed(),
+            Chunker::with_buffer(source, sizes, key.gear_seed(), working_set.buffer),
+            Arc::new(Semaphore::new(slots)),
             options.md5,
             chunks_tx,
         ));
@@ -163,15 +170,18 @@ impl ChunkStore {
             .map(|chunk| {
                 let (store, key) = (self.clone(), key.clone());
                 let task = tokio::spawn(async move {
-                    store.prepare(tenant, key, chunk.map_err(StoreError::Source)?).await
+                    let InFlight { raw, slot } = chunk.map_err(StoreError::Source)?;
+                    store.prepare(tenant, key, raw).await.map(|prepared| (prepared, slot))
                 });
                 async move { task.await.map_err(StoreError::from).and_then(|prepared| prepared) }
             })
-            .buffered(PARALLEL);
+            .buffered(slots);
         let mut upload = Upload::new(self.clone(), tenant);
         let result = async {
             while let Some(chunk) = prepared.next().await {
-                let chunk = chunk?;
+                // The chunk's slot goes back once its bytes are stored and sent to every copy.
+                let (chunk, slot) = chunk?;
+                let chunk = chunk.holding(slot);
                 if let Err(err) = room.check(upload.size + chunk.len()) {
                     if let Prepared::Known { id, .. } = chunk {
                         // Its pin was taken: release it with the others.
@@ -191,19 +201,45 @@ impl ChunkStore {
         .await;
         // Let in-flight preparations finish, so that every pin they took is known.
         while let Some(chunk) = prepared.next().await {
-            if let Ok(Prepared::Known { id, .. }) = chunk {
+            if let Ok((Prepared::Known { id, .. }, _)) = chunk {
                 *upload.pins.entry(id).or_insert(0) += 1;
             }
         }
         drop(prepared);
         let md5 = chunking.await.ok().flatten();
-        match result {
+        let outcome = match result {
             Ok(()) => upload.finish(md5).await,
             Err(err) => {
                 upload.abandon().await;
                 Err(err)
             }
+        };
+        // Only now are the last chunks sent to the pack's other copies (the sync ends their
+        // streams) and the memory free.
+        drop(memory);
+        outcome
+    }
+
+    /// Reserves an upload's working set from the node's memory budget, waiting for it if it
+    /// must; then, only from memory free now, room for more chunks in flight (up to
+    /// [`PARALLEL`], and no more than the object can have). Returns the working set, the charge
+    /// and how many chunks may be in flight.
+    async fn reserve_memory(
+        &self,
+        expected: Option<u64>,
+    ) -> Result<(WorkingSet, MemoryCharge, usize), StoreError> {
+        let sizes = self.inner.config.chunk_sizes;
+        let working_set = WorkingSet::new(expected, sizes);
+        let mut charge = self.inner.memory.reserve(working_set.base()).await?;
+        let most =
+            expected.map_or(PARALLEL as u64, |len| len.div_ceil(sizes.min as u64)).clamp(1, PARALLEL as u64);
+        let mut slots = 1;
+        while slots < most as usize {
+            let Some(more) = self.inner.memory.try_reserve(working_set.slot) else { break };
+            charge.merge(more);
+            slots += 1;
         }
+        Ok((working_set, charge, slots))
     }
 
     /// Names a chunk, pins it if the tenant has it, and otherwise compresses it.
@@ -241,6 +277,17 @@ impl ChunkStore {
 }
 
 impl Prepared {
+    /// The chunk with `slot` held by its raw bytes (and so by every clone of them, such as
+    /// those queued for the pack's copies on peers) until the last of them is dropped.
+    fn holding(self, slot: OwnedSemaphorePermit) -> Prepared {
+        match self {
+            Prepared::New { id, raw, compressed } => {
+                Prepared::New { id, raw: Bytes::from_owner(Charged { bytes: raw, _slot: slot }), compressed }
+            }
+            known @ Prepared::Known { .. } => known,
+        }
+    }
+
     fn len(&self) -> u64 {
         match self {
             Prepared::Known { len, .. } => *len,
@@ -249,22 +296,42 @@ impl Prepared {
     }
 }
 
-/// Chunks `source` into `chunks`, computing the MD5 of the whole body on the way.
+/// Bytes that hold a slot of their upload's working set.
+struct Charged {
+    bytes: Bytes,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Charged {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// A chunk on its way to its pack, with the slot of the upload's working set it takes.
+struct InFlight {
+    raw: Bytes,
+    slot: OwnedSemaphorePermit,
+}
+
+/// Chunks `source` into `chunks`, computing the MD5 of the whole body on the way. A chunk is
+/// cut only once one of the upload's `slots` is free, so that no more chunks are in flight
+/// than its memory reservation covers.
 async fn chunk_source<R: AsyncRead + Unpin>(
-    source: R,
-    sizes: crate::chunker::ChunkSizes,
-    seed: u64,
+    mut chunker: Chunker<R>,
+    slots: Arc<Semaphore>,
     md5: bool,
-    chunks: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    chunks: tokio::sync::mpsc::Sender<std::io::Result<InFlight>>,
 ) -> Option<[u8; 16]> {
-    let mut chunker = Chunker::new(source, sizes, seed);
     let mut md5 = md5.then(md5::Md5::new);
-    while let Some(next) = chunker.next_chunk().await.transpose() {
+    loop {
+        let slot = slots.clone().acquire_owned().await.ok()?;
+        let Some(next) = chunker.next_chunk().await.transpose() else { break };
         if let (Ok(chunk), Some(md5)) = (&next, md5.as_mut()) {
             md5.update(chunk);
         }
         let failed = next.is_err();
-        if chunks.send(next).await.is_err() || failed {
+        if chunks.send(next.map(|raw| InFlight { raw, slot })).await.is_err() || failed {
             return None;
         }
     }

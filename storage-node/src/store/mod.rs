@@ -7,10 +7,12 @@
 //!
 //! [`ChunkStore`] is a cheap handle; clone it freely.
 
+pub mod allocator;
 mod commit;
 mod error;
 mod gc;
 mod ingest;
+mod memory_budget;
 mod objects;
 pub mod offline;
 mod open_pack;
@@ -36,6 +38,7 @@ pub use commit::StoredObject;
 pub use error::StoreError;
 pub use gc::GcReport;
 pub use ingest::{INLINE_MAX_BYTES, Ingested, PutOptions};
+pub use memory_budget::{MemoryBudget, MemoryCharge, MemoryLimits, MemoryStats};
 pub use objects::Usage;
 pub use orphans::{Referrer, S3_REFERRERS};
 pub use peers::REMOTE_READ_TIMEOUT;
@@ -76,6 +79,9 @@ pub struct StoreConfig {
     pub pin_duration: Duration,
     /// How many bytes of recently verified chunks stay cached for range reads.
     pub verified_cache_bytes: u64,
+    /// The memory budget of in-flight uploads (set from `--memory-budget-mb`, not in `[store]`).
+    #[serde(skip)]
+    pub memory: MemoryLimits,
 }
 
 impl Default for StoreConfig {
@@ -88,6 +94,7 @@ impl Default for StoreConfig {
             retire_grace: Duration::from_secs(300),
             pin_duration: Duration::from_secs(24 * 3600),
             verified_cache_bytes: 64 * 1024 * 1024,
+            memory: MemoryLimits::default(),
         }
     }
 }
@@ -142,6 +149,7 @@ struct Inner {
     verified: VerifiedCache,
     peers: peers::Peers,
     gc_lock: tokio::sync::Mutex<()>,
+    memory: MemoryBudget,
 }
 
 impl std::fmt::Debug for Inner {
@@ -217,6 +225,7 @@ impl ChunkStore {
             writers: WriterPool::default(),
             peers: peers::Peers::default(),
             gc_lock: tokio::sync::Mutex::new(()),
+            memory: MemoryBudget::new(config.memory),
             pool,
             node: node_id,
             packs_dir,
@@ -241,6 +250,11 @@ impl ChunkStore {
     /// The server secret (for sealing secrets at rest).
     pub fn server_secret(&self) -> &ServerSecret {
         &self.inner.secret
+    }
+
+    /// The memory budget of in-flight uploads: its size and what is in use.
+    pub fn memory_stats(&self) -> MemoryStats {
+        self.inner.memory.stats()
     }
 
     /// The directory of the pack files.
