@@ -16,6 +16,7 @@ use super::ingest::{Ingested, NewChunk, Place, PutOptions};
 use super::placing::domain_owner_sql;
 use super::usage::{admit, needs_exclusive};
 use super::{ChunkStore, ObjectId, StoreError};
+use crate::chunk_tree::ChunkTree;
 use crate::pack::RECORD_HEADER_LEN;
 use crate::{ChunkId, TenantId};
 
@@ -161,8 +162,8 @@ impl ChunkStore {
         let columns = ChunkColumns::of(chunks, uses);
         let rows = txn
             .query_typed(
-                "INSERT INTO chunks (tenant_id, id, raw_len, stored_len, compression, refcount, inline_data) \
-                 SELECT $1, * FROM unnest($2::bytea[], $3::int4[], $4::int4[], $5::int2[], $6::int8[], $7::bytea[]) \
+                "INSERT INTO chunks (tenant_id, id, raw_len, stored_len, compression, refcount, inline_data, tree) \
+                 SELECT $1, * FROM unnest($2::bytea[], $3::int4[], $4::int4[], $5::int2[], $6::int8[], $7::bytea[], $8::bytea[]) \
                  ON CONFLICT (tenant_id, id) DO UPDATE SET refcount = chunks.refcount + EXCLUDED.refcount \
                  RETURNING id, (xmax = 0) AS inserted",
                 &[vec![(&tenant as &(dyn ToSql + Sync), Type::INT8)], columns.params()].concat(),
@@ -284,6 +285,7 @@ struct ChunkColumns<'a> {
     compression: Vec<i16>,
     refs: Vec<i64>,
     inline: Vec<Option<&'a [u8]>>,
+    trees: Vec<Option<Vec<u8>>>,
 }
 
 impl<'a> ChunkColumns<'a> {
@@ -301,6 +303,7 @@ impl<'a> ChunkColumns<'a> {
                     Place::Pack { .. } => None,
                 })
                 .collect(),
+            trees: chunks.iter().map(|c| c.tree.as_ref().map(ChunkTree::to_bytes)).collect(),
         }
     }
 
@@ -312,6 +315,7 @@ impl<'a> ChunkColumns<'a> {
             (&self.compression, Type::INT2_ARRAY),
             (&self.refs, Type::INT8_ARRAY),
             (&self.inline, Type::BYTEA_ARRAY),
+            (&self.trees, Type::BYTEA_ARRAY),
         ]
     }
 }
@@ -329,8 +333,8 @@ async fn commit_inline(
     let row = txn
         .query_typed_one(
             &format!(
-                "WITH c AS (INSERT INTO chunks (tenant_id, id, raw_len, stored_len, compression, refcount, inline_data) \
-                            SELECT $1, * FROM unnest($7::bytea[], $8::int4[], $9::int4[], $10::int2[], $11::int8[], $12::bytea[]) \
+                "WITH c AS (INSERT INTO chunks (tenant_id, id, raw_len, stored_len, compression, refcount, inline_data, tree) \
+                            SELECT $1, * FROM unnest($7::bytea[], $8::int4[], $9::int4[], $10::int2[], $11::int8[], $12::bytea[], $13::bytea[]) \
                             ON CONFLICT (tenant_id, id) DO UPDATE SET refcount = chunks.refcount + EXCLUDED.refcount \
                             RETURNING raw_len, stored_len, (xmax = 0) AS inserted), \
                  added AS (SELECT count(*) FILTER (WHERE inserted)::int8 AS n, \

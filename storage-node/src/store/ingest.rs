@@ -24,6 +24,7 @@ use super::memory_budget::{MemoryCharge, WorkingSet};
 use super::open_pack::{OpenPack, PackClass};
 use super::writers::PackLease;
 use super::{ChunkStore, StoreError};
+use crate::chunk_tree::ChunkTree;
 use crate::chunker::Chunker;
 use crate::compress::Compression;
 use crate::pack::{PackId, RecordHeader};
@@ -58,6 +59,7 @@ pub(super) struct NewChunk {
     pub stored_len: i32,
     pub compression: Compression,
     pub place: Place,
+    pub tree: Option<ChunkTree>,
 }
 
 /// Where a new chunk's stored bytes are.
@@ -70,10 +72,12 @@ pub(super) enum Place {
 }
 
 /// A small first chunk held back from the pack until the body is known to be that one chunk.
-struct Held {
+struct Fresh {
     id: ChunkId,
     raw: Bytes,
     compressed: Option<Vec<u8>>,
+    /// The values that verify part of it ([`crate::chunk_tree`]), for more than one block.
+    tree: Option<ChunkTree>,
 }
 
 /// An upload whose bytes are durable in packs but not yet committed to the catalog. Commit it
@@ -127,7 +131,7 @@ enum Prepared {
     /// The tenant has it already; this upload now holds a pin on it.
     Known { id: ChunkId, len: u64 },
     /// New to the tenant, with its compressed form where that pays.
-    New { id: ChunkId, raw: Bytes, compressed: Option<Vec<u8>> },
+    New(Fresh),
 }
 
 impl ChunkStore {
@@ -244,7 +248,8 @@ impl ChunkStore {
 
     /// Names a chunk, pins it if the tenant has it, and otherwise compresses it.
     async fn prepare(&self, tenant: TenantId, key: ChunkKey, raw: Bytes) -> Result<Prepared, StoreError> {
-        let (id, raw) = tokio::task::spawn_blocking(move || (key.chunk_id(&raw), raw)).await?;
+        let ((id, tree), raw) =
+            tokio::task::spawn_blocking(move || (key.chunk_id_and_tree(&raw), raw)).await?;
         // A chunk small enough to go inline is not looked up: the commit stores or references
         // it either way (one catalog round trip fewer for a small upload).
         if raw.len() >= INLINE_MAX_BYTES && self.pin_existing(tenant, id).await? {
@@ -256,7 +261,7 @@ impl ChunkStore {
             (raw, compressed)
         })
         .await?;
-        Ok(Prepared::New { id, raw, compressed })
+        Ok(Prepared::New(Fresh { id, raw, compressed, tree }))
     }
 
     /// Pins `id` if the tenant already stores it, so that GC leaves it until the commit. The
@@ -281,9 +286,10 @@ impl Prepared {
     /// those queued for the pack's copies on peers) until the last of them is dropped.
     fn holding(self, slot: OwnedSemaphorePermit) -> Prepared {
         match self {
-            Prepared::New { id, raw, compressed } => {
-                Prepared::New { id, raw: Bytes::from_owner(Charged { bytes: raw, _slot: slot }), compressed }
-            }
+            Prepared::New(fresh) => Prepared::New(Fresh {
+                raw: Bytes::from_owner(Charged { bytes: fresh.raw, _slot: slot }),
+                ..fresh
+            }),
             known @ Prepared::Known { .. } => known,
         }
     }
@@ -291,7 +297,7 @@ impl Prepared {
     fn len(&self) -> u64 {
         match self {
             Prepared::Known { len, .. } => *len,
-            Prepared::New { raw, .. } => raw.len() as u64,
+            Prepared::New(fresh) => fresh.raw.len() as u64,
         }
     }
 }
@@ -352,7 +358,7 @@ struct Upload {
     class: Option<PackClass>,
     pack: Option<OpenPack>,
     leases: Vec<PackLease>,
-    held: Option<Held>,
+    held: Option<Fresh>,
 }
 
 impl Upload {
@@ -386,16 +392,21 @@ impl Upload {
                 }
                 Ok(())
             }
-            Prepared::New { id, raw, compressed } => {
-                if !self.seen.insert(id) {
+            Prepared::New(fresh) => {
+                if !self.seen.insert(fresh.id) {
                     return Ok(());
                 }
-                if self.manifest.len() == 1 && raw.len() < INLINE_MAX_BYTES {
-                    self.held = Some(Held { id, raw, compressed });
+                if self.manifest.len() == 1 && fresh.raw.len() < INLINE_MAX_BYTES {
+                    // Held until the body's end says whether it goes inline, its bytes leave
+                    // their memory slot (a copy of under 64 KiB): the chunker needs a free slot
+                    // to find out whether the body goes on, and would otherwise wait for this
+                    // one for ever.
+                    let raw = Bytes::copy_from_slice(&fresh.raw);
+                    self.held = Some(Fresh { raw, ..fresh });
                     return Ok(());
                 }
                 self.append_held().await?;
-                self.append(id, raw, compressed).await
+                self.append(fresh).await
             }
         }
     }
@@ -403,18 +414,14 @@ impl Upload {
     /// Appends the held first chunk to the pack: the body turned out longer than that chunk.
     async fn append_held(&mut self) -> Result<(), StoreError> {
         match self.held.take() {
-            Some(Held { id, raw, compressed }) => self.append(id, raw, compressed).await,
+            Some(fresh) => self.append(fresh).await,
             None => Ok(()),
         }
     }
 
     /// Appends a new chunk to this upload's pack.
-    async fn append(
-        &mut self,
-        id: ChunkId,
-        raw: Bytes,
-        compressed: Option<Vec<u8>>,
-    ) -> Result<(), StoreError> {
+    async fn append(&mut self, fresh: Fresh) -> Result<(), StoreError> {
+        let Fresh { id, raw, compressed, tree } = fresh;
         let mut pack = match self.pack.take() {
             Some(pack) => pack,
             None => {
@@ -449,6 +456,8 @@ impl Upload {
             stored_len: header.stored_len as i32,
             compression: header.compression,
             place: Place::Pack { pack: pack_id, offset },
+            // A compressed chunk is decompressed whole anyway: its tree would verify nothing less.
+            tree: tree.filter(|_| header.compression == Compression::None),
         });
         if full {
             self.sync_and_release().await?;
@@ -467,7 +476,7 @@ impl Upload {
 
     async fn finish(mut self, md5: Option<[u8; 16]>) -> Result<Ingested, StoreError> {
         if self.manifest.len() == 1
-            && let Some(Held { id, raw, compressed }) = self.held.take()
+            && let Some(Fresh { id, raw, compressed, .. }) = self.held.take()
         {
             let (compression, data) = stored_form(&raw, compressed);
             self.new_chunks.push(NewChunk {
@@ -476,6 +485,7 @@ impl Upload {
                 stored_len: data.len() as i32,
                 compression,
                 place: Place::Inline(data),
+                tree: None,
             });
         }
         let written = match self.append_held().await {
@@ -519,6 +529,6 @@ fn stored_form(raw: &Bytes, compressed: Option<Vec<u8>>) -> (Compression, Bytes)
 
 fn chunk_id(chunk: &Prepared) -> ChunkId {
     match chunk {
-        Prepared::Known { id, .. } | Prepared::New { id, .. } => *id,
+        Prepared::Known { id, .. } | Prepared::New(Fresh { id, .. }) => *id,
     }
 }

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
 use tokio::task::JoinHandle;
 
-use super::read_chunk::{LocalCopy, Loaded, Loader, is_not_found};
+use super::read_chunk::{Loaded, Loader, LocalCopy, is_not_found};
 use super::verify::{ChunkLocation, ReadMode};
 use super::{ChunkStore, ObjectId, StoreError};
 use crate::compress::Compression;
@@ -331,7 +331,8 @@ impl Cursor {
             }
             let Some(entry) = self.batch.pop_front() else { return Ok(()) };
             self.fetched_to = self.fetched_to.max(entry.logical_offset + entry.raw_len);
-            let first_wanted = self.ahead.back().map_or(self.pos, |last| last.entry.logical_offset + last.entry.raw_len);
+            let first_wanted =
+                self.ahead.back().map_or(self.pos, |last| last.entry.logical_offset + last.entry.raw_len);
             if entry.logical_offset + entry.raw_len <= first_wanted && entry.raw_len > 0 {
                 continue;
             }
@@ -396,7 +397,13 @@ impl Cursor {
                      ORDER BY oc.logical_offset LIMIT $5",
                     entry_joins("$3")
                 ),
-                &[&self.object.0, &(self.fetched_to as i64), &self.store.inner.node.0, &(self.end as i64), &BATCH],
+                &[
+                    &self.object.0,
+                    &(self.fetched_to as i64),
+                    &self.store.inner.node.0,
+                    &(self.end as i64),
+                    &BATCH,
+                ],
             )
             .await?;
         self.batch.extend(rows.iter().map(|row| Entry::from_row(row, 0, self.tenant)));

@@ -72,7 +72,9 @@ impl Loader {
             // damaged copy here is then marked for repair. With no other copy, the read fails
             // with this copy's error. A missing file goes back to the read, which looks the
             // chunk up again (GC may have moved it).
-            Err(err @ (StoreError::Integrity { .. } | StoreError::Io { .. })) if retried || !is_not_found(&err) => {
+            Err(err @ (StoreError::Integrity { .. } | StoreError::Io { .. }))
+                if retried || !is_not_found(&err) =>
+            {
                 let Ok(raw) = self.read_remote(&location, mode).await? else { return Ok(Err(err)) };
                 if matches!(err, StoreError::Integrity { .. }) {
                     tracing::error!(error = %err, "this node's copy of a pack is damaged; read another copy");
