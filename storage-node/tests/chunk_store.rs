@@ -4,7 +4,7 @@
 use crate::common;
 
 use common::*;
-use storage_node::store::{PutOptions, StoreError};
+use storage_node::store::{PutOptions, StoreConfig, StoreError};
 
 #[tokio::test]
 async fn ranges_read_back_exactly_at_every_edge() {
@@ -263,4 +263,51 @@ impl tokio::io::AsyncRead for FailingReader {
         self.left -= n;
         std::task::Poll::Ready(Ok(()))
     }
+}
+
+#[tokio::test]
+async fn a_range_hashes_only_the_blocks_it_reads_and_a_flipped_bit_in_them_is_caught() {
+    let fx = fixture("tree_ranges", StoreConfig::default()).await;
+    let acme = tenant(&fx.pool, "acme", None).await;
+    let data = random_bytes(4 * 1024 * 1024, 21);
+    let object = put(&fx.store, acme, &data).await;
+    let block = storage_node::chunk_tree::BLOCK_LEN as u64;
+    let client = fx.pool.get().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT oc.logical_offset, l.pack_id, l.pack_offset, c.tree IS NOT NULL FROM object_chunks oc \
+             JOIN chunks c ON c.tenant_id = oc.tenant_id AND c.id = oc.chunk_id \
+             JOIN chunk_locations l ON l.tenant_id = oc.tenant_id AND l.chunk_id = oc.chunk_id \
+             WHERE oc.object_id = $1 AND c.raw_len > 3 * $2::int8 ORDER BY oc.logical_offset LIMIT 1",
+            &[&object.id.0, &(block as i64)],
+        )
+        .await
+        .unwrap();
+    let (logical, pack, offset, has_tree): (i64, i64, i64, bool) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert!(has_tree, "an uncompressed chunk of several blocks keeps its tree");
+    let logical = logical as u64;
+    let first_block = logical + 10..logical + 1000;
+    let third_block = logical + 2 * block + 1..logical + 2 * block + 100;
+    let expect = |range: &std::ops::Range<u64>| data[range.start as usize..range.end as usize].to_vec();
+    assert_eq!(
+        read(&fx.store, acme, object.id, Some(third_block.clone())).await.unwrap(),
+        expect(&third_block)
+    );
+
+    // A flipped bit in the chunk's third block: a range in its first block still reads (only
+    // that block is hashed), a range in the third fails, and so does the whole object.
+    let path = fx.store.packs_dir().join(format!("{pack:016x}.pack"));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = offset as u64 + storage_node::pack::RECORD_HEADER_LEN + 2 * block + 7;
+    bytes[at as usize] ^= 0x04;
+    std::fs::write(&path, bytes).unwrap();
+    assert_eq!(
+        read(&fx.store, acme, object.id, Some(first_block.clone())).await.unwrap(),
+        expect(&first_block)
+    );
+    let err = read(&fx.store, acme, object.id, Some(third_block)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Integrity { .. }), "{err}");
+    let err = read(&fx.store, acme, object.id, None).await.unwrap_err();
+    assert!(matches!(err, StoreError::Integrity { .. }), "{err}");
 }

@@ -15,9 +15,10 @@ use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
 use tokio::task::JoinHandle;
 
-use super::read_chunk::{Loaded, Loader, LocalCopy, is_not_found};
+use super::read_chunk::{How, Loaded, Loader, LocalCopy, is_not_found};
 use super::verify::{ChunkLocation, ReadMode};
 use super::{ChunkStore, ObjectId, StoreError};
+use crate::chunk_tree::ChunkTree;
 use crate::compress::Compression;
 use crate::pack::PackId;
 use crate::{ChunkId, TenantId};
@@ -32,7 +33,7 @@ const READ_AHEAD: usize = 3;
 /// The columns of a manifest batch, in the order [`Entry::from_row`] reads them, over
 /// `object_chunks oc`; `$node` stands for this node's id.
 const ENTRY_COLUMNS: &str = "oc.logical_offset, oc.chunk_id, c.raw_len, c.stored_len, c.compression, \
-     l.pack_id, l.pack_offset, r.state, c.inline_data";
+     l.pack_id, l.pack_offset, r.state, c.inline_data, c.tree";
 
 /// The joins from `object_chunks oc` that [`ENTRY_COLUMNS`] need.
 fn entry_joins(node: &str) -> String {
@@ -113,6 +114,8 @@ struct Entry {
     chunk: ChunkId,
     /// The chunk's stored bytes, when the catalog keeps them inline.
     inline: Option<Inline>,
+    /// The values that verify part of it, for an uncompressed chunk of more than one block.
+    tree: Option<ChunkTree>,
 }
 
 /// A chunk kept in the catalog, as stored there.
@@ -145,6 +148,9 @@ impl Entry {
         };
         let inline =
             row.get::<_, Option<Vec<u8>>>(at + 8).map(|data| Inline { compression, data: Bytes::from(data) });
+        let tree = row
+            .get::<_, Option<&[u8]>>(at + 9)
+            .and_then(|bytes| ChunkTree::from_bytes(bytes, u64::from(raw_len)));
         Entry {
             logical_offset: row.get::<_, i64>(at) as u64,
             raw_len: u64::from(raw_len),
@@ -152,6 +158,7 @@ impl Entry {
             local,
             chunk,
             inline,
+            tree,
         }
     }
 }
@@ -176,6 +183,8 @@ struct Cursor {
 struct Ahead {
     entry: Entry,
     load: Option<JoinHandle<Loaded>>,
+    /// Where in the chunk the loaded bytes start (not 0 when only a span of it loads).
+    base: u64,
 }
 
 impl Drop for Cursor {
@@ -286,7 +295,7 @@ impl Cursor {
                 return Ok(None);
             }
             self.load_ahead().await?;
-            let Some(Ahead { entry, load }) = self.ahead.pop_front() else {
+            let Some(Ahead { entry, load, base }) = self.ahead.pop_front() else {
                 return Err(StoreError::Task(format!("the manifest of object {} ends early", self.object.0)));
             };
             let raw = match (&entry.inline, load) {
@@ -310,7 +319,7 @@ impl Cursor {
                     Err(err) => return Err(err),
                 },
             };
-            if let Some(piece) = self.slice(&entry, raw) {
+            if let Some(piece) = self.slice(entry.logical_offset + base, raw) {
                 return Ok(Some(piece));
             }
         }
@@ -341,21 +350,17 @@ impl Cursor {
                 self.fetched_to = self.end;
                 return Ok(());
             }
-            let load = match (&entry.inline, entry.location) {
+            let (load, base) = match (&entry.inline, entry.location) {
                 (None, Some(location)) => {
                     let from = first_wanted.saturating_sub(entry.logical_offset);
                     let to = (self.end - entry.logical_offset).min(u64::from(location.raw_len));
-                    // Only a small slice of a chunk is worth a cached copy: the next small
-                    // range of the same chunk then costs no hashing. Larger slices are served
-                    // from the map.
-                    let small = to.saturating_sub(from) * 4 < u64::from(location.raw_len);
-                    let mode = if small { ReadMode::Partial } else { ReadMode::Whole };
-                    let retried = self.retried_at == Some(self.pos);
-                    Some(self.loader.spawn(location, entry.local, mode, retried))
+                    let how = self.how(&entry, from..to);
+                    let base = how.span.as_ref().map_or(0, |(_, span)| span.start);
+                    (Some(self.loader.spawn(location, entry.local, how)), base)
                 }
-                _ => None,
+                _ => (None, 0),
             };
-            self.ahead.push_back(Ahead { entry, load });
+            self.ahead.push_back(Ahead { entry, load, base });
         }
         Ok(())
     }
@@ -371,15 +376,32 @@ impl Cursor {
         self.fetched_to = self.pos;
     }
 
-    /// The part of `entry`'s chunk `raw` that the range still wants, moving past it; `None`
-    /// when it wants none of it.
-    fn slice(&mut self, entry: &Entry, raw: Bytes) -> Option<Bytes> {
-        let from = self.pos.saturating_sub(entry.logical_offset) as usize;
-        let to = ((self.end - entry.logical_offset) as usize).min(raw.len());
+    /// How to load `wanted` (bytes of the chunk) of `entry`. Part of an uncompressed chunk
+    /// with a tree is loaded and verified alone, in whole blocks, from this node's copy. Part
+    /// of any other chunk loads it whole: a small part keeps a verified copy in the cache, so
+    /// the next small range of the same chunk costs no hashing; a larger one is served from
+    /// the map.
+    fn how(&self, entry: &Entry, wanted: Range<u64>) -> How {
+        let retried = self.retried_at == Some(self.pos);
+        let whole = wanted.start == 0 && wanted.end >= entry.raw_len;
+        if let (false, LocalCopy::Sound, Some(tree)) = (whole, entry.local, &entry.tree) {
+            let span = ChunkTree::covering(&wanted, entry.raw_len);
+            return How { mode: ReadMode::Whole, span: Some((tree.clone(), span)), retried };
+        }
+        let small = wanted.end.saturating_sub(wanted.start) * 4 < entry.raw_len;
+        let mode = if small { ReadMode::Partial } else { ReadMode::Whole };
+        How { mode, span: None, retried }
+    }
+
+    /// The part of `raw` (the chunk's bytes from logical offset `base` on) that the range still
+    /// wants, moving past it; `None` when it wants none of it.
+    fn slice(&mut self, base: u64, raw: Bytes) -> Option<Bytes> {
+        let from = self.pos.saturating_sub(base) as usize;
+        let to = (self.end.saturating_sub(base) as usize).min(raw.len());
         if from >= to {
             return None;
         }
-        self.pos = entry.logical_offset + to as u64;
+        self.pos = base + to as u64;
         Some(raw.slice(from..to))
     }
 

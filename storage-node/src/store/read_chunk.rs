@@ -6,6 +6,7 @@
 //! peer, hashed on another core) while it sends the current one: see [`super::read`].
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -14,6 +15,7 @@ use tokio::task::JoinHandle;
 use super::peers::RemoteCopy;
 use super::verify::{ChunkLocation, ReadMode};
 use super::{ChunkStore, StoreError};
+use crate::chunk_tree::ChunkTree;
 use crate::pack::PackId;
 
 /// What this node holds of a pack.
@@ -42,25 +44,25 @@ impl Loader {
         Loader { store, remote_copies: Arc::default() }
     }
 
-    /// Starts loading the chunk at `location`, of which this node holds `local`. A missing
-    /// file of this node's copy is the chunk's error (the read looks the chunk up again), or,
-    /// when `retried` (it did), a reason to read another copy.
-    pub fn spawn(
-        &self,
-        location: ChunkLocation,
-        local: LocalCopy,
-        mode: ReadMode,
-        retried: bool,
-    ) -> JoinHandle<Loaded> {
+    /// Starts loading the chunk at `location`, of which this node holds `local`: the whole
+    /// chunk, or only `span` of it (whole blocks, verified through the chunk's tree, from
+    /// this node's sound copy). A missing file of this node's copy is the chunk's error (the
+    /// read looks the chunk up again), or, when `retried` (it did), a reason to read another
+    /// copy.
+    pub fn spawn(&self, location: ChunkLocation, local: LocalCopy, how: How) -> JoinHandle<Loaded> {
         let loader = self.clone();
-        tokio::spawn(async move { loader.load(location, local, mode, retried).await })
+        tokio::spawn(async move { loader.load(location, local, how).await })
     }
 
-    async fn load(&self, location: ChunkLocation, local: LocalCopy, mode: ReadMode, retried: bool) -> Loaded {
-        let loaded = match local {
-            LocalCopy::Sound => self.load_local(location, mode).await?,
-            LocalCopy::None => return self.read_remote(&location, mode).await,
-            LocalCopy::Damaged => {
+    async fn load(&self, location: ChunkLocation, local: LocalCopy, how: How) -> Loaded {
+        let mode = how.mode;
+        let loaded = match (local, &how.span) {
+            (LocalCopy::Sound, Some((tree, span))) => {
+                self.load_local_span(location, tree.clone(), span.clone()).await?
+            }
+            (LocalCopy::Sound, None) => self.load_local(location, mode).await?,
+            (LocalCopy::None, _) => return self.read_remote(&location, mode).await,
+            (LocalCopy::Damaged, _) => {
                 return match self.read_remote(&location, mode).await? {
                     Err(StoreError::ChunkUnavailable { .. }) => self.load_local(location, mode).await,
                     read => Ok(read),
@@ -73,14 +75,19 @@ impl Loader {
             // with this copy's error. A missing file goes back to the read, which looks the
             // chunk up again (GC may have moved it).
             Err(err @ (StoreError::Integrity { .. } | StoreError::Io { .. }))
-                if retried || !is_not_found(&err) =>
+                if how.retried || !is_not_found(&err) =>
             {
                 let Ok(raw) = self.read_remote(&location, mode).await? else { return Ok(Err(err)) };
                 if matches!(err, StoreError::Integrity { .. }) {
                     tracing::error!(error = %err, "this node's copy of a pack is damaged; read another copy");
                     self.store.mark_damaged(location.pack, self.store.node()).await;
                 }
-                Ok(Ok(raw))
+                Ok(Ok(match how.span {
+                    Some((_, span)) if span.end <= raw.len() as u64 => {
+                        raw.slice(span.start as usize..span.end as usize)
+                    }
+                    _ => raw,
+                }))
             }
             other => Ok(other),
         }
@@ -109,11 +116,26 @@ impl Loader {
         Ok(copies)
     }
 
+    /// `span` of the chunk from this node's copy, verified through `tree`, on a blocking thread.
+    async fn load_local_span(&self, location: ChunkLocation, tree: ChunkTree, span: Range<u64>) -> Loaded {
+        let store = self.store.clone();
+        Ok(tokio::task::spawn_blocking(move || store.load_verified_span(&location, &tree, span)).await?)
+    }
+
     /// The chunk from this node's copy, verified, on a blocking thread.
     async fn load_local(&self, location: ChunkLocation, mode: ReadMode) -> Loaded {
         let store = self.store.clone();
         Ok(tokio::task::spawn_blocking(move || store.load_verified(&location, mode)).await?)
     }
+}
+
+/// How a chunk is loaded.
+pub(super) struct How {
+    pub mode: ReadMode,
+    /// Only these bytes of it (whole blocks), verified through its tree.
+    pub span: Option<(ChunkTree, Range<u64>)>,
+    /// The read looked the chunk up again after a missing file.
+    pub retried: bool,
 }
 
 /// Whether `err` says a pack file is not there.

@@ -12,6 +12,7 @@
 use bytes::Bytes;
 
 use super::{ChunkStore, StoreError};
+use crate::chunk_tree::ChunkTree;
 use crate::compress::{Compression, decompress};
 use crate::pack::{PackId, RecordHeader, RecordView};
 use crate::{ChunkId, TenantId};
@@ -91,14 +92,45 @@ impl ChunkStore {
         at: &ChunkLocation,
         mode: ReadMode,
     ) -> Result<(RecordView, Bytes), StoreError> {
-        let record = self.inner.maps.record(at.pack, at.offset).map_err(|err| match err.kind() {
+        let record = self.map_record(at)?;
+        let raw = self.check_record(at, &record.header, &record.data, mode)?;
+        Ok((record, raw))
+    }
+
+    /// The bytes `span` of an uncompressed chunk (a span of whole blocks, see
+    /// [`ChunkTree::covering`]), proven through the chunk's `tree` to belong to the chunk `at`
+    /// names: only the blocks of the span are hashed. A view of the pack's map, not a copy.
+    /// Blocking.
+    ///
+    /// # Errors
+    /// See [`ChunkStore::load_verified`].
+    pub(crate) fn load_verified_span(
+        &self,
+        at: &ChunkLocation,
+        tree: &ChunkTree,
+        span: std::ops::Range<u64>,
+    ) -> Result<Bytes, StoreError> {
+        let record = self.map_record(at)?;
+        check_header(at, &record.header)?;
+        if at.compression != Compression::None || span.end > u64::from(at.raw_len) || span.start > span.end {
+            return Err(integrity(at, "a span of a chunk it does not have".into()));
+        }
+        let bytes = record.data.slice(span.start as usize..span.end as usize);
+        let key = self.inner.secret.chunk_key(at.tenant);
+        if !tree.verify_span(&key, &at.chunk, u64::from(at.raw_len), span.start, &bytes) {
+            return Err(integrity(at, format!("its bytes {span:?} do not hash to its id")));
+        }
+        Ok(bytes)
+    }
+
+    /// The record at `at` in this node's map of its pack.
+    fn map_record(&self, at: &ChunkLocation) -> Result<RecordView, StoreError> {
+        self.inner.maps.record(at.pack, at.offset).map_err(|err| match err.kind() {
             std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof => {
                 integrity(at, err.to_string())
             }
             _ => StoreError::io(crate::pack::pack_path(&self.inner.packs_dir, at.pack), err),
-        })?;
-        let raw = self.check_record(at, &record.header, &record.data, mode)?;
-        Ok((record, raw))
+        })
     }
 
     /// The raw bytes of a record read from anywhere (this node's map or a peer's answer),
@@ -114,14 +146,7 @@ impl ChunkStore {
         data: &Bytes,
         mode: ReadMode,
     ) -> Result<Bytes, StoreError> {
-        if header.chunk != at.chunk
-            || header.tenant != at.tenant
-            || header.raw_len != at.raw_len
-            || header.stored_len != at.stored_len
-            || header.compression != at.compression
-        {
-            return Err(integrity(at, "the record header does not match the catalog".into()));
-        }
+        check_header(at, header)?;
         let raw = match at.compression {
             // A private copy for the cache: the map would show later changes to the file.
             Compression::None if mode == ReadMode::Partial => Bytes::copy_from_slice(data),
@@ -173,6 +198,19 @@ impl ChunkStore {
     pub(crate) fn forget_verified(&self, tenant: TenantId, chunk: ChunkId) {
         self.inner.verified.remove(&(tenant, chunk));
     }
+}
+
+/// A record's header must say what the catalog says of its chunk.
+fn check_header(at: &ChunkLocation, header: &RecordHeader) -> Result<(), StoreError> {
+    if header.chunk != at.chunk
+        || header.tenant != at.tenant
+        || header.raw_len != at.raw_len
+        || header.stored_len != at.stored_len
+        || header.compression != at.compression
+    {
+        return Err(integrity(at, "the record header does not match the catalog".into()));
+    }
+    Ok(())
 }
 
 pub(super) fn integrity(at: &ChunkLocation, detail: String) -> StoreError {
