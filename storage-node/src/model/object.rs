@@ -263,15 +263,13 @@ pub async fn lookup_for_read(
     key: &str,
 ) -> Result<Option<(Lookup, Option<ManifestHead>)>, StoreError> {
     let client = store.catalog().get().await?;
-    let rows = client
-        .query_typed(
-            &format!(
-                "SELECT {LOOKUP_SELECT}, e.* {LOOKUP_FROM} LEFT JOIN LATERAL ({}) e ON true WHERE b.name = $1",
-                crate::store::manifest_head_sql("o.id", "$3")
-            ),
-            &[(&bucket, Type::TEXT), (&key, Type::TEXT), (&store.node().0, Type::INT4)],
-        )
-        .await?;
+    let sql = format!(
+        "SELECT {LOOKUP_SELECT}, e.* {LOOKUP_FROM} LEFT JOIN LATERAL ({}) e ON true WHERE b.name = $1",
+        crate::store::manifest_head_sql("o.id", "$3")
+    );
+    // Prepared once per connection: planning the joins costs more than running them.
+    let statement = client.prepare_typed_cached(&sql, &[Type::TEXT, Type::TEXT, Type::INT4]).await?;
+    let rows = client.query(&statement, &[&bucket, &key, &store.node().0]).await?;
     let Some(first) = rows.first() else { return Ok(None) };
     let found = lookup_of(first);
     let head = found

@@ -47,9 +47,17 @@ fn entry_joins(node: &str) -> String {
 /// A query of the first manifest batch of the object whose id is `object` (an SQL expression),
 /// for a `LEFT JOIN LATERAL (...) ON true`; `node` is the parameter of this node's id.
 pub(crate) fn manifest_head_sql(object: &str, node: &str) -> String {
+    manifest_batch_sql(&format!("object_id = {object}"), &BATCH.to_string(), node)
+}
+
+/// A manifest batch: the first `limit` rows of `object_chunks` that match `filter`, by offset,
+/// then joined with what is known of their chunks. The limit comes first, on the
+/// `(object_id, logical_offset)` key: joined first, a batch would cost the whole manifest.
+fn manifest_batch_sql(filter: &str, limit: &str, node: &str) -> String {
     format!(
-        "SELECT {ENTRY_COLUMNS} FROM object_chunks oc {} WHERE oc.object_id = {object} \
-         ORDER BY oc.logical_offset LIMIT {BATCH}",
+        "SELECT {ENTRY_COLUMNS} FROM (SELECT * FROM object_chunks WHERE {filter} \
+                                     ORDER BY logical_offset LIMIT {limit}) oc {} \
+         ORDER BY oc.logical_offset",
         entry_joins(node)
     )
 }
@@ -407,18 +415,19 @@ impl Cursor {
 
     async fn fetch_batch(&mut self) -> Result<(), StoreError> {
         let client = self.store.inner.pool.get().await?;
+        let sql = manifest_batch_sql(
+            "object_id = $1 \
+             AND logical_offset >= coalesce((SELECT max(logical_offset) FROM object_chunks \
+                                              WHERE object_id = $1 AND logical_offset <= $2), 0) \
+             AND logical_offset < $4",
+            "$5",
+            "$3",
+        );
+        // Prepared once per connection: planning the joins costs more than running them.
+        let statement = client.prepare_cached(&sql).await?;
         let rows = client
             .query(
-                &format!(
-                    "SELECT {ENTRY_COLUMNS} FROM object_chunks oc {} \
-                     WHERE oc.object_id = $1 \
-                       AND oc.logical_offset >= coalesce( \
-                            (SELECT max(logical_offset) FROM object_chunks \
-                              WHERE object_id = $1 AND logical_offset <= $2), 0) \
-                       AND oc.logical_offset < $4 \
-                     ORDER BY oc.logical_offset LIMIT $5",
-                    entry_joins("$3")
-                ),
+                &statement,
                 &[
                     &self.object.0,
                     &(self.fetched_to as i64),
