@@ -1,5 +1,6 @@
 //! Pack files as the internal API reads and deletes them: a whole file or one byte range of it,
-//! streamed from disk, and an idempotent delete.
+//! streamed from disk (or, for a range of a chunk record's size, read in one call), and an
+//! idempotent delete.
 
 use std::io;
 use std::ops;
@@ -63,6 +64,40 @@ pub async fn open_pack(
     };
     file.seek(io::SeekFrom::Start(span.start)).await?;
     Ok(PackRead { bytes: file.take(span.end - span.start), span, len })
+}
+
+/// The longest range [`read_range`] reads at once; longer ones stream.
+pub const HELD_RANGE_MAX: u64 = 8 * 1024 * 1024;
+
+/// `range` of pack `id` under `dir`, read whole in one blocking call (open, length, one
+/// positioned read), when it is at most [`HELD_RANGE_MAX`] long: a chunk record asked by a
+/// reading peer costs one trip to the blocking pool, where streaming it took five or more.
+/// `Ok(None)` when the range is longer (stream it with [`open_pack`]).
+///
+/// # Errors
+/// [`ReadError`].
+pub async fn read_range(
+    dir: &Path,
+    id: PackId,
+    range: s3s::dto::Range,
+) -> Result<Option<(bytes::Bytes, ops::Range<u64>, u64)>, ReadError> {
+    let path = pack_path(dir, id);
+    let read = tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::open(&path).map_err(|err| match err.kind() {
+            io::ErrorKind::NotFound => ReadError::NoSuchPack(id.0),
+            _ => ReadError::Io(err),
+        })?;
+        let len = file.metadata()?.len();
+        let span = range.check(len).map_err(|_| ReadError::Unsatisfiable { len })?;
+        if span.end - span.start > HELD_RANGE_MAX {
+            return Ok(None);
+        }
+        let mut bytes = vec![0; (span.end - span.start) as usize];
+        file.read_exact_at(&mut bytes, span.start)?;
+        Ok(Some((bytes::Bytes::from(bytes), span, len)))
+    });
+    read.await.map_err(io::Error::other)?
 }
 
 /// Deletes pack `id` under `dir` and makes that durable; `false` when it was not there.

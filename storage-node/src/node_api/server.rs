@@ -206,10 +206,47 @@ async fn get_pack(
             })?)
         }
     };
+    if let Some(range) = range {
+        match packs::read_range(&api.packs_dir, id, range).await {
+            Ok(Some((bytes, span, len))) => {
+                return pack_answer(StatusCode::PARTIAL_CONTENT, &span, len)
+                    .body(Body::from(bytes))
+                    .map_err(internal);
+            }
+            Ok(None) => {}
+            Err(err) => return Ok(refused_read(id, err)),
+        }
+    }
     let read = match packs::open_pack(&api.packs_dir, id, range).await {
         Ok(read) => read,
-        Err(ReadError::NoSuchPack(_)) => return Err(no_such_pack(id)),
-        Err(ReadError::Unsatisfiable { len }) => {
+        Err(err) => return Ok(refused_read(id, err)),
+    };
+    let status = if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+    pack_answer(status, &read.span, read.len)
+        .body(Body::from_stream(ReaderStream::with_capacity(read.bytes, READ_CHUNK)))
+        .map_err(internal)
+}
+
+/// The head of an answer with `span` of a pack of `len` bytes (a range of it when `status` is
+/// 206).
+fn pack_answer(status: StatusCode, span: &std::ops::Range<u64>, len: u64) -> axum::http::response::Builder {
+    let response = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_LENGTH, span.end - span.start);
+    if status == StatusCode::PARTIAL_CONTENT {
+        response.header(header::CONTENT_RANGE, format!("bytes {}-{}/{}", span.start, span.end - 1, len))
+    } else {
+        response
+    }
+}
+
+/// The answer to a read of pack `id` that cannot be given.
+fn refused_read(id: PackId, err: ReadError) -> Response {
+    match err {
+        ReadError::NoSuchPack(_) => no_such_pack(id),
+        ReadError::Unsatisfiable { len } => {
             let mut response = refuse(
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 "invalid_range",
@@ -218,21 +255,10 @@ async fn get_pack(
             if let Ok(value) = HeaderValue::from_str(&format!("bytes */{len}")) {
                 response.headers_mut().insert(header::CONTENT_RANGE, value);
             }
-            return Ok(response);
+            response
         }
-        Err(ReadError::Io(err)) => return Err(internal(err)),
-    };
-    let status = if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
-    let mut response = Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/octet-stream")
-        .header(header::ACCEPT_RANGES, "bytes")
-        .header(header::CONTENT_LENGTH, read.span.end - read.span.start);
-    if range.is_some() {
-        let content_range = format!("bytes {}-{}/{}", read.span.start, read.span.end - 1, read.len);
-        response = response.header(header::CONTENT_RANGE, content_range);
+        ReadError::Io(err) => internal(err),
     }
-    response.body(Body::from_stream(ReaderStream::with_capacity(read.bytes, READ_CHUNK))).map_err(internal)
 }
 
 async fn head_pack(
