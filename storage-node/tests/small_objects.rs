@@ -109,6 +109,27 @@ async fn the_quota_is_exact_under_32_concurrent_puts_at_its_boundary() {
 }
 
 #[tokio::test]
+async fn large_bodies_of_one_repeated_chunk_cannot_share_their_way_past_the_quota() {
+    // One distinct chunk, many times over: such a commit must not take the shared lock, or
+    // concurrent ones would each find the quota free (an attacker's review found this).
+    let fx = fixture("small_quota_repeated", small_chunks()).await;
+    let size = 40 * 1024 * 1024;
+    let acme = tenant(&fx.pool, "acme", Some(5 * size as u64)).await;
+    let puts = (0..8).map(|_| {
+        let store = fx.store.clone();
+        async move {
+            let options = PutOptions { expected_len: Some(size as u64), md5: false };
+            store.put(acme, std::io::Cursor::new(vec![0u8; size]), options).await
+        }
+    });
+    let results = futures::future::join_all(puts).await;
+    let accepted = results.iter().filter(|r| r.is_ok()).count();
+    let refused = results.iter().filter(|r| matches!(r, Err(StoreError::QuotaExceeded { .. }))).count();
+    assert_eq!((accepted, refused), (5, 3), "exactly the objects that fit: {results:?}");
+    assert_eq!(fx.store.usage(acme).await.unwrap().logical_bytes, 5 * size as u64);
+}
+
+#[tokio::test]
 async fn concurrent_puts_far_from_the_quota_share_the_tenant_and_count_exactly() {
     let fx = fixture("small_shared", small_chunks()).await;
     let acme = tenant(&fx.pool, "acme", Some(1 << 40)).await;

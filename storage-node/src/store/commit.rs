@@ -106,7 +106,10 @@ impl ChunkStore {
         may_share: bool,
     ) -> Result<StoredObject, StoreError> {
         let uses = count_uses(&ingested.manifest);
-        admit(txn, ingested.tenant, ingested.size, may_share && uses.len() <= 1).await?;
+        // Only a one-chunk object commits under the shared lock: a large body of one repeated
+        // chunk has one distinct chunk too, and concurrent ones would each see the quota free.
+        let small = ingested.manifest.len() <= 1 && ingested.size <= super::usage::QUOTA_LOCK_MARGIN;
+        admit(txn, ingested.tenant, ingested.size, may_share && small).await?;
         let all_inline = ingested.new_chunks.iter().all(|c| matches!(c.place, Place::Inline(_)));
         if all_inline && ingested.reused.is_empty() && ingested.pins.is_empty() {
             return commit_inline(txn, ingested, &uses).await;
