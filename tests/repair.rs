@@ -218,19 +218,40 @@ async fn a_pack_with_one_copy_is_repaired_to_a_new_zone_and_a_drained_node_gives
     assert_eq!(states, [("alpha", "active"), ("beta", "removed"), ("gamma", "active")]);
 }
 
+/// Zone b's beta and gamma (not repairing) and zone a's alpha (repairing every second, with a
+/// 10 s grace), and a pack written on alpha with a second copy on beta.
+struct GraceSetup {
+    alpha: Silo,
+    beta: Silo,
+    gamma: Silo,
+    alpha_id: i32,
+    beta_id: i32,
+    gamma_id: i32,
+    file: PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl GraceSetup {
+    async fn start(cluster: &Cluster) -> GraceSetup {
+        let beta = cluster.start("beta", "b", NO_REPAIR).await;
+        let gamma = cluster.start("gamma", "b", NO_REPAIR).await;
+        let alpha =
+            cluster.start("alpha", "a", &["--repair-interval-secs", "1", "--repair-grace-secs", "10"]).await;
+        let (alpha_id, beta_id, gamma_id) =
+            (cluster.id("alpha").await, cluster.id("beta").await, cluster.id("gamma").await);
+        let file = made_pack(&alpha, PACK);
+        let bytes = std::fs::read(&file).expect("pack");
+        std::fs::write(at(&beta, &file), &bytes).expect("beta's copy");
+        cluster.record_pack(PACK, alpha_id, None, bytes.len(), &[alpha_id, beta_id]).await;
+        GraceSetup { alpha, beta, gamma, alpha_id, beta_id, gamma_id, file, bytes }
+    }
+}
+
 #[tokio::test]
 async fn a_node_lost_for_good_has_its_copies_restored_elsewhere_after_the_grace() {
     let cluster = Cluster::new("repair_lost").await;
-    let mut beta = cluster.start("beta", "b", NO_REPAIR).await;
-    let gamma = cluster.start("gamma", "b", NO_REPAIR).await;
-    let alpha =
-        cluster.start("alpha", "a", &["--repair-interval-secs", "1", "--repair-grace-secs", "10"]).await;
-    let (alpha_id, beta_id, gamma_id) =
-        (cluster.id("alpha").await, cluster.id("beta").await, cluster.id("gamma").await);
-    let file = made_pack(&alpha, PACK);
-    let bytes = std::fs::read(&file).expect("pack");
-    std::fs::write(at(&beta, &file), &bytes).expect("beta's copy");
-    cluster.record_pack(PACK, alpha_id, None, bytes.len(), &[alpha_id, beta_id]).await;
+    let GraceSetup { alpha, mut beta, gamma, alpha_id: _, beta_id, gamma_id, file, bytes } =
+        GraceSetup::start(&cluster).await;
     // Two copies in two zones: nothing to do while beta beats (every 5 s).
     tokio::time::sleep(Duration::from_secs(7)).await;
     assert_eq!(cluster.copy_state(PACK, gamma_id).await, None, "no repair while the copies are healthy");
@@ -251,16 +272,8 @@ async fn a_node_lost_for_good_has_its_copies_restored_elsewhere_after_the_grace(
 #[tokio::test]
 async fn a_node_back_after_its_copies_were_restored_elsewhere_has_the_extra_copy_dropped() {
     let cluster = Cluster::new("repair_extra").await;
-    let mut beta = cluster.start("beta", "b", NO_REPAIR).await;
-    let gamma = cluster.start("gamma", "b", NO_REPAIR).await;
-    let alpha =
-        cluster.start("alpha", "a", &["--repair-interval-secs", "1", "--repair-grace-secs", "10"]).await;
-    let (alpha_id, beta_id, gamma_id) =
-        (cluster.id("alpha").await, cluster.id("beta").await, cluster.id("gamma").await);
-    let file = made_pack(&alpha, PACK);
-    let bytes = std::fs::read(&file).expect("pack");
-    std::fs::write(at(&beta, &file), &bytes).expect("beta's copy");
-    cluster.record_pack(PACK, alpha_id, None, bytes.len(), &[alpha_id, beta_id]).await;
+    let GraceSetup { alpha, mut beta, gamma, alpha_id, beta_id, gamma_id, file, .. } =
+        GraceSetup::start(&cluster).await;
 
     // beta is down past the grace: its copy is restored on gamma, and beta's row stays.
     beta.kill9().await;

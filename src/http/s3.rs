@@ -2,7 +2,7 @@
 //! [`storage_node::s3::guard`] has checked its head (and [`storage_node::s3::sig_v2`] a SigV2
 //! signature, in constant time), and caps what of its body may be buffered. Every answer gets
 //! its request ids ([`storage_node::s3::request_id`]); a `304 Not Modified` goes out with no
-//! body.
+//! body, and an error to a request with a body closes the connection.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -21,11 +21,25 @@ use super::{ApiError, AppState};
 /// `s3s` answers every path the other routes do not; every answer carries its request ids.
 pub async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let ids = RequestIds::new();
-    stamp(answer(state, request).await, &ids).await
+    let has_body = has_body(request.headers());
+    stamp(answer(state, request).await, &ids, has_body).await
 }
 
-/// The answer's `x-amz-request-id` and `x-amz-id-2`, and the same ids in an error's body.
-async fn stamp(response: Response, ids: &RequestIds) -> Response {
+/// Whether the request announces a body (a length above zero, or a chunked one).
+fn has_body(headers: &axum::http::HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|length| length.trim() != "0")
+}
+
+/// The answer's `x-amz-request-id` and `x-amz-id-2`, and the same ids in an error's body. An
+/// error to a request with a body closes the connection: many are answered before the body is
+/// read (a signature, a condition, a quota, a busy budget), and a client that reused the
+/// connection would have its next request read after the unread body (boto3 got
+/// `SignatureDoesNotMatch` for the HEAD it sent after a refused PUT).
+async fn stamp(response: Response, ids: &RequestIds, has_body: bool) -> Response {
     let (mut parts, body) = response.into_parts();
     for (name, value) in [("x-amz-request-id", &ids.request_id), ("x-amz-id-2", &ids.host_id)] {
         if let Ok(value) = HeaderValue::from_str(value) {
@@ -40,6 +54,9 @@ async fn stamp(response: Response, ids: &RequestIds) -> Response {
     }
     if !parts.status.is_client_error() && !parts.status.is_server_error() {
         return Response::from_parts(parts, body);
+    }
+    if has_body {
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     // Error documents are small: read it whole and add the ids.
     let bytes = match Limited::new(body, guard::MAX_XML_BODY).collect().await {

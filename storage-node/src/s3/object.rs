@@ -222,21 +222,11 @@ impl SiloS3 {
         if condition.holds(etag.as_deref()) {
             Ok(())
         } else if etag.is_none() {
-            Err(closing(s3_error!(NoSuchKey)))
+            Err(s3_error!(NoSuchKey))
         } else {
-            Err(closing(s3_error!(PreconditionFailed)))
+            Err(s3_error!(PreconditionFailed))
         }
     }
-}
-
-/// `err` with `Connection: close`: it answers a request whose body was not read, and a client
-/// that reuses the connection would otherwise have its next request read after the unread
-/// body (boto3 got `SignatureDoesNotMatch` for the HEAD it sent after a refused PUT).
-fn closing(mut err: S3Error) -> S3Error {
-    let mut headers = http::HeaderMap::new();
-    headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
-    err.set_headers(headers);
-    err
 }
 
 /// The object `found` (a bucket and maybe an object at the key), if `caller` may read it.
