@@ -170,12 +170,15 @@ impl ChunkStore {
         // connection) even while this loop waits on something else, such as a connection for a
         // new pack. Futures merely buffered here would sit on their connections un-polled, and
         // enough concurrent uploads would then deadlock the pool.
+        // Only a body announced as one small chunk may go inline; the small last chunk of a
+        // larger body goes to a pack, and is looked up like any other.
+        let may_go_inline = options.expected_len.is_some_and(|len| len < INLINE_MAX_BYTES as u64);
         let mut prepared = chunks
             .map(|chunk| {
                 let (store, key) = (self.clone(), key.clone());
                 let task = tokio::spawn(async move {
                     let InFlight { raw, slot } = chunk.map_err(StoreError::Source)?;
-                    store.prepare(tenant, key, raw).await.map(|prepared| (prepared, slot))
+                    store.prepare(tenant, key, raw, may_go_inline).await.map(|prepared| (prepared, slot))
                 });
                 async move { task.await.map_err(StoreError::from).and_then(|prepared| prepared) }
             })
@@ -247,12 +250,20 @@ impl ChunkStore {
     }
 
     /// Names a chunk, pins it if the tenant has it, and otherwise compresses it.
-    async fn prepare(&self, tenant: TenantId, key: ChunkKey, raw: Bytes) -> Result<Prepared, StoreError> {
+    async fn prepare(
+        &self,
+        tenant: TenantId,
+        key: ChunkKey,
+        raw: Bytes,
+        may_go_inline: bool,
+    ) -> Result<Prepared, StoreError> {
         let ((id, tree), raw) =
             tokio::task::spawn_blocking(move || (key.chunk_id_and_tree(&raw), raw)).await?;
-        // A chunk small enough to go inline is not looked up: the commit stores or references
-        // it either way (one catalog round trip fewer for a small upload).
-        if raw.len() >= INLINE_MAX_BYTES && self.pin_existing(tenant, id).await? {
+        // The chunk of a body that goes inline is not looked up: the commit stores or references
+        // it either way (one catalog round trip fewer for a small upload). Any other chunk is,
+        // so that a chunk the tenant has is never written to a pack again.
+        let inline = may_go_inline && raw.len() < INLINE_MAX_BYTES;
+        if !inline && self.pin_existing(tenant, id).await? {
             return Ok(Prepared::Known { id, len: raw.len() as u64 });
         }
         let policy = self.inner.config.compression;
