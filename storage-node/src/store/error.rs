@@ -37,6 +37,10 @@ pub enum StoreError {
     CopyFailed { node: i32, pack: i64, detail: String },
     #[error("{0}; retry the upload")]
     Retry(String),
+    /// A commit that shared its tenant's lock found the tenant near its quota: the store runs
+    /// it again under the exclusive lock (never seen outside the store and the model).
+    #[error("the tenant is near its quota: commit again under its exclusive lock")]
+    NeedsExclusive,
     #[error("no memory for the upload ({wanted} bytes) came free within {waited:?}; retry the upload")]
     MemoryBusy { wanted: u64, waited: std::time::Duration },
     #[error(transparent)]

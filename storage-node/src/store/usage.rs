@@ -100,13 +100,9 @@ pub(super) async fn quota_room(
 /// back the shared ones that come after it, so a stream of small commits cannot starve it.
 const TENANT_LOCK: i32 = 0x5553_4147;
 
-/// What a shared commit answers when the tenant turned out to be near its quota: the caller
-/// runs its transaction again with the exclusive commit (see [`needs_exclusive`]).
-const NEEDS_EXCLUSIVE: &str = "the tenant is near its quota: commit again under its exclusive lock";
-
 /// Whether `err` asks for the transaction to be run again with an exclusive commit.
 pub fn needs_exclusive(err: &StoreError) -> bool {
-    matches!(err, StoreError::Retry(reason) if reason == NEEDS_EXCLUSIVE)
+    matches!(err, StoreError::NeedsExclusive)
 }
 
 /// Makes sure `tenant` may add `needed` logical bytes in `txn`: when `shared` (see the module's
@@ -138,7 +134,7 @@ pub(crate) async fn admit(
             )
             .await?
             .ok_or(StoreError::UnknownTenant(tenant.0))?;
-        return if far.get(0) { Ok(()) } else { Err(StoreError::Retry(NEEDS_EXCLUSIVE.into())) };
+        return if far.get(0) { Ok(()) } else { Err(StoreError::NeedsExclusive) };
     }
     let (used, quota) = lock_tenant(txn, tenant).await?;
     QuotaRoom { used, quota }.check(needed)
