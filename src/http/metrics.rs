@@ -23,7 +23,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use storage_node::catalog::key_cache::KeyCacheStats;
 use storage_node::repair::RepairStats;
-use storage_node::store::MemoryStats;
+use storage_node::store::{MemoryStats, PackWriterStats};
 
 use super::{ApiError, AppState, CatalogServer};
 
@@ -74,6 +74,7 @@ pub struct Metrics {
     repair: RepairMetrics,
     key_cache: KeyCacheMetrics,
     memory: MemoryMetrics,
+    pack_writers: PackWriterMetrics,
     started: Instant,
 }
 
@@ -130,6 +131,7 @@ struct MemoryMetrics {
     in_use: Gauge,
     waiters: Gauge,
     timeouts: Counter,
+    sync: std::sync::Mutex<()>,
 }
 
 impl MemoryMetrics {
@@ -149,10 +151,41 @@ impl MemoryMetrics {
     }
 
     fn follow(&self, stats: MemoryStats) {
+        let _turn = self.sync.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.budget.set(stats.budget_bytes as i64);
         self.in_use.set(stats.in_use_bytes as i64);
         self.waiters.set(stats.waiters as i64);
         self.timeouts.inc_by(stats.timeouts.saturating_sub(self.timeouts.get()));
+    }
+}
+
+/// The shared pack writers of uploads: how many packs take records, and how many uploads
+/// synced their packs or found their records made durable by another upload's sync.
+#[derive(Debug, Default)]
+struct PackWriterMetrics {
+    open: Gauge,
+    syncs: Counter,
+    syncs_shared: Counter,
+    sync: std::sync::Mutex<()>,
+}
+
+impl PackWriterMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register("open_packs", "Packs that take uploads' records now", self.open.clone());
+        registry.register("pack_syncs", "Uploads that fsynced the packs they wrote into", self.syncs.clone());
+        registry.register(
+            "pack_syncs_shared",
+            "Uploads whose records another upload's fsync had already made durable (group commit)",
+            self.syncs_shared.clone(),
+        );
+    }
+
+    fn follow(&self, stats: PackWriterStats) {
+        let _turn = self.sync.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.open.set(stats.open_packs as i64);
+        for (counter, value) in [(&self.syncs, stats.syncs), (&self.syncs_shared, stats.syncs_shared)] {
+            counter.inc_by(value.saturating_sub(counter.get()));
+        }
     }
 }
 
@@ -222,6 +255,8 @@ impl Metrics {
         key_cache.register(&mut registry);
         let memory = MemoryMetrics::default();
         memory.register(&mut registry);
+        let pack_writers = PackWriterMetrics::default();
+        pack_writers.register(&mut registry);
         let connections = ConnectionMetrics::default();
         registry.register(
             "http_connections",
@@ -259,6 +294,7 @@ impl Metrics {
             repair,
             key_cache,
             memory,
+            pack_writers,
             registry,
             requests,
             durations,
@@ -335,6 +371,7 @@ pub async fn render(State(state): State<Arc<AppState>>) -> Response {
     metrics.repair.follow(&state.repair);
     metrics.key_cache.follow(state.s3.keys().stats());
     metrics.memory.follow(state.store.memory_stats());
+    metrics.pack_writers.follow(state.store.pack_writer_stats());
     let mut body = String::new();
     if let Err(err) = encode(&mut body, &metrics.registry) {
         return ApiError::internal(err).into_response();

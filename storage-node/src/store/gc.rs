@@ -20,6 +20,7 @@
 
 use super::open_pack::OpenPack;
 use super::verify::{ChunkLocation, LOCATIONS_SELECT, ReadMode};
+use super::writers::PackLease;
 use super::{ChunkStore, StoreError};
 use crate::TenantId;
 use crate::pack::{PackId, RECORD_HEADER_LEN, pack_path};
@@ -185,8 +186,7 @@ impl ChunkStore {
             .collect();
         drop(client);
         let mut moves = Vec::new();
-        let mut target: Option<OpenPack> = None;
-        let mut lease = None;
+        let mut target: Option<PackLease> = None;
         if let Some(first) = live.first() {
             // A pack holds chunks of one class of tenants, whose policies now say where the live
             // chunks go. Should their policies have come apart since (one tenant's placement
@@ -205,29 +205,34 @@ impl ChunkStore {
                 }
             }
             // Into a pack with room for all of them: a peer refuses a pack past the size limit.
+            // The pack is held for the whole copy, so that no upload's record lands in between.
             let needed: u64 = live.iter().map(|at| RECORD_HEADER_LEN + u64::from(at.stored_len)).sum();
             let target_bytes = self.inner.config.pack_target_bytes;
-            let mut pack = match self.open_pack(&class, first.tenant).await {
-                Ok(pack) => pack,
-                Err(err) => return self.unplaced(old, err),
-            };
-            while pack.len() > crate::pack::PACK_HEADER_LEN && pack.len() + needed > target_bytes {
-                pack.retire();
-                self.inner.writers.put_back(pack, target_bytes);
-                pack = match self.open_pack(&class, first.tenant).await {
-                    Ok(pack) => pack,
+            let copied = loop {
+                let lease = match self.writable_pack(&class, first.tenant).await {
+                    Ok(lease) => lease,
                     Err(err) => return self.unplaced(old, err),
                 };
-            }
-            lease = Some(pack.lease());
-            let copied = self.copy_records(&mut pack, &live).await;
-            match copied {
-                Ok(copied) => {
-                    moves = copied;
-                    target = Some(pack);
+                let mut pack = lease.lock().await;
+                if lease.is_closed() {
+                    continue;
                 }
+                if pack.len() > crate::pack::PACK_HEADER_LEN && pack.len() + needed > target_bytes {
+                    lease.close();
+                    continue;
+                }
+                let copied = self.copy_records(&mut pack, &live).await;
+                if copied.is_err() || pack.is_broken() || pack.len() >= target_bytes {
+                    lease.close();
+                }
+                drop(pack);
+                target = Some(lease);
+                break copied;
+            };
+            match copied {
+                Ok(copied) => moves = copied,
                 Err(err) => {
-                    self.inner.writers.put_back(pack, self.inner.config.pack_target_bytes);
+                    drop(target.take());
                     match err {
                         StoreError::Integrity { .. } | StoreError::ChunkUnavailable { .. } => {
                             tracing::error!(
@@ -253,7 +258,7 @@ impl ChunkStore {
         }
         let mut client = self.inner.pool.get().await?;
         let txn = client.transaction().await?;
-        if let Some(new) = target.as_ref().map(OpenPack::id) {
+        if let Some(new) = target.as_ref().map(PackLease::pack) {
             let tenants: Vec<i64> = moves.iter().map(|(at, _)| at.tenant.0).collect();
             let ids: Vec<Vec<u8>> = moves.iter().map(|(at, _)| at.chunk.0.to_vec()).collect();
             let offsets: Vec<i64> = moves.iter().map(|(_, offset)| *offset as i64).collect();
@@ -277,10 +282,9 @@ impl ChunkStore {
         )
         .await?;
         txn.commit().await?;
-        if let Some(pack) = target {
-            self.inner.writers.put_back(pack, self.inner.config.pack_target_bytes);
-        }
-        drop(lease);
+        // The new pack's lease ends only now: it is not sealed (and so compacted) before the
+        // moves that reference it are committed.
+        drop(target);
         Ok(Compaction::Done)
     }
 

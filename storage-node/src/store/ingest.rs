@@ -8,8 +8,10 @@
 //! [`PARALLEL`] chunks at a time (as many as its reservation covers) are then prepared concurrently on blocking threads: named with
 //! the tenant's key, looked up (a chunk the tenant already has is pinned against GC and not
 //! stored again), and compressed where that pays. Finally, in order, new chunks are appended to
-//! this upload's pack. When the source ends, the packs are fsynced; nothing is committed yet,
-//! so a crash here leaves no object, only unreferenced bytes that GC reclaims.
+//! a pack this upload shares with the other uploads of its class (see [`super::writers`]).
+//! When the source ends, the packs it wrote into are fsynced, once for all the uploads whose
+//! records they hold; nothing is committed yet, so a crash here leaves no object, only
+//! unreferenced bytes that GC reclaims.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -21,7 +23,7 @@ use tokio::io::AsyncRead;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::memory_budget::{MemoryCharge, WorkingSet};
-use super::open_pack::{OpenPack, PackClass};
+use super::open_pack::PackClass;
 use super::writers::PackLease;
 use super::{ChunkStore, StoreError};
 use crate::chunk_tree::ChunkTree;
@@ -355,7 +357,8 @@ async fn chunk_source<R: AsyncRead + Unpin>(
     md5.map(|hasher| hasher.finalize().into())
 }
 
-/// One upload in progress: its manifest so far and the pack it appends to.
+/// One upload in progress: its manifest so far, the pack it appends to, and how far into each
+/// pack its records reach.
 struct Upload {
     store: ChunkStore,
     tenant: TenantId,
@@ -367,8 +370,9 @@ struct Upload {
     pins: HashMap<ChunkId, i32>,
     /// The tenant's pack class, looked up when the first pack is opened.
     class: Option<PackClass>,
-    pack: Option<OpenPack>,
-    leases: Vec<PackLease>,
+    pack: Option<PackLease>,
+    /// Each pack this upload wrote into, with the end of its last record there.
+    written: Vec<(PackLease, u64)>,
     held: Option<Fresh>,
 }
 
@@ -386,7 +390,7 @@ impl Upload {
             reused: HashSet::new(),
             pins: HashMap::new(),
             pack: None,
-            leases: Vec::new(),
+            written: Vec::new(),
         }
     }
 
@@ -430,24 +434,10 @@ impl Upload {
         }
     }
 
-    /// Appends a new chunk to this upload's pack.
+    /// Appends a new chunk to this upload's pack, or to another of its class once that one is
+    /// closed.
     async fn append(&mut self, fresh: Fresh) -> Result<(), StoreError> {
         let Fresh { id, raw, compressed, tree } = fresh;
-        let mut pack = match self.pack.take() {
-            Some(pack) => pack,
-            None => {
-                let class = match self.class.take() {
-                    Some(class) => class,
-                    None => self.store.pack_class(self.tenant).await?,
-                };
-                let opened = self.store.open_pack(&class, self.tenant).await;
-                self.class = Some(class);
-                opened?
-            }
-        };
-        if !self.leases.iter().any(|lease| lease.pack() == pack.id()) {
-            self.leases.push(pack.lease());
-        }
         let (compression, data) = stored_form(&raw, compressed);
         let header = RecordHeader {
             compression,
@@ -456,33 +446,59 @@ impl Upload {
             raw_len: raw.len() as u32,
             stored_len: data.len() as u32,
         };
-        let written = pack.append(header, data).await.inspect_err(|err| self.store.note_copy_failure(err));
-        let pack_id = pack.id();
-        let full = pack.len() >= self.store.inner.config.pack_target_bytes;
-        self.pack = Some(pack);
-        let offset = written?;
+        let target_bytes = self.store.inner.config.pack_target_bytes;
+        let (pack, offset) = loop {
+            let pack = match self.pack.take().filter(|pack| !pack.is_closed()) {
+                Some(pack) => pack,
+                None => {
+                    let class = match self.class.take() {
+                        Some(class) => class,
+                        None => self.store.pack_class(self.tenant).await?,
+                    };
+                    let opened = self.store.writable_pack(&class, self.tenant).await;
+                    self.class = Some(class);
+                    opened?
+                }
+            };
+            let written = pack
+                .append(header, data.clone(), target_bytes)
+                .await
+                .inspect_err(|err| self.store.note_copy_failure(err))?;
+            if let Some((offset, end)) = written {
+                self.note_written(&pack, end);
+                break (pack, offset);
+            }
+        };
         self.new_chunks.push(NewChunk {
             id,
             raw_len: header.raw_len as i32,
             stored_len: header.stored_len as i32,
             compression: header.compression,
-            place: Place::Pack { pack: pack_id, offset },
+            place: Place::Pack { pack: pack.pack(), offset },
             // A compressed chunk is decompressed whole anyway: its tree would verify nothing less.
             tree: tree.filter(|_| header.compression == Compression::None),
         });
-        if full {
-            self.sync_and_release().await?;
-        }
+        self.pack = Some(pack);
         Ok(())
     }
 
-    /// Makes this upload's records in its current pack durable in every copy and hands the
-    /// pack back.
-    async fn sync_and_release(&mut self) -> Result<(), StoreError> {
-        let Some(mut pack) = self.pack.take() else { return Ok(()) };
-        let synced = pack.sync().await.inspect_err(|err| self.store.note_copy_failure(err));
-        self.store.inner.writers.put_back(pack, self.store.inner.config.pack_target_bytes);
-        synced
+    /// Records that this upload's records in `pack` reach `end`.
+    fn note_written(&mut self, pack: &PackLease, end: u64) {
+        match self.written.iter_mut().find(|(lease, _)| lease.pack() == pack.pack()) {
+            Some((_, reach)) => *reach = end,
+            None => self.written.push((pack.clone(), end)),
+        }
+    }
+
+    /// Makes this upload's records durable in every copy of every pack it wrote into.
+    async fn sync_written(&mut self) -> Result<(), StoreError> {
+        self.pack = None;
+        for (pack, end) in &self.written {
+            let synced =
+                pack.sync_through(*end).await.inspect_err(|err| self.store.note_copy_failure(err))?;
+            self.store.inner.writers.count_sync(synced);
+        }
+        Ok(())
     }
 
     async fn finish(mut self, md5: Option<[u8; 16]>) -> Result<Ingested, StoreError> {
@@ -500,7 +516,7 @@ impl Upload {
             });
         }
         let written = match self.append_held().await {
-            Ok(()) => self.sync_and_release().await,
+            Ok(()) => self.sync_written().await,
             Err(err) => Err(err),
         };
         if let Err(err) = written {
@@ -515,16 +531,15 @@ impl Upload {
             new_chunks: std::mem::take(&mut self.new_chunks),
             reused: std::mem::take(&mut self.reused),
             pins: std::mem::take(&mut self.pins),
-            _leases: std::mem::take(&mut self.leases),
+            _leases: self.written.drain(..).map(|(lease, _)| lease).collect(),
         })
     }
 
-    /// Gives up: the writer goes back (or drains, when broken), the leases end, the pins go.
+    /// Gives up: the leases end (the records written stay in their packs, unreferenced, for
+    /// GC), the pins go.
     async fn abandon(&mut self) {
-        if let Some(pack) = self.pack.take() {
-            self.store.inner.writers.put_back(pack, self.store.inner.config.pack_target_bytes);
-        }
-        self.leases.clear();
+        self.pack = None;
+        self.written.clear();
         let pins = std::mem::take(&mut self.pins);
         self.store.unpin(self.tenant, &pins).await;
     }

@@ -48,6 +48,7 @@ pub use reconcile::{RESTORED_MARKER, ReconcileReport, mark_catalog_restored};
 pub use scrub::{DamagedChunk, ScrubReport};
 pub(crate) use usage::lock_tenant;
 pub use usage::{QUOTA_LOCK_MARGIN, needs_exclusive};
+pub use writers::{PACKS_PER_CLASS, PackWriterStats};
 
 use crate::DataDir;
 use crate::catalog::CatalogPool;
@@ -255,6 +256,11 @@ impl ChunkStore {
     /// The memory budget of in-flight uploads: its size and what is in use.
     pub fn memory_stats(&self) -> MemoryStats {
         self.inner.memory.stats()
+    }
+
+    /// The open packs and how often uploads synced them or shared another upload's sync.
+    pub fn pack_writer_stats(&self) -> PackWriterStats {
+        self.inner.writers.stats()
     }
 
     /// The directory of the pack files.

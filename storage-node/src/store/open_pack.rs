@@ -1,13 +1,14 @@
 //! An open pack and its copies: the file on this node (when this node holds a copy) and an
 //! append stream to each peer that holds one.
 //!
-//! An upload that takes the pack appends records to every copy at once: to the local file, and
-//! into one streaming request per peer (`PATCH` on the internal API, starting at the length every
-//! copy had at the last sync). [`OpenPack::sync`] ends that: the local file is fdatasynced and
-//! each peer answers once its copy is fsynced too, with the length it now has. Only after that
-//! may the upload commit: a committed chunk is durable in every copy of its pack. When any copy
-//! fails, the pack is broken: it takes no more records and is sealed at the length every copy
-//! had reached, and the upload fails with a retryable error.
+//! Each record is appended to every copy at once: to the local file, and into one streaming
+//! request per peer (`PATCH` on the internal API, starting at the length every copy had at the
+//! last sync). [`OpenPack::sync`] ends that: the local file is fdatasynced and each peer
+//! answers once its copy is fsynced too, with the length it now has. Only after that may an
+//! upload whose records it holds commit: a committed chunk is durable in every copy of its
+//! pack. When any copy fails, the pack is broken: it takes no more records and is sealed at the
+//! length every copy had reached, and the uploads with records not yet synced in it fail with a
+//! retryable error. The uploads that share a pack take turns (see `writers`).
 
 use std::io;
 use std::sync::Arc;
@@ -17,7 +18,6 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::writers::PackLease;
 use super::{NodeId, StoreError};
 use crate::TenantId;
 use crate::node_api::{ClientError, NodeClient};
@@ -27,8 +27,6 @@ use crate::pack::{PACK_HEADER_LEN, PackId, PackWriter, RECORD_HEADER_LEN, Record
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a peer may take to fsync and answer at the end of an append.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long after it opened a pack is still handed to new uploads.
-const MAX_REUSE_AGE: Duration = Duration::from_secs(300);
 /// Records buffered per peer stream before an append waits for the peer.
 const STREAM_BUFFER: usize = 8;
 
@@ -79,10 +77,8 @@ pub struct OpenPack {
     synced: u64,
     broken: bool,
     /// Fewer copies than its policy wanted: used by the upload that opened it, never again
-    /// (a tenant whose policy refuses that must not find it idle).
+    /// (a tenant whose policy refuses that must not find it open).
     degraded: bool,
-    opened_at: std::time::Instant,
-    lease: PackLease,
 }
 
 impl std::fmt::Debug for OpenPack {
@@ -111,8 +107,6 @@ impl OpenPack {
             synced: PACK_HEADER_LEN,
             broken: false,
             degraded,
-            opened_at: std::time::Instant::now(),
-            lease: PackLease::new(id),
         }
     }
 
@@ -139,26 +133,15 @@ impl OpenPack {
         self.broken || self.local.as_ref().is_some_and(PackWriter::is_broken)
     }
 
-    /// A lease for one more upload that writes here.
-    pub fn lease(&self) -> PackLease {
-        self.lease.clone()
+    /// The peers that hold a copy of this pack.
+    pub(crate) fn remote_nodes(&self) -> Vec<NodeId> {
+        self.remotes.iter().map(|remote| remote.node).collect()
     }
 
-    /// Whether a copy of this pack is on one of `nodes`.
-    pub(crate) fn has_copy_on(&self, nodes: &[NodeId]) -> bool {
-        self.remotes.iter().any(|remote| nodes.contains(&remote.node))
-    }
-
-    /// Makes the pack take no more records (a peer that holds a copy is suspect).
-    pub(crate) fn retire(&mut self) {
-        self.broken = true;
-    }
-
-    /// Whether another upload may take the pack: not degraded, and opened recently enough that
-    /// its copies still follow the nodes and policies of now (a zone added since, a node
-    /// drained since).
-    pub(crate) fn reusable(&self) -> bool {
-        !self.degraded && self.opened_at.elapsed() < MAX_REUSE_AGE
+    /// Whether the pack has fewer copies than its policy wanted, so that only the writer that
+    /// opened it may use it.
+    pub(crate) fn is_degraded(&self) -> bool {
+        self.degraded
     }
 
     /// Appends one record to every copy and returns its offset.

@@ -1,95 +1,283 @@
-//! The open packs of this node and when they may be sealed.
+//! The open packs of this node: which pack an upload appends to, and when a pack is sealed.
 //!
-//! An upload takes an idle writer for as long as it streams, so its chunks sit together in
-//! one pack, and hands it back before its catalog commit. Every upload that wrote into a pack
-//! holds a [`PackLease`] on it until it commits or gives up. A pack is sealed (and so becomes
-//! visible to GC compaction) only when it is full and no lease on it remains: GC can never
-//! mistake the not-yet-committed chunks of a running upload for garbage.
+//! Uploads of one pack class share a few open packs ([`PACKS_PER_CLASS`]) instead of taking
+//! one each: a burst of two hundred concurrent uploads writes into two packs, not two hundred,
+//! so open files, append streams to peers (and the records they buffer) and fsyncs grow with
+//! the classes, not with the uploads. An upload stays on its pack while the pack takes
+//! records, so its chunks still sit close together. Each record is appended under the pack's
+//! lock; at its end an upload syncs each pack it wrote into, unless a sync of another upload
+//! already covered its records: concurrent uploads share one `fdatasync` (group commit).
+//!
+//! Every upload that wrote into a pack holds a [`PackLease`] on it until it commits or gives
+//! up. A pack is sealed (and so becomes visible to GC compaction) only when it takes no more
+//! records and no lease on it remains: GC can never mistake the not-yet-committed chunks of a
+//! running upload for garbage.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use super::open_pack::{OpenPack, PackClass, RemoteCopy};
-use super::{ChunkStore, StoreError};
+use super::{ChunkStore, NodeId, StoreError};
 use crate::TenantId;
-use crate::pack::{PackId, PackWriter};
+use crate::pack::{PackId, PackWriter, RecordHeader};
 
-/// Proof that an upload wrote into a pack and has not finished yet.
-#[derive(Debug, Clone)]
-pub struct PackLease(Arc<PackId>);
+/// How many packs of one class take records at once. Two let one pack sync while the other
+/// takes records, and keep a compaction that holds one from stalling the class's uploads.
+pub const PACKS_PER_CLASS: usize = 2;
+/// How long after it opened a pack is still handed to new uploads.
+const MAX_REUSE_AGE: Duration = Duration::from_secs(300);
+
+/// An open pack that uploads of its class share.
+pub(crate) struct SharedPack {
+    id: PackId,
+    class: PackClass,
+    /// The peers that hold a copy.
+    remote_nodes: Vec<NodeId>,
+    opened_at: Instant,
+    /// Taken by one writer only (fewer copies than its policy wanted): never in the open set.
+    private: bool,
+    /// Set once the pack takes no more records: full, broken or retired.
+    closed: AtomicBool,
+    pack: tokio::sync::Mutex<OpenPack>,
+}
+
+/// Proof that an upload wrote into a pack and has not finished yet; also its way to the pack.
+#[derive(Clone)]
+pub struct PackLease(Arc<SharedPack>);
+
+impl std::fmt::Debug for PackLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("PackLease").field(&self.0.id).finish()
+    }
+}
 
 impl PackLease {
-    pub(super) fn new(pack: PackId) -> Self {
-        PackLease(Arc::new(pack))
+    fn new(pack: OpenPack) -> Self {
+        PackLease(Arc::new(SharedPack {
+            id: pack.id(),
+            class: pack.class().clone(),
+            remote_nodes: pack.remote_nodes(),
+            opened_at: Instant::now(),
+            private: pack.is_degraded(),
+            closed: AtomicBool::new(false),
+            pack: tokio::sync::Mutex::new(pack),
+        }))
     }
 
     pub fn pack(&self) -> PackId {
-        *self.0
+        self.0.id
+    }
+
+    /// Whether the pack takes no more records.
+    pub fn is_closed(&self) -> bool {
+        self.0.closed.load(Ordering::Acquire)
+    }
+
+    /// Makes the pack take no more records; it is sealed once its last lease ends.
+    pub fn close(&self) {
+        self.0.closed.store(true, Ordering::Release);
+    }
+
+    /// The pack itself, for as long as the guard lives; no one else appends or syncs meanwhile.
+    pub(super) async fn lock(&self) -> tokio::sync::MutexGuard<'_, OpenPack> {
+        self.0.pack.lock().await
+    }
+
+    /// Appends one record and returns its offset and the pack's length after it, or `None`
+    /// when the pack was closed before its turn came. It runs in a task of its own: an upload
+    /// cancelled meanwhile (its client gone) never leaves a shared pack half-written.
+    ///
+    /// # Errors
+    /// As [`OpenPack::append`]; the pack is then closed.
+    pub(super) async fn append(
+        &self,
+        header: RecordHeader,
+        data: Bytes,
+        target_bytes: u64,
+    ) -> Result<Option<(u64, u64)>, StoreError> {
+        let lease = self.clone();
+        tokio::spawn(async move {
+            let mut pack = lease.lock().await;
+            if lease.is_closed() {
+                return Ok(None);
+            }
+            let written = pack.append(header, data).await;
+            if written.is_err() || pack.is_broken() || pack.len() >= target_bytes {
+                lease.close();
+            }
+            written.map(|offset| Some((offset, pack.len())))
+        })
+        .await?
+    }
+
+    /// Makes the pack durable in every copy through byte `end`: nothing to do when another
+    /// writer's sync already got there (group commit). Runs in a task of its own, as
+    /// [`PackLease::append`] does.
+    ///
+    /// Returns whether this call synced (`false`: an earlier sync covered `end`).
+    ///
+    /// # Errors
+    /// As [`OpenPack::sync`], or [`StoreError::Retry`] when the pack broke before `end` was
+    /// durable; the pack is then closed.
+    pub(super) async fn sync_through(&self, end: u64) -> Result<bool, StoreError> {
+        let lease = self.clone();
+        tokio::spawn(async move {
+            let mut pack = lease.lock().await;
+            if pack.synced_len() >= end {
+                return Ok(false);
+            }
+            if pack.is_broken() {
+                lease.close();
+                return Err(StoreError::Retry(format!(
+                    "pack {} failed before this upload's records in it were durable",
+                    lease.pack().0
+                )));
+            }
+            let synced = pack.sync().await;
+            if synced.is_err() {
+                lease.close();
+            }
+            synced.map(|()| true)
+        })
+        .await?
+    }
+
+    /// Whether the pack should take no new uploads: closed, too old to follow today's nodes
+    /// and policies (a zone added since, a node drained since), or with a copy on a suspect.
+    fn worn(&self, suspects: &[NodeId]) -> bool {
+        self.is_closed()
+            || self.0.opened_at.elapsed() >= MAX_REUSE_AGE
+            || self.0.remote_nodes.iter().any(|node| suspects.contains(node))
+    }
+
+    /// How many holders the pack has besides the pool.
+    fn holders(&self) -> usize {
+        Arc::strong_count(&self.0) - 1
     }
 }
 
-/// A full (or broken) pack that waits for its leases to end before it is sealed.
-#[derive(Debug)]
-pub struct Draining {
-    lease: PackLease,
-    size: u64,
+/// What the pack writers did, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PackWriterStats {
+    /// Packs that take records now.
+    pub open_packs: u64,
+    /// Uploads that synced the packs they wrote into.
+    pub syncs: u64,
+    /// Uploads whose records another upload's sync had already made durable.
+    pub syncs_shared: u64,
 }
 
-/// Idle writers and full packs awaiting their seal.
-#[derive(Debug, Default)]
+/// The packs that take uploads, and those waiting for their leases to end to be sealed.
+#[derive(Default)]
 pub struct WriterPool {
-    idle: Mutex<Vec<OpenPack>>,
-    draining: Mutex<Vec<Draining>>,
+    syncs: AtomicU64,
+    syncs_shared: AtomicU64,
+    open: Mutex<Vec<PackLease>>,
+    draining: Mutex<Vec<PackLease>>,
+    /// Seals that failed, to try again.
+    unsealed: Mutex<Vec<(PackId, u64)>>,
+    /// Held while a new pack is opened, so that a burst opens [`PACKS_PER_CLASS`], not one
+    /// per upload.
+    opening: tokio::sync::Mutex<()>,
 }
 
-const MAX_IDLE: usize = 4;
+impl std::fmt::Debug for WriterPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterPool").field("open", &lock(&self.open).len()).finish_non_exhaustive()
+    }
+}
 
 impl WriterPool {
-    /// An idle pack of `class`, if any.
-    pub fn take(&self, class: &PackClass) -> Option<OpenPack> {
-        let mut idle = lock(&self.idle);
-        let at = idle.iter().rposition(|pack| pack.class() == class)?;
-        Some(idle.swap_remove(at))
+    /// Counts an upload's sync of a pack: its own (`synced`), or shared with an earlier one.
+    pub(super) fn count_sync(&self, synced: bool) {
+        let counter = if synced { &self.syncs } else { &self.syncs_shared };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Returns a writer after use: to the idle set, or to draining when it is full or broken.
-    pub fn put_back(&self, mut pack: OpenPack, target_bytes: u64) {
-        pack.abandon_unsynced();
-        let full = pack.is_broken() || pack.len() >= target_bytes || !pack.reusable();
-        let mut idle = lock(&self.idle);
-        if full || idle.len() >= MAX_IDLE {
-            drop(idle);
-            let size = pack.synced_len();
-            lock(&self.draining).push(Draining { lease: pack.lease(), size });
-        } else {
-            idle.push(pack);
+    pub fn stats(&self) -> PackWriterStats {
+        PackWriterStats {
+            open_packs: lock(&self.open).len() as u64,
+            syncs: self.syncs.load(Ordering::Relaxed),
+            syncs_shared: self.syncs_shared.load(Ordering::Relaxed),
         }
     }
 
-    /// The packs that are ready to seal now (no upload holds a lease), with their sizes.
-    /// They are removed from the pool; the caller records the seal in the catalog.
+    /// The open pack of `class` with the fewest holders and how many it has (moving worn
+    /// packs to draining on the way), and whether the class has room for another open pack.
+    fn pick(&self, class: &PackClass, suspects: &[NodeId]) -> (Option<(PackLease, usize)>, bool) {
+        let mut open = lock(&self.open);
+        let (worn, kept): (Vec<_>, Vec<_>) =
+            open.drain(..).partition(|lease| lease.0.class == *class && lease.worn(suspects));
+        *open = kept;
+        let ours = || open.iter().filter(|lease| lease.0.class == *class);
+        let room = ours().count() < PACKS_PER_CLASS;
+        let best = ours().map(|lease| (lease.holders(), lease)).min_by_key(|(holders, _)| *holders);
+        let best = best.map(|(holders, lease)| (lease.clone(), holders));
+        drop(open);
+        self.retire(worn);
+        (best, room)
+    }
+
+    /// Adds a newly opened pack: to the open set, or (private) straight to draining.
+    fn add(&self, pack: OpenPack) -> PackLease {
+        let lease = PackLease::new(pack);
+        if lease.0.private {
+            lock(&self.draining).push(lease.clone());
+        } else {
+            lock(&self.open).push(lease.clone());
+        }
+        lease
+    }
+
+    fn retire(&self, packs: Vec<PackLease>) {
+        for lease in &packs {
+            lease.close();
+        }
+        lock(&self.draining).extend(packs);
+    }
+
+    /// The packs that are ready to seal now (closed or private, and no upload holds a lease),
+    /// with the length durable in every copy. They are removed from the pool; the caller
+    /// records the seal in the catalog. Closed and aged packs leave the open set on the way.
     pub fn take_sealable(&self) -> Vec<(PackId, u64)> {
+        let mut open = lock(&self.open);
+        let (worn, kept): (Vec<_>, Vec<_>) = open.drain(..).partition(|lease| lease.worn(&[]));
+        *open = kept;
+        drop(open);
+        self.retire(worn);
+        let mut ready = std::mem::take(&mut *lock(&self.unsealed));
         let mut draining = lock(&self.draining);
-        let (ready, waiting): (Vec<_>, Vec<_>) =
-            draining.drain(..).partition(|entry| Arc::strong_count(&entry.lease.0) == 1);
+        let mut waiting = Vec::with_capacity(draining.len());
+        for lease in draining.drain(..) {
+            // No holder left: nothing else can reach the pack, so its lock is free.
+            let sealable = match (lease.holders(), lease.0.pack.try_lock()) {
+                (0, Ok(mut pack)) => {
+                    pack.abandon_unsynced();
+                    Some(pack.synced_len())
+                }
+                _ => None,
+            };
+            match sealable {
+                Some(size) => ready.push((lease.pack(), size)),
+                None => waiting.push(lease),
+            }
+        }
         *draining = waiting;
-        ready.into_iter().map(|entry| (entry.lease.pack(), entry.size)).collect()
+        ready
     }
 
     /// Puts back packs taken by [`WriterPool::take_sealable`] whose seal failed, to try again.
     fn keep_sealable(&self, packs: Vec<(PackId, u64)>) {
-        let mut draining = lock(&self.draining);
-        draining.extend(packs.into_iter().map(|(pack, size)| Draining { lease: PackLease::new(pack), size }));
+        lock(&self.unsealed).extend(packs);
     }
 
-    /// Moves every idle writer to draining, so that GC and shutdown can seal them.
+    /// Closes every open pack, so that GC and shutdown can seal them once their uploads end.
     pub fn retire_idle(&self) {
-        let idle: Vec<OpenPack> = lock(&self.idle).drain(..).collect();
-        let mut draining = lock(&self.draining);
-        for mut pack in idle {
-            pack.abandon_unsynced();
-            let size = pack.synced_len();
-            draining.push(Draining { lease: pack.lease(), size });
-        }
+        let open: Vec<PackLease> = lock(&self.open).drain(..).collect();
+        self.retire(open);
     }
 }
 
@@ -124,25 +312,45 @@ impl ChunkStore {
         Ok(sealed)
     }
 
-    /// An idle open pack, or a new one.
+    /// A pack of `class` to append to: an idle open one; else a new one while the class has
+    /// fewer than [`PACKS_PER_CLASS`] (and no other task is opening one); else the open one
+    /// with the fewest uploads on it. One client's uploads in a row fill one pack; concurrent
+    /// ones share two.
+    ///
+    /// # Errors
+    /// As [`ChunkStore::open_pack`].
+    pub(super) async fn writable_pack(
+        &self,
+        class: &PackClass,
+        tenant: TenantId,
+    ) -> Result<PackLease, StoreError> {
+        let pool = &self.inner.writers;
+        let suspects = self.inner.peers.suspects();
+        let (best, room) = pool.pick(class, &suspects);
+        let best = match best {
+            Some((lease, holders)) if holders == 0 || !room => return Ok(lease),
+            best => best.map(|(lease, _)| lease),
+        };
+        let _opening = match (pool.opening.try_lock(), best) {
+            (Ok(guard), _) => guard,
+            (Err(_), Some(lease)) => return Ok(lease),
+            (Err(_), None) => pool.opening.lock().await,
+        };
+        if let (Some((lease, holders)), room) = pool.pick(class, &suspects)
+            && (holders == 0 || !room)
+        {
+            return Ok(lease);
+        }
+        Ok(pool.add(self.open_pack(class, tenant).await?))
+    }
+
+    /// A new pack.
     ///
     /// A new pack's file is created with `O_EXCL`: a file under the new id (left by packs the
     /// catalog does not know, as after a catalog restore) is never opened, overwritten or,
     /// through a retired row, deleted. The id is dropped, ids move past every file on disk,
     /// and a fresh id is tried.
-    pub(super) async fn open_pack(
-        &self,
-        class: &PackClass,
-        tenant: TenantId,
-    ) -> Result<OpenPack, StoreError> {
-        let suspects = self.inner.peers.suspects();
-        while let Some(mut pack) = self.inner.writers.take(class) {
-            if !pack.has_copy_on(&suspects) && pack.reusable() {
-                return Ok(pack);
-            }
-            pack.retire();
-            self.inner.writers.put_back(pack, self.inner.config.pack_target_bytes);
-        }
+    async fn open_pack(&self, class: &PackClass, tenant: TenantId) -> Result<OpenPack, StoreError> {
         let placed = self.place_pack(tenant).await?;
         if placed.domain.owner() != class.owner {
             // The nodes changed between the two reads: this upload's class is stale.
