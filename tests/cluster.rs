@@ -10,10 +10,12 @@ use crate::common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use common::cluster::{Cluster, any_file_contains, copies, get, marked, pack_file, put, try_get};
 use common::silo_cli_json;
 use nix::sys::signal::Signal;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn three_zones_and_acme(label: &str) -> Cluster {
     let mut cluster = Cluster::new(label).await;
@@ -190,6 +192,71 @@ async fn a_killed_node_and_a_damaged_copy_cost_no_read_and_writes_go_on() {
     for (key, body) in &after {
         assert!(get(&media[damaged.as_str()], "site", key).await == *body, "{key} from the repaired copy");
     }
+}
+
+#[tokio::test]
+async fn a_copy_that_fails_mid_upload_moves_the_upload_to_a_new_pack_and_the_put_succeeds() {
+    const MIB: usize = 1 << 20;
+    let mut cluster = Cluster::new("cluster_rescue").await;
+    for (name, zone) in [("node-a", "a"), ("node-b", "b"), ("node-c", "c")] {
+        cluster.start(name, zone, None).await;
+    }
+    let media = cluster.tenant("media");
+    media["node-a"].create_bucket().bucket("site").send().await.expect("bucket");
+    let body = common::noise(24 * MIB, 77);
+    let presigned = media["node-a"]
+        .put_object()
+        .bucket("site")
+        .key("big.bin")
+        .presigned(PresigningConfig::expires_in(Duration::from_secs(600)).expect("ok"))
+        .await
+        .expect("presign");
+    // One PUT, no retry: its first 16 MiB go to node-a's pack and stream to the peer that
+    // holds its other copy; that peer dies; then the rest of the body comes.
+    let mut upload =
+        common::raw_put(cluster.node("node-a"), &presigned, body.len() as u64, &body[..16 * MIB]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let peer = loop {
+        let streaming = ["node-b", "node-c"].into_iter().find(|node| {
+            common::cluster::walk(&cluster.data_dir(node).join("packs"))
+                .iter()
+                .any(|file| std::fs::metadata(file).is_ok_and(|meta| meta.len() > 8 * MIB as u64))
+        });
+        if let Some(peer) = streaming {
+            break peer;
+        }
+        assert!(Instant::now() < deadline, "no peer received the upload's pack");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let survivor = if peer == "node-b" { "node-c" } else { "node-b" };
+    cluster.node_mut(peer).kill9().await;
+    upload.write_all(&body[16 * MIB..]).await.expect("the rest of the body");
+    let mut answer = String::new();
+    upload.read_to_string(&mut answer).await.expect("the answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "the PUT after its peer died: {answer}");
+
+    for reader in ["node-a", survivor] {
+        assert!(get(&media[reader], "site", "big.bin").await == body, "big.bin through {reader}");
+    }
+    // The records went on in a new pack with its copies on node-a and the survivor.
+    let rows = cluster
+        .sql_rows(
+            "SELECT DISTINCT l.pack_id FROM s3_objects s JOIN object_chunks oc ON oc.object_id = s.object_id \
+             JOIN chunk_locations l ON l.tenant_id = oc.tenant_id AND l.chunk_id = oc.chunk_id \
+             WHERE s.key = 'big.bin'",
+        )
+        .await;
+    let packs: Vec<i64> = rows.iter().map(|row| row.get(0)).collect();
+    let holders: Vec<Vec<String>> = copies(&cluster)
+        .await
+        .into_iter()
+        .filter(|(pack, ..)| packs.contains(pack))
+        .map(|(_, _, nodes, _)| nodes)
+        .collect();
+    assert!(
+        holders.iter().any(|nodes| *nodes == ["node-a".to_string(), survivor.to_string()]),
+        "no pack of big.bin on node-a and {survivor}: {holders:?}"
+    );
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::{Silo, scratch, sdk_client_with, tenant_with_key};
+use crate::common::{Silo, raw_put, scratch, sdk_client_with, tenant_with_key};
 
 const MIB: u64 = 1 << 20;
 /// What Silo may hold beyond its budget at the peak of a burst: its idle footprint at the
@@ -251,29 +251,4 @@ async fn an_upload_that_waits_past_the_limit_gets_slow_down_and_leaves_nothing()
         .send()
         .await
         .expect("put");
-}
-
-/// Sends the head of the presigned PUT with `Content-Length: length` and `first` bytes of its
-/// body.
-async fn raw_put(
-    silo: &Silo,
-    presigned: &aws_sdk_s3::presigning::PresignedRequest,
-    length: u64,
-    first: &[u8],
-) -> tokio::net::TcpStream {
-    let url = url::Url::parse(presigned.uri()).expect("url");
-    let target = format!("{}?{}", url.path(), url.query().unwrap_or_default());
-    let host = silo.url("").trim_start_matches("http://").to_string();
-    let mut stream = tokio::net::TcpStream::connect(&host).await.expect("connect");
-    let signed: String = presigned
-        .headers()
-        .filter(|(name, _)| !name.eq_ignore_ascii_case("host"))
-        .map(|(name, value)| format!("{name}: {value}\r\n"))
-        .collect();
-    let head = format!(
-        "PUT {target} HTTP/1.1\r\nHost: {host}\r\n{signed}Content-Length: {length}\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(head.as_bytes()).await.expect("head");
-    stream.write_all(first).await.expect("body");
-    stream
 }

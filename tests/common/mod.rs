@@ -350,3 +350,29 @@ pub fn write_pack(
     writer.sync().expect("sync the pack");
     writer.path().to_path_buf()
 }
+
+/// Sends the head of the presigned PUT with `Content-Length: length` and `first` bytes of its
+/// body.
+pub async fn raw_put(
+    silo: &Silo,
+    presigned: &aws_sdk_s3::presigning::PresignedRequest,
+    length: u64,
+    first: &[u8],
+) -> tokio::net::TcpStream {
+    let url = url::Url::parse(presigned.uri()).expect("url");
+    let target = format!("{}?{}", url.path(), url.query().unwrap_or_default());
+    let host = silo.url("").trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&host).await.expect("connect");
+    let signed: String = presigned
+        .headers()
+        .filter(|(name, _)| !name.eq_ignore_ascii_case("host"))
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    let head = format!(
+        "PUT {target} HTTP/1.1\r\nHost: {host}\r\n{signed}Content-Length: {length}\r\nConnection: close\r\n\r\n"
+    );
+    use tokio::io::AsyncWriteExt;
+    stream.write_all(head.as_bytes()).await.expect("head");
+    stream.write_all(first).await.expect("body");
+    stream
+}

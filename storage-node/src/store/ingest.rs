@@ -23,13 +23,13 @@ use tokio::io::AsyncRead;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::memory_budget::{MemoryCharge, WorkingSet};
-use super::open_pack::PackClass;
+use super::upload::Upload;
 use super::writers::PackLease;
 use super::{ChunkStore, StoreError};
 use crate::chunk_tree::ChunkTree;
 use crate::chunker::Chunker;
 use crate::compress::Compression;
-use crate::pack::{PackId, RecordHeader};
+use crate::pack::PackId;
 use crate::{ChunkId, ChunkKey, TenantId};
 
 /// How many chunks are prepared (hashed, looked up, compressed) at once.
@@ -74,12 +74,12 @@ pub(super) enum Place {
 }
 
 /// A small first chunk held back from the pack until the body is known to be that one chunk.
-struct Fresh {
-    id: ChunkId,
-    raw: Bytes,
-    compressed: Option<Vec<u8>>,
+pub(super) struct Fresh {
+    pub(super) id: ChunkId,
+    pub(super) raw: Bytes,
+    pub(super) compressed: Option<Vec<u8>>,
     /// The values that verify part of it ([`crate::chunk_tree`]), for more than one block.
-    tree: Option<ChunkTree>,
+    pub(super) tree: Option<ChunkTree>,
 }
 
 /// An upload whose bytes are durable in packs but not yet committed to the catalog. Commit it
@@ -129,7 +129,7 @@ impl QuotaRoom {
 }
 
 /// A chunk after the concurrent stage.
-enum Prepared {
+pub(super) enum Prepared {
     /// The tenant has it already; this upload now holds a pin on it.
     Known { id: ChunkId, len: u64 },
     /// New to the tenant, with its compressed form where that pays.
@@ -307,7 +307,7 @@ impl Prepared {
         }
     }
 
-    fn len(&self) -> u64 {
+    pub(super) fn len(&self) -> u64 {
         match self {
             Prepared::Known { len, .. } => *len,
             Prepared::New(fresh) => fresh.raw.len() as u64,
@@ -357,203 +357,15 @@ async fn chunk_source<R: AsyncRead + Unpin>(
     md5.map(|hasher| hasher.finalize().into())
 }
 
-/// One upload in progress: its manifest so far, the pack it appends to, and how far into each
-/// pack its records reach.
-struct Upload {
-    store: ChunkStore,
-    tenant: TenantId,
-    size: u64,
-    manifest: Vec<(i64, ChunkId)>,
-    new_chunks: Vec<NewChunk>,
-    seen: HashSet<ChunkId>,
-    reused: HashSet<ChunkId>,
-    pins: HashMap<ChunkId, i32>,
-    /// The tenant's pack class, looked up when the first pack is opened.
-    class: Option<PackClass>,
-    pack: Option<PackLease>,
-    /// Each pack this upload wrote into, with the end of its last record there.
-    written: Vec<(PackLease, u64)>,
-    held: Option<Fresh>,
-}
-
-impl Upload {
-    fn new(store: ChunkStore, tenant: TenantId) -> Self {
-        Upload {
-            store,
-            tenant,
-            class: None,
-            held: None,
-            size: 0,
-            manifest: Vec::new(),
-            new_chunks: Vec::new(),
-            seen: HashSet::new(),
-            reused: HashSet::new(),
-            pins: HashMap::new(),
-            pack: None,
-            written: Vec::new(),
-        }
-    }
-
-    /// Adds a prepared chunk to the manifest, and stores it unless it is known or this
-    /// upload stored it already.
-    async fn accept(&mut self, chunk: Prepared) -> Result<(), StoreError> {
-        self.manifest.push((self.size as i64, chunk_id(&chunk)));
-        self.size += chunk.len();
-        match chunk {
-            Prepared::Known { id, .. } => {
-                *self.pins.entry(id).or_insert(0) += 1;
-                if self.seen.insert(id) {
-                    self.reused.insert(id);
-                }
-                Ok(())
-            }
-            Prepared::New(fresh) => {
-                if !self.seen.insert(fresh.id) {
-                    return Ok(());
-                }
-                if self.manifest.len() == 1 && fresh.raw.len() < INLINE_MAX_BYTES {
-                    // Held until the body's end says whether it goes inline, its bytes leave
-                    // their memory slot (a copy of under 64 KiB): the chunker needs a free slot
-                    // to find out whether the body goes on, and would otherwise wait for this
-                    // one for ever.
-                    let raw = Bytes::copy_from_slice(&fresh.raw);
-                    self.held = Some(Fresh { raw, ..fresh });
-                    return Ok(());
-                }
-                self.append_held().await?;
-                self.append(fresh).await
-            }
-        }
-    }
-
-    /// Appends the held first chunk to the pack: the body turned out longer than that chunk.
-    async fn append_held(&mut self) -> Result<(), StoreError> {
-        match self.held.take() {
-            Some(fresh) => self.append(fresh).await,
-            None => Ok(()),
-        }
-    }
-
-    /// Appends a new chunk to this upload's pack, or to another of its class once that one is
-    /// closed.
-    async fn append(&mut self, fresh: Fresh) -> Result<(), StoreError> {
-        let Fresh { id, raw, compressed, tree } = fresh;
-        let (compression, data) = stored_form(&raw, compressed);
-        let header = RecordHeader {
-            compression,
-            tenant: self.tenant,
-            chunk: id,
-            raw_len: raw.len() as u32,
-            stored_len: data.len() as u32,
-        };
-        let target_bytes = self.store.inner.config.pack_target_bytes;
-        let (pack, offset) = loop {
-            let pack = match self.pack.take().filter(|pack| !pack.is_closed()) {
-                Some(pack) => pack,
-                None => {
-                    let class = match self.class.take() {
-                        Some(class) => class,
-                        None => self.store.pack_class(self.tenant).await?,
-                    };
-                    let opened = self.store.writable_pack(&class, self.tenant).await;
-                    self.class = Some(class);
-                    opened?
-                }
-            };
-            let written = pack
-                .append(header, data.clone(), target_bytes)
-                .await
-                .inspect_err(|err| self.store.note_copy_failure(err))?;
-            if let Some((offset, end)) = written {
-                self.note_written(&pack, end);
-                break (pack, offset);
-            }
-        };
-        self.new_chunks.push(NewChunk {
-            id,
-            raw_len: header.raw_len as i32,
-            stored_len: header.stored_len as i32,
-            compression: header.compression,
-            place: Place::Pack { pack: pack.pack(), offset },
-            // A compressed chunk is decompressed whole anyway: its tree would verify nothing less.
-            tree: tree.filter(|_| header.compression == Compression::None),
-        });
-        self.pack = Some(pack);
-        Ok(())
-    }
-
-    /// Records that this upload's records in `pack` reach `end`.
-    fn note_written(&mut self, pack: &PackLease, end: u64) {
-        match self.written.iter_mut().find(|(lease, _)| lease.pack() == pack.pack()) {
-            Some((_, reach)) => *reach = end,
-            None => self.written.push((pack.clone(), end)),
-        }
-    }
-
-    /// Makes this upload's records durable in every copy of every pack it wrote into.
-    async fn sync_written(&mut self) -> Result<(), StoreError> {
-        self.pack = None;
-        for (pack, end) in &self.written {
-            let synced =
-                pack.sync_through(*end).await.inspect_err(|err| self.store.note_copy_failure(err))?;
-            self.store.inner.writers.count_sync(synced);
-        }
-        Ok(())
-    }
-
-    async fn finish(mut self, md5: Option<[u8; 16]>) -> Result<Ingested, StoreError> {
-        if self.manifest.len() == 1
-            && let Some(Fresh { id, raw, compressed, .. }) = self.held.take()
-        {
-            let (compression, data) = stored_form(&raw, compressed);
-            self.new_chunks.push(NewChunk {
-                id,
-                raw_len: raw.len() as i32,
-                stored_len: data.len() as i32,
-                compression,
-                place: Place::Inline(data),
-                tree: None,
-            });
-        }
-        let written = match self.append_held().await {
-            Ok(()) => self.sync_written().await,
-            Err(err) => Err(err),
-        };
-        if let Err(err) = written {
-            self.abandon().await;
-            return Err(err);
-        }
-        Ok(Ingested {
-            tenant: self.tenant,
-            size: self.size,
-            md5,
-            manifest: std::mem::take(&mut self.manifest),
-            new_chunks: std::mem::take(&mut self.new_chunks),
-            reused: std::mem::take(&mut self.reused),
-            pins: std::mem::take(&mut self.pins),
-            _leases: self.written.drain(..).map(|(lease, _)| lease).collect(),
-        })
-    }
-
-    /// Gives up: the leases end (the records written stay in their packs, unreferenced, for
-    /// GC), the pins go.
-    async fn abandon(&mut self) {
-        self.pack = None;
-        self.written.clear();
-        let pins = std::mem::take(&mut self.pins);
-        self.store.unpin(self.tenant, &pins).await;
-    }
-}
-
 /// The bytes a chunk is stored as: its compressed form when that paid, else the raw bytes.
-fn stored_form(raw: &Bytes, compressed: Option<Vec<u8>>) -> (Compression, Bytes) {
+pub(super) fn stored_form(raw: &Bytes, compressed: Option<Vec<u8>>) -> (Compression, Bytes) {
     match compressed {
         Some(bytes) => (Compression::Zstd, Bytes::from(bytes)),
         None => (Compression::None, raw.clone()),
     }
 }
 
-fn chunk_id(chunk: &Prepared) -> ChunkId {
+pub(super) fn chunk_id(chunk: &Prepared) -> ChunkId {
     match chunk {
         Prepared::Known { id, .. } | Prepared::New(Fresh { id, .. }) => *id,
     }

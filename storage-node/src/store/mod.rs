@@ -23,6 +23,7 @@ mod read;
 mod read_chunk;
 mod reconcile;
 mod scrub;
+mod upload;
 mod usage;
 mod verify;
 mod writers;

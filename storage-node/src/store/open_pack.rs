@@ -133,6 +133,11 @@ impl OpenPack {
         self.broken || self.local.as_ref().is_some_and(PackWriter::is_broken)
     }
 
+    /// Whether this node holds a copy and no write to it failed.
+    pub(crate) fn local_intact(&self) -> bool {
+        self.local.as_ref().is_some_and(|writer| !writer.is_broken())
+    }
+
     /// The peers that hold a copy of this pack.
     pub(crate) fn remote_nodes(&self) -> Vec<NodeId> {
         self.remotes.iter().map(|remote| remote.node).collect()

@@ -145,6 +145,13 @@ impl PackLease {
         .await?
     }
 
+    /// Where an upload may rescue its records from: the length durable in every copy, when
+    /// a copy on a peer failed and this node's own copy is whole (see `upload`).
+    pub(super) async fn rescue_point(&self) -> Option<u64> {
+        let pack = self.lock().await;
+        (pack.is_broken() && pack.local_intact()).then(|| pack.synced_len())
+    }
+
     /// Whether the pack should take no new uploads: closed, too old to follow today's nodes
     /// and policies (a zone added since, a node drained since), or with a copy on a suspect.
     fn worn(&self, suspects: &[NodeId]) -> bool {
