@@ -190,6 +190,11 @@ async fn two_hundred_uploads_at_once_stay_within_the_budget_and_memory_goes_back
         start / MIB
     );
     assert_eq!(metric(&silo, "silo_memory_in_use_bytes").await, Some(0.0), "every reservation went back");
+    // 200 uploads of about 10 MiB each do not fit in 256 MiB at once: some waited, none failed.
+    let waits = metric(&silo, "silo_memory_waits").await.unwrap_or_default();
+    eprintln!("{waits} uploads waited for memory");
+    assert!(waits > 0.0, "no upload waited for memory");
+    assert_eq!(metric(&silo, "silo_memory_wait_timeouts").await, Some(0.0), "no upload timed out");
 }
 
 #[tokio::test]

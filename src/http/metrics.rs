@@ -130,6 +130,7 @@ struct MemoryMetrics {
     budget: Gauge,
     in_use: Gauge,
     waiters: Gauge,
+    waited: Counter,
     timeouts: Counter,
     sync: std::sync::Mutex<()>,
 }
@@ -144,6 +145,11 @@ impl MemoryMetrics {
             registry.register(name, help, gauge.clone());
         }
         registry.register(
+            "memory_waits",
+            "Uploads that waited for memory before reading their body (backpressure)",
+            self.waited.clone(),
+        );
+        registry.register(
             "memory_wait_timeouts",
             "Uploads answered 503 SlowDown after waiting for memory past --memory-wait-secs",
             self.timeouts.clone(),
@@ -155,7 +161,9 @@ impl MemoryMetrics {
         self.budget.set(stats.budget_bytes as i64);
         self.in_use.set(stats.in_use_bytes as i64);
         self.waiters.set(stats.waiters as i64);
-        self.timeouts.inc_by(stats.timeouts.saturating_sub(self.timeouts.get()));
+        for (counter, value) in [(&self.waited, stats.waited), (&self.timeouts, stats.timeouts)] {
+            counter.inc_by(value.saturating_sub(counter.get()));
+        }
     }
 }
 

@@ -44,6 +44,8 @@ pub struct MemoryStats {
     pub in_use_bytes: u64,
     /// Uploads waiting for memory now.
     pub waiters: u64,
+    /// Uploads that had to wait for memory (since the start), however that ended.
+    pub waited: u64,
     /// Uploads that waited past the limit and failed (since the start).
     pub timeouts: u64,
 }
@@ -63,6 +65,7 @@ struct BudgetInner {
     total: usize,
     wait: Duration,
     waiters: AtomicU64,
+    waited: AtomicU64,
     timeouts: AtomicU64,
 }
 
@@ -141,6 +144,7 @@ impl MemoryBudget {
                 total,
                 wait: limits.wait,
                 waiters: AtomicU64::new(0),
+                waited: AtomicU64::new(0),
                 timeouts: AtomicU64::new(0),
                 trimming: AtomicBool::new(false),
             }),
@@ -159,6 +163,7 @@ impl MemoryBudget {
             return Ok(inner.charge(permit));
         }
         inner.waiters.fetch_add(1, Ordering::Relaxed);
+        inner.waited.fetch_add(1, Ordering::Relaxed);
         let acquired =
             tokio::time::timeout(inner.wait, inner.semaphore.clone().acquire_many_owned(permits)).await;
         inner.waiters.fetch_sub(1, Ordering::Relaxed);
@@ -189,6 +194,7 @@ impl MemoryBudget {
             budget_bytes: inner.total as u64,
             in_use_bytes: (inner.total - free) as u64,
             waiters: inner.waiters.load(Ordering::Relaxed),
+            waited: inner.waited.load(Ordering::Relaxed),
             timeouts: inner.timeouts.load(Ordering::Relaxed),
         }
     }
