@@ -113,6 +113,45 @@ async fn an_owned_tenants_bytes_are_only_on_its_own_nodes_and_read_through_every
 }
 
 #[tokio::test]
+async fn an_owned_tenants_database_backups_are_stored_only_on_its_own_nodes() {
+    let cluster = three_zones_and_acme("cluster_owned_backups").await;
+    let node = cluster.node("node-a");
+    let placement = silo_cli_json(node, &["tenant", "placement", "acme", "--owned"]);
+    assert_eq!(placement["mode"], "owned", "{placement}");
+    // Client databases go on a registered server: the throwaway Postgres of the catalog.
+    let server = pg_local::testing::shared().url("postgres");
+    silo_cli_json(node, &["server", "register", "shared", "--server-url", &server, "--zone", "a"]);
+    let created = silo_cli_json(node, &["db", "create", "acme", "ledger"]);
+    let url = created["url"].as_str().unwrap_or_else(|| panic!("a database url: {created}"));
+    common::databases::psql_ok(
+        url,
+        "CREATE TABLE entries AS SELECT i, md5(i::text) AS note FROM generate_series(1, 50000) i",
+    );
+    // Backed up through a shared node, which may only relay acme's bytes to acme's nodes.
+    let summary = silo_cli_json(node, &["backup", "run", "--db", "acme/ledger"]);
+    assert_eq!(summary["results"][0]["status"], "complete", "{summary}");
+
+    let rows = cluster
+        .sql_rows(
+            "SELECT p.id, p.owner_tenant_id IS NOT NULL, array_agg(DISTINCT n.name ORDER BY n.name) \
+             FROM chunk_locations l JOIN tenants t ON t.id = l.tenant_id JOIN packs p ON p.id = l.pack_id \
+             JOIN pack_replicas r ON r.pack_id = p.id JOIN storage_nodes n ON n.id = r.node_id \
+             WHERE t.name = 'acme' GROUP BY p.id, p.owner_tenant_id",
+        )
+        .await;
+    assert!(!rows.is_empty(), "the backup's chunks are in packs");
+    for row in &rows {
+        let (pack, owned, nodes): (i64, bool, Vec<String>) = (row.get(0), row.get(1), row.get(2));
+        assert!(owned, "pack {pack} of acme's backup is not in acme's domain");
+        assert_eq!(nodes, ["acme-a", "acme-b"], "the copies of pack {pack}");
+        for shared in ["node-a", "node-b", "node-c"] {
+            let file = pack_file(&cluster.data_dir(shared), pack);
+            assert!(!file.exists(), "pack {pack} of acme's backup on the shared node {shared}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_killed_node_and_a_damaged_copy_cost_no_read_and_writes_go_on() {
     let mut cluster = Cluster::new("cluster_faults").await;
     cluster.start("node-a", "a", None).await;

@@ -16,7 +16,7 @@ const OTHER_ROWS: &str = "\
 | | | `[store]` | see below | the chunk store's tunables |
 | | `SILO_SERVER_SECRET` | | generated | 64 hex digits: the secret chunk ids derive from; it must be the one the catalog was first used with |
 | | `SILO_ADMIN_TOKEN` | | generated | the admin token for `/v1`; overrides the one in the data directory |
-| | `SILO_LOG` | | `info` | log filter (`tracing` directives, e.g. `info,db_manager=debug`) |
+| | `SILO_LOG` | | `info,s3s=warn` | log filter (`tracing` directives, e.g. `info,db_manager=debug`) |
 ";
 
 /// The markdown table: one row per flag, then [`OTHER_ROWS`].

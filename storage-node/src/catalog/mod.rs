@@ -94,6 +94,29 @@ where
         .map_err(|err| CatalogError::Pool(err.to_string()))
 }
 
+/// The parameters of a typed statement: each value with its type.
+pub(crate) type TypedParams<'a> =
+    [(&'a (dyn tokio_postgres::types::ToSql + Sync), tokio_postgres::types::Type)];
+
+/// The row (if any) of `sql` run in `txn` as a statement prepared once per pooled connection
+/// (deadpool's cache): the hot statements of a small PUT are parsed and planned once, not on
+/// every call as an unnamed typed statement is. Only for statements whose plan is the same
+/// whatever the parameters (inserts, primary-key lookups).
+///
+/// # Errors
+/// The catalog's.
+pub(crate) async fn query_prepared_opt(
+    txn: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+    params: &TypedParams<'_>,
+) -> Result<Option<tokio_postgres::Row>, tokio_postgres::Error> {
+    let types: Vec<tokio_postgres::types::Type> = params.iter().map(|(_, kind)| kind.clone()).collect();
+    let statement = txn.prepare_typed_cached(sql, &types).await?;
+    let values: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        params.iter().map(|(value, _)| *value).collect();
+    Ok(txn.query(&statement, &values).await?.into_iter().next())
+}
+
 /// Answers whether the catalog accepts a query right now.
 ///
 /// # Errors

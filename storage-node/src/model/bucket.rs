@@ -6,7 +6,6 @@
 //! receives the write.
 
 use time::OffsetDateTime;
-use tokio_postgres::Transaction;
 
 use super::{ModelError, multipart};
 use crate::TenantId;
@@ -77,12 +76,13 @@ pub enum Creation {
 /// Catalog errors.
 pub async fn find(pool: &CatalogPool, name: &str) -> Result<Option<BucketAccess>, StoreError> {
     let client = pool.get().await?;
-    let row = client
-        .query_typed_opt(
+    let statement = client
+        .prepare_typed_cached(
             "SELECT id, tenant_id, acl FROM buckets WHERE name = $1",
-            &[(&name, tokio_postgres::types::Type::TEXT)],
+            &[tokio_postgres::types::Type::TEXT],
         )
         .await?;
+    let row = client.query_opt(&statement, &[&name]).await?;
     Ok(row.map(|row| BucketAccess { id: row.get(0), tenant: TenantId(row.get(1)), acl: row.get(2) }))
 }
 
@@ -165,14 +165,18 @@ pub async fn of_tenant(pool: &CatalogPool, tenant: TenantId) -> Result<Vec<Bucke
 /// [`ModelError::BucketGone`] when the bucket was deleted meanwhile, or deleted and created
 /// again under the same name; [`ModelError::TenantDeleting`]: a tenant being deleted stores
 /// nothing new.
-pub async fn lock_in(txn: &Transaction<'_>, name: &str, id: i64) -> Result<(), ModelError> {
-    let row = txn
-        .query_typed_opt(
-            "SELECT t.deleting_at IS NULL FROM buckets b JOIN tenants t ON t.id = b.tenant_id \
+pub async fn lock_in(
+    txn: &deadpool_postgres::Transaction<'_>,
+    name: &str,
+    id: i64,
+) -> Result<(), ModelError> {
+    let row = crate::catalog::query_prepared_opt(
+        txn,
+        "SELECT t.deleting_at IS NULL FROM buckets b JOIN tenants t ON t.id = b.tenant_id \
              WHERE b.name = $1 AND b.id = $2 FOR KEY SHARE OF b",
-            &[(&name, tokio_postgres::types::Type::TEXT), (&id, tokio_postgres::types::Type::INT8)],
-        )
-        .await?;
+        &[(&name, tokio_postgres::types::Type::TEXT), (&id, tokio_postgres::types::Type::INT8)],
+    )
+    .await?;
     match row.map(|row| row.get::<_, bool>(0)) {
         None => Err(ModelError::BucketGone),
         Some(false) => Err(ModelError::TenantDeleting),

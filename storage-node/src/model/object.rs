@@ -367,7 +367,7 @@ async fn bind_once(store: &ChunkStore, what: &Bind<'_>, shared: bool) -> Result<
 /// # Errors
 /// Catalog and store errors.
 pub async fn bind_in(
-    txn: &Transaction<'_>,
+    txn: &deadpool_postgres::Transaction<'_>,
     store: &ChunkStore,
     tenant: TenantId,
     target: &Target<'_>,
@@ -399,8 +399,8 @@ pub async fn bind_in(
     ];
     let values: Vec<&(dyn ToSql + Sync)> = typed.iter().map(|(value, _)| *value).collect();
     loop {
-        let inserted = txn
-            .query_typed_opt(
+        let inserted = crate::catalog::query_prepared_opt(
+                txn,
                 "INSERT INTO s3_objects (bucket, key, object_id, etag, content_type, content_disposition, \
                                          cache_control, user_metadata, content_encoding, content_language, expires, \
                                          checksum_algorithm, checksum_type, checksum, parts, acl) \

@@ -9,7 +9,10 @@
 
 use std::collections::{HashMap, HashSet};
 
+use deadpool_postgres::Transaction as PoolTransaction;
 use tokio_postgres::Transaction;
+
+use crate::catalog::query_prepared_opt;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::ingest::{Ingested, NewChunk, Place, PutOptions};
@@ -77,7 +80,7 @@ impl ChunkStore {
     /// [`StoreError::ChunkVanished`] when a pinned chunk was collected anyway (a pin outlived).
     pub async fn commit(
         &self,
-        txn: &Transaction<'_>,
+        txn: &PoolTransaction<'_>,
         ingested: &Ingested,
     ) -> Result<StoredObject, StoreError> {
         self.commit_locking(txn, ingested, false).await
@@ -93,7 +96,7 @@ impl ChunkStore {
     /// [`needs_exclusive`] holds: roll `txn` back and run it again with [`ChunkStore::commit`].
     pub async fn commit_shared(
         &self,
-        txn: &Transaction<'_>,
+        txn: &PoolTransaction<'_>,
         ingested: &Ingested,
     ) -> Result<StoredObject, StoreError> {
         self.commit_locking(txn, ingested, true).await
@@ -101,7 +104,7 @@ impl ChunkStore {
 
     async fn commit_locking(
         &self,
-        txn: &Transaction<'_>,
+        txn: &PoolTransaction<'_>,
         ingested: &Ingested,
         may_share: bool,
     ) -> Result<StoredObject, StoreError> {
@@ -326,16 +329,16 @@ impl<'a> ChunkColumns<'a> {
 /// Commits an upload whose new chunks all go inline (and that reuses none it pinned): the
 /// chunks, the object, its manifest and the usage delta in one statement.
 async fn commit_inline(
-    txn: &Transaction<'_>,
+    txn: &PoolTransaction<'_>,
     ingested: &Ingested,
     uses: &HashMap<ChunkId, i64>,
 ) -> Result<StoredObject, StoreError> {
     let columns = ChunkColumns::of(&ingested.new_chunks, uses);
     let manifest = ManifestParams::of(ingested);
     // A chunk the tenant has already (inline or in a pack) only gains references.
-    let row = txn
-        .query_typed_one(
-            &format!(
+    let row = query_prepared_opt(
+        txn,
+        &format!(
                 "WITH c AS (INSERT INTO chunks (tenant_id, id, raw_len, stored_len, compression, refcount, inline_data, tree) \
                             SELECT $1, * FROM unnest($7::bytea[], $8::int4[], $9::int4[], $10::int2[], $11::int8[], $12::bytea[], $13::bytea[]) \
                             ON CONFLICT (tenant_id, id) DO UPDATE SET refcount = chunks.refcount + EXCLUDED.refcount \
@@ -347,10 +350,11 @@ async fn commit_inline(
                  d AS (INSERT INTO tenant_usage_deltas (tenant_id, objects, logical_bytes, unique_raw_bytes, stored_bytes) \
                        SELECT $1, 1, $2, raw, stored FROM added) \
                  SELECT o.id, added.n, added.stored FROM o, added"
-            ),
-            &[manifest.params(), columns.params()].concat(),
-        )
-        .await?;
+        ),
+        &[manifest.params(), columns.params()].concat(),
+    )
+    .await?
+    .ok_or_else(|| StoreError::Task("the inline commit returned no row".into()))?;
     Ok(StoredObject {
         id: ObjectId(row.get(0)),
         size: ingested.size,

@@ -114,7 +114,7 @@ pub fn needs_exclusive(err: &StoreError) -> bool {
 /// [`StoreError::QuotaExceeded`], [`StoreError::UnknownTenant`], catalog errors; a shared
 /// admission of a tenant near its quota fails as [`needs_exclusive`] (no lock is upgraded).
 pub(crate) async fn admit(
-    txn: &Transaction<'_>,
+    txn: &deadpool_postgres::Transaction<'_>,
     tenant: TenantId,
     needed: u64,
     shared: bool,
@@ -122,8 +122,8 @@ pub(crate) async fn admit(
     if shared {
         let room = needed.saturating_add(QUOTA_LOCK_MARGIN).min(i64::MAX as u64) as i64;
         // The advisory lock is taken in the scan, before the row's lock above it.
-        let far = txn
-            .query_typed_opt(
+        let far = crate::catalog::query_prepared_opt(
+                txn,
                 &format!(
                     "SELECT t.storage_quota_bytes IS NULL OR t.logical_bytes + {} + $2 <= t.storage_quota_bytes \
                      FROM tenants t WHERE t.id = $1 \
