@@ -179,16 +179,27 @@ impl LocalInstance {
     /// # Errors
     /// [`InstanceError::Command`] when neither shutdown succeeds.
     pub fn stop(&self) -> Result<(), InstanceError> {
-        if self.running_pid().is_none() {
+        let Some(postmaster) = self.running_pid() else {
             return Ok(());
-        }
+        };
         let fast = self.pg_ctl_stop("fast");
-        if fast.is_ok() || self.running_pid().is_none() {
-            tracing::info!("Postgres stopped");
-            return Ok(());
+        let stopped = if fast.is_ok() || self.running_pid().is_none() {
+            Ok(())
+        } else {
+            tracing::warn!("fast shutdown failed; stopping Postgres immediately");
+            self.pg_ctl_stop("immediate")
+        };
+        // pg_ctl returns once `postmaster.pid` is gone, which the postmaster removes just
+        // before it exits: wait for the exit itself, so that a caller that exits next leaves
+        // no postgres behind it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while is_live_postgres(postmaster) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        tracing::warn!("fast shutdown failed; stopping Postgres immediately");
-        self.pg_ctl_stop("immediate")
+        if stopped.is_ok() {
+            tracing::info!("Postgres stopped");
+        }
+        stopped
     }
 
     /// The postmaster's pid while it runs: `postmaster.pid` names a live, non-zombie
