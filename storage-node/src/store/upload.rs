@@ -23,6 +23,14 @@ use crate::compress::Compression;
 use crate::pack::RecordHeader;
 use crate::{ChunkId, TenantId};
 
+/// How far an upload's records in one pack reach, and whether it already made them durable.
+#[derive(Clone)]
+struct Reach {
+    pack: PackLease,
+    end: u64,
+    durable: bool,
+}
+
 /// How many broken packs one upload moves its records off before it gives up.
 const MAX_RESCUES: usize = 2;
 
@@ -40,8 +48,8 @@ pub(super) struct Upload {
     /// The tenant's pack class, looked up when the first pack is opened.
     class: Option<PackClass>,
     pack: Option<PackLease>,
-    /// Each pack this upload wrote into, with the end of its last record there.
-    written: Vec<(PackLease, u64)>,
+    /// Each pack this upload wrote into, and how far.
+    written: Vec<Reach>,
     held: Option<Fresh>,
     /// Broken packs this upload moved its records off.
     rescues: usize,
@@ -162,8 +170,24 @@ impl Upload {
             match pack.append(header, data.clone(), target_bytes).await {
                 Ok(Some((offset, end))) => {
                     self.note_written(&pack, end);
-                    self.pack = Some(pack.clone());
-                    return Ok((pack, offset));
+                    if !pack.is_closed() {
+                        self.pack = Some(pack.clone());
+                        return Ok((pack, offset));
+                    }
+                    // A pack that takes no more records (this record filled it) is synced
+                    // now, as it filled: the upload's last sync then has one pack left to
+                    // do, not every pack of a large body one after another.
+                    match pack.sync_through(end).await {
+                        Ok(synced) => {
+                            self.store.inner.writers.count_sync(synced);
+                            self.note_durable(&pack);
+                            return Ok((pack, offset));
+                        }
+                        Err(err) => {
+                            self.store.note_copy_failure(&err);
+                            return Err((Some(pack), err));
+                        }
+                    }
                 }
                 // Closed (full, or broken by another upload) before its turn came.
                 Ok(None) => continue,
@@ -213,17 +237,27 @@ impl Upload {
             self.new_chunks[at].place = Place::Pack { pack: moved.pack(), offset };
         }
         // What is left of this upload in the broken pack is durable in all its copies.
-        if let Some((_, end)) = self.written.iter_mut().find(|(lease, _)| lease.pack() == broken.pack()) {
-            *end = (*end).min(synced);
+        if let Some(reach) = self.written.iter_mut().find(|reach| reach.pack.pack() == broken.pack()) {
+            reach.end = reach.end.min(synced);
         }
         Ok(())
     }
 
     /// Records that this upload's records in `pack` reach `end`.
     fn note_written(&mut self, pack: &PackLease, end: u64) {
-        match self.written.iter_mut().find(|(lease, _)| lease.pack() == pack.pack()) {
-            Some((_, reach)) => *reach = end,
-            None => self.written.push((pack.clone(), end)),
+        match self.written.iter_mut().find(|reach| reach.pack.pack() == pack.pack()) {
+            Some(reach) => {
+                reach.end = end;
+                reach.durable = false;
+            }
+            None => self.written.push(Reach { pack: pack.clone(), end, durable: false }),
+        }
+    }
+
+    /// Records that this upload's records in `pack` are durable (it synced them itself).
+    fn note_durable(&mut self, pack: &PackLease) {
+        if let Some(reach) = self.written.iter_mut().find(|reach| reach.pack.pack() == pack.pack()) {
+            reach.durable = true;
         }
     }
 
@@ -233,7 +267,11 @@ impl Upload {
         self.pack = None;
         let mut at = 0;
         // A rescue appends to `written`: the packs it adds are synced in turn.
-        while let Some((pack, end)) = self.written.get(at).cloned() {
+        while let Some(Reach { pack, end, durable }) = self.written.get(at).cloned() {
+            at += 1;
+            if durable {
+                continue;
+            }
             match pack.sync_through(end).await {
                 Ok(synced) => self.store.inner.writers.count_sync(synced),
                 Err(err) => {
@@ -242,7 +280,6 @@ impl Upload {
                     self.pack = None;
                 }
             }
-            at += 1;
         }
         Ok(())
     }
@@ -277,7 +314,7 @@ impl Upload {
             new_chunks: std::mem::take(&mut self.new_chunks),
             reused: std::mem::take(&mut self.reused),
             pins: std::mem::take(&mut self.pins),
-            _leases: self.written.drain(..).map(|(lease, _)| lease).collect(),
+            _leases: self.written.drain(..).map(|reach| reach.pack).collect(),
         })
     }
 
