@@ -219,7 +219,7 @@ impl NodeClient {
     ) -> Result<u64, ClientError> {
         let extra = Extra { headers: vec![(OFFSET_HEADER, offset.to_string())], body: Some(Box::pin(body)) };
         let response = self.call(Method::PATCH, id, APPEND_VERSION, extra).await?;
-        let answer = read_to_end(incoming(response, self.idle), MAX_SMALL_BODY).await?;
+        let answer = read_to_end(incoming(response, self.idle), MAX_SMALL_BODY, 0).await?;
         let answer: serde_json::Value = serde_json::from_slice(&answer)
             .map_err(|err| ClientError::Unexpected(format!("an append answered no JSON: {err}")))?;
         answer["len"].as_u64().ok_or_else(|| ClientError::Unexpected(format!("an append answered {answer}")))
@@ -278,7 +278,7 @@ impl NodeClient {
             return Err(ClientError::Unexpected("a range read answered another length".into()));
         }
         let limit = usize::try_from(len).unwrap_or(usize::MAX);
-        let bytes = read_to_end(incoming(response, self.idle), limit).await?;
+        let bytes = read_to_end(incoming(response, self.idle), limit, limit).await?;
         if bytes.len() as u64 != len {
             return Err(ClientError::Unexpected(format!("{} bytes for a range of {len}", bytes.len())));
         }
@@ -386,7 +386,7 @@ impl NodeClient {
         let length =
             response.headers().get(LENGTH_HEADER).and_then(|value| value.to_str().ok()?.parse().ok());
         // An error body is small; a peer that sends more is not read past this.
-        let body = read_to_end(incoming(response, self.idle), MAX_SMALL_BODY).await.unwrap_or_default();
+        let body = read_to_end(incoming(response, self.idle), MAX_SMALL_BODY, 0).await.unwrap_or_default();
         let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let field = |name: &str| body["error"][name].as_str().unwrap_or_default().to_string();
         match length {
