@@ -12,7 +12,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::{Silo, raw_put, scratch, sdk_client_with, tenant_with_key};
+use crate::common::{Silo, metric, raw_put, scratch, sdk_client_with, tenant_with_key};
 
 const MIB: u64 = 1 << 20;
 /// What Silo may hold beyond its budget at the peak of a burst: its idle footprint at the
@@ -154,13 +154,6 @@ async fn settled_rss(pid: u32, at_most: u64) -> u64 {
     rss
 }
 
-async fn metric(silo: &Silo, name: &str) -> Option<f64> {
-    let text = reqwest::get(silo.metrics_url()).await.ok()?.text().await.ok()?;
-    text.lines()
-        .find(|line| line.starts_with(name))
-        .and_then(|line| line.split_whitespace().last()?.parse().ok())
-}
-
 #[tokio::test]
 async fn two_hundred_uploads_at_once_stay_within_the_budget_and_memory_goes_back() {
     let (silo, _tmp) = silo_with("memory_200", &[]).await;
@@ -191,10 +184,10 @@ async fn two_hundred_uploads_at_once_stay_within_the_budget_and_memory_goes_back
     );
     assert_eq!(metric(&silo, "silo_memory_in_use_bytes").await, Some(0.0), "every reservation went back");
     // 200 uploads of about 10 MiB each do not fit in 256 MiB at once: some waited, none failed.
-    let waits = metric(&silo, "silo_memory_waits").await.unwrap_or_default();
+    let waits = metric(&silo, "silo_memory_waits_total").await.unwrap_or_default();
     eprintln!("{waits} uploads waited for memory");
     assert!(waits > 0.0, "no upload waited for memory");
-    assert_eq!(metric(&silo, "silo_memory_wait_timeouts").await, Some(0.0), "no upload timed out");
+    assert_eq!(metric(&silo, "silo_memory_wait_timeouts_total").await, Some(0.0), "no upload timed out");
 }
 
 #[tokio::test]
@@ -206,7 +199,7 @@ async fn a_budget_of_32_mib_slows_uploads_down_and_the_sdk_absorbs_its_slow_down
     let start = proc_status(pid, "VmRSS:");
     Burst { multipart: 1, parts: 40, singles: 2 }.run(&client, "tight").await;
     let peak = proc_status(pid, "VmHWM:");
-    let slow_downs = metric(&silo, "silo_memory_wait_timeouts").await.unwrap_or_default();
+    let slow_downs = metric(&silo, "silo_memory_wait_timeouts_total").await.unwrap_or_default();
     eprintln!(
         "32 MiB budget: RSS at the start {} MiB, peak {} MiB, {slow_downs} SlowDowns retried",
         start / MIB,
@@ -246,7 +239,7 @@ async fn an_upload_that_waits_past_the_limit_gets_slow_down_and_leaves_nothing()
         let head = client.head_object().bucket("wait").key(key).send().await;
         assert!(head.is_err(), "{key} was not stored");
     }
-    assert_eq!(metric(&silo, "silo_memory_wait_timeouts").await, Some(1.0));
+    assert_eq!(metric(&silo, "silo_memory_wait_timeouts_total").await, Some(1.0));
     // The budget is whole again: the same small PUT now goes through.
     client
         .put_object()

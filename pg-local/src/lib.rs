@@ -196,7 +196,9 @@ impl LocalInstance {
         while is_live_postgres(postmaster) && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        if stopped.is_ok() {
+        if is_live_postgres(postmaster) {
+            tracing::warn!(pid = postmaster, "the postmaster has not exited 5 s after its shutdown");
+        } else if stopped.is_ok() {
             tracing::info!("Postgres stopped");
         }
         stopped

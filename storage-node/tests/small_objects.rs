@@ -242,8 +242,10 @@ async fn round_trips_of_a_small_put_and_get() {
     let (put_lines, get_lines) = (between("put-starts", "get-starts"), between("get-starts", "get-ends"));
     // A named statement is prepared on its first use on the connection (a round trip of its
     // own), and only executed after; unnamed ones are never prepared apart.
-    let name_of =
-        |line: &str| line.split("execute ").nth(1).and_then(|rest| rest.split(':').next()).map(str::to_owned);
+    let name_of = |line: &str| {
+        let name = line.split("execute ").nth(1).and_then(|rest| rest.split(':').next())?;
+        (name != "<unnamed>").then(|| name.to_owned())
+    };
     let round_trips = |lines: &[&str]| {
         let first = lines.first().and_then(|line| ours.iter().position(|l| l == line)).unwrap_or(0);
         let prepared_before: Vec<String> = ours[..first].iter().filter_map(|line| name_of(line)).collect();

@@ -62,7 +62,7 @@ impl ChunkStore {
     pub async fn gc(&self) -> Result<GcReport, StoreError> {
         let _one_at_a_time = self.inner.gc_lock.lock().await;
         let mut report = GcReport::default();
-        self.inner.writers.retire_idle();
+        self.inner.writers.retire_idle(false);
         self.seal_ready(&mut report).await?;
         // Chunks and packs are the cluster's: one node at a time deletes and compacts, and a
         // node that finds another one at it (or hung holding the lock) leaves that to it.
@@ -77,12 +77,13 @@ impl ChunkStore {
         Ok(report)
     }
 
-    /// Seals every idle open pack (at shutdown, so that the next start finds nothing open).
+    /// Closes every open pack and seals those no upload holds (at shutdown, so that the next
+    /// start finds nothing open).
     ///
     /// # Errors
     /// Catalog errors.
     pub async fn close(&self) -> Result<(), StoreError> {
-        self.inner.writers.retire_idle();
+        self.inner.writers.retire_idle(true);
         self.seal_ready(&mut GcReport::default()).await
     }
 
@@ -213,21 +214,30 @@ impl ChunkStore {
                     Ok(lease) => lease,
                     Err(err) => return self.unplaced(old, err),
                 };
-                let mut pack = lease.lock().await;
-                if lease.is_closed() {
-                    continue;
+                // In a task of its own, as an upload's append: a GC pass cancelled meanwhile
+                // (its client gone) never leaves the shared pack half-written.
+                let (store, held, records) = (self.clone(), lease.clone(), live.clone());
+                let outcome = tokio::spawn(async move {
+                    let mut pack = held.lock().await;
+                    if held.is_closed() {
+                        return None;
+                    }
+                    if pack.len() > crate::pack::PACK_HEADER_LEN && pack.len() + needed > target_bytes {
+                        held.close();
+                        return None;
+                    }
+                    let copied = store.copy_records(&mut pack, &records).await;
+                    // A damaged old pack is no reason to stop taking records; a failed copy is.
+                    if pack.is_broken() || pack.len() >= target_bytes {
+                        held.close();
+                    }
+                    Some(copied)
+                })
+                .await?;
+                if let Some(copied) = outcome {
+                    target = Some(lease);
+                    break copied;
                 }
-                if pack.len() > crate::pack::PACK_HEADER_LEN && pack.len() + needed > target_bytes {
-                    lease.close();
-                    continue;
-                }
-                let copied = self.copy_records(&mut pack, &live).await;
-                if copied.is_err() || pack.is_broken() || pack.len() >= target_bytes {
-                    lease.close();
-                }
-                drop(pack);
-                target = Some(lease);
-                break copied;
             };
             match copied {
                 Ok(copied) => moves = copied,

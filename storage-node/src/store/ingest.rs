@@ -223,8 +223,7 @@ impl ChunkStore {
                 Err(err)
             }
         };
-        // Only now are the last chunks sent to the pack's other copies (the sync ends their
-        // streams) and the memory free.
+        // The chunks' bytes are written and sent to every copy by now: the memory is free.
         drop(memory);
         outcome
     }

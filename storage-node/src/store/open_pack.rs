@@ -7,8 +7,9 @@
 //! answers once its copy is fsynced too, with the length it now has. Only after that may an
 //! upload whose records it holds commit: a committed chunk is durable in every copy of its
 //! pack. When any copy fails, the pack is broken: it takes no more records and is sealed at the
-//! length every copy had reached, and the uploads with records not yet synced in it fail with a
-//! retryable error. The uploads that share a pack take turns (see `writers`).
+//! length every copy had reached; an upload with records not yet synced in it moves them to a new
+//! pack from this node's copy, or fails with a retryable error (see `upload`). The uploads that
+//! share a pack take turns on it (see `writers`).
 
 use std::io;
 use std::sync::Arc;
@@ -57,14 +58,14 @@ impl RemoteCopy {
     }
 }
 
-/// One streaming append to a peer, open while an upload holds the pack.
+/// One streaming append to a peer, open from the first record after a sync to the next sync.
 struct AppendStream {
     node: NodeId,
     sender: mpsc::Sender<io::Result<Bytes>>,
     answer: JoinHandle<Result<u64, ClientError>>,
 }
 
-/// An open pack: its copies, its length, and the lease every upload into it clones.
+/// An open pack: its copies, its length and what is durable in all of them.
 pub struct OpenPack {
     id: PackId,
     class: PackClass,

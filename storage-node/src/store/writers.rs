@@ -5,8 +5,9 @@
 //! so open files, append streams to peers (and the records they buffer) and fsyncs grow with
 //! the classes, not with the uploads. An upload stays on its pack while the pack takes
 //! records, so its chunks still sit close together. Each record is appended under the pack's
-//! lock; at its end an upload syncs each pack it wrote into, unless a sync of another upload
-//! already covered its records: concurrent uploads share one `fdatasync` (group commit).
+//! lock; an upload syncs a pack its record filled, and at its end each other pack it wrote
+//! into, unless a sync of another upload already covered its records: concurrent uploads share
+//! one `fdatasync` (group commit).
 //!
 //! Every upload that wrote into a pack holds a [`PackLease`] on it until it commits or gives
 //! up. A pack is sealed (and so becomes visible to GC compaction) only when it takes no more
@@ -281,16 +282,22 @@ impl WriterPool {
         lock(&self.unsealed).extend(packs);
     }
 
-    /// Closes every open pack, so that GC and shutdown can seal them once their uploads end.
-    pub fn retire_idle(&self) {
-        let open: Vec<PackLease> = lock(&self.open).drain(..).collect();
-        self.retire(open);
+    /// Closes the open packs no upload is writing into (`busy_too`: every one, at shutdown),
+    /// so that they are sealed; a busy pack is left to its uploads, which GC must not push onto
+    /// new packs at every pass.
+    pub fn retire_idle(&self, busy_too: bool) {
+        let mut open = lock(&self.open);
+        let (done, kept): (Vec<_>, Vec<_>) =
+            open.drain(..).partition(|lease| busy_too || lease.holders() == 0);
+        *open = kept;
+        drop(open);
+        self.retire(done);
     }
 }
 
 impl ChunkStore {
-    /// Seals the packs whose writers are done with them (full, broken, single-use or beyond
-    /// the idle ones kept) and whose last upload has ended; returns how many. Until then a
+    /// Seals the packs that take no more records (full, broken, degraded, aged or closed by
+    /// GC) and whose last upload has ended; returns how many. Until then a
     /// pack is open, and repair and compaction leave it alone: a degraded pack waiting for
     /// its missing copies is sealed here within seconds, not at the next GC pass.
     ///
