@@ -7,7 +7,6 @@
 
 use crate::common;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::presigning::PresigningConfig;
@@ -74,23 +73,9 @@ async fn objects_written_through_any_node_read_back_through_every_node_from_copi
 #[tokio::test]
 async fn an_owned_tenants_bytes_are_only_on_its_own_nodes_and_read_through_every_node() {
     let cluster = three_zones_and_acme("cluster_owned").await;
-    let acme = cluster.tenant("acme-media");
-    // The tenant that owns the nodes is `acme`; give it its own key too.
-    let _ = acme;
     let placement = silo_cli_json(cluster.node("node-a"), &["tenant", "placement", "acme", "--owned"]);
     assert_eq!(placement["mode"], "owned", "{placement}");
-    let key = silo_cli_json(cluster.node("node-a"), &["key", "create", "acme"]);
-    let field = |name: &str| key[name].as_str().expect("key field").to_string();
-    let clients: HashMap<String, aws_sdk_s3::Client> = cluster
-        .nodes
-        .iter()
-        .map(|node| {
-            (
-                node.name.clone(),
-                common::sdk_client(&node.silo, &field("access_key_id"), &field("secret_access_key")),
-            )
-        })
-        .collect();
+    let clients = cluster.key_of("acme");
     clients["node-a"].create_bucket().bucket("private").send().await.expect("bucket");
     let marker = b"ACME-SENSITIVE-7f3a";
     let body = marked(5_000_000, 99, marker);

@@ -2,7 +2,8 @@
 //! one catalog. A copy damaged on another node is read around and marked; scrub on a node
 //! marks its own damaged copy; repair replaces both; GC deletes and compacts across nodes and
 //! every node deletes its own copies of the retired packs; a drained node gives its copies away
-//! and is removed; every object reads back exact through every node left, at each step.
+//! and is removed; every object reads back exact through every node left, at each step. A
+//! tenant's placement change moves its old chunks into its new domain and off the old disks.
 
 use crate::common;
 
@@ -10,7 +11,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, copies, get, pack_file, put, try_get};
+use common::cluster::{Cluster, any_file_contains, copies, get, marked, pack_file, put, try_get};
 use common::silo_cli_json;
 
 /// Flips one byte in the middle of `file`.
@@ -43,16 +44,17 @@ async fn wait_for<F: AsyncFnMut(&Cluster) -> bool>(cluster: &Cluster, what: &str
     }
 }
 
-/// Every object of `written` reads back exact through each node of `readers`.
+/// Every object of `written` in `bucket` reads back exact through each node of `readers`.
 async fn all_read_back(
     clients: &HashMap<String, aws_sdk_s3::Client>,
+    bucket: &str,
     readers: &[&str],
     written: &[(String, Vec<u8>)],
     when: &str,
 ) {
     for reader in readers {
         for (key, body) in written {
-            let read = try_get(&clients[*reader], "site", key).await;
+            let read = try_get(&clients[*reader], bucket, key).await;
             assert!(read.as_ref() == Ok(body), "{key} through {reader} {when}: {:?}", read.err());
         }
     }
@@ -90,7 +92,7 @@ async fn damage_scrub_gc_and_a_drain_across_nodes_keep_every_object_and_leave_no
     let damaged = pack_file(&cluster.data_dir("node-a"), pack);
     flip_middle_byte(&damaged);
     for round in 0.. {
-        all_read_back(&clients, &[bystander], &written, "with a damaged copy").await;
+        all_read_back(&clients, "site", &[bystander], &written, "with a damaged copy").await;
         if copy_state(&cluster, pack, "node-a").await.as_deref() != Some("ok")
             || std::fs::read(&damaged).ok().as_ref() == Some(&sound)
         {
@@ -124,7 +126,7 @@ async fn damage_scrub_gc_and_a_drain_across_nodes_keep_every_object_and_leave_no
             && copy_state(cluster, pack, bystander).await.as_deref() == Some("ok")
     })
     .await;
-    all_read_back(&clients, &["node-a", "node-b", "node-c"], &written, "after repair").await;
+    all_read_back(&clients, "site", &["node-a", "node-b", "node-c"], &written, "after repair").await;
 
     // Four objects deleted: one GC pass deletes their chunks and compacts the pack, and every
     // node's own pass deletes its copy of the retired pack.
@@ -140,7 +142,7 @@ async fn damage_scrub_gc_and_a_drain_across_nodes_keep_every_object_and_leave_no
         let file = pack_file(&cluster.data_dir(node), pack);
         assert!(!file.exists(), "{node} keeps the retired pack's file {}", file.display());
     }
-    all_read_back(&clients, &["node-a", "node-b", "node-c"], &written, "after GC").await;
+    all_read_back(&clients, "site", &["node-a", "node-b", "node-c"], &written, "after GC").await;
 
     // The zone-b node holding the copies drains: they move to the other, it is removed, and
     // everything reads through the two nodes left.
@@ -152,8 +154,98 @@ async fn damage_scrub_gc_and_a_drain_across_nodes_keep_every_object_and_leave_no
     })
     .await;
     silo_cli_json(cluster.node("node-a"), &["node", "remove", &holder]);
-    all_read_back(&clients, &["node-a", heir], &written, "after the drain").await;
+    all_read_back(&clients, "site", &["node-a", heir], &written, "after the drain").await;
     for (key, body) in &written {
         assert!(get(&clients[heir], "site", key).await == *body);
     }
+}
+
+/// Whether some file under each of `nodes`' data directories holds `marker`.
+fn holders_of(cluster: &Cluster, nodes: &[&str], marker: &[u8]) -> Vec<String> {
+    nodes
+        .iter()
+        .filter(|node| any_file_contains(&cluster.data_dir(node), marker).is_some())
+        .map(|node| node.to_string())
+        .collect()
+}
+
+/// Runs a GC pass on every node: the first one rewrites, each one deletes its retired copies.
+fn gc_everywhere(cluster: &Cluster) -> Vec<serde_json::Value> {
+    cluster.nodes.iter().map(|node| silo_cli_json(&node.silo, &["gc"])).collect()
+}
+
+#[tokio::test]
+async fn a_placement_change_moves_a_tenants_old_chunks_into_its_new_domain_and_off_the_old_disks() {
+    let mut cluster = Cluster::new("cluster_relocate").await;
+    let config = cluster.root.join("silo.toml");
+    std::fs::write(&config, "[store]\nretire_grace = 0\n").expect("config");
+    let config = config.to_string_lossy().into_owned();
+    let quiet = ["--config", config.as_str(), "--repair-interval-secs", "0", "--gc-interval-secs", "0"];
+    for (node, zone) in [("node-a", "a"), ("node-b", "b"), ("node-c", "c")] {
+        cluster.start_with(node, zone, None, &quiet).await;
+    }
+    silo_cli_json(cluster.node("node-a"), &["tenant", "create", "acme"]);
+    cluster.start_with("acme-a", "a", Some("acme"), &quiet).await;
+    cluster.start_with("acme-b", "b", Some("acme"), &quiet).await;
+    let (shared, owned) = (["node-a", "node-b", "node-c"], ["acme-a", "acme-b"]);
+    let media = cluster.tenant("media");
+    let acme = cluster.key_of("acme");
+    media["node-a"].create_bucket().bucket("site").send().await.expect("bucket");
+    acme["node-a"].create_bucket().bucket("vault").send().await.expect("bucket");
+
+    // acme starts on the shared nodes, its chunks in the same packs as media's.
+    let (acme_marker, media_marker) = (b"ACME-MOVES-c41d".as_slice(), b"MEDIA-STAYS-9e2b".as_slice());
+    let mut acme_objects = Vec::new();
+    let mut media_objects = Vec::new();
+    for at in 0..3u64 {
+        let key = format!("file-{at}.bin");
+        let body = marked(700_000, 40 + at, acme_marker);
+        put(&acme["node-a"], "vault", &key, &body).await;
+        acme_objects.push((key.clone(), body));
+        let body = marked(500_000, 50 + at, media_marker);
+        put(&media["node-a"], "site", &key, &body).await;
+        media_objects.push((key, body));
+    }
+    gc_everywhere(&cluster);
+    assert_eq!(holders_of(&cluster, &owned, acme_marker), Vec::<String>::new(), "acme is shared so far");
+    assert!(holders_of(&cluster, &shared, acme_marker).len() >= 2, "two copies of acme's bytes");
+    let mixed = cluster
+        .sql_rows(
+            "SELECT l.pack_id FROM chunk_locations l JOIN tenants t ON t.id = l.tenant_id \
+             GROUP BY l.pack_id HAVING count(DISTINCT t.name) > 1",
+        )
+        .await;
+    assert!(!mixed.is_empty(), "acme's and media's chunks share a pack");
+
+    // Owned now: GC rewrites every pack that holds acme's chunks, splitting the shared ones.
+    silo_cli_json(cluster.node("node-a"), &["tenant", "placement", "acme", "--owned"]);
+    let reports = gc_everywhere(&cluster);
+    let relocated: u64 = reports.iter().map(|report| report["packs_relocated"].as_u64().unwrap_or(0)).sum();
+    assert!(relocated >= 1, "{reports:?}");
+    assert_eq!(
+        holders_of(&cluster, &shared, acme_marker),
+        Vec::<String>::new(),
+        "acme's bytes left the shared disks"
+    );
+    assert_eq!(holders_of(&cluster, &owned, acme_marker), owned.to_vec());
+    assert_eq!(holders_of(&cluster, &owned, media_marker), Vec::<String>::new(), "media stays shared");
+    let caught_up =
+        cluster.sql_rows("SELECT placed_epoch = placement_epoch FROM tenants WHERE name = 'acme'").await;
+    assert!(caught_up[0].get::<_, bool>(0), "acme's placement change is caught up");
+    for (pack, _, nodes, _) in copies(&cluster).await {
+        let owners = cluster
+            .sql_rows(&format!("SELECT DISTINCT tenant_id FROM chunk_locations WHERE pack_id = {pack}"))
+            .await;
+        assert_eq!(owners.len(), 1, "pack {pack} on {nodes:?} holds one domain's chunks");
+    }
+    all_read_back(&acme, "vault", &cluster.names(), &acme_objects, "after acme became owned").await;
+    all_read_back(&media, "site", &cluster.names(), &media_objects, "after acme became owned").await;
+
+    // And back: shared again, acme's chunks leave its own nodes.
+    silo_cli_json(cluster.node("acme-a"), &["tenant", "placement", "acme", "--shared"]);
+    gc_everywhere(&cluster);
+    assert_eq!(holders_of(&cluster, &owned, acme_marker), Vec::<String>::new(), "acme's own disks emptied");
+    assert!(holders_of(&cluster, &shared, acme_marker).len() >= 2, "two shared copies again");
+    all_read_back(&acme, "vault", &cluster.names(), &acme_objects, "after acme became shared again").await;
+    all_read_back(&media, "site", &cluster.names(), &media_objects, "after acme became shared again").await;
 }

@@ -102,10 +102,18 @@ impl Cluster {
     /// A tenant with a key, and an SDK client for it on every node.
     pub fn tenant(&self, name: &str) -> HashMap<String, aws_sdk_s3::Client> {
         let (id, secret) = super::tenant_with_key(&self.nodes[0].silo, name);
-        self.nodes
-            .iter()
-            .map(|node| (node.name.clone(), super::sdk_client(&node.silo, &id, &secret)))
-            .collect()
+        self.clients(&id, &secret)
+    }
+
+    /// A new key of the existing tenant `name`, and an SDK client for it on every node.
+    pub fn key_of(&self, name: &str) -> HashMap<String, aws_sdk_s3::Client> {
+        let key = super::silo_cli_json(&self.nodes[0].silo, &["key", "create", name]);
+        let field = |name: &str| key[name].as_str().expect("key field").to_string();
+        self.clients(&field("access_key_id"), &field("secret_access_key"))
+    }
+
+    fn clients(&self, id: &str, secret: &str) -> HashMap<String, aws_sdk_s3::Client> {
+        self.nodes.iter().map(|node| (node.name.clone(), super::sdk_client(&node.silo, id, secret))).collect()
     }
 
     pub async fn sql_rows(&self, sql: &str) -> Vec<tokio_postgres::Row> {
@@ -113,6 +121,11 @@ impl Cluster {
             tokio_postgres::connect(&self.catalog, tokio_postgres::NoTls).await.expect("catalog");
         tokio::spawn(conn);
         client.query(sql, &[]).await.expect(sql)
+    }
+
+    /// The names of the nodes, in the order they started.
+    pub fn names(&self) -> Vec<&str> {
+        self.nodes.iter().map(|node| node.name.as_str()).collect()
     }
 
     /// The data directory of node `name`.

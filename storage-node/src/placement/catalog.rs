@@ -118,8 +118,10 @@ pub async fn show_policy(pool: &CatalogPool, name: &str) -> Result<PlacementView
 }
 
 /// Changes the placement of the tenant `name` (absent fields keep their value), after checking
-/// the new policy against the registered nodes; the new packs follow it at once, the packs
-/// already written keep their copies until repair moves them.
+/// the new policy against the registered nodes; the new packs follow it at once. The packs
+/// already written keep their copies until repair moves them, and chunks left in packs of
+/// another domain (shared packs after the tenant became owned) until GC rewrites those packs
+/// (the change bumps the tenant's `placement_epoch` for it).
 ///
 /// # Errors
 /// [`PlacementError::UnknownTenant`]; a bad value ([`PlacementError::InvalidZone`], ...); a
@@ -140,7 +142,8 @@ pub async fn set_policy(
     let nodes = candidates(&*tx).await?;
     rules::check(&policy, tenant, name, &nodes)?;
     tx.execute(
-        "UPDATE tenants SET placement = $2, replication_factor = $3, allowed_zones = $4, on_shortage = $5 \
+        "UPDATE tenants SET placement = $2, replication_factor = $3, allowed_zones = $4, on_shortage = $5, \
+                placement_epoch = placement_epoch + 1 \
          WHERE id = $1",
         &[
             &tenant.0,

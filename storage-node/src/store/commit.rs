@@ -381,7 +381,7 @@ async fn check_packs_take_commits(
                 "SELECT count(*) FILTER (WHERE p.state <> 'open' \
                                          OR p.owner_tenant_id IS DISTINCT FROM ({})) \
                  FROM (SELECT * FROM packs WHERE id = ANY($2) ORDER BY id FOR NO KEY UPDATE) p",
-                domain_owner_sql(1, 3)
+                domain_owner_sql("$1", "$3")
             ),
             &[&tenant.0, &packs, &node.0],
         )

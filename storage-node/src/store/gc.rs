@@ -1,14 +1,12 @@
-//! Garbage collection: unreferenced chunks go, and packs with little left alive are compacted.
+//! Garbage collection: unreferenced chunks go, packs with little left alive are compacted, and
+//! chunks left outside their tenant's placement domain move into it.
 //!
 //! 1. Seal the idle open packs and the full ones that no running upload holds a lease on, so
 //!    their dead bytes become reclaimable (the next upload starts a fresh pack).
 //! 2. Delete chunks with no references and no pins (from uploads about to reference them, or
 //!    expired), and take their bytes off their packs' live counts.
-//! 3. Compact sealed packs whose live share fell below the threshold: copy their live records
-//!    (verified on the way, so damage is never copied) into an open pack, fsync, repoint the
-//!    locations in one transaction, and retire the old pack.
-//!    When the disk is too full to copy into, punch holes in the pack's dead ranges instead
-//!    (`fallocate(PUNCH_HOLE)`): that frees their blocks without writing anything new.
+//! 3. Rewrite sealed packs whose live share fell below the threshold, and packs holding chunks
+//!    of a tenant whose placement changed ([`super::compact`]).
 //! 4. Delete the files of packs retired longer ago than the grace period, which covers readers
 //!    that looked a chunk's location up just before it moved. Only a pack that was sealed
 //!    (its size recorded) can have been retired by compaction; the file of a row retired
@@ -18,9 +16,6 @@
 //! on the whole cluster's chunks and packs, so one node at a time runs them (an advisory lock);
 //! phases 1 and 4 are each node's own (its open packs, its copies of retired packs).
 
-use super::open_pack::OpenPack;
-use super::verify::{ChunkLocation, LOCATIONS_SELECT, ReadMode};
-use super::writers::PackLease;
 use super::{ChunkStore, StoreError};
 use crate::TenantId;
 use crate::pack::{PackId, RECORD_HEADER_LEN, pack_path};
@@ -41,9 +36,10 @@ pub struct GcReport {
     pub packs_punched: u64,
     pub packs_deleted: u64,
     pub disk_bytes_reclaimed: u64,
-    /// Packs not compacted because their live chunks' tenants are in different placements now.
+    /// Packs rewritten because some of their chunks' tenants changed placement since: their
+    /// chunks moved into packs of their tenants' domains.
     #[serde(default)]
-    pub packs_skipped_mixed: u64,
+    pub packs_relocated: u64,
     /// Packs not compacted because their new pack could not be placed or written in this pass.
     #[serde(default)]
     pub packs_skipped_unplaced: u64,
@@ -51,8 +47,6 @@ pub struct GcReport {
     #[serde(default)]
     pub cluster_phases_skipped: bool,
 }
-
-const COMPACT_BATCH: i64 = 16;
 
 impl ChunkStore {
     /// Runs one full GC pass.
@@ -145,214 +139,6 @@ impl ChunkStore {
         Ok(())
     }
 
-    async fn compact(&self, report: &mut GcReport) -> Result<(), StoreError> {
-        let client = self.inner.pool.get().await?;
-        let candidates: Vec<i64> = client
-            .query(
-                "SELECT id FROM packs p WHERE state = 'sealed' AND live_bytes::float8 < size::float8 * $2::float8 \
-                   AND EXISTS (SELECT 1 FROM pack_replicas r WHERE r.pack_id = p.id AND r.node_id = $1 AND r.state = 'ok') \
-                 ORDER BY live_bytes LIMIT $3",
-                &[&self.inner.node.0, &self.inner.config.compact_below_live_share, &COMPACT_BATCH],
-            )
-            .await?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
-        drop(client);
-        for pack in candidates {
-            match self.compact_pack(PackId(pack)).await {
-                Ok(Compaction::Done) => report.packs_compacted += 1,
-                Ok(Compaction::Damaged) => report.packs_skipped_damaged += 1,
-                Ok(Compaction::Mixed) => report.packs_skipped_mixed += 1,
-                Ok(Compaction::Unplaced) => report.packs_skipped_unplaced += 1,
-                Err(StoreError::StorageFull { .. }) => {
-                    tracing::warn!(pack, "the disk is too full to compact into; punching out dead ranges");
-                    self.punch_dead_ranges(PackId(pack)).await?;
-                    report.packs_punched += 1;
-                }
-                Err(err) => return Err(err),
-            }
-        }
-        Ok(())
-    }
-
-    async fn compact_pack(&self, old: PackId) -> Result<Compaction, StoreError> {
-        // No connection is held across `open_pack`, which may need one of its own.
-        let client = self.inner.pool.get().await?;
-        let live: Vec<ChunkLocation> = client
-            .query(&format!("{LOCATIONS_SELECT} WHERE l.pack_id = $1 ORDER BY l.pack_offset"), &[&old.0])
-            .await?
-            .iter()
-            .map(ChunkLocation::from_row)
-            .collect();
-        drop(client);
-        let mut moves = Vec::new();
-        let mut target: Option<PackLease> = None;
-        if let Some(first) = live.first() {
-            // A pack holds chunks of one class of tenants, whose policies now say where the live
-            // chunks go. Should their policies have come apart since (one tenant's placement
-            // changed), no single pack can take them all: the pack is left as it is.
-            let class = self.pack_class(first.tenant).await?;
-            let mut tenants: Vec<TenantId> = live.iter().map(|at| at.tenant).collect();
-            tenants.sort_unstable_by_key(|tenant| tenant.0);
-            tenants.dedup();
-            for tenant in tenants.iter().filter(|tenant| **tenant != first.tenant) {
-                if self.pack_class(*tenant).await? != class {
-                    tracing::warn!(
-                        pack = old.0,
-                        "the live chunks of this pack now belong to different placements; not compacting it"
-                    );
-                    return Ok(Compaction::Mixed);
-                }
-            }
-            // Into a pack with room for all of them: a peer refuses a pack past the size limit.
-            // The pack is held for the whole copy, so that no upload's record lands in between.
-            let needed: u64 = live.iter().map(|at| RECORD_HEADER_LEN + u64::from(at.stored_len)).sum();
-            let target_bytes = self.inner.config.pack_target_bytes;
-            let copied = loop {
-                let lease = match self.writable_pack(&class, first.tenant).await {
-                    Ok(lease) => lease,
-                    Err(err) => return self.unplaced(old, err),
-                };
-                // In a task of its own, as an upload's append: a GC pass cancelled meanwhile
-                // (its client gone) never leaves the shared pack half-written.
-                let (store, held, records) = (self.clone(), lease.clone(), live.clone());
-                let outcome = tokio::spawn(async move {
-                    let mut pack = held.lock().await;
-                    if held.is_closed() {
-                        return None;
-                    }
-                    if pack.len() > crate::pack::PACK_HEADER_LEN && pack.len() + needed > target_bytes {
-                        held.close();
-                        return None;
-                    }
-                    let copied = store.copy_records(&mut pack, &records).await;
-                    // A damaged old pack is no reason to stop taking records; a failed copy is.
-                    if pack.is_broken() || pack.len() >= target_bytes {
-                        held.close();
-                    }
-                    Some(copied)
-                })
-                .await?;
-                if let Some(copied) = outcome {
-                    target = Some(lease);
-                    break copied;
-                }
-            };
-            match copied {
-                Ok(copied) => moves = copied,
-                Err(err) => {
-                    drop(target.take());
-                    match err {
-                        StoreError::Integrity { .. } | StoreError::ChunkUnavailable { .. } => {
-                            tracing::error!(
-                                pack = old.0,
-                                "a live chunk in this pack is damaged: not compacting it (see scrub)"
-                            );
-                            return Ok(Compaction::Damaged);
-                        }
-                        // The old pack's file is gone (its chunks are lost; the start-up reconcile
-                        // and scrub report them): as uncompactable as a damaged pack, and it must
-                        // not fail every GC pass.
-                        StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                            tracing::error!(
-                                pack = old.0,
-                                "this pack's file is gone: not compacting it (see scrub)"
-                            );
-                            return Ok(Compaction::Damaged);
-                        }
-                        other => return self.unplaced(old, other),
-                    }
-                }
-            }
-        }
-        let mut client = self.inner.pool.get().await?;
-        let txn = client.transaction().await?;
-        if let Some(new) = target.as_ref().map(PackLease::pack) {
-            let tenants: Vec<i64> = moves.iter().map(|(at, _)| at.tenant.0).collect();
-            let ids: Vec<Vec<u8>> = moves.iter().map(|(at, _)| at.chunk.0.to_vec()).collect();
-            let offsets: Vec<i64> = moves.iter().map(|(_, offset)| *offset as i64).collect();
-            let sizes: Vec<i64> =
-                moves.iter().map(|(at, _)| RECORD_HEADER_LEN as i64 + i64::from(at.stored_len)).collect();
-            txn.execute(
-                "WITH moved AS ( \
-                    UPDATE chunk_locations l SET pack_id = $1, pack_offset = v.o \
-                    FROM unnest($3::int8[], $4::bytea[], $5::int8[], $6::int8[]) AS v(t, c, o, s) \
-                    WHERE l.tenant_id = v.t AND l.chunk_id = v.c AND l.pack_id = $2 \
-                    RETURNING v.s) \
-                 UPDATE packs SET live_bytes = live_bytes + (SELECT coalesce(sum(s), 0) FROM moved)::int8 WHERE id = $1",
-                &[&new.0, &old.0, &tenants, &ids, &offsets, &sizes],
-            )
-            .await?;
-        }
-        txn.execute(
-            "UPDATE packs SET state = 'retired', retired_at = now(), live_bytes = 0 \
-             WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM chunk_locations WHERE pack_id = $1)",
-            &[&old.0],
-        )
-        .await?;
-        txn.commit().await?;
-        // The new pack's lease ends only now: it is not sealed (and so compacted) before the
-        // moves that reference it are committed.
-        drop(target);
-        Ok(Compaction::Done)
-    }
-
-    /// A compaction that could not place or write its new pack: a failed peer or too few zones
-    /// skip this pack (the next pass tries again) instead of failing the whole GC pass, and the
-    /// peer is left out of new packs for a while. Any other error is the pass's.
-    fn unplaced(&self, old: PackId, err: StoreError) -> Result<Compaction, StoreError> {
-        match err {
-            StoreError::CopyFailed { .. } | StoreError::Retry(_) | StoreError::Placement(_) => {
-                self.note_copy_failure(&err);
-                tracing::warn!(pack = old.0, error = %err, "cannot write the compacted copy now; not compacting this pack in this pass");
-                Ok(Compaction::Unplaced)
-            }
-            other => Err(other),
-        }
-    }
-
-    /// Copies `live` records into `pack` as stored (no recompression), verifying each, then
-    /// makes them durable in every copy. Returns each chunk with its new offset.
-    async fn copy_records(
-        &self,
-        pack: &mut OpenPack,
-        live: &[ChunkLocation],
-    ) -> Result<Vec<(ChunkLocation, u64)>, StoreError> {
-        let mut moves = Vec::with_capacity(live.len());
-        for at in live {
-            let (store, location) = (self.clone(), *at);
-            let (record, _raw) =
-                tokio::task::spawn_blocking(move || store.read_record_verified(&location, ReadMode::Audit))
-                    .await??;
-            moves.push((*at, pack.append(record.header, record.data).await?));
-        }
-        pack.sync().await?;
-        Ok(moves)
-    }
-
-    /// Frees the blocks of `pack`'s dead ranges in place. Needs no free space.
-    async fn punch_dead_ranges(&self, pack: PackId) -> Result<(), StoreError> {
-        let client = self.inner.pool.get().await?;
-        let live: Vec<(u64, u64)> = client
-            .query(
-                "SELECT l.pack_offset, $2::int8 + c.stored_len \
-                 FROM chunk_locations l JOIN chunks c ON c.tenant_id = l.tenant_id AND c.id = l.chunk_id \
-                 WHERE l.pack_id = $1 ORDER BY l.pack_offset",
-                &[&pack.0, &(RECORD_HEADER_LEN as i64)],
-            )
-            .await?
-            .iter()
-            .map(|row| (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
-            .collect();
-        drop(client);
-        let path = pack_path(&self.inner.packs_dir, pack);
-        let punching = path.clone();
-        tokio::task::spawn_blocking(move || punch_holes(&punching, &live))
-            .await?
-            .map_err(|err| StoreError::io(path, err))
-    }
-
     async fn delete_retired(&self, report: &mut GcReport) -> Result<(), StoreError> {
         let client = self.inner.pool.get().await?;
         let grace = self.inner.config.retire_grace.as_secs_f64();
@@ -400,43 +186,4 @@ impl ChunkStore {
         }
         Ok(())
     }
-}
-
-enum Compaction {
-    Done,
-    Damaged,
-    /// Its live chunks' tenants are in different placements now.
-    Mixed,
-    /// Its new pack could not be placed or written now.
-    Unplaced,
-}
-
-/// Punches holes between the `live` records (offset, length; sorted) of the pack at `path`.
-fn punch_holes(path: &std::path::Path, live: &[(u64, u64)]) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let file = std::fs::OpenOptions::new().write(true).open(path)?;
-    let len = file.metadata()?.len();
-    let mut cursor = crate::pack::PACK_HEADER_LEN;
-    let mut gaps = Vec::new();
-    for (offset, size) in live.iter().copied().chain(std::iter::once((len, 0))) {
-        if offset > cursor {
-            gaps.push((cursor, offset - cursor));
-        }
-        cursor = cursor.max(offset + size);
-    }
-    for (offset, size) in gaps {
-        // SAFETY: a plain syscall on an open fd; the ranges hold no live record.
-        let punched = unsafe {
-            libc::fallocate(
-                file.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                offset as libc::off_t,
-                size as libc::off_t,
-            )
-        };
-        if punched != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }

@@ -9,6 +9,7 @@
 
 pub mod allocator;
 mod commit;
+mod compact;
 mod error;
 mod gc;
 mod ingest;

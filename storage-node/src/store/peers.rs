@@ -15,7 +15,7 @@ use bytes::Bytes;
 use super::verify::{ChunkLocation, ReadMode};
 use super::{ChunkStore, NodeId, StoreError};
 use crate::node_api::{ClientError, IDLE_TIMEOUT, NodeClient, PeerTls};
-use crate::pack::{PackId, RECORD_HEADER_LEN, RecordHeader};
+use crate::pack::{PackId, RECORD_HEADER_LEN, RecordHeader, RecordView};
 use crate::placement::LIVE_WITHIN;
 
 /// How long one peer may take to answer a chunk read before the next copy is tried.
@@ -114,8 +114,36 @@ impl ChunkStore {
         &self,
         at: &ChunkLocation,
         mode: ReadMode,
-        mut copies: Vec<RemoteCopy>,
+        copies: Vec<RemoteCopy>,
     ) -> Result<Bytes, StoreError> {
+        Ok(self.fetch_from_copies(at, mode, copies).await?.1)
+    }
+
+    /// The record `at` as stored (its header and stored bytes), verified, from the first of
+    /// `copies` that has it right, as [`ChunkStore::read_from_copies`] reads it: for copying a
+    /// record into another pack without decompressing it.
+    ///
+    /// # Errors
+    /// [`StoreError::ChunkUnavailable`] when no copy could be read.
+    pub(crate) async fn record_from_copies(
+        &self,
+        at: &ChunkLocation,
+        copies: Vec<RemoteCopy>,
+    ) -> Result<RecordView, StoreError> {
+        let (record, _raw) = self.fetch_from_copies(at, ReadMode::Audit, copies).await?;
+        let header = RecordHeader::decode(&record)
+            .ok_or_else(|| super::verify::integrity(at, "not a record header".into()))?;
+        Ok(RecordView { header, data: record.slice(RECORD_HEADER_LEN as usize..) })
+    }
+
+    /// The record `at` (as stored) and its raw bytes, verified, from the first of `copies`
+    /// that has it right.
+    async fn fetch_from_copies(
+        &self,
+        at: &ChunkLocation,
+        mode: ReadMode,
+        mut copies: Vec<RemoteCopy>,
+    ) -> Result<(Bytes, Bytes), StoreError> {
         // Peers that failed lately go last (a stable sort keeps the catalog's order otherwise).
         let suspects = self.inner.peers.suspects();
         copies.sort_by_key(|copy| suspects.contains(&copy.node));
@@ -152,6 +180,7 @@ impl ChunkStore {
             };
             let store = self.clone();
             let location = *at;
+            let record = bytes.clone();
             let checked = tokio::task::spawn_blocking(move || {
                 let header = RecordHeader::decode(&bytes)
                     .ok_or_else(|| super::verify::integrity(&location, "not a record header".into()))?;
@@ -159,7 +188,7 @@ impl ChunkStore {
             })
             .await?;
             match checked {
-                Ok(raw) => return Ok(raw),
+                Ok(raw) => return Ok((record, raw)),
                 Err(err) => {
                     tracing::error!(node = copy.node.0, error = %err, "a peer's copy of a pack is damaged");
                     self.mark_damaged(at.pack, copy.node).await;

@@ -6,17 +6,18 @@ use super::{ChunkStore, StoreError};
 use crate::TenantId;
 use crate::placement::{self, Plan};
 
-/// The owner of the placement domain of the tenant `$<tenant>` now, as `placement::plan`
-/// decides it for node `$<node>`: the tenant itself when its policy is `owned`, or when it owns
-/// nodes and no shared node can take a copy (the writing node, or a peer with an internal URL);
-/// NULL for the shared nodes. An SQL scalar subquery over those two parameters.
-pub(crate) fn domain_owner_sql(tenant: usize, node: usize) -> String {
+/// The owner of the placement domain of the tenant `tenant` now, as `placement::plan` decides
+/// it for node `node` (both SQL expressions: a parameter such as `$1`, or a column): the tenant
+/// itself when its policy is `owned`, or when it owns nodes and no shared node can take a copy
+/// (the writing node, or a peer with an internal URL); NULL for the shared nodes. An SQL scalar
+/// subquery over those two expressions.
+pub(crate) fn domain_owner_sql(tenant: &str, node: &str) -> String {
     format!(
         "SELECT CASE WHEN d.placement = 'owned' \
             OR (NOT EXISTS (SELECT 1 FROM storage_nodes n WHERE n.owner_tenant_id IS NULL \
-                            AND n.state <> 'removed' AND (n.internal_url IS NOT NULL OR n.id = ${node})) \
+                            AND n.state <> 'removed' AND (n.internal_url IS NOT NULL OR n.id = {node})) \
                 AND EXISTS (SELECT 1 FROM storage_nodes n WHERE n.owner_tenant_id = d.id AND n.state <> 'removed')) \
-            THEN d.id END FROM tenants d WHERE d.id = ${tenant}"
+            THEN d.id END FROM tenants d WHERE d.id = {tenant}"
     )
 }
 
@@ -30,7 +31,7 @@ impl ChunkStore {
             .query_opt(
                 &format!(
                     "SELECT ({}), t.replication_factor, t.allowed_zones FROM tenants t WHERE t.id = $1",
-                    domain_owner_sql(1, 2)
+                    domain_owner_sql("$1", "$2")
                 ),
                 &[&tenant.0, &self.inner.node.0],
             )
