@@ -10,9 +10,10 @@
 //! [`model`] of buckets, objects and multipart uploads over the store, and the [`s3`] data
 //! plane on top, which only translates S3 to and from the model. [`timestamp`] says how the
 //! API writes an instant, [`text_enum`] how a state is kept in a text column. [`node_api`]
-//! moves packs between the nodes of a cluster; [`placement`] says which nodes a tenant's packs go to;
+//! moves packs between the nodes of a cluster (records in [`buffer_pool`]'s reused buffers); [`placement`] says which nodes a tenant's packs go to;
 //! [`repair`] keeps every pack at its copies (the model's `node_retire` drains and removes nodes).
 
+pub mod buffer_pool;
 pub mod catalog;
 pub mod chunk_id;
 pub mod chunk_tree;

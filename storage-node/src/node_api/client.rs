@@ -282,7 +282,7 @@ impl NodeClient {
         if bytes.len() as u64 != len {
             return Err(ClientError::Unexpected(format!("{} bytes for a range of {len}", bytes.len())));
         }
-        Ok(bytes.into())
+        Ok(crate::buffer_pool::freeze(bytes))
     }
 
     /// Deletes pack `id` at the peer; done as well when it did not hold it.

@@ -93,9 +93,9 @@ pub async fn read_range(
         if span.end - span.start > HELD_RANGE_MAX {
             return Ok(None);
         }
-        let mut bytes = vec![0; (span.end - span.start) as usize];
+        let mut bytes = crate::buffer_pool::take_filled((span.end - span.start) as usize);
         file.read_exact_at(&mut bytes, span.start)?;
-        Ok(Some((bytes::Bytes::from(bytes), span, len)))
+        Ok(Some((crate::buffer_pool::freeze(bytes), span, len)))
     });
     read.await.map_err(io::Error::other)?
 }

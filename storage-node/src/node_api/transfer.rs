@@ -107,10 +107,11 @@ pub(crate) async fn read_to_end(
     limit: usize,
     expected: usize,
 ) -> io::Result<Vec<u8>> {
-    // Allocated once at the length announced: grown from empty, a record of 2 MiB took four
-    // fresh mappings of 256 KiB to 2 MiB (glibc maps blocks past 128 KiB, see
-    // `store/allocator.rs`), each faulted in page by page and copied into the next.
-    let mut bytes = Vec::with_capacity(expected.min(limit));
+    // Allocated once at the length announced, from the pool of reused buffers: grown from
+    // empty, a record of 2 MiB took four fresh mappings of 256 KiB to 2 MiB (glibc maps blocks
+    // past 128 KiB, see `store/allocator.rs`), each faulted in page by page and copied into
+    // the next. Hand it on with `buffer_pool::freeze`.
+    let mut bytes = crate::buffer_pool::take(expected.min(limit));
     while let Some(piece) = body.next().await {
         bytes.extend_from_slice(&piece?);
         if bytes.len() > limit {

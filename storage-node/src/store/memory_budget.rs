@@ -110,6 +110,7 @@ impl Drop for MemoryCharge {
         runtime.spawn(async move {
             tokio::time::sleep(TRIM_AFTER).await;
             if budget.idle() {
+                crate::buffer_pool::clear();
                 let _ = tokio::task::spawn_blocking(super::allocator::trim).await;
             }
             budget.trimming.store(false, Ordering::Release);
