@@ -83,26 +83,22 @@ impl Pair {
     }
 }
 
-/// A metric of `silo` (the first sample whose name starts with `name`), 0 when absent.
+/// The sample `name` of `silo`'s `/metrics`, 0 when absent.
 async fn metric(silo: &Silo, name: &str) -> f64 {
-    let text = reqwest::get(silo.metrics_url()).await.expect("metrics").text().await.expect("metrics body");
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
-        .unwrap_or(0.0)
+    common::metric(silo, name).await.unwrap_or(0.0)
 }
 
 /// Waits until `silo`'s key cache answers (its LISTEN connection is up to date).
 async fn wait_trusted(silo: &Silo) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(silo, "silo_s3_key_cache_trusted ").await < 1.0 {
+    while metric(silo, "silo_s3_key_cache_trusted").await < 1.0 {
         assert!(Instant::now() < deadline, "the key cache never became trusted:\n{}", silo.stderr());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 async fn hits(silo: &Silo) -> f64 {
-    metric(silo, "silo_s3_key_cache_hits_total ").await
+    metric(silo, "silo_s3_key_cache_hits_total").await
 }
 
 async fn put(client: &Client, bucket: &str, key: &str, body: &[u8]) {
@@ -204,7 +200,7 @@ async fn a_lost_listen_connection_never_leaves_a_revoked_key_working() {
     put(&other, "blog", "k", b"hello").await;
     read_from_cache(&pair.b, &on_b, "shop").await;
     read_from_cache(&pair.b, &other, "blog").await;
-    let losses = metric(&pair.b, "silo_s3_key_cache_losses_total ").await;
+    let losses = metric(&pair.b, "silo_s3_key_cache_losses_total").await;
     // Both nodes' LISTEN connections die (waiting until they are gone), and the key is revoked
     // while nobody listens: that notice is lost for good.
     pair.sql(&format!(
@@ -221,7 +217,7 @@ async fn a_lost_listen_connection_never_leaves_a_revoked_key_working() {
     // and is cached again.
     wait_trusted(&pair.b).await;
     assert!(
-        metric(&pair.b, "silo_s3_key_cache_losses_total ").await > losses,
+        metric(&pair.b, "silo_s3_key_cache_losses_total").await > losses,
         "node b saw its connection lost"
     );
     assert_eq!(get(&on_b, "shop", "k").await, Err("InvalidAccessKeyId".into()));

@@ -78,6 +78,14 @@ pub struct Metrics {
     started: Instant,
 }
 
+/// Moves each counter up to the value its source counts (a source's counters only grow; the
+/// caller holds its group's lock, so two scrapes at once add each step once).
+fn advance(counters: &[(&Counter, u64)]) {
+    for (counter, value) in counters {
+        counter.inc_by(value.saturating_sub(counter.get()));
+    }
+}
+
 /// The access-key cache as `/metrics` shows it: counters that follow the cache's own, and
 /// whether it answers now.
 #[derive(Debug, Default)]
@@ -116,11 +124,7 @@ impl KeyCacheMetrics {
         let _turn = self.sync.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.trusted.set(i64::from(stats.trusted));
         self.keys.set(stats.keys as i64);
-        for (counter, value) in
-            [(&self.hits, stats.hits), (&self.misses, stats.misses), (&self.losses, stats.losses)]
-        {
-            counter.inc_by(value.saturating_sub(counter.get()));
-        }
+        advance(&[(&self.hits, stats.hits), (&self.misses, stats.misses), (&self.losses, stats.losses)]);
     }
 }
 
@@ -161,9 +165,7 @@ impl MemoryMetrics {
         self.budget.set(stats.budget_bytes as i64);
         self.in_use.set(stats.in_use_bytes as i64);
         self.waiters.set(stats.waiters as i64);
-        for (counter, value) in [(&self.waited, stats.waited), (&self.timeouts, stats.timeouts)] {
-            counter.inc_by(value.saturating_sub(counter.get()));
-        }
+        advance(&[(&self.waited, stats.waited), (&self.timeouts, stats.timeouts)]);
     }
 }
 
@@ -191,9 +193,7 @@ impl PackWriterMetrics {
     fn follow(&self, stats: PackWriterStats) {
         let _turn = self.sync.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.open.set(stats.open_packs as i64);
-        for (counter, value) in [(&self.syncs, stats.syncs), (&self.syncs_shared, stats.syncs_shared)] {
-            counter.inc_by(value.saturating_sub(counter.get()));
-        }
+        advance(&[(&self.syncs, stats.syncs), (&self.syncs_shared, stats.syncs_shared)]);
     }
 }
 
@@ -227,13 +227,11 @@ impl RepairMetrics {
     fn follow(&self, stats: &RepairStats) {
         let _turn = self.sync.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.backlog.set(stats.backlog_packs());
-        for (counter, value) in [
+        advance(&[
             (&self.packs, stats.packs_repaired()),
             (&self.bytes, stats.bytes_repaired()),
             (&self.failures, stats.failures()),
-        ] {
-            counter.inc_by(value.saturating_sub(counter.get()));
-        }
+        ]);
     }
 }
 

@@ -39,7 +39,7 @@ pub(crate) fn from_store(err: StoreError) -> S3Error {
                 "too few storage zones are reachable to keep the copies this tenant's policy asks for; retry",
             )
         }
-        StoreError::Retry(_) | StoreError::NeedsExclusive => {
+        StoreError::Retry(_) => {
             tracing::warn!(error = %err, "an upload must be retried");
             retry_later("the upload's storage changed while it ran; retry")
         }

@@ -12,8 +12,8 @@
 //!   as caught up (`placed_epoch`) once none is left, open ones included.
 //!
 //! Either way the live records are grouped by the class their tenants' policies give now, and
-//! each group is copied, as stored and verified on the way (damage is never copied), into an
-//! open pack of its class; the locations move in one transaction and the old pack is retired.
+//! each group is copied, as stored and verified on the way (damage is never copied), into a
+//! pack of its class that the GC pass opened for itself (no upload waits behind the copy); the locations move in one transaction and the old pack is retired.
 //! Its files on every node go after the retire grace (`delete_retired`), so an owned tenant's
 //! old bytes leave the shared disks for good. When the disk is too full to copy into, the dead
 //! ranges of a sparse pack are punched out instead (`fallocate(PUNCH_HOLE)`).
@@ -64,8 +64,11 @@ impl ChunkStore {
                 }
             }
         }
+        // Packs of this pass's own, one open per class at a time: uploads never wait behind a
+        // copy, and the copies of several small packs fill one new pack.
+        let mut targets = HashMap::new();
         for pack in candidates {
-            match self.compact_pack(PackId(pack)).await {
+            match self.compact_pack(PackId(pack), &mut targets).await {
                 Ok(Compaction::Done { relocated: false }) => report.packs_compacted += 1,
                 Ok(Compaction::Done { relocated: true }) => report.packs_relocated += 1,
                 Ok(Compaction::Damaged) => report.packs_skipped_damaged += 1,
@@ -78,6 +81,8 @@ impl ChunkStore {
                 Err(err) => return Err(err),
             }
         }
+        // Sealed once no lease is left, after every move into them is committed.
+        drop(targets);
         for (tenant, epoch) in pending {
             self.note_caught_up(tenant, epoch).await?;
         }
@@ -139,7 +144,11 @@ impl ChunkStore {
         Ok(())
     }
 
-    async fn compact_pack(&self, old: PackId) -> Result<Compaction, StoreError> {
+    async fn compact_pack(
+        &self,
+        old: PackId,
+        targets: &mut HashMap<PackClass, PackLease>,
+    ) -> Result<Compaction, StoreError> {
         // No connection is held across `open_pack`, which may need one of its own.
         let client = self.inner.pool.get().await?;
         let live: Vec<ChunkLocation> = client
@@ -155,16 +164,16 @@ impl ChunkStore {
         drop(client);
         let groups = self.group_by_class(&live).await?;
         let relocated = groups.iter().any(|group| group.class.owner.map(|owner| owner.0) != old_owner);
-        let mut targets = Vec::with_capacity(groups.len());
+        let mut copied = Vec::with_capacity(groups.len());
         for group in groups {
-            match self.copy_group(old, group).await? {
-                Ok(target) => targets.push(target),
+            match self.copy_group(old, group, targets).await? {
+                Ok(target) => copied.push(target),
                 Err(skipped) => return Ok(skipped),
             }
         }
         let mut client = self.inner.pool.get().await?;
         let txn = client.transaction().await?;
-        for (lease, moves) in &targets {
+        for (lease, moves) in &copied {
             let tenants: Vec<i64> = moves.iter().map(|(at, _)| at.tenant.0).collect();
             let ids: Vec<Vec<u8>> = moves.iter().map(|(at, _)| at.chunk.0.to_vec()).collect();
             let offsets: Vec<i64> = moves.iter().map(|(_, offset)| *offset as i64).collect();
@@ -191,9 +200,6 @@ impl ChunkStore {
         if relocated {
             tracing::info!(pack = old.0, "moved a pack's chunks into the placement domains of their tenants");
         }
-        // The new packs' leases end only now: they are not sealed (and so compacted) before the
-        // moves that reference them are committed.
-        drop(targets);
         Ok(Compaction::Done { relocated })
     }
 
@@ -218,24 +224,31 @@ impl ChunkStore {
         Ok(groups)
     }
 
-    /// Copies `group`'s records of the pack `old` into an open pack of its class with room for
-    /// all of them (a peer refuses a pack past the size limit), and makes them durable. The
-    /// pack is held for the whole copy, so that no upload's record lands in between. Returns
-    /// the pack's lease and each record's new offset; or why the pack `old` is left as it is.
+    /// Copies `group`'s records of the pack `old` into this pass's pack of its class (in
+    /// `targets`; a new one when there is none, or it has no room for all of them: a peer
+    /// refuses a pack past the size limit), and makes them durable. Returns the pack's lease
+    /// and each record's new offset; or why the pack `old` is left as it is.
     async fn copy_group(
         &self,
         old: PackId,
         group: Group,
+        targets: &mut HashMap<PackClass, PackLease>,
     ) -> Result<Result<(PackLease, Vec<(ChunkLocation, u64)>), Compaction>, StoreError> {
         let needed: u64 = group.records.iter().map(|at| RECORD_HEADER_LEN + u64::from(at.stored_len)).sum();
         let target_bytes = self.inner.config.pack_target_bytes;
         let (lease, copied) = loop {
-            let lease = match self.writable_pack(&group.class, group.tenant).await {
-                Ok(lease) => lease,
-                Err(err) => return self.unplaced(old, err).map(Err),
+            let lease = match targets.get(&group.class).filter(|lease| !lease.is_closed()) {
+                Some(lease) => lease.clone(),
+                None => match self.private_pack(&group.class, group.tenant).await {
+                    Ok(lease) => {
+                        targets.insert(group.class.clone(), lease.clone());
+                        lease
+                    }
+                    Err(err) => return self.unplaced(old, err).map(Err),
+                },
             };
             // In a task of its own, as an upload's append: a GC pass cancelled meanwhile (its
-            // client gone) never leaves the shared pack half-written.
+            // client gone) never leaves the pack half-written.
             let (store, held, records) = (self.clone(), lease.clone(), group.records.clone());
             let outcome = tokio::spawn(async move {
                 let mut pack = held.lock().await;

@@ -77,6 +77,9 @@ pub struct OpenPack {
     /// The length durable in every copy (at the last sync).
     synced: u64,
     broken: bool,
+    /// What broke the pack for good (the first failed copy), for the uploads that lose their
+    /// records in it.
+    failure: Option<String>,
     /// Fewer copies than its policy wanted: used by the upload that opened it, never again
     /// (a tenant whose policy refuses that must not find it open).
     degraded: bool,
@@ -107,7 +110,23 @@ impl OpenPack {
             len: PACK_HEADER_LEN,
             synced: PACK_HEADER_LEN,
             broken: false,
+            failure: None,
             degraded,
+        }
+    }
+
+    /// Breaks the pack for good because of `err`: it takes no more records.
+    fn fail(&mut self, err: &StoreError) {
+        self.broken = true;
+        self.failure.get_or_insert_with(|| err.to_string());
+    }
+
+    /// What broke the pack, when a copy failed.
+    pub fn failure(&self) -> String {
+        match (&self.failure, self.local.as_ref().is_some_and(PackWriter::is_broken)) {
+            (Some(failure), _) => failure.clone(),
+            (None, true) => "this node's copy failed to write".into(),
+            (None, false) => "a copy failed".into(),
         }
     }
 
@@ -156,7 +175,11 @@ impl OpenPack {
     /// The local I/O error, or [`StoreError::CopyFailed`]; the pack is then broken.
     pub async fn append(&mut self, header: RecordHeader, data: Bytes) -> Result<u64, StoreError> {
         if self.is_broken() {
-            return Err(StoreError::Task(format!("pack {} takes no more records", self.id.0)));
+            return Err(StoreError::Retry(format!(
+                "pack {} takes no more records: {}",
+                self.id.0,
+                self.failure()
+            )));
         }
         let offset = self.len;
         if self.streams.is_empty() && !self.remotes.is_empty() {
@@ -166,7 +189,7 @@ impl OpenPack {
         for at in 0..self.streams.len() {
             for piece in [head.clone(), data.clone()] {
                 if let Err(err) = self.send(at, piece).await {
-                    self.broken = true;
+                    self.fail(&err);
                     return Err(err);
                 }
             }
@@ -235,7 +258,7 @@ impl OpenPack {
         }
         match failure {
             Some(err) => {
-                self.broken = true;
+                self.fail(&err);
                 Err(err)
             }
             None => {
@@ -257,7 +280,7 @@ impl OpenPack {
             let _ = stream.sender.try_send(Err(io::Error::other("the upload was abandoned")));
             stream.answer.abort();
         }
-        self.broken = true;
+        self.fail(&StoreError::Retry("an upload gave up records past the pack's last sync".into()));
     }
 
     /// Starts one append request per peer, at the length every copy had at the last sync.
@@ -274,12 +297,13 @@ impl OpenPack {
             } else if remote.acked == self.len {
                 remote.acked
             } else {
-                self.broken = true;
-                return Err(StoreError::CopyFailed {
+                let err = StoreError::CopyFailed {
                     node: remote.node.0,
                     pack: self.id.0,
                     detail: format!("its copy has {} bytes, the pack {}", remote.acked, self.len),
-                });
+                };
+                self.fail(&err);
+                return Err(err);
             };
             let client = remote.client.clone();
             let id = self.id;

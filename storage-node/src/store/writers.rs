@@ -38,7 +38,8 @@ pub(crate) struct SharedPack {
     /// The peers that hold a copy.
     remote_nodes: Vec<NodeId>,
     opened_at: Instant,
-    /// Taken by one writer only (fewer copies than its policy wanted): never in the open set.
+    /// Taken by one writer only (a GC pass's, or one with fewer copies than its policy
+    /// wanted): never in the open set.
     private: bool,
     /// Set once the pack takes no more records: full, broken or retired.
     closed: AtomicBool,
@@ -56,13 +57,13 @@ impl std::fmt::Debug for PackLease {
 }
 
 impl PackLease {
-    fn new(pack: OpenPack) -> Self {
+    fn new(pack: OpenPack, private: bool) -> Self {
         PackLease(Arc::new(SharedPack {
             id: pack.id(),
             class: pack.class().clone(),
             remote_nodes: pack.remote_nodes(),
             opened_at: Instant::now(),
-            private: pack.is_degraded(),
+            private: private || pack.is_degraded(),
             closed: AtomicBool::new(false),
             pack: tokio::sync::Mutex::new(pack),
         }))
@@ -133,8 +134,9 @@ impl PackLease {
             if pack.is_broken() {
                 lease.close();
                 return Err(StoreError::Retry(format!(
-                    "pack {} failed before this upload's records in it were durable",
-                    lease.pack().0
+                    "pack {} failed before this upload's records in it were durable ({})",
+                    lease.pack().0,
+                    pack.failure()
                 )));
             }
             let synced = pack.sync().await;
@@ -230,8 +232,8 @@ impl WriterPool {
     }
 
     /// Adds a newly opened pack: to the open set, or (private) straight to draining.
-    fn add(&self, pack: OpenPack) -> PackLease {
-        let lease = PackLease::new(pack);
+    fn add(&self, pack: OpenPack, private: bool) -> PackLease {
+        let lease = PackLease::new(pack, private);
         if lease.0.private {
             lock(&self.draining).push(lease.clone());
         } else {
@@ -355,7 +357,21 @@ impl ChunkStore {
         {
             return Ok(lease);
         }
-        Ok(pool.add(self.open_pack(class, tenant).await?))
+        Ok(pool.add(self.open_pack(class, tenant).await?, false))
+    }
+
+    /// A new pack of `class` that no upload shares (GC copies into it): sealed once its
+    /// lease is dropped.
+    ///
+    /// # Errors
+    /// As [`ChunkStore::open_pack`].
+    pub(super) async fn private_pack(
+        &self,
+        class: &PackClass,
+        tenant: TenantId,
+    ) -> Result<PackLease, StoreError> {
+        let pack = self.open_pack(class, tenant).await?;
+        Ok(self.inner.writers.add(pack, true))
     }
 
     /// A new pack.
