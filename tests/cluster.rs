@@ -3,7 +3,8 @@
 //! through any node read back through every node; every pack has its copies in distinct zones,
 //! in the catalog and on disk; acme's bytes are only on acme's nodes; a killed node and a
 //! damaged copy cost no read; a zone down refuses or degrades writes as each tenant's policy
-//! says, and its copies come back with the zone.
+//! says, and its copies come back with the zone. A rolling restart, and a rolling upgrade from
+//! the previous release, lose nothing.
 
 use crate::common;
 
@@ -411,7 +412,28 @@ async fn a_node_killed_during_uploads_loses_no_acknowledged_object_and_clients_s
 
 #[tokio::test]
 async fn a_rolling_restart_of_every_node_loses_nothing_and_clients_see_no_error() {
-    let mut cluster = Cluster::new("cluster_rolling").await;
+    roll_every_node(Cluster::new("cluster_rolling").await, false).await;
+}
+
+/// The previous release's `silo` (N) in three zones, upgraded one node at a time to this build
+/// (N+1) under traffic: the first node of N+1 migrates the catalog while the others still run
+/// N, and N and N+1 copy packs to each other over the internal API until the last one is
+/// upgraded. `scripts/upgrade-test` builds N (the commit in `tests/upgrade-from`) and runs this.
+#[tokio::test]
+#[ignore = "needs the previous release's binary in SILO_UPGRADE_FROM: run scripts/upgrade-test"]
+async fn a_rolling_upgrade_from_the_previous_release_loses_nothing_and_clients_see_no_error() {
+    let previous = std::env::var_os("SILO_UPGRADE_FROM")
+        .expect("SILO_UPGRADE_FROM: the previous release's silo binary (scripts/upgrade-test builds it)");
+    let mut cluster = Cluster::new("cluster_upgrade").await;
+    cluster.binary = Some(previous.into());
+    roll_every_node(cluster, true).await;
+}
+
+/// Starts `cluster` in zones a, b and c, then restarts every node, one at a time (`upgrade`:
+/// onto this build's binary), while a client uploads and downloads through all of them; every
+/// upload acknowledged reads back through every node, and no request fails after the SDK's
+/// retries.
+async fn roll_every_node(mut cluster: Cluster, upgrade: bool) {
     for (name, zone) in [("node-a", "a"), ("node-b", "b"), ("node-c", "c")] {
         cluster.start(name, zone, None).await;
     }
@@ -423,7 +445,10 @@ async fn a_rolling_restart_of_every_node_loses_nothing_and_clients_see_no_error(
     let traffic = traffic(clients.clone(), stop.clone());
     for name in ["node-a", "node-b", "node-c"] {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        cluster.restart(name).await;
+        match upgrade {
+            true => cluster.upgrade(name).await,
+            false => cluster.restart(name).await,
+        }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.cancel();
@@ -432,11 +457,13 @@ async fn a_rolling_restart_of_every_node_loses_nothing_and_clients_see_no_error(
     assert!(written.len() >= 10, "the client kept writing: {} objects", written.len());
     for (key, body) in &written {
         for client in &clients {
-            assert!(
-                try_get(client, "site", key).await.as_ref() == Ok(body),
-                "{key} after the rolling restart"
-            );
+            assert!(try_get(client, "site", key).await.as_ref() == Ok(body), "{key} after the roll");
         }
+    }
+    // Every pack written has its two copies in two zones, whichever version wrote it.
+    for (pack, _, nodes, mut zones) in copies(&cluster).await {
+        zones.dedup();
+        assert_eq!(zones.len(), 2, "pack {pack} has copies in two zones: {nodes:?}");
     }
 }
 

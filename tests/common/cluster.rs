@@ -22,6 +22,8 @@ pub struct Node {
     pub silo: Silo,
     /// How it was started, to start it again on the same addresses.
     pub args: Vec<String>,
+    /// The `silo` binary it runs: `None` for this build's.
+    pub binary: Option<PathBuf>,
 }
 
 pub struct Cluster {
@@ -29,6 +31,9 @@ pub struct Cluster {
     _tmp: tempfile::TempDir,
     pub root: PathBuf,
     pub nodes: Vec<Node>,
+    /// The `silo` binary new nodes run: `None` for this build's (an upgrade test starts them
+    /// on the previous release's).
+    pub binary: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -36,7 +41,7 @@ impl Cluster {
         let catalog = pg_local::testing::shared().fresh_database(label).await;
         let tmp = scratch();
         let root = tmp.path().to_path_buf();
-        Cluster { catalog, _tmp: tmp, root, nodes: Vec::new() }
+        Cluster { catalog, _tmp: tmp, root, nodes: Vec::new(), binary: None }
     }
 
     /// Starts node `name` in `zone` (owned by `owner` when given), with its internal API.
@@ -66,10 +71,19 @@ impl Cluster {
         }
         args.extend_from_slice(extra);
         let env = [("SILO_SERVER_SECRET", CLUSTER_SECRET)];
-        let mut silo = Silo::start_with_env(&self.root.join(name), &args, &env);
+        let binary = self.binary.clone();
+        let mut silo = start(binary.as_deref(), free_addr(), &self.root.join(name), &args, &env);
         silo.wait_ready(READY).await;
         let args = args.iter().map(|arg| arg.to_string()).collect();
-        self.nodes.push(Node { name: name.to_string(), silo, args });
+        self.nodes.push(Node { name: name.to_string(), silo, args, binary });
+    }
+
+    /// Stops node `name` cleanly and starts it again on this build's binary, on the same
+    /// addresses and data directory.
+    pub async fn upgrade(&mut self, name: &str) {
+        let node = self.nodes.iter_mut().find(|node| node.name == name).expect("a node of the cluster");
+        node.binary = None;
+        self.restart(name).await;
     }
 
     /// Stops node `name` cleanly (SIGTERM) and starts it again on the same addresses.
@@ -87,7 +101,7 @@ impl Cluster {
         let node = self.nodes.iter_mut().find(|node| node.name == name).expect("a node of the cluster");
         let args: Vec<&str> = node.args.iter().map(String::as_str).collect();
         let env = [("SILO_SERVER_SECRET", CLUSTER_SECRET)];
-        node.silo = Silo::start_at(node.silo.addr, &root.join(name), &args, &env);
+        node.silo = start(node.binary.as_deref(), node.silo.addr, &root.join(name), &args, &env);
         node.silo.wait_ready(READY).await;
     }
 
@@ -131,6 +145,20 @@ impl Cluster {
     /// The data directory of node `name`.
     pub fn data_dir(&self, name: &str) -> PathBuf {
         self.root.join(name)
+    }
+}
+
+/// `silo serve` of `binary` (this build's when `None`) on `addr`.
+fn start(
+    binary: Option<&Path>,
+    addr: SocketAddr,
+    data_dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Silo {
+    match binary {
+        Some(binary) => Silo::start_binary_at(binary, addr, data_dir, args, env),
+        None => Silo::start_at(addr, data_dir, args, env),
     }
 }
 

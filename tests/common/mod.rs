@@ -36,6 +36,8 @@ pub struct Silo {
     pub data_dir: PathBuf,
     stdout: PathBuf,
     stderr: PathBuf,
+    /// The `silo` binary it runs: this build's, or another one's (an upgrade test's).
+    binary: PathBuf,
     /// The extra arguments and environment it was started with, to start it again.
     extra: Vec<String>,
     env: Vec<(String, String)>,
@@ -53,6 +55,17 @@ impl Silo {
 
     /// Starts `silo serve` listening on `addr`.
     pub fn start_at(addr: SocketAddr, data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Silo {
+        Self::start_binary_at(Path::new(env!("CARGO_BIN_EXE_silo")), addr, data_dir, extra, env)
+    }
+
+    /// [`Silo::start_at`] with the `silo` binary at `binary` (another build of Silo).
+    pub fn start_binary_at(
+        binary: &Path,
+        addr: SocketAddr,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Silo {
         let logs = data_dir.with_extension(format!("logs-{}", addr.port()));
         std::fs::create_dir_all(&logs).expect("log dir");
         let mut silo = Silo {
@@ -62,6 +75,7 @@ impl Silo {
             data_dir: data_dir.to_path_buf(),
             stdout: logs.join("stdout"),
             stderr: logs.join("stderr"),
+            binary: binary.to_path_buf(),
             extra: extra.iter().map(|arg| arg.to_string()).collect(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
@@ -72,7 +86,7 @@ impl Silo {
     fn spawn(&mut self) {
         let (addr, metrics_addr, data_dir) = (self.addr, self.metrics_addr, &self.data_dir);
         let (stdout, stderr) = (&self.stdout, &self.stderr);
-        let mut command = Command::new(env!("CARGO_BIN_EXE_silo"));
+        let mut command = Command::new(&self.binary);
         command
             .arg("serve")
             .arg("--data-dir")

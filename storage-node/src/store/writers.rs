@@ -14,6 +14,7 @@
 //! records and no lease on it remains: GC can never mistake the not-yet-committed chunks of a
 //! running upload for garbage.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -189,9 +190,10 @@ pub struct WriterPool {
     draining: Mutex<Vec<PackLease>>,
     /// Seals that failed, to try again.
     unsealed: Mutex<Vec<(PackId, u64)>>,
-    /// Held while a new pack is opened, so that a burst opens [`PACKS_PER_CLASS`], not one
-    /// per upload.
-    opening: tokio::sync::Mutex<()>,
+    /// Per class, held while a new pack of it is opened, so that a burst opens
+    /// [`PACKS_PER_CLASS`], not one per upload; a slow open (a peer slow to answer) holds back
+    /// only its own class.
+    opening: Mutex<HashMap<PackClass, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for WriterPool {
@@ -229,6 +231,11 @@ impl WriterPool {
         drop(open);
         self.retire(worn);
         (best, room)
+    }
+
+    /// The lock held while a pack of `class` is opened.
+    fn opening(&self, class: &PackClass) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.opening).entry(class.clone()).or_default().clone()
     }
 
     /// Adds a newly opened pack: to the open set, or (private) straight to draining.
@@ -347,10 +354,11 @@ impl ChunkStore {
             Some((lease, holders)) if holders == 0 || !room => return Ok(lease),
             best => best.map(|(lease, _)| lease),
         };
-        let _opening = match (pool.opening.try_lock(), best) {
+        let opening = pool.opening(class);
+        let _opening = match (opening.try_lock(), best) {
             (Ok(guard), _) => guard,
             (Err(_), Some(lease)) => return Ok(lease),
-            (Err(_), None) => pool.opening.lock().await,
+            (Err(_), None) => opening.lock().await,
         };
         if let (Some((lease, holders)), room) = pool.pick(class, &suspects)
             && (holders == 0 || !room)
