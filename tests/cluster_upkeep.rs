@@ -243,7 +243,12 @@ async fn a_placement_change_moves_a_tenants_old_chunks_into_its_new_domain_and_o
 
     // And back: shared again, acme's chunks leave its own nodes.
     silo_cli_json(cluster.node("acme-a"), &["tenant", "placement", "acme", "--shared"]);
-    gc_everywhere(&cluster);
+    let reports = gc_everywhere(&cluster);
+    let relocated: u64 = reports.iter().map(|report| report["packs_relocated"].as_u64().unwrap_or(0)).sum();
+    assert!(relocated >= 1, "{reports:?}");
+    let caught_up =
+        cluster.sql_rows("SELECT placed_epoch = placement_epoch FROM tenants WHERE name = 'acme'").await;
+    assert!(caught_up[0].get::<_, bool>(0), "acme's second placement change is caught up");
     assert_eq!(holders_of(&cluster, &owned, acme_marker), Vec::<String>::new(), "acme's own disks emptied");
     assert!(holders_of(&cluster, &shared, acme_marker).len() >= 2, "two shared copies again");
     all_read_back(&acme, "vault", &cluster.names(), &acme_objects, "after acme became shared again").await;

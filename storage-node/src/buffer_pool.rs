@@ -159,8 +159,13 @@ mod tests {
         let again = pool.take(900 * 1024);
         assert_eq!(again.as_ptr(), address, "the idle buffer is reused");
         assert!(again.is_empty());
-        assert!(pool.take(2 << 20).capacity() >= 2 << 20, "a bigger record gets a new buffer");
         drop(pool.freeze(again));
+        let bigger = pool.take(2 << 20);
+        assert!(
+            bigger.as_ptr() != address && bigger.capacity() >= 2 << 20,
+            "a bigger record gets a new buffer"
+        );
+        assert!(pool.idle_bytes() >= 1 << 20, "and the smaller one stays idle");
         let filled = pool.take_filled(300 * 1024);
         assert_eq!((filled.len(), filled.as_ptr()), (300 * 1024, address), "reused, at its length");
         assert_eq!(pool.take(200 * 1024).capacity(), 256 * 1024, "new buffers round up");

@@ -121,7 +121,7 @@ pub async fn show_policy(pool: &CatalogPool, name: &str) -> Result<PlacementView
 /// the new policy against the registered nodes; the new packs follow it at once. The packs
 /// already written keep their copies until repair moves them, and chunks left in packs of
 /// another domain (shared packs after the tenant became owned) until GC rewrites those packs
-/// (the change bumps the tenant's `placement_epoch` for it).
+/// (a trigger bumps the tenant's `placement_epoch` for it, migration V15).
 ///
 /// # Errors
 /// [`PlacementError::UnknownTenant`]; a bad value ([`PlacementError::InvalidZone`], ...); a
@@ -142,8 +142,7 @@ pub async fn set_policy(
     let nodes = candidates(&*tx).await?;
     rules::check(&policy, tenant, name, &nodes)?;
     tx.execute(
-        "UPDATE tenants SET placement = $2, replication_factor = $3, allowed_zones = $4, on_shortage = $5, \
-                placement_epoch = placement_epoch + 1 \
+        "UPDATE tenants SET placement = $2, replication_factor = $3, allowed_zones = $4, on_shortage = $5 \
          WHERE id = $1",
         &[
             &tenant.0,

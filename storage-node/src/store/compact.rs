@@ -15,7 +15,8 @@
 //! each group is copied, as stored and verified on the way (damage is never copied), into a
 //! pack of its class that the GC pass opened for itself (no upload waits behind the copy); the locations move in one transaction and the old pack is retired.
 //! Its files on every node go after the retire grace (`delete_retired`), so an owned tenant's
-//! old bytes leave the shared disks for good. When the disk is too full to copy into, the dead
+//! live chunks leave the shared disks for good. The records of its chunks deleted before the
+//! change are not looked for: they go when their packs are compacted as sparse. When the disk is too full to copy into, the dead
 //! ranges of a sparse pack are punched out instead (`fallocate(PUNCH_HOLE)`).
 
 use std::collections::HashMap;
@@ -56,11 +57,17 @@ impl ChunkStore {
     /// whose placement changed.
     pub(super) async fn compact(&self, report: &mut GcReport) -> Result<(), StoreError> {
         let pending = self.placements_to_catch_up().await?;
-        let mut candidates = self.sparse_packs().await?;
+        let sparse = self.sparse_packs().await?;
+        let mut candidates = sparse.clone();
+        let mut misplaced = 0;
         for (tenant, _) in &pending {
-            for pack in self.misplaced_packs(*tenant).await? {
+            if misplaced >= COMPACT_BATCH {
+                break;
+            }
+            for pack in self.misplaced_packs(*tenant, COMPACT_BATCH - misplaced).await? {
                 if !candidates.contains(&pack) {
                     candidates.push(pack);
+                    misplaced += 1;
                 }
             }
         }
@@ -73,10 +80,16 @@ impl ChunkStore {
                 Ok(Compaction::Done { relocated: true }) => report.packs_relocated += 1,
                 Ok(Compaction::Damaged) => report.packs_skipped_damaged += 1,
                 Ok(Compaction::Unplaced) => report.packs_skipped_unplaced += 1,
-                Err(StoreError::StorageFull { .. }) => {
+                // Punching frees a sparse pack's dead ranges in this node's copy; a misplaced
+                // pack (which may have no copy here) waits for room.
+                Err(StoreError::StorageFull { .. }) if sparse.contains(&pack) => {
                     tracing::warn!(pack, "the disk is too full to compact into; punching out dead ranges");
                     self.punch_dead_ranges(PackId(pack)).await?;
                     report.packs_punched += 1;
+                }
+                Err(err @ StoreError::StorageFull { .. }) => {
+                    tracing::warn!(pack, error = %err, "no room to move this pack's chunks into their domain now");
+                    report.packs_skipped_unplaced += 1;
                 }
                 Err(err) => return Err(err),
             }
@@ -113,16 +126,19 @@ impl ChunkStore {
         Ok(rows.iter().map(|row| (TenantId(row.get(0)), row.get(1))).collect())
     }
 
-    /// Sealed packs outside `tenant`'s placement domain that hold some of its chunks.
-    async fn misplaced_packs(&self, tenant: TenantId) -> Result<Vec<i64>, StoreError> {
+    /// Up to `limit` sealed packs outside `tenant`'s placement domain that hold some of its
+    /// chunks, drawn at random: packs that cannot be rewritten now (damaged, or no room in
+    /// their domain) do not hold back the others pass after pass.
+    async fn misplaced_packs(&self, tenant: TenantId, limit: i64) -> Result<Vec<i64>, StoreError> {
         let client = self.inner.pool.get().await?;
         let sql = format!(
-            "SELECT DISTINCT l.pack_id FROM chunk_locations l JOIN packs p ON p.id = l.pack_id \
-             WHERE l.tenant_id = $1 AND p.state = 'sealed' AND p.owner_tenant_id IS DISTINCT FROM ({}) \
-             LIMIT $3",
+            "SELECT pack_id FROM ( \
+                SELECT DISTINCT l.pack_id FROM chunk_locations l JOIN packs p ON p.id = l.pack_id \
+                WHERE l.tenant_id = $1 AND p.state = 'sealed' AND p.owner_tenant_id IS DISTINCT FROM ({})) m \
+             ORDER BY random() LIMIT $3",
             domain_owner_sql("$1", "$2")
         );
-        let rows = client.query(&sql, &[&tenant.0, &self.inner.node.0, &COMPACT_BATCH]).await?;
+        let rows = client.query(&sql, &[&tenant.0, &self.inner.node.0, &limit]).await?;
         Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 
@@ -179,13 +195,18 @@ impl ChunkStore {
             let offsets: Vec<i64> = moves.iter().map(|(_, offset)| *offset as i64).collect();
             let sizes: Vec<i64> =
                 moves.iter().map(|(at, _)| RECORD_HEADER_LEN as i64 + i64::from(at.stored_len)).collect();
+            // The new pack's recorded size covers the records moved into it, as an upload's
+            // commit does: a node that dies before sealing it (and may hold no copy of it)
+            // leaves it to be sealed at that size.
             txn.execute(
                 "WITH moved AS ( \
                     UPDATE chunk_locations l SET pack_id = $1, pack_offset = v.o \
                     FROM unnest($3::int8[], $4::bytea[], $5::int8[], $6::int8[]) AS v(t, c, o, s) \
                     WHERE l.tenant_id = v.t AND l.chunk_id = v.c AND l.pack_id = $2 \
-                    RETURNING v.s) \
-                 UPDATE packs SET live_bytes = live_bytes + (SELECT coalesce(sum(s), 0) FROM moved)::int8 WHERE id = $1",
+                    RETURNING v.s, v.o + v.s AS reach) \
+                 UPDATE packs SET live_bytes = live_bytes + (SELECT coalesce(sum(s), 0) FROM moved)::int8, \
+                                  size = greatest(size, (SELECT coalesce(max(reach), 0) FROM moved)::int8) \
+                 WHERE id = $1",
                 &[&lease.pack().0, &old.0, &tenants, &ids, &offsets, &sizes],
             )
             .await?;
@@ -327,8 +348,17 @@ impl ChunkStore {
                         Some(copies) => Vec::clone(copies),
                         None => peers.insert(self.remote_copies(at.pack).await?).clone(),
                     };
-                    // With no copy anywhere, the missing file is the error.
-                    self.record_from_copies(at, copies).await.map_err(|_| err)?
+                    // With no copy anywhere, the missing file is the error; copies that do not
+                    // answer now are a reason to try again at the next pass.
+                    if copies.is_empty() {
+                        return Err(err);
+                    }
+                    self.record_from_copies(at, copies).await.map_err(|remote| {
+                        StoreError::Retry(format!(
+                            "no copy of pack {} could be read now: {remote}",
+                            at.pack.0
+                        ))
+                    })?
                 }
                 Err(err) => return Err(err),
             };

@@ -12,12 +12,14 @@ use crate::placement::{self, Plan};
 /// (the writing node, or a peer with an internal URL); NULL for the shared nodes. An SQL scalar
 /// subquery over those two expressions.
 pub(crate) fn domain_owner_sql(tenant: &str, node: &str) -> String {
+    // Aliases of its own, so that a caller's column (`d.id`, say) is never captured.
     format!(
-        "SELECT CASE WHEN d.placement = 'owned' \
-            OR (NOT EXISTS (SELECT 1 FROM storage_nodes n WHERE n.owner_tenant_id IS NULL \
-                            AND n.state <> 'removed' AND (n.internal_url IS NOT NULL OR n.id = {node})) \
-                AND EXISTS (SELECT 1 FROM storage_nodes n WHERE n.owner_tenant_id = d.id AND n.state <> 'removed')) \
-            THEN d.id END FROM tenants d WHERE d.id = {tenant}"
+        "SELECT CASE WHEN dom_t.placement = 'owned' \
+            OR (NOT EXISTS (SELECT 1 FROM storage_nodes dom_n WHERE dom_n.owner_tenant_id IS NULL \
+                            AND dom_n.state <> 'removed' AND (dom_n.internal_url IS NOT NULL OR dom_n.id = {node})) \
+                AND EXISTS (SELECT 1 FROM storage_nodes dom_o WHERE dom_o.owner_tenant_id = dom_t.id \
+                            AND dom_o.state <> 'removed')) \
+            THEN dom_t.id END FROM tenants dom_t WHERE dom_t.id = {tenant}"
     )
 }
 
