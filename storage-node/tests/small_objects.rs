@@ -189,7 +189,7 @@ async fn round_trips_of_a_small_put_and_get() {
 
     // The lookup of a GET is a statement prepared once per connection, and a node's
     // connections have run it long before any one GET: so has this one.
-    model::lookup_for_read(&store, "media", "nothing-here").await.unwrap().expect("the bucket");
+    model::lookup_for_read(&store, "media", "nothing-here", 0).await.unwrap().expect("the bucket");
     // What a PUT does after authentication: the bucket, the body, the binding. Its hot
     // statements are prepared once per connection too: a first PUT warms this one.
     let put = |key: &'static str, data: Vec<u8>| {
@@ -214,10 +214,14 @@ async fn round_trips_of_a_small_put_and_get() {
         }
     };
     put("warm.jpg", random_bytes(SMALL, 6)).await;
+    // About a hundred chunks, three manifest batches.
+    let film = random_bytes(6 << 20, 7);
+    put("film.mp4", film.clone()).await;
     marker("put-starts").await;
     put("thumb.jpg", data.clone()).await;
     marker("get-starts").await;
-    let (found, head) = model::lookup_for_read(&store, "media", "thumb.jpg").await.unwrap().expect("found");
+    let (found, head) =
+        model::lookup_for_read(&store, "media", "thumb.jpg", 0).await.unwrap().expect("found");
     let row = found.object.expect("object");
     let mut read = store.read_from_head(row.tenant, row.object, row.size, None, head).unwrap();
     let mut got = Vec::new();
@@ -226,6 +230,19 @@ async fn round_trips_of_a_small_put_and_get() {
     }
     assert_eq!(got, data);
     marker("get-ends").await;
+    // A range near the end of a large object: its manifest entries come with the object.
+    let wanted = (5 << 20) + 12_345..(5 << 20) + 112_345;
+    let (found, head) =
+        model::lookup_for_read(&store, "media", "film.mp4", wanted.start).await.unwrap().expect("found");
+    let row = found.object.expect("object");
+    let range = Some(wanted.start..wanted.end);
+    let mut read = store.read_from_head(row.tenant, row.object, row.size, range, head).unwrap();
+    let mut got = Vec::new();
+    while let Some(piece) = read.stream.next().await {
+        got.extend_from_slice(&piece.unwrap());
+    }
+    assert!(got == film[wanted.start as usize..wanted.end as usize], "the range's bytes");
+    marker("range-ends").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let text = std::fs::read_to_string(log).unwrap();
@@ -240,6 +257,7 @@ async fn round_trips_of_a_small_put_and_get() {
             .collect::<Vec<_>>()
     };
     let (put_lines, get_lines) = (between("put-starts", "get-starts"), between("get-starts", "get-ends"));
+    let range_lines = between("get-ends", "range-ends");
     // A named statement is prepared on its first use on the connection (a round trip of its
     // own), and only executed after; unnamed ones are never prepared apart.
     let name_of = |line: &str| {
@@ -275,6 +293,7 @@ async fn round_trips_of_a_small_put_and_get() {
         get_lines.join("\n")
     );
     assert_eq!(round_trips(&get_lines), 1, "a small GET is one catalog round trip");
+    assert_eq!(round_trips(&range_lines), 1, "a range of a large object is one: {range_lines:#?}");
     assert!(round_trips(&put_lines) <= 8, "{put_lines:#?}");
 }
 

@@ -251,9 +251,10 @@ fn lookup_of(row: &tokio_postgres::Row) -> Lookup {
     Lookup { bucket, object }
 }
 
-/// [`lookup`] for a read: the same query also brings the first entries of the object's
-/// manifest (with the bytes of chunks kept inline), so that a small object's GET costs one
-/// catalog round trip and a large one's starts streaming without another.
+/// [`lookup`] for a read from byte `from` on: the same query also brings the object's manifest
+/// entries from the one that holds that byte (with the bytes of chunks kept inline), so that a
+/// small object's GET, or a range of a large one, costs one catalog round trip, and a whole
+/// large one starts streaming without another.
 ///
 /// # Errors
 /// Catalog errors.
@@ -261,15 +262,18 @@ pub async fn lookup_for_read(
     store: &ChunkStore,
     bucket: &str,
     key: &str,
+    from: u64,
 ) -> Result<Option<(Lookup, Option<ManifestHead>)>, StoreError> {
     let client = store.catalog().get().await?;
     let sql = format!(
         "SELECT {LOOKUP_SELECT}, e.* {LOOKUP_FROM} LEFT JOIN LATERAL ({}) e ON true WHERE b.name = $1",
-        crate::store::manifest_head_sql("o.id", "$3")
+        crate::store::manifest_head_sql("o.id", "$3", "$4")
     );
     // Prepared once per connection: planning the joins costs more than running them.
-    let statement = client.prepare_typed_cached(&sql, &[Type::TEXT, Type::TEXT, Type::INT4]).await?;
-    let rows = client.query(&statement, &[&bucket, &key, &store.node().0]).await?;
+    let statement =
+        client.prepare_typed_cached(&sql, &[Type::TEXT, Type::TEXT, Type::INT4, Type::INT8]).await?;
+    let from = i64::try_from(from).unwrap_or(i64::MAX);
+    let rows = client.query(&statement, &[&bucket, &key, &store.node().0, &from]).await?;
     let Some(first) = rows.first() else { return Ok(None) };
     let found = lookup_of(first);
     let head = found

@@ -59,15 +59,16 @@ impl SiloS3 {
         readable(caller, found)
     }
 
-    /// [`SiloS3::object`] with the first entries of its manifest, for a GET (one catalog
-    /// round trip for a small object).
+    /// [`SiloS3::object`] with the entries of its manifest from the one that holds byte
+    /// `from`, for a GET (one catalog round trip for a small object or a range).
     pub(crate) async fn object_to_read(
         &self,
         caller: Option<TenantId>,
         bucket: &str,
         key: &str,
+        from: u64,
     ) -> S3Result<(ObjectRow, Option<ManifestHead>)> {
-        let (found, head) = model::lookup_for_read(&self.store, bucket, key).await?.unzip();
+        let (found, head) = model::lookup_for_read(&self.store, bucket, key, from).await?.unzip();
         Ok((readable(caller, found)?, head.flatten()))
     }
 
@@ -319,15 +320,17 @@ impl SiloS3 {
         Ok(row)
     }
 
-    /// [`SiloS3::object_if`] with the first entries of the object's manifest, for a GET.
+    /// [`SiloS3::object_if`] with the object's manifest entries from the one that holds byte
+    /// `from`, for a GET.
     pub(crate) async fn object_to_read_if(
         &self,
         caller: Option<TenantId>,
         bucket: &str,
         key: &str,
+        from: u64,
         conditions: Conditions<'_>,
     ) -> S3Result<(ObjectRow, Option<ManifestHead>)> {
-        let (row, head) = self.object_to_read(caller, bucket, key).await?;
+        let (row, head) = self.object_to_read(caller, bucket, key, from).await?;
         check_conditions(&row, conditions)?;
         Ok((row, head))
     }

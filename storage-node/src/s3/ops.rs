@@ -223,7 +223,13 @@ impl S3 for SiloS3 {
         let mut input = req.input;
         let tenant = caller(&req.extensions);
         let conditions = conditions_of!(input);
-        let (row, head) = self.object_to_read_if(tenant, &input.bucket, &input.key, conditions).await?;
+        // A range from a known byte gets its manifest entries with the object; a suffix range
+        // (its start depends on the size) and a part start from the first ones.
+        let from = match (input.part_number, &input.range) {
+            (None, Some(s3s::dto::Range::Int { first, .. })) => *first,
+            _ => 0,
+        };
+        let (row, head) = self.object_to_read_if(tenant, &input.bucket, &input.key, from, conditions).await?;
         let (range, parts_count) = match (input.part_number, &input.range) {
             (Some(_), Some(_)) => return Err(part_and_range()),
             (Some(number), None) => {
