@@ -217,9 +217,27 @@ async fn a_placement_change_moves_a_tenants_old_chunks_into_its_new_domain_and_o
         .await;
     assert!(!mixed.is_empty(), "acme's and media's chunks share a pack");
 
-    // Owned now: GC rewrites every pack that holds acme's chunks, splitting the shared ones.
+    // Owned now, while acme uploads through a shared node: an upload caught by the change in a
+    // shared pack is refused at its commit and retried by the SDK. GC rewrites every pack that
+    // holds acme's chunks, splitting the shared ones (twice round the nodes: each seals its
+    // own open packs first).
+    let uploading = {
+        let client = acme["node-b"].clone();
+        tokio::spawn(async move {
+            let mut written = Vec::new();
+            for at in 0..12u64 {
+                let (key, body) = (format!("during-{at}.bin"), marked(300_000, 70 + at, b"ACME-MOVES-c41d"));
+                put(&client, "vault", &key, &body).await;
+                written.push((key, body));
+            }
+            written
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
     silo_cli_json(cluster.node("node-a"), &["tenant", "placement", "acme", "--owned"]);
-    let reports = gc_everywhere(&cluster);
+    let mut reports = gc_everywhere(&cluster);
+    acme_objects.extend(uploading.await.expect("the uploads"));
+    reports.extend(gc_everywhere(&cluster));
     let relocated: u64 = reports.iter().map(|report| report["packs_relocated"].as_u64().unwrap_or(0)).sum();
     assert!(relocated >= 1, "{reports:?}");
     assert_eq!(
