@@ -14,6 +14,22 @@ use std::time::{Duration, Instant};
 use common::cluster::{Cluster, any_file_contains, copies, get, marked, pack_file, put, try_get};
 use common::silo_cli_json;
 
+/// The flags of a node whose upkeep the test drives: retired packs deleted at once, GC only
+/// when asked, and a repair pass every `repair_every` seconds (0: none).
+fn upkeep_flags(cluster: &Cluster, repair_every: u32) -> Vec<String> {
+    let config = cluster.root.join("silo.toml");
+    std::fs::write(&config, "[store]\nretire_grace = 0\n").expect("config");
+    let config = config.to_string_lossy().into_owned();
+    let every = repair_every.to_string();
+    ["--config", &config, "--repair-interval-secs", &every, "--gc-interval-secs", "0"]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+fn as_strs(flags: &[String]) -> Vec<&str> {
+    flags.iter().map(String::as_str).collect()
+}
+
 /// Flips one byte in the middle of `file`.
 fn flip_middle_byte(file: &Path) {
     let mut bytes = std::fs::read(file).expect("pack");
@@ -63,11 +79,8 @@ async fn all_read_back(
 #[tokio::test]
 async fn damage_scrub_gc_and_a_drain_across_nodes_keep_every_object_and_leave_no_dead_copy() {
     let mut cluster = Cluster::new("cluster_upkeep").await;
-    let config = cluster.root.join("silo.toml");
-    std::fs::write(&config, "[store]\nretire_grace = 0\n").expect("config");
-    let config = config.to_string_lossy().into_owned();
-    let quiet = ["--config", config.as_str(), "--repair-interval-secs", "0", "--gc-interval-secs", "0"];
-    let repairs = ["--config", config.as_str(), "--repair-interval-secs", "1", "--gc-interval-secs", "0"];
+    let (quiet, repairs) = (upkeep_flags(&cluster, 0), upkeep_flags(&cluster, 1));
+    let (quiet, repairs) = (as_strs(&quiet), as_strs(&repairs));
     cluster.start_with("node-a", "a", None, &repairs).await;
     cluster.start_with("node-b", "b", None, &quiet).await;
     cluster.start_with("node-c", "b", None, &quiet).await;
@@ -177,10 +190,8 @@ fn gc_everywhere(cluster: &Cluster) -> Vec<serde_json::Value> {
 #[tokio::test]
 async fn a_placement_change_moves_a_tenants_old_chunks_into_its_new_domain_and_off_the_old_disks() {
     let mut cluster = Cluster::new("cluster_relocate").await;
-    let config = cluster.root.join("silo.toml");
-    std::fs::write(&config, "[store]\nretire_grace = 0\n").expect("config");
-    let config = config.to_string_lossy().into_owned();
-    let quiet = ["--config", config.as_str(), "--repair-interval-secs", "0", "--gc-interval-secs", "0"];
+    let quiet = upkeep_flags(&cluster, 0);
+    let quiet = as_strs(&quiet);
     for (node, zone) in [("node-a", "a"), ("node-b", "b"), ("node-c", "c")] {
         cluster.start_with(node, zone, None, &quiet).await;
     }

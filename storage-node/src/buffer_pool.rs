@@ -84,6 +84,7 @@ impl Pool {
         }
     }
 
+    #[cfg(test)]
     fn idle_bytes(&self) -> usize {
         self.idle().iter().map(Vec::capacity).sum()
     }
@@ -110,11 +111,6 @@ pub fn freeze(buffer: Vec<u8>) -> Bytes {
 pub fn clear() {
     let freed = std::mem::take(&mut *POOL.idle());
     drop(freed);
-}
-
-/// The bytes the idle buffers hold now.
-pub fn idle_bytes() -> usize {
-    POOL.idle_bytes()
 }
 
 /// A buffer lent out as `Bytes`.

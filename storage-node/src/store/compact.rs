@@ -45,6 +45,14 @@ enum Compaction {
     Unplaced,
 }
 
+/// What one GC pass keeps from pack to pack: its own open pack of each class, and each
+/// tenant's class.
+#[derive(Default)]
+struct Pass {
+    targets: HashMap<PackClass, PackLease>,
+    classes: HashMap<TenantId, PackClass>,
+}
+
 /// One class's share of a pack's live records, and the tenant whose policy placed them.
 struct Group {
     class: PackClass,
@@ -73,9 +81,9 @@ impl ChunkStore {
         }
         // Packs of this pass's own, one open per class at a time: uploads never wait behind a
         // copy, and the copies of several small packs fill one new pack.
-        let mut targets = HashMap::new();
+        let mut pass = Pass::default();
         for pack in candidates {
-            match self.compact_pack(PackId(pack), &mut targets).await {
+            match self.compact_pack(PackId(pack), &mut pass).await {
                 Ok(Compaction::Done { relocated: false }) => report.packs_compacted += 1,
                 Ok(Compaction::Done { relocated: true }) => report.packs_relocated += 1,
                 Ok(Compaction::Damaged) => report.packs_skipped_damaged += 1,
@@ -95,7 +103,7 @@ impl ChunkStore {
             }
         }
         // Sealed once no lease is left, after every move into them is committed.
-        drop(targets);
+        drop(pass);
         for (tenant, epoch) in pending {
             self.note_caught_up(tenant, epoch).await?;
         }
@@ -160,11 +168,7 @@ impl ChunkStore {
         Ok(())
     }
 
-    async fn compact_pack(
-        &self,
-        old: PackId,
-        targets: &mut HashMap<PackClass, PackLease>,
-    ) -> Result<Compaction, StoreError> {
+    async fn compact_pack(&self, old: PackId, pass: &mut Pass) -> Result<Compaction, StoreError> {
         // No connection is held across `open_pack`, which may need one of its own.
         let client = self.inner.pool.get().await?;
         let live: Vec<ChunkLocation> = client
@@ -178,13 +182,19 @@ impl ChunkStore {
             .await?
             .and_then(|row| row.get(0));
         drop(client);
-        let groups = self.group_by_class(&live).await?;
+        let groups = self.group_by_class(&live, &mut pass.classes).await?;
         let relocated = groups.iter().any(|group| group.class.owner.map(|owner| owner.0) != old_owner);
         let mut copied = Vec::with_capacity(groups.len());
+        // A group that cannot move now leaves its records where they are (the pack then stays,
+        // for a later pass); the groups copied before it still move.
+        let mut skipped = None;
         for group in groups {
-            match self.copy_group(old, group, targets).await? {
+            match self.copy_group(old, group, &mut pass.targets).await? {
                 Ok(target) => copied.push(target),
-                Err(skipped) => return Ok(skipped),
+                Err(outcome) => {
+                    skipped = Some(outcome);
+                    break;
+                }
             }
         }
         let mut client = self.inner.pool.get().await?;
@@ -218,15 +228,22 @@ impl ChunkStore {
         )
         .await?;
         txn.commit().await?;
+        if let Some(outcome) = skipped {
+            return Ok(outcome);
+        }
         if relocated {
             tracing::info!(pack = old.0, "moved a pack's chunks into the placement domains of their tenants");
         }
         Ok(Compaction::Done { relocated })
     }
 
-    /// `live` split by the class their tenants' policies give now, in order of first record.
-    async fn group_by_class(&self, live: &[ChunkLocation]) -> Result<Vec<Group>, StoreError> {
-        let mut classes: HashMap<TenantId, PackClass> = HashMap::new();
+    /// `live` split by the class their tenants' policies give now (looked up once a pass per
+    /// tenant, in `classes`), in order of first record.
+    async fn group_by_class(
+        &self,
+        live: &[ChunkLocation],
+        classes: &mut HashMap<TenantId, PackClass>,
+    ) -> Result<Vec<Group>, StoreError> {
         let mut groups: Vec<Group> = Vec::new();
         for at in live {
             let class = match classes.get(&at.tenant) {
@@ -312,14 +329,15 @@ impl ChunkStore {
         }
     }
 
-    /// A compaction that could not place or write its new pack: a failed peer or too few zones
-    /// skip this pack (the next pass tries again) instead of failing the whole GC pass, and the
-    /// peer is left out of new packs for a while. Any other error is the pass's.
+    /// A compaction that could not read its records from another node, or place or write its
+    /// new pack: a failed peer or too few zones skip this pack (the next pass tries again)
+    /// instead of failing the whole GC pass, and the peer is left out of new packs for a
+    /// while. Any other error is the pass's.
     fn unplaced(&self, old: PackId, err: StoreError) -> Result<Compaction, StoreError> {
         match err {
             StoreError::CopyFailed { .. } | StoreError::Retry(_) | StoreError::Placement(_) => {
                 self.note_copy_failure(&err);
-                tracing::warn!(pack = old.0, error = %err, "cannot write the compacted copy now; not compacting this pack in this pass");
+                tracing::warn!(pack = old.0, error = %err, "cannot move this pack's records now; leaving it for a later pass");
                 Ok(Compaction::Unplaced)
             }
             other => Err(other),

@@ -206,7 +206,14 @@ impl OpenPack {
             self.broken = false;
             let path = writer.path().to_path_buf();
             self.local = Some(writer);
-            let local_offset = written.map_err(|err| StoreError::io(path, err))?;
+            let local_offset = match written {
+                Ok(local_offset) => local_offset,
+                Err(err) => {
+                    let err = StoreError::io(path, err);
+                    self.fail(&err);
+                    return Err(err);
+                }
+            };
             debug_assert_eq!(local_offset, offset);
         }
         self.len = offset + RECORD_HEADER_LEN + header.stored_len as u64;

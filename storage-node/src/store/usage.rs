@@ -78,7 +78,8 @@ pub(super) async fn quota_room(
     client: &impl GenericClient,
     tenant: TenantId,
 ) -> Result<QuotaRoom, StoreError> {
-    // Typed: one round trip, no separate prepare (as on every statement of the small PUT).
+    // Typed: one round trip, no separate prepare (the statements inside a small PUT's commit
+    // are prepared once per connection instead, `catalog::query_prepared_opt`).
     let row = client
         .query_typed_opt(
             &format!(
