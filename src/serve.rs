@@ -211,6 +211,12 @@ async fn serve_with_catalog(
     }
     databases.start().await?;
     tokio::spawn(store_upkeep_every(store.clone(), stop.clone()));
+    tokio::spawn(storage_node::read_cache::lease::keep_leased(
+        store.read_cache().clone(),
+        pool.clone(),
+        store.node(),
+        stop.clone(),
+    ));
     if let Some(interval) = config.gc_interval() {
         let (store, databases, stop) = (store.clone(), databases.clone(), stop.clone());
         tokio::spawn(collect_garbage_every(store, databases, interval, config.multipart_expiry(), stop));
@@ -289,7 +295,8 @@ async fn serve_with_catalog(
         Some(listener) => {
             let limit = storage_node::node_api::pack_size_limit(config.store.pack_target_bytes);
             let api = NodeApi::new(store.packs_dir(), store.server_secret().clone(), limit)
-                .protecting(ThisNode { catalog: store.catalog().clone(), node: store.node() });
+                .protecting(ThisNode { catalog: store.catalog().clone(), node: store.node() })
+                .invalidating(store.read_cache().clone());
             let tls = listeners.internal_tls.acceptor;
             tracing::info!(address = %config.internal_listen.map(|a| a.to_string()).unwrap_or_default(), tls = tls.is_some(), "serving the internal node API");
             // Peers' connections are not counted with the public ones.

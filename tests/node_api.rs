@@ -210,7 +210,7 @@ async fn a_sealed_pack_written_through_s3_copies_to_another_node_byte_for_byte()
     };
     let whole = get(None).await.expect("GET");
     assert_eq!(whole.status(), 200);
-    assert_eq!(whole.headers()[VERSION], "2");
+    assert_eq!(whole.headers()[VERSION], "3");
     assert_eq!(whole.bytes().await.expect("body"), std::fs::read(path).expect("A's pack"));
     let tail = get(Some("bytes=-10".into())).await.expect("GET");
     assert_eq!(tail.status(), 206);
@@ -372,7 +372,7 @@ async fn only_the_cluster_token_a_known_version_and_pack_ids_are_accepted() {
             let response = send(path, authorization.clone(), Some("1")).await.expect("GET");
             assert_eq!(response.status(), 401, "{what} on {path}");
             assert_eq!(response.headers()["www-authenticate"], "Bearer");
-            assert_eq!(response.headers()[VERSION], "2");
+            assert_eq!(response.headers()[VERSION], "3");
             assert_eq!(code(&response.json().await.expect("JSON error")), "unauthorized");
         }
     }
@@ -380,20 +380,47 @@ async fn only_the_cluster_token_a_known_version_and_pack_ids_are_accepted() {
     assert_eq!(unknown.status(), 404);
 
     // A missing or unknown version is refused, naming the versions this node accepts.
-    for version in [None, Some("0"), Some("3"), Some("99"), Some("one")] {
+    for version in [None, Some("0"), Some("4"), Some("99"), Some("one")] {
         let response = send("/internal/v1/packs/5", Some(token()), version).await.expect("GET");
         assert_eq!(response.status(), 400, "{version:?}");
-        assert_eq!(response.headers()["silo-internal-accepts"], "1-2");
+        assert_eq!(response.headers()["silo-internal-accepts"], "1-3");
         let body: serde_json::Value = response.json().await.expect("JSON error");
         assert_eq!(code(&body), "unsupported_version");
-        assert!(body["error"]["message"].as_str().unwrap_or_default().contains("1-2"), "{body}");
+        assert!(body["error"]["message"].as_str().unwrap_or_default().contains("1-3"), "{body}");
     }
-    for version in ["1", "2"] {
+    for version in ["1", "2", "3"] {
         assert_eq!(
             send("/internal/v1/packs/5", Some(token()), Some(version)).await.expect("GET").status(),
             200
         );
     }
+
+    // Read cache invalidations: version 3 and a JSON invalidation, or a clear refusal.
+    let invalidate = |version: &str, body: &'static str| {
+        http.post(b.url(storage_node::node_api::INVALIDATE_ROUTE))
+            .header("authorization", token())
+            .header(VERSION, version)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let refused = invalidate("2", r#"{"bucket":"shop"}"#).await.expect("POST");
+    assert_eq!(refused.status(), 400);
+    assert_eq!(code(&refused.json().await.expect("JSON error")), "unsupported_version");
+    let refused = invalidate("3", r#"{"keys":"shop"}"#).await.expect("POST");
+    assert_eq!(refused.status(), 400);
+    assert_eq!(code(&refused.json().await.expect("JSON error")), "invalid_invalidation");
+    for body in [r#"{"bucket":"shop"}"#, r#"{"bucket":"shop","keys":["a","b/c"]}"#] {
+        assert_eq!(invalidate("3", body).await.expect("POST").status(), 204, "{body}");
+    }
+    let anonymous = http
+        .post(b.url(storage_node::node_api::INVALIDATE_ROUTE))
+        .header(VERSION, "3")
+        .body(r#"{"bucket":"shop"}"#)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(anonymous.status(), 401);
 
     // Ids that are not canonical positive integers, and paths that climb out of the packs.
     for id in

@@ -20,7 +20,7 @@ async fn show(
     State(state): State<Arc<AppState>>,
     Path(bucket): Path<String>,
 ) -> Result<Json<BucketInfo>, ApiError> {
-    found(bucket_info(&state.catalog, &bucket, None).await.map_err(ApiError::internal)?, &bucket)
+    found(bucket_info(&state.store, &bucket, None).await.map_err(ApiError::internal)?, &bucket)
 }
 
 #[derive(Debug, Deserialize)]
@@ -36,7 +36,7 @@ async fn update(
     Json(patch): Json<BucketPatch>,
 ) -> Result<Json<BucketInfo>, ApiError> {
     let info =
-        bucket_info(&state.catalog, &bucket, Some(patch.public_read)).await.map_err(ApiError::internal)?;
+        bucket_info(&state.store, &bucket, Some(patch.public_read)).await.map_err(ApiError::internal)?;
     tracing::info!(bucket, public_read = patch.public_read, "changed bucket access");
     found(info, &bucket)
 }

@@ -1,6 +1,6 @@
 //! Prometheus metrics: HTTP traffic, readiness, the catalog pool, the embedded Postgres,
-//! repair (its backlog, and the packs and bytes it copied), the access-key cache and the
-//! memory budget of uploads.
+//! repair (its backlog, and the packs and bytes it copied), the access-key cache, the read
+//! cache and the memory budget of uploads.
 //!
 //! Request metrics are labelled by the matched route template, never by the raw path, so that
 //! object keys and tenant names cannot blow up the label space.
@@ -22,6 +22,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use storage_node::catalog::key_cache::KeyCacheStats;
+use storage_node::read_cache::ReadCacheStats;
 use storage_node::repair::RepairStats;
 use storage_node::store::{MemoryStats, PackWriterStats};
 
@@ -73,6 +74,7 @@ pub struct Metrics {
     connections: ConnectionMetrics,
     repair: RepairMetrics,
     key_cache: KeyCacheMetrics,
+    read_cache: ReadCacheMetrics,
     memory: MemoryMetrics,
     pack_writers: PackWriterMetrics,
     started: Instant,
@@ -125,6 +127,73 @@ impl KeyCacheMetrics {
         self.trusted.set(i64::from(stats.trusted));
         self.keys.set(stats.keys as i64);
         advance(&[(&self.hits, stats.hits), (&self.misses, stats.misses), (&self.losses, stats.losses)]);
+    }
+}
+
+/// The read cache of object lookups (`storage_node::read_cache`): counters that follow the
+/// cache's own, whether it holds a lease, and what it holds.
+#[derive(Debug, Default)]
+struct ReadCacheMetrics {
+    hits: Counter,
+    misses: Counter,
+    invalidations: Counter,
+    fences: Counter,
+    emptied: Counter,
+    leased: Gauge,
+    entries: Gauge,
+    bytes: Gauge,
+    sync: std::sync::Mutex<()>,
+}
+
+impl ReadCacheMetrics {
+    fn register(&self, registry: &mut Registry) {
+        let counters = [
+            ("read_cache_hits", "GET and HEAD lookups answered from this node's read cache", &self.hits),
+            ("read_cache_misses", "GET and HEAD lookups that read the catalog", &self.misses),
+            (
+                "read_cache_invalidations",
+                "Invalidations applied to this node's read cache (its own writes' and its peers')",
+                &self.invalidations,
+            ),
+            (
+                "read_cache_fences",
+                "Peers this node's writes fenced for not confirming an invalidation in time",
+                &self.fences,
+            ),
+            (
+                "read_cache_emptied",
+                "Times the read cache was emptied (a lapsed lease, a fence)",
+                &self.emptied,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
+        for (name, help, gauge) in [
+            (
+                "read_cache_leased",
+                "1 while this node holds a read cache lease (it answers from it)",
+                &self.leased,
+            ),
+            ("read_cache_entries", "Object lookups this node's read cache holds", &self.entries),
+            ("read_cache_bytes", "About how many bytes this node's read cache holds", &self.bytes),
+        ] {
+            registry.register(name, help, gauge.clone());
+        }
+    }
+
+    fn follow(&self, stats: ReadCacheStats) {
+        let _turn = self.sync.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.leased.set(i64::from(stats.leased));
+        self.entries.set(stats.entries as i64);
+        self.bytes.set(stats.bytes as i64);
+        advance(&[
+            (&self.hits, stats.hits),
+            (&self.misses, stats.misses),
+            (&self.invalidations, stats.invalidations),
+            (&self.fences, stats.fences),
+            (&self.emptied, stats.emptied),
+        ]);
     }
 }
 
@@ -259,6 +328,8 @@ impl Metrics {
         repair.register(&mut registry);
         let key_cache = KeyCacheMetrics::default();
         key_cache.register(&mut registry);
+        let read_cache = ReadCacheMetrics::default();
+        read_cache.register(&mut registry);
         let memory = MemoryMetrics::default();
         memory.register(&mut registry);
         let pack_writers = PackWriterMetrics::default();
@@ -299,6 +370,7 @@ impl Metrics {
             connections,
             repair,
             key_cache,
+            read_cache,
             memory,
             pack_writers,
             registry,
@@ -376,6 +448,7 @@ pub async fn render(State(state): State<Arc<AppState>>) -> Response {
     }
     metrics.repair.follow(&state.repair);
     metrics.key_cache.follow(state.s3.keys().stats());
+    metrics.read_cache.follow(state.store.read_cache().stats());
     metrics.memory.follow(state.store.memory_stats());
     metrics.pack_writers.follow(state.store.pack_writer_stats());
     let mut body = String::new();

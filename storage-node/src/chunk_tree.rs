@@ -48,6 +48,11 @@ impl ChunkTree {
         Some(ChunkTree { blocks })
     }
 
+    /// The bytes the tree holds in memory.
+    pub fn weight(&self) -> usize {
+        self.blocks.len() * 32
+    }
+
     /// The stored form: the blocks' chaining values, in order.
     pub fn to_bytes(&self) -> Vec<u8> {
         self.blocks.concat()

@@ -11,6 +11,7 @@
 //! plane on top, which only translates S3 to and from the model. [`timestamp`] says how the
 //! API writes an instant, [`text_enum`] how a state is kept in a text column. [`node_api`]
 //! moves packs between the nodes of a cluster (records in [`buffer_pool`]'s reused buffers); [`placement`] says which nodes a tenant's packs go to;
+//! [`read_cache`] keeps hot objects' lookups on each node, coherent across nodes;
 //! [`repair`] keeps every pack at its copies (the model's `node_retire` drains and removes nodes).
 
 pub mod buffer_pool;
@@ -25,6 +26,7 @@ pub mod node_api;
 pub mod node_state;
 pub mod pack;
 pub mod placement;
+pub mod read_cache;
 pub mod repair;
 pub mod s3;
 pub mod server_secret;

@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 use super::{ModelError, multipart};
 use crate::TenantId;
 use crate::catalog::CatalogPool;
+use crate::read_cache::{Invalidation, broadcast};
 use crate::store::{ChunkStore, StoreError};
 
 crate::text_enum!(
@@ -143,6 +144,7 @@ pub async fn delete_empty(store: &ChunkStore, name: &str, bucket: BucketAccess) 
     multipart::drop_all_in(&txn, store, bucket.tenant, name).await?;
     txn.execute("DELETE FROM buckets WHERE name = $1", &[&name]).await?;
     txn.commit().await?;
+    broadcast::everywhere(store, &Invalidation::bucket(name)).await?;
     Ok(())
 }
 
@@ -191,15 +193,15 @@ pub async fn lock_in(
 /// # Errors
 /// Catalog errors; an unknown bucket is `Ok(None)`.
 pub async fn info(
-    pool: &CatalogPool,
+    store: &ChunkStore,
     name: &str,
     public_read: Option<bool>,
 ) -> Result<Option<BucketInfo>, StoreError> {
-    let client = pool.get().await?;
     if let Some(public_read) = public_read {
         let acl = if public_read { CannedAcl::PublicRead } else { CannedAcl::Private };
-        update_acl(&client, name, None, acl).await?;
+        update_acl(store, name, None, acl).await?;
     }
+    let client = store.catalog().get().await?;
     let row = client
         .query_opt(
             "SELECT b.name, t.name, b.acl FROM buckets b JOIN tenants t ON t.id = b.tenant_id WHERE b.name = $1",
@@ -218,24 +220,29 @@ pub async fn info(
 ///
 /// # Errors
 /// Catalog errors.
-pub async fn set_acl(pool: &CatalogPool, name: &str, id: i64, acl: CannedAcl) -> Result<(), StoreError> {
-    let client = pool.get().await?;
-    update_acl(&client, name, Some(id), acl).await
+pub async fn set_acl(store: &ChunkStore, name: &str, id: i64, acl: CannedAcl) -> Result<(), StoreError> {
+    update_acl(store, name, Some(id), acl).await
 }
 
-/// Sets bucket `name`'s canned ACL, only if its identity is `id` when given.
+/// Sets bucket `name`'s canned ACL, only if its identity is `id` when given; read caches drop
+/// the bucket's objects before this returns.
 async fn update_acl(
-    client: &tokio_postgres::Client,
+    store: &ChunkStore,
     name: &str,
     id: Option<i64>,
     acl: CannedAcl,
 ) -> Result<(), StoreError> {
-    client
+    let client = store.catalog().get().await?;
+    let changed = client
         .execute(
             "UPDATE buckets SET acl = $2 WHERE name = $1 AND ($3::int8 IS NULL OR id = $3)",
             &[&name, &acl, &id],
         )
         .await?;
+    drop(client);
+    if changed > 0 {
+        broadcast::everywhere(store, &Invalidation::bucket(name)).await?;
+    }
     Ok(())
 }
 

@@ -11,6 +11,7 @@ use super::ModelError;
 use super::bucket::{self, BucketAccess, CannedAcl};
 use crate::TenantId;
 use crate::catalog::CatalogPool;
+use crate::read_cache::{Invalidation, broadcast};
 use crate::store::{ChunkStore, Ingested, ManifestHead, ObjectId, StoreError};
 
 /// An object as bound to its key.
@@ -310,6 +311,12 @@ pub async fn bind(
     loop {
         let bound = bind_once(store, &what, shared).await;
         match bound {
+            Ok(bound) => {
+                if bound.replaced {
+                    broadcast::everywhere(store, &Invalidation::key(target.bucket, target.key)).await?;
+                }
+                return Ok(bound.modified);
+            }
             Err(ModelError::Store(err)) if shared && crate::store::needs_exclusive(&err) => shared = false,
             Err(ModelError::Store(StoreError::Catalog(crate::catalog::CatalogError::Query(err))))
                 if attempt < BIND_ATTEMPTS
@@ -317,7 +324,7 @@ pub async fn bind(
             {
                 attempt += 1;
             }
-            bound => return bound,
+            Err(err) => return Err(err),
         }
     }
 }
@@ -333,7 +340,7 @@ struct Bind<'a> {
 }
 
 /// One try of [`bind`]; `shared`: commit a new upload with [`ChunkStore::commit_shared`].
-async fn bind_once(store: &ChunkStore, what: &Bind<'_>, shared: bool) -> Result<OffsetDateTime, ModelError> {
+async fn bind_once(store: &ChunkStore, what: &Bind<'_>, shared: bool) -> Result<Bound, ModelError> {
     let Bind { tenant, target, etag, headers, binding, condition } = *what;
     let mut client = store.catalog().get().await?;
     let txn = client.transaction().await?;
@@ -357,14 +364,24 @@ async fn bind_once(store: &ChunkStore, what: &Bind<'_>, shared: bool) -> Result<
         }
     };
     check_condition_in(&txn, target, condition).await?;
-    let modified = bind_in(&txn, store, tenant, target, etag, headers, object).await?;
+    let bound = bind_in(&txn, store, tenant, target, etag, headers, object).await?;
     txn.commit().await?;
-    Ok(modified)
+    Ok(bound)
+}
+
+/// What [`bind_in`] did at its key.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub modified: OffsetDateTime,
+    /// The key held an object, which this one replaced: once committed, read caches must drop
+    /// it before the write is acknowledged ([`broadcast::everywhere`]).
+    pub replaced: bool,
 }
 
 /// Puts `object` at `target` in `txn`, releasing the object that was there. The caller has
 /// locked the bucket ([`bucket::lock_in`]) and committed or copied `object` in `txn` (and so
-/// holds the tenant's row as that took it). Returns the modification time.
+/// holds the tenant's row as that took it). Returns the modification time, and whether an
+/// object was replaced.
 ///
 /// A new key costs one statement; a key that holds an object is locked, then changed.
 ///
@@ -378,7 +395,7 @@ pub async fn bind_in(
     etag: &str,
     headers: &ObjectHeaders,
     object: ObjectId,
-) -> Result<OffsetDateTime, StoreError> {
+) -> Result<Bound, StoreError> {
     let (bucket, key) = (target.bucket, target.key);
     let metadata = headers.metadata_json();
     let checksum = headers.checksum.as_ref();
@@ -414,7 +431,7 @@ pub async fn bind_in(
             )
             .await?;
         if let Some(row) = inserted {
-            return Ok(row.get(0));
+            return Ok(Bound { modified: row.get(0), replaced: false });
         }
         // The key holds an object (committed, since the insert waited for it): lock it, so
         // that the object released is the one replaced.
@@ -439,7 +456,7 @@ pub async fn bind_in(
             .await?
             .get(0);
         store.release_in(txn, tenant, previous).await?;
-        return Ok(modified);
+        return Ok(Bound { modified, replaced: true });
     }
 }
 
@@ -460,10 +477,13 @@ pub async fn delete(store: &ChunkStore, tenant: TenantId, target: Target<'_>) ->
             &[&target.bucket, &target.key],
         )
         .await?;
-    if let Some(row) = removed {
+    if let Some(row) = &removed {
         store.delete_in(&txn, tenant, ObjectId(row.get(0))).await?;
     }
     txn.commit().await?;
+    if removed.is_some() {
+        broadcast::everywhere(store, &Invalidation::key(target.bucket, target.key)).await?;
+    }
     Ok(())
 }
 
@@ -534,13 +554,13 @@ pub async fn parts_of(
 /// # Errors
 /// Catalog errors.
 pub async fn set_acl(
-    pool: &CatalogPool,
+    store: &ChunkStore,
     bucket: &str,
     bucket_id: i64,
     key: &str,
     acl: CannedAcl,
 ) -> Result<bool, StoreError> {
-    let client = pool.get().await?;
+    let client = store.catalog().get().await?;
     // Only in the bucket access was decided on (not one created again under its name).
     let changed = client
         .execute(
@@ -549,5 +569,9 @@ pub async fn set_acl(
             &[&bucket, &key, &acl, &bucket_id],
         )
         .await?;
+    drop(client);
+    if changed > 0 {
+        broadcast::everywhere(store, &Invalidation::key(bucket, key)).await?;
+    }
     Ok(changed > 0)
 }

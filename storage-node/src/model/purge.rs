@@ -44,6 +44,8 @@ pub async fn purge_tenant(store: &ChunkStore, tenant: TenantId) -> Result<S3Purg
         }
         txn.execute("DELETE FROM buckets WHERE name = $1", &[&name]).await?;
         txn.commit().await?;
+        crate::read_cache::broadcast::everywhere(store, &crate::read_cache::Invalidation::bucket(&name))
+            .await?;
         purged.buckets += 1;
         purged.objects += objects.len() as u64;
         purged.uploads += uploads;

@@ -43,11 +43,13 @@ use tokio_util::io::ReaderStream;
 use super::append::{LENGTH_HEADER, OFFSET_HEADER};
 use super::auth::ClusterToken;
 use super::receive::Received;
+use super::server::INVALIDATE_ROUTE;
 use super::tls::PeerTls;
 use super::transfer::{Outgoing, Progress, Stalled, incoming, read_to_end, within_idle};
-use super::version::{ACCEPTS_HEADER, APPEND_VERSION, VERSION_HEADER, VersionRange};
+use super::version::{ACCEPTS_HEADER, APPEND_VERSION, READS_VERSION, VERSION_HEADER, VersionRange};
 use crate::ServerSecret;
 use crate::pack::PackId;
+use crate::read_cache::Invalidation;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a call may go without moving a byte before it fails, unless told otherwise.
@@ -293,6 +295,28 @@ impl NodeClient {
         self.call(Method::DELETE, id, 1, Extra::default()).await.map(drop)
     }
 
+    /// Has the peer drop `what` from its read cache; done once it answers. Needs a peer of
+    /// version 3 or later (only such peers hold read cache leases). The caller bounds the wait.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`], or a transport error.
+    pub async fn invalidate_reads(&self, what: &Invalidation) -> Result<(), ClientError> {
+        let body = serde_json::to_vec(what).map_err(|err| ClientError::Unexpected(err.to_string()))?;
+        let response = self
+            .http
+            .post(format!("{}{INVALIDATE_ROUTE}", self.base))
+            .header(header::AUTHORIZATION, self.token.authorization())
+            .header(VERSION_HEADER, self.version().max(READS_VERSION))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await?;
+        if response.status().is_success() {
+            return Ok(());
+        }
+        Err(self.refusal(response).await)
+    }
+
     /// Sends a request on pack `id` that needs at least version `needs`, in the version the
     /// peer accepts: once more in an older version when the peer refuses this one and the
     /// request has no body. Answers other than 2xx are errors.
@@ -457,12 +481,12 @@ mod tests {
     async fn the_client_speaks_a_version_the_peer_accepts_or_says_there_is_none() {
         let secret = ServerSecret::from_bytes([2; 32]);
         // A peer of the same build, and one a version ahead that still accepts ours.
-        for (accepts, version) in [("1-2", 2), ("1-3", 2)] {
+        for (accepts, version) in [("1-3", 3), ("1-4", 3)] {
             let (url, log) = peer(accepts).await;
             let client = NodeClient::new(&url, &secret).expect("client");
             client.delete_pack(PackId(1)).await.expect("DELETE");
             assert_eq!(client.version(), version);
-            assert_eq!(seen(&log), ["DELETE 2"]);
+            assert_eq!(seen(&log), ["DELETE 3"]);
         }
         // A peer a version behind: the client moves down once, and stays there.
         let (url, log) = peer("1-1").await;
@@ -470,14 +494,14 @@ mod tests {
         client.delete_pack(PackId(1)).await.expect("DELETE");
         client.delete_pack(PackId(2)).await.expect("DELETE");
         assert_eq!(client.version(), 1);
-        assert_eq!(seen(&log), ["DELETE 2", "DELETE 1", "DELETE 1"]);
+        assert_eq!(seen(&log), ["DELETE 3", "DELETE 1", "DELETE 1"]);
         // A peer two versions ahead, which no longer accepts ours: one try, a clear error.
-        let (url, log) = peer("3-4").await;
+        let (url, log) = peer("4-5").await;
         let client = NodeClient::new(&url, &secret).expect("client");
         let err = client.delete_pack(PackId(1)).await.expect_err("no common version");
         assert!(matches!(err, ClientError::NoCommonVersion { .. }), "{err}");
-        assert!(err.to_string().contains("3-4"), "{err}");
-        assert_eq!(seen(&log), ["DELETE 2"]);
+        assert!(err.to_string().contains("4-5"), "{err}");
+        assert_eq!(seen(&log), ["DELETE 3"]);
     }
 
     #[tokio::test]
@@ -489,7 +513,7 @@ mod tests {
         assert!(matches!(err, ClientError::PeerTooOld { needs: 2, .. }), "{err}");
         assert!(err.to_string().contains("needs version 2"), "{err}");
         // The peer's versions were learned without the body; the append was never sent.
-        assert_eq!(seen(&log), ["HEAD 2", "HEAD 1"]);
+        assert_eq!(seen(&log), ["HEAD 3", "HEAD 1"]);
         client.append(PackId(1), 0, some_bytes()).await.expect_err("again");
         assert_eq!(seen(&log).len(), 2, "known to be too old: nothing sent");
 
@@ -497,7 +521,7 @@ mod tests {
         let client = NodeClient::new(&url, &secret).expect("client");
         assert_eq!(client.append(PackId(1), 0, some_bytes()).await.expect("append"), 0);
         assert_eq!(client.append(PackId(1), 0, some_bytes()).await.expect("append"), 0);
-        assert_eq!(seen(&log), ["HEAD 2", "PATCH 2", "PATCH 2"]);
+        assert_eq!(seen(&log), ["HEAD 3", "HEAD 2", "PATCH 2", "PATCH 2"]);
     }
 
     #[tokio::test]

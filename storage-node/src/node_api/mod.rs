@@ -1,7 +1,7 @@
 //! The internal node API: how the nodes of one cluster move packs between them.
 //!
 //! Served on a listener of its own (`--internal-listen`), never on the public port. The routes,
-//! by the protocol version that brought them (a node accepts versions 1 and 2):
+//! by the protocol version that brought them (a node accepts versions 1 to 3):
 //!
 //! Version 1:
 //! - `PUT /internal/v1/packs/{id}`: a whole sealed pack, streamed into a temporary file,
@@ -17,6 +17,12 @@
 //!   durable, `409 offset_mismatch` with `Silo-Pack-Length` when the copy is shorter than `N`,
 //!   `422 damaged` (nothing kept), `403 wrong_domain`, `409 not_writing` ([`append`]). A
 //!   request in version 1 is refused as `unsupported_version`.
+//!
+//! Version 3 (earlier routes unchanged):
+//! - `POST /internal/v1/reads/invalidate` with `{"bucket": B, "keys": [K...]}` (no `keys`: the
+//!   whole bucket): drops those lookups from the node's read cache before a peer's write is
+//!   acknowledged; `204` ([`crate::read_cache`]). Only nodes of version 3 or later hold read
+//!   cache leases, so only they are asked.
 //!
 //! In production the API is served over TLS ([`tls`]: the listener's certificate, and the
 //! cluster CA that clients trust peers' certificates to chain to, and nothing else).
@@ -49,7 +55,7 @@ pub use client::{ClientError, IDLE_TIMEOUT, NodeClient, PackStream};
 pub use pack_id::parse_pack_id;
 pub use packs::{PackRead, ReadError};
 pub use receive::{ReceiveError, Received, receive_pack};
-pub use server::{NodeApi, PACK_ROUTE};
+pub use server::{INVALIDATE_ROUTE, NodeApi, PACK_ROUTE};
 pub use tls::{PeerTls, RECHECK_EVERY as TLS_RECHECK_EVERY, TlsError, server_config};
 pub use verify::{VerifiedPack, verify_pack_file};
 pub use writing::ThisNode;

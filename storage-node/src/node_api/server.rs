@@ -12,7 +12,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::put;
+use axum::routing::{post, put};
 use axum::{Json, Router};
 use tokio_util::io::ReaderStream;
 
@@ -23,14 +23,17 @@ use super::pack_id::parse_pack_id;
 use super::packs::{self, ReadError};
 use super::receive::{self, Received};
 use super::version::{
-    ACCEPTS_HEADER, APPEND_VERSION, MAX_VERSION, VERSION_HEADER, VersionRange, parse_version,
+    ACCEPTS_HEADER, APPEND_VERSION, MAX_VERSION, READS_VERSION, VERSION_HEADER, VersionRange, parse_version,
 };
 use super::writing::{ThisNode, holds_live_copy};
 use crate::ServerSecret;
 use crate::pack::PackId;
+use crate::read_cache::{Invalidation, ReadCache};
 
 /// The route of one pack.
 pub const PACK_ROUTE: &str = "/internal/v1/packs/{id}";
+/// The route that drops entries of the node's read cache.
+pub const INVALIDATE_ROUTE: &str = "/internal/v1/reads/invalidate";
 /// How much of a pack is read from disk at a time for a GET.
 const READ_CHUNK: usize = 256 * 1024;
 
@@ -46,6 +49,8 @@ pub struct NodeApi {
     this: Option<ThisNode>,
     /// Serializes the appends to each pack.
     locks: PackLocks,
+    /// The node's read cache, which peers' writes invalidate.
+    reads: Option<ReadCache>,
 }
 
 impl NodeApi {
@@ -60,7 +65,15 @@ impl NodeApi {
             max_pack_bytes,
             this: None,
             locks: PackLocks::default(),
+            reads: None,
         }
+    }
+
+    /// Drops from `reads` what peers' writes invalidate (without it, invalidations are
+    /// confirmed with nothing to drop).
+    pub fn invalidating(mut self, reads: ReadCache) -> Self {
+        self.reads = Some(reads);
+        self
     }
 
     /// Refuses DELETE of the packs the catalog records a live copy of on `this` node, and
@@ -79,6 +92,7 @@ impl NodeApi {
                 PACK_ROUTE,
                 put(put_pack).get(get_pack).head(head_pack).delete(delete_pack).patch(append_to_pack),
             )
+            .route(INVALIDATE_ROUTE, post(invalidate_reads))
             .fallback(not_found)
             .layer(axum::middleware::from_fn_with_state(api.clone(), guard))
             .with_state(api)
@@ -161,13 +175,8 @@ async fn append_to_pack(
     body: Body,
 ) -> Result<Json<serde_json::Value>, Response> {
     let id = pack_id(segment).ok_or_else(invalid_pack_id)?;
-    let version = headers.get(VERSION_HEADER).and_then(|value| value.to_str().ok()).and_then(parse_version);
-    if version.is_none_or(|version| version < APPEND_VERSION) {
-        return Err(refuse(
-            StatusCode::BAD_REQUEST,
-            "unsupported_version",
-            format!("appends need internal API version {APPEND_VERSION} or later"),
-        ));
+    if let Some(refused) = older_than(&headers, APPEND_VERSION, "appends") {
+        return Err(refused);
     }
     let offset = headers.get(OFFSET_HEADER).and_then(|value| value.to_str().ok()).and_then(parse_offset);
     let offset = offset.ok_or_else(|| {
@@ -186,6 +195,39 @@ async fn append_to_pack(
         .await
         .map_err(refused_append)?;
     Ok(Json(serde_json::json!({ "len": len })))
+}
+
+/// The version a request speaks, from its header (the guard let only accepted ones through).
+fn version_of(headers: &HeaderMap) -> Option<u32> {
+    headers.get(VERSION_HEADER).and_then(|value| value.to_str().ok()).and_then(parse_version)
+}
+
+/// The refusal of a request in a version older than `needs`, the one that introduced its route.
+fn older_than(headers: &HeaderMap, needs: u32, what: &str) -> Option<Response> {
+    version_of(headers).is_none_or(|version| version < needs).then(|| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            "unsupported_version",
+            format!("{what} need internal API version {needs} or later"),
+        )
+    })
+}
+
+async fn invalidate_reads(
+    State(api): Api,
+    headers: HeaderMap,
+    body: Result<Json<Invalidation>, axum::extract::rejection::JsonRejection>,
+) -> Result<StatusCode, Response> {
+    if let Some(refused) = older_than(&headers, READS_VERSION, "read cache invalidations") {
+        return Err(refused);
+    }
+    let Json(what) = body.map_err(|err| {
+        refuse(StatusCode::BAD_REQUEST, "invalid_invalidation", format!("a JSON invalidation: {err}"))
+    })?;
+    if let Some(reads) = &api.reads {
+        reads.invalidate(&what);
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn get_pack(

@@ -17,9 +17,11 @@ use std::fmt;
 /// The oldest version this node accepts.
 pub const MIN_VERSION: u32 = 1;
 /// The version this node speaks.
-pub const MAX_VERSION: u32 = 2;
+pub const MAX_VERSION: u32 = 3;
 /// The version that introduced appends to a pack being written (`PATCH`).
 pub const APPEND_VERSION: u32 = 2;
+/// The version that introduced read cache invalidations (`POST /internal/v1/reads/invalidate`).
+pub const READS_VERSION: u32 = 3;
 /// The request header that names the version a request speaks, and the response header that
 /// names the server's version.
 pub const VERSION_HEADER: &str = "silo-internal-version";

@@ -268,7 +268,7 @@ impl SiloS3 {
     ) -> S3Result<()> {
         let found = self.bucket(caller, bucket, Intent::Write).await?;
         let acl = request.resolve(&self.owner_id(Some(found.tenant)))?.ok_or_else(missing_acl)?;
-        Ok(bucket_model::set_acl(self.pool(), bucket, found.id, acl).await?)
+        Ok(bucket_model::set_acl(&self.store, bucket, found.id, acl).await?)
     }
 
     /// An object's owner and grants; its bucket's owner only may read them.
@@ -295,7 +295,7 @@ impl SiloS3 {
     ) -> S3Result<()> {
         let found = self.bucket(caller, bucket, Intent::Write).await?;
         let acl = request.resolve(&self.owner_id(Some(found.tenant)))?.ok_or_else(missing_acl)?;
-        if object_model::set_acl(self.pool(), bucket, found.id, key, acl).await? {
+        if object_model::set_acl(&self.store, bucket, found.id, key, acl).await? {
             Ok(())
         } else {
             Err(s3_error!(NoSuchKey))

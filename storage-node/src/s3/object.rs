@@ -60,7 +60,9 @@ impl SiloS3 {
     }
 
     /// [`SiloS3::object`] with the entries of its manifest from the one that holds byte
-    /// `from`, for a GET (one catalog round trip for a small object or a range).
+    /// `from`, for a GET or a HEAD: from the node's read cache when it holds the object, else in
+    /// one catalog round trip (for a small object or a range), kept in the cache when that
+    /// brought the whole manifest.
     pub(crate) async fn object_to_read(
         &self,
         caller: Option<TenantId>,
@@ -68,7 +70,16 @@ impl SiloS3 {
         key: &str,
         from: u64,
     ) -> S3Result<(ObjectRow, Option<ManifestHead>)> {
-        let (found, head) = model::lookup_for_read(&self.store, bucket, key, from).await?.unzip();
+        let cache = self.store.read_cache();
+        if let Some(hit) = cache.get(bucket, key) {
+            return Ok((readable(caller, Some(hit.lookup.clone()))?, hit.head.clone()));
+        }
+        let ticket = cache.ticket();
+        let found = model::lookup_for_read(&self.store, bucket, key, from).await?;
+        if let Some((lookup, head)) = &found {
+            cache.fill(ticket, bucket, key, lookup, head.as_ref());
+        }
+        let (found, head) = found.unzip();
         Ok((readable(caller, found)?, head.flatten()))
     }
 
@@ -315,7 +326,7 @@ impl SiloS3 {
         key: &str,
         conditions: Conditions<'_>,
     ) -> S3Result<ObjectRow> {
-        let row = self.object(caller, bucket, key).await?;
+        let (row, _) = self.object_to_read(caller, bucket, key, 0).await?;
         check_conditions(&row, conditions)?;
         Ok(row)
     }

@@ -57,6 +57,7 @@ use crate::catalog::CatalogPool;
 use crate::chunker::ChunkSizes;
 use crate::compress::CompressionPolicy;
 use crate::pack::{PackMaps, pack_path};
+use crate::read_cache::ReadCache;
 use crate::{ChunkId, ServerSecret, TenantId};
 use writers::WriterPool;
 
@@ -82,6 +83,9 @@ pub struct StoreConfig {
     pub pin_duration: Duration,
     /// How many bytes of recently verified chunks stay cached for range reads.
     pub verified_cache_bytes: u64,
+    /// How many bytes of object lookups (with small objects' bytes) stay cached for GET and
+    /// HEAD (`crate::read_cache`).
+    pub read_cache_bytes: u64,
     /// The memory budget of in-flight uploads (set from `--memory-budget-mb`, not in `[store]`).
     #[serde(skip)]
     pub memory: MemoryLimits,
@@ -97,6 +101,7 @@ impl Default for StoreConfig {
             retire_grace: Duration::from_secs(300),
             pin_duration: Duration::from_secs(24 * 3600),
             verified_cache_bytes: 64 * 1024 * 1024,
+            read_cache_bytes: 32 * 1024 * 1024,
             memory: MemoryLimits::default(),
         }
     }
@@ -150,6 +155,7 @@ struct Inner {
     writers: WriterPool,
     maps: PackMaps,
     verified: VerifiedCache,
+    reads: ReadCache,
     peers: peers::Peers,
     gc_lock: tokio::sync::Mutex<()>,
     memory: MemoryBudget,
@@ -224,6 +230,7 @@ impl ChunkStore {
                 config.verified_cache_bytes.max(1),
                 BytesWeighter,
             ),
+            reads: ReadCache::new(config.read_cache_bytes),
             maps: PackMaps::new(&packs_dir),
             writers: WriterPool::default(),
             peers: peers::Peers::default(),
@@ -263,6 +270,12 @@ impl ChunkStore {
     /// The open packs and how often uploads synced them or shared another upload's sync.
     pub fn pack_writer_stats(&self) -> PackWriterStats {
         self.inner.writers.stats()
+    }
+
+    /// The node's cache of object lookups; it answers only while
+    /// [`crate::read_cache::lease::keep_leased`] keeps it leased.
+    pub fn read_cache(&self) -> &ReadCache {
+        &self.inner.reads
     }
 
     /// The directory of the pack files.

@@ -1,0 +1,286 @@
+//! A node's cache of object lookups for GET and HEAD: the bucket's access, the object's row and
+//! its whole manifest (with the bytes of chunks kept inline), so that a hot small object is
+//! served with no catalog query. Coherent across the nodes of a catalog by leases and
+//! invalidations, under issue 13's rule: no node answers with an object's old bytes or old
+//! access once an overwrite, a delete or an ACL change of it has been acknowledged on any node.
+//!
+//! - **Writers invalidate before they acknowledge.** After its commit, a write that replaces,
+//!   deletes or changes the access of objects drops them here and has every node that may hold
+//!   them drop them too, over the internal API ([`broadcast`]).
+//! - **Leases.** A node answers from its cache only while it holds a lease ([`lease`]): every
+//!   [`lease::RENEW_EVERY`] it stamps `storage_nodes.cache_lease_at` in the catalog, and the lease
+//!   runs [`lease::LEASE`] from the moment it sent that statement, on its own monotonic clock.
+//!   Writers ask every node stamped within a little more than a lease; a node they leave out
+//!   has no lease, and empties its cache when it gets one again.
+//! - **Fences.** A node that does not confirm an invalidation in time (hung, cut off) gets its
+//!   `cache_fence` raised, and the writer waits out the node's lease before acknowledging. The
+//!   node's next renewal sees the new fence and empties the cache before it answers from it.
+//! - **Races.** A lookup that read the catalog before a write committed must not put the old row
+//!   back after the write's invalidation ran here: a fill carries the generation it started at,
+//!   and is dropped if any invalidation (or emptying) came in between.
+//!
+//! An entry lives at most [`MAX_AGE`]. Where a chunk lives can change without an invalidation
+//! (GC moves it, repair copies it); a read of a moved chunk already looks it up again, and the
+//! age bounds how long reads of an entry go that long way. Only whole manifests are cached.
+
+pub mod broadcast;
+pub mod lease;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::object::Lookup;
+use crate::store::ManifestHead;
+
+/// How long an entry is served before it is looked up again.
+pub const MAX_AGE: Duration = Duration::from_secs(30);
+
+/// What a write makes stale: some keys of a bucket, or all of it (`keys` absent: its access
+/// changed, or it was deleted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invalidation {
+    pub bucket: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<Vec<String>>,
+}
+
+impl Invalidation {
+    /// One key of `bucket`.
+    pub fn key(bucket: &str, key: &str) -> Self {
+        Invalidation { bucket: bucket.to_string(), keys: Some(vec![key.to_string()]) }
+    }
+
+    /// Every key of `bucket`.
+    pub fn bucket(bucket: &str) -> Self {
+        Invalidation { bucket: bucket.to_string(), keys: None }
+    }
+}
+
+/// A cached lookup: the bucket, the object (never absent: misses are not cached) and its whole
+/// manifest.
+#[derive(Debug, Clone)]
+pub struct CachedRead {
+    pub lookup: Lookup,
+    pub head: Option<ManifestHead>,
+    filled: Instant,
+}
+
+/// What [`ReadCache::ticket`] noted before a lookup read the catalog.
+#[derive(Debug, Clone, Copy)]
+pub struct Ticket(u64);
+
+/// The counters `/metrics` shows.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadCacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    /// Invalidations applied here (this node's writes' and its peers').
+    pub invalidations: u64,
+    /// Peers this node's writes fenced (they did not confirm an invalidation in time).
+    pub fences: u64,
+    /// Times the cache was emptied: a lapsed lease, a fence, a lease refused.
+    pub emptied: u64,
+    pub leased: bool,
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+/// The read cache of a node; clones share it. A new one holds no lease, so it answers nothing
+/// until [`lease::keep_leased`] renews one.
+#[derive(Clone)]
+pub struct ReadCache {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ReadCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadCache").field("entries", &self.inner.entries.len()).finish()
+    }
+}
+
+type Entries = quick_cache::sync::Cache<String, Arc<CachedRead>, Weigher>;
+
+struct Inner {
+    entries: Entries,
+    /// Held while an entry is put in or invalidated, so that a fill checks its generation and
+    /// inserts with no invalidation in between.
+    state: Mutex<State>,
+    /// The lease's end, in nanoseconds since `epoch` (0: no lease).
+    lease_until: AtomicU64,
+    epoch: Instant,
+    counts: Counts,
+}
+
+#[derive(Default)]
+struct State {
+    generation: u64,
+    /// The fence of the last renewal.
+    fence: Option<i64>,
+}
+
+#[derive(Default)]
+struct Counts {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    invalidations: AtomicU64,
+    fences: AtomicU64,
+    emptied: AtomicU64,
+}
+
+#[derive(Clone)]
+struct Weigher;
+
+impl quick_cache::Weighter<String, Arc<CachedRead>> for Weigher {
+    fn weight(&self, key: &String, value: &Arc<CachedRead>) -> u64 {
+        let head = value.head.as_ref().map_or(0, ManifestHead::weight);
+        (key.len() + std::mem::size_of::<CachedRead>() + 256) as u64 + head
+    }
+}
+
+/// The cache's key of `bucket`/`key`: bucket names never hold a `/`.
+fn entry_key(bucket: &str, key: &str) -> String {
+    format!("{bucket}/{key}")
+}
+
+impl ReadCache {
+    /// A cache of at most about `bytes` bytes.
+    pub fn new(bytes: u64) -> Self {
+        ReadCache {
+            inner: Arc::new(Inner {
+                entries: Entries::with_weighter(1024, bytes.max(1), Weigher),
+                state: Mutex::default(),
+                lease_until: AtomicU64::new(0),
+                epoch: Instant::now(),
+                counts: Counts::default(),
+            }),
+        }
+    }
+
+    /// Whether the node holds a lease now, and so may answer from its cache.
+    pub fn leased(&self) -> bool {
+        let until = self.inner.lease_until.load(Ordering::Acquire);
+        until != 0 && self.nanos(Instant::now()) < until
+    }
+
+    /// The lookup of `bucket`/`key`, if it is cached and may be served.
+    pub fn get(&self, bucket: &str, key: &str) -> Option<Arc<CachedRead>> {
+        let found = if self.leased() {
+            self.inner
+                .entries
+                .get(entry_key(bucket, key).as_str())
+                .filter(|entry| entry.filled.elapsed() < MAX_AGE)
+        } else {
+            None
+        };
+        let counter = if found.is_some() { &self.inner.counts.hits } else { &self.inner.counts.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// Notes where the cache stands before a lookup reads the catalog, for [`ReadCache::fill`].
+    pub fn ticket(&self) -> Ticket {
+        Ticket(self.state().generation)
+    }
+
+    /// Keeps the lookup of `bucket`/`key` that was read after `ticket` was taken, unless an
+    /// invalidation came in between, the node holds no lease, or it is not worth keeping (no
+    /// object, or not its whole manifest).
+    pub fn fill(
+        &self,
+        ticket: Ticket,
+        bucket: &str,
+        key: &str,
+        lookup: &Lookup,
+        head: Option<&ManifestHead>,
+    ) {
+        let Some(object) = &lookup.object else { return };
+        if !head.is_some_and(|head| head.is_whole(object.size)) || !self.leased() {
+            return;
+        }
+        let entry = CachedRead { lookup: lookup.clone(), head: head.cloned(), filled: Instant::now() };
+        let state = self.state();
+        if state.generation == ticket.0 {
+            self.inner.entries.insert(entry_key(bucket, key), Arc::new(entry));
+        }
+    }
+
+    /// Drops what `what` names, and makes every lookup in flight drop its answer.
+    pub fn invalidate(&self, what: &Invalidation) {
+        let mut state = self.state();
+        state.generation += 1;
+        match &what.keys {
+            Some(keys) => {
+                for key in keys {
+                    self.inner.entries.remove(entry_key(&what.bucket, key).as_str());
+                }
+            }
+            None => {
+                let prefix = format!("{}/", what.bucket);
+                self.inner.entries.retain(|key, _| !key.starts_with(&prefix));
+            }
+        }
+        self.inner.counts.invalidations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records a renewal sent at `sent` that found this node's fence at `fence`: the lease runs
+    /// [`lease::LEASE`] from `sent`. The cache is emptied first if the last lease lapsed (writers
+    /// stopped asking this node) or the fence moved (a writer gave up on asking it).
+    pub(crate) fn renewed(&self, sent: Instant, fence: i64) {
+        let mut state = self.state();
+        if !self.leased() || state.fence != Some(fence) {
+            self.empty(&mut state);
+        }
+        state.fence = Some(fence);
+        let until = self.nanos(sent + lease::LEASE).max(1);
+        self.inner.lease_until.store(until, Ordering::Release);
+    }
+
+    /// Gives up the lease (refused, or the node is stopping) and empties the cache.
+    pub(crate) fn unleased(&self) {
+        let mut state = self.state();
+        self.inner.lease_until.store(0, Ordering::Release);
+        self.empty(&mut state);
+    }
+
+    /// Counts a peer this node fenced.
+    pub(crate) fn note_fence(&self) {
+        self.inner.counts.fences.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// What the cache did since the node started, and what it holds.
+    pub fn stats(&self) -> ReadCacheStats {
+        let counts = &self.inner.counts;
+        ReadCacheStats {
+            hits: counts.hits.load(Ordering::Relaxed),
+            misses: counts.misses.load(Ordering::Relaxed),
+            invalidations: counts.invalidations.load(Ordering::Relaxed),
+            fences: counts.fences.load(Ordering::Relaxed),
+            emptied: counts.emptied.load(Ordering::Relaxed),
+            leased: self.leased(),
+            entries: self.inner.entries.len() as u64,
+            bytes: self.inner.entries.weight(),
+        }
+    }
+
+    fn empty(&self, state: &mut State) {
+        state.generation += 1;
+        if !self.inner.entries.is_empty() {
+            self.inner.entries.clear();
+        }
+        self.inner.counts.emptied.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.inner.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,114 @@
+//! The read cache's rules without a catalog: no lease, no answer; an invalidation wins over a
+//! lookup that raced with it; a lapsed lease or a moved fence empties the cache.
+
+use std::time::Instant;
+
+use time::OffsetDateTime;
+
+use super::{Invalidation, ReadCache, lease::LEASE};
+use crate::TenantId;
+use crate::model::bucket::{BucketAccess, CannedAcl};
+use crate::model::object::{Lookup, ObjectHeaders, ObjectRow};
+use crate::store::{ManifestHead, ObjectId};
+
+fn lookup(object: i64) -> (Lookup, ManifestHead) {
+    let tenant = TenantId(1);
+    let row = ObjectRow {
+        object: ObjectId(object),
+        tenant,
+        etag: format!("etag-{object}"),
+        size: 0,
+        last_modified: OffsetDateTime::UNIX_EPOCH,
+        headers: ObjectHeaders::default(),
+    };
+    let bucket = BucketAccess { id: 1, tenant, acl: CannedAcl::Private };
+    (Lookup { bucket, object: Some(row) }, ManifestHead::of_empty_object(ObjectId(object)))
+}
+
+fn put(cache: &ReadCache, bucket: &str, key: &str, object: i64) {
+    let (found, head) = lookup(object);
+    cache.fill(cache.ticket(), bucket, key, &found, Some(&head));
+}
+
+fn cached_object(cache: &ReadCache, bucket: &str, key: &str) -> Option<i64> {
+    cache.get(bucket, key).and_then(|hit| hit.lookup.object.as_ref().map(|row| row.object.0))
+}
+
+#[test]
+fn without_a_lease_nothing_is_kept_or_answered() {
+    let cache = ReadCache::new(1 << 20);
+    put(&cache, "shop", "a", 1);
+    assert_eq!(cached_object(&cache, "shop", "a"), None);
+    cache.renewed(Instant::now(), 0);
+    put(&cache, "shop", "a", 1);
+    assert_eq!(cached_object(&cache, "shop", "a"), Some(1));
+    cache.unleased();
+    assert_eq!(cached_object(&cache, "shop", "a"), None);
+    cache.renewed(Instant::now(), 0);
+    assert_eq!(cached_object(&cache, "shop", "a"), None, "giving up the lease emptied the cache");
+}
+
+#[test]
+fn a_lookup_that_raced_with_an_invalidation_is_not_kept() {
+    let cache = ReadCache::new(1 << 20);
+    cache.renewed(Instant::now(), 0);
+    let ticket = cache.ticket();
+    cache.invalidate(&Invalidation::key("shop", "a"));
+    let (found, head) = lookup(1);
+    cache.fill(ticket, "shop", "a", &found, Some(&head));
+    assert_eq!(cached_object(&cache, "shop", "a"), None);
+}
+
+#[test]
+fn invalidations_drop_a_key_or_a_whole_bucket_and_nothing_else() {
+    let cache = ReadCache::new(1 << 20);
+    cache.renewed(Instant::now(), 0);
+    for (bucket, key, object) in [("shop", "a", 1), ("shop", "b", 2), ("shop2", "a", 3), ("shop", "dir/a", 4)]
+    {
+        put(&cache, bucket, key, object);
+    }
+    cache.invalidate(&Invalidation::key("shop", "a"));
+    assert_eq!(cached_object(&cache, "shop", "a"), None);
+    assert_eq!(cached_object(&cache, "shop", "b"), Some(2));
+    cache.invalidate(&Invalidation::bucket("shop"));
+    assert_eq!(cached_object(&cache, "shop", "b"), None);
+    assert_eq!(cached_object(&cache, "shop", "dir/a"), None);
+    assert_eq!(cached_object(&cache, "shop2", "a"), Some(3), "a bucket whose name starts alike stays");
+    let stats = cache.stats();
+    assert_eq!((stats.invalidations, stats.entries), (2, 1));
+}
+
+#[test]
+fn a_moved_fence_or_a_lapsed_lease_empties_the_cache_at_the_next_renewal() {
+    let cache = ReadCache::new(1 << 20);
+    cache.renewed(Instant::now(), 7);
+    put(&cache, "shop", "a", 1);
+    cache.renewed(Instant::now(), 7);
+    assert_eq!(cached_object(&cache, "shop", "a"), Some(1), "the same fence, no lapse: kept");
+    cache.renewed(Instant::now(), 8);
+    assert_eq!(cached_object(&cache, "shop", "a"), None, "a writer fenced this node");
+
+    put(&cache, "shop", "a", 1);
+    // A renewal sent a whole lease ago: the lease it grants is already over.
+    let long_ago = Instant::now().checked_sub(LEASE * 2).expect("a past instant");
+    cache.renewed(long_ago, 8);
+    assert!(!cache.leased());
+    assert_eq!(cached_object(&cache, "shop", "a"), None, "no lease, no answer");
+    cache.renewed(Instant::now(), 8);
+    assert_eq!(cached_object(&cache, "shop", "a"), None, "writers stopped asking a lapsed node: emptied");
+}
+
+#[test]
+fn only_objects_with_their_whole_manifest_are_kept() {
+    let cache = ReadCache::new(1 << 20);
+    cache.renewed(Instant::now(), 0);
+    let (mut found, head) = lookup(1);
+    if let Some(row) = found.object.as_mut() {
+        row.size = 10; // the head has no entry for these bytes
+    }
+    cache.fill(cache.ticket(), "shop", "a", &found, Some(&head));
+    cache.fill(cache.ticket(), "shop", "b", &found, None);
+    let absent = Lookup { object: None, ..found };
+    cache.fill(cache.ticket(), "shop", "c", &absent, Some(&head));
+    assert_eq!(cache.stats().entries, 0);
+}
