@@ -112,9 +112,10 @@ async fn hits(silo: &Silo) -> f64 {
 }
 
 /// Reads `bucket`/`key` through `client` on `silo` until a read is answered from its read cache
-/// (its lease may have to start, or start over, on a loaded machine); the bytes are `body`.
+/// (its lease may have to start, start over on a loaded machine, or come back after a fence);
+/// the bytes are `body`.
 async fn read_through_read_cache(silo: &Silo, client: &Client, bucket: &str, key: &str, body: &[u8]) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + storage_node::read_cache::lease::FENCED_FOR + Duration::from_secs(10);
     loop {
         assert!(Instant::now() < deadline, "no read was answered from the read cache:\n{}", silo.stderr());
         if metric(silo, "silo_read_cache_leased").await < 1.0 {
@@ -315,6 +316,8 @@ async fn an_overwrite_or_delete_acknowledged_on_one_node_is_never_followed_by_ol
 async fn a_node_that_cannot_be_told_of_an_overwrite_is_fenced_and_never_serves_the_old_bytes() {
     let unreachable = format!("http://{}", free_addr());
     let pair = Pair::start_advertising("cache_fence", Some(unreachable)).await;
+    // These first writes may fence node b already (if it took its lease before them); it then
+    // takes one again after `FENCED_FOR`.
     let (_, on_a, on_b) = tenant_on(&pair, "shop").await;
     put(&on_a, "shop", "page.html", b"old").await;
     read_through_read_cache(&pair.b, &on_b, "shop", "page.html", b"old").await;
@@ -324,15 +327,18 @@ async fn a_node_that_cannot_be_told_of_an_overwrite_is_fenced_and_never_serves_t
     let took = started.elapsed();
     assert_eq!(get(&on_b, "shop", "page.html").await.as_deref(), Ok(&b"new"[..]));
     assert!(
-        took >= storage_node::read_cache::broadcast::SEEN_WITHIN,
+        took >= storage_node::read_cache::broadcast::FENCE_WAIT,
         "the overwrite was acknowledged after {took:?}, before node b's lease had run out"
     );
     assert!(metric(&pair.a, "silo_read_cache_fences_total").await >= 1.0);
     assert!(metric(&pair.b, "silo_read_cache_emptied_total").await > emptied, "node b kept its cache");
-    // A new key replaces nothing: no fence, no wait.
+    // Node b saw its fence and cleared its stamp: the next write asks it nothing, waits for
+    // nothing, and node b answers from the catalog (its cache is off for a while).
     let started = Instant::now();
-    put(&on_a, "shop", "other.html", b"x").await;
-    assert!(started.elapsed() < storage_node::read_cache::broadcast::SEEN_WITHIN);
+    put(&on_a, "shop", "page.html", b"newer").await;
+    assert!(started.elapsed() < storage_node::read_cache::broadcast::FENCE_WAIT, "{:?}", started.elapsed());
+    assert_eq!(metric(&pair.b, "silo_read_cache_leased").await, 0.0);
+    assert_eq!(get(&on_b, "shop", "page.html").await.as_deref(), Ok(&b"newer"[..]));
 }
 
 /// Anonymous reads cached on node b stop the moment node a's ACL change returns: the bucket's,
@@ -375,6 +381,31 @@ async fn an_acl_change_on_one_node_ends_anonymous_reads_on_the_other_at_once() {
         .await
         .expect("acl");
     assert_eq!(anonymous(&pair.b).await, 403);
+}
+
+/// While a live node of a release older than the read cache shares the catalog (its writes
+/// would invalidate nothing), no node answers from its read cache; once it stops, they do again.
+#[tokio::test]
+async fn a_live_node_of_an_older_release_turns_every_read_cache_off() {
+    let pair = Pair::start("cache_old_release").await;
+    let (_, _, on_b) = tenant_on(&pair, "shop").await;
+    read_through_read_cache(&pair.b, &on_b, "shop", "k", b"hello").await;
+    // What a node of the previous release looks like in the registry: it never sets the flag.
+    pair.sql(
+        "INSERT INTO storage_nodes (name, zone, internal_url, capacity_bytes, started_at, heartbeat_at) \
+         VALUES ('node-old', 'c', 'http://127.0.0.1:9', 1, now(), now())",
+    )
+    .await;
+    for silo in [&pair.a, &pair.b] {
+        wait_for(|| async { metric(silo, "silo_read_cache_leased").await == 0.0 }).await;
+    }
+    let before = metric(&pair.b, "silo_read_cache_hits_total").await;
+    for _ in 0..3 {
+        assert_eq!(get(&on_b, "shop", "k").await.as_deref(), Ok(&b"hello"[..]));
+    }
+    assert_eq!(metric(&pair.b, "silo_read_cache_hits_total").await, before, "answered from a cache");
+    pair.sql("UPDATE storage_nodes SET stopped_at = now() WHERE name = 'node-old'").await;
+    read_through_read_cache(&pair.b, &on_b, "shop", "k", b"hello").await;
 }
 
 /// Waits up to 10 s for `condition`.

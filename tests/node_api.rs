@@ -70,6 +70,14 @@ impl Node {
         format!("http://{}{path}", self.internal)
     }
 
+    /// Its id in its catalog (the only node there).
+    async fn node_id(&self) -> i32 {
+        let (client, conn) =
+            tokio_postgres::connect(&self.catalog, tokio_postgres::NoTls).await.expect("catalog");
+        tokio::spawn(conn);
+        client.query_one("SELECT id FROM storage_nodes", &[]).await.expect("node id").get(0)
+    }
+
     fn packs_dir(&self) -> PathBuf {
         self.silo.data_dir.join("packs")
     }
@@ -193,7 +201,7 @@ async fn a_sealed_pack_written_through_s3_copies_to_another_node_byte_for_byte()
             let bytes = client.read_range(*id, range.clone()).await.expect("range");
             assert_eq!(&bytes[..], &original[range.start as usize..range.end as usize], "{range:?}");
         }
-        assert_eq!(client.version(), 2);
+        assert_eq!(client.version(), 3);
     }
 
     // A whole GET and the range answers, as HTTP says them.
@@ -395,8 +403,9 @@ async fn only_the_cluster_token_a_known_version_and_pack_ids_are_accepted() {
         );
     }
 
-    // Read cache invalidations: version 3 and a JSON invalidation, or a clear refusal.
-    let invalidate = |version: &str, body: &'static str| {
+    // Read cache invalidations: version 3, addressed to this node, in JSON; or a clear refusal.
+    let id = b.node_id().await;
+    let invalidate = |version: &str, body: String| {
         http.post(b.url(storage_node::node_api::INVALIDATE_ROUTE))
             .header("authorization", token())
             .header(VERSION, version)
@@ -404,19 +413,27 @@ async fn only_the_cluster_token_a_known_version_and_pack_ids_are_accepted() {
             .body(body)
             .send()
     };
-    let refused = invalidate("2", r#"{"bucket":"shop"}"#).await.expect("POST");
-    assert_eq!(refused.status(), 400);
-    assert_eq!(code(&refused.json().await.expect("JSON error")), "unsupported_version");
-    let refused = invalidate("3", r#"{"keys":"shop"}"#).await.expect("POST");
-    assert_eq!(refused.status(), 400);
-    assert_eq!(code(&refused.json().await.expect("JSON error")), "invalid_invalidation");
-    for body in [r#"{"bucket":"shop"}"#, r#"{"bucket":"shop","keys":["a","b/c"]}"#] {
-        assert_eq!(invalidate("3", body).await.expect("POST").status(), 204, "{body}");
+    let refusals = [
+        ("2", format!(r#"{{"node":{id},"bucket":"shop"}}"#), 400, "unsupported_version"),
+        ("3", format!(r#"{{"node":{id},"keys":"shop"}}"#), 400, "invalid_invalidation"),
+        ("3", r#"{"bucket":"shop"}"#.to_string(), 400, "invalid_invalidation"),
+        ("3", format!(r#"{{"node":{},"bucket":"shop"}}"#, id + 1), 409, "wrong_node"),
+    ];
+    for (version, body, status, expected) in refusals {
+        let refused = invalidate(version, body.clone()).await.expect("POST");
+        assert_eq!(refused.status(), status, "{body}");
+        assert_eq!(code(&refused.json().await.expect("JSON error")), expected, "{body}");
+    }
+    for body in [
+        format!(r#"{{"node":{id},"bucket":"shop"}}"#),
+        format!(r#"{{"node":{id},"bucket":"shop","keys":["a","b/c"]}}"#),
+    ] {
+        assert_eq!(invalidate("3", body.clone()).await.expect("POST").status(), 204, "{body}");
     }
     let anonymous = http
         .post(b.url(storage_node::node_api::INVALIDATE_ROUTE))
         .header(VERSION, "3")
-        .body(r#"{"bucket":"shop"}"#)
+        .body(format!(r#"{{"node":{id},"bucket":"shop"}}"#))
         .send()
         .await
         .expect("POST");
@@ -540,7 +557,7 @@ async fn a_pack_is_built_on_a_replica_by_appends_and_a_refused_piece_leaves_it_a
 
     // Three pieces, each answered with the length it brings the replica to.
     assert_eq!(client.append(id, 0, streamed(pieces[0])).await.expect("first") as usize, first);
-    assert_eq!(client.version(), 2);
+    assert_eq!(client.version(), 3);
     assert_eq!(client.append(id, first as u64, streamed(pieces[1])).await.expect("second") as usize, second);
     // A gap: refused with the length held.
     let gap = client.append(id, second as u64 + 56, streamed(pieces[2])).await.expect_err("a gap");

@@ -50,9 +50,11 @@ impl From<storage_node::store::StoreError> for ApiError {
             E::QuotaExceeded { .. } => (StatusCode::INSUFFICIENT_STORAGE, "quota_exceeded"),
             E::StorageFull { .. } => (StatusCode::INSUFFICIENT_STORAGE, "storage_full"),
             E::Truncated { .. } | E::Source(_) => (StatusCode::BAD_REQUEST, "incomplete_body"),
-            E::ChunkVanished { .. } | E::CopyFailed { .. } | E::Retry(_) | E::MemoryBusy { .. } => {
-                (StatusCode::SERVICE_UNAVAILABLE, "retry")
-            }
+            E::ChunkVanished { .. }
+            | E::CopyFailed { .. }
+            | E::Retry(_)
+            | E::MemoryBusy { .. }
+            | E::Unconfirmed(_) => (StatusCode::SERVICE_UNAVAILABLE, "retry"),
             E::Catalog(_) => (StatusCode::SERVICE_UNAVAILABLE, "catalog_unavailable"),
             E::Integrity { .. }
             | E::ChunkUnavailable { .. }

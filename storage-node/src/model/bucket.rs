@@ -144,7 +144,8 @@ pub async fn delete_empty(store: &ChunkStore, name: &str, bucket: BucketAccess) 
     multipart::drop_all_in(&txn, store, bucket.tenant, name).await?;
     txn.execute("DELETE FROM buckets WHERE name = $1", &[&name]).await?;
     txn.commit().await?;
-    broadcast::everywhere(store, &Invalidation::bucket(name)).await?;
+    drop(client);
+    broadcast::everywhere(store, Invalidation::bucket(name)).await?;
     Ok(())
 }
 
@@ -233,16 +234,14 @@ async fn update_acl(
     acl: CannedAcl,
 ) -> Result<(), StoreError> {
     let client = store.catalog().get().await?;
-    let changed = client
+    client
         .execute(
             "UPDATE buckets SET acl = $2 WHERE name = $1 AND ($3::int8 IS NULL OR id = $3)",
             &[&name, &acl, &id],
         )
         .await?;
     drop(client);
-    if changed > 0 {
-        broadcast::everywhere(store, &Invalidation::bucket(name)).await?;
-    }
+    broadcast::everywhere(store, Invalidation::bucket(name)).await?;
     Ok(())
 }
 

@@ -47,6 +47,14 @@ pub enum ModelError {
     ConditionFailed,
 }
 
+impl ModelError {
+    /// Whether the write this error ends was committed all the same (its read caches could not
+    /// be confirmed clean): what it stored must not be given back.
+    pub fn committed(&self) -> bool {
+        matches!(self, ModelError::Store(StoreError::Unconfirmed(_)))
+    }
+}
+
 impl From<tokio_postgres::Error> for ModelError {
     fn from(err: tokio_postgres::Error) -> Self {
         ModelError::Store(err.into())

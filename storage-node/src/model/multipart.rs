@@ -259,7 +259,7 @@ where
     let object = store.concat_in(&txn, tenant, &chosen.parts, None).await.map_err(ModelError::from)?;
     object::check_condition_in(&txn, &target, condition).await?;
     drop_in(&txn, store, tenant, id).await.map_err(ModelError::from)?;
-    let bound = object::bind_in(&txn, store, tenant, &target, &chosen.etag, headers, object)
+    object::bind_in(&txn, store, tenant, &target, &chosen.etag, headers, object)
         .await
         .map_err(ModelError::from)?;
     let listed = serde_json::to_string(&chosen.listed).unwrap_or_else(|_| "[]".into());
@@ -290,10 +290,9 @@ where
     .await
     .map_err(ModelError::from)?;
     txn.commit().await.map_err(ModelError::from)?;
-    if bound.replaced {
-        let stale = crate::read_cache::Invalidation::key(target.bucket, target.key);
-        crate::read_cache::broadcast::everywhere(store, &stale).await.map_err(ModelError::from)?;
-    }
+    drop(client);
+    let stale = crate::read_cache::Invalidation::key(target.bucket, target.key);
+    crate::read_cache::broadcast::everywhere(store, stale).await.map_err(ModelError::from)?;
     Ok(())
 }
 

@@ -139,12 +139,12 @@ pub async fn register(
         .query_one(
             "INSERT INTO storage_nodes \
                  (name, zone, owner_tenant_id, internal_url, capacity_bytes, version, started_at, \
-                  heartbeat_at, data_dir_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, now(), now(), $7) \
+                  heartbeat_at, data_dir_id, invalidates_reads) \
+             VALUES ($1, $2, $3, $4, $5, $6, now(), now(), $7, true) \
              ON CONFLICT (name) DO UPDATE SET zone = EXCLUDED.zone, \
                  owner_tenant_id = EXCLUDED.owner_tenant_id, internal_url = EXCLUDED.internal_url, \
                  capacity_bytes = EXCLUDED.capacity_bytes, version = EXCLUDED.version, \
-                 started_at = now(), heartbeat_at = now(), stopped_at = NULL, \
+                 started_at = now(), heartbeat_at = now(), stopped_at = NULL, invalidates_reads = true, \
                  data_dir_id = EXCLUDED.data_dir_id, \
                  state = CASE WHEN storage_nodes.state = $8 THEN $9 ELSE storage_nodes.state END \
              RETURNING id",

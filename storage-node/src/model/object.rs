@@ -93,6 +93,23 @@ pub struct ObjectHeaders {
 }
 
 impl ObjectHeaders {
+    /// About how many bytes of memory the headers hold.
+    pub(crate) fn weight(&self) -> usize {
+        let texts = [
+            &self.content_type,
+            &self.content_disposition,
+            &self.cache_control,
+            &self.content_encoding,
+            &self.content_language,
+        ];
+        let metadata: usize = self.metadata.iter().map(|(name, value)| name.len() + value.len() + 48).sum();
+        let checksum = self.checksum.as_ref().map_or(0, |checksum| checksum.value.len());
+        std::mem::size_of::<Self>()
+            + texts.iter().map(|text| text.as_ref().map_or(0, String::len)).sum::<usize>()
+            + metadata
+            + checksum
+    }
+
     /// The user metadata as the catalog's `jsonb` column takes it.
     pub(crate) fn metadata_json(&self) -> String {
         serde_json::to_string(&self.metadata).unwrap_or_else(|_| "{}".into())
@@ -311,11 +328,9 @@ pub async fn bind(
     loop {
         let bound = bind_once(store, &what, shared).await;
         match bound {
-            Ok(bound) => {
-                if bound.replaced {
-                    broadcast::everywhere(store, &Invalidation::key(target.bucket, target.key)).await?;
-                }
-                return Ok(bound.modified);
+            Ok(modified) => {
+                broadcast::everywhere(store, Invalidation::key(target.bucket, target.key)).await?;
+                return Ok(modified);
             }
             Err(ModelError::Store(err)) if shared && crate::store::needs_exclusive(&err) => shared = false,
             Err(ModelError::Store(StoreError::Catalog(crate::catalog::CatalogError::Query(err))))
@@ -340,7 +355,7 @@ struct Bind<'a> {
 }
 
 /// One try of [`bind`]; `shared`: commit a new upload with [`ChunkStore::commit_shared`].
-async fn bind_once(store: &ChunkStore, what: &Bind<'_>, shared: bool) -> Result<Bound, ModelError> {
+async fn bind_once(store: &ChunkStore, what: &Bind<'_>, shared: bool) -> Result<OffsetDateTime, ModelError> {
     let Bind { tenant, target, etag, headers, binding, condition } = *what;
     let mut client = store.catalog().get().await?;
     let txn = client.transaction().await?;
@@ -364,24 +379,15 @@ async fn bind_once(store: &ChunkStore, what: &Bind<'_>, shared: bool) -> Result<
         }
     };
     check_condition_in(&txn, target, condition).await?;
-    let bound = bind_in(&txn, store, tenant, target, etag, headers, object).await?;
+    let modified = bind_in(&txn, store, tenant, target, etag, headers, object).await?;
     txn.commit().await?;
-    Ok(bound)
-}
-
-/// What [`bind_in`] did at its key.
-#[derive(Debug, Clone, Copy)]
-pub struct Bound {
-    pub modified: OffsetDateTime,
-    /// The key held an object, which this one replaced: once committed, read caches must drop
-    /// it before the write is acknowledged ([`broadcast::everywhere`]).
-    pub replaced: bool,
+    Ok(modified)
 }
 
 /// Puts `object` at `target` in `txn`, releasing the object that was there. The caller has
 /// locked the bucket ([`bucket::lock_in`]) and committed or copied `object` in `txn` (and so
-/// holds the tenant's row as that took it). Returns the modification time, and whether an
-/// object was replaced.
+/// holds the tenant's row as that took it). Returns the modification time. Once committed, read
+/// caches must drop the key before the write is acknowledged ([`broadcast::everywhere`]).
 ///
 /// A new key costs one statement; a key that holds an object is locked, then changed.
 ///
@@ -395,7 +401,7 @@ pub async fn bind_in(
     etag: &str,
     headers: &ObjectHeaders,
     object: ObjectId,
-) -> Result<Bound, StoreError> {
+) -> Result<OffsetDateTime, StoreError> {
     let (bucket, key) = (target.bucket, target.key);
     let metadata = headers.metadata_json();
     let checksum = headers.checksum.as_ref();
@@ -431,7 +437,7 @@ pub async fn bind_in(
             )
             .await?;
         if let Some(row) = inserted {
-            return Ok(Bound { modified: row.get(0), replaced: false });
+            return Ok(row.get(0));
         }
         // The key holds an object (committed, since the insert waited for it): lock it, so
         // that the object released is the one replaced.
@@ -456,7 +462,7 @@ pub async fn bind_in(
             .await?
             .get(0);
         store.release_in(txn, tenant, previous).await?;
-        return Ok(Bound { modified, replaced: true });
+        return Ok(modified);
     }
 }
 
@@ -465,6 +471,18 @@ pub async fn bind_in(
 /// # Errors
 /// See [`bucket::lock_in`]; catalog and store errors.
 pub async fn delete(store: &ChunkStore, tenant: TenantId, target: Target<'_>) -> Result<(), ModelError> {
+    delete_in_catalog(store, tenant, &target).await?;
+    // Also when nothing was there: an earlier write's invalidation may not have been confirmed.
+    broadcast::everywhere(store, Invalidation::key(target.bucket, target.key)).await?;
+    Ok(())
+}
+
+/// The transaction of [`delete`], whose pooled connection goes back before the invalidation.
+async fn delete_in_catalog(
+    store: &ChunkStore,
+    tenant: TenantId,
+    target: &Target<'_>,
+) -> Result<(), ModelError> {
     let mut client = store.catalog().get().await?;
     let txn = client.transaction().await?;
     bucket::lock_in(&txn, target.bucket, target.id).await?;
@@ -477,13 +495,10 @@ pub async fn delete(store: &ChunkStore, tenant: TenantId, target: Target<'_>) ->
             &[&target.bucket, &target.key],
         )
         .await?;
-    if let Some(row) = &removed {
+    if let Some(row) = removed {
         store.delete_in(&txn, tenant, ObjectId(row.get(0))).await?;
     }
     txn.commit().await?;
-    if removed.is_some() {
-        broadcast::everywhere(store, &Invalidation::key(target.bucket, target.key)).await?;
-    }
     Ok(())
 }
 
@@ -570,8 +585,6 @@ pub async fn set_acl(
         )
         .await?;
     drop(client);
-    if changed > 0 {
-        broadcast::everywhere(store, &Invalidation::key(bucket, key)).await?;
-    }
+    broadcast::everywhere(store, Invalidation::key(bucket, key)).await?;
     Ok(changed > 0)
 }

@@ -25,36 +25,45 @@ pub struct S3Purged {
 pub async fn purge_tenant(store: &ChunkStore, tenant: TenantId) -> Result<S3Purged, StoreError> {
     let mut purged = S3Purged::default();
     for name in bucket::names_of_tenant(store.catalog(), tenant).await? {
-        let mut client = store.catalog().get().await?;
-        let txn = client.transaction().await?;
-        let found = txn
-            .query_opt(
-                "SELECT 1 FROM buckets WHERE name = $1 AND tenant_id = $2 FOR UPDATE",
-                &[&name, &tenant.0],
-            )
+        let deleted = purge_bucket(store, tenant, &name).await?;
+        // Also when it was gone already: an earlier invalidation may not have been confirmed.
+        crate::read_cache::broadcast::everywhere(store, crate::read_cache::Invalidation::bucket(&name))
             .await?;
-        if found.is_none() {
-            continue;
-        }
-        let uploads = multipart::drop_all_in(&txn, store, tenant, &name).await?;
-        let objects =
-            txn.query("DELETE FROM s3_objects WHERE bucket = $1 RETURNING object_id", &[&name]).await?;
-        for object in &objects {
-            store.delete_in(&txn, tenant, ObjectId(object.get(0))).await?;
-        }
-        txn.execute("DELETE FROM buckets WHERE name = $1", &[&name]).await?;
-        txn.commit().await?;
-        crate::read_cache::broadcast::everywhere(store, &crate::read_cache::Invalidation::bucket(&name))
-            .await?;
+        let Some((objects, uploads)) = deleted else { continue };
         purged.buckets += 1;
-        purged.objects += objects.len() as u64;
+        purged.objects += objects;
         purged.uploads += uploads;
         tracing::info!(
             tenant = tenant.0,
             bucket = name,
-            objects = objects.len(),
+            objects,
             "deleted a bucket of a tenant being deleted"
         );
     }
     Ok(purged)
+}
+
+/// Deletes bucket `name` of `tenant` with its objects and uploads, in one transaction: how many
+/// of each, or `None` when it was not there.
+async fn purge_bucket(
+    store: &ChunkStore,
+    tenant: TenantId,
+    name: &str,
+) -> Result<Option<(u64, u64)>, StoreError> {
+    let mut client = store.catalog().get().await?;
+    let txn = client.transaction().await?;
+    let found = txn
+        .query_opt("SELECT 1 FROM buckets WHERE name = $1 AND tenant_id = $2 FOR UPDATE", &[&name, &tenant.0])
+        .await?;
+    if found.is_none() {
+        return Ok(None);
+    }
+    let uploads = multipart::drop_all_in(&txn, store, tenant, name).await?;
+    let objects = txn.query("DELETE FROM s3_objects WHERE bucket = $1 RETURNING object_id", &[&name]).await?;
+    for object in &objects {
+        store.delete_in(&txn, tenant, ObjectId(object.get(0))).await?;
+    }
+    txn.execute("DELETE FROM buckets WHERE name = $1", &[&name]).await?;
+    txn.commit().await?;
+    Ok(Some((objects.len() as u64, uploads)))
 }

@@ -49,7 +49,7 @@ use super::transfer::{Outgoing, Progress, Stalled, incoming, read_to_end, within
 use super::version::{ACCEPTS_HEADER, APPEND_VERSION, READS_VERSION, VERSION_HEADER, VersionRange};
 use crate::ServerSecret;
 use crate::pack::PackId;
-use crate::read_cache::Invalidation;
+use crate::read_cache::Addressed;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a call may go without moving a byte before it fails, unless told otherwise.
@@ -300,7 +300,7 @@ impl NodeClient {
     ///
     /// # Errors
     /// [`ClientError::Refused`], or a transport error.
-    pub async fn invalidate_reads(&self, what: &Invalidation) -> Result<(), ClientError> {
+    pub async fn invalidate_reads(&self, what: &Addressed) -> Result<(), ClientError> {
         let body = serde_json::to_vec(what).map_err(|err| ClientError::Unexpected(err.to_string()))?;
         let response = self
             .http

@@ -28,7 +28,7 @@ use super::version::{
 use super::writing::{ThisNode, holds_live_copy};
 use crate::ServerSecret;
 use crate::pack::PackId;
-use crate::read_cache::{Invalidation, ReadCache};
+use crate::read_cache::{Addressed, ReadCache};
 
 /// The route of one pack.
 pub const PACK_ROUTE: &str = "/internal/v1/packs/{id}";
@@ -216,17 +216,27 @@ fn older_than(headers: &HeaderMap, needs: u32, what: &str) -> Option<Response> {
 async fn invalidate_reads(
     State(api): Api,
     headers: HeaderMap,
-    body: Result<Json<Invalidation>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<Addressed>, axum::extract::rejection::JsonRejection>,
 ) -> Result<StatusCode, Response> {
     if let Some(refused) = older_than(&headers, READS_VERSION, "read cache invalidations") {
         return Err(refused);
     }
-    let Json(what) = body.map_err(|err| {
+    let Json(addressed) = body.map_err(|err| {
         refuse(StatusCode::BAD_REQUEST, "invalid_invalidation", format!("a JSON invalidation: {err}"))
     })?;
-    if let Some(reads) = &api.reads {
-        reads.invalidate(&what);
+    // Confirmed only by the node meant, and only with a cache to drop from: anything else is
+    // refused, and the writer fences the node it meant.
+    let Some(reads) = &api.reads else {
+        return Err(refuse(StatusCode::CONFLICT, "no_read_cache", "this node keeps no read cache"));
+    };
+    if api.this.as_ref().is_none_or(|this| this.node.0 != addressed.node) {
+        return Err(refuse(
+            StatusCode::CONFLICT,
+            "wrong_node",
+            format!("this is not node {}; its URL in the catalog is stale", addressed.node),
+        ));
     }
+    reads.invalidate(&addressed.what);
     Ok(StatusCode::NO_CONTENT)
 }
 

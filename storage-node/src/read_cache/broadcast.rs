@@ -1,28 +1,37 @@
 //! The writer's side of the read cache: after a write commits and before it is acknowledged,
-//! what it made stale is dropped from this node's cache and from every node that may hold a
-//! lease, over the internal API. A node that does not confirm within [`CONFIRM_WITHIN`] is
-//! fenced, and the write waits until that node's lease has surely run out.
+//! what it may have made stale is dropped from this node's cache and from every node that may
+//! hold a lease, over the internal API. A node that does not confirm within [`CONFIRM_WITHIN`]
+//! is fenced, and the write waits until that node's lease has surely run out.
+//!
+//! Every write that binds or deletes a key invalidates it, also when it found nothing to
+//! replace: an earlier write's invalidation may have failed (the catalog was unreachable) after
+//! its commit, and a later write must not be acknowledged over an entry some node still holds.
+//! The work runs in a task of its own, so a client that goes away mid-way cannot cut it short.
 
 use std::time::Duration;
 
 use futures::future::join_all;
 
-use super::Invalidation;
 use super::lease::LEASE;
+use super::{Addressed, Invalidation};
 use crate::catalog::CatalogError;
 use crate::node_state::NodeId;
 use crate::store::{ChunkStore, StoreError};
 
 /// How long a peer may take to confirm an invalidation before it is fenced.
 pub const CONFIRM_WITHIN: Duration = Duration::from_secs(1);
-/// The writer asks every node that stamped its lease within this (a quarter more than a lease,
-/// for clocks that run at slightly different rates), and waits this long after fencing one: a
-/// node's lease runs [`LEASE`] from before its stamp, and a renewal that reads the raised fence
-/// empties the cache.
-pub const SEEN_WITHIN: Duration = Duration::from_millis(LEASE.as_millis() as u64 * 5 / 4);
-/// How many times the catalog is asked before the write gives up on confirming (it is
-/// committed; the client sees a 503 and may retry).
-const CATALOG_ATTEMPTS: usize = 5;
+/// How long a write waits after fencing a peer: a quarter more than a lease, for clocks that run
+/// at slightly different rates. Any lease the peer holds came from a renewal that read the old
+/// fence, sent before the fence was raised.
+pub const FENCE_WAIT: Duration = Duration::from_millis(LEASE.as_millis() as u64 * 5 / 4);
+/// Writers ask every node that stamped its lease within this: twice a lease, so that a catalog
+/// whose clock steps forward by up to a lease still shows every leased node.
+const STAMPED_WITHIN: Duration = Duration::from_secs(LEASE.as_secs() * 2);
+/// How long a write waits for its invalidation before it answers 503; the invalidation goes on
+/// in the background (the write committed, so a retry by the client is harmless).
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+/// How long the background goes on asking a failing catalog.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(600);
 
 /// A peer that may hold a lease: its id and where its internal API is, if anywhere.
 struct Leased {
@@ -34,42 +43,59 @@ struct Leased {
 /// internal API, fencing and waiting out the peers that do not confirm.
 ///
 /// # Errors
-/// [`StoreError::Catalog`] when the catalog cannot say which peers hold a lease, or fence one,
-/// after a few attempts.
-pub async fn everywhere(store: &ChunkStore, what: &Invalidation) -> Result<(), StoreError> {
-    store.read_cache().invalidate(what);
-    let peers = with_retries(|| leased_peers(store)).await?;
+/// [`StoreError::Unconfirmed`] when that did not finish within [`ANSWER_WITHIN`] (the catalog
+/// fails); it goes on in the background.
+pub async fn everywhere(store: &ChunkStore, what: Invalidation) -> Result<(), StoreError> {
+    store.read_cache().invalidate(&what);
+    let task = tokio::spawn(confirm_everywhere(store.clone(), what));
+    match tokio::time::timeout(ANSWER_WITHIN, task).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(err))) => Err(StoreError::Unconfirmed(err.to_string())),
+        Ok(Err(err)) => Err(StoreError::Unconfirmed(err.to_string())),
+        Err(_) => Err(StoreError::Unconfirmed(format!("not done within {ANSWER_WITHIN:?}; still trying"))),
+    }
+}
+
+async fn confirm_everywhere(store: ChunkStore, what: Invalidation) -> Result<(), CatalogError> {
+    let peers = with_retries(|| leased_peers(&store)).await?;
     if peers.is_empty() {
         return Ok(());
     }
-    let asked = peers.into_iter().map(|peer| async move {
-        let confirmed = match &peer.url {
-            Some(url) => confirm(store, peer.node, url, what).await,
-            None => false,
-        };
-        (peer.node, confirmed)
+    let suspects = store.peer_suspects();
+    let asked = peers.into_iter().map(|peer| {
+        let (store, what) = (&store, &what);
+        let suspect = suspects.contains(&peer.node);
+        async move {
+            let confirmed = match &peer.url {
+                Some(url) if !suspect => confirm(store, peer.node, url, what).await,
+                _ => false,
+            };
+            (peer.node, confirmed)
+        }
     });
     let unconfirmed: Vec<NodeId> =
         join_all(asked).await.into_iter().filter(|(_, confirmed)| !confirmed).map(|(node, _)| node).collect();
     if unconfirmed.is_empty() {
         return Ok(());
     }
-    with_retries(|| fence(store, &unconfirmed)).await?;
-    for _ in &unconfirmed {
+    with_retries(|| fence(&store, &unconfirmed)).await?;
+    for node in &unconfirmed {
         store.read_cache().note_fence();
+        store.note_peer_failure(*node);
     }
     tracing::warn!(
         nodes = ?unconfirmed.iter().map(|node| node.0).collect::<Vec<_>>(),
         "peers did not confirm a read cache invalidation; fenced them, waiting out their lease"
     );
-    tokio::time::sleep(SEEN_WITHIN).await;
+    tokio::time::sleep(FENCE_WAIT).await;
     Ok(())
 }
 
 /// Whether `node` at `url` confirmed the invalidation in time.
 async fn confirm(store: &ChunkStore, node: NodeId, url: &str, what: &Invalidation) -> bool {
     let Ok(client) = store.peer(node, url) else { return false };
-    match tokio::time::timeout(CONFIRM_WITHIN, client.invalidate_reads(what)).await {
+    let addressed = Addressed { node: node.0, what: what.clone() };
+    match tokio::time::timeout(CONFIRM_WITHIN, client.invalidate_reads(&addressed)).await {
         Ok(Ok(())) => true,
         Ok(Err(err)) => {
             tracing::debug!(node = node.0, error = %err, "a peer refused a read cache invalidation");
@@ -86,13 +112,14 @@ async fn leased_peers(store: &ChunkStore) -> Result<Vec<Leased>, CatalogError> {
         .query(
             "SELECT id, internal_url FROM storage_nodes \
              WHERE id <> $1 AND cache_lease_at > now() - make_interval(secs => $2)",
-            &[&store.node().0, &SEEN_WITHIN.as_secs_f64()],
+            &[&store.node().0, &STAMPED_WITHIN.as_secs_f64()],
         )
         .await?;
     Ok(rows.iter().map(|row| Leased { node: NodeId(row.get(0)), url: row.get(1) }).collect())
 }
 
-/// Raises the fence of `nodes`: each empties its cache at its next renewal.
+/// Raises the fence of `nodes`: each empties its cache, and clears its stamp, at its next
+/// renewal.
 async fn fence(store: &ChunkStore, nodes: &[NodeId]) -> Result<(), CatalogError> {
     let ids: Vec<i32> = nodes.iter().map(|node| node.0).collect();
     let client = store.catalog().get().await?;
@@ -102,21 +129,26 @@ async fn fence(store: &ChunkStore, nodes: &[NodeId]) -> Result<(), CatalogError>
     Ok(())
 }
 
-/// `call`, again after a short pause while the catalog fails, up to [`CATALOG_ATTEMPTS`] times.
-async fn with_retries<T, F, Fut>(mut call: F) -> Result<T, StoreError>
+/// `call`, again after a pause (growing to 5 s) while the catalog fails, for up to
+/// [`GIVE_UP_AFTER`].
+async fn with_retries<T, F, Fut>(mut call: F) -> Result<T, CatalogError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, CatalogError>>,
 {
-    let mut attempt = 1;
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(100);
     loop {
         match call().await {
             Ok(value) => return Ok(value),
-            Err(err) if attempt >= CATALOG_ATTEMPTS => return Err(err.into()),
+            Err(err) if started.elapsed() >= GIVE_UP_AFTER => {
+                tracing::error!(error = %err, "gave up confirming a read cache invalidation: the catalog fails");
+                return Err(err);
+            }
             Err(err) => {
-                tracing::debug!(error = %err, attempt, "the catalog failed confirming a read cache invalidation");
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tracing::debug!(error = %err, "the catalog failed confirming a read cache invalidation");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
             }
         }
     }

@@ -1,9 +1,15 @@
 //! The read cache's lease: a node stamps `storage_nodes.cache_lease_at` every [`RENEW_EVERY`]
 //! and answers from its cache for [`LEASE`] after it sent the stamp that succeeded.
 //!
-//! A node that peers cannot reach (it has no internal URL) gets a lease only while no other
-//! live node shares the catalog: the embedded default, alone, caches; a second node's writes
-//! could not tell it what they replaced.
+//! No lease is granted:
+//! - while a live node of an older release shares the catalog (its writes would not invalidate
+//!   anything; `storage_nodes.invalidates_reads` is false for it): during a rolling upgrade the
+//!   cache is off everywhere;
+//! - to a node that peers cannot reach (it has no internal URL) while any other live node shares
+//!   the catalog: the embedded default, alone, caches;
+//! - for [`FENCED_FOR`] after a writer fenced this node: a peer that cannot reach it would
+//!   otherwise fence it, and wait, at every write. The renewal that finds the fence moved clears
+//!   the stamp, so writers stop asking this node at once.
 
 use std::time::{Duration, Instant};
 
@@ -18,29 +24,53 @@ pub const LEASE: Duration = Duration::from_secs(2);
 /// How often a node renews its lease: a renewal may fail or be slow three times in a row
 /// before the lease lapses.
 pub const RENEW_EVERY: Duration = Duration::from_millis(500);
+/// How long a fenced node goes without a lease.
+pub const FENCED_FOR: Duration = Duration::from_secs(10);
+
+/// What a renewal found.
+enum Renewal {
+    /// Stamped: the lease runs, under this fence.
+    Leased(i64),
+    /// A writer raised the fence to this since the last renewal: no lease, stamp cleared.
+    Fenced(i64),
+    /// This node may not cache now (see the module's doc): no lease, stamp cleared.
+    Refused,
+}
 
 /// Renews `cache`'s lease for `node` until `stop`, then gives it up in the catalog, so that
 /// writers stop asking this node at once.
 pub async fn keep_leased(cache: ReadCache, pool: CatalogPool, node: NodeId, stop: CancellationToken) {
+    let mut fence = None;
+    let mut fenced_until: Option<Instant> = None;
     let mut failing = false;
     loop {
-        let sent = Instant::now();
-        match tokio::time::timeout(LEASE, renew(&pool, node)).await {
-            Ok(Ok(Some(fence))) => {
-                cache.renewed(sent, fence);
-                failing = false;
+        if fenced_until.is_none_or(|until| Instant::now() >= until) {
+            let sent = Instant::now();
+            match tokio::time::timeout(LEASE, renew(&pool, node, fence)).await {
+                Ok(Ok(Renewal::Leased(now))) => {
+                    cache.renewed(sent, now);
+                    (fence, fenced_until, failing) = (Some(now), None, false);
+                }
+                Ok(Ok(Renewal::Fenced(now))) => {
+                    cache.unleased();
+                    (fence, fenced_until) = (Some(now), Some(Instant::now() + FENCED_FOR));
+                    tracing::warn!(
+                        "a peer could not tell this node what its write replaced: the read cache is off for {}s",
+                        FENCED_FOR.as_secs()
+                    );
+                }
+                Ok(Ok(Renewal::Refused)) => cache.unleased(),
+                Ok(Err(err)) if !failing => {
+                    tracing::warn!(error = %err, "cannot renew the read cache's lease; reads go to the catalog");
+                    failing = true;
+                }
+                Ok(Err(_)) => {}
+                Err(_) if !failing => {
+                    tracing::warn!("renewing the read cache's lease took too long; reads go to the catalog");
+                    failing = true;
+                }
+                Err(_) => {}
             }
-            Ok(Ok(None)) => cache.unleased(),
-            Ok(Err(err)) if !failing => {
-                tracing::warn!(error = %err, "cannot renew the read cache's lease; reads go to the catalog");
-                failing = true;
-            }
-            Ok(Err(_)) => {}
-            Err(_) if !failing => {
-                tracing::warn!("renewing the read cache's lease took too long; reads go to the catalog");
-                failing = true;
-            }
-            Err(_) => {}
         }
         tokio::select! {
             () = stop.cancelled() => break,
@@ -53,21 +83,32 @@ pub async fn keep_leased(cache: ReadCache, pool: CatalogPool, node: NodeId, stop
     }
 }
 
-/// Stamps the lease and returns the node's fence; `None` when this node may not cache (peers
-/// cannot reach it, and it is not alone).
-async fn renew(pool: &CatalogPool, node: NodeId) -> Result<Option<i64>, CatalogError> {
+/// Stamps the lease if this node may cache and its fence is still `fence` (any fence on the
+/// first renewal), else clears the stamp.
+async fn renew(pool: &CatalogPool, node: NodeId, fence: Option<i64>) -> Result<Renewal, CatalogError> {
     let client = pool.get().await?;
     let row = client
         .query_opt(
-            "UPDATE storage_nodes SET cache_lease_at = now() \
-             WHERE id = $1 AND (internal_url IS NOT NULL OR NOT EXISTS ( \
-                 SELECT 1 FROM storage_nodes o WHERE o.id <> $1 AND o.stopped_at IS NULL \
-                    AND o.heartbeat_at > now() - make_interval(secs => $2))) \
-             RETURNING cache_fence",
-            &[&node.0, &LIVE_WITHIN.as_secs_f64()],
+            "WITH allowed AS ( \
+                 SELECT NOT EXISTS ( \
+                     SELECT 1 FROM storage_nodes me, storage_nodes o \
+                     WHERE me.id = $1 AND o.id <> $1 AND o.stopped_at IS NULL \
+                       AND o.heartbeat_at > now() - make_interval(secs => $2) \
+                       AND (me.internal_url IS NULL OR NOT o.invalidates_reads)) AS ok) \
+             UPDATE storage_nodes SET cache_lease_at = \
+                 CASE WHEN (SELECT ok FROM allowed) AND ($3::int8 IS NULL OR cache_fence = $3) \
+                      THEN now() END \
+             WHERE id = $1 \
+             RETURNING cache_fence, (SELECT ok FROM allowed), cache_lease_at IS NOT NULL",
+            &[&node.0, &LIVE_WITHIN.as_secs_f64(), &fence],
         )
         .await?;
-    Ok(row.map(|row| row.get(0)))
+    Ok(match row {
+        None => Renewal::Refused,
+        Some(row) if !row.get::<_, bool>(1) => Renewal::Refused,
+        Some(row) if row.get::<_, bool>(2) => Renewal::Leased(row.get(0)),
+        Some(row) => Renewal::Fenced(row.get(0)),
+    })
 }
 
 async fn release(pool: &CatalogPool, node: NodeId) -> Result<(), CatalogError> {

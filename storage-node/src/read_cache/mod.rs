@@ -35,7 +35,8 @@ use serde::{Deserialize, Serialize};
 use crate::model::object::Lookup;
 use crate::store::ManifestHead;
 
-/// How long an entry is served before it is looked up again.
+/// How long an entry is served before it is looked up again, at most (and at most half the
+/// store's retire grace, so that a cached location never outlives the retired pack's files).
 pub const MAX_AGE: Duration = Duration::from_secs(30);
 
 /// What a write makes stale: some keys of a bucket, or all of it (`keys` absent: its access
@@ -57,6 +58,15 @@ impl Invalidation {
     pub fn bucket(bucket: &str) -> Self {
         Invalidation { bucket: bucket.to_string(), keys: None }
     }
+}
+
+/// An invalidation as it travels to a peer: addressed to one node, which refuses it if it is
+/// not that node (a stale URL must not confirm for another).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Addressed {
+    pub node: i32,
+    #[serde(flatten)]
+    pub what: Invalidation,
 }
 
 /// A cached lookup: the bucket, the object (never absent: misses are not cached) and its whole
@@ -111,6 +121,7 @@ struct Inner {
     /// The lease's end, in nanoseconds since `epoch` (0: no lease).
     lease_until: AtomicU64,
     epoch: Instant,
+    max_age: Duration,
     counts: Counts,
 }
 
@@ -136,7 +147,8 @@ struct Weigher;
 impl quick_cache::Weighter<String, Arc<CachedRead>> for Weigher {
     fn weight(&self, key: &String, value: &Arc<CachedRead>) -> u64 {
         let head = value.head.as_ref().map_or(0, ManifestHead::weight);
-        (key.len() + std::mem::size_of::<CachedRead>() + 256) as u64 + head
+        let row = value.lookup.object.as_ref().map_or(0, |row| row.etag.len() + row.headers.weight());
+        (key.len() + std::mem::size_of::<CachedRead>() + row) as u64 + head
     }
 }
 
@@ -146,14 +158,16 @@ fn entry_key(bucket: &str, key: &str) -> String {
 }
 
 impl ReadCache {
-    /// A cache of at most about `bytes` bytes.
-    pub fn new(bytes: u64) -> Self {
+    /// A cache of at most about `bytes` bytes, whose entries are served for at most `max_age`
+    /// (and never longer than [`MAX_AGE`]).
+    pub fn new(bytes: u64, max_age: Duration) -> Self {
         ReadCache {
             inner: Arc::new(Inner {
                 entries: Entries::with_weighter(1024, bytes.max(1), Weigher),
                 state: Mutex::default(),
                 lease_until: AtomicU64::new(0),
                 epoch: Instant::now(),
+                max_age: max_age.min(MAX_AGE),
                 counts: Counts::default(),
             }),
         }
@@ -171,7 +185,7 @@ impl ReadCache {
             self.inner
                 .entries
                 .get(entry_key(bucket, key).as_str())
-                .filter(|entry| entry.filled.elapsed() < MAX_AGE)
+                .filter(|entry| entry.filled.elapsed() < self.inner.max_age)
         } else {
             None
         };
@@ -197,7 +211,8 @@ impl ReadCache {
         head: Option<&ManifestHead>,
     ) {
         let Some(object) = &lookup.object else { return };
-        if !head.is_some_and(|head| head.is_whole(object.size)) || !self.leased() {
+        let whole = head.is_some_and(|head| head.is_whole(object.size));
+        if !whole || self.inner.max_age.is_zero() || !self.leased() {
             return;
         }
         let entry = CachedRead { lookup: lookup.clone(), head: head.cloned(), filled: Instant::now() };
@@ -238,11 +253,13 @@ impl ReadCache {
         self.inner.lease_until.store(until, Ordering::Release);
     }
 
-    /// Gives up the lease (refused, or the node is stopping) and empties the cache.
+    /// Gives up the lease (refused, fenced, or the node is stopping) and empties the cache; a
+    /// cache without a lease answers nothing already, and is emptied when it gets one.
     pub(crate) fn unleased(&self) {
         let mut state = self.state();
-        self.inner.lease_until.store(0, Ordering::Release);
-        self.empty(&mut state);
+        if self.inner.lease_until.swap(0, Ordering::AcqRel) != 0 {
+            self.empty(&mut state);
+        }
     }
 
     /// Counts a peer this node fenced.

@@ -36,7 +36,7 @@ fn cached_object(cache: &ReadCache, bucket: &str, key: &str) -> Option<i64> {
 
 #[test]
 fn without_a_lease_nothing_is_kept_or_answered() {
-    let cache = ReadCache::new(1 << 20);
+    let cache = ReadCache::new(1 << 20, super::MAX_AGE);
     put(&cache, "shop", "a", 1);
     assert_eq!(cached_object(&cache, "shop", "a"), None);
     cache.renewed(Instant::now(), 0);
@@ -50,7 +50,7 @@ fn without_a_lease_nothing_is_kept_or_answered() {
 
 #[test]
 fn a_lookup_that_raced_with_an_invalidation_is_not_kept() {
-    let cache = ReadCache::new(1 << 20);
+    let cache = ReadCache::new(1 << 20, super::MAX_AGE);
     cache.renewed(Instant::now(), 0);
     let ticket = cache.ticket();
     cache.invalidate(&Invalidation::key("shop", "a"));
@@ -61,7 +61,7 @@ fn a_lookup_that_raced_with_an_invalidation_is_not_kept() {
 
 #[test]
 fn invalidations_drop_a_key_or_a_whole_bucket_and_nothing_else() {
-    let cache = ReadCache::new(1 << 20);
+    let cache = ReadCache::new(1 << 20, super::MAX_AGE);
     cache.renewed(Instant::now(), 0);
     for (bucket, key, object) in [("shop", "a", 1), ("shop", "b", 2), ("shop2", "a", 3), ("shop", "dir/a", 4)]
     {
@@ -80,7 +80,7 @@ fn invalidations_drop_a_key_or_a_whole_bucket_and_nothing_else() {
 
 #[test]
 fn a_moved_fence_or_a_lapsed_lease_empties_the_cache_at_the_next_renewal() {
-    let cache = ReadCache::new(1 << 20);
+    let cache = ReadCache::new(1 << 20, super::MAX_AGE);
     cache.renewed(Instant::now(), 7);
     put(&cache, "shop", "a", 1);
     cache.renewed(Instant::now(), 7);
@@ -100,7 +100,7 @@ fn a_moved_fence_or_a_lapsed_lease_empties_the_cache_at_the_next_renewal() {
 
 #[test]
 fn only_objects_with_their_whole_manifest_are_kept() {
-    let cache = ReadCache::new(1 << 20);
+    let cache = ReadCache::new(1 << 20, super::MAX_AGE);
     cache.renewed(Instant::now(), 0);
     let (mut found, head) = lookup(1);
     if let Some(row) = found.object.as_mut() {

@@ -48,6 +48,11 @@ pub(crate) fn from_store(err: StoreError) -> S3Error {
             tracing::warn!(error = %err, "an upload waited too long for memory");
             retry_later("the node is busy with other uploads; retry")
         }
+        // Committed; a retry of the same write is harmless and is confirmed again.
+        StoreError::Unconfirmed(_) => {
+            tracing::error!(error = %err, "a write could not confirm the read caches clean");
+            retry_later("the write could not be confirmed on every node; retry")
+        }
         StoreError::ChunkUnavailable { .. } => {
             tracing::error!(error = %err, "no copy of a chunk could be read");
             retry_later("no copy of the object's data can be read now; retry")

@@ -75,12 +75,14 @@ impl SiloS3 {
             return Ok((readable(caller, Some(hit.lookup.clone()))?, hit.head.clone()));
         }
         let ticket = cache.ticket();
-        let found = model::lookup_for_read(&self.store, bucket, key, from).await?;
-        if let Some((lookup, head)) = &found {
-            cache.fill(ticket, bucket, key, lookup, head.as_ref());
+        let (found, head) = model::lookup_for_read(&self.store, bucket, key, from).await?.unzip();
+        let head = head.flatten();
+        // Only what this caller may read is kept: a denied request leaves no trace in the cache.
+        let row = readable(caller, found.clone())?;
+        if let Some(found) = &found {
+            cache.fill(ticket, bucket, key, found, head.as_ref());
         }
-        let (found, head) = found.unzip();
-        Ok((readable(caller, found)?, head.flatten()))
+        Ok((row, head))
     }
 
     /// Streams `body` into the store, checks its claims, and binds it to `bucket`/`key`,
@@ -112,7 +114,9 @@ impl SiloS3 {
         let bound =
             model::bind(&self.store, tenant, target, &etag, &headers, Binding::New(&ingested), &condition)
                 .await;
-        if bound.is_err() {
+        // An upload not committed gives its pins back; one committed (whose caches could not be
+        // confirmed clean) gave them with its commit.
+        if bound.as_ref().is_err_and(|err| !err.committed()) {
             self.store.abandon(ingested).await;
         }
         Ok(bound.map(|_| (etag, checksum))?)

@@ -47,6 +47,10 @@ pub enum StoreError {
     Placement(#[from] crate::placement::PlacementError),
     #[error("chunk {chunk} was collected before the upload committed; retry the upload")]
     ChunkVanished { chunk: ChunkId },
+    /// The write committed, but not every node confirmed dropping what it replaced from its
+    /// read cache in time; the confirmation goes on in the background.
+    #[error("the write committed, but the nodes' read caches could not be confirmed clean: {0}")]
+    Unconfirmed(String),
     #[error("I/O error on {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("invalid chunk store configuration: {0}")]

@@ -230,7 +230,7 @@ impl ChunkStore {
                 config.verified_cache_bytes.max(1),
                 BytesWeighter,
             ),
-            reads: ReadCache::new(config.read_cache_bytes),
+            reads: ReadCache::new(config.read_cache_bytes, config.retire_grace / 2),
             maps: PackMaps::new(&packs_dir),
             writers: WriterPool::default(),
             peers: peers::Peers::default(),

@@ -68,6 +68,16 @@ impl ChunkStore {
         lock(&self.inner.peers.clients).clear();
     }
 
+    /// The peers that failed a request of this node lately.
+    pub(crate) fn peer_suspects(&self) -> Vec<NodeId> {
+        self.inner.peers.suspects()
+    }
+
+    /// Notes that `node` failed a request: new packs leave it out for a while.
+    pub(crate) fn note_peer_failure(&self, node: NodeId) {
+        self.inner.peers.note_failure(node);
+    }
+
     /// The client of `node`'s internal API at `url`, made once per URL.
     pub(crate) fn peer(&self, node: NodeId, url: &str) -> Result<Arc<NodeClient>, StoreError> {
         let mut clients = lock(&self.inner.peers.clients);
