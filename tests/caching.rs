@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{BucketCannedAcl, ObjectCannedAcl};
+use aws_sdk_s3::types::{BucketCannedAcl, Delete, ObjectCannedAcl, ObjectIdentifier};
 use common::{Silo, free_addr, scratch};
 
 const READY: Duration = Duration::from_secs(30);
@@ -304,6 +304,19 @@ async fn an_overwrite_or_delete_acknowledged_on_one_node_is_never_followed_by_ol
     read_through_read_cache(&pair.b, &on_b, "shop", "page.html", &common::noise(200_039, 39)).await;
     on_a.delete_object().bucket("shop").key("page.html").send().await.expect("delete");
     assert_eq!(get(&on_b, "shop", "page.html").await, Err("NoSuchKey".into()));
+    // DeleteObjects: every key of the request is dropped from the other node's cache before it
+    // answers.
+    for key in ["a.css", "b.css"] {
+        put(&on_a, "shop", key, key.as_bytes()).await;
+        read_through_read_cache(&pair.b, &on_b, "shop", key, key.as_bytes()).await;
+    }
+    let keys = ["a.css", "b.css"].map(|key| ObjectIdentifier::builder().key(key).build().expect("id"));
+    let delete = Delete::builder().set_objects(Some(keys.to_vec())).build().expect("delete");
+    let deleted = on_a.delete_objects().bucket("shop").delete(delete).send().await.expect("delete objects");
+    assert_eq!(deleted.deleted().len(), 2);
+    for key in ["a.css", "b.css"] {
+        assert_eq!(get(&on_b, "shop", key).await, Err("NoSuchKey".into()), "{key}");
+    }
     let head = on_b.head_object().bucket("shop").key("page.html").send().await;
     assert_eq!(head.map_err(|err| err.raw_response().map(|r| r.status().as_u16())).err(), Some(Some(404)));
 }

@@ -477,6 +477,28 @@ pub async fn delete(store: &ChunkStore, tenant: TenantId, target: Target<'_>) ->
     Ok(())
 }
 
+/// Deletes the objects at `keys` of `tenant`'s bucket `bucket` (authorized as `id`), each in a
+/// transaction of its own, then has the read caches drop them all at once. Each key's outcome,
+/// in order; a key that is not there is no error.
+///
+/// # Errors
+/// The invalidation's ([`broadcast::everywhere`]): the deletions are done.
+pub async fn delete_keys(
+    store: &ChunkStore,
+    tenant: TenantId,
+    bucket: &str,
+    id: i64,
+    keys: &[String],
+) -> Result<Vec<Result<(), ModelError>>, ModelError> {
+    let mut outcomes = Vec::with_capacity(keys.len());
+    for key in keys {
+        outcomes.push(delete_in_catalog(store, tenant, &Target { bucket, id, key }).await);
+    }
+    let stale = Invalidation { bucket: bucket.to_string(), keys: Some(keys.to_vec()) };
+    broadcast::everywhere(store, stale).await?;
+    Ok(outcomes)
+}
+
 /// The transaction of [`delete`], whose pooled connection goes back before the invalidation.
 async fn delete_in_catalog(
     store: &ChunkStore,

@@ -108,13 +108,14 @@ async fn confirm(store: &ChunkStore, node: NodeId, url: &str, what: &Invalidatio
 /// The other nodes that stamped a lease lately.
 async fn leased_peers(store: &ChunkStore) -> Result<Vec<Leased>, CatalogError> {
     let client = store.catalog().get().await?;
-    let rows = client
-        .query(
+    // Prepared once per connection: every write asks this, one round trip after its commit.
+    let statement = client
+        .prepare_cached(
             "SELECT id, internal_url FROM storage_nodes \
              WHERE id <> $1 AND cache_lease_at > now() - make_interval(secs => $2)",
-            &[&store.node().0, &STAMPED_WITHIN.as_secs_f64()],
         )
         .await?;
+    let rows = client.query(&statement, &[&store.node().0, &STAMPED_WITHIN.as_secs_f64()]).await?;
     Ok(rows.iter().map(|row| Leased { node: NodeId(row.get(0)), url: row.get(1) }).collect())
 }
 

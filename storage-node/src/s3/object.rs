@@ -197,6 +197,20 @@ impl SiloS3 {
         Ok(model::delete(&self.store, tenant, Target { bucket, id: found.id, key }).await?)
     }
 
+    /// Deletes `keys` of `bucket` (DeleteObjects), each on its own; the read caches drop them
+    /// all at once. Each key's outcome, in order.
+    pub(crate) async fn delete_objects_for(
+        &self,
+        caller: Option<TenantId>,
+        bucket: &str,
+        keys: &[String],
+    ) -> S3Result<Vec<S3Result<()>>> {
+        let tenant = caller.ok_or_else(|| s3_error!(AccessDenied))?;
+        let found = self.bucket(caller, bucket, Intent::Write).await?;
+        let outcomes = model::delete_keys(&self.store, tenant, bucket, found.id, keys).await?;
+        Ok(outcomes.into_iter().map(|outcome| outcome.map_err(S3Error::from)).collect())
+    }
+
     /// Opens `range` of an object as a response body of exactly that length, starting from
     /// `head` (the first manifest entries read with `row`) when given.
     pub(crate) async fn open_body(

@@ -300,12 +300,14 @@ impl S3 for SiloS3 {
         }
         let quiet = input.delete.quiet.unwrap_or(false);
         let (mut deleted, mut errors) = (Vec::new(), Vec::new());
-        for object in input.delete.objects {
-            match self.delete_object_for(tenant, &input.bucket, &object.key).await {
+        let keys: Vec<String> = input.delete.objects.into_iter().map(|object| object.key).collect();
+        let outcomes = self.delete_objects_for(tenant, &input.bucket, &keys).await?;
+        for (key, outcome) in keys.into_iter().zip(outcomes) {
+            match outcome {
                 Ok(()) if quiet => {}
-                Ok(()) => deleted.push(DeletedObject { key: Some(object.key), ..Default::default() }),
+                Ok(()) => deleted.push(DeletedObject { key: Some(key), ..Default::default() }),
                 Err(err) => errors.push(Error {
-                    key: Some(object.key),
+                    key: Some(key),
                     code: Some(err.code().as_str().to_owned()),
                     message: err.message().map(str::to_owned),
                     ..Default::default()
