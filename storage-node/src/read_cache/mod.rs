@@ -19,9 +19,11 @@
 //!   back after the write's invalidation ran here: a fill carries the generation it started at,
 //!   and is dropped if any invalidation (or emptying) came in between.
 //!
-//! An entry lives at most [`MAX_AGE`]. Where a chunk lives can change without an invalidation
-//! (GC moves it, repair copies it); a read of a moved chunk already looks it up again, and the
-//! age bounds how long reads of an entry go that long way. Only whole manifests are cached.
+//! An entry whose chunks live in packs is served for at most [`MAX_AGE`]. Where a chunk lives
+//! can change without an invalidation (GC moves it, repair copies it); a read of a moved chunk
+//! already looks it up again, and the age bounds how long reads of an entry go that long way.
+//! A small object's chunks are kept in the catalog and travel with the entry: nothing of it can
+//! move, so it stays until it is invalidated or evicted. Only whole manifests are cached.
 
 pub mod broadcast;
 pub mod lease;
@@ -75,7 +77,9 @@ pub struct Addressed {
 pub struct CachedRead {
     pub lookup: Lookup,
     pub head: Option<ManifestHead>,
-    filled: Instant,
+    /// When it must be looked up again: `None` for an object whose chunks are all kept in the
+    /// catalog, which names no location that could move.
+    expires: Option<Instant>,
 }
 
 /// What [`ReadCache::ticket`] noted before a lookup read the catalog.
@@ -185,7 +189,7 @@ impl ReadCache {
             self.inner
                 .entries
                 .get(entry_key(bucket, key).as_str())
-                .filter(|entry| entry.filled.elapsed() < self.inner.max_age)
+                .filter(|entry| entry.expires.is_none_or(|at| Instant::now() < at))
         } else {
             None
         };
@@ -212,10 +216,15 @@ impl ReadCache {
     ) {
         let Some(object) = &lookup.object else { return };
         let whole = head.is_some_and(|head| head.is_whole(object.size));
-        if !whole || self.inner.max_age.is_zero() || !self.leased() {
+        if !whole || !self.leased() {
             return;
         }
-        let entry = CachedRead { lookup: lookup.clone(), head: head.cloned(), filled: Instant::now() };
+        let expires = match head {
+            Some(head) if head.is_inline() => None,
+            _ if self.inner.max_age.is_zero() => return,
+            _ => Some(Instant::now() + self.inner.max_age),
+        };
+        let entry = CachedRead { lookup: lookup.clone(), head: head.cloned(), expires };
         let state = self.state();
         if state.generation == ticket.0 {
             self.inner.entries.insert(entry_key(bucket, key), Arc::new(entry));

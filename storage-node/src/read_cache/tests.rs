@@ -112,3 +112,13 @@ fn only_objects_with_their_whole_manifest_are_kept() {
     cache.fill(cache.ticket(), "shop", "c", &absent, Some(&head));
     assert_eq!(cache.stats().entries, 0);
 }
+
+#[test]
+fn an_object_kept_whole_in_the_catalog_is_kept_whatever_the_age_limit() {
+    // No chunk in a pack: nothing in the entry can move, so even a zero age limit (a store that
+    // deletes retired packs at once) keeps it.
+    let cache = ReadCache::new(1 << 20, std::time::Duration::ZERO);
+    cache.renewed(Instant::now(), 0);
+    put(&cache, "shop", "a", 1);
+    assert_eq!(cached_object(&cache, "shop", "a"), Some(1));
+}

@@ -139,6 +139,11 @@ impl ManifestHead {
         end == size
     }
 
+    /// Whether every chunk of these entries is kept inline in the catalog (no location).
+    pub fn is_inline(&self) -> bool {
+        self.entries.iter().all(|entry| entry.inline.is_some())
+    }
+
     /// About how many bytes of memory the head holds (its inline chunks' bytes, and the rest).
     pub fn weight(&self) -> u64 {
         let entries = self.entries.iter().map(|entry| {
