@@ -219,6 +219,13 @@ impl SiloS3 {
         range: std::ops::Range<u64>,
         head: Option<ManifestHead>,
     ) -> S3Result<ObjectBody> {
+        let remaining = (range.end - range.start) as usize;
+        if let Some(pieces) = head
+            .as_ref()
+            .and_then(|head| self.store.read_inline(row.tenant, row.object, row.size, range.clone(), head))
+        {
+            return Ok(ObjectBody { source: Source::Ready(pieces?.into()), remaining });
+        }
         let read = self.store.read_from_head(row.tenant, row.object, row.size, Some(range.clone()), head)?;
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let mut stream = read.stream;
@@ -230,7 +237,7 @@ impl SiloS3 {
                 }
             }
         });
-        Ok(ObjectBody { rx, remaining: (range.end - range.start) as usize })
+        Ok(ObjectBody { source: Source::Streamed(rx), remaining })
     }
 }
 
@@ -421,17 +428,27 @@ fn not_modified(row: &ObjectRow) -> S3Error {
     error
 }
 
-/// A response body of a known length, fed by the chunk store through a small channel.
+/// A response body of a known length: a small object's bytes, verified already, or pieces fed
+/// by the chunk store through a small channel.
 pub(crate) struct ObjectBody {
-    rx: tokio::sync::mpsc::Receiver<Result<Bytes, StoreError>>,
+    source: Source,
     remaining: usize,
+}
+
+enum Source {
+    Ready(std::collections::VecDeque<Bytes>),
+    Streamed(tokio::sync::mpsc::Receiver<Result<Bytes, StoreError>>),
 }
 
 impl Stream for ObjectBody {
     type Item = Result<Bytes, StdError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        match self.rx.poll_recv(cx) {
+        let polled = match &mut self.source {
+            Source::Ready(pieces) => Poll::Ready(pieces.pop_front().map(Ok)),
+            Source::Streamed(rx) => rx.poll_recv(cx),
+        };
+        match polled {
             Poll::Ready(Some(Ok(piece))) => {
                 self.remaining = self.remaining.saturating_sub(piece.len());
                 Poll::Ready(Some(Ok(piece)))

@@ -357,6 +357,49 @@ impl ChunkStore {
     }
 }
 
+impl ChunkStore {
+    /// The bytes `range` of `object` (of `size` bytes) at once, verified, when `head` is its
+    /// whole manifest with every chunk kept inline: no task, no channel, no catalog query (a
+    /// small object's GET). `None` when `head` is not that; the caller streams instead.
+    pub fn read_inline(
+        &self,
+        tenant: TenantId,
+        object: ObjectId,
+        size: u64,
+        range: Range<u64>,
+        head: &ManifestHead,
+    ) -> Option<Result<Vec<Bytes>, StoreError>> {
+        if head.object != object || !head.is_inline() || !head.is_whole(size) {
+            return None;
+        }
+        if range.start > range.end || range.end > size {
+            return Some(Err(StoreError::InvalidRange { start: range.start, end: range.end, size }));
+        }
+        let mut pieces = Vec::new();
+        for entry in &head.entries {
+            let (start, end) = (entry.logical_offset, entry.logical_offset + entry.raw_len);
+            let Some(inline) = entry.inline.as_ref().filter(|_| start < range.end && end > range.start)
+            else {
+                continue;
+            };
+            let raw = match self.check_inline(
+                tenant,
+                entry.chunk,
+                entry.raw_len as u32,
+                inline.compression,
+                &inline.data,
+            ) {
+                Ok(raw) => raw,
+                Err(err) => return Some(Err(err)),
+            };
+            let from = range.start.saturating_sub(start) as usize;
+            let to = (range.end.min(end) - start) as usize;
+            pieces.push(raw.slice(from..to.min(raw.len())));
+        }
+        Some(Ok(pieces))
+    }
+}
+
 impl Cursor {
     async fn next_piece(&mut self) -> Result<Option<Bytes>, StoreError> {
         loop {
