@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{BucketCannedAcl, Delete, ObjectCannedAcl, ObjectIdentifier};
+use aws_sdk_s3::types::{
+    BucketCannedAcl, CompletedMultipartUpload, CompletedPart, Delete, ObjectCannedAcl, ObjectIdentifier,
+};
 use common::{Silo, free_addr, scratch};
 
 const READY: Duration = Duration::from_secs(30);
@@ -317,6 +319,41 @@ async fn an_overwrite_or_delete_acknowledged_on_one_node_is_never_followed_by_ol
     for key in ["a.css", "b.css"] {
         assert_eq!(get(&on_b, "shop", key).await, Err("NoSuchKey".into()), "{key}");
     }
+    // CopyObject, then CompleteMultipartUpload, onto a key the other node has cached.
+    put(&on_a, "shop", "copy.css", b"first").await;
+    read_through_read_cache(&pair.b, &on_b, "shop", "copy.css", b"first").await;
+    put(&on_a, "shop", "source.css", b"copied").await;
+    on_a.copy_object()
+        .bucket("shop")
+        .key("copy.css")
+        .copy_source("shop/source.css")
+        .send()
+        .await
+        .expect("copy");
+    read_through_read_cache(&pair.b, &on_b, "shop", "copy.css", b"copied").await;
+    let upload = on_a.create_multipart_upload().bucket("shop").key("copy.css").send().await.expect("create");
+    let id = upload.upload_id().expect("upload id");
+    let part = on_a
+        .upload_part()
+        .bucket("shop")
+        .key("copy.css")
+        .upload_id(id)
+        .part_number(1)
+        .body(ByteStream::from_static(b"assembled"))
+        .send()
+        .await
+        .expect("part");
+    let part = CompletedPart::builder().part_number(1).e_tag(part.e_tag().expect("etag")).build();
+    let parts = CompletedMultipartUpload::builder().parts(part).build();
+    on_a.complete_multipart_upload()
+        .bucket("shop")
+        .key("copy.css")
+        .upload_id(id)
+        .multipart_upload(parts)
+        .send()
+        .await
+        .expect("complete");
+    assert_eq!(get(&on_b, "shop", "copy.css").await.as_deref(), Ok(&b"assembled"[..]));
     let head = on_b.head_object().bucket("shop").key("page.html").send().await;
     assert_eq!(head.map_err(|err| err.raw_response().map(|r| r.status().as_u16())).err(), Some(Some(404)));
 }
@@ -383,9 +420,11 @@ async fn an_acl_change_on_one_node_ends_anonymous_reads_on_the_other_at_once() {
         .send()
         .await
         .expect("acl");
+    let before = metric(&pair.b, "silo_read_cache_hits_total").await;
     for _ in 0..3 {
         assert_eq!(anonymous(&pair.b).await, 200);
     }
+    assert!(metric(&pair.b, "silo_read_cache_hits_total").await > before, "not answered from the cache");
     on_a.put_object_acl()
         .bucket("shop")
         .key("logo.png")
@@ -393,6 +432,22 @@ async fn an_acl_change_on_one_node_ends_anonymous_reads_on_the_other_at_once() {
         .send()
         .await
         .expect("acl");
+    assert_eq!(anonymous(&pair.b).await, 403);
+
+    // The management API's switch (`PATCH /v1/buckets/{bucket}`), too.
+    let patch = |public_read: bool| {
+        http.patch(pair.a.url("/v1/buckets/shop"))
+            .bearer_auth(pair.a.token())
+            .json(&serde_json::json!({ "public_read": public_read }))
+            .send()
+    };
+    assert_eq!(patch(true).await.expect("patch").status(), 200);
+    let before = metric(&pair.b, "silo_read_cache_hits_total").await;
+    for _ in 0..3 {
+        assert_eq!(anonymous(&pair.b).await, 200);
+    }
+    assert!(metric(&pair.b, "silo_read_cache_hits_total").await > before, "not answered from the cache");
+    assert_eq!(patch(false).await.expect("patch").status(), 200);
     assert_eq!(anonymous(&pair.b).await, 403);
 }
 
