@@ -181,6 +181,9 @@ async fn small_objects(s3: &Client, silo: SocketAddr, nginx: &Nginx, bodies: Arc
     // browser or CDN in front of a site would make.
     let per_second = public.median / 2.0;
     let http = reqwest::Client::new();
+    // Its first connections are opened before anything is timed, to both servers.
+    warm(&http, silo_url).await;
+    warm(&http, nginx_url.clone()).await;
     let (mut silo_p99, mut nginx_p99) = (Vec::new(), Vec::new());
     for _ in 0..RUNS {
         silo_p99.push(p99_at(&http, per_second, silo_url).await);
@@ -214,6 +217,18 @@ async fn plain_gets(
         rates.push(rate(SMALL_OBJECTS, took));
     }
     Spread::of(rates)
+}
+
+/// Opens 64 connections of `http` to the server of `url` with as many GETs at once.
+async fn warm(http: &reqwest::Client, url: impl Fn(usize) -> String + Send + Sync + 'static) {
+    let (http, url) = (http.clone(), std::sync::Arc::new(url));
+    closed_loop(256, 64, move |i| {
+        let get = http.get(url(i)).send();
+        async move {
+            get.await.expect("warm-up get").bytes().await.expect("warm-up body");
+        }
+    })
+    .await;
 }
 
 /// The p99 latency in milliseconds of GETs of the small objects at `per_second`.

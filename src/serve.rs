@@ -211,12 +211,6 @@ async fn serve_with_catalog(
     }
     databases.start().await?;
     tokio::spawn(store_upkeep_every(store.clone(), stop.clone()));
-    tokio::spawn(storage_node::read_cache::lease::keep_leased(
-        store.read_cache().clone(),
-        pool.clone(),
-        store.node(),
-        stop.clone(),
-    ));
     if let Some(interval) = config.gc_interval() {
         let (store, databases, stop) = (store.clone(), databases.clone(), stop.clone());
         tokio::spawn(collect_garbage_every(store, databases, interval, config.multipart_expiry(), stop));
@@ -268,6 +262,13 @@ async fn serve_with_catalog(
         },
     });
     let http_stop = CancellationToken::new();
+    // The lease goes with the internal API, which stops taking invalidations at the same time.
+    tokio::spawn(storage_node::read_cache::lease::keep_leased(
+        store.read_cache().clone(),
+        state.catalog.clone(),
+        store.node(),
+        http_stop.clone(),
+    ));
     tokio::spawn(stop_on_signal_or_loss(
         http_stop.clone(),
         stop.clone(),

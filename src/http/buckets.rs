@@ -35,8 +35,7 @@ async fn update(
     Path(bucket): Path<String>,
     Json(patch): Json<BucketPatch>,
 ) -> Result<Json<BucketInfo>, ApiError> {
-    let info =
-        bucket_info(&state.store, &bucket, Some(patch.public_read)).await.map_err(ApiError::internal)?;
+    let info = bucket_info(&state.store, &bucket, Some(patch.public_read)).await.map_err(ApiError::from)?;
     tracing::info!(bucket, public_read = patch.public_read, "changed bucket access");
     found(info, &bucket)
 }

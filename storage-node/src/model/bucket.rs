@@ -10,7 +10,8 @@ use time::OffsetDateTime;
 use super::{ModelError, multipart};
 use crate::TenantId;
 use crate::catalog::CatalogPool;
-use crate::read_cache::{Invalidation, broadcast};
+use crate::read_cache::Invalidation;
+use crate::read_cache::broadcast::Pending;
 use crate::store::{ChunkStore, StoreError};
 
 crate::text_enum!(
@@ -127,6 +128,7 @@ pub async fn create(
 /// # Errors
 /// [`ModelError::BucketGone`], [`ModelError::BucketNotEmpty`]; catalog and store errors.
 pub async fn delete_empty(store: &ChunkStore, name: &str, bucket: BucketAccess) -> Result<(), ModelError> {
+    let pending = Pending::new(store, Invalidation::bucket(name));
     let mut client = store.catalog().get().await?;
     let txn = client.transaction().await?;
     // Writes hold the bucket's row shared until they commit: this waits for them, and
@@ -145,7 +147,7 @@ pub async fn delete_empty(store: &ChunkStore, name: &str, bucket: BucketAccess) 
     txn.execute("DELETE FROM buckets WHERE name = $1", &[&name]).await?;
     txn.commit().await?;
     drop(client);
-    broadcast::everywhere(store, Invalidation::bucket(name)).await?;
+    pending.confirm().await?;
     Ok(())
 }
 
@@ -233,6 +235,7 @@ async fn update_acl(
     id: Option<i64>,
     acl: CannedAcl,
 ) -> Result<(), StoreError> {
+    let pending = Pending::new(store, Invalidation::bucket(name));
     let client = store.catalog().get().await?;
     client
         .execute(
@@ -241,7 +244,7 @@ async fn update_acl(
         )
         .await?;
     drop(client);
-    broadcast::everywhere(store, Invalidation::bucket(name)).await?;
+    pending.confirm().await?;
     Ok(())
 }
 

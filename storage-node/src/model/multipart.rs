@@ -244,6 +244,8 @@ where
     E: From<ModelError>,
 {
     let Completion { id, named, condition } = completion;
+    let stale = crate::read_cache::Invalidation::key(target.bucket, target.key);
+    let pending = crate::read_cache::broadcast::Pending::new(store, stale);
     let mut client = store.catalog().get().await.map_err(ModelError::from)?;
     let txn = client.transaction().await.map_err(ModelError::from)?;
     bucket::lock_in(&txn, target.bucket, target.id).await?;
@@ -291,8 +293,7 @@ where
     .map_err(ModelError::from)?;
     txn.commit().await.map_err(ModelError::from)?;
     drop(client);
-    let stale = crate::read_cache::Invalidation::key(target.bucket, target.key);
-    crate::read_cache::broadcast::everywhere(store, stale).await.map_err(ModelError::from)?;
+    pending.confirm().await.map_err(ModelError::from)?;
     Ok(())
 }
 

@@ -11,7 +11,8 @@ use super::ModelError;
 use super::bucket::{self, BucketAccess, CannedAcl};
 use crate::TenantId;
 use crate::catalog::CatalogPool;
-use crate::read_cache::{Invalidation, broadcast};
+use crate::read_cache::Invalidation;
+use crate::read_cache::broadcast::Pending;
 use crate::store::{ChunkStore, Ingested, ManifestHead, ObjectId, StoreError};
 
 /// An object as bound to its key.
@@ -325,11 +326,13 @@ pub async fn bind(
     // A conditional write holds the tenant alone, so that its condition stands until commit.
     let mut shared = *condition == WriteCondition::Any;
     let what = Bind { tenant, target: &target, etag, headers, binding, condition };
+    // Owed from before the commit: a request dropped after it still has the caches told.
+    let pending = Pending::new(store, Invalidation::key(target.bucket, target.key));
     loop {
         let bound = bind_once(store, &what, shared).await;
         match bound {
             Ok(modified) => {
-                broadcast::everywhere(store, Invalidation::key(target.bucket, target.key)).await?;
+                pending.confirm().await?;
                 return Ok(modified);
             }
             Err(ModelError::Store(err)) if shared && crate::store::needs_exclusive(&err) => shared = false,
@@ -387,7 +390,7 @@ async fn bind_once(store: &ChunkStore, what: &Bind<'_>, shared: bool) -> Result<
 /// Puts `object` at `target` in `txn`, releasing the object that was there. The caller has
 /// locked the bucket ([`bucket::lock_in`]) and committed or copied `object` in `txn` (and so
 /// holds the tenant's row as that took it). Returns the modification time. Once committed, read
-/// caches must drop the key before the write is acknowledged ([`broadcast::everywhere`]).
+/// caches must drop the key before the write is acknowledged ([`crate::read_cache::broadcast::everywhere`]).
 ///
 /// A new key costs one statement; a key that holds an object is locked, then changed.
 ///
@@ -471,18 +474,22 @@ pub async fn bind_in(
 /// # Errors
 /// See [`bucket::lock_in`]; catalog and store errors.
 pub async fn delete(store: &ChunkStore, tenant: TenantId, target: Target<'_>) -> Result<(), ModelError> {
+    let pending = Pending::new(store, Invalidation::key(target.bucket, target.key));
     delete_in_catalog(store, tenant, &target).await?;
     // Also when nothing was there: an earlier write's invalidation may not have been confirmed.
-    broadcast::everywhere(store, Invalidation::key(target.bucket, target.key)).await?;
+    pending.confirm().await?;
     Ok(())
 }
+
+/// The most bytes of keys one invalidation names; past that it names the whole bucket.
+const MAX_KEYS_LISTED_BYTES: usize = 64 * 1024;
 
 /// Deletes the objects at `keys` of `tenant`'s bucket `bucket` (authorized as `id`), each in a
 /// transaction of its own, then has the read caches drop them all at once. Each key's outcome,
 /// in order; a key that is not there is no error.
 ///
 /// # Errors
-/// The invalidation's ([`broadcast::everywhere`]): the deletions are done.
+/// The invalidation's ([`crate::read_cache::broadcast::everywhere`]): the deletions are done.
 pub async fn delete_keys(
     store: &ChunkStore,
     tenant: TenantId,
@@ -490,12 +497,15 @@ pub async fn delete_keys(
     id: i64,
     keys: &[String],
 ) -> Result<Vec<Result<(), ModelError>>, ModelError> {
+    // Many long keys go as the whole bucket: an invalidation stays a small request.
+    let listed = keys.iter().map(String::len).sum::<usize>() <= MAX_KEYS_LISTED_BYTES;
+    let keys_listed = listed.then(|| keys.to_vec());
+    let pending = Pending::new(store, Invalidation { bucket: bucket.to_string(), keys: keys_listed });
     let mut outcomes = Vec::with_capacity(keys.len());
     for key in keys {
         outcomes.push(delete_in_catalog(store, tenant, &Target { bucket, id, key }).await);
     }
-    let stale = Invalidation { bucket: bucket.to_string(), keys: Some(keys.to_vec()) };
-    broadcast::everywhere(store, stale).await?;
+    pending.confirm().await?;
     Ok(outcomes)
 }
 
@@ -597,6 +607,7 @@ pub async fn set_acl(
     key: &str,
     acl: CannedAcl,
 ) -> Result<bool, StoreError> {
+    let pending = Pending::new(store, Invalidation::key(bucket, key));
     let client = store.catalog().get().await?;
     // Only in the bucket access was decided on (not one created again under its name).
     let changed = client
@@ -607,6 +618,6 @@ pub async fn set_acl(
         )
         .await?;
     drop(client);
-    broadcast::everywhere(store, Invalidation::key(bucket, key)).await?;
+    pending.confirm().await?;
     Ok(changed > 0)
 }

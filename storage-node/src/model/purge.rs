@@ -7,6 +7,8 @@
 
 use super::{bucket, multipart};
 use crate::TenantId;
+use crate::read_cache::Invalidation;
+use crate::read_cache::broadcast::{self, Pending};
 use crate::store::{ChunkStore, ObjectId, StoreError};
 
 /// What [`purge_tenant`] deleted.
@@ -25,10 +27,9 @@ pub struct S3Purged {
 pub async fn purge_tenant(store: &ChunkStore, tenant: TenantId) -> Result<S3Purged, StoreError> {
     let mut purged = S3Purged::default();
     for name in bucket::names_of_tenant(store.catalog(), tenant).await? {
+        let pending = Pending::new(store, Invalidation::bucket(&name));
         let deleted = purge_bucket(store, tenant, &name).await?;
-        // Also when it was gone already: an earlier invalidation may not have been confirmed.
-        crate::read_cache::broadcast::everywhere(store, crate::read_cache::Invalidation::bucket(&name))
-            .await?;
+        pending.confirm().await?;
         let Some((objects, uploads)) = deleted else { continue };
         purged.buckets += 1;
         purged.objects += objects;
@@ -40,6 +41,9 @@ pub async fn purge_tenant(store: &ChunkStore, tenant: TenantId) -> Result<S3Purg
             "deleted a bucket of a tenant being deleted"
         );
     }
+    // A bucket deleted by an earlier try whose invalidation failed is not listed any more: every
+    // node's cache is emptied once, at the end (a tenant's deletion is rare).
+    broadcast::everywhere(store, Invalidation::everything()).await?;
     Ok(purged)
 }
 

@@ -6,7 +6,9 @@
 //! Every write that binds or deletes a key invalidates it, also when it found nothing to
 //! replace: an earlier write's invalidation may have failed (the catalog was unreachable) after
 //! its commit, and a later write must not be acknowledged over an entry some node still holds.
-//! The work runs in a task of its own, so a client that goes away mid-way cannot cut it short.
+//! The work runs in a task of its own, so a client that goes away mid-way cannot cut it short;
+//! one that goes away between the commit and the invalidation leaves a [`Pending`] guard that
+//! sends it on its way out.
 
 use std::time::Duration;
 
@@ -39,6 +41,43 @@ struct Leased {
     url: Option<String>,
 }
 
+/// An invalidation a write owes from before its commit is sent: confirmed with
+/// [`Pending::confirm`] after the commit, or, if the write's future is dropped first (a client
+/// that hangs up, a commit that failed or was cut short), sent anyway in the background when
+/// the guard goes. A write that did not commit only costs its peers a needless drop.
+pub struct Pending {
+    store: ChunkStore,
+    what: Option<Invalidation>,
+}
+
+impl Pending {
+    /// Owes `what`; make it before the commit.
+    pub fn new(store: &ChunkStore, what: Invalidation) -> Self {
+        Pending { store: store.clone(), what: Some(what) }
+    }
+
+    /// Sends it now, and waits as [`everywhere`] does.
+    ///
+    /// # Errors
+    /// See [`everywhere`].
+    pub async fn confirm(mut self) -> Result<(), StoreError> {
+        match self.what.take() {
+            Some(what) => everywhere(&self.store, what).await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let Some(what) = self.what.take() else { return };
+        self.store.read_cache().invalidate(&what);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(confirm_everywhere(self.store.clone(), what));
+        }
+    }
+}
+
 /// Drops `what` from every node's read cache: this one's at once, each leased peer's over the
 /// internal API, fencing and waiting out the peers that do not confirm.
 ///
@@ -57,6 +96,15 @@ pub async fn everywhere(store: &ChunkStore, what: Invalidation) -> Result<(), St
 }
 
 async fn confirm_everywhere(store: ChunkStore, what: Invalidation) -> Result<(), CatalogError> {
+    let confirmed = ask_peers(&store, &what).await;
+    if let Err(err) = &confirmed {
+        tracing::error!(error = %err, bucket = what.bucket, "a read cache invalidation was never confirmed");
+    }
+    confirmed
+}
+
+async fn ask_peers(store: &ChunkStore, what: &Invalidation) -> Result<(), CatalogError> {
+    let (store, what) = (store.clone(), what.clone());
     let peers = with_retries(|| leased_peers(&store)).await?;
     if peers.is_empty() {
         return Ok(());

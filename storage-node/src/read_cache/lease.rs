@@ -8,8 +8,11 @@
 //! - to a node that peers cannot reach (it has no internal URL) while any other live node shares
 //!   the catalog: the embedded default, alone, caches;
 //! - for [`FENCED_FOR`] after a writer fenced this node: a peer that cannot reach it would
-//!   otherwise fence it, and wait, at every write. The renewal that finds the fence moved clears
-//!   the stamp, so writers stop asking this node at once.
+//!   otherwise fence it, and wait, at every write.
+//!
+//! A renewal never clears the stamp itself: writers must go on asking a node until it has
+//! stopped answering from its cache. A refused or fenced node first gives up its lease here,
+//! then clears its stamp, so that writers stop asking it.
 
 use std::time::{Duration, Instant};
 
@@ -21,8 +24,8 @@ use crate::node_state::{LIVE_WITHIN, NodeId};
 
 /// How long a lease runs from the moment its renewal was sent.
 pub const LEASE: Duration = Duration::from_secs(2);
-/// How often a node renews its lease: a renewal may fail or be slow three times in a row
-/// before the lease lapses.
+/// How often a node renews its lease: a renewal may fail outright twice in a row, or take up
+/// to about 1.5 s, before the lease lapses.
 pub const RENEW_EVERY: Duration = Duration::from_millis(500);
 /// How long a fenced node goes without a lease.
 pub const FENCED_FOR: Duration = Duration::from_secs(10);
@@ -53,13 +56,19 @@ pub async fn keep_leased(cache: ReadCache, pool: CatalogPool, node: NodeId, stop
                 }
                 Ok(Ok(Renewal::Fenced(now))) => {
                     cache.unleased();
+                    release_logged(&pool, node).await;
                     (fence, fenced_until) = (Some(now), Some(Instant::now() + FENCED_FOR));
                     tracing::warn!(
                         "a peer could not tell this node what its write replaced: the read cache is off for {}s",
                         FENCED_FOR.as_secs()
                     );
                 }
-                Ok(Ok(Renewal::Refused)) => cache.unleased(),
+                Ok(Ok(Renewal::Refused)) => {
+                    if cache.leased() {
+                        cache.unleased();
+                        release_logged(&pool, node).await;
+                    }
+                }
                 Ok(Err(err)) if !failing => {
                     tracing::warn!(error = %err, "cannot renew the read cache's lease; reads go to the catalog");
                     failing = true;
@@ -78,13 +87,20 @@ pub async fn keep_leased(cache: ReadCache, pool: CatalogPool, node: NodeId, stop
         }
     }
     cache.unleased();
-    if let Err(err) = release(&pool, node).await {
-        tracing::debug!(error = %err, "could not give up the read cache's lease; it lapses");
+    release_logged(&pool, node).await;
+}
+
+/// Clears this node's stamp once it answers from its cache no more; a failure only means that
+/// writers go on asking it until the stamp is old.
+async fn release_logged(pool: &CatalogPool, node: NodeId) {
+    if let Err(err) = release(pool, node).await {
+        tracing::debug!(error = %err, "could not clear the read cache's stamp; it ages out");
     }
 }
 
 /// Stamps the lease if this node may cache and its fence is still `fence` (any fence on the
-/// first renewal), else clears the stamp.
+/// first renewal); otherwise leaves the stamp as it is (see the module's doc). A stamp never
+/// moves back (a renewal that committed late, after the next one).
 async fn renew(pool: &CatalogPool, node: NodeId, fence: Option<i64>) -> Result<Renewal, CatalogError> {
     let client = pool.get().await?;
     let row = client
@@ -97,9 +113,10 @@ async fn renew(pool: &CatalogPool, node: NodeId, fence: Option<i64>) -> Result<R
                        AND (me.internal_url IS NULL OR NOT o.invalidates_reads)) AS ok) \
              UPDATE storage_nodes SET cache_lease_at = \
                  CASE WHEN (SELECT ok FROM allowed) AND ($3::int8 IS NULL OR cache_fence = $3) \
-                      THEN now() END \
+                      THEN greatest(cache_lease_at, now()) ELSE cache_lease_at END \
              WHERE id = $1 \
-             RETURNING cache_fence, (SELECT ok FROM allowed), cache_lease_at IS NOT NULL",
+             RETURNING cache_fence, (SELECT ok FROM allowed), \
+                       (SELECT ok FROM allowed) AND ($3::int8 IS NULL OR cache_fence = $3)",
             &[&node.0, &LIVE_WITHIN.as_secs_f64(), &fence],
         )
         .await?;

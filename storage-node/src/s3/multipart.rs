@@ -190,6 +190,9 @@ impl SiloS3 {
         self.bucket(caller, bucket, Intent::Write).await?;
         match model::find_completed(self.pool(), id, bucket, key, tenant).await? {
             Some(completed) if same_parts(&completed.named, requested) => {
+                // The first try may have answered 503 with the caches not confirmed clean.
+                let stale = crate::read_cache::Invalidation::key(bucket, key);
+                crate::read_cache::broadcast::everywhere(&self.store, stale).await?;
                 Ok((completed.etag, completed.checksum))
             }
             _ => Err(err),
