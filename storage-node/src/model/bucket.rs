@@ -145,6 +145,7 @@ pub async fn delete_empty(store: &ChunkStore, name: &str, bucket: BucketAccess) 
     }
     multipart::drop_all_in(&txn, store, bucket.tenant, name).await?;
     txn.execute("DELETE FROM buckets WHERE name = $1", &[&name]).await?;
+    pending.arm();
     txn.commit().await?;
     drop(client);
     pending.confirm().await?;
@@ -237,6 +238,7 @@ async fn update_acl(
 ) -> Result<(), StoreError> {
     let pending = Pending::new(store, Invalidation::bucket(name));
     let client = store.catalog().get().await?;
+    pending.arm();
     client
         .execute(
             "UPDATE buckets SET acl = $2 WHERE name = $1 AND ($3::int8 IS NULL OR id = $3)",

@@ -291,6 +291,7 @@ where
     )
     .await
     .map_err(ModelError::from)?;
+    pending.arm();
     txn.commit().await.map_err(ModelError::from)?;
     drop(client);
     pending.confirm().await.map_err(ModelError::from)?;

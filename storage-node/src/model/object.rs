@@ -329,7 +329,7 @@ pub async fn bind(
     // Owed from before the commit: a request dropped after it still has the caches told.
     let pending = Pending::new(store, Invalidation::key(target.bucket, target.key));
     loop {
-        let bound = bind_once(store, &what, shared).await;
+        let bound = bind_once(store, &what, shared, &pending).await;
         match bound {
             Ok(modified) => {
                 pending.confirm().await?;
@@ -358,7 +358,12 @@ struct Bind<'a> {
 }
 
 /// One try of [`bind`]; `shared`: commit a new upload with [`ChunkStore::commit_shared`].
-async fn bind_once(store: &ChunkStore, what: &Bind<'_>, shared: bool) -> Result<OffsetDateTime, ModelError> {
+async fn bind_once(
+    store: &ChunkStore,
+    what: &Bind<'_>,
+    shared: bool,
+    pending: &Pending,
+) -> Result<OffsetDateTime, ModelError> {
     let Bind { tenant, target, etag, headers, binding, condition } = *what;
     let mut client = store.catalog().get().await?;
     let txn = client.transaction().await?;
@@ -383,6 +388,7 @@ async fn bind_once(store: &ChunkStore, what: &Bind<'_>, shared: bool) -> Result<
     };
     check_condition_in(&txn, target, condition).await?;
     let modified = bind_in(&txn, store, tenant, target, etag, headers, object).await?;
+    pending.arm();
     txn.commit().await?;
     Ok(modified)
 }
@@ -475,7 +481,7 @@ pub async fn bind_in(
 /// See [`bucket::lock_in`]; catalog and store errors.
 pub async fn delete(store: &ChunkStore, tenant: TenantId, target: Target<'_>) -> Result<(), ModelError> {
     let pending = Pending::new(store, Invalidation::key(target.bucket, target.key));
-    delete_in_catalog(store, tenant, &target).await?;
+    delete_in_catalog(store, tenant, &target, &pending).await?;
     // Also when nothing was there: an earlier write's invalidation may not have been confirmed.
     pending.confirm().await?;
     Ok(())
@@ -503,7 +509,7 @@ pub async fn delete_keys(
     let pending = Pending::new(store, Invalidation { bucket: bucket.to_string(), keys: keys_listed });
     let mut outcomes = Vec::with_capacity(keys.len());
     for key in keys {
-        outcomes.push(delete_in_catalog(store, tenant, &Target { bucket, id, key }).await);
+        outcomes.push(delete_in_catalog(store, tenant, &Target { bucket, id, key }, &pending).await);
     }
     pending.confirm().await?;
     Ok(outcomes)
@@ -514,6 +520,7 @@ async fn delete_in_catalog(
     store: &ChunkStore,
     tenant: TenantId,
     target: &Target<'_>,
+    pending: &Pending,
 ) -> Result<(), ModelError> {
     let mut client = store.catalog().get().await?;
     let txn = client.transaction().await?;
@@ -530,6 +537,7 @@ async fn delete_in_catalog(
     if let Some(row) = removed {
         store.delete_in(&txn, tenant, ObjectId(row.get(0))).await?;
     }
+    pending.arm();
     txn.commit().await?;
     Ok(())
 }
@@ -609,6 +617,7 @@ pub async fn set_acl(
 ) -> Result<bool, StoreError> {
     let pending = Pending::new(store, Invalidation::key(bucket, key));
     let client = store.catalog().get().await?;
+    pending.arm();
     // Only in the bucket access was decided on (not one created again under its name).
     let changed = client
         .execute(

@@ -8,7 +8,7 @@
 use super::{bucket, multipart};
 use crate::TenantId;
 use crate::read_cache::Invalidation;
-use crate::read_cache::broadcast::{self, Pending};
+use crate::read_cache::broadcast::Pending;
 use crate::store::{ChunkStore, ObjectId, StoreError};
 
 /// What [`purge_tenant`] deleted.
@@ -28,7 +28,7 @@ pub async fn purge_tenant(store: &ChunkStore, tenant: TenantId) -> Result<S3Purg
     let mut purged = S3Purged::default();
     for name in bucket::names_of_tenant(store.catalog(), tenant).await? {
         let pending = Pending::new(store, Invalidation::bucket(&name));
-        let deleted = purge_bucket(store, tenant, &name).await?;
+        let deleted = purge_bucket(store, tenant, &name, &pending).await?;
         pending.confirm().await?;
         let Some((objects, uploads)) = deleted else { continue };
         purged.buckets += 1;
@@ -41,9 +41,6 @@ pub async fn purge_tenant(store: &ChunkStore, tenant: TenantId) -> Result<S3Purg
             "deleted a bucket of a tenant being deleted"
         );
     }
-    // A bucket deleted by an earlier try whose invalidation failed is not listed any more: every
-    // node's cache is emptied once, at the end (a tenant's deletion is rare).
-    broadcast::everywhere(store, Invalidation::everything()).await?;
     Ok(purged)
 }
 
@@ -53,6 +50,7 @@ async fn purge_bucket(
     store: &ChunkStore,
     tenant: TenantId,
     name: &str,
+    pending: &Pending,
 ) -> Result<Option<(u64, u64)>, StoreError> {
     let mut client = store.catalog().get().await?;
     let txn = client.transaction().await?;
@@ -68,6 +66,7 @@ async fn purge_bucket(
         store.delete_in(&txn, tenant, ObjectId(object.get(0))).await?;
     }
     txn.execute("DELETE FROM buckets WHERE name = $1", &[&name]).await?;
+    pending.arm();
     txn.commit().await?;
     Ok(Some((objects.len() as u64, uploads)))
 }

@@ -41,19 +41,31 @@ struct Leased {
     url: Option<String>,
 }
 
-/// An invalidation a write owes from before its commit is sent: confirmed with
-/// [`Pending::confirm`] after the commit, or, if the write's future is dropped first (a client
-/// that hangs up, a commit that failed or was cut short), sent anyway in the background when
-/// the guard goes. A write that did not commit only costs its peers a needless drop.
+/// An invalidation a write owes from the moment it sends its commit: confirmed with
+/// [`Pending::confirm`] once the commit returned, or, if the write's future is dropped after
+/// [`Pending::arm`] (a client that hangs up while the commit is on its way, a commit that failed
+/// or was cut short), sent anyway in the background when the guard goes: at once, and again after
+/// [`SETTLE`], since a commit already sent may still land after the first one (and a read in
+/// between would cache the old row). A guard dropped before it was armed sends nothing.
 pub struct Pending {
     store: ChunkStore,
     what: Option<Invalidation>,
+    armed: std::sync::atomic::AtomicBool,
 }
 
+/// How long after a dropped write's first invalidation its second one goes.
+pub const SETTLE: Duration = Duration::from_secs(5);
+
 impl Pending {
-    /// Owes `what`; make it before the commit.
+    /// Owes `what` once armed.
     pub fn new(store: &ChunkStore, what: Invalidation) -> Self {
-        Pending { store: store.clone(), what: Some(what) }
+        Pending { store: store.clone(), what: Some(what), armed: false.into() }
+    }
+
+    /// Marks the commit as sent: from here a dropped guard still sends the invalidation. Call
+    /// it just before the commit (or the one statement that changes the catalog).
+    pub fn arm(&self) {
+        self.armed.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Sends it now, and waits as [`everywhere`] does.
@@ -70,10 +82,19 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        let Some(what) = self.what.take() else { return };
+        let Some(what) = self.what.take().filter(|_| self.armed.load(std::sync::atomic::Ordering::Relaxed))
+        else {
+            return;
+        };
         self.store.read_cache().invalidate(&what);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(confirm_everywhere(self.store.clone(), what));
+            let store = self.store.clone();
+            runtime.spawn(async move {
+                let _ = confirm_everywhere(store.clone(), what.clone()).await;
+                tokio::time::sleep(SETTLE).await;
+                store.read_cache().invalidate(&what);
+                let _ = confirm_everywhere(store, what).await;
+            });
         }
     }
 }

@@ -50,6 +50,8 @@ pub async fn keep_leased(cache: ReadCache, pool: CatalogPool, node: NodeId, stop
         if fenced_until.is_none_or(|until| Instant::now() >= until) {
             let sent = Instant::now();
             match tokio::time::timeout(LEASE, renew(&pool, node, fence)).await {
+                // Not once the internal API stopped: peers could not tell this node anything.
+                Ok(Ok(Renewal::Leased(_))) if stop.is_cancelled() => break,
                 Ok(Ok(Renewal::Leased(now))) => {
                     cache.renewed(sent, now);
                     (fence, fenced_until, failing) = (Some(now), None, false);
@@ -93,8 +95,10 @@ pub async fn keep_leased(cache: ReadCache, pool: CatalogPool, node: NodeId, stop
 /// Clears this node's stamp once it answers from its cache no more; a failure only means that
 /// writers go on asking it until the stamp is old.
 async fn release_logged(pool: &CatalogPool, node: NodeId) {
-    if let Err(err) = release(pool, node).await {
-        tracing::debug!(error = %err, "could not clear the read cache's stamp; it ages out");
+    match tokio::time::timeout(LEASE, release(pool, node)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::debug!(error = %err, "could not clear the read cache's stamp; it ages out"),
+        Err(_) => tracing::debug!("clearing the read cache's stamp took too long; it ages out"),
     }
 }
 

@@ -42,7 +42,7 @@ use crate::store::ManifestHead;
 pub const MAX_AGE: Duration = Duration::from_secs(30);
 
 /// What a write makes stale: some keys of a bucket, or all of it (`keys` absent: its access
-/// changed, or it was deleted), or everything (bucket `""`: a tenant's deletion).
+/// changed, or it was deleted).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Invalidation {
     pub bucket: String,
@@ -59,11 +59,6 @@ impl Invalidation {
     /// Every key of `bucket`.
     pub fn bucket(bucket: &str) -> Self {
         Invalidation { bucket: bucket.to_string(), keys: None }
-    }
-
-    /// Everything (written as the bucket `""`, which no bucket is named).
-    pub fn everything() -> Self {
-        Invalidation { bucket: String::new(), keys: None }
     }
 }
 
@@ -246,7 +241,6 @@ impl ReadCache {
                     self.inner.entries.remove(entry_key(&what.bucket, key).as_str());
                 }
             }
-            None if what.bucket.is_empty() => self.inner.entries.clear(),
             None => {
                 let prefix = format!("{}/", what.bucket);
                 self.inner.entries.retain(|key, _| !key.starts_with(&prefix));
