@@ -302,7 +302,7 @@ async fn a_hung_node_costs_reads_and_writes_a_bounded_wait() {
     let (_, _, holders, _) = copies(&cluster).await.remove(0);
     let hung = holders.iter().find(|node| *node != "node-a").expect("a copy off node-a").clone();
     let third = ["node-b", "node-c"].into_iter().find(|node| *node != hung).expect("a third node");
-    cluster.node(&hung).signal(Signal::SIGSTOP);
+    cluster.node(&hung).freeze().await;
 
     // Reads through a node with no copy: a stopped peer costs one read timeout (5 s), then the
     // other copy answers.

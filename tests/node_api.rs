@@ -688,7 +688,7 @@ async fn a_pack_is_relayed_between_two_nodes_through_memory() {
     let idle = Duration::from_millis(500);
     let hung =
         NodeClient::with_idle_timeout(&format!("http://{}", b.internal), &secret(), idle).expect("client");
-    b.silo.signal(Signal::SIGSTOP);
+    b.silo.freeze().await;
     let started = Instant::now();
     let read = hung.get_pack_stream(PackId(77)).await.map(|(len, _)| len);
     let (len, stream) = a.client().get_pack_stream(PackId(77)).await.expect("GET");

@@ -182,6 +182,26 @@ impl Silo {
         kill(Pid::from_raw(self.pid() as i32), signal).expect("signal silo");
     }
 
+    /// SIGSTOP, then waits until every thread of the process is stopped (`kill` returns before
+    /// they are: on a loaded machine a thread may still answer a request for a moment).
+    pub async fn freeze(&self) {
+        self.signal(Signal::SIGSTOP);
+        let tasks = format!("/proc/{}/task", self.pid());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let stopped = std::fs::read_dir(&tasks).expect("the process's threads").flatten().all(|task| {
+                let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+                // The state follows the command name's closing parenthesis.
+                stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+            });
+            if stopped {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "the process did not stop");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     /// `kill -9`: the process gets no chance to clean up.
     pub async fn kill9(&mut self) {
         self.signal(Signal::SIGKILL);
