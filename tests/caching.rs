@@ -398,20 +398,12 @@ async fn an_acl_change_on_one_node_ends_anonymous_reads_on_the_other_at_once() {
     let pair = Pair::start("cache_acl").await;
     let (_, on_a, _) = tenant_on(&pair, "shop").await;
     let http = reqwest::Client::new();
-    let anonymous = |silo: &Silo| {
-        let request = http.get(silo.url("/shop/logo.png"));
-        async move { request.send().await.expect("anonymous get").status().as_u16() }
-    };
     on_a.put_bucket_acl().bucket("shop").acl(BucketCannedAcl::PublicRead).send().await.expect("acl");
     put(&on_a, "shop", "logo.png", b"png").await;
     wait_for(|| async { metric(&pair.b, "silo_read_cache_leased").await >= 1.0 }).await;
-    let before = metric(&pair.b, "silo_read_cache_hits_total").await;
-    for _ in 0..3 {
-        assert_eq!(anonymous(&pair.b).await, 200);
-    }
-    assert!(metric(&pair.b, "silo_read_cache_hits_total").await > before, "not answered from the cache");
+    read_anonymously_from_cache(&http, &pair.b).await;
     on_a.put_bucket_acl().bucket("shop").acl(BucketCannedAcl::Private).send().await.expect("acl");
-    assert_eq!(anonymous(&pair.b).await, 403);
+    assert_eq!(anonymous_get(&http, &pair.b).await, 403);
 
     on_a.put_object_acl()
         .bucket("shop")
@@ -420,11 +412,7 @@ async fn an_acl_change_on_one_node_ends_anonymous_reads_on_the_other_at_once() {
         .send()
         .await
         .expect("acl");
-    let before = metric(&pair.b, "silo_read_cache_hits_total").await;
-    for _ in 0..3 {
-        assert_eq!(anonymous(&pair.b).await, 200);
-    }
-    assert!(metric(&pair.b, "silo_read_cache_hits_total").await > before, "not answered from the cache");
+    read_anonymously_from_cache(&http, &pair.b).await;
     on_a.put_object_acl()
         .bucket("shop")
         .key("logo.png")
@@ -432,7 +420,7 @@ async fn an_acl_change_on_one_node_ends_anonymous_reads_on_the_other_at_once() {
         .send()
         .await
         .expect("acl");
-    assert_eq!(anonymous(&pair.b).await, 403);
+    assert_eq!(anonymous_get(&http, &pair.b).await, 403);
 
     // The management API's switch (`PATCH /v1/buckets/{bucket}`), too.
     let patch = |public_read: bool| {
@@ -442,13 +430,23 @@ async fn an_acl_change_on_one_node_ends_anonymous_reads_on_the_other_at_once() {
             .send()
     };
     assert_eq!(patch(true).await.expect("patch").status(), 200);
-    let before = metric(&pair.b, "silo_read_cache_hits_total").await;
-    for _ in 0..3 {
-        assert_eq!(anonymous(&pair.b).await, 200);
-    }
-    assert!(metric(&pair.b, "silo_read_cache_hits_total").await > before, "not answered from the cache");
+    read_anonymously_from_cache(&http, &pair.b).await;
     assert_eq!(patch(false).await.expect("patch").status(), 200);
-    assert_eq!(anonymous(&pair.b).await, 403);
+    assert_eq!(anonymous_get(&http, &pair.b).await, 403);
+}
+
+/// The status of an anonymous GET of `shop/logo.png` on `silo`.
+async fn anonymous_get(http: &reqwest::Client, silo: &Silo) -> u16 {
+    http.get(silo.url("/shop/logo.png")).send().await.expect("anonymous get").status().as_u16()
+}
+
+/// Three anonymous GETs of `shop/logo.png` on `silo` succeed, and its read cache answered some.
+async fn read_anonymously_from_cache(http: &reqwest::Client, silo: &Silo) {
+    let before = metric(silo, "silo_read_cache_hits_total").await;
+    for _ in 0..3 {
+        assert_eq!(anonymous_get(http, silo).await, 200);
+    }
+    assert!(metric(silo, "silo_read_cache_hits_total").await > before, "not answered from the cache");
 }
 
 /// While a live node of a release older than the read cache shares the catalog (its writes

@@ -462,6 +462,7 @@ async fn roll_every_node(mut cluster: Cluster, upgrade: bool) {
     }
     // Every pack written has its two copies in two zones, whichever version wrote it.
     for (pack, _, nodes, mut zones) in copies(&cluster).await {
+        zones.sort();
         zones.dedup();
         assert_eq!(zones.len(), 2, "pack {pack} has copies in two zones: {nodes:?}");
     }

@@ -187,7 +187,9 @@ fn gc_everywhere(cluster: &Cluster) -> Vec<serde_json::Value> {
     cluster.nodes.iter().map(|node| silo_cli_json(&node.silo, &["gc"])).collect()
 }
 
-#[tokio::test]
+// Several threads: the uploads meant to run during the change must not wait behind the
+// blocking CLI calls that make it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_placement_change_moves_a_tenants_old_chunks_into_its_new_domain_and_off_the_old_disks() {
     let mut cluster = Cluster::new("cluster_relocate").await;
     let quiet = upkeep_flags(&cluster, 0);

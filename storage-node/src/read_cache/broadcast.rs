@@ -119,20 +119,22 @@ pub async fn everywhere(store: &ChunkStore, what: Invalidation) -> Result<(), St
 async fn confirm_everywhere(store: ChunkStore, what: Invalidation) -> Result<(), CatalogError> {
     let confirmed = ask_peers(&store, &what).await;
     if let Err(err) = &confirmed {
-        tracing::error!(error = %err, bucket = what.bucket, "a read cache invalidation was never confirmed");
+        tracing::error!(
+            error = %err,
+            bucket = what.bucket,
+            "gave up confirming a read cache invalidation: the catalog kept failing"
+        );
     }
     confirmed
 }
 
 async fn ask_peers(store: &ChunkStore, what: &Invalidation) -> Result<(), CatalogError> {
-    let (store, what) = (store.clone(), what.clone());
-    let peers = with_retries(|| leased_peers(&store)).await?;
+    let peers = with_retries(|| leased_peers(store)).await?;
     if peers.is_empty() {
         return Ok(());
     }
     let suspects = store.peer_suspects();
     let asked = peers.into_iter().map(|peer| {
-        let (store, what) = (&store, &what);
         let suspect = suspects.contains(&peer.node);
         async move {
             let confirmed = match &peer.url {
@@ -147,7 +149,7 @@ async fn ask_peers(store: &ChunkStore, what: &Invalidation) -> Result<(), Catalo
     if unconfirmed.is_empty() {
         return Ok(());
     }
-    with_retries(|| fence(&store, &unconfirmed)).await?;
+    with_retries(|| fence(store, &unconfirmed)).await?;
     for node in &unconfirmed {
         store.read_cache().note_fence();
         store.note_peer_failure(*node);
@@ -211,10 +213,8 @@ where
     loop {
         match call().await {
             Ok(value) => return Ok(value),
-            Err(err) if started.elapsed() >= GIVE_UP_AFTER => {
-                tracing::error!(error = %err, "gave up confirming a read cache invalidation: the catalog fails");
-                return Err(err);
-            }
+            // The caller logs the giving up, with what it was for.
+            Err(err) if started.elapsed() >= GIVE_UP_AFTER => return Err(err),
             Err(err) => {
                 tracing::debug!(error = %err, "the catalog failed confirming a read cache invalidation");
                 tokio::time::sleep(pause).await;

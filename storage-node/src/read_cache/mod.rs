@@ -16,8 +16,10 @@
 //!   `cache_fence` raised, and the writer waits out the node's lease before acknowledging. The
 //!   node's next renewal sees the new fence and empties the cache before it answers from it.
 //! - **Races.** A lookup that read the catalog before a write committed must not put the old row
-//!   back after the write's invalidation ran here: a fill carries the generation it started at,
-//!   and is dropped if any invalidation (or emptying) came in between.
+//!   back after the write's invalidation ran here: a fill carries the generation of its key's
+//!   stripe it started at, and is dropped if an invalidation of a key of that stripe (or of a
+//!   whole bucket, or an emptying) came in between. Keys are spread over [`STRIPES`] stripes so
+//!   that a steady stream of writes does not drop the fills of every other key.
 //!
 //! An entry whose chunks live in packs is served for at most [`MAX_AGE`]. Where a chunk lives
 //! can change without an invalidation (GC moves it, repair copies it); a read of a moved chunk
@@ -82,9 +84,16 @@ pub struct CachedRead {
     expires: Option<Instant>,
 }
 
-/// What [`ReadCache::ticket`] noted before a lookup read the catalog.
+/// What [`ReadCache::ticket`] noted before a lookup read the catalog: its key's stripe, and the
+/// stripe's generation then.
 #[derive(Debug, Clone, Copy)]
-pub struct Ticket(u64);
+pub struct Ticket {
+    stripe: usize,
+    generation: u64,
+}
+
+/// How many generations the keys are spread over.
+pub const STRIPES: usize = 64;
 
 /// The counters `/metrics` shows.
 #[derive(Debug, Clone, Copy, Default)]
@@ -129,11 +138,34 @@ struct Inner {
     counts: Counts,
 }
 
-#[derive(Default)]
 struct State {
-    generation: u64,
+    /// Bumped by an invalidation of a key of the stripe; all of them by a bucket's or an
+    /// emptying.
+    generations: [u64; STRIPES],
     /// The fence of the last renewal.
     fence: Option<i64>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State { generations: [0; STRIPES], fence: None }
+    }
+}
+
+impl State {
+    fn bump_all(&mut self) {
+        for generation in &mut self.generations {
+            *generation += 1;
+        }
+    }
+}
+
+/// The stripe of the cache's key `entry`.
+fn stripe_of(entry: &str) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    entry.hash(&mut hasher);
+    (hasher.finish() % STRIPES as u64) as usize
 }
 
 #[derive(Default)]
@@ -198,9 +230,11 @@ impl ReadCache {
         found
     }
 
-    /// Notes where the cache stands before a lookup reads the catalog, for [`ReadCache::fill`].
-    pub fn ticket(&self) -> Ticket {
-        Ticket(self.state().generation)
+    /// Notes where the cache stands for `bucket`/`key` before a lookup of it reads the catalog,
+    /// for [`ReadCache::fill`].
+    pub fn ticket(&self, bucket: &str, key: &str) -> Ticket {
+        let stripe = stripe_of(&entry_key(bucket, key));
+        Ticket { stripe, generation: self.state().generations[stripe] }
     }
 
     /// Keeps the lookup of `bucket`/`key` that was read after `ticket` was taken, unless an
@@ -225,23 +259,26 @@ impl ReadCache {
             _ => Some(Instant::now() + self.inner.max_age),
         };
         let entry = CachedRead { lookup: lookup.clone(), head: head.cloned(), expires };
+        let entry_key = entry_key(bucket, key);
         let state = self.state();
-        if state.generation == ticket.0 {
-            self.inner.entries.insert(entry_key(bucket, key), Arc::new(entry));
+        if stripe_of(&entry_key) == ticket.stripe && state.generations[ticket.stripe] == ticket.generation {
+            self.inner.entries.insert(entry_key, Arc::new(entry));
         }
     }
 
     /// Drops what `what` names, and makes every lookup in flight drop its answer.
     pub fn invalidate(&self, what: &Invalidation) {
         let mut state = self.state();
-        state.generation += 1;
         match &what.keys {
             Some(keys) => {
                 for key in keys {
-                    self.inner.entries.remove(entry_key(&what.bucket, key).as_str());
+                    let entry = entry_key(&what.bucket, key);
+                    state.generations[stripe_of(&entry)] += 1;
+                    self.inner.entries.remove(entry.as_str());
                 }
             }
             None => {
+                state.bump_all();
                 let prefix = format!("{}/", what.bucket);
                 self.inner.entries.retain(|key, _| !key.starts_with(&prefix));
             }
@@ -292,7 +329,7 @@ impl ReadCache {
     }
 
     fn empty(&self, state: &mut State) {
-        state.generation += 1;
+        state.bump_all();
         if !self.inner.entries.is_empty() {
             self.inner.entries.clear();
         }

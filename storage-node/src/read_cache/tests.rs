@@ -27,7 +27,7 @@ fn lookup(object: i64) -> (Lookup, ManifestHead) {
 
 fn put(cache: &ReadCache, bucket: &str, key: &str, object: i64) {
     let (found, head) = lookup(object);
-    cache.fill(cache.ticket(), bucket, key, &found, Some(&head));
+    cache.fill(cache.ticket(bucket, key), bucket, key, &found, Some(&head));
 }
 
 fn cached_object(cache: &ReadCache, bucket: &str, key: &str) -> Option<i64> {
@@ -52,7 +52,7 @@ fn without_a_lease_nothing_is_kept_or_answered() {
 fn a_lookup_that_raced_with_an_invalidation_is_not_kept() {
     let cache = ReadCache::new(1 << 20, super::MAX_AGE);
     cache.renewed(Instant::now(), 0);
-    let ticket = cache.ticket();
+    let ticket = cache.ticket("shop", "a");
     cache.invalidate(&Invalidation::key("shop", "a"));
     let (found, head) = lookup(1);
     cache.fill(ticket, "shop", "a", &found, Some(&head));
@@ -106,10 +106,10 @@ fn only_objects_with_their_whole_manifest_are_kept() {
     if let Some(row) = found.object.as_mut() {
         row.size = 10; // the head has no entry for these bytes
     }
-    cache.fill(cache.ticket(), "shop", "a", &found, Some(&head));
-    cache.fill(cache.ticket(), "shop", "b", &found, None);
+    cache.fill(cache.ticket("shop", "a"), "shop", "a", &found, Some(&head));
+    cache.fill(cache.ticket("shop", "b"), "shop", "b", &found, None);
     let absent = Lookup { object: None, ..found };
-    cache.fill(cache.ticket(), "shop", "c", &absent, Some(&head));
+    cache.fill(cache.ticket("shop", "c"), "shop", "c", &absent, Some(&head));
     assert_eq!(cache.stats().entries, 0);
 }
 
@@ -121,4 +121,25 @@ fn an_object_kept_whole_in_the_catalog_is_kept_whatever_the_age_limit() {
     cache.renewed(Instant::now(), 0);
     put(&cache, "shop", "a", 1);
     assert_eq!(cached_object(&cache, "shop", "a"), Some(1));
+}
+
+#[test]
+fn a_write_of_one_key_leaves_the_lookups_of_others_in_flight_alone() {
+    let cache = ReadCache::new(1 << 20, super::MAX_AGE);
+    cache.renewed(Instant::now(), 0);
+    // A key of another stripe than "a"'s.
+    let other = (0..).map(|n| format!("k{n}")).find(|key| {
+        super::stripe_of(&super::entry_key("shop", key)) != super::stripe_of(&super::entry_key("shop", "a"))
+    });
+    let other = other.expect("a key of another stripe");
+    let ticket = cache.ticket("shop", &other);
+    cache.invalidate(&Invalidation::key("shop", "a"));
+    let (found, head) = lookup(2);
+    cache.fill(ticket, "shop", &other, &found, Some(&head));
+    assert_eq!(cached_object(&cache, "shop", &other), Some(2), "kept: the write was of another key");
+    // A whole bucket's invalidation drops every lookup in flight of it.
+    let ticket = cache.ticket("shop", "b");
+    cache.invalidate(&Invalidation::bucket("shop"));
+    cache.fill(ticket, "shop", "b", &found, Some(&head));
+    assert_eq!(cached_object(&cache, "shop", "b"), None);
 }

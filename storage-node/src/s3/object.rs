@@ -74,7 +74,7 @@ impl SiloS3 {
         if let Some(hit) = cache.get(bucket, key) {
             return Ok((readable(caller, Some(hit.lookup.clone()))?, hit.head.clone()));
         }
-        let ticket = cache.ticket();
+        let ticket = cache.ticket(bucket, key);
         let (found, head) = model::lookup_for_read(&self.store, bucket, key, from).await?.unzip();
         let head = head.flatten();
         // Only what this caller may read is kept: a denied request leaves no trace in the cache.

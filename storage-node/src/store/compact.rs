@@ -371,11 +371,14 @@ impl ChunkStore {
                     if copies.is_empty() {
                         return Err(err);
                     }
-                    self.record_from_copies(at, copies).await.map_err(|remote| {
-                        StoreError::Retry(format!(
+                    // Only copies that do not answer now are worth another pass; any other failure
+                    // is told as it is.
+                    self.record_from_copies(at, copies).await.map_err(|remote| match remote {
+                        StoreError::ChunkUnavailable { .. } => StoreError::Retry(format!(
                             "no copy of pack {} could be read now: {remote}",
                             at.pack.0
-                        ))
+                        )),
+                        other => other,
                     })?
                 }
                 Err(err) => return Err(err),

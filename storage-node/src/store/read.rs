@@ -326,9 +326,7 @@ impl ChunkStore {
         head: Option<ManifestHead>,
     ) -> Result<ObjectRead, StoreError> {
         let range = range.unwrap_or(0..size);
-        if range.start > range.end || range.end > size {
-            return Err(StoreError::InvalidRange { start: range.start, end: range.end, size });
-        }
+        check_range(&range, size)?;
         let mut batch: VecDeque<Entry> =
             head.filter(|head| head.object == object).map(|head| head.entries.into()).unwrap_or_default();
         // Only from the entry that holds the range's first byte on.
@@ -372,8 +370,8 @@ impl ChunkStore {
         if head.object != object || !head.is_inline() || !head.is_whole(size) {
             return None;
         }
-        if range.start > range.end || range.end > size {
-            return Some(Err(StoreError::InvalidRange { start: range.start, end: range.end, size }));
+        if let Err(err) = check_range(&range, size) {
+            return Some(Err(err));
         }
         let mut pieces = Vec::new();
         for entry in &head.entries {
@@ -398,6 +396,14 @@ impl ChunkStore {
         }
         Some(Ok(pieces))
     }
+}
+
+/// Refuses a range that is not within an object of `size` bytes.
+fn check_range(range: &Range<u64>, size: u64) -> Result<(), StoreError> {
+    if range.start > range.end || range.end > size {
+        return Err(StoreError::InvalidRange { start: range.start, end: range.end, size });
+    }
+    Ok(())
 }
 
 impl Cursor {
