@@ -12,8 +12,6 @@
 mod process;
 
 mod common;
-#[path = "common/nginx.rs"]
-mod nginx;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,7 +24,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::BucketCannedAcl;
 use common::load::{Spread, closed_loop, open_loop, percentile, rate};
 use common::{GIB, MIB, curl, mb_per_s, random_bytes, write_file};
-use nginx::Nginx;
+use process::nginx::Nginx;
 use process::{Silo, free_addr, silo_cli_json};
 use rand::{Rng, SeedableRng};
 
@@ -59,7 +57,7 @@ async fn run() {
     for (i, body) in bodies.iter().enumerate() {
         std::fs::write(www.join(format!("small/{i}")), body).expect("small file");
     }
-    let nginx = Nginx::start(work.path(), &www);
+    let nginx = Nginx::serving(work.path(), &www);
 
     let mut silo = Silo::start_at(free_addr(), &work.path().join("silo-data"), &[], &[]);
     silo.wait_ready(Duration::from_secs(120)).await;

@@ -13,6 +13,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use db_manager::embedded::{self, EmbeddedOptions};
@@ -273,6 +274,7 @@ async fn serve_with_catalog(
         http_stop.clone(),
         stop.clone(),
         embedded.map(|e| e.supervisor.health.clone()),
+        Draining { state: state.clone(), delay: config.shutdown_delay() },
     ));
     let app = http::router(state.clone());
     let limits = http::listener::Limits {
@@ -403,7 +405,7 @@ fn superuser_url(user: &str, password: &str, host: &str, port: u16) -> anyhow::R
 /// How often the store's small upkeep runs: often enough that a quota check sums at most
 /// about a second of a tenant's commits, and that repair (which works on sealed packs) sees a
 /// degraded or broken pack within a second of its last upload.
-const STORE_UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const STORE_UPKEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Every [`STORE_UPKEEP_EVERY`] until `stop`: folds the tenants' usage deltas into their rows
 /// and seals the packs writers are done with.
@@ -423,15 +425,15 @@ async fn store_upkeep_every(store: ChunkStore, stop: CancellationToken) {
 }
 
 /// How often the orphan sweep (a scan of every object) runs at most.
-const ORPHAN_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+const ORPHAN_SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
 /// Every `interval` until `stop`: aborts multipart uploads older than `expiry`, deletes orphan
 /// objects (hourly at most), finishes interrupted tenant deletions, then runs GC.
 async fn collect_garbage_every(
     store: ChunkStore,
     databases: DbManager,
-    interval: std::time::Duration,
-    expiry: std::time::Duration,
+    interval: Duration,
+    expiry: Duration,
     stop: CancellationToken,
 ) {
     let mut last_sweep: Option<std::time::Instant> = None;
@@ -460,11 +462,20 @@ async fn collect_garbage_every(
     }
 }
 
-/// Cancels `http_stop` on SIGTERM or SIGINT, or when the embedded Postgres is lost for good.
+/// How a signalled shutdown begins: `/readyz` turns 503 at once, and the listeners keep
+/// serving for `delay` (while load balancers take the node out) before they close.
+struct Draining {
+    state: Arc<AppState>,
+    delay: Duration,
+}
+
+/// Cancels `http_stop` on SIGTERM or SIGINT (after the drain delay; a second signal cuts it
+/// short), or at once when the embedded Postgres is lost for good.
 async fn stop_on_signal_or_loss(
     http_stop: CancellationToken,
     stop: CancellationToken,
     health: Option<tokio::sync::watch::Receiver<db_manager::instance::InstanceHealth>>,
+    draining: Draining,
 ) {
     use db_manager::instance::InstanceHealth;
     use tokio::signal::unix::{SignalKind, signal};
@@ -481,11 +492,20 @@ async fn stop_on_signal_or_loss(
             None => std::future::pending::<()>().await,
         }
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        () = lost => tracing::error!("the embedded Postgres is lost: shutting down"),
-        () = stop.cancelled() => {}
+    let signalled = tokio::select! {
+        _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); true }
+        _ = int.recv() => { tracing::info!("SIGINT: shutting down"); true }
+        () = lost => { tracing::error!("the embedded Postgres is lost: shutting down"); false }
+        () = stop.cancelled() => false,
+    };
+    if signalled && !draining.delay.is_zero() {
+        draining.state.draining.store(true, Ordering::Relaxed);
+        tracing::info!(delay = ?draining.delay, "/readyz answers 503; still serving until the delay is over");
+        tokio::select! {
+            () = tokio::time::sleep(draining.delay) => {}
+            _ = term.recv() => tracing::info!("SIGTERM again: stopping now"),
+            _ = int.recv() => tracing::info!("SIGINT again: stopping now"),
+        }
     }
     http_stop.cancel();
 }

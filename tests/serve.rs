@@ -112,6 +112,46 @@ async fn kill_9_then_restart_comes_back_with_the_same_catalog_and_token() {
     assert_eq!(again["catalog_id"], info["catalog_id"]);
 }
 
+/// `--shutdown-delay-secs`: after SIGTERM, `/readyz` turns 503 at once (load balancers take
+/// the node out) while new connections and requests are still served; then the node stops. A
+/// second SIGTERM cuts the delay short.
+#[tokio::test]
+async fn a_shutdown_delay_turns_readyz_503_and_keeps_serving_until_it_is_over() {
+    let tmp = scratch();
+    let mut silo = Silo::start(&tmp.path().join("data"), &["--shutdown-delay-secs", "3"]);
+    silo.wait_ready(COLD_START).await;
+    let signalled = std::time::Instant::now();
+    silo.signal(Signal::SIGTERM);
+    let deadline = signalled + Duration::from_secs(2);
+    loop {
+        // A new connection each time: the listener still takes them.
+        let (status, body) = get_json(&reqwest::Client::new(), &silo.url("/readyz"), None).await;
+        if status == 503 {
+            assert!(body.to_string().contains("shutting down"), "{body}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "readyz still {status} after SIGTERM: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, info) = get_json(&reqwest::Client::new(), &silo.url("/v1/info"), Some(&silo.token())).await;
+    assert_eq!(status, 200, "requests are served during the delay: {info}");
+    assert!(signalled.elapsed() < Duration::from_secs(3), "checked within the delay");
+    let status = silo.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status}\n{}", silo.stderr());
+    assert!(signalled.elapsed() >= Duration::from_secs(3), "stopped after the delay, not before");
+
+    // A second SIGTERM stops it at once.
+    let mut silo = Silo::start(&tmp.path().join("data"), &["--shutdown-delay-secs", "60"]);
+    silo.wait_ready(COLD_START).await;
+    let signalled = std::time::Instant::now();
+    silo.signal(Signal::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    silo.signal(Signal::SIGTERM);
+    assert!(silo.wait_exit(Duration::from_secs(30)).await.success(), "{}", silo.stderr());
+    assert!(signalled.elapsed() < Duration::from_secs(30), "the second signal cut the delay short");
+    assert!(silo.stderr().contains("SIGTERM again"), "{}", silo.stderr());
+}
+
 #[tokio::test]
 async fn killed_postgres_turns_readyz_503_until_it_is_restarted() {
     let tmp = scratch();

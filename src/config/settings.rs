@@ -60,6 +60,11 @@ pub struct ServeConfig {
     /// How long in-flight requests may run after SIGTERM, in seconds.
     #[arg(long, env = "SILO_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,
+    /// Seconds after SIGTERM during which `/readyz` answers 503 but new requests are still
+    /// served, so that load balancers stop sending them before the listener closes; the grace
+    /// period starts after it. A second signal cuts it short.
+    #[arg(long, env = "SILO_SHUTDOWN_DELAY_SECS", default_value_t = 0)]
+    pub shutdown_delay_secs: u64,
     /// The log format: `text`, or `json` (one object per line, on stderr).
     #[arg(long, env = "SILO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -195,6 +200,10 @@ impl ServeConfig {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    pub fn shutdown_delay(&self) -> Duration {
+        Duration::from_secs(self.shutdown_delay_secs)
     }
 
     pub fn node(&self) -> NodeSpec {

@@ -126,7 +126,8 @@ impl Cluster {
         self.clients(&field("access_key_id"), &field("secret_access_key"))
     }
 
-    fn clients(&self, id: &str, secret: &str) -> HashMap<String, aws_sdk_s3::Client> {
+    /// SDK clients of the key `id` on every node, by node name.
+    pub fn clients(&self, id: &str, secret: &str) -> HashMap<String, aws_sdk_s3::Client> {
         self.nodes.iter().map(|node| (node.name.clone(), super::sdk_client(&node.silo, id, secret))).collect()
     }
 

@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod databases;
+pub mod nginx;
 pub mod sign;
 pub mod tls;
 
@@ -294,10 +295,20 @@ pub fn sdk_client_with(
     secret: &str,
     tweak: impl FnOnce(aws_sdk_s3::config::Builder) -> aws_sdk_s3::config::Builder,
 ) -> aws_sdk_s3::Client {
+    sdk_client_at(&format!("http://{}", silo.addr), id, secret, tweak)
+}
+
+/// [`sdk_client_with`] for the S3 endpoint at `url` (a load balancer in front of nodes).
+pub fn sdk_client_at(
+    url: &str,
+    id: &str,
+    secret: &str,
+    tweak: impl FnOnce(aws_sdk_s3::config::Builder) -> aws_sdk_s3::config::Builder,
+) -> aws_sdk_s3::Client {
     use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
     let config = aws_sdk_s3::config::Builder::new()
         .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(format!("http://{}", silo.addr))
+        .endpoint_url(url)
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new(id, secret, None, None, "silo-test"))
         .force_path_style(true)
