@@ -358,6 +358,70 @@ async fn an_overwrite_or_delete_acknowledged_on_one_node_is_never_followed_by_ol
     assert_eq!(head.map_err(|err| err.raw_response().map(|r| r.status().as_u16())).err(), Some(Some(404)));
 }
 
+/// The bytes `range` (`first..=last`) of the object, or the error code.
+async fn get_range(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    first: usize,
+    last: usize,
+) -> Result<Vec<u8>, String> {
+    let asked = client.get_object().bucket(bucket).key(key).range(format!("bytes={first}-{last}"));
+    match asked.send().await {
+        Ok(object) => {
+            Ok(object.body.collect().await.map_err(|err| format!("{err:?}"))?.into_bytes().to_vec())
+        }
+        Err(err) => Err(err.code().map_or_else(|| format!("{err:?}"), str::to_owned)),
+    }
+}
+
+/// A large object's manifest is too long to come whole with its lookup, so its first range GET
+/// has the whole of it read for the read cache in the background; later ranges, anywhere in it,
+/// are answered from the cache with the right bytes, and an overwrite on the other node ends
+/// that at once.
+#[tokio::test]
+async fn ranges_of_a_large_object_are_served_from_its_cached_manifest_until_it_is_overwritten() {
+    let pair = Pair::start("cache_ranges").await;
+    let (_, on_a, on_b) = tenant_on(&pair, "video").await;
+    // Some 48 chunks of 512 KiB on average: more than a lookup brings (32).
+    let body = common::noise(24 << 20, 1);
+    put(&on_a, "video", "movie.mp4", &body).await;
+    let span = |first: usize| (first, (first + 300_000).min(body.len()) - 1);
+    let deadline = Instant::now() + storage_node::read_cache::lease::FENCED_FOR + Duration::from_secs(10);
+    let mut from_cache = 0;
+    let mut at = 0;
+    while from_cache < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "ranges were not answered from the read cache:\n{}",
+            pair.b.stderr()
+        );
+        let before = metric(&pair.b, "silo_read_cache_hits_total").await;
+        let (first, last) = span(at * 1_234_567 % body.len());
+        let read = get_range(&on_b, "video", "movie.mp4", first, last).await.expect("range");
+        assert!(read == body[first..=last], "range {first}-{last} read other bytes");
+        if metric(&pair.b, "silo_read_cache_hits_total").await > before {
+            from_cache += 1;
+        } else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        at += 1;
+    }
+    // The last bytes, and a range across many chunks, from the cache too.
+    let end = body.len() - 1;
+    assert!(get_range(&on_b, "video", "movie.mp4", end - 10, end).await.expect("tail") == body[end - 10..]);
+    let wide = get_range(&on_b, "video", "movie.mp4", 1_000, 9_000_000).await.expect("wide range");
+    assert!(wide == body[1_000..=9_000_000], "a range across chunks read other bytes");
+
+    let new = common::noise(24 << 20, 2);
+    put(&on_a, "video", "movie.mp4", &new).await;
+    for at in [0, 5_000_000, 20_000_000] {
+        let (first, last) = span(at);
+        let read = get_range(&on_b, "video", "movie.mp4", first, last).await.expect("range after");
+        assert!(read == new[first..=last], "range {first}-{last} after the overwrite read the old bytes");
+    }
+}
+
 /// Node b reaches the catalog but not node a (it advertises an internal URL where nothing
 /// listens): a's overwrite cannot tell b what it replaced, so it raises b's fence and waits out
 /// b's lease before it answers; b empties its cache at its next renewal and never serves the old

@@ -283,16 +283,43 @@ pub async fn lookup_for_read(
     key: &str,
     from: u64,
 ) -> Result<Option<(Lookup, Option<ManifestHead>)>, StoreError> {
+    let from = i64::try_from(from).unwrap_or(i64::MAX);
+    let sql = crate::store::manifest_head_sql("o.id", "$3", "$4");
+    let types = [Type::TEXT, Type::TEXT, Type::INT4, Type::INT8];
+    lookup_with_manifest(store, &sql, &[&bucket, &key, &store.node().0, &from], &types).await
+}
+
+/// [`lookup_for_read`] with the object's whole manifest, up to
+/// [`crate::store::WHOLE_MANIFEST_ENTRIES`] entries (past that, only its first ones): for the
+/// read cache, which then serves the object's ranges with no catalog query.
+///
+/// # Errors
+/// Catalog errors.
+pub async fn lookup_whole_for_read(
+    store: &ChunkStore,
+    bucket: &str,
+    key: &str,
+) -> Result<Option<(Lookup, Option<ManifestHead>)>, StoreError> {
+    let sql = crate::store::whole_manifest_sql("o.id", "$3");
+    let types = [Type::TEXT, Type::TEXT, Type::INT4];
+    lookup_with_manifest(store, &sql, &[&bucket, &key, &store.node().0], &types).await
+}
+
+/// A lookup joined with `manifest` (SQL over `o.id`, whose parameters follow the bucket's and
+/// the key's in `params`, of `types`).
+async fn lookup_with_manifest(
+    store: &ChunkStore,
+    manifest: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    types: &[Type],
+) -> Result<Option<(Lookup, Option<ManifestHead>)>, StoreError> {
     let client = store.catalog().get().await?;
     let sql = format!(
-        "SELECT {LOOKUP_SELECT}, e.* {LOOKUP_FROM} LEFT JOIN LATERAL ({}) e ON true WHERE b.name = $1",
-        crate::store::manifest_head_sql("o.id", "$3", "$4")
+        "SELECT {LOOKUP_SELECT}, e.* {LOOKUP_FROM} LEFT JOIN LATERAL ({manifest}) e ON true WHERE b.name = $1"
     );
     // Prepared once per connection: planning the joins costs more than running them.
-    let statement =
-        client.prepare_typed_cached(&sql, &[Type::TEXT, Type::TEXT, Type::INT4, Type::INT8]).await?;
-    let from = i64::try_from(from).unwrap_or(i64::MAX);
-    let rows = client.query(&statement, &[&bucket, &key, &store.node().0, &from]).await?;
+    let statement = client.prepare_typed_cached(&sql, types).await?;
+    let rows = client.query(&statement, params).await?;
     let Some(first) = rows.first() else { return Ok(None) };
     let found = lookup_of(first);
     let head = found

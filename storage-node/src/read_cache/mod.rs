@@ -25,7 +25,11 @@
 //! can change without an invalidation (GC moves it, repair copies it); a read of a moved chunk
 //! already looks it up again, and the age bounds how long reads of an entry go that long way.
 //! A small object's chunks are kept in the catalog and travel with the entry: nothing of it can
-//! move, so it stays until it is invalidated or evicted. Only whole manifests are cached.
+//! move, so it stays until it is invalidated or evicted. Only whole manifests are cached: a
+//! lookup brings the first entries of an object's manifest, which are the whole of a small one.
+//! A range GET of a larger object has its whole manifest read in the background
+//! ([`ReadCache::whole_wanted`]), so that the next ranges (a video seeked through) cost no
+//! catalog query.
 
 pub mod broadcast;
 pub mod lease;
@@ -42,6 +46,14 @@ use crate::store::ManifestHead;
 /// How long an entry is served before it is looked up again, at most (and at most half the
 /// store's retire grace, so that a cached location never outlives the retired pack's files).
 pub const MAX_AGE: Duration = Duration::from_secs(30);
+
+/// How long after a read of an object's whole manifest for the cache another may start: what
+/// the first one cached serves the ranges meanwhile, and a manifest too long to be cached is
+/// not read again on every range.
+pub const WHOLE_RETRY: Duration = Duration::from_secs(30);
+
+/// The most objects [`ReadCache::whole_wanted`] remembers a recent whole read of.
+const WHOLE_TRIES_KEPT: usize = 1024;
 
 /// What a write makes stale: some keys of a bucket, or all of it (`keys` absent: its access
 /// changed, or it was deleted).
@@ -136,6 +148,8 @@ struct Inner {
     epoch: Instant,
     max_age: Duration,
     counts: Counts,
+    /// When a read of each object's whole manifest last started.
+    whole_tries: Mutex<std::collections::HashMap<String, Instant>>,
 }
 
 struct State {
@@ -205,6 +219,7 @@ impl ReadCache {
                 epoch: Instant::now(),
                 max_age: max_age.min(MAX_AGE),
                 counts: Counts::default(),
+                whole_tries: Mutex::default(),
             }),
         }
     }
@@ -228,6 +243,29 @@ impl ReadCache {
         let counter = if found.is_some() { &self.inner.counts.hits } else { &self.inner.counts.misses };
         counter.fetch_add(1, Ordering::Relaxed);
         found
+    }
+
+    /// Whether a read of the whole manifest of `bucket`/`key` should start now, for a range GET
+    /// that missed the cache: the node holds a lease (else nothing would be kept), and no such
+    /// read of it started in the last [`WHOLE_RETRY`]. Notes the start.
+    pub fn whole_wanted(&self, bucket: &str, key: &str) -> bool {
+        if !self.leased() {
+            return false;
+        }
+        let now = Instant::now();
+        let mut tries = self.inner.whole_tries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let entry = entry_key(bucket, key);
+        if tries.get(&entry).is_some_and(|at| now.duration_since(*at) < WHOLE_RETRY) {
+            return false;
+        }
+        if tries.len() >= WHOLE_TRIES_KEPT {
+            tries.retain(|_, at| now.duration_since(*at) < WHOLE_RETRY);
+            if tries.len() >= WHOLE_TRIES_KEPT {
+                return false;
+            }
+        }
+        tries.insert(entry, now);
+        true
     }
 
     /// Notes where the cache stands for `bucket`/`key` before a lookup of it reads the catalog,

@@ -229,7 +229,9 @@ impl S3 for SiloS3 {
             (None, Some(s3s::dto::Range::Int { first, .. })) => *first,
             _ => 0,
         };
-        let (row, head) = self.object_to_read_if(tenant, &input.bucket, &input.key, from, conditions).await?;
+        let ranged = input.range.is_some();
+        let (row, head) =
+            self.object_to_read_if(tenant, &input.bucket, &input.key, from, ranged, conditions).await?;
         let (range, parts_count) = match (input.part_number, &input.range) {
             (Some(_), Some(_)) => return Err(part_and_range()),
             (Some(number), None) => {

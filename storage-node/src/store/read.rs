@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 use std::ops::Range;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
@@ -24,6 +25,14 @@ use crate::pack::PackId;
 use crate::{ChunkId, TenantId};
 
 const BATCH: i64 = 32;
+
+/// The most entries of a head a read takes (a whole GET of an object whose whole manifest is
+/// cached reads the rest in batches, as any other).
+const HEAD_TAKEN: usize = 8 * BATCH as usize;
+
+/// The longest manifest [`whole_manifest_sql`] reads: an object of up to this many chunks has its
+/// whole manifest cached for its range reads (2 GiB at the smallest default chunk, 128 KiB).
+pub const WHOLE_MANIFEST_ENTRIES: u64 = 16 * 1024;
 
 /// How many chunks of a read load at once: the one being sent and the next ones, fetched
 /// from their copies and verified on other cores meanwhile. Chunks are 2 MiB at most, so a
@@ -59,6 +68,13 @@ pub(crate) fn manifest_head_sql(object: &str, node: &str, from: &str) -> String 
     manifest_batch_sql(&entries_from(object, from), &BATCH.to_string(), node)
 }
 
+/// [`manifest_head_sql`] of the whole manifest, up to [`WHOLE_MANIFEST_ENTRIES`] entries: for the
+/// read cache, so that the range reads of a large object (a video seeked through) cost no
+/// catalog query.
+pub(crate) fn whole_manifest_sql(object: &str, node: &str) -> String {
+    manifest_batch_sql(&format!("object_id = {object}"), &WHOLE_MANIFEST_ENTRIES.to_string(), node)
+}
+
 /// The filter of `object_chunks` rows of the object `object` from the entry that holds its
 /// byte `from` on (both SQL expressions). That entry is the last one at or before `from` by
 /// the key, read backwards (one index entry): as `max(logical_offset)`, the generic plan of a
@@ -87,11 +103,11 @@ fn manifest_batch_sql(filter: &str, limit: &str, node: &str) -> String {
 
 /// The first manifest entries of an object, read with the query that found it
 /// ([`manifest_head_sql`]), so that a read starts without another catalog round trip. Cheap
-/// to clone (inline bytes are shared), for the read cache.
+/// to clone (the entries are shared), for the read cache.
 #[derive(Clone)]
 pub struct ManifestHead {
     object: ObjectId,
-    entries: Vec<Entry>,
+    entries: Arc<[Entry]>,
 }
 
 impl std::fmt::Debug for ManifestHead {
@@ -116,21 +132,22 @@ impl ManifestHead {
             .iter()
             .filter(|row| row.get::<_, Option<i64>>(at).is_some())
             .map(|row| Entry::from_row(row, at, tenant))
-            .collect();
+            .collect::<Vec<_>>()
+            .into();
         ManifestHead { object, entries }
     }
 
     /// The whole manifest of an empty object (no entries), for tests of what holds heads.
     #[cfg(test)]
     pub(crate) fn of_empty_object(object: ObjectId) -> Self {
-        ManifestHead { object, entries: Vec::new() }
+        ManifestHead { object, entries: Arc::new([]) }
     }
 
     /// Whether these entries are the object's whole manifest, for an object of `size` bytes:
     /// from byte 0, each where the last one ended, to the end.
     pub fn is_whole(&self, size: u64) -> bool {
         let mut end = 0;
-        for entry in &self.entries {
+        for entry in self.entries.iter() {
             if entry.logical_offset != end {
                 return false;
             }
@@ -327,12 +344,17 @@ impl ChunkStore {
     ) -> Result<ObjectRead, StoreError> {
         let range = range.unwrap_or(0..size);
         check_range(&range, size)?;
-        let mut batch: VecDeque<Entry> =
-            head.filter(|head| head.object == object).map(|head| head.entries.into()).unwrap_or_default();
-        // Only from the entry that holds the range's first byte on.
-        while batch.front().is_some_and(|entry| entry.logical_offset + entry.raw_len <= range.start) {
-            batch.pop_front();
-        }
+        // Only the entries of the range: from the one that holds its first byte (a binary
+        // search: a cached head may be a whole manifest of thousands) to its end, a few batches'
+        // worth at most (the rest comes from the catalog as the read goes).
+        let batch: VecDeque<Entry> = match head.filter(|head| head.object == object) {
+            Some(head) => {
+                let first = head.entries.partition_point(|e| e.logical_offset + e.raw_len <= range.start);
+                let wanted = head.entries[first..].iter().take_while(|e| e.logical_offset < range.end);
+                wanted.take(HEAD_TAKEN).cloned().collect()
+            }
+            None => VecDeque::new(),
+        };
         let cursor = Cursor {
             store: self.clone(),
             tenant,
@@ -374,7 +396,7 @@ impl ChunkStore {
             return Some(Err(err));
         }
         let mut pieces = Vec::new();
-        for entry in &head.entries {
+        for entry in head.entries.iter() {
             let (start, end) = (entry.logical_offset, entry.logical_offset + entry.raw_len);
             let Some(inline) = entry.inline.as_ref().filter(|_| start < range.end && end > range.start)
             else {
