@@ -79,7 +79,7 @@ async fn run() {
     }
     // `SILO_BENCH_LARGE_ONLY=1` skips the small ones.
     if std::env::var_os("SILO_BENCH_LARGE_ONLY").is_none() {
-        small_objects(&s3, silo.addr, &nginx, bodies).await;
+        small_objects(&s3, &silo, &nginx, bodies).await;
     }
     drop(silo);
 }
@@ -127,7 +127,8 @@ async fn large_objects(s3: &Client, nginx: &Nginx, big: &std::path::Path) {
 
 /// 16 KiB objects: PUTs through the SDK, public-read GETs with a plain client against nginx,
 /// signed GETs against Silo's own public-read GETs, and latency at half the peak rate.
-async fn small_objects(s3: &Client, silo: SocketAddr, nginx: &Nginx, bodies: Arc<Vec<Vec<u8>>>) {
+async fn small_objects(s3: &Client, silo: &Silo, nginx: &Nginx, bodies: Arc<Vec<Vec<u8>>>) {
+    let (silo_pid, silo) = (silo.pid(), silo.addr);
     let mut puts = Vec::new();
     for run in 0..RUNS {
         let (s3, bodies) = (s3.clone(), bodies.clone());
@@ -156,10 +157,13 @@ async fn small_objects(s3: &Client, silo: SocketAddr, nginx: &Nginx, bodies: Arc
     let silo_url = move |i: usize| format!("http://{silo}/site/small/0/{i}");
     let nginx_base = nginx.url("/small");
     let nginx_url = move |i: usize| format!("{nginx_base}/{i}");
+    let cpu_before = common::tree_cpu(silo_pid);
     let public = plain_gets(&http, silo_url).await;
+    let public_cpu = common::tree_cpu(silo_pid) - cpu_before;
     let from_nginx = plain_gets(&http, nginx_url.clone()).await;
     report("GET 16 KiB public-read, 32 connections, ops/s", public, from_nginx, ">= 0.5x");
 
+    let cpu_before = common::tree_cpu(silo_pid);
     let mut signed = Vec::new();
     for _ in 0..RUNS {
         let s3 = s3.clone();
@@ -175,6 +179,14 @@ async fn small_objects(s3: &Client, silo: SocketAddr, nginx: &Nginx, bodies: Arc
         signed.push(rate(SMALL_OBJECTS, took));
     }
     report("GET 16 KiB signed, 32 SDK tasks, ops/s (vs public-read)", Spread::of(signed), public, ">= 0.6x");
+    // What each GET cost Silo itself (its process and its Postgres), apart from the client that
+    // shares the two cores: the SDK signs in the client, Silo checks the signature.
+    let per_get = |cpu: Duration| cpu.as_secs_f64() * 1e6 / (RUNS * SMALL_OBJECTS) as f64;
+    let (signed_us, public_us) = (per_get(common::tree_cpu(silo_pid) - cpu_before), per_get(public_cpu));
+    println!(
+        "| Silo's CPU per 16 KiB GET (with its Postgres), signed vs public-read, us | {signed_us:.0} | {public_us:.0} | {:.2}x | |",
+        public_us / signed_us
+    );
 
     // Both at half of Silo's peak rate, so that the comparison is of latency, not of capacity.
     // The open loop's client keeps every connection it opened (reqwest's default pool): a burst

@@ -178,3 +178,33 @@ pub fn which(program: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success())
 }
+
+/// The CPU time (user and system) process `pid` and every descendant now alive have used: a
+/// server's own cost, apart from the benchmark's client on the same cores. Descendants that
+/// already exited are not counted (Silo's Postgres backends live as long as its pool).
+pub fn tree_cpu(pid: u32) -> Duration {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    // Each process's parent and its ticks, from /proc/<pid>/stat (the fields after the name).
+    let mut processes = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(id) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |at: usize| fields.get(at).and_then(|value| value.parse::<u64>().ok()).unwrap_or(0);
+        processes.push((id, field(1) as u32, field(11) + field(12)));
+    }
+    let mut tree = vec![pid];
+    let mut total = 0;
+    while let Some(parent) = tree.pop() {
+        for &(id, ppid, used) in &processes {
+            if id == parent {
+                total += used;
+            }
+            if ppid == parent {
+                tree.push(id);
+            }
+        }
+    }
+    Duration::from_secs_f64(total as f64 / ticks)
+}

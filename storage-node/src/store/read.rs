@@ -26,6 +26,9 @@ use crate::{ChunkId, TenantId};
 
 const BATCH: i64 = 32;
 
+/// How few entries of a batch are left, not yet loading, when the next batch is fetched.
+const PREFETCH_WHEN_LEFT: usize = 8;
+
 /// The most entries of a head a read takes (a whole GET of an object whose whole manifest is
 /// cached reads the rest in batches, as any other).
 const HEAD_TAKEN: usize = 8 * BATCH as usize;
@@ -259,6 +262,9 @@ struct Cursor {
     batch: VecDeque<Entry>,
     /// Where the next manifest batch starts: the end of the last entry taken from a batch.
     fetched_to: u64,
+    /// The batch after `batch`, being fetched while this one's chunks load, so that a long read
+    /// does not stop for a catalog round trip at every batch.
+    prefetch: Option<JoinHandle<Result<Vec<Entry>, StoreError>>>,
     /// The entries of the range being loaded, in order, at most [`READ_AHEAD`].
     ahead: VecDeque<Ahead>,
     retried_at: Option<u64>,
@@ -280,6 +286,9 @@ impl Drop for Cursor {
             if let Some(load) = &ahead.load {
                 load.abort();
             }
+        }
+        if let Some(prefetch) = &self.prefetch {
+            prefetch.abort();
         }
     }
 }
@@ -363,6 +372,7 @@ impl ChunkStore {
             end: range.end,
             fetched_to: batch.back().map_or(range.start, |entry| entry.logical_offset + entry.raw_len),
             batch,
+            prefetch: None,
             ahead: VecDeque::new(),
             retried_at: None,
             loader: Loader::new(self.clone()),
@@ -473,13 +483,19 @@ impl Cursor {
                 if self.fetched_to >= self.end {
                     return Ok(());
                 }
-                self.fetch_batch().await?;
+                // The prefetch started where this batch ended, which is `fetched_to` now.
+                let fetched = match self.prefetch.take() {
+                    Some(next) => next.await??,
+                    None => self.fetch_batch(self.fetched_to).await?,
+                };
+                self.batch.extend(fetched);
                 if self.batch.is_empty() {
                     return Ok(());
                 }
             }
             let Some(entry) = self.batch.pop_front() else { return Ok(()) };
             self.fetched_to = self.fetched_to.max(entry.logical_offset + entry.raw_len);
+            self.prefetch_when_low();
             let first_wanted =
                 self.ahead.back().map_or(self.pos, |last| last.entry.logical_offset + last.entry.raw_len);
             if entry.logical_offset + entry.raw_len <= first_wanted && entry.raw_len > 0 {
@@ -513,7 +529,22 @@ impl Cursor {
             }
         }
         self.batch.clear();
+        if let Some(prefetch) = self.prefetch.take() {
+            prefetch.abort();
+        }
         self.fetched_to = self.pos;
+    }
+
+    /// Starts fetching the batch after this one once this one runs low, unless the range ends
+    /// within it.
+    fn prefetch_when_low(&mut self) {
+        let Some(last) = self.batch.back() else { return };
+        let batch_end = last.logical_offset + last.raw_len;
+        if self.prefetch.is_some() || self.batch.len() > PREFETCH_WHEN_LEFT || batch_end >= self.end {
+            return;
+        }
+        let fetch = self.fetch_batch(batch_end);
+        self.prefetch = Some(tokio::spawn(fetch));
     }
 
     /// How to load `wanted` (bytes of the chunk) of `entry`. Part of an uncompressed chunk
@@ -545,25 +576,23 @@ impl Cursor {
         Some(raw.slice(from..to))
     }
 
-    async fn fetch_batch(&mut self) -> Result<(), StoreError> {
-        let client = self.store.inner.pool.get().await?;
-        let sql =
-            manifest_batch_sql(&format!("{} AND logical_offset < $4", entries_from("$1", "$2")), "$5", "$3");
-        // Prepared once per connection: planning the joins costs more than running them.
-        let statement = client.prepare_cached(&sql).await?;
-        let rows = client
-            .query(
-                &statement,
-                &[
-                    &self.object.0,
-                    &(self.fetched_to as i64),
-                    &self.store.inner.node.0,
-                    &(self.end as i64),
-                    &BATCH,
-                ],
-            )
-            .await?;
-        self.batch.extend(rows.iter().map(|row| Entry::from_row(row, 0, self.tenant)));
-        Ok(())
+    /// Fetches the manifest batch from the entry that holds byte `from` on, up to the range's
+    /// end (a future that owns what it needs, so that it can run as a task of its own).
+    fn fetch_batch(&self, from: u64) -> impl Future<Output = Result<Vec<Entry>, StoreError>> + use<> {
+        let (store, tenant, object, end) = (self.store.clone(), self.tenant, self.object, self.end);
+        async move {
+            let client = store.inner.pool.get().await?;
+            let sql = manifest_batch_sql(
+                &format!("{} AND logical_offset < $4", entries_from("$1", "$2")),
+                "$5",
+                "$3",
+            );
+            // Prepared once per connection: planning the joins costs more than running them.
+            let statement = client.prepare_cached(&sql).await?;
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+                [&object.0, &(from as i64), &store.inner.node.0, &(end as i64), &BATCH];
+            let rows = client.query(&statement, &params).await?;
+            Ok(rows.iter().map(|row| Entry::from_row(row, 0, tenant)).collect())
+        }
     }
 }
