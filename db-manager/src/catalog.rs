@@ -5,7 +5,7 @@
 //! connection. Components migrate in dependency order: `storage_node`, then `db_manager`.
 
 use deadpool_postgres::Object;
-use storage_node::catalog::{CatalogError, CatalogPool};
+use storage_node::catalog::{CatalogError, CatalogPool, Component};
 
 /// The advisory lock key that serialises catalog migrations ("silo" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7369_6c6f;
@@ -16,6 +16,10 @@ pub struct SchemaVersions {
     pub storage_node: i64,
     pub db_manager: i64,
 }
+
+/// The database manager's schema: only binaries that know all of it may run on a catalog this
+/// release migrated (see [`Component::runnable_since`]).
+pub const DB_MANAGER: Component = Component { name: "db_manager", runnable_since: 5 };
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -30,7 +34,7 @@ pub async fn migrate_all(pool: &CatalogPool) -> Result<SchemaVersions, CatalogEr
     client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
     let storage_node = storage_node::catalog::migrate(&mut client).await?;
     let db_manager =
-        storage_node::catalog::apply_migrations(&mut client, "db_manager", embedded::migrations::runner())
+        storage_node::catalog::apply_migrations(&mut client, DB_MANAGER, embedded::migrations::runner())
             .await?;
     // Dropping the connection releases the lock, whatever happened above.
     drop(client);

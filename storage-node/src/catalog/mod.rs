@@ -2,7 +2,10 @@
 //!
 //! Every component keeps its own migration history table (`<component>_schema_history`), so
 //! each crate owns its tables. [`apply_migrations`] refuses a catalog whose schema is newer than
-//! this binary knows: an old Silo must not write into tables it does not understand.
+//! this binary knows (an old Silo must not write into tables it does not understand), unless
+//! the release that migrated it said that this binary's version may still run on it
+//! (`schema_compat`, [`Component::runnable_since`]): a rolling upgrade can then restart a node
+//! of the previous release.
 
 pub mod access_keys;
 pub mod key_cache;
@@ -35,6 +38,12 @@ pub enum CatalogError {
          ({known}); run a Silo at least as new as the one that migrated it"
     )]
     TooNew { component: String, applied: i64, known: i64 },
+    #[error(
+        "the catalog schema of {component} is at version {applied}, newer than this Silo knows \
+         ({known}), and the release that migrated it runs only with Silos that know version \
+         {runnable_since} or later; run a Silo at least that new"
+    )]
+    NotRunnable { component: String, applied: i64, known: i64, runnable_since: i64 },
     #[error("migrating the catalog schema of {component} failed: {message}")]
     Migration { component: String, message: String },
 }
@@ -137,47 +146,112 @@ pub async fn catalog_id(pool: &CatalogPool) -> Result<String, CatalogError> {
     Ok(client.query_one("SELECT catalog_id::text FROM silo_meta", &[]).await?.get(0))
 }
 
+/// The storage node's schema: binaries that know version 17 or later may run on a catalog this
+/// release migrated (17 made `schema_compat`; 16's `invalidates_reads` must be set by every
+/// node's registration, which releases before it do not do).
+pub const STORAGE_NODE: Component = Component { name: "storage_node", runnable_since: 17 };
+
+/// A component's migrations, as [`apply_migrations`] takes them.
+#[derive(Debug, Clone, Copy)]
+pub struct Component {
+    /// Its history table is `<name>_schema_history`.
+    pub name: &'static str,
+    /// The lowest schema version a binary must know to run on the catalog once this release's
+    /// migrations are applied. Raise it to the new version with a migration that changes, drops
+    /// or newly requires what older releases use; leave it with one that only adds what they
+    /// can ignore.
+    pub runnable_since: i64,
+}
+
 /// Applies the storage node's migrations. The caller holds the catalog migration lock.
 ///
 /// # Errors
 /// See [`apply_migrations`].
 pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<i64, CatalogError> {
-    apply_migrations(client, "storage_node", embedded::migrations::runner()).await
+    apply_migrations(client, STORAGE_NODE, embedded::migrations::runner()).await
 }
 
-/// Applies `runner`'s migrations for `component`, and returns the schema version reached.
+/// Applies `runner`'s migrations for `component`, records what releases may still run on the
+/// catalog, and returns the schema version the catalog is at. On a catalog ahead of this
+/// binary it changes nothing, and goes on only if the release that migrated it allows this one.
+/// The storage node's migrations run first (they make `schema_compat`).
 ///
 /// # Errors
-/// [`CatalogError::TooNew`] when the catalog is ahead of this binary;
-/// [`CatalogError::Migration`] when a migration fails (it is rolled back).
+/// [`CatalogError::TooNew`] or [`CatalogError::NotRunnable`] when the catalog is ahead of this
+/// binary and does not allow it; [`CatalogError::Migration`] when a migration fails (it is
+/// rolled back).
 pub async fn apply_migrations(
     client: &mut tokio_postgres::Client,
-    component: &str,
+    component: Component,
     mut runner: refinery::Runner,
 ) -> Result<i64, CatalogError> {
-    let table = format!("{component}_schema_history");
+    let name = component.name;
+    let table = format!("{name}_schema_history");
     let known = runner.get_migrations().iter().map(|m| i64::from(m.version())).max().unwrap_or(0);
     let exists: bool = client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&table]).await?.get(0);
     if exists {
         let sql = format!("SELECT coalesce(max(version), 0)::int8 FROM {table}");
         let applied: i64 = client.query_one(&sql, &[]).await?.get(0);
         if applied > known {
-            return Err(CatalogError::TooNew { component: component.into(), applied, known });
+            return runnable_on_newer(client, name, applied, known).await;
         }
     }
-    let migration_error = |err: refinery::Error| CatalogError::Migration {
-        component: component.into(),
-        message: err.to_string(),
-    };
+    let migration_error =
+        |err: refinery::Error| CatalogError::Migration { component: name.into(), message: err.to_string() };
     runner.set_migration_table_name(&table);
     let report = runner.set_abort_divergent(true).run_async(client).await.map_err(migration_error)?;
     for migration in report.applied_migrations() {
         tracing::info!(
-            component,
+            component = name,
             version = migration.version(),
             name = migration.name(),
             "applied catalog migration"
         );
     }
+    // Never lowered: a release that needs more than an earlier one said stays the floor.
+    client
+        .execute(
+            "INSERT INTO schema_compat (component, oldest_runnable) VALUES ($1, $2) \
+             ON CONFLICT (component) DO UPDATE \
+             SET oldest_runnable = greatest(schema_compat.oldest_runnable, EXCLUDED.oldest_runnable)",
+            &[&name, &component.runnable_since.min(known)],
+        )
+        .await?;
     Ok(known)
+}
+
+/// Whether this binary, which knows `name`'s schema up to `known`, may run on a catalog at
+/// `applied` (newer): the version it is at when the migrating release allows this one.
+async fn runnable_on_newer(
+    client: &tokio_postgres::Client,
+    name: &str,
+    applied: i64,
+    known: i64,
+) -> Result<i64, CatalogError> {
+    let recorded: bool =
+        client.query_one("SELECT to_regclass('schema_compat') IS NOT NULL", &[]).await?.get(0);
+    let floor: Option<i64> = match recorded {
+        true => client
+            .query_opt("SELECT oldest_runnable FROM schema_compat WHERE component = $1", &[&name])
+            .await?
+            .map(|row| row.get(0)),
+        false => None,
+    };
+    match floor {
+        Some(runnable_since) if known >= runnable_since => {
+            tracing::warn!(
+                component = name,
+                catalog = applied,
+                known,
+                runnable_since,
+                "the catalog schema is newer than this Silo, which the release that migrated it allows; \
+                 upgrade this node"
+            );
+            Ok(applied)
+        }
+        Some(runnable_since) => {
+            Err(CatalogError::NotRunnable { component: name.into(), applied, known, runnable_since })
+        }
+        None => Err(CatalogError::TooNew { component: name.into(), applied, known }),
+    }
 }
