@@ -492,10 +492,11 @@ async fn stop_on_signal_or_loss(
             None => std::future::pending::<()>().await,
         }
     };
+    tokio::pin!(lost);
     let signalled = tokio::select! {
         _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); true }
         _ = int.recv() => { tracing::info!("SIGINT: shutting down"); true }
-        () = lost => { tracing::error!("the embedded Postgres is lost: shutting down"); false }
+        () = &mut lost => { tracing::error!("the embedded Postgres is lost: shutting down"); false }
         () = stop.cancelled() => false,
     };
     if signalled && !draining.delay.is_zero() {
@@ -505,6 +506,8 @@ async fn stop_on_signal_or_loss(
             () = tokio::time::sleep(draining.delay) => {}
             _ = term.recv() => tracing::info!("SIGTERM again: stopping now"),
             _ = int.recv() => tracing::info!("SIGINT again: stopping now"),
+            () = &mut lost => tracing::error!("the embedded Postgres is lost: stopping now"),
+            () = stop.cancelled() => {}
         }
     }
     http_stop.cancel();

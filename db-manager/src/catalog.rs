@@ -40,3 +40,20 @@ pub async fn migrate_all(pool: &CatalogPool) -> Result<SchemaVersions, CatalogEr
     drop(client);
     Ok(SchemaVersions { storage_node, db_manager })
 }
+
+#[cfg(test)]
+mod tests {
+    /// The latest migration for which [`super::DB_MANAGER`]'s floor was decided.
+    const FLOOR_DECIDED_AT: i64 = 5;
+
+    /// See the storage node's test of the same name: a new migration needs its floor decided.
+    #[test]
+    fn the_floor_was_decided_for_the_latest_migration() {
+        let latest = super::embedded::migrations::runner()
+            .get_migrations()
+            .iter()
+            .map(|m| i64::from(m.version()))
+            .max();
+        assert_eq!(latest, Some(FLOOR_DECIDED_AT), "a new migration: decide DB_MANAGER.runnable_since");
+    }
+}

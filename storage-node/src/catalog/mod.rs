@@ -198,6 +198,13 @@ pub async fn apply_migrations(
     }
     let migration_error =
         |err: refinery::Error| CatalogError::Migration { component: name.into(), message: err.to_string() };
+    // Raised before the migrations too: one that commits and is then cut off before the end
+    // must not leave a floor that lets older releases onto a schema they cannot use.
+    let recorded: bool =
+        client.query_one("SELECT to_regclass('schema_compat') IS NOT NULL", &[]).await?.get(0);
+    if recorded {
+        raise_floor(client, component, known).await?;
+    }
     runner.set_migration_table_name(&table);
     let report = runner.set_abort_divergent(true).run_async(client).await.map_err(migration_error)?;
     for migration in report.applied_migrations() {
@@ -208,16 +215,26 @@ pub async fn apply_migrations(
             "applied catalog migration"
         );
     }
-    // Never lowered: a release that needs more than an earlier one said stays the floor.
+    raise_floor(client, component, known).await?;
+    Ok(known)
+}
+
+/// Records that a binary must know `component.runnable_since` (at most `known`) to run on the
+/// catalog. Never lowered: a release that needs more than an earlier one said stays the floor.
+async fn raise_floor(
+    client: &tokio_postgres::Client,
+    component: Component,
+    known: i64,
+) -> Result<(), CatalogError> {
     client
         .execute(
             "INSERT INTO schema_compat (component, oldest_runnable) VALUES ($1, $2) \
              ON CONFLICT (component) DO UPDATE \
              SET oldest_runnable = greatest(schema_compat.oldest_runnable, EXCLUDED.oldest_runnable)",
-            &[&name, &component.runnable_since.min(known)],
+            &[&component.name, &component.runnable_since.min(known)],
         )
         .await?;
-    Ok(known)
+    Ok(())
 }
 
 /// Whether this binary, which knows `name`'s schema up to `known`, may run on a catalog at
@@ -253,5 +270,24 @@ async fn runnable_on_newer(
             Err(CatalogError::NotRunnable { component: name.into(), applied, known, runnable_since })
         }
         None => Err(CatalogError::TooNew { component: name.into(), applied, known }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The latest migration for which [`super::STORAGE_NODE`]'s floor was decided.
+    const FLOOR_DECIDED_AT: i64 = 17;
+
+    /// Whoever adds a migration decides whether releases before it may still run on the catalog
+    /// it makes: raise `STORAGE_NODE.runnable_since` to the new version if it changes, drops or
+    /// newly requires what they use, leave it if it only adds; then move `FLOOR_DECIDED_AT`.
+    #[test]
+    fn the_floor_was_decided_for_the_latest_migration() {
+        let latest = super::embedded::migrations::runner()
+            .get_migrations()
+            .iter()
+            .map(|m| i64::from(m.version()))
+            .max();
+        assert_eq!(latest, Some(FLOOR_DECIDED_AT), "a new migration: decide STORAGE_NODE.runnable_since");
     }
 }

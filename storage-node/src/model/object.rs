@@ -283,15 +283,30 @@ pub async fn lookup_for_read(
     key: &str,
     from: u64,
 ) -> Result<Option<(Lookup, Option<ManifestHead>)>, StoreError> {
+    let client = store.catalog().get().await?;
+    let sql = format!(
+        "SELECT {LOOKUP_SELECT}, e.* {LOOKUP_FROM} LEFT JOIN LATERAL ({}) e ON true WHERE b.name = $1",
+        crate::store::manifest_head_sql("o.id", "$3", "$4")
+    );
+    // Prepared once per connection: planning the joins costs more than running them.
+    let statement =
+        client.prepare_typed_cached(&sql, &[Type::TEXT, Type::TEXT, Type::INT4, Type::INT8]).await?;
     let from = i64::try_from(from).unwrap_or(i64::MAX);
-    let sql = crate::store::manifest_head_sql("o.id", "$3", "$4");
-    let types = [Type::TEXT, Type::TEXT, Type::INT4, Type::INT8];
-    lookup_with_manifest(store, &sql, &[&bucket, &key, &store.node().0, &from], &types).await
+    let rows = client.query(&statement, &[&bucket, &key, &store.node().0, &from]).await?;
+    let Some(first) = rows.first() else { return Ok(None) };
+    let found = lookup_of(first);
+    let head = found
+        .object
+        .as_ref()
+        .map(|row| ManifestHead::from_rows(&rows, LOOKUP_COLUMNS, row.tenant, row.object));
+    Ok(Some((found, head)))
 }
 
-/// [`lookup_for_read`] with the object's whole manifest, up to
-/// [`crate::store::WHOLE_MANIFEST_ENTRIES`] entries (past that, only its first ones): for the
-/// read cache, which then serves the object's ranges with no catalog query.
+/// [`lookup`] with the object's whole manifest, up to [`crate::store::WHOLE_MANIFEST_ENTRIES`]
+/// entries (past that, only its first ones): for the read cache, which then serves the
+/// object's ranges with no catalog query. Two queries: the manifest is read by the object's id,
+/// which names its content for good, so a write in between cannot mix two objects (and the
+/// cache's ticket drops what such a write made stale).
 ///
 /// # Errors
 /// Catalog errors.
@@ -300,32 +315,11 @@ pub async fn lookup_whole_for_read(
     bucket: &str,
     key: &str,
 ) -> Result<Option<(Lookup, Option<ManifestHead>)>, StoreError> {
-    let sql = crate::store::whole_manifest_sql("o.id", "$3");
-    let types = [Type::TEXT, Type::TEXT, Type::INT4];
-    lookup_with_manifest(store, &sql, &[&bucket, &key, &store.node().0], &types).await
-}
-
-/// A lookup joined with `manifest` (SQL over `o.id`, whose parameters follow the bucket's and
-/// the key's in `params`, of `types`).
-async fn lookup_with_manifest(
-    store: &ChunkStore,
-    manifest: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    types: &[Type],
-) -> Result<Option<(Lookup, Option<ManifestHead>)>, StoreError> {
-    let client = store.catalog().get().await?;
-    let sql = format!(
-        "SELECT {LOOKUP_SELECT}, e.* {LOOKUP_FROM} LEFT JOIN LATERAL ({manifest}) e ON true WHERE b.name = $1"
-    );
-    // Prepared once per connection: planning the joins costs more than running them.
-    let statement = client.prepare_typed_cached(&sql, types).await?;
-    let rows = client.query(&statement, params).await?;
-    let Some(first) = rows.first() else { return Ok(None) };
-    let found = lookup_of(first);
-    let head = found
-        .object
-        .as_ref()
-        .map(|row| ManifestHead::from_rows(&rows, LOOKUP_COLUMNS, row.tenant, row.object));
+    let Some(found) = lookup(store.catalog(), bucket, key).await? else { return Ok(None) };
+    let head = match &found.object {
+        Some(row) => Some(store.whole_manifest(row.tenant, row.object).await?),
+        None => None,
+    };
     Ok(Some((found, head)))
 }
 

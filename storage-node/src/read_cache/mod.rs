@@ -55,6 +55,14 @@ pub const WHOLE_RETRY: Duration = Duration::from_secs(30);
 /// The most objects [`ReadCache::whole_wanted`] remembers a recent whole read of.
 const WHOLE_TRIES_KEPT: usize = 1024;
 
+/// How many reads of whole manifests run at once, at most: they are for later requests, and
+/// must not take the catalog's connections from the ones waiting now.
+const WHOLE_READS_AT_ONCE: usize = 2;
+
+/// An entry heavier than the cache's capacity over this is not kept (a long manifest must not
+/// push out the many small objects' entries).
+const HEAVIEST_SHARE: u64 = 8;
+
 /// What a write makes stale: some keys of a bucket, or all of it (`keys` absent: its access
 /// changed, or it was deleted).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +158,23 @@ struct Inner {
     counts: Counts,
     /// When a read of each object's whole manifest last started.
     whole_tries: Mutex<std::collections::HashMap<String, Instant>>,
+    /// The reads of whole manifests running now.
+    whole_reads: Arc<AtomicU64>,
+    /// The most the entries may weigh together.
+    capacity: u64,
+}
+
+/// A read of a whole manifest running for the cache ([`ReadCache::whole_wanted`]); it counts
+/// against [`WHOLE_READS_AT_ONCE`] until dropped.
+#[derive(Debug)]
+pub struct WholeRead {
+    running: Arc<AtomicU64>,
+}
+
+impl Drop for WholeRead {
+    fn drop(&mut self) {
+        self.running.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 struct State {
@@ -220,6 +245,8 @@ impl ReadCache {
                 max_age: max_age.min(MAX_AGE),
                 counts: Counts::default(),
                 whole_tries: Mutex::default(),
+                whole_reads: Arc::default(),
+                capacity: bytes.max(1),
             }),
         }
     }
@@ -246,26 +273,33 @@ impl ReadCache {
     }
 
     /// Whether a read of the whole manifest of `bucket`/`key` should start now, for a range GET
-    /// that missed the cache: the node holds a lease (else nothing would be kept), and no such
-    /// read of it started in the last [`WHOLE_RETRY`]. Notes the start.
-    pub fn whole_wanted(&self, bucket: &str, key: &str) -> bool {
+    /// that missed the cache: the node holds a lease (else nothing would be kept), fewer than
+    /// [`WHOLE_READS_AT_ONCE`] such reads run, and none of this object started in the last
+    /// [`WHOLE_RETRY`]. The read counts as running until the answer is dropped.
+    pub fn whole_wanted(&self, bucket: &str, key: &str) -> Option<WholeRead> {
         if !self.leased() {
-            return false;
+            return None;
         }
+        let running = &self.inner.whole_reads;
+        let taken = running.fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+            (now < WHOLE_READS_AT_ONCE as u64).then_some(now + 1)
+        });
+        let permit = WholeRead { running: taken.ok().map(|_| running.clone())? };
         let now = Instant::now();
         let mut tries = self.inner.whole_tries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let entry = entry_key(bucket, key);
         if tries.get(&entry).is_some_and(|at| now.duration_since(*at) < WHOLE_RETRY) {
-            return false;
+            return None;
         }
         if tries.len() >= WHOLE_TRIES_KEPT {
             tries.retain(|_, at| now.duration_since(*at) < WHOLE_RETRY);
             if tries.len() >= WHOLE_TRIES_KEPT {
-                return false;
+                // Many objects at once: forget them all rather than refuse every other one.
+                tries.clear();
             }
         }
         tries.insert(entry, now);
-        true
+        Some(permit)
     }
 
     /// Notes where the cache stands for `bucket`/`key` before a lookup of it reads the catalog,
@@ -297,6 +331,9 @@ impl ReadCache {
             _ => Some(Instant::now() + self.inner.max_age),
         };
         let entry = CachedRead { lookup: lookup.clone(), head: head.cloned(), expires };
+        if head.map_or(0, ManifestHead::weight) > self.inner.capacity / HEAVIEST_SHARE {
+            return;
+        }
         let entry_key = entry_key(bucket, key);
         let state = self.state();
         if stripe_of(&entry_key) == ticket.stripe && state.generations[ticket.stripe] == ticket.generation {

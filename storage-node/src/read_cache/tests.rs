@@ -143,3 +143,22 @@ fn a_write_of_one_key_leaves_the_lookups_of_others_in_flight_alone() {
     cache.fill(ticket, "shop", "b", &found, Some(&head));
     assert_eq!(cached_object(&cache, "shop", "b"), None);
 }
+
+#[test]
+fn whole_manifests_are_read_two_at_a_time_and_once_per_object_in_a_while() {
+    let cache = ReadCache::new(1 << 20, super::MAX_AGE);
+    assert!(cache.whole_wanted("video", "a").is_none(), "no lease, nothing would be kept");
+    cache.renewed(Instant::now(), 0);
+    let first = cache.whole_wanted("video", "a").expect("the first read of a");
+    assert!(cache.whole_wanted("video", "a").is_none(), "a was read a moment ago");
+    let second = cache.whole_wanted("video", "b").expect("the first read of b");
+    assert!(cache.whole_wanted("video", "c").is_none(), "two run already");
+    drop(first);
+    assert!(cache.whole_wanted("video", "a").is_none(), "a is still recent, though a read ended");
+    let third = cache.whole_wanted("video", "c").expect("a read ended: c may go");
+    drop((second, third));
+    // Many objects at once: the oldest tries are forgotten rather than every new one refused.
+    for key in 0..super::WHOLE_TRIES_KEPT + 10 {
+        assert!(cache.whole_wanted("many", &key.to_string()).is_some(), "key {key}");
+    }
+}

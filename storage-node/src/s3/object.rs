@@ -62,15 +62,13 @@ impl SiloS3 {
     /// [`SiloS3::object`] with the entries of its manifest from the one that holds byte
     /// `from`, for a GET or a HEAD: from the node's read cache when it holds the object, else in
     /// one catalog round trip (for a small object or a range), kept in the cache when that
-    /// brought the whole manifest. For a range (`ranged`) of an object whose manifest it did not
-    /// bring whole, the whole manifest is read for the cache in the background.
+    /// brought the whole manifest.
     pub(crate) async fn object_to_read(
         &self,
         caller: Option<TenantId>,
         bucket: &str,
         key: &str,
         from: u64,
-        ranged: bool,
     ) -> S3Result<(ObjectRow, Option<ManifestHead>)> {
         let cache = self.store.read_cache();
         if let Some(hit) = cache.get(bucket, key) {
@@ -84,18 +82,31 @@ impl SiloS3 {
         if let Some(found) = &found {
             cache.fill(ticket, bucket, key, found, head.as_ref());
         }
-        let whole = head.as_ref().is_some_and(|head| head.is_whole(row.size));
-        if ranged && !whole && cache.whole_wanted(bucket, key) {
-            self.cache_whole_manifest(bucket, key);
-        }
         Ok((row, head))
     }
 
-    /// Reads the whole manifest of `bucket`/`key` in the background and keeps it in the read
-    /// cache (unless a write of the key came meanwhile, or it is too long to be read whole).
-    fn cache_whole_manifest(&self, bucket: &str, key: &str) {
+    /// For a range GET of `row` at `bucket`/`key` about to be served (allowed, its conditions
+    /// met, its range valid) whose lookup did not bring the whole manifest (`head`): reads the
+    /// whole manifest in the background and keeps it in the read cache, so that the next ranges
+    /// cost no catalog query; unless the object is too large for that, or the cache does not
+    /// want it now ([`ReadCache::whole_wanted`]: a lease, one read per object per 30 s, two at a
+    /// time).
+    pub(crate) fn cache_whole_manifest(
+        &self,
+        bucket: &str,
+        key: &str,
+        row: &ObjectRow,
+        head: Option<&ManifestHead>,
+    ) {
+        if head.is_some_and(|head| head.is_whole(row.size))
+            || !self.store.manifest_may_be_read_whole(row.size)
+        {
+            return;
+        }
+        let Some(permit) = self.store.read_cache().whole_wanted(bucket, key) else { return };
         let (store, bucket, key) = (self.store.clone(), bucket.to_string(), key.to_string());
         tokio::spawn(async move {
+            let _permit = permit;
             let cache = store.read_cache();
             let ticket = cache.ticket(&bucket, &key);
             match model::lookup_whole_for_read(&store, &bucket, &key).await {
@@ -374,7 +385,7 @@ impl SiloS3 {
         key: &str,
         conditions: Conditions<'_>,
     ) -> S3Result<ObjectRow> {
-        let (row, _) = self.object_to_read(caller, bucket, key, 0, false).await?;
+        let (row, _) = self.object_to_read(caller, bucket, key, 0).await?;
         check_conditions(&row, conditions)?;
         Ok(row)
     }
@@ -387,10 +398,9 @@ impl SiloS3 {
         bucket: &str,
         key: &str,
         from: u64,
-        ranged: bool,
         conditions: Conditions<'_>,
     ) -> S3Result<(ObjectRow, Option<ManifestHead>)> {
-        let (row, head) = self.object_to_read(caller, bucket, key, from, ranged).await?;
+        let (row, head) = self.object_to_read(caller, bucket, key, from).await?;
         check_conditions(&row, conditions)?;
         Ok((row, head))
     }

@@ -229,16 +229,18 @@ impl S3 for SiloS3 {
             (None, Some(s3s::dto::Range::Int { first, .. })) => *first,
             _ => 0,
         };
-        let ranged = input.range.is_some();
-        let (row, head) =
-            self.object_to_read_if(tenant, &input.bucket, &input.key, from, ranged, conditions).await?;
+        let (row, head) = self.object_to_read_if(tenant, &input.bucket, &input.key, from, conditions).await?;
         let (range, parts_count) = match (input.part_number, &input.range) {
             (Some(_), Some(_)) => return Err(part_and_range()),
             (Some(number), None) => {
                 let (span, count) = self.part_span(&input.bucket, &input.key, &row, number).await?;
                 (Some(span), count)
             }
-            (None, Some(range)) => (Some(range.check(row.size).map_err(|_| s3_error!(InvalidRange))?), None),
+            (None, Some(range)) => {
+                let range = range.check(row.size).map_err(|_| s3_error!(InvalidRange))?;
+                self.cache_whole_manifest(&input.bucket, &input.key, &row, head.as_ref());
+                (Some(range), None)
+            }
             (None, None) => (None, None),
         };
         let span = range.clone().unwrap_or(0..row.size);

@@ -71,13 +71,6 @@ pub(crate) fn manifest_head_sql(object: &str, node: &str, from: &str) -> String 
     manifest_batch_sql(&entries_from(object, from), &BATCH.to_string(), node)
 }
 
-/// [`manifest_head_sql`] of the whole manifest, up to [`WHOLE_MANIFEST_ENTRIES`] entries: for the
-/// read cache, so that the range reads of a large object (a video seeked through) cost no
-/// catalog query.
-pub(crate) fn whole_manifest_sql(object: &str, node: &str) -> String {
-    manifest_batch_sql(&format!("object_id = {object}"), &WHOLE_MANIFEST_ENTRIES.to_string(), node)
-}
-
 /// The filter of `object_chunks` rows of the object `object` from the entry that holds its
 /// byte `from` on (both SQL expressions). That entry is the last one at or before `from` by
 /// the key, read backwards (one index entry): as `max(logical_offset)`, the generic plan of a
@@ -388,6 +381,30 @@ impl ChunkStore {
 }
 
 impl ChunkStore {
+    /// The whole manifest of `object` of `tenant`, up to [`WHOLE_MANIFEST_ENTRIES`] entries (past
+    /// that, its first ones: not whole), for the read cache.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    pub async fn whole_manifest(
+        &self,
+        tenant: TenantId,
+        object: ObjectId,
+    ) -> Result<ManifestHead, StoreError> {
+        let client = self.inner.pool.get().await?;
+        let sql = manifest_batch_sql("object_id = $1", &WHOLE_MANIFEST_ENTRIES.to_string(), "$2");
+        let rows = client.query(&sql, &[&object.0, &self.inner.node.0]).await?;
+        Ok(ManifestHead::from_rows(&rows, 0, tenant, object))
+    }
+
+    /// Whether the whole manifest of an object of `size` bytes should fit in
+    /// [`WHOLE_MANIFEST_ENTRIES`]: its chunks are at least the configured minimum, but the last
+    /// of each part (a manifest that turns out longer is not kept).
+    pub fn manifest_may_be_read_whole(&self, size: u64) -> bool {
+        let min = self.inner.config.chunk_sizes.min.max(1) as u64;
+        size / min < WHOLE_MANIFEST_ENTRIES
+    }
+
     /// The bytes `range` of `object` (of `size` bytes) at once, verified, when `head` is its
     /// whole manifest with every chunk kept inline: no task, no channel, no catalog query (a
     /// small object's GET). `None` when `head` is not that; the caller streams instead.
