@@ -43,17 +43,22 @@ pub async fn migrate_all(pool: &CatalogPool) -> Result<SchemaVersions, CatalogEr
 
 #[cfg(test)]
 mod tests {
-    /// The latest migration for which [`super::DB_MANAGER`]'s floor was decided.
-    const FLOOR_DECIDED_AT: i64 = 5;
+    use storage_node::catalog::{STORAGE_NODE, latest_version};
 
-    /// See the storage node's test of the same name: a new migration needs its floor decided.
+    /// The latest migrations of the storage node and of the database manager for which their
+    /// floors ([`STORAGE_NODE`], [`super::DB_MANAGER`]) were decided.
+    const FLOORS_DECIDED_AT: (i64, i64) = (17, 5);
+
+    /// Whoever adds a migration decides whether releases before it may still run on the catalog
+    /// it makes: raise its component's `runnable_since` to the new version if it changes, drops
+    /// or newly requires what they use, leave it if it only adds; then move `FLOORS_DECIDED_AT`.
     #[test]
-    fn the_floor_was_decided_for_the_latest_migration() {
-        let latest = super::embedded::migrations::runner()
-            .get_migrations()
-            .iter()
-            .map(|m| i64::from(m.version()))
-            .max();
-        assert_eq!(latest, Some(FLOOR_DECIDED_AT), "a new migration: decide DB_MANAGER.runnable_since");
+    fn the_floors_were_decided_for_the_latest_migrations() {
+        let latest = (
+            latest_version(&storage_node::catalog::migrations()),
+            latest_version(&super::embedded::migrations::runner()),
+        );
+        assert_eq!(latest, FLOORS_DECIDED_AT, "a new migration: decide the runnable_since of its component");
+        assert!(STORAGE_NODE.runnable_since <= latest.0 && super::DB_MANAGER.runnable_since <= latest.1);
     }
 }

@@ -168,7 +168,17 @@ pub struct Component {
 /// # Errors
 /// See [`apply_migrations`].
 pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<i64, CatalogError> {
-    apply_migrations(client, STORAGE_NODE, embedded::migrations::runner()).await
+    apply_migrations(client, STORAGE_NODE, migrations()).await
+}
+
+/// The storage node's migrations, as this binary knows them.
+pub fn migrations() -> refinery::Runner {
+    embedded::migrations::runner()
+}
+
+/// The version of the last of `runner`'s migrations (0 for none).
+pub fn latest_version(runner: &refinery::Runner) -> i64 {
+    runner.get_migrations().iter().map(|m| i64::from(m.version())).max().unwrap_or(0)
 }
 
 /// Applies `runner`'s migrations for `component`, records what releases may still run on the
@@ -187,7 +197,7 @@ pub async fn apply_migrations(
 ) -> Result<i64, CatalogError> {
     let name = component.name;
     let table = format!("{name}_schema_history");
-    let known = runner.get_migrations().iter().map(|m| i64::from(m.version())).max().unwrap_or(0);
+    let known = latest_version(&runner);
     let exists: bool = client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&table]).await?.get(0);
     if exists {
         let sql = format!("SELECT coalesce(max(version), 0)::int8 FROM {table}");
@@ -270,24 +280,5 @@ async fn runnable_on_newer(
             Err(CatalogError::NotRunnable { component: name.into(), applied, known, runnable_since })
         }
         None => Err(CatalogError::TooNew { component: name.into(), applied, known }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    /// The latest migration for which [`super::STORAGE_NODE`]'s floor was decided.
-    const FLOOR_DECIDED_AT: i64 = 17;
-
-    /// Whoever adds a migration decides whether releases before it may still run on the catalog
-    /// it makes: raise `STORAGE_NODE.runnable_since` to the new version if it changes, drops or
-    /// newly requires what they use, leave it if it only adds; then move `FLOOR_DECIDED_AT`.
-    #[test]
-    fn the_floor_was_decided_for_the_latest_migration() {
-        let latest = super::embedded::migrations::runner()
-            .get_migrations()
-            .iter()
-            .map(|m| i64::from(m.version()))
-            .max();
-        assert_eq!(latest, Some(FLOOR_DECIDED_AT), "a new migration: decide STORAGE_NODE.runnable_since");
     }
 }
