@@ -62,9 +62,11 @@ pub fn rate(count: usize, took: Duration) -> f64 {
     count as f64 / took.as_secs_f64()
 }
 
-/// Starts `op(i)` at `per_second` for `length`, each on a task of its own, and returns every
-/// latency, measured from when the operation was due.
-pub async fn open_loop<F, Fut>(per_second: f64, length: Duration, op: F) -> Vec<Duration>
+/// Starts `op(i)` at `per_second` for `length`, each on a task of its own, with at most
+/// `in_flight` running at once (as a browser or a CDN caps its connections to a host: the rest
+/// wait their turn), and returns every latency, measured from when the operation was due, so
+/// that waiting counts against the server.
+pub async fn open_loop<F, Fut>(per_second: f64, length: Duration, in_flight: usize, op: F) -> Vec<Duration>
 where
     F: Fn(usize) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
@@ -72,12 +74,14 @@ where
     let count = (per_second * length.as_secs_f64()) as usize;
     let interval = Duration::from_secs_f64(1.0 / per_second);
     let started = tokio::time::Instant::now();
+    let turns = Arc::new(tokio::sync::Semaphore::new(in_flight.max(1)));
     let mut tasks = Vec::with_capacity(count);
     for i in 0..count {
         let due = started + interval * i as u32;
         tokio::time::sleep_until(due).await;
-        let request = op(i);
+        let (request, turns) = (op(i), turns.clone());
         tasks.push(tokio::spawn(async move {
+            let _turn = turns.acquire_owned().await.expect("the semaphore is never closed");
             request.await;
             due.elapsed()
         }));
