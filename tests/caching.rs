@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_sdk_s3::operation::get_object::builders::GetObjectFluentBuilder;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     BucketCannedAcl, CompletedMultipartUpload, CompletedPart, Delete, ObjectCannedAcl, ObjectIdentifier,
@@ -147,7 +148,12 @@ async fn put(client: &Client, bucket: &str, key: &str, body: &[u8]) {
 
 /// The object's bytes, or the error code.
 async fn get(client: &Client, bucket: &str, key: &str) -> Result<Vec<u8>, String> {
-    match client.get_object().bucket(bucket).key(key).send().await {
+    fetch(client.get_object().bucket(bucket).key(key)).await
+}
+
+/// What `request` answers: the bytes, or the error code.
+async fn fetch(request: GetObjectFluentBuilder) -> Result<Vec<u8>, String> {
+    match request.send().await {
         Ok(object) => {
             Ok(object.body.collect().await.map_err(|err| format!("{err:?}"))?.into_bytes().to_vec())
         }
@@ -366,13 +372,7 @@ async fn get_range(
     first: usize,
     last: usize,
 ) -> Result<Vec<u8>, String> {
-    let asked = client.get_object().bucket(bucket).key(key).range(format!("bytes={first}-{last}"));
-    match asked.send().await {
-        Ok(object) => {
-            Ok(object.body.collect().await.map_err(|err| format!("{err:?}"))?.into_bytes().to_vec())
-        }
-        Err(err) => Err(err.code().map_or_else(|| format!("{err:?}"), str::to_owned)),
-    }
+    fetch(client.get_object().bucket(bucket).key(key).range(format!("bytes={first}-{last}"))).await
 }
 
 /// A large object's manifest is too long to come whole with its lookup, so its first range GET
@@ -412,6 +412,13 @@ async fn ranges_of_a_large_object_are_served_from_its_cached_manifest_until_it_i
     assert!(get_range(&on_b, "video", "movie.mp4", end - 10, end).await.expect("tail") == body[end - 10..]);
     let wide = get_range(&on_b, "video", "movie.mp4", 1_000, 9_000_000).await.expect("wide range");
     assert!(wide == body[1_000..=9_000_000], "a range across chunks read other bytes");
+    // The whole object from the cached manifest: more entries than one batch of a read.
+    let before = metric(&pair.b, "silo_read_cache_hits_total").await;
+    assert!(
+        get(&on_b, "video", "movie.mp4").await.expect("whole") == body,
+        "the whole object read other bytes"
+    );
+    assert!(metric(&pair.b, "silo_read_cache_hits_total").await > before, "answered from the cache");
 
     let new = common::noise(24 << 20, 2);
     put(&on_a, "video", "movie.mp4", &new).await;

@@ -210,9 +210,7 @@ pub async fn apply_migrations(
         |err: refinery::Error| CatalogError::Migration { component: name.into(), message: err.to_string() };
     // Raised before the migrations too: one that commits and is then cut off before the end
     // must not leave a floor that lets older releases onto a schema they cannot use.
-    let recorded: bool =
-        client.query_one("SELECT to_regclass('schema_compat') IS NOT NULL", &[]).await?.get(0);
-    if recorded {
+    if compat_recorded(client).await? {
         raise_floor(client, component, known).await?;
     }
     runner.set_migration_table_name(&table);
@@ -227,6 +225,11 @@ pub async fn apply_migrations(
     }
     raise_floor(client, component, known).await?;
     Ok(known)
+}
+
+/// Whether the catalog has `schema_compat` (V17 and later).
+async fn compat_recorded(client: &tokio_postgres::Client) -> Result<bool, CatalogError> {
+    Ok(client.query_one("SELECT to_regclass('schema_compat') IS NOT NULL", &[]).await?.get(0))
 }
 
 /// Records that a binary must know `component.runnable_since` (at most `known`) to run on the
@@ -255,9 +258,7 @@ async fn runnable_on_newer(
     applied: i64,
     known: i64,
 ) -> Result<i64, CatalogError> {
-    let recorded: bool =
-        client.query_one("SELECT to_regclass('schema_compat') IS NOT NULL", &[]).await?.get(0);
-    let floor: Option<i64> = match recorded {
+    let floor: Option<i64> = match compat_recorded(client).await? {
         true => client
             .query_opt("SELECT oldest_runnable FROM schema_compat WHERE component = $1", &[&name])
             .await?

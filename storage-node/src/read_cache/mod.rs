@@ -160,8 +160,6 @@ struct Inner {
     whole_tries: Mutex<std::collections::HashMap<String, Instant>>,
     /// The reads of whole manifests running now.
     whole_reads: Arc<AtomicU64>,
-    /// The most the entries may weigh together.
-    capacity: u64,
 }
 
 /// A read of a whole manifest running for the cache ([`ReadCache::whole_wanted`]); it counts
@@ -246,7 +244,6 @@ impl ReadCache {
                 counts: Counts::default(),
                 whole_tries: Mutex::default(),
                 whole_reads: Arc::default(),
-                capacity: bytes.max(1),
             }),
         }
     }
@@ -330,10 +327,10 @@ impl ReadCache {
             _ if self.inner.max_age.is_zero() => return,
             _ => Some(Instant::now() + self.inner.max_age),
         };
-        let entry = CachedRead { lookup: lookup.clone(), head: head.cloned(), expires };
-        if head.map_or(0, ManifestHead::weight) > self.inner.capacity / HEAVIEST_SHARE {
+        if head.map_or(0, ManifestHead::weight) > self.inner.entries.capacity() / HEAVIEST_SHARE {
             return;
         }
+        let entry = CachedRead { lookup: lookup.clone(), head: head.cloned(), expires };
         let entry_key = entry_key(bucket, key);
         let state = self.state();
         if stripe_of(&entry_key) == ticket.stripe && state.generations[ticket.stripe] == ticket.generation {

@@ -29,12 +29,9 @@ const BATCH: i64 = 32;
 /// How few entries of a batch are left, not yet loading, when the next batch is fetched.
 const PREFETCH_WHEN_LEFT: usize = 8;
 
-/// The most entries of a head a read takes (a whole GET of an object whose whole manifest is
-/// cached reads the rest in batches, as any other).
-const HEAD_TAKEN: usize = 8 * BATCH as usize;
-
-/// The longest manifest [`whole_manifest_sql`] reads: an object of up to this many chunks has its
-/// whole manifest cached for its range reads (2 GiB at the smallest default chunk, 128 KiB).
+/// The longest manifest [`ChunkStore::whole_manifest`] reads: an object of up to this many
+/// chunks has its whole manifest cached for its range reads (2 GiB at the smallest default
+/// chunk, 128 KiB).
 pub const WHOLE_MANIFEST_ENTRIES: u64 = 16 * 1024;
 
 /// How many chunks of a read load at once: the one being sent and the next ones, fetched
@@ -255,6 +252,8 @@ struct Cursor {
     batch: VecDeque<Entry>,
     /// Where the next manifest batch starts: the end of the last entry taken from a batch.
     fetched_to: u64,
+    /// The range's entries of the head the read started from, not yet in `batch`.
+    head: Option<(Arc<[Entry]>, Range<usize>)>,
     /// The batch after `batch`, being fetched while this one's chunks load, so that a long read
     /// does not stop for a catalog round trip at every batch.
     prefetch: Option<JoinHandle<Result<Vec<Entry>, StoreError>>>,
@@ -346,25 +345,23 @@ impl ChunkStore {
     ) -> Result<ObjectRead, StoreError> {
         let range = range.unwrap_or(0..size);
         check_range(&range, size)?;
-        // Only the entries of the range: from the one that holds its first byte (a binary
-        // search: a cached head may be a whole manifest of thousands) to its end, a few batches'
-        // worth at most (the rest comes from the catalog as the read goes).
-        let batch: VecDeque<Entry> = match head.filter(|head| head.object == object) {
-            Some(head) => {
-                let first = head.entries.partition_point(|e| e.logical_offset + e.raw_len <= range.start);
-                let wanted = head.entries[first..].iter().take_while(|e| e.logical_offset < range.end);
-                wanted.take(HEAD_TAKEN).cloned().collect()
-            }
-            None => VecDeque::new(),
-        };
+        // Only the entries of the range: from the one that holds its first byte to its end, by
+        // binary search (a cached head may be a whole manifest of thousands), taken a batch at a
+        // time as the read goes; the catalog is asked for what the head does not hold.
+        let head = head.filter(|head| head.object == object).map(|head| {
+            let first = head.entries.partition_point(|e| e.logical_offset + e.raw_len <= range.start);
+            let end = head.entries.partition_point(|e| e.logical_offset < range.end).max(first);
+            (head.entries, first..end)
+        });
         let cursor = Cursor {
             store: self.clone(),
             tenant,
             object,
             pos: range.start,
             end: range.end,
-            fetched_to: batch.back().map_or(range.start, |entry| entry.logical_offset + entry.raw_len),
-            batch,
+            fetched_to: range.start,
+            batch: VecDeque::new(),
+            head,
             prefetch: None,
             ahead: VecDeque::new(),
             retried_at: None,
@@ -496,7 +493,7 @@ impl Cursor {
     /// manifest batches as needed.
     async fn load_ahead(&mut self) -> Result<(), StoreError> {
         while self.ahead.len() < READ_AHEAD {
-            if self.batch.is_empty() {
+            if self.batch.is_empty() && !self.batch_from_head() {
                 if self.fetched_to >= self.end {
                     return Ok(());
                 }
@@ -546,10 +543,23 @@ impl Cursor {
             }
         }
         self.batch.clear();
+        self.head = None;
         if let Some(prefetch) = self.prefetch.take() {
             prefetch.abort();
         }
         self.fetched_to = self.pos;
+    }
+
+    /// Moves the next batch of the head's entries into `batch`; `false` when none are left.
+    fn batch_from_head(&mut self) -> bool {
+        let Some((entries, left)) = &mut self.head else { return false };
+        let taken = left.start..(left.start + BATCH as usize).min(left.end);
+        left.start = taken.end;
+        self.batch.extend(entries[taken].iter().cloned());
+        if left.start >= left.end {
+            self.head = None;
+        }
+        !self.batch.is_empty()
     }
 
     /// Starts fetching the batch after this one once this one runs low, unless the range ends
@@ -557,7 +567,8 @@ impl Cursor {
     fn prefetch_when_low(&mut self) {
         let Some(last) = self.batch.back() else { return };
         let batch_end = last.logical_offset + last.raw_len;
-        if self.prefetch.is_some() || self.batch.len() > PREFETCH_WHEN_LEFT || batch_end >= self.end {
+        let pending = self.prefetch.is_some() || self.head.is_some();
+        if pending || self.batch.len() > PREFETCH_WHEN_LEFT || batch_end >= self.end {
             return;
         }
         let fetch = self.fetch_batch(batch_end);
