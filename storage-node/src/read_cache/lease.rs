@@ -34,9 +34,11 @@ pub const FENCED_FOR: Duration = Duration::from_secs(10);
 enum Renewal {
     /// Stamped: the lease runs, under this fence.
     Leased(i64),
-    /// A writer raised the fence to this since the last renewal: no lease, stamp cleared.
+    /// A writer raised the fence to this since the last renewal: no lease (the stamp is left
+    /// as it was; it is cleared once the cache is emptied).
     Fenced(i64),
-    /// This node may not cache now (see the module's doc): no lease, stamp cleared.
+    /// This node may not cache now (see the module's doc): no lease (the stamp is cleared
+    /// once the cache is emptied).
     Refused,
 }
 

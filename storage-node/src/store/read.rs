@@ -204,6 +204,13 @@ struct Inline {
 }
 
 impl Entry {
+    /// The raw bytes of a chunk kept inline, verified against its id; `None` for a chunk in a
+    /// pack.
+    fn inline_raw(&self, store: &ChunkStore, tenant: TenantId) -> Option<Result<Bytes, StoreError>> {
+        let inline = self.inline.as_ref()?;
+        Some(store.check_inline(tenant, self.chunk, self.raw_len as u32, inline.compression, &inline.data))
+    }
+
     /// A row of [`ENTRY_COLUMNS`], from column `at` on.
     fn from_row(row: &tokio_postgres::Row, at: usize, tenant: TenantId) -> Self {
         let chunk = ChunkId::from_slice(row.get(at + 1)).unwrap_or(ChunkId([0; 32]));
@@ -422,17 +429,10 @@ impl ChunkStore {
         let mut pieces = Vec::new();
         for entry in head.entries.iter() {
             let (start, end) = (entry.logical_offset, entry.logical_offset + entry.raw_len);
-            let Some(inline) = entry.inline.as_ref().filter(|_| start < range.end && end > range.start)
-            else {
+            if start >= range.end || end <= range.start {
                 continue;
-            };
-            let raw = match self.check_inline(
-                tenant,
-                entry.chunk,
-                entry.raw_len as u32,
-                inline.compression,
-                &inline.data,
-            ) {
+            }
+            let raw = match entry.inline_raw(self, tenant)? {
                 Ok(raw) => raw,
                 Err(err) => return Some(Err(err)),
             };
@@ -462,14 +462,8 @@ impl Cursor {
             let Some(Ahead { entry, load, base }) = self.ahead.pop_front() else {
                 return Err(StoreError::Task(format!("the manifest of object {} ends early", self.object.0)));
             };
-            let raw = match (&entry.inline, load) {
-                (Some(inline), _) => self.store.check_inline(
-                    self.tenant,
-                    entry.chunk,
-                    entry.raw_len as u32,
-                    inline.compression,
-                    &inline.data,
-                )?,
+            let raw = match (entry.inline_raw(&self.store, self.tenant), load) {
+                (Some(raw), _) => raw?,
                 (None, None) => return Err(StoreError::ChunkUnavailable { chunk: entry.chunk }),
                 (None, Some(load)) => match load.await?? {
                     Ok(raw) => raw,
