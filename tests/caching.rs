@@ -118,6 +118,19 @@ async fn hits(silo: &Silo) -> f64 {
 /// (its lease may have to start, start over on a loaded machine, or come back after a fence);
 /// the bytes are `body`.
 async fn read_through_read_cache(silo: &Silo, client: &Client, bucket: &str, key: &str, body: &[u8]) {
+    until_answered_from_cache(silo, 2, || async {
+        assert_eq!(get(client, bucket, key).await.as_deref(), Ok(body));
+    })
+    .await;
+}
+
+/// Runs `read` (which asserts what it reads) `times` in a row on `silo` until one of them is
+/// answered from its read cache, waiting for a lease while there is none.
+async fn until_answered_from_cache<F, Fut>(silo: &Silo, times: usize, mut read: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let deadline = Instant::now() + storage_node::read_cache::lease::FENCED_FOR + Duration::from_secs(10);
     loop {
         assert!(Instant::now() < deadline, "no read was answered from the read cache:\n{}", silo.stderr());
@@ -126,8 +139,8 @@ async fn read_through_read_cache(silo: &Silo, client: &Client, bucket: &str, key
             continue;
         }
         let before = metric(silo, "silo_read_cache_hits_total").await;
-        for _ in 0..2 {
-            assert_eq!(get(client, bucket, key).await.as_deref(), Ok(body));
+        for _ in 0..times {
+            read().await;
         }
         if metric(silo, "silo_read_cache_hits_total").await > before {
             return;
@@ -513,22 +526,7 @@ async fn anonymous_get(http: &reqwest::Client, silo: &Silo) -> u16 {
 
 /// Three anonymous GETs of `shop/logo.png` on `silo` succeed, and its read cache answered some.
 async fn read_anonymously_from_cache(http: &reqwest::Client, silo: &Silo) {
-    // As `read_through_read_cache`: the lease may have to start, or start over on a loaded machine.
-    let deadline = Instant::now() + storage_node::read_cache::lease::FENCED_FOR + Duration::from_secs(10);
-    loop {
-        assert!(Instant::now() < deadline, "not answered from the cache:\n{}", silo.stderr());
-        if metric(silo, "silo_read_cache_leased").await < 1.0 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        }
-        let before = metric(silo, "silo_read_cache_hits_total").await;
-        for _ in 0..3 {
-            assert_eq!(anonymous_get(http, silo).await, 200);
-        }
-        if metric(silo, "silo_read_cache_hits_total").await > before {
-            return;
-        }
-    }
+    until_answered_from_cache(silo, 3, || async { assert_eq!(anonymous_get(http, silo).await, 200) }).await;
 }
 
 /// While a live node of a release older than the read cache shares the catalog (its writes
