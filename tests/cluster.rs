@@ -218,6 +218,31 @@ async fn a_killed_node_and_a_damaged_copy_cost_no_read_and_writes_go_on() {
     for (key, body) in &after {
         assert!(get(&media[damaged.as_str()], "site", key).await == *body, "{key} from the repaired copy");
     }
+
+    // Every copy of a chunk damaged: a node with no copy of its own (the killed one, back)
+    // answers 500 InternalError, not the 503 SlowDown of copies that do not answer now, since no
+    // retry reads it right.
+    cluster.revive(&dead).await;
+    let first_chunk = cluster
+        .sql_rows(
+            "SELECT l.pack_id, l.pack_offset FROM s3_objects s \
+             JOIN object_chunks oc ON oc.object_id = s.object_id \
+             JOIN chunk_locations l ON l.tenant_id = oc.tenant_id AND l.chunk_id = oc.chunk_id \
+             WHERE s.bucket = 'site' AND s.key = 'after-0.bin' ORDER BY oc.logical_offset LIMIT 1",
+        )
+        .await;
+    let (pack, offset): (i64, i64) = (first_chunk[0].get(0), first_chunk[0].get(1));
+    let holders = copies(&cluster).await.into_iter().find(|copy| copy.0 == pack).expect("the chunk's pack").2;
+    assert!(!holders.contains(&dead), "{dead} holds no copy of pack {pack}: {holders:?}");
+    for holder in &holders {
+        let path = pack_file(&cluster.data_dir(holder), pack);
+        let mut bytes = std::fs::read(&path).expect("pack");
+        bytes[offset as usize + storage_node::pack::RECORD_HEADER_LEN as usize + 10] ^= 0x01;
+        std::fs::write(&path, &bytes).expect("damage every copy");
+    }
+    let read = try_get(&media[dead.as_str()], "site", "after-0.bin").await;
+    let error = read.expect_err("no copy is right");
+    assert!(error.contains("InternalError") && !error.contains("SlowDown"), "{error}");
 }
 
 #[tokio::test]

@@ -258,10 +258,10 @@ impl SiloS3 {
             .as_ref()
             .and_then(|head| self.store.read_inline(row.tenant, row.object, row.size, range.clone(), head))
         {
-            return Ok(ObjectBody { source: Source::Ready(pieces?.into()), remaining });
+            return Ok(ObjectBody { ready: pieces?.into(), streamed: None, remaining });
         }
         let read = self.store.read_from_head(row.tenant, row.object, row.size, Some(range.clone()), head)?;
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
         let mut stream = read.stream;
         tokio::spawn(async move {
             while let Some(piece) = stream.next().await {
@@ -271,7 +271,15 @@ impl SiloS3 {
                 }
             }
         });
-        Ok(ObjectBody { source: Source::Streamed(rx), remaining })
+        // The first piece comes before the answer's status: a read that fails at its start
+        // (every copy of its first chunk damaged or out of reach, say) is told with its own
+        // error, not as a 200 cut short.
+        let ready = match rx.recv().await {
+            Some(Ok(first)) => std::collections::VecDeque::from([first]),
+            Some(Err(err)) => return Err(super::error::from_store(err)),
+            None => std::collections::VecDeque::new(),
+        };
+        Ok(ObjectBody { ready, streamed: Some(rx), remaining })
     }
 }
 
@@ -462,25 +470,22 @@ fn not_modified(row: &ObjectRow) -> S3Error {
     error
 }
 
-/// A response body of a known length: a small object's bytes, verified already, or pieces fed
-/// by the chunk store through a small channel.
+/// A response body of a known length: pieces verified already (a small object's bytes, or a
+/// large one's first piece), then any pieces fed by the chunk store through a small channel.
 pub(crate) struct ObjectBody {
-    source: Source,
+    ready: std::collections::VecDeque<Bytes>,
+    streamed: Option<tokio::sync::mpsc::Receiver<Result<Bytes, StoreError>>>,
     remaining: usize,
-}
-
-enum Source {
-    Ready(std::collections::VecDeque<Bytes>),
-    Streamed(tokio::sync::mpsc::Receiver<Result<Bytes, StoreError>>),
 }
 
 impl Stream for ObjectBody {
     type Item = Result<Bytes, StdError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let polled = match &mut self.source {
-            Source::Ready(pieces) => Poll::Ready(pieces.pop_front().map(Ok)),
-            Source::Streamed(rx) => rx.poll_recv(cx),
+        let polled = match (self.ready.pop_front(), &mut self.streamed) {
+            (Some(piece), _) => Poll::Ready(Some(Ok(piece))),
+            (None, Some(rx)) => rx.poll_recv(cx),
+            (None, None) => Poll::Ready(None),
         };
         match polled {
             Poll::Ready(Some(Ok(piece))) => {

@@ -119,7 +119,8 @@ impl ChunkStore {
     /// with wrong bytes is marked damaged.
     ///
     /// # Errors
-    /// [`StoreError::ChunkUnavailable`] when no copy could be read.
+    /// [`StoreError::ChunkUnavailable`] when no copy could be read, and the last copy's
+    /// [`StoreError::Integrity`] when every copy answered with wrong bytes.
     pub(crate) async fn read_from_copies(
         &self,
         at: &ChunkLocation,
@@ -134,7 +135,8 @@ impl ChunkStore {
     /// record into another pack without decompressing it.
     ///
     /// # Errors
-    /// [`StoreError::ChunkUnavailable`] when no copy could be read.
+    /// [`StoreError::ChunkUnavailable`] when no copy could be read, and the last copy's
+    /// [`StoreError::Integrity`] when every copy answered with wrong bytes.
     pub(crate) async fn record_from_copies(
         &self,
         at: &ChunkLocation,
@@ -158,11 +160,15 @@ impl ChunkStore {
         let suspects = self.inner.peers.suspects();
         copies.sort_by_key(|copy| suspects.contains(&copy.node));
         let range = at.offset..at.offset + RECORD_HEADER_LEN + u64::from(at.stored_len);
+        // The last damaged copy's error, while every copy tried answered with wrong bytes.
+        let mut all_damaged: Option<StoreError> = None;
+        let mut unanswered = false;
         for copy in &copies {
             let client = match self.peer(copy.node, &copy.url) {
                 Ok(client) => client,
                 Err(err) => {
                     tracing::warn!(node = copy.node.0, error = %err, "no client for a peer; trying the next copy");
+                    unanswered = true;
                     continue;
                 }
             };
@@ -176,6 +182,7 @@ impl ChunkStore {
                     if !matches!(err, ClientError::Refused { .. }) {
                         self.inner.peers.note_failure(copy.node);
                     }
+                    unanswered = true;
                     continue;
                 }
                 Err(_) => {
@@ -185,6 +192,7 @@ impl ChunkStore {
                         "a peer did not answer in time; trying the next copy"
                     );
                     self.inner.peers.note_failure(copy.node);
+                    unanswered = true;
                     continue;
                 }
             };
@@ -202,10 +210,15 @@ impl ChunkStore {
                 Err(err) => {
                     tracing::error!(node = copy.node.0, error = %err, "a peer's copy of a pack is damaged");
                     self.mark_damaged(at.pack, copy.node).await;
+                    all_damaged = Some(err);
                 }
             }
         }
-        Err(StoreError::ChunkUnavailable { chunk: at.chunk })
+        match all_damaged {
+            // Every copy answered, and each was wrong: no retry reads it right.
+            Some(damaged) if !unanswered => Err(damaged),
+            _ => Err(StoreError::ChunkUnavailable { chunk: at.chunk }),
+        }
     }
 
     /// Notes the peer that `err` names as failed, when it is a failed copy.

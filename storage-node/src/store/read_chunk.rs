@@ -64,7 +64,9 @@ impl Loader {
             (LocalCopy::None, _) => return self.read_remote(&location, mode).await,
             (LocalCopy::Damaged, _) => {
                 return match self.read_remote(&location, mode).await? {
-                    Err(StoreError::ChunkUnavailable { .. }) => self.load_local(location, mode).await,
+                    Err(StoreError::ChunkUnavailable { .. } | StoreError::Integrity { .. }) => {
+                        self.load_local(location, mode).await
+                    }
                     read => Ok(read),
                 };
             }
