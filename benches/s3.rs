@@ -1,7 +1,8 @@
 //! The S3 data plane against nginx on loopback, in one run, the table of issue 13: 1 GiB PUT and
 //! GET (curl of presigned URLs against curl of nginx), 1,000 random 1 MiB ranges over one
 //! keep-alive connection, 16 KiB GETs of public-read objects with the same plain HTTP client
-//! for Silo and nginx, signed 16 KiB GETs and PUTs through the AWS SDK, and the p99 latency of
+//! for Silo and nginx, signed 16 KiB GETs and PUTs through the AWS SDK, the same signed GETs
+//! presigned and sent by the plain client (the server's cost of SigV4), and the p99 latency of
 //! 16 KiB GETs at half Silo's peak rate, for Silo and nginx at the same rate.
 //!
 //! `cargo bench --bench s3`. Silo runs as the release binary on the embedded Postgres, with
@@ -135,6 +136,7 @@ async fn small_objects(s3: &Client, silo: &Silo, nginx: &Nginx, bodies: Arc<Vec<
     // The CPU time of Silo's process, and of its embedded Postgres (not its child: pg_ctl starts
     // it on its own; its background work, autovacuum after the PUTs say, lands in any phase).
     let (silo_pid, postmaster) = (silo.pid(), silo.postmaster_pid());
+    let presigned = presigned_gets(s3).await;
     let server_cpu = move || {
         let postgres = postmaster.map(common::tree_cpu).unwrap_or_default();
         [common::tree_cpu(silo_pid), postgres]
@@ -205,6 +207,30 @@ async fn small_objects(s3: &Client, silo: &Silo, nginx: &Nginx, bodies: Arc<Vec<
         public_us / signed_us
     );
 
+    // The same signed GETs from the plain client (SigV4 in the query string, presigned before
+    // the timing): what checking a signature costs Silo, apart from what signing costs the SDK.
+    let cpu_before = server_cpu();
+    let presigned_url = move |i: usize| presigned[i].clone();
+    let by_url = plain_gets(&http, presigned_url.clone()).await;
+    let by_url_cpu = spent(cpu_before, server_cpu());
+    report("GET 16 KiB presigned, 32 connections, ops/s (vs public-read)", by_url, public, "");
+    let [by_url_us, by_url_pg] = by_url_cpu.map(per_get);
+    println!(
+        "| Silo's process CPU per 16 KiB GET, presigned vs public-read, us (its Postgres meanwhile: {by_url_pg:.0}) | {by_url_us:.0} | {public_us:.0} | {:.2}x | |",
+        public_us / by_url_us
+    );
+    // A GET costs the server more CPU the fewer arrive at once (each wakes a worker that then
+    // parks again), so CPU per GET compares only at one pace: here with the same few
+    // connections for both.
+    for clients in [1, 4] {
+        let (public_rate, public_us) = cpu_per_get(&http, silo_url, clients, &server_cpu).await;
+        let (signed_rate, signed_us) = cpu_per_get(&http, presigned_url.clone(), clients, &server_cpu).await;
+        println!(
+            "| Silo's process CPU per 16 KiB GET with {clients} connection(s), presigned ({signed_rate:.0}/s) vs public-read ({public_rate:.0}/s), us | {signed_us:.0} | {public_us:.0} | {:.2}x | |",
+            public_us / signed_us
+        );
+    }
+
     // Both at half of Silo's peak rate, so that the comparison is of latency, not of capacity.
     // The open loop's client keeps every connection it opened (reqwest's default pool) and has
     // at most IN_FLIGHT requests out: a burst must not turn into a storm of new connections,
@@ -227,6 +253,32 @@ async fn small_objects(s3: &Client, silo: &Silo, nginx: &Nginx, bodies: Arc<Vec<
     );
 }
 
+/// A presigned GET URL of each small object of the public bucket, valid for an hour.
+async fn presigned_gets(s3: &Client) -> Arc<Vec<String>> {
+    let mut urls = Vec::with_capacity(SMALL_OBJECTS);
+    for i in 0..SMALL_OBJECTS {
+        let config = PresigningConfig::expires_in(Duration::from_secs(3600)).expect("expiry");
+        let get = s3.get_object().bucket("site").key(format!("small/0/{i}")).presigned(config);
+        urls.push(get.await.expect("presign").uri().to_string());
+    }
+    Arc::new(urls)
+}
+
+/// GETs every small object three times through `clients` connections of `http`: the rate, and
+/// the CPU time of Silo's process per GET in microseconds.
+async fn cpu_per_get(
+    http: &reqwest::Client,
+    url: impl Fn(usize) -> String + Clone + Send + 'static,
+    clients: usize,
+    server_cpu: &impl Fn() -> [Duration; 2],
+) -> (f64, f64) {
+    let count = 3 * SMALL_OBJECTS;
+    let before = server_cpu();
+    let took = get_small(http, url, count, clients).await;
+    let [silo, _] = spent(before, server_cpu());
+    (rate(count, took), silo.as_secs_f64() * 1e6 / count as f64)
+}
+
 /// The CPU time used between two readings of [`small_objects`]' `server_cpu`.
 fn spent(before: [Duration; 2], after: [Duration; 2]) -> [Duration; 2] {
     [after[0].saturating_sub(before[0]), after[1].saturating_sub(before[1])]
@@ -239,19 +291,29 @@ async fn plain_gets(
 ) -> Spread {
     let mut rates = Vec::new();
     for _ in 0..RUNS {
-        let (http, url) = (http.clone(), url.clone());
-        let took = closed_loop(SMALL_OBJECTS, CLIENTS, move |i| {
-            let get = http.get(url(i)).send();
-            async move {
-                let response = get.await.expect("get");
-                assert!(response.status().is_success(), "GET: {}", response.status());
-                assert_eq!(response.bytes().await.expect("body").len(), SMALL_LEN);
-            }
-        })
-        .await;
+        let took = get_small(http, url.clone(), SMALL_OBJECTS, CLIENTS).await;
         rates.push(rate(SMALL_OBJECTS, took));
     }
     Spread::of(rates)
+}
+
+/// `count` GETs of the small objects in turn through `clients` connections; the time taken.
+async fn get_small(
+    http: &reqwest::Client,
+    url: impl Fn(usize) -> String + Clone + Send + 'static,
+    count: usize,
+    clients: usize,
+) -> Duration {
+    let http = http.clone();
+    closed_loop(count, clients, move |i| {
+        let get = http.get(url(i % SMALL_OBJECTS)).send();
+        async move {
+            let response = get.await.expect("get");
+            assert!(response.status().is_success(), "GET: {}", response.status());
+            assert_eq!(response.bytes().await.expect("body").len(), SMALL_LEN);
+        }
+    })
+    .await
 }
 
 /// GETs every small object once through 64 connections of `http` (which it keeps open) to the

@@ -13,8 +13,6 @@ use crate::tenant_id::TenantId;
 
 const CHUNK_KEY_CONTEXT: &str = "silo 2026-11 per-tenant chunk id key";
 const GEAR_SEED_CONTEXT: &str = "silo 2026-11 per-tenant chunker seed";
-/// Below this size a chunk is hashed on one core: splitting it costs more than it saves.
-const PARALLEL_HASH_MIN: usize = 256 * 1024;
 
 /// The 32-byte keyed BLAKE3 hash that names a chunk within its tenant.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -49,12 +47,12 @@ impl ChunkKey {
         ChunkKey(secret.derive_key(CHUNK_KEY_CONTEXT, &tenant.0.to_le_bytes()))
     }
 
-    /// The id of a chunk with these raw bytes. Large chunks are hashed on all cores, which
-    /// halves the latency of verifying a chunk for a single reader on two cores.
+    /// The id of a chunk with these raw bytes, hashed on the calling thread. Reads and
+    /// uploads keep several chunks in flight, which is what spreads hashing over the cores:
+    /// splitting one chunk over a thread pool as well (blake3's `update_rayon`) cost a 1 GiB
+    /// GET about a quarter of its CPU in hand-offs and idle spinning (docs/benchmarks.md,
+    /// 2026-12-01).
     pub fn chunk_id(&self, raw: &[u8]) -> ChunkId {
-        if raw.len() >= PARALLEL_HASH_MIN {
-            return ChunkId(*blake3::Hasher::new_keyed(&self.0).update_rayon(raw).finalize().as_bytes());
-        }
         ChunkId(*blake3::keyed_hash(&self.0, raw).as_bytes())
     }
 
