@@ -1,10 +1,12 @@
-//! The read cache's rules without a catalog: no lease, no answer; an invalidation wins over a
-//! lookup that raced with it; a lapsed lease or a moved fence empties the cache.
+//! The read cache's rules: no lease, no answer; an invalidation wins over a lookup that raced
+//! with it; a lapsed lease or a moved fence empties the cache; entries that name packs expire;
+//! a write dropped after its commit was sent still invalidates (with a real catalog).
 
 use std::time::Instant;
 
 use time::OffsetDateTime;
 
+use super::broadcast::{Pending, SETTLE};
 use super::{Invalidation, ReadCache, lease::LEASE};
 use crate::TenantId;
 use crate::model::bucket::{BucketAccess, CannedAcl};
@@ -161,4 +163,59 @@ fn whole_manifests_are_read_two_at_a_time_and_once_per_object_in_a_while() {
     for key in 0..super::WHOLE_TRIES_KEPT + 10 {
         assert!(cache.whole_wanted("many", &key.to_string()).is_some(), "key {key}");
     }
+}
+
+#[test]
+fn an_entry_with_a_chunk_in_a_pack_expires_and_an_inline_one_does_not() {
+    // GC may move a chunk of a pack without invalidating anything: such an entry lives only as
+    // long as the age limit. An inline chunk cannot move.
+    let max_age = std::time::Duration::from_millis(50);
+    let cache = ReadCache::new(1 << 20, max_age);
+    cache.renewed(Instant::now(), 0);
+    for (key, object, located) in [("located", 1, true), ("inline", 2, false)] {
+        let (mut found, _) = lookup(object);
+        if let Some(row) = found.object.as_mut() {
+            row.size = 100;
+        }
+        let head = ManifestHead::of_one_chunk(ObjectId(object), 100, located);
+        cache.fill(cache.ticket("shop", key), "shop", key, &found, Some(&head));
+    }
+    assert_eq!(cached_object(&cache, "shop", "located"), Some(1));
+    assert_eq!(cached_object(&cache, "shop", "inline"), Some(2));
+    std::thread::sleep(max_age * 2);
+    // The lease is renewed meanwhile, as the node's renewal task does every 500 ms.
+    cache.renewed(Instant::now(), 0);
+    assert_eq!(cached_object(&cache, "shop", "located"), None, "expired after {max_age:?}");
+    assert_eq!(cached_object(&cache, "shop", "inline"), Some(2));
+}
+
+#[tokio::test]
+async fn a_write_dropped_after_its_commit_was_sent_invalidates_at_once_and_again_after_settling() {
+    let fixture = crate::s3::tests::fixture("pending_dropped").await;
+    let store = &fixture.store;
+    let cache = store.read_cache();
+    cache.renewed(Instant::now(), 0);
+    put(cache, "shop", "a", 1);
+    put(cache, "shop", "b", 2);
+
+    // Dropped before its commit was sent: the write changed nothing, and owes nothing.
+    drop(Pending::new(store, Invalidation::key("shop", "b")));
+    assert_eq!(cached_object(cache, "shop", "b"), Some(2));
+
+    // Dropped after: the key goes at once.
+    let pending = Pending::new(store, Invalidation::key("shop", "a"));
+    pending.arm();
+    drop(pending);
+    assert_eq!(cached_object(cache, "shop", "a"), None);
+
+    // A read that ran before the late commit landed kept the old row again; the second
+    // invalidation, SETTLE later, drops it. The lease is renewed meanwhile, as the node does.
+    put(cache, "shop", "a", 1);
+    let until = Instant::now() + SETTLE + std::time::Duration::from_secs(1);
+    while Instant::now() < until {
+        cache.renewed(Instant::now(), 0);
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert_eq!(cached_object(cache, "shop", "a"), None, "the second invalidation after {SETTLE:?}");
+    assert_eq!(cached_object(cache, "shop", "b"), Some(2));
 }

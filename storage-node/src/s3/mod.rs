@@ -30,7 +30,7 @@ pub mod request_id;
 mod resign;
 pub mod sig_v2;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use region::{DEFAULT_REGION, Region, S3Front};
 

@@ -21,13 +21,15 @@ use crate::catalog::{CatalogPool, connect_pool, tenants};
 use crate::model::object::{ObjectHeaders, WriteCondition};
 use crate::store::{ChunkStore, NodeSpec, StoreConfig};
 
-pub(super) struct Fixture {
+pub(crate) struct Fixture {
     pub s3: SiloS3,
+    /// The store `s3` serves from.
+    pub store: ChunkStore,
     pub pool: CatalogPool,
     _tmp: tempfile::TempDir,
 }
 
-pub(super) async fn fixture(label: &str) -> Fixture {
+pub(crate) async fn fixture(label: &str) -> Fixture {
     let url = pg_local::testing::shared().fresh_database(label).await;
     let pool = connect_pool(url.parse().expect("url"), 16).expect("pool");
     let mut client = deadpool_postgres::Object::take(pool.get().await.expect("connect"));
@@ -37,7 +39,12 @@ pub(super) async fn fixture(label: &str) -> Fixture {
     let node = NodeSpec { name: "test-node".into(), zone: "zone-a".into() };
     let store =
         ChunkStore::open(pool.clone(), &data_dir, &node, StoreConfig::default()).await.expect("store");
-    Fixture { s3: SiloS3 { store, region: super::region::default_region() }, pool, _tmp: tmp }
+    Fixture {
+        s3: SiloS3 { store: store.clone(), region: super::region::default_region() },
+        store,
+        pool,
+        _tmp: tmp,
+    }
 }
 
 /// A request body the test feeds by hand; it says when the server first reads from it.

@@ -136,6 +136,34 @@ impl ManifestHead {
         ManifestHead { object, entries: Arc::new([]) }
     }
 
+    /// The whole manifest of an object of one chunk of `size` bytes, kept inline in the
+    /// catalog or (`located`) in pack 1, for tests of what holds heads.
+    #[cfg(test)]
+    pub(crate) fn of_one_chunk(object: ObjectId, size: u64, located: bool) -> Self {
+        let (tenant, chunk) = (TenantId(1), ChunkId([7; 32]));
+        let location = located.then_some(ChunkLocation {
+            tenant,
+            chunk,
+            pack: PackId(1),
+            offset: crate::pack::PACK_HEADER_LEN,
+            raw_len: size as u32,
+            stored_len: size as u32,
+            compression: Compression::None,
+        });
+        let inline = (!located)
+            .then(|| Inline { compression: Compression::None, data: Bytes::from(vec![0; size as usize]) });
+        let entry = Entry {
+            logical_offset: 0,
+            raw_len: size,
+            location,
+            local: LocalCopy::Sound,
+            chunk,
+            inline,
+            tree: None,
+        };
+        ManifestHead { object, entries: Arc::new([entry]) }
+    }
+
     /// Whether these entries are the object's whole manifest, for an object of `size` bytes:
     /// from byte 0, each where the last one ended, to the end.
     pub fn is_whole(&self, size: u64) -> bool {
