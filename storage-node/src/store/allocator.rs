@@ -14,13 +14,16 @@ pub const MMAP_THRESHOLD: usize = 128 * 1024;
 /// The arenas glibc may keep, unless `MALLOC_ARENA_MAX` says otherwise.
 const ARENA_MAX: usize = 4;
 
-/// Sets the allocator up; call it first thing in `main`, before any thread starts.
+/// Sets the allocator up; call it first thing in `main`, before any thread starts. glibc's own
+/// `MALLOC_MMAP_THRESHOLD_` and `MALLOC_ARENA_MAX`, when set, win.
 pub fn tune() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets parameters of glibc's allocator; it is called before any other
     // thread exists.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
+        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
+        }
         if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
             libc::mallopt(libc::M_ARENA_MAX, ARENA_MAX as libc::c_int);
         }
