@@ -219,30 +219,61 @@ async fn a_killed_node_and_a_damaged_copy_cost_no_read_and_writes_go_on() {
         assert!(get(&media[damaged.as_str()], "site", key).await == *body, "{key} from the repaired copy");
     }
 
+    // A damaged copy whose only other copy is on the dead node: the read is unavailable for
+    // now (503 SlowDown: a retry may find the other copy back), not a 500; once that node is
+    // back, the same read is served from its copy.
+    let mut shared_with_dead = None;
+    for (key, body) in &written {
+        let (pack, offset) = first_chunk(&cluster, key).await;
+        if holders_of(&cluster, pack).await.contains(&dead) {
+            shared_with_dead = Some((key.clone(), body.clone(), pack, offset));
+            break;
+        }
+    }
+    let (key, body, pack, offset) = shared_with_dead.expect("an object written before the kill");
+    flip_record_byte(&pack_file(&cluster.data_dir("node-a"), pack), offset);
+    let error = try_get(&media["node-a"], "site", &key).await.expect_err("no sound copy answers");
+    assert!(error.contains("SlowDown") && !error.contains("InternalError"), "{error}");
+    cluster.revive(&dead).await;
+    assert!(get(&media["node-a"], "site", &key).await == body, "{key} from {dead}'s copy once it is back");
+
     // Every copy of a chunk damaged: a node with no copy of its own (the killed one, back)
     // answers 500 InternalError, not the 503 SlowDown of copies that do not answer now, since no
     // retry reads it right.
-    cluster.revive(&dead).await;
-    let first_chunk = cluster
-        .sql_rows(
-            "SELECT l.pack_id, l.pack_offset FROM s3_objects s \
-             JOIN object_chunks oc ON oc.object_id = s.object_id \
-             JOIN chunk_locations l ON l.tenant_id = oc.tenant_id AND l.chunk_id = oc.chunk_id \
-             WHERE s.bucket = 'site' AND s.key = 'after-0.bin' ORDER BY oc.logical_offset LIMIT 1",
-        )
-        .await;
-    let (pack, offset): (i64, i64) = (first_chunk[0].get(0), first_chunk[0].get(1));
-    let holders = copies(&cluster).await.into_iter().find(|copy| copy.0 == pack).expect("the chunk's pack").2;
+    let (pack, offset) = first_chunk(&cluster, "after-0.bin").await;
+    let holders = holders_of(&cluster, pack).await;
     assert!(!holders.contains(&dead), "{dead} holds no copy of pack {pack}: {holders:?}");
     for holder in &holders {
-        let path = pack_file(&cluster.data_dir(holder), pack);
-        let mut bytes = std::fs::read(&path).expect("pack");
-        bytes[offset as usize + storage_node::pack::RECORD_HEADER_LEN as usize + 10] ^= 0x01;
-        std::fs::write(&path, &bytes).expect("damage every copy");
+        flip_record_byte(&pack_file(&cluster.data_dir(holder), pack), offset);
     }
     let read = try_get(&media[dead.as_str()], "site", "after-0.bin").await;
     let error = read.expect_err("no copy is right");
     assert!(error.contains("InternalError") && !error.contains("SlowDown"), "{error}");
+}
+
+/// The nodes that hold a copy of `pack`.
+async fn holders_of(cluster: &Cluster, pack: i64) -> Vec<String> {
+    copies(cluster).await.into_iter().find(|copy| copy.0 == pack).expect("a pack").2
+}
+
+/// The pack and offset of the record of the first chunk of `key` in bucket `site`.
+async fn first_chunk(cluster: &Cluster, key: &str) -> (i64, i64) {
+    let rows = cluster
+        .sql_rows(&format!(
+            "SELECT l.pack_id, l.pack_offset FROM s3_objects s \
+             JOIN object_chunks oc ON oc.object_id = s.object_id \
+             JOIN chunk_locations l ON l.tenant_id = oc.tenant_id AND l.chunk_id = oc.chunk_id \
+             WHERE s.bucket = 'site' AND s.key = '{key}' ORDER BY oc.logical_offset LIMIT 1"
+        ))
+        .await;
+    (rows[0].get(0), rows[0].get(1))
+}
+
+/// Flips a bit of the data of the record at `offset` in the pack file at `path`.
+fn flip_record_byte(path: &std::path::Path, offset: i64) {
+    let mut bytes = std::fs::read(path).expect("pack");
+    bytes[offset as usize + storage_node::pack::RECORD_HEADER_LEN as usize + 10] ^= 0x01;
+    std::fs::write(path, &bytes).expect("damage a copy");
 }
 
 #[tokio::test]

@@ -495,3 +495,45 @@ async fn boto3_sees_the_same_digests_checksums_retries_and_conditions() {
     let fx = Fixture::start("integrity_boto3").await;
     common::run_s3_script("s3_integrity.py", &fx.silo, &[("KEY", &fx.key.0), ("SECRET", &fx.key.1)]).await;
 }
+
+#[tokio::test]
+async fn a_flipped_bit_is_a_500_when_the_read_starts_on_it_and_a_cut_download_after() {
+    let fx = Fixture::start("integrity_flipped").await;
+    let a = &fx.client;
+    a.create_bucket().bucket("media").send().await.expect("create bucket");
+    let (film, clip) = (noise(6 << 20, 21), noise(3 << 20, 22));
+    for (key, body) in [("film.bin", &film), ("clip.bin", &clip)] {
+        a.put_object()
+            .bucket("media")
+            .key(key)
+            .body(ByteStream::from(body.clone()))
+            .send()
+            .await
+            .expect("put");
+    }
+    // One pack, in upload order: its first record is the film's first chunk, and its last bytes
+    // are in the clip's last chunk.
+    let packs = common::cluster::walk(&fx._tmp.path().join("data").join("packs"));
+    let [pack] = packs.as_slice() else { panic!("one pack file: {packs:?}") };
+    let mut bytes = std::fs::read(pack).expect("pack");
+    let first_data = (storage_node::pack::PACK_HEADER_LEN + storage_node::pack::RECORD_HEADER_LEN) as usize;
+    let last = bytes.len() - 1000;
+    bytes[first_data + 100] ^= 0x04;
+    bytes[last] ^= 0x04;
+    std::fs::write(pack, &bytes).expect("flip two bits");
+
+    // A read that starts on a damaged chunk: its status says so (the SDK retried the 500).
+    let whole = a.get_object().bucket("media").key("film.bin").send().await;
+    assert_eq!(failure(whole), ("InternalError".to_string(), 500));
+    let head = a.get_object().bucket("media").key("film.bin").range("bytes=0-999").send().await;
+    assert_eq!(failure(head), ("InternalError".to_string(), 500));
+    // The rest of that object reads exact.
+    let tail =
+        a.get_object().bucket("media").key("film.bin").range("bytes=-100000").send().await.expect("tail");
+    let tail = tail.body.collect().await.expect("tail body").into_bytes();
+    assert!(tail[..] == film[film.len() - 100_000..], "the film's tail is exact");
+    // A read that reaches a damaged chunk later has sent its 200 already: it is cut short,
+    // never completed with wrong bytes.
+    let cut = a.get_object().bucket("media").key("clip.bin").send().await.expect("the answer starts");
+    assert!(cut.body.collect().await.is_err(), "a download that reaches the damage is cut short");
+}

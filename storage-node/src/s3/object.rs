@@ -264,7 +264,13 @@ impl SiloS3 {
         let (tx, mut rx) = tokio::sync::mpsc::channel(2);
         let mut stream = read.stream;
         tokio::spawn(async move {
-            while let Some(piece) = stream.next().await {
+            loop {
+                // A client gone (the body dropped) stops the read at once, not after its next piece.
+                let piece = tokio::select! {
+                    _ = tx.closed() => break,
+                    piece = stream.next() => piece,
+                };
+                let Some(piece) = piece else { break };
                 let failed = piece.is_err();
                 if tx.send(piece).await.is_err() || failed {
                     break;
@@ -277,6 +283,10 @@ impl SiloS3 {
         let ready = match rx.recv().await {
             Some(Ok(first)) => std::collections::VecDeque::from([first]),
             Some(Err(err)) => return Err(super::error::from_store(err)),
+            None if remaining > 0 => {
+                tracing::error!("a read ended before its first piece");
+                return Err(s3_error!(InternalError, "internal error; see the server log"));
+            }
             None => std::collections::VecDeque::new(),
         };
         Ok(ObjectBody { ready, streamed: Some(rx), remaining })

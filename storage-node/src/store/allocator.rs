@@ -21,7 +21,10 @@ pub fn tune() {
     // SAFETY: mallopt only sets parameters of glibc's allocator; it is called before any other
     // thread exists.
     unsafe {
-        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+        // glibc takes the variable only as a number; anything else leaves its dynamic threshold.
+        let threshold_set =
+            std::env::var("MALLOC_MMAP_THRESHOLD_").is_ok_and(|value| value.parse::<usize>().is_ok());
+        if !threshold_set {
             libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
         }
         if std::env::var_os("MALLOC_ARENA_MAX").is_none() {

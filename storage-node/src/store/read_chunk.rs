@@ -73,30 +73,41 @@ impl Loader {
         };
         match loaded {
             // This node's copy is damaged or unreadable: another copy serves the read, and a
-            // damaged copy here is then marked for repair. With no other copy, the read fails
-            // with this copy's error. A missing file goes back to the read, which looks the
-            // chunk up again (GC may have moved it).
+            // damaged copy here is marked for repair whenever another copy exists to repair it
+            // from. When the other copies do not answer now, the read is unavailable (a retry
+            // may find them back); with no other copy, or only wrong ones, it fails with this
+            // copy's error. A missing file goes back to the read, which looks the chunk up again
+            // (GC may have moved it).
             Err(err @ (StoreError::Integrity { .. } | StoreError::Io { .. }))
                 if how.retried || !is_not_found(&err) =>
             {
-                let Ok(raw) = self.read_remote(&location, mode).await? else { return Ok(Err(err)) };
-                if matches!(err, StoreError::Integrity { .. }) {
+                let remote = self.read_remote(&location, mode).await?;
+                let elsewhere =
+                    lock(&self.remote_copies).get(&location.pack).is_some_and(|copies| !copies.is_empty());
+                if elsewhere && matches!(err, StoreError::Integrity { .. }) {
                     tracing::error!(error = %err, "this node's copy of a pack is damaged; read another copy");
                     self.store.mark_damaged(location.pack, self.store.node()).await;
                 }
-                Ok(Ok(match how.span {
-                    Some((_, span)) if span.end <= raw.len() as u64 => {
-                        raw.slice(span.start as usize..span.end as usize)
+                match remote {
+                    Ok(raw) => Ok(Ok(match how.span {
+                        Some((_, span)) if span.end <= raw.len() as u64 => {
+                            raw.slice(span.start as usize..span.end as usize)
+                        }
+                        _ => raw,
+                    })),
+                    Err(unavailable @ StoreError::ChunkUnavailable { .. }) if elsewhere => {
+                        Ok(Err(unavailable))
                     }
-                    _ => raw,
-                }))
+                    Err(_) => Ok(Err(err)),
+                }
             }
             other => Ok(other),
         }
     }
 
     /// The chunk from another node's copy of its pack, verified. The copies of each pack are
-    /// looked up once per read, and once more when none of those answers (they may have moved).
+    /// looked up once per read, and once more when none of those answers right (they may have
+    /// moved, or repair may have made a new one).
     async fn read_remote(&self, location: &ChunkLocation, mode: ReadMode) -> Loaded {
         let known = lock(&self.remote_copies).get(&location.pack).cloned();
         let fresh = known.is_none();
@@ -105,7 +116,8 @@ impl Loader {
             None => self.look_up_copies(location.pack).await?,
         };
         let read = self.store.read_from_copies(location, mode, copies).await;
-        if fresh || !matches!(read, Err(StoreError::ChunkUnavailable { .. })) {
+        let failed = matches!(read, Err(StoreError::ChunkUnavailable { .. } | StoreError::Integrity { .. }));
+        if fresh || !failed {
             return Ok(read);
         }
         let copies = self.look_up_copies(location.pack).await?;
