@@ -40,6 +40,7 @@ mod client;
 mod error;
 mod pack_id;
 mod packs;
+mod range_client;
 mod receive;
 mod server;
 mod tee;
