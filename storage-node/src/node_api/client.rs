@@ -1,6 +1,8 @@
 //! The client side of the internal API: what one node calls on another.
 //!
-//! Built on reqwest (a pooled HTTP/1 client). Bodies stream both ways and are never held whole:
+//! Built on reqwest (a pooled HTTP/1 client), but for record reads by range, which take
+//! hyper's own client first (see [`super::range_client`]). Bodies stream both ways and are
+//! never held whole:
 //! a pack is sent from its file or from any stream of bytes ([`NodeClient::put_pack_stream`],
 //! [`NodeClient::append`]), and read as a stream ([`NodeClient::get_pack_stream`]), so a node
 //! can relay a pack between two others through memory alone.
