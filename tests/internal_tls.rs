@@ -187,6 +187,9 @@ async fn a_pack_is_copied_between_two_nodes_over_https_and_other_cas_are_refused
     let err = wrong.pack_len(PackId(41)).await.expect_err("another CA");
     let text = chain(&err);
     assert!(matches!(err, ClientError::Http(_)) && text.contains("certificate"), "{text}");
+    // Record reads take a client of their own: refused the same way.
+    let err = wrong.read_range(PackId(41), 32..4096).await.expect_err("another CA");
+    assert!(chain(&err).contains("certificate"), "{}", chain(&err));
     assert!(wrong.delete_pack(PackId(41)).await.is_err());
     assert!(pack_path(&b.packs_dir(), PackId(41)).exists(), "B kept its copy");
 
@@ -213,6 +216,8 @@ async fn a_node_presenting_a_certificate_for_another_name_is_refused() {
     let err = client.pack_len(PackId(1)).await.expect_err("a certificate for elsewhere.example");
     let text = chain(&err);
     assert!(text.contains("certificate"), "{text}");
+    let err = client.read_range(PackId(1), 0..10).await.expect_err("a certificate for elsewhere.example");
+    assert!(chain(&err).contains("certificate"), "{}", chain(&err));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

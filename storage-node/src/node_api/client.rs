@@ -18,8 +18,8 @@
 //! **Timeouts.** Connecting fails after 2 s. Every call then has an idle timeout (30 s, or what
 //! [`NodeClient::with_idle_timeout`] says): a call fails with [`ClientError::Stalled`] once a
 //! whole idle timeout passed in which the connection took no piece of the outgoing body and
-//! no answer came (noticed within twice the timeout), and a body being read fails (`TimedOut`)
-//! when no byte comes for that long. So a peer that hangs (SIGSTOP) fails a call within about
+//! no answer came (noticed within twice the timeout), and a body being read fails (`TimedOut`,
+//! or `Stalled` for a record read by range) when no byte comes for that long. So a peer that hangs (SIGSTOP) fails a call within about
 //! twice the idle timeout, while a slow but moving transfer of any size goes on. A caller that
 //! wants a total bound on a call wraps it in `tokio::time::timeout`; one that relays a stream
 //! (`get_pack_stream` into `put_pack_stream`) is bounded on both sides by each client's idle
@@ -55,6 +55,9 @@ use crate::pack::PackId;
 use crate::read_cache::Addressed;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an idle pooled connection is kept: under the 60 s after which a peer closes it
+/// (`--idle-timeout-secs`), so that a request is not sent on a connection as it closes.
+pub(super) const POOL_IDLE: Duration = Duration::from_secs(50);
 /// How long a call may go without moving a byte before it fails, unless told otherwise.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much of a pack file is read at a time when sending it.
@@ -152,6 +155,7 @@ impl NodeClient {
         let https = base_url.get(..8).is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"));
         let builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
+            .pool_idle_timeout(POOL_IDLE)
             .tcp_nodelay(true)
             // The bearer token goes to the peer named, never through a proxy or a redirect.
             .no_proxy()

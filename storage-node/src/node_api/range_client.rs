@@ -16,7 +16,7 @@ use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::ClientError;
 use super::tls::PeerTls;
@@ -45,19 +45,17 @@ impl RangeClient {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
         let mut builder = Client::builder(TokioExecutor::new());
-        builder.http1_read_buf_exact_size(READ_BUFFER);
+        builder
+            .http1_read_buf_exact_size(READ_BUFFER)
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(super::client::POOL_IDLE);
         match tls {
             None => RangeClient::Plain(builder.build(http)),
             Some(tls) => {
                 http.enforce_http(false);
-                // The builder sets ALPN itself (HTTP/1.1 only here) and refuses a config that has it.
-                let mut config = tls.client_config().clone();
-                config.alpn_protocols.clear();
-                let https = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(config)
-                    .https_or_http()
-                    .enable_http1()
-                    .wrap_connector(http);
+                // The cluster's config as it is: its CA alone, and HTTP/1.1 by ALPN. A plain
+                // `http://` peer is reached without TLS, as reqwest does.
+                let https = hyper_rustls::HttpsConnector::from((http, tls.client_config().clone()));
                 RangeClient::Tls(builder.build(https))
             }
         }
@@ -85,7 +83,7 @@ impl RangeClient {
         let response = tokio::time::timeout(idle, sent)
             .await
             .map_err(|_| ClientError::Stalled(idle))?
-            .map_err(|err| ClientError::Io(std::io::Error::other(err)))?;
+            .map_err(|err| failed(url, "cannot be reached", &err))?;
         let (parts, mut body) = response.into_parts();
         if parts.status != StatusCode::PARTIAL_CONTENT {
             return Ok((RangeAnswer::Other, parts.headers));
@@ -95,7 +93,7 @@ impl RangeClient {
         while let Some(frame) =
             tokio::time::timeout(idle, body.frame()).await.map_err(|_| ClientError::Stalled(idle))?
         {
-            let frame = frame.map_err(|err| ClientError::Io(std::io::Error::other(err)))?;
+            let frame = frame.map_err(|err| failed(url, "cut the answer short", &err))?;
             if let Ok(piece) = frame.into_data() {
                 if bytes.len() + piece.len() > len {
                     return Err(ClientError::Unexpected(format!("more than the {len} bytes of the range")));
@@ -108,6 +106,17 @@ impl RangeClient {
         }
         Ok((RangeAnswer::Read(bytes), parts.headers))
     }
+}
+
+/// A transport failure, with the peer's URL and every cause (the TLS error under hyper's).
+fn failed(url: &str, what: &str, err: &(dyn std::error::Error + 'static)) -> ClientError {
+    let mut text = format!("the peer at {url} {what}: {err}");
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    ClientError::Io(std::io::Error::other(text))
 }
 
 /// Checks a `206` answer to a read of `range` before its body is read: the range asked for,
