@@ -472,6 +472,10 @@ async fn multipart_uploads_over_100_mib_deduplicate_with_the_tenant() {
         .expect("abort");
     let gone = a.list_parts().bucket("sdk-big").key("excerpt.mp4").upload_id(&second_id).send().await;
     assert_eq!(failure(gone), ("NoSuchUpload".into(), 404));
+    // A copy into the aborted upload is refused for the upload, before its source is read.
+    let late = a.upload_part_copy().bucket("sdk-big").key("excerpt.mp4").upload_id(&second_id).part_number(2);
+    let late = late.copy_source("sdk-big/movie.mp4").copy_source_range("bytes=0-1048575").send().await;
+    assert_eq!(failure(late), ("NoSuchUpload".into(), 404));
     let uploads = a.list_multipart_uploads().bucket("sdk-big").send().await.expect("list uploads");
     assert!(uploads.uploads().is_empty());
     assert_eq!(failure(a.head_object().bucket("sdk-big").key("excerpt.mp4").send().await).1, 404);

@@ -424,6 +424,9 @@ impl S3 for SiloS3 {
             Some(range) => parse_copy_range(range, source.size)?,
             None => 0..source.size,
         };
+        // The target upload is checked before the source is read (its first piece comes before
+        // the body is opened): a wrong upload is NoSuchUpload, not a read of the source.
+        self.check_upload(tenant, &input.bucket, &input.key, &input.upload_id).await?;
         let reader = into_reader(self.open_body(&source, range.clone(), None).await?);
         let length = Some((range.end - range.start) as i64);
         let body = Incoming { reader, length, claims: Claims::default() };
