@@ -249,6 +249,15 @@ async fn a_killed_node_and_a_damaged_copy_cost_no_read_and_writes_go_on() {
     let read = try_get(&media[dead.as_str()], "site", "after-0.bin").await;
     let error = read.expect_err("no copy is right");
     assert!(error.contains("InternalError") && !error.contains("SlowDown"), "{error}");
+
+    // That read marked both copies damaged. A copy marked damaged is still read as a last
+    // resort: with one holder's copy set right again (and still marked), a read through that
+    // holder (restarted: no cached manifest says its copy is sound) is whole.
+    let holder = holders[0].clone();
+    flip_record_byte(&pack_file(&cluster.data_dir(&holder), pack), offset);
+    cluster.restart(&holder).await;
+    let read = try_get(&media[holder.as_str()], "site", "after-0.bin").await;
+    assert!(read.as_ref() == Ok(&after[0].1), "after-0.bin from {holder}'s copy: {:?}", read.err());
 }
 
 /// The nodes that hold a copy of `pack`.
