@@ -18,8 +18,8 @@
 //! **Timeouts.** Connecting fails after 2 s. Every call then has an idle timeout (30 s, or what
 //! [`NodeClient::with_idle_timeout`] says): a call fails with [`ClientError::Stalled`] once a
 //! whole idle timeout passed in which the connection took no piece of the outgoing body and
-//! no answer came (noticed within twice the timeout), and a body being read fails (`TimedOut`,
-//! or `Stalled` for a record read by range) when no byte comes for that long. So a peer that hangs (SIGSTOP) fails a call within about
+//! no answer came (noticed within twice the timeout), and a body being read fails (`TimedOut`)
+//! when no byte comes for that long. So a peer that hangs (SIGSTOP) fails a call within about
 //! twice the idle timeout, while a slow but moving transfer of any size goes on. A caller that
 //! wants a total bound on a call wraps it in `tokio::time::timeout`; one that relays a stream
 //! (`get_pack_stream` into `put_pack_stream`) is bounded on both sides by each client's idle
@@ -274,17 +274,20 @@ impl NodeClient {
         // The usual answer, the range itself, comes through hyper's client (see
         // `range_client`); any other is asked again below, where refusals and versions are told
         // apart. A peer that cannot be reached fails the read at once.
+        let spec = format!("bytes={}-{}", range.start, range.end - 1);
         let mut headers = http::HeaderMap::new();
         let version = self.version().to_string();
-        for (name, value) in
-            [(header::AUTHORIZATION.as_str(), self.token.authorization()), (VERSION_HEADER, version)]
-        {
+        let sent = [
+            (header::AUTHORIZATION.as_str(), self.token.authorization()),
+            (VERSION_HEADER, version),
+            (header::RANGE.as_str(), spec.clone()),
+        ];
+        for (name, value) in sent {
             let value = http::HeaderValue::from_str(&value)
                 .map_err(|err| ClientError::Unexpected(err.to_string()))?;
             headers.insert(http::HeaderName::from_static(name), value);
         }
-        let url = format!("{}/internal/v1/packs/{}", self.base, id.0);
-        let (answer, answered) = self.ranges.get(&url, headers, range.clone(), self.idle).await?;
+        let (answer, answered) = self.ranges.get(&self.pack_url(id), headers, &range, self.idle).await?;
         if let Some(theirs) =
             answered.get(ACCEPTS_HEADER).and_then(|value| value.to_str().ok()).and_then(VersionRange::parse)
         {
@@ -293,7 +296,6 @@ impl NodeClient {
         if let RangeAnswer::Read(bytes) = answer {
             return Ok(crate::buffer_pool::freeze(bytes));
         }
-        let spec = format!("bytes={}-{}", range.start, range.end - 1);
         let extra = Extra { headers: vec![(header::RANGE.as_str(), spec)], body: None };
         let response = self.call(Method::GET, id, 1, extra).await?;
         if response.status() != StatusCode::PARTIAL_CONTENT {
@@ -353,7 +355,7 @@ impl NodeClient {
             self.learn_versions(id, needs).await?;
         }
         let replayable = body.is_none();
-        let url = format!("{}/internal/v1/packs/{}", self.base, id.0);
+        let url = self.pack_url(id);
         let mut retried = false;
         loop {
             let version = self.version().max(needs);
@@ -394,6 +396,11 @@ impl NodeClient {
             }
             retried = true;
         }
+    }
+
+    /// Where pack `id` is on the peer's internal API.
+    fn pack_url(&self, id: PackId) -> String {
+        format!("{}/internal/v1/packs/{}", self.base, id.0)
     }
 
     /// Makes sure the peer's versions are known, and that it accepts `needs`, before a body

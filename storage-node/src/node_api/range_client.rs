@@ -12,7 +12,8 @@ use std::ops;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+use futures::TryStreamExt;
+use http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -20,6 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::ClientError;
 use super::tls::PeerTls;
+use super::transfer::{read_to_end, within_idle_pieces};
 
 /// The read size of a peer's connection: under glibc's mmap threshold.
 const READ_BUFFER: usize = 64 * 1024;
@@ -61,21 +63,19 @@ impl RangeClient {
         }
     }
 
-    /// GETs `range` of the resource at `url` with `headers`: its bytes when the peer answers
-    /// `206` with exactly that range, waiting at most `idle` for the answer and for each piece.
+    /// GETs the resource at `url` with `headers` (its `Range` among them): the bytes of `range`
+    /// when the peer answers `206` with exactly that range, waiting at most `idle` for the
+    /// answer and for each piece.
     pub async fn get(
         &self,
         url: &str,
         headers: HeaderMap,
-        range: ops::Range<u64>,
+        range: &ops::Range<u64>,
         idle: Duration,
     ) -> Result<(RangeAnswer, HeaderMap), ClientError> {
         let mut request =
             Request::get(url).body(Empty::new()).map_err(|err| ClientError::Unexpected(err.to_string()))?;
         *request.headers_mut() = headers;
-        let spec = format!("bytes={}-{}", range.start, range.end - 1);
-        let spec = HeaderValue::from_str(&spec).map_err(|err| ClientError::Unexpected(err.to_string()))?;
-        request.headers_mut().insert(header::RANGE, spec);
         let sent = match self {
             RangeClient::Plain(client) => client.request(request),
             RangeClient::Tls(client) => client.request(request),
@@ -83,24 +83,15 @@ impl RangeClient {
         let response = tokio::time::timeout(idle, sent)
             .await
             .map_err(|_| ClientError::Stalled(idle))?
-            .map_err(|err| failed(url, "cannot be reached", &err))?;
-        let (parts, mut body) = response.into_parts();
+            .map_err(|err| ClientError::Io(failed(url, "cannot be reached", &err)))?;
+        let (parts, body) = response.into_parts();
         if parts.status != StatusCode::PARTIAL_CONTENT {
             return Ok((RangeAnswer::Other, parts.headers));
         }
-        let len = check_range_answer(&parts.headers, &range)?;
-        let mut bytes = crate::buffer_pool::take(len);
-        while let Some(frame) =
-            tokio::time::timeout(idle, body.frame()).await.map_err(|_| ClientError::Stalled(idle))?
-        {
-            let frame = frame.map_err(|err| failed(url, "cut the answer short", &err))?;
-            if let Ok(piece) = frame.into_data() {
-                if bytes.len() + piece.len() > len {
-                    return Err(ClientError::Unexpected(format!("more than the {len} bytes of the range")));
-                }
-                bytes.extend_from_slice(&piece);
-            }
-        }
+        let len = check_range_answer(&parts.headers, range)?;
+        let url = url.to_string();
+        let pieces = body.into_data_stream().map_err(move |err| failed(&url, "cut the answer short", &err));
+        let bytes = read_to_end(within_idle_pieces(pieces, idle), len, len).await?;
         if bytes.len() != len {
             return Err(ClientError::Unexpected(format!("{} bytes for a range of {len}", bytes.len())));
         }
@@ -109,14 +100,14 @@ impl RangeClient {
 }
 
 /// A transport failure, with the peer's URL and every cause (the TLS error under hyper's).
-fn failed(url: &str, what: &str, err: &(dyn std::error::Error + 'static)) -> ClientError {
+fn failed(url: &str, what: &str, err: &(dyn std::error::Error + 'static)) -> std::io::Error {
     let mut text = format!("the peer at {url} {what}: {err}");
     let mut source = err.source();
     while let Some(cause) = source {
         text.push_str(&format!(": {cause}"));
         source = cause.source();
     }
-    ClientError::Io(std::io::Error::other(text))
+    std::io::Error::other(text)
 }
 
 /// Checks a `206` answer to a read of `range` before its body is read: the range asked for,

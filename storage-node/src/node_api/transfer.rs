@@ -1,7 +1,7 @@
 //! How the client's bodies move, and how a hung peer is told from a slow one: an outgoing body
 //! counts the pieces the connection takes from it ([`Outgoing`]), a request fails when neither
 //! a piece was taken nor an answer came for the idle timeout ([`within_idle`]), and an incoming
-//! body fails when no byte comes for that long ([`incoming`]).
+//! body fails when no byte comes for that long ([`incoming`], [`within_idle_pieces`]).
 
 use std::io;
 use std::pin::Pin;
@@ -87,11 +87,22 @@ pub(crate) fn incoming(
     response: reqwest::Response,
     idle: Duration,
 ) -> BoxStream<'static, Result<Bytes, io::Error>> {
-    futures::stream::try_unfold(response, move |mut response| async move {
-        match tokio::time::timeout(idle, response.chunk()).await {
-            Ok(Ok(Some(bytes))) => Ok(Some((bytes, response))),
-            Ok(Ok(None)) => Ok(None),
-            Ok(Err(err)) => Err(io::Error::other(err)),
+    let pieces = futures::stream::try_unfold(response, |mut response| async move {
+        let piece = response.chunk().await.map_err(io::Error::other)?;
+        Ok(piece.map(|bytes| (bytes, response)))
+    });
+    within_idle_pieces(pieces, idle)
+}
+
+/// `pieces` as a stream that fails (`TimedOut`) when no piece comes for `idle`.
+pub(crate) fn within_idle_pieces(
+    pieces: impl Stream<Item = Result<Bytes, io::Error>> + Send + 'static,
+    idle: Duration,
+) -> BoxStream<'static, Result<Bytes, io::Error>> {
+    futures::stream::try_unfold(pieces.boxed(), move |mut pieces| async move {
+        match tokio::time::timeout(idle, pieces.next()).await {
+            Ok(Some(piece)) => Ok(Some((piece?, pieces))),
+            Ok(None) => Ok(None),
             Err(_) => {
                 Err(io::Error::new(io::ErrorKind::TimedOut, format!("the peer sent nothing for {idle:?}")))
             }

@@ -194,7 +194,7 @@ fn an_entry_with_a_chunk_in_a_pack_expires_and_an_inline_one_does_not() {
 #[tokio::test]
 async fn a_write_dropped_after_its_commit_was_sent_invalidates_at_once_and_again_after_settling() {
     let fixture = crate::s3::tests::fixture("pending_dropped").await;
-    let store = &fixture.store;
+    let store = fixture.s3.store();
     let cache = store.read_cache();
     cache.renewed(Instant::now(), 0);
     put(cache, "shop", "a", 1);

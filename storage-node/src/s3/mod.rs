@@ -54,6 +54,14 @@ pub struct SiloS3 {
     region: Region,
 }
 
+#[cfg(test)]
+impl SiloS3 {
+    /// The store it serves from, for tests of what lies under the S3 layer.
+    pub(crate) fn store(&self) -> &ChunkStore {
+        &self.store
+    }
+}
+
 impl SiloS3 {
     fn pool(&self) -> &CatalogPool {
         self.store.catalog()

@@ -23,8 +23,6 @@ use crate::store::{ChunkStore, NodeSpec, StoreConfig};
 
 pub(crate) struct Fixture {
     pub s3: SiloS3,
-    /// The store `s3` serves from.
-    pub store: ChunkStore,
     pub pool: CatalogPool,
     _tmp: tempfile::TempDir,
 }
@@ -39,12 +37,7 @@ pub(crate) async fn fixture(label: &str) -> Fixture {
     let node = NodeSpec { name: "test-node".into(), zone: "zone-a".into() };
     let store =
         ChunkStore::open(pool.clone(), &data_dir, &node, StoreConfig::default()).await.expect("store");
-    Fixture {
-        s3: SiloS3 { store: store.clone(), region: super::region::default_region() },
-        store,
-        pool,
-        _tmp: tmp,
-    }
+    Fixture { s3: SiloS3 { store, region: super::region::default_region() }, pool, _tmp: tmp }
 }
 
 /// A request body the test feeds by hand; it says when the server first reads from it.

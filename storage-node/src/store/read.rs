@@ -425,7 +425,9 @@ impl ChunkStore {
     ) -> Result<ManifestHead, StoreError> {
         let client = self.inner.pool.get().await?;
         let sql = manifest_batch_sql("object_id = $1", &WHOLE_MANIFEST_ENTRIES.to_string(), "$2");
-        let rows = client.query(&sql, &[&object.0, &self.inner.node.0]).await?;
+        // Prepared once per connection, as the other manifest reads.
+        let statement = client.prepare_cached(&sql).await?;
+        let rows = client.query(&statement, &[&object.0, &self.inner.node.0]).await?;
         Ok(ManifestHead::from_rows(&rows, 0, tenant, object))
     }
 
