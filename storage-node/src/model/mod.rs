@@ -19,6 +19,7 @@ pub mod multipart;
 pub mod node;
 pub mod node_retire;
 pub mod object;
+mod one_statement;
 pub mod purge;
 pub mod usage;
 

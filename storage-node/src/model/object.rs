@@ -9,6 +9,7 @@ use tokio_postgres::types::{ToSql, Type};
 
 use super::ModelError;
 use super::bucket::{self, BucketAccess, CannedAcl};
+use super::one_statement::Outcome;
 use crate::TenantId;
 use crate::catalog::CatalogPool;
 use crate::read_cache::Invalidation;
@@ -349,6 +350,19 @@ pub async fn bind(
     let what = Bind { tenant, target: &target, etag, headers, binding, condition };
     // Owed from before the commit: a request dropped after it still has the caches told.
     let pending = Pending::new(store, Invalidation::key(target.bucket, target.key));
+    if let Binding::New(ingested) = binding
+        && *condition == WriteCondition::Any
+        && let Some(commit) = ingested.in_one_statement()
+    {
+        pending.arm();
+        match super::one_statement::bind(store, &commit, &target, etag, headers).await? {
+            Outcome::Bound(modified) => {
+                pending.confirm().await?;
+                return Ok(modified);
+            }
+            Outcome::InTransaction { shared: may_share } => shared = may_share,
+        }
+    }
     loop {
         let bound = bind_once(store, &what, shared, &pending).await;
         match bound {
@@ -433,39 +447,24 @@ pub async fn bind_in(
     object: ObjectId,
 ) -> Result<OffsetDateTime, StoreError> {
     let (bucket, key) = (target.bucket, target.key);
-    let metadata = headers.metadata_json();
-    let checksum = headers.checksum.as_ref();
-    let (algorithm, kind) = (checksum.map(|c| c.algorithm), checksum.map(|c| c.kind));
-    let checksum = checksum.map(|c| c.value.as_str());
-    let typed: [(&(dyn ToSql + Sync), Type); 15] = [
-        (&bucket, Type::TEXT),
-        (&key, Type::TEXT),
-        (&object.0, Type::INT8),
-        (&etag, Type::TEXT),
-        (&headers.content_type, Type::TEXT),
-        (&headers.content_disposition, Type::TEXT),
-        (&headers.cache_control, Type::TEXT),
-        (&metadata, Type::TEXT),
-        (&headers.content_encoding, Type::TEXT),
-        (&headers.content_language, Type::TEXT),
-        (&headers.expires, Type::TIMESTAMPTZ),
-        (&algorithm, Type::TEXT),
-        (&kind, Type::TEXT),
-        (&checksum, Type::TEXT),
-        (&headers.acl, Type::TEXT),
-    ];
+    let row = RowParams::of(etag, headers);
+    let typed = [
+        vec![(&bucket as &(dyn ToSql + Sync), Type::TEXT), (&key, Type::TEXT), (&object.0, Type::INT8)],
+        row.params(),
+    ]
+    .concat();
     let values: Vec<&(dyn ToSql + Sync)> = typed.iter().map(|(value, _)| *value).collect();
     loop {
         let inserted = crate::catalog::query_prepared_opt(
-                txn,
-                "INSERT INTO s3_objects (bucket, key, object_id, etag, content_type, content_disposition, \
-                                         cache_control, user_metadata, content_encoding, content_language, expires, \
-                                         checksum_algorithm, checksum_type, checksum, parts, acl) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10, $11, $12, $13, $14, NULL, $15) \
+            txn,
+            &format!(
+                "INSERT INTO s3_objects ({S3_OBJECT_COLUMNS}) VALUES ($1, $2, $3, {}) \
                  ON CONFLICT (bucket, key) DO NOTHING RETURNING last_modified",
-                &typed,
-            )
-            .await?;
+                RowParams::values(4)
+            ),
+            &typed,
+        )
+        .await?;
         if let Some(row) = inserted {
             return Ok(row.get(0));
         }
@@ -493,6 +492,65 @@ pub async fn bind_in(
             .get(0);
         store.release_in(txn, tenant, previous).await?;
         return Ok(modified);
+    }
+}
+
+/// The columns of an `s3_objects` row as [`bind_in`] inserts it: the key, the object, then
+/// those of [`RowParams`].
+pub(super) const S3_OBJECT_COLUMNS: &str = "bucket, key, object_id, etag, content_type, content_disposition, \
+     cache_control, user_metadata, content_encoding, content_language, expires, checksum_algorithm, checksum_type, \
+     checksum, parts, acl";
+
+/// The ETag and headers of an `s3_objects` row as statement parameters.
+pub(super) struct RowParams<'a> {
+    etag: &'a str,
+    headers: &'a ObjectHeaders,
+    metadata: String,
+    algorithm: Option<ChecksumAlgorithm>,
+    kind: Option<ChecksumKind>,
+    checksum: Option<&'a str>,
+}
+
+impl<'a> RowParams<'a> {
+    pub(super) fn of(etag: &'a str, headers: &'a ObjectHeaders) -> Self {
+        let checksum = headers.checksum.as_ref();
+        RowParams {
+            etag,
+            headers,
+            metadata: headers.metadata_json(),
+            algorithm: checksum.map(|c| c.algorithm),
+            kind: checksum.map(|c| c.kind),
+            checksum: checksum.map(|c| c.value.as_str()),
+        }
+    }
+
+    /// The parameters, in the order of [`S3_OBJECT_COLUMNS`] from `etag` on (`parts` is
+    /// always null here).
+    pub(super) fn params(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
+        let headers = self.headers;
+        vec![
+            (&self.etag, Type::TEXT),
+            (&headers.content_type, Type::TEXT),
+            (&headers.content_disposition, Type::TEXT),
+            (&headers.cache_control, Type::TEXT),
+            (&self.metadata, Type::TEXT),
+            (&headers.content_encoding, Type::TEXT),
+            (&headers.content_language, Type::TEXT),
+            (&headers.expires, Type::TIMESTAMPTZ),
+            (&self.algorithm, Type::TEXT),
+            (&self.kind, Type::TEXT),
+            (&self.checksum, Type::TEXT),
+            (&headers.acl, Type::TEXT),
+        ]
+    }
+
+    /// The values of [`S3_OBJECT_COLUMNS`] from `etag` on, for [`RowParams::params`] given
+    /// from parameter `$first` on.
+    pub(super) fn values(first: usize) -> String {
+        let mut values: Vec<String> = (first..first + 12).map(|i| format!("${i}")).collect();
+        values[4].push_str("::text::jsonb"); // the user metadata
+        values.insert(11, "NULL".into()); // the parts, before the ACL
+        values.join(", ")
     }
 }
 

@@ -64,13 +64,13 @@ fn held() -> (Held, mpsc::Sender<Bytes>, oneshot::Receiver<()>) {
     (Held { rx, polled: Some(polled) }, tx, reading)
 }
 
-async fn count(pool: &CatalogPool, sql: &str, tenant: TenantId) -> i64 {
+pub(crate) async fn count(pool: &CatalogPool, sql: &str, tenant: TenantId) -> i64 {
     let client = pool.get().await.expect("client");
     client.query_one(sql, &[&tenant.0]).await.expect(sql).get(0)
 }
 
 /// Objects the tenant has in the catalog, and what its usage counter says.
-async fn objects_of(pool: &CatalogPool, tenant: TenantId) -> (i64, i64) {
+pub(crate) async fn objects_of(pool: &CatalogPool, tenant: TenantId) -> (i64, i64) {
     let rows = count(pool, "SELECT count(*) FROM objects WHERE tenant_id = $1", tenant).await;
     let sql = "SELECT object_count + (SELECT coalesce(sum(objects), 0) FROM tenant_usage_deltas WHERE tenant_id = $1)::int8 \
                FROM tenants WHERE id = $1";
@@ -79,7 +79,7 @@ async fn objects_of(pool: &CatalogPool, tenant: TenantId) -> (i64, i64) {
 }
 
 /// Waits until `n` catalog sessions wait on a lock, or `done` says the racing request ended.
-async fn until_waiting(pool: &CatalogPool, n: i64, done: impl Fn() -> bool) {
+pub(crate) async fn until_waiting(pool: &CatalogPool, n: i64, done: impl Fn() -> bool) {
     let client = pool.get().await.expect("client");
     for _ in 0..500 {
         let waiting: i64 = client
@@ -251,7 +251,9 @@ async fn a_part_racing_an_abort_is_released_or_refused() {
 /// A PUT and a DELETE of one key at once. The PUT waits for the tenant's row (held here, as a
 /// concurrent upload would hold it) and the DELETE comes next: had the DELETE locked the key's
 /// row before the tenant's, each would wait for the other (a deadlock, which Postgres breaks
-/// by failing one with a catalog error). Both take the tenant first, so both succeed.
+/// by failing one with a catalog error). Both take the tenant first, so both succeed. Either
+/// may land last (a small PUT that finds its key bound tries its one statement first, then
+/// queues again in a transaction), and the counts follow what is left.
 #[tokio::test]
 async fn a_put_and_a_delete_of_one_key_never_deadlock() {
     let fx = fixture("s3_put_vs_delete").await;
@@ -284,8 +286,9 @@ async fn a_put_and_a_delete_of_one_key_never_deadlock() {
 
     putting.await.expect("join").expect("the PUT succeeds");
     deleting.await.expect("join").expect("the DELETE succeeds");
-    assert!(fx.s3.list_keys("media", "", None, "", 10).await.expect("list").objects.is_empty());
-    assert_eq!(objects_of(&fx.pool, a).await, (0, 0), "nothing is left counted");
+    let left = fx.s3.list_keys("media", "", None, "", 10).await.expect("list").objects.len() as i64;
+    assert!(left <= 1);
+    assert_eq!(objects_of(&fx.pool, a).await, (left, left), "only what is left is counted");
 }
 
 #[tokio::test]

@@ -109,12 +109,8 @@ impl ChunkStore {
         may_share: bool,
     ) -> Result<StoredObject, StoreError> {
         let uses = count_uses(&ingested.manifest);
-        // Only a one-chunk object commits under the shared lock: a large body of one repeated
-        // chunk has one distinct chunk too, and concurrent ones would each see the quota free.
-        let small = ingested.manifest.len() <= 1 && ingested.size <= super::usage::QUOTA_LOCK_MARGIN;
-        admit(txn, ingested.tenant, ingested.size, may_share && small).await?;
-        let all_inline = ingested.new_chunks.iter().all(|c| matches!(c.place, Place::Inline(_)));
-        if all_inline && ingested.reused.is_empty() && ingested.pins.is_empty() {
+        admit(txn, ingested.tenant, ingested.size, may_share && ingested.may_share_tenant_lock()).await?;
+        if ingested.all_inline() {
             return commit_inline(txn, ingested, &uses).await;
         }
         let (inserted_raw, inserted_stored, inserted_count) =
@@ -126,10 +122,11 @@ impl ChunkStore {
         let object: i64 = txn
             .query_typed_one(
                 &format!(
-                    "WITH {RECORD_OBJECT}, \
+                    "WITH {}, \
                      d AS (INSERT INTO tenant_usage_deltas (tenant_id, objects, logical_bytes, unique_raw_bytes, stored_bytes) \
                            VALUES ($1, 1, $2, $7, $8)) \
-                     SELECT id FROM o"
+                     SELECT id FROM o",
+                    record_object("")
                 ),
                 &[manifest.params(), vec![(&inserted_raw, Type::INT8), (&inserted_stored, Type::INT8)]].concat(),
             )
@@ -241,11 +238,102 @@ impl ChunkStore {
     }
 }
 
+impl Ingested {
+    /// Whether this upload may commit under the tenant's lock shared (see `usage`): only a
+    /// one-chunk object may, since a large body of one repeated chunk has one distinct chunk
+    /// too, and concurrent ones would each see the quota free.
+    fn may_share_tenant_lock(&self) -> bool {
+        self.manifest.len() <= 1 && self.size <= super::usage::QUOTA_LOCK_MARGIN
+    }
+
+    /// Whether every chunk this upload adds goes inline, and it reuses (and pinned) none.
+    fn all_inline(&self) -> bool {
+        self.new_chunks.iter().all(|c| matches!(c.place, Place::Inline(_)))
+            && self.reused.is_empty()
+            && self.pins.is_empty()
+    }
+
+    /// This upload as parameters of one statement that commits it with no transaction around
+    /// it ([`OneStatementCommit`]), when it is small enough: one chunk at most, inline, nothing
+    /// reused or pinned.
+    pub fn in_one_statement(&self) -> Option<OneStatementCommit<'_>> {
+        (self.may_share_tenant_lock() && self.all_inline()).then(|| OneStatementCommit {
+            manifest: ManifestParams::of(self),
+            columns: ChunkColumns::of(&self.new_chunks, &count_uses(&self.manifest)),
+            room: super::usage::shared_room(self.size),
+        })
+    }
+}
+
+/// A small upload's commit as parameters `$1` to `$14` of a statement that also binds it
+/// (`model::object`), and the pieces of SQL that commit it there: its chunks
+/// ([`OneStatementCommit::CHUNKS`]), its object and manifest ([`record_object`]) and its usage
+/// delta ([`OneStatementCommit::usage_delta`]), each gated on the statement's CTE `go`.
+pub struct OneStatementCommit<'a> {
+    manifest: ManifestParams,
+    columns: ChunkColumns<'a>,
+    room: i64,
+}
+
+impl OneStatementCommit<'_> {
+    /// The tenant's id.
+    pub const TENANT: &'static str = "$1";
+    /// The room the tenant's quota must leave for the commit to share the tenant's lock
+    /// (`usage::far_from_quota`).
+    pub const ROOM: &'static str = "$14";
+    /// How many parameters it takes.
+    pub const PARAMS: usize = 14;
+
+    /// The CTEs `c` (the chunks inserted or referenced) and `added` (what they added), when
+    /// the CTE `go` has a row.
+    pub fn chunks() -> String {
+        inline_chunks(", go")
+    }
+
+    /// The CTE `d`: the usage delta, after `added`.
+    pub fn usage_delta() -> String {
+        usage_delta(", go")
+    }
+
+    /// The parameters, in order.
+    pub fn params(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
+        [self.manifest.params(), self.columns.params(), vec![(&self.room as &(dyn ToSql + Sync), Type::INT8)]]
+            .concat()
+    }
+}
+
 /// The CTEs `o` (the new object; its id) and `m` (its manifest) over the parameters of
-/// [`ManifestParams::params`].
-const RECORD_OBJECT: &str = "o AS (INSERT INTO objects (tenant_id, size, chunk_count, md5) VALUES ($1, $2, $3, $4) RETURNING id), \
-     m AS (INSERT INTO object_chunks (object_id, logical_offset, tenant_id, chunk_id) \
-           SELECT o.id, v.o, $1, v.c FROM o, unnest($5::int8[], $6::bytea[]) AS v(o, c))";
+/// [`ManifestParams::params`]; `from` is the object's `FROM` clause (empty: one row).
+pub(crate) fn record_object(from: &str) -> String {
+    format!(
+        "o AS (INSERT INTO objects (tenant_id, size, chunk_count, md5) SELECT $1, $2, $3, $4 {from} RETURNING id), \
+         m AS (INSERT INTO object_chunks (object_id, logical_offset, tenant_id, chunk_id) \
+               SELECT o.id, v.o, $1, v.c FROM o, unnest($5::int8[], $6::bytea[]) AS v(o, c))"
+    )
+}
+
+/// The CTEs `c` and `added` of an inline commit over the parameters of [`ManifestParams`]
+/// and [`ChunkColumns`] (`$1` to `$13`); `and_from` adds to the insert's `FROM` (a gate).
+/// A chunk the tenant has already (inline or in a pack) only gains references.
+fn inline_chunks(and_from: &str) -> String {
+    format!(
+        "c AS (INSERT INTO chunks (tenant_id, id, raw_len, stored_len, compression, refcount, inline_data, tree) \
+               SELECT $1, v.* FROM unnest($7::bytea[], $8::int4[], $9::int4[], $10::int2[], $11::int8[], $12::bytea[], $13::bytea[]) AS v{and_from} \
+               ON CONFLICT (tenant_id, id) DO UPDATE SET refcount = chunks.refcount + EXCLUDED.refcount \
+               RETURNING raw_len, stored_len, (xmax = 0) AS inserted), \
+         added AS (SELECT count(*) FILTER (WHERE inserted)::int8 AS n, \
+                          coalesce(sum(raw_len) FILTER (WHERE inserted), 0)::int8 AS raw, \
+                          coalesce(sum(stored_len) FILTER (WHERE inserted), 0)::int8 AS stored FROM c)"
+    )
+}
+
+/// The CTE `d`: an inline commit's usage delta, from `added`; `and_from` as in [`inline_chunks`].
+fn usage_delta(and_from: &str) -> String {
+    format!(
+        "d AS (INSERT INTO tenant_usage_deltas (tenant_id, objects, logical_bytes, unique_raw_bytes, stored_bytes) \
+               SELECT $1, 1, $2, raw, stored FROM added{and_from})"
+    )
+}
 
 /// An upload's object row and manifest as statement parameters `$1` to `$6`.
 struct ManifestParams {
@@ -335,21 +423,13 @@ async fn commit_inline(
 ) -> Result<StoredObject, StoreError> {
     let columns = ChunkColumns::of(&ingested.new_chunks, uses);
     let manifest = ManifestParams::of(ingested);
-    // A chunk the tenant has already (inline or in a pack) only gains references.
     let row = query_prepared_opt(
         txn,
         &format!(
-                "WITH c AS (INSERT INTO chunks (tenant_id, id, raw_len, stored_len, compression, refcount, inline_data, tree) \
-                            SELECT $1, * FROM unnest($7::bytea[], $8::int4[], $9::int4[], $10::int2[], $11::int8[], $12::bytea[], $13::bytea[]) \
-                            ON CONFLICT (tenant_id, id) DO UPDATE SET refcount = chunks.refcount + EXCLUDED.refcount \
-                            RETURNING raw_len, stored_len, (xmax = 0) AS inserted), \
-                 added AS (SELECT count(*) FILTER (WHERE inserted)::int8 AS n, \
-                                  coalesce(sum(raw_len) FILTER (WHERE inserted), 0)::int8 AS raw, \
-                                  coalesce(sum(stored_len) FILTER (WHERE inserted), 0)::int8 AS stored FROM c), \
-                 {RECORD_OBJECT}, \
-                 d AS (INSERT INTO tenant_usage_deltas (tenant_id, objects, logical_bytes, unique_raw_bytes, stored_bytes) \
-                       SELECT $1, 1, $2, raw, stored FROM added) \
-                 SELECT o.id, added.n, added.stored FROM o, added"
+            "WITH {}, {}, {} SELECT o.id, added.n, added.stored FROM o, added",
+            inline_chunks(""),
+            record_object(""),
+            usage_delta("")
         ),
         &[manifest.params(), columns.params()].concat(),
     )

@@ -47,7 +47,8 @@ pub const INLINE_MAX_BYTES: usize = 64 * 1024;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PutOptions {
     /// The announced length (Content-Length). A shorter body fails as truncated, and a body
-    /// that would exceed the quota fails before a byte is read.
+    /// that would exceed the quota fails before a byte is read (one small enough to go inline
+    /// fails at its commit instead).
     pub expected_len: Option<u64>,
     /// Compute the MD5 of the body (the S3 ETag of a single PUT).
     pub md5: bool,
@@ -153,7 +154,15 @@ impl ChunkStore {
     where
         R: AsyncRead + Unpin + Send + 'static,
     {
-        let room = super::usage::quota_room(&**self.inner.pool.get().await?, tenant).await?;
+        // Only a body announced as one small chunk may go inline; the small last chunk of a
+        // larger body goes to a pack, and is looked up like any other.
+        let may_go_inline = options.expected_len.is_some_and(|len| len < INLINE_MAX_BYTES as u64);
+        // Such a body is not checked against the quota before it is read: its commit checks it
+        // exactly, and reading those few bytes first costs less than a catalog round trip.
+        let room = match may_go_inline {
+            true => QuotaRoom { used: 0, quota: None },
+            false => super::usage::quota_room(&**self.inner.pool.get().await?, tenant).await?,
+        };
         if let Some(expected) = options.expected_len {
             room.check(expected)?;
         }
@@ -172,9 +181,6 @@ impl ChunkStore {
         // connection) even while this loop waits on something else, such as a connection for a
         // new pack. Futures merely buffered here would sit on their connections un-polled, and
         // enough concurrent uploads would then deadlock the pool.
-        // Only a body announced as one small chunk may go inline; the small last chunk of a
-        // larger body goes to a pack, and is looked up like any other.
-        let may_go_inline = options.expected_len.is_some_and(|len| len < INLINE_MAX_BYTES as u64);
         let mut prepared = chunks
             .map(|chunk| {
                 let (store, key) = (self.clone(), key.clone());

@@ -36,7 +36,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-pub use commit::StoredObject;
+pub(crate) use commit::record_object;
+pub use commit::{OneStatementCommit, StoredObject};
 pub use error::StoreError;
 pub use gc::GcReport;
 pub use ingest::{INLINE_MAX_BYTES, Ingested, PutOptions};
@@ -48,8 +49,8 @@ pub(crate) use read::manifest_head_sql;
 pub use read::{ManifestHead, ObjectRead, WHOLE_MANIFEST_ENTRIES};
 pub use reconcile::{RESTORED_MARKER, ReconcileReport, mark_catalog_restored};
 pub use scrub::{DamagedChunk, ScrubReport};
-pub(crate) use usage::lock_tenant;
 pub use usage::{QUOTA_LOCK_MARGIN, needs_exclusive};
+pub(crate) use usage::{far_from_quota, lock_tenant, tenant_lock_shared};
 pub use writers::{PACKS_PER_CLASS, PackWriterStats};
 
 use crate::DataDir;

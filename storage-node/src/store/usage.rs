@@ -101,6 +101,26 @@ pub(super) async fn quota_room(
 /// back the shared ones that come after it, so a stream of small commits cannot starve it.
 const TENANT_LOCK: i32 = 0x5553_4147;
 
+/// The room a commit of `needed` bytes asks of [`far_from_quota`] to share the tenant's lock.
+pub(crate) fn shared_room(needed: u64) -> i64 {
+    needed.saturating_add(QUOTA_LOCK_MARGIN).min(i64::MAX as u64) as i64
+}
+
+/// Whether the tenant row `t`, its deltas counted, stays within its quota with `room` more
+/// logical bytes (an SQL expression: a parameter, say).
+pub(crate) fn far_from_quota(room: &str) -> String {
+    format!(
+        "(t.storage_quota_bytes IS NULL OR t.logical_bytes + {} + {room} <= t.storage_quota_bytes)",
+        deltas_of("logical_bytes")
+    )
+}
+
+/// A condition that takes the lock of the tenant `tenant` (an SQL expression) shared with
+/// other commits, for the rest of the transaction. It holds once the lock is taken.
+pub(crate) fn tenant_lock_shared(tenant: &str) -> String {
+    format!("pg_advisory_xact_lock_shared({TENANT_LOCK}, ({tenant} % 2147483647)::int4) IS NOT NULL")
+}
+
 /// Whether `err` asks for the transaction to be run again with an exclusive commit.
 pub fn needs_exclusive(err: &StoreError) -> bool {
     matches!(err, StoreError::NeedsExclusive)
@@ -121,20 +141,19 @@ pub(crate) async fn admit(
     shared: bool,
 ) -> Result<(), StoreError> {
     if shared {
-        let room = needed.saturating_add(QUOTA_LOCK_MARGIN).min(i64::MAX as u64) as i64;
+        let room = shared_room(needed);
         // The advisory lock is taken in the scan, before the row's lock above it.
         let far = crate::catalog::query_prepared_opt(
-                txn,
-                &format!(
-                    "SELECT t.storage_quota_bytes IS NULL OR t.logical_bytes + {} + $2 <= t.storage_quota_bytes \
-                     FROM tenants t WHERE t.id = $1 \
-                       AND pg_advisory_xact_lock_shared({TENANT_LOCK}, ($1 % 2147483647)::int4) IS NOT NULL FOR KEY SHARE",
-                    deltas_of("logical_bytes")
-                ),
-                &[(&tenant.0, Type::INT8), (&room, Type::INT8)],
-            )
-            .await?
-            .ok_or(StoreError::UnknownTenant(tenant.0))?;
+            txn,
+            &format!(
+                "SELECT {} FROM tenants t WHERE t.id = $1 AND {} FOR KEY SHARE",
+                far_from_quota("$2"),
+                tenant_lock_shared("$1")
+            ),
+            &[(&tenant.0, Type::INT8), (&room, Type::INT8)],
+        )
+        .await?
+        .ok_or(StoreError::UnknownTenant(tenant.0))?;
         return if far.get(0) { Ok(()) } else { Err(StoreError::NeedsExclusive) };
     }
     let (used, quota) = lock_tenant(txn, tenant).await?;
