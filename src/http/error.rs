@@ -49,7 +49,9 @@ impl From<storage_node::store::StoreError> for ApiError {
             E::InvalidRange { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "invalid_range"),
             E::QuotaExceeded { .. } => (StatusCode::INSUFFICIENT_STORAGE, "quota_exceeded"),
             E::StorageFull { .. } => (StatusCode::INSUFFICIENT_STORAGE, "storage_full"),
-            E::Truncated { .. } | E::Source(_) => (StatusCode::BAD_REQUEST, "incomplete_body"),
+            E::Truncated { .. } | E::LongerThanAnnounced { .. } | E::Source(_) => {
+                (StatusCode::BAD_REQUEST, "incomplete_body")
+            }
             E::ChunkVanished { .. }
             | E::CopyFailed { .. }
             | E::Retry(_)

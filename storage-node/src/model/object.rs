@@ -328,8 +328,9 @@ pub async fn lookup_whole_for_read(
 /// aborting it (two uploads that each release what the other stores, say).
 const BIND_ATTEMPTS: usize = 3;
 
-/// Binds a new object (committed here) or a copy to `target` in one transaction, releasing
-/// what was there, if `condition` holds. The bucket is checked again (by id) and held shared
+/// Binds a new object (committed here) or a copy to `target` in one transaction (a small new
+/// object to a free key: in one statement, `one_statement`), releasing what was there, if
+/// `condition` holds. The bucket is checked again (by id) and held shared
 /// inside the transaction. Returns the modification time.
 ///
 /// # Errors
@@ -354,13 +355,12 @@ pub async fn bind(
         && *condition == WriteCondition::Any
         && let Some(commit) = ingested.in_one_statement()
     {
-        pending.arm();
-        match super::one_statement::bind(store, &commit, &target, etag, headers).await? {
+        match super::one_statement::bind(store, &commit, &target, etag, headers, &pending).await? {
             Outcome::Bound(modified) => {
                 pending.confirm().await?;
                 return Ok(modified);
             }
-            Outcome::InTransaction { shared: may_share } => shared = may_share,
+            Outcome::InTransaction { may_share } => shared = may_share,
         }
     }
     loop {

@@ -4,23 +4,30 @@
 //! the bucket's and the tenant's locks, the commit, the binding, `COMMIT`), and one statement's
 //! start-up instead of six.
 //!
-//! The statement takes what [`super::object::bind`]'s transaction takes, in the same order: the
-//! bucket's row shared, the tenant's lock shared (`store::usage`), the chunk's row, then the
-//! object and its key. Each write waits on the CTE `go`, which has a row only when the bucket is
-//! there and open, the tenant far from its quota and the key free in the statement's snapshot;
-//! otherwise nothing is written, and the caller binds in a transaction as before. A key bound
-//! by a commit that lands after that snapshot fails the statement's insert (a unique
-//! violation), which undoes the whole statement as it undoes any, and the caller goes the same
-//! way.
+//! The statement first looks for the key in its snapshot: a key that holds an object takes no
+//! lock and goes to [`super::object::bind`]'s transaction, which replaces objects. Otherwise it
+//! takes what that transaction takes, in the same order: the bucket's row shared, the tenant's
+//! lock shared (`store::usage`), the chunk's row, the object and its key. The order follows
+//! from what each step reads of the one before (the tenant's lock names the bucket row's
+//! tenant; the chunk waits on the CTE `go`, which reads the tenant's; the object on the chunk's
+//! `added`; the key on the object), not from an order Postgres promises for CTEs. Every write
+//! waits on `go`, which has a row only when the bucket is there and open and the tenant far
+//! from its quota; otherwise nothing is written, and the caller binds in a transaction, or
+//! refuses a tenant already over its quota. A key bound by a commit that lands after the
+//! snapshot fails the statement's insert (a unique violation), which undoes the whole statement
+//! as it undoes any, and the caller goes to the transaction too.
+
+use std::sync::LazyLock;
 
 use time::OffsetDateTime;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::ModelError;
-use super::object::{RowParams, S3_OBJECT_COLUMNS, Target};
+use super::object::{ObjectHeaders, RowParams, S3_OBJECT_COLUMNS, Target};
+use crate::read_cache::broadcast::Pending;
 use crate::store::{
-    ChunkStore, OneStatementCommit, StoreError, far_from_quota, record_object, tenant_lock_shared,
+    ChunkStore, OneStatementCommit, StoreError, record_object, tenant_lock_shared, used_logical_bytes,
 };
 
 /// How [`bind`] ended.
@@ -28,21 +35,25 @@ use crate::store::{
 pub(super) enum Outcome {
     /// Committed and bound, at this modification time.
     Bound(OffsetDateTime),
-    /// Nothing written: bind in a transaction, sharing the tenant's lock or not.
-    InTransaction { shared: bool },
+    /// Nothing written: bind in a transaction, which may share the tenant's lock or not.
+    InTransaction { may_share: bool },
 }
 
 /// Commits `commit` and binds it at `target` with `etag` and `headers`, in one statement, when
-/// nothing stands in the way (see the module's doc).
+/// nothing stands in the way (see the module's doc). `pending` is armed while the statement may
+/// have changed the catalog.
 ///
 /// # Errors
-/// Catalog errors, other than those that send the caller to a transaction.
+/// [`StoreError::QuotaExceeded`] when the tenant is over its quota in the statement's snapshot
+/// (as an upload's early check finds it, no lock waited for); catalog errors, other than those
+/// that send the caller to a transaction.
 pub(super) async fn bind(
     store: &ChunkStore,
     commit: &OneStatementCommit<'_>,
     target: &Target<'_>,
     etag: &str,
-    headers: &super::object::ObjectHeaders,
+    headers: &ObjectHeaders,
+    pending: &Pending,
 ) -> Result<Outcome, ModelError> {
     let row = RowParams::of(etag, headers);
     let key = [
@@ -54,20 +65,35 @@ pub(super) async fn bind(
     let types: Vec<Type> = typed.iter().map(|(_, kind)| kind.clone()).collect();
     let values: Vec<&(dyn ToSql + Sync)> = typed.iter().map(|(value, _)| *value).collect();
     let client = store.catalog().get().await?;
-    let statement = client.prepare_typed_cached(&statement_sql(), &types).await?;
+    let statement = client.prepare_typed_cached(&STATEMENT, &types).await?;
+    pending.arm();
     let answer = match client.query_one(&statement, &values).await {
         Ok(answer) => answer,
-        Err(err) if sends_to_transaction(&err) => return Ok(Outcome::InTransaction { shared: true }),
+        Err(err) if err.as_db_error().is_some() => {
+            // Postgres refused the statement, so it changed nothing.
+            pending.disarm();
+            return match sends_to_transaction(&err) {
+                true => Ok(Outcome::InTransaction { may_share: true }),
+                false => Err(err.into()),
+            };
+        }
         Err(err) => return Err(err.into()),
     };
-    let far: Option<bool> = answer.get(0);
-    let free: bool = answer.get(1);
-    Ok(match answer.get::<_, Option<OffsetDateTime>>(2) {
-        Some(modified) => Outcome::Bound(modified),
-        None if far == Some(false) => Outcome::InTransaction { shared: false },
-        None if far.is_none() || !free => Outcome::InTransaction { shared: true },
-        None => return Err(StoreError::Task("the one-statement put bound nothing".into()).into()),
-    })
+    if let Some(modified) = answer.get::<_, Option<OffsetDateTime>>(0) {
+        return Ok(Outcome::Bound(modified));
+    }
+    pending.disarm();
+    let (used, quota): (Option<i64>, Option<i64>) = (answer.get(1), answer.get(2));
+    let (Some(used), Some(quota)) = (used.map(|u| u as u64), quota.map(|q| q as u64)) else {
+        // A key taken, a bucket gone or closed, or a tenant with no quota: the transaction
+        // tells which, or binds.
+        return Ok(Outcome::InTransaction { may_share: true });
+    };
+    let needed = commit.size();
+    if used.saturating_add(needed) > quota {
+        return Err(StoreError::QuotaExceeded { used, quota, needed }.into());
+    }
+    Ok(Outcome::InTransaction { may_share: false })
 }
 
 /// Whether `err` undid the statement for a reason a transaction deals with: the key bound
@@ -80,43 +106,46 @@ fn sends_to_transaction(err: &tokio_postgres::Error) -> bool {
 }
 
 /// The statement, over [`OneStatementCommit::params`] (`$1` to `$14`), then the bucket's name,
-/// the key and the bucket's id, then [`RowParams::params`].
-fn statement_sql() -> String {
+/// the key and the bucket's id, then [`RowParams::params`]. It answers the key's modification
+/// time when it bound the object; else the tenant's used bytes and quota when it took the
+/// tenant's lock (with a quota), to tell a tenant near its quota from one over it.
+static STATEMENT: LazyLock<String> = LazyLock::new(|| {
     let (tenant, room) = (OneStatementCommit::TENANT, OneStatementCommit::ROOM);
     let first = OneStatementCommit::PARAMS + 1;
     let (bucket, key, bucket_id) =
         (format!("${first}"), format!("${}", first + 1), format!("${}", first + 2));
     format!(
-        "WITH b AS MATERIALIZED (SELECT b.tenant_id, t.deleting_at IS NULL AS open \
-                                 FROM buckets b JOIN tenants t ON t.id = b.tenant_id \
-                                 WHERE b.name = {bucket} AND b.id = {bucket_id} FOR KEY SHARE OF b), \
-              admitted AS MATERIALIZED (SELECT {far} AS far FROM b JOIN tenants t ON t.id = b.tenant_id \
-                                        WHERE b.open AND b.tenant_id = {tenant} AND {lock} FOR KEY SHARE OF t), \
-              free AS MATERIALIZED (SELECT NOT EXISTS (SELECT 1 FROM s3_objects \
+        "WITH free AS MATERIALIZED (SELECT NOT EXISTS (SELECT 1 FROM s3_objects \
                                                        WHERE bucket = {bucket} AND key = {key}) AS free), \
-              go AS MATERIALIZED (SELECT 1 FROM admitted, free WHERE admitted.far AND free.free), \
+              b AS MATERIALIZED (SELECT b.tenant_id FROM free, buckets b JOIN tenants t ON t.id = b.tenant_id \
+                                 WHERE free.free AND b.name = {bucket} AND b.id = {bucket_id} \
+                                   AND b.tenant_id = {tenant} AND t.deleting_at IS NULL FOR KEY SHARE OF b), \
+              admitted AS MATERIALIZED (SELECT t.storage_quota_bytes AS quota, {used} AS used \
+                                        FROM b JOIN tenants t ON t.id = b.tenant_id \
+                                        WHERE {lock} FOR KEY SHARE OF t), \
+              go AS MATERIALIZED (SELECT 1 FROM admitted WHERE quota IS NULL OR used + {room} <= quota), \
               {chunks}, {object}, {delta}, \
               s AS (INSERT INTO s3_objects ({S3_OBJECT_COLUMNS}) \
                     SELECT {bucket}, {key}, o.id, {row} FROM o RETURNING last_modified) \
-         SELECT admitted.far, coalesce(free.free, false), s.last_modified \
-         FROM (SELECT 1) AS one LEFT JOIN admitted ON true LEFT JOIN free ON true LEFT JOIN s ON true",
-        far = far_from_quota(room),
-        // After the bucket's row (it names a column of it), as the transaction's order is.
+         SELECT s.last_modified, admitted.used, admitted.quota \
+         FROM (SELECT 1) AS one LEFT JOIN admitted ON true LEFT JOIN s ON true",
+        used = used_logical_bytes(),
+        // It names a column of the bucket's row, so it comes after that row's lock.
         lock = tenant_lock_shared("b.tenant_id"),
         chunks = OneStatementCommit::chunks(),
-        // After the chunks (`added`), as the transaction's order is.
+        // After the chunks (`added`), as in the transaction.
         object = record_object("FROM added, go"),
         delta = OneStatementCommit::usage_delta(),
         row = RowParams::values(first + 3),
     )
-}
+});
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::TenantId;
     use crate::catalog::tenants;
-    use crate::model::object::ObjectHeaders;
+    use crate::read_cache::Invalidation;
     use crate::s3::tests::{Fixture, count, fixture, objects_of, until_waiting};
     use crate::store::{Ingested, PutOptions};
 
@@ -126,10 +155,26 @@ mod tests {
         fx.s3.store().ingest(tenant, std::io::Cursor::new(body), options).await.expect("ingest")
     }
 
-    async fn bind_at(fx: &Fixture, ingested: &Ingested, bucket: &str, id: i64, key: &str) -> Outcome {
+    async fn try_bind(
+        store: &ChunkStore,
+        ingested: &Ingested,
+        bucket: &str,
+        id: i64,
+        key: &str,
+    ) -> Result<Outcome, ModelError> {
         let commit = ingested.in_one_statement().expect("a small upload commits in one statement");
         let target = Target { bucket, id, key };
-        bind(fx.s3.store(), &commit, &target, "etag", &ObjectHeaders::default()).await.expect("bind")
+        let pending = Pending::new(store, Invalidation::key(bucket, key));
+        let outcome = bind(store, &commit, &target, "etag", &ObjectHeaders::default(), &pending).await;
+        // Nothing written must leave nothing owed to the read caches.
+        if !matches!(outcome, Ok(Outcome::Bound(_))) {
+            assert!(!pending.is_armed(), "{outcome:?} left the invalidation armed");
+        }
+        outcome
+    }
+
+    async fn bind_at(fx: &Fixture, ingested: &Ingested, bucket: &str, id: i64, key: &str) -> Outcome {
+        try_bind(fx.s3.store(), ingested, bucket, id, key).await.expect("bind")
     }
 
     async fn bucket_id(fx: &Fixture, name: &str) -> i64 {
@@ -141,13 +186,17 @@ mod tests {
         count(&fx.pool, "SELECT count(*) FROM chunks WHERE tenant_id = $1", tenant).await
     }
 
+    /// A tenant with bucket `media`, and that bucket's id.
+    async fn tenant_with_bucket(fx: &Fixture, quota: Option<u64>) -> (TenantId, i64) {
+        let a = tenants::create(&fx.pool, "tenant-a", quota).await.expect("a");
+        fx.s3.create_bucket_for(a, "media").await.expect("bucket");
+        (a, bucket_id(fx, "media").await)
+    }
+
     #[tokio::test]
     async fn a_free_key_is_bound_and_anything_else_writes_nothing() {
         let fx = fixture("one_statement_outcomes").await;
-        let a = tenants::create(&fx.pool, "tenant-a", None).await.expect("a");
-        fx.s3.create_bucket_for(a, "media").await.expect("bucket");
-        let id = bucket_id(&fx, "media").await;
-
+        let (a, id) = tenant_with_bucket(&fx, None).await;
         let first = ingest(&fx, a, 1).await;
         assert!(matches!(bind_at(&fx, &first, "media", id, "k").await, Outcome::Bound(_)));
         assert_eq!(objects_of(&fx.pool, a).await, (1, 1));
@@ -156,22 +205,84 @@ mod tests {
         // A key that holds an object, a bucket gone (its id is another's now): a transaction's.
         let second = ingest(&fx, a, 2).await;
         let taken = bind_at(&fx, &second, "media", id, "k").await;
-        assert_eq!(taken, Outcome::InTransaction { shared: true });
+        assert_eq!(taken, Outcome::InTransaction { may_share: true });
         let gone = bind_at(&fx, &second, "media", id + 1000, "other").await;
-        assert_eq!(gone, Outcome::InTransaction { shared: true });
+        assert_eq!(gone, Outcome::InTransaction { may_share: true });
+        // A tenant being deleted stores nothing new.
+        let client = fx.pool.get().await.expect("client");
+        client
+            .execute("UPDATE tenants SET deleting_at = now() WHERE id = $1", &[&a.0])
+            .await
+            .expect("deleting");
+        let deleting = bind_at(&fx, &second, "media", id, "other").await;
+        assert_eq!(deleting, Outcome::InTransaction { may_share: true });
         assert_eq!(objects_of(&fx.pool, a).await, (1, 1), "no object was added");
         assert_eq!(chunks_of(&fx, a).await, 1, "no chunk was added");
     }
 
     #[tokio::test]
-    async fn near_its_quota_a_tenant_goes_to_a_transaction_that_holds_it_alone() {
+    async fn near_its_quota_a_tenant_goes_to_a_transaction_and_over_it_is_refused() {
         let fx = fixture("one_statement_quota").await;
-        let a = tenants::create(&fx.pool, "tenant-a", Some(10 << 20)).await.expect("a");
-        fx.s3.create_bucket_for(a, "media").await.expect("bucket");
-        let id = bucket_id(&fx, "media").await;
+        let (a, id) = tenant_with_bucket(&fx, Some(30_000)).await;
         let small = ingest(&fx, a, 1).await;
         let near = bind_at(&fx, &small, "media", id, "k").await;
-        assert_eq!(near, Outcome::InTransaction { shared: false });
+        assert_eq!(near, Outcome::InTransaction { may_share: false });
+        let client = fx.pool.get().await.expect("client");
+        client
+            .execute("UPDATE tenants SET storage_quota_bytes = 10000 WHERE id = $1", &[&a.0])
+            .await
+            .expect("quota");
+        let over = try_bind(fx.s3.store(), &small, "media", id, "k").await;
+        assert!(
+            matches!(
+                over,
+                Err(ModelError::Store(StoreError::QuotaExceeded { used: 0, quota: 10_000, needed: 20_000 }))
+            ),
+            "{over:?}"
+        );
+        assert_eq!(objects_of(&fx.pool, a).await, (0, 0));
+        assert_eq!(chunks_of(&fx, a).await, 0);
+    }
+
+    /// An exclusive holder of the tenant's lock (a commit near the quota, a delete) is waited
+    /// for, so that it counts this commit's bytes or this commit counts its own.
+    #[tokio::test]
+    async fn the_statement_waits_for_an_exclusive_holder_of_the_tenant() {
+        let fx = fixture("one_statement_tenant_lock").await;
+        let (a, id) = tenant_with_bucket(&fx, None).await;
+        let mut holder = fx.pool.get().await.expect("client");
+        let hold = holder.transaction().await.expect("txn");
+        // The tenant's advisory lock alone (`store::usage`'s TENANT_LOCK), not its row.
+        hold.execute("SELECT pg_advisory_xact_lock(1431519559, ($1 % 2147483647)::int4)", &[&a.0])
+            .await
+            .expect("the tenant's lock, exclusively");
+        let ingested = ingest(&fx, a, 1).await;
+        let s3 = fx.s3.clone();
+        let binding = tokio::spawn(async move { try_bind(s3.store(), &ingested, "media", id, "k").await });
+        until_waiting(&fx.pool, 1, || binding.is_finished()).await;
+        assert!(!binding.is_finished(), "the statement waits for the tenant");
+        hold.commit().await.expect("release");
+        let outcome = binding.await.expect("join").expect("bind");
+        assert!(matches!(outcome, Outcome::Bound(_)), "{outcome:?}");
+    }
+
+    /// A bucket deleted while the statement waits for its row: nothing is written, and the
+    /// transaction that follows tells why.
+    #[tokio::test]
+    async fn a_bucket_deleted_while_the_statement_waits_gets_nothing() {
+        let fx = fixture("one_statement_bucket_lock").await;
+        let (a, id) = tenant_with_bucket(&fx, None).await;
+        let mut holder = fx.pool.get().await.expect("client");
+        let hold = holder.transaction().await.expect("txn");
+        hold.execute("SELECT 1 FROM buckets WHERE id = $1 FOR UPDATE", &[&id]).await.expect("hold");
+        let ingested = ingest(&fx, a, 1).await;
+        let s3 = fx.s3.clone();
+        let binding = tokio::spawn(async move { try_bind(s3.store(), &ingested, "media", id, "k").await });
+        until_waiting(&fx.pool, 1, || binding.is_finished()).await;
+        hold.execute("DELETE FROM buckets WHERE id = $1", &[&id]).await.expect("delete");
+        hold.commit().await.expect("commit the delete");
+        let outcome = binding.await.expect("join").expect("bind");
+        assert_eq!(outcome, Outcome::InTransaction { may_share: true });
         assert_eq!(objects_of(&fx.pool, a).await, (0, 0));
         assert_eq!(chunks_of(&fx, a).await, 0);
     }
@@ -182,9 +293,7 @@ mod tests {
     #[tokio::test]
     async fn a_key_bound_after_the_snapshot_undoes_the_whole_statement() {
         let fx = fixture("one_statement_race").await;
-        let a = tenants::create(&fx.pool, "tenant-a", None).await.expect("a");
-        fx.s3.create_bucket_for(a, "media").await.expect("bucket");
-        let id = bucket_id(&fx, "media").await;
+        let (a, id) = tenant_with_bucket(&fx, None).await;
         let first = ingest(&fx, a, 1).await;
         assert!(matches!(bind_at(&fx, &first, "media", id, "elsewhere").await, Outcome::Bound(_)));
 
@@ -196,15 +305,11 @@ mod tests {
             .expect("move");
         let second = ingest(&fx, a, 2).await;
         let s3 = fx.s3.clone();
-        let binding = tokio::spawn(async move {
-            let commit = second.in_one_statement().expect("one statement");
-            let target = Target { bucket: "media", id, key: "k" };
-            bind(s3.store(), &commit, &target, "etag", &ObjectHeaders::default()).await
-        });
+        let binding = tokio::spawn(async move { try_bind(s3.store(), &second, "media", id, "k").await });
         until_waiting(&fx.pool, 1, || binding.is_finished()).await;
         hold.commit().await.expect("commit the move");
         let outcome = binding.await.expect("join").expect("bind");
-        assert_eq!(outcome, Outcome::InTransaction { shared: true });
+        assert_eq!(outcome, Outcome::InTransaction { may_share: true });
         assert_eq!(objects_of(&fx.pool, a).await, (1, 1), "the statement's object is undone");
         assert_eq!(chunks_of(&fx, a).await, 1, "and its chunk");
     }

@@ -68,6 +68,18 @@ impl Pending {
         self.armed.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Whether it is armed.
+    #[cfg(test)]
+    pub fn is_armed(&self) -> bool {
+        self.armed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Takes [`Pending::arm`] back: the commit (or statement) sent is known to have changed
+    /// nothing, Postgres having refused or undone it.
+    pub fn disarm(&self) {
+        self.armed.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Sends it now, and waits as [`everywhere`] does.
     ///
     /// # Errors

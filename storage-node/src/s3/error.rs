@@ -20,7 +20,9 @@ pub(crate) fn from_store(err: StoreError) -> S3Error {
             error.set_status_code(http::StatusCode::INSUFFICIENT_STORAGE);
             error
         }
-        StoreError::Truncated { .. } => s3_error!(IncompleteBody, "{err}"),
+        StoreError::Truncated { .. } | StoreError::LongerThanAnnounced { .. } => {
+            s3_error!(IncompleteBody, "{err}")
+        }
         StoreError::Source(_) => s3_error!(IncompleteBody, "{err}"),
         StoreError::InvalidRange { .. } => s3_error!(InvalidRange),
         StoreError::NoSuchObject(_) => s3_error!(NoSuchKey),

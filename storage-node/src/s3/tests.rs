@@ -251,9 +251,8 @@ async fn a_part_racing_an_abort_is_released_or_refused() {
 /// A PUT and a DELETE of one key at once. The PUT waits for the tenant's row (held here, as a
 /// concurrent upload would hold it) and the DELETE comes next: had the DELETE locked the key's
 /// row before the tenant's, each would wait for the other (a deadlock, which Postgres breaks
-/// by failing one with a catalog error). Both take the tenant first, so both succeed. Either
-/// may land last (a small PUT that finds its key bound tries its one statement first, then
-/// queues again in a transaction), and the counts follow what is left.
+/// by failing one with a catalog error). Both take the tenant first, so both succeed. (A small
+/// PUT to a bound key takes no lock in its one statement, and queues here in its transaction.)
 #[tokio::test]
 async fn a_put_and_a_delete_of_one_key_never_deadlock() {
     let fx = fixture("s3_put_vs_delete").await;
@@ -286,9 +285,8 @@ async fn a_put_and_a_delete_of_one_key_never_deadlock() {
 
     putting.await.expect("join").expect("the PUT succeeds");
     deleting.await.expect("join").expect("the DELETE succeeds");
-    let left = fx.s3.list_keys("media", "", None, "", 10).await.expect("list").objects.len() as i64;
-    assert!(left <= 1);
-    assert_eq!(objects_of(&fx.pool, a).await, (left, left), "only what is left is counted");
+    assert!(fx.s3.list_keys("media", "", None, "", 10).await.expect("list").objects.is_empty());
+    assert_eq!(objects_of(&fx.pool, a).await, (0, 0), "nothing is left counted");
 }
 
 #[tokio::test]
@@ -381,4 +379,35 @@ async fn a_remembered_completion_is_forgotten_after_the_multipart_expiry() {
     let err = complete().await.expect_err("the completion is forgotten");
     assert_eq!(*err.code(), S3ErrorCode::NoSuchUpload, "{err:?}");
     assert_eq!(objects_of(&fx.pool, a).await, (1, 1), "the completed object stays");
+}
+
+/// 32 small PUTs of one tenant at once, each of which tries its one statement first: far from
+/// the quota every one is stored and counted; at its boundary exactly those that fit are.
+#[tokio::test]
+async fn small_puts_at_once_count_exactly_far_from_the_quota_and_at_its_boundary() {
+    let fx = fixture("s3_small_puts_quota").await;
+    for (name, quota, fit) in [("tenant-far", 1u64 << 40, 32), ("tenant-near", 10 * 20_000, 10)] {
+        let tenant = tenants::create(&fx.pool, name, Some(quota)).await.expect("tenant");
+        let bucket = format!("{name}-media");
+        fx.s3.create_bucket_for(tenant, &bucket).await.expect("bucket");
+        let puts = (0..32u8).map(|i| {
+            let (s3, bucket) = (fx.s3.clone(), bucket.clone());
+            async move {
+                let piece = Ok::<_, std::io::Error>(Bytes::from(vec![i; 20_000]));
+                let body = s3s::dto::StreamingBlob::wrap(futures::stream::iter([piece]));
+                let incoming = Incoming::plain(body_reader(Some(body)));
+                s3.put_object_for(Some(tenant), &bucket, &format!("k{i}"), incoming, ObjectHeaders::default())
+                    .await
+            }
+        });
+        let results = futures::future::join_all(puts).await;
+        let stored = results.iter().filter(|r| r.is_ok()).count();
+        let quota_exceeded = S3ErrorCode::Custom("QuotaExceeded".into());
+        let refused =
+            results.iter().filter(|r| r.as_ref().is_err_and(|e| *e.code() == quota_exceeded)).count();
+        assert_eq!((stored, refused), (fit, 32 - fit), "{name}: {results:?}");
+        assert_eq!(objects_of(&fx.pool, tenant).await, (fit as i64, fit as i64), "{name}");
+        let listed = fx.s3.list_keys(&bucket, "", None, "", 100).await.expect("list").objects.len();
+        assert_eq!(listed, fit, "{name}");
+    }
 }

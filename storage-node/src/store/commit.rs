@@ -256,7 +256,7 @@ impl Ingested {
     /// This upload as parameters of one statement that commits it with no transaction around
     /// it ([`OneStatementCommit`]), when it is small enough: one chunk at most, inline, nothing
     /// reused or pinned.
-    pub fn in_one_statement(&self) -> Option<OneStatementCommit<'_>> {
+    pub(crate) fn in_one_statement(&self) -> Option<OneStatementCommit<'_>> {
         (self.may_share_tenant_lock() && self.all_inline()).then(|| OneStatementCommit {
             manifest: ManifestParams::of(self),
             columns: ChunkColumns::of(&self.new_chunks, &count_uses(&self.manifest)),
@@ -266,10 +266,10 @@ impl Ingested {
 }
 
 /// A small upload's commit as parameters `$1` to `$14` of a statement that also binds it
-/// (`model::object`), and the pieces of SQL that commit it there: its chunks
-/// ([`OneStatementCommit::CHUNKS`]), its object and manifest ([`record_object`]) and its usage
+/// (`model::one_statement`), and the pieces of SQL that commit it there: its chunks
+/// ([`OneStatementCommit::chunks`]), its object and manifest ([`record_object`]) and its usage
 /// delta ([`OneStatementCommit::usage_delta`]), each gated on the statement's CTE `go`.
-pub struct OneStatementCommit<'a> {
+pub(crate) struct OneStatementCommit<'a> {
     manifest: ManifestParams,
     columns: ChunkColumns<'a>,
     room: i64,
@@ -279,20 +279,25 @@ impl OneStatementCommit<'_> {
     /// The tenant's id.
     pub const TENANT: &'static str = "$1";
     /// The room the tenant's quota must leave for the commit to share the tenant's lock
-    /// (`usage::far_from_quota`).
+    /// (`usage::shared_room`).
     pub const ROOM: &'static str = "$14";
     /// How many parameters it takes.
     pub const PARAMS: usize = 14;
 
+    /// The logical bytes the object adds to its tenant's usage.
+    pub fn size(&self) -> u64 {
+        self.manifest.size as u64
+    }
+
     /// The CTEs `c` (the chunks inserted or referenced) and `added` (what they added), when
     /// the CTE `go` has a row.
     pub fn chunks() -> String {
-        inline_chunks(", go")
+        inline_chunks_cte(", go")
     }
 
     /// The CTE `d`: the usage delta, after `added`.
     pub fn usage_delta() -> String {
-        usage_delta(", go")
+        usage_delta_cte(", go")
     }
 
     /// The parameters, in order.
@@ -315,7 +320,7 @@ pub(crate) fn record_object(from: &str) -> String {
 /// The CTEs `c` and `added` of an inline commit over the parameters of [`ManifestParams`]
 /// and [`ChunkColumns`] (`$1` to `$13`); `and_from` adds to the insert's `FROM` (a gate).
 /// A chunk the tenant has already (inline or in a pack) only gains references.
-fn inline_chunks(and_from: &str) -> String {
+fn inline_chunks_cte(and_from: &str) -> String {
     format!(
         "c AS (INSERT INTO chunks (tenant_id, id, raw_len, stored_len, compression, refcount, inline_data, tree) \
                SELECT $1, v.* FROM unnest($7::bytea[], $8::int4[], $9::int4[], $10::int2[], $11::int8[], $12::bytea[], $13::bytea[]) AS v{and_from} \
@@ -327,8 +332,9 @@ fn inline_chunks(and_from: &str) -> String {
     )
 }
 
-/// The CTE `d`: an inline commit's usage delta, from `added`; `and_from` as in [`inline_chunks`].
-fn usage_delta(and_from: &str) -> String {
+/// The CTE `d`: an inline commit's usage delta, from `added`; `and_from` as in
+/// [`inline_chunks_cte`].
+fn usage_delta_cte(and_from: &str) -> String {
     format!(
         "d AS (INSERT INTO tenant_usage_deltas (tenant_id, objects, logical_bytes, unique_raw_bytes, stored_bytes) \
                SELECT $1, 1, $2, raw, stored FROM added{and_from})"
@@ -427,9 +433,9 @@ async fn commit_inline(
         txn,
         &format!(
             "WITH {}, {}, {} SELECT o.id, added.n, added.stored FROM o, added",
-            inline_chunks(""),
+            inline_chunks_cte(""),
             record_object(""),
-            usage_delta("")
+            usage_delta_cte("")
         ),
         &[manifest.params(), columns.params()].concat(),
     )

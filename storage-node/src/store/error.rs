@@ -27,6 +27,8 @@ pub enum StoreError {
     StorageFull { path: PathBuf },
     #[error("the upload ended after {received} bytes, but {expected} were announced")]
     Truncated { expected: u64, received: u64 },
+    #[error("the upload sent more than the {expected} bytes it announced")]
+    LongerThanAnnounced { expected: u64 },
     #[error("the upload's body could not be read: {0}")]
     Source(io::Error),
     #[error("integrity error in chunk {chunk} of tenant {} (pack {}, offset {offset}): {detail}", tenant.0, pack.0)]

@@ -144,7 +144,8 @@ impl ChunkStore {
     ///
     /// # Errors
     /// [`StoreError::QuotaExceeded`], [`StoreError::StorageFull`], [`StoreError::Truncated`],
-    /// [`StoreError::Source`] and catalog errors. In every case no object is created.
+    /// [`StoreError::LongerThanAnnounced`], [`StoreError::Source`] and catalog errors. In every
+    /// case no object is created.
     pub async fn ingest<R>(
         &self,
         tenant: TenantId,
@@ -197,7 +198,16 @@ impl ChunkStore {
                 // The chunk's slot goes back once its bytes are stored and sent to every copy.
                 let (chunk, slot) = chunk?;
                 let chunk = chunk.holding(slot);
-                if let Err(err) = room.check(upload.size + chunk.len()) {
+                // A body longer than announced stops at once (an aws-chunked body's decoded
+                // length is not enforced below us), so a small one stays small.
+                let received = upload.size + chunk.len();
+                let refused = match options.expected_len {
+                    Some(expected) if received > expected => {
+                        Err(StoreError::LongerThanAnnounced { expected })
+                    }
+                    _ => room.check(received),
+                };
+                if let Err(err) = refused {
                     if let Prepared::Known { id, .. } = chunk {
                         // Its pin was taken: release it with the others.
                         *upload.pins.entry(id).or_insert(0) += 1;

@@ -36,8 +36,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+pub(crate) use commit::OneStatementCommit;
+pub use commit::StoredObject;
 pub(crate) use commit::record_object;
-pub use commit::{OneStatementCommit, StoredObject};
 pub use error::StoreError;
 pub use gc::GcReport;
 pub use ingest::{INLINE_MAX_BYTES, Ingested, PutOptions};
@@ -50,7 +51,7 @@ pub use read::{ManifestHead, ObjectRead, WHOLE_MANIFEST_ENTRIES};
 pub use reconcile::{RESTORED_MARKER, ReconcileReport, mark_catalog_restored};
 pub use scrub::{DamagedChunk, ScrubReport};
 pub use usage::{QUOTA_LOCK_MARGIN, needs_exclusive};
-pub(crate) use usage::{far_from_quota, lock_tenant, tenant_lock_shared};
+pub(crate) use usage::{lock_tenant, tenant_lock_shared, used_logical_bytes};
 pub use writers::{PACKS_PER_CLASS, PackWriterStats};
 
 use crate::DataDir;

@@ -82,12 +82,7 @@ pub(super) async fn quota_room(
     // are prepared once per connection instead, `catalog::query_prepared_opt`).
     let row = client
         .query_typed_opt(
-            &format!(
-                "SELECT t.storage_quota_bytes, CASE WHEN t.storage_quota_bytes IS NULL THEN 0 \
-                        ELSE t.logical_bytes + {} END \
-                 FROM tenants t WHERE t.id = $1",
-                deltas_of("logical_bytes")
-            ),
+            &format!("SELECT t.storage_quota_bytes, {} FROM tenants t WHERE t.id = $1", used_logical_bytes()),
             &[(&tenant.0, Type::INT8)],
         )
         .await?
@@ -101,6 +96,15 @@ pub(super) async fn quota_room(
 /// back the shared ones that come after it, so a stream of small commits cannot starve it.
 const TENANT_LOCK: i32 = 0x5553_4147;
 
+/// The logical bytes the tenant row `t` uses, its deltas counted, as the quota counts them:
+/// 0 when it has no quota (the deltas are not summed then).
+pub(crate) fn used_logical_bytes() -> String {
+    format!(
+        "CASE WHEN t.storage_quota_bytes IS NULL THEN 0 ELSE t.logical_bytes + {} END",
+        deltas_of("logical_bytes")
+    )
+}
+
 /// The room a commit of `needed` bytes asks of [`far_from_quota`] to share the tenant's lock.
 pub(crate) fn shared_room(needed: u64) -> i64 {
     needed.saturating_add(QUOTA_LOCK_MARGIN).min(i64::MAX as u64) as i64
@@ -108,7 +112,7 @@ pub(crate) fn shared_room(needed: u64) -> i64 {
 
 /// Whether the tenant row `t`, its deltas counted, stays within its quota with `room` more
 /// logical bytes (an SQL expression: a parameter, say).
-pub(crate) fn far_from_quota(room: &str) -> String {
+fn far_from_quota(room: &str) -> String {
     format!(
         "(t.storage_quota_bytes IS NULL OR t.logical_bytes + {} + {room} <= t.storage_quota_bytes)",
         deltas_of("logical_bytes")
