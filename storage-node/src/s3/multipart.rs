@@ -22,7 +22,7 @@ const MIN_PART_BYTES: i64 = 5 * 1024 * 1024;
 
 /// An upload in progress, as its caller checked it.
 #[derive(Debug, Clone)]
-struct Upload {
+pub(crate) struct Upload {
     tenant: TenantId,
     /// The id of the bucket it was checked against.
     bucket_id: i64,
@@ -93,6 +93,20 @@ impl SiloS3 {
         Ok(upload.checksum.map(|(algorithm, _)| algorithm))
     }
 
+    /// Upload `id` of `bucket`/`key`, when it is the caller's and `number` is a part number.
+    pub(crate) async fn upload_for_part(
+        &self,
+        caller: Option<TenantId>,
+        (bucket, key): (&str, &str),
+        id: &str,
+        number: i32,
+    ) -> S3Result<Upload> {
+        if !(1..=10_000).contains(&number) {
+            return Err(s3_error!(InvalidArgument, "part numbers run from 1 to 10000"));
+        }
+        self.upload(caller, bucket, key, id).await
+    }
+
     /// Stores one part (replacing an earlier upload of the same part) once its claims are
     /// checked. Returns its ETag and its checksum (in the upload's algorithm, or the one the
     /// part claimed).
@@ -103,12 +117,20 @@ impl SiloS3 {
         key: &str,
         id: &str,
         number: i32,
+        body: Incoming,
+    ) -> S3Result<(String, Option<(ChecksumAlgorithm, String)>)> {
+        let upload = self.upload_for_part(caller, (bucket, key), id, number).await?;
+        self.store_part(upload, id, number, body).await
+    }
+
+    /// [`SiloS3::upload_part_for`] of an upload found by [`SiloS3::upload_for_part`].
+    pub(crate) async fn store_part(
+        &self,
+        upload: Upload,
+        id: &str,
+        number: i32,
         mut body: Incoming,
     ) -> S3Result<(String, Option<(ChecksumAlgorithm, String)>)> {
-        if !(1..=10_000).contains(&number) {
-            return Err(s3_error!(InvalidArgument, "part numbers run from 1 to 10000"));
-        }
-        let upload = self.upload(caller, bucket, key, id).await?;
         let wanted = upload.checksum.map(|(algorithm, _)| algorithm);
         match (&body.claims.checksum, wanted) {
             (Some(claim), Some(wanted)) if claim.algorithm != wanted => {

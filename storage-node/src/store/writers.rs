@@ -233,9 +233,13 @@ impl WriterPool {
         (best, room)
     }
 
-    /// The lock held while a pack of `class` is opened.
+    /// The lock held while a pack of `class` is opened. The locks no task holds or waits on
+    /// are dropped on the way, so that the map keeps only the classes being opened now, not
+    /// every class (one per owning tenant's policy) ever opened.
     fn opening(&self, class: &PackClass) -> Arc<tokio::sync::Mutex<()>> {
-        lock(&self.opening).entry(class.clone()).or_default().clone()
+        let mut opening = lock(&self.opening);
+        opening.retain(|_, held| Arc::strong_count(held) > 1);
+        opening.entry(class.clone()).or_default().clone()
     }
 
     /// Adds a newly opened pack: to the open set, or (private) straight to draining.
@@ -494,4 +498,27 @@ pub(super) async fn seal_pack(
         )
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    fn class(owner: i64) -> PackClass {
+        PackClass { owner: Some(crate::TenantId(owner)), replicas: None, zones: None }
+    }
+
+    #[test]
+    fn the_opening_locks_of_classes_no_task_holds_are_forgotten() {
+        let pool = WriterPool::default();
+        let held = pool.opening(&class(1));
+        drop(pool.opening(&class(2)));
+        let _third = pool.opening(&class(3));
+        let kept: HashSet<PackClass> = lock(&pool.opening).keys().cloned().collect();
+        assert_eq!(kept, HashSet::from([class(1), class(3)]));
+        // A class being opened keeps its one lock.
+        assert!(Arc::ptr_eq(&held, &pool.opening(&class(1))));
+    }
 }
