@@ -253,7 +253,7 @@ mod tests {
         let mut holder = fx.pool.get().await.expect("client");
         let hold = holder.transaction().await.expect("txn");
         // The tenant's advisory lock alone (`store::usage`'s TENANT_LOCK), not its row.
-        hold.execute("SELECT pg_advisory_xact_lock(1431519559, ($1 % 2147483647)::int4)", &[&a.0])
+        hold.execute("SELECT pg_advisory_xact_lock(1431519559, ($1::int8 % 2147483647)::int4)", &[&a.0])
             .await
             .expect("the tenant's lock, exclusively");
         let ingested = ingest(&fx, a, 1).await;
