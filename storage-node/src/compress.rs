@@ -5,14 +5,17 @@
 //! Media (JPEG, MP4, zip) fails the probe, and costs 64 KiB of level-1 work per chunk, not a
 //! full compression.
 //!
-//! Compression contexts are kept for reuse (a few, whatever the number of threads): a fresh one
-//! allocates its tables (a fresh `mmap` past glibc's threshold, faulted in page by page) and
-//! clears them for every chunk, which was a fifth of Silo's CPU in a small PUT.
+//! Compression and decompression contexts are kept for reuse (a few, whatever the number of
+//! threads): a fresh compression context allocates its tables (a fresh `mmap` past glibc's
+//! threshold, faulted in page by page) and clears them for every chunk, which was a fifth of
+//! Silo's CPU in a small PUT; a fresh decompression context costs every read of a compressed
+//! chunk (a small CSS or JS file from the read cache, say) an allocation of about 100 KiB and its
+//! set-up.
 
 use std::sync::{Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
-use zstd::bulk::Compressor;
+use zstd::bulk::{Compressor, Decompressor};
 
 /// How a chunk is stored in its pack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,29 +81,50 @@ impl CompressionPolicy {
     }
 }
 
-/// How many compression contexts are kept for reuse: one per core of a small node, each up to
+/// How many contexts of each kind are kept for reuse: one per core of a small node, each up to
 /// about a megabyte (level 3's tables for the largest chunk).
 const CONTEXTS_KEPT: usize = 4;
 
-/// Contexts kept for reuse, with their level.
-static CONTEXTS: Mutex<Vec<(i32, Compressor<'static>)>> = Mutex::new(Vec::new());
+/// Contexts kept for reuse, at most [`CONTEXTS_KEPT`]. Only a context whose last use succeeded
+/// is given back.
+struct Kept<T>(Mutex<Vec<T>>);
+
+impl<T> Kept<T> {
+    const fn new() -> Self {
+        Kept(Mutex::new(Vec::new()))
+    }
+
+    fn contexts(&self) -> std::sync::MutexGuard<'_, Vec<T>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A kept context that `fits`, if one is free.
+    fn take(&self, fits: impl Fn(&T) -> bool) -> Option<T> {
+        let mut contexts = self.contexts();
+        let at = contexts.iter().position(fits)?;
+        Some(contexts.swap_remove(at))
+    }
+
+    fn give(&self, context: T) {
+        let mut contexts = self.contexts();
+        if contexts.len() < CONTEXTS_KEPT {
+            contexts.push(context);
+        }
+    }
+}
+
+/// Compression contexts, with their level.
+static COMPRESSORS: Kept<(i32, Compressor<'static>)> = Kept::new();
+static DECOMPRESSORS: Kept<Decompressor<'static>> = Kept::new();
 
 /// `raw` compressed at `level`, with a kept context of that level when one is free.
 fn compress_at(raw: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
-    let kept = {
-        let mut contexts = CONTEXTS.lock().unwrap_or_else(PoisonError::into_inner);
-        let at = contexts.iter().position(|(kept_level, _)| *kept_level == level);
-        at.map(|at| contexts.swap_remove(at).1)
-    };
-    let mut compressor = match kept {
-        Some(compressor) => compressor,
-        None => Compressor::new(level)?,
+    let (level, mut compressor) = match COMPRESSORS.take(|(kept, _)| *kept == level) {
+        Some(kept) => kept,
+        None => (level, Compressor::new(level)?),
     };
     let compressed = compressor.compress(raw)?;
-    let mut contexts = CONTEXTS.lock().unwrap_or_else(PoisonError::into_inner);
-    if contexts.len() < CONTEXTS_KEPT {
-        contexts.push((level, compressor));
-    }
+    COMPRESSORS.give((level, compressor));
     Ok(compressed)
 }
 
@@ -109,7 +133,12 @@ fn compress_at(raw: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
 /// # Errors
 /// The decompressor's error, or a length other than `raw_len`.
 pub fn decompress(stored: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
-    let raw = zstd::bulk::decompress(stored, raw_len)?;
+    let mut decompressor = match DECOMPRESSORS.take(|_| true) {
+        Some(kept) => kept,
+        None => Decompressor::new()?,
+    };
+    let raw = decompressor.decompress(stored, raw_len)?;
+    DECOMPRESSORS.give(decompressor);
     if raw.len() != raw_len {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -144,8 +173,24 @@ mod tests {
             assert_eq!(kept, zstd::bulk::compress(chunk, 3).expect("fresh"));
             assert_eq!(decompress(&kept, chunk.len()).expect("back"), *chunk);
         }
-        let contexts = CONTEXTS.lock().unwrap_or_else(PoisonError::into_inner);
-        assert!((1..=CONTEXTS_KEPT).contains(&contexts.len()));
+        assert!((1..=CONTEXTS_KEPT).contains(&COMPRESSORS.contexts().len()));
+    }
+
+    #[test]
+    fn a_kept_decompression_context_restores_chunk_after_chunk_and_refuses_damage() {
+        let chunks: Vec<Vec<u8>> =
+            (1..5usize).map(|i| format!("line {i};").repeat(i * 5_000).into_bytes()).collect();
+        for chunk in &chunks {
+            let stored = compress_at(chunk, 3).expect("compress");
+            assert_eq!(decompress(&stored, chunk.len()).expect("back"), *chunk);
+            let mut damaged = stored.clone();
+            let last = damaged.len() - 1;
+            damaged[last / 2] ^= 0x40;
+            damaged.truncate(last);
+            assert!(decompress(&damaged, chunk.len()).is_err(), "a damaged chunk is refused");
+            assert_eq!(decompress(&stored, chunk.len()).expect("back after a refusal"), *chunk);
+        }
+        assert!((1..=CONTEXTS_KEPT).contains(&DECOMPRESSORS.contexts().len()));
     }
 
     #[test]
