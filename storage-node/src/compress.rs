@@ -5,12 +5,12 @@
 //! Media (JPEG, MP4, zip) fails the probe, and costs 64 KiB of level-1 work per chunk, not a
 //! full compression.
 //!
-//! Compression and decompression contexts are kept for reuse (a few, whatever the number of
-//! threads): a fresh compression context allocates its tables (a fresh `mmap` past glibc's
-//! threshold, faulted in page by page) and clears them for every chunk, which was a fifth of
-//! Silo's CPU in a small PUT; a fresh decompression context costs every read of a compressed
-//! chunk (a small CSS or JS file from the read cache, say) an allocation of about 100 KiB and its
-//! set-up.
+//! Compression and decompression contexts are kept for reuse (a few of each kind, whatever the
+//! number of threads): a fresh compression context allocates its tables (a fresh `mmap` past
+//! glibc's threshold, faulted in page by page) and clears them for every chunk, which was a fifth
+//! of Silo's CPU in a small PUT; a fresh decompression context costs every read of a compressed
+//! chunk (a small CSS or JS file from the read cache, say) an allocation of about 100 KiB and
+//! its set-up.
 
 use std::sync::{Mutex, PoisonError};
 
@@ -81,12 +81,17 @@ impl CompressionPolicy {
     }
 }
 
-/// How many contexts of each kind are kept for reuse: one per core of a small node, each up to
-/// about a megabyte (level 3's tables for the largest chunk).
+/// How many contexts of each kind (each compression level, decompression) are kept for reuse:
+/// one per core of a small node.
 const CONTEXTS_KEPT: usize = 4;
 
-/// Contexts kept for reuse, at most [`CONTEXTS_KEPT`]. Only a context whose last use succeeded
-/// is given back.
+/// The largest compression context kept: about a megabyte at the default level 3 whatever the
+/// chunk size (its window stops at 2 MiB); a high level's tables (tens of megabytes at level 19)
+/// are not kept outside the memory budget.
+const CONTEXT_KEPT_MAX_BYTES: usize = 4 * 1024 * 1024;
+
+/// Contexts kept for reuse, at most [`CONTEXTS_KEPT`] of each kind. Only a context whose last
+/// use succeeded is given back.
 struct Kept<T>(Mutex<Vec<T>>);
 
 impl<T> Kept<T> {
@@ -98,33 +103,44 @@ impl<T> Kept<T> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A kept context that `fits`, if one is free.
-    fn take(&self, fits: impl Fn(&T) -> bool) -> Option<T> {
+    /// A kept context of the kind `same` tells, if one is free.
+    fn take(&self, same: impl Fn(&T) -> bool) -> Option<T> {
         let mut contexts = self.contexts();
-        let at = contexts.iter().position(fits)?;
+        let at = contexts.iter().position(same)?;
         Some(contexts.swap_remove(at))
     }
 
-    fn give(&self, context: T) {
+    /// Keeps `context` unless [`CONTEXTS_KEPT`] of its kind (as `same` tells) are kept: one
+    /// kind (the level-1 probes, say) never crowds out another.
+    fn give(&self, context: T, same: impl Fn(&T) -> bool) {
         let mut contexts = self.contexts();
-        if contexts.len() < CONTEXTS_KEPT {
+        if contexts.iter().filter(|kept| same(kept)).count() < CONTEXTS_KEPT {
             contexts.push(context);
         }
     }
 }
 
 /// Compression contexts, with their level.
-static COMPRESSORS: Kept<(i32, Compressor<'static>)> = Kept::new();
+type LeveledCompressors = Kept<(i32, Compressor<'static>)>;
+
+static COMPRESSORS: LeveledCompressors = Kept::new();
 static DECOMPRESSORS: Kept<Decompressor<'static>> = Kept::new();
 
 /// `raw` compressed at `level`, with a kept context of that level when one is free.
 fn compress_at(raw: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
-    let (level, mut compressor) = match COMPRESSORS.take(|(kept, _)| *kept == level) {
-        Some(kept) => kept,
+    compress_with(&COMPRESSORS, raw, level)
+}
+
+fn compress_with(kept: &LeveledCompressors, raw: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    let of_level = |context: &(i32, Compressor<'static>)| context.0 == level;
+    let (_, mut compressor) = match kept.take(of_level) {
+        Some(context) => context,
         None => (level, Compressor::new(level)?),
     };
     let compressed = compressor.compress(raw)?;
-    COMPRESSORS.give((level, compressor));
+    if compressor.context_mut().sizeof() <= CONTEXT_KEPT_MAX_BYTES {
+        kept.give((level, compressor), of_level);
+    }
     Ok(compressed)
 }
 
@@ -133,12 +149,20 @@ fn compress_at(raw: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
 /// # Errors
 /// The decompressor's error, or a length other than `raw_len`.
 pub fn decompress(stored: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
-    let mut decompressor = match DECOMPRESSORS.take(|_| true) {
-        Some(kept) => kept,
+    decompress_with(&DECOMPRESSORS, stored, raw_len)
+}
+
+fn decompress_with(
+    kept: &Kept<Decompressor<'static>>,
+    stored: &[u8],
+    raw_len: usize,
+) -> std::io::Result<Vec<u8>> {
+    let mut decompressor = match kept.take(|_| true) {
+        Some(context) => context,
         None => Decompressor::new()?,
     };
     let raw = decompressor.decompress(stored, raw_len)?;
-    DECOMPRESSORS.give(decompressor);
+    kept.give(decompressor, |_| true);
     if raw.len() != raw_len {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -162,35 +186,58 @@ mod tests {
     }
 
     #[test]
-    fn a_kept_context_compresses_each_chunk_as_a_fresh_one_does() {
-        // Chunks of several sizes and contents, each compressed once with a kept context (after
-        // the first), equal the output of a fresh context: nothing carries over between them.
+    fn contexts_are_kept_per_level_and_compress_as_fresh_ones_do() {
+        // A pool of this test's own: other tests share the global one.
+        let kept = LeveledCompressors::new();
         let chunks: Vec<Vec<u8>> = (1..6usize)
             .map(|i| format!("row {i}, value {} ;", i * 7).repeat(i * 9_000).into_bytes())
             .collect();
         for chunk in chunks.iter().chain(chunks.iter().rev()) {
-            let kept = compress_at(chunk, 3).expect("kept");
-            assert_eq!(kept, zstd::bulk::compress(chunk, 3).expect("fresh"));
-            assert_eq!(decompress(&kept, chunk.len()).expect("back"), *chunk);
+            // At levels 1 and 3 a kept context's output equals a fresh one's (higher levels
+            // salt their hashes from earlier input: the output still decodes alike).
+            for level in [1, 3] {
+                let reused = compress_with(&kept, chunk, level).expect("kept");
+                assert_eq!(reused, zstd::bulk::compress(chunk, level).expect("fresh"), "level {level}");
+                assert_eq!(decompress(&reused, chunk.len()).expect("back"), *chunk);
+            }
         }
-        assert!((1..=CONTEXTS_KEPT).contains(&COMPRESSORS.contexts().len()));
+        let levels: Vec<i32> = kept.contexts().iter().map(|(level, _)| *level).collect();
+        assert_eq!(levels.iter().filter(|level| **level == 1).count(), 1, "{levels:?}");
+        assert_eq!(levels.iter().filter(|level| **level == 3).count(), 1, "{levels:?}");
+        // Each level keeps its own up to the cap: a burst of one never crowds out the other.
+        for _ in 0..CONTEXTS_KEPT + 2 {
+            kept.give((1, Compressor::new(1).expect("context")), |context| context.0 == 1);
+        }
+        let levels: Vec<i32> = kept.contexts().iter().map(|(level, _)| *level).collect();
+        assert_eq!(levels.iter().filter(|level| **level == 1).count(), CONTEXTS_KEPT, "{levels:?}");
+        assert_eq!(levels.iter().filter(|level| **level == 3).count(), 1, "{levels:?}");
     }
 
     #[test]
-    fn a_kept_decompression_context_restores_chunk_after_chunk_and_refuses_damage() {
+    fn a_high_levels_large_context_is_not_kept() {
+        let kept = LeveledCompressors::new();
+        let chunk = "a few words, again and again; ".repeat(70_000).into_bytes();
+        compress_with(&kept, &chunk, 19).expect("level 19");
+        assert!(kept.contexts().is_empty(), "a context past CONTEXT_KEPT_MAX_BYTES went back");
+        compress_with(&kept, &chunk, 3).expect("level 3");
+        assert_eq!(kept.contexts().len(), 1);
+    }
+
+    #[test]
+    fn a_decompression_context_goes_back_only_after_it_succeeded() {
+        let kept = Kept::new();
         let chunks: Vec<Vec<u8>> =
             (1..5usize).map(|i| format!("line {i};").repeat(i * 5_000).into_bytes()).collect();
         for chunk in &chunks {
             let stored = compress_at(chunk, 3).expect("compress");
-            assert_eq!(decompress(&stored, chunk.len()).expect("back"), *chunk);
+            assert_eq!(decompress_with(&kept, &stored, chunk.len()).expect("back"), *chunk);
+            assert_eq!(kept.contexts().len(), 1, "a context that succeeded is kept");
             let mut damaged = stored.clone();
-            let last = damaged.len() - 1;
-            damaged[last / 2] ^= 0x40;
-            damaged.truncate(last);
-            assert!(decompress(&damaged, chunk.len()).is_err(), "a damaged chunk is refused");
-            assert_eq!(decompress(&stored, chunk.len()).expect("back after a refusal"), *chunk);
+            damaged.truncate(stored.len() - 1);
+            assert!(decompress_with(&kept, &damaged, chunk.len()).is_err(), "a damaged chunk is refused");
+            assert!(kept.contexts().is_empty(), "a context that failed is not kept");
+            assert_eq!(decompress_with(&kept, &stored, chunk.len()).expect("back after a refusal"), *chunk);
         }
-        assert!((1..=CONTEXTS_KEPT).contains(&DECOMPRESSORS.contexts().len()));
     }
 
     #[test]

@@ -22,7 +22,7 @@ const MIN_PART_BYTES: i64 = 5 * 1024 * 1024;
 
 /// An upload in progress, as its caller checked it.
 #[derive(Debug, Clone)]
-pub(crate) struct Upload {
+struct Upload {
     tenant: TenantId,
     /// The id of the bucket it was checked against.
     bucket_id: i64,
@@ -40,6 +40,13 @@ pub(crate) struct CompletionClaims {
     pub whole: Option<(ChecksumAlgorithm, String)>,
     /// What the key must hold (`If-Match`, `If-None-Match`).
     pub condition: WriteCondition,
+}
+
+/// A part of an upload, its number checked and its upload found as the caller's.
+pub(crate) struct PartOfUpload {
+    upload: Upload,
+    id: String,
+    number: i32,
 }
 
 impl SiloS3 {
@@ -93,18 +100,20 @@ impl SiloS3 {
         Ok(upload.checksum.map(|(algorithm, _)| algorithm))
     }
 
-    /// Upload `id` of `bucket`/`key`, when it is the caller's and `number` is a part number.
+    /// Upload `id` of `bucket`/`key`, when it is the caller's and `number` is a part number: what
+    /// [`SiloS3::store_part`] stores part `number` into.
     pub(crate) async fn upload_for_part(
         &self,
         caller: Option<TenantId>,
         (bucket, key): (&str, &str),
         id: &str,
         number: i32,
-    ) -> S3Result<Upload> {
+    ) -> S3Result<PartOfUpload> {
         if !(1..=10_000).contains(&number) {
             return Err(s3_error!(InvalidArgument, "part numbers run from 1 to 10000"));
         }
-        self.upload(caller, bucket, key, id).await
+        let upload = self.upload(caller, bucket, key, id).await?;
+        Ok(PartOfUpload { upload, id: id.to_string(), number })
     }
 
     /// Stores one part (replacing an earlier upload of the same part) once its claims are
@@ -119,18 +128,18 @@ impl SiloS3 {
         number: i32,
         body: Incoming,
     ) -> S3Result<(String, Option<(ChecksumAlgorithm, String)>)> {
-        let upload = self.upload_for_part(caller, (bucket, key), id, number).await?;
-        self.store_part(upload, id, number, body).await
+        let part = self.upload_for_part(caller, (bucket, key), id, number).await?;
+        self.store_part(part, body).await
     }
 
-    /// [`SiloS3::upload_part_for`] of an upload found by [`SiloS3::upload_for_part`].
+    /// [`SiloS3::upload_part_for`] of a part whose upload [`SiloS3::upload_for_part`] found.
     pub(crate) async fn store_part(
         &self,
-        upload: Upload,
-        id: &str,
-        number: i32,
+        part: PartOfUpload,
         mut body: Incoming,
     ) -> S3Result<(String, Option<(ChecksumAlgorithm, String)>)> {
+        let PartOfUpload { upload, id, number } = part;
+        let id = id.as_str();
         let wanted = upload.checksum.map(|(algorithm, _)| algorithm);
         match (&body.claims.checksum, wanted) {
             (Some(claim), Some(wanted)) if claim.algorithm != wanted => {

@@ -427,11 +427,11 @@ impl S3 for SiloS3 {
         // The target upload is found before the source is read (its first piece comes before
         // the body is opened): a wrong upload is NoSuchUpload, not a read of the source.
         let (id, number) = (&input.upload_id, input.part_number);
-        let upload = self.upload_for_part(tenant, (&input.bucket, &input.key), id, number).await?;
+        let part = self.upload_for_part(tenant, (&input.bucket, &input.key), id, number).await?;
         let reader = into_reader(self.open_body(&source, range.clone(), None).await?);
         let length = Some((range.end - range.start) as i64);
         let body = Incoming { reader, length, claims: Claims::default() };
-        let (etag, _) = self.store_part(upload, id, number, body).await?;
+        let (etag, _) = self.store_part(part, body).await?;
         let result = CopyPartResult { e_tag: Some(ETag::Strong(etag)), ..Default::default() };
         Ok(S3Response::new(UploadPartCopyOutput { copy_part_result: Some(result), ..Default::default() }))
     }
