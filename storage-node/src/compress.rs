@@ -56,6 +56,13 @@ const PROBE_SAMPLES: usize = 4;
 const PROBE_SAMPLE_BYTES: usize = 16 * 1024;
 
 impl CompressionPolicy {
+    /// Whether its level compresses a small chunk (under 64 KiB) in tens of microseconds, quick
+    /// enough for an async task: zstd's fast levels up to 3, the default. A higher level's
+    /// search can take milliseconds.
+    pub fn is_quick(&self) -> bool {
+        self.level <= 3
+    }
+
     /// The stored form of `raw`: compressed when that saves enough, otherwise `None`.
     pub fn compress(&self, raw: &[u8]) -> Option<Vec<u8>> {
         if raw.len() < 512 {

@@ -186,6 +186,19 @@ mod tests {
         count(&fx.pool, "SELECT count(*) FROM chunks WHERE tenant_id = $1", tenant).await
     }
 
+    /// Binds `ingested` at `media`/`k` in a task of its own, once it waits on a lock `hold`
+    /// holds.
+    async fn bind_behind(
+        fx: &Fixture,
+        ingested: Ingested,
+        id: i64,
+    ) -> tokio::task::JoinHandle<Result<Outcome, ModelError>> {
+        let s3 = fx.s3.clone();
+        let binding = tokio::spawn(async move { try_bind(s3.store(), &ingested, "media", id, "k").await });
+        until_waiting(&fx.pool, 1, || binding.is_finished()).await;
+        binding
+    }
+
     /// A tenant with bucket `media`, and that bucket's id.
     async fn tenant_with_bucket(fx: &Fixture, quota: Option<u64>) -> (TenantId, i64) {
         let a = tenants::create(&fx.pool, "tenant-a", quota).await.expect("a");
@@ -252,14 +265,10 @@ mod tests {
         let (a, id) = tenant_with_bucket(&fx, None).await;
         let mut holder = fx.pool.get().await.expect("client");
         let hold = holder.transaction().await.expect("txn");
-        // The tenant's advisory lock alone (`store::usage`'s TENANT_LOCK), not its row.
-        hold.execute("SELECT pg_advisory_xact_lock(1431519559, ($1::int8 % 2147483647)::int4)", &[&a.0])
-            .await
-            .expect("the tenant's lock, exclusively");
-        let ingested = ingest(&fx, a, 1).await;
-        let s3 = fx.s3.clone();
-        let binding = tokio::spawn(async move { try_bind(s3.store(), &ingested, "media", id, "k").await });
-        until_waiting(&fx.pool, 1, || binding.is_finished()).await;
+        // The tenant's advisory lock alone, not its row.
+        let lock = crate::store::tenant_lock_exclusive("$1::int8");
+        hold.execute(&format!("SELECT {lock}"), &[&a.0]).await.expect("the tenant's lock, exclusively");
+        let binding = bind_behind(&fx, ingest(&fx, a, 1).await, id).await;
         assert!(!binding.is_finished(), "the statement waits for the tenant");
         hold.commit().await.expect("release");
         let outcome = binding.await.expect("join").expect("bind");
@@ -275,10 +284,7 @@ mod tests {
         let mut holder = fx.pool.get().await.expect("client");
         let hold = holder.transaction().await.expect("txn");
         hold.execute("SELECT 1 FROM buckets WHERE id = $1 FOR UPDATE", &[&id]).await.expect("hold");
-        let ingested = ingest(&fx, a, 1).await;
-        let s3 = fx.s3.clone();
-        let binding = tokio::spawn(async move { try_bind(s3.store(), &ingested, "media", id, "k").await });
-        until_waiting(&fx.pool, 1, || binding.is_finished()).await;
+        let binding = bind_behind(&fx, ingest(&fx, a, 1).await, id).await;
         hold.execute("DELETE FROM buckets WHERE id = $1", &[&id]).await.expect("delete");
         hold.commit().await.expect("commit the delete");
         let outcome = binding.await.expect("join").expect("bind");
@@ -303,10 +309,7 @@ mod tests {
         hold.execute("UPDATE s3_objects SET key = 'k' WHERE bucket = 'media' AND key = 'elsewhere'", &[])
             .await
             .expect("move");
-        let second = ingest(&fx, a, 2).await;
-        let s3 = fx.s3.clone();
-        let binding = tokio::spawn(async move { try_bind(s3.store(), &second, "media", id, "k").await });
-        until_waiting(&fx.pool, 1, || binding.is_finished()).await;
+        let binding = bind_behind(&fx, ingest(&fx, a, 2).await, id).await;
         hold.commit().await.expect("commit the move");
         let outcome = binding.await.expect("join").expect("bind");
         assert_eq!(outcome, Outcome::InTransaction { may_share: true });

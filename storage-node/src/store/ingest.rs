@@ -277,12 +277,18 @@ impl ChunkStore {
         let policy = self.inner.config.compression;
         // The chunk of a body that goes inline is not looked up: the commit stores or references
         // it either way (one catalog round trip fewer for a small upload). It is named and
-        // compressed right here, under 64 KiB: tens of microseconds, less than two hand-offs to
-        // the blocking pool and back.
+        // compressed in one step: right here at a quick level (under 64 KiB, tens of
+        // microseconds, less than a hand-off to the blocking pool and back), else in one trip.
         if may_go_inline && raw.len() < INLINE_MAX_BYTES {
-            let (id, tree) = key.chunk_id_and_tree(&raw);
-            let compressed = policy.compress(&raw);
-            return Ok(Prepared::New(Fresh { id, raw, compressed, tree }));
+            let prepare = move || {
+                let (id, tree) = key.chunk_id_and_tree(&raw);
+                let compressed = policy.compress(&raw);
+                Prepared::New(Fresh { id, raw, compressed, tree })
+            };
+            return match policy.is_quick() {
+                true => Ok(prepare()),
+                false => Ok(tokio::task::spawn_blocking(prepare).await?),
+            };
         }
         let ((id, tree), raw) =
             tokio::task::spawn_blocking(move || (key.chunk_id_and_tree(&raw), raw)).await?;

@@ -50,6 +50,8 @@ pub(crate) use read::manifest_head_sql;
 pub use read::{ManifestHead, ObjectRead, WHOLE_MANIFEST_ENTRIES};
 pub use reconcile::{RESTORED_MARKER, ReconcileReport, mark_catalog_restored};
 pub use scrub::{DamagedChunk, ScrubReport};
+#[cfg(test)]
+pub(crate) use usage::tenant_lock_exclusive;
 pub use usage::{QUOTA_LOCK_MARGIN, needs_exclusive};
 pub(crate) use usage::{lock_tenant, tenant_lock_shared, used_logical_bytes};
 pub use writers::{PACKS_PER_CLASS, PackWriterStats};

@@ -125,6 +125,11 @@ pub(crate) fn tenant_lock_shared(tenant: &str) -> String {
     format!("pg_advisory_xact_lock_shared({TENANT_LOCK}, ({tenant} % 2147483647)::int4) IS NOT NULL")
 }
 
+/// [`tenant_lock_shared`], the lock taken alone.
+pub(crate) fn tenant_lock_exclusive(tenant: &str) -> String {
+    format!("pg_advisory_xact_lock({TENANT_LOCK}, ({tenant} % 2147483647)::int4) IS NOT NULL")
+}
+
 /// Whether `err` asks for the transaction to be run again with an exclusive commit.
 pub fn needs_exclusive(err: &StoreError) -> bool {
     matches!(err, StoreError::NeedsExclusive)
@@ -175,7 +180,8 @@ pub(crate) async fn lock_tenant(
     txn.query_typed_opt(
         &format!(
             "SELECT 1 FROM tenants WHERE id = $1 \
-               AND pg_advisory_xact_lock({TENANT_LOCK}, ($1 % 2147483647)::int4) IS NOT NULL FOR UPDATE"
+               AND {} FOR UPDATE",
+            tenant_lock_exclusive("$1")
         ),
         &[(&tenant.0, Type::INT8)],
     )
