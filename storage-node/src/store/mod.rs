@@ -105,7 +105,9 @@ impl Default for StoreConfig {
             retire_grace: Duration::from_secs(300),
             pin_duration: Duration::from_secs(24 * 3600),
             verified_cache_bytes: 64 * 1024 * 1024,
-            read_cache_bytes: 32 * 1024 * 1024,
+            // 2,000 hot 16 KiB objects take 33 MiB with their lookups: at 32 MiB, 3.5% of such
+            // a site's GETs went to the catalog at every pass, and cost it a quarter of its rate.
+            read_cache_bytes: 64 * 1024 * 1024,
             memory: MemoryLimits::default(),
         }
     }
