@@ -486,8 +486,13 @@ async fn an_acl_change_on_one_node_ends_anonymous_reads_on_the_other_at_once() {
     put(&on_a, "shop", "logo.png", b"png").await;
     wait_for(|| async { metric(&pair.b, "silo_read_cache_leased").await >= 1.0 }).await;
     read_anonymously_from_cache(&http, &pair.b).await;
+    // A listing looks up the bucket's access alone, which node b now keeps too.
+    for _ in 0..2 {
+        assert_eq!(anonymous_list(&http, &pair.b).await, 200);
+    }
     on_a.put_bucket_acl().bucket("shop").acl(BucketCannedAcl::Private).send().await.expect("acl");
     assert_eq!(anonymous_get(&http, &pair.b).await, 403);
+    assert_eq!(anonymous_list(&http, &pair.b).await, 403);
 
     on_a.put_object_acl()
         .bucket("shop")
@@ -522,6 +527,38 @@ async fn an_acl_change_on_one_node_ends_anonymous_reads_on_the_other_at_once() {
 /// The status of an anonymous GET of `shop/logo.png` on `silo`.
 async fn anonymous_get(http: &reqwest::Client, silo: &Silo) -> u16 {
     http.get(silo.url("/shop/logo.png")).send().await.expect("anonymous get").status().as_u16()
+}
+
+/// The status of an anonymous ListObjectsV2 of `shop` on `silo`.
+async fn anonymous_list(http: &reqwest::Client, silo: &Silo) -> u16 {
+    http.get(silo.url("/shop?list-type=2")).send().await.expect("anonymous list").status().as_u16()
+}
+
+/// A bucket's access kept by one node goes when the bucket is deleted through another: created
+/// again there by another tenant, it is that tenant's on both nodes at once.
+#[tokio::test]
+async fn a_bucket_deleted_on_one_node_and_created_again_by_another_tenant_is_theirs_on_the_other_at_once() {
+    let pair = Pair::start("cache_bucket_again").await;
+    let (_, on_a, on_b) = tenant_on(&pair, "shop").await;
+    wait_for(|| async { metric(&pair.b, "silo_read_cache_leased").await >= 1.0 }).await;
+    // Two PUTs of new keys through node b: the second finds the bucket's access in its cache.
+    put(&on_b, "shop", "x", b"x").await;
+    put(&on_b, "shop", "y", b"y").await;
+    for key in ["k", "x", "y"] {
+        on_a.delete_object().bucket("shop").key(key).send().await.expect("delete object");
+    }
+    on_a.delete_bucket().bucket("shop").send().await.expect("delete bucket");
+    let (id, secret) = common::tenant_with_key(&pair.a, "other");
+    let other_on_a = common::sdk_client(&pair.a, &id, &secret);
+    let other_on_b = common::sdk_client(&pair.b, &id, &secret);
+    other_on_a.create_bucket().bucket("shop").send().await.expect("created again");
+
+    let refused = on_b.put_object().bucket("shop").key("z").body(ByteStream::from_static(b"z")).send().await;
+    let code = refused.expect_err("the old owner's PUT").code().map(str::to_owned);
+    assert_eq!(code.as_deref(), Some("AccessDenied"));
+    put(&other_on_b, "shop", "z", b"theirs").await;
+    assert_eq!(get(&other_on_b, "shop", "z").await.as_deref(), Ok(&b"theirs"[..]));
+    assert_eq!(get(&on_b, "shop", "z").await, Err("AccessDenied".to_string()));
 }
 
 /// Three anonymous GETs of `shop/logo.png` on `silo` succeed, and its read cache answered some.

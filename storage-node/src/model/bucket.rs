@@ -88,6 +88,25 @@ pub async fn find(pool: &CatalogPool, name: &str) -> Result<Option<BucketAccess>
     Ok(row.map(|row| BucketAccess { id: row.get(0), tenant: TenantId(row.get(1)), acl: row.get(2) }))
 }
 
+/// [`find`], from the node's read cache when it holds the bucket there (which it then keeps):
+/// a bucket's deletion and its ACL's changes invalidate it on every node before they are
+/// acknowledged, as they do its objects' lookups.
+///
+/// # Errors
+/// Catalog errors.
+pub async fn find_cached(store: &ChunkStore, name: &str) -> Result<Option<BucketAccess>, StoreError> {
+    let cache = store.read_cache();
+    if let Some(found) = cache.bucket(name) {
+        return Ok(Some(found));
+    }
+    let ticket = cache.bucket_ticket();
+    let found = find(store.catalog(), name).await?;
+    if let Some(found) = found {
+        cache.fill_bucket(ticket, name, found);
+    }
+    Ok(found)
+}
+
 /// Creates bucket `name` for `tenant` with `acl`, unless the name is taken.
 ///
 /// # Errors

@@ -1,6 +1,7 @@
 //! A node's cache of object lookups for GET and HEAD: the bucket's access, the object's row and
 //! its whole manifest (with the bytes of chunks kept inline), so that a hot small object is
-//! served with no catalog query. Coherent across the nodes of a catalog by leases and
+//! served with no catalog query; and of buckets' access alone, for the requests on a bucket
+//! that look up no object first (a PUT of a new key: its commit checks the bucket again by id). Coherent across the nodes of a catalog by leases and
 //! invalidations, under issue 13's rule: no node answers with an object's old bytes or old
 //! access once an overwrite, a delete or an ACL change of it has been acknowledged on any node.
 //!
@@ -40,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::bucket::BucketAccess;
 use crate::model::object::Lookup;
 use crate::store::ManifestHead;
 
@@ -51,6 +53,9 @@ pub const MAX_AGE: Duration = Duration::from_secs(30);
 /// the first one cached serves the ranges meanwhile, and a manifest too long to be cached is
 /// not read again on every range.
 pub const WHOLE_RETRY: Duration = Duration::from_secs(30);
+
+/// The most buckets whose access the cache keeps.
+const BUCKETS_KEPT: usize = 4096;
 
 /// The most objects [`ReadCache::whole_wanted`] remembers a recent whole read of.
 const WHOLE_TRIES_KEPT: usize = 1024;
@@ -112,6 +117,11 @@ pub struct Ticket {
     generation: u64,
 }
 
+/// What [`ReadCache::bucket_ticket`] noted before a bucket's access was read from the catalog:
+/// the generation of buckets then.
+#[derive(Debug, Clone, Copy)]
+pub struct BucketTicket(u64);
+
 /// How many generations the keys are spread over.
 pub const STRIPES: usize = 64;
 
@@ -148,6 +158,8 @@ type Entries = quick_cache::sync::Cache<String, Arc<CachedRead>, Weigher>;
 
 struct Inner {
     entries: Entries,
+    /// Buckets' access by name.
+    buckets: quick_cache::sync::Cache<String, BucketAccess>,
     /// Held while an entry is put in or invalidated, so that a fill checks its generation and
     /// inserts with no invalidation in between.
     state: Mutex<State>,
@@ -179,13 +191,16 @@ struct State {
     /// Bumped by an invalidation of a key of the stripe; all of them by a bucket's or an
     /// emptying.
     generations: [u64; STRIPES],
+    /// Bumped with all of them: a fill of a bucket's access is dropped when any bucket was
+    /// invalidated (or the cache emptied) since its lookup began.
+    buckets: u64,
     /// The fence of the last renewal.
     fence: Option<i64>,
 }
 
 impl Default for State {
     fn default() -> Self {
-        State { generations: [0; STRIPES], fence: None }
+        State { generations: [0; STRIPES], buckets: 0, fence: None }
     }
 }
 
@@ -194,6 +209,7 @@ impl State {
         for generation in &mut self.generations {
             *generation += 1;
         }
+        self.buckets += 1;
     }
 }
 
@@ -237,6 +253,7 @@ impl ReadCache {
         ReadCache {
             inner: Arc::new(Inner {
                 entries: Entries::with_weighter(1024, bytes.max(1), Weigher),
+                buckets: quick_cache::sync::Cache::new(BUCKETS_KEPT),
                 state: Mutex::default(),
                 lease_until: AtomicU64::new(0),
                 epoch: Instant::now(),
@@ -338,6 +355,32 @@ impl ReadCache {
         }
     }
 
+    /// The access of bucket `name`, when the node holds a lease and has it. Not counted in the
+    /// hits and misses, which are of objects.
+    pub fn bucket(&self, name: &str) -> Option<BucketAccess> {
+        if !self.leased() {
+            return None;
+        }
+        self.inner.buckets.get(name)
+    }
+
+    /// Notes what a lookup of a bucket's access must be checked against before it is kept.
+    pub fn bucket_ticket(&self) -> BucketTicket {
+        BucketTicket(self.state().buckets)
+    }
+
+    /// Keeps `access` of bucket `name`, read after `ticket` was taken, unless a bucket was
+    /// invalidated (or the cache emptied) in between, or the node holds no lease.
+    pub fn fill_bucket(&self, ticket: BucketTicket, name: &str, access: BucketAccess) {
+        if !self.leased() {
+            return;
+        }
+        let state = self.state();
+        if state.buckets == ticket.0 {
+            self.inner.buckets.insert(name.to_string(), access);
+        }
+    }
+
     /// Drops what `what` names, and makes every lookup in flight drop its answer.
     pub fn invalidate(&self, what: &Invalidation) {
         let mut state = self.state();
@@ -351,6 +394,7 @@ impl ReadCache {
             }
             None => {
                 state.bump_all();
+                self.inner.buckets.remove(what.bucket.as_str());
                 let prefix = format!("{}/", what.bucket);
                 self.inner.entries.retain(|key, _| !key.starts_with(&prefix));
             }
@@ -405,6 +449,7 @@ impl ReadCache {
         if !self.inner.entries.is_empty() {
             self.inner.entries.clear();
         }
+        self.inner.buckets.clear();
         self.inner.counts.emptied.fetch_add(1, Ordering::Relaxed);
     }
 

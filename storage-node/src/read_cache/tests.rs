@@ -1,6 +1,7 @@
 //! The read cache's rules: no lease, no answer; an invalidation wins over a lookup that raced
 //! with it; a lapsed lease or a moved fence empties the cache; entries that name packs expire;
-//! a write dropped after its commit was sent still invalidates (with a real catalog).
+//! a write dropped after its commit was sent still invalidates (with a real catalog); a
+//! bucket's access goes with the bucket's invalidation, not with its keys'.
 
 use std::time::Instant;
 
@@ -48,6 +49,40 @@ fn without_a_lease_nothing_is_kept_or_answered() {
     assert_eq!(cached_object(&cache, "shop", "a"), None);
     cache.renewed(Instant::now(), 0);
     assert_eq!(cached_object(&cache, "shop", "a"), None, "giving up the lease emptied the cache");
+}
+
+fn access(id: i64) -> BucketAccess {
+    BucketAccess { id, tenant: TenantId(1), acl: CannedAcl::Private }
+}
+
+#[test]
+fn a_buckets_access_is_kept_under_a_lease_until_the_bucket_is_invalidated() {
+    let cache = ReadCache::new(1 << 20, super::MAX_AGE);
+    cache.fill_bucket(cache.bucket_ticket(), "shop", access(1));
+    assert_eq!(cache.bucket("shop"), None, "no lease, nothing kept");
+    cache.renewed(Instant::now(), 0);
+    cache.fill_bucket(cache.bucket_ticket(), "shop", access(1));
+    cache.fill_bucket(cache.bucket_ticket(), "shop2", access(2));
+    assert_eq!(cache.bucket("shop"), Some(access(1)));
+    cache.invalidate(&Invalidation::key("shop", "a"));
+    assert_eq!(cache.bucket("shop"), Some(access(1)), "a key's write leaves its bucket's access");
+    cache.invalidate(&Invalidation::bucket("shop"));
+    assert_eq!(cache.bucket("shop"), None, "deleted, or its ACL changed");
+    assert_eq!(cache.bucket("shop2"), Some(access(2)));
+    // A lookup that began before a bucket's invalidation is not kept, whichever bucket it was.
+    let ticket = cache.bucket_ticket();
+    cache.invalidate(&Invalidation::bucket("other"));
+    cache.fill_bucket(ticket, "shop", access(1));
+    assert_eq!(cache.bucket("shop"), None);
+    // Nor one that began before the cache was emptied, and an emptied cache holds none.
+    let ticket = cache.bucket_ticket();
+    cache.unleased();
+    cache.renewed(Instant::now(), 0);
+    cache.fill_bucket(ticket, "shop", access(1));
+    assert_eq!(cache.bucket("shop"), None);
+    assert_eq!(cache.bucket("shop2"), None);
+    cache.unleased();
+    assert_eq!(cache.bucket("shop2"), None, "no lease, no answer");
 }
 
 #[test]

@@ -41,7 +41,7 @@ impl SiloS3 {
         name: &str,
         intent: Intent,
     ) -> S3Result<BucketAccess> {
-        authorize(caller, model::find(self.pool(), name).await?, intent)
+        authorize(caller, model::find_cached(&self.store, name).await?, intent)
     }
 
     /// Creates a private bucket.
