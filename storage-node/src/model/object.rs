@@ -356,8 +356,11 @@ pub async fn bind(
         && let Some(commit) = ingested.in_one_statement()
     {
         match super::one_statement::bind(store, &commit, &target, etag, headers, &pending).await? {
-            Outcome::Bound(modified) => {
-                pending.confirm().await?;
+            Outcome::Bound(modified, peers) => {
+                match peers {
+                    Some(peers) => pending.confirm_with(peers).await?,
+                    None => pending.confirm().await?,
+                }
                 return Ok(modified);
             }
             Outcome::InTransaction { may_share } => shared = may_share,

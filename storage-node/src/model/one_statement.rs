@@ -25,16 +25,17 @@ use tokio_postgres::types::{ToSql, Type};
 
 use super::ModelError;
 use super::object::{ObjectHeaders, RowParams, S3_OBJECT_COLUMNS, Target};
-use crate::read_cache::broadcast::Pending;
+use crate::read_cache::broadcast::{LEASED_PEERS, Leased, Pending, leased_from_rows, leased_peers_params};
 use crate::store::{
     ChunkStore, OneStatementCommit, StoreError, record_object, tenant_lock_shared, used_logical_bytes,
 };
 
 /// How [`bind`] ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Outcome {
-    /// Committed and bound, at this modification time.
-    Bound(OffsetDateTime),
+    /// Committed and bound, at this modification time; with the peers that may hold a read
+    /// cache lease, read after the commit, when that read succeeded.
+    Bound(OffsetDateTime, Option<Vec<Leased>>),
     /// Nothing written: bind in a transaction, which may share the tenant's lock or not.
     InTransaction { may_share: bool },
 }
@@ -66,8 +67,16 @@ pub(super) async fn bind(
     let values: Vec<&(dyn ToSql + Sync)> = typed.iter().map(|(value, _)| *value).collect();
     let client = store.catalog().get().await?;
     let statement = client.prepare_typed_cached(&STATEMENT, &types).await?;
+    let peers_statement = client.prepare_cached(LEASED_PEERS).await?;
+    let (node, window) = leased_peers_params(store);
+    let peers_params: [&(dyn ToSql + Sync); 2] = [&node, &window];
     pending.arm();
-    let answer = match client.query_one(&statement, &values).await {
+    // The read caches' question goes behind the statement in the same round trip: Postgres
+    // runs it once the statement's commit is done (each ends with its own Sync), as a query
+    // sent after the answer would run. tokio-postgres sends them in the order first polled.
+    let (answer, peers) =
+        futures::join!(client.query_one(&statement, &values), client.query(&peers_statement, &peers_params));
+    let answer = match answer {
         Ok(answer) => answer,
         Err(err) if err.as_db_error().is_some() => {
             // Postgres refused the statement, so it changed nothing.
@@ -80,7 +89,8 @@ pub(super) async fn bind(
         Err(err) => return Err(err.into()),
     };
     if let Some(modified) = answer.get::<_, Option<OffsetDateTime>>(0) {
-        return Ok(Outcome::Bound(modified));
+        // A failed read is asked again, with retries, by the invalidation.
+        return Ok(Outcome::Bound(modified, peers.ok().map(|rows| leased_from_rows(&rows))));
     }
     pending.disarm();
     let (used, quota): (Option<i64>, Option<i64>) = (answer.get(1), answer.get(2));
@@ -167,7 +177,7 @@ mod tests {
         let pending = Pending::new(store, Invalidation::key(bucket, key));
         let outcome = bind(store, &commit, &target, "etag", &ObjectHeaders::default(), &pending).await;
         // Nothing written must leave nothing owed to the read caches.
-        if !matches!(outcome, Ok(Outcome::Bound(_))) {
+        if !matches!(outcome, Ok(Outcome::Bound(..))) {
             assert!(!pending.is_armed(), "{outcome:?} left the invalidation armed");
         }
         outcome
@@ -211,7 +221,7 @@ mod tests {
         let fx = fixture("one_statement_outcomes").await;
         let (a, id) = tenant_with_bucket(&fx, None).await;
         let first = ingest(&fx, a, 1).await;
-        assert!(matches!(bind_at(&fx, &first, "media", id, "k").await, Outcome::Bound(_)));
+        assert!(matches!(bind_at(&fx, &first, "media", id, "k").await, Outcome::Bound(..)));
         assert_eq!(objects_of(&fx.pool, a).await, (1, 1));
         assert_eq!(chunks_of(&fx, a).await, 1);
 
@@ -272,7 +282,7 @@ mod tests {
         assert!(!binding.is_finished(), "the statement waits for the tenant");
         hold.commit().await.expect("release");
         let outcome = binding.await.expect("join").expect("bind");
-        assert!(matches!(outcome, Outcome::Bound(_)), "{outcome:?}");
+        assert!(matches!(outcome, Outcome::Bound(..)), "{outcome:?}");
     }
 
     /// A bucket deleted while the statement waits for its row: nothing is written, and the
@@ -301,7 +311,7 @@ mod tests {
         let fx = fixture("one_statement_race").await;
         let (a, id) = tenant_with_bucket(&fx, None).await;
         let first = ingest(&fx, a, 1).await;
-        assert!(matches!(bind_at(&fx, &first, "media", id, "elsewhere").await, Outcome::Bound(_)));
+        assert!(matches!(bind_at(&fx, &first, "media", id, "elsewhere").await, Outcome::Bound(..)));
 
         // Another writer moves that object to the key, and has not committed yet.
         let mut holder = fx.pool.get().await.expect("client");
@@ -315,5 +325,49 @@ mod tests {
         assert_eq!(outcome, Outcome::InTransaction { may_share: true });
         assert_eq!(objects_of(&fx.pool, a).await, (1, 1), "the statement's object is undone");
         assert_eq!(chunks_of(&fx, a).await, 1, "and its chunk");
+    }
+
+    /// The peers that hold a read cache lease are read after the statement's commit, not in
+    /// its snapshot: a lease stamped while the statement waits for a lock is in the answer.
+    #[tokio::test]
+    async fn the_leased_peers_come_from_after_the_commit() {
+        let fx = fixture("one_statement_peers").await;
+        let (a, id) = tenant_with_bucket(&fx, None).await;
+        let first = ingest(&fx, a, 1).await;
+        let alone = bind_at(&fx, &first, "media", id, "first").await;
+        assert!(matches!(alone, Outcome::Bound(_, Some(ref peers)) if peers.is_empty()), "{alone:?}");
+
+        let client = fx.pool.get().await.expect("client");
+        let peer: i32 = client
+            .query_one(
+                "INSERT INTO storage_nodes (name, zone, internal_url) VALUES ('peer', 'b', 'http://127.0.0.1:9') \
+                 RETURNING id",
+                &[],
+            )
+            .await
+            .expect("a peer")
+            .get(0);
+        let mut holder = fx.pool.get().await.expect("client");
+        let hold = holder.transaction().await.expect("txn");
+        let lock = crate::store::tenant_lock_exclusive("$1::int8");
+        hold.execute(&format!("SELECT {lock}"), &[&a.0]).await.expect("the tenant's lock, exclusively");
+        let binding = bind_behind(&fx, ingest(&fx, a, 2).await, id).await;
+        // Stamped once the statement's snapshot was taken, before its commit.
+        client
+            .execute("UPDATE storage_nodes SET cache_lease_at = now() WHERE id = $1", &[&peer])
+            .await
+            .expect("the peer's lease");
+        hold.commit().await.expect("release");
+        let outcome = binding.await.expect("join").expect("bind");
+        let expected =
+            vec![Leased { node: crate::node_state::NodeId(peer), url: Some("http://127.0.0.1:9".into()) }];
+        assert_eq!(outcome, Outcome::Bound(modified_of(&outcome), Some(expected)));
+    }
+
+    fn modified_of(outcome: &Outcome) -> OffsetDateTime {
+        match outcome {
+            Outcome::Bound(modified, _) => *modified,
+            other => panic!("not bound: {other:?}"),
+        }
     }
 }

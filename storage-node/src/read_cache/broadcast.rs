@@ -36,9 +36,25 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 const GIVE_UP_AFTER: Duration = Duration::from_secs(600);
 
 /// A peer that may hold a lease: its id and where its internal API is, if anywhere.
-struct Leased {
-    node: NodeId,
-    url: Option<String>,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leased {
+    pub(crate) node: NodeId,
+    pub(crate) url: Option<String>,
+}
+
+/// Which other nodes stamped a lease lately (see [`STAMPED_WITHIN`]): the writers' question
+/// after each commit, over this node's id (`$1`) and the window in seconds (`$2`).
+pub const LEASED_PEERS: &str = "SELECT id, internal_url FROM storage_nodes \
+                                WHERE id <> $1 AND cache_lease_at > now() - make_interval(secs => $2)";
+
+/// The parameters of [`LEASED_PEERS`] for `store`'s node.
+pub fn leased_peers_params(store: &ChunkStore) -> (i32, f64) {
+    (store.node().0, STAMPED_WITHIN.as_secs_f64())
+}
+
+/// The answer of [`LEASED_PEERS`].
+pub fn leased_from_rows(rows: &[tokio_postgres::Row]) -> Vec<Leased> {
+    rows.iter().map(|row| Leased { node: NodeId(row.get(0)), url: row.get(1) }).collect()
 }
 
 /// An invalidation a write owes from the moment it sends its commit: confirmed with
@@ -86,7 +102,20 @@ impl Pending {
     /// See [`everywhere`].
     pub async fn confirm(mut self) -> Result<(), StoreError> {
         match self.what.take() {
-            Some(what) => everywhere(&self.store, what).await,
+            Some(what) => everywhere(&self.store, what, None).await,
+            None => Ok(()),
+        }
+    }
+
+    /// [`Pending::confirm`] with the answer of [`LEASED_PEERS`] read after the commit returned
+    /// (by a statement that Postgres ran after the commit on the write's own connection, sent
+    /// behind it in the same round trip), so that it is not asked again.
+    ///
+    /// # Errors
+    /// See [`everywhere`].
+    pub async fn confirm_with(mut self, peers: Vec<Leased>) -> Result<(), StoreError> {
+        match self.what.take() {
+            Some(what) => everywhere(&self.store, what, Some(peers)).await,
             None => Ok(()),
         }
     }
@@ -102,24 +131,33 @@ impl Drop for Pending {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let store = self.store.clone();
             runtime.spawn(async move {
-                let _ = confirm_everywhere(store.clone(), what.clone()).await;
+                let _ = confirm_everywhere(store.clone(), what.clone(), None).await;
                 tokio::time::sleep(SETTLE).await;
                 store.read_cache().invalidate(&what);
-                let _ = confirm_everywhere(store, what).await;
+                let _ = confirm_everywhere(store, what, None).await;
             });
         }
     }
 }
 
 /// Drops `what` from every node's read cache: this one's at once, each leased peer's over the
-/// internal API, fencing and waiting out the peers that do not confirm.
+/// internal API, fencing and waiting out the peers that do not confirm. `peers`: the leased
+/// peers as read after the write's commit returned, if they were (else they are read here).
 ///
 /// # Errors
 /// [`StoreError::Unconfirmed`] when that did not finish within [`ANSWER_WITHIN`] (the catalog
 /// fails); it goes on in the background.
-pub async fn everywhere(store: &ChunkStore, what: Invalidation) -> Result<(), StoreError> {
+pub async fn everywhere(
+    store: &ChunkStore,
+    what: Invalidation,
+    peers: Option<Vec<Leased>>,
+) -> Result<(), StoreError> {
     store.read_cache().invalidate(&what);
-    let task = tokio::spawn(confirm_everywhere(store.clone(), what));
+    if peers.as_ref().is_some_and(Vec::is_empty) {
+        // Nobody else to tell: no task, no wait.
+        return Ok(());
+    }
+    let task = tokio::spawn(confirm_everywhere(store.clone(), what, peers));
     match tokio::time::timeout(ANSWER_WITHIN, task).await {
         Ok(Ok(Ok(()))) => Ok(()),
         Ok(Ok(Err(err))) => Err(StoreError::Unconfirmed(err.to_string())),
@@ -128,8 +166,12 @@ pub async fn everywhere(store: &ChunkStore, what: Invalidation) -> Result<(), St
     }
 }
 
-async fn confirm_everywhere(store: ChunkStore, what: Invalidation) -> Result<(), CatalogError> {
-    let confirmed = ask_peers(&store, &what).await;
+async fn confirm_everywhere(
+    store: ChunkStore,
+    what: Invalidation,
+    peers: Option<Vec<Leased>>,
+) -> Result<(), CatalogError> {
+    let confirmed = ask_peers(&store, &what, peers).await;
     if let Err(err) = &confirmed {
         tracing::error!(
             error = %err,
@@ -140,8 +182,15 @@ async fn confirm_everywhere(store: ChunkStore, what: Invalidation) -> Result<(),
     confirmed
 }
 
-async fn ask_peers(store: &ChunkStore, what: &Invalidation) -> Result<(), CatalogError> {
-    let peers = with_retries(|| leased_peers(store)).await?;
+async fn ask_peers(
+    store: &ChunkStore,
+    what: &Invalidation,
+    peers: Option<Vec<Leased>>,
+) -> Result<(), CatalogError> {
+    let peers = match peers {
+        Some(peers) => peers,
+        None => with_retries(|| leased_peers(store)).await?,
+    };
     if peers.is_empty() {
         return Ok(());
     }
@@ -192,14 +241,10 @@ async fn confirm(store: &ChunkStore, node: NodeId, url: &str, what: &Invalidatio
 async fn leased_peers(store: &ChunkStore) -> Result<Vec<Leased>, CatalogError> {
     let client = store.catalog().get().await?;
     // Prepared once per connection: every write asks this, one round trip after its commit.
-    let statement = client
-        .prepare_cached(
-            "SELECT id, internal_url FROM storage_nodes \
-             WHERE id <> $1 AND cache_lease_at > now() - make_interval(secs => $2)",
-        )
-        .await?;
-    let rows = client.query(&statement, &[&store.node().0, &STAMPED_WITHIN.as_secs_f64()]).await?;
-    Ok(rows.iter().map(|row| Leased { node: NodeId(row.get(0)), url: row.get(1) }).collect())
+    let statement = client.prepare_cached(LEASED_PEERS).await?;
+    let (node, window) = leased_peers_params(store);
+    let rows = client.query(&statement, &[&node, &window]).await?;
+    Ok(leased_from_rows(&rows))
 }
 
 /// Raises the fence of `nodes`: each empties its cache, and clears its stamp, at its next

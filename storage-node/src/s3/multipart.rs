@@ -223,7 +223,7 @@ impl SiloS3 {
             Some(completed) if same_parts(&completed.named, requested) => {
                 // The first try may have answered 503 with the caches not confirmed clean.
                 let stale = crate::read_cache::Invalidation::key(bucket, key);
-                crate::read_cache::broadcast::everywhere(&self.store, stale).await?;
+                crate::read_cache::broadcast::everywhere(&self.store, stale, None).await?;
                 Ok((completed.etag, completed.checksum))
             }
             _ => Err(err),
