@@ -294,8 +294,9 @@ async fn round_trips_of_a_small_put_and_get() {
     );
     assert_eq!(round_trips(&get_lines), 1, "a small GET is one catalog round trip");
     assert_eq!(round_trips(&range_lines), 1, "a range of a large object is one: {range_lines:#?}");
-    // The bucket, the one statement, and one after it: which nodes hold a read cache lease
-    // (none here).
+    // Three statements: the bucket's access (a node that holds its read cache's lease keeps it;
+    // this store holds none), the one statement, and which nodes hold a read cache lease (none
+    // here), sent behind the statement in its round trip: the log cannot tell that one apart.
     assert_eq!(round_trips(&put_lines), 3, "{put_lines:#?}");
 }
 
