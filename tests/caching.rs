@@ -534,8 +534,9 @@ async fn anonymous_list(http: &reqwest::Client, silo: &Silo) -> u16 {
     http.get(silo.url("/shop?list-type=2")).send().await.expect("anonymous list").status().as_u16()
 }
 
-/// A bucket's access kept by one node goes when the bucket is deleted through another: created
-/// again there by another tenant, it is that tenant's on both nodes at once.
+/// A bucket's access kept by one node goes when the bucket is deleted through another, and
+/// when the name is created again: created again by another tenant, it is that tenant's on
+/// both nodes at once, even where the deletion's invalidation was lost.
 #[tokio::test]
 async fn a_bucket_deleted_on_one_node_and_created_again_by_another_tenant_is_theirs_on_the_other_at_once() {
     let pair = Pair::start("cache_bucket_again").await;
@@ -559,6 +560,21 @@ async fn a_bucket_deleted_on_one_node_and_created_again_by_another_tenant_is_the
     put(&other_on_b, "shop", "z", b"theirs").await;
     assert_eq!(get(&other_on_b, "shop", "z").await.as_deref(), Ok(&b"theirs"[..]));
     assert_eq!(get(&on_b, "shop", "z").await, Err("AccessDenied".to_string()));
+
+    // A deletion whose invalidation was lost (its node died right after the commit): the
+    // creation that takes the name again invalidates it on every node before it answers.
+    on_a.create_bucket().bucket("lost").send().await.expect("create");
+    put(&on_b, "lost", "x", b"x").await;
+    put(&on_b, "lost", "y", b"y").await;
+    for key in ["x", "y"] {
+        on_a.delete_object().bucket("lost").key(key).send().await.expect("delete object");
+    }
+    pair.sql("DELETE FROM buckets WHERE name = 'lost'").await;
+    other_on_a.create_bucket().bucket("lost").send().await.expect("created again");
+    let refused = on_b.put_object().bucket("lost").key("z").body(ByteStream::from_static(b"z")).send().await;
+    let code = refused.expect_err("the old owner's PUT").code().map(str::to_owned);
+    assert_eq!(code.as_deref(), Some("AccessDenied"));
+    put(&other_on_b, "lost", "z", b"theirs").await;
 }
 
 /// Three anonymous GETs of `shop/logo.png` on `silo` succeed, and its read cache answered some.

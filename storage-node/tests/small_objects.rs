@@ -173,12 +173,12 @@ async fn round_trips_of_a_small_put_and_get() {
     let client = admin.get().await.unwrap();
     client.batch_execute(&format!("ALTER DATABASE \"{db}\" SET log_statement = 'all'")).await.unwrap();
     let acme = tenant(&admin, "acme", None).await;
-    bucket::create(&admin, acme, "media", CannedAcl::Private).await.unwrap();
     // One connection, so that every statement of the requests is on one server process.
     let pool = storage_node::catalog::connect_pool(url.parse().unwrap(), 1).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let data_dir = DataDir::open(&tmp.path().join("data")).unwrap();
     let store = open_store(&pool, &data_dir, small_chunks()).await;
+    bucket::create(&store, acme, "media", CannedAcl::Private).await.unwrap();
     let pid: i32 = pool.get().await.unwrap().query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
     let log = pg_local::testing::shared().instance().log_path();
     let marker = |name: &'static str| {

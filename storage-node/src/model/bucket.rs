@@ -89,8 +89,11 @@ pub async fn find(pool: &CatalogPool, name: &str) -> Result<Option<BucketAccess>
 }
 
 /// [`find`], from the node's read cache when it holds the bucket there (which it then keeps):
-/// a bucket's deletion and its ACL's changes invalidate it on every node before they are
-/// acknowledged, as they do its objects' lookups.
+/// a bucket's creation, its deletion and its ACL's changes invalidate it on every node before
+/// they are acknowledged, as they do its objects' lookups. A name created again by another
+/// tenant is so never answered with the old owner's access once the creation is acknowledged,
+/// even where the deletion's own invalidation was lost (its node died after the commit); an
+/// entry is kept [`crate::read_cache::MAX_AGE`] at most, and reads by name check the id too.
 ///
 /// # Errors
 /// Catalog errors.
@@ -107,17 +110,19 @@ pub async fn find_cached(store: &ChunkStore, name: &str) -> Result<Option<Bucket
     Ok(found)
 }
 
-/// Creates bucket `name` for `tenant` with `acl`, unless the name is taken.
+/// Creates bucket `name` for `tenant` with `acl`, unless the name is taken. A creation is
+/// acknowledged once every node's read cache dropped whatever it kept of the name.
 ///
 /// # Errors
-/// [`ModelError::TenantDeleting`]; catalog errors.
+/// [`ModelError::TenantDeleting`]; catalog and store errors.
 pub async fn create(
-    pool: &CatalogPool,
+    store: &ChunkStore,
     tenant: TenantId,
     name: &str,
     acl: CannedAcl,
 ) -> Result<Creation, ModelError> {
-    let mut client = pool.get().await?;
+    let pending = Pending::new(store, Invalidation::bucket(name));
+    let mut client = store.catalog().get().await?;
     let txn = client.transaction().await?;
     // The tenant's row stays shared until the bucket exists, so a tenant deletion that
     // starts meanwhile waits, then finds the bucket and deletes it.
@@ -133,8 +138,13 @@ pub async fn create(
             &[&name, &tenant.0, &acl],
         )
         .await?;
+    if inserted.is_some() {
+        pending.arm();
+    }
     txn.commit().await?;
     if inserted.is_some() {
+        drop(client);
+        pending.confirm().await?;
         return Ok(Creation::Created);
     }
     let owner = client.query_one("SELECT tenant_id FROM buckets WHERE name = $1", &[&name]).await?.get(0);

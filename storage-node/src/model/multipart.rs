@@ -421,6 +421,7 @@ pub struct UploadMarker<'a> {
 pub async fn list(
     pool: &CatalogPool,
     bucket: &str,
+    bucket_id: i64,
     prefix: &str,
     marker: UploadMarker<'_>,
     limit: usize,
@@ -432,8 +433,9 @@ pub async fn list(
              WHERE bucket = $1 AND starts_with(key, $2) \
                AND (key > $3 OR (key = $3 AND (initiated, id) > \
                     (SELECT initiated, id FROM multipart_uploads WHERE id = $4 AND bucket = $1))) \
+               AND EXISTS (SELECT 1 FROM buckets b WHERE b.name = $1 AND b.id = $6) \
              ORDER BY key, initiated, id LIMIT $5",
-            &[&bucket, &prefix, &marker.key, &marker.upload_id, &(limit as i64)],
+            &[&bucket, &prefix, &marker.key, &marker.upload_id, &(limit as i64), &bucket_id],
         )
         .await?;
     Ok(rows

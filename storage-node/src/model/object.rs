@@ -632,6 +632,7 @@ async fn delete_in_catalog(
 pub async fn page(
     client: &tokio_postgres::Client,
     bucket: &str,
+    bucket_id: i64,
     cursor: &Cursor,
     prefix: &str,
     limit: i64,
@@ -640,17 +641,21 @@ pub async fn page(
         Cursor::After(key) => (
             "SELECT s.key, s.etag, o.size, s.last_modified \
              FROM s3_objects s JOIN objects o ON o.id = s.object_id \
-             WHERE s.bucket = $1 AND s.key > $2 AND s.key >= $3 ORDER BY s.key LIMIT $4",
+             WHERE s.bucket = $1 AND s.key > $2 AND s.key >= $3 \
+               AND EXISTS (SELECT 1 FROM buckets b WHERE b.name = $1 AND b.id = $5) \
+             ORDER BY s.key LIMIT $4",
             key,
         ),
         Cursor::From(key) => (
             "SELECT s.key, s.etag, o.size, s.last_modified \
              FROM s3_objects s JOIN objects o ON o.id = s.object_id \
-             WHERE s.bucket = $1 AND s.key >= $2 AND s.key >= $3 ORDER BY s.key LIMIT $4",
+             WHERE s.bucket = $1 AND s.key >= $2 AND s.key >= $3 \
+               AND EXISTS (SELECT 1 FROM buckets b WHERE b.name = $1 AND b.id = $5) \
+             ORDER BY s.key LIMIT $4",
             key,
         ),
     };
-    let rows = client.query(sql, &[&bucket, at, &prefix, &limit]).await?;
+    let rows = client.query(sql, &[&bucket, at, &prefix, &limit, &bucket_id]).await?;
     Ok(rows
         .iter()
         .map(|row| ListedObject {

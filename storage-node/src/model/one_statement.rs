@@ -156,7 +156,7 @@ mod tests {
     use crate::TenantId;
     use crate::catalog::tenants;
     use crate::read_cache::Invalidation;
-    use crate::s3::tests::{Fixture, count, fixture, objects_of, until_waiting};
+    use crate::s3::tests::{Fixture, bucket_id, count, fixture, objects_of, until_waiting};
     use crate::store::{Ingested, PutOptions};
 
     async fn ingest(fx: &Fixture, tenant: TenantId, byte: u8) -> Ingested {
@@ -187,11 +187,6 @@ mod tests {
         try_bind(fx.s3.store(), ingested, bucket, id, key).await.expect("bind")
     }
 
-    async fn bucket_id(fx: &Fixture, name: &str) -> i64 {
-        let client = fx.pool.get().await.expect("client");
-        client.query_one("SELECT id FROM buckets WHERE name = $1", &[&name]).await.expect("bucket").get(0)
-    }
-
     async fn chunks_of(fx: &Fixture, tenant: TenantId) -> i64 {
         count(&fx.pool, "SELECT count(*) FROM chunks WHERE tenant_id = $1", tenant).await
     }
@@ -213,7 +208,7 @@ mod tests {
     async fn tenant_with_bucket(fx: &Fixture, quota: Option<u64>) -> (TenantId, i64) {
         let a = tenants::create(&fx.pool, "tenant-a", quota).await.expect("a");
         fx.s3.create_bucket_for(a, "media").await.expect("bucket");
-        (a, bucket_id(fx, "media").await)
+        (a, bucket_id(&fx.pool, "media").await)
     }
 
     #[tokio::test]

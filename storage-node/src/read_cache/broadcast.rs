@@ -107,9 +107,9 @@ impl Pending {
         }
     }
 
-    /// [`Pending::confirm`] with the answer of [`LEASED_PEERS`] read after the commit returned
-    /// (by a statement that Postgres ran after the commit on the write's own connection, sent
-    /// behind it in the same round trip), so that it is not asked again.
+    /// [`Pending::confirm`] with the answer of [`LEASED_PEERS`] as Postgres ran it after the
+    /// write's commit, on the write's own connection (sent behind the write in the same round
+    /// trip), so that it is not asked again.
     ///
     /// # Errors
     /// See [`everywhere`].
@@ -142,7 +142,7 @@ impl Drop for Pending {
 
 /// Drops `what` from every node's read cache: this one's at once, each leased peer's over the
 /// internal API, fencing and waiting out the peers that do not confirm. `peers`: the leased
-/// peers as read after the write's commit returned, if they were (else they are read here).
+/// peers as read after the write's commit, if they were (else they are read here).
 ///
 /// # Errors
 /// [`StoreError::Unconfirmed`] when that did not finish within [`ANSWER_WITHIN`] (the catalog
@@ -240,7 +240,8 @@ async fn confirm(store: &ChunkStore, node: NodeId, url: &str, what: &Invalidatio
 /// The other nodes that stamped a lease lately.
 async fn leased_peers(store: &ChunkStore) -> Result<Vec<Leased>, CatalogError> {
     let client = store.catalog().get().await?;
-    // Prepared once per connection: every write asks this, one round trip after its commit.
+    // Prepared once per connection: every write asks this after its commit (a small PUT's
+    // rides behind its statement instead, `model::one_statement`).
     let statement = client.prepare_cached(LEASED_PEERS).await?;
     let (node, window) = leased_peers_params(store);
     let rows = client.query(&statement, &[&node, &window]).await?;

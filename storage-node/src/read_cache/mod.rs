@@ -158,8 +158,8 @@ type Entries = quick_cache::sync::Cache<String, Arc<CachedRead>, Weigher>;
 
 struct Inner {
     entries: Entries,
-    /// Buckets' access by name.
-    buckets: quick_cache::sync::Cache<String, BucketAccess>,
+    /// Buckets' access by name, each until its expiry.
+    buckets: quick_cache::sync::Cache<String, (BucketAccess, Instant)>,
     /// Held while an entry is put in or invalidated, so that a fill checks its generation and
     /// inserts with no invalidation in between.
     state: Mutex<State>,
@@ -355,13 +355,19 @@ impl ReadCache {
         }
     }
 
-    /// The access of bucket `name`, when the node holds a lease and has it. Not counted in the
-    /// hits and misses, which are of objects.
+    /// The access of bucket `name`, when the node holds a lease and has it, kept less than
+    /// [`MAX_AGE`] ago (a bound on any invalidation lost with a node that died between a
+    /// bucket's change and its broadcast). Not counted in the hits and misses, which are of
+    /// objects.
     pub fn bucket(&self, name: &str) -> Option<BucketAccess> {
         if !self.leased() {
             return None;
         }
-        self.inner.buckets.get(name)
+        self.inner
+            .buckets
+            .get(name)
+            .filter(|(_, expires)| Instant::now() < *expires)
+            .map(|(access, _)| access)
     }
 
     /// Notes what a lookup of a bucket's access must be checked against before it is kept.
@@ -377,7 +383,7 @@ impl ReadCache {
         }
         let state = self.state();
         if state.buckets == ticket.0 {
-            self.inner.buckets.insert(name.to_string(), access);
+            self.inner.buckets.insert(name.to_string(), (access, Instant::now() + MAX_AGE));
         }
     }
 

@@ -63,7 +63,7 @@ impl SiloS3 {
                 "bucket names follow S3's rules; v1, healthz, readyz and metrics are reserved"
             ));
         }
-        match model::create(self.pool(), tenant, name, acl).await? {
+        match model::create(&self.store, tenant, name, acl).await? {
             Creation::Created => Ok(()),
             Creation::Taken { owner } if owner == tenant => Err(s3_error!(BucketAlreadyOwnedByYou)),
             Creation::Taken { .. } => Err(s3_error!(BucketAlreadyExists)),

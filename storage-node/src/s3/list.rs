@@ -171,19 +171,22 @@ pub(crate) fn url_encode(text: &str) -> String {
 struct CatalogKeys<'a> {
     client: &'a deadpool_postgres::Object,
     bucket: &'a str,
+    bucket_id: i64,
 }
 
 impl KeySource for CatalogKeys<'_> {
     async fn fetch(&mut self, cursor: &Cursor, prefix: &str, limit: i64) -> S3Result<Vec<ListedObject>> {
-        Ok(model::page(self.client, self.bucket, cursor, prefix, limit).await?)
+        Ok(model::page(self.client, self.bucket, self.bucket_id, cursor, prefix, limit).await?)
     }
 }
 
 impl SiloS3 {
-    /// Lists up to `max` keys and common prefixes of `bucket` after `after`.
+    /// Lists up to `max` keys and common prefixes of `bucket` after `after`; none unless the
+    /// bucket of that name is still `bucket_id`, the one whose access was checked.
     pub(crate) async fn list_keys(
         &self,
         bucket: &str,
+        bucket_id: i64,
         prefix: &str,
         delimiter: Option<&str>,
         after: &str,
@@ -194,7 +197,7 @@ impl SiloS3 {
             return Ok(Listing::default());
         }
         let client = self.pool().get().await.map_err(crate::store::StoreError::from)?;
-        paginate(&mut CatalogKeys { client: &client, bucket }, prefix, delimiter, after, max).await
+        paginate(&mut CatalogKeys { client: &client, bucket, bucket_id }, prefix, delimiter, after, max).await
     }
 }
 

@@ -200,7 +200,7 @@ impl SiloS3 {
             if requested.windows(2).any(|w| w[0].0 > w[1].0) {
                 return Err(s3_error!(InvalidPartOrder));
             }
-            self.check_write_condition(bucket, key, &claims.condition).await?;
+            self.check_write_condition(bucket, upload.bucket_id, key, &claims.condition).await?;
             let target = Target { bucket, id: upload.bucket_id, key };
             let mut answer = (String::new(), None);
             let completion = Completion { id, named: requested, condition: &claims.condition };
@@ -251,8 +251,8 @@ impl SiloS3 {
         marker: model::UploadMarker<'_>,
         limit: usize,
     ) -> S3Result<Vec<UploadEntry>> {
-        self.bucket(caller, bucket, Intent::Write).await?;
-        Ok(model::list(self.pool(), bucket, prefix, marker, limit).await?)
+        let found = self.bucket(caller, bucket, Intent::Write).await?;
+        Ok(model::list(self.pool(), bucket, found.id, prefix, marker, limit).await?)
     }
 }
 

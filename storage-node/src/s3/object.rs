@@ -134,7 +134,7 @@ impl SiloS3 {
         let found = self.bucket(caller, bucket, Intent::Write).await?;
         check_key(key)?;
         let condition = body.claims.condition.clone();
-        self.check_write_condition(bucket, key, &condition).await?;
+        self.check_write_condition(bucket, found.id, key, &condition).await?;
         let checked = self.ingest_checked(tenant, body).await?;
         let ingested = checked.ingested;
         let etag = hex::encode(ingested.md5().unwrap_or_default());
@@ -296,10 +296,13 @@ impl SiloS3 {
 impl SiloS3 {
     /// Checks a write's condition on what `bucket`/`key` holds now, before its body is read:
     /// `412 PreconditionFailed`, or `404 NoSuchKey` for `If-Match` on a key with no object, as
-    /// AWS answers. The binding checks it again: a change meanwhile is a conflict (409).
+    /// AWS answers; `404 NoSuchBucket` when the bucket of that name is no longer `bucket_id`,
+    /// the one whose access was checked. The binding checks it again: a change meanwhile is a
+    /// conflict (409).
     pub(crate) async fn check_write_condition(
         &self,
         bucket: &str,
+        bucket_id: i64,
         key: &str,
         condition: &WriteCondition,
     ) -> S3Result<()> {
@@ -307,6 +310,10 @@ impl SiloS3 {
             return Ok(());
         }
         let found = model::lookup(self.pool(), bucket, key).await?;
+        // The name may be another bucket's by now: nothing of it is told.
+        if found.as_ref().is_none_or(|found| found.bucket.id != bucket_id) {
+            return Err(s3_error!(NoSuchBucket));
+        }
         let etag = found.and_then(|found| found.object).map(|object| object.etag);
         if condition.holds(etag.as_deref()) {
             Ok(())

@@ -665,7 +665,8 @@ impl S3 for SiloS3 {
         let max = max_keys(input.max_keys)?;
         let encoding = KeyEncoding::of(input.encoding_type.as_ref())?;
         let delimiter = input.delimiter.filter(|d| !d.is_empty());
-        let listing = self.list_keys(&input.bucket, &prefix, delimiter.as_deref(), &after, max).await?;
+        let listing =
+            self.list_keys(&input.bucket, bucket.id, &prefix, delimiter.as_deref(), &after, max).await?;
         let key_count = (listing.objects.len() + listing.prefixes.len()) as i32;
         let next =
             listing.truncated.then(|| listing.last.as_deref().map(|k| hex::encode(k.as_bytes()))).flatten();
@@ -704,7 +705,8 @@ impl S3 for SiloS3 {
         let max = max_keys(input.max_keys)?;
         let encoding = KeyEncoding::of(input.encoding_type.as_ref())?;
         let delimiter = input.delimiter.filter(|d| !d.is_empty());
-        let listing = self.list_keys(&input.bucket, &prefix, delimiter.as_deref(), &after, max).await?;
+        let listing =
+            self.list_keys(&input.bucket, bucket.id, &prefix, delimiter.as_deref(), &after, max).await?;
         let next_marker = (listing.truncated && delimiter.is_some()).then(|| listing.last.clone()).flatten();
         let output = ListObjectsOutput {
             name: Some(input.bucket),

@@ -69,6 +69,12 @@ pub(crate) async fn count(pool: &CatalogPool, sql: &str, tenant: TenantId) -> i6
     client.query_one(sql, &[&tenant.0]).await.expect(sql).get(0)
 }
 
+/// The id of bucket `name`.
+pub(crate) async fn bucket_id(pool: &CatalogPool, name: &str) -> i64 {
+    let client = pool.get().await.expect("client");
+    client.query_one("SELECT id FROM buckets WHERE name = $1", &[&name]).await.expect("bucket").get(0)
+}
+
 /// Objects the tenant has in the catalog, and what its usage counter says.
 pub(crate) async fn objects_of(pool: &CatalogPool, tenant: TenantId) -> (i64, i64) {
     let rows = count(pool, "SELECT count(*) FROM objects WHERE tenant_id = $1", tenant).await;
@@ -128,10 +134,39 @@ async fn a_put_never_lands_in_a_bucket_recreated_by_another_tenant_mid_upload() 
 
     let err = put.await.expect("join").expect_err("A's upload must not land in B's bucket");
     assert_eq!(*err.code(), S3ErrorCode::NoSuchBucket, "{err:?}");
-    let listing = fx.s3.list_keys("shared", "", None, "", 10).await.expect("list");
+    let shared = bucket_id(&fx.pool, "shared").await;
+    let listing = fx.s3.list_keys("shared", shared, "", None, "", 10).await.expect("list");
     assert!(listing.objects.is_empty(), "B's bucket stays empty: {listing:?}");
     assert_eq!(objects_of(&fx.pool, a).await, (0, 0), "nothing of the refused upload is kept");
     assert_eq!(objects_of(&fx.pool, b).await, (0, 0));
+}
+
+/// What a node read of a bucket's access (its id) may be older than the name's owner (a lost
+/// invalidation): the reads by name then tell nothing of the bucket that holds the name now.
+#[tokio::test]
+async fn reads_by_name_under_an_old_id_tell_nothing_of_the_new_owners_bucket() {
+    let fx = fixture("s3_reads_by_old_id").await;
+    let a = tenants::create(&fx.pool, "tenant-a", None).await.expect("a");
+    let b = tenants::create(&fx.pool, "tenant-b", None).await.expect("b");
+    fx.s3.create_bucket_for(a, "shared").await.expect("bucket of a");
+    let old = bucket_id(&fx.pool, "shared").await;
+    fx.s3.delete_bucket_for(Some(a), "shared").await.expect("delete");
+    fx.s3.create_bucket_for(b, "shared").await.expect("B takes the name");
+    let new = bucket_id(&fx.pool, "shared").await;
+    let body = Incoming::plain(std::io::Cursor::new(vec![1u8; 1000]));
+    fx.s3.put_object_for(Some(b), "shared", "k", body, ObjectHeaders::default()).await.expect("b's object");
+    fx.s3.create_upload(Some(b), "shared", "u", (ObjectHeaders::default(), None)).await.expect("b's upload");
+
+    assert_eq!(fx.s3.list_keys("shared", new, "", None, "", 10).await.expect("list").objects.len(), 1);
+    assert!(fx.s3.list_keys("shared", old, "", None, "", 10).await.expect("list").objects.is_empty());
+    let marker = crate::model::multipart::UploadMarker { key: "", upload_id: None };
+    let uploads = |id| crate::model::multipart::list(&fx.pool, "shared", id, "", marker, 10);
+    assert_eq!(uploads(new).await.expect("uploads").len(), 1);
+    assert!(uploads(old).await.expect("uploads").is_empty());
+    let probe = fx.s3.check_write_condition("shared", old, "k", &WriteCondition::Absent).await;
+    assert_eq!(*probe.expect_err("an old id").code(), S3ErrorCode::NoSuchBucket);
+    let probe = fx.s3.check_write_condition("shared", new, "k", &WriteCondition::Absent).await;
+    assert_eq!(*probe.expect_err("b's key is there").code(), S3ErrorCode::PreconditionFailed);
 }
 
 #[tokio::test]
@@ -169,7 +204,8 @@ async fn a_stale_multipart_upload_cannot_complete_into_a_recreated_bucket() {
         .await
         .expect_err("part");
     assert!(matches!(err.code(), S3ErrorCode::NoSuchUpload | S3ErrorCode::AccessDenied), "{err:?}");
-    assert!(fx.s3.list_keys("shared", "", None, "", 10).await.expect("list").objects.is_empty());
+    let shared = bucket_id(&fx.pool, "shared").await;
+    assert!(fx.s3.list_keys("shared", shared, "", None, "", 10).await.expect("list").objects.is_empty());
     assert_eq!(objects_of(&fx.pool, a).await, (0, 0));
 }
 
@@ -285,7 +321,8 @@ async fn a_put_and_a_delete_of_one_key_never_deadlock() {
 
     putting.await.expect("join").expect("the PUT succeeds");
     deleting.await.expect("join").expect("the DELETE succeeds");
-    assert!(fx.s3.list_keys("media", "", None, "", 10).await.expect("list").objects.is_empty());
+    let media = bucket_id(&fx.pool, "media").await;
+    assert!(fx.s3.list_keys("media", media, "", None, "", 10).await.expect("list").objects.is_empty());
     assert_eq!(objects_of(&fx.pool, a).await, (0, 0), "nothing is left counted");
 }
 
@@ -407,7 +444,8 @@ async fn small_puts_at_once_count_exactly_far_from_the_quota_and_at_its_boundary
             results.iter().filter(|r| r.as_ref().is_err_and(|e| *e.code() == quota_exceeded)).count();
         assert_eq!((stored, refused), (fit, 32 - fit), "{name}: {results:?}");
         assert_eq!(objects_of(&fx.pool, tenant).await, (fit as i64, fit as i64), "{name}");
-        let listed = fx.s3.list_keys(&bucket, "", None, "", 100).await.expect("list").objects.len();
+        let id = bucket_id(&fx.pool, &bucket).await;
+        let listed = fx.s3.list_keys(&bucket, id, "", None, "", 100).await.expect("list").objects.len();
         assert_eq!(listed, fit, "{name}");
     }
 }

@@ -174,10 +174,14 @@ fn paging_through_the_catalog_matches_the_reference() {
             let bucket = format!("case-{}", n.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
             runtime.block_on(async {
                 let client = fx.pool.get().await.expect("client");
-                client
-                    .execute("INSERT INTO buckets (name, tenant_id) VALUES ($1, $2)", &[&bucket, &tenant.0])
+                let id: i64 = client
+                    .query_one(
+                        "INSERT INTO buckets (name, tenant_id) VALUES ($1, $2) RETURNING id",
+                        &[&bucket, &tenant.0],
+                    )
                     .await
-                    .expect("bucket");
+                    .expect("bucket")
+                    .get(0);
                 for key in &case.0 {
                     client
                         .execute(
@@ -191,7 +195,9 @@ fn paging_through_the_catalog_matches_the_reference() {
                 let (prefix, delimiter, max) = (case.1.clone(), case.2.clone(), case.4);
                 check(&case, |after| {
                     let (s3, bucket, prefix, delimiter) = (&fx.s3, &bucket, &prefix, &delimiter);
-                    async move { s3.list_keys(bucket, prefix, delimiter.as_deref(), &after, max).await.map_err(failed) }
+                    async move {
+                        s3.list_keys(bucket, id, prefix, delimiter.as_deref(), &after, max).await.map_err(failed)
+                    }
                 })
                 .await
             })

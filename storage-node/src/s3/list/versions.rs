@@ -39,7 +39,8 @@ impl SiloS3 {
         };
         // The key marker's one version was listed: the page starts after the key either way.
         let after = input.key_marker.clone().unwrap_or_default();
-        let listing = self.list_keys(&input.bucket, &prefix, delimiter.as_deref(), &after, max).await?;
+        let listing =
+            self.list_keys(&input.bucket, bucket.id, &prefix, delimiter.as_deref(), &after, max).await?;
         let versions = listing
             .objects
             .iter()
