@@ -2,7 +2,8 @@
 //! GET (curl of presigned URLs against curl of nginx), 1,000 random 1 MiB ranges over one
 //! keep-alive connection, 16 KiB GETs of public-read objects with the same plain HTTP client
 //! for Silo and nginx, signed 16 KiB GETs and PUTs through the AWS SDK, the same signed GETs
-//! presigned and sent by the plain client (the server's cost of SigV4), and the p99 latency of
+//! presigned and sent by the plain client (the server's cost of SigV4), the same SDK PUTs and
+//! GETs sent to nginx (the SDK client's own ceiling on these cores), and the p99 latency of
 //! 16 KiB GETs at half Silo's peak rate, for Silo and nginx at the same rate.
 //!
 //! `cargo bench --bench s3`. Silo runs as the release binary on the embedded Postgres, with
@@ -84,7 +85,10 @@ async fn run() {
     }
     // `SILO_BENCH_LARGE_ONLY=1` skips the small ones.
     if std::env::var_os("SILO_BENCH_LARGE_ONLY").is_none() {
-        small_objects(&s3, &silo, &nginx, bodies).await;
+        // The same SDK client pointed at nginx (which ignores the signature): what the client
+        // alone can do on these cores, against a server that costs next to nothing.
+        let at_nginx = s3_client(nginx.addr, &key["access_key_id"], &key["secret_access_key"]);
+        small_objects(&s3, &at_nginx, &silo, &nginx, bodies).await;
     }
     drop(silo);
 }
@@ -132,7 +136,13 @@ async fn large_objects(s3: &Client, nginx: &Nginx, big: &std::path::Path) {
 
 /// 16 KiB objects: PUTs through the SDK, public-read GETs with a plain client against nginx,
 /// signed GETs against Silo's own public-read GETs, and latency at half the peak rate.
-async fn small_objects(s3: &Client, silo: &Silo, nginx: &Nginx, bodies: Arc<Vec<Vec<u8>>>) {
+async fn small_objects(
+    s3: &Client,
+    at_nginx: &Client,
+    silo: &Silo,
+    nginx: &Nginx,
+    bodies: Arc<Vec<Vec<u8>>>,
+) {
     // The CPU time of Silo's process, and of its embedded Postgres (not its child: pg_ctl starts
     // it on its own; its background work, autovacuum after the PUTs say, lands in any phase).
     let (silo_pid, postmaster) = (silo.pid(), silo.postmaster_pid());
@@ -142,28 +152,22 @@ async fn small_objects(s3: &Client, silo: &Silo, nginx: &Nginx, bodies: Arc<Vec<
         [common::tree_cpu(silo_pid), postgres]
     };
     let silo = silo.addr;
-    let mut puts = Vec::new();
-    for run in 0..RUNS {
-        let (s3, bodies) = (s3.clone(), bodies.clone());
-        let took = closed_loop(SMALL_OBJECTS, CLIENTS, move |i| {
-            let put = s3
-                .put_object()
-                .bucket(if run == 0 { "site" } else { "bench" })
-                .key(format!("small/{run}/{i}"))
-                .body(ByteStream::from(bodies[i].clone()));
-            async move {
-                put.send().await.expect("small put");
-            }
-        })
-        .await;
-        puts.push(rate(SMALL_OBJECTS, took));
-    }
+    // The first run writes the public bucket the GETs below read.
+    let puts = Spread::of(sdk_puts(s3, |run| if run == 0 { "site" } else { "bench" }, &bodies).await);
     let before = Spread { median: PUT_RATE_BEFORE, low: PUT_RATE_BEFORE, high: PUT_RATE_BEFORE };
     report(
         "PUT 16 KiB, 32 SDK tasks, ops/s (vs 350/s recorded 2026-11-29, not re-run)",
-        Spread::of(puts),
+        puts,
         before,
         ">= 10x",
+    );
+    // nginx's WebDAV location is /put/.
+    let ceiling = sdk_puts(at_nginx, |_| "put", &bodies).await;
+    report(
+        "PUT 16 KiB, 32 SDK tasks, ops/s (vs the same SDK PUTs to nginx WebDAV: no fsync, no catalog; the client's ceiling)",
+        puts,
+        Spread::of(ceiling),
+        "",
     );
 
     let http = reqwest::Client::builder().pool_max_idle_per_host(CLIENTS).build().expect("http");
@@ -181,25 +185,28 @@ async fn small_objects(s3: &Client, silo: &Silo, nginx: &Nginx, bodies: Arc<Vec<
     report("GET 16 KiB public-read, 32 connections, ops/s", public, from_nginx, ">= 0.5x");
 
     let cpu_before = server_cpu();
-    let mut signed = Vec::new();
-    for _ in 0..RUNS {
-        let s3 = s3.clone();
-        let took = closed_loop(SMALL_OBJECTS, CLIENTS, move |i| {
-            let get = s3.get_object().bucket("site").key(format!("small/0/{i}"));
-            async move {
-                let got = get.send().await.expect("get");
-                let bytes = got.body.collect().await.expect("body").into_bytes();
-                assert_eq!(bytes.len(), SMALL_LEN);
-            }
-        })
-        .await;
-        signed.push(rate(SMALL_OBJECTS, took));
-    }
-    report("GET 16 KiB signed, 32 SDK tasks, ops/s (vs public-read)", Spread::of(signed), public, ">= 0.6x");
+    let signed = sdk_gets(s3, "site", |i| format!("small/0/{i}")).await;
     // What each GET cost Silo itself, apart from the client that shares the two cores: the SDK
     // signs in the client, Silo checks the signature. Its Postgres is shown apart: no GET here
     // queries it (each is answered from the caches), but its background work is counted.
     let signed_cpu = spent(cpu_before, server_cpu());
+    let signed = Spread::of(signed);
+    report("GET 16 KiB signed, 32 SDK tasks, ops/s (vs public-read)", signed, public, ">= 0.6x");
+    // nginx serves the same bodies as /small/{i}.
+    let ceiling = sdk_gets(at_nginx, "small", |i| i.to_string()).await;
+    let ceiling = Spread::of(ceiling);
+    report(
+        "GET 16 KiB signed, 32 SDK tasks, ops/s (vs the same SDK GETs of nginx's files: the client's ceiling)",
+        signed,
+        ceiling,
+        "",
+    );
+    report(
+        "the SDK client's ceiling of 16 KiB GETs, ops/s (vs Silo's public-read GET: the most the signed ratio can be here)",
+        ceiling,
+        public,
+        "",
+    );
     let per_get = |cpu: Duration| cpu.as_secs_f64() * 1e6 / (RUNS * SMALL_OBJECTS) as f64;
     let ([signed_us, signed_pg], [public_us, public_pg]) = (signed_cpu.map(per_get), public_cpu.map(per_get));
     println!(
@@ -251,6 +258,47 @@ async fn small_objects(s3: &Client, silo: &Silo, nginx: &Nginx, bodies: Arc<Vec<
         Spread::of(nginx_p99.clone()),
         Spread::of(silo_p99).median / Spread::of(nginx_p99).median
     );
+}
+
+/// [`RUNS`] runs of PUTs of every small body through `s3`, run `n` to bucket `bucket(n)`
+/// under `small/{n}/`: their rates.
+async fn sdk_puts(s3: &Client, bucket: fn(usize) -> &'static str, bodies: &Arc<Vec<Vec<u8>>>) -> Vec<f64> {
+    let mut rates = Vec::new();
+    for run in 0..RUNS {
+        let (s3, bodies) = (s3.clone(), bodies.clone());
+        let took = closed_loop(SMALL_OBJECTS, CLIENTS, move |i| {
+            let put = s3
+                .put_object()
+                .bucket(bucket(run))
+                .key(format!("small/{run}/{i}"))
+                .body(ByteStream::from(bodies[i].clone()));
+            async move {
+                put.send().await.expect("small put");
+            }
+        })
+        .await;
+        rates.push(rate(SMALL_OBJECTS, took));
+    }
+    rates
+}
+
+/// [`RUNS`] runs of GETs of every small object, `bucket`/`key(i)`, through `s3`: their rates.
+async fn sdk_gets(s3: &Client, bucket: &'static str, key: fn(usize) -> String) -> Vec<f64> {
+    let mut rates = Vec::new();
+    for _ in 0..RUNS {
+        let s3 = s3.clone();
+        let took = closed_loop(SMALL_OBJECTS, CLIENTS, move |i| {
+            let get = s3.get_object().bucket(bucket).key(key(i));
+            async move {
+                let got = get.send().await.expect("get");
+                let bytes = got.body.collect().await.expect("body").into_bytes();
+                assert_eq!(bytes.len(), SMALL_LEN);
+            }
+        })
+        .await;
+        rates.push(rate(SMALL_OBJECTS, took));
+    }
+    rates
 }
 
 /// A presigned GET URL of each small object of the public bucket, valid for an hour.
