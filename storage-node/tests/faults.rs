@@ -1,4 +1,5 @@
-//! The chunk store under faults: concurrency with GC, a full disk, and `kill -9` mid-upload.
+//! The chunk store under faults: concurrency with GC, a full disk (for an upload, for GC's
+//! compaction), and `kill -9` mid-upload.
 
 use crate::common;
 
@@ -64,24 +65,37 @@ async fn concurrent_uploads_with_gc_running_read_back_identical_with_exact_refco
     assert_eq!(usage.objects, 32);
 }
 
-#[tokio::test]
-async fn a_full_disk_fails_the_upload_cleanly_and_keeps_earlier_objects() {
-    // Mounting a small tmpfs needs root (CI runs the tests as root).
+/// Runs `test` with the path of a tmpfs of `size` (mount's `size=`) mounted for it, and
+/// unmounts it however the test ends. Mounting needs root (CI runs the tests as root).
+async fn on_small_tmpfs<F, Fut>(size: &str, test: F)
+where
+    F: FnOnce(std::path::PathBuf) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     assert!(
         nix::unistd::Uid::effective().is_root(),
         "this test needs root: run the tests as root, as CI does"
     );
-    let (pool, _) = catalog("enospc").await;
     let tmp = tempfile::tempdir().unwrap();
     let mount = tmp.path().join("small");
     std::fs::create_dir(&mount).unwrap();
     let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
         .arg(&mount)
         .status()
         .unwrap();
     assert!(mounted.success(), "mount tmpfs");
-    let outcome = async {
+    let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(test(mount.clone()))).await;
+    let _ = std::process::Command::new("umount").arg("-l").arg(&mount).status();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_the_upload_cleanly_and_keeps_earlier_objects() {
+    let (pool, _) = catalog("enospc").await;
+    on_small_tmpfs("6m", |mount| async move {
         let data_dir = DataDir::open(&mount.join("data")).unwrap();
         let store = open_store(&pool, &data_dir, small_chunks()).await;
         let acme = tenant(&pool, "acme", None).await;
@@ -100,12 +114,54 @@ async fn a_full_disk_fails_the_upload_cleanly_and_keeps_earlier_objects() {
         let after = put(&store, acme, &random_bytes(1024 * 1024, 202)).await;
         assert_eq!(after.size, 1024 * 1024);
         assert_catalog_consistent(&pool).await;
-    };
-    let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(outcome)).await;
-    let _ = std::process::Command::new("umount").arg("-l").arg(&mount).status();
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
+    })
+    .await;
+}
+
+/// A sparse pack on a disk with no room for its live bytes and a pack's worth besides is
+/// punched in place, with no copy begun (which would fail part-way, pass after pass); once
+/// there is room, it is compacted.
+#[tokio::test]
+async fn with_no_room_to_copy_gc_punches_a_sparse_pack_and_compacts_it_once_there_is() {
+    let (pool, _) = catalog("compact_full").await;
+    on_small_tmpfs("16m", |mount| async move {
+        let data_dir = DataDir::open(&mount.join("data")).unwrap();
+        let store = open_store(&pool, &data_dir, small_chunks()).await;
+        let acme = tenant(&pool, "acme", None).await;
+        let kept = random_bytes(1024 * 1024, 300);
+        let object = put(&store, acme, &kept).await;
+        // Past the 4 MiB pack target: the pack with both is sealed, then three quarters dead.
+        let doomed = put(&store, acme, &random_bytes(4 * 1024 * 1024, 301)).await;
+        store.delete(acme, doomed.id).await.unwrap();
+        let client = pool.get().await.unwrap();
+        let newest: i64 = client.query_one("SELECT max(id) FROM packs", &[]).await.unwrap().get(0);
+        let packs_after = |newest: i64| {
+            let client = &client;
+            async move {
+                let sql = "SELECT count(*) FROM packs WHERE id > $1";
+                client.query_one(sql, &[&newest]).await.unwrap().get::<_, i64>(0)
+            }
+        };
+        // 3 MiB left free: room for the 1 MiB alive, not for it and a 4 MiB pack besides.
+        let stats = nix::sys::statvfs::statvfs(&mount).unwrap();
+        let free = stats.blocks_available() * stats.fragment_size();
+        let filler = mount.join("filler");
+        std::fs::write(&filler, vec![0u8; (free - 3 * 1024 * 1024) as usize]).unwrap();
+
+        // (Its uploads may have spread over the two packs open at once; one all dead is
+        // retired, which needs no room.)
+        let report = store.gc().await.unwrap();
+        assert!(report.packs_punched >= 1, "{report:?}");
+        assert_eq!(packs_after(newest).await, 0, "no pack was opened to copy into: {report:?}");
+        assert_eq!(read(&store, acme, object.id, None).await.unwrap(), kept);
+
+        std::fs::remove_file(&filler).unwrap();
+        let report = store.gc().await.unwrap();
+        assert!(report.packs_punched == 0 && report.packs_compacted >= 1, "{report:?}");
+        assert_eq!(read(&store, acme, object.id, None).await.unwrap(), kept);
+        assert_catalog_consistent(&pool).await;
+    })
+    .await;
 }
 
 const CHILD_URL: &str = "SILO_TEST_CHILD_CATALOG";
