@@ -119,7 +119,7 @@ async fn a_full_disk_fails_the_upload_cleanly_and_keeps_earlier_objects() {
 }
 
 /// A sparse pack on a disk with no room for its live bytes and a pack's worth besides is
-/// punched in place, with no copy begun (which would fail part-way, pass after pass); once
+/// punched in place, with nothing copied (a copy would fail part-way, pass after pass); once
 /// there is room, it is compacted.
 #[tokio::test]
 async fn with_no_room_to_copy_gc_punches_a_sparse_pack_and_compacts_it_once_there_is() {
@@ -135,10 +135,10 @@ async fn with_no_room_to_copy_gc_punches_a_sparse_pack_and_compacts_it_once_ther
         store.delete(acme, doomed.id).await.unwrap();
         let client = pool.get().await.unwrap();
         let newest: i64 = client.query_one("SELECT max(id) FROM packs", &[]).await.unwrap().get(0);
-        let packs_after = |newest: i64| {
+        let records_after = |newest: i64| {
             let client = &client;
             async move {
-                let sql = "SELECT count(*) FROM packs WHERE id > $1";
+                let sql = "SELECT count(*) FROM chunk_locations WHERE pack_id > $1";
                 client.query_one(sql, &[&newest]).await.unwrap().get::<_, i64>(0)
             }
         };
@@ -152,7 +152,7 @@ async fn with_no_room_to_copy_gc_punches_a_sparse_pack_and_compacts_it_once_ther
         // retired, which needs no room.)
         let report = store.gc().await.unwrap();
         assert!(report.packs_punched >= 1, "{report:?}");
-        assert_eq!(packs_after(newest).await, 0, "no pack was opened to copy into: {report:?}");
+        assert_eq!(records_after(newest).await, 0, "nothing was copied: {report:?}");
         assert_eq!(read(&store, acme, object.id, None).await.unwrap(), kept);
 
         std::fs::remove_file(&filler).unwrap();

@@ -147,8 +147,15 @@ pub async fn create(
         pending.confirm().await?;
         return Ok(Creation::Created);
     }
-    let owner = client.query_one("SELECT tenant_id FROM buckets WHERE name = $1", &[&name]).await?.get(0);
-    Ok(Creation::Taken { owner: TenantId(owner) })
+    let owner =
+        TenantId(client.query_one("SELECT tenant_id FROM buckets WHERE name = $1", &[&name]).await?.get(0));
+    if owner == tenant {
+        // Maybe the owner's retry of a creation whose invalidation did not finish (answered
+        // 503): tools take BucketAlreadyOwnedByYou as done, so it is sent again first.
+        drop(client);
+        crate::read_cache::broadcast::everywhere(store, Invalidation::bucket(name), None).await?;
+    }
+    Ok(Creation::Taken { owner })
 }
 
 /// Deletes bucket `name`, as authorized (`id`), when it holds no object. Multipart uploads

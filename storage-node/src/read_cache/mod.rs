@@ -26,7 +26,10 @@
 //! can change without an invalidation (GC moves it, repair copies it); a read of a moved chunk
 //! already looks it up again, and the age bounds how long reads of an entry go that long way.
 //! A small object's chunks are kept in the catalog and travel with the entry: nothing of it can
-//! move, so it stays until it is invalidated or evicted. Only whole manifests are cached: a
+//! move, so it stays for [`MAX_AGE`] whatever the store's age limit, unless invalidated or
+//! evicted first. That age still bounds an invalidation lost with a node that died between a
+//! commit and its broadcast, where no later write of the key would send it again (a tenant's
+//! deletion, whose bucket names are gone). Only whole manifests are cached: a
 //! lookup brings the first entries of an object's manifest, which are the whole of a small one.
 //! A range GET of a larger object has its whole manifest read in the background
 //! ([`ReadCache::whole_wanted`]), so that the next ranges (a video seeked through) cost no
@@ -104,9 +107,9 @@ pub struct Addressed {
 pub struct CachedRead {
     pub lookup: Lookup,
     pub head: Option<ManifestHead>,
-    /// When it must be looked up again: `None` for an object whose chunks are all kept in the
-    /// catalog, which names no location that could move.
-    expires: Option<Instant>,
+    /// When it must be looked up again: after the store's age limit when a chunk lives in a
+    /// pack, after [`MAX_AGE`] when all are kept in the catalog.
+    expires: Instant,
 }
 
 /// What [`ReadCache::ticket`] noted before a lookup read the catalog: its key's stripe, and the
@@ -277,7 +280,7 @@ impl ReadCache {
             self.inner
                 .entries
                 .get(entry_key(bucket, key).as_str())
-                .filter(|entry| entry.expires.is_none_or(|at| Instant::now() < at))
+                .filter(|entry| Instant::now() < entry.expires)
         } else {
             None
         };
@@ -340,9 +343,9 @@ impl ReadCache {
             return;
         }
         let expires = match head {
-            Some(head) if head.is_inline() => None,
+            Some(head) if head.is_inline() => Instant::now() + MAX_AGE,
             _ if self.inner.max_age.is_zero() => return,
-            _ => Some(Instant::now() + self.inner.max_age),
+            _ => Instant::now() + self.inner.max_age,
         };
         if head.map_or(0, ManifestHead::weight) > self.inner.entries.capacity() / HEAVIEST_SHARE {
             return;

@@ -278,8 +278,8 @@ impl SiloS3 {
         bucket: &str,
         key: &str,
     ) -> S3Result<(Owner, Vec<Grant>)> {
-        self.bucket(caller, bucket, Intent::Write).await?;
-        let row = self.object(caller, bucket, key).await?;
+        let found = self.bucket(caller, bucket, Intent::Write).await?;
+        let row = self.object_in(caller, bucket, found.id, key).await?;
         let owner = self.owner_of(row.tenant).await?;
         let grants = grants_of(row.headers.acl, &owner);
         Ok((owner, grants))

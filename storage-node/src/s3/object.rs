@@ -59,6 +59,22 @@ impl SiloS3 {
         readable(caller, found)
     }
 
+    /// [`SiloS3::object`] in the bucket whose access was checked as `bucket_id`: the name may
+    /// be another bucket's by now (a lost invalidation), which tells nothing of it.
+    pub(crate) async fn object_in(
+        &self,
+        caller: Option<TenantId>,
+        bucket: &str,
+        bucket_id: i64,
+        key: &str,
+    ) -> S3Result<ObjectRow> {
+        let found = model::lookup(self.pool(), bucket, key).await?;
+        if found.as_ref().is_none_or(|found| found.bucket.id != bucket_id) {
+            return Err(s3_error!(NoSuchBucket));
+        }
+        readable(caller, found)
+    }
+
     /// [`SiloS3::object`] with the entries of its manifest from the one that holds byte
     /// `from`, for a GET or a HEAD: from the node's read cache when it holds the object, else in
     /// one catalog round trip (for a small object or a range), kept in the cache when that

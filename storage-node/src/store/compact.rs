@@ -17,10 +17,10 @@
 //! Its files on every node go after the retire grace (`delete_retired`), so an owned tenant's
 //! live chunks leave the shared disks for good. The records of its chunks deleted before the
 //! change are not looked for: they go when their packs are compacted as sparse. When the disk is too full to copy into, the dead
-//! ranges of a sparse pack are punched out instead (`fallocate(PUNCH_HOLE)`): when it has no
-//! room for the pack's live bytes plus a pack's worth left for uploads (checked before any
-//! copy, so that a pass does not copy records only to fail part-way, pass after pass), and for
-//! the rest of a pass once a copy found the disk full.
+//! ranges of a sparse pack are punched out instead (`fallocate(PUNCH_HOLE)`). A copy into a
+//! pack with a copy on this node first checks this disk's room for the records plus a pack's
+//! worth left for uploads, so that a full disk does not have records copied only for the copy
+//! to fail part-way, pass after pass; a pack written only to peers needs no room here.
 
 use std::collections::HashMap;
 
@@ -69,7 +69,7 @@ impl ChunkStore {
     pub(super) async fn compact(&self, report: &mut GcReport) -> Result<(), StoreError> {
         let pending = self.placements_to_catch_up().await?;
         let sparse = self.sparse_packs().await?;
-        let mut candidates: Vec<i64> = sparse.iter().map(|(pack, _)| *pack).collect();
+        let mut candidates = sparse.clone();
         let mut misplaced = 0;
         for (tenant, _) in &pending {
             if misplaced >= COMPACT_BATCH {
@@ -85,23 +85,7 @@ impl ChunkStore {
         // Packs of this pass's own, one open per class at a time: uploads never wait behind a
         // copy, and the copies of several small packs fill one new pack.
         let mut pass = Pass::default();
-        let mut full = false;
         for pack in candidates {
-            let live = sparse.iter().find(|(sparse, _)| *sparse == pack).map(|(_, live)| *live);
-            match live {
-                // A pack with nothing alive is retired with no copy: it needs no room.
-                Some(live) if live > 0 && (full || !self.room_to_copy(live)) => {
-                    tracing::info!(pack, "no room to compact into; punching out dead ranges");
-                    self.punch_dead_ranges(PackId(pack)).await?;
-                    report.packs_punched += 1;
-                    continue;
-                }
-                None if full => {
-                    report.packs_skipped_unplaced += 1;
-                    continue;
-                }
-                _ => {}
-            }
             match self.compact_pack(PackId(pack), &mut pass).await {
                 Ok(Compaction::Done { relocated: false }) => report.packs_compacted += 1,
                 Ok(Compaction::Done { relocated: true }) => report.packs_relocated += 1,
@@ -109,15 +93,17 @@ impl ChunkStore {
                 Ok(Compaction::Unplaced) => report.packs_skipped_unplaced += 1,
                 // Punching frees a sparse pack's dead ranges in this node's copy; a misplaced
                 // pack (which may have no copy here) waits for room.
-                Err(StoreError::StorageFull { .. }) if live.is_some() => {
+                Err(StoreError::StorageFull { .. }) if sparse.contains(&pack) => {
                     tracing::warn!(pack, "the disk is too full to compact into; punching out dead ranges");
-                    full = true;
-                    self.punch_dead_ranges(PackId(pack)).await?;
-                    report.packs_punched += 1;
+                    // One pack that cannot be punched does not stop the pass (nor the deletion
+                    // of retired packs after it, which frees room).
+                    match self.punch_dead_ranges(PackId(pack)).await {
+                        Ok(()) => report.packs_punched += 1,
+                        Err(err) => tracing::warn!(pack, error = %err, "could not punch out dead ranges"),
+                    }
                 }
                 Err(err @ StoreError::StorageFull { .. }) => {
                     tracing::warn!(pack, error = %err, "no room to move this pack's chunks into their domain now");
-                    full = true;
                     report.packs_skipped_unplaced += 1;
                 }
                 Err(err) => return Err(err),
@@ -131,16 +117,14 @@ impl ChunkStore {
         Ok(())
     }
 
-    /// Whether this node's disk has room to copy `live` bytes and still leave a pack's worth
+    /// Whether this node's disk has room to copy `bytes` and still leave a pack's worth
     /// (`pack_target_bytes`) for uploads. A disk whose free space cannot be read counts as
-    /// roomy: a copy that then fails is handled as before.
-    fn room_to_copy(&self, live: i64) -> bool {
+    /// roomy: a copy that then fails is handled as any full disk is.
+    fn room_to_copy(&self, bytes: u64) -> bool {
         match nix::sys::statvfs::statvfs(&self.inner.packs_dir) {
             Ok(stats) => {
                 let free = stats.blocks_available().saturating_mul(stats.fragment_size());
-                let needed =
-                    u64::try_from(live).unwrap_or(0).saturating_add(self.inner.config.pack_target_bytes);
-                needed <= free
+                bytes.saturating_add(self.inner.config.pack_target_bytes) <= free
             }
             Err(err) => {
                 tracing::debug!(error = %err, "cannot read the packs' disk's free space");
@@ -149,19 +133,18 @@ impl ChunkStore {
         }
     }
 
-    /// Sealed packs with a sound copy here whose live share fell below the threshold, with
-    /// their live bytes.
-    async fn sparse_packs(&self) -> Result<Vec<(i64, i64)>, StoreError> {
+    /// Sealed packs with a sound copy here whose live share fell below the threshold.
+    async fn sparse_packs(&self) -> Result<Vec<i64>, StoreError> {
         let client = self.inner.pool.get().await?;
         let rows = client
             .query(
-                "SELECT id, live_bytes FROM packs p WHERE state = 'sealed' AND live_bytes::float8 < size::float8 * $2::float8 \
+                "SELECT id FROM packs p WHERE state = 'sealed' AND live_bytes::float8 < size::float8 * $2::float8 \
                    AND EXISTS (SELECT 1 FROM pack_replicas r WHERE r.pack_id = p.id AND r.node_id = $1 AND r.state = 'ok') \
                  ORDER BY live_bytes LIMIT $3",
                 &[&self.inner.node.0, &self.inner.config.compact_below_live_share, &COMPACT_BATCH],
             )
             .await?;
-        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+        Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 
     /// The tenants whose placement changed since GC last found all their chunks in its domain,
@@ -336,6 +319,11 @@ impl ChunkStore {
                 if pack.len() > crate::pack::PACK_HEADER_LEN && pack.len() + needed > target_bytes {
                     held.close();
                     return None;
+                }
+                // Nothing is written here that the disk has no room for (the copy would fail
+                // part-way, and the next pass copy the same records again).
+                if pack.local_intact() && !store.room_to_copy(needed) {
+                    return Some(Err(StoreError::StorageFull { path: store.inner.packs_dir.clone() }));
                 }
                 let copied = store.copy_records(&mut pack, &records).await;
                 // A damaged old pack is no reason to stop taking records; a failed copy is.
