@@ -22,11 +22,13 @@
 //!   whole bucket, or an emptying) came in between. Keys are spread over [`STRIPES`] stripes so
 //!   that a steady stream of writes does not drop the fills of every other key.
 //!
-//! An entry whose chunks live in packs is served for at most [`MAX_AGE`]. Where a chunk lives
+//! Each entry's life is drawn between half its limit and all of it, so that entries filled
+//! together do not expire together. An entry whose chunks live in packs is served for at most
+//! [`MAX_AGE`]. Where a chunk lives
 //! can change without an invalidation (GC moves it, repair copies it); a read of a moved chunk
 //! already looks it up again, and the age bounds how long reads of an entry go that long way.
 //! A small object's chunks are kept in the catalog and travel with the entry: nothing of it can
-//! move, so it stays for [`MAX_AGE`] whatever the store's age limit, unless invalidated or
+//! move, so it stays up to [`MAX_AGE`] whatever the store's age limit, unless invalidated or
 //! evicted first. That age still bounds an invalidation lost with a node that died between a
 //! commit and its broadcast, where no later write of the key would send it again (a tenant's
 //! deletion, whose bucket names are gone). Only whole manifests are cached: a
@@ -244,6 +246,12 @@ impl quick_cache::Weighter<String, Arc<CachedRead>> for Weigher {
     }
 }
 
+/// An entry's life: between half of `age` and all of it, drawn at random, so that the entries
+/// a burst of reads filled together are not all looked up again in one burst when they expire.
+fn spread(age: Duration) -> Duration {
+    age.mul_f64(1.0 - rand::random::<f64>() / 2.0)
+}
+
 /// The cache's key of `bucket`/`key`: bucket names never hold a `/`.
 fn entry_key(bucket: &str, key: &str) -> String {
     format!("{bucket}/{key}")
@@ -343,9 +351,9 @@ impl ReadCache {
             return;
         }
         let expires = match head {
-            Some(head) if head.is_inline() => Instant::now() + MAX_AGE,
+            Some(head) if head.is_inline() => Instant::now() + spread(MAX_AGE),
             _ if self.inner.max_age.is_zero() => return,
-            _ => Instant::now() + self.inner.max_age,
+            _ => Instant::now() + spread(self.inner.max_age),
         };
         if head.map_or(0, ManifestHead::weight) > self.inner.entries.capacity() / HEAVIEST_SHARE {
             return;
