@@ -203,8 +203,8 @@ fn whole_manifests_are_read_two_at_a_time_and_once_per_object_in_a_while() {
 #[test]
 fn an_entry_with_a_chunk_in_a_pack_expires_at_the_age_limit_and_an_inline_one_later() {
     // GC may move a chunk of a pack without invalidating anything: such an entry lives only as
-    // long as the age limit. An inline chunk cannot move: its entry lasts MAX_AGE, which only
-    // bounds a lost invalidation.
+    // long as the age limit. An inline chunk cannot move: its entry lasts INLINE_MAX_AGE, which
+    // only bounds a lost invalidation.
     // Long enough that a busy machine does not expire the entry between its fill and the first
     // check.
     let max_age = std::time::Duration::from_secs(1);
