@@ -119,8 +119,8 @@ async fn a_full_disk_fails_the_upload_cleanly_and_keeps_earlier_objects() {
 }
 
 /// A sparse pack on a disk with no room for its live bytes and a pack's worth besides is
-/// punched in place, with nothing copied (a copy would fail part-way, pass after pass); once
-/// there is room, it is compacted.
+/// punched in place, with nothing copied (a copy would fail part-way, pass after pass), and
+/// not punched again while the disk stays short; once there is room, it is compacted.
 #[tokio::test]
 async fn with_no_room_to_copy_gc_punches_a_sparse_pack_and_compacts_it_once_there_is() {
     let (pool, _) = catalog("compact_full").await;
@@ -143,10 +143,13 @@ async fn with_no_room_to_copy_gc_punches_a_sparse_pack_and_compacts_it_once_ther
             }
         };
         // 3 MiB left free: room for the 1 MiB alive, not for it and a 4 MiB pack besides.
-        let stats = nix::sys::statvfs::statvfs(&mount).unwrap();
-        let free = stats.blocks_available() * stats.fragment_size();
-        let filler = mount.join("filler");
-        std::fs::write(&filler, vec![0u8; (free - 3 * 1024 * 1024) as usize]).unwrap();
+        let fill = |name: &str| {
+            let stats = nix::sys::statvfs::statvfs(&mount).unwrap();
+            let free = stats.blocks_available() * stats.fragment_size();
+            std::fs::write(mount.join(name), vec![0u8; free.saturating_sub(3 * 1024 * 1024) as usize])
+                .unwrap();
+        };
+        fill("filler");
 
         // (Its uploads may have spread over the two packs open at once; one all dead is
         // retired, which needs no room.)
@@ -154,8 +157,16 @@ async fn with_no_room_to_copy_gc_punches_a_sparse_pack_and_compacts_it_once_ther
         assert!(report.packs_punched >= 1, "{report:?}");
         assert_eq!(records_after(newest).await, 0, "nothing was copied: {report:?}");
         assert_eq!(read(&store, acme, object.id, None).await.unwrap(), kept);
+        // Short of room again (the punch freed the dead ranges): a pack punched lately waits,
+        // so that others get their turn, and is not copied either.
+        fill("more filler");
+        let report = store.gc().await.unwrap();
+        assert_eq!(report.packs_punched, 0, "{report:?}");
+        assert_eq!(records_after(newest).await, 0, "nothing was copied: {report:?}");
 
-        std::fs::remove_file(&filler).unwrap();
+        for name in ["filler", "more filler"] {
+            std::fs::remove_file(mount.join(name)).unwrap();
+        }
         let report = store.gc().await.unwrap();
         assert!(report.packs_punched == 0 && report.packs_compacted >= 1, "{report:?}");
         assert_eq!(read(&store, acme, object.id, None).await.unwrap(), kept);

@@ -37,6 +37,23 @@ use crate::pack::{PackId, RECORD_HEADER_LEN, RecordView, pack_path};
 /// The most packs of each kind (sparse, misplaced) one pass rewrites.
 const COMPACT_BATCH: i64 = 16;
 
+/// How long a pack punched for want of room is left out of the sparse packs while the disk
+/// still has less than a pack's worth free: the next passes punch the others (the sparse packs
+/// come fewest live bytes first, a batch at a time), not the same ones again.
+const PUNCHED_REST: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The packs this node punched lately, and when (kept by the GC lock across passes).
+#[derive(Debug, Default)]
+pub(super) struct Punched(HashMap<i64, std::time::Instant>);
+
+impl Punched {
+    /// The packs punched less than [`PUNCHED_REST`] ago (the others are forgotten).
+    fn resting(&mut self) -> Vec<i64> {
+        self.0.retain(|_, at| at.elapsed() < PUNCHED_REST);
+        self.0.keys().copied().collect()
+    }
+}
+
 /// How the rewrite of one pack ended.
 enum Compaction {
     /// Its live records moved; `relocated` when some went to another placement domain.
@@ -66,9 +83,15 @@ struct Group {
 impl ChunkStore {
     /// Rewrites the sparse packs this node holds a copy of and the misplaced packs of tenants
     /// whose placement changed.
-    pub(super) async fn compact(&self, report: &mut GcReport) -> Result<(), StoreError> {
+    pub(super) async fn compact(
+        &self,
+        report: &mut GcReport,
+        punched: &mut Punched,
+    ) -> Result<(), StoreError> {
         let pending = self.placements_to_catch_up().await?;
-        let sparse = self.sparse_packs().await?;
+        // With less than a pack's worth free, the packs punched lately wait their turn.
+        let resting = if self.room_to_copy(0) { Vec::new() } else { punched.resting() };
+        let sparse = self.sparse_packs(&resting).await?;
         let mut candidates = sparse.clone();
         let mut misplaced = 0;
         for (tenant, _) in &pending {
@@ -98,7 +121,10 @@ impl ChunkStore {
                     // One pack that cannot be punched does not stop the pass (nor the deletion
                     // of retired packs after it, which frees room).
                     match self.punch_dead_ranges(PackId(pack)).await {
-                        Ok(()) => report.packs_punched += 1,
+                        Ok(()) => {
+                            punched.0.insert(pack, std::time::Instant::now());
+                            report.packs_punched += 1;
+                        }
                         Err(err) => tracing::warn!(pack, error = %err, "could not punch out dead ranges"),
                     }
                 }
@@ -133,15 +159,17 @@ impl ChunkStore {
         }
     }
 
-    /// Sealed packs with a sound copy here whose live share fell below the threshold.
-    async fn sparse_packs(&self) -> Result<Vec<i64>, StoreError> {
+    /// Sealed packs with a sound copy here whose live share fell below the threshold, but
+    /// those `resting`.
+    async fn sparse_packs(&self, resting: &[i64]) -> Result<Vec<i64>, StoreError> {
         let client = self.inner.pool.get().await?;
         let rows = client
             .query(
                 "SELECT id FROM packs p WHERE state = 'sealed' AND live_bytes::float8 < size::float8 * $2::float8 \
                    AND EXISTS (SELECT 1 FROM pack_replicas r WHERE r.pack_id = p.id AND r.node_id = $1 AND r.state = 'ok') \
+                   AND NOT (id = ANY($4::int8[])) \
                  ORDER BY live_bytes LIMIT $3",
-                &[&self.inner.node.0, &self.inner.config.compact_below_live_share, &COMPACT_BATCH],
+                &[&self.inner.node.0, &self.inner.config.compact_below_live_share, &COMPACT_BATCH, &resting],
             )
             .await?;
         Ok(rows.iter().map(|row| row.get(0)).collect())

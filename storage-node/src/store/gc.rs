@@ -54,7 +54,7 @@ impl ChunkStore {
     /// # Errors
     /// Catalog and I/O errors; a pack with a damaged chunk is skipped and counted, not an error.
     pub async fn gc(&self) -> Result<GcReport, StoreError> {
-        let _one_at_a_time = self.inner.gc_lock.lock().await;
+        let mut one_at_a_time = self.inner.gc_lock.lock().await;
         let mut report = GcReport::default();
         self.inner.writers.retire_idle(false);
         self.seal_ready(&mut report).await?;
@@ -62,7 +62,7 @@ impl ChunkStore {
         // node that finds another one at it (or hung holding the lock) leaves that to it.
         if let Some(_cluster_wide) = self.cluster_gc_lock().await? {
             self.delete_unreferenced(&mut report).await?;
-            self.compact(&mut report).await?;
+            self.compact(&mut report, &mut one_at_a_time).await?;
         } else {
             report.cluster_phases_skipped = true;
         }

@@ -163,7 +163,8 @@ struct Inner {
     verified: VerifiedCache,
     reads: ReadCache,
     peers: peers::Peers,
-    gc_lock: tokio::sync::Mutex<()>,
+    /// One GC pass at a time on this node, and what passes remember (`compact::Punched`).
+    gc_lock: tokio::sync::Mutex<compact::Punched>,
     memory: MemoryBudget,
 }
 
@@ -240,7 +241,7 @@ impl ChunkStore {
             maps: PackMaps::new(&packs_dir),
             writers: WriterPool::default(),
             peers: peers::Peers::default(),
-            gc_lock: tokio::sync::Mutex::new(()),
+            gc_lock: tokio::sync::Mutex::new(compact::Punched::default()),
             memory: MemoryBudget::new(config.memory),
             pool,
             node: node_id,
