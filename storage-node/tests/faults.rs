@@ -92,13 +92,21 @@ where
     }
 }
 
+/// A store with small chunks whose data directory is under `mount`, and its tenant `acme`.
+async fn store_and_tenant_on(
+    pool: &storage_node::catalog::CatalogPool,
+    mount: &std::path::Path,
+) -> (storage_node::store::ChunkStore, storage_node::TenantId) {
+    let data_dir = DataDir::open(&mount.join("data")).unwrap();
+    let store = open_store(pool, &data_dir, small_chunks()).await;
+    (store, tenant(pool, "acme", None).await)
+}
+
 #[tokio::test]
 async fn a_full_disk_fails_the_upload_cleanly_and_keeps_earlier_objects() {
     let (pool, _) = catalog("enospc").await;
     on_small_tmpfs("6m", |mount| async move {
-        let data_dir = DataDir::open(&mount.join("data")).unwrap();
-        let store = open_store(&pool, &data_dir, small_chunks()).await;
-        let acme = tenant(&pool, "acme", None).await;
+        let (store, acme) = store_and_tenant_on(&pool, &mount).await;
         let kept = random_bytes(2 * 1024 * 1024, 200);
         let earlier = put(&store, acme, &kept).await;
         let big = random_bytes(8 * 1024 * 1024, 201);
@@ -125,9 +133,7 @@ async fn a_full_disk_fails_the_upload_cleanly_and_keeps_earlier_objects() {
 async fn with_no_room_to_copy_gc_punches_a_sparse_pack_and_compacts_it_once_there_is() {
     let (pool, _) = catalog("compact_full").await;
     on_small_tmpfs("16m", |mount| async move {
-        let data_dir = DataDir::open(&mount.join("data")).unwrap();
-        let store = open_store(&pool, &data_dir, small_chunks()).await;
-        let acme = tenant(&pool, "acme", None).await;
+        let (store, acme) = store_and_tenant_on(&pool, &mount).await;
         let kept = random_bytes(1024 * 1024, 300);
         let object = put(&store, acme, &kept).await;
         // Past the 4 MiB pack target: the pack with both is sealed, then three quarters dead.

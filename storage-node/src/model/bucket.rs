@@ -138,24 +138,29 @@ pub async fn create(
             &[&name, &tenant.0, &acl],
         )
         .await?;
-    if inserted.is_some() {
-        pending.arm();
-    }
-    txn.commit().await?;
-    if inserted.is_some() {
+    let creation = match inserted {
+        Some(_) => {
+            pending.arm();
+            txn.commit().await?;
+            Creation::Created
+        }
+        None => {
+            txn.commit().await?;
+            let owner = client.query_one("SELECT tenant_id FROM buckets WHERE name = $1", &[&name]).await?;
+            Creation::Taken { owner: TenantId(owner.get(0)) }
+        }
+    };
+    // Also when its owner finds it created: maybe the retry of a creation whose invalidation
+    // did not finish (answered 503), and tools take BucketAlreadyOwnedByYou as done.
+    let ours = match creation {
+        Creation::Created => true,
+        Creation::Taken { owner } => owner == tenant,
+    };
+    if ours {
         drop(client);
         pending.confirm().await?;
-        return Ok(Creation::Created);
     }
-    let owner =
-        TenantId(client.query_one("SELECT tenant_id FROM buckets WHERE name = $1", &[&name]).await?.get(0));
-    if owner == tenant {
-        // Maybe the owner's retry of a creation whose invalidation did not finish (answered
-        // 503): tools take BucketAlreadyOwnedByYou as done, so it is sent again first.
-        drop(client);
-        crate::read_cache::broadcast::everywhere(store, Invalidation::bucket(name), None).await?;
-    }
-    Ok(Creation::Taken { owner })
+    Ok(creation)
 }
 
 /// Deletes bucket `name`, as authorized (`id`), when it holds no object. Multipart uploads

@@ -204,6 +204,13 @@ mod tests {
         binding
     }
 
+    /// Takes `tenant`'s advisory lock exclusively in `hold` (the lock alone, not its row), as a
+    /// commit near the quota or a delete does.
+    async fn hold_tenant_alone(hold: &deadpool_postgres::Transaction<'_>, tenant: TenantId) {
+        let lock = crate::store::tenant_lock_exclusive("$1::int8");
+        hold.execute(&format!("SELECT {lock}"), &[&tenant.0]).await.expect("the tenant's lock, exclusively");
+    }
+
     /// A tenant with bucket `media`, and that bucket's id.
     async fn tenant_with_bucket(fx: &Fixture, quota: Option<u64>) -> (TenantId, i64) {
         let a = tenants::create(&fx.pool, "tenant-a", quota).await.expect("a");
@@ -270,9 +277,7 @@ mod tests {
         let (a, id) = tenant_with_bucket(&fx, None).await;
         let mut holder = fx.pool.get().await.expect("client");
         let hold = holder.transaction().await.expect("txn");
-        // The tenant's advisory lock alone, not its row.
-        let lock = crate::store::tenant_lock_exclusive("$1::int8");
-        hold.execute(&format!("SELECT {lock}"), &[&a.0]).await.expect("the tenant's lock, exclusively");
+        hold_tenant_alone(&hold, a).await;
         let binding = bind_behind(&fx, ingest(&fx, a, 1).await, id).await;
         assert!(!binding.is_finished(), "the statement waits for the tenant");
         hold.commit().await.expect("release");
@@ -344,8 +349,7 @@ mod tests {
             .get(0);
         let mut holder = fx.pool.get().await.expect("client");
         let hold = holder.transaction().await.expect("txn");
-        let lock = crate::store::tenant_lock_exclusive("$1::int8");
-        hold.execute(&format!("SELECT {lock}"), &[&a.0]).await.expect("the tenant's lock, exclusively");
+        hold_tenant_alone(&hold, a).await;
         let binding = bind_behind(&fx, ingest(&fx, a, 2).await, id).await;
         // Stamped once the statement's snapshot was taken, before its commit.
         client

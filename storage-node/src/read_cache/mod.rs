@@ -1,7 +1,8 @@
 //! A node's cache of object lookups for GET and HEAD: the bucket's access, the object's row and
 //! its whole manifest (with the bytes of chunks kept inline), so that a hot small object is
 //! served with no catalog query; and of buckets' access alone, for the requests on a bucket
-//! that look up no object first (a PUT of a new key: its commit checks the bucket again by id). Coherent across the nodes of a catalog by leases and
+//! that look up no object first (a PUT of a new key: its commit checks the bucket again by
+//! id). Coherent across the nodes of a catalog by leases and
 //! invalidations, under issue 13's rule: no node answers with an object's old bytes or old
 //! access once an overwrite, a delete or an ACL change of it has been acknowledged on any node.
 //!
@@ -24,16 +25,15 @@
 //!
 //! Each entry's life is drawn between half its limit and all of it, so that entries filled
 //! together do not expire together. An entry whose chunks live in packs is served for at most
-//! [`MAX_AGE`]. Where a chunk lives
-//! can change without an invalidation (GC moves it, repair copies it); a read of a moved chunk
-//! already looks it up again, and the age bounds how long reads of an entry go that long way.
-//! A small object's chunks are kept in the catalog and travel with the entry: nothing of it can
-//! move, so it stays up to [`INLINE_MAX_AGE`] whatever the store's age limit, unless invalidated or
-//! evicted first. That age still bounds an invalidation lost with a node that died between a
-//! commit and its broadcast, where no later write of the key would send it again (a tenant's
-//! deletion, whose bucket names are gone). Only whole manifests are cached: a
-//! lookup brings the first entries of an object's manifest, which are the whole of a small one.
-//! A range GET of a larger object has its whole manifest read in the background
+//! [`MAX_AGE`]. Where a chunk lives can change without an invalidation (GC moves it, repair
+//! copies it); a read of a moved chunk already looks it up again, and the age bounds how long
+//! reads of an entry go that long way. A small object's chunks are kept in the catalog and
+//! travel with the entry: nothing of it can move, so it stays up to [`INLINE_MAX_AGE`]
+//! whatever the store's age limit, unless invalidated or evicted first. That age still bounds
+//! an invalidation lost with a node that died between a commit and its broadcast, where no
+//! later write of the key would send it again (a tenant's deletion, whose bucket names are
+//! gone). Only whole manifests are cached: a lookup brings the first entries of an object's
+//! manifest, which are the whole of a small one. A range GET of a larger object has its whole manifest read in the background
 //! ([`ReadCache::whole_wanted`]), so that the next ranges (a video seeked through) cost no
 //! catalog query.
 
@@ -56,8 +56,9 @@ pub const MAX_AGE: Duration = Duration::from_secs(30);
 
 /// How long an entry with no chunk in a pack is served, at most: nothing of it can move, so
 /// this only bounds an invalidation lost with a node that died between a commit and its
-/// broadcast. Long, because every expiry is a catalog lookup on the hot path: at 30 s, the
-/// s3 bench's p99 at half the peak rose from 15-17 ms to 25-144 ms.
+/// broadcast. Long, because every expiry is a catalog lookup on the hot path: with 15-30 s,
+/// Silo's p99 at half the peak was 25-144 ms in five s3 bench runs, against 15-17 ms in two
+/// runs with no expiry (docs/benchmarks.md).
 pub const INLINE_MAX_AGE: Duration = Duration::from_secs(600);
 
 /// How long after a read of an object's whole manifest for the cache another may start: what

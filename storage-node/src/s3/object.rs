@@ -68,11 +68,17 @@ impl SiloS3 {
         bucket_id: i64,
         key: &str,
     ) -> S3Result<ObjectRow> {
-        let found = model::lookup(self.pool(), bucket, key).await?;
-        if found.as_ref().is_none_or(|found| found.bucket.id != bucket_id) {
-            return Err(s3_error!(NoSuchBucket));
+        readable(caller, Some(self.lookup_in(bucket, bucket_id, key).await?))
+    }
+
+    /// The lookup of `bucket`/`key` when the bucket of that name is still `bucket_id`, the one
+    /// whose access was checked (from a cache that may be older than the name's owner); else
+    /// `NoSuchBucket`, which tells nothing of the bucket that holds the name now.
+    async fn lookup_in(&self, bucket: &str, bucket_id: i64, key: &str) -> S3Result<model::Lookup> {
+        match model::lookup(self.pool(), bucket, key).await? {
+            Some(found) if found.bucket.id == bucket_id => Ok(found),
+            _ => Err(s3_error!(NoSuchBucket)),
         }
-        readable(caller, found)
     }
 
     /// [`SiloS3::object`] with the entries of its manifest from the one that holds byte
@@ -325,12 +331,7 @@ impl SiloS3 {
         if *condition == WriteCondition::Any {
             return Ok(());
         }
-        let found = model::lookup(self.pool(), bucket, key).await?;
-        // The name may be another bucket's by now: nothing of it is told.
-        if found.as_ref().is_none_or(|found| found.bucket.id != bucket_id) {
-            return Err(s3_error!(NoSuchBucket));
-        }
-        let etag = found.and_then(|found| found.object).map(|object| object.etag);
+        let etag = self.lookup_in(bucket, bucket_id, key).await?.object.map(|object| object.etag);
         if condition.holds(etag.as_deref()) {
             Ok(())
         } else if etag.is_none() {

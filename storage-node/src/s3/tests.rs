@@ -69,6 +69,14 @@ pub(crate) async fn count(pool: &CatalogPool, sql: &str, tenant: TenantId) -> i6
     client.query_one(sql, &[&tenant.0]).await.expect(sql).get(0)
 }
 
+/// Tenants a and b, and a's bucket `shared`.
+async fn two_tenants_and_a_bucket_of_a(fx: &Fixture) -> (TenantId, TenantId) {
+    let a = tenants::create(&fx.pool, "tenant-a", None).await.expect("a");
+    let b = tenants::create(&fx.pool, "tenant-b", None).await.expect("b");
+    fx.s3.create_bucket_for(a, "shared").await.expect("bucket of a");
+    (a, b)
+}
+
 /// The id of bucket `name`.
 pub(crate) async fn bucket_id(pool: &CatalogPool, name: &str) -> i64 {
     let client = pool.get().await.expect("client");
@@ -107,9 +115,7 @@ pub(crate) async fn until_waiting(pool: &CatalogPool, n: i64, done: impl Fn() ->
 #[tokio::test]
 async fn a_put_never_lands_in_a_bucket_recreated_by_another_tenant_mid_upload() {
     let fx = fixture("s3_rebind_put").await;
-    let a = tenants::create(&fx.pool, "tenant-a", None).await.expect("a");
-    let b = tenants::create(&fx.pool, "tenant-b", None).await.expect("b");
-    fx.s3.create_bucket_for(a, "shared").await.expect("bucket of a");
+    let (a, b) = two_tenants_and_a_bucket_of_a(&fx).await;
 
     let (body, feed, reading) = held();
     let s3 = fx.s3.clone();
@@ -146,9 +152,7 @@ async fn a_put_never_lands_in_a_bucket_recreated_by_another_tenant_mid_upload() 
 #[tokio::test]
 async fn reads_by_name_under_an_old_id_tell_nothing_of_the_new_owners_bucket() {
     let fx = fixture("s3_reads_by_old_id").await;
-    let a = tenants::create(&fx.pool, "tenant-a", None).await.expect("a");
-    let b = tenants::create(&fx.pool, "tenant-b", None).await.expect("b");
-    fx.s3.create_bucket_for(a, "shared").await.expect("bucket of a");
+    let (a, b) = two_tenants_and_a_bucket_of_a(&fx).await;
     let old = bucket_id(&fx.pool, "shared").await;
     fx.s3.delete_bucket_for(Some(a), "shared").await.expect("delete");
     fx.s3.create_bucket_for(b, "shared").await.expect("B takes the name");
@@ -172,9 +176,7 @@ async fn reads_by_name_under_an_old_id_tell_nothing_of_the_new_owners_bucket() {
 #[tokio::test]
 async fn a_stale_multipart_upload_cannot_complete_into_a_recreated_bucket() {
     let fx = fixture("s3_rebind_multipart").await;
-    let a = tenants::create(&fx.pool, "tenant-a", None).await.expect("a");
-    let b = tenants::create(&fx.pool, "tenant-b", None).await.expect("b");
-    fx.s3.create_bucket_for(a, "shared").await.expect("bucket of a");
+    let (a, b) = two_tenants_and_a_bucket_of_a(&fx).await;
     let upload =
         fx.s3.create_upload(Some(a), "shared", "k", (ObjectHeaders::default(), None)).await.expect("upload");
     let body = std::io::Cursor::new(vec![1u8; 1000]);
