@@ -1,6 +1,6 @@
 //! Prometheus metrics: HTTP traffic, readiness, the catalog pool, the embedded Postgres,
-//! repair (its backlog, and the packs and bytes it copied), the access-key cache, the read
-//! cache and the memory budget of uploads.
+//! repair (its backlog, and the packs and bytes it copied), the access-key cache, the batches of
+//! small PUTs, the read cache and the memory budget of uploads.
 //!
 //! Request metrics are labelled by the matched route template, never by the raw path, so that
 //! object keys and tenant names cannot blow up the label space.
@@ -22,6 +22,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use storage_node::catalog::key_cache::KeyCacheStats;
+use storage_node::model::SmallPutStats;
 use storage_node::read_cache::ReadCacheStats;
 use storage_node::repair::RepairStats;
 use storage_node::store::{MemoryStats, PackWriterStats};
@@ -74,6 +75,7 @@ pub struct Metrics {
     connections: ConnectionMetrics,
     repair: RepairMetrics,
     key_cache: KeyCacheMetrics,
+    small_puts: SmallPutMetrics,
     read_cache: ReadCacheMetrics,
     memory: MemoryMetrics,
     pack_writers: PackWriterMetrics,
@@ -266,6 +268,37 @@ impl PackWriterMetrics {
     }
 }
 
+/// Small PUTs committed many to a statement (`storage_node::model::SmallPuts`): counters that
+/// follow its own.
+#[derive(Debug, Default)]
+struct SmallPutMetrics {
+    batches: Counter,
+    bound: Counter,
+    alone: Counter,
+    sync: std::sync::Mutex<()>,
+}
+
+impl SmallPutMetrics {
+    fn register(&self, registry: &mut Registry) {
+        for (name, help, counter) in [
+            ("small_put_batches", "Statements that committed queued small PUTs together", &self.batches),
+            ("small_put_batched", "Small PUTs bound by those statements", &self.bound),
+            (
+                "small_put_alone",
+                "Queued small PUTs sent back to bind alone (a failed batch, a key twice in one)",
+                &self.alone,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
+    }
+
+    fn follow(&self, stats: SmallPutStats) {
+        let _turn = self.sync.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        advance(&[(&self.batches, stats.batches), (&self.bound, stats.bound), (&self.alone, stats.alone)]);
+    }
+}
+
 /// Repair as `/metrics` shows it: the backlog at the latest pass, and counters that follow the
 /// repairer's own (`RepairStats`); the lock makes two scrapes at once add each copy once.
 #[derive(Debug, Default)]
@@ -328,6 +361,8 @@ impl Metrics {
         repair.register(&mut registry);
         let key_cache = KeyCacheMetrics::default();
         key_cache.register(&mut registry);
+        let small_puts = SmallPutMetrics::default();
+        small_puts.register(&mut registry);
         let read_cache = ReadCacheMetrics::default();
         read_cache.register(&mut registry);
         let memory = MemoryMetrics::default();
@@ -370,6 +405,7 @@ impl Metrics {
             connections,
             repair,
             key_cache,
+            small_puts,
             read_cache,
             memory,
             pack_writers,
@@ -448,6 +484,7 @@ pub async fn render(State(state): State<Arc<AppState>>) -> Response {
     }
     metrics.repair.follow(&state.repair);
     metrics.key_cache.follow(state.s3.keys().stats());
+    metrics.small_puts.follow(state.s3.small_put_stats());
     metrics.read_cache.follow(state.store.read_cache().stats());
     metrics.memory.follow(state.store.memory_stats());
     metrics.pack_writers.follow(state.store.pack_writer_stats());

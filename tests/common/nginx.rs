@@ -127,7 +127,11 @@ fn program() -> &'static str {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SIGTERM, so that the master stops its workers: SIGKILL would leave them running.
+        let master = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        if nix::sys::signal::kill(master, nix::sys::signal::Signal::SIGTERM).is_err() {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
     }
 }

@@ -21,7 +21,10 @@ pub mod node_retire;
 pub mod object;
 mod one_statement;
 pub mod purge;
+mod put_batch;
 pub mod usage;
+
+pub use put_batch::{SmallPutStats, SmallPuts};
 
 use crate::store::StoreError;
 

@@ -10,6 +10,7 @@ use tokio_postgres::types::{ToSql, Type};
 use super::ModelError;
 use super::bucket::{self, BucketAccess, CannedAcl};
 use super::one_statement::Outcome;
+use super::put_batch::SmallPuts;
 use crate::TenantId;
 use crate::catalog::CatalogPool;
 use crate::read_cache::Invalidation;
@@ -208,8 +209,9 @@ pub async fn check_condition_in(
 /// What [`bind`] puts at a key.
 #[derive(Debug, Clone, Copy)]
 pub enum Binding<'a> {
-    /// A new upload, committed in the binding's transaction.
-    New(&'a Ingested),
+    /// A new upload, committed in the binding's transaction, or, when small, with others
+    /// queued at the same time in this queue's next batch.
+    New(&'a Ingested, &'a SmallPuts),
     /// A copy of an object, sharing its chunks.
     Copy(ObjectId),
 }
@@ -351,11 +353,16 @@ pub async fn bind(
     let what = Bind { tenant, target: &target, etag, headers, binding, condition };
     // Owed from before the commit: a request dropped after it still has the caches told.
     let pending = Pending::new(store, Invalidation::key(target.bucket, target.key));
-    if let Binding::New(ingested) = binding
+    if let Binding::New(ingested, small_puts) = binding
         && *condition == WriteCondition::Any
         && let Some(commit) = ingested.in_one_statement()
     {
-        match super::one_statement::bind(store, &commit, &target, etag, headers, &pending).await? {
+        let batched = small_puts.bind(store, ingested, &target, etag, headers, &pending).await?;
+        let outcome = match batched {
+            Some(outcome) => outcome,
+            None => super::one_statement::bind(store, &commit, &target, etag, headers, &pending).await?,
+        };
+        match outcome {
             Outcome::Bound(modified, peers) => {
                 match peers {
                     Some(peers) => pending.confirm_with(peers).await?,
@@ -407,7 +414,7 @@ async fn bind_once(
     let txn = client.transaction().await?;
     // The bucket's check travels with the commit's first statement (one round trip).
     let object = match binding {
-        Binding::New(ingested) => {
+        Binding::New(ingested, _) => {
             let commit = async {
                 match shared {
                     true => store.commit_shared(&txn, ingested).await,

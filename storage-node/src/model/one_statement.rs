@@ -151,7 +151,7 @@ static STATEMENT: LazyLock<String> = LazyLock::new(|| {
 });
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::TenantId;
     use crate::catalog::tenants;
@@ -159,8 +159,13 @@ mod tests {
     use crate::s3::tests::{Fixture, bucket_id, count, fixture, objects_of, until_waiting};
     use crate::store::{Ingested, PutOptions};
 
-    async fn ingest(fx: &Fixture, tenant: TenantId, byte: u8) -> Ingested {
-        let body = vec![byte; 20_000];
+    /// A 20,000-byte upload of `byte` repeated, for `tenant`.
+    pub(in crate::model) async fn ingest(fx: &Fixture, tenant: TenantId, byte: u8) -> Ingested {
+        ingest_body(fx, tenant, vec![byte; 20_000]).await
+    }
+
+    /// An upload of `body` for `tenant`.
+    pub(in crate::model) async fn ingest_body(fx: &Fixture, tenant: TenantId, body: Vec<u8>) -> Ingested {
         let options = PutOptions { expected_len: Some(body.len() as u64), md5: true };
         fx.s3.store().ingest(tenant, std::io::Cursor::new(body), options).await.expect("ingest")
     }
@@ -187,7 +192,7 @@ mod tests {
         try_bind(fx.s3.store(), ingested, bucket, id, key).await.expect("bind")
     }
 
-    async fn chunks_of(fx: &Fixture, tenant: TenantId) -> i64 {
+    pub(in crate::model) async fn chunks_of(fx: &Fixture, tenant: TenantId) -> i64 {
         count(&fx.pool, "SELECT count(*) FROM chunks WHERE tenant_id = $1", tenant).await
     }
 
@@ -206,13 +211,16 @@ mod tests {
 
     /// Takes `tenant`'s advisory lock exclusively in `hold` (the lock alone, not its row), as a
     /// commit near the quota or a delete does.
-    async fn hold_tenant_alone(hold: &deadpool_postgres::Transaction<'_>, tenant: TenantId) {
+    pub(in crate::model) async fn hold_tenant_alone(
+        hold: &deadpool_postgres::Transaction<'_>,
+        tenant: TenantId,
+    ) {
         let lock = crate::store::tenant_lock_exclusive("$1::int8");
         hold.execute(&format!("SELECT {lock}"), &[&tenant.0]).await.expect("the tenant's lock, exclusively");
     }
 
     /// A tenant with bucket `media`, and that bucket's id.
-    async fn tenant_with_bucket(fx: &Fixture, quota: Option<u64>) -> (TenantId, i64) {
+    pub(in crate::model) async fn tenant_with_bucket(fx: &Fixture, quota: Option<u64>) -> (TenantId, i64) {
         let a = tenants::create(&fx.pool, "tenant-a", quota).await.expect("a");
         fx.s3.create_bucket_for(a, "media").await.expect("bucket");
         (a, bucket_id(&fx.pool, "media").await)

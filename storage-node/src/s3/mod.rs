@@ -41,6 +41,7 @@ use s3s::service::S3ServiceBuilder;
 use crate::TenantId;
 use crate::catalog::CatalogPool;
 use crate::catalog::key_cache::KeyCache;
+use crate::model::SmallPuts;
 use crate::store::ChunkStore;
 
 /// Names that S3 buckets may not take: the management endpoints live there.
@@ -52,6 +53,8 @@ pub struct SiloS3 {
     store: ChunkStore,
     /// The region Silo serves.
     region: Region,
+    /// Small PUTs of new keys, committed many to a statement.
+    small_puts: SmallPuts,
 }
 
 #[cfg(test)]
@@ -72,14 +75,16 @@ impl SiloS3 {
 /// (a [`KeyCache::default`] reads every key from the catalog).
 pub fn service(store: ChunkStore, region: Region, keys: KeyCache) -> S3Front {
     let auth = auth::CatalogAuth::new(store.clone(), keys);
-    let mut builder = S3ServiceBuilder::new(SiloS3 { store: store.clone(), region: region.clone() });
+    let small_puts = SmallPuts::default();
+    let silo = SiloS3 { store: store.clone(), region: region.clone(), small_puts: small_puts.clone() };
+    let mut builder = S3ServiceBuilder::new(silo);
     builder.set_auth(auth.clone());
     builder.set_access(auth.clone());
     // Defence in depth behind [`guard`], which refuses larger bodies before s3s reads them.
     let mut config = s3s::config::S3Config::default();
     config.xml_max_body_size = guard::MAX_XML_BODY;
     builder.set_config(Arc::new(s3s::config::StaticConfigProvider::new(Arc::new(config))));
-    S3Front { inner: builder.build(), region, auth }
+    S3Front { inner: builder.build(), region, auth, small_puts }
 }
 
 /// The tenant a request acts for (set by the access check).

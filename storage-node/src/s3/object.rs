@@ -167,9 +167,16 @@ impl SiloS3 {
         });
         let headers = ObjectHeaders { checksum: checksum.clone(), ..headers };
         let target = Target { bucket, id: found.id, key };
-        let bound =
-            model::bind(&self.store, tenant, target, &etag, &headers, Binding::New(&ingested), &condition)
-                .await;
+        let bound = model::bind(
+            &self.store,
+            tenant,
+            target,
+            &etag,
+            &headers,
+            Binding::New(&ingested, &self.small_puts),
+            &condition,
+        )
+        .await;
         // An upload not committed gives its pins back; one committed (whose caches could not be
         // confirmed clean) gave them with its commit.
         if bound.as_ref().is_err_and(|err| !err.committed()) {

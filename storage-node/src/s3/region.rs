@@ -48,6 +48,7 @@ pub struct S3Front {
     pub(super) inner: S3Service,
     pub(super) region: Region,
     pub(super) auth: CatalogAuth,
+    pub(super) small_puts: crate::model::SmallPuts,
 }
 
 /// A credential scope a request carries: in its `Authorization` header or, presigned, in its
@@ -90,6 +91,11 @@ impl S3Front {
     /// The access keys this node has checked (to forget one at once when it is revoked here).
     pub fn keys(&self) -> &crate::catalog::key_cache::KeyCache {
         &self.auth.keys
+    }
+
+    /// What the batches of small PUTs did so far.
+    pub fn small_put_stats(&self) -> crate::model::SmallPutStats {
+        self.small_puts.stats()
     }
 
     /// Answers one S3 request.

@@ -37,7 +37,11 @@ pub(crate) async fn fixture(label: &str) -> Fixture {
     let node = NodeSpec { name: "test-node".into(), zone: "zone-a".into() };
     let store =
         ChunkStore::open(pool.clone(), &data_dir, &node, StoreConfig::default()).await.expect("store");
-    Fixture { s3: SiloS3 { store, region: super::region::default_region() }, pool, _tmp: tmp }
+    Fixture {
+        s3: SiloS3 { store, region: super::region::default_region(), small_puts: Default::default() },
+        pool,
+        _tmp: tmp,
+    }
 }
 
 /// A request body the test feeds by hand; it says when the server first reads from it.

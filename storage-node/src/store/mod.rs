@@ -8,6 +8,7 @@
 //! [`ChunkStore`] is a cheap handle; clone it freely.
 
 pub mod allocator;
+mod batch_commit;
 mod commit;
 mod compact;
 mod error;
@@ -36,6 +37,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+pub(crate) use batch_commit::{BatchedCommit, BatchedCommits};
 pub(crate) use commit::OneStatementCommit;
 pub use commit::StoredObject;
 pub(crate) use commit::record_object;
