@@ -192,8 +192,9 @@ async fn round_trips_of_a_small_put_and_get() {
     model::lookup_for_read(&store, "media", "nothing-here", 0).await.unwrap().expect("the bucket");
     // What a PUT does after authentication: the bucket, the body, the binding. Its hot
     // statements are prepared once per connection too: a first PUT warms this one.
+    let small_puts = storage_node::model::SmallPuts::default();
     let put = |key: &'static str, data: Vec<u8>| {
-        let (pool, store) = (pool.clone(), store.clone());
+        let (pool, store, small_puts) = (pool.clone(), store.clone(), small_puts.clone());
         async move {
             let found = bucket::find(&pool, "media").await.unwrap().expect("bucket");
             let options = PutOptions { expected_len: Some(data.len() as u64), md5: true };
@@ -206,7 +207,7 @@ async fn round_trips_of_a_small_put_and_get() {
                 target,
                 "etag",
                 &headers,
-                Binding::New(&ingested),
+                Binding::New(&ingested, &small_puts),
                 &WriteCondition::Any,
             )
             .await
