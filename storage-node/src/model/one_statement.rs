@@ -170,6 +170,28 @@ pub(super) mod tests {
         fx.s3.store().ingest(tenant, std::io::Cursor::new(body), options).await.expect("ingest")
     }
 
+    /// The generic plan Postgres makes of `statement` over parameters of `types`, as `EXPLAIN`
+    /// shows it: the plan a connection keeps once it stops planning each execution apart.
+    pub(in crate::model) async fn generic_plan(fx: &Fixture, types: &[String], statement: &str) -> String {
+        let client = fx.pool.get().await.expect("client");
+        let prepare = format!("PREPARE planned ({}) AS {statement}", types.join(", "));
+        client
+            .batch_execute(&format!("SET plan_cache_mode = force_generic_plan; {prepare}"))
+            .await
+            .expect("prepare");
+        let nulls = vec!["NULL"; types.len()].join(", ");
+        let rows = client.query(&format!("EXPLAIN EXECUTE planned ({nulls})"), &[]).await.expect("explain");
+        client.batch_execute("DEALLOCATE planned; RESET plan_cache_mode").await.expect("deallocate");
+        rows.iter().map(|row| row.get::<_, String>(0)).collect::<Vec<_>>().join("\n")
+    }
+
+    /// Fails when `plan` scans any of `tables` whole.
+    pub(in crate::model) fn assert_looks_up_by_index(plan: &str, tables: &[&str]) {
+        for table in tables {
+            assert!(!plan.contains(&format!("Seq Scan on {table} ")), "{table} is scanned whole:\n{plan}");
+        }
+    }
+
     async fn try_bind(
         store: &ChunkStore,
         ingested: &Ingested,
@@ -376,5 +398,27 @@ pub(super) mod tests {
             Outcome::Bound(modified, _) => *modified,
             other => panic!("not bound: {other:?}"),
         }
+    }
+
+    /// As the batch's (`put_batch`): a plan made on empty tables still looks rows up by index.
+    #[tokio::test]
+    async fn the_statement_looks_up_keys_buckets_and_tenants_by_index_even_planned_on_empty_tables() {
+        let fx = fixture("one_statement_plan").await;
+        let (a, _) = tenant_with_bucket(&fx, None).await;
+        let ingested = ingest(&fx, a, 1).await;
+        let commit = ingested.in_one_statement().expect("one statement");
+        let (headers, etag) = (ObjectHeaders::default(), "e");
+        let row = RowParams::of(etag, &headers);
+        let key_types = [Type::TEXT, Type::TEXT, Type::INT8];
+        let types: Vec<String> = commit
+            .params()
+            .iter()
+            .map(|(_, kind)| kind.clone())
+            .chain(key_types)
+            .chain(row.params().iter().map(|(_, kind)| kind.clone()))
+            .map(|kind| kind.name().to_owned())
+            .collect();
+        let plan = generic_plan(&fx, &types, &STATEMENT).await;
+        assert_looks_up_by_index(&plan, &["s3_objects", "buckets", "tenants"]);
     }
 }
