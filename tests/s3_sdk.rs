@@ -226,6 +226,11 @@ async fn hostile_and_unusual_keys_stay_inside_the_bucket_and_come_back_exactly()
         a.put_object().bucket("sdk-media").key(&too_long).body(ByteStream::from_static(b"x")).send().await,
     );
     assert_eq!((code.as_str(), status), ("KeyTooLongError", 400));
+    // U+0000 cannot be stored; it is refused before anything else of the PUT.
+    let (code, status) = failure(
+        a.put_object().bucket("sdk-media").key("a\0b").body(ByteStream::from_static(b"x")).send().await,
+    );
+    assert_eq!((code.as_str(), status), ("InvalidArgument", 400));
 }
 
 #[tokio::test]

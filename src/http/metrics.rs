@@ -274,7 +274,7 @@ impl PackWriterMetrics {
 struct SmallPutMetrics {
     batches: Counter,
     bound: Counter,
-    alone: Counter,
+    failed: Counter,
     sync: std::sync::Mutex<()>,
 }
 
@@ -284,9 +284,9 @@ impl SmallPutMetrics {
             ("small_put_batches", "Statements that committed queued small PUTs together", &self.batches),
             ("small_put_batched", "Small PUTs bound by those statements", &self.bound),
             (
-                "small_put_alone",
-                "Queued small PUTs sent back to bind alone (a failed batch, a key twice in one)",
-                &self.alone,
+                "small_put_batch_failures",
+                "Batch statements that failed (a lock waited for too long, say); their PUTs bound alone",
+                &self.failed,
             ),
         ] {
             registry.register(name, help, counter.clone());
@@ -295,7 +295,7 @@ impl SmallPutMetrics {
 
     fn follow(&self, stats: SmallPutStats) {
         let _turn = self.sync.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        advance(&[(&self.batches, stats.batches), (&self.bound, stats.bound), (&self.alone, stats.alone)]);
+        advance(&[(&self.batches, stats.batches), (&self.bound, stats.bound), (&self.failed, stats.failed)]);
     }
 }
 

@@ -10,7 +10,7 @@ use tokio_postgres::types::{ToSql, Type};
 use super::ModelError;
 use super::bucket::{self, BucketAccess, CannedAcl};
 use super::one_statement::Outcome;
-use super::put_batch::SmallPuts;
+use super::put_batch::{Batched, SmallPuts};
 use crate::TenantId;
 use crate::catalog::CatalogPool;
 use crate::read_cache::Invalidation;
@@ -357,20 +357,24 @@ pub async fn bind(
         && *condition == WriteCondition::Any
         && let Some(commit) = ingested.in_one_statement()
     {
-        let batched = small_puts.bind(store, ingested, &target, etag, headers, &pending).await?;
-        let outcome = match batched {
-            Some(outcome) => outcome,
-            None => super::one_statement::bind(store, &commit, &target, etag, headers, &pending).await?,
+        let outcome = match small_puts.bind(store, ingested, &target, etag, headers, &pending).await? {
+            Batched::Done(outcome) => Some(outcome),
+            Batched::Alone => {
+                Some(super::one_statement::bind(store, &commit, &target, etag, headers, &pending).await?)
+            }
+            // Perhaps committed: the transaction replaces it if so, and the caches stay owed.
+            Batched::MaybeWritten => None,
         };
         match outcome {
-            Outcome::Bound(modified, peers) => {
+            Some(Outcome::Bound(modified, peers)) => {
                 match peers {
                     Some(peers) => pending.confirm_with(peers).await?,
                     None => pending.confirm().await?,
                 }
                 return Ok(modified);
             }
-            Outcome::InTransaction { may_share } => shared = may_share,
+            Some(Outcome::InTransaction { may_share }) => shared = may_share,
+            None => {}
         }
     }
     loop {

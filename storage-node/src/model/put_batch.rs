@@ -13,19 +13,28 @@
 //! chunk once, in id order), the objects, and the keys (in key order), so that two batches
 //! take rows they share in one order. A tenant's rows are written only when the tenant stays a
 //! margin below its quota with all of its rows in the batch added (`store::usage`), as one
-//! upload's would be alone. A row whose key is taken, whose bucket changed or whose tenant is
-//! near its quota is not written, and its PUT binds as it would have alone; the others are.
-//! Anything that fails the statement (a key bound since the snapshot, a deadlock broken, a
-//! lost connection) sends every row of the batch to bind alone: nothing was written, or, when
-//! the connection was lost after the commit, the row's own binding finds its key taken and
-//! replaces the object, as a client's retry would.
+//! upload's would be alone.
+//!
+//! One PUT must not hold up the others for long. The batch does not wait for a tenant's lock
+//! or a bucket's row that another transaction holds (GC, a delete, a bucket's deletion): those
+//! rows are left out and bind alone, in a transaction that waits. For a row lock it does wait
+//! for (a chunk's, a key's), it waits at most [`LOCK_TIMEOUT`]. A row whose key is taken or
+//! whose bucket changed is not written either, and binds as it would have alone. A key always
+//! goes to the same worker's queue, and a second PUT of a key waits for the next batch, so
+//! batches do not race each other for a key. Anything that fails the statement (a lock waited
+//! for too long, a key bound since the snapshot by another path, a deadlock) sends every row of
+//! the batch to bind alone: Postgres refused it, so nothing was written. A lost connection
+//! sends them to a transaction instead, which replaces the object if the statement committed,
+//! as a client's retry would, with the read caches' invalidation still owed.
 
 use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock};
 
 use time::OffsetDateTime;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::ModelError;
@@ -34,8 +43,8 @@ use super::object::{ChecksumAlgorithm, ChecksumKind, ObjectHeaders, S3_OBJECT_CO
 use super::one_statement::Outcome;
 use crate::read_cache::broadcast::{LEASED_PEERS, Leased, Pending, leased_from_rows, leased_peers_params};
 use crate::store::{
-    BatchedCommit, BatchedCommits, ChunkStore, Ingested, QUOTA_LOCK_MARGIN, StoreError, tenant_lock_shared,
-    used_logical_bytes,
+    BatchedCommit, BatchedCommits, ChunkStore, Ingested, QUOTA_LOCK_MARGIN, StoreError,
+    tenant_lock_shared_at_once, used_logical_bytes,
 };
 
 /// The most PUTs one statement writes. Beyond a few dozen, a larger batch saves little more
@@ -43,15 +52,22 @@ use crate::store::{
 pub const MAX_ROWS: usize = 64;
 
 /// How many batches may be in flight at once: one statement runs while the next gathers.
+/// Each has its own queue, and a key always goes to the same one (by its hash), so that two
+/// batches never race for one key.
 const WORKERS: usize = 2;
 
-/// How many PUTs may wait in the queue; more wait to join it.
-const QUEUE: usize = 1024;
+/// How many PUTs may wait in each queue; more wait to join it.
+const QUEUE: usize = 512;
 
-/// The queue of small PUTs, with its workers started at its first PUT. Cheap to clone.
+/// The longest a batch waits for a row lock another transaction holds (a chunk's, a key's)
+/// before it gives up and its PUTs bind alone: one PUT's wait must not hold up the others for
+/// long. The tenants' and buckets' locks it does not wait for at all.
+const LOCK_TIMEOUT: &str = "100ms";
+
+/// The queues of small PUTs, with their workers started at the first PUT. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct SmallPuts {
-    queue: Arc<OnceLock<mpsc::Sender<Row>>>,
+    queues: Arc<OnceLock<Vec<mpsc::Sender<Row>>>>,
     counts: Arc<Counts>,
 }
 
@@ -62,15 +78,15 @@ pub struct SmallPutStats {
     pub batches: u64,
     /// PUTs they bound.
     pub bound: u64,
-    /// PUTs they sent back to bind alone: a failed statement's, or a key's second in a batch.
-    pub alone: u64,
+    /// Statements that failed, whose PUTs all bound alone.
+    pub failed: u64,
 }
 
 #[derive(Debug, Default)]
 struct Counts {
     batches: AtomicU64,
     bound: AtomicU64,
-    alone: AtomicU64,
+    failed: AtomicU64,
 }
 
 /// One queued PUT: its commit, its key, its row's columns and where its outcome goes.
@@ -86,7 +102,7 @@ struct Row {
 }
 
 /// What became of a queued PUT.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Reply {
     /// Written, or not (an [`Outcome::InTransaction`]).
     Done(Outcome),
@@ -94,6 +110,21 @@ enum Reply {
     OverQuota { used: u64, quota: u64 },
     /// Not written, for a reason of the batch's, not the PUT's: bind it alone.
     Alone,
+    /// The statement was sent and no answer came back (a lost connection): it may have
+    /// committed.
+    MaybeWritten,
+}
+
+/// How [`SmallPuts::bind`] ended, when it did not fail.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Batched {
+    /// As `one_statement::bind` would have ended.
+    Done(Outcome),
+    /// Not written: bind alone, in `one_statement`.
+    Alone,
+    /// Perhaps written (see [`Reply::MaybeWritten`]): bind in a transaction, which replaces
+    /// the object if it was; the caches' invalidation stays owed.
+    MaybeWritten,
 }
 
 impl SmallPuts {
@@ -103,14 +134,13 @@ impl SmallPuts {
         SmallPutStats {
             batches: counts.batches.load(Ordering::Relaxed),
             bound: counts.bound.load(Ordering::Relaxed),
-            alone: counts.alone.load(Ordering::Relaxed),
+            failed: counts.failed.load(Ordering::Relaxed),
         }
     }
 
     /// Commits `ingested` and binds it at `target` in the next batch, when it is small enough
-    /// ([`Ingested::in_batch`]). `None`: the PUT binds alone, in `one_statement` (it was not
-    /// written, or, after a lost connection, perhaps was; see the module's doc). `pending` is
-    /// armed from the moment the PUT is queued.
+    /// ([`Ingested::in_batch`]); else [`Batched::Alone`]. `pending` is armed from the moment the
+    /// PUT is queued.
     ///
     /// # Errors
     /// [`StoreError::QuotaExceeded`] when the tenant is over its quota, as in
@@ -123,10 +153,11 @@ impl SmallPuts {
         etag: &str,
         headers: &ObjectHeaders,
         pending: &Pending,
-    ) -> Result<Option<Outcome>, ModelError> {
-        let Some(commit) = ingested.in_batch() else { return Ok(None) };
+    ) -> Result<Batched, ModelError> {
+        let Some(commit) = ingested.in_batch() else { return Ok(Batched::Alone) };
         let needed = commit.size();
-        let queue = self.queue.get_or_init(|| start(store, &self.counts));
+        let queues = self.queues.get_or_init(|| start(store, &self.counts));
+        let queue = &queues[queue_of(target.bucket, target.key, queues.len())];
         let (reply, answer) = oneshot::channel();
         let row = Row {
             commit,
@@ -140,48 +171,71 @@ impl SmallPuts {
         pending.arm();
         if queue.send(row).await.is_err() {
             pending.disarm();
-            return Ok(None);
+            return Ok(Batched::Alone);
         }
         match answer.await {
             Ok(Reply::Done(outcome)) => {
                 if !matches!(outcome, Outcome::Bound(..)) {
                     pending.disarm();
                 }
-                Ok(Some(outcome))
+                Ok(Batched::Done(outcome))
             }
             Ok(Reply::OverQuota { used, quota }) => {
                 pending.disarm();
                 Err(StoreError::QuotaExceeded { used, quota, needed }.into())
             }
-            // A worker gone mid-batch may have committed: the invalidation stays armed.
-            Ok(Reply::Alone) | Err(_) => Ok(None),
+            Ok(Reply::Alone) => {
+                pending.disarm();
+                Ok(Batched::Alone)
+            }
+            // A worker gone mid-batch may have committed, as a lost connection may have.
+            Ok(Reply::MaybeWritten) | Err(_) => Ok(Batched::MaybeWritten),
         }
     }
 }
 
-/// Starts the workers of a new queue; the queue's sender.
-fn start(store: &ChunkStore, counts: &Arc<Counts>) -> mpsc::Sender<Row> {
-    let (sender, receiver) = mpsc::channel(QUEUE);
-    let receiver = Arc::new(Mutex::new(receiver));
-    for _ in 0..WORKERS {
-        tokio::spawn(work(store.clone(), receiver.clone(), counts.clone()));
-    }
-    sender
+/// The queue of `bucket`/`key`, among `queues`.
+fn queue_of(bucket: &str, key: &str, queues: usize) -> usize {
+    let mut hasher = std::hash::DefaultHasher::new();
+    (bucket, key).hash(&mut hasher);
+    (hasher.finish() % queues as u64) as usize
 }
 
-/// A worker: takes a batch, writes it, answers its PUTs; until the queue is dropped.
-async fn work(store: ChunkStore, queue: Arc<Mutex<mpsc::Receiver<Row>>>, counts: Arc<Counts>) {
-    while let Some(batch) = next_batch(&queue, &counts).await {
+/// Starts the workers, each with its queue; the queues' senders.
+fn start(store: &ChunkStore, counts: &Arc<Counts>) -> Vec<mpsc::Sender<Row>> {
+    (0..WORKERS)
+        .map(|_| {
+            let (sender, receiver) = mpsc::channel(QUEUE);
+            tokio::spawn(work(store.clone(), receiver, counts.clone()));
+            sender
+        })
+        .collect()
+}
+
+/// A worker: takes a batch, writes it, answers its PUTs; until its queue is dropped.
+async fn work(store: ChunkStore, mut queue: mpsc::Receiver<Row>, counts: Arc<Counts>) {
+    let mut held = Vec::new();
+    while let Some(batch) = next_batch(&mut queue, &mut held).await {
         write(&store, batch, &counts).await;
     }
 }
 
-/// What is queued, at least one PUT (waiting for it), at most [`MAX_ROWS`]. A PUT whose client
-/// is gone is dropped unwritten; a second PUT of a key already in the batch binds alone.
-async fn next_batch(queue: &Mutex<mpsc::Receiver<Row>>, counts: &Counts) -> Option<Vec<Row>> {
-    let mut taken = Vec::with_capacity(MAX_ROWS);
-    if queue.lock().await.recv_many(&mut taken, MAX_ROWS).await == 0 {
-        return None;
+/// The PUTs `held` from the batch before, then what is queued: at least one PUT (waiting for
+/// it), at most [`MAX_ROWS`]. A PUT whose client is gone is dropped unwritten. A second PUT of
+/// a key already in the batch is held for the next, so that it replaces the first as it would
+/// have had they come one after the other.
+async fn next_batch(queue: &mut mpsc::Receiver<Row>, held: &mut Vec<Row>) -> Option<Vec<Row>> {
+    let mut taken = std::mem::take(held);
+    if taken.is_empty() {
+        if queue.recv_many(&mut taken, MAX_ROWS).await == 0 {
+            return None;
+        }
+    } else {
+        while taken.len() < MAX_ROWS
+            && let Ok(row) = queue.try_recv()
+        {
+            taken.push(row);
+        }
     }
     let mut keys = HashSet::with_capacity(taken.len());
     let mut batch = Vec::with_capacity(taken.len());
@@ -189,12 +243,9 @@ async fn next_batch(queue: &Mutex<mpsc::Receiver<Row>>, counts: &Counts) -> Opti
         if row.reply.is_closed() {
             continue;
         }
-        match keys.insert((row.bucket.clone(), row.key.clone())) {
+        match batch.len() < MAX_ROWS && keys.insert((row.bucket.clone(), row.key.clone())) {
             true => batch.push(row),
-            false => {
-                counts.alone.fetch_add(1, Ordering::Relaxed);
-                let _gone = row.reply.send(Reply::Alone);
-            }
+            false => held.push(row),
         }
     }
     Some(batch)
@@ -206,33 +257,58 @@ async fn write(store: &ChunkStore, batch: Vec<Row>, counts: &Counts) {
         return;
     }
     counts.batches.fetch_add(1, Ordering::Relaxed);
-    let answers = match run(store, &batch).await {
-        Ok(answers) => answers,
+    let client = match store.catalog().get().await {
+        Ok(client) => client,
         Err(err) => {
-            tracing::debug!(rows = batch.len(), error = %err, "a batch of small PUTs binds alone");
-            counts.alone.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            counts.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(rows = batch.len(), error = %err, "no catalog connection for a batch of small PUTs");
             batch.into_iter().for_each(|row| drop(row.reply.send(Reply::Alone)));
             return;
         }
     };
+    let answers = match run(store, &client, &batch).await {
+        Ok(answers) => answers,
+        Err(err) => {
+            counts.failed.fetch_add(1, Ordering::Relaxed);
+            let refused = err.as_db_error();
+            match refused.map(|db| db.code()) {
+                // A lock waited for too long, a key bound meanwhile, a deadlock: contention.
+                Some(code) if EXPECTED.contains(code) => {
+                    tracing::debug!(rows = batch.len(), error = %err, "a batch of small PUTs binds alone")
+                }
+                _ => {
+                    tracing::warn!(rows = batch.len(), error = %err, "a batch of small PUTs failed; they bind alone")
+                }
+            }
+            // Postgres refused it, so nothing was written; else it may have committed.
+            let reply = || if refused.is_some() { Reply::Alone } else { Reply::MaybeWritten };
+            batch.into_iter().for_each(|row| drop(row.reply.send(reply())));
+            return;
+        }
+    };
     for (row, answer) in batch.into_iter().zip(answers) {
-        match answer {
-            Reply::Done(Outcome::Bound(..)) => counts.bound.fetch_add(1, Ordering::Relaxed),
-            Reply::Alone => counts.alone.fetch_add(1, Ordering::Relaxed),
-            _ => 0,
-        };
+        if matches!(answer, Reply::Done(Outcome::Bound(..))) {
+            counts.bound.fetch_add(1, Ordering::Relaxed);
+        }
         let _gone = row.reply.send(answer);
     }
 }
 
+/// The errors contention makes a batch fail with.
+const EXPECTED: [SqlState; 3] =
+    [SqlState::LOCK_NOT_AVAILABLE, SqlState::UNIQUE_VIOLATION, SqlState::T_R_DEADLOCK_DETECTED];
+
 /// Runs the statement over `batch`: one answer per row, in order.
-async fn run(store: &ChunkStore, batch: &[Row]) -> Result<Vec<Reply>, ModelError> {
+async fn run(
+    store: &ChunkStore,
+    client: &deadpool_postgres::Client,
+    batch: &[Row],
+) -> Result<Vec<Reply>, tokio_postgres::Error> {
     let commits = BatchedCommits::of(batch.iter().map(|row| &row.commit));
     let keys = KeyColumns::of(batch);
     let typed = [commits.params(), keys.params()].concat();
     let types: Vec<Type> = typed.iter().map(|(_, kind)| kind.clone()).collect();
     let values: Vec<&(dyn ToSql + Sync)> = typed.iter().map(|(value, _)| *value).collect();
-    let client = store.catalog().get().await?;
     let statement = client.prepare_typed_cached(&STATEMENT, &types).await?;
     let peers_statement = client.prepare_cached(LEASED_PEERS).await?;
     let (node, window) = leased_peers_params(store);
@@ -364,18 +440,21 @@ static STATEMENT: LazyLock<String> = LazyLock::new(|| {
     let types = BatchedCommits::TYPES.iter().chain(KeyColumns::TYPES.iter());
     let arrays: Vec<String> = types.enumerate().map(|(at, kind)| format!("${}::{kind}", at + 1)).collect();
     format!(
-        "WITH input AS MATERIALIZED (SELECT * FROM unnest({arrays}) WITH ORDINALITY \
+        "WITH settings AS MATERIALIZED (SELECT set_config('lock_timeout', '{LOCK_TIMEOUT}', true)), \
+              input AS MATERIALIZED (SELECT i.* FROM settings, unnest({arrays}) WITH ORDINALITY \
                                      AS i({commits}, {keys}, ord)), \
               free AS MATERIALIZED (SELECT i.* FROM input i WHERE (SELECT true FROM s3_objects s \
                                     WHERE s.bucket = i.bucket AND s.key = i.key) IS NULL), \
               b AS MATERIALIZED (SELECT b.name, b.id, b.tenant_id FROM buckets b \
                                  WHERE b.name = ANY (ARRAY (SELECT DISTINCT bucket FROM free)) \
+                                   AND EXISTS (SELECT 1 FROM free f WHERE f.bucket = b.name \
+                                                 AND f.bucket_id = b.id AND f.tenant = b.tenant_id) \
                                    AND (SELECT t.deleting_at IS NULL FROM tenants t WHERE t.id = b.tenant_id) \
-                                 ORDER BY b.name FOR KEY SHARE OF b), \
+                                 ORDER BY b.name FOR KEY SHARE OF b SKIP LOCKED), \
               bt AS MATERIALIZED (SELECT DISTINCT tenant_id FROM b ORDER BY tenant_id), \
               admitted AS MATERIALIZED (SELECT bt.tenant_id AS id, t.quota, t.used FROM bt, \
                                         LATERAL (SELECT t.storage_quota_bytes AS quota, {used} AS used \
-                                                 FROM tenants t WHERE t.id = bt.tenant_id FOR KEY SHARE) AS t \
+                                                 FROM tenants t WHERE t.id = bt.tenant_id FOR KEY SHARE SKIP LOCKED) AS t \
                                         WHERE {lock} ORDER BY bt.tenant_id), \
               go AS MATERIALIZED (SELECT a.id FROM admitted a \
                                   WHERE a.quota IS NULL OR a.used + {QUOTA_LOCK_MARGIN} \
@@ -400,7 +479,7 @@ static STATEMENT: LazyLock<String> = LazyLock::new(|| {
         keys = KeyColumns::COLUMNS,
         used = used_logical_bytes(),
         // It names the tenants' CTE, scanned in order, so the locks are taken in that order.
-        lock = tenant_lock_shared("bt.tenant_id"),
+        lock = tenant_lock_shared_at_once("bt.tenant_id"),
         commit = BatchedCommits::ctes("w"),
     )
 });
@@ -415,7 +494,7 @@ mod tests {
         tenant_with_bucket,
     };
     use crate::read_cache::Invalidation;
-    use crate::s3::tests::{Fixture, bucket_id, fixture, objects_of, until_waiting};
+    use crate::s3::tests::{Fixture, bucket_id, count, fixture, objects_of};
 
     /// `ingested` as a queued PUT to `bucket` (of id `id`) at `key`, and where its answer comes.
     fn row(ingested: &Ingested, bucket: &str, id: i64, key: &str) -> (Row, oneshot::Receiver<Reply>) {
@@ -445,9 +524,16 @@ mod tests {
         matches!(reply, Reply::Done(Outcome::Bound(..)))
     }
 
+    /// Runs `rows` as one batch on a connection of its own.
+    async fn run_batch(fx: &Fixture, rows: &[Row]) -> Result<Vec<Reply>, tokio_postgres::Error> {
+        let client = fx.pool.get().await.expect("client");
+        run(fx.s3.store(), &client, rows).await
+    }
+
     /// Every row gets what it would have got alone: free keys bound (a chunk twice counted
-    /// once), a taken key or a changed bucket to a transaction, a tenant near its quota to an
-    /// exclusive one, a tenant over it refused; nothing of the rows not bound is written.
+    /// once per tenant), a taken key or a changed bucket to a transaction, a tenant near its
+    /// quota (with the batch's rows summed) to an exclusive one, a tenant over it refused;
+    /// nothing of the rows not bound is written.
     #[tokio::test]
     async fn a_batch_binds_its_free_keys_and_answers_each_other_row_as_alone() {
         let fx = fixture("put_batch_outcomes").await;
@@ -455,13 +541,20 @@ mod tests {
         let (a, media) = tenant_with_bucket(&fx, None).await;
         let (near, near_bucket) = tenant_and_bucket(&fx, "tenant-near", 30_000, "near").await;
         let (over, over_bucket) = tenant_and_bucket(&fx, "tenant-over", 10_000, "over").await;
+        // Room for each of two 20,000-byte rows alone, not for both.
+        let (tight, tight_bucket) =
+            tenant_and_bucket(&fx, "tenant-tight", QUOTA_LOCK_MARGIN + 30_000, "tight").await;
+        let (roomy, roomy_bucket) =
+            tenant_and_bucket(&fx, "tenant-roomy", QUOTA_LOCK_MARGIN * 2, "roomy").await;
         let first = ingest(&fx, a, 2).await;
         let (taken, _) = row(&first, "media", media, "taken");
-        assert!(bound(&run(store, &[taken]).await.expect("run")[0]));
+        assert!(bound(&run_batch(&fx, &[taken]).await.expect("run")[0]));
 
         let (same, other, empty) =
             (ingest(&fx, a, 1).await, ingest(&fx, a, 3).await, ingest_body(&fx, a, vec![]).await);
         let (near_put, over_put) = (ingest(&fx, near, 1).await, ingest(&fx, over, 1).await);
+        let (tight_one, tight_two) = (ingest(&fx, tight, 1).await, ingest(&fx, tight, 2).await);
+        let roomy_put = ingest(&fx, roomy, 1).await;
         let rows = [
             row(&same, "media", media, "one").0,
             row(&same, "media", media, "two").0,
@@ -470,65 +563,105 @@ mod tests {
             row(&empty, "media", media, "empty").0,
             row(&near_put, "near", near_bucket, "k").0,
             row(&over_put, "over", over_bucket, "k").0,
+            row(&tight_one, "tight", tight_bucket, "one").0,
+            row(&tight_two, "tight", tight_bucket, "two").0,
+            row(&roomy_put, "roomy", roomy_bucket, "k").0,
+            row(&roomy_put, "roomy", roomy_bucket + 1000, "moved").0,
         ];
-        let replies = run(store, &rows).await.expect("run");
+        let replies = run_batch(&fx, &rows).await.expect("run");
+        let transaction = |may_share| Reply::Done(Outcome::InTransaction { may_share });
         assert!(replies[..2].iter().all(bound), "{replies:?}");
-        assert_eq!(replies[2], Reply::Done(Outcome::InTransaction { may_share: true }));
-        assert_eq!(replies[3], Reply::Done(Outcome::InTransaction { may_share: true }));
+        assert_eq!(replies[2..4], [transaction(true), transaction(true)]);
         assert!(bound(&replies[4]), "{replies:?}");
-        assert_eq!(replies[5], Reply::Done(Outcome::InTransaction { may_share: false }));
+        assert_eq!(replies[5], transaction(false));
         assert_eq!(replies[6], Reply::OverQuota { used: 0, quota: 10_000 });
+        assert_eq!(replies[7..9], [transaction(false), transaction(false)]);
+        assert!(bound(&replies[9]), "{replies:?}");
+        assert_eq!(replies[10], transaction(true), "a tenant admitted, a bucket changed");
 
         assert_eq!(objects_of(&fx.pool, a).await, (4, 4), "taken, one, two and empty");
         assert_eq!(chunks_of(&fx, a).await, 2, "one chunk for one and two, none for the empty body");
         let usage = store.usage(a).await.expect("usage");
         assert_eq!((usage.logical_bytes, usage.unique_bytes), (60_000, 40_000));
-        for tenant in [near, over] {
+        let stored =
+            count(&fx.pool, "SELECT sum(stored_len)::int8 FROM chunks WHERE tenant_id = $1", a).await;
+        assert_eq!(usage.stored_bytes, stored as u64);
+        // The same bytes under another tenant are that tenant's chunk.
+        assert_eq!((objects_of(&fx.pool, roomy).await, chunks_of(&fx, roomy).await), ((1, 1), 1));
+        for tenant in [near, over, tight] {
             assert_eq!(objects_of(&fx.pool, tenant).await, (0, 0));
             assert_eq!(chunks_of(&fx, tenant).await, 0);
         }
         // The chunk shared by two keys is referenced twice: deleting one keeps it.
-        let refs = crate::s3::tests::count(
-            &fx.pool,
-            "SELECT sum(refcount)::int8 FROM chunks WHERE tenant_id = $1",
-            a,
-        )
-        .await;
+        let refs = count(&fx.pool, "SELECT sum(refcount)::int8 FROM chunks WHERE tenant_id = $1", a).await;
         assert_eq!(refs, 3);
     }
 
-    /// A key twice in what is queued: the second binds alone. A PUT whose client is gone is
-    /// not written.
+    /// A tenant whose lock another transaction holds exclusively (GC, a delete), or a bucket
+    /// whose row one holds, does not hold up the batch: those rows are left to bind alone, and
+    /// the others are bound at once.
     #[tokio::test]
-    async fn a_key_queued_twice_binds_alone_the_second_time_and_a_gone_client_is_not_written() {
+    async fn a_batch_waits_for_no_tenant_and_no_bucket_another_transaction_holds() {
+        let fx = fixture("put_batch_no_wait").await;
+        let (a, media) = tenant_with_bucket(&fx, None).await;
+        let (b, other) = tenant_and_bucket(&fx, "tenant-b", QUOTA_LOCK_MARGIN * 2, "other").await;
+        let (c, third) = tenant_and_bucket(&fx, "tenant-c", QUOTA_LOCK_MARGIN * 2, "third").await;
+        let mut holder = fx.pool.get().await.expect("client");
+        let hold = holder.transaction().await.expect("txn");
+        hold_tenant_alone(&hold, a).await;
+        hold.execute("SELECT 1 FROM buckets WHERE id = $1 FOR UPDATE", &[&other]).await.expect("hold");
+        let (for_a, for_b, for_c) =
+            (ingest(&fx, a, 1).await, ingest(&fx, b, 1).await, ingest(&fx, c, 1).await);
+        let rows = [
+            row(&for_a, "media", media, "k").0,
+            row(&for_b, "other", other, "k").0,
+            row(&for_c, "third", third, "k").0,
+        ];
+        let replies = tokio::time::timeout(std::time::Duration::from_secs(5), run_batch(&fx, &rows))
+            .await
+            .expect("the batch waits for neither")
+            .expect("run");
+        let transaction = Reply::Done(Outcome::InTransaction { may_share: true });
+        assert_eq!(replies[..2], [transaction.clone(), transaction]);
+        assert!(bound(&replies[2]), "{replies:?}");
+        hold.commit().await.expect("release");
+        assert_eq!(objects_of(&fx.pool, a).await, (0, 0));
+        assert_eq!(objects_of(&fx.pool, b).await, (0, 0));
+    }
+
+    /// A second PUT of a key already in the batch waits for the next one; a PUT whose client
+    /// is gone is not written.
+    #[tokio::test]
+    async fn a_key_queued_twice_goes_in_the_next_batch_and_a_gone_client_is_not_written() {
         let fx = fixture("put_batch_queue").await;
         let (a, media) = tenant_with_bucket(&fx, None).await;
         let ingested = ingest(&fx, a, 1).await;
-        let (sender, receiver) = mpsc::channel(8);
+        let (sender, mut receiver) = mpsc::channel(8);
         let (first, _first_answer) = row(&ingested, "media", media, "k");
-        let (again, again_answer) = row(&ingested, "media", media, "k");
+        let (again, _again_answer) = row(&ingested, "media", media, "k");
         let (gone, gone_answer) = row(&ingested, "media", media, "gone");
+        let (last, _last_answer) = row(&ingested, "media", media, "last");
         drop(gone_answer);
-        for queued in [first, again, gone] {
+        for queued in [first, again, gone, last] {
             sender.send(queued).await.expect("queued");
         }
-        let counts = Counts::default();
-        let batch = next_batch(&Mutex::new(receiver), &counts).await.expect("a batch");
-        assert_eq!(batch.iter().map(|row| row.key.as_str()).collect::<Vec<_>>(), ["k"]);
-        assert_eq!(again_answer.await.expect("answered"), Reply::Alone);
-        assert_eq!(counts.alone.load(Ordering::Relaxed), 1);
+        let keys = |batch: Vec<Row>| batch.into_iter().map(|row| row.key).collect::<Vec<_>>();
+        let mut held = Vec::new();
+        let batch = next_batch(&mut receiver, &mut held).await.expect("a batch");
+        assert_eq!(keys(batch), ["k", "last"]);
+        let batch = next_batch(&mut receiver, &mut held).await.expect("the next");
+        assert_eq!(keys(batch), ["k"]);
+        assert!(held.is_empty());
     }
 
-    /// A key bound by a transaction still open at the batch's snapshot fails the whole
-    /// statement: nothing of it is left, and each of its PUTs is sent to bind alone.
+    /// A row lock another transaction holds (here a key's, bound and not yet committed) is
+    /// waited for at most [`LOCK_TIMEOUT`]; then the statement fails and leaves nothing.
     #[tokio::test]
-    async fn a_failed_batch_leaves_nothing_and_sends_each_put_alone() {
-        let fx = fixture("put_batch_failure").await;
+    async fn a_batch_waits_for_a_row_lock_no_longer_than_its_timeout_and_leaves_nothing() {
+        let fx = fixture("put_batch_lock_timeout").await;
         let (a, media) = tenant_with_bucket(&fx, None).await;
         let first = ingest(&fx, a, 1).await;
-        assert!(bound(
-            &run(fx.s3.store(), &[row(&first, "media", media, "elsewhere").0]).await.expect("run")[0]
-        ));
+        assert!(bound(&run_batch(&fx, &[row(&first, "media", media, "elsewhere").0]).await.expect("run")[0]));
 
         let mut holder = fx.pool.get().await.expect("client");
         let hold = holder.transaction().await.expect("txn");
@@ -536,34 +669,51 @@ mod tests {
             .await
             .expect("move");
         let (second, third) = (ingest(&fx, a, 2).await, ingest(&fx, a, 3).await);
-        let (racing, racing_answer) = row(&second, "media", media, "k");
-        let (free, free_answer) = row(&third, "media", media, "free");
-        let counts = Arc::new(Counts::default());
-        let (store, task_counts) = (fx.s3.store().clone(), counts.clone());
-        let writing = tokio::spawn(async move { write(&store, vec![free, racing], &task_counts).await });
-        until_waiting(&fx.pool, 1, || writing.is_finished()).await;
+        let rows = [row(&third, "media", media, "free").0, row(&second, "media", media, "k").0];
+        let started = std::time::Instant::now();
+        let failed = run_batch(&fx, &rows).await.expect_err("the key is held");
+        assert_eq!(failed.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{failed}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
         hold.commit().await.expect("commit the move");
-        writing.await.expect("join");
-        assert_eq!(racing_answer.await.expect("answered"), Reply::Alone);
-        assert_eq!(free_answer.await.expect("answered"), Reply::Alone);
-        assert_eq!(counts.alone.load(Ordering::Relaxed), 2);
         assert_eq!(objects_of(&fx.pool, a).await, (1, 1), "the batch's objects are undone");
         assert_eq!(chunks_of(&fx, a).await, 1, "and its chunks");
     }
 
-    /// PUTs that queue while the batches before them wait share statements, and each is
-    /// bound.
+    /// A statement Postgres refuses sends every PUT of the batch to bind alone.
     #[tokio::test]
-    async fn puts_queued_behind_a_waiting_batch_share_a_statement() {
+    async fn a_refused_batch_sends_each_put_alone() {
+        let fx = fixture("put_batch_refused").await;
+        let (a, media) = tenant_with_bucket(&fx, None).await;
+        let (one, two) = (ingest(&fx, a, 1).await, ingest(&fx, a, 2).await);
+        // The catalog's text cannot hold U+0000 (the S3 layer refuses such a key first).
+        let (good, good_answer) = row(&one, "media", media, "good");
+        let (bad, bad_answer) = row(&two, "media", media, "b\0d");
+        let counts = Counts::default();
+        write(fx.s3.store(), vec![good, bad], &counts).await;
+        assert_eq!(good_answer.await.expect("answered"), Reply::Alone);
+        assert_eq!(bad_answer.await.expect("answered"), Reply::Alone);
+        assert_eq!((counts.batches.load(Ordering::Relaxed), counts.failed.load(Ordering::Relaxed)), (1, 1));
+        assert_eq!(objects_of(&fx.pool, a).await, (0, 0));
+    }
+
+    /// PUTs that queue while the workers wait (here for a catalog connection) share
+    /// statements, and each is bound.
+    #[tokio::test]
+    async fn puts_queued_while_the_workers_wait_share_a_statement() {
         let fx = fixture("put_batch_shared").await;
         let (a, media) = tenant_with_bucket(&fx, None).await;
-        let mut holder = fx.pool.get().await.expect("client");
-        let hold = holder.transaction().await.expect("txn");
-        hold_tenant_alone(&hold, a).await;
+        let mut uploads = Vec::new();
+        for i in 0..8u8 {
+            uploads.push(ingest(&fx, a, i).await);
+        }
+        // Every connection of the pool, so that the first batches wait for one.
+        let mut connections = Vec::new();
+        for _ in 0..fx.pool.status().max_size {
+            connections.push(fx.pool.get().await.expect("client"));
+        }
         let puts = SmallPuts::default();
         let mut tasks = Vec::new();
-        for i in 0..8u8 {
-            let ingested = ingest(&fx, a, i).await;
+        for (i, ingested) in uploads.into_iter().enumerate() {
             let (puts, store) = (puts.clone(), fx.s3.store().clone());
             tasks.push(tokio::spawn(async move {
                 let key = format!("k{i}");
@@ -573,17 +723,16 @@ mod tests {
                 puts.bind(&store, &ingested, &target, "e", &headers, &pending).await.expect("bind")
             }));
         }
-        until_waiting(&fx.pool, 1, || false).await;
-        // The other PUTs queue behind the batches that wait.
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        hold.commit().await.expect("release");
+        drop(connections);
         for task in tasks {
             let outcome = task.await.expect("join");
-            assert!(matches!(outcome, Some(Outcome::Bound(..))), "{outcome:?}");
+            assert!(matches!(outcome, Batched::Done(Outcome::Bound(..))), "{outcome:?}");
         }
         let stats = puts.stats();
-        assert_eq!(stats.bound, 8);
-        assert!(stats.batches <= 3, "{stats:?}");
+        assert_eq!((stats.bound, stats.failed), (8, 0));
+        // Each worker's first batch, then the rest of its queue in one.
+        assert!(stats.batches <= 2 * WORKERS as u64, "{stats:?}");
         assert_eq!(objects_of(&fx.pool, a).await, (8, 8));
     }
 

@@ -43,6 +43,10 @@ pub(crate) fn check_key(key: &str) -> S3Result<()> {
     if key.is_empty() || key.len() > MAX_KEY_BYTES {
         return Err(s3_error!(KeyTooLongError, "object keys are 1 to 1024 bytes of UTF-8"));
     }
+    // The catalog's text cannot hold it; a key with it would fail every statement it is in.
+    if key.contains('\0') {
+        return Err(s3_error!(InvalidArgument, "object keys may not contain the character U+0000"));
+    }
     Ok(())
 }
 

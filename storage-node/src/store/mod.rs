@@ -55,7 +55,7 @@ pub use scrub::{DamagedChunk, ScrubReport};
 #[cfg(test)]
 pub(crate) use usage::tenant_lock_exclusive;
 pub use usage::{QUOTA_LOCK_MARGIN, needs_exclusive};
-pub(crate) use usage::{lock_tenant, tenant_lock_shared, used_logical_bytes};
+pub(crate) use usage::{lock_tenant, tenant_lock_shared, tenant_lock_shared_at_once, used_logical_bytes};
 pub use writers::{PACKS_PER_CLASS, PackWriterStats};
 
 use crate::DataDir;

@@ -125,6 +125,12 @@ pub(crate) fn tenant_lock_shared(tenant: &str) -> String {
     format!("pg_advisory_xact_lock_shared({TENANT_LOCK}, ({tenant} % 2147483647)::int4) IS NOT NULL")
 }
 
+/// [`tenant_lock_shared`] when no one holds it exclusively: the condition does not wait, and
+/// holds only when the lock was taken.
+pub(crate) fn tenant_lock_shared_at_once(tenant: &str) -> String {
+    format!("pg_try_advisory_xact_lock_shared({TENANT_LOCK}, ({tenant} % 2147483647)::int4)")
+}
+
 /// [`tenant_lock_shared`], the lock taken alone.
 pub(crate) fn tenant_lock_exclusive(tenant: &str) -> String {
     format!("pg_advisory_xact_lock({TENANT_LOCK}, ({tenant} % 2147483647)::int4) IS NOT NULL")
