@@ -355,13 +355,16 @@ pub async fn bind(
     let pending = Pending::new(store, Invalidation::key(target.bucket, target.key));
     if let Binding::New(ingested, small_puts) = binding
         && *condition == WriteCondition::Any
-        && let Some(commit) = ingested.in_one_statement()
+        && ingested.fits_one_statement()
     {
         let outcome = match small_puts.bind(store, ingested, &target, etag, headers, &pending).await? {
             Batched::Done(outcome) => Some(outcome),
-            Batched::Alone => {
-                Some(super::one_statement::bind(store, &commit, &target, etag, headers, &pending).await?)
-            }
+            Batched::Alone => match ingested.in_one_statement() {
+                Some(commit) => {
+                    Some(super::one_statement::bind(store, &commit, &target, etag, headers, &pending).await?)
+                }
+                None => None,
+            },
             // Perhaps committed: the transaction replaces it if so, and the caches stay owed.
             Batched::MaybeWritten => None,
         };

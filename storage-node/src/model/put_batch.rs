@@ -102,7 +102,7 @@ struct Row {
 }
 
 /// What became of a queued PUT.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 enum Reply {
     /// Written, or not (an [`Outcome::InTransaction`]).
     Done(Outcome),
@@ -364,27 +364,23 @@ struct KeyColumns<'a> {
 }
 
 impl<'a> KeyColumns<'a> {
-    /// The names of the columns, in the order of [`KeyColumns::params`].
-    const COLUMNS: &'static str = "bucket, bucket_id, key, etag, content_type, content_disposition, \
-         cache_control, user_metadata, content_encoding, content_language, expires, checksum_algorithm, \
-         checksum_type, checksum, acl";
-    /// Their types, as `unnest` takes them.
-    const TYPES: [&'static str; 15] = [
-        "text[]",
-        "int8[]",
-        "text[]",
-        "text[]",
-        "text[]",
-        "text[]",
-        "text[]",
-        "text[]",
-        "text[]",
-        "text[]",
-        "timestamptz[]",
-        "text[]",
-        "text[]",
-        "text[]",
-        "text[]",
+    /// The columns' names and types, in the order of [`KeyColumns::params`].
+    const COLUMNS: [(&'static str, Type); 15] = [
+        ("bucket", Type::TEXT_ARRAY),
+        ("bucket_id", Type::INT8_ARRAY),
+        ("key", Type::TEXT_ARRAY),
+        ("etag", Type::TEXT_ARRAY),
+        ("content_type", Type::TEXT_ARRAY),
+        ("content_disposition", Type::TEXT_ARRAY),
+        ("cache_control", Type::TEXT_ARRAY),
+        ("user_metadata", Type::TEXT_ARRAY),
+        ("content_encoding", Type::TEXT_ARRAY),
+        ("content_language", Type::TEXT_ARRAY),
+        ("expires", Type::TIMESTAMPTZ_ARRAY),
+        ("checksum_algorithm", Type::TEXT_ARRAY),
+        ("checksum_type", Type::TEXT_ARRAY),
+        ("checksum", Type::TEXT_ARRAY),
+        ("acl", Type::TEXT_ARRAY),
     ];
 
     fn of(batch: &'a [Row]) -> Self {
@@ -412,24 +408,30 @@ impl<'a> KeyColumns<'a> {
     }
 
     fn params(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
-        vec![
-            (&self.buckets, Type::TEXT_ARRAY),
-            (&self.bucket_ids, Type::INT8_ARRAY),
-            (&self.keys, Type::TEXT_ARRAY),
-            (&self.etags, Type::TEXT_ARRAY),
-            (&self.content_types, Type::TEXT_ARRAY),
-            (&self.content_dispositions, Type::TEXT_ARRAY),
-            (&self.cache_controls, Type::TEXT_ARRAY),
-            (&self.metadata, Type::TEXT_ARRAY),
-            (&self.content_encodings, Type::TEXT_ARRAY),
-            (&self.content_languages, Type::TEXT_ARRAY),
-            (&self.expires, Type::TIMESTAMPTZ_ARRAY),
-            (&self.algorithms, Type::TEXT_ARRAY),
-            (&self.kinds, Type::TEXT_ARRAY),
-            (&self.checksums, Type::TEXT_ARRAY),
-            (&self.acls, Type::TEXT_ARRAY),
-        ]
+        let values: [&(dyn ToSql + Sync); 15] = [
+            &self.buckets,
+            &self.bucket_ids,
+            &self.keys,
+            &self.etags,
+            &self.content_types,
+            &self.content_dispositions,
+            &self.cache_controls,
+            &self.metadata,
+            &self.content_encodings,
+            &self.content_languages,
+            &self.expires,
+            &self.algorithms,
+            &self.kinds,
+            &self.checksums,
+            &self.acls,
+        ];
+        values.into_iter().zip(Self::COLUMNS.iter().map(|(_, kind)| kind.clone())).collect()
     }
+}
+
+/// The batch's columns, [`BatchedCommits`]'s then [`KeyColumns`]'s: names and types.
+fn columns() -> impl Iterator<Item = &'static (&'static str, Type)> {
+    BatchedCommits::COLUMNS.iter().chain(KeyColumns::COLUMNS.iter())
 }
 
 /// The statement over [`BatchedCommits::params`] then [`KeyColumns::params`]. It answers one
@@ -437,12 +439,13 @@ impl<'a> KeyColumns<'a> {
 /// tenant's lock was taken (with a quota), the tenant's used bytes and quota; and whether the
 /// tenant was admitted (far enough from its quota with the whole batch's rows).
 static STATEMENT: LazyLock<String> = LazyLock::new(|| {
-    let types = BatchedCommits::TYPES.iter().chain(KeyColumns::TYPES.iter());
-    let arrays: Vec<String> = types.enumerate().map(|(at, kind)| format!("${}::{kind}", at + 1)).collect();
+    let arrays: Vec<String> =
+        columns().enumerate().map(|(at, (_, kind))| format!("${}::{}", at + 1, kind.name())).collect();
+    let names: Vec<&str> = columns().map(|(name, _)| *name).collect();
     format!(
         "WITH settings AS MATERIALIZED (SELECT set_config('lock_timeout', '{LOCK_TIMEOUT}', true)), \
               input AS MATERIALIZED (SELECT i.* FROM settings, unnest({arrays}) WITH ORDINALITY \
-                                     AS i({commits}, {keys}, ord)), \
+                                     AS i({names}, ord)), \
               free AS MATERIALIZED (SELECT i.* FROM input i WHERE (SELECT true FROM s3_objects s \
                                     WHERE s.bucket = i.bucket AND s.key = i.key) IS NULL), \
               b AS MATERIALIZED (SELECT b.name, b.id, b.tenant_id FROM buckets b \
@@ -475,8 +478,7 @@ static STATEMENT: LazyLock<String> = LazyLock::new(|| {
                       LEFT JOIN admitted a ON a.id = i.tenant \
          ORDER BY i.ord",
         arrays = arrays.join(", "),
-        commits = BatchedCommits::COLUMNS,
-        keys = KeyColumns::COLUMNS,
+        names = names.join(", "),
         used = used_logical_bytes(),
         // It names the tenants' CTE, scanned in order, so the locks are taken in that order.
         lock = tenant_lock_shared_at_once("bt.tenant_id"),
@@ -621,8 +623,8 @@ mod tests {
             .await
             .expect("the batch waits for neither")
             .expect("run");
-        let transaction = Reply::Done(Outcome::InTransaction { may_share: true });
-        assert_eq!(replies[..2], [transaction.clone(), transaction]);
+        let transaction = || Reply::Done(Outcome::InTransaction { may_share: true });
+        assert_eq!(replies[..2], [transaction(), transaction()]);
         assert!(bound(&replies[2]), "{replies:?}");
         hold.commit().await.expect("release");
         assert_eq!(objects_of(&fx.pool, a).await, (0, 0));
@@ -743,11 +745,7 @@ mod tests {
     #[tokio::test]
     async fn the_statement_looks_up_keys_buckets_and_tenants_by_index_even_planned_on_empty_tables() {
         let fx = fixture("put_batch_plan").await;
-        let types: Vec<String> = BatchedCommits::TYPES
-            .iter()
-            .chain(KeyColumns::TYPES.iter())
-            .map(|kind| kind.to_string())
-            .collect();
+        let types: Vec<String> = columns().map(|(_, kind)| kind.name().to_owned()).collect();
         let plan = generic_plan(&fx, &types, &STATEMENT).await;
         assert_looks_up_by_index(&plan, &["s3_objects", "buckets", "tenants"]);
         assert!(plan.contains("s3_objects_pkey"), "{plan}");

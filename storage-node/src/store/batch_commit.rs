@@ -39,7 +39,9 @@ impl Ingested {
     /// This upload as a row of a batched commit, when it may commit in one statement
     /// ([`Ingested::in_one_statement`]): one chunk at most, new and inline.
     pub(crate) fn in_batch(&self) -> Option<BatchedCommit> {
-        self.in_one_statement()?;
+        if !self.fits_one_statement() {
+            return None;
+        }
         let chunk = match (self.manifest.as_slice(), self.new_chunks.as_slice()) {
             ([], []) => None,
             ([(0, id)], [chunk]) if chunk.id == *id => {
@@ -85,12 +87,19 @@ pub(crate) struct BatchedCommits<'a> {
 }
 
 impl<'a> BatchedCommits<'a> {
-    /// The names the columns take in the rows [`BatchedCommits::ctes`] reads, in the order of
-    /// [`BatchedCommits::params`].
-    pub const COLUMNS: &'static str = "tenant, size, md5, chunk, raw, stored, compression, inline, tree";
-    /// The types of the columns, as `unnest` takes them, in the same order.
-    pub const TYPES: [&'static str; 9] =
-        ["int8[]", "int8[]", "bytea[]", "bytea[]", "int4[]", "int4[]", "int2[]", "bytea[]", "bytea[]"];
+    /// The columns' names in the rows [`BatchedCommits::ctes`] reads, and their types, in the
+    /// order of [`BatchedCommits::params`].
+    pub const COLUMNS: [(&'static str, Type); 9] = [
+        ("tenant", Type::INT8_ARRAY),
+        ("size", Type::INT8_ARRAY),
+        ("md5", Type::BYTEA_ARRAY),
+        ("chunk", Type::BYTEA_ARRAY),
+        ("raw", Type::INT4_ARRAY),
+        ("stored", Type::INT4_ARRAY),
+        ("compression", Type::INT2_ARRAY),
+        ("inline", Type::BYTEA_ARRAY),
+        ("tree", Type::BYTEA_ARRAY),
+    ];
 
     pub fn of(commits: impl Iterator<Item = &'a BatchedCommit>) -> Self {
         let mut columns = BatchedCommits {
@@ -121,17 +130,18 @@ impl<'a> BatchedCommits<'a> {
 
     /// The parameters, in the order of [`BatchedCommits::COLUMNS`].
     pub fn params(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
-        vec![
-            (&self.tenants, Type::INT8_ARRAY),
-            (&self.sizes, Type::INT8_ARRAY),
-            (&self.md5s, Type::BYTEA_ARRAY),
-            (&self.chunks, Type::BYTEA_ARRAY),
-            (&self.raw, Type::INT4_ARRAY),
-            (&self.stored, Type::INT4_ARRAY),
-            (&self.compression, Type::INT2_ARRAY),
-            (&self.inline, Type::BYTEA_ARRAY),
-            (&self.trees, Type::BYTEA_ARRAY),
-        ]
+        let values: [&(dyn ToSql + Sync); 9] = [
+            &self.tenants,
+            &self.sizes,
+            &self.md5s,
+            &self.chunks,
+            &self.raw,
+            &self.stored,
+            &self.compression,
+            &self.inline,
+            &self.trees,
+        ];
+        values.into_iter().zip(Self::COLUMNS.iter().map(|(_, kind)| kind.clone())).collect()
     }
 
     /// The CTEs that commit the rows of `rows` (a CTE with [`BatchedCommits::COLUMNS`] and

@@ -253,11 +253,16 @@ impl Ingested {
             && self.pins.is_empty()
     }
 
+    /// Whether [`Ingested::in_one_statement`] has it (a check that copies nothing).
+    pub(crate) fn fits_one_statement(&self) -> bool {
+        self.may_share_tenant_lock() && self.all_inline()
+    }
+
     /// This upload as parameters of one statement that commits it with no transaction around
     /// it ([`OneStatementCommit`]), when it is small enough: one chunk at most, inline, nothing
     /// reused or pinned.
     pub(crate) fn in_one_statement(&self) -> Option<OneStatementCommit<'_>> {
-        (self.may_share_tenant_lock() && self.all_inline()).then(|| OneStatementCommit {
+        self.fits_one_statement().then(|| OneStatementCommit {
             manifest: ManifestParams::of(self),
             columns: ChunkColumns::of(&self.new_chunks, &count_uses(&self.manifest)),
             room: super::usage::shared_room(self.size),
